@@ -1,0 +1,99 @@
+// Package drivers is the registry of device protocol drivers. Each protocol
+// package registers itself by name in init(); the gateway imports the
+// protocol packages it ships (see gateway/cmd/gateway/drivers.go) and asks the
+// registry for a driver per serial bus or network endpoint.
+package drivers
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+)
+
+// Emit hands a message to the gateway. The driver sets Device, DeviceKind,
+// Kind, Time and the payload; the gateway stamps station and sequence number.
+// Emit may block while the gateway persists the message; it must not be
+// called after Run returns.
+type Emit func(model.Message)
+
+// Driver runs one link (a serial bus or a network endpoint) and every device
+// on it until ctx ends. It returns nil when ctx ended, or an error that makes
+// the whole link unusable (it is then restarted by the gateway after a pause).
+// A failing device is never an error of Run: it becomes bad-quality readings
+// and a health message.
+type Driver interface {
+	Run(ctx context.Context, emit Emit) error
+}
+
+// Link is what a driver is built from: exactly one of Bus and Endpoint is set,
+// and Devices are the station's devices on it, in file order.
+type Link struct {
+	Station  *configs.Station
+	Bus      *configs.Bus
+	Endpoint *configs.Endpoint
+	Devices  []*configs.Device
+}
+
+// Name is the id of the bus or endpoint.
+func (l Link) Name() string {
+	if l.Bus != nil {
+		return l.Bus.ID
+	}
+	return l.Endpoint.ID
+}
+
+// Protocol is the bus's or endpoint's protocol.
+func (l Link) Protocol() string {
+	if l.Bus != nil {
+		return l.Bus.Protocol
+	}
+	return l.Endpoint.Protocol
+}
+
+// Factory builds a driver for a link. It must not do I/O: ports are opened
+// and connections made in Run.
+type Factory func(link Link, log *slog.Logger) (Driver, error)
+
+var (
+	mu       sync.RWMutex
+	registry = map[string]Factory{}
+)
+
+// Register makes a protocol available by name. It panics on a duplicate name,
+// which is a programming error.
+func Register(protocol string, f Factory) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := registry[protocol]; dup {
+		panic("drivers: protocol registered twice: " + protocol)
+	}
+	registry[protocol] = f
+}
+
+// Protocols lists the registered protocol names, sorted.
+func Protocols() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// New builds the driver for a link.
+func New(link Link, log *slog.Logger) (Driver, error) {
+	mu.RLock()
+	f, ok := registry[link.Protocol()]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%s: unknown protocol %q (known: %v)", link.Name(), link.Protocol(), Protocols())
+	}
+	return f(link, log.With("link", link.Name(), "protocol", link.Protocol()))
+}

@@ -1,0 +1,218 @@
+// Package model is outpost's normalized model: every reading, event and
+// health change that leaves a driver is a Message, whatever protocol it came
+// from. It is the leaf package every other package imports; it does no I/O.
+//
+// The JSON form of a Message is the hub contract; see docs/hub-contract.md and
+// gateway/model/message.schema.json. Change it only together with
+// ContractVersion.
+package model
+
+import (
+	"fmt"
+	"time"
+)
+
+// ContractVersion is the version of the hub contract (topics, payloads,
+// InfluxDB mapping). It appears in every topic and payload.
+const ContractVersion = 1
+
+// StationType is one of the five outpost station types.
+type StationType string
+
+const (
+	Workstation StationType = "workstation"  // 基层联动治理工作站
+	PoliceRoom  StationType = "police_room"  // 社区警务室
+	SafetyPost  StationType = "safety_post"  // 平安哨
+	GridStation StationType = "grid_station" // 网格驿站
+	PoliceCube  StationType = "police_cube"  // 网格警立方
+)
+
+// StationTypes lists the valid station types in a stable order.
+var StationTypes = []StationType{Workstation, PoliceRoom, SafetyPost, GridStation, PoliceCube}
+
+// Valid reports whether t is one of the five station types.
+func (t StationType) Valid() bool {
+	for _, s := range StationTypes {
+		if s == t {
+			return true
+		}
+	}
+	return false
+}
+
+// Kind says what a Message carries.
+type Kind string
+
+const (
+	KindTelemetry Kind = "telemetry" // readings from one poll of one device
+	KindEvent     Kind = "event"     // an alarm or state change; never dropped
+	KindHealth    Kind = "health"    // a device's health changed
+)
+
+// Quality of a reading.
+type Quality string
+
+const (
+	Good      Quality = "good"
+	Uncertain Quality = "uncertain"
+	Bad       Quality = "bad"
+)
+
+// Value is a reading's value: exactly one of a number, a bool or a string, or
+// nothing when the reading is bad.
+type Value struct {
+	kind valueKind
+	num  float64
+	str  string
+}
+
+type valueKind uint8
+
+const (
+	noValue valueKind = iota
+	numValue
+	boolValue
+	strValue
+)
+
+// Number, Bool and String build Values.
+func Number(f float64) Value { return Value{kind: numValue, num: f} }
+func Bool(b bool) Value {
+	if b {
+		return Value{kind: boolValue, num: 1}
+	}
+	return Value{kind: boolValue}
+}
+func String(s string) Value { return Value{kind: strValue, str: s} }
+
+// IsZero reports whether v holds no value.
+func (v Value) IsZero() bool { return v.kind == noValue }
+
+// Float returns v as a number and whether it is one.
+func (v Value) Float() (float64, bool) { return v.num, v.kind == numValue }
+
+// AsBool returns v as a bool and whether it is one.
+func (v Value) AsBool() (bool, bool) { return v.num != 0, v.kind == boolValue }
+
+// Str returns v as a string and whether it is one.
+func (v Value) Str() (string, bool) { return v.str, v.kind == strValue }
+
+// Interface returns float64, bool, string or nil.
+func (v Value) Interface() any {
+	switch v.kind {
+	case numValue:
+		return v.num
+	case boolValue:
+		return v.num != 0
+	case strValue:
+		return v.str
+	}
+	return nil
+}
+
+// Equal reports whether two values are the same.
+func (v Value) Equal(w Value) bool { return v == w }
+
+func (v Value) String() string {
+	if v.kind == noValue {
+		return "<none>"
+	}
+	return fmt.Sprint(v.Interface())
+}
+
+// Reading is one signal's value from one poll.
+type Reading struct {
+	Signal  string
+	Value   Value
+	Unit    string
+	Quality Quality
+}
+
+// Severity of an event.
+type Severity string
+
+const (
+	Info     Severity = "info"
+	Warning  Severity = "warning"
+	Critical Severity = "critical"
+)
+
+// Event kinds known to the gateway. Templates may name others.
+const (
+	EventPanic       = "panic"
+	EventDuress      = "duress"
+	EventTamper      = "tamper"
+	EventDoor        = "door"
+	EventSmoke       = "smoke"
+	EventDeviceLost  = "device_lost"
+	EventKioskReq    = "kiosk_request"
+	EventQueueDrops  = "queue_drops"
+	EventPowerFail   = "power_fail"
+	EventCommsFailed = "comms_failed"
+)
+
+// Event is an alarm or state change.
+type Event struct {
+	Kind     string
+	Severity Severity
+	Details  map[string]string
+}
+
+// HealthState of a device.
+type HealthState string
+
+const (
+	Online   HealthState = "online"
+	Degraded HealthState = "degraded"
+	Offline  HealthState = "offline"
+)
+
+// Health is a device's health with the reason for it and its counters.
+type Health struct {
+	State    HealthState
+	Reason   string
+	Counters map[string]uint64
+}
+
+// Message is the unit that travels from a driver to the hub. Station,
+// StationType, Seq and Time are filled in by the pipeline; a driver sets the
+// rest (and Time when the device stamps its own data).
+//
+// Station/Device/Seq identifies a message: Seq is per device, strictly
+// increasing across gateway restarts, so the hub can drop duplicates.
+type Message struct {
+	Station     string
+	StationType StationType
+	Device      string
+	DeviceKind  string
+	Seq         uint64
+	Time        time.Time
+	Kind        Kind
+	// Historical is set on messages that are replayed after an outage, so the
+	// hub can tell them from live data. Time keeps the original time.
+	Historical bool
+
+	Readings []Reading // KindTelemetry
+	Event    *Event    // KindEvent
+	Health   *Health   // KindHealth
+}
+
+// Priority orders messages on the way to the hub: events overtake telemetry.
+type Priority uint8
+
+const (
+	PriorityTelemetry Priority = iota
+	PriorityAlarm
+)
+
+// Priority of the message: events and health changes are alarms, they never
+// wait behind telemetry.
+func (m *Message) Priority() Priority {
+	if m.Kind != KindTelemetry {
+		return PriorityAlarm
+	}
+	return PriorityTelemetry
+}
+
+// ID is station/device/seq, the message's identity at the hub.
+func (m *Message) ID() string { return fmt.Sprintf("%s/%s/%d", m.Station, m.Device, m.Seq) }
