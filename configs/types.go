@@ -67,17 +67,17 @@ type Influx struct {
 	Org    string `yaml:"org"`
 	Bucket string `yaml:"bucket" required:"true"`
 	// BatchSize is the number of points per write; default 500.
-	BatchSize int `yaml:"batch_size"`
+	BatchSize int `yaml:"batch_size" default:"500"`
 }
 
 // Queue is the durable store-and-forward queue.
 type Queue struct {
 	// MaxBytes caps the queue on disk per uplink; default 256 MiB. When it is
 	// reached the oldest telemetry is dropped and counted; events never are.
-	MaxBytes int64 `yaml:"max_bytes"`
+	MaxBytes int64 `yaml:"max_bytes" default:"268435456"`
 	// Sync is how often appended data is flushed to disk (group commit);
 	// default 100ms. "always" is 0.
-	Sync time.Duration `yaml:"sync"`
+	Sync time.Duration `yaml:"sync" default:"100ms"`
 }
 
 // Parity of a serial line.
@@ -93,27 +93,27 @@ const (
 type Bus struct {
 	ID string `yaml:"id" required:"true"`
 	// Protocol is the driver that speaks on this bus; default modbus-rtu.
-	Protocol string        `yaml:"protocol"`
+	Protocol string        `yaml:"protocol" default:"modbus-rtu"`
 	Port     string        `yaml:"port" required:"true"`
 	Baud     int           `yaml:"baud" required:"true"`
-	Parity   Parity        `yaml:"parity"`    // default none
-	DataBits int           `yaml:"data_bits"` // default 8
-	StopBits int           `yaml:"stop_bits"` // default 1
-	Timeout  time.Duration `yaml:"timeout"`   // per request; default 500ms
-	Retries  int           `yaml:"retries"`   // extra tries per request; default 1
+	Parity   Parity        `yaml:"parity" default:"none"`
+	DataBits int           `yaml:"data_bits" default:"8"`
+	StopBits int           `yaml:"stop_bits" default:"1"`   // default 1
+	Timeout  time.Duration `yaml:"timeout" default:"500ms"` // per request
+	Retries  int           `yaml:"retries" default:"1"`     // extra tries per request
 	// Turnaround is how long devices on this bus take to answer; the planner
 	// weighs it against the bytes of skipped registers. Default 5ms.
-	Turnaround time.Duration `yaml:"turnaround"`
+	Turnaround time.Duration `yaml:"turnaround" default:"5ms"`
 }
 
 // Endpoint is a Modbus TCP endpoint (a device or a gateway with unit ids).
 type Endpoint struct {
 	ID string `yaml:"id" required:"true"`
 	// Protocol is the driver that speaks to this endpoint; default modbus-tcp.
-	Protocol string        `yaml:"protocol"`
+	Protocol string        `yaml:"protocol" default:"modbus-tcp"`
 	Address  string        `yaml:"address" required:"true"` // host:port
-	Timeout  time.Duration `yaml:"timeout"`                 // default 1s
-	Retries  int           `yaml:"retries"`                 // default 1
+	Timeout  time.Duration `yaml:"timeout" default:"1s"`
+	Retries  int           `yaml:"retries" default:"1"`
 }
 
 // Device is one device at the station.
@@ -123,7 +123,7 @@ type Device struct {
 	Bus      string        `yaml:"bus"`      // a bus id, or
 	Endpoint string        `yaml:"endpoint"` // an endpoint id
 	UnitID   int           `yaml:"unit_id" required:"true"`
-	Poll     time.Duration `yaml:"poll"` // default 1s
+	Poll     time.Duration `yaml:"poll" default:"1s"`
 }
 
 // Table is a Modbus table.
@@ -191,13 +191,13 @@ func (t *Template) GapsReadable() bool { return t.ReadGaps == nil || *t.ReadGaps
 type Register struct {
 	Signal  string    `yaml:"signal" required:"true"`
 	Table   Table     `yaml:"table" required:"true"`
-	Address int       `yaml:"address"`
+	Address int       `yaml:"address" required:"true"`
 	Type    DataType  `yaml:"type" required:"true"`
-	Order   ByteOrder `yaml:"order"`  // default ABCD
+	Order   ByteOrder `yaml:"order" default:"ABCD"`
 	Length  int       `yaml:"length"` // registers, for strings
 	// Bit selects one bit (0..15) of a register for a bool on a register table.
 	Bit    *int    `yaml:"bit"`
-	Scale  float64 `yaml:"scale"` // default 1
+	Scale  float64 `yaml:"scale" default:"1"`
 	Offset float64 `yaml:"offset"`
 	Unit   string  `yaml:"unit"`
 	// Event, when set, raises an event when the signal becomes true.
@@ -211,7 +211,7 @@ type Register struct {
 // set, another when it turns false again).
 type EventRule struct {
 	Kind     string         `yaml:"kind" required:"true"`
-	Severity model.Severity `yaml:"severity"` // default critical
+	Severity model.Severity `yaml:"severity" default:"critical"`
 	Clear    bool           `yaml:"clear"`
 }
 

@@ -1,0 +1,263 @@
+package configs
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Error is one problem in a configuration file, at a line and column.
+type Error struct {
+	File      string
+	Line, Col int
+	Msg       string
+}
+
+func (e Error) Error() string { return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg) }
+
+// Errors is every problem found in a station file and its templates, in file
+// and line order. Its Error text has one problem per line.
+type Errors []Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (es Errors) sorted() Errors {
+	sort.SliceStable(es, func(i, j int) bool {
+		a, b := es[i], es[j]
+		if a.File != b.File {
+			return a.File < b.File
+		}
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Col < b.Col
+	})
+	return es
+}
+
+// pos is where a value stands in a file.
+type pos struct{ line, col int }
+
+// decoder decodes a YAML tree into Go structs strictly, collecting every
+// error instead of stopping at the first, and remembering where each value
+// stands so that later validation can point at it.
+type decoder struct {
+	file string
+	errs Errors
+	at   map[string]pos // path ("devices[2].unit_id") -> position of its value
+}
+
+func newDecoder(file string) *decoder { return &decoder{file: file, at: map[string]pos{}} }
+
+func (d *decoder) errorf(p pos, format string, args ...any) {
+	d.errs = append(d.errs, Error{File: d.file, Line: p.line, Col: p.col, Msg: fmt.Sprintf(format, args...)})
+}
+
+// errAt reports an error at the value of path, or at its closest parent.
+func (d *decoder) errAt(path, format string, args ...any) {
+	for p := path; ; {
+		if at, ok := d.at[p]; ok {
+			d.errorf(at, format, args...)
+			return
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			d.errorf(pos{1, 1}, format, args...)
+			return
+		}
+		p = p[:i]
+	}
+}
+
+// parse decodes data into v, which must be a pointer to a struct.
+func (d *decoder) parse(data []byte, v any) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		line := 1
+		msg := err.Error()
+		// yaml.v3 says "yaml: line N: message".
+		if rest, ok := strings.CutPrefix(msg, "yaml: line "); ok {
+			if n, m, ok := strings.Cut(rest, ": "); ok {
+				if l, err := strconv.Atoi(n); err == nil {
+					line, msg = l, m
+				}
+			}
+		} else {
+			msg = strings.TrimPrefix(msg, "yaml: ")
+		}
+		d.errorf(pos{line, 1}, "invalid YAML: %s", msg)
+		return
+	}
+	if len(root.Content) == 0 {
+		d.errorf(pos{1, 1}, "the file is empty")
+		return
+	}
+	d.value(root.Content[0], reflect.ValueOf(v).Elem(), "")
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	switch n.Tag {
+	case "!!str":
+		return fmt.Sprintf("the string %q", n.Value)
+	case "!!int":
+		return "the integer " + n.Value
+	case "!!float":
+		return "the number " + n.Value
+	case "!!bool":
+		return "the boolean " + n.Value
+	case "!!null":
+		return "nothing"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	p := pos{n.Line, n.Column}
+	d.at[path] = p
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return // an empty value leaves the default
+	}
+	switch {
+	case v.Kind() == reflect.Pointer:
+		nv := reflect.New(v.Type().Elem())
+		d.value(n, nv.Elem(), path)
+		v.Set(nv)
+	case v.Kind() == reflect.Struct:
+		d.mapping(n, v, path)
+	case v.Kind() == reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			d.errorf(p, "%s: expected a list, got %s", path, kindName(n))
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, c := range n.Content {
+			d.value(c, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+		}
+		v.Set(s)
+	case v.Type() == durationType:
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+			d.errorf(p, "%s: expected a duration such as 500ms or 2s, got %s", path, kindName(n))
+			return
+		}
+		dur, err := time.ParseDuration(n.Value)
+		if err != nil || dur < 0 {
+			d.errorf(p, "%s: expected a duration such as 500ms or 2s, got %q", path, n.Value)
+			return
+		}
+		v.SetInt(int64(dur))
+	case v.Kind() == reflect.String:
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+			d.errorf(p, "%s: expected a string, got %s", path, kindName(n))
+			return
+		}
+		v.SetString(n.Value)
+	case v.Kind() == reflect.Int || v.Kind() == reflect.Int64:
+		i, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64)
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || err != nil {
+			d.errorf(p, "%s: expected an integer, got %s", path, kindName(n))
+			return
+		}
+		v.SetInt(i)
+	case v.Kind() == reflect.Float64:
+		f, err := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64)
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float") || err != nil {
+			d.errorf(p, "%s: expected a number, got %s", path, kindName(n))
+			return
+		}
+		v.SetFloat(f)
+	case v.Kind() == reflect.Bool:
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+			d.errorf(p, "%s: expected true or false, got %s", path, kindName(n))
+			return
+		}
+		v.SetBool(n.Value == "true" || n.Value == "True" || n.Value == "TRUE")
+	default:
+		panic("configs: cannot decode into " + v.Type().String())
+	}
+}
+
+func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
+	what := path
+	if what == "" {
+		what = "the file"
+	}
+	if n.Kind != yaml.MappingNode {
+		d.errorf(pos{n.Line, n.Column}, "%s: expected a mapping of keys, got %s", what, kindName(n))
+		return
+	}
+	t := v.Type()
+	fields := map[string]int{}
+	var names []string
+	for i := 0; i < t.NumField(); i++ {
+		name := t.Field(i).Tag.Get("yaml")
+		if name == "" || name == "-" {
+			continue
+		}
+		fields[name] = i
+		names = append(names, name)
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		kp := pos{k.Line, k.Column}
+		idx, ok := fields[k.Value]
+		switch {
+		case !ok:
+			d.errorf(kp, "%s: unknown key %q (expected one of: %s)", what, k.Value, strings.Join(names, ", "))
+			continue
+		case seen[k.Value]:
+			d.errorf(kp, "%s: key %q given twice", what, k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		d.value(val, v.Field(idx), join(path, k.Value))
+	}
+	for _, name := range names {
+		f := t.Field(fields[name])
+		switch {
+		case seen[name]:
+		case f.Tag.Get("required") == "true":
+			d.errorf(pos{n.Line, n.Column}, "%s: missing required key %q", what, name)
+		case f.Type.Kind() == reflect.Struct && f.Type != durationType:
+			// An absent section still gets its defaults.
+			d.mapping(&yaml.Node{Kind: yaml.MappingNode, Line: n.Line, Column: n.Column}, v.Field(fields[name]), join(path, name))
+		case f.Tag.Get("default") != "":
+			var def yaml.Node
+			if err := yaml.Unmarshal([]byte(f.Tag.Get("default")), &def); err != nil {
+				panic("configs: bad default on " + t.Name() + "." + f.Name)
+			}
+			fp := join(path, name)
+			d.value(def.Content[0], v.Field(fields[name]), fp)
+			d.at[fp] = pos{n.Line, n.Column}
+		}
+	}
+}

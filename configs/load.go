@@ -1,0 +1,367 @@
+package configs
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"outpost/gateway/model"
+)
+
+// Embedded holds the shipped station files and device templates.
+//
+//go:embed *.yaml devices/*.yaml
+var Embedded embed.FS
+
+// Protocols a bus or an endpoint may name; the gateway has a driver for each
+// (a test in the gateway holds the two lists together).
+var (
+	BusProtocols      = []string{"modbus-rtu"}
+	EndpointProtocols = []string{"modbus-tcp"}
+)
+
+// Load reads, decodes and validates a station file and the device templates
+// it uses, and fills in every default. Templates are looked up in the
+// devices/ folder beside the station file, then among the embedded ones. On
+// any problem it returns Errors, with every problem found.
+func Load(path string) (*Station, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading station file: %w", err)
+	}
+	dir := filepath.Join(filepath.Dir(path), "devices")
+	return parse(path, data, func(name string) (string, []byte, error) {
+		file := filepath.Join(dir, name+".yaml")
+		b, err := os.ReadFile(file)
+		if errors.Is(err, fs.ErrNotExist) {
+			file = "configs/devices/" + name + ".yaml"
+			b, err = Embedded.ReadFile("devices/" + name + ".yaml")
+		}
+		return file, b, err
+	})
+}
+
+// LoadEmbedded loads one of the embedded station files, e.g. "police-room.yaml".
+func LoadEmbedded(name string) (*Station, error) {
+	data, err := Embedded.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("no embedded station %q: %w", name, err)
+	}
+	return parse("configs/"+name, data, func(t string) (string, []byte, error) {
+		b, err := Embedded.ReadFile("devices/" + t + ".yaml")
+		return "configs/devices/" + t + ".yaml", b, err
+	})
+}
+
+// Parse decodes and validates station file data; templates come from the
+// embedded ones. It serves tools that build station files in memory.
+func Parse(name string, data []byte) (*Station, error) {
+	return parse(name, data, func(t string) (string, []byte, error) {
+		b, err := Embedded.ReadFile("devices/" + t + ".yaml")
+		return "configs/devices/" + t + ".yaml", b, err
+	})
+}
+
+type templateSource func(name string) (file string, data []byte, err error)
+
+var (
+	idPattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+	tmplPattern   = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
+	signalPattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+)
+
+func parse(file string, data []byte, templates templateSource) (*Station, error) {
+	d := newDecoder(file)
+	st := &Station{File: file, Templates: map[string]*Template{}}
+	d.parse(data, st)
+	if len(d.errs) > 0 {
+		return nil, d.errs.sorted()
+	}
+	st.defaults()
+	errs := d.validateStation(st)
+	for _, dev := range st.Devices {
+		if _, done := st.Templates[dev.Template]; done || !tmplPattern.MatchString(dev.Template) {
+			continue
+		}
+		t, terrs := loadTemplate(dev.Template, templates)
+		errs = append(errs, terrs...)
+		if t != nil {
+			st.Templates[dev.Template] = t
+		}
+	}
+	errs = append(errs, d.validateDevices(st)...)
+	if len(errs) > 0 {
+		return nil, errs.sorted()
+	}
+	return st, nil
+}
+
+func (st *Station) defaults() {
+	if st.StateDir == "" {
+		st.StateDir = filepath.Join("/var/lib/outpost", st.Station.ID)
+	}
+	m := &st.Hub.MQTT
+	if m.ClientID == "" {
+		m.ClientID = "outpost-" + st.Station.ID
+	}
+	if m.TopicPrefix == "" {
+		m.TopicPrefix = fmt.Sprintf("outpost/v%d", model.ContractVersion)
+	}
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
+}
+
+func (d *decoder) validateStation(st *Station) Errors {
+	d.errs = nil
+	if st.Version != 1 {
+		d.errAt("version", "version: this gateway reads station files of version 1, not %d", st.Version)
+	}
+	if !idPattern.MatchString(st.Station.ID) {
+		d.errAt("station.id", "station.id: %q is not a valid id (letters, digits, '_', '-', '.'; at most 64)", st.Station.ID)
+	}
+	if !st.Station.Type.Valid() {
+		d.errAt("station.type", "station.type: unknown station type %q (expected one of: %s)", st.Station.Type, joinTypes(model.StationTypes))
+	}
+	d.checkURL("hub.mqtt.url", st.Hub.MQTT.URL, "tcp", "ssl", "mqtt", "mqtts", "ws", "wss")
+	if t := st.Hub.MQTT.TLS; t != nil && (t.Cert == "") != (t.Key == "") {
+		d.errAt("hub.mqtt.tls", "hub.mqtt.tls: cert and key go together; give both or neither")
+	}
+	if st.Hub.Influx != nil {
+		d.checkURL("hub.influx.url", st.Hub.Influx.URL, "http", "https")
+		if st.Hub.Influx.BatchSize < 1 || st.Hub.Influx.BatchSize > 10000 {
+			d.errAt("hub.influx.batch_size", "hub.influx.batch_size: %d is out of range (1 to 10000)", st.Hub.Influx.BatchSize)
+		}
+	}
+	if st.Queue.MaxBytes < 1<<20 {
+		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 1048576, 1 MiB)", st.Queue.MaxBytes)
+	}
+	links := map[string]string{} // id -> path of its first use
+	link := func(path, id string) {
+		if !idPattern.MatchString(id) {
+			d.errAt(path+".id", "%s.id: %q is not a valid id", path, id)
+		}
+		if first, dup := links[id]; dup {
+			d.errAt(path+".id", "%s.id: %q is already the id of %s", path, id, first)
+			return
+		}
+		links[id] = path
+	}
+	ports := map[string]string{}
+	for i := range st.Buses {
+		b, path := &st.Buses[i], fmt.Sprintf("buses[%d]", i)
+		link(path, b.ID)
+		d.oneOf(path+".protocol", b.Protocol, BusProtocols)
+		if first, dup := ports[b.Port]; dup {
+			d.errAt(path+".port", "%s.port: %s is already the port of %s", path, b.Port, first)
+		}
+		ports[b.Port] = path
+		if b.Baud < 300 || b.Baud > 4000000 {
+			d.errAt(path+".baud", "%s.baud: %d is not a usable baud rate (300 to 4000000, e.g. 9600)", path, b.Baud)
+		}
+		d.oneOf(path+".parity", string(b.Parity), []string{"none", "even", "odd"})
+		if b.DataBits < 7 || b.DataBits > 8 {
+			d.errAt(path+".data_bits", "%s.data_bits: %d (expected 7 or 8)", path, b.DataBits)
+		}
+		if b.StopBits < 1 || b.StopBits > 2 {
+			d.errAt(path+".stop_bits", "%s.stop_bits: %d (expected 1 or 2)", path, b.StopBits)
+		}
+		d.checkTiming(path, b.Timeout, b.Retries)
+	}
+	for i := range st.Endpoints {
+		e, path := &st.Endpoints[i], fmt.Sprintf("endpoints[%d]", i)
+		link(path, e.ID)
+		d.oneOf(path+".protocol", e.Protocol, EndpointProtocols)
+		if _, port, err := net.SplitHostPort(e.Address); err != nil || port == "" {
+			d.errAt(path+".address", "%s.address: %q is not host:port (e.g. 192.168.1.20:502)", path, e.Address)
+		}
+		d.checkTiming(path, e.Timeout, e.Retries)
+	}
+	return d.errs
+}
+
+func (d *decoder) checkTiming(path string, timeout time.Duration, retries int) {
+	if timeout < time.Millisecond || timeout > time.Minute {
+		d.errAt(path+".timeout", "%s.timeout: %s is out of range (1ms to 1m)", path, timeout)
+	}
+	if retries < 0 || retries > 10 {
+		d.errAt(path+".retries", "%s.retries: %d is out of range (0 to 10)", path, retries)
+	}
+}
+
+func (d *decoder) checkURL(path, raw string, schemes ...string) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || !slices.Contains(schemes, u.Scheme) {
+		d.errAt(path, "%s: %q is not a URL of scheme %s with a host (e.g. %s://127.0.0.1:%s)",
+			path, raw, strings.Join(schemes, ", "), schemes[0], map[bool]string{true: "1883", false: "8086"}[schemes[0] == "tcp"])
+	}
+}
+
+func (d *decoder) oneOf(path, v string, allowed []string) {
+	if !slices.Contains(allowed, v) {
+		d.errAt(path, "%s: unknown value %q (expected one of: %s)", path, v, strings.Join(allowed, ", "))
+	}
+}
+
+func joinTypes(ts []model.StationType) string {
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = string(t)
+	}
+	return strings.Join(s, ", ")
+}
+
+func (d *decoder) validateDevices(st *Station) Errors {
+	d.errs = nil
+	ids := map[string]string{}
+	type unitKey struct {
+		link string
+		unit int
+	}
+	units := map[unitKey]string{}
+	buses := map[string]bool{}
+	for _, b := range st.Buses {
+		buses[b.ID] = true
+	}
+	endpoints := map[string]bool{}
+	for _, e := range st.Endpoints {
+		endpoints[e.ID] = true
+	}
+	for i := range st.Devices {
+		dev, path := &st.Devices[i], fmt.Sprintf("devices[%d]", i)
+		if !idPattern.MatchString(dev.ID) {
+			d.errAt(path+".id", "%s.id: %q is not a valid id (letters, digits, '_', '-', '.'; at most 64)", path, dev.ID)
+		} else if first, dup := ids[dev.ID]; dup {
+			d.errAt(path+".id", "%s.id: device id %q is already used by %s", path, dev.ID, first)
+		}
+		ids[dev.ID] = path
+		if !tmplPattern.MatchString(dev.Template) {
+			d.errAt(path+".template", "%s.template: %q is not a template name (lower-case letters, digits, '-', '_')", path, dev.Template)
+		} else if st.Templates[dev.Template] == nil {
+			d.errAt(path+".template", "%s.template: unknown template %q (no devices/%s.yaml beside the station file, nor among the built-in templates)", path, dev.Template, dev.Template)
+		}
+		link, maxUnit, minUnit := "", 247, 1
+		switch {
+		case dev.Bus != "" && dev.Endpoint != "":
+			d.errAt(path+".endpoint", "%s: give either bus or endpoint, not both", path)
+		case dev.Bus != "":
+			link = dev.Bus
+			if !buses[dev.Bus] {
+				d.errAt(path+".bus", "%s.bus: no bus with id %q in buses", path, dev.Bus)
+			}
+		case dev.Endpoint != "":
+			link, maxUnit, minUnit = dev.Endpoint, 255, 0
+			if !endpoints[dev.Endpoint] {
+				d.errAt(path+".endpoint", "%s.endpoint: no endpoint with id %q in endpoints", path, dev.Endpoint)
+			}
+		default:
+			d.errAt(path, "%s: missing bus or endpoint: say where the device is connected", path)
+		}
+		if dev.UnitID < minUnit || dev.UnitID > maxUnit {
+			d.errAt(path+".unit_id", "%s.unit_id: %d is out of range (%d to %d)", path, dev.UnitID, minUnit, maxUnit)
+		} else if link != "" {
+			k := unitKey{link, dev.UnitID}
+			if first, dup := units[k]; dup {
+				d.errAt(path+".unit_id", "%s.unit_id: unit id %d is already used on %s by %s", path, dev.UnitID, link, first)
+			}
+			units[k] = fmt.Sprintf("%s (%s)", path, dev.ID)
+		}
+		if dev.Poll < 10*time.Millisecond || dev.Poll > 24*time.Hour {
+			d.errAt(path+".poll", "%s.poll: %s is out of range (10ms to 24h)", path, dev.Poll)
+		}
+	}
+	return d.errs
+}
+
+func loadTemplate(name string, src templateSource) (*Template, Errors) {
+	file, data, err := src(name)
+	if err != nil {
+		return nil, nil // reported as an unknown template at the device
+	}
+	d := newDecoder(file)
+	t := &Template{File: file}
+	d.parse(data, t)
+	if len(d.errs) > 0 {
+		return nil, d.errs
+	}
+	if t.Name != name {
+		d.errAt("template", "template: the file says template %q, but its name is %q", t.Name, name)
+	}
+	if t.Kind == "" || !signalPattern.MatchString(t.Kind) {
+		d.errAt("kind", "kind: %q is not a device kind (lower-case letters, digits, '_')", t.Kind)
+	}
+	if len(t.Registers) == 0 {
+		d.errAt("registers", "registers: a template needs at least one register")
+	}
+	signals := map[string]string{}
+	type cell struct {
+		table Table
+		addr  int
+	}
+	used := map[cell]string{}
+	for i := range t.Registers {
+		r, path := &t.Registers[i], fmt.Sprintf("registers[%d]", i)
+		if !signalPattern.MatchString(r.Signal) {
+			d.errAt(path+".signal", "%s.signal: %q is not a signal name (lower-case letters, digits, '_')", path, r.Signal)
+		} else if first, dup := signals[r.Signal]; dup {
+			d.errAt(path+".signal", "%s.signal: signal %q is already defined by %s", path, r.Signal, first)
+		}
+		signals[r.Signal] = path
+		d.oneOf(path+".table", string(r.Table), []string{"coil", "discrete", "input", "holding"})
+		d.oneOf(path+".type", string(r.Type), []string{"bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "string"})
+		d.oneOf(path+".order", string(r.Order), []string{"ABCD", "CDAB", "BADC", "DCBA"})
+		if r.Table.IsBits() && r.Type != TypeBool {
+			d.errAt(path+".type", "%s.type: a %s holds single bits, so its type must be bool, not %s", path, r.Table, r.Type)
+		}
+		if r.Bit != nil && (r.Type != TypeBool || r.Table.IsBits() || *r.Bit < 0 || *r.Bit > 15) {
+			d.errAt(path+".bit", "%s.bit: bit selects 0 to 15 of a register for a bool on an input or holding register", path)
+		}
+		if r.Type == TypeString && (r.Length < 1 || r.Length > 125) {
+			d.errAt(path+".length", "%s.length: a string needs its length in registers, 1 to 125 (got %d)", path, r.Length)
+		}
+		if r.Type != TypeString && r.Length != 0 {
+			d.errAt(path+".length", "%s.length: only a string has a length", path)
+		}
+		if r.Scale == 0 {
+			d.errAt(path+".scale", "%s.scale: a scale of 0 would make every value 0", path)
+		}
+		if span := r.Span(); r.Address < 0 || r.Address+span-1 > 65535 {
+			d.errAt(path+".address", "%s.address: registers %d to %d are beyond the Modbus address range 0 to 65535", path, r.Address, r.Address+span-1)
+		} else if r.Bit == nil {
+			for a := r.Address; a < r.Address+span; a++ {
+				c := cell{r.Table, a}
+				if first, dup := used[c]; dup {
+					d.errAt(path+".address", "%s.address: %s %d is already mapped by %s", path, r.Table, a, first)
+					break
+				}
+				used[c] = path
+			}
+		}
+		if r.Event != nil {
+			if r.Type != TypeBool {
+				d.errAt(path+".event", "%s.event: events are raised by bool signals only", path)
+			}
+			d.oneOf(path+".event.severity", string(r.Event.Severity), []string{"info", "warning", "critical"})
+			if !signalPattern.MatchString(r.Event.Kind) {
+				d.errAt(path+".event.kind", "%s.event.kind: %q is not an event kind (lower-case letters, digits, '_')", path, r.Event.Kind)
+			}
+		}
+		if r.Sim != nil {
+			d.oneOf(path+".sim.wave", r.Sim.Wave, []string{"constant", "daily", "random", "counter", "toggle", "text"})
+		}
+	}
+	return t, d.errs
+}

@@ -1,0 +1,155 @@
+package modbus
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/goburrow/modbus"
+)
+
+// Read function codes.
+const (
+	fcReadCoils    = 0x01
+	fcReadDiscrete = 0x02
+	fcReadHolding  = 0x03
+	fcReadInput    = 0x04
+)
+
+// crc16 is the Modbus RTU CRC (polynomial 0xA001 reflected, initial 0xFFFF).
+func crc16(b []byte) uint16 {
+	crc := uint16(0xFFFF)
+	for _, c := range b {
+		crc ^= uint16(c)
+		for i := 0; i < 8; i++ {
+			if crc&1 != 0 {
+				crc = crc>>1 ^ 0xA001
+			} else {
+				crc >>= 1
+			}
+		}
+	}
+	return crc
+}
+
+// rtuResponseLength is the length of the normal RTU response to a read
+// request ADU (unit, function, address, quantity, CRC), or an error for a
+// request we do not know how to size.
+func rtuResponseLength(req []byte) (int, error) {
+	if len(req) < 6 {
+		return 0, fmt.Errorf("request of %d bytes is too short", len(req))
+	}
+	qty := int(req[4])<<8 | int(req[5])
+	switch req[1] {
+	case fcReadCoils, fcReadDiscrete:
+		return rtuResponseBytes + (qty+7)/8, nil
+	case fcReadHolding, fcReadInput:
+		return rtuResponseBytes + 2*qty, nil
+	}
+	return 0, fmt.Errorf("function %d not supported", req[1])
+}
+
+// frameKind tells what was wrong with a received frame.
+type frameKind string
+
+const (
+	badCRC      frameKind = "crc"
+	badUnit     frameKind = "unit id"
+	badFunction frameKind = "function"
+	badLength   frameKind = "length"
+)
+
+// FrameError is a response that could not be a valid answer to the
+// request: the transport resynchronised by draining Dropped bytes.
+type FrameError struct {
+	Kind    frameKind
+	Detail  string
+	Dropped int
+}
+
+func (e *FrameError) Error() string {
+	return fmt.Sprintf("bad frame (%s: %s), %d bytes dropped", e.Kind, e.Detail, e.Dropped)
+}
+
+// TimeoutError is a request that got no complete answer in time.
+type TimeoutError struct {
+	After time.Duration
+	Got   int // bytes received
+}
+
+func (e *TimeoutError) Error() string {
+	if e.Got > 0 {
+		return fmt.Sprintf("timeout after %v (%d bytes of a response)", e.After, e.Got)
+	}
+	return fmt.Sprintf("timeout after %v", e.After)
+}
+
+// Timeout marks it as a timeout for net.Error-style checks.
+func (e *TimeoutError) Timeout() bool { return true }
+
+// checkRTU checks a complete RTU frame against its request: unit id,
+// function (normal or exception) and CRC. It is pure, for fuzzing.
+func checkRTU(req, resp []byte) error {
+	if len(resp) < 4 {
+		return &FrameError{Kind: badLength, Detail: fmt.Sprintf("%d bytes", len(resp))}
+	}
+	if resp[0] != req[0] {
+		return &FrameError{Kind: badUnit, Detail: fmt.Sprintf("got %d, want %d", resp[0], req[0])}
+	}
+	if resp[1] != req[1] && resp[1] != req[1]|0x80 {
+		return &FrameError{Kind: badFunction, Detail: fmt.Sprintf("got %d, want %d", resp[1], req[1])}
+	}
+	n := len(resp)
+	got := uint16(resp[n-2]) | uint16(resp[n-1])<<8
+	if want := crc16(resp[:n-2]); got != want {
+		return &FrameError{Kind: badCRC, Detail: fmt.Sprintf("got %04x, want %04x", got, want)}
+	}
+	if resp[1] == req[1] && req[1] >= fcReadCoils && req[1] <= fcReadInput && int(resp[2]) != n-5 {
+		return &FrameError{Kind: badLength, Detail: fmt.Sprintf("byte count %d in a frame of %d", resp[2], n)}
+	}
+	return nil
+}
+
+// exceptionName names a Modbus exception code.
+func exceptionName(code byte) string {
+	switch code {
+	case 1:
+		return "illegal function"
+	case 2:
+		return "illegal data address"
+	case 3:
+		return "illegal data value"
+	case 4:
+		return "server device failure"
+	case 5:
+		return "acknowledge"
+	case 6:
+		return "server device busy"
+	case 8:
+		return "memory parity error"
+	case 10:
+		return "gateway path unavailable"
+	case 11:
+		return "gateway target device failed to respond"
+	}
+	return "unknown"
+}
+
+// errClass sorts a request error into a counter name and a short reason.
+func errClass(err error) (counter, reason string) {
+	var me *modbus.ModbusError
+	var fe *FrameError
+	var te *TimeoutError
+	switch {
+	case errors.As(err, &me):
+		return "exceptions", fmt.Sprintf("exception %d (%s)", me.ExceptionCode, exceptionName(me.ExceptionCode))
+	case errors.As(err, &te):
+		return "timeouts", te.Error()
+	case errors.As(err, &fe):
+		if fe.Kind == badCRC {
+			return "crc_errors", fe.Error()
+		}
+		return "frame_errors", fe.Error()
+	}
+	return "io_errors", err.Error()
+}

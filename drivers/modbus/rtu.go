@@ -1,0 +1,292 @@
+package modbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/goburrow/modbus"
+	"go.bug.st/serial"
+
+	"outpost/configs"
+	"outpost/drivers"
+)
+
+// serialPort is what the RTU transport needs of a serial port.
+type serialPort interface {
+	io.ReadWriteCloser
+	SetReadTimeout(time.Duration) error
+	ResetInputBuffer() error
+}
+
+// rtuTransport sends RTU frames on a serial port and reads the answers. It
+// implements goburrow's Transporter; goburrow's RTU packager frames the
+// requests. It is not safe for concurrent use: the bus lock serialises it.
+type rtuTransport struct {
+	port    serialPort
+	timeout time.Duration // per request
+	silence time.Duration // between frames on the line
+	last    time.Time     // when the line last carried a byte
+	buf     [256]byte
+}
+
+var _ modbus.Transporter = (*rtuTransport)(nil)
+
+// portError is a failure of the port itself (EIO, unplugged, closed): the
+// port is closed and reopened.
+type portError struct{ err error }
+
+func (e *portError) Error() string { return e.err.Error() }
+func (e *portError) Unwrap() error { return e.err }
+
+// Send writes one request after the inter-frame silence and reads its
+// response by expected length, stopping early on an exception frame.
+func (t *rtuTransport) Send(req []byte) ([]byte, error) {
+	want, err := rtuResponseLength(req)
+	if err != nil {
+		return nil, err
+	}
+	if d := time.Until(t.last.Add(t.silence)); d > 0 {
+		time.Sleep(d)
+	}
+	// Whatever arrived since the last frame is stale: a late answer or noise.
+	if err := t.port.ResetInputBuffer(); err != nil {
+		return nil, &portError{fmt.Errorf("flush input: %w", err)}
+	}
+	if _, err := t.port.Write(req); err != nil {
+		return nil, &portError{fmt.Errorf("write: %w", err)}
+	}
+	t.last = time.Now()
+	deadline := t.last.Add(t.timeout)
+	n := 0
+	for n < want {
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return nil, &TimeoutError{After: t.timeout, Got: n}
+		}
+		if err := t.port.SetReadTimeout(remaining); err != nil {
+			return nil, &portError{err}
+		}
+		m, err := t.port.Read(t.buf[n:want])
+		if err != nil {
+			return nil, &portError{fmt.Errorf("read: %w", err)}
+		}
+		if m == 0 {
+			continue
+		}
+		n += m
+		t.last = time.Now()
+		if t.buf[0] != req[0] {
+			return nil, t.resync(deadline, n, badUnit, fmt.Sprintf("got %d, want %d", t.buf[0], req[0]))
+		}
+		if n >= 2 {
+			switch t.buf[1] {
+			case req[1]:
+			case req[1] | 0x80:
+				want = rtuExceptionBytes
+				n = min(n, want)
+			default:
+				return nil, t.resync(deadline, n, badFunction, fmt.Sprintf("got %d, want %d", t.buf[1], req[1]))
+			}
+		}
+		if n >= 3 && t.buf[1] == req[1] && int(t.buf[2]) != want-rtuResponseBytes {
+			return nil, t.resync(deadline, n, badLength, fmt.Sprintf("byte count %d, want %d", t.buf[2], want-rtuResponseBytes))
+		}
+	}
+	if err := checkRTU(req, t.buf[:n]); err != nil {
+		var fe *FrameError
+		if errors.As(err, &fe) {
+			return nil, t.resync(deadline, n, fe.Kind, fe.Detail)
+		}
+		return nil, err
+	}
+	return append([]byte(nil), t.buf[:n]...), nil
+}
+
+// rtuExceptionBytes is the length of an exception frame.
+const rtuExceptionBytes = 5
+
+// resync drains the line until it has been silent for a frame gap (or the
+// deadline passes) and reports the bad frame with the bytes it dropped.
+func (t *rtuTransport) resync(deadline time.Time, got int, kind frameKind, detail string) error {
+	dropped := got
+	gap := max(t.silence, 2*time.Millisecond)
+	var scratch [256]byte
+	for time.Now().Before(deadline) {
+		if err := t.port.SetReadTimeout(gap); err != nil {
+			break
+		}
+		m, err := t.port.Read(scratch[:])
+		if err != nil || m == 0 {
+			break
+		}
+		dropped += m
+		t.last = time.Now()
+	}
+	return &FrameError{Kind: kind, Detail: detail, Dropped: dropped}
+}
+
+// openFunc opens a serial port.
+type openFunc func(path string, mode *serial.Mode) (serialPort, error)
+
+func openSerial(path string, mode *serial.Mode) (serialPort, error) {
+	return serial.Open(path, mode)
+}
+
+// serialMode is the port mode of a bus. InitialStatusBits stays unset:
+// virtual ports refuse it.
+func serialMode(b *configs.Bus) (*serial.Mode, error) {
+	m := &serial.Mode{BaudRate: b.Baud, DataBits: b.DataBits, StopBits: serial.OneStopBit}
+	if m.DataBits == 0 {
+		m.DataBits = 8
+	}
+	switch b.StopBits {
+	case 0, 1:
+	case 2:
+		m.StopBits = serial.TwoStopBits
+	default:
+		return nil, fmt.Errorf("stop bits %d not supported", b.StopBits)
+	}
+	switch b.Parity {
+	case "", configs.ParityNone:
+		m.Parity = serial.NoParity
+	case configs.ParityEven:
+		m.Parity = serial.EvenParity
+	case configs.ParityOdd:
+		m.Parity = serial.OddParity
+	default:
+		return nil, fmt.Errorf("parity %q not supported", b.Parity)
+	}
+	return m, nil
+}
+
+// Port reopen backoff.
+const (
+	reopenMin = 250 * time.Millisecond
+	reopenMax = 10 * time.Second
+)
+
+// rtuBus is the driver of one RS-485 bus: one port, one lock, every device
+// on the bus polled by its own goroutine, one request at a time.
+type rtuBus struct {
+	bus     *configs.Bus
+	devices []*device
+	log     *slog.Logger
+	open    openFunc
+	mode    *serial.Mode
+
+	mu        sync.Mutex // the bus lock: one request on the line at a time
+	tr        *rtuTransport
+	packagers map[byte]modbus.Packager
+	nextOpen  time.Time
+	backoff   time.Duration
+	openErr   error
+}
+
+var _ drivers.Driver = (*rtuBus)(nil)
+
+func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
+	if link.Bus == nil {
+		return nil, fmt.Errorf("modbus-rtu: link %s is not a serial bus", link.Name())
+	}
+	mode, err := serialMode(link.Bus)
+	if err != nil {
+		return nil, fmt.Errorf("bus %s: %w", link.Bus.ID, err)
+	}
+	devs, err := buildDevices(link, BusCost(link.Bus))
+	if err != nil {
+		return nil, err
+	}
+	b := &rtuBus{bus: link.Bus, devices: devs, log: log, open: openSerial, mode: mode, packagers: map[byte]modbus.Packager{}}
+	for _, d := range devs {
+		h := modbus.NewRTUClientHandler("")
+		h.SlaveId = d.unit
+		b.packagers[d.unit] = h
+	}
+	return b, nil
+}
+
+// Run polls the bus's devices until ctx ends.
+func (b *rtuBus) Run(ctx context.Context, emit drivers.Emit) error {
+	runDevices(ctx, b.bus.ID, b.devices, b, emit, b.log)
+	b.mu.Lock()
+	b.closePort()
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *rtuBus) timeout() time.Duration {
+	if b.bus.Timeout > 0 {
+		return b.bus.Timeout
+	}
+	return 500 * time.Millisecond
+}
+
+// ensurePort opens the port unless it is open or waiting out a backoff.
+// The caller holds the bus lock.
+func (b *rtuBus) ensurePort() error {
+	if b.tr != nil {
+		return nil
+	}
+	if time.Now().Before(b.nextOpen) {
+		return &linkDownError{b.openErr}
+	}
+	p, err := b.open(b.bus.Port, b.mode)
+	if err != nil {
+		b.backoff = min(max(2*b.backoff, reopenMin), reopenMax)
+		b.nextOpen = time.Now().Add(b.backoff)
+		b.openErr = fmt.Errorf("open %s: %w", b.bus.Port, err)
+		b.log.Warn("serial port unavailable", "port", b.bus.Port, "retry_in", b.backoff, "err", err)
+		return &linkDownError{b.openErr}
+	}
+	if b.openErr != nil {
+		b.log.Info("serial port open again", "port", b.bus.Port)
+	}
+	b.backoff, b.openErr = 0, nil
+	b.tr = &rtuTransport{port: p, timeout: b.timeout(), silence: Silence(b.bus)}
+	return nil
+}
+
+func (b *rtuBus) closePort() {
+	if b.tr != nil {
+		b.tr.port.Close()
+		b.tr = nil
+	}
+}
+
+// read executes one request for a unit under the bus lock, with retries.
+func (b *rtuBus) read(ctx context.Context, unit byte, r Request) ([]byte, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var err error
+	for try := 0; try <= max(b.bus.Retries, 0); try++ {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err = b.ensurePort(); err != nil {
+			return nil, err
+		}
+		var data []byte
+		data, err = readRequest(modbus.NewClient2(b.packagers[unit], b.tr), r)
+		if err == nil {
+			return data, nil
+		}
+		var pe *portError
+		if errors.As(err, &pe) {
+			b.closePort()
+			b.nextOpen = time.Now().Add(reopenMin)
+			b.backoff = reopenMin
+			b.openErr = fmt.Errorf("port %s failed: %w", b.bus.Port, pe.err)
+			b.log.Warn("serial port failed, closing", "port", b.bus.Port, "err", pe.err)
+			return nil, &linkDownError{b.openErr}
+		}
+		if isException(err) {
+			return nil, err // a device's answer; asking again changes nothing
+		}
+	}
+	return nil, err
+}
