@@ -1,0 +1,6 @@
+package main
+
+// The protocol drivers this gateway ships; each registers itself by name.
+import (
+	_ "outpost/drivers/modbus"
+)

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"outpost/configs"
+	"outpost/drivers"
+	"outpost/gateway/pipeline"
+	"outpost/gateway/queue"
+	"outpost/gateway/seq"
+	"outpost/gateway/uplink/influx"
+	"outpost/gateway/uplink/mqtt"
+)
+
+// run wires a station: drivers -> ingest -> one durable queue per uplink ->
+// forwarders -> hub, and runs it until ctx ends.
+func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
+	log = log.With("station", st.Station.ID)
+	// Build everything that can fail without I/O first.
+	var links []drivers.Driver
+	var names []string
+	for i := range st.Buses {
+		l := drivers.Link{Station: st, Bus: &st.Buses[i]}
+		l.Devices = devicesOn(st, st.Buses[i].ID)
+		d, err := drivers.New(l, log)
+		if err != nil {
+			return err
+		}
+		links, names = append(links, d), append(names, l.Name())
+	}
+	for i := range st.Endpoints {
+		l := drivers.Link{Station: st, Endpoint: &st.Endpoints[i]}
+		l.Devices = devicesOn(st, st.Endpoints[i].ID)
+		d, err := drivers.New(l, log)
+		if err != nil {
+			return err
+		}
+		links, names = append(links, d), append(names, l.Name())
+	}
+
+	if err := os.MkdirAll(st.StateDir, 0o755); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	counters, err := seq.Open(filepath.Join(st.StateDir, "seq.json"), log)
+	if err != nil {
+		return err
+	}
+
+	type uplink struct {
+		name string
+		up   pipeline.Uplink
+		q    *queue.Queue
+	}
+	var ups []uplink
+	mq := mqtt.New(st.Hub.MQTT, st.Station, log)
+	ups = append(ups, uplink{name: "mqtt", up: mq})
+	if st.Hub.Influx != nil {
+		ix := influx.New(*st.Hub.Influx, log)
+		defer ix.Close()
+		ups = append(ups, uplink{name: "influx", up: ix})
+	}
+	var outs []pipeline.Appender
+	for i := range ups {
+		q, err := queue.Open(filepath.Join(st.StateDir, "queue", ups[i].name), queue.Options{
+			MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync,
+		}, log.With("queue", ups[i].name))
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		ups[i].q = q
+		outs = append(outs, q)
+	}
+	ingest := pipeline.NewIngest(st, counters, outs, log)
+
+	if err := mq.Connect(ctx); err != nil {
+		return err
+	}
+	defer mq.Close(context.Background())
+
+	var fwd, drv sync.WaitGroup
+	fctx, stopForwarders := context.WithCancel(context.Background())
+	defer func() { stopForwarders(); fwd.Wait() }()
+	for _, u := range ups {
+		f := &pipeline.Forwarder{Name: u.name, Queue: u.q, Uplink: u.up, Batch: 500, HistoricalAfter: 30 * time.Second, Log: log}
+		fwd.Add(1)
+		go func() {
+			defer fwd.Done()
+			if err := f.Run(fctx); err != nil {
+				log.Error("forwarder stopped", "uplink", f.Name, "err", err)
+			}
+		}()
+	}
+	for i, d := range links {
+		drv.Add(1)
+		go func() {
+			defer drv.Done()
+			runDriver(ctx, d, names[i], ingest, log)
+		}()
+	}
+	log.Info("gateway running", "type", st.Station.Type, "devices", len(st.Devices), "links", len(links), "uplinks", len(ups))
+	<-ctx.Done()
+	drv.Wait() // every driver has stopped emitting; the queues hold the rest
+	log.Info("gateway stopping")
+	return nil
+}
+
+// runDriver runs a driver until ctx ends, restarting it after a pause when it
+// fails as a whole.
+func runDriver(ctx context.Context, d drivers.Driver, name string, in *pipeline.Ingest, log *slog.Logger) {
+	pause := time.Second
+	for {
+		err := d.Run(ctx, in.Emit)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Error("link failed; restarting it", "link", name, "err", err, "in", pause)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+		pause = min(pause*2, 30*time.Second)
+	}
+}
+
+func devicesOn(st *configs.Station, link string) []*configs.Device {
+	var ds []*configs.Device
+	for i := range st.Devices {
+		if d := &st.Devices[i]; d.Bus == link || d.Endpoint == link {
+			ds = append(ds, d)
+		}
+	}
+	return ds
+}

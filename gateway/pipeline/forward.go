@@ -1,0 +1,92 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+)
+
+// Uplink sends a batch to the hub and returns nil only when the hub has
+// accepted every message of it.
+type Uplink interface {
+	Send(ctx context.Context, msgs []model.Message) error
+}
+
+// Source is a durable queue as a Forwarder needs it.
+type Source interface {
+	Next(ctx context.Context, max int) (*queue.Batch, error)
+	Ack(b *queue.Batch) error
+	Rewind()
+}
+
+// Forwarder drains one queue into one uplink: a batch is acknowledged (and
+// so deleted) only after the uplink said the hub accepted it; on failure the
+// batch is handed out again after a backoff. Delivery is at least once.
+type Forwarder struct {
+	Name   string
+	Queue  Source
+	Uplink Uplink
+	Batch  int // messages per send
+	// HistoricalAfter marks a message historical when it is sent this long
+	// after it was recorded (it waited out an outage).
+	HistoricalAfter time.Duration
+	Log             *slog.Logger
+
+	sent, failures, corrupt atomic.Uint64
+}
+
+// Run forwards until ctx ends.
+func (f *Forwarder) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	msgs := make([]model.Message, 0, f.Batch)
+	for {
+		b, err := f.Queue.Next(ctx, f.Batch)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("%s queue: %w", f.Name, err)
+		}
+		msgs = msgs[:0]
+		now := time.Now()
+		for i := 0; i < b.Len(); i++ {
+			m, err := model.DecodeBinary(b.Data(i))
+			if err != nil {
+				// The queue checks records with a CRC, so this is a record
+				// written by an incompatible version: count it and go on.
+				f.corrupt.Add(1)
+				f.Log.Error("undecodable queue record skipped", "uplink", f.Name, "err", err)
+				continue
+			}
+			if f.HistoricalAfter > 0 && now.Sub(m.Time) > f.HistoricalAfter {
+				m.Historical = true
+			}
+			msgs = append(msgs, m)
+		}
+		if err := f.Uplink.Send(ctx, msgs); err != nil {
+			f.failures.Add(1)
+			f.Queue.Rewind()
+			if ctx.Err() != nil {
+				return nil
+			}
+			f.Log.Warn("hub did not accept a batch; will retry", "uplink", f.Name, "messages", len(msgs), "retry_in", backoff, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if err := f.Queue.Ack(b); err != nil {
+			return fmt.Errorf("%s queue: %w", f.Name, err)
+		}
+		f.sent.Add(uint64(len(msgs)))
+	}
+}

@@ -1,0 +1,155 @@
+// Package pipeline carries messages from the drivers to the hub: Ingest
+// stamps each driver message with the station and a sequence number, derives
+// events from signal changes, and appends it durably to one queue per
+// uplink; a Forwarder per uplink and lane drains its queue to the hub.
+package pipeline
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+)
+
+// Appender is a durable queue as Ingest needs it.
+type Appender interface {
+	Append(lane queue.Lane, recs ...queue.Record) error
+}
+
+// Sequencer hands out per-device sequence numbers.
+type Sequencer interface {
+	Next(device string) (uint64, error)
+}
+
+// Ingest is the entry of the pipeline; its Emit method is the drivers' Emit.
+type Ingest struct {
+	station configs.StationID
+	seq     Sequencer
+	outs    []Appender
+	log     *slog.Logger
+	now     func() time.Time
+
+	rules map[string]map[string]*configs.EventRule // device -> signal -> rule
+
+	mu    sync.Mutex
+	state map[string]bool // "device/signal" -> last value of a signal with a rule
+	buf   []byte
+
+	failed atomic.Uint64 // messages that could not be queued
+}
+
+// NewIngest builds the ingest stage for a station, appending every message to
+// each of outs.
+func NewIngest(st *configs.Station, seq Sequencer, outs []Appender, log *slog.Logger) *Ingest {
+	in := &Ingest{
+		station: st.Station,
+		seq:     seq,
+		outs:    outs,
+		log:     log,
+		now:     time.Now,
+		rules:   map[string]map[string]*configs.EventRule{},
+		state:   map[string]bool{},
+	}
+	for _, d := range st.Devices {
+		t := st.Templates[d.Template]
+		for i := range t.Registers {
+			if r := &t.Registers[i]; r.Event != nil {
+				if in.rules[d.ID] == nil {
+					in.rules[d.ID] = map[string]*configs.EventRule{}
+				}
+				in.rules[d.ID][r.Signal] = r.Event
+			}
+		}
+	}
+	return in
+}
+
+// Failed is how many messages could not be queued (disk errors).
+func (in *Ingest) Failed() uint64 { return in.failed.Load() }
+
+// Emit stamps, sequences and queues one driver message, and the events it
+// implies. It is safe for concurrent use; messages of one device keep the
+// order of the calls.
+func (in *Ingest) Emit(m model.Message) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if m.Time.IsZero() {
+		m.Time = in.now()
+	}
+	m.Time = m.Time.UTC()
+	in.queue(m)
+	for _, ev := range in.derive(&m) {
+		in.queue(ev)
+	}
+}
+
+// derive returns the events that m implies: a rule's signal turning true (or
+// false again, for rules that clear), and a device going offline.
+func (in *Ingest) derive(m *model.Message) []model.Message {
+	var evs []model.Message
+	event := func(kind string, sev model.Severity, details map[string]string) {
+		evs = append(evs, model.Message{
+			Device: m.Device, DeviceKind: m.DeviceKind, Time: m.Time, Kind: model.KindEvent,
+			Event: &model.Event{Kind: kind, Severity: sev, Details: details},
+		})
+	}
+	switch m.Kind {
+	case model.KindTelemetry:
+		rules := in.rules[m.Device]
+		for _, r := range m.Readings {
+			rule := rules[r.Signal]
+			if rule == nil || r.Quality == model.Bad {
+				continue
+			}
+			on, ok := r.Value.AsBool()
+			if !ok {
+				continue
+			}
+			key := m.Device + "/" + r.Signal
+			was, known := in.state[key]
+			in.state[key] = on
+			switch {
+			case on && (!known || !was):
+				event(rule.Kind, rule.Severity, map[string]string{"signal": r.Signal, "state": "active"})
+			case !on && known && was && rule.Clear:
+				event(rule.Kind, model.Info, map[string]string{"signal": r.Signal, "state": "cleared"})
+			}
+		}
+	case model.KindHealth:
+		if m.Health != nil && m.Health.State == model.Offline {
+			event(model.EventDeviceLost, model.Warning, map[string]string{"reason": m.Health.Reason})
+		}
+	}
+	return evs
+}
+
+func (in *Ingest) queue(m model.Message) {
+	m.Station, m.StationType = in.station.ID, in.station.Type
+	n, err := in.seq.Next(m.Device)
+	if err != nil {
+		in.fail(&m, err)
+		return
+	}
+	m.Seq = n
+	in.buf = model.AppendBinary(in.buf[:0], &m)
+	lane := queue.LaneTelemetry
+	if m.Priority() == model.PriorityAlarm {
+		lane = queue.LaneAlarm
+	}
+	rec := queue.Record{Data: in.buf, Readings: len(m.Readings)}
+	for _, out := range in.outs {
+		if err := out.Append(lane, rec); err != nil {
+			in.fail(&m, err)
+		}
+	}
+}
+
+func (in *Ingest) fail(m *model.Message, err error) {
+	in.failed.Add(1)
+	in.log.Error("message not queued", "device", m.Device, "kind", m.Kind, "err", fmt.Errorf("device %s: %w", m.Device, err))
+}

@@ -1,0 +1,103 @@
+// Command testbench proves outpost end to end: it starts a hub (a real
+// Mosquitto and InfluxDB), the simulated firmware of a station and the
+// gateway, runs a scenario with its faults, and reports what arrived.
+//
+//	testbench run SCENARIO|all -report FILE|DIR
+//	testbench demo
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if len(os.Args) < 2 {
+		usage()
+	}
+	switch os.Args[1] {
+	case "run":
+		os.Exit(cmdRun(ctx, os.Args[2:], log))
+	case "demo":
+		os.Exit(cmdDemo(ctx, os.Args[2:], log))
+	default:
+		usage()
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, `usage:
+  testbench run SCENARIO|all -report FILE|DIR   run scenarios of testbench/scenarios; exit 0 only if all pass
+  testbench demo                                 the simulated police room through the gateway to an in-process hub`)
+	os.Exit(2)
+}
+
+func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
+	if len(args) == 0 {
+		usage()
+	}
+	name := args[0]
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	reportPath := fs.String("report", "", "write the JSON report to this file (to DIR/SCENARIO.json with 'all')")
+	fs.Parse(args[1:])
+	names := []string{name}
+	if name == "all" {
+		files, _ := filepath.Glob(filepath.Join(scenarioDir(), "*.yaml"))
+		names = names[:0]
+		for _, f := range files {
+			names = append(names, strings.TrimSuffix(filepath.Base(f), ".yaml"))
+		}
+		sort.Strings(names)
+	}
+	failed := 0
+	for _, n := range names {
+		sc, err := loadScenario(n)
+		if err != nil {
+			log.Error("scenario", "err", err)
+			return 2
+		}
+		log.Info("scenario starts", "scenario", sc.Name, "duration", sc.Duration)
+		rep, err := runScenario(ctx, sc, log.With("scenario", sc.Name))
+		if err != nil {
+			rep.Failures = append(rep.Failures, err.Error())
+			rep.Pass = false
+		}
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		fmt.Printf("%s\n", b)
+		if *reportPath != "" {
+			path := *reportPath
+			if name == "all" {
+				os.MkdirAll(path, 0o755)
+				path = filepath.Join(path, sc.Name+".json")
+			}
+			if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+				log.Error("report", "err", err)
+				return 2
+			}
+		}
+		verdict := "PASS"
+		if !rep.Pass {
+			verdict, failed = "FAIL", failed+1
+		}
+		fmt.Printf("%s %s: sent %d, at hub mqtt %d, in influx %d, lost %d, duplicates %d, gateway cpu %.2fs, max rss %.1f MB\n",
+			verdict, sc.Name, rep.Readings.Sent, rep.Readings.AtHubMQTT, rep.Readings.InInflux, rep.Readings.Lost,
+			rep.Readings.Duplicates, rep.Gateway.CPUS, rep.Gateway.MaxRSSMB)
+	}
+	fmt.Printf("scenarios: %d passed, %d failed\n", len(names)-failed, failed)
+	if failed > 0 {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// binDir is where the three binaries are: beside the testbench's own.
+func binDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "bin"
+	}
+	return filepath.Dir(exe)
+}
+
+// proc is a child process of the testbench: the simulator or the gateway.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+
+	mu    sync.Mutex
+	cpu   time.Duration // summed over every process started under this name
+	maxRS int64         // KiB, largest of any
+}
+
+// start runs bin/name args, copying its output to log, and returns once the
+// process printed ready (when ready is not empty).
+func (p *proc) start(ctx context.Context, log io.Writer, ready string, args ...string) error {
+	cmd := exec.Command(filepath.Join(binDir(), p.name), args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", p.name, err)
+	}
+	p.cmd, p.done = cmd, make(chan struct{})
+	readyc := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		seen := false
+		for sc.Scan() {
+			fmt.Fprintln(log, sc.Text())
+			if !seen && ready != "" && strings.Contains(sc.Text(), ready) {
+				seen = true
+				close(readyc)
+			}
+		}
+		p.err = cmd.Wait()
+		p.account()
+		close(p.done)
+	}()
+	if ready == "" {
+		return nil
+	}
+	select {
+	case <-readyc:
+		return nil
+	case <-p.done:
+		return fmt.Errorf("%s exited before it was ready: %v (see the run log)", p.name, p.err)
+	case <-time.After(30 * time.Second):
+		p.kill()
+		return fmt.Errorf("%s was not ready after 30s", p.name)
+	case <-ctx.Done():
+		p.kill()
+		return ctx.Err()
+	}
+}
+
+func (p *proc) account() {
+	ps := p.cmd.ProcessState
+	if ps == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cpu += ps.UserTime() + ps.SystemTime()
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && ru.Maxrss > p.maxRS {
+		p.maxRS = ru.Maxrss
+	}
+}
+
+// stop asks the process to end (SIGTERM) and waits up to timeout, then kills it.
+func (p *proc) stop(timeout time.Duration) error {
+	if p.cmd == nil {
+		return nil
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.kill()
+		return fmt.Errorf("%s did not stop within %s after SIGTERM", p.name, timeout)
+	}
+	return nil
+}
+
+// kill ends the process with SIGKILL and waits for it.
+func (p *proc) kill() {
+	if p.cmd == nil {
+		return
+	}
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+func (p *proc) usage() (cpu time.Duration, maxRSSMB float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cpu, float64(p.maxRS) / 1024
+}
+
+func logWriter(log *slog.Logger, path string) (io.WriteCloser, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	log.Debug("process output", "file", path)
+	return f, nil
+}

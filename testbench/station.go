@@ -1,0 +1,74 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"go.yaml.in/yaml/v3"
+
+	"outpost/configs"
+)
+
+// hubAddrs is where the station under test must send its data.
+type hubAddrs struct {
+	MQTT   string // tcp://127.0.0.1:port
+	Influx string // http://127.0.0.1:port, or "" for none
+	DB     string
+}
+
+// prepareStation rewrites a station file for a run in work: the hub's
+// addresses, the state directory, a serial port path per bus inside work and
+// a free loopback port per TCP endpoint, so that runs never collide. It
+// returns the path of the new file and the station as loaded from it.
+func prepareStation(src []byte, work string, hub hubAddrs, queue map[string]any) (string, *configs.Station, error) {
+	var doc map[string]any
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		return "", nil, fmt.Errorf("station file: %w", err)
+	}
+	h := map[string]any{"mqtt": map[string]any{"url": hub.MQTT}}
+	if hub.Influx != "" {
+		h["influx"] = map[string]any{"url": hub.Influx, "bucket": hub.DB}
+	}
+	doc["hub"] = h
+	doc["state_dir"] = filepath.Join(work, "state")
+	if queue != nil {
+		doc["queue"] = queue
+	}
+	buses, _ := doc["buses"].([]any)
+	for _, b := range buses {
+		bus := b.(map[string]any)
+		bus["port"] = filepath.Join(work, "tty", fmt.Sprint(bus["id"]))
+	}
+	eps, _ := doc["endpoints"].([]any)
+	for _, e := range eps {
+		port, err := freePort()
+		if err != nil {
+			return "", nil, err
+		}
+		e.(map[string]any)["address"] = fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return "", nil, err
+	}
+	path := filepath.Join(work, "station.yaml")
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		return "", nil, err
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		return "", nil, fmt.Errorf("prepared station file:\n%w", err)
+	}
+	return path, st, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
