@@ -52,7 +52,7 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	station, st, err := prepareStation(src, work, hubAddrs{MQTT: fmt.Sprintf("tcp://127.0.0.1:%d", port)}, nil)
+	station, st, err := prepareStation(stationSpec{Src: src}, work, hubAddrs{MQTT: fmt.Sprintf("tcp://127.0.0.1:%d", port)})
 	if err != nil {
 		return err
 	}

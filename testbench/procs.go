@@ -15,8 +15,12 @@ import (
 	"time"
 )
 
-// binDir is where the three binaries are: beside the testbench's own.
+// binDir is where the three binaries are: $OUTPOST_BIN, or beside the
+// testbench's own.
 func binDir() string {
+	if d := os.Getenv("OUTPOST_BIN"); d != "" {
+		return d
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return "bin"

@@ -26,6 +26,7 @@ type Scenario struct {
 	Duration    time.Duration  `yaml:"duration"` // of load
 	Drain       time.Duration  `yaml:"drain"`    // longest wait for the hub to have everything
 	Queue       map[string]any `yaml:"queue"`    // overrides the station's queue section
+	Poll        time.Duration  `yaml:"poll"`     // overrides every device's poll interval
 	Faults      []Fault        `yaml:"faults"`
 	Seed        uint64         `yaml:"seed"`
 }
@@ -177,7 +178,8 @@ func (r *runner) startHub(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("scenario %s: station %q is not an embedded station file: %w", r.sc.Name, r.sc.Station, err)
 	}
-	r.station, r.st, err = prepareStation(src, r.work, hubAddrs{MQTT: r.mqtt.URL(), Influx: r.influx.URL(), DB: r.influx.Database()}, r.sc.Queue)
+	r.station, r.st, err = prepareStation(stationSpec{Src: src, Queue: r.sc.Queue, Poll: r.sc.Poll}, r.work,
+		hubAddrs{MQTT: r.mqtt.URL(), Influx: r.influx.URL(), DB: r.influx.Database()})
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -18,13 +19,21 @@ type hubAddrs struct {
 	DB     string
 }
 
+// stationSpec says which station to run and what to change in it.
+type stationSpec struct {
+	Src       []byte         // the station file
+	Templates string         // a devices/ folder to copy beside it, or ""
+	Queue     map[string]any // replaces the queue section, when set
+	Poll      time.Duration  // replaces every device's poll interval, when set
+}
+
 // prepareStation rewrites a station file for a run in work: the hub's
 // addresses, the state directory, a serial port path per bus inside work and
 // a free loopback port per TCP endpoint, so that runs never collide. It
 // returns the path of the new file and the station as loaded from it.
-func prepareStation(src []byte, work string, hub hubAddrs, queue map[string]any) (string, *configs.Station, error) {
+func prepareStation(spec stationSpec, work string, hub hubAddrs) (string, *configs.Station, error) {
 	var doc map[string]any
-	if err := yaml.Unmarshal(src, &doc); err != nil {
+	if err := yaml.Unmarshal(spec.Src, &doc); err != nil {
 		return "", nil, fmt.Errorf("station file: %w", err)
 	}
 	h := map[string]any{"mqtt": map[string]any{"url": hub.MQTT}}
@@ -33,8 +42,19 @@ func prepareStation(src []byte, work string, hub hubAddrs, queue map[string]any)
 	}
 	doc["hub"] = h
 	doc["state_dir"] = filepath.Join(work, "state")
-	if queue != nil {
-		doc["queue"] = queue
+	if spec.Queue != nil {
+		doc["queue"] = spec.Queue
+	}
+	if spec.Poll > 0 {
+		devs, _ := doc["devices"].([]any)
+		for _, d := range devs {
+			d.(map[string]any)["poll"] = spec.Poll.String()
+		}
+	}
+	if spec.Templates != "" {
+		if err := os.CopyFS(filepath.Join(work, "devices"), os.DirFS(spec.Templates)); err != nil {
+			return "", nil, fmt.Errorf("copying templates: %w", err)
+		}
 	}
 	buses, _ := doc["buses"].([]any)
 	for _, b := range buses {

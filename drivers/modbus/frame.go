@@ -49,20 +49,18 @@ func rtuResponseLength(req []byte) (int, error) {
 	return 0, fmt.Errorf("function %d not supported", req[1])
 }
 
-// frameKind tells what was wrong with a received frame.
-type frameKind string
-
+// What can be wrong with a received frame (FrameError.Kind).
 const (
-	badCRC      frameKind = "crc"
-	badUnit     frameKind = "unit id"
-	badFunction frameKind = "function"
-	badLength   frameKind = "length"
+	badCRC      = "crc"
+	badUnit     = "unit id"
+	badFunction = "function"
+	badLength   = "length"
 )
 
 // FrameError is a response that could not be a valid answer to the
 // request: the transport resynchronised by draining Dropped bytes.
 type FrameError struct {
-	Kind    frameKind
+	Kind    string // crc, unit id, function, length, protocol id, transaction id
 	Detail  string
 	Dropped int
 }

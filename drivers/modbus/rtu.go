@@ -28,8 +28,9 @@ type serialPort interface {
 // requests. It is not safe for concurrent use: the bus lock serialises it.
 type rtuTransport struct {
 	port    serialPort
-	timeout time.Duration // per request
+	timeout time.Duration // per request, beyond the frames' own wire time
 	silence time.Duration // between frames on the line
+	char    time.Duration // one character on the line
 	last    time.Time     // when the line last carried a byte
 	buf     [256]byte
 }
@@ -61,7 +62,9 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 		return nil, &portError{fmt.Errorf("write: %w", err)}
 	}
 	t.last = time.Now()
-	deadline := t.last.Add(t.timeout)
+	// The device has Timeout to answer once both frames had time to cross
+	// the line; at 9600 baud 125 registers take 0.27 s on the wire.
+	deadline := t.last.Add(t.timeout + time.Duration(len(req)+want)*t.char)
 	n := 0
 	for n < want {
 		remaining := time.Until(deadline)
@@ -112,7 +115,7 @@ const rtuExceptionBytes = 5
 
 // resync drains the line until it has been silent for a frame gap (or the
 // deadline passes) and reports the bad frame with the bytes it dropped.
-func (t *rtuTransport) resync(deadline time.Time, got int, kind frameKind, detail string) error {
+func (t *rtuTransport) resync(deadline time.Time, got int, kind, detail string) error {
 	dropped := got
 	gap := max(t.silence, 2*time.Millisecond)
 	var scratch [256]byte
@@ -247,7 +250,7 @@ func (b *rtuBus) ensurePort() error {
 		b.log.Info("serial port open again", "port", b.bus.Port)
 	}
 	b.backoff, b.openErr = 0, nil
-	b.tr = &rtuTransport{port: p, timeout: b.timeout(), silence: Silence(b.bus)}
+	b.tr = &rtuTransport{port: p, timeout: b.timeout(), silence: Silence(b.bus), char: CharTime(b.bus)}
 	return nil
 }
 

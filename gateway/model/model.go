@@ -146,7 +146,8 @@ const (
 	EventSmoke       = "smoke"
 	EventDeviceLost  = "device_lost"
 	EventKioskReq    = "kiosk_request"
-	EventQueueDrops  = "queue_drops"
+	EventQueueDrops  = "queue_drops"  // the gateway dropped telemetry at its queue cap
+	EventQueueDamage = "queue_damage" // the gateway skipped damaged queue data
 	EventPowerFail   = "power_fail"
 	EventCommsFailed = "comms_failed"
 )

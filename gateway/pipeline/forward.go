@@ -19,8 +19,8 @@ type Uplink interface {
 
 // Source is a durable queue as a Forwarder needs it.
 type Source interface {
-	Next(ctx context.Context, max int) (*queue.Batch, error)
-	Ack(b *queue.Batch) error
+	Next(ctx context.Context, max int) (queue.Batch, error)
+	Ack(b queue.Batch) error
 	Rewind()
 }
 
@@ -33,7 +33,8 @@ type Forwarder struct {
 	Uplink Uplink
 	Batch  int // messages per send
 	// HistoricalAfter marks a message historical when it is sent this long
-	// after it was recorded (it waited out an outage).
+	// after it was queued: it waited out an outage, and reaches the hub
+	// with its original timestamp.
 	HistoricalAfter time.Duration
 	Log             *slog.Logger
 
@@ -54,8 +55,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		msgs = msgs[:0]
 		now := time.Now()
-		for i := 0; i < b.Len(); i++ {
-			m, err := model.DecodeBinary(b.Data(i))
+		for _, e := range b.Entries {
+			m, err := model.DecodeBinary(e.Data)
 			if err != nil {
 				// The queue checks records with a CRC, so this is a record
 				// written by an incompatible version: count it and go on.
@@ -63,7 +64,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				f.Log.Error("undecodable queue record skipped", "uplink", f.Name, "err", err)
 				continue
 			}
-			if f.HistoricalAfter > 0 && now.Sub(m.Time) > f.HistoricalAfter {
+			if f.HistoricalAfter > 0 && now.Sub(e.Enqueued) > f.HistoricalAfter {
 				m.Historical = true
 			}
 			msgs = append(msgs, m)

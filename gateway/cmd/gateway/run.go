@@ -97,6 +97,15 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 			}
 		}()
 	}
+	watched := map[string]pipeline.StatsSource{}
+	for _, u := range ups {
+		watched[u.name] = u.q
+	}
+	fwd.Add(1)
+	go func() {
+		defer fwd.Done()
+		pipeline.WatchQueues(fctx, ingest, watched, time.Second)
+	}()
 	for i, d := range links {
 		drv.Add(1)
 		go func() {

@@ -1,0 +1,250 @@
+package modbus
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"testing"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+)
+
+func bit(i int) *int { return &i }
+
+// wire holds one logical value as it travels in each byte order.
+type wire map[configs.ByteOrder][]uint16
+
+func TestDecodeNumbers(t *testing.T) {
+	cases := []struct {
+		typ  configs.DataType
+		raw  float64 // the value before scale and offset
+		wire wire
+	}{
+		{configs.TypeUint16, 4660, wire{"ABCD": {0x1234}, "CDAB": {0x1234}, "BADC": {0x3412}, "DCBA": {0x3412}}},
+		{configs.TypeUint16, 65534, wire{"ABCD": {0xFFFE}, "CDAB": {0xFFFE}, "BADC": {0xFEFF}, "DCBA": {0xFEFF}}},
+		{configs.TypeInt16, -2, wire{"ABCD": {0xFFFE}, "CDAB": {0xFFFE}, "BADC": {0xFEFF}, "DCBA": {0xFEFF}}},
+		{configs.TypeInt16, 4660, wire{"ABCD": {0x1234}, "CDAB": {0x1234}, "BADC": {0x3412}, "DCBA": {0x3412}}},
+		{configs.TypeUint32, 0x12345678, wire{"ABCD": {0x1234, 0x5678}, "CDAB": {0x5678, 0x1234}, "BADC": {0x3412, 0x7856}, "DCBA": {0x7856, 0x3412}}},
+		{configs.TypeUint32, 4294867296, wire{"ABCD": {0xFFFE, 0x7960}, "CDAB": {0x7960, 0xFFFE}, "BADC": {0xFEFF, 0x6079}, "DCBA": {0x6079, 0xFEFF}}},
+		{configs.TypeInt32, -100000, wire{"ABCD": {0xFFFE, 0x7960}, "CDAB": {0x7960, 0xFFFE}, "BADC": {0xFEFF, 0x6079}, "DCBA": {0x6079, 0xFEFF}}},
+		{configs.TypeInt32, 305419896, wire{"ABCD": {0x1234, 0x5678}, "CDAB": {0x5678, 0x1234}, "BADC": {0x3412, 0x7856}, "DCBA": {0x7856, 0x3412}}},
+		// 230.5 is 0x43668000.
+		{configs.TypeFloat32, 230.5, wire{"ABCD": {0x4366, 0x8000}, "CDAB": {0x8000, 0x4366}, "BADC": {0x6643, 0x0080}, "DCBA": {0x0080, 0x6643}}},
+		// 0.1f is 0x3DCCCCCD: the float32 value, widened.
+		{configs.TypeFloat32, float64(float32(0.1)), wire{"ABCD": {0x3DCC, 0xCCCD}, "CDAB": {0xCCCD, 0x3DCC}, "BADC": {0xCC3D, 0xCDCC}, "DCBA": {0xCDCC, 0xCC3D}}},
+		// 1234.5 is 0x40934A0000000000.
+		{configs.TypeFloat64, 1234.5, wire{
+			"ABCD": {0x4093, 0x4A00, 0x0000, 0x0000}, "CDAB": {0x0000, 0x0000, 0x4A00, 0x4093},
+			"BADC": {0x9340, 0x004A, 0x0000, 0x0000}, "DCBA": {0x0000, 0x0000, 0x004A, 0x9340}}},
+		// The double whose bytes are 01 02 03 04 05 06 07 08.
+		{configs.TypeFloat64, 8.20788039913184e-304, wire{
+			"ABCD": {0x0102, 0x0304, 0x0506, 0x0708}, "CDAB": {0x0708, 0x0506, 0x0304, 0x0102},
+			"BADC": {0x0201, 0x0403, 0x0605, 0x0807}, "DCBA": {0x0807, 0x0605, 0x0403, 0x0201}}},
+	}
+	scales := []struct{ scale, offset float64 }{{1, 0}, {0.1, 0}, {0.01, -40}, {10, 2.5}}
+	for _, c := range cases {
+		for _, order := range []configs.ByteOrder{configs.ABCD, configs.CDAB, configs.BADC, configs.DCBA} {
+			for _, s := range scales {
+				name := fmt.Sprintf("%s/%v/%s/x%v%+v", c.typ, c.raw, order, s.scale, s.offset)
+				t.Run(name, func(t *testing.T) {
+					reg := &configs.Register{Signal: "x", Table: configs.Holding, Type: c.typ, Order: order, Scale: s.scale, Offset: s.offset}
+					got, err := Decode(reg, c.wire[order])
+					if err != nil {
+						t.Fatalf("Decode(% x): %v", c.wire[order], err)
+					}
+					want := model.Number(float64(c.raw)*s.scale + s.offset)
+					if !got.Equal(want) {
+						t.Fatalf("Decode(%04x) = %v, want %v", c.wire[order], got, want)
+					}
+				})
+			}
+		}
+	}
+}
+
+func TestDecodeFloat64Literal(t *testing.T) {
+	// The odd literal above is the double with bytes 01 02 .. 08; check it
+	// independently of the table.
+	reg := &configs.Register{Signal: "x", Table: configs.Input, Type: configs.TypeFloat64, Scale: 1}
+	got, err := Decode(reg, []uint16{0x0102, 0x0304, 0x0506, 0x0708})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, _ := got.Float(); fmt.Sprint(f) != "8.20788039913184e-304" {
+		t.Fatalf("got %v", f)
+	}
+}
+
+func TestDecodeScaleDefault(t *testing.T) {
+	// A hand-built register without Scale reads as scale 1.
+	reg := &configs.Register{Signal: "x", Table: configs.Input, Type: configs.TypeUint16, Offset: 1}
+	got, err := Decode(reg, []uint16{41})
+	if err != nil || !got.Equal(model.Number(42)) {
+		t.Fatalf("got %v, %v; want 42", got, err)
+	}
+}
+
+func TestDecodeBoolOnRegister(t *testing.T) {
+	cases := []struct {
+		order configs.ByteOrder
+		bit   *int
+		word  uint16
+		want  bool
+	}{
+		{"ABCD", nil, 0, false},
+		{"ABCD", nil, 0x0100, true},
+		{"ABCD", bit(0), 0x0002, false},
+		{"ABCD", bit(1), 0x0002, true},
+		{"ABCD", bit(15), 0x8000, true},
+		{"ABCD", bit(8), 0x0100, true},
+		{"CDAB", bit(1), 0x0002, true},
+		{"BADC", bit(1), 0x0200, true},
+		{"BADC", bit(1), 0x0002, false},
+		{"DCBA", bit(9), 0x0002, true},
+		{"DCBA", nil, 0x0001, true},
+	}
+	for _, c := range cases {
+		reg := &configs.Register{Signal: "b", Table: configs.Holding, Type: configs.TypeBool, Order: c.order, Bit: c.bit}
+		got, err := Decode(reg, []uint16{c.word})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Equal(model.Bool(c.want)) {
+			b := -1
+			if c.bit != nil {
+				b = *c.bit
+			}
+			t.Errorf("%s bit %d of %04x = %v, want %v", c.order, b, c.word, got, c.want)
+		}
+	}
+	reg := &configs.Register{Signal: "b", Table: configs.Holding, Type: configs.TypeBool, Bit: bit(16)}
+	if _, err := Decode(reg, []uint16{1}); err == nil || err.Error() != "signal b: bit 16 out of range 0..15" {
+		t.Fatalf("bit 16: err = %v", err)
+	}
+}
+
+func TestDecodeString(t *testing.T) {
+	cases := []struct {
+		order configs.ByteOrder
+		words []uint16
+		want  string
+	}{
+		{"ABCD", []uint16{0x5550, 0x532D, 0x334B, 0x0000}, "UPS-3K"},
+		{"CDAB", []uint16{0x5550, 0x532D, 0x334B, 0x0000}, "UPS-3K"},
+		{"BADC", []uint16{0x5055, 0x2D53, 0x4B33, 0x0000}, "UPS-3K"},
+		{"DCBA", []uint16{0x5055, 0x2D53, 0x4B33, 0x0000}, "UPS-3K"},
+		{"ABCD", []uint16{0x4142, 0x2020, 0x2000, 0x0000}, "AB"},
+		{"ABCD", []uint16{0x4100, 0x4200, 0x0000, 0x0000}, "A\x00B"},
+		{"ABCD", []uint16{0x0000, 0x0000, 0x0000, 0x0000}, ""},
+		{"ABCD", []uint16{0xFF41, 0x0000, 0x0000, 0x0000}, "\uFFFDA"},
+	}
+	for _, c := range cases {
+		reg := &configs.Register{Signal: "s", Table: configs.Holding, Type: configs.TypeString, Length: 4, Order: c.order}
+		got, err := Decode(reg, c.words)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Equal(model.String(c.want)) {
+			t.Errorf("%s %04x = %q, want %q", c.order, c.words, got, c.want)
+		}
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	cases := []struct {
+		name  string
+		reg   configs.Register
+		words []uint16
+		want  string
+	}{
+		{"nan", configs.Register{Signal: "f", Type: configs.TypeFloat32, Table: configs.Input}, []uint16{0x7FC0, 0}, "signal f: value is not a finite number"},
+		{"inf", configs.Register{Signal: "f", Type: configs.TypeFloat32, Table: configs.Input}, []uint16{0x7F80, 0}, "signal f: value is not a finite number"},
+		{"-inf64", configs.Register{Signal: "f", Type: configs.TypeFloat64, Table: configs.Input}, []uint16{0xFFF0, 0, 0, 0}, "signal f: value is not a finite number"},
+		{"overflow by scale", configs.Register{Signal: "f", Type: configs.TypeFloat64, Table: configs.Input, Scale: 1e300}, []uint16{0x7FEF, 0xFFFF, 0xFFFF, 0xFFFF}, "signal f: value is not a finite number"},
+		{"short", configs.Register{Signal: "u", Type: configs.TypeUint32, Table: configs.Input}, []uint16{1}, "signal u: need 2 registers, have 1"},
+		{"order", configs.Register{Signal: "u", Type: configs.TypeUint16, Table: configs.Input, Order: "XYZW"}, []uint16{1}, `signal u: unknown byte order "XYZW"`},
+		{"type", configs.Register{Signal: "u", Type: "int8", Table: configs.Input}, []uint16{1}, `signal u: type "int8" on table "input" has no register width`},
+		{"zero-length string", configs.Register{Signal: "s", Type: configs.TypeString, Table: configs.Input}, []uint16{1}, `signal s: type "string" on table "input" has no register width`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v, err := Decode(&c.reg, c.words)
+			if err == nil || err.Error() != c.want {
+				t.Fatalf("Decode = %v, %v; want error %q", v, err, c.want)
+			}
+			if !v.IsZero() {
+				t.Fatalf("value %v with an error", v)
+			}
+		})
+	}
+	_, err := Decode(&configs.Register{Signal: "f", Type: configs.TypeFloat32, Table: configs.Input}, []uint16{0x7FC0, 0})
+	if !errors.Is(err, ErrNotFinite) {
+		t.Fatalf("NaN error %v is not ErrNotFinite", err)
+	}
+}
+
+func TestDecodeSignal(t *testing.T) {
+	data := []byte{0x00, 0x01, 0x43, 0x66, 0x80, 0x00, 0xFF, 0xFE}
+	reg := &configs.Register{Signal: "v", Table: configs.Input, Address: 11, Type: configs.TypeFloat32, Scale: 1}
+	got, err := DecodeSignal(reg, data, 10)
+	if err != nil || !got.Equal(model.Number(230.5)) {
+		t.Fatalf("float at 11: %v, %v", got, err)
+	}
+	reg = &configs.Register{Signal: "t", Table: configs.Input, Address: 13, Type: configs.TypeInt16, Scale: 0.1}
+	got, err = DecodeSignal(reg, data, 10)
+	if err != nil || !got.Equal(model.Number(float64(-2)*0.1)) {
+		t.Fatalf("int16 at 13: %v, %v", got, err)
+	}
+	reg = &configs.Register{Signal: "t", Table: configs.Input, Address: 13, Type: configs.TypeInt32}
+	if _, err := DecodeSignal(reg, data, 10); err == nil || err.Error() != "signal t: registers 13..14 beyond 8 bytes of data" {
+		t.Fatalf("beyond data: %v", err)
+	}
+	bits := []byte{0b10000010, 0b00000001}
+	for i, want := range []bool{false, true, false, false, false, false, false, true, true, false} {
+		reg := &configs.Register{Signal: "b", Table: configs.Coil, Address: 100 + i, Type: configs.TypeBool}
+		got, err := DecodeSignal(reg, bits, 100)
+		if err != nil || !got.Equal(model.Bool(want)) {
+			t.Errorf("bit %d: %v, %v; want %v", i, got, err, want)
+		}
+	}
+	reg = &configs.Register{Signal: "b", Table: configs.Discrete, Address: 116, Type: configs.TypeBool}
+	if _, err := DecodeSignal(reg, bits, 100); err == nil || err.Error() != "bit 16 beyond 2 bytes of data" {
+		t.Fatalf("bit beyond: %v", err)
+	}
+}
+
+var fuzzTypes = []configs.DataType{"bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "string", "bogus"}
+var fuzzOrders = []configs.ByteOrder{"ABCD", "CDAB", "BADC", "DCBA", "", "ZZZZ"}
+var fuzzTables = []configs.Table{"coil", "discrete", "input", "holding"}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte{0x43, 0x66, 0x80, 0x00}, uint8(5), uint8(0), uint8(2), int8(-1), uint8(0), int16(0), int16(0))
+	f.Add([]byte{0x7F, 0xC0, 0x00, 0x00}, uint8(5), uint8(1), uint8(3), int8(-1), uint8(0), int16(0), int16(0))
+	f.Add([]byte{0x55, 0x50, 0x53, 0x2D, 0x33, 0x4B, 0, 0}, uint8(7), uint8(2), uint8(3), int8(-1), uint8(4), int16(0), int16(0))
+	f.Add([]byte{0x02}, uint8(0), uint8(0), uint8(0), int8(1), uint8(0), int16(3), int16(1))
+	f.Add([]byte{0x00, 0x02}, uint8(0), uint8(3), uint8(3), int8(17), uint8(0), int16(0), int16(0))
+	f.Fuzz(func(t *testing.T, data []byte, typ, order, table uint8, b int8, length uint8, addr, start int16) {
+		reg := &configs.Register{
+			Signal: "x", Table: fuzzTables[int(table)%len(fuzzTables)], Address: int(addr),
+			Type: fuzzTypes[int(typ)%len(fuzzTypes)], Order: fuzzOrders[int(order)%len(fuzzOrders)],
+			Length: int(length), Scale: 0.1, Offset: 1,
+		}
+		if b >= 0 {
+			reg.Bit = bit(int(b))
+		}
+		v, err := DecodeSignal(reg, data, int(start))
+		if err != nil && !v.IsZero() {
+			t.Fatalf("value %v with error %v", v, err)
+		}
+		if err == nil && v.IsZero() {
+			t.Fatal("no value and no error")
+		}
+		if f, ok := v.Float(); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
+			t.Fatalf("non-finite number %v", f)
+		}
+		if w, err := Words(data); err == nil && len(w) != len(data)/2 {
+			t.Fatalf("Words: %d words from %d bytes", len(w), len(data))
+		}
+	})
+}

@@ -1,0 +1,283 @@
+package modbus
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"outpost/configs"
+	"outpost/drivers"
+	"outpost/gateway/model"
+)
+
+// everything is a template with every type and byte order; everythingSpec
+// holds its registers as the slave stores them, written out by hand, and
+// everythingWant the values the driver must decode.
+func everything() *configs.Template {
+	r := func(sig string, table configs.Table, addr int, typ configs.DataType, order configs.ByteOrder) configs.Register {
+		return configs.Register{Signal: sig, Table: table, Address: addr, Type: typ, Order: order, Scale: 1}
+	}
+	regs := []configs.Register{
+		r("u16", configs.Holding, 0, configs.TypeUint16, "ABCD"),
+		r("i16", configs.Holding, 1, configs.TypeInt16, "ABCD"),
+		r("u32", configs.Holding, 2, configs.TypeUint32, "ABCD"),
+		r("i32_cdab", configs.Holding, 4, configs.TypeInt32, "CDAB"),
+		r("f32_badc", configs.Holding, 6, configs.TypeFloat32, "BADC"),
+		r("f32_dcba", configs.Holding, 8, configs.TypeFloat32, "DCBA"),
+		r("f64_dcba", configs.Holding, 10, configs.TypeFloat64, "DCBA"),
+		r("f64_abcd", configs.Holding, 14, configs.TypeFloat64, "ABCD"),
+		r("text", configs.Holding, 20, configs.TypeString, "ABCD"),
+		r("flag1", configs.Holding, 24, configs.TypeBool, "ABCD"),
+		r("flag0", configs.Holding, 24, configs.TypeBool, "ABCD"),
+		r("u16_badc", configs.Holding, 25, configs.TypeUint16, "BADC"),
+		r("in_u16", configs.Input, 0, configs.TypeUint16, "ABCD"),
+		r("in_f32", configs.Input, 50, configs.TypeFloat32, "ABCD"),
+		r("coil0", configs.Coil, 0, configs.TypeBool, ""),
+		r("coil1", configs.Coil, 1, configs.TypeBool, ""),
+		r("coil2", configs.Coil, 2, configs.TypeBool, ""),
+		r("di5", configs.Discrete, 5, configs.TypeBool, ""),
+	}
+	regs[0].Scale = 0.1
+	regs[1].Offset = 0.5
+	regs[5].Scale = 2
+	regs[8].Length = 4
+	regs[9].Bit, regs[10].Bit = bit(1), bit(0)
+	regs[12].Scale, regs[12].Offset, regs[12].Unit = 0.01, -40, "V"
+	return &configs.Template{Name: "everything", Kind: "test_kind", Registers: regs}
+}
+
+var everythingSpec = map[string]map[int]int{
+	"hr": {
+		0: 0x1234, 1: 0xFFFE, 2: 0x1234, 3: 0x5678, 4: 0x7960, 5: 0xFFFE,
+		6: 0x6643, 7: 0x0080, 8: 0x0080, 9: 0x6643,
+		10: 0x0000, 11: 0x0000, 12: 0x004A, 13: 0x9340,
+		14: 0x4093, 15: 0x4A00, 16: 0, 17: 0,
+		20: 0x5550, 21: 0x532D, 22: 0x334B, 23: 0x0000,
+		24: 0x0002, 25: 0x3412,
+	},
+	"ir": {0: 26000, 50: 0x4366, 51: 0x8000},
+	"co": {0: 1, 1: 0, 2: 1},
+	"di": {5: 1},
+}
+
+var everythingWant = map[string]model.Value{
+	"u16":      model.Number(float64(4660) * 0.1),
+	"i16":      model.Number(float64(-2)*1 + 0.5),
+	"u32":      model.Number(305419896),
+	"i32_cdab": model.Number(-100000),
+	"f32_badc": model.Number(230.5),
+	"f32_dcba": model.Number(461),
+	"f64_dcba": model.Number(1234.5),
+	"f64_abcd": model.Number(1234.5),
+	"text":     model.String("UPS-3K"),
+	"flag1":    model.Bool(true),
+	"flag0":    model.Bool(false),
+	"u16_badc": model.Number(4660),
+	"in_u16":   model.Number(float64(26000)*0.01 - 40),
+	"in_f32":   model.Number(230.5),
+	"coil0":    model.Bool(true),
+	"coil1":    model.Bool(false),
+	"coil2":    model.Bool(true),
+	"di5":      model.Bool(true),
+}
+
+// checkReadings compares a telemetry message with everythingWant.
+func checkReadings(t *testing.T, m model.Message, tmpl *configs.Template) {
+	t.Helper()
+	if m.Kind != model.KindTelemetry || m.DeviceKind != tmpl.Kind || m.Time.IsZero() || m.Time.Location() != time.UTC {
+		t.Errorf("message header: kind %s device kind %s time %v", m.Kind, m.DeviceKind, m.Time)
+	}
+	if len(m.Readings) != len(tmpl.Registers) {
+		t.Fatalf("%d readings, want %d", len(m.Readings), len(tmpl.Registers))
+	}
+	for i, r := range m.Readings {
+		reg := tmpl.Registers[i]
+		want := everythingWant[reg.Signal]
+		if r.Signal != reg.Signal || r.Unit != reg.Unit || r.Quality != model.Good || !r.Value.Equal(want) {
+			t.Errorf("reading %d = {%s %v %q %s}, want {%s %v %q good}", i, r.Signal, r.Value, r.Unit, r.Quality, reg.Signal, want, reg.Unit)
+		}
+	}
+}
+
+func station(tmpls ...*configs.Template) *configs.Station {
+	s := &configs.Station{Templates: map[string]*configs.Template{}}
+	for _, t := range tmpls {
+		s.Templates[t.Name] = t
+	}
+	return s
+}
+
+func TestInteropTCP(t *testing.T) {
+	port := startSlave(t, slaveSpec{1: everythingSpec, 7: everythingSpec}, "tcp")
+	tmpl := everything()
+	ep := &configs.Endpoint{ID: "lan", Protocol: "modbus-tcp", Address: "127.0.0.1:" + port, Timeout: time.Second, Retries: 1}
+	link := drivers.Link{Station: station(tmpl), Endpoint: ep, Devices: []*configs.Device{
+		{ID: "meter-a", Template: "everything", Endpoint: "lan", UnitID: 1, Poll: 50 * time.Millisecond},
+		{ID: "meter-b", Template: "everything", Endpoint: "lan", UnitID: 7, Poll: 50 * time.Millisecond},
+	}}
+	r := runDriver(t, link)
+	for _, dev := range []string{"meter-a", "meter-b"} {
+		for i := 0; i < 3; i++ {
+			checkReadings(t, r.next(t, dev, model.KindTelemetry, 5*time.Second), tmpl)
+		}
+		h := r.next(t, dev, model.KindHealth, 5*time.Second)
+		if h.Health.State != model.Online || h.Health.Reason != "" || h.Health.Counters["polls"] != 1 || h.Health.Counters["requests"] != 4 {
+			t.Errorf("%s health = %+v, want online after 1 poll of 4 requests", dev, *h.Health)
+		}
+	}
+}
+
+func TestInteropRTU(t *testing.T) {
+	slaveEnd, ourEnd := socatPair(t)
+	// Our end runs 8E1 (a pty accepts any mode); the pymodbus slave must
+	// run without parity, as it does not answer on a pty set to even parity.
+	startSlave(t, slaveSpec{1: everythingSpec, 2: everythingSpec}, "serial", slaveEnd, "19200", "N")
+	tmpl := everything()
+	bus := &configs.Bus{ID: "rs485-1", Protocol: "modbus-rtu", Port: ourEnd, Baud: 19200, Parity: configs.ParityEven,
+		DataBits: 8, StopBits: 1, Timeout: 500 * time.Millisecond, Retries: 1, Turnaround: 5 * time.Millisecond}
+	link := drivers.Link{Station: station(tmpl), Bus: bus, Devices: []*configs.Device{
+		{ID: "th-1", Template: "everything", Bus: "rs485-1", UnitID: 1, Poll: 50 * time.Millisecond},
+		{ID: "th-2", Template: "everything", Bus: "rs485-1", UnitID: 2, Poll: 50 * time.Millisecond},
+	}}
+	plan, _ := Plan(tmpl, BusCost(bus))
+	t.Logf("RTU plan at 19200 8E1: %s", planString(plan))
+	r := runDriver(t, link)
+	for _, dev := range []string{"th-1", "th-2"} {
+		for i := 0; i < 3; i++ {
+			checkReadings(t, r.next(t, dev, model.KindTelemetry, 5*time.Second), tmpl)
+		}
+	}
+}
+
+// TestIsolation: a device whose unit id nobody answers goes offline with a
+// timeout reason and does not slow a healthy device on another bus.
+func TestIsolation(t *testing.T) {
+	deadSlave, deadOurs := socatPair(t)
+	okSlave, okOurs := socatPair(t)
+	startSlave(t, slaveSpec{1: everythingSpec}, "serial", deadSlave, "9600", "N")
+	startSlave(t, slaveSpec{1: everythingSpec}, "serial", okSlave, "9600", "N")
+	tmpl := &configs.Template{Name: "th", Kind: "temp_humidity", Registers: []configs.Register{
+		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 0.01, Offset: -40, Unit: "V"},
+	}}
+	mkBus := func(id, port string) *configs.Bus {
+		return &configs.Bus{ID: id, Protocol: "modbus-rtu", Port: port, Baud: 9600, Parity: "none", DataBits: 8, StopBits: 1,
+			Timeout: 150 * time.Millisecond, Retries: 1, Turnaround: 5 * time.Millisecond}
+	}
+	const poll = 100 * time.Millisecond
+	st := station(tmpl)
+	dead := runDriver(t, drivers.Link{Station: st, Bus: mkBus("bus-a", deadOurs), Devices: []*configs.Device{
+		{ID: "ghost", Template: "th", Bus: "bus-a", UnitID: 9, Poll: poll},
+	}})
+	ok := runDriver(t, drivers.Link{Station: st, Bus: mkBus("bus-b", okOurs), Devices: []*configs.Device{
+		{ID: "healthy", Template: "th", Bus: "bus-b", UnitID: 1, Poll: poll},
+	}})
+
+	// The ghost: bad readings with no value, degraded, then offline after
+	// three failed polls, with the timeout as the reason.
+	m := dead.next(t, "ghost", model.KindTelemetry, 2*time.Second)
+	if r := m.Readings[0]; r.Quality != model.Bad || !r.Value.IsZero() || r.Signal != "temperature" {
+		t.Errorf("ghost reading %+v, want bad with no value", r)
+	}
+	wantReason := "timeout after 150ms reading input 0-0"
+	h := dead.next(t, "ghost", model.KindHealth, 2*time.Second).Health
+	if h.State != model.Degraded || h.Reason != wantReason {
+		t.Errorf("ghost first health %s %q, want degraded %q", h.State, h.Reason, wantReason)
+	}
+	h = dead.next(t, "ghost", model.KindHealth, 3*time.Second).Health
+	if h.State != model.Offline || h.Reason != wantReason {
+		t.Errorf("ghost health %s %q, want offline %q", h.State, h.Reason, wantReason)
+	}
+	if c := h.Counters; c["polls"] != 3 || c["failures"] != 3 || c["timeouts"] != 3 {
+		t.Errorf("ghost counters %v, want 3 polls, 3 failures, 3 timeouts", c)
+	}
+
+	// Meanwhile the healthy device kept its rate: 10 polls in ~1 s.
+	first := ok.next(t, "healthy", model.KindTelemetry, 2*time.Second)
+	var last model.Message
+	for i := 0; i < 10; i++ {
+		last = ok.next(t, "healthy", model.KindTelemetry, time.Second)
+		if r := last.Readings[0]; r.Quality != model.Good || !r.Value.Equal(model.Number(float64(26000)*0.01-40)) {
+			t.Fatalf("healthy reading %+v", r)
+		}
+	}
+	// Had the ghost's timeouts (2 x 150 ms a poll) held the healthy device
+	// up, 10 polls would take 3 s; allow scheduling slack on a busy machine.
+	if gap := last.Time.Sub(first.Time); gap > 15*poll {
+		t.Errorf("10 polls of the healthy device took %v, want about %v", gap, 10*poll)
+	}
+	t.Logf("healthy device: 10 polls in %v while the ghost timed out", last.Time.Sub(first.Time))
+}
+
+// TestBusSharedFairly: a dead unit on the same bus costs bus time but a
+// healthy neighbour keeps answering with good readings, and the dead one
+// backs off.
+func TestBusSharedFairly(t *testing.T) {
+	slave, ours := socatPair(t)
+	startSlave(t, slaveSpec{1: everythingSpec}, "serial", slave, "9600", "N")
+	tmpl := &configs.Template{Name: "th", Kind: "temp_humidity", Registers: []configs.Register{
+		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 1},
+	}}
+	bus := &configs.Bus{ID: "bus", Protocol: "modbus-rtu", Port: ours, Baud: 9600, Timeout: 50 * time.Millisecond}
+	r := runDriver(t, drivers.Link{Station: station(tmpl), Bus: bus, Devices: []*configs.Device{
+		{ID: "ghost", Template: "th", Bus: "bus", UnitID: 9, Poll: 50 * time.Millisecond},
+		{ID: "healthy", Template: "th", Bus: "bus", UnitID: 1, Poll: 50 * time.Millisecond},
+	}})
+	var ghostPolls, good int
+	deadline := time.After(1500 * time.Millisecond)
+loop:
+	for {
+		select {
+		case m := <-r.msgs:
+			if m.Kind != model.KindTelemetry {
+				continue
+			}
+			if m.Device == "ghost" {
+				ghostPolls++
+			} else if m.Readings[0].Quality == model.Good && m.Readings[0].Value.Equal(model.Number(26000)) {
+				good++
+			}
+		case <-deadline:
+			break loop
+		}
+	}
+	// The ghost backs off: polls at 0, 50, +100, +200, +400 ms at most
+	// (each failing poll also takes its 50 ms timeout).
+	if ghostPolls > 6 {
+		t.Errorf("ghost polled %d times in 1.5 s, want it backing off", ghostPolls)
+	}
+	if good < 20 {
+		t.Errorf("healthy device read %d times in 1.5 s, want at least 20", good)
+	}
+	t.Logf("1.5 s on a shared bus: ghost %d polls, healthy %d good polls", ghostPolls, good)
+}
+
+// TestPortReopen: a bus whose port is missing reports its devices offline at
+// once, and recovers when the port appears.
+func TestPortReopen(t *testing.T) {
+	dir := t.TempDir()
+	tmpl := &configs.Template{Name: "th", Kind: "temp_humidity", Registers: []configs.Register{
+		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 1},
+	}}
+	port := dir + "/missing"
+	bus := &configs.Bus{ID: "bus", Protocol: "modbus-rtu", Port: port, Baud: 9600, Timeout: 200 * time.Millisecond}
+	r := runDriver(t, drivers.Link{Station: station(tmpl), Bus: bus, Devices: []*configs.Device{
+		{ID: "th", Template: "th", Bus: "bus", UnitID: 1, Poll: 50 * time.Millisecond},
+	}})
+	h := r.next(t, "th", model.KindHealth, 2*time.Second).Health
+	if h.State != model.Offline || !strings.HasPrefix(h.Reason, "open "+port+": ") || !strings.HasSuffix(h.Reason, " reading input 0-0") {
+		t.Fatalf("health %s %q, want offline: open %s: ...", h.State, h.Reason, port)
+	}
+	slaveEnd, ourEnd := socatPair(t)
+	startSlave(t, slaveSpec{1: everythingSpec}, "serial", slaveEnd, "9600", "N")
+	// The bus's port name now appears (a link to the new pty).
+	if err := symlink(ourEnd, port); err != nil {
+		t.Fatal(err)
+	}
+	h = r.next(t, "th", model.KindHealth, 15*time.Second).Health
+	if h.State != model.Online {
+		t.Fatalf("health %s %q after the port appeared, want online", h.State, h.Reason)
+	}
+	if n := h.Counters["link_down"]; n == 0 {
+		t.Errorf("counters %v: want link_down counted", h.Counters)
+	}
+}

@@ -1,0 +1,209 @@
+package modbus
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/goburrow/modbus"
+)
+
+// tcpAnswer is the MBAP frame answering a read request frame with
+// regValue registers.
+func tcpAnswer(req []byte) []byte {
+	rtu := readAnswer(append([]byte{req[6]}, req[7:12]...))
+	pdu := rtu[1 : len(rtu)-2] // function, byte count, data
+	f := make([]byte, 7, 7+len(pdu))
+	copy(f, req[:4])
+	binary.BigEndian.PutUint16(f[4:], uint16(1+len(pdu)))
+	f[6] = req[6]
+	return append(f, pdu...)
+}
+
+// tcpPeer is an in-test Modbus TCP device: for the n-th request (from 1)
+// it writes what handle returns, after handle's delay.
+func tcpPeer(t *testing.T, handle func(n int, req []byte) (delay time.Duration, out []byte)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	count := 0
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				req := make([]byte, 12)
+				for {
+					if _, err := io.ReadFull(c, req); err != nil {
+						return
+					}
+					mu.Lock()
+					count++
+					n := count
+					mu.Unlock()
+					delay, out := handle(n, append([]byte(nil), req...))
+					time.Sleep(delay)
+					c.Write(out)
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+func newTCPClient(addr string, timeout time.Duration) (modbus.Client, *tcpTransport, *modbus.TCPClientHandler) {
+	tr := &tcpTransport{addr: addr, timeout: timeout, log: slog.New(slog.DiscardHandler)}
+	p := modbus.NewTCPClientHandler(addr)
+	p.SlaveId = 1
+	return modbus.NewClient2(p, tr), tr, p
+}
+
+func wantRegs(start, n int) string {
+	var b []byte
+	for i := 0; i < n; i++ {
+		v := regValue(start + i)
+		b = append(b, byte(v>>8), byte(v))
+	}
+	return string(b)
+}
+
+// TestTCPLateReplyOnce: the peer answers the first request after the
+// timeout; the driver times out, starts a clean connection, and every later
+// request gets its own answer.
+func TestTCPLateReplyOnce(t *testing.T) {
+	addr := tcpPeer(t, func(n int, req []byte) (time.Duration, []byte) {
+		if n == 1 {
+			return 150 * time.Millisecond, tcpAnswer(req)
+		}
+		return 0, tcpAnswer(req)
+	})
+	c, _, _ := newTCPClient(addr, 100*time.Millisecond)
+	_, err := c.ReadHoldingRegisters(0, 2)
+	var te *TimeoutError
+	if !errors.As(err, &te) || err.Error() != "timeout after 100ms" {
+		t.Fatalf("first read: %v, want timeout after 100ms", err)
+	}
+	for i := 1; i <= 5; i++ {
+		got, err := c.ReadHoldingRegisters(uint16(10*i), 2)
+		if err != nil || string(got) != wantRegs(10*i, 2) {
+			t.Fatalf("read %d: % x, %v; want % x", i, got, err, wantRegs(10*i, 2))
+		}
+	}
+}
+
+// TestTCPStaleReplyDiscarded: on one connection the peer sends a reply to
+// an older transaction before the right one (as a late reply does when the
+// connection stays up); the driver discards it and keeps reading.
+// goburrow's own TCP transporter takes it and stays one id behind.
+func TestTCPStaleReplyDiscarded(t *testing.T) {
+	var prev []byte
+	addr := tcpPeer(t, func(n int, req []byte) (time.Duration, []byte) {
+		ans := tcpAnswer(req)
+		out := ans
+		if n == 3 {
+			out = append(append([]byte(nil), prev...), ans...)
+		}
+		prev = ans
+		return 0, out
+	})
+	c, tr, _ := newTCPClient(addr, 500*time.Millisecond)
+	for i := 1; i <= 5; i++ {
+		got, err := c.ReadHoldingRegisters(uint16(10*i), 2)
+		if err != nil || string(got) != wantRegs(10*i, 2) {
+			t.Fatalf("read %d: % x, %v; want % x", i, got, err, wantRegs(10*i, 2))
+		}
+	}
+	if tr.stale != 1 {
+		t.Errorf("stale replies discarded: %d, want 1", tr.stale)
+	}
+
+	// The same peer behaviour against goburrow's own client, for contrast.
+	addr2 := tcpPeer(t, func(n int, req []byte) (time.Duration, []byte) {
+		ans := tcpAnswer(req)
+		out := ans
+		if n == 1 {
+			out = append(append([]byte(nil), ans...), ans...)
+		}
+		return 0, out
+	})
+	h := modbus.NewTCPClientHandler(addr2)
+	h.SlaveId, h.Timeout = 1, 500*time.Millisecond
+	defer h.Close()
+	gc := modbus.NewClient(h)
+	if _, err := gc.ReadHoldingRegisters(0, 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gc.ReadHoldingRegisters(10, 2); err == nil {
+		t.Log("goburrow's client took the duplicate without error")
+	} else {
+		t.Logf("goburrow's client after a duplicate reply: %v", err)
+	}
+}
+
+func TestTCPConnectRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c, _, _ := newTCPClient(addr, 200*time.Millisecond)
+	_, err = c.ReadHoldingRegisters(0, 1)
+	var ce *connectError
+	if !errors.As(err, &ce) {
+		t.Fatalf("err %v, want a connect error", err)
+	}
+}
+
+func TestCheckMBAP(t *testing.T) {
+	cases := []struct {
+		head []byte
+		n    int
+		err  string
+	}{
+		{[]byte{0, 1, 0, 0, 0, 5, 1}, 5, ""},
+		{[]byte{0, 1, 0, 1, 0, 5, 1}, 0, "bad frame (protocol id: got 1, want 0), 0 bytes dropped"},
+		{[]byte{0, 1, 0, 0, 0, 2, 1}, 0, "bad frame (length: length field 2 outside 3-254), 0 bytes dropped"},
+		{[]byte{0, 1, 0, 0, 1, 0, 1}, 0, "bad frame (length: length field 256 outside 3-254), 0 bytes dropped"},
+		{[]byte{0, 1}, 0, "bad frame (length: header of 2 bytes), 0 bytes dropped"},
+	}
+	for _, c := range cases {
+		n, err := checkMBAP(c.head)
+		es := ""
+		if err != nil {
+			es = err.Error()
+		}
+		if n != c.n || es != c.err {
+			t.Errorf("checkMBAP(% x) = %d, %q; want %d, %q", c.head, n, es, c.n, c.err)
+		}
+	}
+}

@@ -1,0 +1,64 @@
+package pipeline
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+)
+
+// GatewayDevice is the device id under which the gateway reports on itself.
+const GatewayDevice = "gateway"
+
+// StatsSource is a queue whose counters can be read.
+type StatsSource interface {
+	Stats() queue.Stats
+}
+
+// WatchQueues reports to the hub, as events of the gateway itself, every
+// reading a queue dropped to stay under its cap and every damaged region it
+// skipped on disk, checking every interval until ctx ends. Each event carries
+// the increase since the last one and the total, so the hub can account for
+// every reading recorded at the station.
+func WatchQueues(ctx context.Context, in *Ingest, queues map[string]StatsSource, every time.Duration) {
+	last := map[string]queue.Stats{}
+	check := func() {
+		for name, q := range queues {
+			s, prev := q.Stats(), last[name]
+			last[name] = s
+			t, pt := s.Lanes[queue.LaneTelemetry], prev.Lanes[queue.LaneTelemetry]
+			if d := t.DroppedReadings - pt.DroppedReadings; d > 0 {
+				in.Emit(model.Message{Device: GatewayDevice, DeviceKind: "gateway", Kind: model.KindEvent,
+					Event: &model.Event{Kind: model.EventQueueDrops, Severity: model.Warning, Details: map[string]string{
+						"uplink":                 name,
+						"dropped_readings":       strconv.FormatInt(d, 10),
+						"dropped_records":        strconv.FormatInt(t.Dropped-pt.Dropped, 10),
+						"dropped_readings_total": strconv.FormatInt(t.DroppedReadings, 10),
+						"reason":                 "queue size cap reached: the oldest telemetry was dropped",
+					}}})
+			}
+			if s.Corrupt > prev.Corrupt || s.TornBytes > prev.TornBytes {
+				in.Emit(model.Message{Device: GatewayDevice, DeviceKind: "gateway", Kind: model.KindEvent,
+					Event: &model.Event{Kind: model.EventQueueDamage, Severity: model.Warning, Details: map[string]string{
+						"uplink":        name,
+						"corrupt":       strconv.FormatInt(s.Corrupt-prev.Corrupt, 10),
+						"corrupt_bytes": strconv.FormatInt(s.CorruptBytes-prev.CorruptBytes, 10),
+						"torn_bytes":    strconv.FormatInt(s.TornBytes-prev.TornBytes, 10),
+						"reason":        "damaged queue data on disk was skipped",
+					}}})
+			}
+		}
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		check()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
