@@ -114,7 +114,10 @@ func scaled(reg *configs.Register, raw float64) (model.Value, error) {
 	if scale == 0 {
 		scale = 1
 	}
-	v := raw*scale + reg.Offset
+	// The explicit conversion rounds the product before the addition, so no
+	// platform fuses them into one FMA: the value is the same on every
+	// machine, and the same as the simulator computes.
+	v := float64(raw*scale) + reg.Offset
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return model.Value{}, fmt.Errorf("signal %s: %w", reg.Signal, ErrNotFinite)
 	}

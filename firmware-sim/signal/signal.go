@@ -41,9 +41,9 @@ type Value struct {
 }
 
 // Num, B and Str build Values.
-func Num(f float64) Value  { return Value{Kind: Number, Num: f} }
-func B(b bool) Value       { return Value{Kind: Bool, Bool: b} }
-func Str(s string) Value   { return Value{Kind: Text, Text: s} }
+func Num(f float64) Value { return Value{Kind: Number, Num: f} }
+func B(b bool) Value      { return Value{Kind: Bool, Bool: b} }
+func Str(s string) Value  { return Value{Kind: Text, Text: s} }
 
 // Truth is the value as a bool: a bool itself, a number rounded away from
 // zero, a non-empty text.
@@ -126,7 +126,7 @@ func New(sim configs.Sim, seed int64, key string, start time.Time) (*Generator, 
 	if !known {
 		return nil, fmt.Errorf("signal %s: unknown wave %q", key, sim.Wave)
 	}
-	if sim.Max < sim.Min {
+	if (sim.Wave == "random" || sim.Wave == "daily") && sim.Max < sim.Min {
 		return nil, fmt.Errorf("signal %s: max %v below min %v", key, sim.Max, sim.Min)
 	}
 	h := fnv.New64a()

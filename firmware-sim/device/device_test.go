@@ -1,0 +1,267 @@
+package device
+
+import (
+	"bytes"
+	"io/fs"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"outpost/configs"
+	"outpost/firmware-sim/signal"
+	"outpost/firmware-sim/slave"
+)
+
+func bit(n int) *int { return &n }
+
+func constant(v float64) *configs.Sim { return &configs.Sim{Wave: "constant", Value: v} }
+
+// testTemplate maps a little of everything, with constant values.
+func testTemplate(gaps bool) *configs.Template {
+	return &configs.Template{
+		Name:     "t",
+		Kind:     "test",
+		ReadGaps: &gaps,
+		Registers: []configs.Register{
+			{Signal: "temp", Table: configs.Input, Address: 0, Type: configs.TypeInt16, Scale: 0.1, Sim: constant(21.3)},
+			{Signal: "volt", Table: configs.Input, Address: 1, Type: configs.TypeFloat32, Order: configs.ABCD, Scale: 1, Sim: constant(229.5)},
+			{Signal: "far", Table: configs.Input, Address: 10, Type: configs.TypeUint16, Scale: 1, Sim: constant(7)},
+			{Signal: "armed", Table: configs.Holding, Address: 0, Type: configs.TypeBool, Bit: bit(0), Scale: 1, Sim: constant(1)},
+			{Signal: "fault", Table: configs.Holding, Address: 0, Type: configs.TypeBool, Bit: bit(3), Scale: 1, Sim: constant(1)},
+			{Signal: "setpoint", Table: configs.Holding, Address: 1, Type: configs.TypeUint16, Scale: 1, Sim: constant(1234)},
+			{Signal: "relay1", Table: configs.Coil, Address: 0, Type: configs.TypeBool, Scale: 1, Sim: constant(1)},
+			{Signal: "relay2", Table: configs.Coil, Address: 1, Type: configs.TypeBool, Scale: 1, Sim: constant(0)},
+			{Signal: "door", Table: configs.Discrete, Address: 0, Type: configs.TypeBool, Scale: 1, Sim: constant(1)},
+		},
+	}
+}
+
+// sink records what was served.
+type sink struct {
+	mu sync.Mutex
+	rs []Reading
+}
+
+func (s *sink) Served(dev string, rs []Reading) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rs = append(s.rs, rs...)
+}
+
+func (s *sink) take() []Reading {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rs := s.rs
+	s.rs = nil
+	return rs
+}
+
+func newDevice(t *testing.T, gaps bool) (*Device, *sink) {
+	t.Helper()
+	sk := &sink{}
+	d, err := New(configs.Device{ID: "dev", Template: "t", UnitID: 1}, testTemplate(gaps), Options{Seed: 1, Sink: sk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, sk
+}
+
+func pdu(b ...byte) []byte { return b }
+
+// TestProcess drives the device through the PDU, as a master would.
+func TestProcess(t *testing.T) {
+	cases := []struct {
+		name   string
+		gaps   bool
+		req    []byte
+		resp   []byte
+		served []Reading
+	}{
+		{"read input whole signals", true, pdu(4, 0, 0, 0, 3), pdu(4, 6, 0x00, 0xD5, 0x43, 0x65, 0x80, 0x00),
+			[]Reading{{"temp", signal.Num(21.3)}, {"volt", signal.Num(229.5)}}},
+		{"half a float is not a reading", true, pdu(4, 0, 2, 0, 1), pdu(4, 2, 0x80, 0x00), nil},
+		{"gaps read as zero", true, pdu(4, 0, 2, 0, 9), pdu(4, 18, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7),
+			[]Reading{{"far", signal.Num(7)}}},
+		{"past the highest address", true, pdu(4, 0, 0, 0, 12), pdu(0x84, 2), nil},
+		{"before the lowest address", true, pdu(3, 0xFF, 0xFF, 0, 1), pdu(0x83, 2), nil},
+		{"gaps refused", false, pdu(4, 0, 0, 0, 11), pdu(0x84, 2), nil},
+		{"mapped reads without gaps", false, pdu(4, 0, 10, 0, 1), pdu(4, 2, 0, 7), []Reading{{"far", signal.Num(7)}}},
+		{"unmapped table", true, pdu(3, 0, 9, 0, 1), pdu(0x83, 2), nil},
+		{"bits in a holding register", true, pdu(3, 0, 0, 0, 2), pdu(3, 4, 0x00, 0x09, 0x04, 0xD2),
+			[]Reading{{"armed", signal.B(true)}, {"fault", signal.B(true)}, {"setpoint", signal.Num(1234)}}},
+		{"coils", true, pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x01), []Reading{{"relay1", signal.B(true)}, {"relay2", signal.B(false)}}},
+		{"discrete inputs", true, pdu(2, 0, 0, 0, 1), pdu(2, 1, 0x01), []Reading{{"door", signal.B(true)}}},
+		{"126 registers", true, pdu(4, 0, 0, 0, 126), pdu(0x84, 3), nil},
+		{"0 registers", true, pdu(3, 0, 0, 0, 0), pdu(0x83, 3), nil},
+		{"2001 coils", true, pdu(1, 0, 0, 0x07, 0xD1), pdu(0x81, 3), nil},
+		{"past 65535", true, pdu(3, 0xFF, 0xFF, 0, 2), pdu(0x83, 2), nil},
+		{"short read", true, pdu(3, 0, 0, 0), pdu(0x83, 3), nil},
+		{"unsupported function", true, pdu(0x2B, 0x0E, 1, 0), pdu(0xAB, 1), nil},
+		{"diagnostics unsupported", true, pdu(8, 0, 0, 0x12, 0x34), pdu(0x88, 1), nil},
+		{"write coil to unmapped", true, pdu(5, 0, 5, 0xFF, 0), pdu(0x85, 2), nil},
+		{"write coil bad value", true, pdu(5, 0, 0, 0x12, 0x34), pdu(0x85, 3), nil},
+		{"write register to input table address", true, pdu(6, 0, 2, 0, 1), pdu(0x86, 2), nil},
+		{"write multiple bad count", true, pdu(16, 0, 1, 0, 1, 3, 0, 1, 2), pdu(0x90, 3), nil},
+		{"write multiple coils bad count", true, pdu(15, 0, 0, 0, 2, 2, 3, 0), pdu(0x8F, 3), nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d, sk := newDevice(t, c.gaps)
+			resp, commit := slave.Process(d, c.req)
+			if !bytes.Equal(resp, c.resp) {
+				t.Fatalf("Process(% x) = % x, want % x", c.req, resp, c.resp)
+			}
+			if len(sk.take()) != 0 {
+				t.Fatal("readings served before the response was sent")
+			}
+			if commit != nil {
+				commit()
+			}
+			if got := sk.take(); !slices.Equal(got, c.served) {
+				t.Errorf("served %v, want %v", got, c.served)
+			}
+			st := d.Stats()
+			wantExc := int64(0)
+			if c.resp[0]&0x80 != 0 {
+				wantExc = 1
+			}
+			if st != (Stats{Polls: 1, ReadingsServed: int64(len(c.served)), Exceptions: wantExc}) {
+				t.Errorf("stats = %+v", st)
+			}
+		})
+	}
+}
+
+// TestWritesReadBack: what a master writes reads back, and is what the
+// served log says the master must decode.
+func TestWritesReadBack(t *testing.T) {
+	d, sk := newDevice(t, true)
+	steps := []struct {
+		req, resp []byte
+		served    []Reading
+	}{
+		{pdu(5, 0, 0, 0, 0), pdu(5, 0, 0, 0, 0), nil},
+		{pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x00), []Reading{{"relay1", signal.B(false)}, {"relay2", signal.B(false)}}},
+		{pdu(15, 0, 0, 0, 2, 1, 0x02), pdu(15, 0, 0, 0, 2), nil},
+		{pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x02), []Reading{{"relay1", signal.B(false)}, {"relay2", signal.B(true)}}},
+		{pdu(6, 0, 1, 0x00, 0x63), pdu(6, 0, 1, 0x00, 0x63), nil},
+		{pdu(3, 0, 1, 0, 1), pdu(3, 2, 0x00, 0x63), []Reading{{"setpoint", signal.Num(99)}}},
+		// Clearing bit 0 of the status register turns "armed" off, keeps
+		// "fault" on.
+		{pdu(16, 0, 0, 0, 2, 4, 0x00, 0x08, 0x00, 0x07), pdu(16, 0, 0, 0, 2), nil},
+		{pdu(3, 0, 0, 0, 2), pdu(3, 4, 0x00, 0x08, 0x00, 0x07),
+			[]Reading{{"armed", signal.B(false)}, {"fault", signal.B(true)}, {"setpoint", signal.Num(7)}}},
+	}
+	for i, s := range steps {
+		resp, commit := slave.Process(d, s.req)
+		if !bytes.Equal(resp, s.resp) {
+			t.Fatalf("step %d: Process(% x) = % x, want % x", i, s.req, resp, s.resp)
+		}
+		if commit != nil {
+			commit()
+		}
+		if got := sk.take(); !slices.Equal(got, s.served) {
+			t.Errorf("step %d: served %v, want %v", i, got, s.served)
+		}
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	tm := testTemplate(true)
+	tm.Registers[0].Sim = &configs.Sim{Wave: "square"}
+	_, err := New(configs.Device{ID: "dev", UnitID: 1}, tm, Options{})
+	if err == nil || err.Error() != `device dev: signal dev/temp: unknown wave "square"` {
+		t.Errorf("New with an unknown wave: %v", err)
+	}
+	_, err = New(configs.Device{ID: "dev", Template: "nope", UnitID: 1}, nil, Options{})
+	if err == nil || err.Error() != `device dev: no template "nope"` {
+		t.Errorf("New without a template: %v", err)
+	}
+}
+
+// TestConsistentResponse: a changing signal has one value per response, and
+// the served value is what its registers say.
+func TestConsistentResponse(t *testing.T) {
+	gaps := true
+	tm := &configs.Template{Name: "c", Kind: "test", ReadGaps: &gaps, Registers: []configs.Register{
+		{Signal: "count", Table: configs.Input, Address: 0, Type: configs.TypeUint32, Scale: 1, Sim: &configs.Sim{Wave: "counter", Rate: 1000}},
+	}}
+	var now time.Time
+	start := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	sk := &sink{}
+	d, err := New(configs.Device{ID: "dev", UnitID: 1}, tm, Options{Start: start, Now: func() time.Time { return now }, Sink: sk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, el := range []time.Duration{0, 1500 * time.Millisecond, 70 * time.Second} {
+		now = start.Add(el)
+		resp, commit := slave.Process(d, pdu(4, 0, 0, 0, 2))
+		commit()
+		raw := uint32(resp[2])<<24 | uint32(resp[3])<<16 | uint32(resp[4])<<8 | uint32(resp[5])
+		want := float64(el.Milliseconds())
+		if float64(raw) != want {
+			t.Errorf("step %d: raw %d, want %v", i, raw, want)
+		}
+		if got := sk.take(); !slices.Equal(got, []Reading{{"count", signal.Num(want)}}) {
+			t.Errorf("step %d: served %v", i, got)
+		}
+	}
+}
+
+// TestEmbeddedStations builds every device of every shipped station and
+// reads each of its signals whole: every template encodes.
+func TestEmbeddedStations(t *testing.T) {
+	files, err := fs.Glob(configs.Embedded, "*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no embedded stations: %v", err)
+	}
+	for _, f := range files {
+		st, err := configs.LoadEmbedded(f)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, d := range st.Devices {
+			sk := &sink{}
+			dev, err := New(d, st.Templates[d.Template], Options{Seed: 1, Sink: sk})
+			if err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			tm := st.Templates[d.Template]
+			for _, r := range tm.Registers {
+				fc := map[configs.Table]byte{configs.Coil: 1, configs.Discrete: 2, configs.Holding: 3, configs.Input: 4}[r.Table]
+				resp, commit := slave.Process(dev, pdu(fc, byte(r.Address>>8), byte(r.Address), 0, byte(r.Span())))
+				if resp[0] != fc || commit == nil {
+					t.Fatalf("%s %s %s: % x", f, d.ID, r.Signal, resp)
+				}
+				commit()
+			}
+			got := map[string]bool{}
+			for _, rd := range sk.take() {
+				got[rd.Signal] = true
+			}
+			for _, r := range tm.Registers {
+				if !got[r.Signal] {
+					t.Errorf("%s %s: %s never served", f, d.ID, r.Signal)
+				}
+			}
+		}
+	}
+}
+
+func BenchmarkReadInput(b *testing.B) {
+	st, err := configs.LoadEmbedded("police-room.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dev, err := New(st.Devices[0], st.Templates[st.Devices[0].Template], Options{Seed: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := pdu(4, 0, 0, 0, 6) // temp-humidity: 3 signals across a gap
+	b.ReportAllocs()
+	for b.Loop() {
+		_, commit := slave.Process(dev, req)
+		commit()
+	}
+}

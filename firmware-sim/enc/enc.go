@@ -1,0 +1,209 @@
+// Package enc puts simulated values onto Modbus registers the way device
+// firmware does, and says which value a correct master must decode from them.
+//
+// It is written apart from the gateway's decoders on purpose: a byte-order or
+// scaling bug cannot hide by living on both sides of the wire.
+package enc
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"outpost/configs"
+	"outpost/firmware-sim/signal"
+)
+
+// Encode converts v into the registers of r. words holds r.Words() registers
+// in address order starting at r.Address (for a bool on a bit table it is nil
+// and want.Bool is the bit; for a bool on a register it is the one register
+// with only r's bit set or clear, to be OR-ed with the other bits).
+//
+// want is the value a correct decoder reads back: for numbers exactly
+// float64(raw)*scale + offset, with raw converted to float64 first.
+func Encode(r *configs.Register, v signal.Value) (words []uint16, want signal.Value, err error) {
+	scale := r.Scale
+	if scale == 0 {
+		scale = 1
+	}
+	switch r.Type {
+	case configs.TypeBool:
+		b := v.Truth()
+		if r.Table.IsBits() {
+			return nil, signal.B(b), nil
+		}
+		var w uint16
+		if b {
+			w = 1 << bitOf(r)
+		}
+		return []uint16{w}, signal.B(b), nil
+	case configs.TypeInt16:
+		raw := toInt(v, scale, r.Offset, math.MinInt16, math.MaxInt16)
+		var be [2]byte
+		binary.BigEndian.PutUint16(be[:], uint16(int16(raw)))
+		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+	case configs.TypeUint16:
+		raw := toInt(v, scale, r.Offset, 0, math.MaxUint16)
+		var be [2]byte
+		binary.BigEndian.PutUint16(be[:], uint16(raw))
+		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+	case configs.TypeInt32:
+		raw := toInt(v, scale, r.Offset, math.MinInt32, math.MaxInt32)
+		var be [4]byte
+		binary.BigEndian.PutUint32(be[:], uint32(int32(raw)))
+		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+	case configs.TypeUint32:
+		raw := toInt(v, scale, r.Offset, 0, math.MaxUint32)
+		var be [4]byte
+		binary.BigEndian.PutUint32(be[:], uint32(raw))
+		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+	case configs.TypeFloat32:
+		raw := float32((v.Float() - r.Offset) / scale)
+		var be [4]byte
+		binary.BigEndian.PutUint32(be[:], math.Float32bits(raw))
+		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+	case configs.TypeFloat64:
+		raw := (v.Float() - r.Offset) / scale
+		var be [8]byte
+		binary.BigEndian.PutUint64(be[:], math.Float64bits(raw))
+		return order(be[:], r.Order), number(raw, scale, r.Offset), nil
+	case configs.TypeString:
+		if r.Length <= 0 {
+			return nil, signal.Value{}, fmt.Errorf("signal %s: string without a length", r.Signal)
+		}
+		text := v.Text
+		if v.Kind != signal.Text {
+			text = v.String()
+		}
+		b := make([]byte, 2*r.Length)
+		copy(b, text)
+		words := make([]uint16, r.Length)
+		for i := range words {
+			hi, lo := b[2*i], b[2*i+1]
+			if r.Order.SwapBytes() {
+				hi, lo = lo, hi
+			}
+			words[i] = uint16(hi)<<8 | uint16(lo)
+		}
+		return words, signal.Str(cString(b)), nil
+	}
+	return nil, signal.Value{}, fmt.Errorf("signal %s: unknown type %q", r.Signal, r.Type)
+}
+
+// number is the decoded value of raw. The explicit conversion rounds the
+// product, so that no compiler fuses the multiply and the add.
+func number(raw, scale, offset float64) signal.Value {
+	return signal.Num(float64(raw*scale) + offset)
+}
+
+// toInt scales v to the integer raw value, rounded half away from zero and
+// clamped to [lo, hi]. NaN becomes 0.
+func toInt(v signal.Value, scale, offset float64, lo, hi int64) int64 {
+	f := math.Round((v.Float() - offset) / scale)
+	switch {
+	case math.IsNaN(f):
+		return 0
+	case f <= float64(lo):
+		return lo
+	case f >= float64(hi):
+		return hi
+	}
+	return int64(f)
+}
+
+// bitOf is the register bit of a bool, 0 when unset.
+func bitOf(r *configs.Register) int {
+	if r.Bit == nil {
+		return 0
+	}
+	return *r.Bit & 15
+}
+
+// order turns big-endian bytes into registers in address order under o.
+func order(be []byte, o configs.ByteOrder) []uint16 {
+	n := len(be) / 2
+	words := make([]uint16, n)
+	for i := range n {
+		hi, lo := be[2*i], be[2*i+1]
+		if o.SwapBytes() {
+			hi, lo = lo, hi
+		}
+		j := i
+		if o.SwapWords() {
+			j = n - 1 - i
+		}
+		words[j] = uint16(hi)<<8 | uint16(lo)
+	}
+	return words
+}
+
+// unorder is the inverse of order.
+func unorder(words []uint16, o configs.ByteOrder) []byte {
+	n := len(words)
+	be := make([]byte, 2*n)
+	for i := range n {
+		j := i
+		if o.SwapWords() {
+			j = n - 1 - i
+		}
+		hi, lo := byte(words[j]>>8), byte(words[j])
+		if o.SwapBytes() {
+			hi, lo = lo, hi
+		}
+		be[2*i], be[2*i+1] = hi, lo
+	}
+	return be
+}
+
+// cString is b up to its first NUL.
+func cString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+// Decode reads the value of r from its registers, e.g. after a master wrote
+// them. For a bool on a bit table pass the bit as words[0] (0 or 1).
+func Decode(r *configs.Register, words []uint16) (signal.Value, error) {
+	if len(words) < max(r.Words(), 1) {
+		return signal.Value{}, fmt.Errorf("signal %s: %d registers, need %d", r.Signal, len(words), r.Words())
+	}
+	scale := r.Scale
+	if scale == 0 {
+		scale = 1
+	}
+	switch r.Type {
+	case configs.TypeBool:
+		if r.Table.IsBits() {
+			return signal.B(words[0] != 0), nil
+		}
+		return signal.B(words[0]>>bitOf(r)&1 == 1), nil
+	case configs.TypeInt16:
+		return number(float64(int16(binary.BigEndian.Uint16(unorder(words[:1], r.Order)))), scale, r.Offset), nil
+	case configs.TypeUint16:
+		return number(float64(binary.BigEndian.Uint16(unorder(words[:1], r.Order))), scale, r.Offset), nil
+	case configs.TypeInt32:
+		return number(float64(int32(binary.BigEndian.Uint32(unorder(words[:2], r.Order)))), scale, r.Offset), nil
+	case configs.TypeUint32:
+		return number(float64(binary.BigEndian.Uint32(unorder(words[:2], r.Order))), scale, r.Offset), nil
+	case configs.TypeFloat32:
+		f := math.Float32frombits(binary.BigEndian.Uint32(unorder(words[:2], r.Order)))
+		return number(float64(f), scale, r.Offset), nil
+	case configs.TypeFloat64:
+		f := math.Float64frombits(binary.BigEndian.Uint64(unorder(words[:4], r.Order)))
+		return number(f, scale, r.Offset), nil
+	case configs.TypeString:
+		b := make([]byte, 0, 2*r.Length)
+		for _, w := range words[:r.Length] {
+			hi, lo := byte(w>>8), byte(w)
+			if r.Order.SwapBytes() {
+				hi, lo = lo, hi
+			}
+			b = append(b, hi, lo)
+		}
+		return signal.Str(cString(b)), nil
+	}
+	return signal.Value{}, fmt.Errorf("signal %s: unknown type %q", r.Signal, r.Type)
+}

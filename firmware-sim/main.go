@@ -1,0 +1,352 @@
+// Command firmware-sim is the simulated firmware of every device of a
+// station: the other side of the wire from the gateway.
+//
+//	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround 3ms] [-check-line] [-v]
+//
+// For every RS-485 bus of the station it makes a virtual serial port linked at
+// the bus's port path and answers Modbus RTU there for the devices on that
+// bus, paced to the bus's baud rate. For every Modbus TCP endpoint it listens
+// at the endpoint's address. Values follow each register's sim block. When all
+// ports and listeners are up it prints "firmware-sim ready" on stdout.
+//
+// Each answer is paced to the bus's line speed: its first byte is readable no
+// sooner than the request's wire time, the turnaround (-turnaround, or each
+// bus's own) and one character; its last no sooner than the request's and
+// the answer's wire time plus the turnaround. With -check-line, a master
+// whose baud differs from the bus's (or data bits and parity, where the pty
+// lets it set them) hears garbage, as from a real device at other settings.
+//
+// With -stats it writes its counters as JSON every second and on exit; with
+// -served it appends one JSON line per reading served, with the exact value a
+// correct master decodes:
+//
+//	{"device":"th-hall","signal":"temperature","value":21.3}
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"outpost/configs"
+	"outpost/firmware-sim/device"
+	"outpost/firmware-sim/slave"
+	"outpost/firmware-sim/vport"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "firmware-sim:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// options are the command line.
+type options struct {
+	config     string
+	stats      string
+	served     string
+	seed       int64
+	turnaround time.Duration
+	checkLine  bool
+	verbose    bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("firmware-sim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.config, "config", "", "station file (required)")
+	fs.StringVar(&o.stats, "stats", "", "write counters as JSON to this file every second and on exit")
+	fs.StringVar(&o.served, "served", "", "append one JSON line per reading served to this file")
+	fs.Int64Var(&o.seed, "seed", 1, "seed of the simulated values")
+	fs.DurationVar(&o.turnaround, "turnaround", -1, "device turnaround on every bus (default: each bus's turnaround)")
+	fs.BoolVar(&o.checkLine, "check-line", false, "answer garbage when the master's line settings (baud; data bits and parity where the port keeps them) differ from the bus's")
+	fs.BoolVar(&o.verbose, "v", false, "debug logs")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if o.config == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return o, errors.New("usage: firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround D]")
+	}
+	return o, nil
+}
+
+// sim is a running station.
+type sim struct {
+	opts    options
+	log     *slog.Logger
+	devices []*device.Device
+	buses   map[string]*slave.RTU
+	tcps    map[net.Listener]*slave.TCP
+	ports   []*vport.Port
+	lns     []net.Listener
+	served  *os.File
+}
+
+// run runs the simulator until ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	s, err := open(o, log)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	return s.serve(ctx, stdout)
+}
+
+// open loads the station and brings up its ports and listeners.
+func open(o options, log *slog.Logger) (_ *sim, err error) {
+	st, err := configs.Load(o.config)
+	if err != nil {
+		return nil, err
+	}
+	s := &sim{opts: o, log: log, buses: map[string]*slave.RTU{}, tcps: map[net.Listener]*slave.TCP{}}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	var sink device.Sink
+	if o.served != "" {
+		s.served, err = os.OpenFile(o.served, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("served log: %w", err)
+		}
+		sink = &servedLog{w: s.served, log: log}
+	}
+
+	start := time.Now()
+	rtuUnits := map[string]map[byte]slave.Unit{}
+	tcpUnits := map[string]map[byte]slave.Unit{}
+	for _, d := range st.Devices {
+		dev, err := device.New(d, st.Templates[d.Template], device.Options{Seed: o.seed, Start: start, Sink: sink})
+		if err != nil {
+			return nil, err
+		}
+		s.devices = append(s.devices, dev)
+		units, key := rtuUnits, d.Bus
+		if d.Bus == "" {
+			units, key = tcpUnits, d.Endpoint
+		}
+		if units[key] == nil {
+			units[key] = map[byte]slave.Unit{}
+		}
+		if _, dup := units[key][dev.Unit()]; dup {
+			return nil, fmt.Errorf("device %s: unit id %d used twice on %s", d.ID, d.UnitID, key)
+		}
+		units[key][dev.Unit()] = dev
+	}
+
+	for _, b := range st.Buses {
+		p, err := vport.Open(b.Port)
+		if err != nil {
+			return nil, fmt.Errorf("bus %s: %w", b.ID, err)
+		}
+		s.ports = append(s.ports, p)
+		turn := b.Turnaround
+		if o.turnaround >= 0 {
+			turn = o.turnaround
+		}
+		var port slave.Port = p
+		if !o.checkLine {
+			port = plainPort{p}
+		}
+		srv := &slave.RTU{
+			Port:       port,
+			Line:       slave.LineOf(b),
+			Turnaround: turn,
+			Units:      rtuUnits[b.ID],
+			Log:        log.With("bus", b.ID),
+		}
+		s.buses[b.ID] = srv
+		log.Info("bus up", "bus", b.ID, "port", b.Port, "pty", p.Path(), "baud", b.Baud, "devices", len(srv.Units))
+	}
+	for _, e := range st.Endpoints {
+		ln, err := net.Listen("tcp", e.Address)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint %s: %w", e.ID, err)
+		}
+		s.lns = append(s.lns, ln)
+		s.tcps[ln] = &slave.TCP{Units: tcpUnits[e.ID], Log: log.With("endpoint", e.ID)}
+		log.Info("endpoint up", "endpoint", e.ID, "address", ln.Addr().String(), "devices", len(tcpUnits[e.ID]))
+	}
+	return s, nil
+}
+
+// serve answers on every port and listener until ctx ends or one fails,
+// then writes the stats a last time.
+func (s *sim) serve(ctx context.Context, stdout io.Writer) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		runErr  error
+	)
+	fail := func(err error) {
+		errOnce.Do(func() { runErr = err })
+		cancel()
+	}
+	for id, srv := range s.buses {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ctx); err != nil {
+				fail(fmt.Errorf("bus %s: %w", id, err))
+			}
+		}()
+	}
+	for ln, srv := range s.tcps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ctx, ln); err != nil {
+				fail(err)
+			}
+		}()
+	}
+	if s.opts.stats != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if err := s.writeStats(s.opts.stats); err != nil {
+						s.log.Warn("stats", "err", err)
+					}
+				}
+			}
+		}()
+	}
+	fmt.Fprintln(stdout, "firmware-sim ready")
+	<-ctx.Done()
+	wg.Wait()
+	if s.opts.stats != "" {
+		if err := s.writeStats(s.opts.stats); err != nil && runErr == nil {
+			runErr = err
+		}
+	}
+	s.log.Info("stopped")
+	return runErr
+}
+
+// plainPort hides a port's line sensing.
+type plainPort struct{ slave.Port }
+
+// close releases ports (removing their links), listeners and the served
+// log.
+func (s *sim) close() {
+	for _, p := range s.ports {
+		p.Close()
+	}
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	if s.served != nil {
+		s.served.Close()
+	}
+}
+
+// Stats is the -stats file.
+type Stats struct {
+	ReadingsServed int64                     `json:"readings_served"`
+	Devices        map[string]device.Stats   `json:"devices"`
+	Buses          map[string]slave.BusStats `json:"buses"`
+}
+
+func (s *sim) stats() Stats {
+	out := Stats{Devices: map[string]device.Stats{}, Buses: map[string]slave.BusStats{}}
+	for _, d := range s.devices {
+		ds := d.Stats()
+		out.Devices[d.ID()] = ds
+		out.ReadingsServed += ds.ReadingsServed
+	}
+	for id, b := range s.buses {
+		out.Buses[id] = b.Stats()
+	}
+	return out
+}
+
+// writeStats writes the counters to path atomically.
+func (s *sim) writeStats(path string) error {
+	b, err := json.MarshalIndent(s.stats(), "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("stats: %w", err)
+	}
+	_, err = tmp.Write(append(b, '\n'))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("stats: %w", err)
+	}
+	return nil
+}
+
+// servedLog appends served readings as JSON lines, one write per response.
+type servedLog struct {
+	mu  sync.Mutex
+	w   io.Writer
+	log *slog.Logger
+}
+
+type servedLine struct {
+	Device string `json:"device"`
+	Signal string `json:"signal"`
+	Value  any    `json:"value"`
+}
+
+// Served implements device.Sink.
+func (l *servedLog) Served(dev string, rs []device.Reading) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for _, r := range rs {
+		if err := enc.Encode(servedLine{Device: dev, Signal: r.Signal, Value: r.Value}); err != nil {
+			l.log.Warn("served log", "device", dev, "signal", r.Signal, "err", err)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := l.w.Write(buf.Bytes()); err != nil {
+		l.log.Warn("served log", "err", err)
+	}
+}
