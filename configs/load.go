@@ -316,6 +316,8 @@ func loadTemplate(name string, src templateSource) (*Template, Errors) {
 		r, path := &t.Registers[i], fmt.Sprintf("registers[%d]", i)
 		if !signalPattern.MatchString(r.Signal) {
 			d.errAt(path+".signal", "%s.signal: %q is not a signal name (lower-case letters, digits, '_')", path, r.Signal)
+		} else if r.Signal == "seq" || r.Signal == "historical" || strings.HasSuffix(r.Signal, "_quality") {
+			d.errAt(path+".signal", "%s.signal: %q is reserved by the hub contract (seq, historical and names ending in _quality are InfluxDB fields of their own)", path, r.Signal)
 		} else if first, dup := signals[r.Signal]; dup {
 			d.errAt(path+".signal", "%s.signal: signal %q is already defined by %s", path, r.Signal, first)
 		}

@@ -281,6 +281,7 @@ func (s *sim) close() {
 // Stats is the -stats file.
 type Stats struct {
 	ReadingsServed int64                     `json:"readings_served"`
+	EventsServed   int64                     `json:"events_served"`
 	Devices        map[string]device.Stats   `json:"devices"`
 	Buses          map[string]slave.BusStats `json:"buses"`
 }
@@ -291,6 +292,7 @@ func (s *sim) stats() Stats {
 		ds := d.Stats()
 		out.Devices[d.ID()] = ds
 		out.ReadingsServed += ds.ReadingsServed
+		out.EventsServed += ds.EventsServed
 	}
 	for id, b := range s.buses {
 		out.Buses[id] = b.Stats()

@@ -39,6 +39,11 @@ type Stats struct {
 	Exceptions int64 `json:"exceptions"`
 	// CRCErrors counts damaged frames that seemed addressed to the device.
 	CRCErrors int64 `json:"crc_errors"`
+	// EventsServed counts the edges of signals with an event rule that a
+	// master reading every response saw: a signal served true for the first
+	// time or after false, and, for rules that clear, served false after
+	// true. The gateway must raise exactly that many events.
+	EventsServed int64 `json:"events_served"`
 }
 
 type sig struct {
@@ -67,7 +72,11 @@ type Device struct {
 	coils   map[int]bool   // written coils
 	holding map[int]uint16 // written holding registers
 
-	polls, served, exceptions, crc atomic.Int64
+	polls, served, exceptions, crc, events atomic.Int64
+
+	rules    map[string]*configs.EventRule // signal -> its event rule
+	evMu     sync.Mutex
+	lastBool map[string]bool // signal -> last value served, for signals with a rule
 }
 
 var (
@@ -110,9 +119,15 @@ func New(d configs.Device, t *configs.Template, o Options) (*Device, error) {
 		now:     o.Now,
 		coils:   map[int]bool{},
 		holding: map[int]uint16{},
+
+		rules:    map[string]*configs.EventRule{},
+		lastBool: map[string]bool{},
 	}
 	for i := range t.Registers {
 		r := &t.Registers[i]
+		if r.Event != nil {
+			dev.rules[r.Signal] = r.Event
+		}
 		sim := configs.Sim{Wave: "constant"}
 		if r.Type == configs.TypeString {
 			sim.Wave = "text"
@@ -160,6 +175,7 @@ func (d *Device) Stats() Stats {
 		ReadingsServed: d.served.Load(),
 		Exceptions:     d.exceptions.Load(),
 		CRCErrors:      d.crc.Load(),
+		EventsServed:   d.events.Load(),
 	}
 }
 
@@ -197,9 +213,28 @@ func (d *Device) commit(rs []Reading) func() {
 		return nil
 	}
 	return func() {
+		d.countEdges(rs)
 		d.served.Add(int64(len(rs)))
 		if d.sink != nil {
 			d.sink.Served(d.id, rs)
+		}
+	}
+}
+
+// countEdges counts the event edges in served readings.
+func (d *Device) countEdges(rs []Reading) {
+	d.evMu.Lock()
+	defer d.evMu.Unlock()
+	for _, r := range rs {
+		rule := d.rules[r.Signal]
+		if rule == nil {
+			continue
+		}
+		on := r.Value.Truth()
+		was, known := d.lastBool[r.Signal]
+		d.lastBool[r.Signal] = on
+		if on && (!known || !was) || !on && known && was && rule.Clear {
+			d.events.Add(1)
 		}
 	}
 }

@@ -265,3 +265,25 @@ func BenchmarkReadInput(b *testing.B) {
 		commit()
 	}
 }
+
+// TestEventsServed counts the edges a master reading every response sees:
+// the first true, each false->true, and true->false only for rules that clear.
+func TestEventsServed(t *testing.T) {
+	d := &Device{
+		rules: map[string]*configs.EventRule{
+			"smoke":  {Kind: "smoke", Clear: true},
+			"tamper": {Kind: "tamper"},
+		},
+		lastBool: map[string]bool{},
+	}
+	serve := func(sig string, vals ...bool) {
+		for _, v := range vals {
+			d.countEdges([]Reading{{Signal: sig, Value: signal.B(v)}, {Signal: "temperature", Value: signal.Num(1)}})
+		}
+	}
+	serve("smoke", false, true, true, false, false, true) // up, clear, up
+	serve("tamper", true, false, true, true)              // up, up (no clears)
+	if got := d.Stats().EventsServed; got != 5 {
+		t.Errorf("EventsServed = %d, want 5 (smoke: 2 raises and 1 clear; tamper: 2 raises)", got)
+	}
+}

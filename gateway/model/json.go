@@ -8,6 +8,7 @@ import (
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -100,7 +101,8 @@ func appendReading(dst []byte, r *Reading) []byte {
 		dst = appendString(dst, r.Unit)
 	}
 	dst = append(dst, `,"quality":`...)
-	return appendString(dst, string(q))
+	dst = appendString(dst, string(q))
+	return append(dst, '}')
 }
 
 // HasValue reports whether the reading carries a value on the wire: it has
@@ -296,6 +298,9 @@ func ParseJSON(b []byte) (Message, error) {
 		if f.src == nil || *f.src == "" {
 			return Message{}, fmt.Errorf("hub payload: missing %q", f.name)
 		}
+		if f.name != "device_kind" && strings.ContainsAny(*f.src, "/+#") {
+			return Message{}, fmt.Errorf("hub payload: %s %q contains a topic character (/ + #)", f.name, *f.src)
+		}
 		*f.dst = *f.src
 	}
 	if w.StationType == nil {
@@ -315,6 +320,9 @@ func ParseJSON(b []byte) (Message, error) {
 	t, err := time.Parse(time.RFC3339Nano, *w.TS)
 	if err != nil {
 		return Message{}, fmt.Errorf("hub payload: ts: %w", err)
+	}
+	if !strings.HasSuffix(*w.TS, "Z") {
+		return Message{}, fmt.Errorf("hub payload: ts %q is not UTC", *w.TS)
 	}
 	m.Time = t.UTC()
 	if w.Historical != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -79,7 +80,17 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
 
-	if err := mq.Connect(ctx); err != nil {
+	// Wait briefly for the hub so that the first readings go straight out;
+	// a hub that is down does not hold the station back: the uplink keeps
+	// reconnecting and the queues keep everything meanwhile.
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err = mq.Connect(cctx)
+	cancel()
+	switch {
+	case err == nil:
+	case errors.Is(err, context.DeadlineExceeded):
+		log.Warn("hub broker not reachable yet; queueing until it is", "broker", st.Hub.MQTT.URL)
+	default:
 		return err
 	}
 	defer mq.Close(context.Background())

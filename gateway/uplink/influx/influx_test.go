@@ -1,0 +1,300 @@
+package influx
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/influxdata/influxdb-client-go/v2/api/write"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+	"outpost/testbench/hub"
+)
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+var t0 = time.Date(2026, 11, 28, 13, 37, 0, 123456789, time.UTC)
+
+func telemetry() model.Message {
+	return model.Message{
+		Station: "pr-0001", StationType: model.PoliceRoom, Device: "th-hall", DeviceKind: "temp_humidity",
+		Seq: 42, Time: t0, Kind: model.KindTelemetry,
+		Readings: []model.Reading{
+			{Signal: "temperature", Value: model.Number(21.5), Unit: "°C", Quality: model.Good},
+			{Signal: "humidity", Value: model.Number(1e21), Unit: "%", Quality: model.Uncertain},
+			{Signal: "door open", Value: model.Bool(true), Quality: model.Good},
+			{Signal: "model", Value: model.String(`TH "2" \ x`), Quality: model.Good},
+			{Signal: "pressure", Quality: model.Bad},
+			{Signal: "nan", Value: model.Number(math.NaN()), Quality: model.Good},
+		},
+	}
+}
+
+func event() model.Message {
+	return model.Message{
+		Station: "pr-0001", StationType: model.PoliceRoom, Device: "smoke-hall", DeviceKind: "smoke_detector",
+		Seq: 7, Time: t0.Add(time.Second), Kind: model.KindEvent, Historical: true,
+		Event: &model.Event{Kind: model.EventSmoke, Severity: model.Critical, Details: map[string]string{"zone": "hall", "level": "3"}},
+	}
+}
+
+func health() model.Message {
+	return model.Message{
+		Station: "pr-0001", StationType: model.PoliceRoom, Device: "ups-1", DeviceKind: "ups",
+		Seq: 9, Time: t0.Add(2 * time.Second), Kind: model.KindHealth,
+		Health: &model.Health{State: model.Offline, Reason: "no answer", Counters: map[string]uint64{"polls": 12, "timeouts": math.MaxUint64}},
+	}
+}
+
+func TestAppendLine(t *testing.T) {
+	hist := telemetry()
+	hist.Historical = true
+	hist.Readings = nil
+	hist.StationType = ""
+	tests := []struct {
+		name string
+		msg  model.Message
+		want string
+	}{
+		{"telemetry", telemetry(), `temp_humidity,device=th-hall,station=pr-0001,station_type=police_room temperature=21.5,humidity=1e+21,humidity_quality="uncertain",door\ open=true,model="TH \"2\" \\ x",pressure_quality="bad",nan_quality="bad",seq=42i 1795873020123456789`},
+		{"historical, empty tag left out", hist, `temp_humidity,device=th-hall,station=pr-0001 historical=true,seq=42i 1795873020123456789`},
+		{"event", event(), `outpost_event,device=smoke-hall,device_kind=smoke_detector,kind=smoke,severity=critical,station=pr-0001,station_type=police_room details="{\"level\":\"3\",\"zone\":\"hall\"}",seq=7i 1795873021123456789`},
+		{"health", health(), `outpost_health,device=ups-1,device_kind=ups,station=pr-0001,station_type=police_room polls=12i,timeouts=9223372036854775807i,reason="no answer",seq=9i,state="offline" 1795873022123456789`},
+		{"escapes", model.Message{Station: "a,b=c d", Device: "x\ny", DeviceKind: "k ,=", Kind: model.KindTelemetry, Time: time.Unix(0, 5)}, `k\ \,=,device=x\ y,station=a\,b\=c\ d seq=0i 5`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := string(AppendLine(nil, &tt.msg)); got != tt.want {
+				t.Errorf("AppendLine:\n got %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func startInflux(t *testing.T) *hub.Influx {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	in, err := hub.StartInflux(ctx, t.TempDir(), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.Stop)
+	return in
+}
+
+func newUplink(t testing.TB, in *hub.Influx, batch int) *Uplink {
+	u := New(configs.Influx{URL: in.URL(), Bucket: in.Database(), Org: "ignored", BatchSize: batch}, quiet())
+	t.Cleanup(u.Close)
+	return u
+}
+
+// rows queries measurement and returns its rows, each as column → value
+// with values as JSON would print them (strings quoted, numbers bare).
+func rows(t *testing.T, in *hub.Influx, measurement string) []string {
+	t.Helper()
+	series, err := in.Query(context.Background(), fmt.Sprintf(`SELECT * FROM %q`, measurement))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(series) != 1 {
+		t.Fatalf("%s: %d series, want 1", measurement, len(series))
+	}
+	var out []string
+	for _, r := range series[0].Rows() {
+		b, _ := json.Marshal(r) // map keys sorted
+		out = append(out, string(b))
+	}
+	return out
+}
+
+func TestSendMapping(t *testing.T) {
+	in := startInflux(t)
+	u := newUplink(t, in, 0)
+	msgs := []model.Message{telemetry(), event(), health()}
+	second := telemetry()
+	second.Seq, second.Time, second.Readings = 43, t0.Add(time.Millisecond), []model.Reading{{Signal: "temperature", Value: model.Number(-0.1), Quality: model.Good}, {Signal: "model", Value: model.String("line1\nline2"), Quality: model.Good}}
+	msgs = append(msgs, second)
+	if err := u.Send(context.Background(), msgs); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	tests := []struct {
+		measurement string
+		want        []string
+	}{
+		{"temp_humidity", []string{
+			`{"device":"th-hall","door open":true,"humidity":1e+21,"humidity_quality":"uncertain","model":"TH \"2\" \\ x","nan_quality":"bad","pressure_quality":"bad","seq":42,"station":"pr-0001","station_type":"police_room","temperature":21.5,"time":1795873020123456789}`,
+			`{"device":"th-hall","model":"line1\nline2","seq":43,"station":"pr-0001","station_type":"police_room","temperature":-0.1,"time":1795873020124456789}`,
+		}},
+		{EventMeasurement, []string{
+			`{"details":"{\"level\":\"3\",\"zone\":\"hall\"}","device":"smoke-hall","device_kind":"smoke_detector","kind":"smoke","seq":7,"severity":"critical","station":"pr-0001","station_type":"police_room","time":1795873021123456789}`,
+		}},
+		{HealthMeasurement, []string{
+			`{"device":"ups-1","device_kind":"ups","polls":12,"reason":"no answer","seq":9,"state":"offline","station":"pr-0001","station_type":"police_room","time":1795873022123456789,"timeouts":9223372036854775807}`,
+		}},
+	}
+	for _, tt := range tests {
+		got := rows(t, in, tt.measurement)
+		if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+			t.Errorf("%s:\n got %s\nwant %s", tt.measurement, strings.Join(got, "\n     "), strings.Join(tt.want, "\n     "))
+		}
+	}
+	// Field types as InfluxDB stored them.
+	series, err := in.Query(context.Background(), `SHOW FIELD KEYS FROM "temp_humidity"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, r := range series[0].Values {
+		types = append(types, fmt.Sprintf("%v:%v", r[0], r[1]))
+	}
+	if got, want := strings.Join(types, " "), "door open:boolean humidity:float humidity_quality:string model:string nan_quality:string pressure_quality:string seq:integer temperature:float"; got != want {
+		t.Errorf("field types %s, want %s", got, want)
+	}
+}
+
+// Sending a batch again (as after a lost acknowledgement) overwrites the
+// same points; batches larger than BatchSize are split and all arrive.
+func TestSendIdempotentAndBatched(t *testing.T) {
+	in := startInflux(t)
+	u := newUplink(t, in, 7)
+	msgs := make([]model.Message, 100)
+	for i := range msgs {
+		msgs[i] = telemetry()
+		msgs[i].Seq = uint64(i + 1)
+		msgs[i].Time = t0.Add(time.Duration(i) * time.Second)
+	}
+	ctx := context.Background()
+	for range 2 {
+		if err := u.Send(ctx, msgs); err != nil {
+			t.Fatalf("Send: %v", err)
+		}
+	}
+	if n, err := in.Count(ctx, "temp_humidity"); err != nil || n != 100 {
+		t.Fatalf("count after sending 100 points twice = %d, %v; want 100", n, err)
+	}
+	if err := u.Send(ctx, nil); err != nil {
+		t.Errorf("Send of nothing: %v", err)
+	}
+}
+
+func TestSendServerDown(t *testing.T) {
+	in := startInflux(t)
+	u := newUplink(t, in, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	in.Kill()
+	err := u.Send(ctx, []model.Message{telemetry()})
+	if err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Send to a dead server = %v, want connection refused", err)
+	}
+	if err := in.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Send(ctx, []model.Message{telemetry()}); err != nil {
+		t.Fatalf("Send after restart: %v", err)
+	}
+	// A bucket that does not exist is a failed write, not a silent one.
+	bad := New(configs.Influx{URL: in.URL(), Bucket: "nosuchdb"}, quiet())
+	defer bad.Close()
+	if err := bad.Send(ctx, []model.Message{telemetry()}); err == nil || !strings.Contains(err.Error(), "database not found") {
+		t.Fatalf("Send to a missing database = %v, want database not found", err)
+	}
+}
+
+func benchMessages(n int) []model.Message {
+	msgs := make([]model.Message, n)
+	for i := range msgs {
+		rs := make([]model.Reading, 8)
+		for j := range rs {
+			rs[j] = model.Reading{Signal: fmt.Sprintf("signal_%d", j), Value: model.Number(float64(i) + float64(j)*0.37), Unit: "V", Quality: model.Good}
+		}
+		msgs[i] = model.Message{Station: "pr-0001", StationType: model.PoliceRoom, Device: "meter-main", DeviceKind: "power_meter",
+			Seq: uint64(i + 1), Time: t0.Add(time.Duration(i) * time.Millisecond), Kind: model.KindTelemetry, Readings: rs}
+	}
+	return msgs
+}
+
+// BenchmarkEncode compares our line builder with the client's write.Point
+// for a message of 8 readings.
+func BenchmarkEncode(b *testing.B) {
+	m := benchMessages(1)[0]
+	b.Run("AppendLine", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for b.Loop() {
+			buf = AppendLine(buf[:0], &m)
+		}
+	})
+	b.Run("write.Point", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			p := write.NewPointWithMeasurement(m.DeviceKind).
+				AddTag("station", m.Station).AddTag("station_type", string(m.StationType)).AddTag("device", m.Device).
+				AddField("seq", int64(m.Seq)).SetTime(m.Time)
+			for i := range m.Readings {
+				p.AddField(m.Readings[i].Signal, m.Readings[i].Value.Interface())
+			}
+			_ = write.PointToLineProtocol(p, time.Nanosecond)
+		}
+	})
+}
+
+// BenchmarkSend writes batches of 500 telemetry points (8 fields each) to a
+// real InfluxDB 1.8.
+func BenchmarkSend(b *testing.B) {
+	ctx := context.Background()
+	in, err := hub.StartInflux(ctx, b.TempDir(), quiet())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Stop()
+	u := newUplink(b, in, 500)
+	msgs := benchMessages(500)
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		// New timestamps each round, so that InfluxDB stores new points.
+		for i := range msgs {
+			msgs[i].Time = t0.Add(time.Duration(n*len(msgs)+i) * time.Millisecond)
+		}
+		n++
+		if err := u.Send(ctx, msgs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n*len(msgs))/b.Elapsed().Seconds(), "points/s")
+	b.ReportMetric(float64(n*len(msgs)*8)/b.Elapsed().Seconds(), "fields/s")
+}
+
+// The line-protocol examples of docs/hub-contract.md are what AppendLine
+// writes for the doc's JSON examples.
+func TestContractDocExamples(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/hub-contract.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, block := range strings.Split(string(doc), "```json\n")[1:] {
+		ex := strings.TrimSpace(block[:strings.Index(block, "```")])
+		m, err := model.ParseJSON([]byte(ex))
+		if err != nil {
+			continue // the status payload
+		}
+		n++
+		if line := string(AppendLine(nil, &m)); !strings.Contains(string(doc), "\n"+line+"\n") {
+			t.Errorf("the doc does not show the point of %s:\n%s", ex, line)
+		}
+	}
+	if n != 3 {
+		t.Errorf("found %d payload examples in the doc, want 3", n)
+	}
+}

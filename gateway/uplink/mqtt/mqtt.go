@@ -1,0 +1,454 @@
+// Package mqtt is the uplink to the hub's MQTT broker. It publishes every
+// message of a batch with QoS 1 and reports success only when the broker
+// acknowledged all of them on one unbroken connection, and it keeps the
+// gateway's retained status topic (online, or offline by last will).
+//
+// Every connection gets a fresh paho client. paho's own reconnect replays
+// the unacknowledged publishes of the old connection from its store, which
+// completes their old tokens with a nil error, resends whole failed batches
+// ahead of new alarms, and races (under the race detector) with publishes
+// made while it replays. The gateway's durable queue resends what was not
+// acknowledged, so the uplink drops a broken connection with everything in
+// flight and starts clean.
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+)
+
+// ErrNotConnected is returned by Send while there is no connection to the
+// broker; the caller keeps the batch and tries again later.
+var ErrNotConnected = errors.New("mqtt uplink: not connected")
+
+// errLinkChanged is returned when a batch spans a connection change: its
+// acknowledgements cannot be trusted.
+var errLinkChanged = errors.New("mqtt uplink: connection lost during the batch")
+
+const (
+	keepAlive       = 15 * time.Second
+	pingTimeout     = 5 * time.Second
+	connectTimeout  = 5 * time.Second
+	writeTimeout    = 10 * time.Second
+	minReconnect    = 100 * time.Millisecond
+	maxReconnect    = 10 * time.Second
+	statusTimeout   = 10 * time.Second
+	disconnectQuiet = 250 // ms paho waits for in-flight work on Disconnect
+)
+
+// Uplink publishes messages to the hub's broker. Create it with New, start
+// it with Connect, send with Send, and end it with Close.
+type Uplink struct {
+	cfg     configs.MQTT
+	station configs.StationID
+	log     *slog.Logger
+	prefix  string
+
+	mu      sync.Mutex
+	client  paho.Client // connected client, nil between connections
+	hooks   []func(paho.Client)
+	started bool
+	stop    chan struct{} // closed by Close: the supervisor ends
+	done    chan struct{} // closed when the supervisor has ended
+	up      chan struct{} // closed at the first connection
+	upOnce  sync.Once
+	stopped sync.Once
+
+	// cur is the network connection paho uses now. A new link is made for
+	// every dial; its lost channel closes as soon as the connection fails or
+	// is closed, before paho can complete any token because of it.
+	cur    atomic.Pointer[link]
+	nlinks atomic.Uint64
+
+	pool sync.Pool // *[]byte payload arenas of successful batches
+}
+
+// link is one network connection to the broker.
+type link struct {
+	id   uint64
+	lost chan struct{}
+	once sync.Once
+	conn net.Conn // the raw connection, for tests that break it
+}
+
+func (l *link) drop() { l.once.Do(func() { close(l.lost) }) }
+
+func (l *link) alive() bool {
+	select {
+	case <-l.lost:
+		return false
+	default:
+		return true
+	}
+}
+
+// linkConn marks its link lost on the first read or write error or on
+// Close.
+type linkConn struct {
+	net.Conn
+	l *link
+}
+
+func (c *linkConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil {
+		c.l.drop()
+	}
+	return n, err
+}
+
+func (c *linkConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		c.l.drop()
+	}
+	return n, err
+}
+
+func (c *linkConn) Close() error {
+	c.l.drop()
+	return c.Conn.Close()
+}
+
+// New returns an uplink for the broker of cfg, publishing for station. It
+// does no I/O.
+func New(cfg configs.MQTT, station configs.StationID, log *slog.Logger) *Uplink {
+	return &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix),
+		stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
+}
+
+// Prefix is the topic prefix in use.
+func (u *Uplink) Prefix() string { return u.prefix }
+
+// OnConnect registers fn to run after every (re)connect, after the online
+// status has been published; it runs on paho's goroutine and must not
+// block for long. MQTT sessions are clean, so subscriptions must be made
+// here. Call it before Connect.
+func (u *Uplink) OnConnect(fn func(paho.Client)) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.hooks = append(u.hooks, fn)
+}
+
+// Subscribe subscribes topic with qos on every connect; h receives each
+// message. Call it before Connect.
+func (u *Uplink) Subscribe(topic string, qos byte, h func(topic string, payload []byte)) {
+	u.OnConnect(func(c paho.Client) {
+		tok := c.Subscribe(topic, qos, func(_ paho.Client, m paho.Message) { h(m.Topic(), m.Payload()) })
+		if !tok.WaitTimeout(statusTimeout) || tok.Error() != nil {
+			u.log.Warn("mqtt uplink: subscribe failed", "topic", topic, "err", tok.Error())
+		}
+	})
+}
+
+// Connect starts connecting to the broker in the background and waits
+// until the first connection is up or ctx ends. Either way the uplink keeps
+// (re)connecting, with a backoff from 100 ms up to 10 s, until Close; an
+// error from Connect only says that the broker was not reached yet, unless
+// the configuration itself is wrong.
+func (u *Uplink) Connect(ctx context.Context) error {
+	tlsCfg, err := u.tlsConfig()
+	if err != nil {
+		return err
+	}
+	u.mu.Lock()
+	if u.started {
+		u.mu.Unlock()
+		return errors.New("mqtt uplink: Connect called twice")
+	}
+	u.started = true
+	u.mu.Unlock()
+	go u.run(tlsCfg)
+	select {
+	case <-u.up:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("mqtt uplink: connect %s: %w (still trying)", u.cfg.URL, ctx.Err())
+	}
+}
+
+// run is the supervisor: it connects a fresh client, waits until its
+// connection is lost, and starts over, until Close. It ends when u.stop is
+// closed, and closes u.done.
+func (u *Uplink) run(tlsCfg *tls.Config) {
+	defer close(u.done)
+	delay := minReconnect
+	for {
+		lost := make(chan struct{})
+		var once sync.Once
+		c := paho.NewClient(u.options(tlsCfg, func() { once.Do(func() { close(lost) }) }))
+		tok := c.Connect()
+		select {
+		case <-tok.Done():
+		case <-u.stop:
+			c.Disconnect(0)
+			return
+		}
+		if err := tok.Error(); err != nil {
+			u.log.Debug("mqtt uplink: connect failed", "broker", u.cfg.URL, "err", err, "retry_in", delay)
+			select {
+			case <-time.After(delay):
+			case <-u.stop:
+				return
+			}
+			delay = min(delay*2, maxReconnect)
+			continue
+		}
+		since := time.Now()
+		u.mu.Lock()
+		u.client = c
+		u.mu.Unlock()
+		u.upOnce.Do(func() { close(u.up) })
+		select {
+		case <-lost:
+			u.mu.Lock()
+			u.client = nil
+			u.mu.Unlock()
+		case <-u.stop:
+			c.Disconnect(disconnectQuiet)
+			return
+		}
+		// A connection that keeps dying at once (say, a second gateway
+		// with our client id) must not make us hammer the broker.
+		if time.Since(since) > maxReconnect {
+			delay = minReconnect
+		}
+		select {
+		case <-time.After(delay):
+		case <-u.stop:
+			return
+		}
+		delay = min(delay*2, maxReconnect)
+	}
+}
+
+func (u *Uplink) tlsConfig() (*tls.Config, error) {
+	broker, err := url.Parse(u.cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt uplink: broker url: %w", err)
+	}
+	switch broker.Scheme {
+	case "tcp", "mqtt":
+		return nil, nil
+	case "ssl", "tls", "mqtts", "tcps":
+		return loadTLS(u.cfg.TLS)
+	}
+	return nil, fmt.Errorf("mqtt uplink: broker url %q: scheme must be tcp or ssl", u.cfg.URL)
+}
+
+// options are those of one client, which makes one connection: no paho
+// reconnect, clean session, in-memory store.
+func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
+	id := u.cfg.ClientID
+	if id == "" {
+		id = "outpost-" + u.station.ID
+	}
+	will := AppendStatus(nil, u.station.ID, StateOffline, time.Now())
+	return paho.NewClientOptions().
+		AddBroker(u.cfg.URL).
+		SetClientID(id).
+		SetUsername(u.cfg.Username).
+		SetPassword(u.cfg.Password).
+		SetCleanSession(true).
+		SetStore(paho.NewMemoryStore()).
+		SetOrderMatters(false).
+		SetKeepAlive(keepAlive).
+		SetPingTimeout(pingTimeout).
+		SetConnectTimeout(connectTimeout).
+		SetWriteTimeout(writeTimeout).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetBinaryWill(StatusTopic(u.prefix, u.station.ID), will, 1, true).
+		SetOnConnectHandler(u.onConnect).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			u.log.Warn("mqtt uplink: connection lost", "broker", u.cfg.URL, "err", err)
+			lost()
+		}).
+		SetCustomOpenConnectionFn(func(b *url.URL, _ paho.ClientOptions) (net.Conn, error) {
+			return u.dial(b, tlsCfg)
+		})
+}
+
+// dial opens a network connection and makes it the current link. paho
+// closes a broken connection (marking its link lost) before it dials again,
+// and reads nothing from the new one before dial returns.
+func (u *Uplink) dial(broker *url.URL, tlsCfg *tls.Config) (net.Conn, error) {
+	d := &net.Dialer{Timeout: connectTimeout}
+	var c net.Conn
+	var err error
+	if tlsCfg != nil {
+		cfg := tlsCfg.Clone()
+		if cfg.ServerName == "" {
+			cfg.ServerName = broker.Hostname()
+		}
+		c, err = (&tls.Dialer{NetDialer: d, Config: cfg}).Dial("tcp", broker.Host)
+	} else {
+		c, err = d.Dial("tcp", broker.Host)
+	}
+	if err != nil {
+		return nil, err
+	}
+	l := &link{id: u.nlinks.Add(1), lost: make(chan struct{}), conn: c}
+	if old := u.cur.Swap(l); old != nil {
+		old.drop()
+	}
+	return &linkConn{Conn: c, l: l}, nil
+}
+
+func loadTLS(t *configs.TLS) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if t == nil {
+		return cfg, nil
+	}
+	if t.CA != "" {
+		pem, err := os.ReadFile(t.CA)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt uplink: tls ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("mqtt uplink: tls ca %s: no certificate found", t.CA)
+		}
+		cfg.RootCAs = pool
+	}
+	if t.Cert != "" || t.Key != "" {
+		cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt uplink: tls client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// onConnect publishes the online status (retained) and runs the hooks.
+func (u *Uplink) onConnect(c paho.Client) {
+	l := u.cur.Load()
+	u.log.Info("mqtt uplink: connected", "broker", u.cfg.URL, "link", l.id)
+	tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOnline, time.Now()))
+	if !tok.WaitTimeout(statusTimeout) || tok.Error() != nil {
+		u.log.Warn("mqtt uplink: online status not acknowledged", "err", tok.Error())
+	}
+	u.mu.Lock()
+	hooks := slices.Clone(u.hooks)
+	u.mu.Unlock()
+	for _, h := range hooks {
+		h(c)
+	}
+}
+
+// Connected reports whether the uplink has a connection now.
+func (u *Uplink) Connected() bool {
+	u.mu.Lock()
+	c := u.client
+	u.mu.Unlock()
+	l := u.cur.Load()
+	return c != nil && l != nil && l.alive() && c.IsConnectionOpen()
+}
+
+// Send publishes msgs with QoS 1 (not retained), each on its Topic, all at
+// once, then waits for every acknowledgement. It returns nil only if the
+// broker acknowledged every message on one unbroken connection; a batch
+// that spans a connection loss fails as a whole (some messages may have
+// arrived: the hub drops duplicates by station/device/seq). Without a
+// connection it fails at once with ErrNotConnected.
+func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	u.mu.Lock()
+	c := u.client
+	u.mu.Unlock()
+	l := u.cur.Load()
+	if c == nil || l == nil || !l.alive() || !c.IsConnectionOpen() {
+		return ErrNotConnected
+	}
+	arena := u.arena()
+	buf := (*arena)[:0]
+	tokens := make([]paho.Token, len(msgs))
+	for i := range msgs {
+		if !l.alive() {
+			return fmt.Errorf("%w (%d of %d published)", errLinkChanged, i, len(msgs))
+		}
+		start := len(buf)
+		buf = model.AppendJSON(buf, &msgs[i])
+		// A full slice expression: later appends never write into it, even
+		// when buf moves to a larger array and this payload stays behind.
+		tokens[i] = c.Publish(Topic(u.prefix, &msgs[i]), 1, false, buf[start:len(buf):len(buf)])
+	}
+	for i, tok := range tokens {
+		select {
+		case <-tok.Done():
+		case <-l.lost:
+			return fmt.Errorf("%w (%d of %d acknowledged)", errLinkChanged, i, len(msgs))
+		case <-ctx.Done():
+			return fmt.Errorf("mqtt uplink: %w (%d of %d acknowledged)", ctx.Err(), i, len(msgs))
+		}
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("mqtt uplink: publish %s: %w", msgs[i].ID(), err)
+		}
+	}
+	// paho may complete a token with a nil error after a reconnect although
+	// the message's fate is unknown: trust the batch only if the connection
+	// it was published on is still the one in use and was never broken.
+	if u.cur.Load() != l || !l.alive() {
+		return errLinkChanged
+	}
+	*arena = buf
+	u.pool.Put(arena)
+	return nil
+}
+
+func (u *Uplink) arena() *[]byte {
+	if a, ok := u.pool.Get().(*[]byte); ok {
+		return a
+	}
+	b := make([]byte, 0, 64<<10)
+	return &b
+}
+
+// Close publishes the offline status (retained), waiting for it until ctx
+// ends, disconnects and stops reconnecting. The uplink cannot be used
+// afterwards; Close may be called more than once.
+func (u *Uplink) Close(ctx context.Context) error {
+	u.mu.Lock()
+	c, started := u.client, u.started
+	u.started = true // no Connect after Close
+	u.mu.Unlock()
+	var err error
+	if c != nil && c.IsConnectionOpen() {
+		tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOffline, time.Now()))
+		select {
+		case <-tok.Done():
+			if e := tok.Error(); e != nil {
+				err = fmt.Errorf("mqtt uplink: offline status: %w", e)
+			}
+		case <-ctx.Done():
+			err = fmt.Errorf("mqtt uplink: offline status: %w", ctx.Err())
+		}
+	}
+	u.stopped.Do(func() { close(u.stop) })
+	if started {
+		<-u.done
+	}
+	u.mu.Lock()
+	u.client = nil
+	u.mu.Unlock()
+	return err
+}

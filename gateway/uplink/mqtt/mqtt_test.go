@@ -1,0 +1,373 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+	"outpost/testbench/hub"
+)
+
+var station = configs.StationID{ID: "pr-0001", Type: model.PoliceRoom}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+type received struct {
+	topic    string
+	payload  string
+	retained bool
+}
+
+// subscribe connects a plain paho client to url and subscribes to topic;
+// every message lands on the returned channel.
+func subscribe(t *testing.T, url, id, topic string) <-chan received {
+	t.Helper()
+	ch := make(chan received, 100000)
+	subscribed := make(chan error, 1)
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(true).SetAutoReconnect(true).SetMaxReconnectInterval(100 * time.Millisecond).
+		SetOnConnectHandler(func(c paho.Client) {
+			tok := c.Subscribe(topic, 1, func(_ paho.Client, m paho.Message) {
+				ch <- received{m.Topic(), string(m.Payload()), m.Retained()}
+			})
+			tok.WaitTimeout(5 * time.Second)
+			select {
+			case subscribed <- tok.Error():
+			default:
+			}
+		})
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscriber connect: %v", tok.Error())
+	}
+	if err := <-subscribed; err != nil {
+		t.Fatalf("subscribe %s: %v", topic, err)
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return ch
+}
+
+func next(t *testing.T, ch <-chan received) received {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message within 10 s")
+		return received{}
+	}
+}
+
+// nextStatus skips messages until one on the status topic arrives.
+func nextStatus(t *testing.T, ch <-chan received) (Status, received) {
+	t.Helper()
+	for {
+		r := next(t, ch)
+		if strings.HasSuffix(r.topic, "/status") {
+			s, err := ParseStatus([]byte(r.payload))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s, r
+		}
+	}
+}
+
+func startBroker(t *testing.T) *hub.Mosquitto {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := hub.StartMosquitto(ctx, t.TempDir(), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	return m
+}
+
+func connect(t *testing.T, url string) *Uplink {
+	t.Helper()
+	u := New(configs.MQTT{URL: url}, station, quiet())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := u.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close(context.Background()) })
+	return u
+}
+
+func messages(n int, readings int) []model.Message {
+	ms := make([]model.Message, n)
+	t0 := time.Date(2026, 11, 28, 13, 37, 0, 0, time.UTC)
+	for i := range ms {
+		rs := make([]model.Reading, readings)
+		for j := range rs {
+			rs[j] = model.Reading{Signal: fmt.Sprintf("s%d", j), Value: model.Number(float64(i) + float64(j)/10), Unit: "V", Quality: model.Good}
+		}
+		ms[i] = model.Message{Station: station.ID, StationType: station.Type, Device: "meter-main", DeviceKind: "power_meter",
+			Seq: uint64(i + 1), Time: t0.Add(time.Duration(i) * time.Millisecond), Kind: model.KindTelemetry, Readings: rs}
+	}
+	return ms
+}
+
+func TestTopics(t *testing.T) {
+	m := model.Message{Station: "pr-0001", Device: "th-hall", Kind: model.KindEvent}
+	if got := Topic(Prefix(""), &m); got != "outpost/v1/pr-0001/th-hall/event" {
+		t.Errorf("Topic = %q", got)
+	}
+	if got := StatusTopic(Prefix("city/"), "pr-0001"); got != "city/pr-0001/status" {
+		t.Errorf("StatusTopic = %q", got)
+	}
+	if DefaultPrefix != fmt.Sprintf("outpost/v%d", model.ContractVersion) {
+		t.Errorf("DefaultPrefix %q does not carry contract version %d", DefaultPrefix, model.ContractVersion)
+	}
+	ts := time.Date(2026, 11, 28, 13, 37, 0, 5, time.UTC)
+	b := AppendStatus(nil, "pr-0001", StateOnline, ts)
+	if want := `{"v":1,"station":"pr-0001","state":"online","ts":"2026-11-28T13:37:00.000000005Z"}`; string(b) != want {
+		t.Errorf("AppendStatus = %s, want %s", b, want)
+	}
+	s, err := ParseStatus(b)
+	if err != nil || s != (Status{V: 1, Station: "pr-0001", State: StateOnline, Time: ts}) {
+		t.Errorf("ParseStatus = %+v, %v", s, err)
+	}
+	for _, bad := range []string{`{`, `{"v":2,"station":"s","state":"online"}`, `{"v":1,"state":"online"}`, `{"v":1,"station":"s","state":"asleep"}`} {
+		if _, err := ParseStatus([]byte(bad)); err == nil {
+			t.Errorf("ParseStatus(%s) accepted", bad)
+		}
+	}
+}
+
+func TestSendArrivesExactly(t *testing.T) {
+	b := startBroker(t)
+	sub := subscribe(t, b.URL(), "hub", "outpost/v1/#")
+	u := connect(t, b.URL())
+	if st, r := nextStatus(t, sub); st.State != StateOnline || r.topic != "outpost/v1/pr-0001/status" {
+		t.Fatalf("status %+v on %s, want online", st, r.topic)
+	}
+	msgs := messages(3, 2)
+	msgs[1].Kind, msgs[1].Readings, msgs[1].Device, msgs[1].DeviceKind = model.KindEvent, nil, "panic-1", "panic_button"
+	msgs[1].Event = &model.Event{Kind: model.EventPanic, Severity: model.Critical, Details: map[string]string{"button": "reception"}}
+	msgs[2].Kind, msgs[2].Readings = model.KindHealth, nil
+	msgs[2].Health = &model.Health{State: model.Degraded, Reason: "2 timeouts", Counters: map[string]uint64{"timeouts": 2}}
+	if err := u.Send(context.Background(), msgs); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	want := []received{
+		{"outpost/v1/pr-0001/meter-main/telemetry", `{"v":1,"station":"pr-0001","station_type":"police_room","device":"meter-main","device_kind":"power_meter","seq":1,"ts":"2026-11-28T13:37:00Z","kind":"telemetry","readings":[{"signal":"s0","value":0,"unit":"V","quality":"good"},{"signal":"s1","value":0.1,"unit":"V","quality":"good"}]}`, false},
+		{"outpost/v1/pr-0001/panic-1/event", `{"v":1,"station":"pr-0001","station_type":"police_room","device":"panic-1","device_kind":"panic_button","seq":2,"ts":"2026-11-28T13:37:00.001Z","kind":"event","event":{"kind":"panic","severity":"critical","details":{"button":"reception"}}}`, false},
+		{"outpost/v1/pr-0001/meter-main/health", `{"v":1,"station":"pr-0001","station_type":"police_room","device":"meter-main","device_kind":"power_meter","seq":3,"ts":"2026-11-28T13:37:00.002Z","kind":"health","health":{"state":"degraded","reason":"2 timeouts","counters":{"timeouts":2}}}`, false},
+	}
+	got := map[string]received{}
+	for range want {
+		r := next(t, sub)
+		got[r.topic] = r
+	}
+	for _, w := range want {
+		if got[w.topic] != w {
+			t.Errorf("on %s got\n %+v\nwant\n %+v", w.topic, got[w.topic], w)
+		}
+	}
+	if err := u.Send(context.Background(), nil); err != nil {
+		t.Errorf("Send of nothing: %v", err)
+	}
+}
+
+func TestStatusLastWillAndClose(t *testing.T) {
+	b := startBroker(t)
+	u := connect(t, b.URL())
+	// A late subscriber sees the retained online status.
+	sub := subscribe(t, b.URL(), "hub", "outpost/v1/+/status")
+	st, r := nextStatus(t, sub)
+	if st.State != StateOnline || !r.retained || st.Station != "pr-0001" {
+		t.Fatalf("status %+v retained=%v, want retained online", st, r.retained)
+	}
+	// The connection dies without DISCONNECT: the broker publishes the will.
+	// (Shut the socket down rather than close it: paho ignores a read error
+	// on a connection closed under it and would notice only at the next
+	// keepalive.)
+	first := u.cur.Load()
+	raw, err := first.conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) {
+		if err := syscall.Shutdown(int(fd), syscall.SHUT_RDWR); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	if st, _ := nextStatus(t, sub); st.State != StateOffline {
+		t.Fatalf("after the connection died: %+v, want offline (last will)", st)
+	}
+	// The uplink reconnects by itself and says online again.
+	if st, _ := nextStatus(t, sub); st.State != StateOnline {
+		t.Fatalf("after reconnect: %+v, want online", st)
+	}
+	if l := u.cur.Load(); l == first || !u.Connected() {
+		t.Fatalf("no new connection after reconnect (link %d, connected %v)", l.id, u.Connected())
+	}
+	if err := u.Close(context.Background()); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if st, _ := nextStatus(t, sub); st.State != StateOffline {
+		t.Fatalf("after Close: %+v, want offline", st)
+	}
+	late := subscribe(t, b.URL(), "late", "outpost/v1/+/status")
+	if st, r := nextStatus(t, late); st.State != StateOffline || !r.retained {
+		t.Fatalf("retained status after Close: %+v retained=%v, want offline", st, r.retained)
+	}
+	if err := u.Send(context.Background(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Send after Close = %v, want ErrNotConnected", err)
+	}
+}
+
+func TestSendNotConnected(t *testing.T) {
+	u := New(configs.MQTT{URL: "tcp://127.0.0.1:1"}, station, quiet())
+	if err := u.Send(context.Background(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("Send before Connect = %v, want ErrNotConnected", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := u.Connect(ctx)
+	defer u.Close(context.Background())
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Connect to a closed port = %v, want deadline exceeded", err)
+	}
+	start := time.Now()
+	if err := u.Send(context.Background(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("Send while connecting = %v, want ErrNotConnected", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("Send without a connection took %v, want an immediate error", d)
+	}
+}
+
+// A broker killed in the middle of a batch must fail the batch, even when it
+// is back before the batch's remaining acknowledgements could arrive; the
+// next batch then succeeds on the new connection.
+func TestBrokerKilledDuringSend(t *testing.T) {
+	b := startBroker(t)
+	sub := subscribe(t, b.URL(), "hub", "outpost/v1/pr-0001/meter-main/telemetry")
+	u := connect(t, b.URL())
+	msgs := messages(5000, 8)
+	var got atomic.Int64
+	killed := make(chan struct{})
+	go func() {
+		defer close(killed)
+		for range sub {
+			if got.Add(1) == 200 {
+				b.Kill()
+				return
+			}
+		}
+	}()
+	err := u.Send(context.Background(), msgs)
+	<-killed
+	if err == nil {
+		t.Fatal("Send returned nil although the broker was killed during the batch")
+	}
+	t.Logf("Send failed as it must: %v (subscriber saw %d)", err, got.Load())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := b.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for !u.Connected() {
+		if ctx.Err() != nil {
+			t.Fatal("uplink did not reconnect within 20 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	sub2 := subscribe(t, b.URL(), "hub2", "outpost/v1/pr-0001/meter-main/telemetry")
+	if err := u.Send(ctx, msgs[:100]); err != nil {
+		t.Fatalf("Send after restart: %v", err)
+	}
+	// The new batch arrives whole and exact, and nothing else: the failed
+	// batch is not replayed behind the gateway's back (its queue resends).
+	for i := range msgs[:100] {
+		r := next(t, sub2)
+		if want := string(model.AppendJSON(nil, &msgs[i])); r.payload != want {
+			t.Fatalf("message %d after restart:\n got %s\nwant %s", i, r.payload, want)
+		}
+	}
+	select {
+	case r := <-sub2:
+		t.Fatalf("unexpected message after the batch: %s %s", r.topic, r.payload)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// A broker that is killed and restarted while tokens are outstanding makes
+// paho complete old tokens on the new connection; Send must not take those
+// for acknowledgements.
+func TestBrokerBouncedDuringSend(t *testing.T) {
+	b := startBroker(t)
+	sub := subscribe(t, b.URL(), "hub", "outpost/v1/pr-0001/meter-main/telemetry")
+	u := connect(t, b.URL())
+	msgs := messages(5000, 8)
+	var got atomic.Int64
+	bounced := make(chan error, 1)
+	go func() {
+		for range sub {
+			if got.Add(1) == 200 {
+				b.Kill()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				bounced <- b.Restart(ctx)
+				cancel()
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := u.Send(ctx, msgs)
+	if rerr := <-bounced; rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err == nil {
+		t.Fatal("Send returned nil although the broker was bounced during the batch")
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Send hung until its deadline instead of failing on the connection loss: %v", err)
+	}
+}
+
+// BenchmarkSend publishes batches of 100 telemetry messages of 8 readings
+// to a real Mosquitto.
+func BenchmarkSend(b *testing.B) {
+	dir := b.TempDir()
+	ctx := context.Background()
+	m, err := hub.StartMosquitto(ctx, dir, quiet())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Stop()
+	u := New(configs.MQTT{URL: m.URL()}, station, quiet())
+	if err := u.Connect(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer u.Close(ctx)
+	msgs := messages(100, 8)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if err := u.Send(ctx, msgs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	s := b.Elapsed().Seconds()
+	b.ReportMetric(float64(b.N*len(msgs))/s, "msgs/s")
+	b.ReportMetric(float64(b.N*len(msgs)*8)/s, "readings/s")
+}

@@ -1,0 +1,85 @@
+package mqtt
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"outpost/gateway/model"
+)
+
+// DefaultPrefix is the topic prefix of contract version 1. A new contract
+// version gets a new prefix, so old and new gateways can share a broker.
+const DefaultPrefix = "outpost/v1"
+
+// Prefix returns the topic prefix of a configured value: DefaultPrefix when
+// empty, without trailing slashes otherwise.
+func Prefix(configured string) string {
+	p := strings.TrimRight(configured, "/")
+	if p == "" {
+		return DefaultPrefix
+	}
+	return p
+}
+
+// Topic is the topic of a message: {prefix}/{station}/{device}/{kind}.
+func Topic(prefix string, m *model.Message) string {
+	return prefix + "/" + m.Station + "/" + m.Device + "/" + string(m.Kind)
+}
+
+// StatusTopic is the topic of a gateway's retained status:
+// {prefix}/{station}/status.
+func StatusTopic(prefix, station string) string {
+	return prefix + "/" + station + "/status"
+}
+
+// Gateway states published on the status topic.
+const (
+	StateOnline  = "online"
+	StateOffline = "offline"
+)
+
+// AppendStatus appends the status payload
+// {"v":1,"station":...,"state":"online"|"offline","ts":...} to dst.
+func AppendStatus(dst []byte, station, state string, t time.Time) []byte {
+	// Marshalling a string cannot fail.
+	s, _ := json.Marshal(station)
+	dst = append(dst, `{"v":`...)
+	dst = strconv.AppendInt(dst, model.ContractVersion, 10)
+	dst = append(dst, `,"station":`...)
+	dst = append(dst, s...)
+	dst = append(dst, `,"state":"`...)
+	dst = append(dst, state...)
+	dst = append(dst, `","ts":"`...)
+	dst = t.UTC().AppendFormat(dst, time.RFC3339Nano)
+	return append(dst, `"}`...)
+}
+
+// Status is a parsed status payload.
+type Status struct {
+	V       int       `json:"v"`
+	Station string    `json:"station"`
+	State   string    `json:"state"`
+	Time    time.Time `json:"ts"`
+}
+
+// ParseStatus decodes and checks a status payload.
+func ParseStatus(b []byte) (Status, error) {
+	var s Status
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Status{}, fmt.Errorf("status payload: %w", err)
+	}
+	if s.V != model.ContractVersion {
+		return Status{}, fmt.Errorf("status payload: version %d, want %d", s.V, model.ContractVersion)
+	}
+	if s.Station == "" {
+		return Status{}, errors.New("status payload: no station")
+	}
+	if s.State != StateOnline && s.State != StateOffline {
+		return Status{}, fmt.Errorf("status payload: unknown state %q", s.State)
+	}
+	return s, nil
+}

@@ -1,0 +1,112 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func TestMosquittoKillRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := StartMosquitto(ctx, t.TempDir(), testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	if !strings.HasPrefix(m.URL(), "tcp://127.0.0.1:") {
+		t.Errorf("URL %q", m.URL())
+	}
+	url := m.URL()
+	m.Kill()
+	if c, err := net.DialTimeout("tcp", m.Addr(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("broker still accepts connections after Kill")
+	}
+	if err := m.Restart(ctx); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	if m.URL() != url {
+		t.Errorf("URL after restart %q, want %q", m.URL(), url)
+	}
+	c, err := net.DialTimeout("tcp", m.Addr(), time.Second)
+	if err != nil {
+		t.Fatalf("dial after restart: %v", err)
+	}
+	c.Close()
+	m.Stop()
+	m.Stop() // stopping twice is harmless
+}
+
+func TestInfluxWriteQueryRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	in, err := StartInflux(ctx, t.TempDir(), testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Stop()
+	resp, err := http.Post(in.URL()+"/write?db="+in.Database(), "text/plain",
+		strings.NewReader("m,station=s1 seq=1i,v=2.5 1000\nm,station=s1 seq=2i,v=3 2000\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("write: %s", resp.Status)
+	}
+	if err := in.Restart(ctx); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	n, err := in.Count(ctx, "m")
+	if err != nil || n != 2 {
+		t.Fatalf("Count = %d, %v; want 2 (data must survive a restart)", n, err)
+	}
+	series, err := in.Query(ctx, `SELECT * FROM "m"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(series) != 1 || series[0].Name != "m" {
+		t.Fatalf("series %+v", series)
+	}
+	rows := series[0].Rows()
+	want := []map[string]any{
+		{"time": json.Number("1000"), "seq": json.Number("1"), "station": "s1", "v": json.Number("2.5")},
+		{"time": json.Number("2000"), "seq": json.Number("2"), "station": "s1", "v": json.Number("3")},
+	}
+	if len(rows) != 2 {
+		t.Fatalf("rows %v", rows)
+	}
+	for i := range want {
+		for k, v := range want[i] {
+			if rows[i][k] != v {
+				t.Errorf("row %d %s = %#v, want %#v", i, k, rows[i][k], v)
+			}
+		}
+	}
+	if _, err := in.Query(ctx, "SELECT nonsense FROM"); err == nil || !strings.Contains(err.Error(), "error parsing query") {
+		t.Errorf("bad query error = %v", err)
+	}
+	in.Kill()
+	if _, err := in.Query(ctx, "SHOW DATABASES"); err == nil {
+		t.Error("query after Kill succeeded")
+	}
+}
+
+func TestInfluxMissingBinary(t *testing.T) {
+	t.Setenv(InfluxEnv, "/nonexistent/influxd")
+	_, err := StartInflux(context.Background(), t.TempDir(), testLog(t))
+	if err == nil || !strings.Contains(err.Error(), "make test-deps") {
+		t.Fatalf("error %v, want one telling to run make test-deps", err)
+	}
+}

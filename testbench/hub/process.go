@@ -1,0 +1,162 @@
+// Package hub starts a real city-brain hub for tests and the testbench: a
+// Mosquitto broker and an InfluxDB 1.8 server, each on loopback ports of its
+// own, with its files under a directory the caller owns. The shipped gateway
+// never imports it.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ErrNotRunning is returned by operations that need the server running.
+var ErrNotRunning = errors.New("hub: server not running")
+
+// freePort asks the kernel for a free loopback TCP port.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("hub: find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// proc is one run of a server process. Its waiter goroutine ends when the
+// process exits, and closes done.
+type proc struct {
+	name string
+	log  *slog.Logger
+	path string
+	args []string
+	logf string // file that receives stdout and stderr
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // exit status, valid once done is closed
+}
+
+// start starts the process; it is an error if it is already running.
+func (p *proc) start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		return fmt.Errorf("hub: %s already running", p.name)
+	}
+	out, err := os.OpenFile(p.logf, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("hub: %s log: %w", p.name, err)
+	}
+	cmd := exec.Command(p.path, p.args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	// Own process group, so that a Ctrl-C of `go test` doesn't race Stop.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return fmt.Errorf("hub: start %s: %w", p.name, err)
+	}
+	done := make(chan struct{})
+	p.cmd, p.done = cmd, done
+	go func() {
+		err := cmd.Wait()
+		out.Close()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(done)
+	}()
+	p.log.Debug("hub: started", "server", p.name, "pid", cmd.Process.Pid)
+	return nil
+}
+
+// current returns the command and done channel of the current run, or nils.
+func (p *proc) current() (*exec.Cmd, chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd, p.done
+}
+
+// waitReady polls ready until it succeeds, the process exits or ctx ends.
+func (p *proc) waitReady(ctx context.Context, ready func(context.Context) error) error {
+	_, done := p.current()
+	if done == nil {
+		return ErrNotRunning
+	}
+	var last error
+	for delay := time.Millisecond; ; delay = min(delay*2, 50*time.Millisecond) {
+		if last = ready(ctx); last == nil {
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-done:
+			t.Stop()
+			p.mu.Lock()
+			exit := p.err
+			p.mu.Unlock()
+			p.reap()
+			return fmt.Errorf("hub: %s exited before it was ready (%v): %s", p.name, exit, p.tail())
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("hub: %s not ready: %w (last: %v)", p.name, ctx.Err(), last)
+		case <-t.C:
+		}
+	}
+}
+
+// tail returns the end of the process's log, for error messages.
+func (p *proc) tail() string {
+	b, _ := os.ReadFile(p.logf)
+	s := strings.TrimSpace(string(b))
+	if len(s) > 2000 {
+		s = s[len(s)-2000:]
+	}
+	return s
+}
+
+// signal sends sig and waits for the process to exit; after grace it kills
+// it. It does nothing when the process is not running.
+func (p *proc) signal(sig syscall.Signal, grace time.Duration) {
+	cmd, done := p.current()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	p.reap()
+	p.log.Debug("hub: stopped", "server", p.name, "signal", sig.String())
+}
+
+// reap forgets a run that has ended.
+func (p *proc) reap() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done != nil {
+		select {
+		case <-p.done:
+			p.cmd, p.done = nil, nil
+		default:
+		}
+	}
+}
+
+// kill ends the process with SIGKILL, as a crash or power cut would.
+func (p *proc) kill() { p.signal(syscall.SIGKILL, 5*time.Second) }
+
+// stop ends the process gracefully (SIGTERM), and kills it after 5 s.
+func (p *proc) stop() { p.signal(syscall.SIGTERM, 5*time.Second) }
