@@ -11,10 +11,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"outpost/configs"
 	"outpost/gateway/model"
 	"outpost/testbench/hub"
 )
@@ -81,6 +83,8 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 
 	var mu sync.Mutex
 	var atHub []sample
+	var bad []string // bad readings with their time
+	var badTimes []time.Time
 	kinds := map[string]string{}
 	col, err := collect(ctx, mq.URL(), fmt.Sprintf("outpost/v1/%s/#", st.Station.ID), func(m *model.Message, dup bool) {
 		if m.Kind != model.KindTelemetry || dup {
@@ -94,7 +98,8 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 		kinds[m.Device] = m.DeviceKind
 		for _, r := range m.Readings {
 			if r.Quality != model.Good {
-				t.Errorf("%s/%s: quality %s", m.Device, r.Signal, r.Quality)
+				bad = append(bad, fmt.Sprintf("%s/%s %s at %s", m.Device, r.Signal, r.Quality, m.Time.Format(time.StampMicro)))
+				badTimes = append(badTimes, m.Time)
 				continue
 			}
 			atHub = append(atHub, sample{m.Device, r.Signal, r.Value.Interface()})
@@ -105,8 +110,15 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 	}
 	defer col.close()
 
-	out, _ := os.Create(filepath.Join(work, "processes.log"))
+	logPath := filepath.Join(work, "processes.log")
+	out, _ := os.Create(logPath)
 	defer out.Close()
+	defer func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("simulator and gateway output:\n%s", b[max(0, len(b)-20000):])
+		}
+	}()
 	served := filepath.Join(work, "served.jsonl")
 	sim, gw := &proc{name: "firmware-sim"}, &proc{name: "gateway"}
 	defer sim.kill()
@@ -119,11 +131,13 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 	}
 	// Let every device be polled a number of times, then stop the
 	// simulator first so that what it served is final.
-	want := waitServed(t, ctx, served, 4*40)
+	want := waitServed(t, ctx, served, 20*(3*29+3))
+	simStopped := time.Now()
 	if err := sim.stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	want = readServed(t, served)
+	checkAllSignalsServed(t, st, want)
 
 	// Wait until the hub has as many values as were served.
 	deadline := time.Now().Add(30 * time.Second)
@@ -141,6 +155,12 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 	}
 
 	mu.Lock()
+	// Once the simulator is gone every reading is bad; before, none may be.
+	for i, at := range badTimes {
+		if at.Before(simStopped) {
+			t.Errorf("bad reading while the simulator ran: %s", bad[i])
+		}
+	}
 	compareSamples(t, "MQTT hub", want, atHub)
 	for _, dev := range []string{"at-9600", "at-19200", "at-tcp"} {
 		if kinds[dev] != "all_types" {
@@ -152,7 +172,7 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 	}
 	mu.Unlock()
 
-	compareSamples(t, "InfluxDB", want, influxSamples(t, ctx, ix, st.Station.ID))
+	compareSamples(t, "InfluxDB", want, influxSamples(t, ctx, ix, st.Station.ID, simStopped))
 }
 
 // waitServed waits until the simulator's served log has at least n lines.
@@ -193,7 +213,9 @@ func readServed(t *testing.T, path string) []sample {
 }
 
 // influxSamples reads back every signal field of the station's points.
-func influxSamples(t *testing.T, ctx context.Context, ix *hub.Influx, station string) []sample {
+// Bad readings (a <signal>_quality field) are allowed only after
+// simStopped.
+func influxSamples(t *testing.T, ctx context.Context, ix *hub.Influx, station string, simStopped time.Time) []sample {
 	t.Helper()
 	var out []sample
 	for _, kind := range []string{"all_types", "temp_humidity"} {
@@ -207,9 +229,16 @@ func influxSamples(t *testing.T, ctx context.Context, ix *hub.Influx, station st
 				if row["station_type"] != "grid_station" {
 					t.Errorf("influx %s point of %s: station_type %v", kind, dev, row["station_type"])
 				}
+				at := time.Unix(0, mustInt(t, row["time"]))
 				for col, v := range row {
 					switch col {
 					case "time", "device", "station", "station_type", "seq", "historical":
+						continue
+					}
+					if strings.HasSuffix(col, "_quality") {
+						if at.Before(simStopped) {
+							t.Errorf("influx: bad reading %s of %s at %s while the simulator ran", col, dev, at)
+						}
 						continue
 					}
 					if n, ok := v.(json.Number); ok {
@@ -255,13 +284,36 @@ func compareSamples(t *testing.T, where string, want, got []sample) {
 	} else {
 		t.Logf("%s: all %d served values arrived exactly", where, len(want))
 	}
-	signals := map[string]bool{}
-	for _, s := range want {
-		signals[s.Device+"/"+s.Signal] = true
+}
+
+// checkAllSignalsServed checks that every signal of every device of the
+// station was served, so that no type or byte order went untested.
+func checkAllSignalsServed(t *testing.T, st *configs.Station, served []sample) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, s := range served {
+		seen[s.Device+"/"+s.Signal] = true
 	}
-	if len(signals) < 3*28+3 {
-		t.Errorf("only %d device signals were served; every signal of every device should be", len(signals))
+	for _, d := range st.Devices {
+		for _, r := range st.Templates[d.Template].Registers {
+			if !seen[d.ID+"/"+r.Signal] {
+				t.Errorf("signal %s of %s was never served", r.Signal, d.ID)
+			}
+		}
 	}
 }
 
 func head(s []string, n int) []string { return s[:min(n, len(s))] }
+
+func mustInt(t *testing.T, v any) int64 {
+	t.Helper()
+	n, ok := v.(json.Number)
+	if !ok {
+		t.Fatalf("not a number: %#v", v)
+	}
+	i, err := n.Int64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return i
+}

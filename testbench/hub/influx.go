@@ -58,6 +58,9 @@ func StartInflux(ctx context.Context, dir string, log *slog.Logger) (*Influx, er
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err

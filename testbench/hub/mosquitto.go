@@ -35,6 +35,9 @@ func StartMosquitto(ctx context.Context, dir string, log *slog.Logger) (*Mosquit
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
 	conf := filepath.Join(dir, "mosquitto.conf")
 	// set_tcp_nodelay: without it the broker's PUBACKs wait on Nagle's
 	// algorithm and the client's delayed ACK, and pipelined QoS 1 batches
