@@ -1,0 +1,19 @@
+//go:build !unix
+
+package queue
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// lockDir opens dir/lock; without flock, it does not keep a second process
+// out.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	return f, nil
+}

@@ -1,0 +1,1097 @@
+// Package queue is the gateway's durable store-and-forward queue: every
+// message is appended to it before anything depends on it, and a forwarder
+// takes batches out, sends them to an uplink, and acknowledges them; only
+// acknowledged records are removed. The gateway keeps one Queue per uplink.
+//
+// # Why a log of our own
+//
+// The queue is a small segmented append-only log per lane, with CRC-framed
+// records, not a storage library. The access pattern is a FIFO: append at the
+// tail, read and delete at the head. A log does exactly that with one
+// write(2) per Append and sequential reads; deleting acknowledged data is
+// unlinking a file. A B+tree store (bbolt) would copy pages and keep a
+// free list to do the same, fsync twice per transaction, and its file does
+// not shrink; an LSM store (pebble) writes everything twice (WAL, then
+// sstables) and brings compaction and a large dependency. Neither knows how to
+// drop the oldest telemetry in whole segments, which a log gets for free.
+// Crash recovery of a log is short and testable: scan from the acknowledged
+// position, check each record's CRC, cut the torn tail.
+//
+// # Layout
+//
+// dir/lock is locked (flock) while a Queue is open, so that a second
+// process cannot open the same queue. dir/alarm and dir/telemetry each hold segment files named by a 16-digit
+// hexadecimal number (increasing) with the suffix .seg, and a file named ack.
+// A segment is a sequence of records (see segment.go for the framing); every
+// record carries a magic marker, its length, a CRC-32C, the number of readings
+// it carries and its enqueue time. Appends go to the newest segment of the
+// lane; a new segment starts when one reaches Options.SegmentBytes and at
+// every Open (an existing segment is never appended to again). The ack file
+// holds the lane's acknowledged position (segment, offset) in two
+// CRC-protected slots written in turn, so a torn write of one slot leaves
+// the other. A segment is deleted when it is fully acknowledged.
+//
+// # Lanes and order
+//
+// LaneAlarm (events and health) and LaneTelemetry are separate logs. Next
+// always serves the alarm lane first, so an alarm never waits behind a
+// telemetry backlog. Within a lane, records are handed out in the order they
+// were appended, across restarts and replays.
+//
+// # Delivery
+//
+// Delivery is at least once: a record is removed only after Ack, and the
+// acknowledged position is written after the send succeeded. A crash between
+// the send and the Ack, or a lost write of the ack file at power loss, hands
+// the record out again after the restart. The ack file is fsynced together
+// with the segments but Ack does not wait for it: losing its last update
+// costs duplicates, never data.
+//
+// # Durability
+//
+// Append writes its records with one write(2) before it returns. What happens
+// then depends on Options.SyncEvery:
+//
+//   - SyncEvery == 0: Append returns only after an fsync covering its records.
+//     Appends from several goroutines that arrive while an fsync runs share
+//     the next one (group commit). Nothing that Append returned for is lost,
+//     neither on a process kill nor on power loss.
+//   - SyncEvery == d > 0 (DefaultSyncEvery is 100 ms): a background goroutine
+//     fsyncs the written segments every d while there are unsynced appends.
+//     A process kill (kill -9, a panic, the OOM killer) loses nothing that
+//     Append returned for: the records are in the kernel's page cache after
+//     write(2) and reach the disk without the process. A power loss or
+//     kernel crash can lose the appends of the last d (plus the duration of
+//     the fsync in progress); what it leaves half-written is a torn tail that
+//     the next Open cuts off.
+//   - SyncEvery < 0: the queue never fsyncs; the kernel writes the pages
+//     back when it likes (usually within 30 s). A process kill loses
+//     nothing; a power loss can lose whatever was not written back. Meant
+//     for tests and for queues on a RAM disk.
+//
+// # Size cap
+//
+// Options.MaxBytes bounds the bytes of all segment files of both lanes
+// (acknowledged records count until their segment is deleted). Before an
+// Append that would exceed it, the oldest telemetry segments are deleted
+// whole, the newest one too if needed, and every unacknowledged record and
+// reading in them is counted in Stats as dropped. Records of a deleted
+// segment that are handed out and not yet acknowledged are counted as
+// dropped only if they are handed back by Rewind instead of acknowledged.
+// Alarms are never dropped: if the alarm lane alone fills the cap, alarm
+// Appends are still written (the queue then exceeds MaxBytes by the alarms'
+// size, until the disk itself is full and Append returns the error), and
+// telemetry Appends are dropped whole and counted, as there is no older
+// telemetry left to make room.
+//
+// # Damage on disk
+//
+// Open never fails because of what is inside the files: a segment that
+// cannot be read is logged and skipped; an ack file without an intact slot is
+// logged and the lane is delivered again from its oldest record; a corrupt record between
+// intact ones is skipped (the reader resynchronizes on the next magic marker
+// with a valid CRC) and counted in Stats.Corrupt; bytes after the last intact
+// record of a segment (a torn tail, or garbage) are cut off and counted in
+// Stats.TornBytes. Open fails only when the directory itself is unusable.
+//
+// # Memory
+//
+// The backlog stays on disk. The queue holds a few words per segment,
+// one read window per lane (64 KiB, more only for a record larger than that),
+// the batches handed out and not yet acknowledged (at most MaxBatchBytes of
+// data each) and up to two spare batch buffers per lane.
+package queue
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Lane is a priority class of records.
+type Lane uint8
+
+const (
+	LaneAlarm     Lane = iota // events and health: served first, never dropped
+	LaneTelemetry             // readings: dropped oldest first at the size cap
+	NumLanes                  // the number of lanes
+)
+
+func (l Lane) String() string {
+	switch l {
+	case LaneAlarm:
+		return "alarm"
+	case LaneTelemetry:
+		return "telemetry"
+	}
+	return "lane(" + strconv.Itoa(int(l)) + ")"
+}
+
+// Defaults of Options.
+const (
+	DefaultMaxBytes     = 256 << 20
+	DefaultSegmentBytes = 4 << 20
+	// DefaultSyncEvery is the group-commit window the gateway uses.
+	DefaultSyncEvery = 100 * time.Millisecond
+	// MaxBatchBytes bounds the data of one batch (a batch holds at least
+	// one record, whatever its size).
+	MaxBatchBytes = 1 << 20
+)
+
+// Options configure a Queue. The zero Options fsync before every Append
+// returns; DefaultOptions are what the gateway runs with.
+type Options struct {
+	// MaxBytes caps the bytes on disk; 0 means DefaultMaxBytes.
+	MaxBytes int64
+	// SyncEvery is the group-commit window: 0 fsyncs before every Append
+	// returns, a negative value never fsyncs; see the package
+	// documentation.
+	SyncEvery time.Duration
+	// SegmentBytes is the size at which a new segment starts; 0 means
+	// DefaultSegmentBytes. It is lowered to MaxBytes/8 (at least 4 KiB) so
+	// that dropping a segment never drops more than an eighth of the cap.
+	SegmentBytes int64
+}
+
+// DefaultOptions are the options the gateway runs with.
+func DefaultOptions() Options {
+	return Options{MaxBytes: DefaultMaxBytes, SyncEvery: DefaultSyncEvery, SegmentBytes: DefaultSegmentBytes}
+}
+
+// Record is what Append stores.
+type Record struct {
+	Data     []byte
+	Readings int // how many readings Data carries, for the drop counts
+}
+
+// Entry is a record handed out in a Batch.
+type Entry struct {
+	Data     []byte // valid until the batch is acknowledged, or Rewind or Close
+	Readings int
+	Enqueued time.Time // when Append wrote it, by the gateway's clock
+	seg      uint64
+}
+
+// Batch is a run of records of one lane, oldest first. Its entries' Data
+// share a buffer that the queue reuses: it is valid until the batch is
+// acknowledged, Rewind is called, or the queue is closed; copy what must
+// live longer.
+type Batch struct {
+	Lane    Lane
+	Entries []Entry
+	id      uint64
+	epoch   uint64
+}
+
+// Readings is the sum of the batch's entries' readings.
+func (b Batch) Readings() int {
+	n := 0
+	for i := range b.Entries {
+		n += b.Entries[i].Readings
+	}
+	return n
+}
+
+// LaneStats are the counters of one lane.
+type LaneStats struct {
+	Bytes    int64 // segment bytes on disk
+	Records  int64 // queued: neither acknowledged nor dropped
+	Readings int64
+
+	Appended, AppendedReadings int64 // since Open
+	Acked, AckedReadings       int64 // since Open
+	Dropped, DroppedReadings   int64 // since Open, to stay under MaxBytes
+}
+
+// Stats are the queue's counters. Counts "since Open" start at zero at
+// every Open; the queued counts include what an earlier run left.
+type Stats struct {
+	Lanes [NumLanes]LaneStats
+	// Corrupt counts corrupt regions skipped (each holds one or more
+	// records), CorruptBytes their size; TornBytes counts bytes cut off
+	// after the last intact record of a segment at Open.
+	Corrupt, CorruptBytes, TornBytes int64
+	SyncErrors                       int64
+}
+
+// Errors.
+var (
+	ErrClosed = errors.New("queue closed")
+	// ErrStaleBatch is returned by Ack for a batch that Rewind invalidated
+	// or that was already acknowledged.
+	ErrStaleBatch = errors.New("stale batch")
+)
+
+type pos struct {
+	seg uint64
+	off int64
+}
+
+func (p pos) less(q pos) bool { return p.seg < q.seg || p.seg == q.seg && p.off < q.off }
+
+type segment struct {
+	id    uint64
+	size  int64 // bytes on disk
+	end   int64 // readable: after the last intact record
+	live  int64 // records neither acknowledged nor dropped
+	liveR int64 // their readings
+	fresh bool  // written by this process
+}
+
+// inflight is a batch handed out and not yet acknowledged.
+type inflight struct {
+	id   uint64
+	end  pos
+	buf  []byte
+	segs []segCount
+}
+
+// segCount is how many records and readings of a batch come from a segment.
+type segCount struct {
+	seg            uint64
+	recs, readings int64
+}
+
+type lane struct {
+	l    Lane
+	dir  string
+	segs []*segment // oldest first; the last is the active one when w != nil
+	w    *os.File   // active segment
+	next uint64     // id of the next segment
+
+	ack    pos
+	ackF   *os.File
+	ackGen uint64
+	// ackDirty is set when the ack file was written after the last fsync.
+	ackDirty bool
+
+	read   pos
+	rf     *os.File // segment being read
+	rfSeg  uint64
+	rd     segReader
+	out    []inflight // batches handed out, in order
+	nextID uint64
+	epoch  uint64
+	free   [][]byte
+
+	wbuf []byte
+	st   LaneStats
+}
+
+// Queue is a durable store-and-forward queue with two lanes. Its methods
+// are safe for concurrent use.
+type Queue struct {
+	opt Options
+	log *slog.Logger
+	dir string
+
+	mu      sync.Mutex
+	lanes   [NumLanes]*lane
+	bytes   int64
+	gen     uint64     // appends written
+	synced  uint64     // appends fsynced
+	syncErr error      // of the last fsync
+	syncedC *sync.Cond // on mu: synced or syncErr changed, or closed
+	pending []*os.File // rotated segments to fsync and close
+	wake    chan struct{}
+	closed  bool
+	// alarmsFull is set while alarms alone fill the cap, so that dropping
+	// new telemetry is logged once, not per Append.
+	alarmsFull bool
+	st         Stats // Corrupt, CorruptBytes, TornBytes, SyncErrors
+
+	lock *os.File // holds the directory's lock while open
+	kick chan struct{}
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Open opens or creates the queue in dir.
+func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
+	if opt.MaxBytes <= 0 {
+		opt.MaxBytes = DefaultMaxBytes
+	}
+	if opt.SegmentBytes <= 0 {
+		opt.SegmentBytes = DefaultSegmentBytes
+	}
+	opt.SegmentBytes = max(min(opt.SegmentBytes, opt.MaxBytes/8), 4<<10)
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	q := &Queue{opt: opt, log: log, dir: dir, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	q.syncedC = sync.NewCond(&q.mu)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	q.lock = lock
+	for l := range NumLanes {
+		ln, err := q.openLane(l)
+		if err != nil {
+			for _, o := range q.lanes[:l] {
+				o.close()
+			}
+			lock.Close()
+			return nil, err
+		}
+		q.lanes[l] = ln
+	}
+	q.wg.Add(1)
+	go q.syncLoop()
+	return q, nil
+}
+
+func segName(id uint64) string { return fmt.Sprintf("%016x.seg", id) }
+
+func (q *Queue) openLane(l Lane) (*lane, error) {
+	ln := &lane{l: l, dir: filepath.Join(q.dir, l.String())}
+	if err := os.MkdirAll(ln.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	des, err := os.ReadDir(ln.dir)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(ln.dir, "ack"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	ln.ackF = f
+	ln.ack, ln.ackGen = q.readAck(ln)
+
+	var ids []uint64
+	for _, de := range des {
+		name := de.Name()
+		hex, ok := strings.CutSuffix(name, ".seg")
+		if !ok || len(hex) != 16 || !de.Type().IsRegular() {
+			continue
+		}
+		id, err := strconv.ParseUint(hex, 16, 64)
+		if err != nil {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	ln.next = ln.ack.seg + 1
+	if len(ids) > 0 {
+		ln.next = max(ln.next, ids[len(ids)-1]+1)
+	}
+	for _, id := range ids {
+		path := filepath.Join(ln.dir, segName(id))
+		if id < ln.ack.seg {
+			q.remove(path)
+			continue
+		}
+		start := int64(0)
+		if id == ln.ack.seg {
+			start = ln.ack.off
+		}
+		s, ok := q.recoverSegment(ln, path, id, start)
+		if !ok {
+			continue
+		}
+		if s.live == 0 {
+			q.remove(path)
+			continue
+		}
+		ln.segs = append(ln.segs, s)
+		q.bytes += s.size
+	}
+	if len(ln.segs) > 0 && ln.ack.less(pos{ln.segs[0].id, 0}) {
+		ln.ack = pos{ln.segs[0].id, 0}
+	}
+	if err := q.newSegment(ln); err != nil {
+		ln.close()
+		return nil, err
+	}
+	ln.read = ln.ack
+	return ln, nil
+}
+
+// recoverSegment scans a segment left by an earlier run from start, cuts
+// its torn tail and returns what is left to deliver.
+func (q *Queue) recoverSegment(ln *lane, path string, id uint64, start int64) (*segment, bool) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		q.log.Error("queue: cannot open segment, skipping it", "lane", ln.l, "file", path, "err", err)
+		return nil, false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		q.log.Error("queue: cannot stat segment, skipping it", "lane", ln.l, "file", path, "err", err)
+		return nil, false
+	}
+	size := fi.Size()
+	start = min(start, size)
+	var r segReader
+	r.reset(f, size)
+	res := r.scan(start)
+	if res.corrupt > 0 {
+		q.st.Corrupt += res.corrupt
+		q.st.CorruptBytes += res.corruptBytes
+		q.log.Warn("queue: skipped corrupt records", "lane", ln.l, "file", path, "regions", res.corrupt, "bytes", res.corruptBytes)
+	}
+	if res.tail > 0 {
+		q.st.TornBytes += res.tail
+		q.log.Warn("queue: cut torn tail", "lane", ln.l, "file", path, "offset", res.end, "bytes", res.tail)
+		if err := f.Truncate(res.end); err != nil {
+			q.log.Error("queue: cannot cut torn tail, ignoring it", "lane", ln.l, "file", path, "err", err)
+		} else {
+			size = res.end
+		}
+	}
+	s := &segment{id: id, size: size, end: res.end, live: res.records, liveR: res.readings}
+	ln.st.Records += s.live
+	ln.st.Readings += s.liveR
+	return s, true
+}
+
+func (q *Queue) remove(path string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		q.log.Error("queue: cannot delete segment", "file", path, "err", err)
+	}
+}
+
+// readAck returns the acknowledged position in the newer intact slot.
+func (q *Queue) readAck(ln *lane) (pos, uint64) {
+	var b [64]byte
+	n, _ := ln.ackF.ReadAt(b[:], 0)
+	var best pos
+	var gen uint64
+	found := false
+	for i := 0; i+32 <= n; i += 32 {
+		s := b[i : i+32]
+		if crc32.Checksum(s[:24], castagno) != binary.LittleEndian.Uint32(s[24:]) {
+			continue
+		}
+		g := binary.LittleEndian.Uint64(s)
+		p := pos{binary.LittleEndian.Uint64(s[8:]), int64(binary.LittleEndian.Uint64(s[16:]))}
+		if p.off < 0 {
+			continue
+		}
+		if !found || g > gen {
+			best, gen, found = p, g, true
+		}
+	}
+	if !found && n > 0 {
+		q.log.Warn("queue: ack file unreadable, delivering from the oldest record", "lane", ln.l)
+	}
+	return best, gen
+}
+
+func (q *Queue) writeAck(ln *lane) {
+	ln.ackGen++
+	var b [32]byte
+	binary.LittleEndian.PutUint64(b[:], ln.ackGen)
+	binary.LittleEndian.PutUint64(b[8:], ln.ack.seg)
+	binary.LittleEndian.PutUint64(b[16:], uint64(ln.ack.off))
+	binary.LittleEndian.PutUint32(b[24:], crc32.Checksum(b[:24], castagno))
+	ln.ackDirty = true
+	if _, err := ln.ackF.WriteAt(b[:], int64(ln.ackGen%2)*32); err != nil {
+		// Losing an ack write costs duplicates after a restart, not data.
+		q.log.Error("queue: cannot write ack file", "lane", ln.l, "err", err)
+	}
+}
+
+// newSegment starts a new active segment; the old one is left to the
+// syncer to fsync and close.
+func (q *Queue) newSegment(ln *lane) error {
+	id := ln.next
+	f, err := os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
+	for tries := 0; errors.Is(err, os.ErrExist) && tries < 8; tries++ {
+		// Something that is not a segment took the name.
+		id++
+		f, err = os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("queue: new %s segment: %w", ln.l, err)
+	}
+	ln.next = id + 1
+	if ln.w != nil {
+		if q.opt.SyncEvery < 0 {
+			ln.w.Close()
+		} else {
+			q.pending = append(q.pending, ln.w)
+		}
+	}
+	ln.w = f
+	ln.segs = append(ln.segs, &segment{id: id, fresh: true})
+	return nil
+}
+
+func (ln *lane) active() *segment { return ln.segs[len(ln.segs)-1] }
+
+// seg returns the live segment with the id, or nil.
+func (ln *lane) seg(id uint64) *segment {
+	i, ok := slices.BinarySearchFunc(ln.segs, id, func(s *segment, id uint64) int { return cmp.Compare(s.id, id) })
+	if !ok {
+		return nil
+	}
+	return ln.segs[i]
+}
+
+// Append writes records to the lane. When it returns nil they are durable
+// as Options.SyncEvery says. Telemetry that cannot fit under MaxBytes even
+// after every older telemetry segment is dropped is dropped itself, counted,
+// and Append returns nil. After an error (a full disk, say), the first of
+// recs may have been written: appending them again may duplicate them.
+func (q *Queue) Append(l Lane, recs ...Record) error {
+	if l >= NumLanes {
+		return fmt.Errorf("queue: unknown lane %d", l)
+	}
+	need := int64(0)
+	readings := int64(0)
+	for _, r := range recs {
+		if len(r.Data) > MaxRecordBytes {
+			return fmt.Errorf("queue: record of %d bytes exceeds %d", len(r.Data), MaxRecordBytes)
+		}
+		if r.Readings < 0 || int64(r.Readings) > 1<<32-1 {
+			return fmt.Errorf("queue: record readings %d out of range", r.Readings)
+		}
+		need += headerSize + int64(len(r.Data))
+		readings += int64(r.Readings)
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return ErrClosed
+	}
+	ln := q.lanes[l]
+	if !q.makeRoom(need) && l == LaneTelemetry {
+		ln.st.Dropped += int64(len(recs))
+		ln.st.DroppedReadings += readings
+		first := !q.alarmsFull
+		q.alarmsFull = true
+		q.mu.Unlock()
+		if first {
+			q.log.Warn("queue: alarms fill the queue, dropping new telemetry", "records", len(recs), "readings", readings)
+		}
+		return nil
+	}
+	if l == LaneTelemetry {
+		q.alarmsFull = false
+	}
+	now := time.Now().UnixNano()
+	err := q.write(ln, recs, now)
+	q.gen++
+	gen := q.gen
+	if q.wake != nil {
+		close(q.wake)
+		q.wake = nil
+	}
+	if err != nil || q.opt.SyncEvery != 0 {
+		q.mu.Unlock()
+		return err
+	}
+	select {
+	case q.kick <- struct{}{}:
+	default:
+	}
+	for q.synced < gen {
+		q.syncedC.Wait() // Close syncs too, and wakes us
+	}
+	err = q.syncErr
+	q.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("queue: fsync: %w", err)
+	}
+	return nil
+}
+
+// write frames recs into the active segment, starting new segments at
+// SegmentBytes. Called with q.mu held.
+func (q *Queue) write(ln *lane, recs []Record, now int64) error {
+	ln.wbuf = ln.wbuf[:0]
+	s := ln.active()
+	var n, nr int64
+	flush := func() error {
+		if len(ln.wbuf) == 0 {
+			return nil
+		}
+		m, err := ln.w.Write(ln.wbuf)
+		if err != nil {
+			// Take back a partial record (the file is O_APPEND, so the
+			// next write follows what is left); if that fails, it is left
+			// as a torn region that readers skip, and we move on.
+			if m > 0 {
+				if terr := ln.w.Truncate(s.size); terr != nil {
+					s.size += int64(m)
+					q.bytes += int64(m)
+					if nerr := q.newSegment(ln); nerr != nil {
+						q.log.Error("queue: cannot start a segment", "lane", ln.l, "err", nerr)
+					}
+				}
+			}
+			return fmt.Errorf("queue: append to %s: %w", ln.l, err)
+		}
+		s.size += int64(m)
+		s.end = s.size
+		s.live += n
+		s.liveR += nr
+		q.bytes += int64(m)
+		ln.st.Records += n
+		ln.st.Readings += nr
+		ln.st.Appended += n
+		ln.st.AppendedReadings += nr
+		ln.wbuf, n, nr = ln.wbuf[:0], 0, 0
+		return nil
+	}
+	for _, r := range recs {
+		size := headerSize + int64(len(r.Data))
+		if s.size+int64(len(ln.wbuf)) > 0 && s.size+int64(len(ln.wbuf))+size > q.opt.SegmentBytes {
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := q.newSegment(ln); err != nil {
+				return err
+			}
+			s = ln.active()
+		}
+		if len(ln.wbuf) >= MaxBatchBytes { // bound the write buffer
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		ln.wbuf = appendRecord(ln.wbuf, r.Data, r.Readings, now)
+		n++
+		nr += int64(r.Readings)
+	}
+	return flush()
+}
+
+// makeRoom drops the oldest telemetry until need more bytes fit under
+// MaxBytes; it reports whether they fit. Called with q.mu held.
+func (q *Queue) makeRoom(need int64) bool {
+	t := q.lanes[LaneTelemetry]
+	for q.bytes+need > q.opt.MaxBytes {
+		if len(t.segs) == 1 {
+			if t.active().size == 0 {
+				return false
+			}
+			if err := q.newSegment(t); err != nil {
+				q.log.Error("queue: cannot start a segment", "lane", t.l, "err", err)
+				return false
+			}
+		}
+		q.dropFront(t)
+	}
+	return true
+}
+
+// dropFront deletes the oldest segment of the lane and counts what was
+// lost with it. Called with q.mu held.
+func (q *Queue) dropFront(ln *lane) {
+	s := ln.segs[0]
+	inRecs, inReadings := ln.handedOutIn(s.id)
+	ln.st.Dropped += s.live - inRecs
+	ln.st.DroppedReadings += s.liveR - inReadings
+	ln.st.Records -= s.live
+	ln.st.Readings -= s.liveR
+	q.log.Warn("queue: size cap reached, dropped oldest telemetry", "records", s.live, "readings", s.liveR, "bytes", s.size)
+	ln.closeReader(s.id)
+	q.remove(filepath.Join(ln.dir, segName(s.id)))
+	q.bytes -= s.size
+	ln.segs = ln.segs[1:]
+	first := pos{ln.segs[0].id, 0}
+	if ln.read.less(first) {
+		ln.read = first
+	}
+	if ln.ack.less(first) {
+		ln.ack = first
+		q.writeAck(ln)
+	}
+}
+
+// recycle keeps a batch buffer for the next batch; two per lane at most.
+func (ln *lane) recycle(buf []byte) {
+	if len(ln.free) < 2 && cap(buf) <= 2*MaxBatchBytes {
+		ln.free = append(ln.free, buf)
+	}
+}
+
+// handedOutIn counts the records of segment id in batches handed out and
+// not acknowledged. If they are acknowledged they were delivered; if Rewind
+// takes them back after their segment was dropped, they are counted as
+// dropped then.
+func (ln *lane) handedOutIn(id uint64) (recs, readings int64) {
+	for _, o := range ln.out {
+		for _, c := range o.segs {
+			if c.seg == id {
+				recs += c.recs
+				readings += c.readings
+			}
+		}
+	}
+	return recs, readings
+}
+
+// closeReader closes the read file if it is segment id (any segment if
+// id is 0 and the lane is closing).
+func (ln *lane) closeReader(id uint64) {
+	if ln.rf != nil && ln.rfSeg == id {
+		ln.rf.Close()
+		ln.rf = nil
+	}
+}
+
+// Next returns the oldest records not yet handed out, at most max of them
+// (and at most MaxBatchBytes of data, but at least one record), all of one
+// lane, alarms first. It blocks until there are some, ctx is done (it
+// returns ctx.Err()) or the queue is closed (ErrClosed); with a ctx that is
+// already done it returns the records there are without waiting. Next may
+// be called again before the batches it returned are acknowledged
+// (pipelining); each call hands out the records after the previous batch.
+func (q *Queue) Next(ctx context.Context, max int) (Batch, error) {
+	max = cmp.Or(max, 1)
+	for {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return Batch{}, ErrClosed
+		}
+		for _, ln := range q.lanes {
+			b, err := q.take(ln, max)
+			if err != nil || len(b.Entries) > 0 {
+				q.mu.Unlock()
+				return b, err
+			}
+		}
+		if q.wake == nil {
+			q.wake = make(chan struct{})
+		}
+		wake := q.wake
+		q.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return Batch{}, ctx.Err()
+		}
+	}
+}
+
+// take reads up to max records of the lane from its read position. Called
+// with q.mu held.
+func (q *Queue) take(ln *lane, max int) (Batch, error) {
+	if max < 0 {
+		max = 1
+	}
+	var buf []byte
+	if n := len(ln.free); n > 0 {
+		buf, ln.free = ln.free[n-1][:0], ln.free[:n-1]
+	}
+	type span struct {
+		start, end int
+		readings   int
+		enq        int64
+		seg        uint64
+	}
+	var spans []span
+	var counts []segCount
+	for len(spans) < max {
+		if ln.read.less(pos{ln.segs[0].id, 0}) {
+			ln.read = pos{ln.segs[0].id, 0}
+		}
+		s := ln.seg(ln.read.seg)
+		if s == nil { // cannot happen: read is never past the active segment
+			ln.read = pos{ln.segs[0].id, 0}
+			continue
+		}
+		if ln.read.off >= s.end {
+			if s == ln.active() {
+				break
+			}
+			i, _ := slices.BinarySearchFunc(ln.segs, s.id, func(s *segment, id uint64) int { return cmp.Compare(s.id, id) })
+			ln.read = pos{ln.segs[i+1].id, 0}
+			continue
+		}
+		if ln.rf == nil || ln.rfSeg != s.id {
+			ln.closeReader(ln.rfSeg)
+			f, err := os.Open(filepath.Join(ln.dir, segName(s.id)))
+			if err != nil {
+				// The segment is unreadable: skip it rather than stall.
+				q.log.Error("queue: cannot read segment, skipping it", "lane", ln.l, "segment", s.id, "err", err)
+				ln.read = pos{s.id, s.end}
+				continue
+			}
+			ln.rf, ln.rfSeg = f, s.id
+			ln.rd.reset(f, s.end)
+		}
+		ln.rd.end = s.end
+		h, data, ok := ln.rd.record(ln.read.off)
+		if !ok {
+			next := ln.rd.resync(ln.read.off)
+			if s.fresh {
+				q.st.Corrupt++
+				q.st.CorruptBytes += next - ln.read.off
+				q.log.Error("queue: skipped corrupt records", "lane", ln.l, "segment", s.id, "offset", ln.read.off, "bytes", next-ln.read.off)
+			}
+			ln.read.off = next
+			continue
+		}
+		if len(spans) > 0 && len(buf)+len(data) > MaxBatchBytes {
+			break
+		}
+		start := len(buf)
+		buf = append(buf, data...)
+		spans = append(spans, span{start, len(buf), h.readings, h.enqueued, s.id})
+		if n := len(counts); n > 0 && counts[n-1].seg == s.id {
+			counts[n-1].recs++
+			counts[n-1].readings += int64(h.readings)
+		} else {
+			counts = append(counts, segCount{s.id, 1, int64(h.readings)})
+		}
+		ln.read.off += h.size()
+	}
+	if len(spans) == 0 {
+		if buf != nil {
+			ln.free = append(ln.free, buf)
+		}
+		return Batch{}, nil
+	}
+	b := Batch{Lane: ln.l, Entries: make([]Entry, len(spans)), id: ln.nextID, epoch: ln.epoch}
+	ln.nextID++
+	for i, sp := range spans {
+		b.Entries[i] = Entry{Data: buf[sp.start:sp.end:sp.end], Readings: sp.readings, Enqueued: time.Unix(0, sp.enq), seg: sp.seg}
+	}
+	ln.out = append(ln.out, inflight{id: b.id, end: ln.read, buf: buf, segs: counts})
+	return b, nil
+}
+
+// Ack removes the batch's records from the queue. Batches of a lane must
+// be acknowledged in the order Next returned them; a batch that Rewind
+// took back gives ErrStaleBatch.
+func (q *Queue) Ack(b Batch) error {
+	if b.Lane >= NumLanes {
+		return fmt.Errorf("queue: ack: unknown lane %d", b.Lane)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return ErrClosed
+	}
+	ln := q.lanes[b.Lane]
+	if b.epoch != ln.epoch || len(ln.out) == 0 || b.id < ln.out[0].id {
+		return ErrStaleBatch
+	}
+	if b.id != ln.out[0].id {
+		return fmt.Errorf("queue: ack of %s batch %d before batch %d", ln.l, b.id, ln.out[0].id)
+	}
+	o := ln.out[0]
+	ln.out = ln.out[1:]
+	for _, c := range o.segs {
+		ln.st.Acked += c.recs
+		ln.st.AckedReadings += c.readings
+		if s := ln.seg(c.seg); s != nil {
+			s.live -= c.recs
+			s.liveR -= c.readings
+			ln.st.Records -= c.recs
+			ln.st.Readings -= c.readings
+		}
+	}
+	ln.recycle(o.buf)
+	if ln.ack.less(o.end) {
+		ln.ack = o.end
+	}
+	for len(ln.segs) > 1 {
+		s := ln.segs[0]
+		if !(s.id < ln.ack.seg || s.id == ln.ack.seg && ln.ack.off >= s.end) {
+			break
+		}
+		ln.closeReader(s.id)
+		q.remove(filepath.Join(ln.dir, segName(s.id)))
+		q.bytes -= s.size
+		ln.segs = ln.segs[1:]
+	}
+	q.writeAck(ln)
+	return nil
+}
+
+// Rewind takes back every batch handed out and not acknowledged: Next hands
+// their records out again, in order. Use it when an uplink failed.
+func (q *Queue) Rewind() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, ln := range q.lanes {
+		first := ln.segs[0].id
+		for _, o := range ln.out {
+			for _, c := range o.segs {
+				if c.seg < first {
+					ln.st.Dropped += c.recs
+					ln.st.DroppedReadings += c.readings
+				}
+			}
+			ln.recycle(o.buf)
+		}
+		ln.out = nil
+		ln.epoch++
+		ln.read = ln.ack
+	}
+	if q.wake != nil {
+		close(q.wake)
+		q.wake = nil
+	}
+}
+
+// Stats returns the queue's counters.
+func (q *Queue) Stats() Stats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	st := q.st
+	for i, ln := range q.lanes {
+		st.Lanes[i] = ln.st
+		for _, s := range ln.segs {
+			st.Lanes[i].Bytes += s.size
+		}
+	}
+	return st
+}
+
+// syncLoop fsyncs written segments: at once when an Append waits for it
+// (SyncEvery 0), or every SyncEvery. It ends when Close closes q.done.
+func (q *Queue) syncLoop() {
+	defer q.wg.Done()
+	if q.opt.SyncEvery < 0 {
+		return
+	}
+	var tick <-chan time.Time
+	if q.opt.SyncEvery > 0 {
+		t := time.NewTicker(q.opt.SyncEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-q.done:
+			return
+		case <-q.kick:
+		case <-tick:
+		}
+		q.syncOnce()
+	}
+}
+
+// syncOnce fsyncs every segment written since the last time and wakes the
+// Appends it covers.
+func (q *Queue) syncOnce() {
+	q.mu.Lock()
+	gen := q.gen
+	files := q.pending
+	q.pending = nil
+	closeN := len(files)
+	if gen != q.synced {
+		for _, ln := range q.lanes {
+			files = append(files, ln.w)
+		}
+	}
+	for _, ln := range q.lanes {
+		if ln.ackDirty {
+			files = append(files, ln.ackF)
+			ln.ackDirty = false
+		}
+	}
+	q.mu.Unlock()
+	if len(files) == 0 {
+		return
+	}
+
+	var err error
+	for i, f := range files {
+		if e := f.Sync(); e != nil && err == nil {
+			err = e
+		}
+		if i < closeN {
+			f.Close()
+		}
+	}
+
+	q.mu.Lock()
+	q.synced = gen
+	q.syncErr = err
+	if err != nil {
+		q.st.SyncErrors++
+		q.log.Error("queue: fsync failed", "err", err)
+	}
+	q.syncedC.Broadcast()
+	q.mu.Unlock()
+}
+
+// Close fsyncs what was written and closes the queue. Batches handed out
+// and not acknowledged are handed out again after the next Open.
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closed = true
+	if q.wake != nil {
+		close(q.wake)
+		q.wake = nil
+	}
+	q.mu.Unlock()
+	close(q.done)
+	q.wg.Wait()
+
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var errs []error
+	for _, f := range q.pending {
+		errs = append(errs, f.Sync(), f.Close())
+	}
+	q.pending = nil
+	for _, ln := range q.lanes {
+		if q.opt.SyncEvery >= 0 {
+			errs = append(errs, ln.w.Sync())
+			if ln.ackDirty {
+				errs = append(errs, ln.ackF.Sync())
+			}
+		}
+	}
+	err := errors.Join(errs...)
+	q.synced, q.syncErr = q.gen, err
+	q.syncedC.Broadcast()
+	for _, ln := range q.lanes {
+		errs = append(errs, ln.close())
+	}
+	errs = append(errs, q.lock.Close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("queue: close: %w", err)
+	}
+	return nil
+}
+
+func (ln *lane) close() error {
+	var errs []error
+	if ln.w != nil {
+		errs = append(errs, ln.w.Close())
+		ln.w = nil
+	}
+	if ln.rf != nil {
+		ln.rf.Close()
+		ln.rf = nil
+	}
+	if ln.ackF != nil {
+		errs = append(errs, ln.ackF.Close())
+		ln.ackF = nil
+	}
+	return errors.Join(errs...)
+}
