@@ -146,8 +146,8 @@ func (d *decoder) validateStation(st *Station) Errors {
 			d.errAt("hub.influx.batch_size", "hub.influx.batch_size: %d is out of range (1 to 10000)", st.Hub.Influx.BatchSize)
 		}
 	}
-	if st.Queue.MaxBytes < 1<<20 {
-		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 1048576, 1 MiB)", st.Queue.MaxBytes)
+	if st.Queue.MaxBytes < 64<<10 {
+		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 65536, 64 KiB)", st.Queue.MaxBytes)
 	}
 	links := map[string]string{} // id -> path of its first use
 	link := func(path, id string) {

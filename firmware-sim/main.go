@@ -37,6 +37,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -99,6 +100,7 @@ type sim struct {
 	ports   []*vport.Port
 	lns     []net.Listener
 	served  *os.File
+	deaf    atomic.Bool // see deafOnSignal
 }
 
 // run runs the simulator until ctx ends.
@@ -183,6 +185,7 @@ func open(o options, log *slog.Logger) (_ *sim, err error) {
 			Turnaround: turn,
 			Units:      rtuUnits[b.ID],
 			Log:        log.With("bus", b.ID),
+			Deaf:       &s.deaf,
 		}
 		s.buses[b.ID] = srv
 		log.Info("bus up", "bus", b.ID, "port", b.Port, "pty", p.Path(), "baud", b.Baud, "devices", len(srv.Units))
@@ -193,7 +196,7 @@ func open(o options, log *slog.Logger) (_ *sim, err error) {
 			return nil, fmt.Errorf("endpoint %s: %w", e.ID, err)
 		}
 		s.lns = append(s.lns, ln)
-		s.tcps[ln] = &slave.TCP{Units: tcpUnits[e.ID], Log: log.With("endpoint", e.ID)}
+		s.tcps[ln] = &slave.TCP{Units: tcpUnits[e.ID], Log: log.With("endpoint", e.ID), Deaf: &s.deaf}
 		log.Info("endpoint up", "endpoint", e.ID, "address", ln.Addr().String(), "devices", len(tcpUnits[e.ID]))
 	}
 	return s, nil
@@ -213,6 +216,11 @@ func (s *sim) serve(ctx context.Context, stdout io.Writer) error {
 		errOnce.Do(func() { runErr = err })
 		cancel()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.deafOnSignal(ctx)
+	}()
 	for id, srv := range s.buses {
 		wg.Add(1)
 		go func() {
@@ -275,6 +283,25 @@ func (s *sim) close() {
 	}
 	if s.served != nil {
 		s.served.Close()
+	}
+}
+
+// deafOnSignal makes every device deaf on SIGUSR1 and hearing again on
+// SIGUSR2, until ctx ends. A deaf device answers nothing, like one whose
+// cable was pulled; the testbench uses it to quiet the line around a
+// gateway crash, so that nothing it counts as served is left unread.
+func (s *sim) deafOnSignal(ctx context.Context) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case sig := <-sigs:
+			s.deaf.Store(sig == syscall.SIGUSR1)
+			s.log.Info("devices", "deaf", sig == syscall.SIGUSR1)
+		}
 	}
 }
 

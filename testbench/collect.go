@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,12 +18,20 @@ import (
 // what arrived, never trusting the gateway's counters.
 type collector struct {
 	client paho.Client
+	// alarms is a second connection that takes only events, so that their
+	// latency is measured without waiting behind the telemetry the main
+	// connection is still reading.
+	alarms paho.Client
 
 	mu         sync.Mutex
 	seen       map[string]struct{} // station/device/seq of every message
 	readings   int                 // readings with a value, first copies only
+	byDevice   map[string]int      // the same, per device
 	duplicates int                 // readings in messages that arrived again
 	events     map[string]int      // event kind -> count, first copies only
+	eventLag   time.Duration       // longest time from an event's stamp to its arrival
+	drops      map[string]int      // uplink -> dropped readings the gateway reported
+	damage     map[string]int      // uplink -> damaged queue regions the gateway reported
 	health     int
 	historical int
 	malformed  int
@@ -31,7 +41,7 @@ type collector struct {
 // collect subscribes to everything the station publishes, with a persistent
 // session so that nothing is missed while the broker restarts.
 func collect(ctx context.Context, url, topic string, onMessage func(*model.Message, bool)) (*collector, error) {
-	c := &collector{seen: map[string]struct{}{}, events: map[string]int{}, onMessage: onMessage}
+	c := &collector{seen: map[string]struct{}{}, byDevice: map[string]int{}, events: map[string]int{}, drops: map[string]int{}, damage: map[string]int{}, onMessage: onMessage}
 	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("testbench-%d", time.Now().UnixNano())).
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(200 * time.Millisecond).
@@ -40,16 +50,45 @@ func collect(ctx context.Context, url, topic string, onMessage func(*model.Messa
 		cl.Subscribe(topic, 1, c.handle)
 	})
 	c.client = paho.NewClient(opts)
-	tok := c.client.Connect()
+	if err := connect(ctx, c.client); err != nil {
+		return nil, err
+	}
+	aopts := *opts
+	aopts.SetClientID(opts.ClientID + "-alarms").SetCleanSession(true)
+	aopts.SetOnConnectHandler(func(cl paho.Client) {
+		cl.Subscribe(strings.TrimSuffix(topic, "#")+"+/event", 1, c.handleAlarm)
+	})
+	c.alarms = paho.NewClient(&aopts)
+	if err := connect(ctx, c.alarms); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func connect(ctx context.Context, cl paho.Client) error {
+	tok := cl.Connect()
 	select {
 	case <-tok.Done():
 		if tok.Error() != nil {
-			return nil, fmt.Errorf("hub subscriber: %w", tok.Error())
+			return fmt.Errorf("hub subscriber: %w", tok.Error())
 		}
+		return nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	return c, nil
+}
+
+// handleAlarm measures how long events take from their stamp at the
+// gateway to the hub.
+func (c *collector) handleAlarm(_ paho.Client, msg paho.Message) {
+	m, err := model.ParseJSON(msg.Payload())
+	if err != nil || m.Historical {
+		return
+	}
+	lag := time.Since(m.Time)
+	c.mu.Lock()
+	c.eventLag = max(c.eventLag, lag)
+	c.mu.Unlock()
 }
 
 func (c *collector) handle(_ paho.Client, msg paho.Message) {
@@ -77,11 +116,20 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 		c.duplicates += n
 	case m.Kind == model.KindTelemetry:
 		c.readings += n
+		c.byDevice[m.Device] += n
 		if m.Historical {
 			c.historical += n
 		}
 	case m.Kind == model.KindEvent:
 		c.events[m.Event.Kind]++
+		switch m.Event.Kind {
+		case model.EventQueueDrops:
+			n, _ := strconv.Atoi(m.Event.Details["dropped_readings"])
+			c.drops[m.Event.Details["uplink"]] += n
+		case model.EventQueueDamage:
+			n, _ := strconv.Atoi(m.Event.Details["corrupt"])
+			c.damage[m.Event.Details["uplink"]] += n + 1
+		}
 	case m.Kind == model.KindHealth:
 		c.health++
 	}
@@ -92,17 +140,18 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 
 type counts struct {
 	Readings, Duplicates, Health, Historical, Malformed int
-	Events                                              map[string]int
+	Events, Drops, Damage, ByDevice                     map[string]int
+	EventLag                                            time.Duration
 }
 
 func (c *collector) counts() counts {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ev := map[string]int{}
-	for k, v := range c.events {
-		ev[k] = v
-	}
-	return counts{c.readings, c.duplicates, c.health, c.historical, c.malformed, ev}
+	return counts{c.readings, c.duplicates, c.health, c.historical, c.malformed,
+		maps.Clone(c.events), maps.Clone(c.drops), maps.Clone(c.damage), maps.Clone(c.byDevice), c.eventLag}
 }
 
-func (c *collector) close() { c.client.Disconnect(100) }
+func (c *collector) close() {
+	c.client.Disconnect(100)
+	c.alarms.Disconnect(100)
+}

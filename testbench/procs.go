@@ -136,3 +136,11 @@ func logWriter(log *slog.Logger, path string) (io.WriteCloser, error) {
 	log.Debug("process output", "file", path)
 	return f, nil
 }
+
+// signal sends sig to the running process.
+func (p *proc) signal(sig syscall.Signal) error {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return fmt.Errorf("%s is not running", p.name)
+	}
+	return p.cmd.Process.Signal(sig)
+}

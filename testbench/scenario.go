@@ -9,12 +9,16 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"outpost/configs"
+	"outpost/gateway/model"
 	"outpost/testbench/hub"
 )
 
@@ -29,6 +33,28 @@ type Scenario struct {
 	Poll        time.Duration  `yaml:"poll"`     // overrides every device's poll interval
 	Faults      []Fault        `yaml:"faults"`
 	Seed        uint64         `yaml:"seed"`
+	// Backlog is how many readings an outage left queued before the
+	// gateway starts; the report then gives the drain rate.
+	Backlog int    `yaml:"backlog"`
+	Expect  Expect `yaml:"expect"`
+}
+
+// Expect says what the scenario must show.
+type Expect struct {
+	// Lost is "none" (the default): every reading sent arrives at both hub
+	// stores; "reported-drops": the readings missing at each store are
+	// exactly those the gateway reported dropping at its queue cap;
+	// "destroyed": exactly those in queue data the scenario destroyed.
+	Lost string `yaml:"lost"`
+	// Events is "exact" (the default): every event edge the simulator
+	// served arrives once; "at-least": a restarted gateway raises the
+	// state it finds again; "any": events may be among destroyed data.
+	Events string `yaml:"events"`
+	// MaxRSSMB bounds the gateway's peak resident memory, when set.
+	MaxRSSMB float64 `yaml:"max_rss_mb"`
+	// MinDrainRate is the least readings/s at which the backlog must reach
+	// each hub store, when set.
+	MinDrainRate float64 `yaml:"min_drain_rate"`
 }
 
 // Fault is an action at a moment of the run. Every: repeat that often until
@@ -37,8 +63,9 @@ type Fault struct {
 	At     time.Duration `yaml:"at"`
 	Every  time.Duration `yaml:"every"`
 	Times  int           `yaml:"times"`
-	Action string        `yaml:"action"` // kill-broker, kill-gateway, stop-influx, start-influx, ...
+	Action string        `yaml:"action"` // see runner.inject
 	Jitter time.Duration `yaml:"jitter"`
+	Down   time.Duration `yaml:"down"` // how long a killed server stays down
 }
 
 // Report is what a run writes, for people and for CI.
@@ -56,10 +83,25 @@ type Report struct {
 		LostInflux int `json:"lost_influx"`
 		Duplicates int `json:"duplicates"`
 		Historical int `json:"historical"`
+		// ByDevice is sent and at_hub_mqtt per device.
+		ByDevice map[string][2]int `json:"by_device"`
 	} `json:"readings"`
-	Events  map[string]int `json:"events"`
-	Health  int            `json:"health_messages"`
-	Faults  []string       `json:"faults,omitempty"`
+	Events struct {
+		Served    int            `json:"served"`
+		AtHub     int            `json:"at_hub"`
+		ByKind    map[string]int `json:"by_kind"`
+		MaxLagMS  float64        `json:"max_latency_ms"`
+		Gateway   int            `json:"gateway_events"`
+		Evaluated string         `json:"expected"`
+	} `json:"events"`
+	Queue struct {
+		DroppedReported   map[string]int `json:"dropped_reported"`
+		DamageReported    map[string]int `json:"damage_reported"`
+		DestroyedReadings map[string]int `json:"destroyed_readings,omitempty"`
+	} `json:"queue"`
+	Drain   *drainReport `json:"drain,omitempty"`
+	Health  int          `json:"health_messages"`
+	Faults  []string     `json:"faults,omitempty"`
 	Gateway struct {
 		CPUS     float64 `json:"cpu_s"`
 		MaxRSSMB float64 `json:"max_rss_mb"`
@@ -87,6 +129,16 @@ func loadScenario(name string) (*Scenario, error) {
 	}
 	if sc.Drain == 0 {
 		sc.Drain = 60 * time.Second
+	}
+	if sc.Expect.Lost == "" {
+		sc.Expect.Lost = "none"
+	}
+	if sc.Expect.Events == "" {
+		sc.Expect.Events = "exact"
+	}
+	if !slices.Contains([]string{"none", "reported-drops", "destroyed"}, sc.Expect.Lost) ||
+		!slices.Contains([]string{"exact", "at-least", "any"}, sc.Expect.Events) {
+		return nil, fmt.Errorf("%s: expect.lost is none, reported-drops or destroyed; expect.events is exact, at-least or any", path)
 	}
 	return &sc, nil
 }
@@ -117,12 +169,17 @@ type runner struct {
 	col     *collector
 	report  Report
 	rng     *rand.Rand
+
+	gwStart   time.Time
+	destroyed map[string]int // uplink -> readings in queue data a fault destroyed
+	sentBy    map[string]int // device -> readings the simulator served
+	drainDone chan struct{}  // closed when watchDrain ends
 }
 
 func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Report, err error) {
 	start := time.Now()
 	r := &runner{sc: sc, log: log, sim: &proc{name: "firmware-sim"}, gw: &proc{name: "gateway"},
-		rng: rand.New(rand.NewPCG(sc.Seed, 42))}
+		rng: rand.New(rand.NewPCG(sc.Seed, 42)), destroyed: map[string]int{}}
 	r.report.Scenario = sc.Name
 	r.work, err = os.MkdirTemp("", "outpost-"+sc.Name+"-")
 	if err != nil {
@@ -157,6 +214,9 @@ func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Repor
 	}
 	cpu, rss := r.gw.usage()
 	r.report.Gateway.CPUS, r.report.Gateway.MaxRSSMB = cpu.Seconds(), rss
+	if m := r.sc.Expect.MaxRSSMB; m > 0 && rss > m {
+		r.fail("the gateway's peak RSS was %.1f MB, above %.0f MB", rss, m)
+	}
 	r.report.DurationS = time.Since(start).Seconds()
 	r.report.Pass = len(r.report.Failures) == 0
 	return r.report, nil
@@ -194,8 +254,24 @@ func (r *runner) load(ctx context.Context) error {
 	if err := r.sim.start(ctx, r.out, "firmware-sim ready", "-config", r.station, "-stats", r.statsFile(), "-seed", fmt.Sprint(r.sc.Seed)); err != nil {
 		return err
 	}
-	if err := r.gw.start(ctx, r.out, "", "run", "-config", r.station); err != nil {
+	if r.sc.Backlog > 0 {
+		n, err := prefill(r.st, r.sc.Backlog, r.log)
+		if err != nil {
+			return err
+		}
+		r.report.Drain = &drainReport{Backlog: n}
+		r.log.Info("backlog queued", "readings", n)
+	}
+	r.gwStart = time.Now()
+	if err := r.startGateway(ctx); err != nil {
 		return err
+	}
+	if r.report.Drain != nil {
+		r.drainDone = make(chan struct{})
+		go func() {
+			defer close(r.drainDone)
+			r.watchDrain(ctx)
+		}()
 	}
 	begin := time.Now()
 	type due struct {
@@ -204,8 +280,7 @@ func (r *runner) load(ctx context.Context) error {
 	}
 	var plan []due
 	for _, f := range r.sc.Faults {
-		n := max(f.Times, 1)
-		for i := 0; i < n; i++ {
+		for i := 0; i < max(f.Times, 1); i++ {
 			at := f.At + time.Duration(i)*f.Every
 			if f.Jitter > 0 {
 				at += time.Duration(r.rng.Int64N(int64(f.Jitter)))
@@ -215,28 +290,18 @@ func (r *runner) load(ctx context.Context) error {
 			}
 		}
 	}
-	for len(plan) > 0 || time.Since(begin) < r.sc.Duration {
-		next := r.sc.Duration
-		idx := -1
-		for i, d := range plan {
-			if d.at <= next {
-				next, idx = d.at, i
-			}
+	sort.SliceStable(plan, func(i, j int) bool { return plan[i].at < plan[j].at })
+	for _, d := range plan {
+		if err := sleepCtx(ctx, time.Until(begin.Add(d.at))); err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Until(begin.Add(next))):
+		r.report.Faults = append(r.report.Faults, fmt.Sprintf("%.1fs %s", time.Since(begin).Seconds(), d.f.Action))
+		if err := r.inject(ctx, d.f); err != nil {
+			return fmt.Errorf("fault %s: %w", d.f.Action, err)
 		}
-		if idx < 0 {
-			break
-		}
-		f := plan[idx].f
-		plan = append(plan[:idx], plan[idx+1:]...)
-		r.report.Faults = append(r.report.Faults, fmt.Sprintf("%.1fs %s", time.Since(begin).Seconds(), f.Action))
-		if err := r.inject(ctx, f.Action); err != nil {
-			return fmt.Errorf("fault %s: %w", f.Action, err)
-		}
+	}
+	if err := sleepCtx(ctx, time.Until(begin.Add(r.sc.Duration))); err != nil {
+		return err
 	}
 	if err := r.sim.stop(10 * time.Second); err != nil {
 		r.fail("%v", err)
@@ -246,13 +311,49 @@ func (r *runner) load(ctx context.Context) error {
 		return err
 	}
 	r.report.Readings.Sent = stats.ReadingsServed
+	r.report.Events.Served = stats.EventsServed
+	r.sentBy = map[string]int{}
+	for id, d := range stats.Devices {
+		r.sentBy[id] = d.ReadingsServed
+	}
+	if r.report.Drain != nil {
+		r.report.Readings.Sent += r.report.Drain.Backlog
+	}
 	return nil
+}
+
+type drainReport = struct {
+	Backlog       int     `json:"backlog_readings"`
+	SecondsMQTT   float64 `json:"seconds_mqtt"`
+	SecondsInflux float64 `json:"seconds_influx"`
+	RateMQTT      float64 `json:"readings_per_s_mqtt"`
+	RateInflux    float64 `json:"readings_per_s_influx"`
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func (r *runner) startGateway(ctx context.Context) error {
+	return r.gw.start(ctx, r.out, "", "run", "-config", r.station)
 }
 
 func (r *runner) statsFile() string { return filepath.Join(r.work, "sim-stats.json") }
 
 type simStats struct {
 	ReadingsServed int `json:"readings_served"`
+	EventsServed   int `json:"events_served"`
+	Devices        map[string]struct {
+		ReadingsServed int `json:"readings_served"`
+	} `json:"devices"`
 }
 
 func readSimStats(path string) (simStats, error) {
@@ -264,21 +365,107 @@ func readSimStats(path string) (simStats, error) {
 	return s, json.Unmarshal(b, &s)
 }
 
-func (r *runner) inject(ctx context.Context, action string) error {
-	switch action {
+// inject plays one fault:
+//
+//	kill-broker    kill -9 the hub's Mosquitto, keep it down for Down, restart it
+//	stop-broker, start-broker
+//	kill-influx    kill -9 InfluxDB, keep it down for Down, restart it
+//	stop-influx, start-influx
+//	kill-gateway   kill -9 the gateway and restart it
+//	power-cut      kill -9 the gateway, truncate its queue files at a random
+//	               byte and append garbage, restart it
+//
+// Before the gateway is killed the simulated devices go deaf for longer
+// than a request's timeout, so that every value they served has been read
+// and recorded: a value on the wire when the power goes is recorded
+// nowhere, and would count as lost without the gateway being at fault.
+// They hear again once the new gateway runs.
+func (r *runner) inject(ctx context.Context, f Fault) error {
+	switch f.Action {
 	case "kill-broker":
 		r.mqtt.Kill()
+		if err := sleepCtx(ctx, f.Down); err != nil {
+			return err
+		}
 		return r.mqtt.Restart(ctx)
+	case "stop-broker":
+		r.mqtt.Kill()
+	case "start-broker":
+		return r.mqtt.Restart(ctx)
+	case "kill-influx":
+		r.influx.Kill()
+		if err := sleepCtx(ctx, f.Down); err != nil {
+			return err
+		}
+		return r.influx.Restart(ctx)
 	case "stop-influx":
-		r.influx.Stop()
+		r.influx.Kill()
 	case "start-influx":
 		return r.influx.Restart(ctx)
-	case "kill-gateway":
+	case "kill-gateway", "power-cut":
+		if err := r.sim.signal(syscall.SIGUSR1); err != nil { // deaf
+			return err
+		}
+		defer r.sim.signal(syscall.SIGUSR2)
+		if err := sleepCtx(ctx, r.quiet()); err != nil {
+			return err
+		}
 		r.gw.kill()
 		r.report.Gateway.Restarts++
-		return r.gw.start(ctx, r.out, "", "run", "-config", r.station)
+		if f.Action == "power-cut" {
+			if err := r.cutPower(); err != nil {
+				return err
+			}
+		}
+		return r.startGateway(ctx)
 	default:
-		return fmt.Errorf("unknown fault action %q", action)
+		return fmt.Errorf("unknown fault action %q", f.Action)
+	}
+	return nil
+}
+
+// quiet is how long the devices stay deaf before the gateway is killed: the
+// longest request timeout of the station, and some.
+func (r *runner) quiet() time.Duration {
+	d := 100 * time.Millisecond
+	for _, b := range r.st.Buses {
+		d = max(d, b.Timeout*time.Duration(b.Retries+1))
+	}
+	for _, e := range r.st.Endpoints {
+		d = max(d, e.Timeout*time.Duration(e.Retries+1))
+	}
+	return d + 200*time.Millisecond
+}
+
+// cutPower damages the queues of the stopped gateway as a power cut may
+// leave them: the newest segment of each lane is truncated at a random byte
+// and garbage is appended. It first measures, on copies, how many queued
+// readings the damage destroys.
+func (r *runner) cutPower() error {
+	dirs, _ := filepath.Glob(filepath.Join(r.st.StateDir, "queue", "*"))
+	for _, dir := range dirs {
+		uplink := filepath.Base(dir)
+		before, err := queuedReadings(dir, r.work, r.log)
+		if err != nil {
+			return err
+		}
+		lanes, _ := filepath.Glob(filepath.Join(dir, "*"))
+		for _, lane := range lanes {
+			segs, _ := filepath.Glob(filepath.Join(lane, "*.seg"))
+			if len(segs) == 0 {
+				continue
+			}
+			sort.Strings(segs)
+			if err := damage(segs[len(segs)-1], r.rng); err != nil {
+				return err
+			}
+		}
+		after, err := queuedReadings(dir, r.work, r.log)
+		if err != nil {
+			return err
+		}
+		r.destroyed[uplink] += before - after
+		r.log.Info("power cut", "queue", uplink, "queued_readings_before", before, "after", after)
 	}
 	return nil
 }
@@ -288,53 +475,129 @@ func (r *runner) inject(ctx context.Context, action string) error {
 func (r *runner) collectUntilDrained(ctx context.Context) error {
 	deadline := time.Now().Add(r.sc.Drain)
 	sent := r.report.Readings.Sent
+	expectMissing := func(c counts, uplink string) int {
+		switch r.sc.Expect.Lost {
+		case "reported-drops":
+			return c.Drops[uplink]
+		case "destroyed":
+			return r.destroyed[uplink]
+		}
+		return 0
+	}
 	var c counts
 	inInflux := 0
 	for {
 		c = r.col.counts()
-		n, err := r.influxReadings(ctx)
-		if err == nil {
+		if n, err := r.influxReadings(ctx, false); err == nil {
 			inInflux = n
 		}
-		if (c.Readings >= sent && inInflux >= sent) || time.Now().After(deadline) {
+		if (c.Readings >= sent-expectMissing(c, "mqtt") && inInflux >= sent-expectMissing(c, "influx")) || time.Now().After(deadline) {
 			break
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
+			return err
 		}
 	}
 	rd := &r.report.Readings
 	rd.AtHubMQTT, rd.InInflux, rd.Duplicates, rd.Historical = c.Readings, inInflux, c.Duplicates, c.Historical
 	rd.LostMQTT, rd.LostInflux = max(sent-c.Readings, 0), max(sent-inInflux, 0)
 	rd.Lost = rd.LostMQTT + rd.LostInflux
-	r.report.Events, r.report.Health = c.Events, c.Health
+	rd.ByDevice = map[string][2]int{}
+	for id, n := range r.sentBy {
+		rd.ByDevice[id] = [2]int{n, c.ByDevice[id]}
+	}
+	r.report.Health = c.Health
+	r.report.Queue.DroppedReported, r.report.Queue.DamageReported = c.Drops, c.Damage
+	if r.sc.Expect.Lost == "destroyed" {
+		r.report.Queue.DestroyedReadings = r.destroyed
+	}
 	if sent == 0 {
 		r.fail("the simulator served no readings")
 	}
-	if rd.Lost > 0 {
-		r.fail("%d readings lost (%d at the MQTT hub, %d in InfluxDB) of %d sent", rd.Lost, rd.LostMQTT, rd.LostInflux, sent)
-	}
-	if c.Readings > sent || inInflux > sent {
-		r.fail("more readings at the hub than sent: mqtt %d, influx %d, sent %d", c.Readings, inInflux, sent)
+	for _, s := range []struct {
+		uplink     string
+		lost, have int
+	}{{"mqtt", rd.LostMQTT, c.Readings}, {"influx", rd.LostInflux, inInflux}} {
+		want := expectMissing(c, s.uplink)
+		if s.lost != want {
+			r.fail("%s: %d of %d readings sent are missing, expected %d (%s)", s.uplink, s.lost, sent, want, r.sc.Expect.Lost)
+		}
+		if s.have > sent {
+			r.fail("%s: %d readings arrived, more than the %d sent", s.uplink, s.have, sent)
+		}
 	}
 	if c.Malformed > 0 {
 		r.fail("%d malformed messages at the hub", c.Malformed)
 	}
+	r.checkEvents(c)
+	if d := r.report.Drain; d != nil {
+		<-r.drainDone
+		if min := r.sc.Expect.MinDrainRate; min > 0 && (d.RateMQTT < min || d.RateInflux < min) {
+			r.fail("drain: the backlog of %d readings reached the hub at %.0f readings/s (MQTT) and %.0f readings/s (InfluxDB); at least %.0f expected",
+				d.Backlog, d.RateMQTT, d.RateInflux, min)
+		}
+	}
 	return nil
 }
 
+// watchDrain notes when the whole backlog (the historical readings) has
+// reached each hub store, counting from the gateway's start, and returns
+// when both have it or after the scenario's load and drain time.
+func (r *runner) watchDrain(ctx context.Context) {
+	d := r.report.Drain
+	deadline := r.gwStart.Add(r.sc.Duration + r.sc.Drain)
+	for (d.SecondsMQTT == 0 || d.SecondsInflux == 0) && time.Now().Before(deadline) {
+		took := time.Since(r.gwStart).Seconds()
+		if d.SecondsMQTT == 0 && r.col.counts().Historical >= d.Backlog {
+			d.SecondsMQTT, d.RateMQTT = took, float64(d.Backlog)/took
+		}
+		if d.SecondsInflux == 0 {
+			if n, err := r.influxReadings(ctx, true); err == nil && n >= d.Backlog {
+				d.SecondsInflux, d.RateInflux = took, float64(d.Backlog)/took
+			}
+		}
+		if sleepCtx(ctx, 100*time.Millisecond) != nil {
+			return
+		}
+	}
+}
+
+// checkEvents compares the events of the templates' rules that reached the
+// hub with the edges the simulator served.
+func (r *runner) checkEvents(c counts) {
+	ev := &r.report.Events
+	ev.ByKind, ev.MaxLagMS, ev.Evaluated = c.Events, float64(c.EventLag.Microseconds())/1000, r.sc.Expect.Events
+	for kind, n := range c.Events {
+		switch kind {
+		case model.EventDeviceLost, model.EventQueueDrops, model.EventQueueDamage:
+			ev.Gateway += n
+		default:
+			ev.AtHub += n
+		}
+	}
+	switch {
+	case r.sc.Expect.Events == "exact" && ev.AtHub != ev.Served:
+		r.fail("events: the simulator served %d event edges, %d events arrived", ev.Served, ev.AtHub)
+	case r.sc.Expect.Events == "at-least" && ev.AtHub < ev.Served:
+		r.fail("events: the simulator served %d event edges, only %d events arrived", ev.Served, ev.AtHub)
+	}
+}
+
 // influxReadings counts the readings of the station in InfluxDB: the values
-// of signal fields, not seq, historical or quality fields.
-func (r *runner) influxReadings(ctx context.Context) (int, error) {
+// of signal fields, not seq, historical or quality fields. With historical,
+// only those of points marked historical.
+func (r *runner) influxReadings(ctx context.Context, historical bool) (int, error) {
 	total := 0
 	kinds := map[string]bool{}
 	for _, t := range r.st.Templates {
 		kinds[t.Kind] = true
 	}
+	where := fmt.Sprintf("station = '%s'", r.st.Station.ID)
+	if historical {
+		where += " AND historical = true"
+	}
 	for kind := range kinds {
-		series, err := r.influx.Query(ctx, fmt.Sprintf(`SELECT count(*) FROM %q WHERE station = '%s'`, kind, r.st.Station.ID))
+		series, err := r.influx.Query(ctx, fmt.Sprintf(`SELECT count(*) FROM %q WHERE %s`, kind, where))
 		if err != nil {
 			return 0, err
 		}
@@ -348,8 +611,6 @@ func (r *runner) influxReadings(ctx context.Context) (int, error) {
 					if n, ok := row[i].(json.Number); ok {
 						v, _ := n.Int64()
 						total += int(v)
-					} else if f, ok := row[i].(float64); ok {
-						total += int(f)
 					}
 				}
 			}

@@ -38,6 +38,9 @@ type RTU struct {
 	// no answer, as on a real bus.
 	Units map[byte]Unit
 	Log   *slog.Logger
+	// Deaf, when set and true, makes every device on the line ignore
+	// requests, as if unplugged (see firmware-sim's SIGUSR1).
+	Deaf *atomic.Bool
 
 	frames, crcErrors, dropped, mismatched atomic.Int64
 }
@@ -161,6 +164,9 @@ func (s *RTU) Serve(ctx context.Context) error {
 // answer handles one good frame whose last byte left the master at reqEnd,
 // and returns when the line is quiet again.
 func (s *RTU) answer(ctx context.Context, frame []byte, reqEnd time.Time) (time.Time, error) {
+	if s.Deaf != nil && s.Deaf.Load() {
+		return reqEnd, nil
+	}
 	id := frame[0]
 	pdu := frame[1 : len(frame)-2]
 	if id == 0 {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // TCP serves Modbus TCP (MBAP) for the units behind one endpoint, on any
@@ -18,6 +19,8 @@ import (
 type TCP struct {
 	Units map[byte]Unit
 	Log   *slog.Logger
+	// Deaf, when set and true, makes the devices ignore requests.
+	Deaf *atomic.Bool
 }
 
 // mbapLen is the MBAP header length (transaction, protocol, length, unit).
@@ -91,6 +94,9 @@ func (s *TCP) serveConn(c net.Conn) error {
 		pdu := make([]byte, n-1)
 		if _, err := io.ReadFull(r, pdu); err != nil {
 			return err
+		}
+		if s.Deaf != nil && s.Deaf.Load() {
+			continue
 		}
 		id := hdr[6]
 		var resp []byte

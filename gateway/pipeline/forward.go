@@ -32,18 +32,26 @@ type Forwarder struct {
 	Queue  Source
 	Uplink Uplink
 	Batch  int // messages per send
-	// HistoricalAfter marks a message historical when it is sent this long
-	// after it was queued: it waited out an outage, and reaches the hub
-	// with its original timestamp.
+	// HistoricalAfter marks a message historical when it leaves more than
+	// this long after its timestamp: it waited out an outage, and reaches
+	// the hub with its original time.
 	HistoricalAfter time.Duration
 	Log             *slog.Logger
 
 	sent, failures, corrupt atomic.Uint64
 }
 
+// Retry pacing of a failed send. A failed send costs little (the uplink
+// fails at once while it has no connection), and the sooner a retry comes
+// after the hub is back, the shorter the outage seen at the hub.
+const (
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = time.Second
+)
+
 // Run forwards until ctx ends.
 func (f *Forwarder) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	backoff := minBackoff
 	msgs := make([]model.Message, 0, f.Batch)
 	for {
 		b, err := f.Queue.Next(ctx, f.Batch)
@@ -64,7 +72,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				f.Log.Error("undecodable queue record skipped", "uplink", f.Name, "err", err)
 				continue
 			}
-			if f.HistoricalAfter > 0 && now.Sub(e.Enqueued) > f.HistoricalAfter {
+			if f.HistoricalAfter > 0 && now.Sub(m.Time) > f.HistoricalAfter {
 				m.Historical = true
 			}
 			msgs = append(msgs, m)
@@ -81,10 +89,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				return nil
 			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, 5*time.Second)
+			backoff = min(backoff*2, maxBackoff)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		backoff = minBackoff
 		if err := f.Queue.Ack(b); err != nil {
 			return fmt.Errorf("%s queue: %w", f.Name, err)
 		}

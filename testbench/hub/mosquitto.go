@@ -22,8 +22,9 @@ type Mosquitto struct {
 }
 
 // StartMosquitto writes a broker config into dir (which must exist) and
-// starts Mosquitto on a free loopback port: anonymous access, no
-// persistence, no limit on queued messages (the default of 1000 silently
+// starts Mosquitto on a free loopback port: anonymous access, sessions saved
+// every second (so that a subscriber's session survives a kill -9 of the
+// broker, as a hub's would), no limit on queued messages (the default of 1000 silently
 // drops messages to a slow subscriber). It returns once the broker accepts
 // connections.
 func StartMosquitto(ctx context.Context, dir string, log *slog.Logger) (*Mosquitto, error) {
@@ -51,13 +52,15 @@ listener %d 127.0.0.1
 allow_anonymous true
 max_queued_messages 0
 max_inflight_messages 0
-persistence false
+persistence true
+persistence_location %s/
+autosave_interval 1
 set_tcp_nodelay true
 log_dest stderr
 log_type error
 log_type warning
 log_type notice
-`, port)
+`, port, dir)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, fmt.Errorf("hub: mosquitto config: %w", err)
 	}

@@ -48,6 +48,7 @@ const (
 	writeTimeout    = 10 * time.Second
 	minReconnect    = 100 * time.Millisecond
 	maxReconnect    = 10 * time.Second
+	stableAfter     = 2 * time.Second // a connection this old was not refused
 	statusTimeout   = 10 * time.Second
 	disconnectQuiet = 250 // ms paho waits for in-flight work on Disconnect
 )
@@ -225,8 +226,9 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			return
 		}
 		// A connection that keeps dying at once (say, a second gateway
-		// with our client id) must not make us hammer the broker.
-		if time.Since(since) > maxReconnect {
+		// with our client id) must not make us hammer the broker; one
+		// that lived a while was a working connection, so start over fast.
+		if time.Since(since) > stableAfter {
 			delay = minReconnect
 		}
 		select {

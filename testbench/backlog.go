@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+	"outpost/gateway/seq"
+)
+
+// prefill puts a backlog of at least n readings into the gateway's queues,
+// as an outage of the hub would have left it: telemetry of the station's own
+// devices, with sequence numbers from the gateway's own counters and
+// timestamps of an hour ago, so that it reaches the hub as historical data.
+// The gateway must not be running. It returns the number of readings queued
+// per uplink.
+func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
+	counters, err := seq.Open(filepath.Join(st.StateDir, "seq.json"), log)
+	if err != nil {
+		return 0, err
+	}
+	uplinks := []string{"mqtt"}
+	if st.Hub.Influx != nil {
+		uplinks = append(uplinks, "influx")
+	}
+	var qs []*queue.Queue
+	for _, u := range uplinks {
+		q, err := queue.Open(filepath.Join(st.StateDir, "queue", u), queue.Options{
+			MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync,
+		}, log)
+		if err != nil {
+			return 0, err
+		}
+		defer q.Close()
+		qs = append(qs, q)
+	}
+	start := time.Now().Add(-time.Hour)
+	var buf []byte
+	total := 0
+	for i := 0; total < n; i++ {
+		d := &st.Devices[i%len(st.Devices)]
+		t := st.Templates[d.Template]
+		s, err := counters.Next(d.ID)
+		if err != nil {
+			return 0, err
+		}
+		m := model.Message{
+			Station: st.Station.ID, StationType: st.Station.Type, Device: d.ID, DeviceKind: t.Kind,
+			Seq: s, Time: start.Add(time.Duration(i) * time.Millisecond).UTC(), Kind: model.KindTelemetry,
+		}
+		for j, r := range t.Registers {
+			m.Readings = append(m.Readings, model.Reading{Signal: r.Signal, Unit: r.Unit, Quality: model.Good, Value: backlogValue(r.Type, i+j)})
+		}
+		buf = model.AppendBinary(buf[:0], &m)
+		for _, q := range qs {
+			if err := q.Append(queue.LaneTelemetry, queue.Record{Data: buf, Readings: len(m.Readings)}); err != nil {
+				return total, fmt.Errorf("prefilling the queue: %w", err)
+			}
+		}
+		total += len(m.Readings)
+	}
+	return total, nil
+}
+
+func backlogValue(t configs.DataType, i int) model.Value {
+	switch t {
+	case configs.TypeBool:
+		return model.Bool(i%2 == 0)
+	case configs.TypeString:
+		return model.String(fmt.Sprintf("backlog-%d", i%10))
+	}
+	return model.Number(float64(i%1000) / 4)
+}
+
+// queuedReadings counts the readings waiting in the queue at dir, on a copy
+// of it, so that the gateway's files stay as they are.
+func queuedReadings(dir, work string, log *slog.Logger) (int, error) {
+	cp, err := os.MkdirTemp(work, "queue-copy-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(cp)
+	if err := os.CopyFS(cp, os.DirFS(dir)); err != nil {
+		return 0, err
+	}
+	q, err := queue.Open(cp, queue.Options{MaxBytes: 1 << 40}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return 0, err
+	}
+	defer q.Close()
+	n := 0
+	for _, l := range q.Stats().Lanes {
+		n += int(l.Readings)
+	}
+	return n, nil
+}
+
+// damage truncates a file at a random byte and appends up to 512 bytes of
+// garbage.
+func damage(path string, rng *rand.Rand) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Size() > 0 {
+		if err := os.Truncate(path, rng.Int64N(fi.Size())); err != nil {
+			return err
+		}
+	}
+	garbage := make([]byte, 1+rng.IntN(512))
+	for i := range garbage {
+		garbage[i] = byte(rng.Uint32())
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(garbage); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
