@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -78,27 +79,42 @@ func backlogValue(t configs.DataType, i int) model.Value {
 	return model.Number(float64(i%1000) / 4)
 }
 
-// queuedReadings counts the readings waiting in the queue at dir, on a copy
-// of it, so that the gateway's files stay as they are.
-func queuedReadings(dir, work string, log *slog.Logger) (int, error) {
+// queuedMessages lists the messages waiting in the queue at dir, by id
+// (station/device/seq) with their readings, reading a copy of it so that
+// the gateway's files stay as they are.
+func queuedMessages(dir, work string) (map[string]int, error) {
 	cp, err := os.MkdirTemp(work, "queue-copy-")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer os.RemoveAll(cp)
 	if err := os.CopyFS(cp, os.DirFS(dir)); err != nil {
-		return 0, err
+		return nil, err
 	}
-	q, err := queue.Open(cp, queue.Options{MaxBytes: 1 << 40}, slog.New(slog.DiscardHandler))
+	q, err := queue.Open(cp, queue.Options{MaxBytes: 1 << 40, SyncEvery: -1}, slog.New(slog.DiscardHandler))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer q.Close()
-	n := 0
-	for _, l := range q.Stats().Lanes {
-		n += int(l.Readings)
+	ids := map[string]int{}
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		b, err := q.Next(ctx, 1000)
+		cancel()
+		if err != nil {
+			return ids, nil // drained
+		}
+		for _, e := range b.Entries {
+			m, err := model.DecodeBinary(e.Data)
+			if err != nil {
+				return nil, err
+			}
+			ids[m.ID()] = m.Values()
+		}
+		if err := q.Ack(b); err != nil {
+			return nil, err
+		}
 	}
-	return n, nil
 }
 
 // damage truncates a file at a random byte and appends up to 512 bytes of

@@ -105,12 +105,7 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 	id := m.ID()
 	_, dup := c.seen[id]
 	c.seen[id] = struct{}{}
-	n := 0
-	for _, r := range m.Readings {
-		if !r.Value.IsZero() {
-			n++
-		}
-	}
+	n := m.Values()
 	switch {
 	case dup:
 		c.duplicates += n
@@ -149,6 +144,14 @@ func (c *collector) counts() counts {
 	defer c.mu.Unlock()
 	return counts{c.readings, c.duplicates, c.health, c.historical, c.malformed,
 		maps.Clone(c.events), maps.Clone(c.drops), maps.Clone(c.damage), maps.Clone(c.byDevice), c.eventLag}
+}
+
+// has says whether the message station/device/seq arrived.
+func (c *collector) has(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.seen[id]
+	return ok
 }
 
 func (c *collector) close() {

@@ -171,15 +171,15 @@ type runner struct {
 	rng     *rand.Rand
 
 	gwStart   time.Time
-	destroyed map[string]int // uplink -> readings in queue data a fault destroyed
-	sentBy    map[string]int // device -> readings the simulator served
-	drainDone chan struct{}  // closed when watchDrain ends
+	destroyed map[string]map[string]int // uplink -> message id -> readings, destroyed by a power cut
+	sentBy    map[string]int            // device -> readings the simulator served
+	drainDone chan struct{}             // closed when watchDrain ends
 }
 
 func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Report, err error) {
 	start := time.Now()
 	r := &runner{sc: sc, log: log, sim: &proc{name: "firmware-sim"}, gw: &proc{name: "gateway"},
-		rng: rand.New(rand.NewPCG(sc.Seed, 42)), destroyed: map[string]int{}}
+		rng: rand.New(rand.NewPCG(sc.Seed, 42)), destroyed: map[string]map[string]int{}}
 	r.report.Scenario = sc.Name
 	r.work, err = os.MkdirTemp("", "outpost-"+sc.Name+"-")
 	if err != nil {
@@ -439,13 +439,13 @@ func (r *runner) quiet() time.Duration {
 
 // cutPower damages the queues of the stopped gateway as a power cut may
 // leave them: the newest segment of each lane is truncated at a random byte
-// and garbage is appended. It first measures, on copies, how many queued
-// readings the damage destroys.
+// and garbage is appended. It first lists, on copies, which queued
+// messages the damage destroys.
 func (r *runner) cutPower() error {
 	dirs, _ := filepath.Glob(filepath.Join(r.st.StateDir, "queue", "*"))
 	for _, dir := range dirs {
 		uplink := filepath.Base(dir)
-		before, err := queuedReadings(dir, r.work, r.log)
+		before, err := queuedMessages(dir, r.work)
 		if err != nil {
 			return err
 		}
@@ -460,14 +460,62 @@ func (r *runner) cutPower() error {
 				return err
 			}
 		}
-		after, err := queuedReadings(dir, r.work, r.log)
+		after, err := queuedMessages(dir, r.work)
 		if err != nil {
 			return err
 		}
-		r.destroyed[uplink] += before - after
-		r.log.Info("power cut", "queue", uplink, "queued_readings_before", before, "after", after)
+		if r.destroyed[uplink] == nil {
+			r.destroyed[uplink] = map[string]int{}
+		}
+		for id, n := range before {
+			if _, ok := after[id]; !ok {
+				r.destroyed[uplink][id] = n
+			}
+		}
+		r.log.Info("power cut", "queue", uplink, "queued_messages_before", len(before), "after", len(after))
 	}
 	return nil
+}
+
+// destroyedUndelivered is how many readings of the messages a power cut
+// destroyed in an uplink's queue had not reached that hub store before:
+// those a delivered but not yet acknowledged message carried are not lost.
+func (r *runner) destroyedUndelivered(ctx context.Context, uplink string) (int, error) {
+	n := 0
+	for id, readings := range r.destroyed[uplink] {
+		var there bool
+		switch uplink {
+		case "mqtt":
+			there = r.col.has(id)
+		case "influx":
+			var err error
+			if there, err = r.inInflux(ctx, id); err != nil {
+				return 0, err
+			}
+		}
+		if !there {
+			n += readings
+		}
+	}
+	return n, nil
+}
+
+// inInflux says whether the message station/device/seq is in InfluxDB.
+func (r *runner) inInflux(ctx context.Context, id string) (bool, error) {
+	parts := strings.Split(id, "/")
+	if len(parts) != 3 {
+		return false, fmt.Errorf("bad message id %q", id)
+	}
+	for _, t := range r.st.Templates {
+		series, err := r.influx.Query(ctx, fmt.Sprintf(`SELECT count(seq) FROM %q WHERE station = '%s' AND device = '%s' AND seq = %s`, t.Kind, parts[0], parts[1], parts[2]))
+		if err != nil {
+			return false, err
+		}
+		if len(series) > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // collectUntilDrained waits until both hub stores hold every reading sent, or
@@ -475,14 +523,24 @@ func (r *runner) cutPower() error {
 func (r *runner) collectUntilDrained(ctx context.Context) error {
 	deadline := time.Now().Add(r.sc.Drain)
 	sent := r.report.Readings.Sent
+	lostInCut := map[string]int{}
 	expectMissing := func(c counts, uplink string) int {
 		switch r.sc.Expect.Lost {
 		case "reported-drops":
 			return c.Drops[uplink]
 		case "destroyed":
-			return r.destroyed[uplink]
+			return lostInCut[uplink]
 		}
 		return 0
+	}
+	for uplink := range r.destroyed {
+		// The hub has what it had before the cut by now; a message
+		// destroyed in the queue cannot come later.
+		n, err := r.destroyedUndelivered(ctx, uplink)
+		if err != nil {
+			return err
+		}
+		lostInCut[uplink] = n
 	}
 	var c counts
 	inInflux := 0
@@ -509,7 +567,7 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 	r.report.Health = c.Health
 	r.report.Queue.DroppedReported, r.report.Queue.DamageReported = c.Drops, c.Damage
 	if r.sc.Expect.Lost == "destroyed" {
-		r.report.Queue.DestroyedReadings = r.destroyed
+		r.report.Queue.DestroyedReadings = lostInCut
 	}
 	if sent == 0 {
 		r.fail("the simulator served no readings")

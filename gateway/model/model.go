@@ -215,5 +215,17 @@ func (m *Message) Priority() Priority {
 	return PriorityTelemetry
 }
 
+// Values is how many of the message's readings carry a value: the readings
+// the hub stores, and those the gateway counts when it must drop some.
+func (m *Message) Values() int {
+	n := 0
+	for i := range m.Readings {
+		if HasValue(&m.Readings[i]) {
+			n++
+		}
+	}
+	return n
+}
+
 // ID is station/device/seq, the message's identity at the hub.
 func (m *Message) ID() string { return fmt.Sprintf("%s/%s/%d", m.Station, m.Device, m.Seq) }

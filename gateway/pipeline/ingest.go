@@ -141,7 +141,7 @@ func (in *Ingest) queue(m model.Message) {
 	if m.Priority() == model.PriorityAlarm {
 		lane = queue.LaneAlarm
 	}
-	rec := queue.Record{Data: in.buf, Readings: len(m.Readings)}
+	rec := queue.Record{Data: in.buf, Readings: m.Values()}
 	for _, out := range in.outs {
 		if err := out.Append(lane, rec); err != nil {
 			in.fail(&m, err)
