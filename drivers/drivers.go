@@ -39,6 +39,26 @@ type Link struct {
 	Devices  []*configs.Device
 }
 
+// Links returns a station's links, buses first, then endpoints, each with
+// the devices on it.
+func Links(st *configs.Station) []Link {
+	var links []Link
+	for i := range st.Buses {
+		links = append(links, Link{Station: st, Bus: &st.Buses[i]})
+	}
+	for i := range st.Endpoints {
+		links = append(links, Link{Station: st, Endpoint: &st.Endpoints[i]})
+	}
+	for i := range links {
+		for j := range st.Devices {
+			if d := &st.Devices[j]; d.Bus == links[i].Name() && links[i].Bus != nil || d.Endpoint == links[i].Name() && links[i].Endpoint != nil {
+				links[i].Devices = append(links[i].Devices, d)
+			}
+		}
+	}
+	return links
+}
+
 // Name is the id of the bus or endpoint.
 func (l Link) Name() string {
 	if l.Bus != nil {

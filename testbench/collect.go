@@ -35,12 +35,12 @@ type collector struct {
 	health     int
 	historical int
 	malformed  int
-	onMessage  func(m *model.Message, dup bool)
+	onMessage  func(m *model.Message, payload []byte, dup bool)
 }
 
 // collect subscribes to everything the station publishes, with a persistent
 // session so that nothing is missed while the broker restarts.
-func collect(ctx context.Context, url, topic string, onMessage func(*model.Message, bool)) (*collector, error) {
+func collect(ctx context.Context, url, topic string, onMessage func(m *model.Message, payload []byte, dup bool)) (*collector, error) {
 	c := &collector{seen: map[string]struct{}{}, byDevice: map[string]int{}, events: map[string]int{}, drops: map[string]int{}, damage: map[string]int{}, onMessage: onMessage}
 	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("testbench-%d", time.Now().UnixNano())).
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
@@ -129,7 +129,7 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 		c.health++
 	}
 	if c.onMessage != nil {
-		c.onMessage(&m, dup)
+		c.onMessage(&m, msg.Payload(), dup)
 	}
 }
 

@@ -108,7 +108,7 @@ func newLiveView(st *configs.Station) *liveView {
 	return &liveView{width: w}
 }
 
-func (v *liveView) print(m *model.Message, dup bool) {
+func (v *liveView) print(m *model.Message, _ []byte, dup bool) {
 	ts := m.Time.Local().Format("15:04:05.000")
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s  %-*s  ", ts, v.width, m.Device)
@@ -133,7 +133,10 @@ func (v *liveView) print(m *model.Message, dup bool) {
 	case model.KindEvent:
 		fmt.Fprintf(&b, "EVENT %s [%s] %v", m.Event.Kind, m.Event.Severity, m.Event.Details)
 	case model.KindHealth:
-		fmt.Fprintf(&b, "HEALTH %s: %s", m.Health.State, m.Health.Reason)
+		fmt.Fprintf(&b, "HEALTH %s", m.Health.State)
+		if m.Health.Reason != "" {
+			fmt.Fprintf(&b, " (%s)", m.Health.Reason)
+		}
 	}
 	fmt.Fprintf(&b, "  #%d", m.Seq)
 	if dup {

@@ -18,6 +18,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/model/schema"
 	"outpost/testbench/hub"
 )
 
@@ -83,15 +84,20 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 
 	var mu sync.Mutex
 	var atHub []sample
+	validated := 0
 	var bad []string // bad readings with their time
 	var badTimes []time.Time
 	kinds := map[string]string{}
-	col, err := collect(ctx, mq.URL(), fmt.Sprintf("outpost/v1/%s/#", st.Station.ID), func(m *model.Message, dup bool) {
+	col, err := collect(ctx, mq.URL(), fmt.Sprintf("outpost/v1/%s/#", st.Station.ID), func(m *model.Message, payload []byte, dup bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err := schema.Validate(payload); err != nil {
+			t.Errorf("payload of %s does not follow the hub contract's schema: %v\n%s", m.ID(), err, payload)
+		}
+		validated++
 		if m.Kind != model.KindTelemetry || dup {
 			return
 		}
-		mu.Lock()
-		defer mu.Unlock()
 		if m.Station != "e2e-1" || m.StationType != "grid_station" {
 			t.Errorf("message %s names station %q type %q", m.ID(), m.Station, m.StationType)
 		}
@@ -162,6 +168,7 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 		}
 	}
 	compareSamples(t, "MQTT hub", want, atHub)
+	t.Logf("%d payloads at the hub follow the schema", validated)
 	for _, dev := range []string{"at-9600", "at-19200", "at-tcp"} {
 		if kinds[dev] != "all_types" {
 			t.Errorf("device %s arrived with kind %q, want all_types", dev, kinds[dev])

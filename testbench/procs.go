@@ -37,7 +37,7 @@ type proc struct {
 
 	mu    sync.Mutex
 	cpu   time.Duration // summed over every process started under this name
-	maxRS int64         // KiB, largest of any
+	maxRS int64         // KiB, the largest VmHWM of any
 }
 
 // start runs bin/name args, copying its output to log, and returns once the
@@ -53,6 +53,7 @@ func (p *proc) start(ctx context.Context, log io.Writer, ready string, args ...s
 		return fmt.Errorf("starting %s: %w", p.name, err)
 	}
 	p.cmd, p.done = cmd, make(chan struct{})
+	go p.sampleRSS(cmd.Process.Pid, p.done)
 	readyc := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -93,15 +94,55 @@ func (p *proc) account() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cpu += ps.UserTime() + ps.SystemTime()
-	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && ru.Maxrss > p.maxRS {
-		p.maxRS = ru.Maxrss
+}
+
+// sampleRSS follows the process's peak resident memory (VmHWM) until done.
+// The wait status's maxrss cannot serve: Linux carries the parent's peak
+// into a child started with vfork and exec, so it would report the
+// testbench's own memory.
+func (p *proc) sampleRSS(pid int, done <-chan struct{}) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if kb, ok := peakRSS(pid); ok {
+			p.mu.Lock()
+			p.maxRS = max(p.maxRS, kb)
+			p.mu.Unlock()
+		}
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
 	}
+}
+
+// peakRSS reads VmHWM (KiB) from /proc/PID/status.
+func peakRSS(pid int) (int64, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err == nil {
+				return kb, true
+			}
+		}
+	}
+	return 0, false
 }
 
 // stop asks the process to end (SIGTERM) and waits up to timeout, then kills it.
 func (p *proc) stop(timeout time.Duration) error {
 	if p.cmd == nil {
 		return nil
+	}
+	if kb, ok := peakRSS(p.cmd.Process.Pid); ok {
+		p.mu.Lock()
+		p.maxRS = max(p.maxRS, kb)
+		p.mu.Unlock()
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {

@@ -18,6 +18,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"outpost/configs"
+	"outpost/drivers"
+	"outpost/drivers/modbus"
 	"outpost/gateway/model"
 	"outpost/testbench/hub"
 )
@@ -31,6 +33,7 @@ type Scenario struct {
 	Drain       time.Duration  `yaml:"drain"`    // longest wait for the hub to have everything
 	Queue       map[string]any `yaml:"queue"`    // overrides the station's queue section
 	Poll        time.Duration  `yaml:"poll"`     // overrides every device's poll interval
+	Links       map[string]any `yaml:"links"`    // settings given to every bus and endpoint, e.g. timeout
 	Faults      []Fault        `yaml:"faults"`
 	Seed        uint64         `yaml:"seed"`
 	// Backlog is how many readings an outage left queued before the
@@ -238,7 +241,7 @@ func (r *runner) startHub(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("scenario %s: station %q is not an embedded station file: %w", r.sc.Name, r.sc.Station, err)
 	}
-	r.station, r.st, err = prepareStation(stationSpec{Src: src, Queue: r.sc.Queue, Poll: r.sc.Poll}, r.work,
+	r.station, r.st, err = prepareStation(stationSpec{Src: src, Queue: r.sc.Queue, Poll: r.sc.Poll, Links: r.sc.Links}, r.work,
 		hubAddrs{MQTT: r.mqtt.URL(), Influx: r.influx.URL(), DB: r.influx.Database()})
 	if err != nil {
 		return err
@@ -424,17 +427,28 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 	return nil
 }
 
-// quiet is how long the devices stay deaf before the gateway is killed: the
-// longest request timeout of the station, and some.
+// quiet is how long the devices stay deaf before the gateway is killed:
+// long enough for every poll under way to give up. On a bus, a device's
+// last request may wait for every other request of the bus to time out,
+// so it is the longest sum over a link of its devices' requests times
+// their timeout and tries, and some.
 func (r *runner) quiet() time.Duration {
-	d := 100 * time.Millisecond
-	for _, b := range r.st.Buses {
-		d = max(d, b.Timeout*time.Duration(b.Retries+1))
+	var longest time.Duration
+	for _, l := range drivers.Links(r.st) {
+		cost, per := modbus.EndpointCost(l.Endpoint), time.Duration(0)
+		if l.Bus != nil {
+			cost, per = modbus.BusCost(l.Bus), l.Bus.Timeout*time.Duration(l.Bus.Retries+1)
+		} else {
+			per = l.Endpoint.Timeout * time.Duration(l.Endpoint.Retries+1)
+		}
+		var sum time.Duration
+		for _, d := range l.Devices {
+			reqs, _ := modbus.Plan(r.st.Templates[d.Template], cost)
+			sum += time.Duration(len(reqs)) * per
+		}
+		longest = max(longest, sum)
 	}
-	for _, e := range r.st.Endpoints {
-		d = max(d, e.Timeout*time.Duration(e.Retries+1))
-	}
-	return d + 200*time.Millisecond
+	return longest + 300*time.Millisecond
 }
 
 // cutPower damages the queues of the stopped gateway as a power cut may

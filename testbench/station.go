@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,6 +26,7 @@ type stationSpec struct {
 	Templates string         // a devices/ folder to copy beside it, or ""
 	Queue     map[string]any // replaces the queue section, when set
 	Poll      time.Duration  // replaces every device's poll interval, when set
+	Links     map[string]any // settings given to every bus and endpoint, when set
 }
 
 // prepareStation rewrites a station file for a run in work: the hub's
@@ -60,6 +62,7 @@ func prepareStation(spec stationSpec, work string, hub hubAddrs) (string, *confi
 	for _, b := range buses {
 		bus := b.(map[string]any)
 		bus["port"] = filepath.Join(work, "tty", fmt.Sprint(bus["id"]))
+		maps.Copy(bus, spec.Links)
 	}
 	eps, _ := doc["endpoints"].([]any)
 	for _, e := range eps {
@@ -68,6 +71,7 @@ func prepareStation(spec stationSpec, work string, hub hubAddrs) (string, *confi
 			return "", nil, err
 		}
 		e.(map[string]any)["address"] = fmt.Sprintf("127.0.0.1:%d", port)
+		maps.Copy(e.(map[string]any), spec.Links)
 	}
 	out, err := yaml.Marshal(doc)
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
+	"outpost/gateway/model/schema"
 )
 
 var point1, point2 = 0.1, 0.2 // variables: constant arithmetic would be exact
@@ -156,39 +156,8 @@ func TestParseJSONRejects(t *testing.T) {
 	}
 }
 
-func loadSchema(t testing.TB) *jsonschema.Schema {
-	t.Helper()
-	f, err := os.Open("message.schema.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	doc, err := jsonschema.UnmarshalJSON(f)
-	if err != nil {
-		t.Fatalf("schema is not JSON: %v", err)
-	}
-	c := jsonschema.NewCompiler()
-	c.DefaultDraft(jsonschema.Draft2020)
-	if err := c.AddResource("message.schema.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("message.schema.json")
-	if err != nil {
-		t.Fatalf("compile schema: %v", err)
-	}
-	return s
-}
-
-func validate(s *jsonschema.Schema, b []byte) error {
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	return s.Validate(inst)
-}
-
 func TestSchemaIDCarriesVersion(t *testing.T) {
-	b, err := os.ReadFile("message.schema.json")
+	b, err := os.ReadFile("schema/message.schema.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +174,6 @@ func TestSchemaIDCarriesVersion(t *testing.T) {
 }
 
 func TestSchemaAcceptsEveryKind(t *testing.T) {
-	s := loadSchema(t)
 	nonFinite := telemetry()
 	nonFinite.Readings = append(nonFinite.Readings, Reading{Signal: "nan", Value: Number(math.NaN()), Quality: Good})
 	empty := telemetry()
@@ -217,14 +185,13 @@ func TestSchemaAcceptsEveryKind(t *testing.T) {
 	bareHealth.Health = &Health{State: Degraded}
 	for _, m := range []Message{telemetry(), event(), health(), nonFinite, empty, bare, bareHealth} {
 		b := AppendJSON(nil, &m)
-		if err := validate(s, b); err != nil {
+		if err := schema.Validate(b); err != nil {
 			t.Errorf("schema rejects AppendJSON output %s: %v", b, err)
 		}
 	}
 }
 
 func TestSchemaRejectsBrokenPayloads(t *testing.T) {
-	s := loadSchema(t)
 	tele := telemetry()
 	good := string(AppendJSON(nil, &tele))
 	ev := event()
@@ -257,7 +224,7 @@ func TestSchemaRejectsBrokenPayloads(t *testing.T) {
 			if tt.in == good || tt.in == goodEvent {
 				t.Fatal("test input was not changed; fix the replacement")
 			}
-			if err := validate(s, []byte(tt.in)); err == nil {
+			if err := schema.Validate([]byte(tt.in)); err == nil {
 				t.Errorf("schema accepts %s", tt.in)
 			}
 			if _, err := ParseJSON([]byte(tt.in)); err == nil {
@@ -274,7 +241,6 @@ func FuzzParseJSON(f *testing.F) {
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`{"v":1,"readings":[{"value":1e999}]}`))
 	f.Add([]byte(`null`))
-	s := loadSchema(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := ParseJSON(b)
 		if err != nil {
@@ -282,7 +248,7 @@ func FuzzParseJSON(f *testing.F) {
 		}
 		// Whatever parses must encode and parse back to the same message.
 		b2 := AppendJSON(nil, &m)
-		if err := validate(s, b2); err != nil {
+		if err := schema.Validate(b2); err != nil {
 			t.Fatalf("schema rejects the re-encoding %s of accepted input: %v", b2, err)
 		}
 		m2, err := ParseJSON(b2)
@@ -327,7 +293,6 @@ func TestContractDocExamples(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := loadSchema(t)
 	n := 0
 	for _, block := range strings.Split(string(doc), "```json\n")[1:] {
 		ex := strings.TrimSpace(block[:strings.Index(block, "```")])
@@ -335,7 +300,7 @@ func TestContractDocExamples(t *testing.T) {
 			continue // the status payload
 		}
 		n++
-		if err := validate(s, []byte(ex)); err != nil {
+		if err := schema.Validate([]byte(ex)); err != nil {
 			t.Errorf("schema rejects doc example %s: %v", ex, err)
 		}
 		m, err := ParseJSON([]byte(ex))

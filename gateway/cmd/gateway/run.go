@@ -26,18 +26,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	// Build everything that can fail without I/O first.
 	var links []drivers.Driver
 	var names []string
-	for i := range st.Buses {
-		l := drivers.Link{Station: st, Bus: &st.Buses[i]}
-		l.Devices = devicesOn(st, st.Buses[i].ID)
-		d, err := drivers.New(l, log)
-		if err != nil {
-			return err
-		}
-		links, names = append(links, d), append(names, l.Name())
-	}
-	for i := range st.Endpoints {
-		l := drivers.Link{Station: st, Endpoint: &st.Endpoints[i]}
-		l.Devices = devicesOn(st, st.Endpoints[i].ID)
+	for _, l := range drivers.Links(st) {
 		d, err := drivers.New(l, log)
 		if err != nil {
 			return err
@@ -148,14 +137,4 @@ func runDriver(ctx context.Context, d drivers.Driver, name string, in *pipeline.
 		}
 		pause = min(pause*2, 30*time.Second)
 	}
-}
-
-func devicesOn(st *configs.Station, link string) []*configs.Device {
-	var ds []*configs.Device
-	for i := range st.Devices {
-		if d := &st.Devices[i]; d.Bus == link || d.Endpoint == link {
-			ds = append(ds, d)
-		}
-	}
-	return ds
 }

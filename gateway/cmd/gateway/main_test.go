@@ -1,0 +1,55 @@
+package main
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"testing"
+
+	"outpost/configs"
+	"outpost/drivers"
+)
+
+func TestValidate(t *testing.T) {
+	cases := []struct {
+		args       []string
+		code       int
+		out, errln string // a line the output must hold
+	}{
+		{[]string{"validate", "../../../configs/police-room.yaml"}, 0,
+			"../../../configs/police-room.yaml: valid: station pr-0001 (police_room), 7 devices, 2 buses, 1 endpoints", ""},
+		{[]string{"validate", "../../../configs/testdata/errors/references.yaml"}, 1, "",
+			"../../../configs/testdata/errors/references.yaml:13:68: devices[2].unit_id: unit id 1 is already used on rs485-1 by devices[0] (th-1)"},
+		{[]string{"validate", "no-such-file.yaml"}, 1, "", "reading station file: open no-such-file.yaml: no such file or directory"},
+		{[]string{"validate"}, 2, "", "usage: gateway validate STATION.yaml"},
+		{[]string{"run"}, 2, "", "gateway run: -config STATION.yaml is required"},
+		{[]string{"run", "-config", "../../../configs/testdata/errors/missing.yaml"}, 1, "",
+			"gateway run: not started: fix the station file first (gateway validate checks it)"},
+		{[]string{"frobnicate"}, 2, "", `gateway: unknown command "frobnicate"`},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := cli(c.args, &out, &errb)
+			if code != c.code {
+				t.Errorf("exit code %d, want %d\nstdout: %s\nstderr: %s", code, c.code, out.String(), errb.String())
+			}
+			if c.out != "" && !slices.Contains(strings.Split(out.String(), "\n"), c.out) {
+				t.Errorf("stdout lacks the line %q:\n%s", c.out, out.String())
+			}
+			if c.errln != "" && !slices.Contains(strings.Split(errb.String(), "\n"), c.errln) {
+				t.Errorf("stderr lacks the line %q:\n%s", c.errln, errb.String())
+			}
+		})
+	}
+}
+
+// TestEveryConfigProtocolHasADriver holds the protocols the station file
+// may name and the drivers this binary registers together.
+func TestEveryConfigProtocolHasADriver(t *testing.T) {
+	for _, p := range append(slices.Clone(configs.BusProtocols), configs.EndpointProtocols...) {
+		if !slices.Contains(drivers.Protocols(), p) {
+			t.Errorf("station files may name protocol %q, but no driver registers it (have %v)", p, drivers.Protocols())
+		}
+	}
+}

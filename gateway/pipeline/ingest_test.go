@@ -1,0 +1,220 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+)
+
+// recorder is an in-memory Appender for unit tests of the ingest stage.
+type recorder struct {
+	mu   sync.Mutex
+	msgs []model.Message
+	lane []queue.Lane
+	vals []int
+	err  error
+}
+
+func (r *recorder) Append(l queue.Lane, recs ...queue.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
+	for _, rec := range recs {
+		m, err := model.DecodeBinary(rec.Data)
+		if err != nil {
+			return err
+		}
+		r.msgs, r.lane, r.vals = append(r.msgs, m), append(r.lane, l), append(r.vals, rec.Readings)
+	}
+	return nil
+}
+
+// counter is a Sequencer that counts from 1 per device.
+type counter map[string]uint64
+
+func (c counter) Next(dev string) (uint64, error) { c[dev]++; return c[dev], nil }
+
+func policeRoom(t *testing.T) *configs.Station {
+	t.Helper()
+	st, err := configs.LoadEmbedded("police-room.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func telemetry(dev string, readings ...model.Reading) model.Message {
+	return model.Message{Device: dev, DeviceKind: "k", Kind: model.KindTelemetry, Readings: readings}
+}
+
+func boolReading(sig string, on bool) model.Reading {
+	return model.Reading{Signal: sig, Value: model.Bool(on), Quality: model.Good}
+}
+
+func TestIngestStampsAndSequences(t *testing.T) {
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	at := time.Date(2026, 11, 28, 8, 0, 0, 0, time.FixedZone("CST", 8*3600))
+	in.now = func() time.Time { return at }
+	in.Emit(telemetry("th-hall", model.Reading{Signal: "temperature", Value: model.Number(21.5), Quality: model.Good},
+		model.Reading{Signal: "humidity", Quality: model.Bad}))
+	in.Emit(telemetry("th-hall"))
+	in.Emit(telemetry("ups-1"))
+	want := []struct {
+		dev  string
+		seq  uint64
+		vals int
+	}{{"th-hall", 1, 1}, {"th-hall", 2, 0}, {"ups-1", 1, 0}}
+	if len(rec.msgs) != len(want) {
+		t.Fatalf("queued %d messages, want %d", len(rec.msgs), len(want))
+	}
+	for i, w := range want {
+		m := rec.msgs[i]
+		if m.Station != "pr-0001" || m.StationType != model.PoliceRoom || m.Device != w.dev || m.Seq != w.seq {
+			t.Errorf("message %d = %s type %s, want pr-0001/%s/%d police_room", i, m.ID(), m.StationType, w.dev, w.seq)
+		}
+		if !m.Time.Equal(at) || m.Time.Location() != time.UTC {
+			t.Errorf("message %d time = %v, want %v in UTC", i, m.Time, at)
+		}
+		if rec.lane[i] != queue.LaneTelemetry || rec.vals[i] != w.vals {
+			t.Errorf("message %d: lane %s with %d values, want telemetry with %d", i, rec.lane[i], rec.vals[i], w.vals)
+		}
+	}
+}
+
+// TestIngestEvents holds the rules of the templates: smoke-detector's alarm
+// raises smoke (critical) and clears; door-contact's tamper raises and
+// never clears; a device going offline raises device_lost. Events go to
+// the alarm lane.
+func TestIngestEvents(t *testing.T) {
+	steps := []struct {
+		msg  model.Message
+		want []string // kind/severity/state of the events it implies
+	}{
+		{telemetry("smoke-hall", boolReading("alarm", false)), nil},
+		{telemetry("smoke-hall", boolReading("alarm", true)), []string{"smoke/critical/active"}},
+		{telemetry("smoke-hall", boolReading("alarm", true)), nil},
+		{telemetry("smoke-hall", model.Reading{Signal: "alarm", Quality: model.Bad}), nil},
+		{telemetry("smoke-hall", boolReading("alarm", false)), []string{"smoke/info/cleared"}},
+		{telemetry("door-front", boolReading("tamper", true), boolReading("open", true)), []string{"tamper/critical/active", "door/warning/active"}},
+		{telemetry("door-front", boolReading("tamper", false), boolReading("open", false)), []string{"door/info/cleared"}},
+		{telemetry("door-front", boolReading("tamper", true)), []string{"tamper/critical/active"}},
+		{telemetry("th-hall", boolReading("alarm", true)), nil}, // no rule on this device
+		{model.Message{Device: "ups-1", Kind: model.KindHealth, Health: &model.Health{State: model.Degraded, Reason: "timeout"}}, nil},
+		{model.Message{Device: "ups-1", Kind: model.KindHealth, Health: &model.Health{State: model.Offline, Reason: "timeout after 500ms"}}, []string{"device_lost/warning/"}},
+	}
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	for i, s := range steps {
+		before := len(rec.msgs)
+		in.Emit(s.msg)
+		var got []string
+		for j := before; j < len(rec.msgs); j++ {
+			m := rec.msgs[j]
+			if m.Kind == model.KindEvent {
+				got = append(got, fmt.Sprintf("%s/%s/%s", m.Event.Kind, m.Event.Severity, m.Event.Details["state"]))
+			}
+			if (m.Kind == model.KindTelemetry) != (rec.lane[j] == queue.LaneTelemetry) {
+				t.Errorf("step %d: %s message in the %s lane", i, m.Kind, rec.lane[j])
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(s.want) {
+			t.Errorf("step %d (%s): events %v, want %v", i, s.msg.Device, got, s.want)
+		}
+	}
+	if last := rec.msgs[len(rec.msgs)-1]; last.Event.Details["reason"] != "timeout after 500ms" {
+		t.Errorf("device_lost details = %v", last.Event.Details)
+	}
+}
+
+func TestIngestCountsFailures(t *testing.T) {
+	rec := &recorder{err: errors.New("disk full")}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	in.Emit(telemetry("th-hall"))
+	if in.Failed() != 1 {
+		t.Errorf("Failed = %d, want 1", in.Failed())
+	}
+}
+
+// flaky is an Uplink that fails its first sends.
+type flaky struct {
+	mu    sync.Mutex
+	fails int
+	got   [][]model.Message
+	sent  chan struct{}
+}
+
+func (f *flaky) Send(ctx context.Context, msgs []model.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fails > 0 {
+		f.fails--
+		return errors.New("hub away")
+	}
+	f.got = append(f.got, append([]model.Message(nil), msgs...))
+	f.sent <- struct{}{}
+	return nil
+}
+
+// TestForwarderAcksOnlyAccepted runs the forwarder on a real queue: a batch
+// the uplink refused comes again, in order, and is deleted only once
+// accepted; old messages go out marked historical with their own time.
+func TestForwarderAcksOnlyAccepted(t *testing.T) {
+	q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	old := time.Now().Add(-time.Hour).UTC().Truncate(time.Microsecond)
+	for i := 1; i <= 3; i++ {
+		m := model.Message{Station: "s", Device: "d", Seq: uint64(i), Kind: model.KindTelemetry, Time: old}
+		if i == 3 {
+			m.Time = time.Now().UTC()
+		}
+		if err := q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	up := &flaky{fails: 2, sent: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &Forwarder{Name: "test", Queue: q, Uplink: up, Batch: 10, HistoricalAfter: time.Minute, Log: slog.New(slog.DiscardHandler)}
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	select {
+	case <-up.sent:
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing sent")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(up.got) != 1 || len(up.got[0]) != 3 {
+		t.Fatalf("sent %v, want one batch of 3", up.got)
+	}
+	for i, m := range up.got[0] {
+		wantHist := i < 2
+		if m.Seq != uint64(i+1) || m.Historical != wantHist {
+			t.Errorf("message %d: seq %d historical %v, want seq %d historical %v", i, m.Seq, m.Historical, i+1, wantHist)
+		}
+	}
+	if !up.got[0][0].Time.Equal(old) {
+		t.Errorf("historical message time = %v, want its original %v", up.got[0][0].Time, old)
+	}
+	if s := q.Stats().Lanes[queue.LaneTelemetry]; s.Records != 0 || s.Acked != 3 {
+		t.Errorf("queue after the accepted send: %d queued, %d acked; want 0 and 3", s.Records, s.Acked)
+	}
+	if f.failures.Load() != 2 {
+		t.Errorf("failures = %d, want 2", f.failures.Load())
+	}
+}
