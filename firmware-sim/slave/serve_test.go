@@ -190,6 +190,12 @@ func TestRTUBus(t *testing.T) {
 	if st.CRCErrors != 3 || st.Frames != 9 || st.DroppedBytes != 5+8+5 {
 		t.Errorf("bus stats %+v, want 3 CRC errors, 9 frames, 18 dropped bytes", st)
 	}
+	// A reading counts as served once its answer has left in full, just
+	// after the master could read it: wait for the last count.
+	deadline := time.Now().Add(2 * time.Second)
+	for d2.Stats().ReadingsServed < 4 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if s := d2.Stats(); s.CRCErrors != 2 || s.Polls != 5 || s.ReadingsServed != 4 {
 		t.Errorf("unit 2 stats %+v, want 2 CRC errors, 5 polls, 4 readings", s)
 	}

@@ -214,6 +214,12 @@ func TestStatusLastWillAndClose(t *testing.T) {
 	if st, _ := nextStatus(t, sub); st.State != StateOnline {
 		t.Fatalf("after reconnect: %+v, want online", st)
 	}
+	// The online status goes out from paho's connect handler, a moment
+	// before the supervisor takes the new client in: wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for !u.Connected() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if l := u.cur.Load(); l == first || !u.Connected() {
 		t.Fatalf("no new connection after reconnect (link %d, connected %v)", l.id, u.Connected())
 	}
