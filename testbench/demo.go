@@ -85,7 +85,7 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	gw.stop(5 * time.Second)
 	sim.stop(5 * time.Second)
 	c := col.counts()
-	fmt.Printf("\nreceived %d readings, %d events, %d health messages at the hub\n", c.Readings, sumEvents(c.Events), c.Health)
+	fmt.Printf("\nat the hub: %d readings, %d events, %d health changes\n", c.Readings, sumEvents(c.Events), c.Health)
 	return nil
 }
 
