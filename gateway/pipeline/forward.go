@@ -19,17 +19,20 @@ type Uplink interface {
 
 // Source is a durable queue as a Forwarder needs it.
 type Source interface {
-	Next(ctx context.Context, max int) (queue.Batch, error)
+	Next(ctx context.Context, max int, lanes ...queue.Lane) (queue.Batch, error)
 	Ack(b queue.Batch) error
-	Rewind()
+	Rewind(lanes ...queue.Lane)
 }
 
-// Forwarder drains one queue into one uplink: a batch is acknowledged (and
-// so deleted) only after the uplink said the hub accepted it; on failure the
-// batch is handed out again after a backoff. Delivery is at least once.
+// Forwarder drains lanes of one queue into one uplink: a batch is
+// acknowledged (and so deleted) only after the uplink said the hub accepted
+// it; on failure the batch is handed out again after a backoff. Delivery is
+// at least once. The gateway runs one Forwarder per lane, so that an alarm
+// never waits for a telemetry batch in flight.
 type Forwarder struct {
 	Name   string
 	Queue  Source
+	Lanes  []queue.Lane // the lanes it drains; all when empty
 	Uplink Uplink
 	Batch  int // messages per send
 	// HistoricalAfter marks a message historical when it leaves more than
@@ -54,7 +57,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	backoff := minBackoff
 	msgs := make([]model.Message, 0, f.Batch)
 	for {
-		b, err := f.Queue.Next(ctx, f.Batch)
+		b, err := f.Queue.Next(ctx, f.Batch, f.Lanes...)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -79,7 +82,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		if err := f.Uplink.Send(ctx, msgs); err != nil {
 			f.failures.Add(1)
-			f.Queue.Rewind()
+			f.Queue.Rewind(f.Lanes...)
 			if ctx.Err() != nil {
 				return nil
 			}

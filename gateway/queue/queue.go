@@ -755,12 +755,14 @@ func (ln *lane) closeReader(id uint64) {
 
 // Next returns the oldest records not yet handed out, at most max of them
 // (and at most MaxBatchBytes of data, but at least one record), all of one
-// lane, alarms first. It blocks until there are some, ctx is done (it
-// returns ctx.Err()) or the queue is closed (ErrClosed); with a ctx that is
-// already done it returns the records there are without waiting. Next may
-// be called again before the batches it returned are acknowledged
+// lane, alarms first. With lanes given it takes from those only, so that
+// one consumer per lane can run at once (an alarm then never waits for a
+// telemetry batch in flight). It blocks until there are some, ctx is done
+// (it returns ctx.Err()) or the queue is closed (ErrClosed); with a ctx that
+// is already done it returns the records there are without waiting. Next
+// may be called again before the batches it returned are acknowledged
 // (pipelining); each call hands out the records after the previous batch.
-func (q *Queue) Next(ctx context.Context, max int) (Batch, error) {
+func (q *Queue) Next(ctx context.Context, max int, lanes ...Lane) (Batch, error) {
 	max = cmp.Or(max, 1)
 	for {
 		q.mu.Lock()
@@ -768,7 +770,7 @@ func (q *Queue) Next(ctx context.Context, max int) (Batch, error) {
 			q.mu.Unlock()
 			return Batch{}, ErrClosed
 		}
-		for _, ln := range q.lanes {
+		for _, ln := range q.pick(lanes) {
 			b, err := q.take(ln, max)
 			if err != nil || len(b.Entries) > 0 {
 				q.mu.Unlock()
@@ -925,12 +927,28 @@ func (q *Queue) Ack(b Batch) error {
 	return nil
 }
 
-// Rewind takes back every batch handed out and not acknowledged: Next hands
-// their records out again, in order. Use it when an uplink failed.
-func (q *Queue) Rewind() {
+// pick returns the lanes named, in priority order, or all of them. Called
+// with q.mu held.
+func (q *Queue) pick(lanes []Lane) []*lane {
+	if len(lanes) == 0 {
+		return q.lanes[:]
+	}
+	var out []*lane
+	for l, ln := range q.lanes {
+		if slices.Contains(lanes, Lane(l)) {
+			out = append(out, ln)
+		}
+	}
+	return out
+}
+
+// Rewind takes back every batch of the lanes given (of all lanes when none
+// is) handed out and not acknowledged: Next hands their records out again,
+// in order. Use it when an uplink failed.
+func (q *Queue) Rewind(lanes ...Lane) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, ln := range q.lanes {
+	for _, ln := range q.pick(lanes) {
 		first := ln.segs[0].id
 		for _, o := range ln.out {
 			for _, c := range o.segs {

@@ -294,6 +294,41 @@ func TestAlarmsServedFirst(t *testing.T) {
 	checkSeq(t, "telemetry", tel, 20, 1000)
 }
 
+// TestLaneConsumers: one consumer per lane. A telemetry consumer never
+// takes alarms, an alarm consumer gets them while a telemetry batch is in
+// flight, and rewinding one lane leaves the other's batches alone.
+func TestLaneConsumers(t *testing.T) {
+	q := open(t, t.TempDir(), testOpts)
+	appendRange(t, q, LaneTelemetry, 0, 100)
+	appendRange(t, q, LaneAlarm, 5000, 5002)
+	ctx := context.Background()
+	tb, err := q.Next(ctx, 10, LaneTelemetry)
+	if err != nil || tb.Lane != LaneTelemetry || recNo(t, tb.Entries[0]) != 0 {
+		t.Fatalf("telemetry consumer got %v %d records (%v), want telemetry from 0", tb.Lane, len(tb.Entries), err)
+	}
+	ab, err := q.Next(ctx, 10, LaneAlarm)
+	if err != nil || ab.Lane != LaneAlarm || len(ab.Entries) != 2 {
+		t.Fatalf("alarm consumer got %v %d records (%v), want the 2 alarms", ab.Lane, len(ab.Entries), err)
+	}
+	q.Rewind(LaneAlarm)
+	if err := q.Ack(tb); err != nil {
+		t.Fatalf("Ack of telemetry after an alarm Rewind: %v", err)
+	}
+	again, err := q.Next(ctx, 10, LaneAlarm)
+	if err != nil || len(again.Entries) != 2 || recNo(t, again.Entries[0]) != 5000 {
+		t.Fatalf("after Rewind(LaneAlarm) the alarms did not come again: %d records, %v", len(again.Entries), err)
+	}
+	// An alarm consumer waits for alarms, not telemetry.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := q.Ack(again); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := q.Next(short, 10, LaneAlarm); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("alarm consumer with only telemetry queued got %v %d records, %v", b.Lane, len(b.Entries), err)
+	}
+}
+
 func TestRewindAndAckOrder(t *testing.T) {
 	q := open(t, t.TempDir(), testOpts)
 	appendRange(t, q, LaneTelemetry, 0, 10)

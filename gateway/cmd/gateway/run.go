@@ -88,14 +88,22 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	fctx, stopForwarders := context.WithCancel(context.Background())
 	defer func() { stopForwarders(); fwd.Wait() }()
 	for _, u := range ups {
-		f := &pipeline.Forwarder{Name: u.name, Queue: u.q, Uplink: u.up, Batch: 500, HistoricalAfter: 30 * time.Second, Log: log}
-		fwd.Add(1)
-		go func() {
-			defer fwd.Done()
-			if err := f.Run(fctx); err != nil {
-				log.Error("forwarder stopped", "uplink", f.Name, "err", err)
-			}
-		}()
+		// One forwarder per lane: alarms go out on their own, never
+		// behind a telemetry batch in flight.
+		for _, lane := range []struct {
+			l     queue.Lane
+			batch int
+		}{{queue.LaneAlarm, 100}, {queue.LaneTelemetry, 500}} {
+			f := &pipeline.Forwarder{Name: u.name + "/" + lane.l.String(), Queue: u.q, Lanes: []queue.Lane{lane.l},
+				Uplink: u.up, Batch: lane.batch, HistoricalAfter: 30 * time.Second, Log: log}
+			fwd.Add(1)
+			go func() {
+				defer fwd.Done()
+				if err := f.Run(fctx); err != nil {
+					log.Error("forwarder stopped", "forwarder", f.Name, "err", err)
+				}
+			}()
+		}
 	}
 	watched := map[string]pipeline.StatsSource{}
 	for _, u := range ups {

@@ -48,7 +48,7 @@ const (
 	writeTimeout    = 10 * time.Second
 	minReconnect    = 100 * time.Millisecond
 	maxReconnect    = 10 * time.Second
-	stableAfter     = 2 * time.Second // a connection this old was not refused
+	stableAfter     = 500 * time.Millisecond // a connection this old was not refused
 	statusTimeout   = 10 * time.Second
 	disconnectQuiet = 250 // ms paho waits for in-flight work on Disconnect
 )
