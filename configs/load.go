@@ -136,7 +136,7 @@ func (d *decoder) validateStation(st *Station) Errors {
 	if !st.Station.Type.Valid() {
 		d.errAt("station.type", "station.type: unknown station type %q (expected one of: %s)", st.Station.Type, joinTypes(model.StationTypes))
 	}
-	d.checkURL("hub.mqtt.url", st.Hub.MQTT.URL, "tcp", "ssl", "mqtt", "mqtts", "ws", "wss")
+	d.checkURL("hub.mqtt.url", st.Hub.MQTT.URL, "tcp", "mqtt", "ssl", "tls", "mqtts")
 	if t := st.Hub.MQTT.TLS; t != nil && (t.Cert == "") != (t.Key == "") {
 		d.errAt("hub.mqtt.tls", "hub.mqtt.tls: cert and key go together; give both or neither")
 	}

@@ -17,8 +17,15 @@ const MosquittoPath = "/usr/sbin/mosquitto"
 
 // Mosquitto is a running Mosquitto broker on a loopback port.
 type Mosquitto struct {
-	port int
-	p    proc
+	port    int
+	tlsPort int // 0 without a TLS listener
+	p       proc
+}
+
+// TLSFiles are the PEM files of a TLS listener: the CA that signs client
+// certificates, and the broker's certificate and key.
+type TLSFiles struct {
+	CA, Cert, Key string
 }
 
 // StartMosquitto writes a broker config into dir (which must exist) and
@@ -28,6 +35,16 @@ type Mosquitto struct {
 // drops messages to a slow subscriber). It returns once the broker accepts
 // connections.
 func StartMosquitto(ctx context.Context, dir string, log *slog.Logger) (*Mosquitto, error) {
+	return startMosquitto(ctx, dir, log, nil)
+}
+
+// StartMosquittoTLS is StartMosquitto with a second listener that speaks
+// TLS and requires a client certificate signed by files.CA; TLSURL names it.
+func StartMosquittoTLS(ctx context.Context, dir string, log *slog.Logger, files TLSFiles) (*Mosquitto, error) {
+	return startMosquitto(ctx, dir, log, &files)
+}
+
+func startMosquitto(ctx context.Context, dir string, log *slog.Logger, files *TLSFiles) (*Mosquitto, error) {
 	path := MosquittoPath
 	if _, err := exec.LookPath(path); err != nil {
 		return nil, fmt.Errorf("hub: mosquitto not found at %s (run `make test-deps`): %w", path, err)
@@ -61,10 +78,18 @@ log_type error
 log_type warning
 log_type notice
 `, port, dir)
+	tlsPort := 0
+	if files != nil {
+		if tlsPort, err = freePort(); err != nil {
+			return nil, err
+		}
+		text += fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
+			tlsPort, files.CA, files.Cert, files.Key)
+	}
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, fmt.Errorf("hub: mosquitto config: %w", err)
 	}
-	m := &Mosquitto{port: port, p: proc{
+	m := &Mosquitto{port: port, tlsPort: tlsPort, p: proc{
 		name: "mosquitto", log: log, path: path,
 		args: []string{"-c", conf}, logf: filepath.Join(dir, "mosquitto.log"),
 	}}
@@ -76,6 +101,11 @@ log_type notice
 
 // URL is the broker's address for MQTT clients: tcp://127.0.0.1:PORT.
 func (m *Mosquitto) URL() string { return "tcp://" + m.Addr() }
+
+// TLSURL is the TLS listener's address: ssl://127.0.0.1:PORT.
+func (m *Mosquitto) TLSURL() string {
+	return "ssl://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(m.tlsPort))
+}
 
 // Addr is the broker's host:port.
 func (m *Mosquitto) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(m.port)) }
