@@ -137,6 +137,12 @@ func (d *decoder) validateStation(st *Station) Errors {
 		d.errAt("station.type", "station.type: unknown station type %q (expected one of: %s)", st.Station.Type, joinTypes(model.StationTypes))
 	}
 	d.checkURL("hub.mqtt.url", st.Hub.MQTT.URL, "tcp", "mqtt", "ssl", "tls", "mqtts")
+	if u, err := url.Parse(st.Hub.MQTT.URL); err == nil && u.Host != "" && u.Port() == "" {
+		d.errAt("hub.mqtt.url", "hub.mqtt.url: %q has no port (e.g. tcp://%s:1883, ssl://%s:8883)", st.Hub.MQTT.URL, u.Hostname(), u.Hostname())
+	}
+	if len(st.Devices) == 0 {
+		d.errAt("devices", "devices: a station needs at least one device")
+	}
 	if t := st.Hub.MQTT.TLS; t != nil && (t.Cert == "") != (t.Key == "") {
 		d.errAt("hub.mqtt.tls", "hub.mqtt.tls: cert and key go together; give both or neither")
 	}
