@@ -29,11 +29,20 @@ test: test-deps build
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(BIN)/testbench run all -report $(BIN)/reports
 
-bench: build
+bench: test-deps build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./gateway/queue ./drivers/modbus ./gateway/uplink/...
 
+# Every fuzz target for FUZZTIME each (the seed corpora also run in `make test`).
+FUZZTIME ?= 20s
+FUZZ := ./configs:FuzzParse ./drivers/modbus:FuzzDecode ./drivers/modbus:FuzzRTUResponse \
+	./drivers/modbus:FuzzTCPResponse ./drivers/modbus:FuzzCheckRTU ./gateway/model:FuzzParseJSON \
+	./gateway/model:FuzzDecodeBinary ./gateway/queue:FuzzOpen ./firmware-sim/slave:FuzzParseRequest \
+	./firmware-sim/enc:FuzzDecode
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 30s ./drivers/modbus
+	@for t in $(FUZZ); do \
+		echo "fuzz $${t#*:} in $${t%%:*}"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) $${t%%:*} || exit 1; \
+	done
 
 clean:
 	rm -rf $(BIN)
