@@ -45,7 +45,7 @@ func collect(ctx context.Context, url, topic string, onMessage func(m *model.Mes
 	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("testbench-%d", time.Now().UnixNano())).
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(200 * time.Millisecond).
-		SetOrderMatters(false)
+		SetOrderMatters(true)
 	opts.SetOnConnectHandler(func(cl paho.Client) {
 		cl.Subscribe(topic, 1, c.handle)
 	})

@@ -94,6 +94,10 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 		fmt.Printf("%s %s: sent %d, at hub mqtt %d, in influx %d, lost %d, duplicates %d, gateway cpu %.2fs, max rss %.1f MB\n",
 			verdict, sc.Name, rep.Readings.Sent, rep.Readings.AtHubMQTT, rep.Readings.InInflux, rep.Readings.Lost,
 			rep.Readings.Duplicates, rep.Gateway.CPUS, rep.Gateway.MaxRSSMB)
+		if d := rep.Drain; d != nil {
+			fmt.Printf("  drain of %d readings: %.0f readings/s into MQTT, %.0f into InfluxDB (target %.0f: met %v)\n",
+				d.Backlog, d.RateMQTT, d.RateInflux, d.Target, d.TargetMet)
+		}
 	}
 	fmt.Printf("scenarios: %d passed, %d failed\n", len(names)-failed, failed)
 	if failed > 0 {

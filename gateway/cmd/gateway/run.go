@@ -93,7 +93,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		for _, lane := range []struct {
 			l     queue.Lane
 			batch int
-		}{{queue.LaneAlarm, 100}, {queue.LaneTelemetry, 500}} {
+		}{{queue.LaneAlarm, 100}, {queue.LaneTelemetry, 1000}} {
 			f := &pipeline.Forwarder{Name: u.name + "/" + lane.l.String(), Queue: u.q, Lanes: []queue.Lane{lane.l},
 				Uplink: u.up, Batch: lane.batch, HistoricalAfter: 30 * time.Second, Log: log}
 			fwd.Add(1)
