@@ -95,8 +95,11 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 			verdict, sc.Name, rep.Readings.Sent, rep.Readings.AtHubMQTT, rep.Readings.InInflux, rep.Readings.Lost,
 			rep.Readings.Duplicates, rep.Gateway.CPUS, rep.Gateway.MaxRSSMB)
 		if d := rep.Drain; d != nil {
-			fmt.Printf("  drain of %d readings: %.0f readings/s into MQTT, %.0f into InfluxDB (target %.0f: met %v)\n",
-				d.Backlog, d.RateMQTT, d.RateInflux, d.Target, d.TargetMet)
+			fmt.Printf("  drain of %d readings: %.0f readings/s into MQTT, %.0f into InfluxDB", d.Backlog, d.RateMQTT, d.RateInflux)
+			if d.Target > 0 {
+				fmt.Printf(" (target %.0f: met %v)", d.Target, d.TargetMet)
+			}
+			fmt.Println()
 		}
 	}
 	fmt.Printf("scenarios: %d passed, %d failed\n", len(names)-failed, failed)
