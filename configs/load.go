@@ -118,13 +118,6 @@ func (st *Station) defaults() {
 	}
 }
 
-func setDefault[T comparable](v *T, def T) {
-	var zero T
-	if *v == zero {
-		*v = def
-	}
-}
-
 func (d *decoder) validateStation(st *Station) Errors {
 	d.errs = nil
 	if st.Version != 1 {

@@ -56,7 +56,7 @@ func Decode(reg *configs.Register, words []uint16) (model.Value, error) {
 	}
 	// w holds the value's registers in big-endian order, bytes fixed.
 	var buf [4]uint16
-	w := buf[:0]
+	var w []uint16
 	if n <= 4 {
 		w = buf[:n]
 	} else {

@@ -45,7 +45,7 @@ func TestBinaryRoundTrip(t *testing.T) {
 			Station: "pr-7", StationType: PoliceRoom, Device: "d", DeviceKind: "k", Seq: math.MaxUint64,
 			Time: time.Unix(0, 1).UTC(), Kind: KindTelemetry, Historical: true,
 			Readings: []Reading{
-				{Signal: "n", Value: Number(-0.0), Quality: Good},
+				{Signal: "n", Value: Number(math.Copysign(0, -1)), Quality: Good},
 				{Signal: "inf", Value: Number(math.Inf(-1)), Quality: Uncertain},
 				{Signal: "max", Value: Number(math.MaxFloat64), Unit: "°C"},
 				{Signal: "t", Value: Bool(true), Quality: Good},
