@@ -43,8 +43,7 @@ func Load(path string) (*Station, error) {
 		file := filepath.Join(dir, name+".yaml")
 		b, err := os.ReadFile(file)
 		if errors.Is(err, fs.ErrNotExist) {
-			file = "configs/devices/" + name + ".yaml"
-			b, err = Embedded.ReadFile("devices/" + name + ".yaml")
+			return embeddedTemplate(name)
 		}
 		return file, b, err
 	})
@@ -56,22 +55,22 @@ func LoadEmbedded(name string) (*Station, error) {
 	if err != nil {
 		return nil, fmt.Errorf("no embedded station %q: %w", name, err)
 	}
-	return parse("configs/"+name, data, func(t string) (string, []byte, error) {
-		b, err := Embedded.ReadFile("devices/" + t + ".yaml")
-		return "configs/devices/" + t + ".yaml", b, err
-	})
+	return parse("configs/"+name, data, embeddedTemplate)
 }
 
 // Parse decodes and validates station file data; templates come from the
 // embedded ones. It serves tools that build station files in memory.
 func Parse(name string, data []byte) (*Station, error) {
-	return parse(name, data, func(t string) (string, []byte, error) {
-		b, err := Embedded.ReadFile("devices/" + t + ".yaml")
-		return "configs/devices/" + t + ".yaml", b, err
-	})
+	return parse(name, data, embeddedTemplate)
 }
 
 type templateSource func(name string) (file string, data []byte, err error)
+
+// embeddedTemplate is the built-in template of that name.
+func embeddedTemplate(name string) (string, []byte, error) {
+	b, err := Embedded.ReadFile("devices/" + name + ".yaml")
+	return "configs/devices/" + name + ".yaml", b, err
+}
 
 var (
 	idPattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
@@ -87,20 +86,22 @@ func parse(file string, data []byte, templates templateSource) (*Station, error)
 		return nil, d.errs.sorted()
 	}
 	st.defaults()
-	errs := d.validateStation(st)
+	d.validateStation(st)
+	tried := map[string]bool{}
 	for _, dev := range st.Devices {
-		if _, done := st.Templates[dev.Template]; done || !tmplPattern.MatchString(dev.Template) {
+		if tried[dev.Template] || !tmplPattern.MatchString(dev.Template) {
 			continue
 		}
+		tried[dev.Template] = true
 		t, terrs := loadTemplate(dev.Template, templates)
-		errs = append(errs, terrs...)
+		d.errs = append(d.errs, terrs...)
 		if t != nil {
 			st.Templates[dev.Template] = t
 		}
 	}
-	errs = append(errs, d.validateDevices(st)...)
-	if len(errs) > 0 {
-		return nil, errs.sorted()
+	d.validateDevices(st)
+	if len(d.errs) > 0 {
+		return nil, d.errs.sorted()
 	}
 	return st, nil
 }
@@ -114,12 +115,11 @@ func (st *Station) defaults() {
 		m.ClientID = "outpost-" + st.Station.ID
 	}
 	if m.TopicPrefix == "" {
-		m.TopicPrefix = fmt.Sprintf("outpost/v%d", model.ContractVersion)
+		m.TopicPrefix = model.DefaultTopicPrefix
 	}
 }
 
-func (d *decoder) validateStation(st *Station) Errors {
-	d.errs = nil
+func (d *decoder) validateStation(st *Station) {
 	if st.Version != 1 {
 		d.errAt("version", "version: this gateway reads station files of version 1, not %d", st.Version)
 	}
@@ -129,7 +129,7 @@ func (d *decoder) validateStation(st *Station) Errors {
 	if !st.Station.Type.Valid() {
 		d.errAt("station.type", "station.type: unknown station type %q (expected one of: %s)", st.Station.Type, joinTypes(model.StationTypes))
 	}
-	d.checkURL("hub.mqtt.url", st.Hub.MQTT.URL, "tcp", "mqtt", "ssl", "tls", "mqtts")
+	d.checkURL("hub.mqtt.url", st.Hub.MQTT.URL, "tcp://127.0.0.1:1883", "tcp", "mqtt", "ssl", "tls", "mqtts")
 	if u, err := url.Parse(st.Hub.MQTT.URL); err == nil && u.Host != "" && u.Port() == "" {
 		d.errAt("hub.mqtt.url", "hub.mqtt.url: %q has no port (e.g. tcp://%s:1883, ssl://%s:8883)", st.Hub.MQTT.URL, u.Hostname(), u.Hostname())
 	}
@@ -140,7 +140,7 @@ func (d *decoder) validateStation(st *Station) Errors {
 		d.errAt("hub.mqtt.tls", "hub.mqtt.tls: cert and key go together; give both or neither")
 	}
 	if st.Hub.Influx != nil {
-		d.checkURL("hub.influx.url", st.Hub.Influx.URL, "http", "https")
+		d.checkURL("hub.influx.url", st.Hub.Influx.URL, "http://127.0.0.1:8086", "http", "https")
 		if st.Hub.Influx.BatchSize < 1 || st.Hub.Influx.BatchSize > 10000 {
 			d.errAt("hub.influx.batch_size", "hub.influx.batch_size: %d is out of range (1 to 10000)", st.Hub.Influx.BatchSize)
 		}
@@ -189,7 +189,6 @@ func (d *decoder) validateStation(st *Station) Errors {
 		}
 		d.checkTiming(path, e.Timeout, e.Retries)
 	}
-	return d.errs
 }
 
 func (d *decoder) checkTiming(path string, timeout time.Duration, retries int) {
@@ -201,11 +200,10 @@ func (d *decoder) checkTiming(path string, timeout time.Duration, retries int) {
 	}
 }
 
-func (d *decoder) checkURL(path, raw string, schemes ...string) {
+func (d *decoder) checkURL(path, raw, example string, schemes ...string) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || !slices.Contains(schemes, u.Scheme) {
-		d.errAt(path, "%s: %q is not a URL of scheme %s with a host (e.g. %s://127.0.0.1:%s)",
-			path, raw, strings.Join(schemes, ", "), schemes[0], map[bool]string{true: "1883", false: "8086"}[schemes[0] == "tcp"])
+		d.errAt(path, "%s: %q is not a URL of scheme %s with a host (e.g. %s)", path, raw, strings.Join(schemes, ", "), example)
 	}
 }
 
@@ -223,8 +221,7 @@ func joinTypes(ts []model.StationType) string {
 	return strings.Join(s, ", ")
 }
 
-func (d *decoder) validateDevices(st *Station) Errors {
-	d.errs = nil
+func (d *decoder) validateDevices(st *Station) {
 	ids := map[string]string{}
 	type unitKey struct {
 		link string
@@ -282,7 +279,6 @@ func (d *decoder) validateDevices(st *Station) Errors {
 			d.errAt(path+".poll", "%s.poll: %s is out of range (10ms to 24h)", path, dev.Poll)
 		}
 	}
-	return d.errs
 }
 
 func loadTemplate(name string, src templateSource) (*Template, Errors) {
@@ -361,7 +357,7 @@ func loadTemplate(name string, src templateSource) (*Template, Errors) {
 			}
 		}
 		if r.Sim != nil {
-			d.oneOf(path+".sim.wave", r.Sim.Wave, []string{"constant", "daily", "random", "counter", "toggle", "text"})
+			d.oneOf(path+".sim.wave", r.Sim.Wave, SimWaves)
 		}
 	}
 	return t, d.errs

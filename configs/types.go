@@ -7,6 +7,7 @@
 package configs
 
 import (
+	"path/filepath"
 	"time"
 
 	"outpost/gateway/model"
@@ -28,6 +29,23 @@ type Station struct {
 	// Templates holds the template of every device, by template name.
 	Templates map[string]*Template `yaml:"-"`
 }
+
+// Uplinks names the hub stores the station sends to: "mqtt", and
+// "influx" when InfluxDB is configured. Each has a queue of its own.
+func (st *Station) Uplinks() []string {
+	if st.Hub.Influx != nil {
+		return []string{"mqtt", "influx"}
+	}
+	return []string{"mqtt"}
+}
+
+// QueueDir is where the gateway keeps the durable queue of an uplink.
+func (st *Station) QueueDir(uplink string) string {
+	return filepath.Join(st.StateDir, "queue", uplink)
+}
+
+// SeqFile is where the gateway keeps its per-device sequence numbers.
+func (st *Station) SeqFile() string { return filepath.Join(st.StateDir, "seq.json") }
 
 // StationID names the station.
 type StationID struct {
@@ -214,6 +232,9 @@ type EventRule struct {
 	Severity model.Severity `yaml:"severity" default:"critical"`
 	Clear    bool           `yaml:"clear"`
 }
+
+// SimWaves are the waves a Sim may name.
+var SimWaves = []string{"constant", "daily", "random", "counter", "toggle", "text"}
 
 // Sim describes a simulated signal.
 type Sim struct {

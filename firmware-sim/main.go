@@ -159,9 +159,6 @@ func open(o options, log *slog.Logger) (_ *sim, err error) {
 		if units[key] == nil {
 			units[key] = map[byte]slave.Unit{}
 		}
-		if _, dup := units[key][dev.Unit()]; dup {
-			return nil, fmt.Errorf("device %s: unit id %d used twice on %s", d.ID, d.UnitID, key)
-		}
 		units[key][dev.Unit()] = dev
 	}
 

@@ -6,11 +6,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"time"
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/pipeline"
 	"outpost/gateway/queue"
 	"outpost/gateway/seq"
 )
@@ -22,19 +22,13 @@ import (
 // The gateway must not be running. It returns the number of readings queued
 // per uplink.
 func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
-	counters, err := seq.Open(filepath.Join(st.StateDir, "seq.json"), log)
+	counters, err := seq.Open(st.SeqFile(), log)
 	if err != nil {
 		return 0, err
 	}
-	uplinks := []string{"mqtt"}
-	if st.Hub.Influx != nil {
-		uplinks = append(uplinks, "influx")
-	}
 	var qs []*queue.Queue
-	for _, u := range uplinks {
-		q, err := queue.Open(filepath.Join(st.StateDir, "queue", u), queue.Options{
-			MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync,
-		}, log)
+	for _, u := range st.Uplinks() {
+		q, err := pipeline.OpenQueue(st, u, log)
 		if err != nil {
 			return 0, err
 		}
@@ -60,11 +54,11 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
 		}
 		buf = model.AppendBinary(buf[:0], &m)
 		for _, q := range qs {
-			if err := q.Append(queue.LaneTelemetry, queue.Record{Data: buf, Readings: len(m.Readings)}); err != nil {
+			if err := q.Append(queue.LaneTelemetry, queue.Record{Data: buf, Readings: m.Values()}); err != nil {
 				return total, fmt.Errorf("prefilling the queue: %w", err)
 			}
 		}
-		total += len(m.Readings)
+		total += m.Values()
 	}
 	return total, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/testbench/hub"
 )
 
 // cmdDemo runs the simulated police room through the gateway to an MQTT
@@ -36,7 +37,7 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	}
 	defer os.RemoveAll(work)
 
-	port, err := freePort()
+	port, err := hub.FreePort()
 	if err != nil {
 		return err
 	}
@@ -52,7 +53,8 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	station, st, err := prepareStation(stationSpec{Src: src}, work, hubAddrs{MQTT: fmt.Sprintf("tcp://127.0.0.1:%d", port)})
+	hubURL := fmt.Sprintf("tcp://127.0.0.1:%d", port)
+	station, st, err := prepareStation(stationSpec{Src: src}, work, hubAddrs{MQTT: hubURL})
 	if err != nil {
 		return err
 	}
@@ -63,7 +65,7 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	defer logs.Close()
 
 	view := newLiveView(st)
-	col, err := collect(ctx, fmt.Sprintf("tcp://127.0.0.1:%d", port), fmt.Sprintf("%s/%s/#", st.Hub.MQTT.TopicPrefix, st.Station.ID), view.print)
+	col, err := collect(ctx, hubURL, stationTopics(st), view.print)
 	if err != nil {
 		return err
 	}
@@ -80,7 +82,7 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	}
 	fmt.Printf("outpost demo: %s (%s, 社区警务室) — %d devices on %d serial buses and %d TCP endpoint(s)\n",
 		st.Station.ID, st.Station.Type, len(st.Devices), len(st.Buses), len(st.Endpoints))
-	fmt.Printf("hub: embedded MQTT broker at tcp://127.0.0.1:%d, topics %s/%s/#; Ctrl-C to stop\n\n", port, st.Hub.MQTT.TopicPrefix, st.Station.ID)
+	fmt.Printf("hub: embedded MQTT broker at %s, topics %s; Ctrl-C to stop\n\n", hubURL, stationTopics(st))
 	<-ctx.Done()
 	gw.stop(5 * time.Second)
 	sim.stop(5 * time.Second)

@@ -249,8 +249,7 @@ func (r *runner) startHub(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	topic := fmt.Sprintf("%s/%s/#", r.st.Hub.MQTT.TopicPrefix, r.st.Station.ID)
-	r.col, err = collect(ctx, r.mqtt.URL(), topic, nil)
+	r.col, err = collect(ctx, r.mqtt.URL(), stationTopics(r.st), nil)
 	return err
 }
 
@@ -328,7 +327,8 @@ func (r *runner) load(ctx context.Context) error {
 	return nil
 }
 
-type drainReport = struct {
+// drainReport is the drain part of a Report.
+type drainReport struct {
 	Backlog       int     `json:"backlog_readings"`
 	SecondsMQTT   float64 `json:"seconds_mqtt"`
 	SecondsInflux float64 `json:"seconds_influx"`
@@ -461,9 +461,8 @@ func (r *runner) quiet() time.Duration {
 // and garbage is appended. It first lists, on copies, which queued
 // messages the damage destroys.
 func (r *runner) cutPower() error {
-	dirs, _ := filepath.Glob(filepath.Join(r.st.StateDir, "queue", "*"))
-	for _, dir := range dirs {
-		uplink := filepath.Base(dir)
+	for _, uplink := range r.st.Uplinks() {
+		dir := r.st.QueueDir(uplink)
 		before, err := queuedMessages(dir, r.work)
 		if err != nil {
 			return err
@@ -525,16 +524,14 @@ func (r *runner) inInflux(ctx context.Context, id string) (bool, error) {
 	if len(parts) != 3 {
 		return false, fmt.Errorf("bad message id %q", id)
 	}
-	for _, t := range r.st.Templates {
-		series, err := r.influx.Query(ctx, fmt.Sprintf(`SELECT count(seq) FROM %q WHERE station = '%s' AND device = '%s' AND seq = %s`, t.Kind, parts[0], parts[1], parts[2]))
-		if err != nil {
-			return false, err
-		}
-		if len(series) > 0 {
-			return true, nil
+	kind := ""
+	for _, d := range r.st.Devices {
+		if d.ID == parts[1] {
+			kind = r.st.Templates[d.Template].Kind
 		}
 	}
-	return false, nil
+	series, err := r.influx.Query(ctx, fmt.Sprintf(`SELECT count(seq) FROM %q WHERE station = '%s' AND device = '%s' AND seq = %s`, kind, parts[0], parts[1], parts[2]))
+	return len(series) > 0, err
 }
 
 // collectUntilDrained waits until both hub stores hold every reading sent, or

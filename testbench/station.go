@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"outpost/configs"
+	"outpost/testbench/hub"
 )
 
 // hubAddrs is where the station under test must send its data.
@@ -33,14 +33,14 @@ type stationSpec struct {
 // addresses, the state directory, a serial port path per bus inside work and
 // a free loopback port per TCP endpoint, so that runs never collide. It
 // returns the path of the new file and the station as loaded from it.
-func prepareStation(spec stationSpec, work string, hub hubAddrs) (string, *configs.Station, error) {
+func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *configs.Station, error) {
 	var doc map[string]any
 	if err := yaml.Unmarshal(spec.Src, &doc); err != nil {
 		return "", nil, fmt.Errorf("station file: %w", err)
 	}
-	h := map[string]any{"mqtt": map[string]any{"url": hub.MQTT}}
-	if hub.Influx != "" {
-		h["influx"] = map[string]any{"url": hub.Influx, "bucket": hub.DB}
+	h := map[string]any{"mqtt": map[string]any{"url": addrs.MQTT}}
+	if addrs.Influx != "" {
+		h["influx"] = map[string]any{"url": addrs.Influx, "bucket": addrs.DB}
 	}
 	doc["hub"] = h
 	doc["state_dir"] = filepath.Join(work, "state")
@@ -66,7 +66,7 @@ func prepareStation(spec stationSpec, work string, hub hubAddrs) (string, *confi
 	}
 	eps, _ := doc["endpoints"].([]any)
 	for _, e := range eps {
-		port, err := freePort()
+		port, err := hub.FreePort()
 		if err != nil {
 			return "", nil, err
 		}
@@ -88,11 +88,7 @@ func prepareStation(spec stationSpec, work string, hub hubAddrs) (string, *confi
 	return path, st, nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+// stationTopics is the MQTT filter of everything a station publishes.
+func stationTopics(st *configs.Station) string {
+	return st.Hub.MQTT.TopicPrefix + "/" + st.Station.ID + "/#"
 }

@@ -1,6 +1,7 @@
 package modbus
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -150,9 +151,10 @@ func DecodeSignal(reg *configs.Register, data []byte, start int) (model.Value, e
 	if 2*(off+n) > len(data) {
 		return model.Value{}, fmt.Errorf("signal %s: registers %d..%d beyond %d bytes of data", reg.Signal, reg.Address, reg.Address+n-1, len(data))
 	}
-	words, err := Words(data[2*off : 2*(off+n)])
-	if err != nil {
-		return model.Value{}, fmt.Errorf("signal %s: %w", reg.Signal, err)
+	var buf [4]uint16 // no allocation for the values of up to 64 bits
+	words := buf[:0]
+	for i := off; i < off+n; i++ {
+		words = append(words, binary.BigEndian.Uint16(data[2*i:]))
 	}
 	return Decode(reg, words)
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -92,7 +93,7 @@ func readRequest(c modbus.Client, r Request) ([]byte, error) {
 
 // runDevices polls every device in its own goroutine until ctx ends, and
 // returns when all of them have stopped.
-func runDevices(ctx context.Context, link string, devs []*device, rd reader, emit drivers.Emit, log *slog.Logger) {
+func runDevices(ctx context.Context, devs []*device, rd reader, emit drivers.Emit, log *slog.Logger) {
 	var wg sync.WaitGroup
 	for _, d := range devs {
 		wg.Add(1)
@@ -200,11 +201,7 @@ func (p *poller) poll(ctx context.Context) (model.Message, pollResult) {
 		}
 		res.failed++
 		counter, reason := errClass(err)
-		var ld *linkDownError
-		if errors.As(err, &ld) {
-			res.linkDown = true
-			counter = "link_down"
-		}
+		res.linkDown = res.linkDown || counter == "link_down"
 		res.counters = append(res.counters, counter)
 		if res.reason == "" {
 			res.reason = fmt.Sprintf("%s reading %s", reason, r)
@@ -268,9 +265,5 @@ func (t *tracker) observe(r pollResult) (model.Health, bool) {
 	}
 	changed := state != t.state
 	t.state = state
-	h := model.Health{State: state, Reason: r.reason, Counters: make(map[string]uint64, len(t.counters))}
-	for k, v := range t.counters {
-		h.Counters[k] = v
-	}
-	return h, changed
+	return model.Health{State: state, Reason: r.reason, Counters: maps.Clone(t.counters)}, changed
 }

@@ -138,7 +138,10 @@ func errClass(err error) (counter, reason string) {
 	var me *modbus.ModbusError
 	var fe *FrameError
 	var te *TimeoutError
+	var ld *linkDownError
 	switch {
+	case errors.As(err, &ld):
+		return "link_down", err.Error()
 	case errors.As(err, &me):
 		return "exceptions", fmt.Sprintf("exception %d (%s)", me.ExceptionCode, exceptionName(me.ExceptionCode))
 	case errors.As(err, &te):

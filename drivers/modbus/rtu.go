@@ -100,12 +100,8 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 			return nil, t.resync(deadline, n, badLength, fmt.Sprintf("byte count %d, want %d", t.buf[2], want-rtuResponseBytes))
 		}
 	}
-	if err := checkRTU(req, t.buf[:n]); err != nil {
-		var fe *FrameError
-		if errors.As(err, &fe) {
-			return nil, t.resync(deadline, n, fe.Kind, fe.Detail)
-		}
-		return nil, err
+	if fe, ok := checkRTU(req, t.buf[:n]).(*FrameError); ok {
+		return nil, t.resync(deadline, n, fe.Kind, fe.Detail)
 	}
 	return append([]byte(nil), t.buf[:n]...), nil
 }
@@ -144,9 +140,6 @@ func openSerial(path string, mode *serial.Mode) (serialPort, error) {
 // virtual ports refuse it.
 func serialMode(b *configs.Bus) (*serial.Mode, error) {
 	m := &serial.Mode{BaudRate: b.Baud, DataBits: b.DataBits, StopBits: serial.OneStopBit}
-	if m.DataBits == 0 {
-		m.DataBits = 8
-	}
 	switch b.StopBits {
 	case 0, 1:
 	case 2:
@@ -167,11 +160,32 @@ func serialMode(b *configs.Bus) (*serial.Mode, error) {
 	return m, nil
 }
 
-// Port reopen backoff.
+// Port reopen and redial backoff.
 const (
 	reopenMin = 250 * time.Millisecond
 	reopenMax = 10 * time.Second
 )
+
+// reopen paces attempts to open a port or dial an endpoint after failures,
+// remembering the last failure to report meanwhile.
+type reopen struct {
+	next  time.Time
+	delay time.Duration
+	err   error // the last failure; nil while the link works
+}
+
+// waiting says whether the next attempt must wait.
+func (r *reopen) waiting() bool { return time.Now().Before(r.next) }
+
+// fail records a failed attempt and doubles the pause before the next one.
+func (r *reopen) fail(err error) {
+	r.delay = min(max(2*r.delay, reopenMin), reopenMax)
+	r.next = time.Now().Add(r.delay)
+	r.err = err
+}
+
+// ok records a success.
+func (r *reopen) ok() { r.delay, r.err = 0, nil }
 
 // rtuBus is the driver of one RS-485 bus: one port, one lock, every device
 // on the bus polled by its own goroutine, one request at a time.
@@ -185,9 +199,7 @@ type rtuBus struct {
 	mu        sync.Mutex // the bus lock: one request on the line at a time
 	tr        *rtuTransport
 	packagers map[byte]modbus.Packager
-	nextOpen  time.Time
-	backoff   time.Duration
-	openErr   error
+	reopen    reopen
 }
 
 var _ drivers.Driver = (*rtuBus)(nil)
@@ -215,7 +227,7 @@ func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 
 // Run polls the bus's devices until ctx ends.
 func (b *rtuBus) Run(ctx context.Context, emit drivers.Emit) error {
-	runDevices(ctx, b.bus.ID, b.devices, b, emit, b.log)
+	runDevices(ctx, b.devices, b, emit, b.log)
 	b.mu.Lock()
 	b.closePort()
 	b.mu.Unlock()
@@ -235,21 +247,19 @@ func (b *rtuBus) ensurePort() error {
 	if b.tr != nil {
 		return nil
 	}
-	if time.Now().Before(b.nextOpen) {
-		return &linkDownError{b.openErr}
+	if b.reopen.waiting() {
+		return &linkDownError{b.reopen.err}
 	}
 	p, err := b.open(b.bus.Port, b.mode)
 	if err != nil {
-		b.backoff = min(max(2*b.backoff, reopenMin), reopenMax)
-		b.nextOpen = time.Now().Add(b.backoff)
-		b.openErr = fmt.Errorf("open %s: %w", b.bus.Port, err)
-		b.log.Warn("serial port unavailable", "port", b.bus.Port, "retry_in", b.backoff, "err", err)
-		return &linkDownError{b.openErr}
+		b.reopen.fail(fmt.Errorf("open %s: %w", b.bus.Port, err))
+		b.log.Warn("serial port unavailable", "port", b.bus.Port, "retry_in", b.reopen.delay, "err", err)
+		return &linkDownError{b.reopen.err}
 	}
-	if b.openErr != nil {
+	if b.reopen.err != nil {
 		b.log.Info("serial port open again", "port", b.bus.Port)
 	}
-	b.backoff, b.openErr = 0, nil
+	b.reopen.ok()
 	b.tr = &rtuTransport{port: p, timeout: b.timeout(), silence: Silence(b.bus), char: CharTime(b.bus)}
 	return nil
 }
@@ -281,11 +291,9 @@ func (b *rtuBus) read(ctx context.Context, unit byte, r Request) ([]byte, error)
 		var pe *portError
 		if errors.As(err, &pe) {
 			b.closePort()
-			b.nextOpen = time.Now().Add(reopenMin)
-			b.backoff = reopenMin
-			b.openErr = fmt.Errorf("port %s failed: %w", b.bus.Port, pe.err)
+			b.reopen.fail(fmt.Errorf("port %s failed: %w", b.bus.Port, pe.err))
 			b.log.Warn("serial port failed, closing", "port", b.bus.Port, "err", pe.err)
-			return nil, &linkDownError{b.openErr}
+			return nil, &linkDownError{b.reopen.err}
 		}
 		if isException(err) {
 			return nil, err // a device's answer; asking again changes nothing

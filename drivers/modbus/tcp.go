@@ -30,9 +30,7 @@ type tcpTransport struct {
 	conn    net.Conn
 	stale   uint64 // late replies discarded
 
-	nextDial time.Time // no connection attempt before
-	backoff  time.Duration
-	dialErr  error
+	redial reopen
 }
 
 var _ modbus.Transporter = (*tcpTransport)(nil)
@@ -52,30 +50,28 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 		return nil, fmt.Errorf("request of %d bytes is too short", len(req))
 	}
 	if t.conn == nil {
-		if time.Now().Before(t.nextDial) {
-			return nil, &connectError{t.dialErr}
+		if t.redial.waiting() {
+			return nil, &connectError{t.redial.err}
 		}
 		c, err := net.DialTimeout("tcp", t.addr, t.timeout)
 		if err != nil {
-			t.backoff = min(max(2*t.backoff, reopenMin), reopenMax)
-			t.nextDial = time.Now().Add(t.backoff)
-			t.dialErr = fmt.Errorf("connect %s: %w", t.addr, err)
-			return nil, &connectError{t.dialErr}
+			t.redial.fail(fmt.Errorf("connect %s: %w", t.addr, err))
+			return nil, &connectError{t.redial.err}
 		}
-		t.conn, t.backoff, t.dialErr = c, 0, nil
+		t.conn = c
+		t.redial.ok()
 	}
-	start := time.Now()
-	if err := t.conn.SetDeadline(start.Add(t.timeout)); err != nil {
-		return nil, t.fail(err, start)
+	if err := t.conn.SetDeadline(time.Now().Add(t.timeout)); err != nil {
+		return nil, t.fail(err)
 	}
 	if _, err := t.conn.Write(req); err != nil {
-		return nil, t.fail(err, start)
+		return nil, t.fail(err)
 	}
 	tid := binary.BigEndian.Uint16(req)
 	for {
 		var head [mbapHeader]byte
 		if _, err := io.ReadFull(t.conn, head[:]); err != nil {
-			return nil, t.fail(err, start)
+			return nil, t.fail(err)
 		}
 		length, err := checkMBAP(head[:])
 		if err != nil {
@@ -85,7 +81,7 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 		frame := make([]byte, mbapHeader-1+length)
 		copy(frame, head[:])
 		if _, err := io.ReadFull(t.conn, frame[mbapHeader:]); err != nil {
-			return nil, t.fail(err, start)
+			return nil, t.fail(err)
 		}
 		got := binary.BigEndian.Uint16(frame)
 		if got == tid {
@@ -127,7 +123,7 @@ func checkTCPData(req, frame []byte) error {
 	if len(req) < 12 || len(frame) < 9 || frame[7] != req[7] {
 		return nil // not a read, or an exception: goburrow judges it
 	}
-	want, err := rtuResponseLength(append([]byte{req[6]}, req[7:12]...))
+	want, err := rtuResponseLength(req[6:12])
 	if err != nil {
 		return nil
 	}
@@ -138,7 +134,7 @@ func checkTCPData(req, frame []byte) error {
 	return nil
 }
 
-func (t *tcpTransport) fail(err error, start time.Time) error {
+func (t *tcpTransport) fail(err error) error {
 	t.close()
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -157,7 +153,6 @@ func (t *tcpTransport) close() {
 // tcpLink is the driver of one Modbus TCP endpoint: one connection shared by
 // the endpoint's unit ids under one lock.
 type tcpLink struct {
-	name    string
 	retries int
 	devices []*device
 	log     *slog.Logger
@@ -182,7 +177,7 @@ func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		timeout = time.Second
 	}
 	return &tcpLink{
-		name: link.Endpoint.ID, retries: max(link.Endpoint.Retries, 0), devices: devs, log: log,
+		retries: max(link.Endpoint.Retries, 0), devices: devs, log: log,
 		tr:       &tcpTransport{addr: link.Endpoint.Address, timeout: timeout, log: log},
 		packager: modbus.NewTCPClientHandler(link.Endpoint.Address),
 	}, nil
@@ -190,7 +185,7 @@ func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 
 // Run polls the endpoint's devices until ctx ends.
 func (l *tcpLink) Run(ctx context.Context, emit drivers.Emit) error {
-	runDevices(ctx, l.name, l.devices, l, emit, l.log)
+	runDevices(ctx, l.devices, l, emit, l.log)
 	l.mu.Lock()
 	l.tr.close()
 	l.mu.Unlock()

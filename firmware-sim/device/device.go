@@ -199,12 +199,7 @@ func (d *Device) check(t configs.Table, addr, qty int) slave.Exception {
 	if d.gaps && addr >= tb.lo && addr+qty-1 <= tb.hi {
 		return 0
 	}
-	for a := addr; a < addr+qty; a++ {
-		if !tb.mapped[a] {
-			return slave.IllegalAddress
-		}
-	}
-	return 0
+	return d.checkMapped(t, addr, qty)
 }
 
 // commit returns the func that records rs as served.
@@ -326,7 +321,7 @@ func (d *Device) ReadWords(t configs.Table, addr, qty int) ([]uint16, func(), sl
 
 // WriteBits writes coils; they read back as written from then on.
 func (d *Device) WriteBits(addr int, bits []bool) slave.Exception {
-	if exc := d.checkWrite(configs.Coil, addr, len(bits)); exc != 0 {
+	if exc := d.checkMapped(configs.Coil, addr, len(bits)); exc != 0 {
 		return exc
 	}
 	d.mu.Lock()
@@ -340,7 +335,7 @@ func (d *Device) WriteBits(addr int, bits []bool) slave.Exception {
 // WriteWords writes holding registers; they read back as written from then
 // on.
 func (d *Device) WriteWords(addr int, words []uint16) slave.Exception {
-	if exc := d.checkWrite(configs.Holding, addr, len(words)); exc != 0 {
+	if exc := d.checkMapped(configs.Holding, addr, len(words)); exc != 0 {
 		return exc
 	}
 	d.mu.Lock()
@@ -351,9 +346,9 @@ func (d *Device) WriteWords(addr int, words []uint16) slave.Exception {
 	return 0
 }
 
-// checkWrite says whether every address written is mapped: writes to gaps
-// are refused even where reads of gaps are allowed.
-func (d *Device) checkWrite(t configs.Table, addr, qty int) slave.Exception {
+// checkMapped says whether every address of [addr, addr+qty) is mapped:
+// writes never reach gaps, and reads do only where the template allows.
+func (d *Device) checkMapped(t configs.Table, addr, qty int) slave.Exception {
 	tb := d.tables[t]
 	if tb == nil {
 		return slave.IllegalAddress

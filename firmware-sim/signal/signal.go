@@ -13,6 +13,7 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -114,16 +115,12 @@ type Generator struct {
 }
 
 // Waves lists the supported waves.
-var Waves = []string{"constant", "daily", "random", "counter", "toggle", "text"}
+var Waves = configs.SimWaves
 
 // New returns the generator of sim. key names the signal (e.g. device and
 // signal id) so that signals with equal settings still differ.
 func New(sim configs.Sim, seed int64, key string, start time.Time) (*Generator, error) {
-	known := false
-	for _, w := range Waves {
-		known = known || w == sim.Wave
-	}
-	if !known {
+	if !slices.Contains(Waves, sim.Wave) {
 		return nil, fmt.Errorf("signal %s: unknown wave %q", key, sim.Wave)
 	}
 	if (sim.Wave == "random" || sim.Wave == "daily") && sim.Max < sim.Min {

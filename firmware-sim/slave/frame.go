@@ -130,12 +130,7 @@ func (l Line) Bits() int {
 }
 
 // Char is the wire time of one character.
-func (l Line) Char() time.Duration {
-	if l.Baud <= 0 {
-		return 0
-	}
-	return time.Duration(l.Bits()) * time.Second / time.Duration(l.Baud)
-}
+func (l Line) Char() time.Duration { return l.Wire(1) }
 
 // Wire is the wire time of n characters.
 func (l Line) Wire(n int) time.Duration {

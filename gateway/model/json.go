@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -142,13 +141,8 @@ func appendEvent(dst []byte, e *Event) []byte {
 // AppendStringMap appends m as a JSON object with sorted keys. The InfluxDB
 // mapping stores event details in this form.
 func AppendStringMap(dst []byte, m map[string]string) []byte {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	dst = append(dst, '{')
-	for i, k := range keys {
+	for i, k := range sortedKeys(m) {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
@@ -167,13 +161,8 @@ func appendHealth(dst []byte, h *Health) []byte {
 		dst = appendString(dst, h.Reason)
 	}
 	if len(h.Counters) > 0 {
-		keys := make([]string, 0, len(h.Counters))
-		for k := range h.Counters {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
 		dst = append(dst, `,"counters":{`...)
-		for i, k := range keys {
+		for i, k := range sortedKeys(h.Counters) {
 			if i > 0 {
 				dst = append(dst, ',')
 			}

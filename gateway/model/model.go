@@ -16,6 +16,10 @@ import (
 // InfluxDB mapping). It appears in every topic and payload.
 const ContractVersion = 1
 
+// DefaultTopicPrefix is the MQTT topic prefix of this contract version; a
+// new version gets a new prefix, so that gateways of both can share a broker.
+const DefaultTopicPrefix = "outpost/v1"
+
 // StationType is one of the five outpost station types.
 type StationType string
 

@@ -41,7 +41,7 @@ type Forwarder struct {
 	HistoricalAfter time.Duration
 	Log             *slog.Logger
 
-	sent, failures, corrupt atomic.Uint64
+	failures atomic.Uint64 // sends the hub did not accept
 }
 
 // Retry pacing of a failed send. A failed send costs little (the uplink
@@ -70,8 +70,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			m, err := model.DecodeBinary(e.Data)
 			if err != nil {
 				// The queue checks records with a CRC, so this is a record
-				// written by an incompatible version: count it and go on.
-				f.corrupt.Add(1)
+				// written by an incompatible version: log it and go on.
 				f.Log.Error("undecodable queue record skipped", "uplink", f.Name, "err", err)
 				continue
 			}
@@ -99,6 +98,5 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		if err := f.Queue.Ack(b); err != nil {
 			return fmt.Errorf("%s queue: %w", f.Name, err)
 		}
-		f.sent.Add(uint64(len(msgs)))
 	}
 }

@@ -153,3 +153,9 @@ func (in *Ingest) fail(m *model.Message, err error) {
 	in.failed.Add(1)
 	in.log.Error("message not queued", "device", m.Device, "kind", m.Kind, "err", fmt.Errorf("device %s: %w", m.Device, err))
 }
+
+// OpenQueue opens the durable queue of one of the station's uplinks (see
+// configs.Station.Uplinks), with the station's cap and group commit.
+func OpenQueue(st *configs.Station, uplink string, log *slog.Logger) (*queue.Queue, error) {
+	return queue.Open(st.QueueDir(uplink), queue.Options{MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync}, log.With("queue", uplink))
+}

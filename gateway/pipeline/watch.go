@@ -22,7 +22,7 @@ type StatsSource interface {
 // skipped on disk, checking every interval until ctx ends. Each event carries
 // the increase since the last one and the total, so the hub can account for
 // every reading recorded at the station.
-func WatchQueues(ctx context.Context, in *Ingest, queues map[string]StatsSource, every time.Duration) {
+func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[string]Q, every time.Duration) {
 	last := map[string]queue.Stats{}
 	check := func() {
 		for name, q := range queues {

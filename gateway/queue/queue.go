@@ -150,7 +150,7 @@ const (
 )
 
 // Options configure a Queue. The zero Options fsync before every Append
-// returns; DefaultOptions are what the gateway runs with.
+// returns; DefaultOptions match the station file's defaults.
 type Options struct {
 	// MaxBytes caps the bytes on disk; 0 means DefaultMaxBytes.
 	MaxBytes int64
@@ -164,7 +164,7 @@ type Options struct {
 	SegmentBytes int64
 }
 
-// DefaultOptions are the options the gateway runs with.
+// DefaultOptions match the defaults of a station file's queue section.
 func DefaultOptions() Options {
 	return Options{MaxBytes: DefaultMaxBytes, SyncEvery: DefaultSyncEvery, SegmentBytes: DefaultSegmentBytes}
 }
@@ -180,7 +180,6 @@ type Entry struct {
 	Data     []byte // valid until the batch is acknowledged, or Rewind or Close
 	Readings int
 	Enqueued time.Time // when Append wrote it, by the gateway's clock
-	seg      uint64
 }
 
 // Batch is a run of records of one lane, oldest first. Its entries' Data
@@ -744,8 +743,7 @@ func (ln *lane) handedOutIn(id uint64) (recs, readings int64) {
 	return recs, readings
 }
 
-// closeReader closes the read file if it is segment id (any segment if
-// id is 0 and the lane is closing).
+// closeReader closes the read file if it is segment id.
 func (ln *lane) closeReader(id uint64) {
 	if ln.rf != nil && ln.rfSeg == id {
 		ln.rf.Close()
@@ -763,18 +761,22 @@ func (ln *lane) closeReader(id uint64) {
 // may be called again before the batches it returned are acknowledged
 // (pipelining); each call hands out the records after the previous batch.
 func (q *Queue) Next(ctx context.Context, max int, lanes ...Lane) (Batch, error) {
-	max = cmp.Or(max, 1)
+	if max < 1 {
+		max = 1
+	}
 	for {
 		q.mu.Lock()
 		if q.closed {
 			q.mu.Unlock()
 			return Batch{}, ErrClosed
 		}
-		for _, ln := range q.pick(lanes) {
-			b, err := q.take(ln, max)
-			if err != nil || len(b.Entries) > 0 {
+		for l, ln := range q.lanes {
+			if !picked(lanes, Lane(l)) {
+				continue
+			}
+			if b := q.take(ln, max); len(b.Entries) > 0 {
 				q.mu.Unlock()
-				return b, err
+				return b, nil
 			}
 		}
 		if q.wake == nil {
@@ -792,10 +794,7 @@ func (q *Queue) Next(ctx context.Context, max int, lanes ...Lane) (Batch, error)
 
 // take reads up to max records of the lane from its read position. Called
 // with q.mu held.
-func (q *Queue) take(ln *lane, max int) (Batch, error) {
-	if max < 0 {
-		max = 1
-	}
+func (q *Queue) take(ln *lane, max int) Batch {
 	var buf []byte
 	if n := len(ln.free); n > 0 {
 		buf, ln.free = ln.free[n-1][:0], ln.free[:n-1]
@@ -804,7 +803,6 @@ func (q *Queue) take(ln *lane, max int) (Batch, error) {
 		start, end int
 		readings   int
 		enq        int64
-		seg        uint64
 	}
 	var spans []span
 	var counts []segCount
@@ -854,7 +852,7 @@ func (q *Queue) take(ln *lane, max int) (Batch, error) {
 		}
 		start := len(buf)
 		buf = append(buf, data...)
-		spans = append(spans, span{start, len(buf), h.readings, h.enqueued, s.id})
+		spans = append(spans, span{start, len(buf), h.readings, h.enqueued})
 		if n := len(counts); n > 0 && counts[n-1].seg == s.id {
 			counts[n-1].recs++
 			counts[n-1].readings += int64(h.readings)
@@ -867,15 +865,15 @@ func (q *Queue) take(ln *lane, max int) (Batch, error) {
 		if buf != nil {
 			ln.free = append(ln.free, buf)
 		}
-		return Batch{}, nil
+		return Batch{}
 	}
 	b := Batch{Lane: ln.l, Entries: make([]Entry, len(spans)), id: ln.nextID, epoch: ln.epoch}
 	ln.nextID++
 	for i, sp := range spans {
-		b.Entries[i] = Entry{Data: buf[sp.start:sp.end:sp.end], Readings: sp.readings, Enqueued: time.Unix(0, sp.enq), seg: sp.seg}
+		b.Entries[i] = Entry{Data: buf[sp.start:sp.end:sp.end], Readings: sp.readings, Enqueued: time.Unix(0, sp.enq)}
 	}
 	ln.out = append(ln.out, inflight{id: b.id, end: ln.read, buf: buf, segs: counts})
-	return b, nil
+	return b
 }
 
 // Ack removes the batch's records from the queue. Batches of a lane must
@@ -927,20 +925,8 @@ func (q *Queue) Ack(b Batch) error {
 	return nil
 }
 
-// pick returns the lanes named, in priority order, or all of them. Called
-// with q.mu held.
-func (q *Queue) pick(lanes []Lane) []*lane {
-	if len(lanes) == 0 {
-		return q.lanes[:]
-	}
-	var out []*lane
-	for l, ln := range q.lanes {
-		if slices.Contains(lanes, Lane(l)) {
-			out = append(out, ln)
-		}
-	}
-	return out
-}
+// picked says whether lane l is among lanes; no lanes means all of them.
+func picked(lanes []Lane, l Lane) bool { return len(lanes) == 0 || slices.Contains(lanes, l) }
 
 // Rewind takes back every batch of the lanes given (of all lanes when none
 // is) handed out and not acknowledged: Next hands their records out again,
@@ -948,7 +934,10 @@ func (q *Queue) pick(lanes []Lane) []*lane {
 func (q *Queue) Rewind(lanes ...Lane) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, ln := range q.pick(lanes) {
+	for l, ln := range q.lanes {
+		if !picked(lanes, Lane(l)) {
+			continue
+		}
 		first := ln.segs[0].id
 		for _, o := range ln.out {
 			for _, c := range o.segs {

@@ -27,7 +27,6 @@ const DefaultDatabase = "outpost"
 // Influx is a running InfluxDB 1.8 server on loopback ports.
 type Influx struct {
 	port int
-	db   string
 	http *http.Client
 	p    proc
 }
@@ -61,11 +60,11 @@ func StartInflux(ctx context.Context, dir string, log *slog.Logger) (*Influx, er
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("hub: %w", err)
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	rpc, err := freePort()
+	rpc, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -112,14 +111,14 @@ bind-address = "127.0.0.1:%d"
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, fmt.Errorf("hub: influxdb config: %w", err)
 	}
-	in := &Influx{port: port, db: DefaultDatabase, http: &http.Client{Timeout: 10 * time.Second}, p: proc{
+	in := &Influx{port: port, http: &http.Client{Timeout: 10 * time.Second}, p: proc{
 		name: "influxd", log: log, path: path,
 		args: []string{"run", "-config", conf}, logf: filepath.Join(dir, "influxd.log"),
 	}}
 	if err := in.Restart(ctx); err != nil {
 		return nil, err
 	}
-	if _, err := in.Query(ctx, "CREATE DATABASE "+strconv.Quote(in.db)); err != nil {
+	if _, err := in.Query(ctx, "CREATE DATABASE "+strconv.Quote(DefaultDatabase)); err != nil {
 		in.Kill()
 		return nil, err
 	}
@@ -133,21 +132,11 @@ func (in *Influx) URL() string {
 
 // Database is the database StartInflux created; as a 2.x bucket it is the
 // bucket name.
-func (in *Influx) Database() string { return in.db }
+func (in *Influx) Database() string { return DefaultDatabase }
 
 // Restart starts the server again with the same ports and data (stopping
 // it first if it runs) and waits until it answers /ping.
-func (in *Influx) Restart(ctx context.Context) error {
-	in.p.stop()
-	if err := in.p.start(); err != nil {
-		return err
-	}
-	if err := in.p.waitReady(ctx, in.ping); err != nil {
-		in.p.kill()
-		return err
-	}
-	return nil
-}
+func (in *Influx) Restart(ctx context.Context) error { return in.p.restart(ctx, in.ping) }
 
 func (in *Influx) ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -173,8 +162,6 @@ func (in *Influx) Kill() { in.p.kill() }
 // Stop ends the server gracefully. Stopping a stopped server does nothing.
 func (in *Influx) Stop() { in.p.stop() }
 
-// Log returns the server's log so far.
-func (in *Influx) Log() string { return in.p.tail() }
 
 // Series is one series of a query result. Values holds the rows in column
 // order; numbers are json.Number (exact), times are integer nanoseconds.
@@ -205,7 +192,7 @@ func (s Series) Rows() []map[string]any {
 // and returns the series of all results, in order. A statement error is
 // returned as an error.
 func (in *Influx) Query(ctx context.Context, influxql string) ([]Series, error) {
-	form := url.Values{"q": {influxql}, "db": {in.db}, "epoch": {"ns"}}
+	form := url.Values{"q": {influxql}, "db": {DefaultDatabase}, "epoch": {"ns"}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, in.URL()+"/query", bytes.NewBufferString(form.Encode()))
 	if err != nil {
 		return nil, fmt.Errorf("hub: influx query: %w", err)

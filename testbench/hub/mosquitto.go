@@ -49,7 +49,7 @@ func startMosquitto(ctx context.Context, dir string, log *slog.Logger, files *TL
 	if _, err := exec.LookPath(path); err != nil {
 		return nil, fmt.Errorf("hub: mosquitto not found at %s (run `make test-deps`): %w", path, err)
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +80,7 @@ log_type notice
 `, port, dir)
 	tlsPort := 0
 	if files != nil {
-		if tlsPort, err = freePort(); err != nil {
+		if tlsPort, err = FreePort(); err != nil {
 			return nil, err
 		}
 		text += fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
@@ -112,17 +112,7 @@ func (m *Mosquitto) Addr() string { return net.JoinHostPort("127.0.0.1", strconv
 
 // Restart starts the broker again on the same port (stopping it first if it
 // runs) and waits until it accepts connections.
-func (m *Mosquitto) Restart(ctx context.Context) error {
-	m.p.stop()
-	if err := m.p.start(); err != nil {
-		return err
-	}
-	if err := m.p.waitReady(ctx, m.ready); err != nil {
-		m.p.kill()
-		return err
-	}
-	return nil
-}
+func (m *Mosquitto) Restart(ctx context.Context) error { return m.p.restart(ctx, m.ready) }
 
 func (m *Mosquitto) ready(ctx context.Context) error {
 	d := net.Dialer{Timeout: 200 * time.Millisecond}
@@ -140,5 +130,3 @@ func (m *Mosquitto) Kill() { m.p.kill() }
 // Stop ends the broker gracefully. Stopping a stopped broker does nothing.
 func (m *Mosquitto) Stop() { m.p.stop() }
 
-// Log returns the broker's log so far.
-func (m *Mosquitto) Log() string { return m.p.tail() }

@@ -21,8 +21,8 @@ import (
 // ErrNotRunning is returned by operations that need the server running.
 var ErrNotRunning = errors.New("hub: server not running")
 
-// freePort asks the kernel for a free loopback TCP port.
-func freePort() (int, error) {
+// FreePort asks the kernel for a free loopback TCP port.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("hub: find a free port: %w", err)
@@ -84,6 +84,20 @@ func (p *proc) current() (*exec.Cmd, chan struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.cmd, p.done
+}
+
+// restart stops the process if it runs, starts it, and waits until ready
+// says it serves.
+func (p *proc) restart(ctx context.Context, ready func(context.Context) error) error {
+	p.stop()
+	if err := p.start(); err != nil {
+		return err
+	}
+	if err := p.waitReady(ctx, ready); err != nil {
+		p.kill()
+		return err
+	}
+	return nil
 }
 
 // waitReady polls ready until it succeeds, the process exits or ctx ends.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -24,47 +23,43 @@ import (
 func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	log = log.With("station", st.Station.ID)
 	// Build everything that can fail without I/O first.
-	var links []drivers.Driver
-	var names []string
+	type link struct {
+		name string
+		d    drivers.Driver
+	}
+	var links []link
 	for _, l := range drivers.Links(st) {
 		d, err := drivers.New(l, log)
 		if err != nil {
 			return err
 		}
-		links, names = append(links, d), append(names, l.Name())
+		links = append(links, link{l.Name(), d})
 	}
 
 	if err := os.MkdirAll(st.StateDir, 0o755); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	counters, err := seq.Open(filepath.Join(st.StateDir, "seq.json"), log)
+	counters, err := seq.Open(st.SeqFile(), log)
 	if err != nil {
 		return err
 	}
 
-	type uplink struct {
-		name string
-		up   pipeline.Uplink
-		q    *queue.Queue
-	}
-	var ups []uplink
 	mq := mqtt.New(st.Hub.MQTT, st.Station, log)
-	ups = append(ups, uplink{name: "mqtt", up: mq})
+	ups := map[string]pipeline.Uplink{"mqtt": mq}
 	if st.Hub.Influx != nil {
 		ix := influx.New(*st.Hub.Influx, log)
 		defer ix.Close()
-		ups = append(ups, uplink{name: "influx", up: ix})
+		ups["influx"] = ix
 	}
+	queues := map[string]*queue.Queue{}
 	var outs []pipeline.Appender
-	for i := range ups {
-		q, err := queue.Open(filepath.Join(st.StateDir, "queue", ups[i].name), queue.Options{
-			MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync,
-		}, log.With("queue", ups[i].name))
+	for _, name := range st.Uplinks() {
+		q, err := pipeline.OpenQueue(st, name, log)
 		if err != nil {
 			return err
 		}
 		defer q.Close()
-		ups[i].q = q
+		queues[name] = q
 		outs = append(outs, q)
 	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
@@ -87,15 +82,15 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	var fwd, drv sync.WaitGroup
 	fctx, stopForwarders := context.WithCancel(context.Background())
 	defer func() { stopForwarders(); fwd.Wait() }()
-	for _, u := range ups {
+	for name, q := range queues {
 		// One forwarder per lane: alarms go out on their own, never
 		// behind a telemetry batch in flight.
 		for _, lane := range []struct {
 			l     queue.Lane
 			batch int
 		}{{queue.LaneAlarm, 100}, {queue.LaneTelemetry, 1000}} {
-			f := &pipeline.Forwarder{Name: u.name + "/" + lane.l.String(), Queue: u.q, Lanes: []queue.Lane{lane.l},
-				Uplink: u.up, Batch: lane.batch, HistoricalAfter: 30 * time.Second, Log: log}
+			f := &pipeline.Forwarder{Name: name + "/" + lane.l.String(), Queue: q, Lanes: []queue.Lane{lane.l},
+				Uplink: ups[name], Batch: lane.batch, HistoricalAfter: 30 * time.Second, Log: log}
 			fwd.Add(1)
 			go func() {
 				defer fwd.Done()
@@ -105,20 +100,16 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 			}()
 		}
 	}
-	watched := map[string]pipeline.StatsSource{}
-	for _, u := range ups {
-		watched[u.name] = u.q
-	}
 	fwd.Add(1)
 	go func() {
 		defer fwd.Done()
-		pipeline.WatchQueues(fctx, ingest, watched, time.Second)
+		pipeline.WatchQueues(fctx, ingest, queues, time.Second)
 	}()
-	for i, d := range links {
+	for _, l := range links {
 		drv.Add(1)
 		go func() {
 			defer drv.Done()
-			runDriver(ctx, d, names[i], ingest, log)
+			runDriver(ctx, l.d, l.name, ingest, log)
 		}()
 	}
 	log.Info("gateway running", "type", st.Station.Type, "devices", len(st.Devices), "links", len(links), "uplinks", len(ups))

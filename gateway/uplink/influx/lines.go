@@ -1,8 +1,9 @@
 package influx
 
 import (
+	"maps"
 	"math"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -40,21 +41,16 @@ func AppendLine(dst []byte, m *model.Message) []byte {
 		dst = appendTag(dst, "device", m.Device)
 		dst = appendTag(dst, "device_kind", m.DeviceKind)
 		var kind, sev string
+		var details map[string]string
 		if m.Event != nil {
-			kind, sev = m.Event.Kind, string(m.Event.Severity)
+			kind, sev, details = m.Event.Kind, string(m.Event.Severity), m.Event.Details
 		}
 		dst = appendTag(dst, "kind", kind)
 		dst = appendTag(dst, "severity", sev)
 		dst = appendTag(dst, "station", m.Station)
 		dst = appendTag(dst, "station_type", string(m.StationType))
 		dst = append(dst, " details="...)
-		var details []byte
-		if m.Event != nil {
-			details = model.AppendStringMap(nil, m.Event.Details)
-		} else {
-			details = []byte("{}")
-		}
-		dst = appendStringField(dst, string(details))
+		dst = appendStringField(dst, string(model.AppendStringMap(nil, details)))
 		dst = appendSeq(dst, m.Seq)
 	case model.KindHealth:
 		dst = appendName(dst, HealthMeasurement)
@@ -67,12 +63,7 @@ func AppendLine(dst []byte, m *model.Message) []byte {
 			h = &model.Health{}
 		}
 		dst = append(dst, ' ')
-		keys := make([]string, 0, len(h.Counters))
-		for k := range h.Counters {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(h.Counters)) {
 			dst = appendKey(dst, k)
 			dst = append(dst, '=')
 			dst = strconv.AppendInt(dst, int64(min(h.Counters[k], math.MaxInt64)), 10)
@@ -94,19 +85,18 @@ func AppendLine(dst []byte, m *model.Message) []byte {
 			if model.HasValue(r) {
 				dst = appendKey(dst, r.Signal)
 				dst = append(dst, '=')
-				switch v := r.Value.Interface().(type) {
-				case float64:
-					dst = strconv.AppendFloat(dst, v, 'g', -1, 64)
-				case bool:
-					dst = strconv.AppendBool(dst, v)
-				case string:
-					dst = appendStringField(dst, v)
+				if f, ok := r.Value.Float(); ok {
+					dst = strconv.AppendFloat(dst, f, 'g', -1, 64)
+				} else if b, ok := r.Value.AsBool(); ok {
+					dst = strconv.AppendBool(dst, b)
+				} else if str, ok := r.Value.Str(); ok {
+					dst = appendStringField(dst, str)
 				}
 				dst = append(dst, ',')
 			}
 			if q := model.WireQuality(r); q != model.Good {
-				dst = appendKey(dst, r.Signal+"_quality")
-				dst = append(dst, '=')
+				dst = appendKey(dst, r.Signal)
+				dst = append(dst, "_quality="...)
 				dst = appendStringField(dst, string(q))
 				dst = append(dst, ',')
 			}

@@ -22,7 +22,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,7 +62,6 @@ type Uplink struct {
 
 	mu      sync.Mutex
 	client  paho.Client // connected client, nil between connections
-	hooks   []func(paho.Client)
 	started bool
 	stop    chan struct{} // closed by Close: the supervisor ends
 	done    chan struct{} // closed when the supervisor has ended
@@ -132,30 +130,6 @@ func (c *linkConn) Close() error {
 func New(cfg configs.MQTT, station configs.StationID, log *slog.Logger) *Uplink {
 	return &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix),
 		stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
-}
-
-// Prefix is the topic prefix in use.
-func (u *Uplink) Prefix() string { return u.prefix }
-
-// OnConnect registers fn to run after every (re)connect, after the online
-// status has been published; it runs on paho's goroutine and must not
-// block for long. MQTT sessions are clean, so subscriptions must be made
-// here. Call it before Connect.
-func (u *Uplink) OnConnect(fn func(paho.Client)) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.hooks = append(u.hooks, fn)
-}
-
-// Subscribe subscribes topic with qos on every connect; h receives each
-// message. Call it before Connect.
-func (u *Uplink) Subscribe(topic string, qos byte, h func(topic string, payload []byte)) {
-	u.OnConnect(func(c paho.Client) {
-		tok := c.Subscribe(topic, qos, func(_ paho.Client, m paho.Message) { h(m.Topic(), m.Payload()) })
-		if !tok.WaitTimeout(statusTimeout) || tok.Error() != nil {
-			u.log.Warn("mqtt uplink: subscribe failed", "topic", topic, "err", tok.Error())
-		}
-	})
 }
 
 // Connect starts connecting to the broker in the background and waits
@@ -339,7 +313,7 @@ func loadTLS(t *configs.TLS) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// onConnect publishes the online status (retained) and runs the hooks.
+// onConnect publishes the online status (retained).
 func (u *Uplink) onConnect(c paho.Client) {
 	l := u.cur.Load()
 	u.log.Info("mqtt uplink: connected", "broker", u.cfg.URL, "link", l.id)
@@ -347,21 +321,25 @@ func (u *Uplink) onConnect(c paho.Client) {
 	if !tok.WaitTimeout(statusTimeout) || tok.Error() != nil {
 		u.log.Warn("mqtt uplink: online status not acknowledged", "err", tok.Error())
 	}
-	u.mu.Lock()
-	hooks := slices.Clone(u.hooks)
-	u.mu.Unlock()
-	for _, h := range hooks {
-		h(c)
-	}
 }
 
 // Connected reports whether the uplink has a connection now.
 func (u *Uplink) Connected() bool {
+	c, _ := u.conn()
+	return c != nil
+}
+
+// conn returns the client and its network link when there is a live
+// connection, or nil.
+func (u *Uplink) conn() (paho.Client, *link) {
 	u.mu.Lock()
 	c := u.client
 	u.mu.Unlock()
 	l := u.cur.Load()
-	return c != nil && l != nil && l.alive() && c.IsConnectionOpen()
+	if c == nil || l == nil || !l.alive() || !c.IsConnectionOpen() {
+		return nil, nil
+	}
+	return c, l
 }
 
 // Send publishes msgs with QoS 1 (not retained), each on its Topic, all at
@@ -374,11 +352,8 @@ func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	u.mu.Lock()
-	c := u.client
-	u.mu.Unlock()
-	l := u.cur.Load()
-	if c == nil || l == nil || !l.alive() || !c.IsConnectionOpen() {
+	c, l := u.conn()
+	if c == nil {
 		return ErrNotConnected
 	}
 	arena := u.arena()

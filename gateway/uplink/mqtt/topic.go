@@ -11,9 +11,8 @@ import (
 	"outpost/gateway/model"
 )
 
-// DefaultPrefix is the topic prefix of contract version 1. A new contract
-// version gets a new prefix, so old and new gateways can share a broker.
-const DefaultPrefix = "outpost/v1"
+// DefaultPrefix is the topic prefix of the contract version.
+const DefaultPrefix = model.DefaultTopicPrefix
 
 // Prefix returns the topic prefix of a configured value: DefaultPrefix when
 // empty, without trailing slashes otherwise.
