@@ -347,6 +347,13 @@ func loadTemplate(name string, src templateSource) (*Template, Errors) {
 				used[c] = path
 			}
 		}
+		if r.Range != nil {
+			if r.Type == TypeBool || r.Type == TypeString {
+				d.errAt(path+".range", "%s.range: only a number has a range, not a %s", path, r.Type)
+			} else if r.Range.Min > r.Range.Max {
+				d.errAt(path+".range", "%s.range: min %v is above max %v", path, r.Range.Min, r.Range.Max)
+			}
+		}
 		if r.Event != nil {
 			if r.Type != TypeBool {
 				d.errAt(path+".event", "%s.event: events are raised by bool signals only", path)

@@ -7,6 +7,7 @@
 package configs
 
 import (
+	"net/url"
 	"path/filepath"
 	"time"
 
@@ -218,12 +219,25 @@ type Register struct {
 	Scale  float64 `yaml:"scale" default:"1"`
 	Offset float64 `yaml:"offset"`
 	Unit   string  `yaml:"unit"`
+	// Range is the device's measuring range from its datasheet, after
+	// scale and offset: a value outside it is published with quality
+	// uncertain, as a sign of a wrong template or a failing sensor.
+	Range *Range `yaml:"range"`
 	// Event, when set, raises an event when the signal becomes true.
 	Event *EventRule `yaml:"event"`
 	// Sim tells the simulator how to make this signal's values. The gateway
 	// ignores it.
 	Sim *Sim `yaml:"sim"`
 }
+
+// Range is a closed interval of plausible values.
+type Range struct {
+	Min float64 `yaml:"min" required:"true"`
+	Max float64 `yaml:"max" required:"true"`
+}
+
+// Contains reports whether v lies in the range.
+func (r *Range) Contains(v float64) bool { return v >= r.Min && v <= r.Max }
 
 // EventRule raises an event when a bool signal turns true (and, if Clear is
 // set, another when it turns false again).
@@ -277,4 +291,18 @@ func (r *Register) Span() int {
 		return 1
 	}
 	return r.Words()
+}
+
+// Redact returns a URL without the password it may carry
+// (tcp://user:xxxxx@host:1883), for logs and reports. A string that is not
+// a URL comes back as it is.
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 
 	"outpost/configs"
@@ -32,8 +33,9 @@ func Words(data []byte) ([]uint16, error) {
 // holding) into a value. words starts at the signal's address and must hold
 // at least reg.Words() registers.
 //
-// Numbers are float64(raw)*Scale + Offset (a Scale of 0 counts as 1, the
-// default). Bools take bit Bit of the register, or the register != 0 when Bit
+// Numbers are the value the device means (see Meant): raw*Scale + Offset
+// in decimal, where raw is the register's integer or the shortest decimal
+// of its float32 or float64 (a Scale of 0 counts as 1, the default). Bools take bit Bit of the register, or the register != 0 when Bit
 // is unset. Strings are Length registers of bytes in order, trailing NULs and
 // spaces trimmed. The byte order applies to every type: BADC and DCBA swap the
 // bytes of each register, CDAB and DCBA reverse the order of the registers of
@@ -76,6 +78,7 @@ func Decode(reg *configs.Register, words []uint16) (model.Value, error) {
 		}
 	}
 	var raw float64
+	places := 0 // of raw's decimal form
 	switch reg.Type {
 	case configs.TypeBool:
 		if reg.Bit != nil {
@@ -101,28 +104,118 @@ func Decode(reg *configs.Register, words []uint16) (model.Value, error) {
 	case configs.TypeInt32:
 		raw = float64(int32(uint32(w[0])<<16 | uint32(w[1])))
 	case configs.TypeFloat32:
-		raw = float64(math.Float32frombits(uint32(w[0])<<16 | uint32(w[1])))
+		raw, places = shortest(float64(math.Float32frombits(uint32(w[0])<<16|uint32(w[1]))), 32)
 	case configs.TypeFloat64:
-		raw = math.Float64frombits(uint64(w[0])<<48 | uint64(w[1])<<32 | uint64(w[2])<<16 | uint64(w[3]))
+		raw, places = shortest(math.Float64frombits(uint64(w[0])<<48|uint64(w[1])<<32|uint64(w[2])<<16|uint64(w[3])), 64)
 	default:
 		return model.Value{}, fmt.Errorf("signal %s: unknown type %q", reg.Signal, reg.Type)
 	}
-	return scaled(reg, raw)
-}
-
-func scaled(reg *configs.Register, raw float64) (model.Value, error) {
 	scale := reg.Scale
 	if scale == 0 {
 		scale = 1
 	}
-	// The explicit conversion rounds the product before the addition, so no
-	// platform fuses them into one FMA: the value is the same on every
-	// machine, and the same as the simulator computes.
-	v := float64(raw*scale) + reg.Offset
+	v := Meant(raw, places, scale, reg.Offset)
 	if math.IsNaN(v) || math.IsInf(v, 0) {
 		return model.Value{}, fmt.Errorf("signal %s: %w", reg.Signal, ErrNotFinite)
 	}
 	return model.Number(v), nil
+}
+
+// maxDigits is how many significant decimal digits Meant keeps exact: a
+// float64 holds 15 of them whatever their value.
+const maxDigits = 15
+
+var pow10 = [...]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// Meant is the number a device means by a register value: raw*scale +
+// offset computed in decimal, raw having places fraction digits (0 for an
+// integer register, those of its shortest form for a float) and scale and
+// offset those of their shortest forms, as the template writes them. It
+// returns the float64 nearest to that decimal, so that a register of 234
+// at ×0.1 reads 23.4, not 23.400000000000002. Past maxDigits significant
+// digits (or places < 0), where a float64 cannot tell the decimal apart,
+// it is raw*scale + offset in float64 arithmetic. The hub contract states
+// this rule; the simulator computes it apart, with exact rationals.
+func Meant(raw float64, places int, scale, offset float64) float64 {
+	if scale == 1 && offset == 0 {
+		return raw
+	}
+	// The explicit conversion rounds the product before the addition, so
+	// no platform fuses them into one FMA.
+	x := float64(raw*scale) + offset
+	_, ps := shortest(scale, 64)
+	_, po := shortest(offset, 64)
+	d := max(places+ps, po)
+	if places < 0 || ps < 0 || po < 0 || d > maxDigits {
+		return x
+	}
+	y := x * pow10[d]
+	if math.IsNaN(y) || math.Abs(y) >= pow10[maxDigits] {
+		return x
+	}
+	// Both operands are exact, so the quotient is the float64 nearest to
+	// the decimal.
+	return math.Round(y) / pow10[d]
+}
+
+// shortest returns the float64 nearest to the shortest decimal that reads
+// back as f in its own precision (bits 32 or 64) and the decimal's count of
+// fraction digits, or -1 for that count when the decimal is beyond what a
+// float64 can tell apart. For bits 64 the value is f itself.
+func shortest(f float64, bits int) (float64, int) {
+	if f == 0 || math.IsNaN(f) || math.IsInf(f, 0) {
+		return f, 0
+	}
+	var buf [32]byte
+	b := strconv.AppendFloat(buf[:0], f, 'e', -1, bits)
+	// b is [-]d[.ddd]e±XX: gather the digits into n.
+	i, neg := 0, b[0] == '-'
+	if neg {
+		i++
+	}
+	var n int64
+	digits := 0
+	for ; i < len(b) && b[i] != 'e'; i++ {
+		if b[i] != '.' {
+			n = n*10 + int64(b[i]-'0')
+			digits++
+		}
+	}
+	if digits > 17 || i+2 >= len(b) {
+		return f, -1
+	}
+	exp := 0
+	for _, c := range b[i+2:] {
+		exp = exp*10 + int(c-'0')
+	}
+	if b[i+1] == '-' {
+		exp = -exp
+	}
+	frac := digits - 1 - exp // fraction digits of n × 10^-frac
+	v := float64(n)
+	switch {
+	case frac <= 0 && -frac < len(pow10):
+		v *= pow10[-frac]
+		frac = 0
+	case frac > 0 && frac < len(pow10) && n < 1<<53:
+		v /= pow10[frac]
+	default:
+		// Beyond the exact fast path: parse the decimal (rare; it
+		// allocates).
+		if bits == 32 {
+			if p, err := strconv.ParseFloat(string(b), 64); err == nil {
+				return p, -1
+			}
+		}
+		return f, -1
+	}
+	if neg {
+		v = -v
+	}
+	if bits == 64 {
+		return f, frac
+	}
+	return v, frac
 }
 
 // DecodeBit returns bit i of the data bytes of a coil or discrete input read

@@ -15,50 +15,90 @@ func bit(i int) *int { return &i }
 // wire holds one logical value as it travels in each byte order.
 type wire map[configs.ByteOrder][]uint16
 
+// TestDecodeNumbers decodes every numeric type in every byte order under
+// four scales, and wants the value the device means: the decimal raw ×
+// scale + offset (a float32 as its shortest decimal), as the nearest
+// float64, written out as literals.
 func TestDecodeNumbers(t *testing.T) {
+	scales := []struct{ scale, offset float64 }{{1, 0}, {0.1, 0}, {0.01, -40}, {10, 2.5}}
 	cases := []struct {
 		typ  configs.DataType
-		raw  float64 // the value before scale and offset
 		wire wire
+		want [4]float64 // under each of scales
 	}{
-		{configs.TypeUint16, 4660, wire{"ABCD": {0x1234}, "CDAB": {0x1234}, "BADC": {0x3412}, "DCBA": {0x3412}}},
-		{configs.TypeUint16, 65534, wire{"ABCD": {0xFFFE}, "CDAB": {0xFFFE}, "BADC": {0xFEFF}, "DCBA": {0xFEFF}}},
-		{configs.TypeInt16, -2, wire{"ABCD": {0xFFFE}, "CDAB": {0xFFFE}, "BADC": {0xFEFF}, "DCBA": {0xFEFF}}},
-		{configs.TypeInt16, 4660, wire{"ABCD": {0x1234}, "CDAB": {0x1234}, "BADC": {0x3412}, "DCBA": {0x3412}}},
-		{configs.TypeUint32, 0x12345678, wire{"ABCD": {0x1234, 0x5678}, "CDAB": {0x5678, 0x1234}, "BADC": {0x3412, 0x7856}, "DCBA": {0x7856, 0x3412}}},
-		{configs.TypeUint32, 4294867296, wire{"ABCD": {0xFFFE, 0x7960}, "CDAB": {0x7960, 0xFFFE}, "BADC": {0xFEFF, 0x6079}, "DCBA": {0x6079, 0xFEFF}}},
-		{configs.TypeInt32, -100000, wire{"ABCD": {0xFFFE, 0x7960}, "CDAB": {0x7960, 0xFFFE}, "BADC": {0xFEFF, 0x6079}, "DCBA": {0x6079, 0xFEFF}}},
-		{configs.TypeInt32, 305419896, wire{"ABCD": {0x1234, 0x5678}, "CDAB": {0x5678, 0x1234}, "BADC": {0x3412, 0x7856}, "DCBA": {0x7856, 0x3412}}},
+		{configs.TypeUint16, wire{"ABCD": {0x1234}, "CDAB": {0x1234}, "BADC": {0x3412}, "DCBA": {0x3412}}, [4]float64{4660, 466, 6.6, 46602.5}},
+		{configs.TypeUint16, wire{"ABCD": {0xFFFE}, "CDAB": {0xFFFE}, "BADC": {0xFEFF}, "DCBA": {0xFEFF}}, [4]float64{65534, 6553.4, 615.34, 655342.5}},
+		{configs.TypeInt16, wire{"ABCD": {0xFFFE}, "CDAB": {0xFFFE}, "BADC": {0xFEFF}, "DCBA": {0xFEFF}}, [4]float64{-2, -0.2, -40.02, -17.5}},
+		{configs.TypeInt16, wire{"ABCD": {0x1234}, "CDAB": {0x1234}, "BADC": {0x3412}, "DCBA": {0x3412}}, [4]float64{4660, 466, 6.6, 46602.5}},
+		{configs.TypeUint32, wire{"ABCD": {0x1234, 0x5678}, "CDAB": {0x5678, 0x1234}, "BADC": {0x3412, 0x7856}, "DCBA": {0x7856, 0x3412}}, [4]float64{305419896, 30541989.6, 3054158.96, 3054198962.5}},
+		{configs.TypeUint32, wire{"ABCD": {0xFFFE, 0x7960}, "CDAB": {0x7960, 0xFFFE}, "BADC": {0xFEFF, 0x6079}, "DCBA": {0x6079, 0xFEFF}}, [4]float64{4294867296, 429486729.6, 42948632.96, 42948672962.5}},
+		{configs.TypeInt32, wire{"ABCD": {0xFFFE, 0x7960}, "CDAB": {0x7960, 0xFFFE}, "BADC": {0xFEFF, 0x6079}, "DCBA": {0x6079, 0xFEFF}}, [4]float64{-100000, -10000, -1040, -999997.5}},
+		{configs.TypeInt32, wire{"ABCD": {0x1234, 0x5678}, "CDAB": {0x5678, 0x1234}, "BADC": {0x3412, 0x7856}, "DCBA": {0x7856, 0x3412}}, [4]float64{305419896, 30541989.6, 3054158.96, 3054198962.5}},
 		// 230.5 is 0x43668000.
-		{configs.TypeFloat32, 230.5, wire{"ABCD": {0x4366, 0x8000}, "CDAB": {0x8000, 0x4366}, "BADC": {0x6643, 0x0080}, "DCBA": {0x0080, 0x6643}}},
-		// 0.1f is 0x3DCCCCCD: the float32 value, widened.
-		{configs.TypeFloat32, float64(float32(0.1)), wire{"ABCD": {0x3DCC, 0xCCCD}, "CDAB": {0xCCCD, 0x3DCC}, "BADC": {0xCC3D, 0xCDCC}, "DCBA": {0xCDCC, 0xCC3D}}},
+		{configs.TypeFloat32, wire{"ABCD": {0x4366, 0x8000}, "CDAB": {0x8000, 0x4366}, "BADC": {0x6643, 0x0080}, "DCBA": {0x0080, 0x6643}}, [4]float64{230.5, 23.05, -37.695, 2307.5}},
+		// 0x3DCCCCCD is the float32 nearest 0.1: it reads as 0.1, not as
+		// its widening 0.10000000149011612.
+		{configs.TypeFloat32, wire{"ABCD": {0x3DCC, 0xCCCD}, "CDAB": {0xCCCD, 0x3DCC}, "BADC": {0xCC3D, 0xCDCC}, "DCBA": {0xCDCC, 0xCC3D}}, [4]float64{0.1, 0.01, -39.999, 3.5}},
+		// 0x4365CCCD is the float32 nearest 229.8 (229.8000030517578).
+		{configs.TypeFloat32, wire{"ABCD": {0x4365, 0xCCCD}, "CDAB": {0xCCCD, 0x4365}, "BADC": {0x6543, 0xCDCC}, "DCBA": {0xCDCC, 0x6543}}, [4]float64{229.8, 22.98, -37.702, 2300.5}},
 		// 1234.5 is 0x40934A0000000000.
-		{configs.TypeFloat64, 1234.5, wire{
+		{configs.TypeFloat64, wire{
 			"ABCD": {0x4093, 0x4A00, 0x0000, 0x0000}, "CDAB": {0x0000, 0x0000, 0x4A00, 0x4093},
-			"BADC": {0x9340, 0x004A, 0x0000, 0x0000}, "DCBA": {0x0000, 0x0000, 0x004A, 0x9340}}},
-		// The double whose bytes are 01 02 03 04 05 06 07 08.
-		{configs.TypeFloat64, 8.20788039913184e-304, wire{
+			"BADC": {0x9340, 0x004A, 0x0000, 0x0000}, "DCBA": {0x0000, 0x0000, 0x004A, 0x9340}}, [4]float64{1234.5, 123.45, -27.655, 12347.5}},
+		// The double whose bytes are 01 02 03 04 05 06 07 08: its decimal
+		// has 318 places, beyond a float64, so the scale is applied in
+		// float64 arithmetic.
+		{configs.TypeFloat64, wire{
 			"ABCD": {0x0102, 0x0304, 0x0506, 0x0708}, "CDAB": {0x0708, 0x0506, 0x0304, 0x0102},
-			"BADC": {0x0201, 0x0403, 0x0605, 0x0807}, "DCBA": {0x0807, 0x0605, 0x0403, 0x0201}}},
+			"BADC": {0x0201, 0x0403, 0x0605, 0x0807}, "DCBA": {0x0807, 0x0605, 0x0403, 0x0201}},
+			[4]float64{8.20788039913184e-304, 8.20788039913184e-305, -40, 2.5}},
 	}
-	scales := []struct{ scale, offset float64 }{{1, 0}, {0.1, 0}, {0.01, -40}, {10, 2.5}}
 	for _, c := range cases {
 		for _, order := range []configs.ByteOrder{configs.ABCD, configs.CDAB, configs.BADC, configs.DCBA} {
-			for _, s := range scales {
-				name := fmt.Sprintf("%s/%v/%s/x%v%+v", c.typ, c.raw, order, s.scale, s.offset)
+			for i, s := range scales {
+				name := fmt.Sprintf("%s/%04x/%s/x%v%+v", c.typ, c.wire["ABCD"], order, s.scale, s.offset)
 				t.Run(name, func(t *testing.T) {
 					reg := &configs.Register{Signal: "x", Table: configs.Holding, Type: c.typ, Order: order, Scale: s.scale, Offset: s.offset}
 					got, err := Decode(reg, c.wire[order])
 					if err != nil {
 						t.Fatalf("Decode(% x): %v", c.wire[order], err)
 					}
-					want := model.Number(float64(c.raw)*s.scale + s.offset)
-					if !got.Equal(want) {
+					if want := model.Number(c.want[i]); !got.Equal(want) {
 						t.Fatalf("Decode(%04x) = %v, want %v", c.wire[order], got, want)
 					}
 				})
 			}
+		}
+	}
+}
+
+// arith is raw*scale + offset in float64 arithmetic, at run time (Go
+// computes constant expressions exactly).
+func arith(raw, scale, offset float64) float64 { return float64(raw*scale) + offset }
+
+// TestMeantDecimals holds the rounding rule of the hub contract on values
+// that float64 arithmetic gets wrong.
+func TestMeantDecimals(t *testing.T) {
+	cases := []struct {
+		raw           float64
+		places        int
+		scale, offset float64
+		want          float64
+	}{
+		{234, 0, 0.1, 0, 23.4}, // 234*0.1 = 23.400000000000002
+		{3, 0, 0.1, 0, 0.3},    // 3*0.1 = 0.30000000000000004
+		{1001, 0, 0.01, -40, -29.99},
+		{229.8, 1, 0.1, 0, 22.98}, // 22.980000000000004 in float64
+		{65535, 0, 0.001, 0, 65.535},
+		{-1, 0, 0.1, 0.05, -0.05},
+		{4294967295, 0, 1e-9, 0, 4.294967295},
+		// 16 significant digits: beyond the rule, float64 arithmetic.
+		{4294967295, 0, 1e-6, 1e9, arith(4294967295, 1e-6, 1e9)},
+		{1.5, -1, 0.1, 0, arith(1.5, 0.1, 0)},
+	}
+	for _, c := range cases {
+		if got := Meant(c.raw, c.places, c.scale, c.offset); got != c.want {
+			t.Errorf("Meant(%v, %d, %v, %v) = %v, want %v", c.raw, c.places, c.scale, c.offset, got, c.want)
 		}
 	}
 }
@@ -193,7 +233,7 @@ func TestDecodeSignal(t *testing.T) {
 	}
 	reg = &configs.Register{Signal: "t", Table: configs.Input, Address: 13, Type: configs.TypeInt16, Scale: 0.1}
 	got, err = DecodeSignal(reg, data, 10)
-	if err != nil || !got.Equal(model.Number(float64(-2)*0.1)) {
+	if err != nil || !got.Equal(model.Number(-0.2)) {
 		t.Fatalf("int16 at 13: %v, %v", got, err)
 	}
 	reg = &configs.Register{Signal: "t", Table: configs.Input, Address: 13, Type: configs.TypeInt32}

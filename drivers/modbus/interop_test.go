@@ -61,8 +61,8 @@ var everythingSpec = map[string]map[int]int{
 }
 
 var everythingWant = map[string]model.Value{
-	"u16":      model.Number(float64(4660) * 0.1),
-	"i16":      model.Number(float64(-2)*1 + 0.5),
+	"u16":      model.Number(466),
+	"i16":      model.Number(-1.5),
 	"u32":      model.Number(305419896),
 	"i32_cdab": model.Number(-100000),
 	"f32_badc": model.Number(230.5),
@@ -73,7 +73,7 @@ var everythingWant = map[string]model.Value{
 	"flag1":    model.Bool(true),
 	"flag0":    model.Bool(false),
 	"u16_badc": model.Number(4660),
-	"in_u16":   model.Number(float64(26000)*0.01 - 40),
+	"in_u16":   model.Number(220),
 	"in_f32":   model.Number(230.5),
 	"coil0":    model.Bool(true),
 	"coil1":    model.Bool(false),
@@ -196,7 +196,7 @@ func TestIsolation(t *testing.T) {
 	var last model.Message
 	for i := 0; i < 10; i++ {
 		last = ok.next(t, "healthy", model.KindTelemetry, time.Second)
-		if r := last.Readings[0]; r.Quality != model.Good || !r.Value.Equal(model.Number(float64(26000)*0.01-40)) {
+		if r := last.Readings[0]; r.Quality != model.Good || !r.Value.Equal(model.Number(220)) {
 			t.Fatalf("healthy reading %+v", r)
 		}
 	}

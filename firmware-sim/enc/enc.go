@@ -10,6 +10,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"math/big"
+	"strconv"
+	"strings"
 
 	"outpost/configs"
 	"outpost/firmware-sim/signal"
@@ -42,32 +45,32 @@ func Encode(r *configs.Register, v signal.Value) (words []uint16, want signal.Va
 		raw := toInt(v, scale, r.Offset, math.MinInt16, math.MaxInt16)
 		var be [2]byte
 		binary.BigEndian.PutUint16(be[:], uint16(int16(raw)))
-		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+		return order(be[:], r.Order), number(strconv.FormatInt(raw, 10), scale, r.Offset), nil
 	case configs.TypeUint16:
 		raw := toInt(v, scale, r.Offset, 0, math.MaxUint16)
 		var be [2]byte
 		binary.BigEndian.PutUint16(be[:], uint16(raw))
-		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+		return order(be[:], r.Order), number(strconv.FormatInt(raw, 10), scale, r.Offset), nil
 	case configs.TypeInt32:
 		raw := toInt(v, scale, r.Offset, math.MinInt32, math.MaxInt32)
 		var be [4]byte
 		binary.BigEndian.PutUint32(be[:], uint32(int32(raw)))
-		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+		return order(be[:], r.Order), number(strconv.FormatInt(raw, 10), scale, r.Offset), nil
 	case configs.TypeUint32:
 		raw := toInt(v, scale, r.Offset, 0, math.MaxUint32)
 		var be [4]byte
 		binary.BigEndian.PutUint32(be[:], uint32(raw))
-		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+		return order(be[:], r.Order), number(strconv.FormatInt(raw, 10), scale, r.Offset), nil
 	case configs.TypeFloat32:
 		raw := float32((v.Float() - r.Offset) / scale)
 		var be [4]byte
 		binary.BigEndian.PutUint32(be[:], math.Float32bits(raw))
-		return order(be[:], r.Order), number(float64(raw), scale, r.Offset), nil
+		return order(be[:], r.Order), number(strconv.FormatFloat(float64(raw), 'g', -1, 32), scale, r.Offset), nil
 	case configs.TypeFloat64:
 		raw := (v.Float() - r.Offset) / scale
 		var be [8]byte
 		binary.BigEndian.PutUint64(be[:], math.Float64bits(raw))
-		return order(be[:], r.Order), number(raw, scale, r.Offset), nil
+		return order(be[:], r.Order), number(strconv.FormatFloat(raw, 'g', -1, 64), scale, r.Offset), nil
 	case configs.TypeString:
 		if r.Length <= 0 {
 			return nil, signal.Value{}, fmt.Errorf("signal %s: string without a length", r.Signal)
@@ -91,10 +94,44 @@ func Encode(r *configs.Register, v signal.Value) (words []uint16, want signal.Va
 	return nil, signal.Value{}, fmt.Errorf("signal %s: unknown type %q", r.Signal, r.Type)
 }
 
-// number is the decoded value of raw. The explicit conversion rounds the
-// product, so that no compiler fuses the multiply and the add.
-func number(raw, scale, offset float64) signal.Value {
-	return signal.Num(float64(raw*scale) + offset)
+// number is the value a correct master decodes from a register holding
+// raw, the register's integer or the shortest decimal of its float, as the
+// hub contract says: raw × scale + offset in exact decimal arithmetic (scale
+// and offset as the template writes them), as the nearest float64. Past 15
+// significant digits, which a float64 cannot tell apart, the contract has
+// the master compute raw*scale + offset in float64 arithmetic instead.
+func number(raw string, scale, offset float64) signal.Value {
+	rs, ss, os := raw, strconv.FormatFloat(scale, 'g', -1, 64), strconv.FormatFloat(offset, 'g', -1, 64)
+	f, _ := strconv.ParseFloat(rs, 64)
+	r, ok1 := new(big.Rat).SetString(rs)
+	s, ok2 := new(big.Rat).SetString(ss)
+	o, ok3 := new(big.Rat).SetString(os)
+	if !ok1 || !ok2 || !ok3 {
+		return signal.Num(float64(f*scale) + offset)
+	}
+	exact := new(big.Rat).Add(new(big.Rat).Mul(r, s), o)
+	places := max(fraction(rs)+fraction(ss), fraction(os))
+	// exact × 10^places is the decimal's digits as an integer.
+	digits := new(big.Rat).Mul(exact, new(big.Rat).SetInt(new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(places)), nil)))
+	if places > 15 || digits.Abs(digits).Cmp(new(big.Rat).SetFloat64(1e15)) >= 0 {
+		// The explicit conversion rounds the product, so that no
+		// compiler fuses the multiply and the add.
+		return signal.Num(float64(f*scale) + offset)
+	}
+	v, _ := exact.Float64()
+	return signal.Num(v)
+}
+
+// fraction is how many fraction digits the decimal text (as strconv
+// writes it, maybe with an exponent) has.
+func fraction(s string) int {
+	mant, exp, _ := strings.Cut(s, "e")
+	e, _ := strconv.Atoi(exp)
+	n := 0
+	if _, frac, ok := strings.Cut(mant, "."); ok {
+		n = len(frac)
+	}
+	return max(n-e, 0)
 }
 
 // toInt scales v to the integer raw value, rounded half away from zero and
@@ -181,19 +218,19 @@ func Decode(r *configs.Register, words []uint16) (signal.Value, error) {
 		}
 		return signal.B(words[0]>>bitOf(r)&1 == 1), nil
 	case configs.TypeInt16:
-		return number(float64(int16(binary.BigEndian.Uint16(unorder(words[:1], r.Order)))), scale, r.Offset), nil
+		return number(strconv.Itoa(int(int16(binary.BigEndian.Uint16(unorder(words[:1], r.Order))))), scale, r.Offset), nil
 	case configs.TypeUint16:
-		return number(float64(binary.BigEndian.Uint16(unorder(words[:1], r.Order))), scale, r.Offset), nil
+		return number(strconv.Itoa(int(binary.BigEndian.Uint16(unorder(words[:1], r.Order)))), scale, r.Offset), nil
 	case configs.TypeInt32:
-		return number(float64(int32(binary.BigEndian.Uint32(unorder(words[:2], r.Order)))), scale, r.Offset), nil
+		return number(strconv.Itoa(int(int32(binary.BigEndian.Uint32(unorder(words[:2], r.Order))))), scale, r.Offset), nil
 	case configs.TypeUint32:
-		return number(float64(binary.BigEndian.Uint32(unorder(words[:2], r.Order))), scale, r.Offset), nil
+		return number(strconv.Itoa(int(binary.BigEndian.Uint32(unorder(words[:2], r.Order)))), scale, r.Offset), nil
 	case configs.TypeFloat32:
 		f := math.Float32frombits(binary.BigEndian.Uint32(unorder(words[:2], r.Order)))
-		return number(float64(f), scale, r.Offset), nil
+		return number(strconv.FormatFloat(float64(f), 'g', -1, 32), scale, r.Offset), nil
 	case configs.TypeFloat64:
 		f := math.Float64frombits(binary.BigEndian.Uint64(unorder(words[:4], r.Order)))
-		return number(f, scale, r.Offset), nil
+		return number(strconv.FormatFloat(f, 'g', -1, 64), scale, r.Offset), nil
 	case configs.TypeString:
 		b := make([]byte, 0, 2*r.Length)
 		for _, w := range words[:r.Length] {

@@ -62,8 +62,13 @@ func TestEncode(t *testing.T) {
 		{"float32 CDAB", reg(configs.TypeFloat32, configs.CDAB, 1, 0), signal.Num(229.5), []uint16{0x8000, 0x4365}, signal.Num(229.5)},
 		{"float32 BADC", reg(configs.TypeFloat32, configs.BADC, 1, 0), signal.Num(229.5), []uint16{0x6543, 0x0080}, signal.Num(229.5)},
 		{"float32 DCBA", reg(configs.TypeFloat32, configs.DCBA, 1, 0), signal.Num(-3.75), []uint16{0x0000, 0x70C0}, signal.Num(-3.75)},
-		{"float32 rounds to float32", reg(configs.TypeFloat32, configs.ABCD, 1, 0), signal.Num(0.1), []uint16{0x3DCC, 0xCCCD}, signal.Num(float64(float32(0.1)))},
-		{"float32 scale and offset", reg(configs.TypeFloat32, configs.ABCD, 2, 1), signal.Num(459.999), []uint16{0x4365, 0x7FDF}, signal.Num(float64(float64(float32(229.4995))*2) + 1)},
+		// A float32 reads as its shortest decimal: 0x3DCCCCCD is 0.1, not
+		// its widening 0.10000000149011612.
+		{"float32 rounds to float32", reg(configs.TypeFloat32, configs.ABCD, 1, 0), signal.Num(0.1), []uint16{0x3DCC, 0xCCCD}, signal.Num(0.1)},
+		// 0x43657FDF is 229.4995: ×2 + 1 is 459.999.
+		{"float32 scale and offset", reg(configs.TypeFloat32, configs.ABCD, 2, 1), signal.Num(459.999), []uint16{0x4365, 0x7FDF}, signal.Num(459.999)},
+		{"uint16 tenths", reg(configs.TypeUint16, configs.ABCD, 0.1, 0), signal.Num(23.4), []uint16{234}, signal.Num(23.4)},
+		{"int16 hundredths offset", reg(configs.TypeInt16, configs.ABCD, 0.01, -40), signal.Num(-29.99), []uint16{1001}, signal.Num(-29.99)},
 		// float64: 12345.678 is 0x40C81CD6C8B43958.
 		{"float64 ABCD", reg(configs.TypeFloat64, configs.ABCD, 1, 0), signal.Num(12345.678), []uint16{0x40C8, 0x1CD6, 0xC8B4, 0x3958}, signal.Num(12345.678)},
 		{"float64 CDAB", reg(configs.TypeFloat64, configs.CDAB, 1, 0), signal.Num(12345.678), []uint16{0x3958, 0xC8B4, 0x1CD6, 0x40C8}, signal.Num(12345.678)},

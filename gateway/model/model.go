@@ -143,17 +143,19 @@ const (
 
 // Event kinds known to the gateway. Templates may name others.
 const (
-	EventPanic       = "panic"
-	EventDuress      = "duress"
-	EventTamper      = "tamper"
-	EventDoor        = "door"
-	EventSmoke       = "smoke"
-	EventDeviceLost  = "device_lost"
-	EventKioskReq    = "kiosk_request"
-	EventQueueDrops  = "queue_drops"  // the gateway dropped telemetry at its queue cap
-	EventQueueDamage = "queue_damage" // the gateway skipped damaged queue data
-	EventPowerFail   = "power_fail"
-	EventCommsFailed = "comms_failed"
+	EventPanic           = "panic"
+	EventDuress          = "duress"
+	EventTamper          = "tamper"
+	EventDoor            = "door"
+	EventSmoke           = "smoke"
+	EventDeviceLost      = "device_lost"
+	EventKioskReq        = "kiosk_request"
+	EventQueueDrops      = "queue_drops"      // the gateway dropped telemetry at its queue cap
+	EventQueueDamage     = "queue_damage"     // the gateway skipped damaged queue data
+	EventForwarderFailed = "forwarder_failed" // a forwarder failed and was restarted
+	EventSeqLost         = "seq_lost"         // both copies of the sequence numbers were damaged
+	EventPowerFail       = "power_fail"
+	EventCommsFailed     = "comms_failed"
 )
 
 // Event is an alarm or state change.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +24,7 @@ type Source interface {
 	Next(ctx context.Context, max int, lanes ...queue.Lane) (queue.Batch, error)
 	Ack(b queue.Batch) error
 	Rewind(lanes ...queue.Lane)
+	Stats() queue.Stats
 }
 
 // Forwarder drains lanes of one queue into one uplink: a batch is
@@ -39,7 +42,10 @@ type Forwarder struct {
 	// this long after its timestamp: it waited out an outage, and reaches
 	// the hub with its original time.
 	HistoricalAfter time.Duration
-	Log             *slog.Logger
+	// Outage is shared by the forwarders of one uplink: it logs an outage
+	// once when it starts and once when it ends.
+	Outage *Outage
+	Log    *slog.Logger
 
 	failures atomic.Uint64 // sends the hub did not accept
 }
@@ -54,6 +60,9 @@ const (
 
 // Run forwards until ctx ends.
 func (f *Forwarder) Run(ctx context.Context) error {
+	// Batches an earlier run took and never acknowledged (it failed) come
+	// again.
+	f.Queue.Rewind(f.Lanes...)
 	backoff := minBackoff
 	msgs := make([]model.Message, 0, f.Batch)
 	for {
@@ -85,7 +94,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			f.Log.Warn("hub did not accept a batch; will retry", "uplink", f.Name, "messages", len(msgs), "retry_in", backoff, "err", err)
+			f.Outage.down(err)
+			f.Log.Debug("hub did not accept a batch; will retry", "forwarder", f.Name, "messages", len(msgs), "retry_in", backoff, "err", err)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -95,8 +105,68 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = minBackoff
+		f.Outage.up(f.Queue) // the backlog still counts this batch
 		if err := f.Queue.Ack(b); err != nil {
 			return fmt.Errorf("%s queue: %w", f.Name, err)
 		}
 	}
+}
+
+// Supervise runs the forwarder until ctx ends, restarting it whenever it
+// fails, and reports every failure to the hub as a forwarder_failed event
+// of the gateway, so that no queue is left undrained without a word.
+func (f *Forwarder) Supervise(ctx context.Context, s Supervisor, report *Ingest) {
+	s.Failed = func(err error, restarts int, pause time.Duration) {
+		f.Log.Error("forwarder failed; restarting it", "forwarder", f.Name, "err", err, "restarts", restarts, "in", pause)
+		report.Emit(GatewayEvent(model.EventForwarderFailed, model.Warning, map[string]string{
+			"forwarder": f.Name,
+			"error":     err.Error(),
+			"restarts":  strconv.Itoa(restarts + 1),
+			"retry_in":  pause.String(),
+		}))
+	}
+	s.Run(ctx, f.Run)
+}
+
+// Outage follows one uplink's outages, as its forwarders see them, so that
+// the log says once when the hub stopped accepting, with the reason, and
+// once when it accepts again, with how long it took and what waited.
+type Outage struct {
+	Uplink string
+	Log    *slog.Logger
+
+	mu    sync.Mutex
+	since time.Time // zero while the uplink works
+}
+
+func (o *Outage) down(err error) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.since.IsZero() {
+		return
+	}
+	o.since = time.Now()
+	o.Log.Warn("hub uplink down; queueing until it is back", "uplink", o.Uplink, "err", err)
+}
+
+func (o *Outage) up(q Source) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.since.IsZero() {
+		return
+	}
+	var recs, readings int64
+	for _, l := range q.Stats().Lanes {
+		recs += l.Records
+		readings += l.Readings
+	}
+	o.Log.Info("hub uplink back", "uplink", o.Uplink, "outage", time.Since(o.since).Round(time.Millisecond),
+		"backlog_messages", recs, "backlog_readings", readings)
+	o.since = time.Time{}
 }

@@ -218,3 +218,69 @@ func TestForwarderAcksOnlyAccepted(t *testing.T) {
 		t.Errorf("failures = %d, want 2", f.failures.Load())
 	}
 }
+
+// lockedCounter is a Sequencer safe for concurrent use.
+type lockedCounter struct {
+	mu sync.Mutex
+	c  counter
+}
+
+func (l *lockedCounter) Next(dev string) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.c.Next(dev)
+}
+
+// TestIngestSharesFsyncs: with an fsync per append (queue.sync: 0s), many
+// devices emitting at once must share fsyncs rather than wait for each
+// other's one at a time, and each device's messages keep their order.
+func TestIngestSharesFsyncs(t *testing.T) {
+	q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: 0}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	in := NewIngest(policeRoom(t), &lockedCounter{c: counter{}}, []Appender{q}, slog.New(slog.DiscardHandler))
+	const devices, each = 8, 25
+	var wg sync.WaitGroup
+	for d := range devices {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				in.Emit(telemetry(fmt.Sprint("dev-", d), model.Reading{Signal: "x", Value: model.Number(1), Quality: model.Good}))
+			}
+		}()
+	}
+	wg.Wait()
+	st := q.Stats()
+	if n := st.Lanes[queue.LaneTelemetry].Appended; n != devices*each {
+		t.Fatalf("appended %d, want %d", n, devices*each)
+	}
+	if st.Syncs > devices*each/2 {
+		t.Errorf("%d fsyncs for %d appends from %d devices at once: appends do not share them", st.Syncs, devices*each, devices)
+	}
+	last := map[string]uint64{}
+	for {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // take what is there without waiting
+		b, err := q.Next(ctx, 1000, queue.LaneTelemetry)
+		if err != nil {
+			break
+		}
+		for _, e := range b.Entries {
+			m, err := model.DecodeBinary(e.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Seq != last[m.Device]+1 {
+				t.Fatalf("%s: seq %d after %d in the queue", m.Device, m.Seq, last[m.Device])
+			}
+			last[m.Device] = m.Seq
+		}
+		if err := q.Ack(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d appends, %d fsyncs", devices*each, st.Syncs)
+}

@@ -9,8 +9,15 @@ import (
 	"outpost/gateway/queue"
 )
 
-// GatewayDevice is the device id under which the gateway reports on itself.
+// GatewayDevice is the device id (and device kind) under which the gateway
+// reports on itself.
 const GatewayDevice = "gateway"
+
+// GatewayEvent is an event of the gateway itself.
+func GatewayEvent(kind string, sev model.Severity, details map[string]string) model.Message {
+	return model.Message{Device: GatewayDevice, DeviceKind: GatewayDevice, Kind: model.KindEvent,
+		Event: &model.Event{Kind: kind, Severity: sev, Details: details}}
+}
 
 // StatsSource is a queue whose counters can be read.
 type StatsSource interface {
@@ -30,24 +37,22 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			last[name] = s
 			t, pt := s.Lanes[queue.LaneTelemetry], prev.Lanes[queue.LaneTelemetry]
 			if d := t.DroppedReadings - pt.DroppedReadings; d > 0 {
-				in.Emit(model.Message{Device: GatewayDevice, DeviceKind: "gateway", Kind: model.KindEvent,
-					Event: &model.Event{Kind: model.EventQueueDrops, Severity: model.Warning, Details: map[string]string{
-						"uplink":                 name,
-						"dropped_readings":       strconv.FormatInt(d, 10),
-						"dropped_records":        strconv.FormatInt(t.Dropped-pt.Dropped, 10),
-						"dropped_readings_total": strconv.FormatInt(t.DroppedReadings, 10),
-						"reason":                 "queue size cap reached: the oldest telemetry was dropped",
-					}}})
+				in.Emit(GatewayEvent(model.EventQueueDrops, model.Warning, map[string]string{
+					"uplink":                 name,
+					"dropped_readings":       strconv.FormatInt(d, 10),
+					"dropped_records":        strconv.FormatInt(t.Dropped-pt.Dropped, 10),
+					"dropped_readings_total": strconv.FormatInt(t.DroppedReadings, 10),
+					"reason":                 "queue size cap reached: the oldest telemetry was dropped",
+				}))
 			}
 			if s.Corrupt > prev.Corrupt || s.TornBytes > prev.TornBytes {
-				in.Emit(model.Message{Device: GatewayDevice, DeviceKind: "gateway", Kind: model.KindEvent,
-					Event: &model.Event{Kind: model.EventQueueDamage, Severity: model.Warning, Details: map[string]string{
-						"uplink":        name,
-						"corrupt":       strconv.FormatInt(s.Corrupt-prev.Corrupt, 10),
-						"corrupt_bytes": strconv.FormatInt(s.CorruptBytes-prev.CorruptBytes, 10),
-						"torn_bytes":    strconv.FormatInt(s.TornBytes-prev.TornBytes, 10),
-						"reason":        "damaged queue data on disk was skipped",
-					}}})
+				in.Emit(GatewayEvent(model.EventQueueDamage, model.Warning, map[string]string{
+					"uplink":        name,
+					"corrupt":       strconv.FormatInt(s.Corrupt-prev.Corrupt, 10),
+					"corrupt_bytes": strconv.FormatInt(s.CorruptBytes-prev.CorruptBytes, 10),
+					"torn_bytes":    strconv.FormatInt(s.TornBytes-prev.TornBytes, 10),
+					"reason":        "damaged queue data on disk was skipped",
+				}))
 			}
 		}
 	}

@@ -117,6 +117,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"outpost/gateway/durable"
 )
 
 // Lane is a priority class of records.
@@ -221,7 +223,9 @@ type Stats struct {
 	// records), CorruptBytes their size; TornBytes counts bytes cut off
 	// after the last intact record of a segment at Open.
 	Corrupt, CorruptBytes, TornBytes int64
-	SyncErrors                       int64
+	// Syncs counts group commits (fsyncs of what was written since the
+	// last one), SyncErrors those that failed.
+	Syncs, SyncErrors int64
 }
 
 // Errors.
@@ -272,8 +276,9 @@ type lane struct {
 	ack    pos
 	ackF   *os.File
 	ackGen uint64
-	// ackDirty is set when the ack file was written after the last fsync.
-	ackDirty bool
+	// ackDirty is set when the ack file was written after the last fsync,
+	// dirDirty when a segment was created.
+	ackDirty, dirDirty bool
 
 	read   pos
 	rf     *os.File // segment being read
@@ -330,7 +335,7 @@ func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 	}
 	q := &Queue{opt: opt, log: log, dir: dir, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	q.syncedC = sync.NewCond(&q.mu)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := durable.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	lock, err := lockDir(dir)
@@ -358,18 +363,24 @@ func segName(id uint64) string { return fmt.Sprintf("%016x.seg", id) }
 
 func (q *Queue) openLane(l Lane) (*lane, error) {
 	ln := &lane{l: l, dir: filepath.Join(q.dir, l.String())}
-	if err := os.MkdirAll(ln.dir, 0o755); err != nil {
+	if err := durable.MkdirAll(ln.dir); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	des, err := os.ReadDir(ln.dir)
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(ln.dir, "ack"), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(filepath.Join(ln.dir, "ack"), os.O_RDWR|os.O_CREATE, durable.FileMode)
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	ln.ackF = f
+	// The ack file may be new: its name must survive a power cut before
+	// any position is trusted to it.
+	if err := durable.SyncDir(ln.dir); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("queue: %w", err)
+	}
 	ln.ack, ln.ackGen = q.readAck(ln)
 
 	var ids []uint64
@@ -512,11 +523,11 @@ func (q *Queue) writeAck(ln *lane) {
 // syncer to fsync and close.
 func (q *Queue) newSegment(ln *lane) error {
 	id := ln.next
-	f, err := os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, durable.FileMode)
 	for tries := 0; errors.Is(err, os.ErrExist) && tries < 8; tries++ {
 		// Something that is not a segment took the name.
 		id++
-		f, err = os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
+		f, err = os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, durable.FileMode)
 	}
 	if err != nil {
 		return fmt.Errorf("queue: new %s segment: %w", ln.l, err)
@@ -531,6 +542,9 @@ func (q *Queue) newSegment(ln *lane) error {
 	}
 	ln.w = f
 	ln.segs = append(ln.segs, &segment{id: id, fresh: true})
+	// The segment's name is durable only once the directory is fsynced,
+	// with the next group commit.
+	ln.dirDirty = true
 	return nil
 }
 
@@ -958,6 +972,42 @@ func (q *Queue) Rewind(lanes ...Lane) {
 	}
 }
 
+// Scan calls fn with the data of every record queued (neither
+// acknowledged nor dropped), lane by lane, oldest first, without changing
+// what Next hands out. The data is valid during the call only. It reads the
+// whole backlog: it is meant for recovery at start, not for the hot path.
+func (q *Queue) Scan(fn func(data []byte)) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, ln := range q.lanes {
+		for _, s := range ln.segs {
+			from := int64(0)
+			if s.id == ln.ack.seg {
+				from = ln.ack.off
+			} else if s.id < ln.ack.seg {
+				continue
+			}
+			f, err := os.Open(filepath.Join(ln.dir, segName(s.id)))
+			if err != nil {
+				return fmt.Errorf("queue: scan: %w", err)
+			}
+			var r segReader
+			r.reset(f, s.end)
+			for off := from; off < s.end; {
+				h, data, ok := r.record(off)
+				if !ok {
+					off = r.resync(off)
+					continue
+				}
+				fn(data)
+				off += h.size()
+			}
+			f.Close()
+		}
+	}
+	return nil
+}
+
 // Stats returns the queue's counters.
 func (q *Queue) Stats() Stats {
 	q.mu.Lock()
@@ -1009,30 +1059,41 @@ func (q *Queue) syncOnce() {
 			files = append(files, ln.w)
 		}
 	}
+	var dirs []string
 	for _, ln := range q.lanes {
 		if ln.ackDirty {
 			files = append(files, ln.ackF)
 			ln.ackDirty = false
 		}
+		if ln.dirDirty {
+			dirs = append(dirs, ln.dir)
+			ln.dirDirty = false
+		}
 	}
 	q.mu.Unlock()
-	if len(files) == 0 {
+	if len(files) == 0 && len(dirs) == 0 {
 		return
 	}
 
 	var err error
 	for i, f := range files {
-		if e := f.Sync(); e != nil && err == nil {
+		if e := durable.Sync(f); e != nil && err == nil {
 			err = e
 		}
 		if i < closeN {
 			f.Close()
 		}
 	}
+	for _, d := range dirs {
+		if e := durable.SyncDir(d); e != nil && err == nil {
+			err = e
+		}
+	}
 
 	q.mu.Lock()
 	q.synced = gen
 	q.syncErr = err
+	q.st.Syncs++
 	if err != nil {
 		q.st.SyncErrors++
 		q.log.Error("queue: fsync failed", "err", err)
@@ -1070,6 +1131,9 @@ func (q *Queue) Close() error {
 			errs = append(errs, ln.w.Sync())
 			if ln.ackDirty {
 				errs = append(errs, ln.ackF.Sync())
+			}
+			if ln.dirDirty {
+				errs = append(errs, durable.SyncDir(ln.dir))
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -127,6 +128,13 @@ func (m *Mosquitto) ready(ctx context.Context) error {
 // a goodbye and nothing is saved.
 func (m *Mosquitto) Kill() { m.p.kill() }
 
+// Freeze stops the broker (SIGSTOP) without closing anything: it hangs,
+// as a broker on an overloaded or wedged machine does. The kernel still
+// accepts connections into its backlog. Thaw resumes it.
+func (m *Mosquitto) Freeze() { m.p.send(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen broker.
+func (m *Mosquitto) Thaw() { m.p.send(syscall.SIGCONT) }
+
 // Stop ends the broker gracefully. Stopping a stopped broker does nothing.
 func (m *Mosquitto) Stop() { m.p.stop() }
-

@@ -169,6 +169,13 @@ func (p *proc) reap() {
 	}
 }
 
+// send sends sig without waiting for anything.
+func (p *proc) send(sig syscall.Signal) {
+	if cmd, _ := p.current(); cmd != nil {
+		_ = cmd.Process.Signal(sig)
+	}
+}
+
 // kill ends the process with SIGKILL, as a crash or power cut would.
 func (p *proc) kill() { p.signal(syscall.SIGKILL, 5*time.Second) }
 

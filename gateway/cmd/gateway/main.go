@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"outpost/configs"
 	"outpost/gateway/model"
@@ -98,6 +99,27 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+		}
+		// From now on a second SIGTERM or Ctrl-C ends the process at
+		// once, and a shutdown that hangs past its bound ends it too.
+		stop()
+		limit := stopLimit + statusTimeout + 3*time.Second
+		t := time.NewTimer(limit)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			log.Error("shutdown did not finish in time; exiting", "limit", limit)
+			os.Exit(1)
+		}
+	}()
 	if err := run(ctx, st, log); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("gateway stopped", "err", err)
 		return 1

@@ -5,17 +5,32 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"outpost/configs"
 	"outpost/drivers"
+	"outpost/gateway/durable"
+	"outpost/gateway/model"
 	"outpost/gateway/pipeline"
 	"outpost/gateway/queue"
 	"outpost/gateway/seq"
 	"outpost/gateway/uplink/influx"
 	"outpost/gateway/uplink/mqtt"
+)
+
+// Shutdown bounds: after SIGTERM the gateway ends within stopLimit +
+// statusTimeout (7 s) and a last fsync. The drivers finish the request on
+// the wire, the forwarders abandon the batches in flight (they are sent
+// again at the next start), and then the hub gets statusTimeout to take
+// the offline status; the queues are closed last. A part still running at
+// stopLimit (a serial read with a long timeout, a hub that stopped
+// answering) is left behind: the process ends anyway.
+const (
+	statusTimeout = 2 * time.Second
+	stopLimit     = 5 * time.Second
 )
 
 // run wires a station: drivers -> ingest -> one durable queue per uplink ->
@@ -35,21 +50,8 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		}
 		links = append(links, link{l.Name(), d})
 	}
-
-	if err := os.MkdirAll(st.StateDir, 0o755); err != nil {
+	if err := durable.MkdirAll(st.StateDir); err != nil {
 		return fmt.Errorf("state directory: %w", err)
-	}
-	counters, err := seq.Open(st.SeqFile(), log)
-	if err != nil {
-		return err
-	}
-
-	mq := mqtt.New(st.Hub.MQTT, st.Station, log)
-	ups := map[string]pipeline.Uplink{"mqtt": mq}
-	if st.Hub.Influx != nil {
-		ix := influx.New(*st.Hub.Influx, log)
-		defer ix.Close()
-		ups["influx"] = ix
 	}
 	queues := map[string]*queue.Queue{}
 	var outs []pipeline.Appender
@@ -62,8 +64,31 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		queues[name] = q
 		outs = append(outs, q)
 	}
+	counters, lostSeq, err := openSeq(st, queues, log)
+	if err != nil {
+		return err
+	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
+	if lostSeq != nil {
+		ingest.Emit(*lostSeq)
+	}
 
+	mq := mqtt.New(st.Hub.MQTT, st.Station, log)
+	ups := map[string]pipeline.Uplink{"mqtt": mq}
+	if st.Hub.Influx != nil {
+		ix := influx.New(*st.Hub.Influx, log)
+		defer ix.Close()
+		ups["influx"] = ix
+	}
+	// Close stops the uplink's reconnecting even when the start below is
+	// cancelled; it waits statusTimeout at most for a hub that hangs.
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
+		defer cancel()
+		if err := mq.Close(cctx); err != nil {
+			log.Warn("offline status not delivered", "err", err)
+		}
+	}()
 	// Wait briefly for the hub so that the first readings go straight out;
 	// a hub that is down does not hold the station back: the uplink keeps
 	// reconnecting and the queues keep everything meanwhile.
@@ -72,17 +97,19 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	cancel()
 	switch {
 	case err == nil:
+	case ctx.Err() != nil:
+		return nil
 	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("hub broker not reachable yet; queueing until it is", "broker", st.Hub.MQTT.URL)
+		log.Warn("hub broker not reachable yet; queueing until it is", "broker", configs.Redact(st.Hub.MQTT.URL))
 	default:
 		return err
 	}
-	defer mq.Close(context.Background())
 
 	var fwd, drv sync.WaitGroup
 	fctx, stopForwarders := context.WithCancel(context.Background())
-	defer func() { stopForwarders(); fwd.Wait() }()
+	defer stopForwarders()
 	for name, q := range queues {
+		outage := &pipeline.Outage{Uplink: name, Log: log}
 		// One forwarder per lane: alarms go out on their own, never
 		// behind a telemetry batch in flight.
 		for _, lane := range []struct {
@@ -90,50 +117,100 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 			batch int
 		}{{queue.LaneAlarm, 100}, {queue.LaneTelemetry, 1000}} {
 			f := &pipeline.Forwarder{Name: name + "/" + lane.l.String(), Queue: q, Lanes: []queue.Lane{lane.l},
-				Uplink: ups[name], Batch: lane.batch, HistoricalAfter: 30 * time.Second, Log: log}
-			fwd.Add(1)
-			go func() {
-				defer fwd.Done()
-				if err := f.Run(fctx); err != nil {
-					log.Error("forwarder stopped", "forwarder", f.Name, "err", err)
-				}
-			}()
+				Uplink: ups[name], Batch: lane.batch, HistoricalAfter: 30 * time.Second, Outage: outage, Log: log}
+			fwd.Go(func() { f.Supervise(fctx, pipeline.DefaultSupervisor, ingest) })
 		}
 	}
-	fwd.Add(1)
-	go func() {
-		defer fwd.Done()
-		pipeline.WatchQueues(fctx, ingest, queues, time.Second)
-	}()
+	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
 	for _, l := range links {
-		drv.Add(1)
-		go func() {
-			defer drv.Done()
-			runDriver(ctx, l.d, l.name, ingest, log)
-		}()
+		s := pipeline.DefaultSupervisor
+		s.Failed = func(err error, restarts int, pause time.Duration) {
+			log.Error("link failed; restarting it", "link", l.name, "err", err, "restarts", restarts, "in", pause)
+		}
+		drv.Go(func() { s.Run(ctx, func(ctx context.Context) error { return l.d.Run(ctx, ingest.Emit) }) })
 	}
 	log.Info("gateway running", "type", st.Station.Type, "devices", len(st.Devices), "links", len(links), "uplinks", len(ups))
 	<-ctx.Done()
-	drv.Wait() // every driver has stopped emitting; the queues hold the rest
+
+	start := time.Now()
+	deadline := start.Add(stopLimit)
 	log.Info("gateway stopping")
+	// Drivers first: every reading they took is queued before anything
+	// else stops. Then the forwarders.
+	if !waitFor(&drv, time.Until(deadline)) {
+		log.Warn("links did not stop in time; leaving them", "after", stopLimit)
+	}
+	stopForwarders()
+	if !waitFor(&fwd, time.Until(deadline)) {
+		log.Warn("forwarders did not stop in time; leaving them", "after", stopLimit)
+	}
+	log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond), "queued", queued(queues))
 	return nil
 }
 
-// runDriver runs a driver until ctx ends, restarting it after a pause when it
-// fails as a whole.
-func runDriver(ctx context.Context, d drivers.Driver, name string, in *pipeline.Ingest, log *slog.Logger) {
-	pause := time.Second
-	for {
-		err := d.Run(ctx, in.Emit)
-		if ctx.Err() != nil {
-			return
-		}
-		log.Error("link failed; restarting it", "link", name, "err", err, "in", pause)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(pause):
-		}
-		pause = min(pause*2, 30*time.Second)
+// waitFor waits for wg up to d, and says whether it ended.
+func waitFor(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
 	}
+}
+
+// queued sums up what waits in the queues, e.g.
+// "influx: 0 alarms, 1200 telemetry (9600 readings); mqtt: ...".
+func queued(queues map[string]*queue.Queue) string {
+	var parts []string
+	for name, q := range queues {
+		s := q.Stats()
+		a, t := s.Lanes[queue.LaneAlarm], s.Lanes[queue.LaneTelemetry]
+		parts = append(parts, fmt.Sprintf("%s: %d alarms, %d telemetry (%d readings)", name, a.Records, t.Records, t.Readings))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "; ")
+}
+
+// openSeq opens the sequence numbers. If both copies were damaged, every
+// device is raised above the highest number still in the queues, and the
+// event to tell the hub is returned: for the devices the queues did not
+// hold, numbers may repeat ones the hub already has.
+func openSeq(st *configs.Station, queues map[string]*queue.Queue, log *slog.Logger) (*seq.Counters, *model.Message, error) {
+	counters, err := seq.Open(st.SeqFile(), log)
+	if err != nil || !counters.Lost() {
+		return counters, nil, err
+	}
+	floors := map[string]uint64{}
+	for _, q := range queues {
+		err := q.Scan(func(data []byte) {
+			if m, err := model.DecodeBinary(data); err == nil {
+				floors[m.Device] = max(floors[m.Device], m.Seq)
+			}
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := counters.Raise(floors); err != nil {
+		return nil, nil, err
+	}
+	var unknown []string
+	for _, d := range st.Devices {
+		if _, ok := floors[d.ID]; !ok {
+			unknown = append(unknown, d.ID)
+		}
+	}
+	log.Error("sequence numbers were lost (both copies damaged); raised above the queues", "file", st.SeqFile(),
+		"devices_from_queues", len(floors), "devices_guessed", strings.Join(unknown, ","))
+	ev := pipeline.GatewayEvent(model.EventSeqLost, model.Warning, map[string]string{
+		"reason":              "both copies of the sequence numbers were damaged",
+		"devices_from_queues": fmt.Sprint(len(floors)),
+		"devices_guessed":     strings.Join(unknown, ","),
+	})
+	return counters, &ev, nil
 }

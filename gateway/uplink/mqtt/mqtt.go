@@ -64,10 +64,13 @@ type Uplink struct {
 	client  paho.Client // connected client, nil between connections
 	started bool
 	stop    chan struct{} // closed by Close: the supervisor ends
-	done    chan struct{} // closed when the supervisor has ended
-	up      chan struct{} // closed at the first connection
-	upOnce  sync.Once
-	stopped sync.Once
+	// dialCtx ends with stop, so that Close also ends a dial under way.
+	dialCtx    context.Context
+	cancelDial context.CancelFunc
+	done       chan struct{} // closed when the supervisor has ended
+	up         chan struct{} // closed at the first connection
+	upOnce     sync.Once
+	stopped    sync.Once
 
 	// cur is the network connection paho uses now. A new link is made for
 	// every dial; its lost channel closes as soon as the connection fails or
@@ -128,8 +131,10 @@ func (c *linkConn) Close() error {
 // New returns an uplink for the broker of cfg, publishing for station. It
 // does no I/O.
 func New(cfg configs.MQTT, station configs.StationID, log *slog.Logger) *Uplink {
-	return &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix),
+	u := &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix),
 		stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
+	u.dialCtx, u.cancelDial = context.WithCancel(context.Background())
+	return u
 }
 
 // Connect starts connecting to the broker in the background and waits
@@ -172,6 +177,13 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 		select {
 		case <-tok.Done():
 		case <-u.stop:
+			// Close has cancelled any dial; a connection that is up and
+			// waits for the broker's answer is closed, so that paho's
+			// connect ends now rather than after its timeout.
+			if l := u.cur.Load(); l != nil {
+				l.conn.Close()
+			}
+			<-tok.Done()
 			c.Disconnect(0)
 			return
 		}
@@ -273,9 +285,9 @@ func (u *Uplink) dial(broker *url.URL, tlsCfg *tls.Config) (net.Conn, error) {
 		if cfg.ServerName == "" {
 			cfg.ServerName = broker.Hostname()
 		}
-		c, err = (&tls.Dialer{NetDialer: d, Config: cfg}).Dial("tcp", broker.Host)
+		c, err = (&tls.Dialer{NetDialer: d, Config: cfg}).DialContext(u.dialCtx, "tcp", broker.Host)
 	} else {
-		c, err = d.Dial("tcp", broker.Host)
+		c, err = d.DialContext(u.dialCtx, "tcp", broker.Host)
 	}
 	if err != nil {
 		return nil, err
@@ -420,7 +432,10 @@ func (u *Uplink) Close(ctx context.Context) error {
 			err = fmt.Errorf("mqtt uplink: offline status: %w", ctx.Err())
 		}
 	}
-	u.stopped.Do(func() { close(u.stop) })
+	u.stopped.Do(func() {
+		u.cancelDial()
+		close(u.stop)
+	})
 	if started {
 		<-u.done
 	}

@@ -1,0 +1,190 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+)
+
+// TestSupervisorBackoff: a part that fails is restarted after a pause that
+// doubles up to the maximum, and is back to the minimum after a healthy
+// run; a panic is a failure like any other.
+func TestSupervisorBackoff(t *testing.T) {
+	ms := time.Millisecond
+	// How long each run lasts before it fails; the fourth is healthy.
+	runs := []time.Duration{0, 0, 0, 60 * ms, 0, 0}
+	var pauses []time.Duration
+	var errs []string
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := 0
+	s := Supervisor{Min: ms, Max: 4 * ms, Healthy: 50 * ms, Failed: func(err error, restarts int, pause time.Duration) {
+		pauses = append(pauses, pause)
+		errs = append(errs, strings.SplitN(err.Error(), "\n", 2)[0])
+	}}
+	s.Run(ctx, func(ctx context.Context) error {
+		if n == len(runs) {
+			cancel()
+			<-ctx.Done()
+			return nil
+		}
+		time.Sleep(runs[n])
+		n++
+		if n == 2 {
+			panic("boom")
+		}
+		return errors.New("failed")
+	})
+	want := []time.Duration{ms, 2 * ms, 4 * ms, ms, 2 * ms, 4 * ms}
+	if len(pauses) != len(want) {
+		t.Fatalf("pauses %v, want %v", pauses, want)
+	}
+	for i := range want {
+		if pauses[i] != want[i] {
+			t.Errorf("pause %d = %v, want %v (all: %v)", i, pauses[i], want[i], pauses)
+		}
+	}
+	if errs[1] != "panic: boom" {
+		t.Errorf("the panic was reported as %q", errs[1])
+	}
+}
+
+// ackFails is a queue whose first Ack fails.
+type ackFails struct {
+	*queue.Queue
+	mu    sync.Mutex
+	fails int
+}
+
+func (a *ackFails) Ack(b queue.Batch) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.fails > 0 {
+		a.fails--
+		return errors.New("ack file: input/output error")
+	}
+	return a.Queue.Ack(b)
+}
+
+// TestForwarderRestarted: a forwarder that fails is restarted, the hub is
+// told with a forwarder_failed event of the gateway, and the queue drains.
+func TestForwarderRestarted(t *testing.T) {
+	q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for i := 1; i <= 3; i++ {
+		m := model.Message{Station: "s", Device: "d", Seq: uint64(i), Kind: model.KindTelemetry, Time: time.Now().UTC()}
+		q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m)})
+	}
+	up := &flaky{sent: make(chan struct{}, 10)}
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	f := &Forwarder{Name: "mqtt/telemetry", Queue: &ackFails{Queue: q, fails: 1}, Lanes: []queue.Lane{queue.LaneTelemetry},
+		Uplink: up, Batch: 10, Log: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.Supervise(ctx, Supervisor{Min: time.Millisecond, Max: time.Millisecond, Healthy: time.Minute}, in)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for q.Stats().Lanes[queue.LaneTelemetry].Records > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	if n := q.Stats().Lanes[queue.LaneTelemetry].Records; n != 0 {
+		t.Fatalf("%d records still queued: the failed forwarder was not restarted", n)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.msgs) != 1 || rec.msgs[0].Event == nil || rec.msgs[0].Event.Kind != model.EventForwarderFailed {
+		t.Fatalf("reported %+v, want one forwarder_failed event", rec.msgs)
+	}
+	got := rec.msgs[0]
+	want := map[string]string{"forwarder": "mqtt/telemetry", "error": "mqtt/telemetry queue: ack file: input/output error", "restarts": "1", "retry_in": "1ms"}
+	if got.Device != GatewayDevice || got.Event.Severity != model.Warning || !equalMaps(got.Event.Details, want) {
+		t.Errorf("event %s %s %v, want gateway warning %v", got.Device, got.Event.Severity, got.Event.Details, want)
+	}
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestOutageLoggedOnce: while the hub refuses batch after batch the log
+// says so once, with the reason, and once when it is back, with how long
+// the outage lasted and what waited.
+func TestOutageLoggedOnce(t *testing.T) {
+	q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	m := model.Message{Station: "s", Device: "d", Seq: 1, Kind: model.KindTelemetry, Time: time.Now().UTC(),
+		Readings: []model.Reading{{Signal: "x", Value: model.Number(1), Quality: model.Good}}}
+	q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m), Readings: 1})
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	up := &flaky{fails: 5, sent: make(chan struct{}, 1)}
+	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, Batch: 10, Outage: &Outage{Uplink: "mqtt", Log: log}, Log: log}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	select {
+	case <-up.sent:
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing sent")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for q.Stats().Lanes[queue.LaneTelemetry].Acked == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	mu.Lock()
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	mu.Unlock()
+	if len(lines) != 2 {
+		t.Fatalf("5 refused batches and a recovery logged %d lines, want 2:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	for i, want := range []string{`level=WARN msg="hub uplink down; queueing until it is back" uplink=mqtt err="hub away"`,
+		`level=INFO msg="hub uplink back" uplink=mqtt outage=`} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("line %d = %s\nwant it to hold %s", i, lines[i], want)
+		}
+	}
+	if !strings.Contains(lines[1], "backlog_messages=1 backlog_readings=1") {
+		t.Errorf("recovery line lacks the backlog: %s", lines[1])
+	}
+}
+
+type lockedWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
