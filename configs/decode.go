@@ -3,10 +3,13 @@ package configs
 import (
 	"fmt"
 	"reflect"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -18,7 +21,21 @@ type Error struct {
 	Msg       string
 }
 
-func (e Error) Error() string { return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg) }
+func (e Error) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("%s: %s", e.File, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg)
+}
+
+// Limits on what is loaded: a station or template file larger than
+// MaxFileBytes is refused before it is parsed, and an installer is shown
+// at most MaxErrors problems (the first, by position), then how many more
+// there are.
+const (
+	MaxFileBytes = 1 << 20
+	MaxErrors    = 200
+)
 
 // Errors is every problem found in a station file and its templates, in file
 // and line order. Its Error text has one problem per line.
@@ -32,7 +49,10 @@ func (es Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-func (es Errors) sorted() Errors {
+// sorted sorts the errors by file and position and cuts them to
+// MaxErrors, saying how many more there were (dropped more were not even
+// kept).
+func (es Errors) sorted(dropped int) Errors {
 	sort.SliceStable(es, func(i, j int) bool {
 		a, b := es[i], es[j]
 		if a.File != b.File {
@@ -43,6 +63,10 @@ func (es Errors) sorted() Errors {
 		}
 		return a.Col < b.Col
 	})
+	if n := len(es) + dropped; n > MaxErrors {
+		more := Error{File: es[min(MaxErrors, len(es))-1].File, Msg: fmt.Sprintf("and %d more problems (fix the ones above first)", n-MaxErrors)}
+		es = append(es[:min(MaxErrors, len(es)):min(MaxErrors, len(es))], more)
+	}
 	return es
 }
 
@@ -56,16 +80,60 @@ type decoder struct {
 	file string
 	errs Errors
 	at   map[string]pos // path ("devices[2].unit_id") -> position of its value
+	// bad holds the paths whose value could not be decoded (or is
+	// missing): validation says nothing more about them, so that one
+	// mistake gives one error.
+	bad map[string]bool
+	// fatal is set when the file could not be read as YAML at all.
+	fatal bool
+	// dropped counts errors beyond collectLimit, not kept.
+	dropped int
 }
 
-func newDecoder(file string) *decoder { return &decoder{file: file, at: map[string]pos{}} }
+func newDecoder(file string) *decoder {
+	return &decoder{file: file, at: map[string]pos{}, bad: map[string]bool{}}
+}
+
+// collectLimit bounds the errors kept while loading, whatever the file
+// holds; what is shown is cut to MaxErrors with the count of the rest.
+const collectLimit = 10 * MaxErrors
 
 func (d *decoder) errorf(p pos, format string, args ...any) {
+	if len(d.errs) >= collectLimit {
+		d.dropped++
+		return
+	}
 	d.errs = append(d.errs, Error{File: d.file, Line: p.line, Col: p.col, Msg: fmt.Sprintf(format, args...)})
 }
 
-// errAt reports an error at the value of path, or at its closest parent.
+// decodeErr reports a value at path that cannot be decoded, and keeps
+// validation quiet about it.
+func (d *decoder) decodeErr(path string, p pos, format string, args ...any) {
+	d.bad[path] = true
+	d.errorf(p, format, args...)
+}
+
+// quiet says whether path or one of its parents could not be decoded.
+func (d *decoder) quiet(path string) bool {
+	for p := path; p != ""; {
+		if d.bad[p] {
+			return true
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			return false
+		}
+		p = p[:i]
+	}
+	return false
+}
+
+// errAt reports an error at the value of path, or at its closest parent,
+// unless the value of path could not be decoded (that was reported).
 func (d *decoder) errAt(path, format string, args ...any) {
+	if d.quiet(path) {
+		return
+	}
 	for p := path; ; {
 		if at, ok := d.at[p]; ok {
 			d.errorf(at, format, args...)
@@ -82,6 +150,16 @@ func (d *decoder) errAt(path, format string, args ...any) {
 
 // parse decodes data into v, which must be a pointer to a struct.
 func (d *decoder) parse(data []byte, v any) {
+	if len(data) > MaxFileBytes {
+		d.fatal = true
+		d.errorf(pos{1, 1}, "the file is %d bytes, more than a station or template file may hold (%d)", len(data), MaxFileBytes)
+		return
+	}
+	if !utf8.Valid(data) {
+		d.fatal = true
+		d.errorf(badUTF8(data))
+		return
+	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		line := 1
@@ -96,10 +174,12 @@ func (d *decoder) parse(data []byte, v any) {
 		} else {
 			msg = strings.TrimPrefix(msg, "yaml: ")
 		}
+		d.fatal = true
 		d.errorf(pos{line, 1}, "invalid YAML: %s", msg)
 		return
 	}
 	if len(root.Content) == 0 {
+		d.fatal = true
 		d.errorf(pos{1, 1}, "the file is empty")
 		return
 	}
@@ -107,6 +187,13 @@ func (d *decoder) parse(data []byte, v any) {
 }
 
 var durationType = reflect.TypeOf(time.Duration(0))
+
+// leadingZero matches a decimal-looking integer with a leading 0.
+var leadingZero = regexp.MustCompile(`^0[0-9_]+$`)
+
+// enum is a string type with a fixed set of values; the decoder refuses
+// any other, and the reference lists them.
+type enum interface{ Values() []string }
 
 func join(path, key string) string {
 	if path == "" {
@@ -155,7 +242,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		d.mapping(n, v, path)
 	case v.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			d.errorf(p, "%s: expected a list, got %s", path, kindName(n))
+			d.decodeErr(path, p, "%s: expected a list, got %s", path, kindName(n))
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -165,38 +252,48 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		v.Set(s)
 	case v.Type() == durationType:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
-			d.errorf(p, "%s: expected a duration such as 500ms or 2s, got %s", path, kindName(n))
+			d.decodeErr(path, p, "%s: expected a duration such as 500ms or 2s, got %s", path, kindName(n))
 			return
 		}
 		dur, err := time.ParseDuration(n.Value)
 		if err != nil || dur < 0 {
-			d.errorf(p, "%s: expected a duration such as 500ms or 2s, got %q", path, n.Value)
+			d.decodeErr(path, p, "%s: expected a duration such as 500ms or 2s, got %q", path, n.Value)
 			return
 		}
 		v.SetInt(int64(dur))
 	case v.Kind() == reflect.String:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
-			d.errorf(p, "%s: expected a string, got %s", path, kindName(n))
+			d.decodeErr(path, p, "%s: expected a string, got %s", path, kindName(n))
+			return
+		}
+		if e, ok := v.Interface().(enum); ok && !slices.Contains(e.Values(), n.Value) {
+			d.decodeErr(path, p, "%s: unknown value %q (expected one of: %s)", path, n.Value, strings.Join(e.Values(), ", "))
 			return
 		}
 		v.SetString(n.Value)
 	case v.Kind() == reflect.Int || v.Kind() == reflect.Int64:
 		i, err := strconv.ParseInt(strings.ReplaceAll(n.Value, "_", ""), 0, 64)
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || err != nil {
-			d.errorf(p, "%s: expected an integer, got %s", path, kindName(n))
+			d.decodeErr(path, p, "%s: expected an integer, got %s", path, kindName(n))
+			return
+		}
+		if leadingZero.MatchString(n.Value) {
+			// 0100 would silently be octal 64.
+			dec, _ := strconv.ParseInt(strings.TrimLeft(strings.ReplaceAll(n.Value, "_", ""), "0"), 10, 64)
+			d.decodeErr(path, p, "%s: %s has a leading 0, which would make it octal; write %d, or 0x%X in hexadecimal", path, n.Value, dec, dec)
 			return
 		}
 		v.SetInt(i)
 	case v.Kind() == reflect.Float64:
 		f, err := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64)
 		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float") || err != nil {
-			d.errorf(p, "%s: expected a number, got %s", path, kindName(n))
+			d.decodeErr(path, p, "%s: expected a number, got %s", path, kindName(n))
 			return
 		}
 		v.SetFloat(f)
 	case v.Kind() == reflect.Bool:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
-			d.errorf(p, "%s: expected true or false, got %s", path, kindName(n))
+			d.decodeErr(path, p, "%s: expected true or false, got %s", path, kindName(n))
 			return
 		}
 		v.SetBool(n.Value == "true" || n.Value == "True" || n.Value == "TRUE")
@@ -211,7 +308,7 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 		what = "the file"
 	}
 	if n.Kind != yaml.MappingNode {
-		d.errorf(pos{n.Line, n.Column}, "%s: expected a mapping of keys, got %s", what, kindName(n))
+		d.decodeErr(path, pos{n.Line, n.Column}, "%s: expected a mapping of keys, got %s", what, kindName(n))
 		return
 	}
 	t := v.Type()
@@ -246,7 +343,7 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 		switch {
 		case seen[name]:
 		case f.Tag.Get("required") == "true":
-			d.errorf(pos{n.Line, n.Column}, "%s: missing required key %q", what, name)
+			d.decodeErr(join(path, name), pos{n.Line, n.Column}, "%s: missing required key %q", what, name)
 		case f.Type.Kind() == reflect.Struct && f.Type != durationType:
 			// An absent section still gets its defaults.
 			d.mapping(&yaml.Node{Kind: yaml.MappingNode, Line: n.Line, Column: n.Column}, v.Field(fields[name]), join(path, name))
@@ -260,4 +357,23 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 			d.at[fp] = pos{n.Line, n.Column}
 		}
 	}
+}
+
+// badUTF8 is the position of the first byte of data that is not UTF-8,
+// and the message for it.
+func badUTF8(data []byte) (pos, string, any) {
+	line, col := 1, 1
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		if r == utf8.RuneError && size <= 1 {
+			return pos{line, col}, "byte 0x%02x is not UTF-8: save the file as UTF-8", data[i]
+		}
+		if r == '\n' {
+			line, col = line+1, 1
+		} else {
+			col++
+		}
+		i += size
+	}
+	return pos{line, col}, "%s", "not UTF-8"
 }

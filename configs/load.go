@@ -1,10 +1,13 @@
 package configs
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"embed"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -34,19 +37,11 @@ var (
 // devices/ folder beside the station file, then among the embedded ones. On
 // any problem it returns Errors, with every problem found.
 func Load(path string) (*Station, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading station file: %w", err)
+		return nil, fmt.Errorf("station file: %w", err)
 	}
-	dir := filepath.Join(filepath.Dir(path), "devices")
-	return parse(path, data, func(name string) (string, []byte, error) {
-		file := filepath.Join(dir, name+".yaml")
-		b, err := os.ReadFile(file)
-		if errors.Is(err, fs.ErrNotExist) {
-			return embeddedTemplate(name)
-		}
-		return file, b, err
-	})
+	return parse(path, data, templates{dir: filepath.Join(filepath.Dir(path), "devices")})
 }
 
 // LoadEmbedded loads one of the embedded station files, e.g. "police-room.yaml".
@@ -55,21 +50,75 @@ func LoadEmbedded(name string) (*Station, error) {
 	if err != nil {
 		return nil, fmt.Errorf("no embedded station %q: %w", name, err)
 	}
-	return parse("configs/"+name, data, embeddedTemplate)
+	return parse("configs/"+name, data, templates{})
 }
 
 // Parse decodes and validates station file data; templates come from the
 // embedded ones. It serves tools that build station files in memory.
 func Parse(name string, data []byte) (*Station, error) {
-	return parse(name, data, embeddedTemplate)
+	return parse(name, data, templates{})
 }
 
-type templateSource func(name string) (file string, data []byte, err error)
+// readFile reads a station or template file, refusing one larger than
+// MaxFileBytes before reading it.
+func readFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fileErr(err)
+	}
+	if fi.IsDir() {
+		return nil, fmt.Errorf("%s is a directory, not a file", path)
+	}
+	if fi.Size() > MaxFileBytes {
+		return nil, fmt.Errorf("%s is %d bytes, more than a station or template file may hold (%d)", path, fi.Size(), MaxFileBytes)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fileErr(err)
+	}
+	return b, nil
+}
 
-// embeddedTemplate is the built-in template of that name.
-func embeddedTemplate(name string) (string, []byte, error) {
+// templates finds device templates: in dir (the devices/ folder beside a
+// station file) when set, then among the embedded ones.
+type templates struct{ dir string }
+
+// find returns a template's file and data. A template that exists nowhere
+// gives fs.ErrNotExist; one in dir that cannot be read (a dangling link, a
+// directory, no permission, too large) gives an error naming its path, and
+// never falls back to the built-in template of that name.
+func (ts templates) find(name string) (string, []byte, error) {
+	if ts.dir != "" {
+		file := filepath.Join(ts.dir, name+".yaml")
+		if _, err := os.Lstat(file); err == nil {
+			b, err := readFile(file)
+			if errors.Is(err, fs.ErrNotExist) {
+				err = fmt.Errorf("%s is a link to a file that does not exist", file)
+			}
+			return file, b, err
+		}
+	}
 	b, err := Embedded.ReadFile("devices/" + name + ".yaml")
 	return "configs/devices/" + name + ".yaml", b, err
+}
+
+// names lists the templates there are, sorted.
+func (ts templates) names() []string {
+	set := map[string]bool{}
+	add := func(des []fs.DirEntry) {
+		for _, de := range des {
+			if n, ok := strings.CutSuffix(de.Name(), ".yaml"); ok {
+				set[n] = true
+			}
+		}
+	}
+	if ts.dir != "" {
+		des, _ := os.ReadDir(ts.dir)
+		add(des)
+	}
+	des, _ := Embedded.ReadDir("devices")
+	add(des)
+	return slices.Sorted(maps.Keys(set))
 }
 
 var (
@@ -78,30 +127,33 @@ var (
 	signalPattern = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 )
 
-func parse(file string, data []byte, templates templateSource) (*Station, error) {
+func parse(file string, data []byte, src templates) (*Station, error) {
 	d := newDecoder(file)
 	st := &Station{File: file, Templates: map[string]*Template{}}
 	d.parse(data, st)
-	if len(d.errs) > 0 {
-		return nil, d.errs.sorted()
+	if d.fatal {
+		return nil, d.errs.sorted(d.dropped)
 	}
 	st.defaults()
 	d.validateStation(st)
-	tried := map[string]bool{}
+	// found holds the templates that exist, loaded or not (a template
+	// with errors is reported with its own errors, not as missing).
+	found := map[string]bool{}
 	for _, dev := range st.Devices {
-		if tried[dev.Template] || !tmplPattern.MatchString(dev.Template) {
+		if found[dev.Template] || !tmplPattern.MatchString(dev.Template) {
 			continue
 		}
-		tried[dev.Template] = true
-		t, terrs := loadTemplate(dev.Template, templates)
+		t, ok, terrs, dropped := loadTemplate(dev.Template, src)
 		d.errs = append(d.errs, terrs...)
+		d.dropped += dropped
+		found[dev.Template] = ok
 		if t != nil {
 			st.Templates[dev.Template] = t
 		}
 	}
-	d.validateDevices(st)
+	d.validateDevices(st, found, src)
 	if len(d.errs) > 0 {
-		return nil, d.errs.sorted()
+		return nil, d.errs.sorted(d.dropped)
 	}
 	return st, nil
 }
@@ -109,6 +161,14 @@ func parse(file string, data []byte, templates templateSource) (*Station, error)
 func (st *Station) defaults() {
 	if st.StateDir == "" {
 		st.StateDir = filepath.Join("/var/lib/outpost", st.Station.ID)
+	}
+	// Files the station names are relative to the station file.
+	if t := st.Hub.MQTT.TLS; t != nil {
+		for _, p := range []*string{&t.CA, &t.Cert, &t.Key} {
+			if *p != "" && !filepath.IsAbs(*p) {
+				*p = filepath.Join(filepath.Dir(st.File), *p)
+			}
+		}
 	}
 	m := &st.Hub.MQTT
 	if m.ClientID == "" {
@@ -126,9 +186,6 @@ func (d *decoder) validateStation(st *Station) {
 	if !idPattern.MatchString(st.Station.ID) {
 		d.errAt("station.id", "station.id: %q is not a valid id (letters, digits, '_', '-', '.'; at most 64)", st.Station.ID)
 	}
-	if !st.Station.Type.Valid() {
-		d.errAt("station.type", "station.type: unknown station type %q (expected one of: %s)", st.Station.Type, joinTypes(model.StationTypes))
-	}
 	d.checkURL("hub.mqtt.url", st.Hub.MQTT.URL, "tcp://127.0.0.1:1883", "tcp", "mqtt", "ssl", "tls", "mqtts")
 	if u, err := url.Parse(st.Hub.MQTT.URL); err == nil && u.Host != "" && u.Port() == "" {
 		d.errAt("hub.mqtt.url", "hub.mqtt.url: %q has no port (e.g. tcp://%s:1883, ssl://%s:8883)", st.Hub.MQTT.URL, u.Hostname(), u.Hostname())
@@ -136,8 +193,8 @@ func (d *decoder) validateStation(st *Station) {
 	if len(st.Devices) == 0 {
 		d.errAt("devices", "devices: a station needs at least one device")
 	}
-	if t := st.Hub.MQTT.TLS; t != nil && (t.Cert == "") != (t.Key == "") {
-		d.errAt("hub.mqtt.tls", "hub.mqtt.tls: cert and key go together; give both or neither")
+	if t := st.Hub.MQTT.TLS; t != nil {
+		d.checkTLS("hub.mqtt.tls", t)
 	}
 	if st.Hub.Influx != nil {
 		d.checkURL("hub.influx.url", st.Hub.Influx.URL, "http://127.0.0.1:8086", "http", "https")
@@ -171,7 +228,6 @@ func (d *decoder) validateStation(st *Station) {
 		if b.Baud < 300 || b.Baud > 4000000 {
 			d.errAt(path+".baud", "%s.baud: %d is not a usable baud rate (300 to 4000000, e.g. 9600)", path, b.Baud)
 		}
-		d.oneOf(path+".parity", string(b.Parity), []string{"none", "even", "odd"})
 		if b.DataBits < 7 || b.DataBits > 8 {
 			d.errAt(path+".data_bits", "%s.data_bits: %d (expected 7 or 8)", path, b.DataBits)
 		}
@@ -190,6 +246,59 @@ func (d *decoder) validateStation(st *Station) {
 		d.checkTiming(path, e.Timeout, e.Retries)
 	}
 }
+
+// checkTLS checks that the TLS files a station names are there and hold
+// what they should, so that a wrong path shows at validate, not at the
+// first connect in the field.
+func (d *decoder) checkTLS(path string, t *TLS) {
+	if (t.Cert == "") != (t.Key == "") {
+		d.errAt(path, "%s: cert and key go together; give both or neither", path)
+	}
+	if t.CA != "" {
+		if pem, err := readFile(t.CA); err != nil {
+			d.errAt(path+".ca", "%s.ca: %v", path, err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			d.errAt(path+".ca", "%s.ca: %s holds no PEM certificate (expected the CA that signed the broker's certificate)", path, t.CA)
+		}
+	}
+	if t.Cert == "" || t.Key == "" {
+		return
+	}
+	certOK, keyOK := true, true
+	for _, f := range []struct{ key, file string }{{"cert", t.Cert}, {"key", t.Key}} {
+		if _, err := readFile(f.file); err != nil {
+			d.errAt(path+"."+f.key, "%s.%s: %v", path, f.key, err)
+			certOK, keyOK = certOK && f.key != "cert", keyOK && f.key != "key"
+		}
+	}
+	if certOK && keyOK {
+		if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
+			d.errAt(path+".cert", "%s: the certificate %s and key %s do not make a pair: %v", path, t.Cert, t.Key, err)
+		}
+	}
+}
+
+// fileErr words a file error for an installer; errors.Is still sees the
+// cause.
+func fileErr(err error) error {
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && errors.As(err, &pe):
+		return &fileError{pe.Path + " does not exist", err}
+	case errors.Is(err, fs.ErrPermission) && errors.As(err, &pe):
+		return &fileError{pe.Path + " cannot be read by this user (check its owner and mode)", err}
+	}
+	return err
+}
+
+// fileError is a file error in an installer's words.
+type fileError struct {
+	msg string
+	err error
+}
+
+func (e *fileError) Error() string { return e.msg }
+func (e *fileError) Unwrap() error { return e.err }
 
 func (d *decoder) checkTiming(path string, timeout time.Duration, retries int) {
 	if timeout < time.Millisecond || timeout > time.Minute {
@@ -213,15 +322,7 @@ func (d *decoder) oneOf(path, v string, allowed []string) {
 	}
 }
 
-func joinTypes(ts []model.StationType) string {
-	s := make([]string, len(ts))
-	for i, t := range ts {
-		s[i] = string(t)
-	}
-	return strings.Join(s, ", ")
-}
-
-func (d *decoder) validateDevices(st *Station) {
+func (d *decoder) validateDevices(st *Station, found map[string]bool, src templates) {
 	ids := map[string]string{}
 	type unitKey struct {
 		link string
@@ -246,8 +347,9 @@ func (d *decoder) validateDevices(st *Station) {
 		ids[dev.ID] = path
 		if !tmplPattern.MatchString(dev.Template) {
 			d.errAt(path+".template", "%s.template: %q is not a template name (lower-case letters, digits, '-', '_')", path, dev.Template)
-		} else if st.Templates[dev.Template] == nil {
-			d.errAt(path+".template", "%s.template: unknown template %q (no devices/%s.yaml beside the station file, nor among the built-in templates)", path, dev.Template, dev.Template)
+		} else if !found[dev.Template] {
+			d.errAt(path+".template", "%s.template: unknown template %q: no devices/%s.yaml beside the station file, nor a built-in one%s",
+				path, dev.Template, dev.Template, suggest(dev.Template, src.names()))
 		}
 		link, maxUnit, minUnit := "", 247, 1
 		switch {
@@ -263,6 +365,7 @@ func (d *decoder) validateDevices(st *Station) {
 			if !endpoints[dev.Endpoint] {
 				d.errAt(path+".endpoint", "%s.endpoint: no endpoint with id %q in endpoints", path, dev.Endpoint)
 			}
+		case d.quiet(path + ".bus"), d.quiet(path + ".endpoint"):
 		default:
 			d.errAt(path, "%s: missing bus or endpoint: say where the device is connected", path)
 		}
@@ -281,16 +384,23 @@ func (d *decoder) validateDevices(st *Station) {
 	}
 }
 
-func loadTemplate(name string, src templateSource) (*Template, Errors) {
-	file, data, err := src(name)
-	if err != nil {
-		return nil, nil // reported as an unknown template at the device
+// loadTemplate loads and checks a template. ok is false when there is no
+// template of that name; with ok and errs the template exists and has
+// errors (t may then be nil).
+func loadTemplate(name string, src templates) (t *Template, ok bool, errs Errors, dropped int) {
+	file, data, err := src.find(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil, 0
 	}
 	d := newDecoder(file)
-	t := &Template{File: file}
+	if err != nil {
+		d.errorf(pos{1, 1}, "template %s cannot be read: %v", name, err)
+		return nil, true, d.errs, 0
+	}
+	t = &Template{File: file}
 	d.parse(data, t)
-	if len(d.errs) > 0 {
-		return nil, d.errs
+	if d.fatal {
+		return nil, true, d.errs, d.dropped
 	}
 	if t.Name != name {
 		d.errAt("template", "template: the file says template %q, but its name is %q", t.Name, name)
@@ -317,9 +427,6 @@ func loadTemplate(name string, src templateSource) (*Template, Errors) {
 			d.errAt(path+".signal", "%s.signal: signal %q is already defined by %s", path, r.Signal, first)
 		}
 		signals[r.Signal] = path
-		d.oneOf(path+".table", string(r.Table), []string{"coil", "discrete", "input", "holding"})
-		d.oneOf(path+".type", string(r.Type), []string{"bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "string"})
-		d.oneOf(path+".order", string(r.Order), []string{"ABCD", "CDAB", "BADC", "DCBA"})
 		if r.Table.IsBits() && r.Type != TypeBool {
 			d.errAt(path+".type", "%s.type: a %s holds single bits, so its type must be bool, not %s", path, r.Table, r.Type)
 		}
@@ -358,14 +465,47 @@ func loadTemplate(name string, src templateSource) (*Template, Errors) {
 			if r.Type != TypeBool {
 				d.errAt(path+".event", "%s.event: events are raised by bool signals only", path)
 			}
-			d.oneOf(path+".event.severity", string(r.Event.Severity), []string{"info", "warning", "critical"})
 			if !signalPattern.MatchString(r.Event.Kind) {
 				d.errAt(path+".event.kind", "%s.event.kind: %q is not an event kind (lower-case letters, digits, '_')", path, r.Event.Kind)
 			}
 		}
-		if r.Sim != nil {
-			d.oneOf(path+".sim.wave", r.Sim.Wave, SimWaves)
+	}
+	return t, true, d.errs, d.dropped
+}
+
+// suggest names the template closest to name, if one is close, and the
+// templates there are.
+func suggest(name string, names []string) string {
+	best, bestD := "", max(2, len(name)/4)+1
+	for _, n := range names {
+		if dist := distance(name, n); dist < bestD {
+			best, bestD = n, dist
 		}
 	}
-	return t, d.errs
+	s := ""
+	if best != "" {
+		s = fmt.Sprintf("; did you mean %q?", best)
+	}
+	return s + " (templates: " + strings.Join(names, ", ") + ")"
+}
+
+// distance is the Levenshtein distance of two strings.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

@@ -2,6 +2,7 @@ package configs
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,4 +117,108 @@ devices:
 			t.Errorf("%s = %v (%T), want %v (%T)", c.name, c.got, c.got, c.want, c.want)
 		}
 	}
+}
+
+// station writes a station file using template tmpl into a new folder and
+// returns its path.
+func stationFile(t *testing.T, extra string) string {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "station.yaml")
+	src := `version: 1
+station: {id: pr-1, type: police_room}
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+buses:
+  - {id: rs485-1, port: /dev/ttyUSB0, baud: 9600}
+devices:
+  - {id: th-1, template: temp-humidity, bus: rs485-1, unit_id: 1}
+` + extra
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(dir, "devices"), 0o755)
+	return path
+}
+
+// wantErrors loads path and wants exactly these error lines, with the
+// station's folder written as DIR.
+func wantErrors(t *testing.T, path string, want ...string) {
+	t.Helper()
+	_, err := Load(path)
+	if err == nil {
+		t.Fatalf("loaded without error; want %q", want)
+	}
+	got := strings.ReplaceAll(err.Error(), filepath.Dir(path), "DIR")
+	if got != strings.Join(want, "\n") {
+		t.Errorf("errors:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+}
+
+// TestTemplateFileProblems: a template beside the station file that is
+// there but cannot be read is an error naming it, never a silent fall
+// back to the built-in template of that name.
+func TestTemplateFileProblems(t *testing.T) {
+	t.Run("dangling link", func(t *testing.T) {
+		path := stationFile(t, "")
+		os.Symlink("/nonexistent/th.yaml", filepath.Join(filepath.Dir(path), "devices", "temp-humidity.yaml"))
+		wantErrors(t, path, "DIR/devices/temp-humidity.yaml:1:1: template temp-humidity cannot be read: DIR/devices/temp-humidity.yaml is a link to a file that does not exist")
+	})
+	t.Run("directory", func(t *testing.T) {
+		path := stationFile(t, "")
+		os.Mkdir(filepath.Join(filepath.Dir(path), "devices", "temp-humidity.yaml"), 0o755)
+		wantErrors(t, path, "DIR/devices/temp-humidity.yaml:1:1: template temp-humidity cannot be read: DIR/devices/temp-humidity.yaml is a directory, not a file")
+	})
+	t.Run("too large", func(t *testing.T) {
+		path := stationFile(t, "")
+		os.WriteFile(filepath.Join(filepath.Dir(path), "devices", "temp-humidity.yaml"), make([]byte, MaxFileBytes+1), 0o600)
+		wantErrors(t, path, fmt.Sprintf("DIR/devices/temp-humidity.yaml:1:1: template temp-humidity cannot be read: DIR/devices/temp-humidity.yaml is %d bytes, more than a station or template file may hold (%d)", MaxFileBytes+1, MaxFileBytes))
+	})
+}
+
+// TestLargeFiles: a station file over the limit is refused before it is
+// parsed, and one with thousands of mistakes lists the first MaxErrors.
+func TestLargeFiles(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "station.yaml")
+	os.WriteFile(path, make([]byte, 60<<20), 0o600)
+	_, err := Load(path)
+	want := fmt.Sprintf("station file: %s is %d bytes, more than a station or template file may hold (%d)", path, 60<<20, MaxFileBytes)
+	if err == nil || err.Error() != want {
+		t.Errorf("60 MB station file: %v\nwant %s", err, want)
+	}
+
+	var b strings.Builder
+	b.WriteString("version: 1\nstation: {id: pr-1, type: police_room}\nhub: {mqtt: {url: \"tcp://127.0.0.1:1883\"}}\ndevices:\n")
+	// Three problems a device (an unknown key, an unknown bus, a unit id
+	// taken), but the first device's unit id is its own.
+	for i := range 5000 {
+		fmt.Fprintf(&b, "  - {id: d-%d, template: temp-humidity, bus: nowhere, unit_id: 1, colour: red}\n", i)
+	}
+	_, err = Parse("big.yaml", []byte(b.String()))
+	errs, ok := err.(Errors)
+	if !ok {
+		t.Fatalf("error %T %v", err, err)
+	}
+	if len(errs) != MaxErrors+1 {
+		t.Fatalf("%d error lines, want %d and a last one saying how many more", len(errs), MaxErrors+1)
+	}
+	if last := errs[MaxErrors].Error(); last != "big.yaml: and 14799 more problems (fix the ones above first)" {
+		t.Errorf("last line %q", last)
+	}
+}
+
+// TestTLSFilesChecked: the TLS files a station names are checked when it
+// is validated, relative to the station file, not at the first connect.
+func TestTLSFilesChecked(t *testing.T) {
+	path := stationFile(t, "")
+	dir := filepath.Dir(path)
+	os.WriteFile(filepath.Join(dir, "ca.pem"), []byte("not a certificate\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "client.key"), []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o600)
+	src, _ := os.ReadFile(path)
+	src = []byte(strings.Replace(string(src), `mqtt: {url: "tcp://127.0.0.1:1883"}`,
+		`mqtt: {url: "ssl://127.0.0.1:8883", tls: {ca: ca.pem, cert: certs/client.pem, key: client.key}}`, 1))
+	os.WriteFile(path, src, 0o600)
+	wantErrors(t, path,
+		"DIR/station.yaml:4:49: hub.mqtt.tls.ca: DIR/ca.pem holds no PEM certificate (expected the CA that signed the broker's certificate)",
+		"DIR/station.yaml:4:63: hub.mqtt.tls.cert: DIR/certs/client.pem does not exist")
 }

@@ -43,7 +43,7 @@ func everything() *configs.Template {
 	regs[8].Length = 4
 	regs[9].Bit, regs[10].Bit = bit(1), bit(0)
 	regs[12].Scale, regs[12].Offset, regs[12].Unit = 0.01, -40, "V"
-	return &configs.Template{Name: "everything", Kind: "test_kind", Registers: regs}
+	return &configs.Template{Name: "everything", Kind: "test_kind", ReadGaps: true, Registers: regs}
 }
 
 var everythingSpec = map[string]map[int]int{

@@ -173,7 +173,7 @@ func Plan(t *configs.Template, c Cost) ([]Request, error) {
 					t.Registers[u.signals[0]].Signal, u.end-u.start, table, limit)
 			}
 		}
-		out = append(out, partition(table, units, limit, t.GapsReadable(), c)...)
+		out = append(out, partition(table, units, limit, t.ReadGaps, c)...)
 	}
 	return out, nil
 }

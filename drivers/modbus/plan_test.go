@@ -50,7 +50,7 @@ func TestCharTimeAndSilence(t *testing.T) {
 // TestPlanScattered is the DESIGN's scattered map at 9600 8N1 with a 5 ms
 // turnaround: the plan beats reading one span and reading every run alone.
 func TestPlanScattered(t *testing.T) {
-	tmpl := &configs.Template{Name: "scattered", Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
+	tmpl := &configs.Template{Name: "scattered", ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
 	cost := BusCost(bus9600)
 	plan, err := Plan(tmpl, cost)
 	if err != nil {
@@ -95,7 +95,7 @@ func TestPlanScattered(t *testing.T) {
 }
 
 func TestPlanTCPMergesAll(t *testing.T) {
-	tmpl := &configs.Template{Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
+	tmpl := &configs.Template{ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
 	plan, err := Plan(tmpl, EndpointCost(&configs.Endpoint{}))
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +106,6 @@ func TestPlanTCPMergesAll(t *testing.T) {
 }
 
 func TestPlanLimitsAndGaps(t *testing.T) {
-	no := false
 	tcp := EndpointCost(&configs.Endpoint{})
 	f32 := func(a int) configs.Register {
 		return configs.Register{Signal: fmt.Sprint("f", a), Table: configs.Input, Address: a, Type: configs.TypeFloat32}
@@ -120,21 +119,21 @@ func TestPlanLimitsAndGaps(t *testing.T) {
 		cost Cost
 		want string
 	}{
-		{"125 registers fit one request", configs.Template{Registers: holdings(0, 124)}, tcp, "holding 0-124"},
-		{"126 registers take two", configs.Template{Registers: holdings(0, 125)}, tcp, "holding 0-0, holding 125-125"},
-		{"a float ending at the limit fits", configs.Template{Registers: []configs.Register{f32(0), f32(123)}}, tcp, "input 0-124"},
-		{"a float is never split at the limit", configs.Template{Registers: []configs.Register{f32(0), f32(124)}}, tcp, "input 0-1, input 124-125"},
-		{"2000 bits fit one request", configs.Template{Registers: []configs.Register{coil(0), coil(1999)}}, tcp, "coil 0-1999"},
-		{"2001 bits take two", configs.Template{Registers: []configs.Register{coil(0), coil(2000)}}, tcp, "coil 0-0, coil 2000-2000"},
-		{"no gaps: only adjacent signals merge", configs.Template{ReadGaps: &no, Registers: append(holdings(0, 1, 2, 5), f32(6), f32(8), f32(20))}, tcp,
+		{"125 registers fit one request", configs.Template{ReadGaps: true, Registers: holdings(0, 124)}, tcp, "holding 0-124"},
+		{"126 registers take two", configs.Template{ReadGaps: true, Registers: holdings(0, 125)}, tcp, "holding 0-0, holding 125-125"},
+		{"a float ending at the limit fits", configs.Template{ReadGaps: true, Registers: []configs.Register{f32(0), f32(123)}}, tcp, "input 0-124"},
+		{"a float is never split at the limit", configs.Template{ReadGaps: true, Registers: []configs.Register{f32(0), f32(124)}}, tcp, "input 0-1, input 124-125"},
+		{"2000 bits fit one request", configs.Template{ReadGaps: true, Registers: []configs.Register{coil(0), coil(1999)}}, tcp, "coil 0-1999"},
+		{"2001 bits take two", configs.Template{ReadGaps: true, Registers: []configs.Register{coil(0), coil(2000)}}, tcp, "coil 0-0, coil 2000-2000"},
+		{"no gaps: only adjacent signals merge", configs.Template{ReadGaps: false, Registers: append(holdings(0, 1, 2, 5), f32(6), f32(8), f32(20))}, tcp,
 			"input 6-9, input 20-21, holding 0-2, holding 5-5"},
-		{"overlapping bits of one register", configs.Template{ReadGaps: &no, Registers: []configs.Register{
+		{"overlapping bits of one register", configs.Template{ReadGaps: false, Registers: []configs.Register{
 			{Signal: "a", Table: configs.Holding, Address: 0, Type: configs.TypeBool, Bit: bit(0)},
 			{Signal: "b", Table: configs.Holding, Address: 0, Type: configs.TypeBool, Bit: bit(1)},
 			{Signal: "c", Table: configs.Holding, Address: 1, Type: configs.TypeUint32}}}, tcp, "holding 0-2"},
-		{"tables apart", configs.Template{Registers: []configs.Register{coil(3), f32(0), holdings(0)[0], {Signal: "d", Table: configs.Discrete, Type: configs.TypeBool}}}, BusCost(bus9600),
+		{"tables apart", configs.Template{ReadGaps: true, Registers: []configs.Register{coil(3), f32(0), holdings(0)[0], {Signal: "d", Table: configs.Discrete, Type: configs.TypeBool}}}, BusCost(bus9600),
 			"coil 3-3, discrete 0-0, input 0-1, holding 0-0"},
-		{"rtu: a far register stays apart", configs.Template{Registers: holdings(0, 1, 2, 200)}, BusCost(bus9600), "holding 0-2, holding 200-200"},
+		{"rtu: a far register stays apart", configs.Template{ReadGaps: true, Registers: holdings(0, 1, 2, 200)}, BusCost(bus9600), "holding 0-2, holding 200-200"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -180,7 +179,7 @@ func TestPlanOptimal(t *testing.T) {
 	cost := BusCost(bus9600)
 	maps := [][]int{{0, 1, 5, 9, 30, 31, 60, 100}, {0, 3, 6, 9, 12}, {0, 20, 21, 22, 40, 41, 90}, {5}, {0, 7, 8, 15, 40}}
 	for _, addrs := range maps {
-		plan, err := Plan(&configs.Template{Registers: holdings(addrs...)}, cost)
+		plan, err := Plan(&configs.Template{ReadGaps: true, Registers: holdings(addrs...)}, cost)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -209,7 +208,7 @@ func TestPlanOptimal(t *testing.T) {
 }
 
 func BenchmarkPlan(b *testing.B) {
-	tmpl := &configs.Template{Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
+	tmpl := &configs.Template{ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
 	cost := BusCost(bus9600)
 	for b.Loop() {
 		if _, err := Plan(tmpl, cost); err != nil {

@@ -113,7 +113,7 @@ func New(d configs.Device, t *configs.Template, o Options) (*Device, error) {
 	dev := &Device{
 		id:      d.ID,
 		unit:    byte(d.UnitID),
-		gaps:    t.GapsReadable(),
+		gaps:    t.ReadGaps,
 		tables:  map[configs.Table]*table{},
 		sink:    o.Sink,
 		now:     o.Now,

@@ -22,7 +22,7 @@ func testTemplate(gaps bool) *configs.Template {
 	return &configs.Template{
 		Name:     "t",
 		Kind:     "test",
-		ReadGaps: &gaps,
+		ReadGaps: gaps,
 		Registers: []configs.Register{
 			{Signal: "temp", Table: configs.Input, Address: 0, Type: configs.TypeInt16, Scale: 0.1, Sim: constant(21.3)},
 			{Signal: "volt", Table: configs.Input, Address: 1, Type: configs.TypeFloat32, Order: configs.ABCD, Scale: 1, Sim: constant(229.5)},
@@ -184,7 +184,7 @@ func TestNewErrors(t *testing.T) {
 // the served value is what its registers say.
 func TestConsistentResponse(t *testing.T) {
 	gaps := true
-	tm := &configs.Template{Name: "c", Kind: "test", ReadGaps: &gaps, Registers: []configs.Register{
+	tm := &configs.Template{Name: "c", Kind: "test", ReadGaps: gaps, Registers: []configs.Register{
 		{Signal: "count", Table: configs.Input, Address: 0, Type: configs.TypeUint32, Scale: 1, Sim: &configs.Sim{Wave: "counter", Rate: 1000}},
 	}}
 	var now time.Time

@@ -115,12 +115,12 @@ type Generator struct {
 }
 
 // Waves lists the supported waves.
-var Waves = configs.SimWaves
+var Waves = configs.Wave("").Values()
 
 // New returns the generator of sim. key names the signal (e.g. device and
 // signal id) so that signals with equal settings still differ.
 func New(sim configs.Sim, seed int64, key string, start time.Time) (*Generator, error) {
-	if !slices.Contains(Waves, sim.Wave) {
+	if !slices.Contains(Waves, string(sim.Wave)) {
 		return nil, fmt.Errorf("signal %s: unknown wave %q", key, sim.Wave)
 	}
 	if (sim.Wave == "random" || sim.Wave == "daily") && sim.Max < sim.Min {

@@ -27,7 +27,7 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 func newDevice(t testing.TB, id string, unit int) *device.Device {
 	t.Helper()
 	gaps := true
-	tm := &configs.Template{Name: "t", Kind: "test", ReadGaps: &gaps, Registers: []configs.Register{
+	tm := &configs.Template{Name: "t", Kind: "test", ReadGaps: gaps, Registers: []configs.Register{
 		{Signal: "temp", Table: configs.Input, Address: 0, Type: configs.TypeInt16, Scale: 0.1, Sim: &configs.Sim{Wave: "constant", Value: 21.3}},
 		{Signal: "hum", Table: configs.Input, Address: 1, Type: configs.TypeUint16, Scale: 0.1, Sim: &configs.Sim{Wave: "constant", Value: float64(unit)}},
 		{Signal: "setpoint", Table: configs.Holding, Address: 0, Type: configs.TypeUint16, Scale: 1, Sim: &configs.Sim{Wave: "constant", Value: 5}},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -296,7 +297,7 @@ func ParseJSON(b []byte) (Message, error) {
 		return Message{}, errors.New(`hub payload: missing "station_type"`)
 	}
 	m.StationType = StationType(*w.StationType)
-	if !m.StationType.Valid() {
+	if !slices.Contains(StationTypes, m.StationType) {
 		return Message{}, fmt.Errorf("hub payload: unknown station_type %q", *w.StationType)
 	}
 	if w.Seq == nil {

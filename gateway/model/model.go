@@ -34,14 +34,13 @@ const (
 // StationTypes lists the valid station types in a stable order.
 var StationTypes = []StationType{Workstation, PoliceRoom, SafetyPost, GridStation, PoliceCube}
 
-// Valid reports whether t is one of the five station types.
-func (t StationType) Valid() bool {
-	for _, s := range StationTypes {
-		if s == t {
-			return true
-		}
+// Values lists the station types as a station file names them.
+func (StationType) Values() []string {
+	v := make([]string, len(StationTypes))
+	for i, t := range StationTypes {
+		v[i] = string(t)
 	}
-	return false
+	return v
 }
 
 // Kind says what a Message carries.
@@ -140,6 +139,9 @@ const (
 	Warning  Severity = "warning"
 	Critical Severity = "critical"
 )
+
+// Values lists the severities.
+func (Severity) Values() []string { return []string{string(Info), string(Warning), string(Critical)} }
 
 // Event kinds known to the gateway. Templates may name others.
 const (

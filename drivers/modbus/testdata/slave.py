@@ -6,6 +6,11 @@ Usage: slave.py SPEC.json tcp
 SPEC maps unit ids to tables of register values:
   {"1": {"hr": {"0": 4660, ...}, "ir": {...}, "co": {"0": 1}, "di": {...}}}
 Addresses are zero-based (zero_mode). Units not in SPEC get no answer.
+Each table holds at least 1024 entries from address 0, and more when SPEC
+sets an address beyond (e.g. 0x4000 = 16384); unset entries read 0.
+A unit whose tables include "sparse" (any value, e.g. {}) instead holds only
+the addresses SPEC sets: a read that touches any other address gets
+exception 02 (illegal data address), as many real meters answer.
 Prints "ready PORT" (tcp) or "ready" (serial) once it serves.
 """
 import asyncio
@@ -17,6 +22,7 @@ from pymodbus.datastore import (
     ModbusSequentialDataBlock,
     ModbusServerContext,
     ModbusSlaveContext,
+    ModbusSparseDataBlock,
 )
 from pymodbus.server.async_io import ModbusSerialServer, ModbusTcpServer
 from pymodbus.transaction import ModbusRtuFramer, ModbusSocketFramer
@@ -25,21 +31,27 @@ SIZE = 1024
 
 
 def block(values):
-    data = [0] * SIZE
+    size = max([SIZE] + [int(addr) + 1 for addr in values])
+    data = [0] * size
     for addr, v in values.items():
         data[int(addr)] = v
     return ModbusSequentialDataBlock(0, data)
 
 
+def sparse_block(values):
+    return ModbusSparseDataBlock({int(addr): v for addr, v in values.items()})
+
+
 def context(spec):
     slaves = {}
     for unit, tables in spec.items():
+        make = sparse_block if "sparse" in tables else block
         slaves[int(unit)] = ModbusSlaveContext(
             zero_mode=True,
-            hr=block(tables.get("hr", {})),
-            ir=block(tables.get("ir", {})),
-            co=block(tables.get("co", {})),
-            di=block(tables.get("di", {})),
+            hr=make(tables.get("hr", {})),
+            ir=make(tables.get("ir", {})),
+            co=make(tables.get("co", {})),
+            di=make(tables.get("di", {})),
         )
     return ModbusServerContext(slaves=slaves, single=False)
 

@@ -1,8 +1,5 @@
-// Command gateway is the outpost edge daemon and the installer's tool.
-//
-//	gateway run -config STATION.yaml      run the station
-//	gateway validate STATION.yaml         check a station file; exit 1 on errors
-//	gateway version
+// Command gateway is the outpost edge daemon and the installer's tool:
+// `gateway help` lists its commands, `gateway COMMAND --help` explains one.
 package main
 
 import (
@@ -28,59 +25,131 @@ func main() {
 	os.Exit(cli(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// command is one subcommand of the gateway binary.
+type command struct {
+	name    string
+	args    string // after the name, in the usage line
+	summary string
+	example string
+	run     func(c *command, args []string, stdout, stderr io.Writer) int
+}
+
+var commands []*command
+
+func init() {
+	commands = []*command{
+		{name: "run", args: "-config STATION.yaml [flags]", summary: "run the station: read its devices and forward everything to the hub",
+			example: "gateway run -config /etc/outpost/station.yaml", run: cmdRun},
+		{name: "validate", args: "STATION.yaml", summary: "check a station file and its templates; print every problem as FILE:LINE:COL: message and exit 1 if there is any",
+			example: "gateway validate /etc/outpost/station.yaml", run: cmdValidate},
+		{name: "version", summary: "print the gateway's version and hub contract version",
+			example: "gateway version", run: cmdVersion},
+	}
+}
+
 func cli(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		usage(stderr)
 		return 2
 	}
-	switch args[0] {
-	case "run":
-		return cmdRun(args[1:], stderr)
-	case "validate":
-		return cmdValidate(args[1:], stdout, stderr)
-	case "version":
-		fmt.Fprintf(stdout, "outpost gateway %s (hub contract v%d)\n", version, model.ContractVersion)
-		return 0
+	name, rest := args[0], args[1:]
+	if name == "help" && len(rest) > 0 {
+		name, rest = rest[0], []string{"-help"}
+	}
+	for _, c := range commands {
+		if c.name == name {
+			return c.run(c, rest, stdout, stderr)
+		}
+	}
+	switch name {
 	case "help", "-h", "-help", "--help":
 		usage(stdout)
 		return 0
 	}
-	fmt.Fprintf(stderr, "gateway: unknown command %q\n", args[0])
+	fmt.Fprintf(stderr, "gateway: unknown command %q\n", name)
 	usage(stderr)
 	return 2
 }
 
-func usage(w io.Writer) {
-	fmt.Fprint(w, `usage:
-  gateway run -config STATION.yaml [-log-level debug|info|warn|error] [-log-format text|json]
-  gateway validate STATION.yaml     print every error as FILE:LINE:COL: message; exit 1 if any
-  gateway version
-`)
+// flags is the command's flag set; errors go to stderr.
+func (c *command) flags(stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("gateway "+c.name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { c.usage(fs) }
+	return fs
 }
 
-func cmdValidate(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 {
+// parse parses args into fs. With -h, -help or --help anywhere it prints
+// the usage to stdout; ok is false when the command must end with code.
+func (c *command) parse(fs *flag.FlagSet, args []string, stdout io.Writer) (ok bool, code int) {
+	for _, a := range args {
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs.SetOutput(stdout)
+			c.usage(fs)
+			return false, 0
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return false, 2
+	}
+	return true, 0
+}
+
+// usage prints the command's usage, flags and example to fs's output.
+func (c *command) usage(fs *flag.FlagSet) {
+	w := fs.Output()
+	fmt.Fprintf(w, "usage: gateway %s %s\n\n%s\n", c.name, c.args, c.summary)
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n > 0 {
+		fmt.Fprintln(w, "\nflags:")
+		fs.PrintDefaults()
+	}
+	fmt.Fprintf(w, "\nexample:\n  %s\n", c.example)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: gateway COMMAND [arguments]   (gateway COMMAND --help tells more)\n\ncommands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+}
+
+func cmdVersion(c *command, args []string, stdout, stderr io.Writer) int {
+	if ok, code := c.parse(c.flags(stderr), args, stdout); !ok {
+		return code
+	}
+	fmt.Fprintf(stdout, "outpost gateway %s (hub contract v%d)\n", version, model.ContractVersion)
+	return 0
+}
+
+func cmdValidate(c *command, args []string, stdout, stderr io.Writer) int {
+	fs := c.flags(stderr)
+	if ok, code := c.parse(fs, args, stdout); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "usage: gateway validate STATION.yaml")
 		return 2
 	}
-	st, err := configs.Load(args[0])
+	path := fs.Arg(0)
+	st, err := configs.Load(path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: valid: station %s (%s), %d devices, %d buses, %d endpoints\n",
-		args[0], st.Station.ID, st.Station.Type, len(st.Devices), len(st.Buses), len(st.Endpoints))
+		path, st.Station.ID, st.Station.Type, len(st.Devices), len(st.Buses), len(st.Endpoints))
 	return 0
 }
 
-func cmdRun(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func cmdRun(c *command, args []string, stdout, stderr io.Writer) int {
+	fs := c.flags(stderr)
 	config := fs.String("config", "", "station file (required)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	format := fs.String("log-format", "text", "text or json")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if ok, code := c.parse(fs, args, stdout); !ok {
+		return code
 	}
 	if *config == "" {
 		fmt.Fprintln(stderr, "gateway run: -config STATION.yaml is required")

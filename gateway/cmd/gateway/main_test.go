@@ -20,7 +20,7 @@ func TestValidate(t *testing.T) {
 			"../../../configs/police-room.yaml: valid: station pr-0001 (police_room), 7 devices, 2 buses, 1 endpoints", ""},
 		{[]string{"validate", "../../../configs/testdata/errors/references.yaml"}, 1, "",
 			"../../../configs/testdata/errors/references.yaml:13:68: devices[2].unit_id: unit id 1 is already used on rs485-1 by devices[0] (th-1)"},
-		{[]string{"validate", "no-such-file.yaml"}, 1, "", "reading station file: open no-such-file.yaml: no such file or directory"},
+		{[]string{"validate", "no-such-file.yaml"}, 1, "", "station file: no-such-file.yaml does not exist"},
 		{[]string{"validate"}, 2, "", "usage: gateway validate STATION.yaml"},
 		{[]string{"run"}, 2, "", "gateway run: -config STATION.yaml is required"},
 		{[]string{"run", "-config", "../../../configs/testdata/errors/missing.yaml"}, 1, "",
@@ -50,6 +50,26 @@ func TestEveryConfigProtocolHasADriver(t *testing.T) {
 	for _, p := range append(slices.Clone(configs.BusProtocols), configs.EndpointProtocols...) {
 		if !slices.Contains(drivers.Protocols(), p) {
 			t.Errorf("station files may name protocol %q, but no driver registers it (have %v)", p, drivers.Protocols())
+		}
+	}
+}
+
+// TestEveryCommandHasHelp: every command answers --help (and -h, and
+// `gateway help CMD`) on stdout with its usage and an example, exit 0.
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range commands {
+		for _, args := range [][]string{{c.name, "--help"}, {c.name, "-h"}, {"help", c.name}, {c.name, "x.yaml", "--help"}} {
+			t.Run(strings.Join(args, " "), func(t *testing.T) {
+				var out, errb bytes.Buffer
+				if code := cli(args, &out, &errb); code != 0 {
+					t.Fatalf("exit %d, stderr %s", code, errb.String())
+				}
+				for _, want := range []string{"usage: gateway " + c.name, "example:\n  gateway " + c.name} {
+					if !strings.Contains(out.String(), want) {
+						t.Errorf("help lacks %q:\n%s", want, out.String())
+					}
+				}
+			})
 		}
 	}
 }
