@@ -139,17 +139,23 @@ func parse(file string, data []byte, src templates) (*Station, error) {
 	// found holds the templates that exist, loaded or not (a template
 	// with errors is reported with its own errors, not as missing).
 	found := map[string]bool{}
+	decs := map[string]*decoder{}
 	for _, dev := range st.Devices {
-		if found[dev.Template] || !tmplPattern.MatchString(dev.Template) {
+		if _, tried := found[dev.Template]; tried || !tmplPattern.MatchString(dev.Template) {
 			continue
 		}
-		t, ok, terrs, dropped := loadTemplate(dev.Template, src)
-		d.errs = append(d.errs, terrs...)
-		d.dropped += dropped
+		t, td, ok := loadTemplate(dev.Template, src)
 		found[dev.Template] = ok
 		if t != nil {
 			st.Templates[dev.Template] = t
+			decs[dev.Template] = td
+		} else if td != nil {
+			d.errs, d.dropped = append(d.errs, td.errs...), d.dropped+td.dropped
 		}
+	}
+	checkKinds(st, decs)
+	for _, td := range decs {
+		d.errs, d.dropped = append(d.errs, td.errs...), d.dropped+td.dropped
 	}
 	d.validateDevices(st, found, src)
 	if len(d.errs) > 0 {
@@ -195,6 +201,9 @@ func (d *decoder) validateStation(st *Station) {
 	}
 	if t := st.Hub.MQTT.TLS; t != nil {
 		d.checkTLS("hub.mqtt.tls", t)
+	}
+	if n := st.Hub.MQTT.MaxPacketSize; n != 0 && (n < 1024 || n > 268435455) {
+		d.errAt("hub.mqtt.max_packet_size", "hub.mqtt.max_packet_size: %d is out of range (1024 to 268435455, or 0 for no limit)", n)
 	}
 	if st.Hub.Influx != nil {
 		d.checkURL("hub.influx.url", st.Hub.Influx.URL, "http://127.0.0.1:8086", "http", "https")
@@ -385,28 +394,30 @@ func (d *decoder) validateDevices(st *Station, found map[string]bool, src templa
 }
 
 // loadTemplate loads and checks a template. ok is false when there is no
-// template of that name; with ok and errs the template exists and has
-// errors (t may then be nil).
-func loadTemplate(name string, src templates) (t *Template, ok bool, errs Errors, dropped int) {
+// template of that name; the decoder holds the template's errors (t may be
+// nil when it could not be read).
+func loadTemplate(name string, src templates) (t *Template, d *decoder, ok bool) {
 	file, data, err := src.find(name)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, false, nil, 0
+		return nil, nil, false
 	}
-	d := newDecoder(file)
+	d = newDecoder(file)
 	if err != nil {
 		d.errorf(pos{1, 1}, "template %s cannot be read: %v", name, err)
-		return nil, true, d.errs, 0
+		return nil, d, true
 	}
 	t = &Template{File: file}
 	d.parse(data, t)
 	if d.fatal {
-		return nil, true, d.errs, d.dropped
+		return nil, d, true
 	}
 	if t.Name != name {
 		d.errAt("template", "template: the file says template %q, but its name is %q", t.Name, name)
 	}
 	if t.Kind == "" || !signalPattern.MatchString(t.Kind) {
 		d.errAt("kind", "kind: %q is not a device kind (lower-case letters, digits, '_')", t.Kind)
+	} else if strings.HasPrefix(t.Kind, "outpost_") {
+		d.errAt("kind", "kind: %q is reserved: kinds starting outpost_ name the hub's event and health measurements in InfluxDB", t.Kind)
 	}
 	if len(t.Registers) == 0 {
 		d.errAt("registers", "registers: a template needs at least one register")
@@ -421,8 +432,8 @@ func loadTemplate(name string, src templates) (t *Template, ok bool, errs Errors
 		r, path := &t.Registers[i], fmt.Sprintf("registers[%d]", i)
 		if !signalPattern.MatchString(r.Signal) {
 			d.errAt(path+".signal", "%s.signal: %q is not a signal name (lower-case letters, digits, '_')", path, r.Signal)
-		} else if r.Signal == "seq" || r.Signal == "historical" || strings.HasSuffix(r.Signal, "_quality") {
-			d.errAt(path+".signal", "%s.signal: %q is reserved by the hub contract (seq, historical and names ending in _quality are InfluxDB fields of their own)", path, r.Signal)
+		} else if reserved(r.Signal) {
+			d.errAt(path+".signal", "%s.signal: %q is reserved: InfluxDB keeps time, the hub contract's tags (station, station_type, device) and fields (seq, historical, and names ending in _quality) under these names", path, r.Signal)
 		} else if first, dup := signals[r.Signal]; dup {
 			d.errAt(path+".signal", "%s.signal: signal %q is already defined by %s", path, r.Signal, first)
 		}
@@ -470,7 +481,76 @@ func loadTemplate(name string, src templates) (t *Template, ok bool, errs Errors
 			}
 		}
 	}
-	return t, true, d.errs, d.dropped
+	return t, d, true
+}
+
+// reserved says whether a signal name would collide in InfluxDB with what
+// the hub contract writes beside signals, or with InfluxDB's own time.
+func reserved(signal string) bool {
+	switch signal {
+	case "time", "seq", "historical", "station", "station_type", "device":
+		return true
+	}
+	return strings.HasSuffix(signal, "_quality")
+}
+
+// fieldType is the InfluxDB field type a signal's values get.
+func (r *Register) fieldType() string {
+	switch r.Type {
+	case TypeBool:
+		return "boolean"
+	case TypeString:
+		return "string"
+	}
+	return "float"
+}
+
+// checkKinds holds the templates of one device kind (one InfluxDB
+// measurement) to one field type per signal: InfluxDB refuses a point
+// whose field has another type than the measurement's. The station's
+// templates are checked against each other and against the built-in ones
+// of their kind, which stations of the same hub may use.
+func checkKinds(st *Station, decs map[string]*decoder) {
+	type first struct {
+		typ, where string
+	}
+	fields := map[string]first{} // kind/signal -> its first type
+	note := func(t *Template, builtin bool) {
+		for i := range t.Registers {
+			r := &t.Registers[i]
+			key := t.Kind + "/" + r.Signal
+			where := fmt.Sprintf("template %s", t.Name)
+			if builtin {
+				where = fmt.Sprintf("the built-in template %s", t.Name)
+			}
+			f, seen := fields[key]
+			switch {
+			case !seen:
+				fields[key] = first{r.fieldType(), where}
+			case f.typ != r.fieldType() && !builtin:
+				path := fmt.Sprintf("registers[%d].type", i)
+				decs[t.Name].errAt(path, "%s: signal %s is a %s here but a %s in %s; both are of kind %s, one InfluxDB measurement, and InfluxDB refuses a field of two types",
+					path, r.Signal, r.fieldType(), f.typ, f.where, t.Kind)
+			}
+		}
+	}
+	kinds := map[string]bool{}
+	for _, t := range st.Templates {
+		kinds[t.Kind] = true
+	}
+	des, _ := Embedded.ReadDir("devices")
+	for _, de := range des {
+		name := strings.TrimSuffix(de.Name(), ".yaml")
+		if st.Templates[name] != nil {
+			continue
+		}
+		if t, _, _ := loadTemplate(name, templates{}); t != nil && kinds[t.Kind] {
+			note(t, true)
+		}
+	}
+	for _, n := range slices.Sorted(maps.Keys(st.Templates)) {
+		note(st.Templates[n], false)
+	}
 }
 
 // suggest names the template closest to name, if one is close, and the

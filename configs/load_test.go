@@ -222,3 +222,28 @@ func TestTLSFilesChecked(t *testing.T) {
 		"DIR/station.yaml:4:49: hub.mqtt.tls.ca: DIR/ca.pem holds no PEM certificate (expected the CA that signed the broker's certificate)",
 		"DIR/station.yaml:4:63: hub.mqtt.tls.cert: DIR/certs/client.pem does not exist")
 }
+
+// TestBuiltinTemplates: every built-in template loads, and templates of one
+// kind agree on the type of each signal (one InfluxDB measurement).
+func TestBuiltinTemplates(t *testing.T) {
+	des, err := Embedded.ReadDir("devices")
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]string{}
+	for _, de := range des {
+		name := strings.TrimSuffix(de.Name(), ".yaml")
+		tm, d, ok := loadTemplate(name, templates{})
+		if !ok || tm == nil || len(d.errs) > 0 {
+			t.Errorf("built-in template %s: %v", name, d.errs)
+			continue
+		}
+		for _, r := range tm.Registers {
+			key := tm.Kind + "/" + r.Signal
+			if prev, seen := types[key]; seen && prev != r.fieldType() {
+				t.Errorf("%s: %s is a %s, but a %s in another template of kind %s", name, r.Signal, r.fieldType(), prev, tm.Kind)
+			}
+			types[key] = r.fieldType()
+		}
+	}
+}

@@ -54,6 +54,10 @@ func (st *Station) QueueDir(uplink string) string {
 	return filepath.Join(st.StateDir, "queue", uplink)
 }
 
+// DeadLetterDir is where the gateway keeps the messages the hub refused
+// for good.
+func (st *Station) DeadLetterDir() string { return filepath.Join(st.StateDir, "deadletter") }
+
 // SeqFile is where the gateway keeps its per-device sequence numbers.
 func (st *Station) SeqFile() string { return filepath.Join(st.StateDir, "seq.json") }
 
@@ -92,6 +96,11 @@ type MQTT struct {
 	// TopicPrefix starts every topic; default outpost/v1 (the hub
 	// contract's version).
 	TopicPrefix string `yaml:"topic_prefix" example:"outpost/v1"`
+	// MaxPacketSize is the largest packet the broker takes, in bytes (its
+	// max_packet_size), at least 1024; 0 for no limit. Telemetry larger
+	// than it is split into several messages; another message the broker
+	// refuses is set aside as a dead letter.
+	MaxPacketSize int `yaml:"max_packet_size" example:"65536"`
 }
 
 // TLS files, PEM encoded, relative to the station file unless absolute.

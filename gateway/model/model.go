@@ -145,19 +145,22 @@ func (Severity) Values() []string { return []string{string(Info), string(Warning
 
 // Event kinds known to the gateway. Templates may name others.
 const (
-	EventPanic           = "panic"
-	EventDuress          = "duress"
-	EventTamper          = "tamper"
-	EventDoor            = "door"
-	EventSmoke           = "smoke"
-	EventDeviceLost      = "device_lost"
-	EventKioskReq        = "kiosk_request"
-	EventQueueDrops      = "queue_drops"      // the gateway dropped telemetry at its queue cap
-	EventQueueDamage     = "queue_damage"     // the gateway skipped damaged queue data
-	EventForwarderFailed = "forwarder_failed" // a forwarder failed and was restarted
-	EventSeqLost         = "seq_lost"         // both copies of the sequence numbers were damaged
-	EventPowerFail       = "power_fail"
-	EventCommsFailed     = "comms_failed"
+	EventPanic               = "panic"
+	EventDuress              = "duress"
+	EventTamper              = "tamper"
+	EventDoor                = "door"
+	EventSmoke               = "smoke"
+	EventDeviceLost          = "device_lost"
+	EventKioskReq            = "kiosk_request"
+	EventQueueDrops          = "queue_drops"           // the gateway dropped telemetry at its queue cap
+	EventQueueDamage         = "queue_damage"          // the gateway skipped damaged queue data
+	EventForwarderFailed     = "forwarder_failed"      // a forwarder failed and was restarted
+	EventQueueWriteFailed    = "queue_write_failed"    // the disk refuses the queue's writes
+	EventQueueWriteRecovered = "queue_write_recovered" // it takes them again
+	EventRejected            = "messages_rejected"     // the hub refused messages for good; set aside
+	EventSeqLost             = "seq_lost"              // both copies of the sequence numbers were damaged
+	EventPowerFail           = "power_fail"
+	EventCommsFailed         = "comms_failed"
 )
 
 // Event is an alarm or state change.

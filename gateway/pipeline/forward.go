@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"outpost/gateway/model"
 	"outpost/gateway/queue"
+	"outpost/gateway/uplink"
 )
 
 // Uplink sends a batch to the hub and returns nil only when the hub has
@@ -45,10 +47,30 @@ type Forwarder struct {
 	// Outage is shared by the forwarders of one uplink: it logs an outage
 	// once when it starts and once when it ends.
 	Outage *Outage
+	// Uplink's name ("mqtt", "influx"), for dead letters and events.
+	UplinkName string
+	// DeadLetters keeps the messages the hub refused for good.
+	DeadLetters *DeadLetters
+	// Report tells the hub what the forwarder had to do (a restart, a
+	// message set aside): Ingest.Emit.
+	Report func(model.Message)
 	Log    *slog.Logger
 
 	failures atomic.Uint64 // sends the hub did not accept
+	// limit is the batch size now: 1 when the hub keeps dropping the
+	// connection during a batch, to find a message it will not take.
+	limit int
+	drops int // batches in a row that met a dropped connection
 }
+
+// A batch that meets a dropped connection dropsToHalve times in a row is
+// sent again one message at a time; a message alone that meets it
+// dropsToQuarantine times in a row is one the hub will not take (over the
+// broker's packet limit, say), and is set aside as a dead letter.
+const (
+	dropsToHalve      = 2
+	dropsToQuarantine = 3
+)
 
 // Retry pacing of a failed send. A failed send costs little (the uplink
 // fails at once while it has no connection), and the sooner a retry comes
@@ -65,8 +87,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	f.Queue.Rewind(f.Lanes...)
 	backoff := minBackoff
 	msgs := make([]model.Message, 0, f.Batch)
+	if f.limit == 0 {
+		f.limit = f.Batch
+	}
 	for {
-		b, err := f.Queue.Next(ctx, f.Batch, f.Lanes...)
+		b, err := f.Queue.Next(ctx, f.limit, f.Lanes...)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -88,7 +113,13 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 			msgs = append(msgs, m)
 		}
-		if err := f.Uplink.Send(ctx, msgs); err != nil {
+		err = f.Uplink.Send(ctx, msgs)
+		var rej *uplink.Rejected
+		switch {
+		case errors.As(err, &rej):
+			f.setAside(msgs, rej.Items)
+		case err != nil && f.poisoned(err, msgs):
+		case err != nil:
 			f.failures.Add(1)
 			f.Queue.Rewind(f.Lanes...)
 			if ctx.Err() != nil {
@@ -103,6 +134,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 			backoff = min(backoff*2, maxBackoff)
 			continue
+		default:
+			f.drops, f.limit = 0, min(2*f.limit, f.Batch)
 		}
 		backoff = minBackoff
 		f.Outage.up(f.Queue) // the backlog still counts this batch
@@ -112,13 +145,68 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 }
 
+// poisoned says whether a failed batch is one message the hub will not
+// take: the hub dropped the connection while it was sent alone, time after
+// time. That message is set aside and the batch counts as done. Batches
+// that keep meeting dropped connections are halved until one is alone.
+func (f *Forwarder) poisoned(err error, msgs []model.Message) bool {
+	if !errors.Is(err, uplink.ErrDropped) {
+		return false
+	}
+	f.drops++
+	switch {
+	case len(msgs) > 1 && f.drops >= dropsToHalve:
+		// One at a time: the messages before the one at fault go
+		// through, and it is found in dropsToQuarantine more tries.
+		f.limit, f.drops = 1, 0
+		f.Log.Warn("the hub keeps dropping the connection during a batch; sending one message at a time to find the one at fault",
+			"forwarder", f.Name, "batch", len(msgs))
+	case len(msgs) == 1 && f.drops >= dropsToQuarantine:
+		f.drops = 0
+		f.setAside(msgs, []uplink.Rejection{{Index: 0, Reason: fmt.Sprintf(
+			"the hub dropped the connection each of the %d times this message was sent alone: it may exceed the broker's packet size limit or be denied by its ACL", dropsToQuarantine)}})
+		return true
+	}
+	return false
+}
+
+// setAside moves messages the hub refused for good to the dead letters,
+// and tells the hub with one messages_rejected event.
+func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
+	path := ""
+	kept := 0
+	for _, it := range items {
+		m := &msgs[it.Index]
+		p, err := f.DeadLetters.Put(f.UplinkName, m, it.Reason, it.Payload)
+		path = p
+		if err != nil {
+			f.Log.Error("a message the hub refused could not be kept; it is lost", "forwarder", f.Name, "message", m.ID(), "err", err)
+			continue
+		}
+		kept++
+	}
+	first := &msgs[items[0].Index]
+	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
+		"messages", len(items), "first", first.ID(), "reason", items[0].Reason, "file", path)
+	f.Report(GatewayEvent(model.EventRejected, model.Warning, map[string]string{
+		"uplink":      f.UplinkName,
+		"messages":    strconv.Itoa(len(items)),
+		"kept":        strconv.Itoa(kept),
+		"device":      first.Device,
+		"seq":         strconv.FormatUint(first.Seq, 10),
+		"kind":        string(first.Kind),
+		"reason":      items[0].Reason,
+		"dead_letter": path,
+	}))
+}
+
 // Supervise runs the forwarder until ctx ends, restarting it whenever it
 // fails, and reports every failure to the hub as a forwarder_failed event
 // of the gateway, so that no queue is left undrained without a word.
-func (f *Forwarder) Supervise(ctx context.Context, s Supervisor, report *Ingest) {
+func (f *Forwarder) Supervise(ctx context.Context, s Supervisor) {
 	s.Failed = func(err error, restarts int, pause time.Duration) {
 		f.Log.Error("forwarder failed; restarting it", "forwarder", f.Name, "err", err, "restarts", restarts, "in", pause)
-		report.Emit(GatewayEvent(model.EventForwarderFailed, model.Warning, map[string]string{
+		f.Report(GatewayEvent(model.EventForwarderFailed, model.Warning, map[string]string{
 			"forwarder": f.Name,
 			"error":     err.Error(),
 			"restarts":  strconv.Itoa(restarts + 1),

@@ -39,6 +39,11 @@ type Ingest struct {
 	log     *slog.Logger
 	now     func() time.Time
 
+	// TooLarge, when set, says a message is more than the hub takes (the
+	// broker's packet limit): telemetry is then split by readings into
+	// messages that fit, each with its own sequence number.
+	TooLarge func(*model.Message) bool
+
 	mu   sync.Mutex
 	devs map[string]*devIngest
 
@@ -148,6 +153,15 @@ func (d *devIngest) derive(m *model.Message) []model.Message {
 
 func (in *Ingest) queue(d *devIngest, m model.Message) {
 	m.Station, m.StationType = in.station.ID, in.station.Type
+	if m.Kind == model.KindTelemetry && len(m.Readings) > 1 && in.TooLarge != nil && in.TooLarge(&m) {
+		// Two messages, each with a sequence number of its own.
+		half := len(m.Readings) / 2
+		a, b := m, m
+		a.Readings, b.Readings = m.Readings[:half], m.Readings[half:]
+		in.queue(d, a)
+		in.queue(d, b)
+		return
+	}
 	n, err := in.seq.Next(m.Device)
 	if err != nil {
 		in.fail(&m, err)

@@ -284,3 +284,29 @@ func TestIngestSharesFsyncs(t *testing.T) {
 	}
 	t.Logf("%d appends, %d fsyncs", devices*each, st.Syncs)
 }
+
+// TestIngestSplitsLargeTelemetry: telemetry over the hub's packet limit is
+// split into messages that fit, each with its own sequence number, and no
+// reading is lost.
+func TestIngestSplitsLargeTelemetry(t *testing.T) {
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	in.TooLarge = func(m *model.Message) bool { return len(m.Readings) > 3 }
+	var rs []model.Reading
+	for i := range 10 {
+		rs = append(rs, model.Reading{Signal: fmt.Sprint("s", i), Value: model.Number(float64(i)), Quality: model.Good})
+	}
+	in.Emit(telemetry("th-hall", rs...))
+	var got []string
+	for _, m := range rec.msgs {
+		var names []string
+		for _, r := range m.Readings {
+			names = append(names, r.Signal)
+		}
+		got = append(got, fmt.Sprintf("#%d %v", m.Seq, names))
+	}
+	want := "[#1 [s0 s1] #2 [s2 s3 s4] #3 [s5 s6] #4 [s7 s8 s9]]"
+	if fmt.Sprint(got) != want {
+		t.Errorf("queued %v\nwant   %s", got, want)
+	}
+}

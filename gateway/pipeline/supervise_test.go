@@ -90,12 +90,12 @@ func TestForwarderRestarted(t *testing.T) {
 	rec := &recorder{}
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
 	f := &Forwarder{Name: "mqtt/telemetry", Queue: &ackFails{Queue: q, fails: 1}, Lanes: []queue.Lane{queue.LaneTelemetry},
-		Uplink: up, Batch: 10, Log: slog.New(slog.DiscardHandler)}
+		Uplink: up, Batch: 10, Report: in.Emit, Log: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		f.Supervise(ctx, Supervisor{Min: time.Millisecond, Max: time.Millisecond, Healthy: time.Minute}, in)
+		f.Supervise(ctx, Supervisor{Min: time.Millisecond, Max: time.Millisecond, Healthy: time.Minute})
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for q.Stats().Lanes[queue.LaneTelemetry].Records > 0 && time.Now().Before(deadline) {

@@ -31,18 +31,46 @@ type StatsSource interface {
 // every reading recorded at the station.
 func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[string]Q, every time.Duration) {
 	last := map[string]queue.Stats{}
+	failedAt := map[string]queue.Stats{} // when the disk started refusing writes
+	since := map[string]time.Time{}
 	check := func() {
 		for name, q := range queues {
 			s, prev := q.Stats(), last[name]
 			last[name] = s
 			t, pt := s.Lanes[queue.LaneTelemetry], prev.Lanes[queue.LaneTelemetry]
+			a := s.Lanes[queue.LaneAlarm]
+			if s.WriteFailing && !prev.WriteFailing {
+				failedAt[name], since[name] = prev, time.Now()
+				in.Emit(GatewayEvent(model.EventQueueWriteFailed, model.Critical, map[string]string{
+					"uplink":        name,
+					"error":         s.WriteError,
+					"alarms_held":   strconv.FormatInt(a.Memory, 10),
+					"alarms_lost":   strconv.FormatInt(a.Lost, 10),
+					"readings_lost": strconv.FormatInt(t.DroppedReadings-pt.DroppedReadings, 10),
+					"reason":        "the disk refuses the queue's writes: alarms are held in memory and still sent, new telemetry is dropped",
+				}))
+			}
+			if !s.WriteFailing && prev.WriteFailing {
+				f := failedAt[name]
+				in.Emit(GatewayEvent(model.EventQueueWriteRecovered, model.Info, map[string]string{
+					"uplink":        name,
+					"outage":        time.Since(since[name]).Round(time.Second).String(),
+					"alarms_lost":   strconv.FormatInt(a.Lost-f.Lanes[queue.LaneAlarm].Lost, 10),
+					"readings_lost": strconv.FormatInt(t.DroppedReadings-f.Lanes[queue.LaneTelemetry].DroppedReadings, 10),
+					"reason":        "the disk takes the queue's writes again",
+				}))
+			}
 			if d := t.DroppedReadings - pt.DroppedReadings; d > 0 {
+				reason := "queue size cap reached: the oldest telemetry was dropped"
+				if s.WriteErrors > prev.WriteErrors {
+					reason = "the disk is full or refuses writes: telemetry was dropped (" + s.WriteError + ")"
+				}
 				in.Emit(GatewayEvent(model.EventQueueDrops, model.Warning, map[string]string{
 					"uplink":                 name,
 					"dropped_readings":       strconv.FormatInt(d, 10),
 					"dropped_records":        strconv.FormatInt(t.Dropped-pt.Dropped, 10),
 					"dropped_readings_total": strconv.FormatInt(t.DroppedReadings, 10),
-					"reason":                 "queue size cap reached: the oldest telemetry was dropped",
+					"reason":                 reason,
 				}))
 			}
 			if s.Corrupt > prev.Corrupt || s.TornBytes > prev.TornBytes {

@@ -116,6 +116,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"outpost/gateway/durable"
@@ -149,6 +150,9 @@ const (
 	// MaxBatchBytes bounds the data of one batch (a batch holds at least
 	// one record, whatever its size).
 	MaxBatchBytes = 1 << 20
+	// DefaultMemoryBytes of alarms are held in memory while the disk
+	// refuses them: tens of thousands of events.
+	DefaultMemoryBytes = 8 << 20
 )
 
 // Options configure a Queue. The zero Options fsync before every Append
@@ -164,6 +168,9 @@ type Options struct {
 	// DefaultSegmentBytes. It is lowered to MaxBytes/8 (at least 4 KiB) so
 	// that dropping a segment never drops more than an eighth of the cap.
 	SegmentBytes int64
+	// MemoryBytes bounds the alarms held in memory while the disk refuses
+	// them; 0 means DefaultMemoryBytes.
+	MemoryBytes int64
 }
 
 // DefaultOptions match the defaults of a station file's queue section.
@@ -212,7 +219,14 @@ type LaneStats struct {
 
 	Appended, AppendedReadings int64 // since Open
 	Acked, AckedReadings       int64 // since Open
-	Dropped, DroppedReadings   int64 // since Open, to stay under MaxBytes
+	// Dropped since Open: telemetry, to stay under MaxBytes or because
+	// the disk refused it.
+	Dropped, DroppedReadings int64
+	// Memory is how many of the queued records are held in memory
+	// because the disk refused them (alarms only).
+	Memory int64
+	// Lost since Open: alarms the disk refused when memory was full too.
+	Lost, LostReadings int64
 }
 
 // Stats are the queue's counters. Counts "since Open" start at zero at
@@ -226,6 +240,12 @@ type Stats struct {
 	// Syncs counts group commits (fsyncs of what was written since the
 	// last one), SyncErrors those that failed.
 	Syncs, SyncErrors int64
+	// WriteErrors counts writes the disk refused, WriteError is the last
+	// one's error, and WriteFailing is set from the first until the disk
+	// takes every write again and no alarm is left in memory.
+	WriteErrors  int64
+	WriteError   string
+	WriteFailing bool
 }
 
 // Errors.
@@ -258,6 +278,14 @@ type inflight struct {
 	end  pos
 	buf  []byte
 	segs []segCount
+	mem  int // records from memory, after those from segments
+}
+
+// memRecord is an alarm the disk refused, held in memory.
+type memRecord struct {
+	data     []byte
+	readings int
+	enq      int64
 }
 
 // segCount is how many records and readings of a batch come from a segment.
@@ -277,8 +305,9 @@ type lane struct {
 	ackF   *os.File
 	ackGen uint64
 	// ackDirty is set when the ack file was written after the last fsync,
-	// dirDirty when a segment was created.
-	ackDirty, dirDirty bool
+	// dirDirty when a segment was created, ackFailed when the last write
+	// of the ack file failed.
+	ackDirty, dirDirty, ackFailed bool
 
 	read   pos
 	rf     *os.File // segment being read
@@ -291,6 +320,12 @@ type lane struct {
 
 	wbuf []byte
 	st   LaneStats
+
+	// mem holds, oldest first, the records the disk refused; the first
+	// memOut of them are handed out.
+	mem      []memRecord
+	memOut   int
+	memBytes int64
 }
 
 // Queue is a durable store-and-forward queue with two lanes. Its methods
@@ -328,6 +363,9 @@ func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 	}
 	if opt.SegmentBytes <= 0 {
 		opt.SegmentBytes = DefaultSegmentBytes
+	}
+	if opt.MemoryBytes <= 0 {
+		opt.MemoryBytes = DefaultMemoryBytes
 	}
 	opt.SegmentBytes = max(min(opt.SegmentBytes, opt.MaxBytes/8), 4<<10)
 	if log == nil {
@@ -514,9 +552,15 @@ func (q *Queue) writeAck(ln *lane) {
 	binary.LittleEndian.PutUint32(b[24:], crc32.Checksum(b[:24], castagno))
 	ln.ackDirty = true
 	if _, err := ln.ackF.WriteAt(b[:], int64(ln.ackGen%2)*32); err != nil {
-		// Losing an ack write costs duplicates after a restart, not data.
-		q.log.Error("queue: cannot write ack file", "lane", ln.l, "err", err)
+		// Losing an ack write costs duplicates after a restart, not data;
+		// it is written again once the disk takes writes.
+		if !ln.ackFailed {
+			q.log.Error("queue: cannot write ack file", "lane", ln.l, "err", err)
+		}
+		ln.ackFailed = true
+		return
 	}
+	ln.ackFailed = false
 }
 
 // newSegment starts a new active segment; the old one is left to the
@@ -560,10 +604,19 @@ func (ln *lane) seg(id uint64) *segment {
 }
 
 // Append writes records to the lane. When it returns nil they are durable
-// as Options.SyncEvery says. Telemetry that cannot fit under MaxBytes even
-// after every older telemetry segment is dropped is dropped itself, counted,
-// and Append returns nil. After an error (a full disk, say), the first of
-// recs may have been written: appending them again may duplicate them.
+// as Options.SyncEvery says, or (when the disk fails) held or counted as
+// below.
+//
+// Telemetry that cannot fit under MaxBytes even after every older
+// telemetry segment is dropped is dropped itself, counted, and Append
+// returns nil. When the disk refuses a write: if it is full, the oldest
+// telemetry is dropped to make room and the write tried again; alarms the
+// disk still refuses are held in memory (up to Options.MemoryBytes), served
+// by Next after those on disk, and written to disk as soon as it takes them
+// again; telemetry it refuses is dropped and counted. Stats say so
+// (WriteErrors, WriteFailing, Lanes[].Memory). With SyncEvery 0 a failed
+// fsync is returned: the records may not be durable, and appending them
+// again may duplicate them.
 func (q *Queue) Append(l Lane, recs ...Record) error {
 	if l >= NumLanes {
 		return fmt.Errorf("queue: unknown lane %d", l)
@@ -604,16 +657,34 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		q.alarmsFull = false
 	}
 	now := time.Now().UnixNano()
-	err := q.write(ln, recs, now)
+	ln.st.Appended += int64(len(recs))
+	ln.st.AppendedReadings += readings
+	// Alarms held in memory go to disk first: an alarm never overtakes an
+	// older one of its lane.
+	if !q.flushMemory(ln) {
+		q.hold(ln, recs, now)
+	} else if n, err := q.writeFreeing(ln, recs, now); err != nil {
+		q.writeFailed(err)
+		if l == LaneAlarm {
+			q.hold(ln, recs[n:], now)
+		} else {
+			for _, r := range recs[n:] {
+				ln.st.Dropped++
+				ln.st.DroppedReadings += int64(r.Readings)
+			}
+		}
+	} else {
+		q.writeWorks()
+	}
 	q.gen++
 	gen := q.gen
 	if q.wake != nil {
 		close(q.wake)
 		q.wake = nil
 	}
-	if err != nil || q.opt.SyncEvery != 0 {
+	if q.opt.SyncEvery != 0 {
 		q.mu.Unlock()
-		return err
+		return nil
 	}
 	select {
 	case q.kick <- struct{}{}:
@@ -622,7 +693,7 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	for q.synced < gen {
 		q.syncedC.Wait() // Close syncs too, and wakes us
 	}
-	err = q.syncErr
+	err := q.syncErr
 	q.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("queue: fsync: %w", err)
@@ -630,9 +701,90 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	return nil
 }
 
+// writeFreeing writes recs, and when the disk is full drops the oldest
+// telemetry to make room and tries again. It returns how many of recs were
+// written. Called with q.mu held.
+func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64) (int, error) {
+	done := 0
+	for {
+		n, err := q.write(ln, recs[done:], now)
+		done += n
+		if err == nil || !errors.Is(err, syscall.ENOSPC) || !q.freeTelemetry() {
+			return done, err
+		}
+		q.log.Warn("queue: disk full, dropped the oldest telemetry to make room", "lane", ln.l)
+	}
+}
+
+// writeFailed notes a write the disk refused. Called with q.mu held.
+func (q *Queue) writeFailed(err error) {
+	q.st.WriteErrors++
+	q.st.WriteError = err.Error()
+	if !q.st.WriteFailing {
+		q.st.WriteFailing = true
+		q.log.Error("queue: the disk refuses writes; holding alarms in memory, dropping telemetry", "err", err)
+	}
+}
+
+// writeWorks notes a write that succeeded, and writes again the ack
+// positions the disk refused. Called with q.mu held.
+func (q *Queue) writeWorks() {
+	for _, ln := range q.lanes {
+		if ln.ackFailed {
+			if q.writeAck(ln); ln.ackFailed {
+				return
+			}
+		}
+	}
+	if q.st.WriteFailing && len(q.lanes[LaneAlarm].mem) == 0 {
+		q.st.WriteFailing = false
+		q.log.Info("queue: the disk takes writes again")
+	}
+}
+
+// hold keeps alarm records in memory while the disk refuses them, up to
+// MemoryBytes; beyond that they are lost and counted. Called with q.mu
+// held.
+func (q *Queue) hold(ln *lane, recs []Record, now int64) {
+	for _, r := range recs {
+		if ln.memBytes+int64(len(r.Data)) > q.opt.MemoryBytes {
+			ln.st.Lost++
+			ln.st.LostReadings += int64(r.Readings)
+			q.log.Error("queue: disk failing and memory full: alarm lost", "lane", ln.l)
+			continue
+		}
+		ln.mem = append(ln.mem, memRecord{data: slices.Clone(r.Data), readings: r.Readings, enq: now})
+		ln.memBytes += int64(len(r.Data))
+	}
+}
+
+// flushMemory writes the records held in memory to disk, in order, unless
+// some are handed out (they stay until acknowledged). It reports whether
+// none is left in memory. Called with q.mu held.
+func (q *Queue) flushMemory(ln *lane) bool {
+	if len(ln.mem) == 0 {
+		return true
+	}
+	if ln.memOut > 0 {
+		return false
+	}
+	for len(ln.mem) > 0 {
+		m := ln.mem[0]
+		if _, err := q.writeFreeing(ln, []Record{{Data: m.data, Readings: m.readings}}, m.enq); err != nil {
+			q.writeFailed(err)
+			return false
+		}
+		ln.mem = ln.mem[1:]
+		ln.memBytes -= int64(len(m.data))
+	}
+	ln.mem = nil
+	q.writeWorks()
+	return true
+}
+
 // write frames recs into the active segment, starting new segments at
-// SegmentBytes. Called with q.mu held.
-func (q *Queue) write(ln *lane, recs []Record, now int64) error {
+// SegmentBytes, and returns how many it wrote whole. Called with q.mu held.
+func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err error) {
 	ln.wbuf = ln.wbuf[:0]
 	s := ln.active()
 	var n, nr int64
@@ -663,8 +815,7 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) error {
 		q.bytes += int64(m)
 		ln.st.Records += n
 		ln.st.Readings += nr
-		ln.st.Appended += n
-		ln.st.AppendedReadings += nr
+		written += int(n)
 		ln.wbuf, n, nr = ln.wbuf[:0], 0, 0
 		return nil
 	}
@@ -672,41 +823,51 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) error {
 		size := headerSize + int64(len(r.Data))
 		if s.size+int64(len(ln.wbuf)) > 0 && s.size+int64(len(ln.wbuf))+size > q.opt.SegmentBytes {
 			if err := flush(); err != nil {
-				return err
+				return written, err
 			}
 			if err := q.newSegment(ln); err != nil {
-				return err
+				return written, err
 			}
 			s = ln.active()
 		}
 		if len(ln.wbuf) >= MaxBatchBytes { // bound the write buffer
 			if err := flush(); err != nil {
-				return err
+				return written, err
 			}
 		}
 		ln.wbuf = appendRecord(ln.wbuf, r.Data, r.Readings, now)
 		n++
 		nr += int64(r.Readings)
 	}
-	return flush()
+	return written, flush()
 }
 
 // makeRoom drops the oldest telemetry until need more bytes fit under
 // MaxBytes; it reports whether they fit. Called with q.mu held.
 func (q *Queue) makeRoom(need int64) bool {
-	t := q.lanes[LaneTelemetry]
 	for q.bytes+need > q.opt.MaxBytes {
-		if len(t.segs) == 1 {
-			if t.active().size == 0 {
-				return false
-			}
-			if err := q.newSegment(t); err != nil {
-				q.log.Error("queue: cannot start a segment", "lane", t.l, "err", err)
-				return false
-			}
+		if !q.freeTelemetry() {
+			return false
 		}
-		q.dropFront(t)
 	}
+	return true
+}
+
+// freeTelemetry drops the oldest telemetry segment, starting a new active
+// one if it is the only one; it reports whether there was any to drop.
+// Called with q.mu held.
+func (q *Queue) freeTelemetry() bool {
+	t := q.lanes[LaneTelemetry]
+	if len(t.segs) == 1 {
+		if t.active().size == 0 {
+			return false
+		}
+		if err := q.newSegment(t); err != nil {
+			q.log.Error("queue: cannot start a segment", "lane", t.l, "err", err)
+			return false
+		}
+	}
+	q.dropFront(t)
 	return true
 }
 
@@ -719,7 +880,7 @@ func (q *Queue) dropFront(ln *lane) {
 	ln.st.DroppedReadings += s.liveR - inReadings
 	ln.st.Records -= s.live
 	ln.st.Readings -= s.liveR
-	q.log.Warn("queue: size cap reached, dropped oldest telemetry", "records", s.live, "readings", s.liveR, "bytes", s.size)
+	q.log.Warn("queue: dropped the oldest telemetry", "records", s.live, "readings", s.liveR, "bytes", s.size)
 	ln.closeReader(s.id)
 	q.remove(filepath.Join(ln.dir, segName(s.id)))
 	q.bytes -= s.size
@@ -820,6 +981,7 @@ func (q *Queue) take(ln *lane, max int) Batch {
 	}
 	var spans []span
 	var counts []segCount
+	diskDone := false // every record on disk is handed out
 	for len(spans) < max {
 		if ln.read.less(pos{ln.segs[0].id, 0}) {
 			ln.read = pos{ln.segs[0].id, 0}
@@ -831,6 +993,7 @@ func (q *Queue) take(ln *lane, max int) Batch {
 		}
 		if ln.read.off >= s.end {
 			if s == ln.active() {
+				diskDone = true
 				break
 			}
 			i, _ := slices.BinarySearchFunc(ln.segs, s.id, func(s *segment, id uint64) int { return cmp.Compare(s.id, id) })
@@ -875,6 +1038,19 @@ func (q *Queue) take(ln *lane, max int) Batch {
 		}
 		ln.read.off += h.size()
 	}
+	// Then the records the disk refused, newer than every one on it.
+	memN := 0
+	for diskDone && len(spans) < max && ln.memOut < len(ln.mem) {
+		m := ln.mem[ln.memOut]
+		if len(spans) > 0 && len(buf)+len(m.data) > MaxBatchBytes {
+			break
+		}
+		start := len(buf)
+		buf = append(buf, m.data...)
+		spans = append(spans, span{start, len(buf), m.readings, m.enq})
+		ln.memOut++
+		memN++
+	}
 	if len(spans) == 0 {
 		if buf != nil {
 			ln.free = append(ln.free, buf)
@@ -886,7 +1062,7 @@ func (q *Queue) take(ln *lane, max int) Batch {
 	for i, sp := range spans {
 		b.Entries[i] = Entry{Data: buf[sp.start:sp.end:sp.end], Readings: sp.readings, Enqueued: time.Unix(0, sp.enq)}
 	}
-	ln.out = append(ln.out, inflight{id: b.id, end: ln.read, buf: buf, segs: counts})
+	ln.out = append(ln.out, inflight{id: b.id, end: ln.read, buf: buf, segs: counts, mem: memN})
 	return b
 }
 
@@ -911,6 +1087,12 @@ func (q *Queue) Ack(b Batch) error {
 	}
 	o := ln.out[0]
 	ln.out = ln.out[1:]
+	for _, m := range ln.mem[:o.mem] {
+		ln.st.Acked++
+		ln.st.AckedReadings += int64(m.readings)
+		ln.memBytes -= int64(len(m.data))
+	}
+	ln.mem, ln.memOut = ln.mem[o.mem:], ln.memOut-o.mem
 	for _, c := range o.segs {
 		ln.st.Acked += c.recs
 		ln.st.AckedReadings += c.readings
@@ -925,6 +1107,14 @@ func (q *Queue) Ack(b Batch) error {
 	if ln.ack.less(o.end) {
 		ln.ack = o.end
 	}
+	// A delivered active segment is retired once it holds retireBytes, so
+	// that what was delivered leaves the disk soon, not when SegmentBytes
+	// fill up: a small state volume keeps working.
+	if a := ln.active(); ln.ack.seg == a.id && ln.ack.off >= a.end && a.size >= q.retireBytes() && len(ln.out) == 0 {
+		if err := q.newSegment(ln); err != nil {
+			q.log.Error("queue: cannot start a segment", "lane", ln.l, "err", err)
+		}
+	}
 	for len(ln.segs) > 1 {
 		s := ln.segs[0]
 		if !(s.id < ln.ack.seg || s.id == ln.ack.seg && ln.ack.off >= s.end) {
@@ -938,6 +1128,10 @@ func (q *Queue) Ack(b Batch) error {
 	q.writeAck(ln)
 	return nil
 }
+
+// retireBytes is the size from which a fully delivered active segment is
+// replaced by a new one and deleted.
+func (q *Queue) retireBytes() int64 { return max(q.opt.SegmentBytes/16, 4<<10) }
 
 // picked says whether lane l is among lanes; no lanes means all of them.
 func picked(lanes []Lane, l Lane) bool { return len(lanes) == 0 || slices.Contains(lanes, l) }
@@ -965,6 +1159,7 @@ func (q *Queue) Rewind(lanes ...Lane) {
 		ln.out = nil
 		ln.epoch++
 		ln.read = ln.ack
+		ln.memOut = 0
 	}
 	if q.wake != nil {
 		close(q.wake)
@@ -1018,6 +1213,11 @@ func (q *Queue) Stats() Stats {
 		for _, s := range ln.segs {
 			st.Lanes[i].Bytes += s.size
 		}
+		st.Lanes[i].Memory = int64(len(ln.mem))
+		st.Lanes[i].Records += int64(len(ln.mem))
+		for _, m := range ln.mem {
+			st.Lanes[i].Readings += int64(m.readings)
+		}
 	}
 	return st
 }
@@ -1026,23 +1226,49 @@ func (q *Queue) Stats() Stats {
 // (SyncEvery 0), or every SyncEvery. It ends when Close closes q.done.
 func (q *Queue) syncLoop() {
 	defer q.wg.Done()
-	if q.opt.SyncEvery < 0 {
-		return
-	}
 	var tick <-chan time.Time
 	if q.opt.SyncEvery > 0 {
 		t := time.NewTicker(q.opt.SyncEvery)
 		defer t.Stop()
 		tick = t.C
 	}
+	retry := time.NewTicker(retryEvery)
+	defer retry.Stop()
 	for {
 		select {
 		case <-q.done:
 			return
 		case <-q.kick:
+			q.syncOnce()
 		case <-tick:
+			q.syncOnce()
+		case <-retry.C:
+			q.retryMemory()
 		}
-		q.syncOnce()
+	}
+}
+
+// retryEvery is how often alarms held in memory are offered to the disk
+// again when no append comes.
+const retryEvery = time.Second
+
+// retryMemory writes the alarms held in memory to disk if it takes them.
+func (q *Queue) retryMemory() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ln := q.lanes[LaneAlarm]
+	if q.closed || len(ln.mem) == 0 && !q.lanes[LaneAlarm].ackFailed && !q.lanes[LaneTelemetry].ackFailed {
+		return
+	}
+	if q.flushMemory(ln) {
+		q.writeWorks()
+		q.gen++
+		if q.opt.SyncEvery == 0 {
+			select {
+			case q.kick <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -1121,6 +1347,12 @@ func (q *Queue) Close() error {
 
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if ln := q.lanes[LaneAlarm]; len(ln.mem) > 0 {
+		ln.memOut = 0 // nothing is in flight any more
+		if !q.flushMemory(ln) {
+			q.log.Error("queue: closing with alarms the disk refused; they are lost", "alarms", len(ln.mem), "err", q.st.WriteError)
+		}
+	}
 	var errs []error
 	for _, f := range q.pending {
 		errs = append(errs, f.Sync(), f.Close())

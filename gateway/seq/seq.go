@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"outpost/gateway/durable"
 )
@@ -42,6 +43,9 @@ type Counters struct {
 	leased map[string]uint64
 	floor  uint64 // numbers of devices in neither copy start above it
 	lost   bool
+
+	unsaved, failing bool      // leases in use are not on disk; the last write failed
+	lastTry          time.Time // of a write of leases
 }
 
 // CopyPath is where the second copy of the counters at path is kept.
@@ -118,6 +122,11 @@ func (c *Counters) Raise(floors map[string]uint64) error {
 }
 
 // Next returns the device's next sequence number, starting at 1.
+//
+// When the disk refuses the lease of a new block, Next hands the number out
+// all the same (an alarm must not wait for a disk) and writes the leases
+// as soon as the disk takes them: until then a crash could make numbers
+// repeat. Unsaved says so.
 func (c *Counters) Next(device string) (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -126,15 +135,36 @@ func (c *Counters) Next(device string) (uint64, error) {
 		n = c.floor + 1
 	}
 	if n > c.leased[device] {
-		old := c.leased[device]
 		c.leased[device] = n + Block - 1
+		c.unsaved = true
+	}
+	if c.unsaved && time.Since(c.lastTry) >= retryEvery {
+		c.lastTry = time.Now()
 		if err := c.save(); err != nil {
-			c.leased[device] = old
-			return 0, err
+			if !c.failing {
+				c.log.Error("sequence numbers: the disk refuses the leases; numbers go on, but could repeat after a crash until it takes them", "err", err)
+			}
+			c.failing = true
+		} else {
+			if c.failing {
+				c.log.Info("sequence numbers: leases written again")
+			}
+			c.unsaved, c.failing, c.lastTry = false, false, time.Time{}
 		}
 	}
 	c.next[device] = n + 1
 	return n, nil
+}
+
+// retryEvery paces the writes of leases the disk refused.
+const retryEvery = time.Second
+
+// Unsaved reports whether leases in use are not on disk because the disk
+// refused them.
+func (c *Counters) Unsaved() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.unsaved
 }
 
 // save writes the leases to both copies, one after the other, so that a

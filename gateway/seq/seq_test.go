@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"outpost/gateway/durable"
 )
@@ -195,5 +197,42 @@ func TestConcurrentDevices(t *testing.T) {
 				t.Fatalf("device %d number %d = %d", i, j, n)
 			}
 		}
+	}
+}
+
+// TestDiskRefusesLeases: a disk that refuses the lease of a new block does
+// not hold up the numbers (an alarm must not wait for a disk); the leases
+// reach the disk once it takes them again.
+func TestDiskRefusesLeases(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make the directory immutable")
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", dir).Run() })
+	path := filepath.Join(dir, "seq.json")
+	c := open(t, path)
+	next(t, c, "d")
+	if out, err := exec.Command("chattr", "-R", "+i", dir).CombinedOutput(); err != nil {
+		t.Fatalf("chattr: %v %s", err, out)
+	}
+	for want := uint64(1); want <= Block+5; want++ { // crosses into a new block
+		if got := next(t, c, "new-device"); got != want {
+			t.Fatalf("while the disk refuses writes, Next = %d, want %d", got, want)
+		}
+	}
+	if !c.Unsaved() {
+		t.Fatal("Unsaved is false while the leases are not on disk")
+	}
+	exec.Command("chattr", "-R", "-i", dir).Run()
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Unsaved() && time.Now().Before(deadline) {
+		next(t, c, "d")
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c.Unsaved() {
+		t.Fatal("the leases never reached the disk after it recovered")
+	}
+	if got := next(t, open(t, path), "new-device"); got <= Block+5 {
+		t.Errorf("after a restart new-device = %d, want above %d", got, Block+5)
 	}
 }

@@ -36,16 +36,27 @@ type TLSFiles struct {
 // drops messages to a slow subscriber). It returns once the broker accepts
 // connections.
 func StartMosquitto(ctx context.Context, dir string, log *slog.Logger) (*Mosquitto, error) {
-	return startMosquitto(ctx, dir, log, nil)
+	return StartMosquittoWith(ctx, dir, log, MosquittoOptions{})
 }
 
 // StartMosquittoTLS is StartMosquitto with a second listener that speaks
 // TLS and requires a client certificate signed by files.CA; TLSURL names it.
 func StartMosquittoTLS(ctx context.Context, dir string, log *slog.Logger, files TLSFiles) (*Mosquitto, error) {
-	return startMosquitto(ctx, dir, log, &files)
+	return StartMosquittoWith(ctx, dir, log, MosquittoOptions{TLS: &files})
 }
 
-func startMosquitto(ctx context.Context, dir string, log *slog.Logger, files *TLSFiles) (*Mosquitto, error) {
+// MosquittoOptions change the test broker.
+type MosquittoOptions struct {
+	// TLS adds a second listener that speaks TLS (see StartMosquittoTLS).
+	TLS *TLSFiles
+	// Config is added to the broker's configuration, e.g.
+	// "max_packet_size 1000\n".
+	Config string
+}
+
+// StartMosquittoWith is StartMosquitto with options.
+func StartMosquittoWith(ctx context.Context, dir string, log *slog.Logger, o MosquittoOptions) (*Mosquitto, error) {
+	files := o.TLS
 	path := MosquittoPath
 	if _, err := exec.LookPath(path); err != nil {
 		return nil, fmt.Errorf("hub: mosquitto not found at %s (run `make test-deps`): %w", path, err)
@@ -87,6 +98,7 @@ log_type notice
 		text += fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
 			tlsPort, files.CA, files.Cert, files.Key)
 	}
+	text += o.Config
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, fmt.Errorf("hub: mosquitto config: %w", err)
 	}

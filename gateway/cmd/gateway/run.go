@@ -69,6 +69,10 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		return err
 	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
+	if limit := st.Hub.MQTT.MaxPacketSize; limit > 0 {
+		prefix := mqtt.Prefix(st.Hub.MQTT.TopicPrefix)
+		ingest.TooLarge = func(m *model.Message) bool { return mqtt.PacketSize(prefix, m) > limit }
+	}
 	if lostSeq != nil {
 		ingest.Emit(*lostSeq)
 	}
@@ -108,6 +112,8 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	var fwd, drv sync.WaitGroup
 	fctx, stopForwarders := context.WithCancel(context.Background())
 	defer stopForwarders()
+	dead := &pipeline.DeadLetters{Dir: st.DeadLetterDir()}
+	defer dead.Close()
 	for name, q := range queues {
 		outage := &pipeline.Outage{Uplink: name, Log: log}
 		// One forwarder per lane: alarms go out on their own, never
@@ -117,8 +123,9 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 			batch int
 		}{{queue.LaneAlarm, 100}, {queue.LaneTelemetry, 1000}} {
 			f := &pipeline.Forwarder{Name: name + "/" + lane.l.String(), Queue: q, Lanes: []queue.Lane{lane.l},
-				Uplink: ups[name], Batch: lane.batch, HistoricalAfter: 30 * time.Second, Outage: outage, Log: log}
-			fwd.Go(func() { f.Supervise(fctx, pipeline.DefaultSupervisor, ingest) })
+				Uplink: ups[name], UplinkName: name, Batch: lane.batch, HistoricalAfter: 30 * time.Second,
+				Outage: outage, DeadLetters: dead, Report: ingest.Emit, Log: log}
+			fwd.Go(func() { f.Supervise(fctx, pipeline.DefaultSupervisor) })
 		}
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })

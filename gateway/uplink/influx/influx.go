@@ -6,15 +6,19 @@ package influx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	influxdb2 "github.com/influxdata/influxdb-client-go/v2"
 	"github.com/influxdata/influxdb-client-go/v2/api"
+	"github.com/influxdata/influxdb-client-go/v2/api/http"
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/uplink"
 )
 
 // DefaultBatchSize is the number of points per write when the config sets
@@ -27,7 +31,7 @@ type Uplink struct {
 	cfg    configs.Influx
 	log    *slog.Logger
 	client influxdb2.Client
-	write  api.WriteAPIBlocking
+	writer api.WriteAPIBlocking
 	batch  int
 }
 
@@ -42,7 +46,7 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 	if batch <= 0 {
 		batch = DefaultBatchSize
 	}
-	return &Uplink{cfg: cfg, log: log, client: client, write: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
+	return &Uplink{cfg: cfg, log: log, client: client, writer: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
 }
 
 // Send writes msgs as points, BatchSize points per request, in order. It
@@ -50,22 +54,65 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 // earlier requests may have been written, which is harmless: a point is
 // identified by measurement, tags and time, so writing it again
 // overwrites it with the same fields.
+//
+// A request InfluxDB refuses for good (400 bad request, such as a field
+// type conflict after a template changed; 413 too large; 422 unprocessable)
+// is not an outage: it is split in halves until the points at fault are
+// found, the others are written, and Send returns an *uplink.Rejected that
+// lists those with InfluxDB's reason. Any other failure (the server away,
+// 401, 404, 429, 5xx) fails the batch, to be sent again.
 func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
-	var buf []byte
+	var rejected []uplink.Rejection
+	var buf []byte // the forwarders of both lanes send at once: one buffer each
 	for start := 0; start < len(msgs); start += u.batch {
-		end := min(start+u.batch, len(msgs))
-		buf = buf[:0]
-		for i := start; i < end; i++ {
-			if i > start {
-				buf = append(buf, '\n')
-			}
-			buf = AppendLine(buf, &msgs[i])
-		}
-		if err := u.write.WriteRecord(ctx, string(buf)); err != nil {
-			return fmt.Errorf("influx uplink: write %d points to %s (bucket %s): %w", end-start, u.cfg.URL, u.cfg.Bucket, err)
+		if err := u.write(ctx, msgs, start, min(start+u.batch, len(msgs)), &buf, &rejected); err != nil {
+			return err
 		}
 	}
+	if len(rejected) > 0 {
+		return &uplink.Rejected{Items: rejected}
+	}
 	return nil
+}
+
+// write writes msgs[lo:hi] in one request, splitting it as Send says when
+// InfluxDB refuses it for good.
+func (u *Uplink) write(ctx context.Context, msgs []model.Message, lo, hi int, buf *[]byte, rejected *[]uplink.Rejection) error {
+	b := (*buf)[:0]
+	for i := lo; i < hi; i++ {
+		if i > lo {
+			b = append(b, '\n')
+		}
+		b = AppendLine(b, &msgs[i])
+	}
+	*buf = b
+	err := u.writer.WriteRecord(ctx, string(b))
+	if err == nil {
+		return nil
+	}
+	var he *http.Error
+	if !errors.As(err, &he) || !permanent(he.StatusCode) {
+		return fmt.Errorf("influx uplink: write %d points to %s (bucket %s): %w", hi-lo, configs.Redact(u.cfg.URL), u.cfg.Bucket, err)
+	}
+	if hi-lo == 1 {
+		*rejected = append(*rejected, uplink.Rejection{Index: lo, Reason: fmt.Sprintf("InfluxDB %d: %s", he.StatusCode, he.Error()), Payload: slices.Clone(b)})
+		return nil
+	}
+	mid := (lo + hi) / 2
+	if err := u.write(ctx, msgs, lo, mid, buf, rejected); err != nil {
+		return err
+	}
+	return u.write(ctx, msgs, mid, hi, buf, rejected)
+}
+
+// permanent says whether InfluxDB refuses a request for what it holds, so
+// that sending it again can never succeed.
+func permanent(status int) bool {
+	switch status {
+	case 400, 413, 422:
+		return true
+	}
+	return false
 }
 
 // Close releases the client's connections.

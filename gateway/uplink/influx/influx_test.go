@@ -3,6 +3,7 @@ package influx
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/uplink"
 	"outpost/testbench/hub"
 )
 
@@ -296,5 +298,50 @@ func TestContractDocExamples(t *testing.T) {
 	}
 	if n != 3 {
 		t.Errorf("found %d payload examples in the doc, want 3", n)
+	}
+}
+
+// TestSendRejected: InfluxDB refuses some points of a batch for good (a
+// field type conflict, as after a template changed a signal's type). The
+// others are written, Send names the refused ones with InfluxDB's reason,
+// and the next batch goes through: a permanent rejection is not an outage.
+func TestSendRejected(t *testing.T) {
+	in := startInflux(t)
+	u := newUplink(t, in, 0)
+	ctx := context.Background()
+	msg := func(i int, v model.Value) model.Message {
+		return model.Message{Station: "pr-0001", StationType: model.PoliceRoom, Device: "m-1", DeviceKind: "power_meter",
+			Seq: uint64(i), Time: t0.Add(time.Duration(i) * time.Second), Kind: model.KindTelemetry,
+			Readings: []model.Reading{{Signal: "status", Value: v, Quality: model.Good}}}
+	}
+	if err := u.Send(ctx, []model.Message{msg(0, model.Number(1))}); err != nil {
+		t.Fatal(err)
+	}
+	var batch []model.Message
+	for i := 1; i <= 10; i++ {
+		v := model.Number(float64(i))
+		if i == 3 || i == 8 {
+			v = model.String("on") // "status" is a float field already
+		}
+		batch = append(batch, msg(i, v))
+	}
+	err := u.Send(ctx, batch)
+	var rej *uplink.Rejected
+	if !errors.As(err, &rej) {
+		t.Fatalf("Send = %v, want *uplink.Rejected", err)
+	}
+	if len(rej.Items) != 2 || rej.Items[0].Index != 2 || rej.Items[1].Index != 7 {
+		t.Fatalf("rejected %+v, want indexes 2 and 7", rej.Items)
+	}
+	for _, it := range rej.Items {
+		if !strings.Contains(it.Reason, "InfluxDB 400") || !strings.Contains(it.Reason, "field type conflict") {
+			t.Errorf("reason %q lacks InfluxDB's status and cause", it.Reason)
+		}
+	}
+	if n, err := in.Count(ctx, "power_meter"); err != nil || n != 9 {
+		t.Fatalf("points in InfluxDB = %d, %v; want 9 (the first and 8 of the batch)", n, err)
+	}
+	if err := u.Send(ctx, []model.Message{msg(11, model.Number(11))}); err != nil {
+		t.Fatalf("the next batch: %v", err)
 	}
 }

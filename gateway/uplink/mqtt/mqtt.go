@@ -18,18 +18,23 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/uplink"
 )
 
 // ErrNotConnected is returned by Send while there is no connection to the
@@ -39,6 +44,18 @@ var ErrNotConnected = errors.New("mqtt uplink: not connected")
 // errLinkChanged is returned when a batch spans a connection change: its
 // acknowledgements cannot be trusted.
 var errLinkChanged = errors.New("mqtt uplink: connection lost during the batch")
+
+// lost is the error of a batch whose connection was lost. The loss counts
+// as the broker dropping the connection during this batch (uplink.ErrDropped,
+// which can lead to a message being set aside) only when the batch had the
+// connection to itself: with another batch in flight (an alarm, say) there
+// is no telling which one the broker refused.
+func lost(l *link, what string, i, n int) error {
+	if l.shared.Load() {
+		return fmt.Errorf("%w (%d of %d %s, with another batch in flight)", errLinkChanged, i, n, what)
+	}
+	return fmt.Errorf("%w: %w (%d of %d %s)", errLinkChanged, uplink.ErrDropped, i, n, what)
+}
 
 const (
 	keepAlive       = 15 * time.Second
@@ -59,6 +76,10 @@ type Uplink struct {
 	station configs.StationID
 	log     *slog.Logger
 	prefix  string
+	broker  string // the URL without its password, for logs and errors
+
+	statusMu sync.Mutex
+	status   Connection
 
 	mu      sync.Mutex
 	client  paho.Client // connected client, nil between connections
@@ -87,6 +108,10 @@ type link struct {
 	lost chan struct{}
 	once sync.Once
 	conn net.Conn // the raw connection, for tests that break it
+	// sends is how many Sends are under way on the link; shared is set
+	// once two were at the same time.
+	sends  atomic.Int32
+	shared atomic.Bool
 }
 
 func (l *link) drop() { l.once.Do(func() { close(l.lost) }) }
@@ -131,7 +156,7 @@ func (c *linkConn) Close() error {
 // New returns an uplink for the broker of cfg, publishing for station. It
 // does no I/O.
 func New(cfg configs.MQTT, station configs.StationID, log *slog.Logger) *Uplink {
-	u := &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix),
+	u := &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix), broker: configs.Redact(cfg.URL),
 		stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
 	u.dialCtx, u.cancelDial = context.WithCancel(context.Background())
 	return u
@@ -159,7 +184,7 @@ func (u *Uplink) Connect(ctx context.Context) error {
 	case <-u.up:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("mqtt uplink: connect %s: %w (still trying)", u.cfg.URL, ctx.Err())
+		return fmt.Errorf("mqtt uplink: connect %s: %w (still trying)", u.broker, ctx.Err())
 	}
 }
 
@@ -188,7 +213,11 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			return
 		}
 		if err := tok.Error(); err != nil {
-			u.log.Debug("mqtt uplink: connect failed", "broker", u.cfg.URL, "err", err, "retry_in", delay)
+			cause := connectCause(err, tlsCfg != nil)
+			if u.setStatus(false, cause) {
+				u.log.Warn("mqtt uplink: cannot connect to the hub broker; retrying", "broker", u.broker, "cause", cause)
+			}
+			u.log.Debug("mqtt uplink: connect failed", "broker", u.broker, "err", err, "retry_in", delay)
 			select {
 			case <-time.After(delay):
 			case <-u.stop:
@@ -198,6 +227,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			continue
 		}
 		since := time.Now()
+		u.setStatus(true, "")
 		u.mu.Lock()
 		u.client = c
 		u.mu.Unlock()
@@ -207,6 +237,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			u.mu.Lock()
 			u.client = nil
 			u.mu.Unlock()
+			u.setStatus(false, "connection lost")
 		case <-u.stop:
 			c.Disconnect(disconnectQuiet)
 			return
@@ -237,7 +268,7 @@ func (u *Uplink) tlsConfig() (*tls.Config, error) {
 	case "ssl", "tls", "mqtts", "tcps":
 		return loadTLS(u.cfg.TLS)
 	}
-	return nil, fmt.Errorf("mqtt uplink: broker url %q: scheme must be tcp or ssl", u.cfg.URL)
+	return nil, fmt.Errorf("mqtt uplink: broker url %q: scheme must be tcp or ssl", u.broker)
 }
 
 // options are those of one client, which makes one connection: no paho
@@ -265,7 +296,7 @@ func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
 		SetBinaryWill(StatusTopic(u.prefix, u.station.ID), will, 1, true).
 		SetOnConnectHandler(u.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			u.log.Warn("mqtt uplink: connection lost", "broker", u.cfg.URL, "err", err)
+			u.log.Info("mqtt uplink: connection lost", "broker", u.broker, "err", err)
 			lost()
 		}).
 		SetCustomOpenConnectionFn(func(b *url.URL, _ paho.ClientOptions) (net.Conn, error) {
@@ -328,11 +359,82 @@ func loadTLS(t *configs.TLS) (*tls.Config, error) {
 // onConnect publishes the online status (retained).
 func (u *Uplink) onConnect(c paho.Client) {
 	l := u.cur.Load()
-	u.log.Info("mqtt uplink: connected", "broker", u.cfg.URL, "link", l.id)
+	u.log.Info("mqtt uplink: connected", "broker", u.broker, "link", l.id)
 	tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOnline, time.Now()))
 	if !tok.WaitTimeout(statusTimeout) || tok.Error() != nil {
 		u.log.Warn("mqtt uplink: online status not acknowledged", "err", tok.Error())
 	}
+}
+
+// Connection is the uplink's connection as an operator needs to see it.
+type Connection struct {
+	Connected bool
+	// Cause says why not, in an installer's words: the broker refused the
+	// credentials or the certificate, nothing listens, ...
+	Cause string
+	// Since is when the uplink got into this state.
+	Since time.Time
+}
+
+// Connection returns the uplink's connection state.
+func (u *Uplink) Connection() Connection {
+	u.statusMu.Lock()
+	defer u.statusMu.Unlock()
+	return u.status
+}
+
+// setStatus records the connection state and reports whether it changed
+// (another cause counts as a change).
+func (u *Uplink) setStatus(connected bool, cause string) bool {
+	u.statusMu.Lock()
+	defer u.statusMu.Unlock()
+	if u.status.Connected == connected && u.status.Cause == cause && !u.status.Since.IsZero() {
+		return false
+	}
+	u.status = Connection{Connected: connected, Cause: cause, Since: time.Now()}
+	return true
+}
+
+// connectCause words why a connection to the broker failed, for an
+// installer to act on.
+func connectCause(err error, overTLS bool) string {
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ce x509.CertificateInvalidError
+	var ne *net.OpError
+	msg := err.Error()
+	switch {
+	case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword):
+		return "the broker refused the username or password (hub.mqtt.username, hub.mqtt.password)"
+	case errors.Is(err, packets.ErrorRefusedNotAuthorised):
+		return "the broker refused the gateway: not authorised (check hub.mqtt.username and password, and that the broker allows its client id)"
+	case errors.Is(err, packets.ErrorRefusedIDRejected):
+		return "the broker rejected the client id (hub.mqtt.client_id)"
+	case errors.Is(err, packets.ErrorRefusedBadProtocolVersion):
+		return "the broker does not speak MQTT 3.1.1"
+	case errors.As(err, &ua):
+		return "the broker's certificate is not signed by a trusted CA (hub.mqtt.tls.ca): " + ua.Error()
+	case errors.As(err, &he):
+		return "the broker's certificate is not for this host name: " + he.Error()
+	case errors.As(err, &ce):
+		return "the broker's certificate is not valid: " + ce.Error()
+	case strings.Contains(msg, "tls: bad certificate"), strings.Contains(msg, "tls: unknown certificate authority"),
+		strings.Contains(msg, "certificate required"), strings.Contains(msg, "tls: expired certificate"):
+		return "the broker refused the gateway's client certificate (hub.mqtt.tls.cert, hub.mqtt.tls.key): " + msg
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.EOF):
+		// With TLS 1.3 a broker refuses a client certificate after the
+		// client thinks the handshake is done: the alert may lose the race
+		// with the closed connection.
+		if overTLS {
+			return "the broker closed the connection as it was set up: it most likely refused the gateway's client certificate (hub.mqtt.tls.cert, hub.mqtt.tls.key)"
+		}
+		return "the broker closed the connection as it was set up (a TLS listener? then use ssl:// in hub.mqtt.url)"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "nothing listens at the broker's address: the broker is down, or the port is wrong"
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
+		return "the broker does not answer (network down, firewall, or wrong address)"
+	}
+	return msg
 }
 
 // Connected reports whether the uplink has a connection now.
@@ -368,12 +470,16 @@ func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
 	if c == nil {
 		return ErrNotConnected
 	}
+	if l.sends.Add(1) > 1 {
+		l.shared.Store(true)
+	}
+	defer l.sends.Add(-1)
 	arena := u.arena()
 	buf := (*arena)[:0]
 	tokens := make([]paho.Token, len(msgs))
 	for i := range msgs {
 		if !l.alive() {
-			return fmt.Errorf("%w (%d of %d published)", errLinkChanged, i, len(msgs))
+			return lost(l, "published", i, len(msgs))
 		}
 		start := len(buf)
 		buf = model.AppendJSON(buf, &msgs[i])
@@ -385,7 +491,7 @@ func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
 		select {
 		case <-tok.Done():
 		case <-l.lost:
-			return fmt.Errorf("%w (%d of %d acknowledged)", errLinkChanged, i, len(msgs))
+			return lost(l, "acknowledged", i, len(msgs))
 		case <-ctx.Done():
 			return fmt.Errorf("mqtt uplink: %w (%d of %d acknowledged)", ctx.Err(), i, len(msgs))
 		}

@@ -7,7 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -376,4 +379,74 @@ func BenchmarkSend(b *testing.B) {
 	s := b.Elapsed().Seconds()
 	b.ReportMetric(float64(b.N*len(msgs))/s, "msgs/s")
 	b.ReportMetric(float64(b.N*len(msgs)*8)/s, "readings/s")
+}
+
+// TestRefusedCredentials: a broker that refuses the gateway's password is
+// logged once at warning level with the cause an installer acts on, not at
+// every retry, the uplink's connection state says so, and the password in
+// the URL appears in no log line at any level.
+func TestRefusedCredentials(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	if out, err := exec.Command("mosquitto_passwd", "-b", "-c", pw, "outpost", "right-secret").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := hub.StartMosquittoWith(ctx, filepath.Join(dir, "broker"), quiet(), hub.MosquittoOptions{
+		Config: "allow_anonymous false\npassword_file " + pw + "\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Stop)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	url := "tcp://outpost:wrong-secret@" + b.Addr()
+	u := New(configs.MQTT{URL: url}, station, log)
+	short, cancel2 := context.WithTimeout(ctx, 2*time.Second) // several retries
+	defer cancel2()
+	if err := u.Connect(short); err == nil {
+		t.Fatal("connected with a wrong password")
+	}
+	u.Close(context.Background())
+	text := logs.String()
+	if strings.Contains(text, "wrong-secret") {
+		t.Errorf("the password appears in the log:\n%s", text)
+	}
+	// Mosquitto answers a wrong password with "not authorised".
+	cause := "the broker refused the gateway: not authorised (check hub.mqtt.username and password, and that the broker allows its client id)"
+	want := `level=WARN msg="mqtt uplink: cannot connect to the hub broker; retrying" broker=tcp://outpost:xxxxx@` + b.Addr() +
+		` cause="` + cause + `"`
+	if n := strings.Count(text, "level=WARN"); n != 1 || !strings.Contains(text, want) {
+		t.Errorf("%d warnings; want one:\n%s\nlog:\n%s", n, want, text)
+	}
+	if n := strings.Count(text, "connect failed"); n < 3 {
+		t.Errorf("only %d connect attempts in 2 s: the test did not see retries", n)
+	}
+	if c := u.Connection(); c.Connected || c.Cause != cause {
+		t.Errorf("connection %+v", c)
+	}
+
+	ok := New(configs.MQTT{URL: "tcp://outpost:right-secret@" + b.Addr()}, station, quiet())
+	if err := ok.Connect(ctx); err != nil {
+		t.Fatalf("with the right password: %v", err)
+	}
+	ok.Close(context.Background())
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

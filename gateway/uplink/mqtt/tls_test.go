@@ -104,12 +104,16 @@ func TestTLS(t *testing.T) {
 		}
 	}
 
-	for name, tlsFiles := range map[string]*configs.TLS{
-		"no client certificate": {CA: good.ca},
-		"another CA":            {CA: other.ca, Cert: other.clientCert, Key: other.clientKey},
+	for _, c := range []struct {
+		name  string
+		files *configs.TLS
+		cause string // in the cause an installer reads
+	}{
+		{"no client certificate", &configs.TLS{CA: good.ca}, "the gateway's client certificate (hub.mqtt.tls.cert, hub.mqtt.tls.key)"},
+		{"another CA", &configs.TLS{CA: other.ca, Cert: other.clientCert, Key: other.clientKey}, "the broker's certificate is not signed by a trusted CA (hub.mqtt.tls.ca)"},
 	} {
-		t.Run(name, func(t *testing.T) {
-			bad := New(configs.MQTT{URL: b.TLSURL(), ClientID: "bad", TLS: tlsFiles}, station, quiet())
+		t.Run(c.name, func(t *testing.T) {
+			bad := New(configs.MQTT{URL: b.TLSURL(), ClientID: "bad", TLS: c.files}, station, quiet())
 			short, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			if err := bad.Connect(short); err == nil {
@@ -118,6 +122,9 @@ func TestTLS(t *testing.T) {
 			defer bad.Close(context.Background())
 			if err := bad.Send(context.Background(), messages(1, 1)); err != ErrNotConnected {
 				t.Errorf("Send without a connection: %v, want ErrNotConnected", err)
+			}
+			if got := bad.Connection(); got.Connected || !strings.Contains(got.Cause, c.cause) {
+				t.Errorf("connection %+v, want the cause to say %q", got, c.cause)
 			}
 		})
 	}

@@ -29,6 +29,17 @@ func Topic(prefix string, m *model.Message) string {
 	return prefix + "/" + m.Station + "/" + m.Device + "/" + string(m.Kind)
 }
 
+// PacketSize is the size of the MQTT PUBLISH packet (QoS 1) that carries
+// m: fixed header, topic, packet id and the JSON payload.
+func PacketSize(prefix string, m *model.Message) int {
+	rest := 2 + len(Topic(prefix, m)) + 2 + len(model.AppendJSON(nil, m))
+	header := 2 // the type byte and one byte of remaining length
+	for n := rest; n >= 128; n >>= 7 {
+		header++
+	}
+	return header + rest
+}
+
 // StatusTopic is the topic of a gateway's retained status:
 // {prefix}/{station}/status.
 func StatusTopic(prefix, station string) string {

@@ -1,0 +1,221 @@
+package pipeline
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+	"outpost/gateway/uplink"
+	"outpost/gateway/uplink/mqtt"
+	"outpost/testbench/hub"
+)
+
+// refuses is an Uplink that refuses for good every message of device
+// "bad", as InfluxDB refuses a point of the wrong field type, and takes
+// the rest.
+type refuses struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (r *refuses) Send(_ context.Context, msgs []model.Message) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var rej []uplink.Rejection
+	for i, m := range msgs {
+		if m.Device == "bad" {
+			rej = append(rej, uplink.Rejection{Index: i, Reason: "InfluxDB 400: field type conflict", Payload: []byte("m status=\"on\" 1")})
+			continue
+		}
+		r.got = append(r.got, m.ID())
+	}
+	if rej != nil {
+		return &uplink.Rejected{Items: rej}
+	}
+	return nil
+}
+
+func queued(t *testing.T, devices ...string) *queue.Queue {
+	t.Helper()
+	q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	for i, d := range devices {
+		m := model.Message{Station: "s", StationType: model.SafetyPost, Device: d, DeviceKind: "k", Seq: uint64(i + 1),
+			Kind: model.KindTelemetry, Time: time.Now().UTC()}
+		q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m)})
+	}
+	return q
+}
+
+// readDeadLetters returns the lines of an uplink's dead-letter file.
+func readDeadLetters(t *testing.T, path string) []deadLetter {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []deadLetter
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var d deadLetter
+		if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
+			t.Fatalf("dead letter %q: %v", sc.Text(), err)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// runUntilDrained runs f until its queue is empty.
+func runUntilDrained(t *testing.T, f *Forwarder, q *queue.Queue) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for q.Stats().Lanes[queue.LaneTelemetry].Records > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := q.Stats().Lanes[queue.LaneTelemetry].Records; n > 0 {
+		t.Fatalf("%d messages still queued: the forwarder is stuck", n)
+	}
+}
+
+// TestRejectedSetAside: messages the hub refuses for good go to the dead
+// letters with the hub's reason, the hub is told, and every other message
+// is delivered; the queue does not stall on them.
+func TestRejectedSetAside(t *testing.T) {
+	q := queued(t, "a", "bad", "b", "bad", "c")
+	up := &refuses{}
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	dir := t.TempDir()
+	f := &Forwarder{Name: "influx/telemetry", Queue: q, Uplink: up, UplinkName: "influx", Batch: 10,
+		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Log: slog.New(slog.DiscardHandler)}
+	runUntilDrained(t, f, q)
+	if strings.Join(up.got, " ") != "s/a/1 s/b/3 s/c/5" {
+		t.Errorf("delivered %v, want s/a/1 s/b/3 s/c/5", up.got)
+	}
+	dl := readDeadLetters(t, filepath.Join(dir, "influx.jsonl"))
+	if len(dl) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(dl))
+	}
+	for i, seq := range []uint64{2, 4} {
+		m, err := model.ParseJSON(dl[i].Message)
+		if err != nil || m.Device != "bad" || m.Seq != seq || dl[i].Reason != "InfluxDB 400: field type conflict" || dl[i].Payload != `m status="on" 1` {
+			t.Errorf("dead letter %d: %+v (%v)", i, dl[i], err)
+		}
+	}
+	if len(rec.msgs) != 1 || rec.msgs[0].Event.Kind != model.EventRejected {
+		t.Fatalf("reported %v, want one messages_rejected event", rec.msgs)
+	}
+	if d := rec.msgs[0].Event.Details; d["messages"] != "2" || d["kept"] != "2" || d["device"] != "bad" || d["seq"] != "2" ||
+		d["reason"] != "InfluxDB 400: field type conflict" || d["dead_letter"] != filepath.Join(dir, "influx.jsonl") {
+		t.Errorf("event details %v", d)
+	}
+}
+
+// TestPoisonMessageQuarantined: a real Mosquitto that takes packets of at
+// most 2000 bytes drops the connection whenever the gateway publishes a
+// larger one. The forwarder finds that message, sets it aside and tells the
+// hub, and every other message arrives: one message the broker will never
+// take does not stop the station.
+func TestPoisonMessageQuarantined(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m, err := hub.StartMosquittoWith(ctx, t.TempDir(), slog.New(slog.DiscardHandler), hub.MosquittoOptions{Config: "max_packet_size 2000\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	st := configs.StationID{ID: "s", Type: model.SafetyPost}
+	up := mqtt.New(configs.MQTT{URL: m.URL(), ClientID: "outpost-s"}, st, slog.New(slog.DiscardHandler))
+	if err := up.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close(context.Background())
+	got := subscribe(t, m.URL(), "outpost/v1/s/+/telemetry")
+
+	// "big" is a telemetry message of about 5 kB.
+	q2, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q2.Close()
+	for i, d := range []string{"a", "b", "big", "c", "d", "e"} {
+		msg := model.Message{Station: "s", StationType: model.SafetyPost, Device: d, DeviceKind: "k", Seq: uint64(i + 1),
+			Kind: model.KindTelemetry, Time: time.Now().UTC()}
+		if d == "big" {
+			msg.Readings = []model.Reading{{Signal: "text", Value: model.String(strings.Repeat("x", 5000)), Quality: model.Good}}
+		}
+		q2.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &msg)})
+	}
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	dir := t.TempDir()
+	f := &Forwarder{Name: "mqtt/telemetry", Queue: q2, Uplink: up, UplinkName: "mqtt", Batch: 100,
+		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Log: slog.New(slog.DiscardHandler)}
+	runUntilDrained(t, f, q2)
+
+	want := map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true}
+	deadline := time.After(10 * time.Second)
+	for len(want) > 0 {
+		select {
+		case d := <-got:
+			delete(want, d)
+		case <-deadline:
+			t.Fatalf("these devices' messages never reached the hub: %v", want)
+		}
+	}
+	dl := readDeadLetters(t, filepath.Join(dir, "mqtt.jsonl"))
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	if msg, err := model.ParseJSON(dl[0].Message); err != nil || msg.Device != "big" {
+		t.Errorf("dead letter %s (%v), want the message of device big", dl[0].Message, err)
+	}
+	if len(rec.msgs) != 1 || rec.msgs[0].Event.Kind != model.EventRejected || rec.msgs[0].Event.Details["device"] != "big" {
+		t.Fatalf("reported %v, want one messages_rejected event for device big", rec.msgs)
+	}
+	t.Logf("reason: %s", rec.msgs[0].Event.Details["reason"])
+}
+
+// subscribe returns the devices of the messages that arrive on topic.
+func subscribe(t *testing.T, url, topic string) <-chan string {
+	t.Helper()
+	ch := make(chan string, 100)
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("hub-watch").SetCleanSession(true))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscriber: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	tok := c.Subscribe(topic, 1, func(_ paho.Client, msg paho.Message) {
+		if m, err := model.ParseJSON(msg.Payload()); err == nil {
+			ch <- m.Device
+		}
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	return ch
+}

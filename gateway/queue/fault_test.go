@@ -1,0 +1,155 @@
+package queue
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// These tests break a real file system: chattr +i makes the queue's files
+// refuse writes (as a failing disk or a read-only remount does), and a
+// small tmpfs fills up. Both need root; CI runs as root.
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make files immutable or mount a small tmpfs")
+	}
+}
+
+// immutable sets or clears the immutable attribute of dir and all in it.
+func immutable(t *testing.T, dir string, on bool) {
+	t.Helper()
+	flag := "-i"
+	if on {
+		flag = "+i"
+	}
+	if out, err := exec.Command("chattr", "-R", flag, dir).CombinedOutput(); err != nil {
+		t.Fatalf("chattr -R %s %s: %v: %s", flag, dir, err, out)
+	}
+}
+
+// TestDiskRefusesWrites: while the disk refuses every write, alarms are
+// held in memory and handed out after those on disk, telemetry is dropped
+// and counted, and when the disk takes writes again the alarms go to disk
+// by themselves, in order, and survive a restart.
+func TestDiskRefusesWrites(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", dir).Run() })
+	q, err := Open(dir, Options{MaxBytes: 1 << 20, SyncEvery: -1}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		if err := q.Append(LaneAlarm, rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	immutable(t, dir, true)
+	for i := 4; i <= 6; i++ {
+		if err := q.Append(LaneAlarm, rec(i)); err != nil {
+			t.Fatalf("alarm %d while the disk refuses writes: %v", i, err)
+		}
+	}
+	if err := q.Append(LaneTelemetry, rec(100), rec(101)); err != nil {
+		t.Fatalf("telemetry while the disk refuses writes: %v", err)
+	}
+	st := q.Stats()
+	a, tl := st.Lanes[LaneAlarm], st.Lanes[LaneTelemetry]
+	if !st.WriteFailing || st.WriteErrors == 0 || !strings.Contains(st.WriteError, "operation not permitted") {
+		t.Errorf("stats say failing %v, %d errors, last %q", st.WriteFailing, st.WriteErrors, st.WriteError)
+	}
+	if a.Memory != 3 || a.Records != 6 || a.Lost != 0 {
+		t.Errorf("alarm lane: %d in memory, %d queued, %d lost; want 3, 6, 0", a.Memory, a.Records, a.Lost)
+	}
+	if tl.Dropped != 2 || tl.DroppedReadings != int64(rec(100).Readings+rec(101).Readings) {
+		t.Errorf("telemetry: %d dropped (%d readings), want 2", tl.Dropped, tl.DroppedReadings)
+	}
+	// The forwarder gets every alarm, in order, the disk refusing or not.
+	if got, _ := drain(t, q, 1000, true); len(got) != 6 || got[0] != 1 || got[5] != 6 {
+		t.Fatalf("handed out %v, want alarms 1 to 6", got)
+	}
+	for i := 7; i <= 8; i++ {
+		q.Append(LaneAlarm, rec(i))
+	}
+	immutable(t, dir, false)
+	deadline := time.Now().Add(5 * time.Second)
+	for q.Stats().WriteFailing && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // the queue retries every second
+	}
+	st = q.Stats()
+	if st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0 {
+		t.Fatalf("after the disk recovered: failing %v, %d alarms in memory", st.WriteFailing, st.Lanes[LaneAlarm].Memory)
+	}
+	q.Close()
+	q = open(t, dir, testOpts)
+	if got, _ := drain(t, q, 1000, true); len(got) != 2 || got[0] != 7 || got[1] != 8 {
+		t.Fatalf("after a restart, handed out %v, want alarms 7 and 8 from disk", got)
+	}
+}
+
+// TestDiskFull fills a small tmpfs: the oldest telemetry makes room for
+// new records, alarms are never dropped, and every telemetry record is
+// either queued or counted dropped.
+func TestDiskFull(t *testing.T) {
+	needRoot(t)
+	dir := filepath.Join(t.TempDir(), "vol")
+	os.Mkdir(dir, 0o700)
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=512k"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	// The cap is far above the volume: only the disk limits the queue.
+	q := open(t, filepath.Join(dir, "q"), Options{MaxBytes: 64 << 20, SyncEvery: -1, SegmentBytes: 32 << 10})
+	appendedT := 0
+	for i := 0; i < 10000; i++ { // 1.2 MB of records on a 512 KiB volume
+		lane := LaneTelemetry
+		if i%100 == 0 {
+			lane = LaneAlarm
+		} else {
+			appendedT++
+		}
+		if err := q.Append(lane, rec(i)); err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+	}
+	st := q.Stats()
+	a, tl := st.Lanes[LaneAlarm], st.Lanes[LaneTelemetry]
+	if a.Records != 100 || a.Lost != 0 || a.Memory != 0 {
+		t.Errorf("alarms: %d queued (%d in memory), %d lost; want all 100 on disk", a.Records, a.Memory, a.Lost)
+	}
+	if tl.Dropped == 0 {
+		t.Errorf("no telemetry dropped on a full disk: the test did not fill it")
+	}
+	if int(tl.Records+tl.Dropped) != appendedT {
+		t.Errorf("telemetry: %d queued + %d dropped, want %d appended", tl.Records, tl.Dropped, appendedT)
+	}
+	alarms, telemetry := drain(t, q, 1000, true)
+	if len(alarms) != 100 || len(telemetry) != int(tl.Records) {
+		t.Errorf("handed out %d alarms and %d telemetry, want 100 and %d", len(alarms), len(telemetry), tl.Records)
+	}
+	t.Logf("%d telemetry records on a 512 KiB volume: %d kept, %d dropped", appendedT, tl.Records, tl.Dropped)
+}
+
+// TestDeliveredSpaceIsReleased: delivered records leave the disk soon
+// after they are acknowledged, not when a segment fills.
+func TestDeliveredSpaceIsReleased(t *testing.T) {
+	q := open(t, t.TempDir(), Options{MaxBytes: 256 << 20, SyncEvery: -1}) // 4 MiB segments
+	for round := range 20 {
+		for i := range 1000 {
+			if err := q.Append(LaneTelemetry, rec(round*1000+i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		drain(t, q, 1000, true)
+	}
+	// 20,000 records of 124 bytes were written and delivered: 2.4 MB.
+	if b := q.Stats().Lanes[LaneTelemetry].Bytes; b > q.retireBytes()+124*1000 {
+		t.Errorf("%d bytes stay on disk after everything was delivered; want at most %d", b, q.retireBytes()+124*1000)
+	}
+}
