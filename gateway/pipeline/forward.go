@@ -225,6 +225,14 @@ type Outage struct {
 
 	mu    sync.Mutex
 	since time.Time // zero while the uplink works
+	err   string    // of the first failure of the outage
+}
+
+// Down says whether the uplink is down, since when and why.
+func (o *Outage) Down() (down bool, since time.Time, reason string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return !o.since.IsZero(), o.since, o.err
 }
 
 func (o *Outage) down(err error) {
@@ -236,7 +244,7 @@ func (o *Outage) down(err error) {
 	if !o.since.IsZero() {
 		return
 	}
-	o.since = time.Now()
+	o.since, o.err = time.Now(), err.Error()
 	o.Log.Warn("hub uplink down; queueing until it is back", "uplink", o.Uplink, "err", err)
 }
 

@@ -42,6 +42,8 @@ func init() {
 			example: "gateway run -config /etc/outpost/station.yaml", run: cmdRun},
 		{name: "validate", args: "STATION.yaml", summary: "check a station file and its templates; print every problem as FILE:LINE:COL: message and exit 1 if there is any",
 			example: "gateway validate /etc/outpost/station.yaml", run: cmdValidate},
+		{name: "status", args: "-config STATION.yaml", summary: "show whether the running gateway reaches the hub, why not, and what waits in its queues; exit 1 if something needs attention",
+			example: "gateway status -config /etc/outpost/station.yaml", run: cmdStatus},
 		{name: "version", summary: "print the gateway's version and hub contract version",
 			example: "gateway version", run: cmdVersion},
 	}

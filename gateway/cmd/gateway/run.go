@@ -114,8 +114,18 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	defer stopForwarders()
 	dead := &pipeline.DeadLetters{Dir: st.DeadLetterDir()}
 	defer dead.Close()
+	states := map[string]uplinkState{"mqtt": func() (bool, string, time.Time) {
+		c := mq.Connection()
+		return c.Connected, c.Cause, c.Since
+	}}
 	for name, q := range queues {
 		outage := &pipeline.Outage{Uplink: name, Log: log}
+		if name != "mqtt" {
+			states[name] = func() (bool, string, time.Time) {
+				down, since, why := outage.Down()
+				return !down, why, since
+			}
+		}
 		// One forwarder per lane: alarms go out on their own, never
 		// behind a telemetry batch in flight.
 		for _, lane := range []struct {
@@ -129,6 +139,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		}
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
+	fwd.Go(func() { writeStatus(fctx, st, queues, states, dead, log) })
 	for _, l := range links {
 		s := pipeline.DefaultSupervisor
 		s.Failed = func(err error, restarts int, pause time.Duration) {

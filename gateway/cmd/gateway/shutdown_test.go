@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,6 +22,16 @@ import (
 // station is a station file whose one device sits on a Modbus TCP endpoint
 // where nothing listens, with its hub at broker.
 func station(t *testing.T, broker string) *configs.Station {
+	t.Helper()
+	st, err := configs.Load(stationFile(t, broker))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// stationFile writes that station file and returns its path.
+func stationFile(t *testing.T, broker string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,11 +50,11 @@ endpoints:
 devices:
   - {id: meter-1, template: power-meter, endpoint: lan, unit_id: 1, poll: 100ms}
 `, t.TempDir(), broker, dead)
-	st, err := configs.Parse("station.yaml", []byte(src))
-	if err != nil {
+	path := filepath.Join(t.TempDir(), "station.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return st
+	return path
 }
 
 func startBroker(t *testing.T) *hub.Mosquitto {

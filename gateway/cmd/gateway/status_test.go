@@ -1,0 +1,73 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost/configs"
+	"outpost/gateway/status"
+	"outpost/testbench/hub"
+)
+
+// TestStatusShowsRefusal: a hub broker that refuses the gateway's password
+// shows in `gateway status` with the cause, and the command exits 1.
+func TestStatusShowsRefusal(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	if out, err := exec.Command("mosquitto_passwd", "-b", "-c", pw, "outpost", "right").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := hub.StartMosquittoWith(ctx, filepath.Join(dir, "broker"), slog.New(slog.DiscardHandler), hub.MosquittoOptions{
+		Config: "allow_anonymous false\npassword_file " + pw + "\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Stop()
+	path := stationFile(t, "tcp://outpost:wrong@"+m.Addr())
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, done := runGateway(t, st)
+	defer func() { stop(); <-done }()
+
+	var s status.Snapshot
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if s, err = status.Read(status.File(st.StateDir)); err == nil && len(s.Uplinks) == 1 && s.Uplinks[0].Cause != "" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var out, errb bytes.Buffer
+	code := cli([]string{"status", "-config", path}, &out, &errb)
+	if code != 1 {
+		t.Errorf("gateway status exited %d, want 1; stderr %s", code, errb.String())
+	}
+	for _, want := range []string{"station sd-1 (safety_post), running since", "mqtt    DOWN",
+		"mqtt: the broker refused the gateway: not authorised (check hub.mqtt.username and password, and that the broker allows its client id)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestStatusStale: a status file the gateway stopped writing says the
+// gateway is not running.
+func TestStatusStale(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now.Add(-time.Minute), Started: now.Add(-time.Hour),
+		Uplinks: []status.Uplink{{Name: "mqtt", Connected: true, Since: now.Add(-time.Hour)}}}
+	var out bytes.Buffer
+	if code := printStatus(&out, s, now); code != 1 || !strings.Contains(out.String(), "NOT RUNNING: the gateway last wrote its status 1m0s ago") {
+		t.Errorf("exit %d:\n%s", code, out.String())
+	}
+}

@@ -1,0 +1,83 @@
+// Package status is the gateway's account of itself for the people at the
+// station and at the hub: whether each uplink reaches the hub (and why
+// not), and what waits in its queue. The running gateway writes it to
+// STATE_DIR/status.json every few seconds; `gateway status` reads it.
+package status
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Snapshot is the gateway's status at one moment.
+type Snapshot struct {
+	Station string    `json:"station"`
+	Type    string    `json:"station_type"`
+	Time    time.Time `json:"time"`
+	Started time.Time `json:"started"`
+	Uplinks []Uplink  `json:"uplinks"`
+}
+
+// Uplink is one hub store's uplink.
+type Uplink struct {
+	Name      string `json:"name"`
+	Connected bool   `json:"connected"`
+	// Cause says why not, in an installer's words.
+	Cause string    `json:"cause,omitempty"`
+	Since time.Time `json:"since"`
+	Queue Queue     `json:"queue"`
+	// DeadLetters is how many messages the hub refused for good since the
+	// gateway started (kept in STATE_DIR/deadletter).
+	DeadLetters int64 `json:"dead_letters"`
+}
+
+// Queue is what waits for an uplink.
+type Queue struct {
+	Alarms    int64 `json:"alarms"`
+	Telemetry int64 `json:"telemetry"`
+	Readings  int64 `json:"readings"`
+	Bytes     int64 `json:"bytes"`
+	// InMemory alarms wait in memory because the disk refuses them.
+	InMemory int64 `json:"in_memory"`
+	// DroppedReadings since start: at the queue's cap or refused by the
+	// disk. LostAlarms: refused by the disk with memory full.
+	DroppedReadings int64  `json:"dropped_readings"`
+	LostAlarms      int64  `json:"lost_alarms"`
+	DiskError       string `json:"disk_error,omitempty"`
+}
+
+// File is where a gateway with that state directory keeps its status.
+func File(stateDir string) string { return filepath.Join(stateDir, "status.json") }
+
+// Write replaces the status file atomically (it is not fsynced: it is
+// made again every few seconds).
+func Write(path string, s Snapshot) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	return nil
+}
+
+// Read reads a status file.
+func Read(path string) (Snapshot, error) {
+	var s Snapshot
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
