@@ -1,7 +1,7 @@
 // Command firmware-sim is the simulated firmware of every device of a
 // station: the other side of the wire from the gateway.
 //
-//	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround 3ms] [-check-line] [-v]
+//	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround 3ms] [-check-line] [-silent ID,...] [-v]
 //
 // For every RS-485 bus of the station it makes a virtual serial port linked at
 // the bus's port path and answers Modbus RTU there for the devices on that
@@ -15,6 +15,10 @@
 // the answer's wire time plus the turnaround. With -check-line, a master
 // whose baud differs from the bus's (or data bits and parity, where the pty
 // lets it set them) hears garbage, as from a real device at other settings.
+//
+// With -silent, the devices named never answer, as a device that is off or
+// configured with another unit id than the station file says: nothing on a
+// bus, not even an exception from a Modbus TCP endpoint. They serve nothing.
 //
 // With -stats it writes its counters as JSON every second and on exit; with
 // -served it appends one JSON line per reading served, with the exact value a
@@ -32,10 +36,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -66,6 +73,7 @@ type options struct {
 	seed       int64
 	turnaround time.Duration
 	checkLine  bool
+	silent     []string // device ids
 	verbose    bool
 }
 
@@ -79,13 +87,21 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Int64Var(&o.seed, "seed", 1, "seed of the simulated values")
 	fs.DurationVar(&o.turnaround, "turnaround", -1, "device turnaround on every bus (default: each bus's turnaround)")
 	fs.BoolVar(&o.checkLine, "check-line", false, "answer garbage when the master's line settings (baud; data bits and parity where the port keeps them) differ from the bus's")
+	fs.Func("silent", "comma-separated device ids that never answer", func(v string) error {
+		for _, id := range strings.Split(v, ",") {
+			if id = strings.TrimSpace(id); id != "" {
+				o.silent = append(o.silent, id)
+			}
+		}
+		return nil
+	})
 	fs.BoolVar(&o.verbose, "v", false, "debug logs")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if o.config == "" || fs.NArg() > 0 {
 		fs.Usage()
-		return o, errors.New("usage: firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround D]")
+		return o, errors.New("usage: firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround D] [-silent ID,...]")
 	}
 	return o, nil
 }
@@ -143,15 +159,34 @@ func open(o options, log *slog.Logger) (_ *sim, err error) {
 		sink = &servedLog{w: s.served, log: log}
 	}
 
+	silent := map[string]bool{}
+	for _, id := range o.silent {
+		silent[id] = true
+	}
 	start := time.Now()
 	rtuUnits := map[string]map[byte]slave.Unit{}
 	tcpUnits := map[string]map[byte]slave.Unit{}
+	tcpSilent := map[string]map[byte]bool{}
 	for _, d := range st.Devices {
 		dev, err := device.New(d, st.Templates[d.Template], device.Options{Seed: o.seed, Start: start, Sink: sink})
 		if err != nil {
 			return nil, err
 		}
 		s.devices = append(s.devices, dev)
+		if silent[d.ID] {
+			// Counted in the stats (it serves nothing), but on no line:
+			// nothing answers its unit id on a bus, and an endpoint is
+			// told to stay silent for it.
+			delete(silent, d.ID)
+			if d.Endpoint != "" {
+				if tcpSilent[d.Endpoint] == nil {
+					tcpSilent[d.Endpoint] = map[byte]bool{}
+				}
+				tcpSilent[d.Endpoint][dev.Unit()] = true
+			}
+			log.Info("device silent", "device", d.ID, "unit", dev.Unit())
+			continue
+		}
 		units, key := rtuUnits, d.Bus
 		if d.Bus == "" {
 			units, key = tcpUnits, d.Endpoint
@@ -160,6 +195,9 @@ func open(o options, log *slog.Logger) (_ *sim, err error) {
 			units[key] = map[byte]slave.Unit{}
 		}
 		units[key][dev.Unit()] = dev
+	}
+	if len(silent) > 0 {
+		return nil, fmt.Errorf("-silent: no device %s in %s", strings.Join(slices.Sorted(maps.Keys(silent)), ", "), o.config)
 	}
 
 	for _, b := range st.Buses {
@@ -193,7 +231,7 @@ func open(o options, log *slog.Logger) (_ *sim, err error) {
 			return nil, fmt.Errorf("endpoint %s: %w", e.ID, err)
 		}
 		s.lns = append(s.lns, ln)
-		s.tcps[ln] = &slave.TCP{Units: tcpUnits[e.ID], Log: log.With("endpoint", e.ID), Deaf: &s.deaf}
+		s.tcps[ln] = &slave.TCP{Units: tcpUnits[e.ID], Silent: tcpSilent[e.ID], Log: log.With("endpoint", e.ID), Deaf: &s.deaf}
 		log.Info("endpoint up", "endpoint", e.ID, "address", ln.Addr().String(), "devices", len(tcpUnits[e.ID]))
 	}
 	return s, nil
@@ -304,6 +342,8 @@ func (s *sim) deafOnSignal(ctx context.Context) {
 
 // Stats is the -stats file.
 type Stats struct {
+	// Time is when the counters were read: rates come from two files.
+	Time           time.Time                 `json:"time"`
 	ReadingsServed int64                     `json:"readings_served"`
 	EventsServed   int64                     `json:"events_served"`
 	Devices        map[string]device.Stats   `json:"devices"`
@@ -311,7 +351,7 @@ type Stats struct {
 }
 
 func (s *sim) stats() Stats {
-	out := Stats{Devices: map[string]device.Stats{}, Buses: map[string]slave.BusStats{}}
+	out := Stats{Time: time.Now().UTC(), Devices: map[string]device.Stats{}, Buses: map[string]slave.BusStats{}}
 	for _, d := range s.devices {
 		ds := d.Stats()
 		out.Devices[d.ID()] = ds

@@ -71,11 +71,14 @@ type running struct {
 	stop    func() error
 }
 
-func startSim(t *testing.T) *running {
+func startSim(t *testing.T, opts ...func(*options)) *running {
 	t.Helper()
 	station, ports := writeStation(t, "127.0.0.1:0")
 	dir := filepath.Dir(station)
 	o := options{config: station, served: filepath.Join(dir, "served.jsonl"), stats: filepath.Join(dir, "stats.json"), seed: 1, turnaround: -1}
+	for _, f := range opts {
+		f(&o)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	s, err := open(o, log)
 	if err != nil {
@@ -424,5 +427,54 @@ func TestBinary(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(ports, "bus-a")); string(b) != "keep" {
 		t.Errorf("the regular file was changed: %q", b)
+	}
+}
+
+// TestSilent: devices named by -silent never answer, on a bus or behind an
+// endpoint, while their neighbours do; they are in the stats, having
+// served nothing.
+func TestSilent(t *testing.T) {
+	requireTool(t, "/usr/bin/mbpoll")
+	o, err := parseFlags([]string{"-config", "x.yaml", "-silent", "all-rtu, strict-tcp"}, io.Discard)
+	if err != nil || fmt.Sprint(o.silent) != "[all-rtu strict-tcp]" {
+		t.Fatalf("-silent parsed as %q, %v", o.silent, err)
+	}
+	r := startSim(t, func(o *options) { o.silent = []string{"all-rtu", "strict-tcp"} })
+	_, port, _ := net.SplitHostPort(r.tcp)
+	bus := filepath.Join(r.ports, "bus-a")
+	cases := []struct {
+		name, unit string
+		target     []string
+		answers    bool
+	}{
+		{"silent on a bus", "1", []string{"-m", "rtu", "-b", "9600", "-P", "none", bus}, false},
+		{"its neighbour on the bus", "2", []string{"-m", "rtu", "-b", "9600", "-P", "none", bus}, true},
+		{"silent behind an endpoint", "2", []string{"-m", "tcp", "-p", port, "127.0.0.1"}, false},
+		{"its neighbour behind the endpoint", "1", []string{"-m", "tcp", "-p", port, "127.0.0.1"}, true},
+	}
+	for _, c := range cases {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		args := append([]string{"-a", c.unit, "-0", "-1", "-o", "0.3", "-t", "3", "-r", "0"}, c.target...)
+		out, err := exec.CommandContext(ctx, "/usr/bin/mbpoll", args...).CombinedOutput()
+		cancel()
+		answered := mbpollLine.Match(out)
+		if answered != c.answers || !c.answers && !strings.Contains(string(out), "timed out") {
+			t.Errorf("%s: mbpoll %s: %v\n%s", c.name, strings.Join(args, " "), err, out)
+		}
+	}
+	st := r.sim.stats()
+	for _, id := range []string{"all-rtu", "strict-tcp"} {
+		if d, ok := st.Devices[id]; !ok || d.Polls != 0 || d.ReadingsServed != 0 {
+			t.Errorf("%s stats %+v (listed %v), want listed with nothing served", id, d, ok)
+		}
+	}
+	if st.Time.IsZero() {
+		t.Error("stats carry no time")
+	}
+
+	station, _ := writeStation(t, "127.0.0.1:0")
+	_, err = open(options{config: station, silent: []string{"all-rtu", "nope"}}, slog.New(slog.DiscardHandler))
+	if want := "-silent: no device nope in " + station; err == nil || err.Error() != want {
+		t.Errorf("unknown silent device: %v, want %s", err, want)
 	}
 }

@@ -94,6 +94,9 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 		fmt.Printf("%s %s: sent %d, at hub mqtt %d, in influx %d, lost %d, duplicates %d, gateway cpu %.2fs, max rss %.1f MB\n",
 			verdict, sc.Name, rep.Readings.Sent, rep.Readings.AtHubMQTT, rep.Readings.InInflux, rep.Readings.Lost,
 			rep.Readings.Duplicates, rep.Gateway.CPUS, rep.Gateway.MaxRSSMB)
+		if p := rep.Polls; p != nil {
+			fmt.Printf("  polls over %.0f s: every device not silent at %.1f%% or more of its configured rate (lowest: %s)\n", p.WindowS, p.MinPercent, p.Slowest)
+		}
 		if d := rep.Drain; d != nil {
 			fmt.Printf("  drain of %d readings: %.0f readings/s into MQTT, %.0f into InfluxDB", d.Backlog, d.RateMQTT, d.RateInflux)
 			if d.Target > 0 {

@@ -26,9 +26,13 @@ import (
 
 // Scenario is one testbench/scenarios/*.yaml file.
 type Scenario struct {
-	Name        string         `yaml:"scenario"`
-	Description string         `yaml:"description"`
-	Station     string         `yaml:"station"`  // an embedded station file, e.g. police-room.yaml
+	Name        string `yaml:"scenario"`
+	Description string `yaml:"description"`
+	// Station is an embedded station file, e.g. police-room.yaml, or
+	// StationFile one of the testbench's own, relative to the scenario's
+	// folder, e.g. stations/dead-unit.yaml.
+	Station     string         `yaml:"station"`
+	StationFile string         `yaml:"station_file"`
 	Duration    time.Duration  `yaml:"duration"` // of load
 	Drain       time.Duration  `yaml:"drain"`    // longest wait for the hub to have everything
 	Queue       map[string]any `yaml:"queue"`    // overrides the station's queue section
@@ -36,6 +40,9 @@ type Scenario struct {
 	Links       map[string]any `yaml:"links"`    // settings given to every bus and endpoint, e.g. timeout
 	Faults      []Fault        `yaml:"faults"`
 	Seed        uint64         `yaml:"seed"`
+	// Silent devices never answer (firmware-sim -silent): the gateway
+	// polls them, the simulator serves nothing for them.
+	Silent []string `yaml:"silent"`
 	// Backlog is how many readings an outage left queued before the
 	// gateway starts; the report then gives the drain rate.
 	Backlog int    `yaml:"backlog"`
@@ -61,6 +68,11 @@ type Expect struct {
 	// TargetDrainRate is the rate the drain is meant to reach; the report
 	// says whether both stores did (drain.target_met).
 	TargetDrainRate float64 `yaml:"target_drain_rate"`
+	// MinPollPercent, when set, is the least share of its configured poll
+	// rate that every device not silent must get, counted by the simulator
+	// from the gateway's start to the end of the load; the report then
+	// gives each device's rate (polls).
+	MinPollPercent float64 `yaml:"min_poll_percent"`
 }
 
 // Fault is an action at a moment of the run. Every: repeat that often until
@@ -106,6 +118,7 @@ type Report struct {
 		DestroyedReadings map[string]int `json:"destroyed_readings,omitempty"`
 	} `json:"queue"`
 	Drain   *drainReport `json:"drain,omitempty"`
+	Polls   *pollReport  `json:"polls,omitempty"`
 	Health  int          `json:"health_messages"`
 	Faults  []string     `json:"faults,omitempty"`
 	Gateway struct {
@@ -130,8 +143,11 @@ func loadScenario(name string) (*Scenario, error) {
 	if err := dec.Decode(&sc); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if sc.Station == "" || sc.Duration <= 0 {
-		return nil, fmt.Errorf("%s: a scenario needs a station and a duration", path)
+	if (sc.Station == "") == (sc.StationFile == "") || sc.Duration <= 0 {
+		return nil, fmt.Errorf("%s: a scenario needs a station (or a station_file) and a duration", path)
+	}
+	if sc.StationFile != "" && !filepath.IsAbs(sc.StationFile) {
+		sc.StationFile = filepath.Join(filepath.Dir(path), sc.StationFile)
 	}
 	if sc.Drain == 0 {
 		sc.Drain = 60 * time.Second
@@ -240,8 +256,12 @@ func (r *runner) startHub(ctx context.Context) error {
 	if r.influx, err = hub.StartInflux(ctx, filepath.Join(r.work, "influx"), r.log); err != nil {
 		return err
 	}
-	src, err := configs.Embedded.ReadFile(r.sc.Station)
-	if err != nil {
+	var src []byte
+	if r.sc.StationFile != "" {
+		if src, err = os.ReadFile(r.sc.StationFile); err != nil {
+			return fmt.Errorf("scenario %s: %w", r.sc.Name, err)
+		}
+	} else if src, err = configs.Embedded.ReadFile(r.sc.Station); err != nil {
 		return fmt.Errorf("scenario %s: station %q is not an embedded station file: %w", r.sc.Name, r.sc.Station, err)
 	}
 	r.station, r.st, err = prepareStation(stationSpec{Src: src, Queue: r.sc.Queue, Poll: r.sc.Poll, Links: r.sc.Links}, r.work,
@@ -256,7 +276,11 @@ func (r *runner) startHub(ctx context.Context) error {
 // load runs the simulator and the gateway for the scenario's duration,
 // injecting its faults, then stops the simulator.
 func (r *runner) load(ctx context.Context) error {
-	if err := r.sim.start(ctx, r.out, "firmware-sim ready", "-config", r.station, "-stats", r.statsFile(), "-seed", fmt.Sprint(r.sc.Seed)); err != nil {
+	args := []string{"-config", r.station, "-stats", r.statsFile(), "-seed", fmt.Sprint(r.sc.Seed)}
+	if len(r.sc.Silent) > 0 {
+		args = append(args, "-silent", strings.Join(r.sc.Silent, ","))
+	}
+	if err := r.sim.start(ctx, r.out, "firmware-sim ready", args...); err != nil {
 		return err
 	}
 	if r.sc.Backlog > 0 {
@@ -321,6 +345,10 @@ func (r *runner) load(ctx context.Context) error {
 	for id, d := range stats.Devices {
 		r.sentBy[id] = d.ReadingsServed
 	}
+	if r.sc.Expect.MinPollPercent > 0 {
+		// Nothing was read before the gateway started.
+		r.pollRates(simStats{Time: r.gwStart}, stats)
+	}
 	if r.report.Drain != nil {
 		r.report.Readings.Sent += r.report.Drain.Backlog
 	}
@@ -357,8 +385,9 @@ func (r *runner) startGateway(ctx context.Context) error {
 func (r *runner) statsFile() string { return filepath.Join(r.work, "sim-stats.json") }
 
 type simStats struct {
-	ReadingsServed int `json:"readings_served"`
-	EventsServed   int `json:"events_served"`
+	Time           time.Time `json:"time"`
+	ReadingsServed int       `json:"readings_served"`
+	EventsServed   int       `json:"events_served"`
 	Devices        map[string]struct {
 		ReadingsServed int `json:"readings_served"`
 	} `json:"devices"`
@@ -371,6 +400,57 @@ func readSimStats(path string) (simStats, error) {
 		return s, fmt.Errorf("simulator stats: %w", err)
 	}
 	return s, json.Unmarshal(b, &s)
+}
+
+// pollReport is the polls part of a Report: how often the gateway read
+// each device, by the simulator's counters, against its configuration.
+type pollReport struct {
+	WindowS    float64             `json:"window_s"`
+	Silent     []string            `json:"silent,omitempty"`
+	MinPercent float64             `json:"min_percent"`
+	Slowest    string              `json:"slowest"`
+	ByDevice   map[string]pollRate `json:"by_device"`
+}
+
+type pollRate struct {
+	Link       string  `json:"link"`
+	Configured float64 `json:"configured_per_s"`
+	Achieved   float64 `json:"achieved_per_s"`
+	Percent    float64 `json:"percent"`
+}
+
+// pollRates compares how often each device that is not silent was read
+// between two stats of the simulator with its configured poll interval. A
+// poll reads every signal of the device's template whole once, so the
+// readings served over the signals are the polls. The window includes the
+// gateway's start and the polls of the silent devices before they are
+// found offline: the figure is what a silent unit costs, all told.
+func (r *runner) pollRates(from, to simStats) {
+	window := to.Time.Sub(from.Time).Seconds()
+	rep := &pollReport{WindowS: window, Silent: r.sc.Silent, ByDevice: map[string]pollRate{}}
+	r.report.Polls = rep
+	if window <= 0 {
+		r.fail("polls: no time between the simulator's stats at %v and %v", from.Time, to.Time)
+		return
+	}
+	for _, d := range r.st.Devices {
+		if slices.Contains(r.sc.Silent, d.ID) {
+			continue
+		}
+		link := d.Bus + d.Endpoint
+		signals := len(r.st.Templates[d.Template].Registers)
+		polls := float64(to.Devices[d.ID].ReadingsServed-from.Devices[d.ID].ReadingsServed) / float64(signals)
+		rate := pollRate{Link: link, Configured: 1 / d.Poll.Seconds(), Achieved: polls / window}
+		rate.Percent = 100 * rate.Achieved / rate.Configured
+		rep.ByDevice[d.ID] = rate
+		if rep.Slowest == "" || rate.Percent < rep.MinPercent {
+			rep.MinPercent, rep.Slowest = rate.Percent, d.ID
+		}
+		if rate.Percent < r.sc.Expect.MinPollPercent {
+			r.fail("polls: %s on %s was read %.2f times/s, %.1f%% of its configured %.2f/s; at least %.0f%% expected",
+				d.ID, link, rate.Achieved, rate.Percent, rate.Configured, r.sc.Expect.MinPollPercent)
+		}
+	}
 }
 
 // inject plays one fault:

@@ -218,6 +218,16 @@ func shortest(f float64, bits int) (float64, int) {
 	return v, frac
 }
 
+// Quality of a decoded value: uncertain when the template gives the
+// device's measuring range and the value lies outside it (a wrong template
+// or unit id, or a failing sensor), good otherwise.
+func Quality(reg *configs.Register, v model.Value) model.Quality {
+	if f, ok := v.Float(); ok && reg.Range != nil && !reg.Range.Contains(f) {
+		return model.Uncertain
+	}
+	return model.Good
+}
+
 // DecodeBit returns bit i of the data bytes of a coil or discrete input read
 // response (bit 0 is the least significant bit of the first byte).
 func DecodeBit(data []byte, i int) (model.Value, error) {

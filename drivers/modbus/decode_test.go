@@ -288,3 +288,23 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestQualityRange: a value outside the measuring range the template gives
+// is uncertain: a wrong template or a failing sensor must not pass as good.
+func TestQualityRange(t *testing.T) {
+	reg := &configs.Register{Signal: "humidity", Type: configs.TypeUint16, Range: &configs.Range{Min: 0, Max: 100}}
+	for _, c := range []struct {
+		v    model.Value
+		want model.Quality
+	}{
+		{model.Number(54.6), model.Good}, {model.Number(0), model.Good}, {model.Number(100), model.Good},
+		{model.Number(100.1), model.Uncertain}, {model.Number(-0.1), model.Uncertain}, {model.Number(3051), model.Uncertain},
+	} {
+		if got := Quality(reg, c.v); got != c.want {
+			t.Errorf("%v in [0, 100]: %s, want %s", c.v, got, c.want)
+		}
+	}
+	if got := Quality(&configs.Register{Signal: "x"}, model.Number(1e9)); got != model.Good {
+		t.Errorf("without a range: %s, want good", got)
+	}
+}

@@ -1,8 +1,11 @@
 // Package modbus is the Modbus driver: RTU on serial buses ("modbus-rtu")
 // and TCP endpoints ("modbus-tcp"). Every device on a link gets its own
-// poller; the link's lock lets one request at a time onto the wire, so
-// devices interleave request by request. Decoding and request planning are
-// pure functions of bytes and templates (decode.go, plan.go).
+// poller; the link's wire lock lets one request at a time onto the wire, in
+// turn, so devices interleave request by request, and a device that does
+// not answer is asked less and less (driver.go) while the link says which
+// units answer and whether its polls run late (line.go). Decoding and
+// request planning are pure functions of bytes and templates (decode.go,
+// plan.go).
 package modbus
 
 import (
@@ -11,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,9 +61,30 @@ func buildDevices(link drivers.Link, cost Cost) ([]*device, error) {
 	return out, nil
 }
 
-// reader executes one planned request for a unit under its link's lock.
+// reader executes one planned request for a unit. The caller holds the
+// link's wire lock.
 type reader interface {
-	read(ctx context.Context, unit byte, r Request) ([]byte, error)
+	read(ctx context.Context, unit byte, r Request, a attempt) ([]byte, error)
+}
+
+// attempt is how hard a request is tried. The zero value is the link's own
+// retries and timeout.
+type attempt struct {
+	once    bool          // one try, no retries
+	timeout time.Duration // at most this long to answer, when set
+}
+
+// on is how many tries a request gets, and how long each waits, on a link
+// with these retries and timeout.
+func (a attempt) on(retries int, timeout time.Duration) (int, time.Duration) {
+	tries := max(retries, 0) + 1
+	if a.once {
+		tries = 1
+	}
+	if a.timeout > 0 {
+		timeout = min(timeout, a.timeout)
+	}
+	return tries, timeout
 }
 
 // linkDownError is a link that cannot carry requests at all (port missing,
@@ -93,27 +118,35 @@ func readRequest(c modbus.Client, r Request) ([]byte, error) {
 
 // runDevices polls every device in its own goroutine until ctx ends, and
 // returns when all of them have stopped.
-func runDevices(ctx context.Context, devs []*device, rd reader, emit drivers.Emit, log *slog.Logger) {
+func runDevices(ctx context.Context, w *line, devs []*device, rd reader, emit drivers.Emit, log *slog.Logger) {
 	var wg sync.WaitGroup
 	for _, d := range devs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := &poller{dev: d, rd: rd, emit: emit, log: log.With("device", d.cfg.ID), now: time.Now}
+			p := &poller{dev: d, line: w, rd: rd, emit: emit, log: log.With("device", d.cfg.ID), now: time.Now}
 			p.run(ctx)
 		}()
 	}
 	wg.Wait()
 }
 
-// Backoff of a failing device.
+// How an offline device is probed.
 const (
+	// maxBackoff caps the interval between probes (unless the device's own
+	// poll interval is longer).
 	maxBackoff = 30 * time.Second
+	// probeTimeout is how long a probe waits for an answer (beyond the
+	// frames' wire time on a bus) while the backoff grows. Devices answer
+	// in milliseconds to tens of them; a slower one is still found by the
+	// probes at the cap, which wait the link's full timeout.
+	probeTimeout = 200 * time.Millisecond
 )
 
 // poller polls one device.
 type poller struct {
 	dev    *device
+	line   *line
 	rd     reader
 	emit   drivers.Emit
 	log    *slog.Logger
@@ -121,25 +154,58 @@ type poller struct {
 	health tracker
 }
 
-func (p *poller) interval() time.Duration {
-	base := p.dev.cfg.Poll
-	if base <= 0 {
-		base = time.Second
+// every is the device's poll interval.
+func (d *device) every() time.Duration {
+	if d.cfg.Poll > 0 {
+		return d.cfg.Poll
 	}
-	if p.health.linkDown {
-		// Nothing reaches the wire while the link is down; the link's own
-		// reopen backoff paces the attempts, and the device is read as
-		// soon as the link is back.
-		return base
+	return time.Second
+}
+
+// next says when the next poll is due, as an interval from the last one's
+// due time, and how its first request is tried. A device that answered
+// nothing at its last poll gets one try: retries ride over a frame lost now
+// and then, not over a device that is not there. Once it is offline for
+// silence, it is probed: one try of its first request with a short timeout,
+// at an interval that doubles from its poll interval up to maxBackoff, where
+// probes wait the full timeout. Any answer makes the poll go on with the
+// rest of the plan, at the normal rate from then on. A device that answers
+// badly (exceptions, CRC errors) keeps its rate: it costs no timeouts, and
+// its readings are wanted as soon as it recovers.
+func (p *poller) next() (time.Duration, attempt) {
+	base, t := p.dev.every(), &p.health
+	switch {
+	case t.silent == 0:
+		return base, attempt{}
+	case t.state != model.Offline:
+		return base, attempt{once: true}
 	}
+	limit := max(maxBackoff, base)
 	d := base
-	for i := 1; i < p.health.failedPolls && d < maxBackoff; i++ {
+	for i := offlineAfter; i < t.silent && d < limit; i++ {
 		d *= 2
 	}
-	return min(d, max(maxBackoff, base))
+	if d < limit {
+		return d, attempt{once: true, timeout: probeTimeout}
+	}
+	return limit, attempt{once: true}
+}
+
+// nextSlot is when the next poll runs: one interval after the last one's
+// slot, so that a poll that had to wait does not shift every later one;
+// slots missed entirely are skipped, not made up in a burst.
+func nextSlot(slot time.Time, interval time.Duration, now time.Time) time.Time {
+	slot = slot.Add(interval)
+	if behind := now.Sub(slot); behind > interval {
+		slot = slot.Add(behind / interval * interval)
+	}
+	return slot
 }
 
 func (p *poller) run(ctx context.Context) {
+	interval, first := p.next()
+	slot := time.Now()
+	due := slot // the slot before skipping: how late a poll is counts from it
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -148,65 +214,106 @@ func (p *poller) run(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
-		start := time.Now()
-		msg, res := p.poll(ctx)
+		msg, res := p.poll(ctx, due, interval, first)
 		if ctx.Err() != nil {
 			return
 		}
 		p.emit(msg)
 		if h, changed := p.health.observe(res); changed {
-			p.log.Info("device health", "state", h.State, "reason", h.Reason)
+			level := slog.LevelInfo
+			if h.State == model.Offline {
+				level = slog.LevelWarn
+			}
+			p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
 			p.emit(model.Message{
 				Device: p.dev.cfg.ID, DeviceKind: p.dev.tmpl.Kind, Kind: model.KindHealth,
 				Time: p.now().UTC(), Health: &h,
 			})
 		}
-		timer.Reset(max(0, p.interval()-time.Since(start)))
+		interval, first = p.next()
+		due, slot = slot.Add(interval), nextSlot(slot, interval, time.Now())
+		timer.Reset(time.Until(slot))
 	}
 }
 
 // pollResult sums up one poll for the health tracker.
 type pollResult struct {
-	requests, failed int
-	linkDown         bool
-	reason           string   // of the first failure
+	requests, failed int  // requests made, and how many of them failed
+	linkDown         bool // the link could not carry them
+	silent           bool // nothing answered any request
+	late             bool // the poll started late (see lateness)
+	reason           string
 	counters         []string // one counter name per failure
 }
 
-// poll runs the device's plan once and builds its telemetry message.
-func (p *poller) poll(ctx context.Context) (model.Message, pollResult) {
+// poll runs the device's plan once, due at due, and builds its telemetry
+// message. When its first request gets no answer, or the link is down, the
+// rest of the plan is not asked: it would only cost more timeouts.
+func (p *poller) poll(ctx context.Context, due time.Time, interval time.Duration, first attempt) (model.Message, pollResult) {
 	d := p.dev
 	regs := d.tmpl.Registers
 	readings := make([]model.Reading, len(regs))
 	for i := range regs {
 		readings[i] = model.Reading{Signal: regs[i].Signal, Unit: regs[i].Unit, Quality: model.Bad}
 	}
-	res := pollResult{requests: len(d.plan)}
-	for _, r := range d.plan {
-		data, err := p.rd.read(ctx, d.unit, r)
+	var res pollResult
+	var held time.Duration
+	answered, silent := false, true
+	for i, r := range d.plan {
+		a := attempt{}
+		if i == 0 {
+			a = first
+		}
+		p.line.lock.Lock()
+		got := time.Now()
+		if i == 0 {
+			res.late = p.line.started(d.cfg.ID, got.Sub(due), interval)
+		}
+		data, err := p.rd.read(ctx, d.unit, r, a)
+		held += time.Since(got)
+		p.line.held(d.cfg.ID, held, interval)
+		p.line.lock.Unlock()
+		if err != nil && ctx.Err() != nil {
+			break
+		}
+		res.requests++
 		if err == nil {
-			for _, i := range r.Signals {
-				v, derr := DecodeSignal(&regs[i], data, r.Start)
+			answered, silent = true, false
+			for _, s := range r.Signals {
+				v, derr := DecodeSignal(&regs[s], data, r.Start)
 				if derr != nil {
 					res.counters = append(res.counters, "decode_errors")
-					p.log.Debug("decode failed", "signal", regs[i].Signal, "err", derr)
+					p.log.Debug("decode failed", "signal", regs[s].Signal, "err", derr)
 					continue
 				}
-				readings[i].Value, readings[i].Quality = v, model.Good
+				readings[s].Value, readings[s].Quality = v, Quality(&regs[s], v)
 			}
 			continue
-		}
-		if ctx.Err() != nil {
-			break
 		}
 		res.failed++
 		counter, reason := errClass(err)
 		res.linkDown = res.linkDown || counter == "link_down"
 		res.counters = append(res.counters, counter)
+		quiet := noAnswer(err)
+		silent = silent && quiet
+		if counter == "exceptions" && !quiet {
+			answered = true
+		}
 		if res.reason == "" {
-			res.reason = fmt.Sprintf("%s reading %s", reason, r)
+			res.reason = fmt.Sprintf("%s reading %s", reason, describe(r))
+			if counter == "exceptions" {
+				res.reason += ": " + d.signals(r)
+			}
 		}
 		p.log.Debug("request failed", "err", fmt.Errorf("device %s on %s: reading %s: %w", d.cfg.ID, d.link, r, err))
+		if i == 0 && (quiet || res.linkDown) {
+			break
+		}
+	}
+	res.silent = res.requests > 0 && silent
+	p.line.heard(d.unit, answered)
+	if res.silent {
+		res.reason = p.line.silence(d.unit)
 	}
 	msg := model.Message{
 		Device: d.cfg.ID, DeviceKind: d.tmpl.Kind, Kind: model.KindTelemetry,
@@ -215,53 +322,65 @@ func (p *poller) poll(ctx context.Context) (model.Message, pollResult) {
 	return msg, res
 }
 
-// offlineAfter is how many failed polls in a row make a device offline.
+// signals lists the signals a request reads, as the template names them.
+func (d *device) signals(r Request) string {
+	names := make([]string, len(r.Signals))
+	for i, s := range r.Signals {
+		names[i] = d.tmpl.Registers[s].Signal
+	}
+	return strings.Join(names, ", ")
+}
+
+// offlineAfter is how many polls in a row that got no answer at all make a
+// device offline.
 const offlineAfter = 3
 
 // tracker follows one device's health. It is pure: observe gets the result
 // of each poll and says when the state changed.
 type tracker struct {
-	state       model.HealthState
-	failedPolls int  // in a row
-	linkDown    bool // the last poll failed for the link
-	counters    map[string]uint64
+	state    model.HealthState
+	silent   int // polls in a row that got no answer at all
+	counters map[string]uint64
 }
 
 // observe records a poll and returns the health and whether its state
-// changed: online when every request succeeded, degraded when some failed
-// or a whole poll failed fewer than offlineAfter times in a row, offline
-// after offlineAfter failed polls in a row or at once when the link is down.
+// changed: online when every request succeeded; offline at once when the
+// link is down, or after offlineAfter polls in a row that got no answer;
+// degraded otherwise: some requests failed, or values did not decode, or
+// the device answered with exceptions or damaged frames only. A device that
+// answers is there, and says what is wrong with it.
 func (t *tracker) observe(r pollResult) (model.Health, bool) {
 	if t.counters == nil {
 		t.counters = map[string]uint64{}
 	}
 	t.counters["polls"]++
-	t.linkDown = r.linkDown
 	t.counters["requests"] += uint64(r.requests)
 	for _, c := range r.counters {
 		t.counters[c]++
 	}
-	var state model.HealthState
+	if r.late {
+		t.counters["late_polls"]++
+	}
+	if r.failed > 0 {
+		t.counters["failures"]++
+	}
+	state := model.Degraded
 	switch {
-	case r.failed == 0:
-		t.failedPolls = 0
-		state = model.Online
-	case r.failed < r.requests:
-		t.failedPolls = 0
-		t.counters["failures"]++
-		state = model.Degraded
-	default:
-		t.failedPolls++
-		t.counters["failures"]++
-		state = model.Degraded
-		if r.linkDown || t.failedPolls >= offlineAfter {
+	case r.linkDown:
+		t.silent = 0
+		state = model.Offline
+	case r.silent:
+		t.silent++
+		if t.silent >= offlineAfter {
 			state = model.Offline
 		}
-	}
-	if r.failed == 0 && len(r.counters) > 0 {
-		// Every request answered but some values did not decode.
-		state = model.Degraded
-		r.reason = "values that do not decode"
+	default:
+		t.silent = 0
+		if r.failed == 0 && len(r.counters) == 0 {
+			state = model.Online
+		} else if r.failed == 0 {
+			r.reason = "values that do not decode"
+		}
 	}
 	changed := state != t.state
 	t.state = state

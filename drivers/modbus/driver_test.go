@@ -53,71 +53,116 @@ func TestFactoryErrors(t *testing.T) {
 }
 
 func TestTracker(t *testing.T) {
-	type step struct {
+	ok := pollResult{requests: 2}
+	half := pollResult{requests: 2, failed: 1, reason: "exception 2 (illegal data address) reading input register 5 (0x0005): b", counters: []string{"exceptions"}}
+	bad := pollResult{requests: 2, failed: 2, reason: "exception 4 (server device failure) reading input register 5 (0x0005): b", counters: []string{"exceptions", "exceptions"}}
+	silent := pollResult{requests: 1, failed: 1, silent: true, reason: "no answer from any unit on bus: check wiring, port, baud rate and parity", counters: []string{"timeouts"}}
+	down := pollResult{requests: 1, failed: 1, linkDown: true, reason: "open /dev/x: gone reading input register 5 (0x0005)", counters: []string{"link_down"}}
+	late := pollResult{requests: 2, late: true}
+	undecoded := pollResult{requests: 1, counters: []string{"decode_errors"}}
+	steps := []struct {
+		name    string
 		res     pollResult
 		state   model.HealthState
 		changed bool
-	}
-	ok := pollResult{requests: 2}
-	half := pollResult{requests: 2, failed: 1, reason: "exception 2 (illegal data address) reading input 0-5", counters: []string{"exceptions"}}
-	all := pollResult{requests: 2, failed: 2, reason: "timeout after 500ms reading input 0-5", counters: []string{"timeouts", "timeouts"}}
-	down := pollResult{requests: 2, failed: 2, linkDown: true, reason: "open /dev/x: gone reading input 0-5", counters: []string{"link_down", "link_down"}}
-	steps := []step{
-		{ok, model.Online, true},
-		{ok, model.Online, false},
-		{half, model.Degraded, true},
-		{ok, model.Online, true},
-		{all, model.Degraded, true},
-		{all, model.Degraded, false},
-		{all, model.Offline, true},
-		{all, model.Offline, false},
-		{half, model.Degraded, true},
-		{all, model.Degraded, false},
-		{ok, model.Online, true},
-		{down, model.Offline, true},
-		{pollResult{requests: 1, counters: []string{"decode_errors"}}, model.Degraded, true},
+		reason  string
+	}{
+		{"first poll", ok, model.Online, true, ""},
+		{"again", ok, model.Online, false, ""},
+		{"one request fails", half, model.Degraded, true, half.reason},
+		{"recovers", ok, model.Online, true, ""},
+		{"silent once", silent, model.Degraded, true, silent.reason},
+		{"silent twice", silent, model.Degraded, false, silent.reason},
+		{"silent three times", silent, model.Offline, true, silent.reason},
+		{"still silent", silent, model.Offline, false, silent.reason},
+		{"answers, badly", half, model.Degraded, true, half.reason},
+		{"silent again, the count restarts", silent, model.Degraded, false, silent.reason},
+		{"answers", ok, model.Online, true, ""},
+		{"every request answered with an exception", bad, model.Degraded, true, bad.reason},
+		{"and again", bad, model.Degraded, false, bad.reason},
+		{"and again: it answers, so it is not offline", bad, model.Degraded, false, bad.reason},
+		{"link down", down, model.Offline, true, down.reason},
+		{"a late poll", late, model.Online, true, ""},
+		{"values that do not decode", undecoded, model.Degraded, true, "values that do not decode"},
 	}
 	var tr tracker
 	for i, s := range steps {
 		h, changed := tr.observe(s.res)
-		if h.State != s.state || changed != s.changed {
-			t.Fatalf("step %d: %s changed=%v, want %s changed=%v", i, h.State, changed, s.state, s.changed)
-		}
-		if s.res.failed > 0 && h.Reason != s.res.reason {
-			t.Errorf("step %d: reason %q, want %q", i, h.Reason, s.res.reason)
+		if h.State != s.state || changed != s.changed || h.Reason != s.reason {
+			t.Fatalf("step %d (%s): %s changed=%v %q, want %s changed=%v %q", i, s.name, h.State, changed, h.Reason, s.state, s.changed, s.reason)
 		}
 	}
-	want := map[string]uint64{"polls": 13, "requests": 25, "failures": 8, "exceptions": 2, "timeouts": 10, "link_down": 2, "decode_errors": 1}
-	h, _ := tr.observe(ok)
-	want["polls"]++
-	want["requests"] += 2
-	if fmt.Sprint(h.Counters) != fmt.Sprint(want) {
+	// The 17 polls above and an empty one.
+	want := map[string]uint64{"polls": 18, "requests": 27, "failures": 11, "exceptions": 8, "timeouts": 5, "link_down": 1,
+		"decode_errors": 1, "late_polls": 1}
+	if h, _ := tr.observe(pollResult{}); fmt.Sprint(h.Counters) != fmt.Sprint(want) {
 		t.Errorf("counters %v, want %v", h.Counters, want)
 	}
 }
 
-func TestBackoffInterval(t *testing.T) {
-	p := &poller{dev: &device{cfg: &configs.Device{Poll: time.Second}}}
-	var got []time.Duration
-	for i := 0; i < 8; i++ {
-		got = append(got, p.interval())
-		p.health.failedPolls++
+// TestNextPoll: how often a device is polled and how its first request is
+// tried, after a sequence of polls.
+func TestNextPoll(t *testing.T) {
+	answered := pollResult{requests: 2}
+	silent := pollResult{requests: 1, failed: 1, silent: true, counters: []string{"timeouts"}}
+	bad := pollResult{requests: 2, failed: 2, counters: []string{"crc_errors", "crc_errors"}}
+	down := pollResult{requests: 1, failed: 1, linkDown: true, counters: []string{"link_down"}}
+	times := func(n int, r pollResult) []pollResult { return slices.Repeat([]pollResult{r}, n) }
+	once, probe := attempt{once: true}, attempt{once: true, timeout: probeTimeout}
+	s := time.Second
+	cases := []struct {
+		name     string
+		poll     time.Duration
+		polls    []pollResult
+		interval time.Duration
+		first    attempt
+	}{
+		{"never polled", s, nil, s, attempt{}},
+		{"answers", s, times(5, answered), s, attempt{}},
+		{"silent once: one try, no retries", s, times(1, silent), s, once},
+		{"silent twice", s, times(2, silent), s, once},
+		{"offline: probed at the poll interval", s, times(3, silent), s, probe},
+		{"probe failed once", s, times(4, silent), 2 * s, probe},
+		{"probe failed twice", s, times(5, silent), 4 * s, probe},
+		{"probe failed 4 times", s, times(7, silent), 16 * s, probe},
+		{"at the cap the probe waits the full timeout", s, times(8, silent), 30 * s, once},
+		{"and stays there", s, times(20, silent), 30 * s, once},
+		{"answers again: back to normal at once", s, append(times(8, silent), answered), s, attempt{}},
+		{"answers badly: keeps its rate", s, times(10, bad), s, attempt{}},
+		{"link down: paced by the link", s, times(10, down), s, attempt{}},
+		{"poll of 20 s", 20 * s, times(4, silent), 30 * s, once},
+		{"poll of 1 min", time.Minute, times(10, silent), time.Minute, once},
+		{"no poll interval", 0, nil, s, attempt{}},
 	}
-	want := []time.Duration{1, 1, 2, 4, 8, 16, 30, 30}
-	for i := range want {
-		want[i] *= time.Second
+	for _, c := range cases {
+		p := &poller{dev: &device{cfg: &configs.Device{Poll: c.poll}}}
+		for _, r := range c.polls {
+			p.health.observe(r)
+		}
+		if interval, first := p.next(); interval != c.interval || first != c.first {
+			t.Errorf("%s: next poll in %v with %+v, want %v with %+v", c.name, interval, first, c.interval, c.first)
+		}
 	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("intervals %v, want %v", got, want)
+}
+
+func TestNextSlot(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ms := time.Millisecond
+	cases := []struct {
+		name string
+		now  time.Duration // after t0, the last slot
+		want time.Duration
+	}{
+		{"on time", 100 * ms, 1000 * ms},
+		{"late: the next starts at once, on the grid", 1200 * ms, 1000 * ms},
+		{"exactly one interval behind", 2000 * ms, 1000 * ms},
+		{"a slot missed: skipped", 2500 * ms, 2000 * ms},
+		{"many slots missed", 10300 * ms, 10000 * ms},
 	}
-	p.health.linkDown = true
-	if d := p.interval(); d != time.Second {
-		t.Errorf("interval while the link is down %v, want the poll interval", d)
-	}
-	slow := &poller{dev: &device{cfg: &configs.Device{Poll: time.Minute}}}
-	slow.health.failedPolls = 5
-	if d := slow.interval(); d != time.Minute {
-		t.Errorf("a 1 min poll backs off to %v, want it kept at 1 min", d)
+	for _, c := range cases {
+		if got := nextSlot(t0, time.Second, t0.Add(c.now)).Sub(t0); got != c.want {
+			t.Errorf("%s: next slot at %v, want %v", c.name, got, c.want)
+		}
 	}
 }
 
@@ -141,8 +186,9 @@ func TestEndpointDown(t *testing.T) {
 		}
 	}
 	h := r.next(t, "meter", model.KindHealth, 2*time.Second).Health
-	if h.State != model.Offline || !strings.HasPrefix(h.Reason, "connect "+addr+": ") || !strings.HasSuffix(h.Reason, "connection refused reading holding 0-1") {
-		t.Errorf("health %s %q, want offline: connect %s: ... connection refused reading holding 0-1", h.State, h.Reason, addr)
+	const end = "connection refused reading holding registers 0-1 (0x0000-0x0001)"
+	if h.State != model.Offline || !strings.HasPrefix(h.Reason, "connect "+addr+": ") || !strings.HasSuffix(h.Reason, end) {
+		t.Errorf("health %s %q, want offline: connect %s: ... %s", h.State, h.Reason, addr, end)
 	}
 }
 
@@ -170,7 +216,8 @@ func TestDeviceException(t *testing.T) {
 		t.Errorf("b = %+v, want bad", b)
 	}
 	h := r.next(t, "meter", model.KindHealth, 2*time.Second).Health
-	if h.State != model.Degraded || h.Reason != "exception 2 (illegal data address) reading input 0-0" || h.Counters["exceptions"] != 1 {
-		t.Errorf("health %+v, want degraded by exception 2", *h)
+	const want = "exception 2 (illegal data address) reading input register 0 (0x0000): b"
+	if h.State != model.Degraded || h.Reason != want || h.Counters["exceptions"] != 1 {
+		t.Errorf("health %s %q %v, want degraded: %q with 1 exception", h.State, h.Reason, h.Counters, want)
 	}
 }

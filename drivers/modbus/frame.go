@@ -133,6 +133,23 @@ func exceptionName(code byte) string {
 	return "unknown"
 }
 
+// noAnswer says whether a request failed because nothing answered it: a
+// timeout, or a Modbus TCP gateway saying its target did not respond or
+// cannot be reached (exceptions 11 and 10), which is a timeout seen from
+// behind the gateway.
+func noAnswer(err error) bool {
+	var te *TimeoutError
+	var me *modbus.ModbusError
+	switch {
+	case errors.As(err, &te):
+		return true
+	case errors.As(err, &me):
+		return me.ExceptionCode == modbus.ExceptionCodeGatewayPathUnavailable ||
+			me.ExceptionCode == modbus.ExceptionCodeGatewayTargetDeviceFailedToRespond
+	}
+	return false
+}
+
 // errClass sorts a request error into a counter name and a short reason.
 func errClass(err error) (counter, reason string) {
 	var me *modbus.ModbusError

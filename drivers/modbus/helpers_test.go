@@ -4,13 +4,16 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,23 +134,26 @@ func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 type running struct {
 	msgs    chan model.Message
 	pending []model.Message // read by next but not yet wanted
+	logs    *logs
 	stop    func() error
 }
 
 // runDriver builds the link's driver through the registry and runs it
-// until the test ends (or stop is called).
+// until the test ends (or stop is called). Its log is kept in r.logs (and
+// printed with -v).
 func runDriver(t testing.TB, link drivers.Link) *running {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var print slog.Handler
 	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		print = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
 	}
-	d, err := drivers.New(link, log)
+	l := &logs{}
+	d, err := drivers.New(link, slog.New(&capture{logs: l, next: print}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{msgs: make(chan model.Message, 1024)}
+	r := &running{msgs: make(chan model.Message, 1024), logs: l}
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, func(m model.Message) { r.msgs <- m }) }()
 	stopped := false
@@ -174,6 +180,73 @@ func runDriver(t testing.TB, link drivers.Link) *running {
 	return r
 }
 
+// logRecord is one record a driver logged, its attributes as text.
+type logRecord struct {
+	level slog.Level
+	msg   string
+	attrs map[string]string
+}
+
+func (r logRecord) String() string { return fmt.Sprintf("%s %q %v", r.level, r.msg, r.attrs) }
+
+// logs are the records of a driver's log.
+type logs struct {
+	mu   sync.Mutex
+	recs []logRecord
+}
+
+// find returns the records with this message.
+func (l *logs) find(msg string) []logRecord {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []logRecord
+	for _, r := range l.recs {
+		if r.msg == msg {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// capture is a slog handler that keeps every record in logs and passes it
+// on to next, if set.
+type capture struct {
+	logs  *logs
+	attrs []slog.Attr
+	next  slog.Handler
+}
+
+func (h *capture) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *capture) Handle(ctx context.Context, r slog.Record) error {
+	rec := logRecord{level: r.Level, msg: r.Message, attrs: map[string]string{}}
+	for _, a := range h.attrs {
+		rec.attrs[a.Key] = a.Value.String()
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		rec.attrs[a.Key] = a.Value.String()
+		return true
+	})
+	h.logs.mu.Lock()
+	h.logs.recs = append(h.logs.recs, rec)
+	h.logs.mu.Unlock()
+	if h.next != nil && h.next.Enabled(ctx, r.Level) {
+		return h.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h *capture) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.attrs = append(slices.Clip(h.attrs), as...)
+	if h.next != nil {
+		c.next = h.next.WithAttrs(as)
+	}
+	return &c
+}
+
+func (h *capture) WithGroup(string) slog.Handler { return h } // the driver uses no groups
+
 // next returns the next message of a device and kind; others wait for
 // their own next call.
 func (r *running) next(t testing.TB, device string, kind model.Kind, within time.Duration) model.Message {
@@ -195,6 +268,22 @@ func (r *running) next(t testing.TB, device string, kind model.Kind, within time
 			r.pending = append(r.pending, m)
 		case <-timer.C:
 			t.Fatalf("no %s message from %s within %v", kind, device, within)
+		}
+	}
+}
+
+// health returns the next health message of a device in state, skipping
+// others, within the time given.
+func (r *running) health(t testing.TB, device string, state model.HealthState, within time.Duration) *model.Health {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			t.Fatalf("%s not %s within %v", device, state, within)
+		}
+		if h := r.next(t, device, model.KindHealth, left).Health; h.State == state {
+			return h
 		}
 	}
 }

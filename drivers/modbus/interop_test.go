@@ -149,8 +149,9 @@ func TestInteropRTU(t *testing.T) {
 	}
 }
 
-// TestIsolation: a device whose unit id nobody answers goes offline with a
-// timeout reason and does not slow a healthy device on another bus.
+// TestIsolation: a device whose unit id nobody answers goes offline, saying
+// that nothing on its bus answers, and does not slow a healthy device on
+// another bus.
 func TestIsolation(t *testing.T) {
 	deadSlave, deadOurs := socatPair(t)
 	okSlave, okOurs := socatPair(t)
@@ -173,12 +174,12 @@ func TestIsolation(t *testing.T) {
 	}})
 
 	// The ghost: bad readings with no value, degraded, then offline after
-	// three failed polls, with the timeout as the reason.
+	// three polls without an answer.
 	m := dead.next(t, "ghost", model.KindTelemetry, 2*time.Second)
 	if r := m.Readings[0]; r.Quality != model.Bad || !r.Value.IsZero() || r.Signal != "temperature" {
 		t.Errorf("ghost reading %+v, want bad with no value", r)
 	}
-	wantReason := "timeout after 150ms reading input 0-0"
+	wantReason := "no answer from any unit on bus-a: check wiring, port, baud rate and parity"
 	h := dead.next(t, "ghost", model.KindHealth, 2*time.Second).Health
 	if h.State != model.Degraded || h.Reason != wantReason {
 		t.Errorf("ghost first health %s %q, want degraded %q", h.State, h.Reason, wantReason)
@@ -240,9 +241,10 @@ loop:
 			break loop
 		}
 	}
-	// The ghost backs off: polls at 0, 50, +100, +200, +400 ms at most
-	// (each failing poll also takes its 50 ms timeout).
-	if ghostPolls > 6 {
+	// The ghost backs off once offline: three polls at its rate (each
+	// taking its 50 ms timeout), then probes 50, 100, 200, 400, 800 ms
+	// apart.
+	if ghostPolls > 8 {
 		t.Errorf("ghost polled %d times in 1.5 s, want it backing off", ghostPolls)
 	}
 	if good < 20 {
@@ -264,7 +266,7 @@ func TestPortReopen(t *testing.T) {
 		{ID: "th", Template: "th", Bus: "bus", UnitID: 1, Poll: 50 * time.Millisecond},
 	}})
 	h := r.next(t, "th", model.KindHealth, 2*time.Second).Health
-	if h.State != model.Offline || !strings.HasPrefix(h.Reason, "open "+port+": ") || !strings.HasSuffix(h.Reason, " reading input 0-0") {
+	if h.State != model.Offline || !strings.HasPrefix(h.Reason, "open "+port+": ") || !strings.HasSuffix(h.Reason, " reading input register 0 (0x0000)") {
 		t.Fatalf("health %s %q, want offline: open %s: ...", h.State, h.Reason, port)
 	}
 	slaveEnd, ourEnd := socatPair(t)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/goburrow/modbus"
@@ -187,16 +186,17 @@ func (r *reopen) fail(err error) {
 // ok records a success.
 func (r *reopen) ok() { r.delay, r.err = 0, nil }
 
-// rtuBus is the driver of one RS-485 bus: one port, one lock, every device
-// on the bus polled by its own goroutine, one request at a time.
+// rtuBus is the driver of one RS-485 bus: one port, one wire lock, every
+// device on the bus polled by its own goroutine, one request at a time.
 type rtuBus struct {
 	bus     *configs.Bus
 	devices []*device
 	log     *slog.Logger
 	open    openFunc
 	mode    *serial.Mode
+	line    *line
 
-	mu        sync.Mutex // the bus lock: one request on the line at a time
+	// Under the wire lock:
 	tr        *rtuTransport
 	packagers map[byte]modbus.Packager
 	reopen    reopen
@@ -216,7 +216,8 @@ func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &rtuBus{bus: link.Bus, devices: devs, log: log, open: openSerial, mode: mode, packagers: map[byte]modbus.Packager{}}
+	b := &rtuBus{bus: link.Bus, devices: devs, log: log, open: openSerial, mode: mode, packagers: map[byte]modbus.Packager{},
+		line: newLine(link.Bus.ID, busHint, devs, log)}
 	for _, d := range devs {
 		h := modbus.NewRTUClientHandler("")
 		h.SlaveId = d.unit
@@ -227,10 +228,8 @@ func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 
 // Run polls the bus's devices until ctx ends.
 func (b *rtuBus) Run(ctx context.Context, emit drivers.Emit) error {
-	runDevices(ctx, b.devices, b, emit, b.log)
-	b.mu.Lock()
-	b.closePort()
-	b.mu.Unlock()
+	runDevices(ctx, b.line, b.devices, b, emit, b.log)
+	b.closePort() // every poller has stopped
 	return nil
 }
 
@@ -242,7 +241,7 @@ func (b *rtuBus) timeout() time.Duration {
 }
 
 // ensurePort opens the port unless it is open or waiting out a backoff.
-// The caller holds the bus lock.
+// The caller holds the wire lock.
 func (b *rtuBus) ensurePort() error {
 	if b.tr != nil {
 		return nil
@@ -271,18 +270,19 @@ func (b *rtuBus) closePort() {
 	}
 }
 
-// read executes one request for a unit under the bus lock, with retries.
-func (b *rtuBus) read(ctx context.Context, unit byte, r Request) ([]byte, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// read executes one request for a unit, with the bus's retries unless the
+// attempt says once. The caller holds the wire lock.
+func (b *rtuBus) read(ctx context.Context, unit byte, r Request, a attempt) ([]byte, error) {
+	tries, timeout := a.on(b.bus.Retries, b.timeout())
 	var err error
-	for try := 0; try <= max(b.bus.Retries, 0); try++ {
+	for try := 0; try < tries; try++ {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		if err = b.ensurePort(); err != nil {
 			return nil, err
 		}
+		b.tr.timeout = timeout
 		var data []byte
 		data, err = readRequest(modbus.NewClient2(b.packagers[unit], b.tr), r)
 		if err == nil {

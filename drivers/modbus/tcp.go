@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/goburrow/modbus"
@@ -30,6 +29,14 @@ type tcpTransport struct {
 	conn    net.Conn
 	stale   uint64 // late replies discarded
 
+	// A connection on which nothing at all came back for redialAfter
+	// (default: redialSilence, or 3 timeouts if longer) is closed at its
+	// next timeout: it may be half open (a firewall that forgot it, a peer
+	// gone without a word). Any unit that answers keeps it alive, so one
+	// silent unit never closes it.
+	redialAfter time.Duration
+	heard       time.Time // when the connection was made or last carried a frame
+
 	redial reopen
 }
 
@@ -43,7 +50,10 @@ func (e *connectError) Unwrap() error { return e.err }
 
 // Send writes one request and reads frames until the one carrying the
 // request's transaction id. Replies to earlier requests that arrive late are
-// discarded. A timeout or I/O error closes the connection, so the next
+// discarded, so a timeout leaves the connection usable: it stays up for the
+// other units behind the endpoint (a Modbus TCP gateway serves many, and one
+// of them not answering says nothing about the others). A timeout in the
+// middle of a frame, an I/O error or a bad frame closes it, so the next
 // request starts on a clean one.
 func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 	if len(req) < mbapHeader+1 {
@@ -58,7 +68,7 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 			t.redial.fail(fmt.Errorf("connect %s: %w", t.addr, err))
 			return nil, &connectError{t.redial.err}
 		}
-		t.conn = c
+		t.conn, t.heard = c, time.Now()
 		t.redial.ok()
 	}
 	if err := t.conn.SetDeadline(time.Now().Add(t.timeout)); err != nil {
@@ -70,9 +80,22 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 	tid := binary.BigEndian.Uint16(req)
 	for {
 		var head [mbapHeader]byte
-		if _, err := io.ReadFull(t.conn, head[:]); err != nil {
+		if n, err := io.ReadFull(t.conn, head[:]); err != nil {
+			if n == 0 && isTimeout(err) {
+				// Between frames: the stream is intact.
+				limit := t.redialAfter
+				if limit <= 0 {
+					limit = max(redialSilence, 3*t.timeout)
+				}
+				if time.Since(t.heard) > limit {
+					t.log.Debug("nothing heard on the connection; closing it", "for", time.Since(t.heard).Round(time.Millisecond))
+					t.close()
+				}
+				return nil, &TimeoutError{After: t.timeout}
+			}
 			return nil, t.fail(err)
 		}
+		t.heard = time.Now()
 		length, err := checkMBAP(head[:])
 		if err != nil {
 			t.close()
@@ -99,6 +122,15 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 		t.close()
 		return nil, &FrameError{Kind: "transaction id", Detail: fmt.Sprintf("got %d, want %d", got, tid)}
 	}
+}
+
+// redialSilence is how long without a frame makes a connection suspect
+// (see tcpTransport.redialAfter).
+const redialSilence = 10 * time.Second
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // checkMBAP validates a response header and returns its length field (unit
@@ -134,10 +166,10 @@ func checkTCPData(req, frame []byte) error {
 	return nil
 }
 
+// fail closes the connection after a failure in the middle of an exchange.
 func (t *tcpTransport) fail(err error) error {
 	t.close()
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if isTimeout(err) {
 		return &TimeoutError{After: t.timeout}
 	}
 	return fmt.Errorf("connection %s: %w", t.addr, err)
@@ -151,13 +183,15 @@ func (t *tcpTransport) close() {
 }
 
 // tcpLink is the driver of one Modbus TCP endpoint: one connection shared by
-// the endpoint's unit ids under one lock.
+// the endpoint's unit ids under one wire lock.
 type tcpLink struct {
 	retries int
+	timeout time.Duration
 	devices []*device
 	log     *slog.Logger
+	line    *line
 
-	mu       sync.Mutex // one request on the connection at a time
+	// Under the wire lock:
 	tr       *tcpTransport
 	packager *modbus.TCPClientHandler // its SlaveId is set per request
 }
@@ -177,7 +211,8 @@ func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		timeout = time.Second
 	}
 	return &tcpLink{
-		retries: max(link.Endpoint.Retries, 0), devices: devs, log: log,
+		retries: max(link.Endpoint.Retries, 0), timeout: timeout, devices: devs, log: log,
+		line:     newLine(link.Endpoint.ID, endpointHint, devs, log),
 		tr:       &tcpTransport{addr: link.Endpoint.Address, timeout: timeout, log: log},
 		packager: modbus.NewTCPClientHandler(link.Endpoint.Address),
 	}, nil
@@ -185,20 +220,20 @@ func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 
 // Run polls the endpoint's devices until ctx ends.
 func (l *tcpLink) Run(ctx context.Context, emit drivers.Emit) error {
-	runDevices(ctx, l.devices, l, emit, l.log)
-	l.mu.Lock()
-	l.tr.close()
-	l.mu.Unlock()
+	runDevices(ctx, l.line, l.devices, l, emit, l.log)
+	l.tr.close() // every poller has stopped
 	return nil
 }
 
-func (l *tcpLink) read(ctx context.Context, unit byte, r Request) ([]byte, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// read executes one request for a unit, with the endpoint's retries unless
+// the attempt says once. The caller holds the wire lock.
+func (l *tcpLink) read(ctx context.Context, unit byte, r Request, a attempt) ([]byte, error) {
+	tries, timeout := a.on(l.retries, l.timeout)
 	l.packager.SlaveId = unit
+	l.tr.timeout = timeout
 	c := modbus.NewClient2(l.packager, l.tr)
 	var err error
-	for try := 0; try <= l.retries; try++ {
+	for try := 0; try < tries; try++ {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}

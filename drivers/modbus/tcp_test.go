@@ -26,8 +26,15 @@ func tcpAnswer(req []byte) []byte {
 }
 
 // tcpPeer is an in-test Modbus TCP device: for the n-th request (from 1)
-// it writes what handle returns, after handle's delay.
+// it writes what handle returns, after handle's delay. It answers requests
+// one after the other on each connection, as a serial gateway does.
 func tcpPeer(t *testing.T, handle func(n int, req []byte) (delay time.Duration, out []byte)) string {
+	addr, _ := tcpPeerConns(t, handle)
+	return addr
+}
+
+// tcpPeerConns is tcpPeer, and says how many connections it accepted.
+func tcpPeerConns(t *testing.T, handle func(n int, req []byte) (delay time.Duration, out []byte)) (string, func() int) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -77,7 +84,12 @@ func tcpPeer(t *testing.T, handle func(n int, req []byte) (delay time.Duration, 
 		mu.Unlock()
 		wg.Wait()
 	})
-	return ln.Addr().String()
+	accepted := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(conns)
+	}
+	return ln.Addr().String(), accepted
 }
 
 func newTCPClient(addr string, timeout time.Duration) (modbus.Client, *tcpTransport, *modbus.TCPClientHandler) {
@@ -97,16 +109,18 @@ func wantRegs(start, n int) string {
 }
 
 // TestTCPLateReplyOnce: the peer answers the first request after the
-// timeout; the driver times out, starts a clean connection, and every later
-// request gets its own answer.
+// timeout. The connection stays up (other units behind the endpoint use it
+// too); the late reply is discarded by its transaction id, and every later
+// request gets its own answer, not the one before it (goburrow's own TCP
+// transporter stays one transaction behind here: its issue 64).
 func TestTCPLateReplyOnce(t *testing.T) {
-	addr := tcpPeer(t, func(n int, req []byte) (time.Duration, []byte) {
+	addr, accepted := tcpPeerConns(t, func(n int, req []byte) (time.Duration, []byte) {
 		if n == 1 {
 			return 150 * time.Millisecond, tcpAnswer(req)
 		}
 		return 0, tcpAnswer(req)
 	})
-	c, _, _ := newTCPClient(addr, 100*time.Millisecond)
+	c, tr, _ := newTCPClient(addr, 100*time.Millisecond)
 	_, err := c.ReadHoldingRegisters(0, 2)
 	var te *TimeoutError
 	if !errors.As(err, &te) || err.Error() != "timeout after 100ms" {
@@ -117,6 +131,32 @@ func TestTCPLateReplyOnce(t *testing.T) {
 		if err != nil || string(got) != wantRegs(10*i, 2) {
 			t.Fatalf("read %d: % x, %v; want % x", i, got, err, wantRegs(10*i, 2))
 		}
+	}
+	if n := accepted(); n != 1 || tr.stale != 1 {
+		t.Errorf("%d connections, %d late replies discarded; want 1 connection kept and 1 late reply discarded", n, tr.stale)
+	}
+}
+
+// TestTCPTimeoutInFrame: a reply cut off in the middle by the timeout
+// leaves the stream out of step, so the connection is closed and the next
+// request gets a clean one.
+func TestTCPTimeoutInFrame(t *testing.T) {
+	addr, accepted := tcpPeerConns(t, func(n int, req []byte) (time.Duration, []byte) {
+		if n == 1 {
+			return 0, tcpAnswer(req)[:5]
+		}
+		return 0, tcpAnswer(req)
+	})
+	c, _, _ := newTCPClient(addr, 100*time.Millisecond)
+	var te *TimeoutError
+	if _, err := c.ReadHoldingRegisters(0, 2); !errors.As(err, &te) {
+		t.Fatalf("first read: %v, want a timeout", err)
+	}
+	if got, err := c.ReadHoldingRegisters(10, 2); err != nil || string(got) != wantRegs(10, 2) {
+		t.Fatalf("second read: % x, %v", got, err)
+	}
+	if n := accepted(); n != 2 {
+		t.Errorf("%d connections, want 2: the one with half a frame in it closed", n)
 	}
 }
 

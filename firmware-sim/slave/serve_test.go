@@ -251,6 +251,12 @@ func mbap(tid uint16, unit byte, pdu ...byte) []byte { return slave.AppendMBAP(n
 
 func startTCP(t testing.TB, units ...*device.Device) string {
 	t.Helper()
+	return startTCPSilent(t, nil, units...)
+}
+
+// startTCPSilent serves units, and no answer for the silent unit ids.
+func startTCPSilent(t testing.TB, silent map[byte]bool, units ...*device.Device) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -259,7 +265,7 @@ func startTCP(t testing.TB, units ...*device.Device) string {
 	for _, u := range units {
 		um[u.Unit()] = u
 	}
-	srv := &slave.TCP{Units: um, Log: quiet()}
+	srv := &slave.TCP{Units: um, Log: quiet(), Silent: silent}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()
@@ -316,6 +322,26 @@ func TestTCP(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := c.Read(make([]byte, 16)); err != io.EOF {
 		t.Errorf("after a bad protocol id: read %d, %v; want EOF", n, err)
+	}
+}
+
+// TestTCPSilentUnit: a silent unit gets no answer, not even the exception
+// an unknown unit gets, and the others on the connection are answered.
+func TestTCPSilentUnit(t *testing.T) {
+	addr := startTCPSilent(t, map[byte]bool{9: true}, newDevice(t, "a", 1), newDevice(t, "ghost", 9))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(mbap(1, 9, 4, 0, 0, 0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// Unit 1's answer is the next frame on the connection: nothing came
+	// for unit 9 before it.
+	want := mbap(2, 1, 4, 2, 0x00, 0xD5)
+	if got := roundTrip(t, c, mbap(2, 1, 4, 0, 0, 0, 1)); !bytes.Equal(got, want) {
+		t.Errorf("after a request to the silent unit, unit 1 got % x, want % x", got, want)
 	}
 }
 

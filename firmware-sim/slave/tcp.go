@@ -21,6 +21,10 @@ type TCP struct {
 	Log   *slog.Logger
 	// Deaf, when set and true, makes the devices ignore requests.
 	Deaf *atomic.Bool
+	// Silent unit ids get no answer at all, not even an exception: a
+	// device that is off, or a unit id that is wrong, behind a Modbus
+	// gateway that stays silent for it as many do.
+	Silent map[byte]bool
 }
 
 // mbapLen is the MBAP header length (transaction, protocol, length, unit).
@@ -95,10 +99,10 @@ func (s *TCP) serveConn(c net.Conn) error {
 		if _, err := io.ReadFull(r, pdu); err != nil {
 			return err
 		}
-		if s.Deaf != nil && s.Deaf.Load() {
+		id := hdr[6]
+		if s.Deaf != nil && s.Deaf.Load() || s.Silent[id] {
 			continue
 		}
-		id := hdr[6]
 		var resp []byte
 		var commit func()
 		if u, ok := s.Units[id]; ok {
