@@ -78,9 +78,9 @@ buses:
 endpoints:
   - {id: e1, address: "127.0.0.1:502"}
 devices:
-  - {id: th-1, template: temp-humidity, bus: b1, unit_id: 1}
-  - {id: m-1, template: power-meter, endpoint: e1, unit_id: 0}
-  - {id: sm-1, template: smoke-detector, bus: b1, unit_id: 2}
+  - {id: th-1, template: xy-md02, bus: b1, unit_id: 1}
+  - {id: m-1, template: sdm120, endpoint: e1, unit_id: 0}
+  - {id: sm-1, template: generic-smoke-detector, bus: b1, unit_id: 2}
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -107,10 +107,10 @@ devices:
 		{"endpoint.timeout", e.Timeout, time.Second},
 		{"endpoint.retries", e.Retries, 1},
 		{"device.poll", st.Devices[0].Poll, time.Second},
-		{"register.order", st.Templates["temp-humidity"].Registers[0].Order, ABCD},
-		{"register.scale (given)", st.Templates["temp-humidity"].Registers[0].Scale, 0.1},
-		{"register.scale (default)", st.Templates["power-meter"].Registers[0].Scale, 1.0},
-		{"event.severity", st.Templates["smoke-detector"].Registers[0].Event.Severity, model.Critical},
+		{"register.order", st.Templates["xy-md02"].Registers[0].Order, ABCD},
+		{"register.scale (given)", st.Templates["xy-md02"].Registers[0].Scale, 0.1},
+		{"register.scale (default)", st.Templates["sdm120"].Registers[0].Scale, 1.0},
+		{"event.severity", st.Templates["generic-smoke-detector"].Registers[0].Event.Severity, model.Critical},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -132,7 +132,7 @@ hub:
 buses:
   - {id: rs485-1, port: /dev/ttyUSB0, baud: 9600}
 devices:
-  - {id: th-1, template: temp-humidity, bus: rs485-1, unit_id: 1}
+  - {id: th-1, template: xy-md02, bus: rs485-1, unit_id: 1}
 ` + extra
 	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
 		t.Fatal(err)
@@ -161,18 +161,18 @@ func wantErrors(t *testing.T, path string, want ...string) {
 func TestTemplateFileProblems(t *testing.T) {
 	t.Run("dangling link", func(t *testing.T) {
 		path := stationFile(t, "")
-		os.Symlink("/nonexistent/th.yaml", filepath.Join(filepath.Dir(path), "devices", "temp-humidity.yaml"))
-		wantErrors(t, path, "DIR/devices/temp-humidity.yaml:1:1: template temp-humidity cannot be read: DIR/devices/temp-humidity.yaml is a link to a file that does not exist")
+		os.Symlink("/nonexistent/th.yaml", filepath.Join(filepath.Dir(path), "devices", "xy-md02.yaml"))
+		wantErrors(t, path, "DIR/devices/xy-md02.yaml:1:1: template xy-md02 cannot be read: DIR/devices/xy-md02.yaml is a link to a file that does not exist")
 	})
 	t.Run("directory", func(t *testing.T) {
 		path := stationFile(t, "")
-		os.Mkdir(filepath.Join(filepath.Dir(path), "devices", "temp-humidity.yaml"), 0o755)
-		wantErrors(t, path, "DIR/devices/temp-humidity.yaml:1:1: template temp-humidity cannot be read: DIR/devices/temp-humidity.yaml is a directory, not a file")
+		os.Mkdir(filepath.Join(filepath.Dir(path), "devices", "xy-md02.yaml"), 0o755)
+		wantErrors(t, path, "DIR/devices/xy-md02.yaml:1:1: template xy-md02 cannot be read: DIR/devices/xy-md02.yaml is a directory, not a file")
 	})
 	t.Run("too large", func(t *testing.T) {
 		path := stationFile(t, "")
-		os.WriteFile(filepath.Join(filepath.Dir(path), "devices", "temp-humidity.yaml"), make([]byte, MaxFileBytes+1), 0o600)
-		wantErrors(t, path, fmt.Sprintf("DIR/devices/temp-humidity.yaml:1:1: template temp-humidity cannot be read: DIR/devices/temp-humidity.yaml is %d bytes, more than a station or template file may hold (%d)", MaxFileBytes+1, MaxFileBytes))
+		os.WriteFile(filepath.Join(filepath.Dir(path), "devices", "xy-md02.yaml"), make([]byte, MaxFileBytes+1), 0o600)
+		wantErrors(t, path, fmt.Sprintf("DIR/devices/xy-md02.yaml:1:1: template xy-md02 cannot be read: DIR/devices/xy-md02.yaml is %d bytes, more than a station or template file may hold (%d)", MaxFileBytes+1, MaxFileBytes))
 	})
 }
 
@@ -192,7 +192,7 @@ func TestLargeFiles(t *testing.T) {
 	// Three problems a device (an unknown key, an unknown bus, a unit id
 	// taken), but the first device's unit id is its own.
 	for i := range 5000 {
-		fmt.Fprintf(&b, "  - {id: d-%d, template: temp-humidity, bus: nowhere, unit_id: 1, colour: red}\n", i)
+		fmt.Fprintf(&b, "  - {id: d-%d, template: xy-md02, bus: nowhere, unit_id: 1, colour: red}\n", i)
 	}
 	_, err = Parse("big.yaml", []byte(b.String()))
 	errs, ok := err.(Errors)

@@ -258,7 +258,7 @@ func BenchmarkReadInput(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	req := pdu(4, 0, 0, 0, 6) // temp-humidity: 3 signals across a gap
+	req := pdu(4, 0, 0, 0, 6) // xy-md02: 3 signals across a gap
 	b.ReportAllocs()
 	for b.Loop() {
 		_, commit := slave.Process(dev, req)

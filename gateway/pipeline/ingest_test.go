@@ -92,8 +92,8 @@ func TestIngestStampsAndSequences(t *testing.T) {
 	}
 }
 
-// TestIngestEvents holds the rules of the templates: smoke-detector's alarm
-// raises smoke (critical) and clears; door-contact's tamper raises and
+// TestIngestEvents holds the rules of the templates: generic-smoke-detector's alarm
+// raises smoke (critical) and clears; generic-door-contact's tamper raises and
 // never clears; a device going offline raises device_lost. Events go to
 // the alarm lane.
 func TestIngestEvents(t *testing.T) {

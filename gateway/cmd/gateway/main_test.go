@@ -19,7 +19,7 @@ func TestValidate(t *testing.T) {
 		{[]string{"validate", "../../../configs/police-room.yaml"}, 0,
 			"../../../configs/police-room.yaml: valid: station pr-0001 (police_room), 7 devices, 2 buses, 1 endpoints", ""},
 		{[]string{"validate", "../../../configs/testdata/errors/references.yaml"}, 1, "",
-			"../../../configs/testdata/errors/references.yaml:13:68: devices[2].unit_id: unit id 1 is already used on rs485-1 by devices[0] (th-1)"},
+			"../../../configs/testdata/errors/references.yaml:13:76: devices[2].unit_id: unit id 1 is already used on rs485-1 by devices[0] (th-1)"},
 		{[]string{"validate", "no-such-file.yaml"}, 1, "", "station file: no-such-file.yaml does not exist"},
 		{[]string{"validate"}, 2, "", "usage: gateway validate STATION.yaml"},
 		{[]string{"run"}, 2, "", "gateway run: -config STATION.yaml is required"},

@@ -48,7 +48,7 @@ hub:
 endpoints:
   - {id: lan, address: "%s", timeout: 200ms}
 devices:
-  - {id: meter-1, template: power-meter, endpoint: lan, unit_id: 1, poll: 100ms}
+  - {id: meter-1, template: sdm120, endpoint: lan, unit_id: 1, poll: 100ms}
 `, t.TempDir(), broker, dead)
 	path := filepath.Join(t.TempDir(), "station.yaml")
 	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
