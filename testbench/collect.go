@@ -12,6 +12,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"outpost/gateway/model"
+	"outpost/gateway/pipeline"
 )
 
 // collector is the testbench's own subscriber at the hub's broker. It counts
@@ -23,19 +24,20 @@ type collector struct {
 	// connection is still reading.
 	alarms paho.Client
 
-	mu         sync.Mutex
-	seen       map[string]struct{} // station/device/seq of every message
-	readings   int                 // readings with a value, first copies only
-	byDevice   map[string]int      // the same, per device
-	duplicates int                 // readings in messages that arrived again
-	events     map[string]int      // event kind -> count, first copies only
-	eventLag   time.Duration       // longest time from an event's stamp to its arrival
-	drops      map[string]int      // uplink -> dropped readings the gateway reported
-	damage     map[string]int      // uplink -> damaged queue regions the gateway reported
-	health     int
-	historical int
-	malformed  int
-	onMessage  func(m *model.Message, payload []byte, dup bool)
+	mu            sync.Mutex
+	seen          map[string]struct{} // station/device/seq of every message
+	readings      int                 // readings with a value, first copies only
+	byDevice      map[string]int      // the same, per device
+	duplicates    int                 // readings in messages that arrived again
+	events        map[string]int      // event kind -> count, first copies only
+	gatewayEvents int                 // events of the gateway itself, among them
+	eventLag      time.Duration       // longest time from an event's stamp to its arrival
+	drops         map[string]int      // uplink -> readings the gateway reported not delivering (dropped or set aside)
+	damage        map[string]int      // uplink -> damaged queue regions the gateway reported
+	health        int
+	historical    int
+	malformed     int
+	onMessage     func(m *model.Message, payload []byte, dup bool)
 }
 
 // collect subscribes to everything the station publishes, with a persistent
@@ -116,10 +118,18 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 			c.historical += n
 		}
 	case m.Kind == model.KindEvent:
+		if m.Device == pipeline.GatewayDevice {
+			c.gatewayEvents++
+		}
 		c.events[m.Event.Kind]++
 		switch m.Event.Kind {
 		case model.EventQueueDrops:
 			n, _ := strconv.Atoi(m.Event.Details["dropped_readings"])
+			c.drops[m.Event.Details["uplink"]] += n
+		case model.EventRejected:
+			// Readings the hub refused and the gateway set aside: not
+			// delivered, and said so.
+			n, _ := strconv.Atoi(m.Event.Details["readings"])
 			c.drops[m.Event.Details["uplink"]] += n
 		case model.EventQueueDamage:
 			n, _ := strconv.Atoi(m.Event.Details["corrupt"])
@@ -134,15 +144,15 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 }
 
 type counts struct {
-	Readings, Duplicates, Health, Historical, Malformed int
-	Events, Drops, Damage, ByDevice                     map[string]int
-	EventLag                                            time.Duration
+	Readings, Duplicates, Health, Historical, Malformed, GatewayEvents int
+	Events, Drops, Damage, ByDevice                                    map[string]int
+	EventLag                                                           time.Duration
 }
 
 func (c *collector) counts() counts {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return counts{c.readings, c.duplicates, c.health, c.historical, c.malformed,
+	return counts{c.readings, c.duplicates, c.health, c.historical, c.malformed, c.gatewayEvents,
 		maps.Clone(c.events), maps.Clone(c.drops), maps.Clone(c.damage), maps.Clone(c.byDevice), c.eventLag}
 }
 

@@ -54,6 +54,9 @@ type Forwarder struct {
 	// Report tells the hub what the forwarder had to do (a restart, a
 	// message set aside): Ingest.Emit.
 	Report func(model.Message)
+	// Limit, when set, is the largest message the hub takes; a message the
+	// hub drops the connection on lowers it (see SizeLimit).
+	Limit *SizeLimit
 	Log    *slog.Logger
 
 	failures atomic.Uint64 // sends the hub did not accept
@@ -113,6 +116,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 			msgs = append(msgs, m)
 		}
+		if over := f.overLimit(msgs); len(over) > 0 {
+			// Set aside what the hub is known not to take, send the rest.
+			f.setAside(msgs, over)
+			msgs = without(msgs, over)
+		}
 		err = f.Uplink.Send(ctx, msgs)
 		var rej *uplink.Rejected
 		switch {
@@ -163,20 +171,52 @@ func (f *Forwarder) poisoned(err error, msgs []model.Message) bool {
 			"forwarder", f.Name, "batch", len(msgs))
 	case len(msgs) == 1 && f.drops >= dropsToQuarantine:
 		f.drops = 0
-		f.setAside(msgs, []uplink.Rejection{{Index: 0, Reason: fmt.Sprintf(
-			"the hub dropped the connection each of the %d times this message was sent alone: it may exceed the broker's packet size limit or be denied by its ACL", dropsToQuarantine)}})
+		reason := fmt.Sprintf("the hub dropped the connection each of the %d times this message was sent alone: it may exceed the broker's packet size limit or be denied by its ACL", dropsToQuarantine)
+		if f.Limit != nil {
+			limit := f.Limit.learn(&msgs[0])
+			reason += fmt.Sprintf("; from now on messages over %d bytes are split (telemetry) or set aside (set hub.mqtt.max_packet_size to the broker's limit)", limit)
+		}
+		f.setAside(msgs, []uplink.Rejection{{Index: 0, Reason: reason}})
 		return true
 	}
 	return false
+}
+
+// overLimit lists the messages over the hub's known size limit.
+func (f *Forwarder) overLimit(msgs []model.Message) []uplink.Rejection {
+	var over []uplink.Rejection
+	for i := range msgs {
+		if f.Limit.TooLarge(&msgs[i]) {
+			over = append(over, uplink.Rejection{Index: i, Reason: fmt.Sprintf(
+				"%d bytes, over the %d bytes the hub takes (hub.mqtt.max_packet_size, or learned from the broker dropping the connection)",
+				f.Limit.Size(&msgs[i]), f.Limit.Max())})
+		}
+	}
+	return over
+}
+
+// without returns msgs without those listed, in order.
+func without(msgs []model.Message, out []uplink.Rejection) []model.Message {
+	kept := msgs[:0]
+	j := 0
+	for i := range msgs {
+		if j < len(out) && out[j].Index == i {
+			j++
+			continue
+		}
+		kept = append(kept, msgs[i])
+	}
+	return kept
 }
 
 // setAside moves messages the hub refused for good to the dead letters,
 // and tells the hub with one messages_rejected event.
 func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 	path := ""
-	kept := 0
+	kept, readings := 0, 0
 	for _, it := range items {
 		m := &msgs[it.Index]
+		readings += m.Values()
 		p, err := f.DeadLetters.Put(f.UplinkName, m, it.Reason, it.Payload)
 		path = p
 		if err != nil {
@@ -188,9 +228,13 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 	first := &msgs[items[0].Index]
 	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
 		"messages", len(items), "first", first.ID(), "reason", items[0].Reason, "file", path)
+	if first.Device == GatewayDevice && first.Event != nil && first.Event.Kind == model.EventRejected {
+		return // reporting it would make another such event, and so on
+	}
 	f.Report(GatewayEvent(model.EventRejected, model.Warning, map[string]string{
 		"uplink":      f.UplinkName,
 		"messages":    strconv.Itoa(len(items)),
+		"readings":    strconv.Itoa(readings),
 		"kept":        strconv.Itoa(kept),
 		"device":      first.Device,
 		"seq":         strconv.FormatUint(first.Seq, 10),

@@ -39,10 +39,10 @@ type Ingest struct {
 	log     *slog.Logger
 	now     func() time.Time
 
-	// TooLarge, when set, says a message is more than the hub takes (the
-	// broker's packet limit): telemetry is then split by readings into
-	// messages that fit, each with its own sequence number.
-	TooLarge func(*model.Message) bool
+	// Limit, when set, is the largest message the hub takes (the broker's
+	// packet limit): telemetry over it is split by readings into messages
+	// that fit, each with its own sequence number.
+	Limit *SizeLimit
 
 	mu   sync.Mutex
 	devs map[string]*devIngest
@@ -153,7 +153,7 @@ func (d *devIngest) derive(m *model.Message) []model.Message {
 
 func (in *Ingest) queue(d *devIngest, m model.Message) {
 	m.Station, m.StationType = in.station.ID, in.station.Type
-	if m.Kind == model.KindTelemetry && len(m.Readings) > 1 && in.TooLarge != nil && in.TooLarge(&m) {
+	if m.Kind == model.KindTelemetry && len(m.Readings) > 1 && in.Limit.TooLarge(&m) {
 		// Two messages, each with a sequence number of its own.
 		half := len(m.Readings) / 2
 		a, b := m, m

@@ -291,7 +291,7 @@ func TestIngestSharesFsyncs(t *testing.T) {
 func TestIngestSplitsLargeTelemetry(t *testing.T) {
 	rec := &recorder{}
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
-	in.TooLarge = func(m *model.Message) bool { return len(m.Readings) > 3 }
+	in.Limit = NewSizeLimit(func(m *model.Message) int { return len(m.Readings) }, 3)
 	var rs []model.Reading
 	for i := range 10 {
 		rs = append(rs, model.Reading{Signal: fmt.Sprint("s", i), Value: model.Number(float64(i)), Quality: model.Good})

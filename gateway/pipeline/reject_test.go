@@ -162,7 +162,7 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer q2.Close()
-	for i, d := range []string{"a", "b", "big", "c", "d", "e"} {
+	for i, d := range []string{"a", "b", "big", "c", "big", "d", "e"} {
 		msg := model.Message{Station: "s", StationType: model.SafetyPost, Device: d, DeviceKind: "k", Seq: uint64(i + 1),
 			Kind: model.KindTelemetry, Time: time.Now().UTC()}
 		if d == "big" {
@@ -173,8 +173,9 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 	rec := &recorder{}
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
 	dir := t.TempDir()
+	limit := NewSizeLimit(func(m *model.Message) int { return mqtt.PacketSize(mqtt.DefaultPrefix, m) }, 0)
 	f := &Forwarder{Name: "mqtt/telemetry", Queue: q2, Uplink: up, UplinkName: "mqtt", Batch: 100,
-		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Log: slog.New(slog.DiscardHandler)}
+		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Limit: limit, Log: slog.New(slog.DiscardHandler)}
 	runUntilDrained(t, f, q2)
 
 	want := map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true}
@@ -187,15 +188,27 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 			t.Fatalf("these devices' messages never reached the hub: %v", want)
 		}
 	}
+	// The second big message is set aside at once: the gateway learned
+	// the broker's limit from the first.
 	dl := readDeadLetters(t, filepath.Join(dir, "mqtt.jsonl"))
-	if len(dl) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(dl))
+	if len(dl) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(dl))
 	}
-	if msg, err := model.ParseJSON(dl[0].Message); err != nil || msg.Device != "big" {
-		t.Errorf("dead letter %s (%v), want the message of device big", dl[0].Message, err)
+	for i, seq := range []uint64{3, 5} {
+		if msg, err := model.ParseJSON(dl[i].Message); err != nil || msg.Device != "big" || msg.Seq != seq {
+			t.Errorf("dead letter %d: %s (%v), want the message big/%d", i, dl[i].Message, err, seq)
+		}
 	}
-	if len(rec.msgs) != 1 || rec.msgs[0].Event.Kind != model.EventRejected || rec.msgs[0].Event.Details["device"] != "big" {
-		t.Fatalf("reported %v, want one messages_rejected event for device big", rec.msgs)
+	if !strings.Contains(dl[1].Reason, "bytes, over the") {
+		t.Errorf("second dead letter's reason %q: not set aside by the learned limit", dl[1].Reason)
+	}
+	// The limit settles an eighth below the message the broker refused.
+	big, _ := model.ParseJSON(dl[0].Message)
+	if n, size := limit.Max(), mqtt.PacketSize(mqtt.DefaultPrefix, &big); n != size-size/8 {
+		t.Errorf("learned limit %d, want %d: an eighth below the message the broker refused", n, size-size/8)
+	}
+	if len(rec.msgs) != 2 || rec.msgs[0].Event.Kind != model.EventRejected || rec.msgs[0].Event.Details["device"] != "big" {
+		t.Fatalf("reported %v, want two messages_rejected events for device big", rec.msgs)
 	}
 	t.Logf("reason: %s", rec.msgs[0].Event.Details["reason"])
 }

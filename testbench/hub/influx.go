@@ -162,7 +162,6 @@ func (in *Influx) Kill() { in.p.kill() }
 // Stop ends the server gracefully. Stopping a stopped server does nothing.
 func (in *Influx) Stop() { in.p.stop() }
 
-
 // Series is one series of a query result. Values holds the rows in column
 // order; numbers are json.Number (exact), times are integer nanoseconds.
 type Series struct {
@@ -252,4 +251,23 @@ func (in *Influx) Count(ctx context.Context, measurement string) (int64, error) 
 		return 0, fmt.Errorf("hub: count of %s: unexpected value %v", measurement, series[0].Values[0][1])
 	}
 	return n.Int64()
+}
+
+// Write writes points in line protocol to Database (POST /write, ns
+// precision).
+func (in *Influx) Write(ctx context.Context, lines string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, in.URL()+"/write?db="+DefaultDatabase, bytes.NewBufferString(lines))
+	if err != nil {
+		return fmt.Errorf("hub: influx write: %w", err)
+	}
+	resp, err := in.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("hub: influx write: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("hub: influx write: %s: %s", resp.Status, body)
+	}
+	return nil
 }

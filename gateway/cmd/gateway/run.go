@@ -69,10 +69,9 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		return err
 	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
-	if limit := st.Hub.MQTT.MaxPacketSize; limit > 0 {
-		prefix := mqtt.Prefix(st.Hub.MQTT.TopicPrefix)
-		ingest.TooLarge = func(m *model.Message) bool { return mqtt.PacketSize(prefix, m) > limit }
-	}
+	prefix := mqtt.Prefix(st.Hub.MQTT.TopicPrefix)
+	packets := pipeline.NewSizeLimit(func(m *model.Message) int { return mqtt.PacketSize(prefix, m) }, st.Hub.MQTT.MaxPacketSize)
+	ingest.Limit = packets
 	if lostSeq != nil {
 		ingest.Emit(*lostSeq)
 	}
@@ -135,6 +134,9 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 			f := &pipeline.Forwarder{Name: name + "/" + lane.l.String(), Queue: q, Lanes: []queue.Lane{lane.l},
 				Uplink: ups[name], UplinkName: name, Batch: lane.batch, HistoricalAfter: 30 * time.Second,
 				Outage: outage, DeadLetters: dead, Report: ingest.Emit, Log: log}
+			if name == "mqtt" {
+				f.Limit = packets
+			}
 			fwd.Go(func() { f.Supervise(fctx, pipeline.DefaultSupervisor) })
 		}
 	}
