@@ -20,7 +20,7 @@ import (
 type rtuBench struct {
 	*responder
 	mu    sync.Mutex
-	modes map[byte]string // unit -> "" (answers), "silent", "exception" or "crc"
+	modes map[byte]string // unit -> "" (answers), "silent", "exception", "crc" or "coils only"
 	reqs  []benchRequest
 }
 
@@ -45,6 +45,8 @@ func startBench(t *testing.T, modes map[byte]string) *rtuBench {
 			ans := readAnswer(req)
 			ans[len(ans)-1] ^= 0xFF
 			return ans
+		case mode == "coils only" && req[1] != fcReadCoils:
+			return nil
 		}
 		return readAnswer(req)
 	})
@@ -111,6 +113,33 @@ func TestSilentFirstRequestSkipsPlan(t *testing.T) {
 	}
 	if len(reqs) < 4 {
 		t.Errorf("ghost asked %d times before it was offline, want 2 tries at the first poll and 1 at the next two", len(reqs))
+	}
+}
+
+// TestSilentLaterRequestEndsPoll: a device that stops answering in the
+// middle of a poll (unplugged, switched off) is not asked the rest of it:
+// the poll ends, and what it did answer is published at once.
+func TestSilentLaterRequestEndsPoll(t *testing.T) {
+	start := time.Now()
+	b := startBench(t, map[byte]string{9: "coils only"})
+	tmpl := &configs.Template{Name: "th", Kind: "relay", Registers: []configs.Register{
+		{Signal: "relay", Table: configs.Coil, Address: 0, Type: configs.TypeBool},
+		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 1},
+		{Signal: "setpoint", Table: configs.Holding, Address: 4, Type: configs.TypeUint16, Scale: 1},
+	}}
+	bus := &configs.Bus{ID: "rs485-1", Protocol: "modbus-rtu", Port: b.path(), Baud: 9600, Timeout: 30 * time.Millisecond}
+	link := drivers.Link{Station: station(tmpl), Bus: bus,
+		Devices: []*configs.Device{{ID: "relay-1", Template: "th", Bus: bus.ID, UnitID: 9, Poll: 100 * time.Millisecond}}}
+	r := runDriver(t, link)
+	m := r.next(t, "relay-1", model.KindTelemetry, 3*time.Second)
+	if q := m.Readings[0].Quality; q != model.Good {
+		t.Errorf("the coil it answered: quality %s, want good", q)
+	}
+	waitFor(t, 3*time.Second, "3 polls", func() bool { return len(b.requests(9, start)) >= 6 })
+	for _, q := range b.requests(9, start) {
+		if q.fc == fcReadHolding {
+			t.Fatalf("the device was asked its holding registers after its input registers went unanswered")
+		}
 	}
 }
 

@@ -247,8 +247,9 @@ type pollResult struct {
 }
 
 // poll runs the device's plan once, due at due, and builds its telemetry
-// message. When its first request gets no answer, or the link is down, the
-// rest of the plan is not asked: it would only cost more timeouts.
+// message. When a request gets no answer, or the link is down, the rest of
+// the plan is not asked: it would only cost more timeouts, keep the
+// device's readings waiting, and hold up the other devices on the link.
 func (p *poller) poll(ctx context.Context, due time.Time, interval time.Duration, first attempt) (model.Message, pollResult) {
 	d := p.dev
 	regs := d.tmpl.Registers
@@ -306,7 +307,7 @@ func (p *poller) poll(ctx context.Context, due time.Time, interval time.Duration
 			}
 		}
 		p.log.Debug("request failed", "err", fmt.Errorf("device %s on %s: reading %s: %w", d.cfg.ID, d.link, r, err))
-		if i == 0 && (quiet || res.linkDown) {
+		if quiet || res.linkDown {
 			break
 		}
 	}

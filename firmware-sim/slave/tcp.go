@@ -11,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // TCP serves Modbus TCP (MBAP) for the units behind one endpoint, on any
@@ -114,10 +115,26 @@ func (s *TCP) serveConn(c net.Conn) error {
 		if _, err := c.Write(out); err != nil {
 			return err
 		}
-		if commit != nil {
+		if commit != nil && !askedAgain(c, r) {
 			commit()
 		}
 	}
+}
+
+// askedAgain says whether the master already sent its next request while
+// this one was being answered: it gave up waiting (its timeout ran out, as
+// on a loaded machine), and will discard the late answer by its
+// transaction id, so the readings in it count as not served.
+func askedAgain(c net.Conn, r *bufio.Reader) bool {
+	if r.Buffered() > 0 {
+		return true
+	}
+	if err := c.SetReadDeadline(time.Now()); err != nil {
+		return false
+	}
+	_, err := r.Peek(1)
+	c.SetReadDeadline(time.Time{})
+	return err == nil
 }
 
 // AppendMBAP appends an MBAP frame carrying pdu for unit id to b.
