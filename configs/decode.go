@@ -302,7 +302,54 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 	}
 }
 
-func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
+// Rest holds the keys of a section that its struct does not know itself:
+// those of the protocol that owns the section (a link's port and baud, a
+// device's unit id, a template's registers), kept undecoded until the
+// loader knows the protocol and decodes them into its settings (rest).
+// A struct field of this type, tagged `yaml:",rest"`, collects them.
+type Rest struct {
+	node  *yaml.Node // a mapping of the keys left over, at the section's position
+	known []string   // the keys the struct itself knows, for error messages
+}
+
+// field is a key of a struct: its name and where it is, through inline
+// (embedded) structs.
+type field struct {
+	name  string
+	index []int
+	sf    reflect.StructField
+}
+
+// fieldsOf lists the keys of a struct type in order, those of structs
+// embedded with `yaml:",inline"` in their place; rest is the index of a
+// Rest field, or nil.
+func fieldsOf(t reflect.Type) (fields []field, rest []int) {
+	for i := 0; i < t.NumField(); i++ {
+		sf := t.Field(i)
+		switch tag := sf.Tag.Get("yaml"); {
+		case tag == ",inline" && sf.Type.Kind() == reflect.Struct:
+			inner, r := fieldsOf(sf.Type)
+			for _, f := range inner {
+				f.index = append([]int{i}, f.index...)
+				fields = append(fields, f)
+			}
+			if r != nil {
+				rest = append([]int{i}, r...)
+			}
+		case tag == ",rest":
+			rest = []int{i}
+		case tag != "" && tag != "-":
+			fields = append(fields, field{tag, []int{i}, sf})
+		}
+	}
+	return fields, rest
+}
+
+// mapping decodes a mapping node into the struct v. Keys the struct does
+// not know go to its Rest field if it has one, and are errors otherwise;
+// also lists keys known elsewhere (by the struct whose Rest this is), for
+// the error message.
+func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string, also ...string) {
 	what := path
 	if what == "" {
 		what = "the file"
@@ -311,23 +358,27 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 		d.decodeErr(path, pos{n.Line, n.Column}, "%s: expected a mapping of keys, got %s", what, kindName(n))
 		return
 	}
-	t := v.Type()
-	fields := map[string]int{}
-	var names []string
-	for i := 0; i < t.NumField(); i++ {
-		name := t.Field(i).Tag.Get("yaml")
-		if name == "" || name == "-" {
-			continue
-		}
-		fields[name] = i
-		names = append(names, name)
+	fields, restIdx := fieldsOf(v.Type())
+	byName := map[string]field{}
+	names := slices.Clone(also)
+	for _, f := range fields {
+		byName[f.name] = f
+		names = append(names, f.name)
+	}
+	var rest *yaml.Node
+	if restIdx != nil {
+		rest = &yaml.Node{Kind: yaml.MappingNode, Line: n.Line, Column: n.Column}
+		v.FieldByIndex(restIdx).Set(reflect.ValueOf(Rest{node: rest, known: names}))
 	}
 	seen := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		kp := pos{k.Line, k.Column}
-		idx, ok := fields[k.Value]
+		f, ok := byName[k.Value]
 		switch {
+		case !ok && rest != nil:
+			rest.Content = append(rest.Content, k, val)
+			continue
 		case !ok:
 			d.errorf(kp, "%s: unknown key %q (expected one of: %s)", what, k.Value, strings.Join(names, ", "))
 			continue
@@ -336,27 +387,38 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		seen[k.Value] = true
-		d.value(val, v.Field(idx), join(path, k.Value))
+		d.value(val, v.FieldByIndex(f.index), join(path, k.Value))
 	}
-	for _, name := range names {
-		f := t.Field(fields[name])
+	for _, f := range fields {
+		fv := v.FieldByIndex(f.index)
 		switch {
-		case seen[name]:
-		case f.Tag.Get("required") == "true":
-			d.decodeErr(join(path, name), pos{n.Line, n.Column}, "%s: missing required key %q", what, name)
-		case f.Type.Kind() == reflect.Struct && f.Type != durationType:
+		case seen[f.name]:
+		case f.sf.Tag.Get("required") == "true":
+			d.decodeErr(join(path, f.name), pos{n.Line, n.Column}, "%s: missing required key %q", what, f.name)
+		case f.sf.Type.Kind() == reflect.Struct && f.sf.Type != durationType:
 			// An absent section still gets its defaults.
-			d.mapping(&yaml.Node{Kind: yaml.MappingNode, Line: n.Line, Column: n.Column}, v.Field(fields[name]), join(path, name))
-		case f.Tag.Get("default") != "":
+			d.mapping(&yaml.Node{Kind: yaml.MappingNode, Line: n.Line, Column: n.Column}, fv, join(path, f.name))
+		case f.sf.Tag.Get("default") != "":
 			var def yaml.Node
-			if err := yaml.Unmarshal([]byte(f.Tag.Get("default")), &def); err != nil {
-				panic("configs: bad default on " + t.Name() + "." + f.Name)
+			if err := yaml.Unmarshal([]byte(f.sf.Tag.Get("default")), &def); err != nil {
+				panic("configs: bad default on " + v.Type().Name() + "." + f.sf.Name)
 			}
-			fp := join(path, name)
-			d.value(def.Content[0], v.Field(fields[name]), fp)
+			fp := join(path, f.name)
+			d.value(def.Content[0], fv, fp)
 			d.at[fp] = pos{n.Line, n.Column}
 		}
 	}
+}
+
+// rest decodes the keys a section left over into into (a pointer to a
+// struct, the protocol's settings), as if they had been the section's
+// own: missing, unknown and badly typed keys are reported at path.
+func (d *decoder) rest(r Rest, into any, path string) {
+	n := r.node
+	if n == nil {
+		n = &yaml.Node{Kind: yaml.MappingNode, Line: d.at[path].line, Column: d.at[path].col}
+	}
+	d.mapping(n, reflect.ValueOf(into).Elem(), path, r.known...)
 }
 
 // badUTF8 is the position of the first byte of data that is not UTF-8,

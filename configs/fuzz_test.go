@@ -1,9 +1,12 @@
-package configs
+package configs_test
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"outpost/configs"
+	_ "outpost/configs/modbus"
 )
 
 // FuzzParse: whatever a station file holds, loading it gives a station or
@@ -19,14 +22,14 @@ func FuzzParse(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		st, err := Parse("station.yaml", data)
+		st, err := configs.Parse("station.yaml", data)
 		if err == nil {
 			if st == nil || len(st.Devices) == 0 {
 				t.Fatalf("no error, but station %v", st)
 			}
 			return
 		}
-		errs, ok := err.(Errors)
+		errs, ok := err.(configs.Errors)
 		if !ok || len(errs) == 0 {
 			t.Fatalf("error of type %T: %v", err, err)
 		}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -24,13 +23,6 @@ import (
 //
 //go:embed *.yaml devices/*.yaml
 var Embedded embed.FS
-
-// Protocols a bus or an endpoint may name; the gateway has a driver for each
-// (a test in the gateway holds the two lists together).
-var (
-	BusProtocols      = []string{"modbus-rtu"}
-	EndpointProtocols = []string{"modbus-tcp"}
-)
 
 // Load reads, decodes and validates a station file and the device templates
 // it uses, and fills in every default. Templates are looked up in the
@@ -134,8 +126,16 @@ func parse(file string, data []byte, src templates) (*Station, error) {
 	if d.fatal {
 		return nil, d.errs.sorted(d.dropped)
 	}
+	if st.Version != Version && !d.quiet("version") {
+		// The rest of a file of another version is read another way: its
+		// errors would only confuse.
+		d.errs, d.dropped = nil, 0
+		d.errAt("version", "version: this gateway reads station files of version %d, not %d%s", Version, st.Version, upgradeHint(st.Version))
+		return nil, d.errs
+	}
 	st.defaults()
 	d.validateStation(st)
+	d.decodeLinks(st)
 	// found holds the templates that exist, loaded or not (a template
 	// with errors is reported with its own errors, not as missing).
 	found := map[string]bool{}
@@ -157,11 +157,26 @@ func parse(file string, data []byte, src templates) (*Station, error) {
 	for _, td := range decs {
 		d.errs, d.dropped = append(d.errs, td.errs...), d.dropped+td.dropped
 	}
-	d.validateDevices(st, found, src)
+	d.decodeDevices(st, found, src)
+	for i := range st.Links {
+		l := &st.Links[i]
+		if p, ok := LookupProtocol(l.Protocol); ok && p.Check != nil && l.Settings != nil {
+			p.Check(problems{d: d}, st, l)
+		}
+	}
 	if len(d.errs) > 0 {
 		return nil, d.errs.sorted(d.dropped)
 	}
 	return st, nil
+}
+
+// upgradeHint says how to bring an older station file up to date.
+func upgradeHint(v int) string {
+	if v != 1 {
+		return ""
+	}
+	return ": in version 2 the buses and endpoints are links (each with its protocol: modbus-rtu or modbus-tcp), " +
+		"and every device names its link (link: rs485-1) instead of bus or endpoint; see docs/station-file.md"
 }
 
 func (st *Station) defaults() {
@@ -186,9 +201,6 @@ func (st *Station) defaults() {
 }
 
 func (d *decoder) validateStation(st *Station) {
-	if st.Version != 1 {
-		d.errAt("version", "version: this gateway reads station files of version 1, not %d", st.Version)
-	}
 	if !idPattern.MatchString(st.Station.ID) {
 		d.errAt("station.id", "station.id: %q is not a valid id (letters, digits, '_', '-', '.'; at most 64)", st.Station.ID)
 	}
@@ -214,45 +226,41 @@ func (d *decoder) validateStation(st *Station) {
 	if st.Queue.MaxBytes < 64<<10 {
 		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 65536, 64 KiB)", st.Queue.MaxBytes)
 	}
-	links := map[string]string{} // id -> path of its first use
-	link := func(path, id string) {
-		if !idPattern.MatchString(id) {
-			d.errAt(path+".id", "%s.id: %q is not a valid id", path, id)
+}
+
+// decodeLinks checks the links' ids and decodes each link's protocol
+// settings, which then check themselves. Two links never share a serial
+// port.
+func (d *decoder) decodeLinks(st *Station) {
+	ids := map[string]string{}   // id -> path of its first use
+	ports := map[string]string{} // serial port -> path
+	for i := range st.Links {
+		l, path := &st.Links[i], fmt.Sprintf("links[%d]", i)
+		if !idPattern.MatchString(l.ID) {
+			d.errAt(path+".id", "%s.id: %q is not a valid id (letters, digits, '_', '-', '.'; at most 64)", path, l.ID)
+		} else if first, dup := ids[l.ID]; dup {
+			d.errAt(path+".id", "%s.id: %q is already the id of %s", path, l.ID, first)
+			continue // its devices are the first one's
+		} else {
+			ids[l.ID] = path
 		}
-		if first, dup := links[id]; dup {
-			d.errAt(path+".id", "%s.id: %q is already the id of %s", path, id, first)
-			return
+		p, ok := LookupProtocol(l.Protocol)
+		if !ok {
+			if !d.quiet(path + ".protocol") {
+				d.errAt(path+".protocol", "%s.protocol: unknown protocol %q (expected one of: %s)", path, l.Protocol, strings.Join(Protocols(), ", "))
+			}
+			continue
 		}
-		links[id] = path
-	}
-	ports := map[string]string{}
-	for i := range st.Buses {
-		b, path := &st.Buses[i], fmt.Sprintf("buses[%d]", i)
-		link(path, b.ID)
-		d.oneOf(path+".protocol", b.Protocol, BusProtocols)
-		if first, dup := ports[b.Port]; dup {
-			d.errAt(path+".port", "%s.port: %s is already the port of %s", path, b.Port, first)
+		l.Settings = p.Link()
+		d.rest(l.Rest, l.Settings, path)
+		d.check(l.Settings, path)
+		if s, ok := l.Settings.(interface{ Line() *Serial }); ok {
+			port := s.Line().Port
+			if first, dup := ports[port]; dup {
+				d.errAt(path+".port", "%s.port: %s is already the port of %s", path, port, first)
+			}
+			ports[port] = path
 		}
-		ports[b.Port] = path
-		if b.Baud < 300 || b.Baud > 4000000 {
-			d.errAt(path+".baud", "%s.baud: %d is not a usable baud rate (300 to 4000000, e.g. 9600)", path, b.Baud)
-		}
-		if b.DataBits < 7 || b.DataBits > 8 {
-			d.errAt(path+".data_bits", "%s.data_bits: %d (expected 7 or 8)", path, b.DataBits)
-		}
-		if b.StopBits < 1 || b.StopBits > 2 {
-			d.errAt(path+".stop_bits", "%s.stop_bits: %d (expected 1 or 2)", path, b.StopBits)
-		}
-		d.checkTiming(path, b.Timeout, b.Retries)
-	}
-	for i := range st.Endpoints {
-		e, path := &st.Endpoints[i], fmt.Sprintf("endpoints[%d]", i)
-		link(path, e.ID)
-		d.oneOf(path+".protocol", e.Protocol, EndpointProtocols)
-		if _, port, err := net.SplitHostPort(e.Address); err != nil || port == "" {
-			d.errAt(path+".address", "%s.address: %q is not host:port (e.g. 192.168.1.20:502)", path, e.Address)
-		}
-		d.checkTiming(path, e.Timeout, e.Retries)
 	}
 }
 
@@ -309,12 +317,13 @@ type fileError struct {
 func (e *fileError) Error() string { return e.msg }
 func (e *fileError) Unwrap() error { return e.err }
 
-func (d *decoder) checkTiming(path string, timeout time.Duration, retries int) {
+// CheckTiming checks a link's request timeout and retries.
+func CheckTiming(p Problems, timeout time.Duration, retries int) {
 	if timeout < time.Millisecond || timeout > time.Minute {
-		d.errAt(path+".timeout", "%s.timeout: %s is out of range (1ms to 1m)", path, timeout)
+		p.Errorf("timeout", "%s is out of range (1ms to 1m)", timeout)
 	}
 	if retries < 0 || retries > 10 {
-		d.errAt(path+".retries", "%s.retries: %d is out of range (0 to 10)", path, retries)
+		p.Errorf("retries", "%d is out of range (0 to 10)", retries)
 	}
 }
 
@@ -331,21 +340,14 @@ func (d *decoder) oneOf(path, v string, allowed []string) {
 	}
 }
 
-func (d *decoder) validateDevices(st *Station, found map[string]bool, src templates) {
+// decodeDevices checks the devices' ids, links and templates, and decodes
+// each device's settings for its link's protocol, which then check
+// themselves.
+func (d *decoder) decodeDevices(st *Station, found map[string]bool, src templates) {
+	if len(st.Devices) == 0 && !d.quiet("devices") {
+		d.errAt("devices", "devices: a station needs at least one device")
+	}
 	ids := map[string]string{}
-	type unitKey struct {
-		link string
-		unit int
-	}
-	units := map[unitKey]string{}
-	buses := map[string]bool{}
-	for _, b := range st.Buses {
-		buses[b.ID] = true
-	}
-	endpoints := map[string]bool{}
-	for _, e := range st.Endpoints {
-		endpoints[e.ID] = true
-	}
 	for i := range st.Devices {
 		dev, path := &st.Devices[i], fmt.Sprintf("devices[%d]", i)
 		if !idPattern.MatchString(dev.ID) {
@@ -354,43 +356,38 @@ func (d *decoder) validateDevices(st *Station, found map[string]bool, src templa
 			d.errAt(path+".id", "%s.id: device id %q is already used by %s", path, dev.ID, first)
 		}
 		ids[dev.ID] = path
+		t := st.Templates[dev.Template]
 		if !tmplPattern.MatchString(dev.Template) {
 			d.errAt(path+".template", "%s.template: %q is not a template name (lower-case letters, digits, '-', '_')", path, dev.Template)
 		} else if !found[dev.Template] {
 			d.errAt(path+".template", "%s.template: unknown template %q: no devices/%s.yaml beside the station file, nor a built-in one%s",
-				path, dev.Template, dev.Template, suggest(dev.Template, src.names()))
+				path, dev.Template, dev.Template, suggest(dev.Template, "templates", src.names()))
 		}
-		link, maxUnit, minUnit := "", 247, 1
+		link := st.Link(dev.Link)
 		switch {
-		case dev.Bus != "" && dev.Endpoint != "":
-			d.errAt(path+".endpoint", "%s: give either bus or endpoint, not both", path)
-		case dev.Bus != "":
-			link = dev.Bus
-			if !buses[dev.Bus] {
-				d.errAt(path+".bus", "%s.bus: no bus with id %q in buses", path, dev.Bus)
-			}
-		case dev.Endpoint != "":
-			link, maxUnit, minUnit = dev.Endpoint, 255, 0
-			if !endpoints[dev.Endpoint] {
-				d.errAt(path+".endpoint", "%s.endpoint: no endpoint with id %q in endpoints", path, dev.Endpoint)
-			}
-		case d.quiet(path + ".bus"), d.quiet(path + ".endpoint"):
-		default:
-			d.errAt(path, "%s: missing bus or endpoint: say where the device is connected", path)
+		case link == nil && !d.quiet(path+".link"):
+			d.errAt(path+".link", "%s.link: no link with id %q in links%s", path, dev.Link, suggest(dev.Link, "links", linkIDs(st)))
+			continue
+		case link == nil || link.Settings == nil:
+			continue // reported at the link
 		}
-		if dev.UnitID < minUnit || dev.UnitID > maxUnit {
-			d.errAt(path+".unit_id", "%s.unit_id: %d is out of range (%d to %d)", path, dev.UnitID, minUnit, maxUnit)
-		} else if link != "" {
-			k := unitKey{link, dev.UnitID}
-			if first, dup := units[k]; dup {
-				d.errAt(path+".unit_id", "%s.unit_id: unit id %d is already used on %s by %s", path, dev.UnitID, link, first)
-			}
-			units[k] = fmt.Sprintf("%s (%s)", path, dev.ID)
-		}
-		if dev.Poll < 10*time.Millisecond || dev.Poll > 24*time.Hour {
-			d.errAt(path+".poll", "%s.poll: %s is out of range (10ms to 24h)", path, dev.Poll)
+		p, _ := LookupProtocol(link.Protocol)
+		dev.Settings = p.Device()
+		d.rest(dev.Rest, dev.Settings, path)
+		d.check(dev.Settings, path)
+		if t != nil && t.Protocol != p.Family {
+			d.errAt(path+".template", "%s.template: %s is a %s template, but link %s speaks %s (templates of family %s)",
+				path, t.Name, t.Protocol, link.ID, link.Protocol, p.Family)
 		}
 	}
+}
+
+func linkIDs(st *Station) []string {
+	ids := make([]string, len(st.Links))
+	for i, l := range st.Links {
+		ids[i] = l.ID
+	}
+	return ids
 }
 
 // loadTemplate loads and checks a template. ok is false when there is no
@@ -419,68 +416,17 @@ func loadTemplate(name string, src templates) (t *Template, d *decoder, ok bool)
 	} else if strings.HasPrefix(t.Kind, "outpost_") {
 		d.errAt("kind", "kind: %q is reserved: kinds starting outpost_ name the hub's event and health measurements in InfluxDB", t.Kind)
 	}
-	if len(t.Registers) == 0 {
-		d.errAt("registers", "registers: a template needs at least one register")
+	f, ok := lookupFamily(t.Protocol)
+	if !ok {
+		if !d.quiet("protocol") {
+			d.errAt("protocol", "protocol: unknown template family %q (expected one of: %s)", t.Protocol, strings.Join(Families(), ", "))
+		}
+		return t, d, true
 	}
-	signals := map[string]string{}
-	type cell struct {
-		table Table
-		addr  int
-	}
-	used := map[cell]string{}
-	for i := range t.Registers {
-		r, path := &t.Registers[i], fmt.Sprintf("registers[%d]", i)
-		if !signalPattern.MatchString(r.Signal) {
-			d.errAt(path+".signal", "%s.signal: %q is not a signal name (lower-case letters, digits, '_')", path, r.Signal)
-		} else if reserved(r.Signal) {
-			d.errAt(path+".signal", "%s.signal: %q is reserved: InfluxDB keeps time, the hub contract's tags (station, station_type, device) and fields (seq, historical, and names ending in _quality) under these names", path, r.Signal)
-		} else if first, dup := signals[r.Signal]; dup {
-			d.errAt(path+".signal", "%s.signal: signal %q is already defined by %s", path, r.Signal, first)
-		}
-		signals[r.Signal] = path
-		if r.Table.IsBits() && r.Type != TypeBool {
-			d.errAt(path+".type", "%s.type: a %s holds single bits, so its type must be bool, not %s", path, r.Table, r.Type)
-		}
-		if r.Bit != nil && (r.Type != TypeBool || r.Table.IsBits() || *r.Bit < 0 || *r.Bit > 15) {
-			d.errAt(path+".bit", "%s.bit: bit selects 0 to 15 of a register for a bool on an input or holding register", path)
-		}
-		if r.Type == TypeString && (r.Length < 1 || r.Length > 125) {
-			d.errAt(path+".length", "%s.length: a string needs its length in registers, 1 to 125 (got %d)", path, r.Length)
-		}
-		if r.Type != TypeString && r.Length != 0 {
-			d.errAt(path+".length", "%s.length: only a string has a length", path)
-		}
-		if r.Scale == 0 {
-			d.errAt(path+".scale", "%s.scale: a scale of 0 would make every value 0", path)
-		}
-		if span := r.Span(); r.Address < 0 || r.Address+span-1 > 65535 {
-			d.errAt(path+".address", "%s.address: registers %d to %d are beyond the Modbus address range 0 to 65535", path, r.Address, r.Address+span-1)
-		} else if r.Bit == nil {
-			for a := r.Address; a < r.Address+span; a++ {
-				c := cell{r.Table, a}
-				if first, dup := used[c]; dup {
-					d.errAt(path+".address", "%s.address: %s %d is already mapped by %s", path, r.Table, a, first)
-					break
-				}
-				used[c] = path
-			}
-		}
-		if r.Range != nil {
-			if r.Type == TypeBool || r.Type == TypeString {
-				d.errAt(path+".range", "%s.range: only a number has a range, not a %s", path, r.Type)
-			} else if r.Range.Min > r.Range.Max {
-				d.errAt(path+".range", "%s.range: min %v is above max %v", path, r.Range.Min, r.Range.Max)
-			}
-		}
-		if r.Event != nil {
-			if r.Type != TypeBool {
-				d.errAt(path+".event", "%s.event: events are raised by bool signals only", path)
-			}
-			if !signalPattern.MatchString(r.Event.Kind) {
-				d.errAt(path+".event.kind", "%s.event.kind: %q is not an event kind (lower-case letters, digits, '_')", path, r.Event.Kind)
-			}
-		}
-	}
+	t.Body = f.Template()
+	d.rest(t.Rest, t.Body, "")
+	d.check(t.Body, "")
+	d.checkSignals(t.Body.Signals())
 	return t, d, true
 }
 
@@ -494,12 +440,46 @@ func reserved(signal string) bool {
 	return strings.HasSuffix(signal, "_quality")
 }
 
+// checkSignals checks what every template's signals must be, whatever
+// their protocol: names the hub can store, each once, ranges on numbers
+// and events on bools.
+func (d *decoder) checkSignals(sigs []Signal) {
+	seen := map[string]string{}
+	for _, sg := range sigs {
+		path := sg.Path
+		switch first, dup := seen[sg.Name]; {
+		case !signalPattern.MatchString(sg.Name):
+			d.errAt(path+".signal", "%s.signal: %q is not a signal name (lower-case letters, digits, '_')", path, sg.Name)
+		case reserved(sg.Name):
+			d.errAt(path+".signal", "%s.signal: %q is reserved: InfluxDB keeps time, the hub contract's tags (station, station_type, device) and fields (seq, historical, and names ending in _quality) under these names", path, sg.Name)
+		case dup:
+			d.errAt(path+".signal", "%s.signal: signal %q is already defined by %s", path, sg.Name, first)
+		}
+		seen[sg.Name] = path
+		if r := sg.Range; r != nil {
+			if sg.Type != Number {
+				d.errAt(path+".range", "%s.range: only a number has a range, not a %s", path, sg.Type)
+			} else if r.Min > r.Max {
+				d.errAt(path+".range", "%s.range: min %v is above max %v", path, r.Min, r.Max)
+			}
+		}
+		if ev := sg.Event; ev != nil {
+			if sg.Type != Bool {
+				d.errAt(path+".event", "%s.event: events are raised by bool signals only", path)
+			}
+			if !signalPattern.MatchString(ev.Kind) {
+				d.errAt(path+".event.kind", "%s.event.kind: %q is not an event kind (lower-case letters, digits, '_')", path, ev.Kind)
+			}
+		}
+	}
+}
+
 // fieldType is the InfluxDB field type a signal's values get.
-func (r *Register) fieldType() string {
-	switch r.Type {
-	case TypeBool:
+func (sg Signal) fieldType() string {
+	switch sg.Type {
+	case Bool:
 		return "boolean"
-	case TypeString:
+	case Text:
 		return "string"
 	}
 	return "float"
@@ -516,9 +496,11 @@ func checkKinds(st *Station, decs map[string]*decoder) {
 	}
 	fields := map[string]first{} // kind/signal -> its first type
 	note := func(t *Template, builtin bool) {
-		for i := range t.Registers {
-			r := &t.Registers[i]
-			key := t.Kind + "/" + r.Signal
+		if t.Body == nil {
+			return
+		}
+		for _, r := range t.Body.Signals() {
+			key := t.Kind + "/" + r.Name
 			where := fmt.Sprintf("template %s", t.Name)
 			if builtin {
 				where = fmt.Sprintf("the built-in template %s", t.Name)
@@ -528,9 +510,9 @@ func checkKinds(st *Station, decs map[string]*decoder) {
 			case !seen:
 				fields[key] = first{r.fieldType(), where}
 			case f.typ != r.fieldType() && !builtin:
-				path := fmt.Sprintf("registers[%d].type", i)
+				path := r.Path + ".type"
 				decs[t.Name].errAt(path, "%s: signal %s is a %s here but a %s in %s; both are of kind %s, one InfluxDB measurement, and InfluxDB refuses a field of two types",
-					path, r.Signal, r.fieldType(), f.typ, f.where, t.Kind)
+					path, r.Name, r.fieldType(), f.typ, f.where, t.Kind)
 			}
 		}
 	}
@@ -538,13 +520,9 @@ func checkKinds(st *Station, decs map[string]*decoder) {
 	for _, t := range st.Templates {
 		kinds[t.Kind] = true
 	}
-	des, _ := Embedded.ReadDir("devices")
-	for _, de := range des {
-		name := strings.TrimSuffix(de.Name(), ".yaml")
-		if st.Templates[name] != nil {
-			continue
-		}
-		if t, _, _ := loadTemplate(name, templates{}); t != nil && kinds[t.Kind] {
+	builtin, _ := BuiltinTemplates()
+	for _, t := range builtin {
+		if st.Templates[t.Name] == nil && kinds[t.Kind] {
 			note(t, true)
 		}
 	}
@@ -553,9 +531,33 @@ func checkKinds(st *Station, decs map[string]*decoder) {
 	}
 }
 
-// suggest names the template closest to name, if one is close, and the
-// templates there are.
-func suggest(name string, names []string) string {
+// BuiltinTemplates loads every built-in template (configs/devices), in
+// name order; the error lists the problems of those that do not load.
+func BuiltinTemplates() ([]*Template, error) {
+	des, err := Embedded.ReadDir("devices")
+	if err != nil {
+		return nil, err
+	}
+	var out []*Template
+	var errs Errors
+	for _, de := range des {
+		t, d, _ := loadTemplate(strings.TrimSuffix(de.Name(), ".yaml"), templates{})
+		if d != nil {
+			errs = append(errs, d.errs...)
+		}
+		if t != nil && t.Body != nil {
+			out = append(out, t)
+		}
+	}
+	if len(errs) > 0 {
+		return out, errs.sorted(0)
+	}
+	return out, nil
+}
+
+// suggest names the name of names closest to name, if one is close, and
+// the names there are (what they are: "templates").
+func suggest(name, what string, names []string) string {
 	best, bestD := "", max(2, len(name)/4)+1
 	for _, n := range names {
 		if dist := distance(name, n); dist < bestD {
@@ -566,7 +568,7 @@ func suggest(name string, names []string) string {
 	if best != "" {
 		s = fmt.Sprintf("; did you mean %q?", best)
 	}
-	return s + " (templates: " + strings.Join(names, ", ") + ")"
+	return s + " (" + what + ": " + strings.Join(names, ", ") + ")"
 }
 
 // distance is the Levenshtein distance of two strings.

@@ -1,4 +1,4 @@
-package configs
+package configs_test
 
 import (
 	"flag"
@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"outpost/gateway/model"
+
+	"outpost/configs"
+	mb "outpost/configs/modbus"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files of error texts")
@@ -23,11 +26,11 @@ func TestLoadErrors(t *testing.T) {
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			_, err := Load(f)
+			_, err := configs.Load(f)
 			if err == nil {
 				t.Fatal("loaded without error")
 			}
-			if _, ok := err.(Errors); !ok {
+			if _, ok := err.(configs.Errors); !ok {
 				t.Fatalf("error is %T, want configs.Errors: %v", err, err)
 			}
 			got := err.Error() + "\n"
@@ -47,7 +50,7 @@ func TestLoadErrors(t *testing.T) {
 }
 
 func TestLoadEmbeddedPoliceRoom(t *testing.T) {
-	st, err := LoadEmbedded("police-room.yaml")
+	st, err := configs.LoadEmbedded("police-room.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,25 +70,25 @@ func TestLoadEmbeddedPoliceRoom(t *testing.T) {
 // TestDefaults checks that every default is filled in and that an explicit
 // zero is kept (retries: 0 means no retry, not the default).
 func TestDefaults(t *testing.T) {
-	st, err := Parse("station.yaml", []byte(`
-version: 1
+	st, err := configs.Parse("station.yaml", []byte(`
+version: 2
 station: {id: s-1, type: safety_post}
 hub:
   mqtt: {url: "tcp://127.0.0.1:1883"}
   influx: {url: "http://127.0.0.1:8086", bucket: outpost}
-buses:
-  - {id: b1, port: /dev/ttyUSB0, baud: 9600, retries: 0}
-endpoints:
-  - {id: e1, address: "127.0.0.1:502"}
+links:
+  - {id: b1, protocol: modbus-rtu, port: /dev/ttyUSB0, baud: 9600, retries: 0}
+  - {id: e1, protocol: modbus-tcp, address: "127.0.0.1:502"}
 devices:
-  - {id: th-1, template: xy-md02, bus: b1, unit_id: 1}
-  - {id: m-1, template: sdm120, endpoint: e1, unit_id: 0}
-  - {id: sm-1, template: generic-smoke-detector, bus: b1, unit_id: 2}
+  - {id: th-1, template: xy-md02, link: b1, unit_id: 1}
+  - {id: m-1, template: sdm120, link: e1, unit_id: 0}
+  - {id: sm-1, template: generic-smoke-detector, link: b1, unit_id: 2}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, e := st.Buses[0], st.Endpoints[0]
+	b, e := st.Links[0].Settings.(*mb.RTU), st.Links[1].Settings.(*mb.TCP)
+	reg := func(tmpl string, i int) *mb.Register { return &st.Templates[tmpl].Body.(*mb.Template).Registers[i] }
 	checks := []struct {
 		name      string
 		got, want any
@@ -96,21 +99,19 @@ devices:
 		{"influx.batch_size", st.Hub.Influx.BatchSize, 500},
 		{"queue.max_bytes", st.Queue.MaxBytes, int64(256 << 20)},
 		{"queue.sync", st.Queue.Sync, 100 * time.Millisecond},
-		{"bus.protocol", b.Protocol, "modbus-rtu"},
-		{"bus.parity", b.Parity, ParityNone},
+		{"bus.parity", b.Parity, configs.ParityNone},
 		{"bus.data_bits", b.DataBits, 8},
 		{"bus.stop_bits", b.StopBits, 1},
 		{"bus.timeout", b.Timeout, 500 * time.Millisecond},
 		{"bus.retries (explicit 0)", b.Retries, 0},
 		{"bus.turnaround", b.Turnaround, 5 * time.Millisecond},
-		{"endpoint.protocol", e.Protocol, "modbus-tcp"},
 		{"endpoint.timeout", e.Timeout, time.Second},
 		{"endpoint.retries", e.Retries, 1},
-		{"device.poll", st.Devices[0].Poll, time.Second},
-		{"register.order", st.Templates["xy-md02"].Registers[0].Order, ABCD},
-		{"register.scale (given)", st.Templates["xy-md02"].Registers[0].Scale, 0.1},
-		{"register.scale (default)", st.Templates["sdm120"].Registers[0].Scale, 1.0},
-		{"event.severity", st.Templates["generic-smoke-detector"].Registers[0].Event.Severity, model.Critical},
+		{"device.poll", st.Devices[0].Settings.(*mb.Device).Poll, time.Second},
+		{"register.order", reg("xy-md02", 0).Order, mb.ABCD},
+		{"register.scale (given)", reg("xy-md02", 0).Scale, 0.1},
+		{"register.scale (default)", reg("sdm120", 0).Scale, 1.0},
+		{"event.severity", reg("generic-smoke-detector", 0).Event.Severity, model.Critical},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -125,14 +126,14 @@ func stationFile(t *testing.T, extra string) string {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "station.yaml")
-	src := `version: 1
+	src := `version: 2
 station: {id: pr-1, type: police_room}
 hub:
   mqtt: {url: "tcp://127.0.0.1:1883"}
-buses:
-  - {id: rs485-1, port: /dev/ttyUSB0, baud: 9600}
+links:
+  - {id: rs485-1, protocol: modbus-rtu, port: /dev/ttyUSB0, baud: 9600}
 devices:
-  - {id: th-1, template: xy-md02, bus: rs485-1, unit_id: 1}
+  - {id: th-1, template: xy-md02, link: rs485-1, unit_id: 1}
 ` + extra
 	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
 		t.Fatal(err)
@@ -145,7 +146,7 @@ devices:
 // station's folder written as DIR.
 func wantErrors(t *testing.T, path string, want ...string) {
 	t.Helper()
-	_, err := Load(path)
+	_, err := configs.Load(path)
 	if err == nil {
 		t.Fatalf("loaded without error; want %q", want)
 	}
@@ -171,38 +172,38 @@ func TestTemplateFileProblems(t *testing.T) {
 	})
 	t.Run("too large", func(t *testing.T) {
 		path := stationFile(t, "")
-		os.WriteFile(filepath.Join(filepath.Dir(path), "devices", "xy-md02.yaml"), make([]byte, MaxFileBytes+1), 0o600)
-		wantErrors(t, path, fmt.Sprintf("DIR/devices/xy-md02.yaml:1:1: template xy-md02 cannot be read: DIR/devices/xy-md02.yaml is %d bytes, more than a station or template file may hold (%d)", MaxFileBytes+1, MaxFileBytes))
+		os.WriteFile(filepath.Join(filepath.Dir(path), "devices", "xy-md02.yaml"), make([]byte, configs.MaxFileBytes+1), 0o600)
+		wantErrors(t, path, fmt.Sprintf("DIR/devices/xy-md02.yaml:1:1: template xy-md02 cannot be read: DIR/devices/xy-md02.yaml is %d bytes, more than a station or template file may hold (%d)", configs.MaxFileBytes+1, configs.MaxFileBytes))
 	})
 }
 
 // TestLargeFiles: a station file over the limit is refused before it is
-// parsed, and one with thousands of mistakes lists the first MaxErrors.
+// parsed, and one with thousands of mistakes lists the first configs.MaxErrors.
 func TestLargeFiles(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "station.yaml")
 	os.WriteFile(path, make([]byte, 60<<20), 0o600)
-	_, err := Load(path)
-	want := fmt.Sprintf("station file: %s is %d bytes, more than a station or template file may hold (%d)", path, 60<<20, MaxFileBytes)
+	_, err := configs.Load(path)
+	want := fmt.Sprintf("station file: %s is %d bytes, more than a station or template file may hold (%d)", path, 60<<20, configs.MaxFileBytes)
 	if err == nil || err.Error() != want {
 		t.Errorf("60 MB station file: %v\nwant %s", err, want)
 	}
 
 	var b strings.Builder
-	b.WriteString("version: 1\nstation: {id: pr-1, type: police_room}\nhub: {mqtt: {url: \"tcp://127.0.0.1:1883\"}}\ndevices:\n")
-	// Three problems a device (an unknown key, an unknown bus, a unit id
-	// taken), but the first device's unit id is its own.
+	b.WriteString("version: 2\nstation: {id: pr-1, type: police_room}\nhub: {mqtt: {url: \"tcp://127.0.0.1:1883\"}}\nlinks: []\ndevices:\n")
+	// A problem a device: its link is not there (the rest of its keys
+	// are its link's protocol's, and wait until the link is fixed).
 	for i := range 5000 {
-		fmt.Fprintf(&b, "  - {id: d-%d, template: xy-md02, bus: nowhere, unit_id: 1, colour: red}\n", i)
+		fmt.Fprintf(&b, "  - {id: d-%d, template: xy-md02, link: nowhere, unit_id: 1, colour: red}\n", i)
 	}
-	_, err = Parse("big.yaml", []byte(b.String()))
-	errs, ok := err.(Errors)
+	_, err = configs.Parse("big.yaml", []byte(b.String()))
+	errs, ok := err.(configs.Errors)
 	if !ok {
 		t.Fatalf("error %T %v", err, err)
 	}
-	if len(errs) != MaxErrors+1 {
-		t.Fatalf("%d error lines, want %d and a last one saying how many more", len(errs), MaxErrors+1)
+	if len(errs) != configs.MaxErrors+1 {
+		t.Fatalf("%d error lines, want %d and a last one saying how many more", len(errs), configs.MaxErrors+1)
 	}
-	if last := errs[MaxErrors].Error(); last != "big.yaml: and 14799 more problems (fix the ones above first)" {
+	if last := errs[configs.MaxErrors].Error(); last != "big.yaml: and 4800 more problems (fix the ones above first)" {
 		t.Errorf("last line %q", last)
 	}
 }
@@ -226,24 +227,18 @@ func TestTLSFilesChecked(t *testing.T) {
 // TestBuiltinTemplates: every built-in template loads, and templates of one
 // kind agree on the type of each signal (one InfluxDB measurement).
 func TestBuiltinTemplates(t *testing.T) {
-	des, err := Embedded.ReadDir("devices")
+	tmpls, err := configs.BuiltinTemplates()
 	if err != nil {
 		t.Fatal(err)
 	}
-	types := map[string]string{}
-	for _, de := range des {
-		name := strings.TrimSuffix(de.Name(), ".yaml")
-		tm, d, ok := loadTemplate(name, templates{})
-		if !ok || tm == nil || len(d.errs) > 0 {
-			t.Errorf("built-in template %s: %v", name, d.errs)
-			continue
-		}
-		for _, r := range tm.Registers {
-			key := tm.Kind + "/" + r.Signal
-			if prev, seen := types[key]; seen && prev != r.fieldType() {
-				t.Errorf("%s: %s is a %s, but a %s in another template of kind %s", name, r.Signal, r.fieldType(), prev, tm.Kind)
+	types := map[string]configs.ValueType{}
+	for _, tm := range tmpls {
+		for _, sg := range tm.Body.Signals() {
+			key := tm.Kind + "/" + sg.Name
+			if prev, seen := types[key]; seen && prev != sg.Type {
+				t.Errorf("%s: %s is a %s, but a %s in another template of kind %s", tm.Name, sg.Name, sg.Type, prev, tm.Kind)
 			}
-			types[key] = r.fieldType()
+			types[key] = sg.Type
 		}
 	}
 }

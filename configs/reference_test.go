@@ -1,4 +1,4 @@
-package configs
+package configs_test
 
 import (
 	"fmt"
@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"outpost/configs"
+	_ "outpost/configs/modbus"
 )
 
 // The reference of station files and templates, docs/station-file.md, is
@@ -21,18 +24,26 @@ import (
 //
 //	go test ./configs -run TestReference -update
 func TestReference(t *testing.T) {
-	comments, err := fieldComments(".")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var b strings.Builder
 	b.WriteString(referenceIntro)
-	r := &reference{b: &b, comments: comments, t: t}
+	r := &reference{b: &b, comments: map[string]string{}, t: t}
 	b.WriteString("## Station file\n\n")
-	r.section("", reflect.TypeOf(Station{}))
+	r.section("", "", reflect.TypeOf(configs.Station{}))
+	b.WriteString("## Protocols\n\nA link's `protocol` decides the rest of its keys, and those of the devices on it (besides `id`, `template` and `link`). The protocols this gateway speaks:\n\n")
+	for _, name := range configs.Protocols() {
+		p, _ := configs.LookupProtocol(name)
+		fmt.Fprintf(&b, "### Protocol `%s`\n\nIts devices' templates are of family `%s`. A link of protocol %s has, besides `id` and `protocol`:\n\n", name, p.Family, name)
+		r.section("", name+" link", reflect.TypeOf(p.Link()).Elem())
+		fmt.Fprintf(&b, "A device on such a link has, besides `id`, `template` and `link`:\n\n")
+		r.section("", name+" device", reflect.TypeOf(p.Device()).Elem())
+	}
 	b.WriteString("## Device template\n\n")
-	b.WriteString("A template is `devices/NAME.yaml` beside the station file, or a built-in one of `configs/devices/` (the folder beside the station file is looked at first).\n\n")
-	r.section("", reflect.TypeOf(Template{}))
+	b.WriteString("A template is `devices/NAME.yaml` beside the station file, or a built-in one of `configs/devices/` (the folder beside the station file is looked at first). Its `protocol` (family) decides the rest of its keys.\n\n")
+	r.section("", "", reflect.TypeOf(configs.Template{}))
+	for _, name := range configs.Families() {
+		fmt.Fprintf(&b, "### Template family `%s`\n\nA template of family %s has, besides `template`, `protocol`, `kind` and `description`:\n\n", name, name)
+		r.section("", name+" template", reflect.TypeOf(familyBody(name)).Elem())
+	}
 	b.WriteString(referenceNotes)
 	got := b.String()
 	path := filepath.Join("..", "docs", "station-file.md")
@@ -50,20 +61,79 @@ func TestReference(t *testing.T) {
 	}
 }
 
+// familyBody is the body of a built-in template of a family.
+func familyBody(family string) configs.Body {
+	tmpls, _ := configs.BuiltinTemplates()
+	for _, t := range tmpls {
+		if t.Protocol == family {
+			return t.Body
+		}
+	}
+	panic("no built-in template of family " + family)
+}
+
 type reference struct {
 	b        *strings.Builder
-	comments map[string]string // "Type.Field" -> doc comment
+	comments map[string]string // "pkgpath.Type" and "pkgpath.Type.Field" -> doc comment; "pkgpath" once read
 	t        *testing.T
 }
 
-// section writes the table of a struct's keys at path, then the sections
-// of the structs within it.
-func (r *reference) section(path string, typ reflect.Type) {
-	if path != "" {
-		fmt.Fprintf(r.b, "### `%s`\n\n", path)
+// comment is the doc comment of a type (field "") or of its field, read
+// from the source of the type's package.
+func (r *reference) comment(typ reflect.Type, field string) string {
+	if _, read := r.comments[typ.PkgPath()]; !read {
+		r.comments[typ.PkgPath()] = ""
+		dir, ok := strings.CutPrefix(typ.PkgPath(), "outpost/configs")
+		if !ok {
+			r.t.Fatalf("type %s is not of a package under configs/", typ)
+		}
+		if err := fieldComments(filepath.Join(".", dir), typ.PkgPath(), r.comments); err != nil {
+			r.t.Fatal(err)
+		}
 	}
-	if doc := r.comments[typ.Name()]; doc != "" && path != "" {
-		fmt.Fprintf(r.b, "%s\n\n", markdown(typ.Name(), path, doc))
+	key := typ.PkgPath() + "." + typ.Name()
+	if field != "" {
+		key += "." + field
+	}
+	return r.comments[key]
+}
+
+// key is a field of a struct that is a key of the file, with the struct
+// that declares it (a struct embedded inline declares its own).
+type key struct {
+	reflect.StructField
+	owner reflect.Type
+}
+
+// keys lists the keys of a struct type, those of inline structs in place.
+func keys(typ reflect.Type) []key {
+	var out []key
+	for i := 0; i < typ.NumField(); i++ {
+		f := typ.Field(i)
+		switch tag := f.Tag.Get("yaml"); {
+		case tag == ",inline":
+			out = append(out, keys(f.Type)...)
+		case tag == "" || tag == "-" || strings.HasPrefix(tag, ","):
+		default:
+			out = append(out, key{f, typ})
+		}
+	}
+	return out
+}
+
+// section writes the table of a struct's keys at path, then the sections
+// of the structs within it, each headed by its path and scope (the
+// protocol or family a section belongs to, "" for the station file's own).
+func (r *reference) section(path, scope string, typ reflect.Type) {
+	if path != "" {
+		heading := "`" + path + "`"
+		if scope != "" {
+			heading += " (" + scope + ")"
+		}
+		fmt.Fprintf(r.b, "#### %s\n\n", heading)
+		if doc := r.comment(typ, ""); doc != "" {
+			fmt.Fprintf(r.b, "%s\n\n", markdown(typ.Name(), path, doc))
+		}
 	}
 	r.b.WriteString("| key | type | default | example | meaning |\n|---|---|---|---|---|\n")
 	type sub struct {
@@ -71,15 +141,11 @@ func (r *reference) section(path string, typ reflect.Type) {
 		typ  reflect.Type
 	}
 	var subs []sub
-	for i := 0; i < typ.NumField(); i++ {
-		f := typ.Field(i)
+	for _, f := range keys(typ) {
 		key := f.Tag.Get("yaml")
-		if key == "" || key == "-" {
-			continue
-		}
-		doc := r.comments[typ.Name()+"."+f.Name]
+		doc := r.comment(f.owner, f.Name)
 		if doc == "" {
-			r.t.Errorf("%s.%s (%s) has no doc comment: the reference needs one", typ.Name(), f.Name, key)
+			r.t.Errorf("%s.%s (%s) has no doc comment: the reference needs one", f.owner.Name(), f.Name, key)
 		}
 		def := "—"
 		switch {
@@ -101,23 +167,23 @@ func (r *reference) section(path string, typ reflect.Type) {
 		switch {
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
 			subs = append(subs, sub{p + "[]", ft.Elem()})
-			kind = fmt.Sprintf("list of [mappings](#%s)", anchor(p+"[]"))
+			kind = fmt.Sprintf("list of [mappings](#%s)", anchor(p+"[]", scope))
 		case ft.Kind() == reflect.Struct && ft != reflect.TypeOf(time.Duration(0)):
 			subs = append(subs, sub{p, ft})
-			kind = fmt.Sprintf("[section](#%s)", anchor(p))
+			kind = fmt.Sprintf("[section](#%s)", anchor(p, scope))
 		case ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct:
 			subs = append(subs, sub{p, ft.Elem()})
-			kind = fmt.Sprintf("[section](#%s), optional", anchor(p))
+			kind = fmt.Sprintf("[section](#%s), optional", anchor(p, scope))
 		default:
 			if ex == "" {
-				r.t.Errorf("%s.%s (%s) has no example tag: the reference needs one", typ.Name(), f.Name, key)
+				r.t.Errorf("%s.%s (%s) has no example tag: the reference needs one", f.owner.Name(), f.Name, key)
 			}
 		}
 		fmt.Fprintf(r.b, "| `%s` | %s | %s | %s | %s |\n", key, kind, def, ex, markdown(f.Name, key, doc))
 	}
 	r.b.WriteString("\n")
 	for _, s := range subs {
-		r.section(s.path, s.typ)
+		r.section(s.path, scope, s.typ)
 	}
 }
 
@@ -131,14 +197,18 @@ func markdown(goName, key, doc string) string {
 	return strings.NewReplacer("|", "\\|", "<", "&lt;", ">", "&gt;").Replace(doc)
 }
 
-// anchor is the heading anchor GitHub makes of a `path` heading.
-func anchor(path string) string {
-	return strings.NewReplacer(".", "", "[", "", "]", "").Replace(path)
+// anchor is the anchor GitHub makes of a section's heading.
+func anchor(path, scope string) string {
+	a := strings.NewReplacer(".", "", "[", "", "]", "").Replace(path)
+	if scope != "" {
+		a += "-" + strings.ReplaceAll(strings.ToLower(scope), " ", "-")
+	}
+	return a
 }
 
 // typeName names a field's type for an installer.
 func typeName(t reflect.Type) string {
-	if e, ok := reflect.New(t).Elem().Interface().(enum); ok {
+	if e, ok := reflect.New(t).Elem().Interface().(interface{ Values() []string }); ok {
 		vals := e.Values()
 		for i, v := range vals {
 			vals[i] = "`" + v + "`"
@@ -162,15 +232,15 @@ func typeName(t reflect.Type) string {
 	return t.String()
 }
 
-// fieldComments reads the doc comments of the package's types and their
-// fields from its source: "Type" and "Type.Field".
-func fieldComments(dir string) (map[string]string, error) {
+// fieldComments reads the doc comments of the types of the package in dir
+// (import path pkg) and of their fields into out, as "pkg.Type" and
+// "pkg.Type.Field".
+func fieldComments(dir, pkg string, out map[string]string) error {
 	fset := token.NewFileSet()
 	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out := map[string]string{}
 	clean := func(g *ast.CommentGroup) string {
 		return strings.Join(strings.Fields(g.Text()), " ")
 	}
@@ -180,7 +250,7 @@ func fieldComments(dir string) (map[string]string, error) {
 		}
 		f, err := parser.ParseFile(fset, file, nil, parser.ParseComments)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		ast.Inspect(f, func(n ast.Node) bool {
 			gd, ok := n.(*ast.GenDecl)
@@ -190,7 +260,7 @@ func fieldComments(dir string) (map[string]string, error) {
 			for _, spec := range gd.Specs {
 				ts := spec.(*ast.TypeSpec)
 				if gd.Doc != nil {
-					out[ts.Name.Name] = clean(gd.Doc)
+					out[pkg+"."+ts.Name.Name] = clean(gd.Doc)
 				}
 				st, ok := ts.Type.(*ast.StructType)
 				if !ok {
@@ -203,7 +273,7 @@ func fieldComments(dir string) (map[string]string, error) {
 					}
 					for _, name := range fld.Names {
 						if doc != nil {
-							out[ts.Name.Name+"."+name.Name] = clean(doc)
+							out[pkg+"."+ts.Name.Name+"."+name.Name] = clean(doc)
 						}
 					}
 				}
@@ -211,7 +281,7 @@ func fieldComments(dir string) (map[string]string, error) {
 			return false
 		})
 	}
-	return out, nil
+	return nil
 }
 
 const referenceIntro = `# Station files and device templates: reference

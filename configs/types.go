@@ -2,7 +2,13 @@
 // that loads them. The gateway and the simulator both read them through this
 // package, so one station file drives both ends of the wire.
 //
-// Loading is strict: unknown keys, wrong types, missing fields and every
+// A station file names the station, its hub, its links (a serial bus, a TCP
+// endpoint, a listener, a broker: each speaks one protocol) and its devices,
+// each on a link and described by a template. The loader knows what every
+// station has; a protocol's package under configs/ (configs/modbus, ...)
+// owns the rest: the settings of its links and devices and the format of its
+// templates, registered by name (Register, RegisterFamily). Loading is
+// strict: unknown keys, wrong types, missing fields and every
 // cross-reference error are reported together, each as FILE:LINE:COL.
 package configs
 
@@ -14,10 +20,13 @@ import (
 	"outpost/gateway/model"
 )
 
+// Version is the version of the station file format this loader reads.
+const Version = 2
+
 // Station is one station file.
 type Station struct {
-	// Version of the station file format; this gateway reads 1.
-	Version int `yaml:"version" required:"true" example:"1"`
+	// Version of the station file format; this gateway reads 2.
+	Version int `yaml:"version" required:"true" example:"2"`
 	// Station says which station this is.
 	Station StationID `yaml:"station" required:"true"`
 	// StateDir is where the gateway keeps its queues and sequence numbers;
@@ -27,11 +36,10 @@ type Station struct {
 	Hub Hub `yaml:"hub" required:"true"`
 	// Queue sizes the durable store-and-forward queue.
 	Queue Queue `yaml:"queue"`
-	// Buses are the station's serial lines (RS-485).
-	Buses []Bus `yaml:"buses"`
-	// Endpoints are the station's Modbus TCP endpoints.
-	Endpoints []Endpoint `yaml:"endpoints"`
-	// Devices are the station's devices, each on a bus or an endpoint.
+	// Links are the station's connections to its devices: serial buses,
+	// TCP endpoints, listeners.
+	Links []Link `yaml:"links" required:"true"`
+	// Devices are the station's devices, each on a link.
 	Devices []Device `yaml:"devices" required:"true"`
 
 	// File is the path the station was loaded from.
@@ -60,6 +68,27 @@ func (st *Station) DeadLetterDir() string { return filepath.Join(st.StateDir, "d
 
 // SeqFile is where the gateway keeps its per-device sequence numbers.
 func (st *Station) SeqFile() string { return filepath.Join(st.StateDir, "seq.json") }
+
+// Link returns the link with that id, or nil.
+func (st *Station) Link(id string) *Link {
+	for i := range st.Links {
+		if st.Links[i].ID == id {
+			return &st.Links[i]
+		}
+	}
+	return nil
+}
+
+// DevicesOn returns the devices on a link, in file order.
+func (st *Station) DevicesOn(link string) []*Device {
+	var out []*Device
+	for i := range st.Devices {
+		if st.Devices[i].Link == link {
+			out = append(out, &st.Devices[i])
+		}
+	}
+	return out
+}
 
 // StationID names the station.
 type StationID struct {
@@ -141,6 +170,53 @@ type Queue struct {
 	Sync time.Duration `yaml:"sync" default:"100ms" example:"0s"`
 }
 
+// Link is one connection of the gateway to devices: a serial bus, a TCP
+// endpoint, a listener or a broker. Its protocol owns the rest of its keys.
+type Link struct {
+	// ID names the link in devices[].link.
+	ID string `yaml:"id" required:"true" example:"rs485-1"`
+	// Protocol is what the link speaks (see Protocols below).
+	Protocol string `yaml:"protocol" required:"true" example:"modbus-rtu"`
+	// Settings are the protocol's own settings of the link (a pointer to
+	// its type, e.g. *modbus.RTU).
+	Settings any `yaml:"-"`
+	// Rest holds those keys until the loader knows the protocol.
+	Rest Rest `yaml:",rest"`
+}
+
+// Device is one device at the station. The protocol of its link owns the
+// rest of its keys.
+type Device struct {
+	// ID names the device at the hub: letters, digits, '_', '-', '.'; at
+	// most 64.
+	ID string `yaml:"id" required:"true" example:"th-hall"`
+	// Template is the device's template: devices/<name>.yaml beside the
+	// station file, or a built-in one.
+	Template string `yaml:"template" required:"true" example:"xy-md02"`
+	// Link is the id of the link the device is on.
+	Link string `yaml:"link" required:"true" example:"rs485-1"`
+	// Settings are the device's settings for its link's protocol (a
+	// pointer to its type, e.g. *modbus.Device).
+	Settings any `yaml:"-"`
+	// Rest holds those keys until the loader knows the protocol.
+	Rest Rest `yaml:",rest"`
+}
+
+// Serial is a serial line's settings, shared by the protocols that speak
+// on one (a link of such a protocol embeds it).
+type Serial struct {
+	// Port is the serial port; prefer its stable /dev/serial/by-id path.
+	Port string `yaml:"port" required:"true" example:"/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0"`
+	// Baud is the line speed, 300 to 4000000.
+	Baud int `yaml:"baud" required:"true" example:"9600"`
+	// Parity of every character.
+	Parity Parity `yaml:"parity" default:"none" example:"even"`
+	// DataBits per character, 7 or 8.
+	DataBits int `yaml:"data_bits" default:"8" example:"8"`
+	// StopBits per character, 1 or 2.
+	StopBits int `yaml:"stop_bits" default:"1" example:"1"`
+}
+
 // Parity of a serial line.
 type Parity string
 
@@ -153,122 +229,41 @@ const (
 // Values lists the parities a station file may name.
 func (Parity) Values() []string { return []string{"none", "even", "odd"} }
 
-// Bus is a serial line (RS-485) carrying Modbus RTU.
-type Bus struct {
-	// ID names the bus in devices[].bus.
-	ID string `yaml:"id" required:"true" example:"rs485-1"`
-	// Protocol is the driver that speaks on this bus.
-	Protocol string `yaml:"protocol" default:"modbus-rtu" example:"modbus-rtu"`
-	// Port is the serial port; prefer its stable /dev/serial/by-id path.
-	Port string `yaml:"port" required:"true" example:"/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0"`
-	// Baud is the line speed, 300 to 4000000.
-	Baud int `yaml:"baud" required:"true" example:"9600"`
-	// Parity of every character.
-	Parity Parity `yaml:"parity" default:"none" example:"even"`
-	// DataBits per character, 7 or 8.
-	DataBits int `yaml:"data_bits" default:"8" example:"8"`
-	// StopBits per character, 1 or 2.
-	StopBits int `yaml:"stop_bits" default:"1" example:"1"`
-	// Timeout is how long a device has to answer a request, 1ms to 1m,
-	// beyond the frames' own time on the wire.
-	Timeout time.Duration `yaml:"timeout" default:"500ms" example:"300ms"`
-	// Retries are extra tries of a request that failed, 0 to 10.
-	Retries int `yaml:"retries" default:"1" example:"0"`
-	// Turnaround is how long devices on this bus take to answer; the
-	// planner weighs it against the bytes of skipped registers.
-	Turnaround time.Duration `yaml:"turnaround" default:"5ms" example:"20ms"`
+// Check checks a serial line's settings.
+func (s *Serial) Check(p Problems) {
+	if s.Baud < 300 || s.Baud > 4000000 {
+		p.Errorf("baud", "%d is not a usable baud rate (300 to 4000000, e.g. 9600)", s.Baud)
+	}
+	if s.DataBits < 7 || s.DataBits > 8 {
+		p.Errorf("data_bits", "%d (expected 7 or 8)", s.DataBits)
+	}
+	if s.StopBits < 1 || s.StopBits > 2 {
+		p.Errorf("stop_bits", "%d (expected 1 or 2)", s.StopBits)
+	}
 }
 
-// Endpoint is a Modbus TCP endpoint (a device or a gateway with unit ids).
-type Endpoint struct {
-	// ID names the endpoint in devices[].endpoint.
-	ID string `yaml:"id" required:"true" example:"meter-lan"`
-	// Protocol is the driver that speaks to this endpoint.
-	Protocol string `yaml:"protocol" default:"modbus-tcp" example:"modbus-tcp"`
-	// Address is host:port.
-	Address string `yaml:"address" required:"true" example:"192.168.10.20:502"`
-	// Timeout is how long the endpoint has to answer a request, 1ms to 1m.
-	Timeout time.Duration `yaml:"timeout" default:"1s" example:"500ms"`
-	// Retries are extra tries of a request that failed, 0 to 10.
-	Retries int `yaml:"retries" default:"1" example:"0"`
+// CharTime is the time one character takes on the line: a start bit, the
+// data bits, a parity bit unless parity is none, and the stop bits.
+func (s *Serial) CharTime() time.Duration {
+	data, stop := s.DataBits, s.StopBits
+	if data == 0 {
+		data = 8
+	}
+	if stop == 0 {
+		stop = 1
+	}
+	bits := 1 + data + stop
+	if s.Parity != "" && s.Parity != ParityNone {
+		bits++
+	}
+	if s.Baud <= 0 {
+		return 0
+	}
+	return time.Duration(bits) * time.Second / time.Duration(s.Baud)
 }
 
-// Device is one device at the station.
-type Device struct {
-	// ID names the device at the hub: letters, digits, '_', '-', '.'; at
-	// most 64.
-	ID string `yaml:"id" required:"true" example:"th-hall"`
-	// Template is the device's template: devices/<name>.yaml beside the
-	// station file, or a built-in one.
-	Template string `yaml:"template" required:"true" example:"xy-md02"`
-	// Bus is the id of the bus the device is on (give bus or endpoint).
-	Bus string `yaml:"bus" example:"rs485-1"`
-	// Endpoint is the id of the endpoint the device is behind.
-	Endpoint string `yaml:"endpoint" example:"meter-lan"`
-	// UnitID is the device's Modbus address: 1 to 247 on a bus, 0 to 255
-	// behind an endpoint.
-	UnitID int `yaml:"unit_id" required:"true" example:"1"`
-	// Poll is how often the device is read, 10ms to 24h.
-	Poll time.Duration `yaml:"poll" default:"1s" example:"2s"`
-}
-
-// Table is a Modbus table.
-type Table string
-
-const (
-	Coil     Table = "coil"
-	Discrete Table = "discrete"
-	Input    Table = "input"
-	Holding  Table = "holding"
-)
-
-// Values lists the tables a template may name.
-func (Table) Values() []string { return []string{"coil", "discrete", "input", "holding"} }
-
-// IsBits reports whether the table holds bits (coils, discrete inputs).
-func (t Table) IsBits() bool { return t == Coil || t == Discrete }
-
-// DataType of a register value.
-type DataType string
-
-const (
-	TypeBool    DataType = "bool"
-	TypeInt16   DataType = "int16"
-	TypeUint16  DataType = "uint16"
-	TypeInt32   DataType = "int32"
-	TypeUint32  DataType = "uint32"
-	TypeFloat32 DataType = "float32"
-	TypeFloat64 DataType = "float64"
-	TypeString  DataType = "string"
-)
-
-// Values lists the data types a template may name.
-func (DataType) Values() []string {
-	return []string{"bool", "int16", "uint16", "int32", "uint32", "float32", "float64", "string"}
-}
-
-// ByteOrder of a multi-byte value, as letters of its big-endian bytes: ABCD is
-// big-endian, CDAB swaps 16-bit words, BADC swaps bytes within words, DCBA is
-// little-endian. For 16- and 64-bit values the same two swaps apply.
-type ByteOrder string
-
-const (
-	ABCD ByteOrder = "ABCD"
-	CDAB ByteOrder = "CDAB"
-	BADC ByteOrder = "BADC"
-	DCBA ByteOrder = "DCBA"
-)
-
-// Values lists the byte orders a template may name.
-func (ByteOrder) Values() []string { return []string{"ABCD", "CDAB", "BADC", "DCBA"} }
-
-// SwapWords reports whether the order reverses the order of 16-bit words.
-func (o ByteOrder) SwapWords() bool { return o == CDAB || o == DCBA }
-
-// SwapBytes reports whether the order swaps the two bytes of each word.
-func (o ByteOrder) SwapBytes() bool { return o == BADC || o == DCBA }
-
-// Template describes a device model: its kind and register map.
+// Template describes a device model: its kind, and its protocol family's
+// description of the device (a register map, ...).
 type Template struct {
 	// Name is the template's name, the file's name without .yaml.
 	Name string `yaml:"template" required:"true" example:"xy-md02"`
@@ -277,53 +272,42 @@ type Template struct {
 	Kind string `yaml:"kind" required:"true" example:"temp_humidity"`
 	// Description is a line for people.
 	Description string `yaml:"description" example:"XY-MD02 temperature and humidity sensor"`
-	// ReadGaps says the device answers reads of unmapped addresses between
-	// its mapped ones, so the planner may merge reads across gaps. Many
-	// real devices answer such a read with an exception: leave it false
-	// unless the device's documentation says so.
-	ReadGaps bool `yaml:"read_gaps" example:"true"`
-	// Registers map the device's signals.
-	Registers []Register `yaml:"registers" required:"true"`
+	// Protocol is the protocol family the template is for: its devices
+	// sit on links of a protocol of that family (see Protocols below).
+	Protocol string `yaml:"protocol" required:"true" example:"modbus"`
+	// Body is the family's part of the template (e.g. *modbus.Template).
+	Body Body `yaml:"-"`
+	// Rest holds the body's keys until the loader knows the family.
+	Rest Rest `yaml:",rest"`
 
 	File string `yaml:"-"`
 }
 
-// Register maps one signal onto the device's tables.
-type Register struct {
-	// Signal is the signal's name at the hub: lower-case letters, digits,
-	// '_'; not seq, historical or ending in _quality.
-	Signal string `yaml:"signal" required:"true" example:"temperature"`
-	// Table is the Modbus table: coils and discrete inputs hold bits,
-	// input and holding registers 16-bit words.
-	Table Table `yaml:"table" required:"true" example:"input"`
-	// Address is the 0-based protocol address of the first register or
-	// bit (see Addresses below).
-	Address int `yaml:"address" required:"true" example:"0x2000"`
-	// Type of the value; a bit table holds bool only.
-	Type DataType `yaml:"type" required:"true" example:"float32"`
-	// Order of the value's bytes (see Byte orders below).
-	Order ByteOrder `yaml:"order" default:"ABCD" example:"CDAB"`
-	// Length of a string in registers, 1 to 125 (two characters each).
-	Length int `yaml:"length" example:"8"`
-	// Bit selects one bit (0 to 15) of a register for a bool on an input
-	// or holding register; without it a bool is the register != 0.
-	Bit *int `yaml:"bit" example:"3"`
-	// Scale multiplies the raw value (in decimal: 234 at 0.1 is 23.4).
-	Scale float64 `yaml:"scale" default:"1" example:"0.1"`
-	// Offset is added after the scale.
-	Offset float64 `yaml:"offset" example:"-40"`
-	// Unit of the value after scale and offset, as the hub shows it.
-	Unit string `yaml:"unit" example:"°C"`
-	// Range is the device's measuring range from its datasheet, after
-	// scale and offset: a value outside it is published with quality
-	// uncertain, as a sign of a wrong template or a failing sensor.
-	Range *Range `yaml:"range"`
-	// Event, on a bool signal, raises an event when it becomes true.
-	Event *EventRule `yaml:"event"`
-	// Sim tells the simulator how to make this signal's values; the
-	// gateway ignores it.
-	Sim *Sim `yaml:"sim"`
+// Body is a protocol family's part of a template.
+type Body interface {
+	// Signals lists the signals the device reports.
+	Signals() []Signal
 }
+
+// Signal is what the gateway needs to know of a template's signal,
+// whatever its protocol.
+type Signal struct {
+	Name  string
+	Path  string // where the template defines it, e.g. "registers[3]"
+	Type  ValueType
+	Unit  string
+	Event *EventRule
+	Range *Range
+}
+
+// ValueType is the kind of value a signal has.
+type ValueType string
+
+const (
+	Number ValueType = "number"
+	Bool   ValueType = "bool"
+	Text   ValueType = "string"
+)
 
 // Range is a closed interval of plausible values.
 type Range struct {
@@ -375,35 +359,6 @@ type Sim struct {
 	Text string `yaml:"text" example:"UPS-3K"`
 	// Value is the value of constant.
 	Value float64 `yaml:"value" example:"21.5"`
-}
-
-// Words is how many 16-bit registers a value of this type takes, or 0 for a
-// bit.
-func (r *Register) Words() int {
-	switch r.Type {
-	case TypeBool:
-		if r.Table.IsBits() {
-			return 0
-		}
-		return 1
-	case TypeInt16, TypeUint16:
-		return 1
-	case TypeInt32, TypeUint32, TypeFloat32:
-		return 2
-	case TypeFloat64:
-		return 4
-	case TypeString:
-		return r.Length
-	}
-	return 0
-}
-
-// Span is how many table entries (bits or registers) the register covers.
-func (r *Register) Span() int {
-	if r.Table.IsBits() {
-		return 1
-	}
-	return r.Words()
 }
 
 // Redact returns a URL without the password it may carry

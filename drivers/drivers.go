@@ -31,50 +31,34 @@ type Driver interface {
 	Run(ctx context.Context, emit Emit) error
 }
 
-// Link is what a driver is built from: exactly one of Bus and Endpoint is set,
-// and Devices are the station's devices on it, in file order.
+// Link is what a driver is built from: a link of the station file (its
+// Settings are those of its protocol) and the station's devices on it, in
+// file order.
 type Link struct {
-	Station  *configs.Station
-	Bus      *configs.Bus
-	Endpoint *configs.Endpoint
-	Devices  []*configs.Device
+	Station *configs.Station
+	Config  *configs.Link
+	Devices []*configs.Device
 }
 
-// Links returns a station's links, buses first, then endpoints, each with
-// the devices on it.
+// Links returns a station's links, in file order, each with the devices on
+// it.
 func Links(st *configs.Station) []Link {
-	var links []Link
-	for i := range st.Buses {
-		links = append(links, Link{Station: st, Bus: &st.Buses[i]})
-	}
-	for i := range st.Endpoints {
-		links = append(links, Link{Station: st, Endpoint: &st.Endpoints[i]})
-	}
-	for i := range links {
-		for j := range st.Devices {
-			if d := &st.Devices[j]; d.Bus == links[i].Name() && links[i].Bus != nil || d.Endpoint == links[i].Name() && links[i].Endpoint != nil {
-				links[i].Devices = append(links[i].Devices, d)
-			}
-		}
+	links := make([]Link, len(st.Links))
+	for i := range st.Links {
+		l := &st.Links[i]
+		links[i] = Link{Station: st, Config: l, Devices: st.DevicesOn(l.ID)}
 	}
 	return links
 }
 
-// Name is the id of the bus or endpoint.
-func (l Link) Name() string {
-	if l.Bus != nil {
-		return l.Bus.ID
-	}
-	return l.Endpoint.ID
-}
+// Name is the link's id.
+func (l Link) Name() string { return l.Config.ID }
 
-// Protocol is the bus's or endpoint's protocol.
-func (l Link) Protocol() string {
-	if l.Bus != nil {
-		return l.Bus.Protocol
-	}
-	return l.Endpoint.Protocol
-}
+// Protocol is the link's protocol.
+func (l Link) Protocol() string { return l.Config.Protocol }
+
+// Template is the template of a device on the link.
+func (l Link) Template(d *configs.Device) *configs.Template { return l.Station.Templates[d.Template] }
 
 // Factory builds a driver for a link. It must not do I/O: ports are opened
 // and connections made in Run.

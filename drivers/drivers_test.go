@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"outpost/configs"
+	_ "outpost/configs/modbus" // the police room's protocols
 )
 
 func TestLinks(t *testing.T) {

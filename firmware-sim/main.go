@@ -36,8 +36,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -49,9 +47,10 @@ import (
 	"time"
 
 	"outpost/configs"
-	"outpost/firmware-sim/device"
-	"outpost/firmware-sim/slave"
-	"outpost/firmware-sim/vport"
+	"outpost/firmware-sim/sim"
+
+	// The protocols the simulator speaks; each registers itself.
+	_ "outpost/firmware-sim/modbus"
 )
 
 func main() {
@@ -106,17 +105,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	return o, nil
 }
 
-// sim is a running station.
-type sim struct {
-	opts    options
-	log     *slog.Logger
-	devices []*device.Device
-	buses   map[string]*slave.RTU
-	tcps    map[net.Listener]*slave.TCP
-	ports   []*vport.Port
-	lns     []net.Listener
-	served  *os.File
-	deaf    atomic.Bool // see deafOnSignal
+// station is a running simulated station.
+type station struct {
+	opts   options
+	log    *slog.Logger
+	links  map[string]sim.Link
+	served *os.File
+	deaf   atomic.Bool // see deafOnSignal
 }
 
 // run runs the simulator until ctx ends.
@@ -138,108 +133,47 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return s.serve(ctx, stdout)
 }
 
-// open loads the station and brings up its ports and listeners.
-func open(o options, log *slog.Logger) (_ *sim, err error) {
+// open loads the station and brings up the simulator of each of its
+// links.
+func open(o options, log *slog.Logger) (_ *station, err error) {
 	st, err := configs.Load(o.config)
 	if err != nil {
 		return nil, err
 	}
-	s := &sim{opts: o, log: log, buses: map[string]*slave.RTU{}, tcps: map[net.Listener]*slave.TCP{}}
+	s := &station{opts: o, log: log, links: map[string]sim.Link{}}
 	defer func() {
 		if err != nil {
 			s.close()
 		}
 	}()
-	var sink device.Sink
+	so := sim.Options{Seed: o.seed, Start: time.Now(), Deaf: &s.deaf, Silent: map[string]bool{},
+		Turnaround: o.turnaround, CheckLine: o.checkLine, Log: log}
 	if o.served != "" {
 		s.served, err = os.OpenFile(o.served, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("served log: %w", err)
 		}
-		sink = &servedLog{w: s.served, log: log}
+		so.Sink = &servedLog{w: s.served, log: log}
 	}
-
-	silent := map[string]bool{}
 	for _, id := range o.silent {
-		silent[id] = true
+		if slices.IndexFunc(st.Devices, func(d configs.Device) bool { return d.ID == id }) < 0 {
+			return nil, fmt.Errorf("-silent: no device %s in %s", id, o.config)
+		}
+		so.Silent[id] = true
 	}
-	start := time.Now()
-	rtuUnits := map[string]map[byte]slave.Unit{}
-	tcpUnits := map[string]map[byte]slave.Unit{}
-	tcpSilent := map[string]map[byte]bool{}
-	for _, d := range st.Devices {
-		dev, err := device.New(d, st.Templates[d.Template], device.Options{Seed: o.seed, Start: start, Sink: sink})
+	for i := range st.Links {
+		l, err := sim.New(st, &st.Links[i], so)
 		if err != nil {
 			return nil, err
 		}
-		s.devices = append(s.devices, dev)
-		if silent[d.ID] {
-			// Counted in the stats (it serves nothing), but on no line:
-			// nothing answers its unit id on a bus, and an endpoint is
-			// told to stay silent for it.
-			delete(silent, d.ID)
-			if d.Endpoint != "" {
-				if tcpSilent[d.Endpoint] == nil {
-					tcpSilent[d.Endpoint] = map[byte]bool{}
-				}
-				tcpSilent[d.Endpoint][dev.Unit()] = true
-			}
-			log.Info("device silent", "device", d.ID, "unit", dev.Unit())
-			continue
-		}
-		units, key := rtuUnits, d.Bus
-		if d.Bus == "" {
-			units, key = tcpUnits, d.Endpoint
-		}
-		if units[key] == nil {
-			units[key] = map[byte]slave.Unit{}
-		}
-		units[key][dev.Unit()] = dev
-	}
-	if len(silent) > 0 {
-		return nil, fmt.Errorf("-silent: no device %s in %s", strings.Join(slices.Sorted(maps.Keys(silent)), ", "), o.config)
-	}
-
-	for _, b := range st.Buses {
-		p, err := vport.Open(b.Port)
-		if err != nil {
-			return nil, fmt.Errorf("bus %s: %w", b.ID, err)
-		}
-		s.ports = append(s.ports, p)
-		turn := b.Turnaround
-		if o.turnaround >= 0 {
-			turn = o.turnaround
-		}
-		var port slave.Port = p
-		if !o.checkLine {
-			port = plainPort{p}
-		}
-		srv := &slave.RTU{
-			Port:       port,
-			Line:       slave.LineOf(b),
-			Turnaround: turn,
-			Units:      rtuUnits[b.ID],
-			Log:        log.With("bus", b.ID),
-			Deaf:       &s.deaf,
-		}
-		s.buses[b.ID] = srv
-		log.Info("bus up", "bus", b.ID, "port", b.Port, "pty", p.Path(), "baud", b.Baud, "devices", len(srv.Units))
-	}
-	for _, e := range st.Endpoints {
-		ln, err := net.Listen("tcp", e.Address)
-		if err != nil {
-			return nil, fmt.Errorf("endpoint %s: %w", e.ID, err)
-		}
-		s.lns = append(s.lns, ln)
-		s.tcps[ln] = &slave.TCP{Units: tcpUnits[e.ID], Silent: tcpSilent[e.ID], Log: log.With("endpoint", e.ID), Deaf: &s.deaf}
-		log.Info("endpoint up", "endpoint", e.ID, "address", ln.Addr().String(), "devices", len(tcpUnits[e.ID]))
+		s.links[st.Links[i].ID] = l
 	}
 	return s, nil
 }
 
 // serve answers on every port and listener until ctx ends or one fails,
 // then writes the stats a last time.
-func (s *sim) serve(ctx context.Context, stdout io.Writer) error {
+func (s *station) serve(ctx context.Context, stdout io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -256,21 +190,12 @@ func (s *sim) serve(ctx context.Context, stdout io.Writer) error {
 		defer wg.Done()
 		s.deafOnSignal(ctx)
 	}()
-	for id, srv := range s.buses {
+	for id, l := range s.links {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := srv.Serve(ctx); err != nil {
-				fail(fmt.Errorf("bus %s: %w", id, err))
-			}
-		}()
-	}
-	for ln, srv := range s.tcps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ctx, ln); err != nil {
-				fail(err)
+			if err := l.Serve(ctx); err != nil {
+				fail(fmt.Errorf("link %s: %w", id, err))
 			}
 		}()
 	}
@@ -304,17 +229,12 @@ func (s *sim) serve(ctx context.Context, stdout io.Writer) error {
 	return runErr
 }
 
-// plainPort hides a port's line sensing.
-type plainPort struct{ slave.Port }
-
-// close releases ports (removing their links), listeners and the served
-// log.
-func (s *sim) close() {
-	for _, p := range s.ports {
-		p.Close()
-	}
-	for _, ln := range s.lns {
-		ln.Close()
+// close releases the links' ports and listeners, and the served log.
+func (s *station) close() {
+	for id, l := range s.links {
+		if err := l.Close(); err != nil {
+			s.log.Warn("closing link", "link", id, "err", err)
+		}
 	}
 	if s.served != nil {
 		s.served.Close()
@@ -325,7 +245,7 @@ func (s *sim) close() {
 // SIGUSR2, until ctx ends. A deaf device answers nothing, like one whose
 // cable was pulled; the testbench uses it to quiet the line around a
 // gateway crash, so that nothing it counts as served is left unread.
-func (s *sim) deafOnSignal(ctx context.Context) {
+func (s *station) deafOnSignal(ctx context.Context) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
@@ -343,29 +263,33 @@ func (s *sim) deafOnSignal(ctx context.Context) {
 // Stats is the -stats file.
 type Stats struct {
 	// Time is when the counters were read: rates come from two files.
-	Time           time.Time                 `json:"time"`
-	ReadingsServed int64                     `json:"readings_served"`
-	EventsServed   int64                     `json:"events_served"`
-	Devices        map[string]device.Stats   `json:"devices"`
-	Buses          map[string]slave.BusStats `json:"buses"`
+	Time           time.Time            `json:"time"`
+	ReadingsServed int64                `json:"readings_served"`
+	EventsServed   int64                `json:"events_served"`
+	Devices        map[string]sim.Stats `json:"devices"`
+	// Links holds the counters of links that keep their own (what a serial
+	// line saw), by link id.
+	Links map[string]any `json:"links,omitempty"`
 }
 
-func (s *sim) stats() Stats {
-	out := Stats{Time: time.Now().UTC(), Devices: map[string]device.Stats{}, Buses: map[string]slave.BusStats{}}
-	for _, d := range s.devices {
-		ds := d.Stats()
-		out.Devices[d.ID()] = ds
-		out.ReadingsServed += ds.ReadingsServed
-		out.EventsServed += ds.EventsServed
-	}
-	for id, b := range s.buses {
-		out.Buses[id] = b.Stats()
+func (s *station) stats() Stats {
+	out := Stats{Time: time.Now().UTC(), Devices: map[string]sim.Stats{}, Links: map[string]any{}}
+	for id, l := range s.links {
+		for _, d := range l.Devices() {
+			ds := d.Stats()
+			out.Devices[d.ID()] = ds
+			out.ReadingsServed += ds.ReadingsServed
+			out.EventsServed += ds.EventsServed
+		}
+		if ls, ok := l.(interface{ Stats() any }); ok {
+			out.Links[id] = ls.Stats()
+		}
 	}
 	return out
 }
 
 // writeStats writes the counters to path atomically.
-func (s *sim) writeStats(path string) error {
+func (s *station) writeStats(path string) error {
 	b, err := json.MarshalIndent(s.stats(), "", "  ")
 	if err != nil {
 		return err
@@ -401,8 +325,8 @@ type servedLine struct {
 	Value  any    `json:"value"`
 }
 
-// Served implements device.Sink.
-func (l *servedLog) Served(dev string, rs []device.Reading) {
+// Served implements sim.Sink.
+func (l *servedLog) Served(dev string, rs []sim.Reading) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	for _, r := range rs {

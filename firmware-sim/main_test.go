@@ -62,7 +62,7 @@ func writeStation(t *testing.T, tcpAddr string) (station, portDir string) {
 
 // running is a simulator started in-process.
 type running struct {
-	sim     *sim
+	sim     *station
 	tcp     string // the endpoint's address
 	ports   string // folder of the bus links
 	served  string
@@ -97,7 +97,7 @@ func startSim(t *testing.T, opts ...func(*options)) *running {
 	if err != nil || line != "firmware-sim ready\n" {
 		t.Fatalf("readiness line %q, %v", line, err)
 	}
-	r := &running{sim: s, tcp: s.lns[0].Addr().String(), ports: ports, served: o.served, stats: o.stats}
+	r := &running{sim: s, tcp: s.links["lan"].(interface{ Addr() net.Addr }).Addr().String(), ports: ports, served: o.served, stats: o.stats}
 	r.stop = func() error {
 		if r.stopped {
 			return nil

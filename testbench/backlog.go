@@ -49,8 +49,8 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
 			Station: st.Station.ID, StationType: st.Station.Type, Device: d.ID, DeviceKind: t.Kind,
 			Seq: s, Time: start.Add(time.Duration(i) * time.Millisecond).UTC(), Kind: model.KindTelemetry,
 		}
-		for j, r := range t.Registers {
-			m.Readings = append(m.Readings, model.Reading{Signal: r.Signal, Unit: r.Unit, Quality: model.Good, Value: backlogValue(r.Type, i+j)})
+		for j, sg := range t.Body.Signals() {
+			m.Readings = append(m.Readings, model.Reading{Signal: sg.Name, Unit: sg.Unit, Quality: model.Good, Value: backlogValue(sg.Type, i+j)})
 		}
 		buf = model.AppendBinary(buf[:0], &m)
 		for _, q := range qs {
@@ -63,11 +63,11 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
 	return total, nil
 }
 
-func backlogValue(t configs.DataType, i int) model.Value {
+func backlogValue(t configs.ValueType, i int) model.Value {
 	switch t {
-	case configs.TypeBool:
+	case configs.Bool:
 		return model.Bool(i%2 == 0)
-	case configs.TypeString:
+	case configs.Text:
 		return model.String(fmt.Sprintf("backlog-%d", i%10))
 	}
 	return model.Number(float64(i%1000) / 4)

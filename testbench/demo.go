@@ -80,8 +80,8 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	if err := gw.start(ctx, logs, "", "run", "-config", station); err != nil {
 		return err
 	}
-	fmt.Printf("outpost demo: %s (%s, 社区警务室) — %d devices on %d serial buses and %d TCP endpoint(s)\n",
-		st.Station.ID, st.Station.Type, len(st.Devices), len(st.Buses), len(st.Endpoints))
+	fmt.Printf("outpost demo: %s (%s, 社区警务室) — %d devices on %d links\n",
+		st.Station.ID, st.Station.Type, len(st.Devices), len(st.Links))
 	fmt.Printf("hub: embedded MQTT broker at %s, topics %s; Ctrl-C to stop\n\n", hubURL, stationTopics(st))
 	<-ctx.Done()
 	gw.stop(5 * time.Second)

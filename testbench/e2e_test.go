@@ -302,9 +302,9 @@ func checkAllSignalsServed(t *testing.T, st *configs.Station, served []sample) {
 		seen[s.Device+"/"+s.Signal] = true
 	}
 	for _, d := range st.Devices {
-		for _, r := range st.Templates[d.Template].Registers {
-			if !seen[d.ID+"/"+r.Signal] {
-				t.Errorf("signal %s of %s was never served", r.Signal, d.ID)
+		for _, sg := range st.Templates[d.Template].Body.Signals() {
+			if !seen[d.ID+"/"+sg.Name] {
+				t.Errorf("signal %s of %s was never served", sg.Name, d.ID)
 			}
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"outpost/configs"
+	mb "outpost/configs/modbus"
 	"outpost/drivers"
 	"outpost/drivers/modbus"
 	"outpost/gateway/model"
@@ -37,7 +38,7 @@ type Scenario struct {
 	Drain       time.Duration  `yaml:"drain"`    // longest wait for the hub to have everything
 	Queue       map[string]any `yaml:"queue"`    // overrides the station's queue section
 	Poll        time.Duration  `yaml:"poll"`     // overrides every device's poll interval
-	Links       map[string]any `yaml:"links"`    // settings given to every bus and endpoint, e.g. timeout
+	Links       map[string]any `yaml:"links"`    // settings given to every Modbus link, e.g. timeout
 	Faults      []Fault        `yaml:"faults"`
 	Seed        uint64         `yaml:"seed"`
 	// Silent devices never answer (firmware-sim -silent): the gateway
@@ -465,10 +466,13 @@ func (r *runner) pollRates(from, to simStats) {
 		if slices.Contains(r.sc.Silent, d.ID) {
 			continue
 		}
-		link := d.Bus + d.Endpoint
-		signals := len(r.st.Templates[d.Template].Registers)
+		set, ok := d.Settings.(*mb.Device)
+		if !ok {
+			continue // not polled
+		}
+		signals := len(r.st.Templates[d.Template].Body.Signals())
 		polls := float64(to.Devices[d.ID].ReadingsServed-from.Devices[d.ID].ReadingsServed) / float64(signals)
-		rate := pollRate{Link: link, Configured: 1 / d.Poll.Seconds(), Achieved: polls / window}
+		rate := pollRate{Link: d.Link, Configured: 1 / set.Poll.Seconds(), Achieved: polls / window}
 		rate.Percent = 100 * rate.Achieved / rate.Configured
 		rep.ByDevice[d.ID] = rate
 		if rep.Slowest == "" || rate.Percent < rep.MinPercent {
@@ -476,7 +480,7 @@ func (r *runner) pollRates(from, to simStats) {
 		}
 		if rate.Percent < r.sc.Expect.MinPollPercent {
 			r.fail("polls: %s on %s was read %.2f times/s, %.1f%% of its configured %.2f/s; at least %.0f%% expected",
-				d.ID, link, rate.Achieved, rate.Percent, rate.Configured, r.sc.Expect.MinPollPercent)
+				d.ID, d.Link, rate.Achieved, rate.Percent, rate.Configured, r.sc.Expect.MinPollPercent)
 		}
 	}
 }
@@ -549,15 +553,19 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 func (r *runner) quiet() time.Duration {
 	var longest time.Duration
 	for _, l := range drivers.Links(r.st) {
-		cost, per := modbus.EndpointCost(l.Endpoint), time.Duration(0)
-		if l.Bus != nil {
-			cost, per = modbus.BusCost(l.Bus), l.Bus.Timeout*time.Duration(l.Bus.Retries+1)
-		} else {
-			per = l.Endpoint.Timeout * time.Duration(l.Endpoint.Retries+1)
+		var cost modbus.Cost
+		var per time.Duration
+		switch s := l.Config.Settings.(type) {
+		case *mb.RTU:
+			cost, per = modbus.BusCost(s), s.Timeout*time.Duration(s.Retries+1)
+		case *mb.TCP:
+			cost, per = modbus.EndpointCost(s), s.Timeout*time.Duration(s.Retries+1)
+		default:
+			continue
 		}
 		var sum time.Duration
 		for _, d := range l.Devices {
-			reqs, _ := modbus.Plan(r.st.Templates[d.Template], cost)
+			reqs, _ := modbus.Plan(r.st.Templates[d.Template].Body.(*mb.Template), cost)
 			sum += time.Duration(len(reqs)) * per
 		}
 		longest = max(longest, sum)

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -26,7 +27,7 @@ type stationSpec struct {
 	Templates string         // a devices/ folder to copy beside it, or ""
 	Queue     map[string]any // replaces the queue section, when set
 	Poll      time.Duration  // replaces every device's poll interval, when set
-	Links     map[string]any // settings given to every bus and endpoint, when set
+	Links     map[string]any // settings given to every Modbus link (timeout, retries), when set
 }
 
 // prepareStation rewrites a station file for a run in work: the hub's
@@ -47,31 +48,39 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 	if spec.Queue != nil {
 		doc["queue"] = spec.Queue
 	}
+	links, _ := doc["links"].([]any)
+	polled := map[string]bool{} // links whose devices are polled
+	for _, l := range links {
+		link := l.(map[string]any)
+		if _, ok := link["port"]; ok {
+			link["port"] = filepath.Join(work, "tty", fmt.Sprint(link["id"]))
+		}
+		for _, key := range []string{"address", "listen"} {
+			if _, ok := link[key]; ok {
+				port, err := hub.FreePort()
+				if err != nil {
+					return "", nil, err
+				}
+				link[key] = fmt.Sprintf("127.0.0.1:%d", port)
+			}
+		}
+		if p := fmt.Sprint(link["protocol"]); strings.HasPrefix(p, "modbus-") {
+			polled[fmt.Sprint(link["id"])] = true
+			maps.Copy(link, spec.Links)
+		}
+	}
 	if spec.Poll > 0 {
 		devs, _ := doc["devices"].([]any)
 		for _, d := range devs {
-			d.(map[string]any)["poll"] = spec.Poll.String()
+			if dev := d.(map[string]any); polled[fmt.Sprint(dev["link"])] {
+				dev["poll"] = spec.Poll.String()
+			}
 		}
 	}
 	if spec.Templates != "" {
 		if err := os.CopyFS(filepath.Join(work, "devices"), os.DirFS(spec.Templates)); err != nil {
 			return "", nil, fmt.Errorf("copying templates: %w", err)
 		}
-	}
-	buses, _ := doc["buses"].([]any)
-	for _, b := range buses {
-		bus := b.(map[string]any)
-		bus["port"] = filepath.Join(work, "tty", fmt.Sprint(bus["id"]))
-		maps.Copy(bus, spec.Links)
-	}
-	eps, _ := doc["endpoints"].([]any)
-	for _, e := range eps {
-		port, err := hub.FreePort()
-		if err != nil {
-			return "", nil, err
-		}
-		e.(map[string]any)["address"] = fmt.Sprintf("127.0.0.1:%d", port)
-		maps.Copy(e.(map[string]any), spec.Links)
 	}
 	out, err := yaml.Marshal(doc)
 	if err != nil {

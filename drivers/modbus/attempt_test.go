@@ -8,8 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"outpost/configs"
-	"outpost/drivers"
+	mb "outpost/configs/modbus"
 )
 
 // TestReadAttempts: a request is tried with the link's retries and timeout,
@@ -28,13 +27,13 @@ func TestReadAttempts(t *testing.T) {
 	})
 	log := slog.New(slog.DiscardHandler)
 	tmpl := twoRequests(t)
-	bus, err := newRTU(drivers.Link{Station: station(tmpl), Bus: &configs.Bus{ID: "b", Port: b.path(), Baud: 9600, Timeout: timeout, Retries: 2},
-		Devices: []*configs.Device{{ID: "ghost", Template: "th", UnitID: 9}}}, log)
+	bus, err := newRTU(tLink{Station: station(tmpl), Bus: &tBus{ID: "b", Port: b.path(), Baud: 9600, Timeout: timeout, Retries: 2},
+		Devices: []*tDevice{{ID: "ghost", Template: "th", UnitID: 9}}}.link(), log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep, err := newTCP(drivers.Link{Station: station(tmpl), Endpoint: &configs.Endpoint{ID: "e", Address: addr, Timeout: timeout, Retries: 2},
-		Devices: []*configs.Device{{ID: "ghost", Template: "th", UnitID: 9}}}, log)
+	ep, err := newTCP(tLink{Station: station(tmpl), Endpoint: &tEndpoint{ID: "e", Address: addr, Timeout: timeout, Retries: 2},
+		Devices: []*tDevice{{ID: "ghost", Template: "th", UnitID: 9}}}.link(), log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +68,7 @@ func TestReadAttempts(t *testing.T) {
 		{"a probe", attempt{once: true, timeout: 20 * time.Millisecond}, 1, 20 * time.Millisecond, timeout * 3 / 4},
 		{"a probe's timeout never exceeds the link's", attempt{once: true, timeout: time.Hour}, 1, timeout, 2 * timeout},
 	}
-	r := Request{Table: configs.Input, Start: 0, Count: 2}
+	r := Request{Table: mb.Input, Start: 0, Count: 2}
 	for _, l := range links {
 		for _, c := range cases {
 			start := time.Now()

@@ -7,8 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"outpost/configs"
-	"outpost/drivers"
+	mb "outpost/configs/modbus"
 	"outpost/gateway/model"
 )
 
@@ -74,14 +73,14 @@ func (b *rtuBench) requests(unit byte, since time.Time) []benchRequest {
 
 // twoRequests is a template whose plan is two requests: input registers
 // 0-1, then holding register 4.
-func twoRequests(t *testing.T) *configs.Template {
-	tmpl := &configs.Template{Name: "th", Kind: "temp_humidity", Registers: []configs.Register{
-		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 1},
-		{Signal: "humidity", Table: configs.Input, Address: 1, Type: configs.TypeUint16, Scale: 1},
-		{Signal: "setpoint", Table: configs.Holding, Address: 4, Type: configs.TypeUint16, Scale: 1},
+func twoRequests(t *testing.T) *tTemplate {
+	tmpl := &tTemplate{Name: "th", Kind: "temp_humidity", Registers: []mb.Register{
+		{Signal: "temperature", Table: mb.Input, Address: 0, Type: mb.TypeUint16, Scale: 1},
+		{Signal: "humidity", Table: mb.Input, Address: 1, Type: mb.TypeUint16, Scale: 1},
+		{Signal: "setpoint", Table: mb.Holding, Address: 4, Type: mb.TypeUint16, Scale: 1},
 	}}
-	plan, err := Plan(tmpl, BusCost(&configs.Bus{Baud: 9600}))
-	if err != nil || len(plan) != 2 || plan[0].Table != configs.Input {
+	plan, err := Plan(tmpl.body(), BusCost((&tBus{Baud: 9600}).settings()))
+	if err != nil || len(plan) != 2 || plan[0].Table != mb.Input {
 		t.Fatalf("plan %v, %v: the test wants input registers, then holding ones", plan, err)
 	}
 	return tmpl
@@ -89,11 +88,11 @@ func twoRequests(t *testing.T) *configs.Template {
 
 // busLink is a 9600 baud bus on the bench with a device per unit, named
 // by devs (unit -> device id), all polled every poll.
-func busLink(t *testing.T, b *rtuBench, timeout time.Duration, retries int, poll time.Duration, devs map[byte]string) drivers.Link {
-	bus := &configs.Bus{ID: "rs485-1", Protocol: "modbus-rtu", Port: b.path(), Baud: 9600, Timeout: timeout, Retries: retries}
-	link := drivers.Link{Station: station(twoRequests(t)), Bus: bus}
+func busLink(t *testing.T, b *rtuBench, timeout time.Duration, retries int, poll time.Duration, devs map[byte]string) tLink {
+	bus := &tBus{ID: "rs485-1", Protocol: "modbus-rtu", Port: b.path(), Baud: 9600, Timeout: timeout, Retries: retries}
+	link := tLink{Station: station(twoRequests(t)), Bus: bus}
 	for unit, id := range devs {
-		link.Devices = append(link.Devices, &configs.Device{ID: id, Template: "th", Bus: bus.ID, UnitID: int(unit), Poll: poll})
+		link.Devices = append(link.Devices, &tDevice{ID: id, Template: "th", Bus: bus.ID, UnitID: int(unit), Poll: poll})
 	}
 	return link
 }
@@ -122,14 +121,14 @@ func TestSilentFirstRequestSkipsPlan(t *testing.T) {
 func TestSilentLaterRequestEndsPoll(t *testing.T) {
 	start := time.Now()
 	b := startBench(t, map[byte]string{9: "coils only"})
-	tmpl := &configs.Template{Name: "th", Kind: "relay", Registers: []configs.Register{
-		{Signal: "relay", Table: configs.Coil, Address: 0, Type: configs.TypeBool},
-		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 1},
-		{Signal: "setpoint", Table: configs.Holding, Address: 4, Type: configs.TypeUint16, Scale: 1},
+	tmpl := &tTemplate{Name: "th", Kind: "relay", Registers: []mb.Register{
+		{Signal: "relay", Table: mb.Coil, Address: 0, Type: mb.TypeBool},
+		{Signal: "temperature", Table: mb.Input, Address: 0, Type: mb.TypeUint16, Scale: 1},
+		{Signal: "setpoint", Table: mb.Holding, Address: 4, Type: mb.TypeUint16, Scale: 1},
 	}}
-	bus := &configs.Bus{ID: "rs485-1", Protocol: "modbus-rtu", Port: b.path(), Baud: 9600, Timeout: 30 * time.Millisecond}
-	link := drivers.Link{Station: station(tmpl), Bus: bus,
-		Devices: []*configs.Device{{ID: "relay-1", Template: "th", Bus: bus.ID, UnitID: 9, Poll: 100 * time.Millisecond}}}
+	bus := &tBus{ID: "rs485-1", Protocol: "modbus-rtu", Port: b.path(), Baud: 9600, Timeout: 30 * time.Millisecond}
+	link := tLink{Station: station(tmpl), Bus: bus,
+		Devices: []*tDevice{{ID: "relay-1", Template: "th", Bus: bus.ID, UnitID: 9, Poll: 100 * time.Millisecond}}}
 	r := runDriver(t, link)
 	m := r.next(t, "relay-1", model.KindTelemetry, 3*time.Second)
 	if q := m.Readings[0].Quality; q != model.Good {
@@ -260,7 +259,7 @@ func TestSilentUnitReasons(t *testing.T) {
 			for u := range c.modes {
 				devs[u] = fmt.Sprintf("dev-%d", u)
 			}
-			var link drivers.Link
+			var link tLink
 			if c.tcp {
 				addr := tcpPeer(t, func(_ int, req []byte) (time.Duration, []byte) {
 					switch c.modes[req[6]] {
@@ -271,10 +270,10 @@ func TestSilentUnitReasons(t *testing.T) {
 					}
 					return 0, tcpAnswer(req)
 				})
-				link = drivers.Link{Station: station(twoRequests(t)),
-					Endpoint: &configs.Endpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 30 * time.Millisecond, Retries: 1}}
+				link = tLink{Station: station(twoRequests(t)),
+					Endpoint: &tEndpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 30 * time.Millisecond, Retries: 1}}
 				for u, id := range devs {
-					link.Devices = append(link.Devices, &configs.Device{ID: id, Template: "th", Endpoint: "lan", UnitID: int(u), Poll: poll})
+					link.Devices = append(link.Devices, &tDevice{ID: id, Template: "th", Endpoint: "lan", UnitID: int(u), Poll: poll})
 				}
 			} else {
 				link = busLink(t, startBench(t, c.modes), 30*time.Millisecond, 1, poll, devs)
@@ -350,8 +349,8 @@ func TestTCPSilentUnitKeepsConnection(t *testing.T) {
 		return 0, nil
 	})
 	tmpl := twoRequests(t)
-	ep := &configs.Endpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 100 * time.Millisecond, Retries: 1}
-	r := runDriver(t, drivers.Link{Station: station(tmpl), Endpoint: ep, Devices: []*configs.Device{
+	ep := &tEndpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 100 * time.Millisecond, Retries: 1}
+	r := runDriver(t, tLink{Station: station(tmpl), Endpoint: ep, Devices: []*tDevice{
 		{ID: "meter", Template: "th", Endpoint: "lan", UnitID: 1, Poll: 50 * time.Millisecond},
 		{ID: "ghost", Template: "th", Endpoint: "lan", UnitID: 9, Poll: 50 * time.Millisecond},
 	}})

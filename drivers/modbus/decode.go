@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"outpost/configs"
+	mb "outpost/configs/modbus"
 	"outpost/gateway/model"
 )
 
@@ -40,7 +40,7 @@ func Words(data []byte) ([]uint16, error) {
 // spaces trimmed. The byte order applies to every type: BADC and DCBA swap the
 // bytes of each register, CDAB and DCBA reverse the order of the registers of
 // a 32- or 64-bit value.
-func Decode(reg *configs.Register, words []uint16) (model.Value, error) {
+func Decode(reg *mb.Register, words []uint16) (model.Value, error) {
 	n := reg.Words()
 	if n <= 0 {
 		return model.Value{}, fmt.Errorf("signal %s: type %q on table %q has no register width", reg.Signal, reg.Type, reg.Table)
@@ -50,10 +50,10 @@ func Decode(reg *configs.Register, words []uint16) (model.Value, error) {
 	}
 	order := reg.Order
 	if order == "" {
-		order = configs.ABCD
+		order = mb.ABCD
 	}
 	switch order {
-	case configs.ABCD, configs.CDAB, configs.BADC, configs.DCBA:
+	case mb.ABCD, mb.CDAB, mb.BADC, mb.DCBA:
 	default:
 		return model.Value{}, fmt.Errorf("signal %s: unknown byte order %q", reg.Signal, order)
 	}
@@ -72,7 +72,7 @@ func Decode(reg *configs.Register, words []uint16) (model.Value, error) {
 		}
 		w[i] = v
 	}
-	if order.SwapWords() && reg.Type != configs.TypeString {
+	if order.SwapWords() && reg.Type != mb.TypeString {
 		for i, j := 0, n-1; i < j; i, j = i+1, j-1 {
 			w[i], w[j] = w[j], w[i]
 		}
@@ -80,7 +80,7 @@ func Decode(reg *configs.Register, words []uint16) (model.Value, error) {
 	var raw float64
 	places := 0 // of raw's decimal form
 	switch reg.Type {
-	case configs.TypeBool:
+	case mb.TypeBool:
 		if reg.Bit != nil {
 			if *reg.Bit < 0 || *reg.Bit > 15 {
 				return model.Value{}, fmt.Errorf("signal %s: bit %d out of range 0..15", reg.Signal, *reg.Bit)
@@ -88,24 +88,24 @@ func Decode(reg *configs.Register, words []uint16) (model.Value, error) {
 			return model.Bool(w[0]>>uint(*reg.Bit)&1 == 1), nil
 		}
 		return model.Bool(w[0] != 0), nil
-	case configs.TypeString:
+	case mb.TypeString:
 		b := make([]byte, 0, 2*n)
 		for _, v := range w {
 			b = append(b, byte(v>>8), byte(v))
 		}
 		s := strings.TrimRight(string(b), "\x00 ")
 		return model.String(strings.ToValidUTF8(s, "\uFFFD")), nil
-	case configs.TypeUint16:
+	case mb.TypeUint16:
 		raw = float64(w[0])
-	case configs.TypeInt16:
+	case mb.TypeInt16:
 		raw = float64(int16(w[0]))
-	case configs.TypeUint32:
+	case mb.TypeUint32:
 		raw = float64(uint32(w[0])<<16 | uint32(w[1]))
-	case configs.TypeInt32:
+	case mb.TypeInt32:
 		raw = float64(int32(uint32(w[0])<<16 | uint32(w[1])))
-	case configs.TypeFloat32:
+	case mb.TypeFloat32:
 		raw, places = shortest(float64(math.Float32frombits(uint32(w[0])<<16|uint32(w[1]))), 32)
-	case configs.TypeFloat64:
+	case mb.TypeFloat64:
 		raw, places = shortest(math.Float64frombits(uint64(w[0])<<48|uint64(w[1])<<32|uint64(w[2])<<16|uint64(w[3])), 64)
 	default:
 		return model.Value{}, fmt.Errorf("signal %s: unknown type %q", reg.Signal, reg.Type)
@@ -221,7 +221,7 @@ func shortest(f float64, bits int) (float64, int) {
 // Quality of a decoded value: uncertain when the template gives the
 // device's measuring range and the value lies outside it (a wrong template
 // or unit id, or a failing sensor), good otherwise.
-func Quality(reg *configs.Register, v model.Value) model.Quality {
+func Quality(reg *mb.Register, v model.Value) model.Quality {
 	if f, ok := v.Float(); ok && reg.Range != nil && !reg.Range.Contains(f) {
 		return model.Uncertain
 	}
@@ -239,13 +239,13 @@ func DecodeBit(data []byte, i int) (model.Value, error) {
 
 // DecodeSignal decodes one signal from the data bytes of the read response
 // that covered it; start is the first address the request read.
-func DecodeSignal(reg *configs.Register, data []byte, start int) (model.Value, error) {
+func DecodeSignal(reg *mb.Register, data []byte, start int) (model.Value, error) {
 	off := reg.Address - start
 	if off < 0 {
 		return model.Value{}, fmt.Errorf("signal %s: address %d before block start %d", reg.Signal, reg.Address, start)
 	}
 	if reg.Table.IsBits() {
-		if reg.Type != configs.TypeBool {
+		if reg.Type != mb.TypeBool {
 			return model.Value{}, fmt.Errorf("signal %s: type %q on bit table %q", reg.Signal, reg.Type, reg.Table)
 		}
 		return DecodeBit(data, off)

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"outpost/configs"
-	"outpost/drivers"
+	mb "outpost/configs/modbus"
 	"outpost/gateway/model"
 )
 
@@ -205,13 +205,13 @@ var deviceCases = []deviceCase{
 
 // builtinTemplate loads a built-in template the way a station does: through
 // configs.Parse of a station file whose one device uses it.
-func builtinTemplate(t *testing.T, name string) *configs.Template {
+func builtinTemplate(t *testing.T, name string) *tTemplate {
 	t.Helper()
-	station := fmt.Sprintf(`version: 1
+	station := fmt.Sprintf(`version: 2
 station: {id: t-1, type: police_room}
 hub: {mqtt: {url: "tcp://127.0.0.1:1883"}}
-endpoints: [{id: lan, address: "127.0.0.1:502"}]
-devices: [{id: dev, template: %s, endpoint: lan, unit_id: 1}]
+links: [{id: lan, protocol: modbus-tcp, address: "127.0.0.1:502"}]
+devices: [{id: dev, template: %s, link: lan, unit_id: 1}]
 `, name)
 	st, err := configs.Parse("devices_test.yaml", []byte(station))
 	if err != nil {
@@ -221,10 +221,11 @@ devices: [{id: dev, template: %s, endpoint: lan, unit_id: 1}]
 	if tmpl == nil {
 		t.Fatalf("template %s not loaded", name)
 	}
-	return tmpl
+	body := tmpl.Body.(*mb.Template)
+	return &tTemplate{Name: tmpl.Name, Kind: tmpl.Kind, ReadGaps: body.ReadGaps, Registers: body.Registers}
 }
 
-var tableKeys = map[configs.Table]string{configs.Holding: "hr", configs.Input: "ir"}
+var tableKeys = map[mb.Table]string{mb.Holding: "hr", mb.Input: "ir"}
 
 // TestDeviceTemplatesDecode decodes every signal of each built-in device
 // template from the registers its datasheet documents, through the
@@ -273,8 +274,8 @@ func TestDeviceTemplatesDecode(t *testing.T) {
 
 // rtuReadRequest is the RTU frame of a read request.
 func rtuReadRequest(unit byte, r Request) []byte {
-	fc := map[configs.Table]byte{configs.Coil: fcReadCoils, configs.Discrete: fcReadDiscrete,
-		configs.Input: fcReadInput, configs.Holding: fcReadHolding}[r.Table]
+	fc := map[mb.Table]byte{mb.Coil: fcReadCoils, mb.Discrete: fcReadDiscrete,
+		mb.Input: fcReadInput, mb.Holding: fcReadHolding}[r.Table]
 	b := []byte{unit, fc, 0, 0, 0, 0}
 	binary.BigEndian.PutUint16(b[2:], uint16(r.Start))
 	binary.BigEndian.PutUint16(b[4:], uint16(r.Count))
@@ -286,8 +287,8 @@ func rtuReadRequest(unit byte, r Request) []byte {
 // response decodes to its values.
 func TestXYMD02ManualFrame(t *testing.T) {
 	tmpl := builtinTemplate(t, "xy-md02")
-	bus := &configs.Bus{Baud: 9600, Parity: configs.ParityNone, DataBits: 8, StopBits: 1, Turnaround: 5 * time.Millisecond}
-	plan, err := Plan(tmpl, BusCost(bus))
+	bus := &tBus{Baud: 9600, Parity: configs.ParityNone, DataBits: 8, StopBits: 1, Turnaround: 5 * time.Millisecond}
+	plan, err := Plan(tmpl.body(), BusCost(bus.settings()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +318,7 @@ func TestXYMD02ManualFrame(t *testing.T) {
 	}
 }
 
-func templateSignal(t *testing.T, tmpl *configs.Template, signal string) *configs.Register {
+func templateSignal(t *testing.T, tmpl *tTemplate, signal string) *mb.Register {
 	t.Helper()
 	for i := range tmpl.Registers {
 		if tmpl.Registers[i].Signal == signal {
@@ -346,22 +347,22 @@ func TestDeviceTemplatesEndToEnd(t *testing.T) {
 			}
 			const unit = 1
 			st := station(tmpl)
-			dev := &configs.Device{ID: "dev", Template: c.template, UnitID: unit, Poll: 50 * time.Millisecond}
-			var link drivers.Link
+			dev := &tDevice{ID: "dev", Template: c.template, UnitID: unit, Poll: 50 * time.Millisecond}
+			var link tLink
 			if c.baud > 0 {
 				slaveEnd, ourEnd := socatPair(t)
 				// The pymodbus slave does not answer on a pty set to a
 				// parity; a pty carries any framing, so it runs 8N1.
 				startSlave(t, spec, "serial", slaveEnd, itoa(c.baud), "N")
-				bus := &configs.Bus{ID: "rs485", Protocol: "modbus-rtu", Port: ourEnd, Baud: c.baud, Parity: c.parity,
+				bus := &tBus{ID: "rs485", Protocol: "modbus-rtu", Port: ourEnd, Baud: c.baud, Parity: c.parity,
 					DataBits: 8, StopBits: c.stop, Timeout: 500 * time.Millisecond, Retries: 1, Turnaround: 5 * time.Millisecond}
 				dev.Bus = bus.ID
-				link = drivers.Link{Station: st, Bus: bus, Devices: []*configs.Device{dev}}
+				link = tLink{Station: st, Bus: bus, Devices: []*tDevice{dev}}
 			} else {
 				port := startSlave(t, spec, "tcp")
-				ep := &configs.Endpoint{ID: "lan", Protocol: "modbus-tcp", Address: "127.0.0.1:" + port, Timeout: time.Second, Retries: 1}
+				ep := &tEndpoint{ID: "lan", Protocol: "modbus-tcp", Address: "127.0.0.1:" + port, Timeout: time.Second, Retries: 1}
 				dev.Endpoint = ep.ID
-				link = drivers.Link{Station: st, Endpoint: ep, Devices: []*configs.Device{dev}}
+				link = tLink{Station: st, Endpoint: ep, Devices: []*tDevice{dev}}
 			}
 			r := runDriver(t, link)
 			for i := 0; i < 2; i++ {

@@ -21,6 +21,7 @@ import (
 	"github.com/goburrow/modbus"
 
 	"outpost/configs"
+	mb "outpost/configs/modbus"
 	"outpost/drivers"
 	"outpost/gateway/model"
 )
@@ -33,7 +34,9 @@ func init() {
 // device is one polled device with its plan.
 type device struct {
 	cfg  *configs.Device
-	tmpl *configs.Template
+	set  *mb.Device   // its Modbus settings
+	kind string       // its template's device kind
+	tmpl *mb.Template // its register map
 	unit byte
 	plan []Request
 	link string
@@ -42,21 +45,23 @@ type device struct {
 func buildDevices(link drivers.Link, cost Cost) ([]*device, error) {
 	var out []*device
 	for _, d := range link.Devices {
-		var t *configs.Template
-		if link.Station != nil {
-			t = link.Station.Templates[d.Template]
-		}
+		t := link.Template(d)
 		if t == nil {
 			return nil, fmt.Errorf("device %s on %s: template %q not loaded", d.ID, link.Name(), d.Template)
 		}
-		if d.UnitID < 0 || d.UnitID > 255 {
-			return nil, fmt.Errorf("device %s on %s: unit id %d outside 0-255", d.ID, link.Name(), d.UnitID)
+		body, ok := t.Body.(*mb.Template)
+		set, ok2 := d.Settings.(*mb.Device)
+		if !ok || !ok2 {
+			return nil, fmt.Errorf("device %s on %s: not a Modbus device (template %s of family %s)", d.ID, link.Name(), t.Name, t.Protocol)
 		}
-		plan, err := Plan(t, cost)
+		if set.UnitID < 0 || set.UnitID > 255 {
+			return nil, fmt.Errorf("device %s on %s: unit id %d outside 0-255", d.ID, link.Name(), set.UnitID)
+		}
+		plan, err := Plan(body, cost)
 		if err != nil {
 			return nil, fmt.Errorf("device %s on %s: template %s: %w", d.ID, link.Name(), t.Name, err)
 		}
-		out = append(out, &device{cfg: d, tmpl: t, unit: byte(d.UnitID), plan: plan, link: link.Name()})
+		out = append(out, &device{cfg: d, set: set, kind: t.Kind, tmpl: body, unit: byte(set.UnitID), plan: plan, link: link.Name()})
 	}
 	return out, nil
 }
@@ -104,13 +109,13 @@ func isException(err error) bool {
 func readRequest(c modbus.Client, r Request) ([]byte, error) {
 	a, n := uint16(r.Start), uint16(r.Count)
 	switch r.Table {
-	case configs.Coil:
+	case mb.Coil:
 		return c.ReadCoils(a, n)
-	case configs.Discrete:
+	case mb.Discrete:
 		return c.ReadDiscreteInputs(a, n)
-	case configs.Input:
+	case mb.Input:
 		return c.ReadInputRegisters(a, n)
-	case configs.Holding:
+	case mb.Holding:
 		return c.ReadHoldingRegisters(a, n)
 	}
 	return nil, fmt.Errorf("unknown table %q", r.Table)
@@ -156,8 +161,8 @@ type poller struct {
 
 // every is the device's poll interval.
 func (d *device) every() time.Duration {
-	if d.cfg.Poll > 0 {
-		return d.cfg.Poll
+	if d.set.Poll > 0 {
+		return d.set.Poll
 	}
 	return time.Second
 }
@@ -226,7 +231,7 @@ func (p *poller) run(ctx context.Context) {
 			}
 			p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
 			p.emit(model.Message{
-				Device: p.dev.cfg.ID, DeviceKind: p.dev.tmpl.Kind, Kind: model.KindHealth,
+				Device: p.dev.cfg.ID, DeviceKind: p.dev.kind, Kind: model.KindHealth,
 				Time: p.now().UTC(), Health: &h,
 			})
 		}
@@ -317,7 +322,7 @@ func (p *poller) poll(ctx context.Context, due time.Time, interval time.Duration
 		res.reason = p.line.silence(d.unit)
 	}
 	msg := model.Message{
-		Device: d.cfg.ID, DeviceKind: d.tmpl.Kind, Kind: model.KindTelemetry,
+		Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindTelemetry,
 		Time: p.now().UTC(), Readings: readings,
 	}
 	return msg, res

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"outpost/configs"
+	mb "outpost/configs/modbus"
 	"outpost/drivers"
 	"outpost/gateway/model"
 )
@@ -22,30 +22,30 @@ func TestRegistered(t *testing.T) {
 }
 
 func TestFactoryErrors(t *testing.T) {
-	tmpl := &configs.Template{Name: "th", Kind: "k", Registers: holdings(0)}
-	big := &configs.Template{Name: "big", Kind: "k", Registers: []configs.Register{{Signal: "s", Table: configs.Holding, Type: configs.TypeString, Length: 200}}}
+	tmpl := &tTemplate{Name: "th", Kind: "k", Registers: holdings(0)}
+	big := &tTemplate{Name: "big", Kind: "k", Registers: []mb.Register{{Signal: "s", Table: mb.Holding, Type: mb.TypeString, Length: 200}}}
 	st := station(tmpl, big)
-	bus := &configs.Bus{ID: "b1", Protocol: "modbus-rtu", Port: "/dev/null", Baud: 9600}
-	ep := &configs.Endpoint{ID: "e1", Protocol: "modbus-tcp", Address: "127.0.0.1:1"}
+	bus := &tBus{ID: "b1", Protocol: "modbus-rtu", Port: "/dev/null", Baud: 9600}
+	ep := &tEndpoint{ID: "e1", Protocol: "modbus-tcp", Address: "127.0.0.1:1"}
 	log := slog.New(slog.DiscardHandler)
 	cases := []struct {
 		name string
-		link drivers.Link
+		link tLink
 		f    drivers.Factory
 		want string
 	}{
-		{"rtu needs a bus", drivers.Link{Station: st, Endpoint: ep}, newRTU, "modbus-rtu: link e1 is not a serial bus"},
-		{"tcp needs an endpoint", drivers.Link{Station: st, Bus: bus}, newTCP, "modbus-tcp: link b1 is not a network endpoint"},
-		{"missing template", drivers.Link{Station: st, Bus: bus, Devices: []*configs.Device{{ID: "d", Template: "nope", UnitID: 1}}}, newRTU,
+		{"rtu needs a bus", tLink{Station: st, Endpoint: ep}, newRTU, "modbus-rtu: link e1 is not a serial bus"},
+		{"tcp needs an endpoint", tLink{Station: st, Bus: bus}, newTCP, "modbus-tcp: link b1 is not a network endpoint"},
+		{"missing template", tLink{Station: st, Bus: bus, Devices: []*tDevice{{ID: "d", Template: "nope", UnitID: 1}}}, newRTU,
 			`device d on b1: template "nope" not loaded`},
-		{"unit id", drivers.Link{Station: st, Endpoint: ep, Devices: []*configs.Device{{ID: "d", Template: "th", UnitID: 256}}}, newTCP,
+		{"unit id", tLink{Station: st, Endpoint: ep, Devices: []*tDevice{{ID: "d", Template: "th", UnitID: 256}}}, newTCP,
 			"device d on e1: unit id 256 outside 0-255"},
-		{"unplannable", drivers.Link{Station: st, Endpoint: ep, Devices: []*configs.Device{{ID: "d", Template: "big", UnitID: 1}}}, newTCP,
+		{"unplannable", tLink{Station: st, Endpoint: ep, Devices: []*tDevice{{ID: "d", Template: "big", UnitID: 1}}}, newTCP,
 			"device d on e1: template big: signal s: 200 holding entries exceed the 125 a request may read"},
-		{"parity", drivers.Link{Station: st, Bus: &configs.Bus{ID: "b2", Baud: 9600, Parity: "mark"}}, newRTU, `bus b2: parity "mark" not supported`},
+		{"parity", tLink{Station: st, Bus: &tBus{ID: "b2", Baud: 9600, Parity: "mark"}}, newRTU, `bus b2: parity "mark" not supported`},
 	}
 	for _, c := range cases {
-		_, err := c.f(c.link, log)
+		_, err := c.f(c.link.link(), log)
 		if err == nil || err.Error() != c.want {
 			t.Errorf("%s: err %v, want %q", c.name, err, c.want)
 		}
@@ -135,7 +135,7 @@ func TestNextPoll(t *testing.T) {
 		{"no poll interval", 0, nil, s, attempt{}},
 	}
 	for _, c := range cases {
-		p := &poller{dev: &device{cfg: &configs.Device{Poll: c.poll}}}
+		p := &poller{dev: &device{set: &mb.Device{Poll: c.poll}}}
 		for _, r := range c.polls {
 			p.health.observe(r)
 		}
@@ -175,10 +175,10 @@ func TestEndpointDown(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	tmpl := &configs.Template{Name: "m", Kind: "power_meter", Registers: holdings(0, 1)}
-	r := runDriver(t, drivers.Link{Station: station(tmpl),
-		Endpoint: &configs.Endpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 200 * time.Millisecond},
-		Devices:  []*configs.Device{{ID: "meter", Template: "m", UnitID: 1, Poll: 50 * time.Millisecond}}})
+	tmpl := &tTemplate{Name: "m", Kind: "power_meter", Registers: holdings(0, 1)}
+	r := runDriver(t, tLink{Station: station(tmpl),
+		Endpoint: &tEndpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 200 * time.Millisecond},
+		Devices:  []*tDevice{{ID: "meter", Template: "m", UnitID: 1, Poll: 50 * time.Millisecond}}})
 	m := r.next(t, "meter", model.KindTelemetry, 2*time.Second)
 	for _, rd := range m.Readings {
 		if rd.Quality != model.Bad || !rd.Value.IsZero() {
@@ -201,13 +201,13 @@ func TestDeviceException(t *testing.T) {
 		}
 		return 0, tcpAnswer(req)
 	})
-	tmpl := &configs.Template{Name: "m", Kind: "power_meter", Registers: []configs.Register{
-		{Signal: "a", Table: configs.Holding, Address: 4, Type: configs.TypeUint16, Scale: 1},
-		{Signal: "b", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 1},
+	tmpl := &tTemplate{Name: "m", Kind: "power_meter", Registers: []mb.Register{
+		{Signal: "a", Table: mb.Holding, Address: 4, Type: mb.TypeUint16, Scale: 1},
+		{Signal: "b", Table: mb.Input, Address: 0, Type: mb.TypeUint16, Scale: 1},
 	}}
-	r := runDriver(t, drivers.Link{Station: station(tmpl),
-		Endpoint: &configs.Endpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 200 * time.Millisecond},
-		Devices:  []*configs.Device{{ID: "meter", Template: "m", UnitID: 1, Poll: 50 * time.Millisecond}}})
+	r := runDriver(t, tLink{Station: station(tmpl),
+		Endpoint: &tEndpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 200 * time.Millisecond},
+		Devices:  []*tDevice{{ID: "meter", Template: "m", UnitID: 1, Poll: 50 * time.Millisecond}}})
 	m := r.next(t, "meter", model.KindTelemetry, 2*time.Second)
 	if a := m.Readings[0]; a.Quality != model.Good || !a.Value.Equal(model.Number(float64(regValue(4)))) {
 		t.Errorf("a = %+v, want good %d", a, regValue(4))

@@ -141,7 +141,8 @@ type running struct {
 // runDriver builds the link's driver through the registry and runs it
 // until the test ends (or stop is called). Its log is kept in r.logs (and
 // printed with -v).
-func runDriver(t testing.TB, link drivers.Link) *running {
+func runDriver(t testing.TB, tl tLink) *running {
+	link := tl.link()
 	t.Helper()
 	var print slog.Handler
 	if testing.Verbose() {

@@ -6,36 +6,36 @@ import (
 	"time"
 
 	"outpost/configs"
-	"outpost/drivers"
+	mb "outpost/configs/modbus"
 	"outpost/gateway/model"
 )
 
 // everything is a template with every type and byte order; everythingSpec
 // holds its registers as the slave stores them, written out by hand, and
 // everythingWant the values the driver must decode.
-func everything() *configs.Template {
-	r := func(sig string, table configs.Table, addr int, typ configs.DataType, order configs.ByteOrder) configs.Register {
-		return configs.Register{Signal: sig, Table: table, Address: addr, Type: typ, Order: order, Scale: 1}
+func everything() *tTemplate {
+	r := func(sig string, table mb.Table, addr int, typ mb.DataType, order mb.ByteOrder) mb.Register {
+		return mb.Register{Signal: sig, Table: table, Address: addr, Type: typ, Order: order, Scale: 1}
 	}
-	regs := []configs.Register{
-		r("u16", configs.Holding, 0, configs.TypeUint16, "ABCD"),
-		r("i16", configs.Holding, 1, configs.TypeInt16, "ABCD"),
-		r("u32", configs.Holding, 2, configs.TypeUint32, "ABCD"),
-		r("i32_cdab", configs.Holding, 4, configs.TypeInt32, "CDAB"),
-		r("f32_badc", configs.Holding, 6, configs.TypeFloat32, "BADC"),
-		r("f32_dcba", configs.Holding, 8, configs.TypeFloat32, "DCBA"),
-		r("f64_dcba", configs.Holding, 10, configs.TypeFloat64, "DCBA"),
-		r("f64_abcd", configs.Holding, 14, configs.TypeFloat64, "ABCD"),
-		r("text", configs.Holding, 20, configs.TypeString, "ABCD"),
-		r("flag1", configs.Holding, 24, configs.TypeBool, "ABCD"),
-		r("flag0", configs.Holding, 24, configs.TypeBool, "ABCD"),
-		r("u16_badc", configs.Holding, 25, configs.TypeUint16, "BADC"),
-		r("in_u16", configs.Input, 0, configs.TypeUint16, "ABCD"),
-		r("in_f32", configs.Input, 50, configs.TypeFloat32, "ABCD"),
-		r("coil0", configs.Coil, 0, configs.TypeBool, ""),
-		r("coil1", configs.Coil, 1, configs.TypeBool, ""),
-		r("coil2", configs.Coil, 2, configs.TypeBool, ""),
-		r("di5", configs.Discrete, 5, configs.TypeBool, ""),
+	regs := []mb.Register{
+		r("u16", mb.Holding, 0, mb.TypeUint16, "ABCD"),
+		r("i16", mb.Holding, 1, mb.TypeInt16, "ABCD"),
+		r("u32", mb.Holding, 2, mb.TypeUint32, "ABCD"),
+		r("i32_cdab", mb.Holding, 4, mb.TypeInt32, "CDAB"),
+		r("f32_badc", mb.Holding, 6, mb.TypeFloat32, "BADC"),
+		r("f32_dcba", mb.Holding, 8, mb.TypeFloat32, "DCBA"),
+		r("f64_dcba", mb.Holding, 10, mb.TypeFloat64, "DCBA"),
+		r("f64_abcd", mb.Holding, 14, mb.TypeFloat64, "ABCD"),
+		r("text", mb.Holding, 20, mb.TypeString, "ABCD"),
+		r("flag1", mb.Holding, 24, mb.TypeBool, "ABCD"),
+		r("flag0", mb.Holding, 24, mb.TypeBool, "ABCD"),
+		r("u16_badc", mb.Holding, 25, mb.TypeUint16, "BADC"),
+		r("in_u16", mb.Input, 0, mb.TypeUint16, "ABCD"),
+		r("in_f32", mb.Input, 50, mb.TypeFloat32, "ABCD"),
+		r("coil0", mb.Coil, 0, mb.TypeBool, ""),
+		r("coil1", mb.Coil, 1, mb.TypeBool, ""),
+		r("coil2", mb.Coil, 2, mb.TypeBool, ""),
+		r("di5", mb.Discrete, 5, mb.TypeBool, ""),
 	}
 	regs[0].Scale = 0.1
 	regs[1].Offset = 0.5
@@ -43,7 +43,7 @@ func everything() *configs.Template {
 	regs[8].Length = 4
 	regs[9].Bit, regs[10].Bit = bit(1), bit(0)
 	regs[12].Scale, regs[12].Offset, regs[12].Unit = 0.01, -40, "V"
-	return &configs.Template{Name: "everything", Kind: "test_kind", ReadGaps: true, Registers: regs}
+	return &tTemplate{Name: "everything", Kind: "test_kind", ReadGaps: true, Registers: regs}
 }
 
 var everythingSpec = map[string]map[int]int{
@@ -82,7 +82,7 @@ var everythingWant = map[string]model.Value{
 }
 
 // checkReadings compares a telemetry message with everythingWant.
-func checkReadings(t *testing.T, m model.Message, tmpl *configs.Template) {
+func checkReadings(t *testing.T, m model.Message, tmpl *tTemplate) {
 	t.Helper()
 	if m.Kind != model.KindTelemetry || m.DeviceKind != tmpl.Kind || m.Time.IsZero() || m.Time.Location() != time.UTC {
 		t.Errorf("message header: kind %s device kind %s time %v", m.Kind, m.DeviceKind, m.Time)
@@ -99,19 +99,11 @@ func checkReadings(t *testing.T, m model.Message, tmpl *configs.Template) {
 	}
 }
 
-func station(tmpls ...*configs.Template) *configs.Station {
-	s := &configs.Station{Templates: map[string]*configs.Template{}}
-	for _, t := range tmpls {
-		s.Templates[t.Name] = t
-	}
-	return s
-}
-
 func TestInteropTCP(t *testing.T) {
 	port := startSlave(t, slaveSpec{1: everythingSpec, 7: everythingSpec}, "tcp")
 	tmpl := everything()
-	ep := &configs.Endpoint{ID: "lan", Protocol: "modbus-tcp", Address: "127.0.0.1:" + port, Timeout: time.Second, Retries: 1}
-	link := drivers.Link{Station: station(tmpl), Endpoint: ep, Devices: []*configs.Device{
+	ep := &tEndpoint{ID: "lan", Protocol: "modbus-tcp", Address: "127.0.0.1:" + port, Timeout: time.Second, Retries: 1}
+	link := tLink{Station: station(tmpl), Endpoint: ep, Devices: []*tDevice{
 		{ID: "meter-a", Template: "everything", Endpoint: "lan", UnitID: 1, Poll: 50 * time.Millisecond},
 		{ID: "meter-b", Template: "everything", Endpoint: "lan", UnitID: 7, Poll: 50 * time.Millisecond},
 	}}
@@ -133,13 +125,13 @@ func TestInteropRTU(t *testing.T) {
 	// run without parity, as it does not answer on a pty set to even parity.
 	startSlave(t, slaveSpec{1: everythingSpec, 2: everythingSpec}, "serial", slaveEnd, "19200", "N")
 	tmpl := everything()
-	bus := &configs.Bus{ID: "rs485-1", Protocol: "modbus-rtu", Port: ourEnd, Baud: 19200, Parity: configs.ParityEven,
+	bus := &tBus{ID: "rs485-1", Protocol: "modbus-rtu", Port: ourEnd, Baud: 19200, Parity: configs.ParityEven,
 		DataBits: 8, StopBits: 1, Timeout: 500 * time.Millisecond, Retries: 1, Turnaround: 5 * time.Millisecond}
-	link := drivers.Link{Station: station(tmpl), Bus: bus, Devices: []*configs.Device{
+	link := tLink{Station: station(tmpl), Bus: bus, Devices: []*tDevice{
 		{ID: "th-1", Template: "everything", Bus: "rs485-1", UnitID: 1, Poll: 50 * time.Millisecond},
 		{ID: "th-2", Template: "everything", Bus: "rs485-1", UnitID: 2, Poll: 50 * time.Millisecond},
 	}}
-	plan, _ := Plan(tmpl, BusCost(bus))
+	plan, _ := Plan(tmpl.body(), BusCost(bus.settings()))
 	t.Logf("RTU plan at 19200 8E1: %s", planString(plan))
 	r := runDriver(t, link)
 	for _, dev := range []string{"th-1", "th-2"} {
@@ -157,19 +149,19 @@ func TestIsolation(t *testing.T) {
 	okSlave, okOurs := socatPair(t)
 	startSlave(t, slaveSpec{1: everythingSpec}, "serial", deadSlave, "9600", "N")
 	startSlave(t, slaveSpec{1: everythingSpec}, "serial", okSlave, "9600", "N")
-	tmpl := &configs.Template{Name: "th", Kind: "temp_humidity", Registers: []configs.Register{
-		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 0.01, Offset: -40, Unit: "V"},
+	tmpl := &tTemplate{Name: "th", Kind: "temp_humidity", Registers: []mb.Register{
+		{Signal: "temperature", Table: mb.Input, Address: 0, Type: mb.TypeUint16, Scale: 0.01, Offset: -40, Unit: "V"},
 	}}
-	mkBus := func(id, port string) *configs.Bus {
-		return &configs.Bus{ID: id, Protocol: "modbus-rtu", Port: port, Baud: 9600, Parity: "none", DataBits: 8, StopBits: 1,
+	mkBus := func(id, port string) *tBus {
+		return &tBus{ID: id, Protocol: "modbus-rtu", Port: port, Baud: 9600, Parity: "none", DataBits: 8, StopBits: 1,
 			Timeout: 150 * time.Millisecond, Retries: 1, Turnaround: 5 * time.Millisecond}
 	}
 	const poll = 100 * time.Millisecond
 	st := station(tmpl)
-	dead := runDriver(t, drivers.Link{Station: st, Bus: mkBus("bus-a", deadOurs), Devices: []*configs.Device{
+	dead := runDriver(t, tLink{Station: st, Bus: mkBus("bus-a", deadOurs), Devices: []*tDevice{
 		{ID: "ghost", Template: "th", Bus: "bus-a", UnitID: 9, Poll: poll},
 	}})
-	ok := runDriver(t, drivers.Link{Station: st, Bus: mkBus("bus-b", okOurs), Devices: []*configs.Device{
+	ok := runDriver(t, tLink{Station: st, Bus: mkBus("bus-b", okOurs), Devices: []*tDevice{
 		{ID: "healthy", Template: "th", Bus: "bus-b", UnitID: 1, Poll: poll},
 	}})
 
@@ -215,11 +207,11 @@ func TestIsolation(t *testing.T) {
 func TestBusSharedFairly(t *testing.T) {
 	slave, ours := socatPair(t)
 	startSlave(t, slaveSpec{1: everythingSpec}, "serial", slave, "9600", "N")
-	tmpl := &configs.Template{Name: "th", Kind: "temp_humidity", Registers: []configs.Register{
-		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 1},
+	tmpl := &tTemplate{Name: "th", Kind: "temp_humidity", Registers: []mb.Register{
+		{Signal: "temperature", Table: mb.Input, Address: 0, Type: mb.TypeUint16, Scale: 1},
 	}}
-	bus := &configs.Bus{ID: "bus", Protocol: "modbus-rtu", Port: ours, Baud: 9600, Timeout: 50 * time.Millisecond}
-	r := runDriver(t, drivers.Link{Station: station(tmpl), Bus: bus, Devices: []*configs.Device{
+	bus := &tBus{ID: "bus", Protocol: "modbus-rtu", Port: ours, Baud: 9600, Timeout: 50 * time.Millisecond}
+	r := runDriver(t, tLink{Station: station(tmpl), Bus: bus, Devices: []*tDevice{
 		{ID: "ghost", Template: "th", Bus: "bus", UnitID: 9, Poll: 50 * time.Millisecond},
 		{ID: "healthy", Template: "th", Bus: "bus", UnitID: 1, Poll: 50 * time.Millisecond},
 	}})
@@ -257,12 +249,12 @@ loop:
 // once, and recovers when the port appears.
 func TestPortReopen(t *testing.T) {
 	dir := t.TempDir()
-	tmpl := &configs.Template{Name: "th", Kind: "temp_humidity", Registers: []configs.Register{
-		{Signal: "temperature", Table: configs.Input, Address: 0, Type: configs.TypeUint16, Scale: 1},
+	tmpl := &tTemplate{Name: "th", Kind: "temp_humidity", Registers: []mb.Register{
+		{Signal: "temperature", Table: mb.Input, Address: 0, Type: mb.TypeUint16, Scale: 1},
 	}}
 	port := dir + "/missing"
-	bus := &configs.Bus{ID: "bus", Protocol: "modbus-rtu", Port: port, Baud: 9600, Timeout: 200 * time.Millisecond}
-	r := runDriver(t, drivers.Link{Station: station(tmpl), Bus: bus, Devices: []*configs.Device{
+	bus := &tBus{ID: "bus", Protocol: "modbus-rtu", Port: port, Baud: 9600, Timeout: 200 * time.Millisecond}
+	r := runDriver(t, tLink{Station: station(tmpl), Bus: bus, Devices: []*tDevice{
 		{ID: "th", Template: "th", Bus: "bus", UnitID: 1, Poll: 50 * time.Millisecond},
 	}})
 	h := r.next(t, "th", model.KindHealth, 2*time.Second).Health

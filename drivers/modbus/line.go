@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"outpost/configs"
+	mb "outpost/configs/modbus"
 )
 
 // line is what the pollers of one link (a bus or an endpoint) share: the
@@ -221,8 +221,8 @@ func (l *lateness) observe(now time.Time, by, interval, quiet time.Duration) (la
 // describe names a request's table and addresses as a template writes
 // them, in decimal and hex: "input registers 0-1 (0x0000-0x0001)".
 func describe(r Request) string {
-	name := map[configs.Table]string{configs.Coil: "coil", configs.Discrete: "discrete input",
-		configs.Input: "input register", configs.Holding: "holding register"}[r.Table]
+	name := map[mb.Table]string{mb.Coil: "coil", mb.Discrete: "discrete input",
+		mb.Input: "input register", mb.Holding: "holding register"}[r.Table]
 	if name == "" {
 		name = string(r.Table)
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"outpost/configs"
+	mb "outpost/configs/modbus"
 )
 
 func TestLateness(t *testing.T) {
@@ -66,11 +66,11 @@ func TestDescribe(t *testing.T) {
 		r    Request
 		want string
 	}{
-		{Request{Table: configs.Input, Start: 0, Count: 2}, "input registers 0-1 (0x0000-0x0001)"},
-		{Request{Table: configs.Holding, Start: 40, Count: 1}, "holding register 40 (0x0028)"},
-		{Request{Table: configs.Coil, Start: 0, Count: 16}, "coils 0-15 (0x0000-0x000F)"},
-		{Request{Table: configs.Discrete, Start: 256, Count: 2}, "discrete inputs 256-257 (0x0100-0x0101)"},
-		{Request{Table: configs.Holding, Start: 65534, Count: 2}, "holding registers 65534-65535 (0xFFFE-0xFFFF)"},
+		{Request{Table: mb.Input, Start: 0, Count: 2}, "input registers 0-1 (0x0000-0x0001)"},
+		{Request{Table: mb.Holding, Start: 40, Count: 1}, "holding register 40 (0x0028)"},
+		{Request{Table: mb.Coil, Start: 0, Count: 16}, "coils 0-15 (0x0000-0x000F)"},
+		{Request{Table: mb.Discrete, Start: 256, Count: 2}, "discrete inputs 256-257 (0x0100-0x0101)"},
+		{Request{Table: mb.Holding, Start: 65534, Count: 2}, "holding registers 65534-65535 (0xFFFE-0xFFFF)"},
 	}
 	for _, c := range cases {
 		if got := describe(c.r); got != c.want {

@@ -5,7 +5,7 @@ import (
 	"sort"
 	"time"
 
-	"outpost/configs"
+	mb "outpost/configs/modbus"
 )
 
 // Protocol limits of one read request.
@@ -17,7 +17,7 @@ const (
 // Request is one planned read: Count entries (registers or bits) of Table
 // from Start, covering the template's registers whose indexes are Signals.
 type Request struct {
-	Table   configs.Table
+	Table   mb.Table
 	Start   int
 	Count   int
 	Signals []int
@@ -50,39 +50,19 @@ const (
 // tcpRoundTrip is what a TCP request is assumed to cost.
 const tcpRoundTrip = time.Millisecond
 
-// CharTime is the time one character takes on the bus: a start bit, the
-// data bits, a parity bit unless parity is none, and the stop bits.
-func CharTime(b *configs.Bus) time.Duration {
-	data, stop := b.DataBits, b.StopBits
-	if data == 0 {
-		data = 8
-	}
-	if stop == 0 {
-		stop = 1
-	}
-	bits := 1 + data + stop
-	if b.Parity != "" && b.Parity != configs.ParityNone {
-		bits++
-	}
-	if b.Baud <= 0 {
-		return 0
-	}
-	return time.Duration(bits) * time.Second / time.Duration(b.Baud)
-}
-
 // Silence is the inter-frame silence of an RTU bus: 3.5 character times,
 // and a fixed 1.75 ms above 19200 baud as the serial line specification
 // recommends.
-func Silence(b *configs.Bus) time.Duration {
+func Silence(b *mb.RTU) time.Duration {
 	if b.Baud > 19200 {
 		return 1750 * time.Microsecond
 	}
-	return CharTime(b) * 7 / 2
+	return b.CharTime() * 7 / 2
 }
 
 // BusCost prices requests on an RTU bus.
-func BusCost(b *configs.Bus) Cost {
-	c := CharTime(b)
+func BusCost(b *mb.RTU) Cost {
+	c := b.CharTime()
 	return Cost{
 		Overhead: time.Duration(rtuRequestBytes+rtuResponseBytes)*c + 2*Silence(b) + b.Turnaround,
 		Char:     c,
@@ -91,12 +71,12 @@ func BusCost(b *configs.Bus) Cost {
 
 // EndpointCost prices requests to a TCP endpoint: a round trip each, bytes
 // free, so the planner merges whenever the template allows.
-func EndpointCost(*configs.Endpoint) Cost {
+func EndpointCost(*mb.TCP) Cost {
 	return Cost{Overhead: tcpRoundTrip}
 }
 
 // dataBytes is how many response data bytes a read of n entries moves.
-func dataBytes(t configs.Table, n int) int {
+func dataBytes(t mb.Table, n int) int {
 	if t.IsBits() {
 		return (n + 7) / 8
 	}
@@ -104,7 +84,7 @@ func dataBytes(t configs.Table, n int) int {
 }
 
 // Request is the cost of reading n entries of table t.
-func (c Cost) Request(t configs.Table, n int) time.Duration {
+func (c Cost) Request(t mb.Table, n int) time.Duration {
 	return c.Overhead + time.Duration(dataBytes(t, n))*c.Char
 }
 
@@ -117,7 +97,7 @@ func (c Cost) WireTime(reqs []Request) time.Duration {
 	return d
 }
 
-var tableOrder = []configs.Table{configs.Coil, configs.Discrete, configs.Input, configs.Holding}
+var tableOrder = []mb.Table{mb.Coil, mb.Discrete, mb.Input, mb.Holding}
 
 // unit is a run of signals whose spans overlap: the planner never splits it.
 type unit struct {
@@ -130,7 +110,7 @@ type unit struct {
 // the protocol's limits, and requests span unmapped addresses only when the
 // template says gaps are readable. Requests come table by table (coils,
 // discrete inputs, input registers, holding registers), by address.
-func Plan(t *configs.Template, c Cost) ([]Request, error) {
+func Plan(t *mb.Template, c Cost) ([]Request, error) {
 	var out []Request
 	for _, table := range tableOrder {
 		var idx []int
@@ -180,7 +160,7 @@ func Plan(t *configs.Template, c Cost) ([]Request, error) {
 
 // partition splits units (sorted, disjoint) into consecutive groups, one
 // request each, of least total cost, by dynamic programming over prefixes.
-func partition(table configs.Table, units []unit, limit int, gaps bool, c Cost) []Request {
+func partition(table mb.Table, units []unit, limit int, gaps bool, c Cost) []Request {
 	n := len(units)
 	best := make([]time.Duration, n+1) // best[j]: cost of units[:j]
 	from := make([]int, n+1)           // first unit of the last group

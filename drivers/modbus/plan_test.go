@@ -7,12 +7,13 @@ import (
 	"time"
 
 	"outpost/configs"
+	mb "outpost/configs/modbus"
 )
 
-func holdings(addrs ...int) []configs.Register {
-	var regs []configs.Register
+func holdings(addrs ...int) []mb.Register {
+	var regs []mb.Register
 	for _, a := range addrs {
-		regs = append(regs, configs.Register{Signal: fmt.Sprintf("r%d", a), Table: configs.Holding, Address: a, Type: configs.TypeUint16, Scale: 1})
+		regs = append(regs, mb.Register{Signal: fmt.Sprintf("r%d", a), Table: mb.Holding, Address: a, Type: mb.TypeUint16, Scale: 1})
 	}
 	return regs
 }
@@ -25,23 +26,23 @@ func planString(reqs []Request) string {
 	return strings.Join(s, ", ")
 }
 
-var bus9600 = &configs.Bus{ID: "b", Baud: 9600, Parity: configs.ParityNone, DataBits: 8, StopBits: 1, Turnaround: 5 * time.Millisecond}
+var bus9600 = &tBus{ID: "b", Baud: 9600, Parity: configs.ParityNone, DataBits: 8, StopBits: 1, Turnaround: 5 * time.Millisecond}
 
 func TestCharTimeAndSilence(t *testing.T) {
 	cases := []struct {
-		bus           configs.Bus
+		bus           tBus
 		char, silence time.Duration
 	}{
-		{configs.Bus{Baud: 9600, Parity: "none", DataBits: 8, StopBits: 1}, 1041666, 3645831},
-		{configs.Bus{Baud: 19200, Parity: "even", DataBits: 8, StopBits: 1}, 572916, 2005206},
-		{configs.Bus{Baud: 9600, Parity: "odd", DataBits: 7, StopBits: 2}, 1145833, 4010415},
-		{configs.Bus{Baud: 115200}, 86805, 1750 * time.Microsecond},
+		{tBus{Baud: 9600, Parity: "none", DataBits: 8, StopBits: 1}, 1041666, 3645831},
+		{tBus{Baud: 19200, Parity: "even", DataBits: 8, StopBits: 1}, 572916, 2005206},
+		{tBus{Baud: 9600, Parity: "odd", DataBits: 7, StopBits: 2}, 1145833, 4010415},
+		{tBus{Baud: 115200}, 86805, 1750 * time.Microsecond},
 	}
 	for _, c := range cases {
-		if got := CharTime(&c.bus); got != c.char {
+		if got := c.bus.settings().CharTime(); got != c.char {
 			t.Errorf("CharTime(%+v) = %v, want %v", c.bus, got, c.char)
 		}
-		if got := Silence(&c.bus); got != c.silence {
+		if got := Silence(c.bus.settings()); got != c.silence {
 			t.Errorf("Silence(%+v) = %v, want %v", c.bus, got, c.silence)
 		}
 	}
@@ -50,17 +51,17 @@ func TestCharTimeAndSilence(t *testing.T) {
 // TestPlanScattered is the DESIGN's scattered map at 9600 8N1 with a 5 ms
 // turnaround: the plan beats reading one span and reading every run alone.
 func TestPlanScattered(t *testing.T) {
-	tmpl := &configs.Template{Name: "scattered", ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
-	cost := BusCost(bus9600)
-	plan, err := Plan(tmpl, cost)
+	tmpl := &tTemplate{Name: "scattered", ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
+	cost := BusCost(bus9600.settings())
+	plan, err := Plan(tmpl.body(), cost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	span := []Request{{Table: configs.Holding, Start: 0, Count: 101}}
+	span := []Request{{Table: mb.Holding, Start: 0, Count: 101}}
 	separate := []Request{
-		{Table: configs.Holding, Start: 0, Count: 2}, {Table: configs.Holding, Start: 5, Count: 1},
-		{Table: configs.Holding, Start: 9, Count: 1}, {Table: configs.Holding, Start: 30, Count: 2},
-		{Table: configs.Holding, Start: 60, Count: 1}, {Table: configs.Holding, Start: 100, Count: 1},
+		{Table: mb.Holding, Start: 0, Count: 2}, {Table: mb.Holding, Start: 5, Count: 1},
+		{Table: mb.Holding, Start: 9, Count: 1}, {Table: mb.Holding, Start: 30, Count: 2},
+		{Table: mb.Holding, Start: 60, Count: 1}, {Table: mb.Holding, Start: 100, Count: 1},
 	}
 	wp, ws, wsep := cost.WireTime(plan), cost.WireTime(span), cost.WireTime(separate)
 	t.Logf("9600 8N1, 5ms turnaround: planned %v [%s], one span of 101 %v, six requests %v",
@@ -70,7 +71,7 @@ func TestPlanScattered(t *testing.T) {
 	}
 	// 4 requests of 13 framing chars and 7 silence chars, 14 registers,
 	// 4 turnarounds: 108 chars at 10/9600 s, plus 20 ms.
-	if want := 108*CharTime(bus9600) + 20*time.Millisecond; wp != want {
+	if want := 108*bus9600.settings().CharTime() + 20*time.Millisecond; wp != want {
 		t.Errorf("planned wire time %v, want %v", wp, want)
 	}
 	if !(wp < ws && wp < wsep) {
@@ -95,8 +96,8 @@ func TestPlanScattered(t *testing.T) {
 }
 
 func TestPlanTCPMergesAll(t *testing.T) {
-	tmpl := &configs.Template{ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
-	plan, err := Plan(tmpl, EndpointCost(&configs.Endpoint{}))
+	tmpl := &tTemplate{ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
+	plan, err := Plan(tmpl.body(), EndpointCost(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,38 +107,38 @@ func TestPlanTCPMergesAll(t *testing.T) {
 }
 
 func TestPlanLimitsAndGaps(t *testing.T) {
-	tcp := EndpointCost(&configs.Endpoint{})
-	f32 := func(a int) configs.Register {
-		return configs.Register{Signal: fmt.Sprint("f", a), Table: configs.Input, Address: a, Type: configs.TypeFloat32}
+	tcp := EndpointCost(nil)
+	f32 := func(a int) mb.Register {
+		return mb.Register{Signal: fmt.Sprint("f", a), Table: mb.Input, Address: a, Type: mb.TypeFloat32}
 	}
-	coil := func(a int) configs.Register {
-		return configs.Register{Signal: fmt.Sprint("c", a), Table: configs.Coil, Address: a, Type: configs.TypeBool}
+	coil := func(a int) mb.Register {
+		return mb.Register{Signal: fmt.Sprint("c", a), Table: mb.Coil, Address: a, Type: mb.TypeBool}
 	}
 	cases := []struct {
 		name string
-		tmpl configs.Template
+		tmpl tTemplate
 		cost Cost
 		want string
 	}{
-		{"125 registers fit one request", configs.Template{ReadGaps: true, Registers: holdings(0, 124)}, tcp, "holding 0-124"},
-		{"126 registers take two", configs.Template{ReadGaps: true, Registers: holdings(0, 125)}, tcp, "holding 0-0, holding 125-125"},
-		{"a float ending at the limit fits", configs.Template{ReadGaps: true, Registers: []configs.Register{f32(0), f32(123)}}, tcp, "input 0-124"},
-		{"a float is never split at the limit", configs.Template{ReadGaps: true, Registers: []configs.Register{f32(0), f32(124)}}, tcp, "input 0-1, input 124-125"},
-		{"2000 bits fit one request", configs.Template{ReadGaps: true, Registers: []configs.Register{coil(0), coil(1999)}}, tcp, "coil 0-1999"},
-		{"2001 bits take two", configs.Template{ReadGaps: true, Registers: []configs.Register{coil(0), coil(2000)}}, tcp, "coil 0-0, coil 2000-2000"},
-		{"no gaps: only adjacent signals merge", configs.Template{ReadGaps: false, Registers: append(holdings(0, 1, 2, 5), f32(6), f32(8), f32(20))}, tcp,
+		{"125 registers fit one request", tTemplate{ReadGaps: true, Registers: holdings(0, 124)}, tcp, "holding 0-124"},
+		{"126 registers take two", tTemplate{ReadGaps: true, Registers: holdings(0, 125)}, tcp, "holding 0-0, holding 125-125"},
+		{"a float ending at the limit fits", tTemplate{ReadGaps: true, Registers: []mb.Register{f32(0), f32(123)}}, tcp, "input 0-124"},
+		{"a float is never split at the limit", tTemplate{ReadGaps: true, Registers: []mb.Register{f32(0), f32(124)}}, tcp, "input 0-1, input 124-125"},
+		{"2000 bits fit one request", tTemplate{ReadGaps: true, Registers: []mb.Register{coil(0), coil(1999)}}, tcp, "coil 0-1999"},
+		{"2001 bits take two", tTemplate{ReadGaps: true, Registers: []mb.Register{coil(0), coil(2000)}}, tcp, "coil 0-0, coil 2000-2000"},
+		{"no gaps: only adjacent signals merge", tTemplate{ReadGaps: false, Registers: append(holdings(0, 1, 2, 5), f32(6), f32(8), f32(20))}, tcp,
 			"input 6-9, input 20-21, holding 0-2, holding 5-5"},
-		{"overlapping bits of one register", configs.Template{ReadGaps: false, Registers: []configs.Register{
-			{Signal: "a", Table: configs.Holding, Address: 0, Type: configs.TypeBool, Bit: bit(0)},
-			{Signal: "b", Table: configs.Holding, Address: 0, Type: configs.TypeBool, Bit: bit(1)},
-			{Signal: "c", Table: configs.Holding, Address: 1, Type: configs.TypeUint32}}}, tcp, "holding 0-2"},
-		{"tables apart", configs.Template{ReadGaps: true, Registers: []configs.Register{coil(3), f32(0), holdings(0)[0], {Signal: "d", Table: configs.Discrete, Type: configs.TypeBool}}}, BusCost(bus9600),
+		{"overlapping bits of one register", tTemplate{ReadGaps: false, Registers: []mb.Register{
+			{Signal: "a", Table: mb.Holding, Address: 0, Type: mb.TypeBool, Bit: bit(0)},
+			{Signal: "b", Table: mb.Holding, Address: 0, Type: mb.TypeBool, Bit: bit(1)},
+			{Signal: "c", Table: mb.Holding, Address: 1, Type: mb.TypeUint32}}}, tcp, "holding 0-2"},
+		{"tables apart", tTemplate{ReadGaps: true, Registers: []mb.Register{coil(3), f32(0), holdings(0)[0], {Signal: "d", Table: mb.Discrete, Type: mb.TypeBool}}}, BusCost(bus9600.settings()),
 			"coil 3-3, discrete 0-0, input 0-1, holding 0-0"},
-		{"rtu: a far register stays apart", configs.Template{ReadGaps: true, Registers: holdings(0, 1, 2, 200)}, BusCost(bus9600), "holding 0-2, holding 200-200"},
+		{"rtu: a far register stays apart", tTemplate{ReadGaps: true, Registers: holdings(0, 1, 2, 200)}, BusCost(bus9600.settings()), "holding 0-2, holding 200-200"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			plan, err := Plan(&c.tmpl, c.cost)
+			plan, err := Plan(c.tmpl.body(), c.cost)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -159,15 +160,15 @@ func TestPlanLimitsAndGaps(t *testing.T) {
 
 func TestPlanErrors(t *testing.T) {
 	cases := []struct {
-		reg  configs.Register
+		reg  mb.Register
 		want string
 	}{
-		{configs.Register{Signal: "s", Table: configs.Holding, Type: configs.TypeString, Length: 126}, "signal s: 126 holding entries exceed the 125 a request may read"},
-		{configs.Register{Signal: "s", Table: configs.Holding, Type: configs.TypeString}, "signal s: string on holding table has no width"},
-		{configs.Register{Signal: "u", Table: configs.Input, Type: configs.TypeUint32, Address: 65535}, "signal u: addresses 65535-65536 outside 0-65535"},
+		{mb.Register{Signal: "s", Table: mb.Holding, Type: mb.TypeString, Length: 126}, "signal s: 126 holding entries exceed the 125 a request may read"},
+		{mb.Register{Signal: "s", Table: mb.Holding, Type: mb.TypeString}, "signal s: string on holding table has no width"},
+		{mb.Register{Signal: "u", Table: mb.Input, Type: mb.TypeUint32, Address: 65535}, "signal u: addresses 65535-65536 outside 0-65535"},
 	}
 	for _, c := range cases {
-		_, err := Plan(&configs.Template{Registers: []configs.Register{c.reg}}, EndpointCost(nil))
+		_, err := Plan(&mb.Template{Registers: []mb.Register{c.reg}}, EndpointCost(nil))
 		if err == nil || err.Error() != c.want {
 			t.Errorf("Plan(%+v) error %v, want %q", c.reg, err, c.want)
 		}
@@ -176,10 +177,10 @@ func TestPlanErrors(t *testing.T) {
 
 // TestPlanOptimal compares the planner with every partition of small maps.
 func TestPlanOptimal(t *testing.T) {
-	cost := BusCost(bus9600)
+	cost := BusCost(bus9600.settings())
 	maps := [][]int{{0, 1, 5, 9, 30, 31, 60, 100}, {0, 3, 6, 9, 12}, {0, 20, 21, 22, 40, 41, 90}, {5}, {0, 7, 8, 15, 40}}
 	for _, addrs := range maps {
-		plan, err := Plan(&configs.Template{ReadGaps: true, Registers: holdings(addrs...)}, cost)
+		plan, err := Plan(&mb.Template{ReadGaps: true, Registers: holdings(addrs...)}, cost)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -191,7 +192,7 @@ func TestPlanOptimal(t *testing.T) {
 			start := addrs[0]
 			for i := 1; i <= len(addrs); i++ {
 				if i == len(addrs) || mask&(1<<(i-1)) != 0 {
-					d += cost.Request(configs.Holding, addrs[i-1]-start+1)
+					d += cost.Request(mb.Holding, addrs[i-1]-start+1)
 					if i < len(addrs) {
 						start = addrs[i]
 					}
@@ -208,12 +209,12 @@ func TestPlanOptimal(t *testing.T) {
 }
 
 func BenchmarkPlan(b *testing.B) {
-	tmpl := &configs.Template{ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
-	cost := BusCost(bus9600)
+	tmpl := &tTemplate{ReadGaps: true, Registers: holdings(0, 1, 5, 9, 30, 31, 60, 100)}
+	cost := BusCost(bus9600.settings())
 	for b.Loop() {
-		if _, err := Plan(tmpl, cost); err != nil {
+		if _, err := Plan(tmpl.body(), cost); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(cost.WireTime([]Request{{Table: configs.Holding, Count: 101}}).Microseconds())/1000, "span-ms")
+	b.ReportMetric(float64(cost.WireTime([]Request{{Table: mb.Holding, Count: 101}}).Microseconds())/1000, "span-ms")
 }

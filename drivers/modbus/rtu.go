@@ -12,6 +12,7 @@ import (
 	"go.bug.st/serial"
 
 	"outpost/configs"
+	mb "outpost/configs/modbus"
 	"outpost/drivers"
 )
 
@@ -137,7 +138,7 @@ func openSerial(path string, mode *serial.Mode) (serialPort, error) {
 
 // serialMode is the port mode of a bus. InitialStatusBits stays unset:
 // virtual ports refuse it.
-func serialMode(b *configs.Bus) (*serial.Mode, error) {
+func serialMode(b *configs.Serial) (*serial.Mode, error) {
 	m := &serial.Mode{BaudRate: b.Baud, DataBits: b.DataBits, StopBits: serial.OneStopBit}
 	switch b.StopBits {
 	case 0, 1:
@@ -189,7 +190,7 @@ func (r *reopen) ok() { r.delay, r.err = 0, nil }
 // rtuBus is the driver of one RS-485 bus: one port, one wire lock, every
 // device on the bus polled by its own goroutine, one request at a time.
 type rtuBus struct {
-	bus     *configs.Bus
+	bus     *mb.RTU
 	devices []*device
 	log     *slog.Logger
 	open    openFunc
@@ -205,19 +206,20 @@ type rtuBus struct {
 var _ drivers.Driver = (*rtuBus)(nil)
 
 func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
-	if link.Bus == nil {
+	bus, ok := link.Config.Settings.(*mb.RTU)
+	if !ok {
 		return nil, fmt.Errorf("modbus-rtu: link %s is not a serial bus", link.Name())
 	}
-	mode, err := serialMode(link.Bus)
+	mode, err := serialMode(&bus.Serial)
 	if err != nil {
-		return nil, fmt.Errorf("bus %s: %w", link.Bus.ID, err)
+		return nil, fmt.Errorf("bus %s: %w", link.Name(), err)
 	}
-	devs, err := buildDevices(link, BusCost(link.Bus))
+	devs, err := buildDevices(link, BusCost(bus))
 	if err != nil {
 		return nil, err
 	}
-	b := &rtuBus{bus: link.Bus, devices: devs, log: log, open: openSerial, mode: mode, packagers: map[byte]modbus.Packager{},
-		line: newLine(link.Bus.ID, busHint, devs, log)}
+	b := &rtuBus{bus: bus, devices: devs, log: log, open: openSerial, mode: mode, packagers: map[byte]modbus.Packager{},
+		line: newLine(link.Name(), busHint, devs, log)}
 	for _, d := range devs {
 		h := modbus.NewRTUClientHandler("")
 		h.SlaveId = d.unit
@@ -259,7 +261,7 @@ func (b *rtuBus) ensurePort() error {
 		b.log.Info("serial port open again", "port", b.bus.Port)
 	}
 	b.reopen.ok()
-	b.tr = &rtuTransport{port: p, timeout: b.timeout(), silence: Silence(b.bus), char: CharTime(b.bus)}
+	b.tr = &rtuTransport{port: p, timeout: b.timeout(), silence: Silence(b.bus), char: b.bus.CharTime()}
 	return nil
 }
 

@@ -11,8 +11,6 @@ import (
 	"github.com/goburrow/modbus"
 	"go.bug.st/serial"
 	"golang.org/x/sys/unix"
-
-	"outpost/configs"
 )
 
 // rtuFrame builds an RTU frame: unit, function, payload, CRC (low byte
@@ -271,7 +269,7 @@ func BenchmarkRTUReads(b *testing.B) {
 	for _, bc := range []struct {
 		name    string
 		silence time.Duration
-	}{{"silence=1.75ms", Silence(&configs.Bus{Baud: 115200})}, {"silence=0", 0}} {
+	}{{"silence=1.75ms", Silence((&tBus{Baud: 115200}).settings())}, {"silence=0", 0}} {
 		b.Run(bc.name, func(b *testing.B) {
 			resp := startResponder(b, func(req []byte, _ func([]byte)) []byte { return readAnswer(req) })
 			c := rtuClient(1, openTransport(b, resp.path(), 500*time.Millisecond, bc.silence))

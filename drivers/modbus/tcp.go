@@ -12,6 +12,7 @@ import (
 
 	"github.com/goburrow/modbus"
 
+	mb "outpost/configs/modbus"
 	"outpost/drivers"
 )
 
@@ -199,22 +200,23 @@ type tcpLink struct {
 var _ drivers.Driver = (*tcpLink)(nil)
 
 func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
-	if link.Endpoint == nil {
+	ep, ok := link.Config.Settings.(*mb.TCP)
+	if !ok {
 		return nil, fmt.Errorf("modbus-tcp: link %s is not a network endpoint", link.Name())
 	}
-	devs, err := buildDevices(link, EndpointCost(link.Endpoint))
+	devs, err := buildDevices(link, EndpointCost(ep))
 	if err != nil {
 		return nil, err
 	}
-	timeout := link.Endpoint.Timeout
+	timeout := ep.Timeout
 	if timeout <= 0 {
 		timeout = time.Second
 	}
 	return &tcpLink{
-		retries: max(link.Endpoint.Retries, 0), timeout: timeout, devices: devs, log: log,
-		line:     newLine(link.Endpoint.ID, endpointHint, devs, log),
-		tr:       &tcpTransport{addr: link.Endpoint.Address, timeout: timeout, log: log},
-		packager: modbus.NewTCPClientHandler(link.Endpoint.Address),
+		retries: max(ep.Retries, 0), timeout: timeout, devices: devs, log: log,
+		line:     newLine(link.Name(), endpointHint, devs, log),
+		tr:       &tcpTransport{addr: ep.Address, timeout: timeout, log: log},
+		packager: modbus.NewTCPClientHandler(ep.Address),
 	}, nil
 }
 

@@ -11,43 +11,15 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/configs/modbus"
 	"outpost/firmware-sim/enc"
 	"outpost/firmware-sim/signal"
+	"outpost/firmware-sim/sim"
 	"outpost/firmware-sim/slave"
 )
 
-// Reading is one signal served whole in a successful read response, with the
-// value a correct master decodes from it.
-type Reading struct {
-	Signal string
-	Value  signal.Value
-}
-
-// Sink receives what devices served. It must be safe for concurrent use.
-type Sink interface {
-	Served(device string, rs []Reading)
-}
-
-// Stats are a device's counters.
-type Stats struct {
-	// Polls counts requests answered, normally or with an exception.
-	Polls int64 `json:"polls"`
-	// ReadingsServed counts signals whose whole span was in a read response
-	// that was sent in full.
-	ReadingsServed int64 `json:"readings_served"`
-	// Exceptions counts exception responses.
-	Exceptions int64 `json:"exceptions"`
-	// CRCErrors counts damaged frames that seemed addressed to the device.
-	CRCErrors int64 `json:"crc_errors"`
-	// EventsServed counts the edges of signals with an event rule that a
-	// master reading every response saw: a signal served true for the first
-	// time or after false, and, for rules that clear, served false after
-	// true. The gateway must raise exactly that many events.
-	EventsServed int64 `json:"events_served"`
-}
-
 type sig struct {
-	reg *configs.Register
+	reg *modbus.Register
 	gen *signal.Generator
 }
 
@@ -64,8 +36,8 @@ type Device struct {
 	id     string
 	unit   byte
 	gaps   bool
-	tables map[configs.Table]*table
-	sink   Sink
+	tables map[modbus.Table]*table
+	sink   sim.Sink
 	now    func() time.Time
 
 	mu      sync.Mutex
@@ -93,16 +65,21 @@ type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Sink, if set, receives every served reading.
-	Sink Sink
+	Sink sim.Sink
 }
 
-// New builds device d from its template.
+// New builds device d, a Modbus device, from its template.
 func New(d configs.Device, t *configs.Template, o Options) (*Device, error) {
 	if t == nil {
 		return nil, fmt.Errorf("device %s: no template %q", d.ID, d.Template)
 	}
-	if d.UnitID < 0 || d.UnitID > 255 {
-		return nil, fmt.Errorf("device %s: unit id %d out of range", d.ID, d.UnitID)
+	set, ok := d.Settings.(*modbus.Device)
+	body, ok2 := t.Body.(*modbus.Template)
+	if !ok || !ok2 {
+		return nil, fmt.Errorf("device %s: not a Modbus device", d.ID)
+	}
+	if set.UnitID < 0 || set.UnitID > 255 {
+		return nil, fmt.Errorf("device %s: unit id %d out of range", d.ID, set.UnitID)
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -112,9 +89,9 @@ func New(d configs.Device, t *configs.Template, o Options) (*Device, error) {
 	}
 	dev := &Device{
 		id:      d.ID,
-		unit:    byte(d.UnitID),
-		gaps:    t.ReadGaps,
-		tables:  map[configs.Table]*table{},
+		unit:    byte(set.UnitID),
+		gaps:    body.ReadGaps,
+		tables:  map[modbus.Table]*table{},
 		sink:    o.Sink,
 		now:     o.Now,
 		coils:   map[int]bool{},
@@ -123,13 +100,13 @@ func New(d configs.Device, t *configs.Template, o Options) (*Device, error) {
 		rules:    map[string]*configs.EventRule{},
 		lastBool: map[string]bool{},
 	}
-	for i := range t.Registers {
-		r := &t.Registers[i]
+	for i := range body.Registers {
+		r := &body.Registers[i]
 		if r.Event != nil {
 			dev.rules[r.Signal] = r.Event
 		}
 		sim := configs.Sim{Wave: "constant"}
-		if r.Type == configs.TypeString {
+		if r.Type == modbus.TypeString {
 			sim.Wave = "text"
 		}
 		if r.Sim != nil {
@@ -169,8 +146,8 @@ func (d *Device) ID() string { return d.id }
 func (d *Device) Unit() byte { return d.unit }
 
 // Stats returns the device's counters.
-func (d *Device) Stats() Stats {
-	return Stats{
+func (d *Device) Stats() sim.Stats {
+	return sim.Stats{
 		Polls:          d.polls.Load(),
 		ReadingsServed: d.served.Load(),
 		Exceptions:     d.exceptions.Load(),
@@ -191,7 +168,7 @@ func (d *Device) Answered(exc slave.Exception) {
 func (d *Device) BadFrame() { d.crc.Add(1) }
 
 // check says whether [addr, addr+qty) of table t may be read or written.
-func (d *Device) check(t configs.Table, addr, qty int) slave.Exception {
+func (d *Device) check(t modbus.Table, addr, qty int) slave.Exception {
 	tb := d.tables[t]
 	if tb == nil {
 		return slave.IllegalAddress
@@ -203,7 +180,7 @@ func (d *Device) check(t configs.Table, addr, qty int) slave.Exception {
 }
 
 // commit returns the func that records rs as served.
-func (d *Device) commit(rs []Reading) func() {
+func (d *Device) commit(rs []sim.Reading) func() {
 	if len(rs) == 0 {
 		return nil
 	}
@@ -217,7 +194,7 @@ func (d *Device) commit(rs []Reading) func() {
 }
 
 // countEdges counts the event edges in served readings.
-func (d *Device) countEdges(rs []Reading) {
+func (d *Device) countEdges(rs []sim.Reading) {
 	d.evMu.Lock()
 	defer d.evMu.Unlock()
 	for _, r := range rs {
@@ -235,13 +212,13 @@ func (d *Device) countEdges(rs []Reading) {
 }
 
 // ReadBits reads coils or discrete inputs.
-func (d *Device) ReadBits(t configs.Table, addr, qty int) ([]bool, func(), slave.Exception) {
+func (d *Device) ReadBits(t modbus.Table, addr, qty int) ([]bool, func(), slave.Exception) {
 	if exc := d.check(t, addr, qty); exc != 0 {
 		return nil, nil, exc
 	}
 	now := d.now()
 	bits := make([]bool, qty)
-	var rs []Reading
+	var rs []sim.Reading
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, s := range d.tables[t].sigs {
@@ -253,26 +230,26 @@ func (d *Device) ReadBits(t configs.Table, addr, qty int) ([]bool, func(), slave
 		if err != nil {
 			continue // checked in New
 		}
-		if t == configs.Coil {
+		if t == modbus.Coil {
 			if w, ok := d.coils[a]; ok {
 				want = signal.B(w)
 			}
 		}
 		bits[a-addr] = want.Bool
-		rs = append(rs, Reading{Signal: s.reg.Signal, Value: want})
+		rs = append(rs, sim.Reading{Signal: s.reg.Signal, Value: want})
 	}
 	return bits, d.commit(rs), 0
 }
 
 // ReadWords reads holding or input registers.
-func (d *Device) ReadWords(t configs.Table, addr, qty int) ([]uint16, func(), slave.Exception) {
+func (d *Device) ReadWords(t modbus.Table, addr, qty int) ([]uint16, func(), slave.Exception) {
 	if exc := d.check(t, addr, qty); exc != 0 {
 		return nil, nil, exc
 	}
 	now := d.now()
 	words := make([]uint16, qty)
 	type whole struct {
-		reg  *configs.Register
+		reg  *modbus.Register
 		want signal.Value
 	}
 	var full []whole
@@ -297,14 +274,14 @@ func (d *Device) ReadWords(t configs.Table, addr, qty int) ([]uint16, func(), sl
 		}
 	}
 	written := false
-	if t == configs.Holding {
+	if t == modbus.Holding {
 		for j := range words {
 			if w, ok := d.holding[addr+j]; ok {
 				words[j], written = w, true
 			}
 		}
 	}
-	rs := make([]Reading, 0, len(full))
+	rs := make([]sim.Reading, 0, len(full))
 	for _, f := range full {
 		if written {
 			// A master wrote some of these registers: the value is what
@@ -314,14 +291,14 @@ func (d *Device) ReadWords(t configs.Table, addr, qty int) ([]uint16, func(), sl
 				f.want = v
 			}
 		}
-		rs = append(rs, Reading{Signal: f.reg.Signal, Value: f.want})
+		rs = append(rs, sim.Reading{Signal: f.reg.Signal, Value: f.want})
 	}
 	return words, d.commit(rs), 0
 }
 
 // WriteBits writes coils; they read back as written from then on.
 func (d *Device) WriteBits(addr int, bits []bool) slave.Exception {
-	if exc := d.checkMapped(configs.Coil, addr, len(bits)); exc != 0 {
+	if exc := d.checkMapped(modbus.Coil, addr, len(bits)); exc != 0 {
 		return exc
 	}
 	d.mu.Lock()
@@ -335,7 +312,7 @@ func (d *Device) WriteBits(addr int, bits []bool) slave.Exception {
 // WriteWords writes holding registers; they read back as written from then
 // on.
 func (d *Device) WriteWords(addr int, words []uint16) slave.Exception {
-	if exc := d.checkMapped(configs.Holding, addr, len(words)); exc != 0 {
+	if exc := d.checkMapped(modbus.Holding, addr, len(words)); exc != 0 {
 		return exc
 	}
 	d.mu.Lock()
@@ -348,7 +325,7 @@ func (d *Device) WriteWords(addr int, words []uint16) slave.Exception {
 
 // checkMapped says whether every address of [addr, addr+qty) is mapped:
 // writes never reach gaps, and reads do only where the template allows.
-func (d *Device) checkMapped(t configs.Table, addr, qty int) slave.Exception {
+func (d *Device) checkMapped(t modbus.Table, addr, qty int) slave.Exception {
 	tb := d.tables[t]
 	if tb == nil {
 		return slave.IllegalAddress

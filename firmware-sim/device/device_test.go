@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/configs/modbus"
 	"outpost/firmware-sim/signal"
+	"outpost/firmware-sim/sim"
 	"outpost/firmware-sim/slave"
 )
 
@@ -22,34 +24,33 @@ func testTemplate(gaps bool) *configs.Template {
 	return &configs.Template{
 		Name:     "t",
 		Kind:     "test",
-		ReadGaps: gaps,
-		Registers: []configs.Register{
-			{Signal: "temp", Table: configs.Input, Address: 0, Type: configs.TypeInt16, Scale: 0.1, Sim: constant(21.3)},
-			{Signal: "volt", Table: configs.Input, Address: 1, Type: configs.TypeFloat32, Order: configs.ABCD, Scale: 1, Sim: constant(229.5)},
-			{Signal: "far", Table: configs.Input, Address: 10, Type: configs.TypeUint16, Scale: 1, Sim: constant(7)},
-			{Signal: "armed", Table: configs.Holding, Address: 0, Type: configs.TypeBool, Bit: bit(0), Scale: 1, Sim: constant(1)},
-			{Signal: "fault", Table: configs.Holding, Address: 0, Type: configs.TypeBool, Bit: bit(3), Scale: 1, Sim: constant(1)},
-			{Signal: "setpoint", Table: configs.Holding, Address: 1, Type: configs.TypeUint16, Scale: 1, Sim: constant(1234)},
-			{Signal: "relay1", Table: configs.Coil, Address: 0, Type: configs.TypeBool, Scale: 1, Sim: constant(1)},
-			{Signal: "relay2", Table: configs.Coil, Address: 1, Type: configs.TypeBool, Scale: 1, Sim: constant(0)},
-			{Signal: "door", Table: configs.Discrete, Address: 0, Type: configs.TypeBool, Scale: 1, Sim: constant(1)},
+		Protocol: "modbus", Body: &modbus.Template{ReadGaps: gaps, Registers: []modbus.Register{
+			{Signal: "temp", Table: modbus.Input, Address: 0, Type: modbus.TypeInt16, Scale: 0.1, Sim: constant(21.3)},
+			{Signal: "volt", Table: modbus.Input, Address: 1, Type: modbus.TypeFloat32, Order: modbus.ABCD, Scale: 1, Sim: constant(229.5)},
+			{Signal: "far", Table: modbus.Input, Address: 10, Type: modbus.TypeUint16, Scale: 1, Sim: constant(7)},
+			{Signal: "armed", Table: modbus.Holding, Address: 0, Type: modbus.TypeBool, Bit: bit(0), Scale: 1, Sim: constant(1)},
+			{Signal: "fault", Table: modbus.Holding, Address: 0, Type: modbus.TypeBool, Bit: bit(3), Scale: 1, Sim: constant(1)},
+			{Signal: "setpoint", Table: modbus.Holding, Address: 1, Type: modbus.TypeUint16, Scale: 1, Sim: constant(1234)},
+			{Signal: "relay1", Table: modbus.Coil, Address: 0, Type: modbus.TypeBool, Scale: 1, Sim: constant(1)},
+			{Signal: "relay2", Table: modbus.Coil, Address: 1, Type: modbus.TypeBool, Scale: 1, Sim: constant(0)},
+			{Signal: "door", Table: modbus.Discrete, Address: 0, Type: modbus.TypeBool, Scale: 1, Sim: constant(1)},
 		},
-	}
+		}}
 }
 
 // sink records what was served.
 type sink struct {
 	mu sync.Mutex
-	rs []Reading
+	rs []sim.Reading
 }
 
-func (s *sink) Served(dev string, rs []Reading) {
+func (s *sink) Served(dev string, rs []sim.Reading) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rs = append(s.rs, rs...)
 }
 
-func (s *sink) take() []Reading {
+func (s *sink) take() []sim.Reading {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rs := s.rs
@@ -60,7 +61,7 @@ func (s *sink) take() []Reading {
 func newDevice(t *testing.T, gaps bool) (*Device, *sink) {
 	t.Helper()
 	sk := &sink{}
-	d, err := New(configs.Device{ID: "dev", Template: "t", UnitID: 1}, testTemplate(gaps), Options{Seed: 1, Sink: sk})
+	d, err := New(configs.Device{ID: "dev", Template: "t", Settings: &modbus.Device{UnitID: 1}}, testTemplate(gaps), Options{Seed: 1, Sink: sk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,22 +77,22 @@ func TestProcess(t *testing.T) {
 		gaps   bool
 		req    []byte
 		resp   []byte
-		served []Reading
+		served []sim.Reading
 	}{
 		{"read input whole signals", true, pdu(4, 0, 0, 0, 3), pdu(4, 6, 0x00, 0xD5, 0x43, 0x65, 0x80, 0x00),
-			[]Reading{{"temp", signal.Num(21.3)}, {"volt", signal.Num(229.5)}}},
+			[]sim.Reading{{Signal: "temp", Value: signal.Num(21.3)}, {Signal: "volt", Value: signal.Num(229.5)}}},
 		{"half a float is not a reading", true, pdu(4, 0, 2, 0, 1), pdu(4, 2, 0x80, 0x00), nil},
 		{"gaps read as zero", true, pdu(4, 0, 2, 0, 9), pdu(4, 18, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7),
-			[]Reading{{"far", signal.Num(7)}}},
+			[]sim.Reading{{Signal: "far", Value: signal.Num(7)}}},
 		{"past the highest address", true, pdu(4, 0, 0, 0, 12), pdu(0x84, 2), nil},
 		{"before the lowest address", true, pdu(3, 0xFF, 0xFF, 0, 1), pdu(0x83, 2), nil},
 		{"gaps refused", false, pdu(4, 0, 0, 0, 11), pdu(0x84, 2), nil},
-		{"mapped reads without gaps", false, pdu(4, 0, 10, 0, 1), pdu(4, 2, 0, 7), []Reading{{"far", signal.Num(7)}}},
+		{"mapped reads without gaps", false, pdu(4, 0, 10, 0, 1), pdu(4, 2, 0, 7), []sim.Reading{{Signal: "far", Value: signal.Num(7)}}},
 		{"unmapped table", true, pdu(3, 0, 9, 0, 1), pdu(0x83, 2), nil},
 		{"bits in a holding register", true, pdu(3, 0, 0, 0, 2), pdu(3, 4, 0x00, 0x09, 0x04, 0xD2),
-			[]Reading{{"armed", signal.B(true)}, {"fault", signal.B(true)}, {"setpoint", signal.Num(1234)}}},
-		{"coils", true, pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x01), []Reading{{"relay1", signal.B(true)}, {"relay2", signal.B(false)}}},
-		{"discrete inputs", true, pdu(2, 0, 0, 0, 1), pdu(2, 1, 0x01), []Reading{{"door", signal.B(true)}}},
+			[]sim.Reading{{Signal: "armed", Value: signal.B(true)}, {Signal: "fault", Value: signal.B(true)}, {Signal: "setpoint", Value: signal.Num(1234)}}},
+		{"coils", true, pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x01), []sim.Reading{{Signal: "relay1", Value: signal.B(true)}, {Signal: "relay2", Value: signal.B(false)}}},
+		{"discrete inputs", true, pdu(2, 0, 0, 0, 1), pdu(2, 1, 0x01), []sim.Reading{{Signal: "door", Value: signal.B(true)}}},
 		{"126 registers", true, pdu(4, 0, 0, 0, 126), pdu(0x84, 3), nil},
 		{"0 registers", true, pdu(3, 0, 0, 0, 0), pdu(0x83, 3), nil},
 		{"2001 coils", true, pdu(1, 0, 0, 0x07, 0xD1), pdu(0x81, 3), nil},
@@ -126,7 +127,7 @@ func TestProcess(t *testing.T) {
 			if c.resp[0]&0x80 != 0 {
 				wantExc = 1
 			}
-			if st != (Stats{Polls: 1, ReadingsServed: int64(len(c.served)), Exceptions: wantExc}) {
+			if st != (sim.Stats{Polls: 1, ReadingsServed: int64(len(c.served)), Exceptions: wantExc}) {
 				t.Errorf("stats = %+v", st)
 			}
 		})
@@ -139,19 +140,19 @@ func TestWritesReadBack(t *testing.T) {
 	d, sk := newDevice(t, true)
 	steps := []struct {
 		req, resp []byte
-		served    []Reading
+		served    []sim.Reading
 	}{
 		{pdu(5, 0, 0, 0, 0), pdu(5, 0, 0, 0, 0), nil},
-		{pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x00), []Reading{{"relay1", signal.B(false)}, {"relay2", signal.B(false)}}},
+		{pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x00), []sim.Reading{{Signal: "relay1", Value: signal.B(false)}, {Signal: "relay2", Value: signal.B(false)}}},
 		{pdu(15, 0, 0, 0, 2, 1, 0x02), pdu(15, 0, 0, 0, 2), nil},
-		{pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x02), []Reading{{"relay1", signal.B(false)}, {"relay2", signal.B(true)}}},
+		{pdu(1, 0, 0, 0, 2), pdu(1, 1, 0x02), []sim.Reading{{Signal: "relay1", Value: signal.B(false)}, {Signal: "relay2", Value: signal.B(true)}}},
 		{pdu(6, 0, 1, 0x00, 0x63), pdu(6, 0, 1, 0x00, 0x63), nil},
-		{pdu(3, 0, 1, 0, 1), pdu(3, 2, 0x00, 0x63), []Reading{{"setpoint", signal.Num(99)}}},
+		{pdu(3, 0, 1, 0, 1), pdu(3, 2, 0x00, 0x63), []sim.Reading{{Signal: "setpoint", Value: signal.Num(99)}}},
 		// Clearing bit 0 of the status register turns "armed" off, keeps
 		// "fault" on.
 		{pdu(16, 0, 0, 0, 2, 4, 0x00, 0x08, 0x00, 0x07), pdu(16, 0, 0, 0, 2), nil},
 		{pdu(3, 0, 0, 0, 2), pdu(3, 4, 0x00, 0x08, 0x00, 0x07),
-			[]Reading{{"armed", signal.B(false)}, {"fault", signal.B(true)}, {"setpoint", signal.Num(7)}}},
+			[]sim.Reading{{Signal: "armed", Value: signal.B(false)}, {Signal: "fault", Value: signal.B(true)}, {Signal: "setpoint", Value: signal.Num(7)}}},
 	}
 	for i, s := range steps {
 		resp, commit := slave.Process(d, s.req)
@@ -169,12 +170,12 @@ func TestWritesReadBack(t *testing.T) {
 
 func TestNewErrors(t *testing.T) {
 	tm := testTemplate(true)
-	tm.Registers[0].Sim = &configs.Sim{Wave: "square"}
-	_, err := New(configs.Device{ID: "dev", UnitID: 1}, tm, Options{})
+	tm.Body.(*modbus.Template).Registers[0].Sim = &configs.Sim{Wave: "square"}
+	_, err := New(configs.Device{ID: "dev", Settings: &modbus.Device{UnitID: 1}}, tm, Options{})
 	if err == nil || err.Error() != `device dev: signal dev/temp: unknown wave "square"` {
 		t.Errorf("New with an unknown wave: %v", err)
 	}
-	_, err = New(configs.Device{ID: "dev", Template: "nope", UnitID: 1}, nil, Options{})
+	_, err = New(configs.Device{ID: "dev", Template: "nope", Settings: &modbus.Device{UnitID: 1}}, nil, Options{})
 	if err == nil || err.Error() != `device dev: no template "nope"` {
 		t.Errorf("New without a template: %v", err)
 	}
@@ -184,13 +185,13 @@ func TestNewErrors(t *testing.T) {
 // the served value is what its registers say.
 func TestConsistentResponse(t *testing.T) {
 	gaps := true
-	tm := &configs.Template{Name: "c", Kind: "test", ReadGaps: gaps, Registers: []configs.Register{
-		{Signal: "count", Table: configs.Input, Address: 0, Type: configs.TypeUint32, Scale: 1, Sim: &configs.Sim{Wave: "counter", Rate: 1000}},
-	}}
+	tm := &configs.Template{Name: "c", Kind: "test", Protocol: "modbus", Body: &modbus.Template{ReadGaps: gaps, Registers: []modbus.Register{
+		{Signal: "count", Table: modbus.Input, Address: 0, Type: modbus.TypeUint32, Scale: 1, Sim: &configs.Sim{Wave: "counter", Rate: 1000}},
+	}}}
 	var now time.Time
 	start := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	sk := &sink{}
-	d, err := New(configs.Device{ID: "dev", UnitID: 1}, tm, Options{Start: start, Now: func() time.Time { return now }, Sink: sk})
+	d, err := New(configs.Device{ID: "dev", Settings: &modbus.Device{UnitID: 1}}, tm, Options{Start: start, Now: func() time.Time { return now }, Sink: sk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +204,7 @@ func TestConsistentResponse(t *testing.T) {
 		if float64(raw) != want {
 			t.Errorf("step %d: raw %d, want %v", i, raw, want)
 		}
-		if got := sk.take(); !slices.Equal(got, []Reading{{"count", signal.Num(want)}}) {
+		if got := sk.take(); !slices.Equal(got, []sim.Reading{{Signal: "count", Value: signal.Num(want)}}) {
 			t.Errorf("step %d: served %v", i, got)
 		}
 	}
@@ -228,8 +229,8 @@ func TestEmbeddedStations(t *testing.T) {
 				t.Fatalf("%s: %v", f, err)
 			}
 			tm := st.Templates[d.Template]
-			for _, r := range tm.Registers {
-				fc := map[configs.Table]byte{configs.Coil: 1, configs.Discrete: 2, configs.Holding: 3, configs.Input: 4}[r.Table]
+			for _, r := range tm.Body.(*modbus.Template).Registers {
+				fc := map[modbus.Table]byte{modbus.Coil: 1, modbus.Discrete: 2, modbus.Holding: 3, modbus.Input: 4}[r.Table]
 				resp, commit := slave.Process(dev, pdu(fc, byte(r.Address>>8), byte(r.Address), 0, byte(r.Span())))
 				if resp[0] != fc || commit == nil {
 					t.Fatalf("%s %s %s: % x", f, d.ID, r.Signal, resp)
@@ -240,7 +241,7 @@ func TestEmbeddedStations(t *testing.T) {
 			for _, rd := range sk.take() {
 				got[rd.Signal] = true
 			}
-			for _, r := range tm.Registers {
+			for _, r := range tm.Body.(*modbus.Template).Registers {
 				if !got[r.Signal] {
 					t.Errorf("%s %s: %s never served", f, d.ID, r.Signal)
 				}
@@ -278,7 +279,7 @@ func TestEventsServed(t *testing.T) {
 	}
 	serve := func(sig string, vals ...bool) {
 		for _, v := range vals {
-			d.countEdges([]Reading{{Signal: sig, Value: signal.B(v)}, {Signal: "temperature", Value: signal.Num(1)}})
+			d.countEdges([]sim.Reading{{Signal: sig, Value: signal.B(v)}, {Signal: "temperature", Value: signal.Num(1)}})
 		}
 	}
 	serve("smoke", false, true, true, false, false, true) // up, clear, up

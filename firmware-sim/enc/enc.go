@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"strings"
 
-	"outpost/configs"
+	"outpost/configs/modbus"
 	"outpost/firmware-sim/signal"
 )
 
@@ -25,13 +25,13 @@ import (
 //
 // want is the value a correct decoder reads back: for numbers exactly
 // float64(raw)*scale + offset, with raw converted to float64 first.
-func Encode(r *configs.Register, v signal.Value) (words []uint16, want signal.Value, err error) {
+func Encode(r *modbus.Register, v signal.Value) (words []uint16, want signal.Value, err error) {
 	scale := r.Scale
 	if scale == 0 {
 		scale = 1
 	}
 	switch r.Type {
-	case configs.TypeBool:
+	case modbus.TypeBool:
 		b := v.Truth()
 		if r.Table.IsBits() {
 			return nil, signal.B(b), nil
@@ -41,37 +41,37 @@ func Encode(r *configs.Register, v signal.Value) (words []uint16, want signal.Va
 			w = 1 << bitOf(r)
 		}
 		return []uint16{w}, signal.B(b), nil
-	case configs.TypeInt16:
+	case modbus.TypeInt16:
 		raw := toInt(v, scale, r.Offset, math.MinInt16, math.MaxInt16)
 		var be [2]byte
 		binary.BigEndian.PutUint16(be[:], uint16(int16(raw)))
 		return order(be[:], r.Order), number(strconv.FormatInt(raw, 10), scale, r.Offset), nil
-	case configs.TypeUint16:
+	case modbus.TypeUint16:
 		raw := toInt(v, scale, r.Offset, 0, math.MaxUint16)
 		var be [2]byte
 		binary.BigEndian.PutUint16(be[:], uint16(raw))
 		return order(be[:], r.Order), number(strconv.FormatInt(raw, 10), scale, r.Offset), nil
-	case configs.TypeInt32:
+	case modbus.TypeInt32:
 		raw := toInt(v, scale, r.Offset, math.MinInt32, math.MaxInt32)
 		var be [4]byte
 		binary.BigEndian.PutUint32(be[:], uint32(int32(raw)))
 		return order(be[:], r.Order), number(strconv.FormatInt(raw, 10), scale, r.Offset), nil
-	case configs.TypeUint32:
+	case modbus.TypeUint32:
 		raw := toInt(v, scale, r.Offset, 0, math.MaxUint32)
 		var be [4]byte
 		binary.BigEndian.PutUint32(be[:], uint32(raw))
 		return order(be[:], r.Order), number(strconv.FormatInt(raw, 10), scale, r.Offset), nil
-	case configs.TypeFloat32:
+	case modbus.TypeFloat32:
 		raw := float32((v.Float() - r.Offset) / scale)
 		var be [4]byte
 		binary.BigEndian.PutUint32(be[:], math.Float32bits(raw))
 		return order(be[:], r.Order), number(strconv.FormatFloat(float64(raw), 'g', -1, 32), scale, r.Offset), nil
-	case configs.TypeFloat64:
+	case modbus.TypeFloat64:
 		raw := (v.Float() - r.Offset) / scale
 		var be [8]byte
 		binary.BigEndian.PutUint64(be[:], math.Float64bits(raw))
 		return order(be[:], r.Order), number(strconv.FormatFloat(raw, 'g', -1, 64), scale, r.Offset), nil
-	case configs.TypeString:
+	case modbus.TypeString:
 		if r.Length <= 0 {
 			return nil, signal.Value{}, fmt.Errorf("signal %s: string without a length", r.Signal)
 		}
@@ -150,7 +150,7 @@ func toInt(v signal.Value, scale, offset float64, lo, hi int64) int64 {
 }
 
 // bitOf is the register bit of a bool, 0 when unset.
-func bitOf(r *configs.Register) int {
+func bitOf(r *modbus.Register) int {
 	if r.Bit == nil {
 		return 0
 	}
@@ -158,7 +158,7 @@ func bitOf(r *configs.Register) int {
 }
 
 // order turns big-endian bytes into registers in address order under o.
-func order(be []byte, o configs.ByteOrder) []uint16 {
+func order(be []byte, o modbus.ByteOrder) []uint16 {
 	n := len(be) / 2
 	words := make([]uint16, n)
 	for i := range n {
@@ -176,7 +176,7 @@ func order(be []byte, o configs.ByteOrder) []uint16 {
 }
 
 // unorder is the inverse of order.
-func unorder(words []uint16, o configs.ByteOrder) []byte {
+func unorder(words []uint16, o modbus.ByteOrder) []byte {
 	n := len(words)
 	be := make([]byte, 2*n)
 	for i := range n {
@@ -203,7 +203,7 @@ func cString(b []byte) string {
 
 // Decode reads the value of r from its registers, e.g. after a master wrote
 // them. For a bool on a bit table pass the bit as words[0] (0 or 1).
-func Decode(r *configs.Register, words []uint16) (signal.Value, error) {
+func Decode(r *modbus.Register, words []uint16) (signal.Value, error) {
 	if len(words) < max(r.Words(), 1) {
 		return signal.Value{}, fmt.Errorf("signal %s: %d registers, need %d", r.Signal, len(words), r.Words())
 	}
@@ -212,26 +212,26 @@ func Decode(r *configs.Register, words []uint16) (signal.Value, error) {
 		scale = 1
 	}
 	switch r.Type {
-	case configs.TypeBool:
+	case modbus.TypeBool:
 		if r.Table.IsBits() {
 			return signal.B(words[0] != 0), nil
 		}
 		return signal.B(words[0]>>bitOf(r)&1 == 1), nil
-	case configs.TypeInt16:
+	case modbus.TypeInt16:
 		return number(strconv.Itoa(int(int16(binary.BigEndian.Uint16(unorder(words[:1], r.Order))))), scale, r.Offset), nil
-	case configs.TypeUint16:
+	case modbus.TypeUint16:
 		return number(strconv.Itoa(int(binary.BigEndian.Uint16(unorder(words[:1], r.Order)))), scale, r.Offset), nil
-	case configs.TypeInt32:
+	case modbus.TypeInt32:
 		return number(strconv.Itoa(int(int32(binary.BigEndian.Uint32(unorder(words[:2], r.Order))))), scale, r.Offset), nil
-	case configs.TypeUint32:
+	case modbus.TypeUint32:
 		return number(strconv.Itoa(int(binary.BigEndian.Uint32(unorder(words[:2], r.Order)))), scale, r.Offset), nil
-	case configs.TypeFloat32:
+	case modbus.TypeFloat32:
 		f := math.Float32frombits(binary.BigEndian.Uint32(unorder(words[:2], r.Order)))
 		return number(strconv.FormatFloat(float64(f), 'g', -1, 32), scale, r.Offset), nil
-	case configs.TypeFloat64:
+	case modbus.TypeFloat64:
 		f := math.Float64frombits(binary.BigEndian.Uint64(unorder(words[:4], r.Order)))
 		return number(strconv.FormatFloat(f, 'g', -1, 64), scale, r.Offset), nil
-	case configs.TypeString:
+	case modbus.TypeString:
 		b := make([]byte, 0, 2*r.Length)
 		for _, w := range words[:r.Length] {
 			hi, lo := byte(w>>8), byte(w)

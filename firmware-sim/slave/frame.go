@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/configs/modbus"
 )
 
 // CRC16 is the Modbus RTU CRC (polynomial 0xA001 reflected, initial 0xFFFF).
@@ -106,7 +107,7 @@ type Line struct {
 }
 
 // LineOf is the line of a bus, with the usual defaults for unset fields.
-func LineOf(b configs.Bus) Line {
+func LineOf(b modbus.RTU) Line {
 	l := Line{Baud: b.Baud, DataBits: b.DataBits, Parity: b.Parity, StopBits: b.StopBits}
 	if l.DataBits == 0 {
 		l.DataBits = 8

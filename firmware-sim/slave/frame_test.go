@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/configs/modbus"
 )
 
 func TestCRC16(t *testing.T) {
@@ -120,7 +121,7 @@ func TestLine(t *testing.T) {
 	if got, want := (Line{Baud: 9600, DataBits: 8, StopBits: 1}).Wire(17), 17708333*time.Nanosecond; got != want {
 		t.Errorf("Wire(17) = %v, want %v", got, want)
 	}
-	if got := LineOf(configs.Bus{Baud: 4800}); got != (Line{Baud: 4800, DataBits: 8, Parity: configs.ParityNone, StopBits: 1}) {
+	if got := LineOf(modbus.RTU{Serial: configs.Serial{Baud: 4800}}); got != (Line{Baud: 4800, DataBits: 8, Parity: configs.ParityNone, StopBits: 1}) {
 		t.Errorf("LineOf defaults = %+v", got)
 	}
 }

@@ -6,7 +6,7 @@ package slave
 import (
 	"encoding/binary"
 
-	"outpost/configs"
+	"outpost/configs/modbus"
 )
 
 // Exception is a Modbus exception code; 0 means none.
@@ -29,8 +29,8 @@ const (
 // commit func, called once the response carrying the data has been sent in
 // full (it may be nil).
 type Unit interface {
-	ReadBits(t configs.Table, addr, qty int) (bits []bool, commit func(), exc Exception)
-	ReadWords(t configs.Table, addr, qty int) (words []uint16, commit func(), exc Exception)
+	ReadBits(t modbus.Table, addr, qty int) (bits []bool, commit func(), exc Exception)
+	ReadWords(t modbus.Table, addr, qty int) (words []uint16, commit func(), exc Exception)
 	WriteBits(addr int, bits []bool) Exception
 	WriteWords(addr int, words []uint16) Exception
 }
@@ -84,9 +84,9 @@ func process(u Unit, pdu []byte) ([]byte, func(), Exception) {
 			if addr+qty > 0x10000 {
 				return nil, nil, IllegalAddress
 			}
-			t := configs.Coil
+			t := modbus.Coil
 			if fc == 2 {
-				t = configs.Discrete
+				t = modbus.Discrete
 			}
 			bits, commit, exc := u.ReadBits(t, addr, qty)
 			if exc != 0 {
@@ -101,9 +101,9 @@ func process(u Unit, pdu []byte) ([]byte, func(), Exception) {
 		if addr+qty > 0x10000 {
 			return nil, nil, IllegalAddress
 		}
-		t := configs.Holding
+		t := modbus.Holding
 		if fc == 4 {
-			t = configs.Input
+			t = modbus.Input
 		}
 		words, commit, exc := u.ReadWords(t, addr, qty)
 		if exc != 0 {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"outpost/configs"
+	"outpost/configs/modbus"
 	"outpost/firmware-sim/device"
 	"outpost/firmware-sim/slave"
 	"outpost/firmware-sim/vport"
@@ -27,12 +28,12 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 func newDevice(t testing.TB, id string, unit int) *device.Device {
 	t.Helper()
 	gaps := true
-	tm := &configs.Template{Name: "t", Kind: "test", ReadGaps: gaps, Registers: []configs.Register{
-		{Signal: "temp", Table: configs.Input, Address: 0, Type: configs.TypeInt16, Scale: 0.1, Sim: &configs.Sim{Wave: "constant", Value: 21.3}},
-		{Signal: "hum", Table: configs.Input, Address: 1, Type: configs.TypeUint16, Scale: 0.1, Sim: &configs.Sim{Wave: "constant", Value: float64(unit)}},
-		{Signal: "setpoint", Table: configs.Holding, Address: 0, Type: configs.TypeUint16, Scale: 1, Sim: &configs.Sim{Wave: "constant", Value: 5}},
-	}}
-	d, err := device.New(configs.Device{ID: id, Template: "t", UnitID: unit}, tm, device.Options{Seed: 1})
+	tm := &configs.Template{Name: "t", Kind: "test", Protocol: "modbus", Body: &modbus.Template{ReadGaps: gaps, Registers: []modbus.Register{
+		{Signal: "temp", Table: modbus.Input, Address: 0, Type: modbus.TypeInt16, Scale: 0.1, Sim: &configs.Sim{Wave: "constant", Value: 21.3}},
+		{Signal: "hum", Table: modbus.Input, Address: 1, Type: modbus.TypeUint16, Scale: 0.1, Sim: &configs.Sim{Wave: "constant", Value: float64(unit)}},
+		{Signal: "setpoint", Table: modbus.Holding, Address: 0, Type: modbus.TypeUint16, Scale: 1, Sim: &configs.Sim{Wave: "constant", Value: 5}},
+	}}}
+	d, err := device.New(configs.Device{ID: id, Template: "t", Settings: &modbus.Device{UnitID: unit}}, tm, device.Options{Seed: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ type Forwarder struct {
 	// Limit, when set, is the largest message the hub takes; a message the
 	// hub drops the connection on lowers it (see SizeLimit).
 	Limit *SizeLimit
-	Log    *slog.Logger
+	Log   *slog.Logger
 
 	failures atomic.Uint64 // sends the hub did not accept
 	// limit is the batch size now: 1 when the hub keeps dropping the

@@ -71,10 +71,9 @@ func NewIngest(st *configs.Station, seq Sequencer, outs []Appender, log *slog.Lo
 	}
 	for _, d := range st.Devices {
 		dev := in.device(d.ID)
-		t := st.Templates[d.Template]
-		for i := range t.Registers {
-			if r := &t.Registers[i]; r.Event != nil {
-				dev.rules[r.Signal] = r.Event
+		for _, sg := range st.Templates[d.Template].Body.Signals() {
+			if sg.Event != nil {
+				dev.rules[sg.Name] = sg.Event
 			}
 		}
 	}

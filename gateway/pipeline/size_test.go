@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/configs/modbus"
 	"outpost/gateway/model"
 )
 
@@ -29,12 +30,12 @@ func TestQueueBytesPerReading(t *testing.T) {
 			Station: st.Station.ID, StationType: st.Station.Type, Device: d.ID, DeviceKind: tm.Kind,
 			Seq: 123456, Time: time.Date(2026, 11, 28, 12, 0, 0, 123456789, time.UTC), Kind: model.KindTelemetry,
 		}
-		for _, r := range tm.Registers {
+		for _, r := range tm.Body.(*modbus.Template).Registers {
 			v := model.Number(1234.5)
 			switch r.Type {
-			case configs.TypeBool:
+			case modbus.TypeBool:
 				v = model.Bool(true)
-			case configs.TypeString:
+			case modbus.TypeString:
 				v = model.String(strings.Repeat("x", 2*r.Length))
 			}
 			m.Readings = append(m.Readings, model.Reading{Signal: r.Signal, Unit: r.Unit, Quality: model.Good, Value: v})

@@ -140,8 +140,8 @@ func cmdValidate(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: valid: station %s (%s), %d devices, %d buses, %d endpoints\n",
-		path, st.Station.ID, st.Station.Type, len(st.Devices), len(st.Buses), len(st.Endpoints))
+	fmt.Fprintf(stdout, "%s: valid: station %s (%s), %d devices on %d links\n",
+		path, st.Station.ID, st.Station.Type, len(st.Devices), len(st.Links))
 	return 0
 }
 

@@ -17,9 +17,9 @@ func TestValidate(t *testing.T) {
 		out, errln string // a line the output must hold
 	}{
 		{[]string{"validate", "../../../configs/police-room.yaml"}, 0,
-			"../../../configs/police-room.yaml: valid: station pr-0001 (police_room), 7 devices, 2 buses, 1 endpoints", ""},
+			"../../../configs/police-room.yaml: valid: station pr-0001 (police_room), 7 devices on 3 links", ""},
 		{[]string{"validate", "../../../configs/testdata/errors/references.yaml"}, 1, "",
-			"../../../configs/testdata/errors/references.yaml:13:76: devices[2].unit_id: unit id 1 is already used on rs485-1 by devices[0] (th-1)"},
+			"../../../configs/testdata/errors/references.yaml:12:77: devices[2].unit_id: unit id 1 is already used on rs485-1 by devices[0] (th-1)"},
 		{[]string{"validate", "no-such-file.yaml"}, 1, "", "station file: no-such-file.yaml does not exist"},
 		{[]string{"validate"}, 2, "", "usage: gateway validate STATION.yaml"},
 		{[]string{"run"}, 2, "", "gateway run: -config STATION.yaml is required"},
@@ -47,7 +47,7 @@ func TestValidate(t *testing.T) {
 // TestEveryConfigProtocolHasADriver holds the protocols the station file
 // may name and the drivers this binary registers together.
 func TestEveryConfigProtocolHasADriver(t *testing.T) {
-	for _, p := range append(slices.Clone(configs.BusProtocols), configs.EndpointProtocols...) {
+	for _, p := range configs.Protocols() {
 		if !slices.Contains(drivers.Protocols(), p) {
 			t.Errorf("station files may name protocol %q, but no driver registers it (have %v)", p, drivers.Protocols())
 		}

@@ -40,15 +40,15 @@ func stationFile(t *testing.T, broker string) string {
 	dead := ln.Addr().String()
 	ln.Close()
 	src := fmt.Sprintf(`
-version: 1
+version: 2
 station: {id: sd-1, type: safety_post}
 state_dir: %s
 hub:
   mqtt: {url: "%s"}
-endpoints:
-  - {id: lan, address: "%s", timeout: 200ms}
+links:
+  - {id: lan, protocol: modbus-tcp, address: "%s", timeout: 200ms}
 devices:
-  - {id: meter-1, template: sdm120, endpoint: lan, unit_id: 1, poll: 100ms}
+  - {id: meter-1, template: sdm120, link: lan, unit_id: 1, poll: 100ms}
 `, t.TempDir(), broker, dead)
 	path := filepath.Join(t.TempDir(), "station.yaml")
 	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {

@@ -1,0 +1,138 @@
+// Package modbus simulates the Modbus links of a station: the devices of a
+// modbus-rtu link answer on a virtual serial port linked at the link's
+// port path, paced to its baud rate; those of a modbus-tcp link listen at
+// its address. It registers both with the simulator.
+package modbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"outpost/configs"
+	mb "outpost/configs/modbus"
+	"outpost/firmware-sim/device"
+	"outpost/firmware-sim/sim"
+	"outpost/firmware-sim/slave"
+	"outpost/firmware-sim/vport"
+)
+
+func init() {
+	sim.Register("modbus-rtu", newRTU)
+	sim.Register("modbus-tcp", newTCP)
+}
+
+// devices builds the simulated devices of a link, by unit id; silent ones
+// are built (they count in the stats) but answer nothing.
+func devices(st *configs.Station, devs []*configs.Device, o sim.Options) (all []*device.Device, units map[byte]slave.Unit, silent map[byte]bool, err error) {
+	units, silent = map[byte]slave.Unit{}, map[byte]bool{}
+	for _, d := range devs {
+		dev, err := device.New(*d, st.Templates[d.Template], device.Options{Seed: o.Seed, Start: o.Start, Sink: o.Sink})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		all = append(all, dev)
+		if o.Silent[d.ID] {
+			silent[dev.Unit()] = true
+			o.Log.Info("device silent", "device", d.ID, "unit", dev.Unit())
+			continue
+		}
+		units[dev.Unit()] = dev
+	}
+	return all, units, silent, nil
+}
+
+// rtuLink is a simulated RS-485 bus.
+type rtuLink struct {
+	srv  *slave.RTU
+	port *vport.Port
+	devs []*device.Device
+}
+
+func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o sim.Options) (sim.Link, error) {
+	bus, ok := link.Settings.(*mb.RTU)
+	if !ok {
+		return nil, fmt.Errorf("link %s: not a modbus-rtu link", link.ID)
+	}
+	all, units, _, err := devices(st, devs, o)
+	if err != nil {
+		return nil, err
+	}
+	p, err := vport.Open(bus.Port)
+	if err != nil {
+		return nil, fmt.Errorf("bus %s: %w", link.ID, err)
+	}
+	turn := bus.Turnaround
+	if o.Turnaround >= 0 {
+		turn = o.Turnaround
+	}
+	var port slave.Port = p
+	if !o.CheckLine {
+		port = plainPort{p}
+	}
+	l := &rtuLink{port: p, devs: all, srv: &slave.RTU{
+		Port:       port,
+		Line:       slave.LineOf(*bus),
+		Turnaround: turn,
+		Units:      units,
+		Log:        o.Log.With("bus", link.ID),
+		Deaf:       o.Deaf,
+	}}
+	o.Log.Info("bus up", "bus", link.ID, "port", bus.Port, "pty", p.Path(), "baud", bus.Baud, "devices", len(units))
+	return l, nil
+}
+
+// plainPort hides a port's line sensing.
+type plainPort struct{ slave.Port }
+
+func (l *rtuLink) Serve(ctx context.Context) error { return l.srv.Serve(ctx) }
+func (l *rtuLink) Close() error                    { return l.port.Close() }
+func (l *rtuLink) Devices() []sim.Device           { return simDevices(l.devs) }
+
+// tcpLink is a simulated Modbus TCP endpoint.
+type tcpLink struct {
+	srv  *slave.TCP
+	ln   net.Listener
+	devs []*device.Device
+}
+
+func newTCP(st *configs.Station, link *configs.Link, devs []*configs.Device, o sim.Options) (sim.Link, error) {
+	ep, ok := link.Settings.(*mb.TCP)
+	if !ok {
+		return nil, fmt.Errorf("link %s: not a modbus-tcp link", link.ID)
+	}
+	all, units, silent, err := devices(st, devs, o)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", ep.Address)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w", link.ID, err)
+	}
+	o.Log.Info("endpoint up", "endpoint", link.ID, "address", ln.Addr().String(), "devices", len(units))
+	return &tcpLink{ln: ln, devs: all, srv: &slave.TCP{Units: units, Silent: silent, Log: o.Log.With("endpoint", link.ID), Deaf: o.Deaf}}, nil
+}
+
+func (l *tcpLink) Serve(ctx context.Context) error { return l.srv.Serve(ctx, l.ln) }
+
+// Addr is where the endpoint listens (for a station file's address with
+// port 0).
+func (l *tcpLink) Addr() net.Addr { return l.ln.Addr() }
+
+func (l *tcpLink) Close() error {
+	if err := l.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+func (l *tcpLink) Devices() []sim.Device { return simDevices(l.devs) }
+
+func simDevices(devs []*device.Device) []sim.Device {
+	out := make([]sim.Device, len(devs))
+	for i, d := range devs {
+		out[i] = d
+	}
+	return out
+}

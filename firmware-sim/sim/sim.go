@@ -1,0 +1,118 @@
+// Package sim is what the simulated firmware of every protocol shares: the
+// registry of link simulators by protocol, the options they get, and the
+// counters and served-readings log they report to. A protocol's simulator
+// package registers itself in init(); firmware-sim imports it.
+package sim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"outpost/configs"
+	"outpost/firmware-sim/signal"
+)
+
+// Link is the simulated other side of one link of a station: the devices
+// on a serial line, behind an endpoint, or reporting to a listener.
+type Link interface {
+	// Serve runs the link until ctx ends; it returns nil then.
+	Serve(ctx context.Context) error
+	// Close releases what the link holds (ports, listeners); it is called
+	// once, after Serve returned or when the station could not start.
+	Close() error
+	// Devices are the link's simulated devices.
+	Devices() []Device
+}
+
+// Device is one simulated device.
+type Device interface {
+	ID() string
+	Stats() Stats
+}
+
+// Stats are a device's counters.
+type Stats struct {
+	// Polls counts requests answered, normally or with an exception.
+	Polls int64 `json:"polls"`
+	// ReadingsServed counts signals whose whole value the device sent in
+	// a response that went out in full.
+	ReadingsServed int64 `json:"readings_served"`
+	// Exceptions counts exception responses.
+	Exceptions int64 `json:"exceptions"`
+	// CRCErrors counts damaged frames that seemed addressed to the device.
+	CRCErrors int64 `json:"crc_errors"`
+	// EventsServed counts the edges of signals with an event rule that a
+	// master reading every response saw, or the events a device reported
+	// itself: the gateway must raise exactly that many events.
+	EventsServed int64 `json:"events_served"`
+}
+
+// Reading is one signal served whole, with the value a correct master
+// decodes from it.
+type Reading struct {
+	Signal string
+	Value  signal.Value
+}
+
+// Sink receives what devices served. It must be safe for concurrent use.
+type Sink interface {
+	Served(device string, rs []Reading)
+}
+
+// Options are what every link simulator gets.
+type Options struct {
+	// Seed makes the simulated values repeatable.
+	Seed int64
+	// Start is when the signals start.
+	Start time.Time
+	// Sink, if set, receives every served reading.
+	Sink Sink
+	// Deaf, while true, makes every device ignore what reaches it.
+	Deaf *atomic.Bool
+	// Silent devices never answer, as a wrong unit id would not.
+	Silent map[string]bool
+	// Turnaround, when not negative, replaces the links' own device
+	// turnaround.
+	Turnaround time.Duration
+	// CheckLine makes serial devices answer garbage to a master whose line
+	// settings differ from the link's.
+	CheckLine bool
+	Log       *slog.Logger
+}
+
+// Factory builds the simulator of one link of a station, with the
+// station's devices on it. It may open ports and listeners.
+type Factory func(st *configs.Station, link *configs.Link, devices []*configs.Device, o Options) (Link, error)
+
+var (
+	mu        sync.RWMutex
+	factories = map[string]Factory{}
+)
+
+// Register makes a protocol's simulator known. It panics on a protocol
+// registered twice.
+func Register(protocol string, f Factory) {
+	mu.Lock()
+	defer mu.Unlock()
+	if _, dup := factories[protocol]; dup {
+		panic("sim: protocol registered twice: " + protocol)
+	}
+	factories[protocol] = f
+}
+
+// New builds the simulator of a link.
+func New(st *configs.Station, link *configs.Link, o Options) (Link, error) {
+	mu.RLock()
+	f, ok := factories[link.Protocol]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("link %s: no simulator of protocol %q (have %v)", link.ID, link.Protocol, slices.Sorted(maps.Keys(factories)))
+	}
+	return f(st, link, st.DevicesOn(link.ID), o)
+}
