@@ -275,6 +275,10 @@ type Template struct {
 	// Protocol is the protocol family the template is for: its devices
 	// sit on links of a protocol of that family (see Protocols below).
 	Protocol string `yaml:"protocol" required:"true" example:"modbus"`
+	// Alarm says the device raises alarms (a panic button, an alarm
+	// panel, a smoke detector): the hub gets device_lost as critical when
+	// it falls silent.
+	Alarm bool `yaml:"alarm" example:"true"`
 	// Body is the family's part of the template (e.g. *modbus.Template).
 	Body Body `yaml:"-"`
 	// Rest holds the body's keys until the loader knows the family.
@@ -298,6 +302,10 @@ type Signal struct {
 	Unit  string
 	Event *EventRule
 	Range *Range
+	// Writable signals can be set by a command from the hub (an output, a
+	// coil, a holding register); a number only within Limits, when given.
+	Writable bool
+	Limits   *Range
 }
 
 // ValueType is the kind of value a signal has.

@@ -18,9 +18,19 @@ import (
 
 // Emit hands a message to the gateway. The driver sets Device, DeviceKind,
 // Kind, Time and the payload; the gateway stamps station and sequence number.
-// Emit may block while the gateway persists the message; it must not be
-// called after Run returns.
+// Emit blocks while the gateway persists the message: when it returns, an
+// event is durable (fsynced), so a driver may then acknowledge it to the
+// device that sent it (an alarm panel stops retransmitting once it has
+// the acknowledgement). It must not be called after Run returns.
 type Emit func(model.Message)
+
+// Commander is a driver that can act on its devices: set a writable
+// signal (an output, a coil, a holding register) of one of them, for a
+// command from the hub. Set returns once the device confirmed the write,
+// or with the device's error.
+type Commander interface {
+	Set(ctx context.Context, device, signal string, v model.Value) error
+}
 
 // Driver runs one link (a serial bus or a network endpoint) and every device
 // on it until ctx ends. It returns nil when ctx ended, or an error that makes
