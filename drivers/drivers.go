@@ -18,11 +18,14 @@ import (
 
 // Emit hands a message to the gateway. The driver sets Device, DeviceKind,
 // Kind, Time and the payload; the gateway stamps station and sequence number.
-// Emit blocks while the gateway persists the message: when it returns, an
-// event is durable (fsynced), so a driver may then acknowledge it to the
-// device that sent it (an alarm panel stops retransmitting once it has
-// the acknowledgement). It must not be called after Run returns.
-type Emit func(model.Message)
+// Emit blocks while the gateway persists the message. For an event or a
+// health change, nil means it is durable (fsynced), so a driver may then
+// acknowledge it to the device that sent it: an alarm panel stops
+// retransmitting once it has the acknowledgement. An error says it is not
+// (the disk refuses writes): it may still be delivered from memory, but the
+// device should be left to send it again. Telemetry is durable within the
+// queue's group commit. Emit must not be called after Run returns.
+type Emit func(model.Message) error
 
 // Commander is a driver that can act on its devices: set a writable
 // signal (an output, a coil, a holding register) of one of them, for a

@@ -156,7 +156,7 @@ func runDriver(t testing.TB, tl tLink) *running {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{msgs: make(chan model.Message, 1024), logs: l}
 	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, func(m model.Message) { r.msgs <- m }) }()
+	go func() { done <- d.Run(ctx, func(m model.Message) error { r.msgs <- m; return nil }) }()
 	stopped := false
 	var runErr error
 	r.stop = func() error {

@@ -53,7 +53,7 @@ type Forwarder struct {
 	DeadLetters *DeadLetters
 	// Report tells the hub what the forwarder had to do (a restart, a
 	// message set aside): Ingest.Emit.
-	Report func(model.Message)
+	Report func(model.Message) error
 	// Limit, when set, is the largest message the hub takes; a message the
 	// hub drops the connection on lowers it (see SizeLimit).
 	Limit *SizeLimit

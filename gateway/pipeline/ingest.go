@@ -5,6 +5,7 @@
 package pipeline
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -96,9 +97,10 @@ func (in *Ingest) device(id string) *devIngest {
 func (in *Ingest) Failed() uint64 { return in.failed.Load() }
 
 // Emit stamps, sequences and queues one driver message, and the events it
-// implies. It is safe for concurrent use; messages of one device keep the
-// order of the calls.
-func (in *Ingest) Emit(m model.Message) {
+// implies. It returns an error when m or one of them is not durable in
+// every uplink's queue (see drivers.Emit). It is safe for concurrent use;
+// messages of one device keep the order of the calls.
+func (in *Ingest) Emit(m model.Message) error {
 	d := in.device(m.Device)
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -106,10 +108,11 @@ func (in *Ingest) Emit(m model.Message) {
 		m.Time = in.now()
 	}
 	m.Time = m.Time.UTC()
-	in.queue(d, m)
+	err := in.queue(d, m)
 	for _, ev := range d.derive(&m) {
-		in.queue(d, ev)
+		err = errors.Join(err, in.queue(d, ev))
 	}
+	return err
 }
 
 // derive returns the events that m implies: a rule's signal turning true (or
@@ -150,21 +153,18 @@ func (d *devIngest) derive(m *model.Message) []model.Message {
 	return evs
 }
 
-func (in *Ingest) queue(d *devIngest, m model.Message) {
+func (in *Ingest) queue(d *devIngest, m model.Message) error {
 	m.Station, m.StationType = in.station.ID, in.station.Type
 	if m.Kind == model.KindTelemetry && len(m.Readings) > 1 && in.Limit.TooLarge(&m) {
 		// Two messages, each with a sequence number of its own.
 		half := len(m.Readings) / 2
 		a, b := m, m
 		a.Readings, b.Readings = m.Readings[:half], m.Readings[half:]
-		in.queue(d, a)
-		in.queue(d, b)
-		return
+		return errors.Join(in.queue(d, a), in.queue(d, b))
 	}
 	n, err := in.seq.Next(m.Device)
 	if err != nil {
-		in.fail(&m, err)
-		return
+		return in.fail(&m, err)
 	}
 	m.Seq = n
 	d.buf = model.AppendBinary(d.buf[:0], &m)
@@ -173,16 +173,24 @@ func (in *Ingest) queue(d *devIngest, m model.Message) {
 		lane = queue.LaneAlarm
 	}
 	rec := queue.Record{Data: d.buf, Readings: m.Values()}
+	var errs error
 	for _, out := range in.outs {
-		if err := out.Append(lane, rec); err != nil {
-			in.fail(&m, err)
+		switch err := out.Append(lane, rec); {
+		case errors.Is(err, queue.ErrHeld):
+			// The queue said so already; the message will be delivered.
+			errs = errors.Join(errs, fmt.Errorf("device %s: %s %d: %w", m.Device, m.Kind, m.Seq, err))
+		case err != nil:
+			errs = errors.Join(errs, in.fail(&m, err))
 		}
 	}
+	return errs
 }
 
-func (in *Ingest) fail(m *model.Message, err error) {
+func (in *Ingest) fail(m *model.Message, err error) error {
 	in.failed.Add(1)
-	in.log.Error("message not queued", "device", m.Device, "kind", m.Kind, "err", fmt.Errorf("device %s: %w", m.Device, err))
+	err = fmt.Errorf("device %s: %s not queued: %w", m.Device, m.Kind, err)
+	in.log.Error("message not queued", "device", m.Device, "kind", m.Kind, "err", err)
+	return err
 }
 
 // OpenQueue opens the durable queue of one of the station's uplinks (see

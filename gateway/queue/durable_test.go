@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"outpost/gateway/durable"
 )
@@ -71,5 +72,27 @@ func TestStateIsPrivate(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An alarm's Append returns after its own fsync, however long the group
+// commit window; telemetry waits for the window.
+func TestAlarmsDoNotWaitForGroupCommit(t *testing.T) {
+	q, err := Open(t.TempDir(), Options{MaxBytes: 1 << 20, SyncEvery: time.Hour}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Append(LaneTelemetry, rec(1)); err != nil {
+		t.Fatal(err)
+	}
+	if n := q.Stats().Syncs; n != 0 {
+		t.Fatalf("telemetry append: %d fsyncs before the window ended, want 0", n)
+	}
+	if err := q.Append(LaneAlarm, rec(2)); err != nil {
+		t.Fatal(err)
+	}
+	if n := q.Stats().Syncs; n != 1 {
+		t.Fatalf("alarm append returned after %d fsyncs, want 1", n)
 	}
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,8 +53,8 @@ func TestDiskRefusesWrites(t *testing.T) {
 	}
 	immutable(t, dir, true)
 	for i := 4; i <= 6; i++ {
-		if err := q.Append(LaneAlarm, rec(i)); err != nil {
-			t.Fatalf("alarm %d while the disk refuses writes: %v", i, err)
+		if err := q.Append(LaneAlarm, rec(i)); !errors.Is(err, ErrHeld) {
+			t.Fatalf("alarm %d while the disk refuses writes: got %v, want ErrHeld (not durable)", i, err)
 		}
 	}
 	if err := q.Append(LaneTelemetry, rec(100), rec(101)); err != nil {

@@ -63,7 +63,9 @@
 //     write(2) and reach the disk without the process. A power loss or
 //     kernel crash can lose the appends of the last d (plus the duration of
 //     the fsync in progress); what it leaves half-written is a torn tail that
-//     the next Open cuts off.
+//     the next Open cuts off. Alarms are the exception: their Append
+//     waits for its fsync as with SyncEvery 0, so an alarm whose Append
+//     returned survives a power loss too.
 //   - SyncEvery < 0: the queue never fsyncs; the kernel writes the pages
 //     back when it likes (usually within 30 s). A process kill loses
 //     nothing; a power loss can lose whatever was not written back. Meant
@@ -251,6 +253,12 @@ type Stats struct {
 // Errors.
 var (
 	ErrClosed = errors.New("queue closed")
+	// ErrHeld is returned by an Append of alarms that the disk refused:
+	// they are held in memory and will be delivered, but are not durable.
+	ErrHeld = errors.New("queue: the disk refuses writes: held in memory, not durable")
+	// ErrLost is returned by an Append of alarms that neither the disk nor
+	// the memory reserve took.
+	ErrLost = errors.New("queue: the disk refuses writes and the memory reserve is full: lost")
 	// ErrStaleBatch is returned by Ack for a batch that Rewind invalidated
 	// or that was already acknowledged.
 	ErrStaleBatch = errors.New("stale batch")
@@ -614,9 +622,13 @@ func (ln *lane) seg(id uint64) *segment {
 // disk still refuses are held in memory (up to Options.MemoryBytes), served
 // by Next after those on disk, and written to disk as soon as it takes them
 // again; telemetry it refuses is dropped and counted. Stats say so
-// (WriteErrors, WriteFailing, Lanes[].Memory). With SyncEvery 0 a failed
-// fsync is returned: the records may not be durable, and appending them
-// again may duplicate them.
+// (WriteErrors, WriteFailing, Lanes[].Memory), and Append returns ErrHeld
+// (or ErrLost) for alarms it could not make durable.
+//
+// Alarms never wait for the group commit: an Append to LaneAlarm returns
+// after an fsync that covers it unless SyncEvery is negative. A failed
+// fsync of an Append that waits for one is returned: the records may not
+// be durable, and appending them again may duplicate them.
 func (q *Queue) Append(l Lane, recs ...Record) error {
 	if l >= NumLanes {
 		return fmt.Errorf("queue: unknown lane %d", l)
@@ -661,12 +673,13 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	ln.st.AppendedReadings += readings
 	// Alarms held in memory go to disk first: an alarm never overtakes an
 	// older one of its lane.
+	var notDurable error
 	if !q.flushMemory(ln) {
-		q.hold(ln, recs, now)
+		notDurable = q.hold(ln, recs, now)
 	} else if n, err := q.writeFreeing(ln, recs, now); err != nil {
 		q.writeFailed(err)
 		if l == LaneAlarm {
-			q.hold(ln, recs[n:], now)
+			notDurable = q.hold(ln, recs[n:], now)
 		} else {
 			for _, r := range recs[n:] {
 				ln.st.Dropped++
@@ -682,9 +695,11 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		close(q.wake)
 		q.wake = nil
 	}
-	if q.opt.SyncEvery != 0 {
+	// Alarms do not wait for the group commit: their Append returns
+	// after their fsync, whatever SyncEvery says (unless it is negative).
+	if notDurable != nil || q.opt.SyncEvery < 0 || q.opt.SyncEvery > 0 && l != LaneAlarm {
 		q.mu.Unlock()
-		return nil
+		return notDurable
 	}
 	select {
 	case q.kick <- struct{}{}:
@@ -745,17 +760,21 @@ func (q *Queue) writeWorks() {
 // hold keeps alarm records in memory while the disk refuses them, up to
 // MemoryBytes; beyond that they are lost and counted. Called with q.mu
 // held.
-func (q *Queue) hold(ln *lane, recs []Record, now int64) {
+// It returns ErrLost if it lost any, or else ErrHeld.
+func (q *Queue) hold(ln *lane, recs []Record, now int64) error {
+	err := ErrHeld
 	for _, r := range recs {
 		if ln.memBytes+int64(len(r.Data)) > q.opt.MemoryBytes {
 			ln.st.Lost++
 			ln.st.LostReadings += int64(r.Readings)
 			q.log.Error("queue: disk failing and memory full: alarm lost", "lane", ln.l)
+			err = ErrLost
 			continue
 		}
 		ln.mem = append(ln.mem, memRecord{data: slices.Clone(r.Data), readings: r.Readings, enq: now})
 		ln.memBytes += int64(len(r.Data))
 	}
+	return err
 }
 
 // flushMemory writes the records held in memory to disk, in order, unless
