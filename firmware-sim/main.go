@@ -1,7 +1,8 @@
 // Command firmware-sim is the simulated firmware of every device of a
 // station: the other side of the wire from the gateway.
 //
-//	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround 3ms] [-check-line] [-silent ID,...] [-v]
+//	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-raised FILE] [-control ADDR]
+//	             [-seed N] [-turnaround 3ms] [-check-line] [-noise 0.05] [-silent ID,...] [-v]
 //
 // For every RS-485 bus of the station it makes a virtual serial port linked at
 // the bus's port path and answers Modbus RTU there for the devices on that
@@ -19,6 +20,18 @@
 // With -silent, the devices named never answer, as a device that is off or
 // configured with another unit id than the station file says: nothing on a
 // bus, not even an exception from a Modbus TCP endpoint. They serve nothing.
+//
+// With -noise, that share of the bytes on every serial line is corrupted,
+// in both directions, as electrical noise would.
+//
+// With -control it serves an HTTP API on a loopback address through which
+// the testbench makes devices act (see control.go): press a button, send
+// an alarm, stop a panel's periodic tests. It prints
+// "firmware-sim control ADDR" before "firmware-sim ready". With -raised
+// it appends one JSON line per alarm a device raised, with when it was on
+// its way:
+//
+//	{"device":"panel-1","kind":"panic","state":"active","at":"…","source":"dc09"}
 //
 // With -stats it writes its counters as JSON every second and on exit; with
 // -served it appends one JSON line per reading served, with the exact value a
@@ -69,6 +82,9 @@ type options struct {
 	config     string
 	stats      string
 	served     string
+	raised     string
+	control    string
+	noise      float64
 	seed       int64
 	turnaround time.Duration
 	checkLine  bool
@@ -83,6 +99,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.config, "config", "", "station file (required)")
 	fs.StringVar(&o.stats, "stats", "", "write counters as JSON to this file every second and on exit")
 	fs.StringVar(&o.served, "served", "", "append one JSON line per reading served to this file")
+	fs.StringVar(&o.raised, "raised", "", "append one JSON line per alarm a device raised to this file")
+	fs.StringVar(&o.control, "control", "", "serve the control API (devices' actions) on this loopback address, e.g. 127.0.0.1:0")
+	fs.Float64Var(&o.noise, "noise", 0, "share of bytes (0 to 1) corrupted on serial lines, both directions")
 	fs.Int64Var(&o.seed, "seed", 1, "seed of the simulated values")
 	fs.DurationVar(&o.turnaround, "turnaround", -1, "device turnaround on every bus (default: each bus's turnaround)")
 	fs.BoolVar(&o.checkLine, "check-line", false, "answer garbage when the master's line settings (baud; data bits and parity where the port keeps them) differ from the bus's")
@@ -98,6 +117,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
+	if o.noise < 0 || o.noise > 1 {
+		return o, fmt.Errorf("-noise %v: want a share of bytes from 0 to 1", o.noise)
+	}
 	if o.config == "" || fs.NArg() > 0 {
 		fs.Usage()
 		return o, errors.New("usage: firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround D] [-silent ID,...]")
@@ -107,11 +129,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 
 // station is a running simulated station.
 type station struct {
-	opts   options
-	log    *slog.Logger
-	links  map[string]sim.Link
-	served *os.File
-	deaf   atomic.Bool // see deafOnSignal
+	opts  options
+	log   *slog.Logger
+	links map[string]sim.Link
+	files []*os.File  // the served and raised logs
+	deaf  atomic.Bool // see deafOnSignal
 }
 
 // run runs the simulator until ctx ends.
@@ -147,13 +169,22 @@ func open(o options, log *slog.Logger) (_ *station, err error) {
 		}
 	}()
 	so := sim.Options{Seed: o.seed, Start: time.Now(), Deaf: &s.deaf, Silent: map[string]bool{},
-		Turnaround: o.turnaround, CheckLine: o.checkLine, Log: log}
-	if o.served != "" {
-		s.served, err = os.OpenFile(o.served, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-		if err != nil {
-			return nil, fmt.Errorf("served log: %w", err)
+		Turnaround: o.turnaround, CheckLine: o.checkLine, Noise: o.noise, Log: log}
+	sink := &servedLog{log: log}
+	for _, f := range []struct {
+		path string
+		w    *io.Writer
+	}{{o.served, &sink.served}, {o.raised, &sink.raised}} {
+		if f.path == "" {
+			continue
 		}
-		so.Sink = &servedLog{w: s.served, log: log}
+		file, err := os.OpenFile(f.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		s.files = append(s.files, file)
+		*f.w = file
+		so.Sink = sink
 	}
 	for _, id := range o.silent {
 		if slices.IndexFunc(st.Devices, func(d configs.Device) bool { return d.ID == id }) < 0 {
@@ -217,6 +248,14 @@ func (s *station) serve(ctx context.Context, stdout io.Writer) error {
 			}
 		}()
 	}
+	if s.opts.control != "" {
+		addr, err := s.serveControl(ctx, &wg)
+		if err != nil {
+			fail(err)
+		} else {
+			fmt.Fprintln(stdout, "firmware-sim control", addr)
+		}
+	}
 	fmt.Fprintln(stdout, "firmware-sim ready")
 	<-ctx.Done()
 	wg.Wait()
@@ -236,8 +275,8 @@ func (s *station) close() {
 			s.log.Warn("closing link", "link", id, "err", err)
 		}
 	}
-	if s.served != nil {
-		s.served.Close()
+	for _, f := range s.files {
+		f.Close()
 	}
 }
 
@@ -312,11 +351,13 @@ func (s *station) writeStats(path string) error {
 	return nil
 }
 
-// servedLog appends served readings as JSON lines, one write per response.
+// servedLog appends served readings (to served) and raised alarms (to
+// raised) as JSON lines, one write per response or alarm; either may be
+// nil.
 type servedLog struct {
-	mu  sync.Mutex
-	w   io.Writer
-	log *slog.Logger
+	mu             sync.Mutex
+	served, raised io.Writer
+	log            *slog.Logger
 }
 
 type servedLine struct {
@@ -327,6 +368,9 @@ type servedLine struct {
 
 // Served implements sim.Sink.
 func (l *servedLog) Served(dev string, rs []sim.Reading) {
+	if l.served == nil {
+		return
+	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	for _, r := range rs {
@@ -334,9 +378,26 @@ func (l *servedLog) Served(dev string, rs []sim.Reading) {
 			l.log.Warn("served log", "device", dev, "signal", r.Signal, "err", err)
 		}
 	}
+	l.write(l.served, buf.Bytes())
+}
+
+// Raised implements sim.Sink.
+func (l *servedLog) Raised(r sim.Raised) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		l.log.Warn("raised log", "device", r.Device, "err", err)
+		return
+	}
+	l.write(l.raised, append(b, '\n'))
+}
+
+func (l *servedLog) write(w io.Writer, b []byte) {
+	if w == nil {
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, err := l.w.Write(buf.Bytes()); err != nil {
+	if _, err := w.Write(b); err != nil {
 		l.log.Warn("served log", "err", err)
 	}
 }

@@ -36,6 +36,20 @@ type Device interface {
 	Stats() Stats
 }
 
+// Actor is a simulated device that acts on request: a button pressed, a
+// panel's alarm or its periodic tests stopped. firmware-sim's control
+// server (-control) calls it for the testbench.
+type Actor interface {
+	// Actions lists what the device can be asked to do, with their
+	// arguments, for the control server's errors ("press", "alarm
+	// code=120 zone=5", ...).
+	Actions() []string
+	// Act does one of them. It returns when the device has done it (a
+	// frame sent, an input changed); an unknown action or a bad argument
+	// is an error that names what was expected.
+	Act(ctx context.Context, action string, args map[string]string) error
+}
+
 // Stats are a device's counters.
 type Stats struct {
 	// Polls counts requests answered, normally or with an exception.
@@ -51,6 +65,25 @@ type Stats struct {
 	// master reading every response saw, or the events a device reported
 	// itself: the gateway must raise exactly that many events.
 	EventsServed int64 `json:"events_served"`
+	// Writes counts the writes the device carried out, by signal: each
+	// command from the hub must act exactly once.
+	Writes map[string]int64 `json:"writes,omitempty"`
+}
+
+// Raised is an alarm a simulated device raised, for the testbench to find
+// at the hub: the k-th alarm of a device and kind is the k-th event of
+// that device and kind there.
+type Raised struct {
+	Device string `json:"device"`
+	// Kind is the event kind the gateway must report (panic, burglary,
+	// ...), and State "active" or "cleared".
+	Kind  string `json:"kind"`
+	State string `json:"state"`
+	// At is when the alarm was on its way: the end of a frame on the
+	// wire, or the moment an input changed.
+	At time.Time `json:"at"`
+	// Source says how it travels ("dc09", "dcon", ...), for reports.
+	Source string `json:"source"`
 }
 
 // Reading is one signal served whole, with the value a correct master
@@ -60,9 +93,11 @@ type Reading struct {
 	Value  signal.Value
 }
 
-// Sink receives what devices served. It must be safe for concurrent use.
+// Sink receives what devices served, and the alarms they raised. It must
+// be safe for concurrent use.
 type Sink interface {
 	Served(device string, rs []Reading)
+	Raised(r Raised)
 }
 
 // Options are what every link simulator gets.
@@ -83,7 +118,10 @@ type Options struct {
 	// CheckLine makes serial devices answer garbage to a master whose line
 	// settings differ from the link's.
 	CheckLine bool
-	Log       *slog.Logger
+	// Noise is the share of bytes (0 to 1) corrupted on serial lines, in
+	// both directions, as electrical noise would.
+	Noise float64
+	Log   *slog.Logger
 }
 
 // Factory builds the simulator of one link of a station, with the

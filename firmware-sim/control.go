@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"outpost/firmware-sim/sim"
+)
+
+// serveControl serves the control API on the -control address until ctx
+// ends, and returns the address it listens on:
+//
+//	GET  /devices                      every device and the actions it takes
+//	POST /devices/{id}/{action}?k=v&…  make a device act; 200 once done
+//
+// An action that fails answers 400 (a bad request: the text says what was
+// expected) or 404 (no such device), with the error as the body.
+func (s *station) serveControl(ctx context.Context, wg *sync.WaitGroup) (string, error) {
+	host, _, err := net.SplitHostPort(s.opts.control)
+	if err != nil || !net.ParseIP(host).IsLoopback() {
+		return "", fmt.Errorf("-control %s: want a loopback host:port, e.g. 127.0.0.1:0", s.opts.control)
+	}
+	ln, err := net.Listen("tcp", s.opts.control)
+	if err != nil {
+		return "", fmt.Errorf("-control: %w", err)
+	}
+	actors := map[string]sim.Actor{}
+	for _, l := range s.links {
+		for _, d := range l.Devices() {
+			if a, ok := d.(sim.Actor); ok {
+				actors[d.ID()] = a
+			}
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, r *http.Request) {
+		for _, id := range slices.Sorted(maps.Keys(actors)) {
+			fmt.Fprintf(w, "%s: %s\n", id, strings.Join(actors[id].Actions(), "; "))
+		}
+	})
+	mux.HandleFunc("POST /devices/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		id, action := r.PathValue("id"), r.PathValue("action")
+		a, ok := actors[id]
+		if !ok {
+			http.Error(w, fmt.Sprintf("no device %s that takes actions (have %v)", id, slices.Sorted(maps.Keys(actors))), http.StatusNotFound)
+			return
+		}
+		args := map[string]string{}
+		for k, v := range r.URL.Query() {
+			args[k] = v[len(v)-1]
+		}
+		if err := a.Act(r.Context(), action, args); err != nil {
+			http.Error(w, fmt.Sprintf("%s %s: %v", id, action, err), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Warn("control server", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	s.log.Info("control up", "address", ln.Addr().String())
+	return ln.Addr().String(), nil
+}
