@@ -24,7 +24,7 @@ const BinaryVersion = 1
 //
 //	version byte (1)
 //	flags   byte: 1 historical, 2 event present, 4 health present,
-//	              8 readings not nil
+//	              8 readings not nil, 16 result present
 //	str station, str station type, str device, str device kind
 //	uvarint seq
 //	varint  time: Unix seconds; uvarint nanoseconds (< 1e9)
@@ -35,6 +35,7 @@ const BinaryVersion = 1
 //	               2 false | 3 true | 4 string + str
 //	[flags&2] str kind, enum severity, map of str to str
 //	[flags&4] enum state, str reason, map of str to uvarint
+//	[flags&16] str id, str action, enum status, str reason
 //
 // An enum is a byte: a known constant's code, or 0 followed by a str for any
 // other value. A map is uvarint 0 for nil, or n+1 then n entries sorted by
@@ -55,7 +56,8 @@ const (
 	flagEvent
 	flagHealth
 	flagReadings
-	flagsKnown = flagHistorical | flagEvent | flagHealth | flagReadings
+	flagResult
+	flagsKnown = flagHistorical | flagEvent | flagHealth | flagReadings | flagResult
 )
 
 const (
@@ -67,10 +69,11 @@ const (
 )
 
 var (
-	kindCodes     = []string{"", string(KindTelemetry), string(KindEvent), string(KindHealth)}
+	kindCodes     = []string{"", string(KindTelemetry), string(KindEvent), string(KindHealth), string(KindResult)}
 	qualityCodes  = []string{"", string(Good), string(Uncertain), string(Bad)}
 	severityCodes = []string{"", string(Info), string(Warning), string(Critical)}
 	stateCodes    = []string{"", string(Online), string(Degraded), string(Offline)}
+	statusCodes   = []string{"", string(ResultOK), string(ResultRejected), string(ResultFailed)}
 )
 
 // AppendBinary appends the binary form of m to dst and returns the extended
@@ -88,6 +91,9 @@ func AppendBinary(dst []byte, m *Message) []byte {
 	}
 	if m.Readings != nil {
 		flags |= flagReadings
+	}
+	if m.Result != nil {
+		flags |= flagResult
 	}
 	dst = append(dst, BinaryVersion, flags)
 	dst = binAppendStr(dst, m.Station)
@@ -148,6 +154,12 @@ func AppendBinary(dst []byte, m *Message) []byte {
 				dst = binary.AppendUvarint(dst, h.Counters[k])
 			}
 		}
+	}
+	if r := m.Result; r != nil {
+		dst = binAppendStr(dst, r.ID)
+		dst = binAppendStr(dst, r.Action)
+		dst = binAppendEnum(dst, statusCodes, string(r.Status))
+		dst = binAppendStr(dst, r.Reason)
 	}
 	return dst
 }
@@ -385,6 +397,9 @@ func DecodeBinary(b []byte) (Message, error) {
 			}
 		}
 		m.Health = h
+	}
+	if flags&flagResult != 0 {
+		m.Result = &Result{ID: d.str(), Action: d.str(), Status: ResultStatus(d.enum(statusCodes)), Reason: d.str()}
 	}
 	if d.err == nil && d.i != len(d.s) {
 		d.fail(fmt.Errorf("%d trailing bytes", len(d.s)-d.i))

@@ -69,6 +69,9 @@ func TestBinaryRoundTrip(t *testing.T) {
 			Health: &Health{State: Degraded, Reason: "timeouts", Counters: map[string]uint64{"timeouts": 3, "ok": math.MaxUint64, "crc": 0}},
 		}},
 		{name: "health with nil counters and unknown state", in: Message{Kind: KindHealth, Health: &Health{State: "booting"}}},
+		{name: "result", in: Message{Station: "sp-1", Device: "siren", Seq: 4, Kind: KindResult,
+			Result: &Result{ID: "c-1", Action: "siren_on", Status: ResultFailed, Reason: "timeout"}}},
+		{name: "result with unknown status", in: Message{Kind: KindResult, Result: &Result{ID: "c-2", Status: "later"}}},
 		{name: "unknown kind and station type", in: Message{Kind: "future", StationType: "moon_base"}},
 		{name: "time far in the past and future", in: Message{Time: time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC), Readings: []Reading{{Signal: "x", Value: Number(1)}}}},
 		{name: "time in another zone comes back in UTC",
@@ -127,7 +130,7 @@ func TestBinaryMalformed(t *testing.T) {
 	}{
 		{"empty", nil, "binary message: empty"},
 		{"unknown version", []byte{2, 0}, "binary message: unknown version 2"},
-		{"unknown flags", []byte{1, 0x10}, "binary message: unknown flags 0x10"},
+		{"unknown flags", []byte{1, 0x20}, "binary message: unknown flags 0x20"},
 		{"version only", []byte{1}, "binary message: at byte 1: truncated"},
 		{"truncated in the middle", good[:40], "binary message: at byte 40: truncated"},
 		{"trailing byte", append(append([]byte{}, good...), 0), fmt.Sprintf("binary message: at byte %d: 1 trailing bytes", len(good))},

@@ -61,6 +61,10 @@ func AppendJSON(dst []byte, m *Message) []byte {
 		if m.Health != nil {
 			dst = appendHealth(dst, m.Health)
 		}
+	case KindResult:
+		if m.Result != nil {
+			dst = appendResult(dst, m.Result)
+		}
 	default:
 		dst = append(dst, `,"readings":[`...)
 		for i := range m.Readings {
@@ -176,6 +180,22 @@ func appendHealth(dst []byte, h *Health) []byte {
 	return append(dst, '}')
 }
 
+func appendResult(dst []byte, r *Result) []byte {
+	dst = append(dst, `,"result":{"id":`...)
+	dst = appendString(dst, r.ID)
+	if r.Action != "" {
+		dst = append(dst, `,"action":`...)
+		dst = appendString(dst, r.Action)
+	}
+	dst = append(dst, `,"status":`...)
+	dst = appendString(dst, string(r.Status))
+	if r.Reason != "" {
+		dst = append(dst, `,"reason":`...)
+		dst = appendString(dst, r.Reason)
+	}
+	return append(dst, '}')
+}
+
 const hexDigits = "0123456789abcdef"
 
 // appendString appends s as a JSON string. Control characters are escaped,
@@ -235,6 +255,14 @@ type wireMessage struct {
 	Readings    *[]wireReading `json:"readings"`
 	Event       *wireEvent     `json:"event"`
 	Health      *wireHealth    `json:"health"`
+	Result      *wireResult    `json:"result"`
+}
+
+type wireResult struct {
+	ID     *string `json:"id"`
+	Action string  `json:"action"`
+	Status *string `json:"status"`
+	Reason string  `json:"reason"`
 }
 
 type wireReading struct {
@@ -322,14 +350,24 @@ func ParseJSON(b []byte) (Message, error) {
 		return Message{}, errors.New(`hub payload: missing "kind"`)
 	}
 	m.Kind = Kind(*w.Kind)
+	// Exactly the kind's body: "readings", "event", "health" or "result".
+	bodies := map[Kind]bool{KindTelemetry: w.Readings != nil, KindEvent: w.Event != nil,
+		KindHealth: w.Health != nil, KindResult: w.Result != nil}
+	body := map[Kind]string{KindTelemetry: "readings", KindEvent: "event", KindHealth: "health", KindResult: "result"}
+	has, known := bodies[m.Kind]
+	if !known {
+		return Message{}, fmt.Errorf("hub payload: unknown kind %q", *w.Kind)
+	}
+	if !has {
+		return Message{}, fmt.Errorf("hub payload: %s without %q", m.Kind, body[m.Kind])
+	}
+	for k, present := range bodies {
+		if present && k != m.Kind {
+			return Message{}, fmt.Errorf("hub payload: %s with %q", m.Kind, body[k])
+		}
+	}
 	switch m.Kind {
 	case KindTelemetry:
-		if w.Readings == nil {
-			return Message{}, errors.New(`hub payload: telemetry without "readings"`)
-		}
-		if w.Event != nil || w.Health != nil {
-			return Message{}, errors.New("hub payload: telemetry with an event or health body")
-		}
 		m.Readings = make([]Reading, len(*w.Readings))
 		for i := range *w.Readings {
 			r, err := parseReading(&(*w.Readings)[i])
@@ -339,31 +377,23 @@ func ParseJSON(b []byte) (Message, error) {
 			m.Readings[i] = r
 		}
 	case KindEvent:
-		if w.Event == nil {
-			return Message{}, errors.New(`hub payload: event without "event"`)
-		}
-		if w.Readings != nil || w.Health != nil {
-			return Message{}, errors.New("hub payload: event with readings or a health body")
-		}
 		e, err := parseEvent(w.Event)
 		if err != nil {
 			return Message{}, fmt.Errorf("hub payload: event: %w", err)
 		}
 		m.Event = e
 	case KindHealth:
-		if w.Health == nil {
-			return Message{}, errors.New(`hub payload: health without "health"`)
-		}
-		if w.Readings != nil || w.Event != nil {
-			return Message{}, errors.New("hub payload: health with readings or an event body")
-		}
 		h, err := parseHealth(w.Health)
 		if err != nil {
 			return Message{}, fmt.Errorf("hub payload: health: %w", err)
 		}
 		m.Health = h
-	default:
-		return Message{}, fmt.Errorf("hub payload: unknown kind %q", *w.Kind)
+	case KindResult:
+		r, err := parseResult(w.Result)
+		if err != nil {
+			return Message{}, fmt.Errorf("hub payload: result: %w", err)
+		}
+		m.Result = r
 	}
 	return m, nil
 }
@@ -455,4 +485,20 @@ func parseHealth(w *wireHealth) (*Health, error) {
 		h.Counters = nil
 	}
 	return h, nil
+}
+
+func parseResult(w *wireResult) (*Result, error) {
+	if w.ID == nil || *w.ID == "" {
+		return nil, errors.New(`missing "id"`)
+	}
+	if w.Status == nil {
+		return nil, errors.New(`missing "status"`)
+	}
+	r := &Result{ID: *w.ID, Action: w.Action, Status: ResultStatus(*w.Status), Reason: w.Reason}
+	switch r.Status {
+	case ResultOK, ResultRejected, ResultFailed:
+	default:
+		return nil, fmt.Errorf("unknown status %q", *w.Status)
+	}
+	return r, nil
 }

@@ -47,6 +47,14 @@ func health() Message {
 	}
 }
 
+func result() Message {
+	return Message{
+		Station: "sp-0007", StationType: SafetyPost, Device: "siren-1", DeviceKind: "siren",
+		Seq: 3, Time: testTime, Kind: KindResult,
+		Result: &Result{ID: "c-42", Action: "siren_on", Status: ResultRejected, Reason: "expired: sent 2026-11-28T12:37:00Z with ttl 30s"},
+	}
+}
+
 func TestAppendJSONExact(t *testing.T) {
 	tests := []struct {
 		name string
@@ -61,6 +69,9 @@ func TestAppendJSONExact(t *testing.T) {
 			`{"signal":"pressure","quality":"bad"}]}`},
 		{"event", event(), `{"v":1,"station":"pr-0001","station_type":"police_room","device":"smoke-hall","device_kind":"smoke_detector","seq":7,"ts":"2026-11-28T13:37:00.123456789Z","kind":"event","historical":true,"event":{"kind":"smoke","severity":"critical","details":{"level":"3","zone":"hall"}}}`},
 		{"health", health(), `{"v":1,"station":"pr-0001","station_type":"police_room","device":"ups-1","device_kind":"ups","seq":18446744073709551615,"ts":"2026-01-02T03:04:05Z","kind":"health","health":{"state":"offline","reason":"no answer after 3 polls","counters":{"polls":12,"timeouts":3}}}`},
+		{"result", result(), `{"v":1,"station":"sp-0007","station_type":"safety_post","device":"siren-1","device_kind":"siren","seq":3,"ts":"2026-11-28T13:37:00.123456789Z","kind":"result","result":{"id":"c-42","action":"siren_on","status":"rejected","reason":"expired: sent 2026-11-28T12:37:00Z with ttl 30s"}}`},
+		{"bare result", Message{Station: "s", StationType: SafetyPost, Device: "d", DeviceKind: "k", Time: testTime, Kind: KindResult, Result: &Result{ID: "x", Status: ResultOK}},
+			`{"v":1,"station":"s","station_type":"safety_post","device":"d","device_kind":"k","seq":0,"ts":"2026-11-28T13:37:00.123456789Z","kind":"result","result":{"id":"x","status":"ok"}}`},
 		{"non-finite numbers become bad readings", Message{Station: "s", StationType: SafetyPost, Device: "d", DeviceKind: "k", Time: testTime, Kind: KindTelemetry,
 			Readings: []Reading{{Signal: "a", Value: Number(math.NaN()), Quality: Good}, {Signal: "b", Value: Number(math.Inf(-1)), Unit: "V", Quality: Good}, {Signal: "c", Value: Number(1), Quality: Bad}}},
 			`{"v":1,"station":"s","station_type":"safety_post","device":"d","device_kind":"k","seq":0,"ts":"2026-11-28T13:37:00.123456789Z","kind":"telemetry","readings":[{"signal":"a","quality":"bad"},{"signal":"b","unit":"V","quality":"bad"},{"signal":"c","quality":"bad"}]}`},
@@ -90,7 +101,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	tele := telemetry()
 	tele.Readings = append(tele.Readings, rs...)
 	tele.Readings[3].Value = String("TH-\"2\"\n\\x\x01") // valid UTF-8, survives exactly
-	for _, m := range []Message{tele, event(), health()} {
+	for _, m := range []Message{tele, event(), health(), result()} {
 		b := AppendJSON(nil, &m)
 		got, err := ParseJSON(b)
 		if err != nil {
@@ -183,7 +194,9 @@ func TestSchemaAcceptsEveryKind(t *testing.T) {
 	bare.Historical = false
 	bareHealth := health()
 	bareHealth.Health = &Health{State: Degraded}
-	for _, m := range []Message{telemetry(), event(), health(), nonFinite, empty, bare, bareHealth} {
+	bareResult := result()
+	bareResult.Result = &Result{ID: "c-1", Status: ResultOK}
+	for _, m := range []Message{telemetry(), event(), health(), result(), nonFinite, empty, bare, bareHealth, bareResult} {
 		b := AppendJSON(nil, &m)
 		if err := schema.Validate(b); err != nil {
 			t.Errorf("schema rejects AppendJSON output %s: %v", b, err)
@@ -217,6 +230,9 @@ func TestSchemaRejectsBrokenPayloads(t *testing.T) {
 		{"event detail not string", strings.Replace(goodEvent, `"level":"3"`, `"level":3`, 1)},
 		{"event kind without body", strings.Replace(goodEvent, `"event":{`, `"evnt":{`, 1)},
 		{"health negative counter", `{"v":1,"station":"s","station_type":"workstation","device":"d","device_kind":"k","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"health","health":{"state":"online","counters":{"a":-1}}}`},
+		{"result without id", `{"v":1,"station":"s","station_type":"workstation","device":"d","device_kind":"k","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"result","result":{"status":"ok"}}`},
+		{"result unknown status", `{"v":1,"station":"s","station_type":"workstation","device":"d","device_kind":"k","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"result","result":{"id":"a","status":"maybe"}}`},
+		{"result with readings", `{"v":1,"station":"s","station_type":"workstation","device":"d","device_kind":"k","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"result","readings":[],"result":{"id":"a","status":"ok"}}`},
 		{"health unknown state", `{"v":1,"station":"s","station_type":"workstation","device":"d","device_kind":"k","seq":1,"ts":"2026-01-01T00:00:00Z","kind":"health","health":{"state":"meh"}}`},
 	}
 	for _, tt := range tests {
@@ -235,7 +251,7 @@ func TestSchemaRejectsBrokenPayloads(t *testing.T) {
 }
 
 func FuzzParseJSON(f *testing.F) {
-	for _, m := range []Message{telemetry(), event(), health()} {
+	for _, m := range []Message{telemetry(), event(), health(), result()} {
 		f.Add(AppendJSON(nil, &m))
 	}
 	f.Add([]byte(`{"v":1}`))

@@ -50,6 +50,7 @@ const (
 	KindTelemetry Kind = "telemetry" // readings from one poll of one device
 	KindEvent     Kind = "event"     // an alarm or state change; never dropped
 	KindHealth    Kind = "health"    // a device's health changed
+	KindResult    Kind = "result"    // the outcome of a command from the hub
 )
 
 // Quality of a reading.
@@ -150,7 +151,8 @@ const (
 	EventTamper              = "tamper"
 	EventDoor                = "door"
 	EventSmoke               = "smoke"
-	EventDeviceLost          = "device_lost"
+	EventDeviceLost          = "device_lost"     // a device fell silent (its supervision time passed)
+	EventDeviceRestored      = "device_restored" // it is heard again
 	EventKioskReq            = "kiosk_request"
 	EventQueueDrops          = "queue_drops"           // the gateway dropped telemetry at its queue cap
 	EventQueueDamage         = "queue_damage"          // the gateway skipped damaged queue data
@@ -186,6 +188,27 @@ type Health struct {
 	Counters map[string]uint64
 }
 
+// ResultStatus is how a command from the hub ended.
+type ResultStatus string
+
+const (
+	ResultOK       ResultStatus = "ok"       // the device carried it out
+	ResultRejected ResultStatus = "rejected" // not carried out: malformed, expired, unknown, out of range
+	ResultFailed   ResultStatus = "failed"   // tried, and the device (or the gateway) failed
+)
+
+// Result is the outcome of a command from the hub, sent back on the
+// command's device.
+type Result struct {
+	// ID is the command's id.
+	ID string
+	// Action is the command's action, when it could be read.
+	Action string
+	Status ResultStatus
+	// Reason says why, unless the status is ok.
+	Reason string
+}
+
 // Message is the unit that travels from a driver to the hub. Station,
 // StationType, Seq and Time are filled in by the pipeline; a driver sets the
 // rest (and Time when the device stamps its own data).
@@ -207,6 +230,7 @@ type Message struct {
 	Readings []Reading // KindTelemetry
 	Event    *Event    // KindEvent
 	Health   *Health   // KindHealth
+	Result   *Result   // KindResult
 }
 
 // Priority orders messages on the way to the hub: events overtake telemetry.
@@ -217,8 +241,8 @@ const (
 	PriorityAlarm
 )
 
-// Priority of the message: events and health changes are alarms, they never
-// wait behind telemetry.
+// Priority of the message: events, health changes and command results are
+// alarms, they never wait behind telemetry.
 func (m *Message) Priority() Priority {
 	if m.Kind != KindTelemetry {
 		return PriorityAlarm

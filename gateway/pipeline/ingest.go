@@ -56,6 +56,8 @@ type devIngest struct {
 	mu    sync.Mutex
 	rules map[string]*configs.EventRule // signal -> rule
 	state map[string]bool               // signal -> last value of a signal with a rule
+	alarm bool                          // an alarm device: losing it is critical
+	lost  bool                          // device_lost was raised and not yet restored
 	buf   []byte
 }
 
@@ -72,6 +74,7 @@ func NewIngest(st *configs.Station, seq Sequencer, outs []Appender, log *slog.Lo
 	}
 	for _, d := range st.Devices {
 		dev := in.device(d.ID)
+		dev.alarm = st.Templates[d.Template].Alarm
 		for _, sg := range st.Templates[d.Template].Body.Signals() {
 			if sg.Event != nil {
 				dev.rules[sg.Name] = sg.Event
@@ -116,7 +119,8 @@ func (in *Ingest) Emit(m model.Message) error {
 }
 
 // derive returns the events that m implies: a rule's signal turning true (or
-// false again, for rules that clear), and a device going offline.
+// false again, for rules that clear), a device going offline (device_lost,
+// critical for an alarm device) and coming back (device_restored).
 func (d *devIngest) derive(m *model.Message) []model.Message {
 	var evs []model.Message
 	event := func(kind string, sev model.Severity, details map[string]string) {
@@ -146,8 +150,18 @@ func (d *devIngest) derive(m *model.Message) []model.Message {
 			}
 		}
 	case model.KindHealth:
-		if m.Health != nil && m.Health.State == model.Offline {
-			event(model.EventDeviceLost, model.Warning, map[string]string{"reason": m.Health.Reason})
+		switch {
+		case m.Health == nil:
+		case m.Health.State == model.Offline && !d.lost:
+			d.lost = true
+			sev := model.Warning
+			if d.alarm {
+				sev = model.Critical
+			}
+			event(model.EventDeviceLost, sev, map[string]string{"reason": m.Health.Reason})
+		case m.Health.State != model.Offline && d.lost:
+			d.lost = false
+			event(model.EventDeviceRestored, model.Info, map[string]string{"state": string(m.Health.State)})
 		}
 	}
 	return evs

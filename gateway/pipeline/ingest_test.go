@@ -94,7 +94,8 @@ func TestIngestStampsAndSequences(t *testing.T) {
 
 // TestIngestEvents holds the rules of the templates: generic-smoke-detector's alarm
 // raises smoke (critical) and clears; generic-door-contact's tamper raises and
-// never clears; a device going offline raises device_lost. Events go to
+// never clears; a device going offline raises device_lost once, critical
+// for an alarm device, and device_restored when it is back. Events go to
 // the alarm lane.
 func TestIngestEvents(t *testing.T) {
 	steps := []struct {
@@ -112,6 +113,12 @@ func TestIngestEvents(t *testing.T) {
 		{telemetry("th-hall", boolReading("alarm", true)), nil}, // no rule on this device
 		{model.Message{Device: "ups-1", Kind: model.KindHealth, Health: &model.Health{State: model.Degraded, Reason: "timeout"}}, nil},
 		{model.Message{Device: "ups-1", Kind: model.KindHealth, Health: &model.Health{State: model.Offline, Reason: "timeout after 500ms"}}, []string{"device_lost/warning/"}},
+		{model.Message{Device: "ups-1", Kind: model.KindHealth, Health: &model.Health{State: model.Offline, Reason: "link down"}}, nil},
+		{model.Message{Device: "ups-1", Kind: model.KindHealth, Health: &model.Health{State: model.Degraded, Reason: "timeout"}}, []string{"device_restored/info/degraded"}},
+		{model.Message{Device: "ups-1", Kind: model.KindHealth, Health: &model.Health{State: model.Online}}, nil},
+		// An alarm device (its template says alarm: true) is lost critically.
+		{model.Message{Device: "smoke-hall", Kind: model.KindHealth, Health: &model.Health{State: model.Offline, Reason: "no answer"}}, []string{"device_lost/critical/"}},
+		{model.Message{Device: "smoke-hall", Kind: model.KindHealth, Health: &model.Health{State: model.Online}}, []string{"device_restored/info/online"}},
 	}
 	rec := &recorder{}
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
@@ -132,8 +139,10 @@ func TestIngestEvents(t *testing.T) {
 			t.Errorf("step %d (%s): events %v, want %v", i, s.msg.Device, got, s.want)
 		}
 	}
-	if last := rec.msgs[len(rec.msgs)-1]; last.Event.Details["reason"] != "timeout after 500ms" {
-		t.Errorf("device_lost details = %v", last.Event.Details)
+	for _, m := range rec.msgs {
+		if m.Kind == model.KindEvent && m.Event.Kind == model.EventDeviceLost && m.Device == "ups-1" && m.Event.Details["reason"] != "timeout after 500ms" {
+			t.Errorf("device_lost details = %v, want the health's reason", m.Event.Details)
+		}
 	}
 }
 

@@ -70,6 +70,9 @@ func TestAppendLine(t *testing.T) {
 		{"historical, empty tag left out", hist, `temp_humidity,device=th-hall,station=pr-0001 historical=true,seq=42i 1795873020123456789`},
 		{"event", event(), `outpost_event,device=smoke-hall,device_kind=smoke_detector,kind=smoke,severity=critical,station=pr-0001,station_type=police_room details="{\"level\":\"3\",\"zone\":\"hall\"}",seq=7i 1795873021123456789`},
 		{"health", health(), `outpost_health,device=ups-1,device_kind=ups,station=pr-0001,station_type=police_room polls=12i,timeouts=9223372036854775807i,reason="no answer",seq=9i,state="offline" 1795873022123456789`},
+		{"result", model.Message{Station: "sp-0007", StationType: model.SafetyPost, Device: "siren-1", DeviceKind: "siren", Seq: 4, Time: time.Unix(0, 5), Kind: model.KindResult,
+			Result: &model.Result{ID: "c-42", Action: "siren_on", Status: model.ResultFailed, Reason: `no answer from module 01`}},
+			`outpost_command,action=siren_on,device=siren-1,device_kind=siren,station=sp-0007,station_type=safety_post,status=failed id="c-42",reason="no answer from module 01",seq=4i 5`},
 		{"escapes", model.Message{Station: "a,b=c d", Device: "x\ny", DeviceKind: "k ,=", Kind: model.KindTelemetry, Time: time.Unix(0, 5)}, `k\ \,=,device=x\ y,station=a\,b\=c\ d seq=0i 5`},
 	}
 	for _, tt := range tests {

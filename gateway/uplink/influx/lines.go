@@ -14,8 +14,9 @@ import (
 // Measurements of events and health changes; telemetry goes to a
 // measurement named after the device kind.
 const (
-	EventMeasurement  = "outpost_event"
-	HealthMeasurement = "outpost_health"
+	EventMeasurement   = "outpost_event"
+	HealthMeasurement  = "outpost_health"
+	CommandMeasurement = "outpost_command"
 )
 
 // AppendLine appends the line-protocol point of m (without a trailing
@@ -30,7 +31,9 @@ const (
 //     string) and seq;
 //   - health: measurement outpost_health; tags device, device_kind,
 //     station, station_type; fields one integer per counter, reason, seq,
-//     state.
+//     state;
+//   - result: measurement outpost_command; tags action, device,
+//     device_kind, station, station_type, status; fields id, reason, seq.
 //
 // The timestamp is m.Time in nanoseconds. Tags with empty values are left
 // out (InfluxDB has no empty tag values).
@@ -74,6 +77,23 @@ func AppendLine(dst []byte, m *model.Message) []byte {
 		dst = appendSeq(dst, m.Seq)
 		dst = append(dst, ",state="...)
 		dst = appendStringField(dst, string(h.State))
+	case model.KindResult:
+		r := m.Result
+		if r == nil {
+			r = &model.Result{}
+		}
+		dst = appendName(dst, CommandMeasurement)
+		dst = appendTag(dst, "action", r.Action)
+		dst = appendTag(dst, "device", m.Device)
+		dst = appendTag(dst, "device_kind", m.DeviceKind)
+		dst = appendTag(dst, "station", m.Station)
+		dst = appendTag(dst, "station_type", string(m.StationType))
+		dst = appendTag(dst, "status", string(r.Status))
+		dst = append(dst, " id="...)
+		dst = appendStringField(dst, r.ID)
+		dst = append(dst, ",reason="...)
+		dst = appendStringField(dst, r.Reason)
+		dst = appendSeq(dst, m.Seq)
 	default:
 		dst = appendName(dst, m.DeviceKind)
 		dst = appendTag(dst, "device", m.Device)

@@ -24,9 +24,19 @@ func Prefix(configured string) string {
 	return p
 }
 
-// Topic is the topic of a message: {prefix}/{station}/{device}/{kind}.
+// Topic is the topic of a message: {prefix}/{station}/{device}/{kind}, and
+// {prefix}/{station}/{device}/command/result for a command's result.
 func Topic(prefix string, m *model.Message) string {
+	if m.Kind == model.KindResult {
+		return CommandTopic(prefix, m.Station, m.Device) + "/result"
+	}
 	return prefix + "/" + m.Station + "/" + m.Device + "/" + string(m.Kind)
+}
+
+// CommandTopic is where the hub sends a device's commands:
+// {prefix}/{station}/{device}/command; "+" as device subscribes to all.
+func CommandTopic(prefix, station, device string) string {
+	return prefix + "/" + station + "/" + device + "/command"
 }
 
 // PacketSize is the size of the MQTT PUBLISH packet (QoS 1) that carries

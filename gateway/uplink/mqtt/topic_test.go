@@ -29,3 +29,23 @@ func TestPacketSize(t *testing.T) {
 		}
 	}
 }
+
+func TestTopicOfEachKind(t *testing.T) {
+	for _, tt := range []struct {
+		kind model.Kind
+		want string
+	}{
+		{model.KindTelemetry, "outpost/v1/sp-7/siren-1/telemetry"},
+		{model.KindEvent, "outpost/v1/sp-7/siren-1/event"},
+		{model.KindHealth, "outpost/v1/sp-7/siren-1/health"},
+		{model.KindResult, "outpost/v1/sp-7/siren-1/command/result"},
+	} {
+		m := model.Message{Station: "sp-7", Device: "siren-1", Kind: tt.kind}
+		if got := Topic(DefaultPrefix, &m); got != tt.want {
+			t.Errorf("%s: topic %s, want %s", tt.kind, got, tt.want)
+		}
+	}
+	if got, want := CommandTopic(DefaultPrefix, "sp-7", "+"), "outpost/v1/sp-7/+/command"; got != want {
+		t.Errorf("command topic %s, want %s", got, want)
+	}
+}
