@@ -12,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
+
+	"outpost/gateway/model"
 )
 
 // Error is one problem in a configuration file, at a line and column.
@@ -186,7 +188,10 @@ func (d *decoder) parse(data []byte, v any) {
 	d.value(root.Content[0], reflect.ValueOf(v).Elem(), "")
 }
 
-var durationType = reflect.TypeOf(time.Duration(0))
+var (
+	durationType = reflect.TypeOf(time.Duration(0))
+	literalType  = reflect.TypeOf(Literal{})
+)
 
 // leadingZero matches a decimal-looking integer with a leading 0.
 var leadingZero = regexp.MustCompile(`^0[0-9_]+$`)
@@ -261,6 +266,18 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		v.SetInt(int64(dur))
+	case v.Type() == literalType:
+		var lit model.Value
+		switch f, err := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64); {
+		case n.Kind == yaml.ScalarNode && n.Tag == "!!bool":
+			lit = model.Bool(n.Value == "true" || n.Value == "True" || n.Value == "TRUE")
+		case n.Kind == yaml.ScalarNode && (n.Tag == "!!int" || n.Tag == "!!float") && err == nil:
+			lit = model.Number(f)
+		default:
+			d.decodeErr(path, p, "%s: expected true, false or a number, got %s", path, kindName(n))
+			return
+		}
+		v.Set(reflect.ValueOf(Literal{lit}))
 	case v.Kind() == reflect.String:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
 			d.decodeErr(path, p, "%s: expected a string, got %s", path, kindName(n))
@@ -395,7 +412,7 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string, also ...st
 		case seen[f.name]:
 		case f.sf.Tag.Get("required") == "true":
 			d.decodeErr(join(path, f.name), pos{n.Line, n.Column}, "%s: missing required key %q", what, f.name)
-		case f.sf.Type.Kind() == reflect.Struct && f.sf.Type != durationType:
+		case f.sf.Type.Kind() == reflect.Struct && f.sf.Type != durationType && f.sf.Type != literalType:
 			// An absent section still gets its defaults.
 			d.mapping(&yaml.Node{Kind: yaml.MappingNode, Line: n.Line, Column: n.Column}, fv, join(path, f.name))
 		case f.sf.Tag.Get("default") != "":

@@ -184,12 +184,12 @@ func (st *Station) defaults() {
 		st.StateDir = filepath.Join("/var/lib/outpost", st.Station.ID)
 	}
 	// Files the station names are relative to the station file.
+	files := []*string{&st.Hub.Commands.KeyFile}
 	if t := st.Hub.MQTT.TLS; t != nil {
-		for _, p := range []*string{&t.CA, &t.Cert, &t.Key} {
-			if *p != "" && !filepath.IsAbs(*p) {
-				*p = filepath.Join(filepath.Dir(st.File), *p)
-			}
-		}
+		files = append(files, &t.CA, &t.Cert, &t.Key)
+	}
+	for _, p := range files {
+		*p = st.Path(*p)
 	}
 	m := &st.Hub.MQTT
 	if m.ClientID == "" {
@@ -222,6 +222,14 @@ func (d *decoder) validateStation(st *Station) {
 		if st.Hub.Influx.BatchSize < 1 || st.Hub.Influx.BatchSize > 10000 {
 			d.errAt("hub.influx.batch_size", "hub.influx.batch_size: %d is out of range (1 to 10000)", st.Hub.Influx.BatchSize)
 		}
+	}
+	if c := st.Hub.Commands; c.KeyFile != "" {
+		if _, err := ReadKey(c.KeyFile); err != nil {
+			d.errAt("hub.commands.key_file", "hub.commands.key_file: %v", err)
+		}
+	}
+	if ttl := st.Hub.Commands.MaxTTL; ttl < time.Second || ttl > 24*time.Hour {
+		d.errAt("hub.commands.max_ttl", "hub.commands.max_ttl: %s is out of range (1s to 24h)", ttl)
 	}
 	if st.Queue.MaxBytes < 64<<10 {
 		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 65536, 64 KiB)", st.Queue.MaxBytes)
@@ -427,7 +435,63 @@ func loadTemplate(name string, src templates) (t *Template, d *decoder, ok bool)
 	d.rest(t.Rest, t.Body, "")
 	d.check(t.Body, "")
 	d.checkSignals(t.Body.Signals())
+	d.checkActions(t.Actions, t.Body.Signals())
 	return t, d, true
+}
+
+// checkActions checks a template's actions against its signals: each
+// sets writable signals to values of their type, within their limits.
+func (d *decoder) checkActions(actions []Action, sigs []Signal) {
+	byName := map[string]*Signal{}
+	for i := range sigs {
+		byName[sigs[i].Name] = &sigs[i]
+	}
+	seen := map[string]string{}
+	settings := func(path string, set []Setting) {
+		for j, st := range set {
+			sp := fmt.Sprintf("%s[%d]", path, j)
+			sg := byName[st.Signal]
+			switch {
+			case sg == nil:
+				d.errAt(sp+".signal", "%s.signal: the template has no signal %q", sp, st.Signal)
+			case !sg.Writable:
+				d.errAt(sp+".signal", "%s.signal: %s is not writable (mark it writable where the template maps it)", sp, st.Signal)
+			default:
+				if err := sg.Accepts(st.Value.Value); err != nil {
+					d.errAt(sp+".value", "%s.value: %v", sp, err)
+				}
+			}
+		}
+	}
+	for i, a := range actions {
+		path := fmt.Sprintf("actions[%d]", i)
+		switch first, dup := seen[a.Name]; {
+		case !signalPattern.MatchString(a.Name):
+			d.errAt(path+".name", "%s.name: %q is not an action name (lower-case letters, digits, '_')", path, a.Name)
+		case a.Name == "set":
+			d.errAt(path+".name", `%s.name: "set" is the action every writable signal takes; name this one otherwise`, path)
+		case dup:
+			d.errAt(path+".name", "%s.name: action %q is already defined by %s", path, a.Name, first)
+		}
+		seen[a.Name] = path
+		if len(a.Set) == 0 {
+			d.errAt(path+".set", "%s.set: an action sets at least one signal", path)
+		}
+		settings(path+".set", a.Set)
+		settings(path+".then", a.Then)
+		switch {
+		case a.For == 0 && len(a.Then) > 0:
+			d.errAt(path+".then", "%s.then: only an action that lasts (for) sets signals back", path)
+		case a.For != 0 && (a.For < time.Second || a.For > 24*time.Hour):
+			d.errAt(path+".for", "%s.for: %s is out of range (1s to 24h)", path, a.For)
+		case a.For != 0 && len(a.Then) == 0:
+			for j, st := range a.Set {
+				if _, ok := st.Value.AsBool(); !ok {
+					d.errAt(fmt.Sprintf("%s.set[%d].value", path, j), "%s.then: %s is a number: say what it is set back to when %s has passed", path, st.Signal, a.For)
+				}
+			}
+		}
+	}
 }
 
 // reserved says whether a signal name would collide in InfluxDB with what

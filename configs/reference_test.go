@@ -168,7 +168,7 @@ func (r *reference) section(path, scope string, typ reflect.Type) {
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
 			subs = append(subs, sub{p + "[]", ft.Elem()})
 			kind = fmt.Sprintf("list of [mappings](#%s)", anchor(p+"[]", scope))
-		case ft.Kind() == reflect.Struct && ft != reflect.TypeOf(time.Duration(0)):
+		case ft.Kind() == reflect.Struct && ft != reflect.TypeOf(time.Duration(0)) && ft != reflect.TypeOf(configs.Literal{}):
 			subs = append(subs, sub{p, ft})
 			kind = fmt.Sprintf("[section](#%s)", anchor(p, scope))
 		case ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct:
@@ -218,6 +218,8 @@ func typeName(t reflect.Type) string {
 	switch {
 	case t == reflect.TypeOf(time.Duration(0)):
 		return "duration"
+	case t == reflect.TypeOf(configs.Literal{}):
+		return "true, false or a number"
 	case t.Kind() == reflect.Pointer:
 		return typeName(t.Elem())
 	case t.Kind() == reflect.String:

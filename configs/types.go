@@ -13,6 +13,7 @@
 package configs
 
 import (
+	"fmt"
 	"net/url"
 	"path/filepath"
 	"time"
@@ -56,6 +57,18 @@ func (st *Station) Uplinks() []string {
 	}
 	return []string{"mqtt"}
 }
+
+// Path resolves a file the station file names: relative to the station
+// file unless absolute; "" stays "".
+func (st *Station) Path(file string) string {
+	if file == "" || filepath.IsAbs(file) {
+		return file
+	}
+	return filepath.Join(filepath.Dir(st.File), file)
+}
+
+// CommandsFile is where the gateway remembers the commands it took.
+func (st *Station) CommandsFile() string { return filepath.Join(st.StateDir, "commands.jsonl") }
 
 // QueueDir is where the gateway keeps the durable queue of an uplink.
 func (st *Station) QueueDir(uplink string) string {
@@ -107,6 +120,23 @@ type Hub struct {
 	MQTT MQTT `yaml:"mqtt" required:"true"`
 	// Influx is the hub's InfluxDB for telemetry; none when absent.
 	Influx *Influx `yaml:"influx"`
+	// Commands are the duty desk's commands to the station's devices,
+	// on the broker (see docs/hub-contract.md).
+	Commands Commands `yaml:"commands"`
+}
+
+// Commands from the hub's duty desk.
+type Commands struct {
+	// KeyFile holds the station's HMAC-SHA256 key, as hex on one line:
+	// every command must then be signed with it, and unsigned ones are
+	// refused. The file must be readable by the gateway's user only
+	// (chmod 600).
+	KeyFile string `yaml:"key_file" example:"/etc/outpost/command.key"`
+	// MaxTTL caps a command's time to live: a command asks for its own
+	// (ttl), and one older than it when it arrives is refused as
+	// expired. Command ids are remembered this long, so that a command
+	// redelivered by the broker never acts twice.
+	MaxTTL time.Duration `yaml:"max_ttl" default:"1h" example:"10m"`
 }
 
 // MQTT broker settings.
@@ -279,6 +309,9 @@ type Template struct {
 	// panel, a smoke detector): the hub gets device_lost as critical when
 	// it falls silent.
 	Alarm bool `yaml:"alarm" example:"true"`
+	// Actions are what the hub may ask of the device by name, beyond
+	// setting a writable signal (see Commands below).
+	Actions []Action `yaml:"actions"`
 	// Body is the family's part of the template (e.g. *modbus.Template).
 	Body Body `yaml:"-"`
 	// Rest holds the body's keys until the loader knows the family.
@@ -306,6 +339,61 @@ type Signal struct {
 	// coil, a holding register); a number only within Limits, when given.
 	Writable bool
 	Limits   *Range
+}
+
+// Action is a named command a device offers the hub: acknowledge a panic
+// (light the button's LED), sound a siren for a while.
+type Action struct {
+	// Name of the action in commands: lower-case letters, digits, '_';
+	// not "set", which every writable signal takes.
+	Name string `yaml:"name" required:"true" example:"siren_on"`
+	// Description is a line for the duty desk.
+	Description string `yaml:"description" example:"Sound the siren; it stops by itself"`
+	// Set lists the writable signals the action sets, in order.
+	Set []Setting `yaml:"set" required:"true"`
+	// For, when set, is how long the action lasts: the gateway then sets
+	// the signals back by itself (to Then, or booleans to the opposite),
+	// also after a restart. A command may ask for less.
+	For time.Duration `yaml:"for" example:"3m"`
+	// Then lists what the signals are set to when For has passed; needed
+	// for numbers.
+	Then []Setting `yaml:"then"`
+}
+
+// Setting is a value for a writable signal.
+type Setting struct {
+	// Signal is a writable signal of the template.
+	Signal string `yaml:"signal" required:"true" example:"siren"`
+	// Value is true, false or a number, as the signal's type.
+	Value Literal `yaml:"value" required:"true" example:"true"`
+}
+
+// Literal is a value written in a file: true, false or a number.
+type Literal struct{ model.Value }
+
+// Accepts says whether a command may set the signal to v: it must be
+// writable, v of its type, and a number within its limits.
+func (sg *Signal) Accepts(v model.Value) error {
+	if !sg.Writable {
+		return fmt.Errorf("%s is not writable", sg.Name)
+	}
+	switch sg.Type {
+	case Bool:
+		if _, ok := v.AsBool(); !ok {
+			return fmt.Errorf("%s takes true or false, not %v", sg.Name, v)
+		}
+	case Number:
+		f, ok := v.Float()
+		if !ok {
+			return fmt.Errorf("%s takes a number, not %v", sg.Name, v)
+		}
+		if l := sg.Limits; l != nil && !l.Contains(f) {
+			return fmt.Errorf("%v is out of range for %s (%v to %v)", f, sg.Name, l.Min, l.Max)
+		}
+	default:
+		return fmt.Errorf("%s is a %s and cannot be set", sg.Name, sg.Type)
+	}
+	return nil
 }
 
 // ValueType is the kind of value a signal has.

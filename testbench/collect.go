@@ -12,7 +12,6 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"outpost/gateway/model"
-	"outpost/gateway/pipeline"
 )
 
 // collector is the testbench's own subscriber at the hub's broker. It counts
@@ -118,7 +117,7 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 			c.historical += n
 		}
 	case m.Kind == model.KindEvent:
-		if m.Device == pipeline.GatewayDevice {
+		if m.Device == model.GatewayDevice {
 			c.gatewayEvents++
 		}
 		c.events[m.Event.Kind]++

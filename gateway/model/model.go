@@ -144,6 +144,11 @@ const (
 // Values lists the severities.
 func (Severity) Values() []string { return []string{string(Info), string(Warning), string(Critical)} }
 
+// GatewayDevice is the device id under which the gateway reports on
+// itself (its queues, its forwarders) and answers commands for devices
+// the station does not have.
+const GatewayDevice = "gateway"
+
 // Event kinds known to the gateway. Templates may name others.
 const (
 	EventPanic               = "panic"

@@ -228,7 +228,7 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 	first := &msgs[items[0].Index]
 	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
 		"messages", len(items), "first", first.ID(), "reason", items[0].Reason, "file", path)
-	if first.Device == GatewayDevice && first.Event != nil && first.Event.Kind == model.EventRejected {
+	if first.Device == model.GatewayDevice && first.Event != nil && first.Event.Kind == model.EventRejected {
 		return // reporting it would make another such event, and so on
 	}
 	f.Report(GatewayEvent(model.EventRejected, model.Warning, map[string]string{

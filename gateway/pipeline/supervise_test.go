@@ -113,7 +113,7 @@ func TestForwarderRestarted(t *testing.T) {
 	}
 	got := rec.msgs[0]
 	want := map[string]string{"forwarder": "mqtt/telemetry", "error": "mqtt/telemetry queue: ack file: input/output error", "restarts": "1", "retry_in": "1ms"}
-	if got.Device != GatewayDevice || got.Event.Severity != model.Warning || !equalMaps(got.Event.Details, want) {
+	if got.Device != model.GatewayDevice || got.Event.Severity != model.Warning || !equalMaps(got.Event.Details, want) {
 		t.Errorf("event %s %s %v, want gateway warning %v", got.Device, got.Event.Severity, got.Event.Details, want)
 	}
 }

@@ -9,13 +9,9 @@ import (
 	"outpost/gateway/queue"
 )
 
-// GatewayDevice is the device id (and device kind) under which the gateway
-// reports on itself.
-const GatewayDevice = "gateway"
-
 // GatewayEvent is an event of the gateway itself.
 func GatewayEvent(kind string, sev model.Severity, details map[string]string) model.Message {
-	return model.Message{Device: GatewayDevice, DeviceKind: GatewayDevice, Kind: model.KindEvent,
+	return model.Message{Device: model.GatewayDevice, DeviceKind: model.GatewayDevice, Kind: model.KindEvent,
 		Event: &model.Event{Kind: kind, Severity: sev, Details: details}}
 }
 

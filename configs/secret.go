@@ -1,0 +1,55 @@
+package configs
+
+import (
+	"encoding/hex"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+)
+
+// ReadKey reads a secret key kept in a file of its own, outside the
+// station file's plain text: hex on one line (spaces ignored), of one of
+// the sizes given in bytes (any size from 16 to 64 when none is given).
+// The file must be readable by its owner only: a key others can read is
+// refused, with the chmod that fixes it. The error never shows the key.
+func ReadKey(path string, sizes ...int) ([]byte, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, fileErr(err)
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a file", path)
+	}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("%s is readable by others (mode %04o): a key must be readable by the gateway's user only; run chmod 600 %s", path, perm, path)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fileErr(err)
+	}
+	text := strings.Join(strings.Fields(string(raw)), "")
+	key, err := hex.DecodeString(text)
+	if err != nil || len(text) == 0 {
+		return nil, fmt.Errorf("%s does not hold a key in hex (expected hex digits 0-9 a-f on one line)", path)
+	}
+	switch {
+	case len(sizes) == 0 && (len(key) < 16 || len(key) > 64):
+		return nil, fmt.Errorf("%s holds a key of %d bytes (expected 16 to 64 bytes, 32 to 128 hex digits)", path, len(key))
+	case len(sizes) > 0 && !slices.Contains(sizes, len(key)):
+		return nil, fmt.Errorf("%s holds a key of %d bytes (expected %s bytes)", path, len(key), orList(sizes))
+	}
+	return key, nil
+}
+
+// orList writes 16, 24 or 32.
+func orList(s []int) string {
+	parts := make([]string, len(s))
+	for i, v := range s {
+		parts[i] = fmt.Sprint(v)
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " or " + parts[len(parts)-1]
+}
