@@ -49,10 +49,18 @@ type Desk struct {
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 
+	readyOnce sync.Once
+	ready     chan struct{} // closed once Run has set up
+
 	mu     sync.Mutex
 	work   map[string]chan job // per device, while Run runs
 	timers map[string]*time.Timer
 	ctx    context.Context // Run's, for the undo timers
+}
+
+func (d *Desk) readyC() chan struct{} {
+	d.readyOnce.Do(func() { d.ready = make(chan struct{}) })
+	return d.ready
 }
 
 // job is a command for a device's worker, or the undo of one (whose
@@ -74,7 +82,10 @@ func (d *Desk) now() time.Time {
 // returns once the command is durably taken (and queued for its device)
 // or answered: the broker's acknowledgement goes out after it, so that a
 // command the gateway has not recorded is delivered again.
+//
+// Handle waits for Run to have started.
 func (d *Desk) Handle(device string, payload []byte) {
+	<-d.readyC()
 	now := d.now()
 	c, err := Decode(d.Station, device, payload, d.Key, d.MaxTTL)
 	t, known := d.Targets[device]
@@ -226,6 +237,8 @@ func (d *Desk) Run(ctx context.Context) {
 			d.schedule(e)
 		}
 	}
+	// Only now: a command taken before would look interrupted.
+	close(d.readyC())
 	<-ctx.Done()
 	d.mu.Lock()
 	for _, t := range d.timers {

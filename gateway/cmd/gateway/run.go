@@ -12,6 +12,7 @@ import (
 
 	"outpost/configs"
 	"outpost/drivers"
+	desk "outpost/gateway/command"
 	"outpost/gateway/durable"
 	"outpost/gateway/model"
 	"outpost/gateway/pipeline"
@@ -43,12 +44,25 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		d    drivers.Driver
 	}
 	var links []link
+	targets := map[string]desk.Target{}
 	for _, l := range drivers.Links(st) {
 		d, err := drivers.New(l, log)
 		if err != nil {
 			return err
 		}
 		links = append(links, link{l.Name(), d})
+		commander, _ := d.(drivers.Commander)
+		for _, dev := range l.Devices {
+			targets[dev.ID] = desk.Target{Template: l.Template(dev), Link: l.Name(), Commander: commander}
+		}
+	}
+	var key []byte
+	if f := st.Hub.Commands.KeyFile; f != "" {
+		k, err := configs.ReadKey(f)
+		if err != nil {
+			return fmt.Errorf("hub.commands.key_file: %w", err)
+		}
+		key = k
 	}
 	if err := durable.MkdirAll(st.StateDir); err != nil {
 		return fmt.Errorf("state directory: %w", err)
@@ -76,7 +90,21 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		ingest.Emit(*lostSeq)
 	}
 
+	store, damaged, err := desk.OpenStore(st.CommandsFile(), st.Hub.Commands.MaxTTL+desk.Skew, time.Now())
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if damaged > 0 {
+		log.Warn("damaged lines of the commands file skipped", "file", st.CommandsFile(), "lines", damaged)
+	}
+	commands := &desk.Desk{Station: st.Station.ID, Targets: targets, Key: key, MaxTTL: st.Hub.Commands.MaxTTL,
+		Store: store, Emit: ingest.Emit, Log: log.With("part", "commands")}
+
+	// Two connections to the broker: alarms (events, health, command
+	// results, and the commands) never wait behind telemetry bytes.
 	mq := mqtt.New(st.Hub.MQTT, st.Station, log)
+	ma := mqtt.NewAlarms(st.Hub.MQTT, st.Station, commands.Handle, log)
 	ups := map[string]pipeline.Uplink{"mqtt": mq}
 	if st.Hub.Influx != nil {
 		ix := influx.New(*st.Hub.Influx, log)
@@ -88,15 +116,19 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), statusTimeout)
 		defer cancel()
+		ma.Close(cctx)
 		if err := mq.Close(cctx); err != nil {
 			log.Warn("offline status not delivered", "err", err)
 		}
 	}()
+	var fwd, drv sync.WaitGroup
+	// The desk runs with the drivers: commands act through them.
+	drv.Go(func() { commands.Run(ctx) })
 	// Wait briefly for the hub so that the first readings go straight out;
 	// a hub that is down does not hold the station back: the uplink keeps
 	// reconnecting and the queues keep everything meanwhile.
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	err = mq.Connect(cctx)
+	err = errors.Join(mq.Connect(cctx), ma.Connect(cctx))
 	cancel()
 	switch {
 	case err == nil:
@@ -108,14 +140,22 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		return err
 	}
 
-	var fwd, drv sync.WaitGroup
 	fctx, stopForwarders := context.WithCancel(context.Background())
 	defer stopForwarders()
 	dead := &pipeline.DeadLetters{Dir: st.DeadLetterDir()}
 	defer dead.Close()
 	states := map[string]uplinkState{"mqtt": func() (bool, string, time.Time) {
-		c := mq.Connection()
-		return c.Connected, c.Cause, c.Since
+		c, a := mq.Connection(), ma.Connection()
+		switch {
+		case !c.Connected:
+			return false, c.Cause, c.Since
+		case !a.Connected:
+			return false, "alarm connection: " + a.Cause, a.Since
+		}
+		if a.Since.After(c.Since) {
+			return true, "", a.Since
+		}
+		return true, "", c.Since
 	}}
 	for name, q := range queues {
 		outage := &pipeline.Outage{Uplink: name, Log: log}
@@ -131,8 +171,12 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 			l     queue.Lane
 			batch int
 		}{{queue.LaneAlarm, 100}, {queue.LaneTelemetry, 1000}} {
+			up := ups[name]
+			if name == "mqtt" && lane.l == queue.LaneAlarm {
+				up = ma
+			}
 			f := &pipeline.Forwarder{Name: name + "/" + lane.l.String(), Queue: q, Lanes: []queue.Lane{lane.l},
-				Uplink: ups[name], UplinkName: name, Batch: lane.batch, HistoricalAfter: 30 * time.Second,
+				Uplink: up, UplinkName: name, Batch: lane.batch, HistoricalAfter: 30 * time.Second,
 				Outage: outage, DeadLetters: dead, Report: ingest.Emit, Log: log}
 			if name == "mqtt" {
 				f.Limit = packets

@@ -69,14 +69,20 @@ const (
 	disconnectQuiet = 250 // ms paho waits for in-flight work on Disconnect
 )
 
-// Uplink publishes messages to the hub's broker. Create it with New, start
-// it with Connect, send with Send, and end it with Close.
+// Uplink publishes messages to the hub's broker. Create it with New (or
+// NewAlarms), start it with Connect, send with Send, and end it with
+// Close.
 type Uplink struct {
 	cfg     configs.MQTT
 	station configs.StationID
 	log     *slog.Logger
 	prefix  string
 	broker  string // the URL without its password, for logs and errors
+
+	// alarms marks the alarm lane's connection; commands, when set,
+	// receives the duty desk's commands on it.
+	alarms   bool
+	commands func(device string, payload []byte)
 
 	statusMu sync.Mutex
 	status   Connection
@@ -154,11 +160,31 @@ func (c *linkConn) Close() error {
 }
 
 // New returns an uplink for the broker of cfg, publishing for station. It
-// does no I/O.
+// keeps the station's retained status, with its last will. It does no
+// I/O.
 func New(cfg configs.MQTT, station configs.StationID, log *slog.Logger) *Uplink {
 	u := &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix), broker: configs.Redact(cfg.URL),
 		stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
 	u.dialCtx, u.cancelDial = context.WithCancel(context.Background())
+	return u
+}
+
+// AlarmsSuffix ends the client id of the alarm lane's connection.
+const AlarmsSuffix = "-alarms"
+
+// NewAlarms returns the uplink of the alarm lane: a second connection,
+// client id ending in AlarmsSuffix, so that an alarm never waits behind
+// telemetry bytes in the other's socket. It keeps no status.
+//
+// With commands set it also takes the duty desk's commands: it subscribes
+// to {prefix}/{station}/+/command (QoS 1) at every connect, and keeps a
+// persistent session (no clean session) so that the broker holds the
+// commands that come while it is away. commands gets the device (from the
+// topic) and the payload; the broker's acknowledgement goes out when it
+// returns, so it must return only once the command is recorded.
+func NewAlarms(cfg configs.MQTT, station configs.StationID, commands func(device string, payload []byte), log *slog.Logger) *Uplink {
+	u := New(cfg, station, log.With("connection", "alarms"))
+	u.alarms, u.commands = true, commands
 	return u
 }
 
@@ -278,13 +304,23 @@ func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
 	if id == "" {
 		id = "outpost-" + u.station.ID
 	}
-	will := AppendStatus(nil, u.station.ID, StateOffline, time.Now())
-	return paho.NewClientOptions().
+	if u.alarms {
+		id += AlarmsSuffix
+	}
+	o := paho.NewClientOptions()
+	if !u.alarms {
+		will := AppendStatus(nil, u.station.ID, StateOffline, time.Now())
+		o.SetBinaryWill(StatusTopic(u.prefix, u.station.ID), will, 1, true)
+	}
+	if u.commands != nil {
+		o.SetDefaultPublishHandler(u.onCommand)
+	}
+	return o.
 		AddBroker(u.cfg.URL).
 		SetClientID(id).
 		SetUsername(u.cfg.Username).
 		SetPassword(u.cfg.Password).
-		SetCleanSession(true).
+		SetCleanSession(u.commands == nil).
 		SetStore(paho.NewMemoryStore()).
 		SetOrderMatters(false).
 		SetKeepAlive(keepAlive).
@@ -293,7 +329,6 @@ func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
 		SetWriteTimeout(writeTimeout).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
-		SetBinaryWill(StatusTopic(u.prefix, u.station.ID), will, 1, true).
 		SetOnConnectHandler(u.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			u.log.Info("mqtt uplink: connection lost", "broker", u.broker, "err", err)
@@ -356,13 +391,51 @@ func loadTLS(t *configs.TLS) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// onConnect publishes the online status (retained).
+// onConnect publishes the online status (retained) on the main
+// connection, and subscribes to the commands on the alarm lane's. A
+// connection whose subscription fails is dropped, to try again.
 func (u *Uplink) onConnect(c paho.Client) {
 	l := u.cur.Load()
 	u.log.Info("mqtt uplink: connected", "broker", u.broker, "link", l.id)
-	tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOnline, time.Now()))
-	if !tok.WaitTimeout(statusTimeout) || tok.Error() != nil {
-		u.log.Warn("mqtt uplink: online status not acknowledged", "err", tok.Error())
+	if !u.alarms {
+		tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOnline, time.Now()))
+		if !tok.WaitTimeout(statusTimeout) || tok.Error() != nil {
+			u.log.Warn("mqtt uplink: online status not acknowledged", "err", tok.Error())
+		}
+	}
+	if u.commands == nil {
+		return
+	}
+	topic := CommandTopic(u.prefix, u.station.ID, "+")
+	tok := c.Subscribe(topic, 1, nil)
+	ok := tok.WaitTimeout(statusTimeout)
+	var refused bool
+	if st, isSub := tok.(*paho.SubscribeToken); ok && isSub {
+		refused = st.Result()[topic] == 0x80
+	}
+	if !ok || tok.Error() != nil || refused {
+		u.log.Error("mqtt uplink: cannot subscribe to the duty desk's commands; reconnecting", "topic", topic, "err", tok.Error(), "refused", refused)
+		l.conn.Close()
+		return
+	}
+	u.log.Info("mqtt uplink: taking commands", "topic", topic)
+}
+
+// onCommand hands a command to the gateway. A retained command is not
+// taken: it would come again at every subscription.
+func (u *Uplink) onCommand(_ paho.Client, m paho.Message) {
+	head := u.prefix + "/" + u.station.ID + "/"
+	device, ok := strings.CutPrefix(m.Topic(), head)
+	if ok {
+		device, ok = strings.CutSuffix(device, "/command")
+	}
+	switch {
+	case !ok || device == "" || strings.Contains(device, "/"):
+		u.log.Warn("mqtt uplink: message on an unexpected topic ignored", "topic", m.Topic())
+	case m.Retained():
+		u.log.Warn("mqtt uplink: retained command ignored: the duty desk must publish commands without retain", "topic", m.Topic())
+	default:
+		u.commands(device, m.Payload())
 	}
 }
 
@@ -518,8 +591,8 @@ func (u *Uplink) arena() *[]byte {
 	return &b
 }
 
-// Close publishes the offline status (retained), waiting for it until ctx
-// ends, disconnects and stops reconnecting. The uplink cannot be used
+// Close publishes the offline status (retained; on the main connection),
+// waiting for it until ctx ends, disconnects and stops reconnecting. The uplink cannot be used
 // afterwards; Close may be called more than once.
 func (u *Uplink) Close(ctx context.Context) error {
 	u.mu.Lock()
@@ -527,7 +600,7 @@ func (u *Uplink) Close(ctx context.Context) error {
 	u.started = true // no Connect after Close
 	u.mu.Unlock()
 	var err error
-	if c != nil && c.IsConnectionOpen() {
+	if c != nil && c.IsConnectionOpen() && !u.alarms {
 		tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOffline, time.Now()))
 		select {
 		case <-tok.Done():

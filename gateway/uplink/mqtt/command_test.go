@@ -1,0 +1,121 @@
+package mqtt
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"outpost/configs"
+	"outpost/gateway/model"
+)
+
+type command struct{ device, payload string }
+
+// desk is the duty desk's side: a plain client that publishes commands.
+func desk(t *testing.T, url string) paho.Client {
+	t.Helper()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("duty-desk").SetCleanSession(true))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("duty desk connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+func publish(t *testing.T, c paho.Client, topic, payload string, retained bool) {
+	t.Helper()
+	if tok := c.Publish(topic, 1, retained, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+func alarms(t *testing.T, url string, got chan<- command) *Uplink {
+	t.Helper()
+	u := NewAlarms(configs.MQTT{URL: url}, station, func(device string, payload []byte) {
+		got <- command{device, string(payload)}
+	}, quiet())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := u.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func nextCommand(t *testing.T, ch <-chan command) command {
+	t.Helper()
+	select {
+	case c := <-ch:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("no command within 10 s")
+		return command{}
+	}
+}
+
+// The alarm lane's connection lives beside the main one, takes the duty
+// desk's commands, and keeps them in the broker while it is away.
+func TestAlarmConnectionTakesCommands(t *testing.T) {
+	b := startBroker(t)
+	status := subscribe(t, b.URL(), "watcher", "outpost/v1/#")
+	main := connect(t, b.URL())
+	got := make(chan command, 10)
+	a := alarms(t, b.URL(), got)
+	dd := desk(t, b.URL())
+	topic := CommandTopic(DefaultPrefix, station.ID, "siren-1")
+
+	publish(t, dd, topic, `{"id":"c-1"}`, false)
+	if c := nextCommand(t, got); c != (command{"siren-1", `{"id":"c-1"}`}) {
+		t.Errorf("command %+v", c)
+	}
+	// Both connections are up at once: neither took the other's client id.
+	if !main.Connected() || !a.Connected() {
+		t.Fatalf("connected: main %v, alarms %v", main.Connected(), a.Connected())
+	}
+	// An alarm goes out on the alarm connection.
+	ev := model.Message{Station: station.ID, StationType: station.Type, Device: "btn-1", DeviceKind: "panic_button", Seq: 1,
+		Time: time.Now().UTC(), Kind: model.KindEvent, Event: &model.Event{Kind: model.EventPanic, Severity: model.Critical}}
+	if err := a.Send(context.Background(), []model.Message{ev}); err != nil {
+		t.Fatal(err)
+	}
+	for r := next(t, status); r.topic != "outpost/v1/"+station.ID+"/btn-1/event"; r = next(t, status) {
+	}
+
+	// Away: the broker keeps a command for the persistent session.
+	if err := a.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, dd, topic, `{"id":"c-2"}`, false)
+	// A retained command reaches the session once, as any other; at the
+	// next subscription the broker sends it again marked retained, and it
+	// is not taken then. A command of another station never arrives.
+	publish(t, dd, topic, `{"id":"c-retained"}`, true)
+	publish(t, dd, CommandTopic(DefaultPrefix, "other-station", "siren-1"), `{"id":"c-other"}`, false)
+	a2 := alarms(t, b.URL(), got)
+	for _, want := range []string{`{"id":"c-2"}`, `{"id":"c-retained"}`} {
+		if c := nextCommand(t, got); c != (command{"siren-1", want}) {
+			t.Errorf("command kept while away: %+v, want %s", c, want)
+		}
+	}
+	if err := a2.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a3 := alarms(t, b.URL(), got)
+	defer a3.Close(context.Background())
+	publish(t, dd, topic, `{"id":"c-3"}`, false)
+	if c := nextCommand(t, got); c != (command{"siren-1", `{"id":"c-3"}`}) {
+		t.Errorf("command %+v, want c-3 (the retained one taken again?)", c)
+	}
+	// Closing the alarm connection did not publish the station offline.
+	select {
+	case r := <-status:
+		if r.topic == StatusTopic(DefaultPrefix, station.ID) && r.payload != "" {
+			if s, _ := ParseStatus([]byte(r.payload)); s.State == StateOffline {
+				t.Error("closing the alarm connection published the station offline")
+			}
+		}
+	default:
+	}
+}
