@@ -328,7 +328,7 @@ func TestContractDocExamples(t *testing.T) {
 			t.Errorf("doc example is not as AppendJSON writes it:\n doc %s\ncode %s", ex, got)
 		}
 	}
-	if n != 3 {
-		t.Errorf("found %d payload examples in the doc, want 3", n)
+	if n != 4 {
+		t.Errorf("found %d payload examples in the doc, want 4", n)
 	}
 }
