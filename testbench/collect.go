@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,12 +38,38 @@ type collector struct {
 	historical    int
 	malformed     int
 	onMessage     func(m *model.Message, payload []byte, dup bool)
+
+	// On the alarm connection, first copies only: every event with when
+	// it arrived, and every command result.
+	alarmSeen map[string]struct{}
+	arrivals  []arrival
+	results   []resultArrival
+
+	// Good values (device/signal/value) that arrived, when asked for;
+	// and the counters of each device's latest health message.
+	goodValues map[string]struct{}
+	counters   map[string]map[string]uint64
+}
+
+// arrival is an event as it reached the hub's subscriber.
+type arrival struct {
+	Msg model.Message
+	At  time.Time
+}
+
+// resultArrival is a command's result as it reached the hub's subscriber
+// (every copy).
+type resultArrival struct {
+	Device string
+	Result model.Result
+	At     time.Time
 }
 
 // collect subscribes to everything the station publishes, with a persistent
 // session so that nothing is missed while the broker restarts.
 func collect(ctx context.Context, url, topic string, onMessage func(m *model.Message, payload []byte, dup bool)) (*collector, error) {
-	c := &collector{seen: map[string]struct{}{}, byDevice: map[string]int{}, events: map[string]int{}, drops: map[string]int{}, damage: map[string]int{}, onMessage: onMessage}
+	c := &collector{seen: map[string]struct{}{}, byDevice: map[string]int{}, events: map[string]int{}, drops: map[string]int{}, damage: map[string]int{},
+		onMessage: onMessage, alarmSeen: map[string]struct{}{}, counters: map[string]map[string]uint64{}}
 	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("testbench-%d", time.Now().UnixNano())).
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(200 * time.Millisecond).
@@ -57,7 +84,8 @@ func collect(ctx context.Context, url, topic string, onMessage func(m *model.Mes
 	aopts := *opts
 	aopts.SetClientID(opts.ClientID + "-alarms").SetCleanSession(true)
 	aopts.SetOnConnectHandler(func(cl paho.Client) {
-		cl.Subscribe(strings.TrimSuffix(topic, "#")+"+/event", 1, c.handleAlarm)
+		base := strings.TrimSuffix(topic, "#")
+		cl.SubscribeMultiple(map[string]byte{base + "+/event": 1, base + "+/command/result": 1}, c.handleAlarm)
 	})
 	c.alarms = paho.NewClient(&aopts)
 	if err := connect(ctx, c.alarms); err != nil {
@@ -79,17 +107,35 @@ func connect(ctx context.Context, cl paho.Client) error {
 	}
 }
 
-// handleAlarm measures how long events take from their stamp at the
-// gateway to the hub.
+// handleAlarm notes when events and command results arrive, and measures
+// how long events take from their stamp at the gateway to the hub.
 func (c *collector) handleAlarm(_ paho.Client, msg paho.Message) {
+	now := time.Now()
 	m, err := model.ParseJSON(msg.Payload())
-	if err != nil || m.Historical {
+	if err != nil {
 		return
 	}
-	lag := time.Since(m.Time)
 	c.mu.Lock()
-	c.eventLag = max(c.eventLag, lag)
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	if m.Kind == model.KindResult {
+		c.results = append(c.results, resultArrival{m.Device, *m.Result, now})
+		return
+	}
+	if _, dup := c.alarmSeen[m.ID()]; dup {
+		return
+	}
+	c.alarmSeen[m.ID()] = struct{}{}
+	c.arrivals = append(c.arrivals, arrival{m, now})
+	if !m.Historical {
+		c.eventLag = max(c.eventLag, now.Sub(m.Time))
+	}
+}
+
+// alarmArrivals returns the events and results the alarm connection got.
+func (c *collector) alarmArrivals() ([]arrival, []resultArrival) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.arrivals), slices.Clone(c.results)
 }
 
 func (c *collector) handle(_ paho.Client, msg paho.Message) {
@@ -116,6 +162,13 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 		if m.Historical {
 			c.historical += n
 		}
+		if c.goodValues != nil {
+			for _, r := range m.Readings {
+				if model.WireQuality(&r) == model.Good {
+					c.goodValues[m.Device+"/"+r.Signal+"/"+r.Value.String()] = struct{}{}
+				}
+			}
+		}
 	case m.Kind == model.KindEvent:
 		if m.Device == model.GatewayDevice {
 			c.gatewayEvents++
@@ -136,6 +189,7 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 		}
 	case m.Kind == model.KindHealth:
 		c.health++
+		c.counters[m.Device] = m.Health.Counters
 	}
 	if c.onMessage != nil {
 		c.onMessage(&m, msg.Payload(), dup)
@@ -166,4 +220,19 @@ func (c *collector) has(id string) bool {
 func (c *collector) close() {
 	c.client.Disconnect(100)
 	c.alarms.Disconnect(100)
+}
+
+// keepGoodValues makes the collector keep every good value that arrives.
+func (c *collector) keepGoodValues() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.goodValues = map[string]struct{}{}
+}
+
+// goodValuesAndCounters returns the good values kept, and each device's
+// latest health counters.
+func (c *collector) goodValuesAndCounters() (map[string]struct{}, map[string]map[string]uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.goodValues), maps.Clone(c.counters)
 }

@@ -38,6 +38,20 @@ type proc struct {
 	mu    sync.Mutex
 	cpu   time.Duration // summed over every process started under this name
 	maxRS int64         // KiB, the largest VmHWM of any
+	said  []string      // what the latest one printed before it was ready
+}
+
+// printed returns what follows prefix on a line the process printed before
+// it was ready ("firmware-sim control " -> the address), or "".
+func (p *proc) printed(prefix string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.said {
+		if v, ok := strings.CutPrefix(l, prefix); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }
 
 // start runs bin/name args, copying its output to log, and returns once the
@@ -58,8 +72,16 @@ func (p *proc) start(ctx context.Context, log io.Writer, ready string, args ...s
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		seen := false
+		p.mu.Lock()
+		p.said = nil
+		p.mu.Unlock()
 		for sc.Scan() {
 			fmt.Fprintln(log, sc.Text())
+			if !seen {
+				p.mu.Lock()
+				p.said = append(p.said, sc.Text())
+				p.mu.Unlock()
+			}
 			if !seen && ready != "" && strings.Contains(sc.Text(), ready) {
 				seen = true
 				close(readyc)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -56,8 +57,15 @@ type Scenario struct {
 	InfluxWrite string `yaml:"influx_write"`
 	// Backlog is how many readings an outage left queued before the
 	// gateway starts; the report then gives the drain rate.
-	Backlog int    `yaml:"backlog"`
-	Expect  Expect `yaml:"expect"`
+	Backlog int `yaml:"backlog"`
+	// Alarms are raised through the simulator during the load.
+	Alarms *AlarmPlan `yaml:"alarms"`
+	// Desk sends the duty desk's commands during the load.
+	Desk *DeskPlan `yaml:"desk"`
+	// Noise is the share of bytes corrupted on the serial lines, both
+	// directions (firmware-sim -noise).
+	Noise  float64 `yaml:"noise"`
+	Expect Expect  `yaml:"expect"`
 }
 
 // Expect says what the scenario must show.
@@ -86,6 +94,17 @@ type Expect struct {
 	// from the gateway's start to the end of the load; the report then
 	// gives each device's rate (polls).
 	MinPollPercent float64 `yaml:"min_poll_percent"`
+	// AlarmP99MS bounds, per source (dc09, dcon), the 99th percentile of
+	// the raised alarms' latency to the hub's subscriber.
+	AlarmP99MS map[string]float64 `yaml:"alarm_p99_ms"`
+	// EventsAfter are events the hub must get soon after a fault.
+	EventsAfter []ExpectEvent `yaml:"events_after"`
+	// ServedValues: every good value at the hub is one the simulator
+	// served for that device and signal (none damaged on the way).
+	ServedValues bool `yaml:"served_values"`
+	// BadFramesCounted lists devices whose health counters at the hub
+	// must show damaged frames.
+	BadFramesCounted []string `yaml:"bad_frames_counted"`
 }
 
 // Fault is an action at a moment of the run. Every: repeat that often until
@@ -97,6 +116,8 @@ type Fault struct {
 	Action string        `yaml:"action"` // see runner.inject
 	Jitter time.Duration `yaml:"jitter"`
 	Down   time.Duration `yaml:"down"` // how long a killed server stays down
+	// Device is what action "device" makes a simulated device do.
+	Device *DeviceAct `yaml:"device"`
 }
 
 // Report is what a run writes, for people and for CI.
@@ -130,11 +151,18 @@ type Report struct {
 		DamageReported    map[string]int `json:"damage_reported"`
 		DestroyedReadings map[string]int `json:"destroyed_readings,omitempty"`
 	} `json:"queue"`
-	Drain   *drainReport `json:"drain,omitempty"`
-	Polls   *pollReport  `json:"polls,omitempty"`
-	Health  int          `json:"health_messages"`
-	Faults  []string     `json:"faults,omitempty"`
-	Gateway struct {
+	Alarms      *alarmReport `json:"alarms,omitempty"`
+	Desk        *deskReport  `json:"duty_desk,omitempty"`
+	EventsAfter []string     `json:"events_after,omitempty"`
+	// WrongGoodValues counts good values at the hub the simulator never
+	// served; BadFrames the damaged frames devices counted.
+	WrongGoodValues int          `json:"wrong_good_values"`
+	BadFrames       []string     `json:"bad_frames,omitempty"`
+	Drain           *drainReport `json:"drain,omitempty"`
+	Polls           *pollReport  `json:"polls,omitempty"`
+	Health          int          `json:"health_messages"`
+	Faults          []string     `json:"faults,omitempty"`
+	Gateway         struct {
 		CPUS     float64 `json:"cpu_s"`
 		MaxRSSMB float64 `json:"max_rss_mb"`
 		Restarts int     `json:"restarts"`
@@ -206,6 +234,11 @@ type runner struct {
 	rng     *rand.Rand
 
 	gwStart   time.Time
+	control   string                    // the simulator's control API, host:port
+	desk      []deskCommand             // the duty desk's commands sent, in order
+	deskAgain int                       // and how many were sent again
+	simStats  simStats                  // the simulator's counters at its end
+	faultAt   []time.Time               // when each fault of the scenario first ran, by index
 	destroyed map[string]map[string]int // uplink -> message id -> readings, destroyed by a power cut
 	unmount   string                    // the state volume mounted for the run, if any
 	sentBy    map[string]int            // device -> readings the simulator served
@@ -305,13 +338,19 @@ func (r *runner) startHub(ctx context.Context) error {
 // load runs the simulator and the gateway for the scenario's duration,
 // injecting its faults, then stops the simulator.
 func (r *runner) load(ctx context.Context) error {
-	args := []string{"-config", r.station, "-stats", r.statsFile(), "-seed", fmt.Sprint(r.sc.Seed)}
+	args := []string{"-config", r.station, "-stats", r.statsFile(), "-seed", fmt.Sprint(r.sc.Seed),
+		"-control", "127.0.0.1:0", "-raised", r.raisedFile(), "-noise", fmt.Sprint(r.sc.Noise)}
 	if len(r.sc.Silent) > 0 {
 		args = append(args, "-silent", strings.Join(r.sc.Silent, ","))
+	}
+	if r.sc.Expect.ServedValues {
+		args = append(args, "-served", r.servedFile())
+		r.col.keepGoodValues()
 	}
 	if err := r.sim.start(ctx, r.out, "firmware-sim ready", args...); err != nil {
 		return err
 	}
+	r.control = r.sim.printed("firmware-sim control ")
 	if r.sc.Backlog > 0 {
 		n, err := prefill(r.st, r.sc.Backlog, r.log)
 		if err != nil {
@@ -331,20 +370,25 @@ func (r *runner) load(ctx context.Context) error {
 			r.watchDrain(ctx)
 		}()
 	}
+	alarmsDone, deskDone := make(chan error, 1), make(chan error, 1)
+	go func() { alarmsDone <- r.raiseAlarms(ctx) }()
+	go func() { deskDone <- r.runDesk(ctx) }()
 	begin := time.Now()
 	type due struct {
-		at time.Duration
-		f  Fault
+		at    time.Duration
+		f     Fault
+		index int
 	}
 	var plan []due
-	for _, f := range r.sc.Faults {
+	r.faultAt = make([]time.Time, len(r.sc.Faults))
+	for fi, f := range r.sc.Faults {
 		for i := 0; i < max(f.Times, 1); i++ {
 			at := f.At + time.Duration(i)*f.Every
 			if f.Jitter > 0 {
 				at += time.Duration(r.rng.Int64N(int64(f.Jitter)))
 			}
 			if at < r.sc.Duration {
-				plan = append(plan, due{at, f})
+				plan = append(plan, due{at, f, fi})
 			}
 		}
 	}
@@ -354,11 +398,17 @@ func (r *runner) load(ctx context.Context) error {
 			return err
 		}
 		r.report.Faults = append(r.report.Faults, fmt.Sprintf("%.1fs %s", time.Since(begin).Seconds(), d.f.Action))
+		if r.faultAt[d.index].IsZero() {
+			r.faultAt[d.index] = time.Now()
+		}
 		if err := r.inject(ctx, d.f); err != nil {
 			return fmt.Errorf("fault %s: %w", d.f.Action, err)
 		}
 	}
 	if err := sleepCtx(ctx, time.Until(begin.Add(r.sc.Duration))); err != nil {
+		return err
+	}
+	if err := errors.Join(<-alarmsDone, <-deskDone); err != nil {
 		return err
 	}
 	if err := r.sim.stop(10 * time.Second); err != nil {
@@ -368,6 +418,7 @@ func (r *runner) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.simStats = stats
 	r.report.Readings.Sent = stats.ReadingsServed
 	r.report.Events.Served = stats.EventsServed
 	r.sentBy = map[string]int{}
@@ -418,7 +469,8 @@ type simStats struct {
 	ReadingsServed int       `json:"readings_served"`
 	EventsServed   int       `json:"events_served"`
 	Devices        map[string]struct {
-		ReadingsServed int `json:"readings_served"`
+		ReadingsServed int            `json:"readings_served"`
+		Writes         map[string]int `json:"writes"`
 	} `json:"devices"`
 }
 
@@ -523,6 +575,11 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 
 	case "start-influx":
 		return r.influx.Restart(ctx)
+	case "device":
+		if f.Device == nil {
+			return fmt.Errorf("fault device needs device: {device, do, args}")
+		}
+		return r.act(ctx, *f.Device, 0)
 	case "kill-gateway", "power-cut":
 		if err := r.sim.signal(syscall.SIGUSR1); err != nil { // deaf
 			return err
@@ -721,6 +778,14 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 		r.fail("%d malformed messages at the hub", c.Malformed)
 	}
 	r.checkEvents(c)
+	if err := r.checkAlarms(); err != nil {
+		return err
+	}
+	r.checkExpectedEvents()
+	r.checkDesk(r.simStats)
+	if err := r.checkValues(); err != nil {
+		return err
+	}
 	if d := r.report.Drain; d != nil {
 		<-r.drainDone
 		d.Target = r.sc.Expect.TargetDrainRate
@@ -766,9 +831,10 @@ func (r *runner) watchDrain(ctx context.Context) {
 func (r *runner) checkEvents(c counts) {
 	ev := &r.report.Events
 	ev.ByKind, ev.MaxLagMS, ev.Evaluated = c.Events, float64(c.EventLag.Microseconds())/1000, r.sc.Expect.Events
-	// The gateway's own events and device_lost (raised from health, not
-	// from a signal the simulator serves) are not the simulator's edges.
-	ev.Gateway = c.GatewayEvents + c.Events[model.EventDeviceLost]
+	// The gateway's own events, device_lost and device_restored (raised
+	// from health, not from a signal the simulator serves) are not the
+	// simulator's edges.
+	ev.Gateway = c.GatewayEvents + c.Events[model.EventDeviceLost] + c.Events[model.EventDeviceRestored]
 	for _, n := range c.Events {
 		ev.AtHub += n
 	}

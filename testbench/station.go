@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"os"
@@ -77,6 +79,9 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 			}
 		}
 	}
+	if err := makeKeys(doc, filepath.Join(work, "keys")); err != nil {
+		return "", nil, err
+	}
 	if spec.Templates != "" {
 		if err := os.CopyFS(filepath.Join(work, "devices"), os.DirFS(spec.Templates)); err != nil {
 			return "", nil, fmt.Errorf("copying templates: %w", err)
@@ -100,4 +105,48 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 // stationTopics is the MQTT filter of everything a station publishes.
 func stationTopics(st *configs.Station) string {
 	return st.Hub.MQTT.TopicPrefix + "/" + st.Station.ID + "/#"
+}
+
+// makeKeys gives every key_file of a station document a new random key of
+// 32 bytes (AES-256, HMAC-SHA256) in dir, readable by its owner only: a
+// key file cannot come from the source tree, which keeps no file modes.
+// Files named alike share a key.
+func makeKeys(doc any, dir string) error {
+	made := map[string]string{}
+	var walk func(v any) error
+	walk = func(v any) error {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				name, ok := x.(string)
+				if k != "key_file" || !ok {
+					if err := walk(x); err != nil {
+						return err
+					}
+					continue
+				}
+				if made[name] == "" {
+					key := make([]byte, 32)
+					rand.Read(key)
+					path := filepath.Join(dir, fmt.Sprintf("%d-%s", len(made), filepath.Base(name)))
+					if err := os.MkdirAll(dir, 0o700); err != nil {
+						return err
+					}
+					if err := os.WriteFile(path, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+						return err
+					}
+					made[name] = path
+				}
+				v[k] = made[name]
+			}
+		case []any:
+			for _, x := range v {
+				if err := walk(x); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return walk(doc)
 }

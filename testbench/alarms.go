@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"outpost/gateway/model"
+)
+
+// AlarmPlan raises alarms through the simulator's control API at random
+// moments between From and To after the gateway's start, taking the
+// sources in turn.
+type AlarmPlan struct {
+	Count   int           `yaml:"count"`
+	From    time.Duration `yaml:"from"`
+	To      time.Duration `yaml:"to"`
+	Sources []DeviceAct   `yaml:"sources"`
+}
+
+// DeviceAct is an action of a simulated device (see firmware-sim's
+// control API); "{n}" in an argument becomes the alarm's number.
+type DeviceAct struct {
+	Device string            `yaml:"device"`
+	Do     string            `yaml:"do"`
+	Args   map[string]string `yaml:"args"`
+}
+
+// ExpectEvent is an event the hub must get within a time of a fault.
+type ExpectEvent struct {
+	// AfterFault is the index of the fault (in the order the scenario
+	// lists them, first time) the time counts from.
+	AfterFault int            `yaml:"after_fault"`
+	Device     string         `yaml:"device"`
+	Kind       string         `yaml:"kind"`
+	Severity   model.Severity `yaml:"severity"`
+	Within     time.Duration  `yaml:"within"`
+}
+
+// alarmReport is the events part of a report about raised alarms.
+type alarmReport struct {
+	Sent        int `json:"sent"`
+	Delivered   int `json:"delivered"`
+	Lost        int `json:"lost"`
+	Duplicates  int `json:"duplicates"`
+	Redelivered int `json:"redelivered,omitempty"`
+	// LatencyMS is, per source (dc09, dcon, ...), from the alarm's
+	// moment at the device (the end of its frame on the wire, the input
+	// change) to its arrival at the hub's subscriber.
+	LatencyMS map[string]latency `json:"latency_ms"`
+}
+
+type latency struct {
+	N   int     `json:"n"`
+	P50 float64 `json:"p50"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// latencyOf sums up durations (in any order).
+func latencyOf(ds []time.Duration) latency {
+	if len(ds) == 0 {
+		return latency{}
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	q := func(p float64) float64 {
+		i := int(p*float64(len(s))+0.999999) - 1
+		return ms(s[min(max(i, 0), len(s)-1)])
+	}
+	return latency{N: len(s), P50: q(0.50), P99: q(0.99), Max: ms(s[len(s)-1])}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// act makes a simulated device act through the control API.
+func (r *runner) act(ctx context.Context, a DeviceAct, n int) error {
+	if r.control == "" {
+		return fmt.Errorf("the simulator has no control API")
+	}
+	q := url.Values{}
+	for k, v := range a.Args {
+		q.Set(k, strings.ReplaceAll(v, "{n}", fmt.Sprint(n)))
+	}
+	u := fmt.Sprintf("http://%s/devices/%s/%s?%s", r.control, url.PathEscape(a.Device), url.PathEscape(a.Do), q.Encode())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", a.Device, a.Do, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %s", a.Device, a.Do, strings.TrimSpace(string(body)))
+	}
+	return nil
+}
+
+// raiseAlarms runs the scenario's alarm plan, from the gateway's start.
+func (r *runner) raiseAlarms(ctx context.Context) error {
+	p := r.sc.Alarms
+	if p == nil {
+		return nil
+	}
+	span := p.To - p.From
+	moments := make([]time.Duration, p.Count)
+	for i := range moments {
+		moments[i] = p.From + time.Duration(r.rng.Int64N(int64(max(span, 1))))
+	}
+	slices.Sort(moments)
+	for i, at := range moments {
+		if err := sleepCtx(ctx, time.Until(r.gwStart.Add(at))); err != nil {
+			return err
+		}
+		if err := r.act(ctx, p.Sources[i%len(p.Sources)], i+1); err != nil {
+			return fmt.Errorf("alarm %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+// raised is a line of the simulator's -raised log.
+type raised struct {
+	Device string    `json:"device"`
+	Kind   string    `json:"kind"`
+	State  string    `json:"state"`
+	At     time.Time `json:"at"`
+	Source string    `json:"source"`
+}
+
+func (r *runner) raisedFile() string { return filepath.Join(r.work, "raised.jsonl") }
+
+func readRaised(path string) ([]raised, error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []raised
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var rs raised
+		if err := json.Unmarshal(sc.Bytes(), &rs); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		out = append(out, rs)
+	}
+	return out, sc.Err()
+}
+
+// checkAlarms matches the alarms the simulator raised with the events that
+// reached the hub: per device, kind and state, the k-th raised is the k-th
+// arrived in the gateway's order (seq). Every alarm must arrive once.
+func (r *runner) checkAlarms() error {
+	rs, err := readRaised(r.raisedFile())
+	if err != nil || len(rs) == 0 {
+		return err
+	}
+	arrivals, _ := r.col.alarmArrivals()
+	type key struct{ device, kind, state string }
+	sent := map[key][]raised{}
+	for _, x := range rs {
+		k := key{x.Device, x.Kind, x.State}
+		sent[k] = append(sent[k], x)
+	}
+	got := map[key][]arrival{}
+	for _, a := range arrivals {
+		e := a.Msg.Event
+		if a.Msg.Kind != model.KindEvent || e == nil {
+			continue
+		}
+		state := e.Details["state"]
+		if state == "" {
+			state = "active"
+		}
+		k := key{a.Msg.Device, e.Kind, state}
+		if _, raisedThere := sent[k]; raisedThere {
+			got[k] = append(got[k], a)
+		}
+	}
+	rep := &alarmReport{LatencyMS: map[string]latency{}}
+	lat := map[string][]time.Duration{}
+	for k, xs := range sent {
+		sort.Slice(xs, func(i, j int) bool { return xs[i].At.Before(xs[j].At) })
+		as := got[k]
+		sort.Slice(as, func(i, j int) bool { return as[i].Msg.Seq < as[j].Msg.Seq })
+		rep.Sent += len(xs)
+		n := min(len(xs), len(as))
+		rep.Delivered += n
+		rep.Lost += len(xs) - n
+		rep.Duplicates += len(as) - n
+		for i := 0; i < n; i++ {
+			lat[xs[i].Source] = append(lat[xs[i].Source], as[i].At.Sub(xs[i].At))
+		}
+		if len(xs) != len(as) {
+			r.fail("alarms of %s %s %s: %d raised, %d arrived", k.device, k.kind, k.state, len(xs), len(as))
+		}
+	}
+	for src, ds := range lat {
+		rep.LatencyMS[src] = latencyOf(ds)
+		if limit, ok := r.sc.Expect.AlarmP99MS[src]; ok && rep.LatencyMS[src].P99 > limit {
+			r.fail("alarms from %s: p99 latency %.1f ms, above %.0f ms", src, rep.LatencyMS[src].P99, limit)
+		}
+	}
+	r.report.Alarms = rep
+	return nil
+}
+
+// checkExpectedEvents holds the events the scenario expects after its
+// faults.
+func (r *runner) checkExpectedEvents() {
+	arrivals, _ := r.col.alarmArrivals()
+	for _, want := range r.sc.Expect.EventsAfter {
+		if want.AfterFault >= len(r.faultAt) {
+			r.fail("expect.events_after: fault %d never ran", want.AfterFault)
+			continue
+		}
+		from := r.faultAt[want.AfterFault]
+		found := false
+		for _, a := range arrivals {
+			e := a.Msg.Event
+			if e == nil || a.Msg.Device != want.Device || e.Kind != want.Kind || a.At.Before(from) {
+				continue
+			}
+			if want.Severity != "" && e.Severity != want.Severity {
+				r.fail("%s of %s arrived as %s, want %s", e.Kind, want.Device, e.Severity, want.Severity)
+			}
+			took := a.At.Sub(from)
+			r.report.EventsAfter = append(r.report.EventsAfter, fmt.Sprintf("%s %s %.1fs after fault %d", want.Device, want.Kind, took.Seconds(), want.AfterFault))
+			if took > want.Within {
+				r.fail("%s of %s arrived %.1fs after fault %d, later than %s", want.Kind, want.Device, took.Seconds(), want.AfterFault, want.Within)
+			}
+			found = true
+			break
+		}
+		if !found {
+			r.fail("no %s of %s arrived after fault %d", want.Kind, want.Device, want.AfterFault)
+		}
+	}
+}
+
+func (r *runner) servedFile() string { return filepath.Join(r.work, "served.jsonl") }
+
+// checkValues holds the good values at the hub to those the simulator
+// served, and the devices' health counters to the damaged frames they
+// must show.
+func (r *runner) checkValues() error {
+	good, counters := r.col.goodValuesAndCounters()
+	for _, dev := range r.sc.Expect.BadFramesCounted {
+		c := counters[dev]
+		n := c["crc_errors"] + c["checksum_errors"] + c["frame_errors"] + c["bad_frames"]
+		r.report.BadFrames = append(r.report.BadFrames, fmt.Sprintf("%s: %d", dev, n))
+		if n == 0 {
+			r.fail("%s: its health counters at the hub show no damaged frames (%v)", dev, c)
+		}
+	}
+	if !r.sc.Expect.ServedValues {
+		return nil
+	}
+	f, err := os.Open(r.servedFile())
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	served := map[string]struct{}{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var l struct {
+			Device, Signal string
+			Value          any
+		}
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return fmt.Errorf("served log: %w", err)
+		}
+		var v model.Value
+		switch x := l.Value.(type) {
+		case float64:
+			v = model.Number(x)
+		case bool:
+			v = model.Bool(x)
+		case string:
+			v = model.String(x)
+		}
+		served[l.Device+"/"+l.Signal+"/"+v.String()] = struct{}{}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	wrong := 0
+	for k := range good {
+		if _, ok := served[k]; !ok {
+			if wrong < 5 {
+				r.fail("value at the hub never served (damaged on the way, yet good): %s", k)
+			}
+			wrong++
+		}
+	}
+	r.report.WrongGoodValues = wrong
+	return nil
+}
