@@ -238,23 +238,6 @@ type Message struct {
 	Result   *Result   // KindResult
 }
 
-// Priority orders messages on the way to the hub: events overtake telemetry.
-type Priority uint8
-
-const (
-	PriorityTelemetry Priority = iota
-	PriorityAlarm
-)
-
-// Priority of the message: events, health changes and command results are
-// alarms, they never wait behind telemetry.
-func (m *Message) Priority() Priority {
-	if m.Kind != KindTelemetry {
-		return PriorityAlarm
-	}
-	return PriorityTelemetry
-}
-
 // Values is how many of the message's readings carry a value: the readings
 // the hub stores, and those the gateway counts when it must drop some.
 func (m *Message) Values() int {

@@ -182,10 +182,7 @@ func (in *Ingest) queue(d *devIngest, m model.Message) error {
 	}
 	m.Seq = n
 	d.buf = model.AppendBinary(d.buf[:0], &m)
-	lane := queue.LaneTelemetry
-	if m.Priority() == model.PriorityAlarm {
-		lane = queue.LaneAlarm
-	}
+	lane := laneOf(m.Kind)
 	rec := queue.Record{Data: d.buf, Readings: m.Values()}
 	var errs error
 	for _, out := range in.outs {
@@ -198,6 +195,18 @@ func (in *Ingest) queue(d *devIngest, m model.Message) error {
 		}
 	}
 	return errs
+}
+
+// laneOf is the queue lane of a kind of message: events and command
+// results are alarms, ahead of health changes, ahead of telemetry.
+func laneOf(k model.Kind) queue.Lane {
+	switch k {
+	case model.KindTelemetry:
+		return queue.LaneTelemetry
+	case model.KindHealth:
+		return queue.LaneHealth
+	}
+	return queue.LaneAlarm
 }
 
 func (in *Ingest) fail(m *model.Message, err error) error {

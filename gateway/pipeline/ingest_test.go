@@ -131,8 +131,9 @@ func TestIngestEvents(t *testing.T) {
 			if m.Kind == model.KindEvent {
 				got = append(got, fmt.Sprintf("%s/%s/%s", m.Event.Kind, m.Event.Severity, m.Event.Details["state"]))
 			}
-			if (m.Kind == model.KindTelemetry) != (rec.lane[j] == queue.LaneTelemetry) {
-				t.Errorf("step %d: %s message in the %s lane", i, m.Kind, rec.lane[j])
+			want := map[model.Kind]queue.Lane{model.KindTelemetry: queue.LaneTelemetry, model.KindHealth: queue.LaneHealth, model.KindEvent: queue.LaneAlarm}[m.Kind]
+			if rec.lane[j] != want {
+				t.Errorf("step %d: %s message in the %s lane, want %s", i, m.Kind, rec.lane[j], want)
 			}
 		}
 		if fmt.Sprint(got) != fmt.Sprint(s.want) {

@@ -34,7 +34,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			s, prev := q.Stats(), last[name]
 			last[name] = s
 			t, pt := s.Lanes[queue.LaneTelemetry], prev.Lanes[queue.LaneTelemetry]
-			a := s.Lanes[queue.LaneAlarm]
+			a := s.Kept()
 			if s.WriteFailing && !prev.WriteFailing {
 				failedAt[name], since[name] = prev, time.Now()
 				in.Emit(GatewayEvent(model.EventQueueWriteFailed, model.Critical, map[string]string{
@@ -51,7 +51,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 				in.Emit(GatewayEvent(model.EventQueueWriteRecovered, model.Info, map[string]string{
 					"uplink":        name,
 					"outage":        time.Since(since[name]).Round(time.Second).String(),
-					"alarms_lost":   strconv.FormatInt(a.Lost-f.Lanes[queue.LaneAlarm].Lost, 10),
+					"alarms_lost":   strconv.FormatInt(a.Lost-f.Kept().Lost, 10),
 					"readings_lost": strconv.FormatInt(t.DroppedReadings-f.Lanes[queue.LaneTelemetry].DroppedReadings, 10),
 					"reason":        "the disk takes the queue's writes again",
 				}))

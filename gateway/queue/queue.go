@@ -33,9 +33,9 @@
 //
 // # Lanes and order
 //
-// LaneAlarm (events and health) and LaneTelemetry are separate logs. Next
-// always serves the alarm lane first, so an alarm never waits behind a
-// telemetry backlog. Within a lane, records are handed out in the order they
+// LaneAlarm (events, command results), LaneHealth and LaneTelemetry are
+// separate logs. Next serves them in that order, so an alarm never waits
+// behind health changes or a telemetry backlog. Within a lane, records are handed out in the order they
 // were appended, across restarts and replays.
 //
 // # Delivery
@@ -128,7 +128,8 @@ import (
 type Lane uint8
 
 const (
-	LaneAlarm     Lane = iota // events and health: served first, never dropped
+	LaneAlarm     Lane = iota // events and command results: served first, never dropped, fsynced at once
+	LaneHealth                // health changes: served next, never dropped
 	LaneTelemetry             // readings: dropped oldest first at the size cap
 	NumLanes                  // the number of lanes
 )
@@ -137,11 +138,18 @@ func (l Lane) String() string {
 	switch l {
 	case LaneAlarm:
 		return "alarm"
+	case LaneHealth:
+		return "health"
 	case LaneTelemetry:
 		return "telemetry"
 	}
 	return "lane(" + strconv.Itoa(int(l)) + ")"
 }
+
+// Kept says whether the lane's records are never dropped: they stay under
+// the size cap at the cost of telemetry, and are held in memory while the
+// disk refuses them.
+func (l Lane) Kept() bool { return l != LaneTelemetry }
 
 // Defaults of Options.
 const (
@@ -225,10 +233,35 @@ type LaneStats struct {
 	// the disk refused it.
 	Dropped, DroppedReadings int64
 	// Memory is how many of the queued records are held in memory
-	// because the disk refused them (alarms only).
+	// because the disk refused them (kept lanes only).
 	Memory int64
-	// Lost since Open: alarms the disk refused when memory was full too.
+	// Lost since Open: records of a kept lane the disk refused when
+	// memory was full too.
 	Lost, LostReadings int64
+}
+
+// Kept sums the counters of the lanes whose records are never dropped
+// (alarms and health changes).
+func (s *Stats) Kept() LaneStats {
+	var k LaneStats
+	for l, ls := range s.Lanes {
+		if !Lane(l).Kept() {
+			continue
+		}
+		k.Bytes += ls.Bytes
+		k.Records += ls.Records
+		k.Readings += ls.Readings
+		k.Appended += ls.Appended
+		k.AppendedReadings += ls.AppendedReadings
+		k.Acked += ls.Acked
+		k.AckedReadings += ls.AckedReadings
+		k.Dropped += ls.Dropped
+		k.DroppedReadings += ls.DroppedReadings
+		k.Memory += ls.Memory
+		k.Lost += ls.Lost
+		k.LostReadings += ls.LostReadings
+	}
+	return k
 }
 
 // Stats are the queue's counters. Counts "since Open" start at zero at
@@ -654,7 +687,7 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		return ErrClosed
 	}
 	ln := q.lanes[l]
-	if !q.makeRoom(need) && l == LaneTelemetry {
+	if !q.makeRoom(need) && !l.Kept() {
 		ln.st.Dropped += int64(len(recs))
 		ln.st.DroppedReadings += readings
 		first := !q.alarmsFull
@@ -665,7 +698,7 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		}
 		return nil
 	}
-	if l == LaneTelemetry {
+	if !l.Kept() {
 		q.alarmsFull = false
 	}
 	now := time.Now().UnixNano()
@@ -678,7 +711,7 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		notDurable = q.hold(ln, recs, now)
 	} else if n, err := q.writeFreeing(ln, recs, now); err != nil {
 		q.writeFailed(err)
-		if l == LaneAlarm {
+		if l.Kept() {
 			notDurable = q.hold(ln, recs[n:], now)
 		} else {
 			for _, r := range recs[n:] {
@@ -751,7 +784,7 @@ func (q *Queue) writeWorks() {
 			}
 		}
 	}
-	if q.st.WriteFailing && len(q.lanes[LaneAlarm].mem) == 0 {
+	if q.st.WriteFailing && !slices.ContainsFunc(q.lanes[:], func(ln *lane) bool { return len(ln.mem) > 0 }) {
 		q.st.WriteFailing = false
 		q.log.Info("queue: the disk takes writes again")
 	}
@@ -1275,11 +1308,14 @@ const retryEvery = time.Second
 func (q *Queue) retryMemory() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	ln := q.lanes[LaneAlarm]
-	if q.closed || len(ln.mem) == 0 && !q.lanes[LaneAlarm].ackFailed && !q.lanes[LaneTelemetry].ackFailed {
+	if q.closed || !slices.ContainsFunc(q.lanes[:], func(ln *lane) bool { return len(ln.mem) > 0 || ln.ackFailed }) {
 		return
 	}
-	if q.flushMemory(ln) {
+	flushed := true
+	for _, ln := range q.lanes {
+		flushed = q.flushMemory(ln) && flushed
+	}
+	if flushed {
 		q.writeWorks()
 		q.gen++
 		if q.opt.SyncEvery == 0 {
@@ -1366,10 +1402,13 @@ func (q *Queue) Close() error {
 
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if ln := q.lanes[LaneAlarm]; len(ln.mem) > 0 {
+	for _, ln := range q.lanes {
+		if len(ln.mem) == 0 {
+			continue
+		}
 		ln.memOut = 0 // nothing is in flight any more
 		if !q.flushMemory(ln) {
-			q.log.Error("queue: closing with alarms the disk refused; they are lost", "alarms", len(ln.mem), "err", q.st.WriteError)
+			q.log.Error("queue: closing with records the disk refused; they are lost", "lane", ln.l, "records", len(ln.mem), "err", q.st.WriteError)
 		}
 	}
 	var errs []error

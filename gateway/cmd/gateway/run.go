@@ -165,12 +165,13 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 				return !down, why, since
 			}
 		}
-		// One forwarder per lane: alarms go out on their own, never
-		// behind a telemetry batch in flight.
+		// One forwarder per lane: alarms go out on their own (on the
+		// broker, on a connection of their own), never behind a batch
+		// of health changes or telemetry in flight.
 		for _, lane := range []struct {
 			l     queue.Lane
 			batch int
-		}{{queue.LaneAlarm, 100}, {queue.LaneTelemetry, 1000}} {
+		}{{queue.LaneAlarm, 100}, {queue.LaneHealth, 100}, {queue.LaneTelemetry, 1000}} {
 			up := ups[name]
 			if name == "mqtt" && lane.l == queue.LaneAlarm {
 				up = ma
@@ -233,7 +234,7 @@ func queued(queues map[string]*queue.Queue) string {
 	var parts []string
 	for name, q := range queues {
 		s := q.Stats()
-		a, t := s.Lanes[queue.LaneAlarm], s.Lanes[queue.LaneTelemetry]
+		a, t := s.Kept(), s.Lanes[queue.LaneTelemetry]
 		parts = append(parts, fmt.Sprintf("%s: %d alarms, %d telemetry (%d readings)", name, a.Records, t.Records, t.Readings))
 	}
 	sort.Strings(parts)

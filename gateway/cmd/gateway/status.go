@@ -39,7 +39,7 @@ func writeStatus(ctx context.Context, st *configs.Station, queues map[string]*qu
 		s := status.Snapshot{Station: st.Station.ID, Type: string(st.Station.Type), Time: time.Now().UTC(), Started: started}
 		for _, name := range st.Uplinks() {
 			qs := queues[name].Stats()
-			a, t := qs.Lanes[queue.LaneAlarm], qs.Lanes[queue.LaneTelemetry]
+			a, t := qs.Kept(), qs.Lanes[queue.LaneTelemetry]
 			connected, cause, since := states[name]()
 			s.Uplinks = append(s.Uplinks, status.Uplink{
 				Name: name, Connected: connected, Cause: cause, Since: since.UTC(), DeadLetters: dead.Kept(name),

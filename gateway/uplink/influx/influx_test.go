@@ -299,8 +299,8 @@ func TestContractDocExamples(t *testing.T) {
 			t.Errorf("the doc does not show the point of %s:\n%s", ex, line)
 		}
 	}
-	if n != 3 {
-		t.Errorf("found %d payload examples in the doc, want 3", n)
+	if n != 4 {
+		t.Errorf("found %d payload examples in the doc, want 4", n)
 	}
 }
 
