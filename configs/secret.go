@@ -18,11 +18,13 @@ func ReadKey(path string, sizes ...int) ([]byte, error) {
 	if err != nil {
 		return nil, fileErr(err)
 	}
-	if !info.Mode().IsRegular() {
+	switch {
+	case !info.Mode().IsRegular():
 		return nil, fmt.Errorf("%s is not a file", path)
-	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("%s is readable by others (mode %04o): a key must be readable by the gateway's user only; run chmod 600 %s", path, perm, path)
+	case info.Mode().Perm()&0o077 != 0:
+		return nil, fmt.Errorf("%s can be read by group or others (mode %04o): a key must be readable by the gateway's user only; run chmod 600 %s", path, info.Mode().Perm(), path)
+	case info.Size() > 1024:
+		return nil, fmt.Errorf("%s is %d bytes, too large for a key (expected hex digits on one line)", path, info.Size())
 	}
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -37,7 +39,11 @@ func ReadKey(path string, sizes ...int) ([]byte, error) {
 	case len(sizes) == 0 && (len(key) < 16 || len(key) > 64):
 		return nil, fmt.Errorf("%s holds a key of %d bytes (expected 16 to 64 bytes, 32 to 128 hex digits)", path, len(key))
 	case len(sizes) > 0 && !slices.Contains(sizes, len(key)):
-		return nil, fmt.Errorf("%s holds a key of %d bytes (expected %s bytes)", path, len(key), orList(sizes))
+		digits := make([]int, len(sizes))
+		for i, n := range sizes {
+			digits[i] = 2 * n
+		}
+		return nil, fmt.Errorf("%s holds a key of %d bytes (expected %s bytes: %s hex digits)", path, len(key), orList(sizes), orList(digits))
 	}
 	return key, nil
 }

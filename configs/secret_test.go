@@ -31,10 +31,10 @@ func TestReadKey(t *testing.T) {
 	}{
 		{"hex with newline", write("ok.key", key16+"\n", 0o600), nil, 16, ""},
 		{"spaces ignored, size allowed", write("spaced.key", "0001 0203 0405 0607 0809 0a0b 0c0d 0e0f 1011 1213 1415 1617\n", 0o400), []int{16, 24, 32}, 24, ""},
-		{"readable by others", write("open.key", key16, 0o644), nil, 0, "is readable by others (mode 0644): a key must be readable by the gateway's user only; run chmod 600"},
+		{"readable by others", write("open.key", key16, 0o644), nil, 0, "can be read by group or others (mode 0644): a key must be readable by the gateway's user only; run chmod 600"},
 		{"not hex", write("text.key", "correct horse battery staple", 0o600), nil, 0, "does not hold a key in hex"},
 		{"empty", write("empty.key", "\n", 0o600), nil, 0, "does not hold a key in hex"},
-		{"wrong size", write("short.key", "00010203", 0o600), []int{16, 24, 32}, 0, "holds a key of 4 bytes (expected 16, 24 or 32 bytes)"},
+		{"wrong size", write("short.key", "00010203", 0o600), []int{16, 24, 32}, 0, "holds a key of 4 bytes (expected 16, 24 or 32 bytes: 32, 48 or 64 hex digits)"},
 		{"too short for any", write("short2.key", "00010203", 0o600), nil, 0, "holds a key of 4 bytes (expected 16 to 64 bytes"},
 		{"missing", filepath.Join(dir, "nope.key"), nil, 0, "nope.key"},
 		{"a directory", dir, nil, 0, "is not a file"},

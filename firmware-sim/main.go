@@ -63,6 +63,7 @@ import (
 	"outpost/firmware-sim/sim"
 
 	// The protocols the simulator speaks; each registers itself.
+	_ "outpost/firmware-sim/dc09"
 	_ "outpost/firmware-sim/modbus"
 )
 

@@ -2,5 +2,6 @@ package main
 
 // The protocol drivers this gateway ships; each registers itself by name.
 import (
+	_ "outpost/drivers/dc09"
 	_ "outpost/drivers/modbus"
 )
