@@ -243,6 +243,18 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		nv := reflect.New(v.Type().Elem())
 		d.value(n, nv.Elem(), path)
 		v.Set(nv)
+	case v.Type() == literalType:
+		var lit model.Value
+		switch f, err := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64); {
+		case n.Kind == yaml.ScalarNode && n.Tag == "!!bool":
+			lit = model.Bool(n.Value == "true" || n.Value == "True" || n.Value == "TRUE")
+		case n.Kind == yaml.ScalarNode && (n.Tag == "!!int" || n.Tag == "!!float") && err == nil:
+			lit = model.Number(f)
+		default:
+			d.decodeErr(path, p, "%s: expected true, false or a number, got %s", path, kindName(n))
+			return
+		}
+		v.Set(reflect.ValueOf(Literal{lit}))
 	case v.Kind() == reflect.Struct:
 		d.mapping(n, v, path)
 	case v.Kind() == reflect.Slice:
@@ -266,18 +278,6 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		v.SetInt(int64(dur))
-	case v.Type() == literalType:
-		var lit model.Value
-		switch f, err := strconv.ParseFloat(strings.ReplaceAll(n.Value, "_", ""), 64); {
-		case n.Kind == yaml.ScalarNode && n.Tag == "!!bool":
-			lit = model.Bool(n.Value == "true" || n.Value == "True" || n.Value == "TRUE")
-		case n.Kind == yaml.ScalarNode && (n.Tag == "!!int" || n.Tag == "!!float") && err == nil:
-			lit = model.Number(f)
-		default:
-			d.decodeErr(path, p, "%s: expected true, false or a number, got %s", path, kindName(n))
-			return
-		}
-		v.Set(reflect.ValueOf(Literal{lit}))
 	case v.Kind() == reflect.String:
 		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
 			d.decodeErr(path, p, "%s: expected a string, got %s", path, kindName(n))

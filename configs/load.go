@@ -487,7 +487,8 @@ func (d *decoder) checkActions(actions []Action, sigs []Signal) {
 		case a.For != 0 && len(a.Then) == 0:
 			for j, st := range a.Set {
 				if _, ok := st.Value.AsBool(); !ok {
-					d.errAt(fmt.Sprintf("%s.set[%d].value", path, j), "%s.then: %s is a number: say what it is set back to when %s has passed", path, st.Signal, a.For)
+					sp := fmt.Sprintf("%s.set[%d].value", path, j)
+					d.errAt(sp, "%s: %s is a number: give the action a then: with what it is set back to when %s has passed", sp, st.Signal, a.For)
 				}
 			}
 		}

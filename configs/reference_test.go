@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"outpost/configs"
-	_ "outpost/configs/modbus"
+	_ "outpost/configs/protocols"
 )
 
 // The reference of station files and templates, docs/station-file.md, is

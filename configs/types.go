@@ -339,6 +339,11 @@ type Signal struct {
 	// coil, a holding register); a number only within Limits, when given.
 	Writable bool
 	Limits   *Range
+	// Fast signals are read at the device's alarm_poll as well as at its
+	// poll: those with an event rule, and those that come in the same
+	// answer as one. The gateway publishes what a fast read changed, so
+	// their reads are many more than their readings at the hub.
+	Fast bool
 }
 
 // Action is a named command a device offers the hub: acknowledge a panic

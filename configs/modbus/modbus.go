@@ -70,12 +70,19 @@ type Device struct {
 	UnitID int `yaml:"unit_id" required:"true" example:"1"`
 	// Poll is how often the device is read, 10ms to 24h.
 	Poll time.Duration `yaml:"poll" default:"1s" example:"2s"`
+	// AlarmPoll is how often the signals with an event rule (a panic
+	// button, a door contact) are read on their own, ahead of other
+	// polls on the link, 10ms to 10s; the poll still reads them too.
+	AlarmPoll time.Duration `yaml:"alarm_poll" default:"100ms" example:"50ms"`
 }
 
 // Check checks the device's settings.
 func (d *Device) Check(p configs.Problems) {
 	if d.Poll < 10*time.Millisecond || d.Poll > 24*time.Hour {
 		p.Errorf("poll", "%s is out of range (10ms to 24h)", d.Poll)
+	}
+	if d.AlarmPoll < 10*time.Millisecond || d.AlarmPoll > 10*time.Second {
+		p.Errorf("alarm_poll", "%s is out of range (10ms to 10s)", d.AlarmPoll)
 	}
 }
 
@@ -114,6 +121,21 @@ type Template struct {
 
 // Signals lists the template's signals.
 func (t *Template) Signals() []configs.Signal {
+	// The alarm poll reads exactly the cells of the signals with an
+	// event rule; a signal within those cells (another bit of the same
+	// register) comes with them.
+	type cell struct {
+		table Table
+		addr  int
+	}
+	alarm := map[cell]bool{}
+	for i := range t.Registers {
+		if r := &t.Registers[i]; r.Event != nil {
+			for a := r.Address; a < r.Address+max(r.Span(), 1); a++ {
+				alarm[cell{r.Table, a}] = true
+			}
+		}
+	}
 	out := make([]configs.Signal, len(t.Registers))
 	for i := range t.Registers {
 		r := &t.Registers[i]
@@ -124,7 +146,12 @@ func (t *Template) Signals() []configs.Signal {
 		case TypeString:
 			typ = configs.Text
 		}
-		out[i] = configs.Signal{Name: r.Signal, Path: fmt.Sprintf("registers[%d]", i), Type: typ, Unit: r.Unit, Event: r.Event, Range: r.Range}
+		fast := len(alarm) > 0
+		for a := r.Address; a < r.Address+max(r.Span(), 1); a++ {
+			fast = fast && alarm[cell{r.Table, a}]
+		}
+		out[i] = configs.Signal{Name: r.Signal, Path: fmt.Sprintf("registers[%d]", i), Type: typ, Unit: r.Unit, Event: r.Event, Range: r.Range,
+			Writable: r.Writable, Limits: r.Limits, Fast: fast}
 	}
 	return out
 }
@@ -156,6 +183,23 @@ func (t *Template) Check(p configs.Problems) {
 		}
 		if r.Scale == 0 {
 			p.Errorf(path+".scale", "a scale of 0 would make every value 0")
+		}
+		switch {
+		case !r.Writable:
+		case r.Table != Coil && r.Table != Holding:
+			p.Errorf(path+".writable", "a %s is read-only: only coils and holding registers can be written", r.Table)
+		case r.Bit != nil:
+			p.Errorf(path+".writable", "a bit of a register cannot be written alone (the register's other bits would be written too)")
+		case r.Type == TypeString:
+			p.Errorf(path+".writable", "a string cannot be written; only bools and numbers")
+		}
+		if l := r.Limits; l != nil {
+			switch {
+			case !r.Writable || r.Type == TypeBool || r.Type == TypeString:
+				p.Errorf(path+".limits", "only a writable number has limits")
+			case l.Min > l.Max:
+				p.Errorf(path+".limits", "min %v is above max %v", l.Min, l.Max)
+			}
 		}
 		if span := r.Span(); r.Address < 0 || r.Address+span-1 > 65535 {
 			p.Errorf(path+".address", "registers %d to %d are beyond the Modbus address range 0 to 65535", r.Address, r.Address+span-1)
@@ -258,14 +302,21 @@ type Register struct {
 	// scale and offset: a value outside it is published with quality
 	// uncertain, as a sign of a wrong template or a failing sensor.
 	Range *configs.Range `yaml:"range"`
-	// Event, on a bool signal, raises an event when it becomes true.
+	// Event, on a bool signal, raises an event when it becomes true. Such
+	// a signal is also read at the device's alarm_poll interval.
 	Event *configs.EventRule `yaml:"event"`
+	// Writable lets commands from the hub set the signal: a coil, or a
+	// holding register holding a bool or a number (not a bit of one).
+	Writable bool `yaml:"writable" example:"true"`
+	// Limits bound the values a command may write, after scale and
+	// offset; a value outside them is refused before anything is sent.
+	Limits *configs.Range `yaml:"limits"`
 	// Sim tells the simulator how to make this signal's values; the
 	// gateway ignores it.
 	Sim *configs.Sim `yaml:"sim"`
 }
 
-// Words is how many 16-bit registers// Words is how many 16-bit registers a value of this type takes, or 0 for a
+// Words is how many 16-bit registers a value of this type takes, or 0 for a
 // bit.
 func (r *Register) Words() int {
 	switch r.Type {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	mb "outpost/configs/modbus"
+	"outpost/drivers/bus"
 )
 
 // TestReadAttempts: a request is tried with the link's retries and timeout,
@@ -27,7 +28,7 @@ func TestReadAttempts(t *testing.T) {
 	})
 	log := slog.New(slog.DiscardHandler)
 	tmpl := twoRequests(t)
-	bus, err := newRTU(tLink{Station: station(tmpl), Bus: &tBus{ID: "b", Port: b.path(), Baud: 9600, Timeout: timeout, Retries: 2},
+	rb, err := newRTU(tLink{Station: station(tmpl), Bus: &tBus{ID: "b", Port: b.path(), Baud: 9600, Timeout: timeout, Retries: 2},
 		Devices: []*tDevice{{ID: "ghost", Template: "th", UnitID: 9}}}.link(), log)
 	if err != nil {
 		t.Fatal(err)
@@ -37,14 +38,14 @@ func TestReadAttempts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer bus.(*rtuBus).closePort()
+	defer rb.(*rtuBus).closePort()
 	defer ep.(*tcpLink).tr.close()
 	links := []struct {
 		name  string
-		rd    reader
+		rd    client
 		asked func(since time.Time) int
 	}{
-		{"bus", bus.(*rtuBus), func(since time.Time) int { return len(b.requests(9, since)) }},
+		{"bus", rb.(*rtuBus), func(since time.Time) int { return len(b.requests(9, since)) }},
 		{"endpoint", ep.(*tcpLink), func(since time.Time) int {
 			mu.Lock()
 			defer mu.Unlock()
@@ -59,20 +60,20 @@ func TestReadAttempts(t *testing.T) {
 	}
 	cases := []struct {
 		name     string
-		a        attempt
+		a        bus.Attempt
 		tries    int
 		min, max time.Duration
 	}{
-		{"the link's retries and timeout", attempt{}, 3, 3 * timeout, 5 * timeout},
-		{"once", attempt{once: true}, 1, timeout, 2 * timeout},
-		{"a probe", attempt{once: true, timeout: 20 * time.Millisecond}, 1, 20 * time.Millisecond, timeout * 3 / 4},
-		{"a probe's timeout never exceeds the link's", attempt{once: true, timeout: time.Hour}, 1, timeout, 2 * timeout},
+		{"the link's retries and timeout", bus.Attempt{}, 3, 3 * timeout, 5 * timeout},
+		{"once", bus.Attempt{Once: true}, 1, timeout, 2 * timeout},
+		{"a probe", bus.Attempt{Once: true, Timeout: 20 * time.Millisecond}, 1, 20 * time.Millisecond, timeout * 3 / 4},
+		{"a probe's timeout never exceeds the link's", bus.Attempt{Once: true, Timeout: time.Hour}, 1, timeout, 2 * timeout},
 	}
 	r := Request{Table: mb.Input, Start: 0, Count: 2}
 	for _, l := range links {
 		for _, c := range cases {
 			start := time.Now()
-			_, err := l.rd.read(context.Background(), 9, r, c.a)
+			_, err := l.rd.read(context.Background(), 9, r, c.a, nil)
 			took := time.Since(start)
 			var te *TimeoutError
 			if !errors.As(err, &te) {

@@ -366,7 +366,7 @@ func TestDeviceTemplatesEndToEnd(t *testing.T) {
 			}
 			r := runDriver(t, link)
 			for i := 0; i < 2; i++ {
-				m := r.next(t, "dev", model.KindTelemetry, 10*time.Second)
+				m := r.poll(t, "dev", len(tmpl.Registers), 10*time.Second)
 				if m.DeviceKind != tmpl.Kind {
 					t.Errorf("device kind %s, want %s", m.DeviceKind, tmpl.Kind)
 				}

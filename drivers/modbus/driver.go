@@ -1,11 +1,12 @@
 // Package modbus is the Modbus driver: RTU on serial buses ("modbus-rtu")
 // and TCP endpoints ("modbus-tcp"). Every device on a link gets its own
-// poller; the link's wire lock lets one request at a time onto the wire, in
-// turn, so devices interleave request by request, and a device that does
-// not answer is asked less and less (driver.go) while the link says which
-// units answer and whether its polls run late (line.go). Decoding and
-// request planning are pure functions of bytes and templates (decode.go,
-// plan.go).
+// poller, and a second one for its alarm inputs when its template has
+// signals with an event rule; the link's wire lock (bus.Turns) lets one
+// request at a time onto the wire, alarm polls and commands first, so
+// devices interleave request by request, and a device that does not answer
+// is asked less and less (bus.Tracker). Decoding and request planning are
+// pure functions of bytes and templates (decode.go, plan.go); writes for
+// commands from the hub are in write.go.
 package modbus
 
 import (
@@ -13,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +23,7 @@ import (
 	"outpost/configs"
 	mb "outpost/configs/modbus"
 	"outpost/drivers"
+	"outpost/drivers/bus"
 	"outpost/gateway/model"
 )
 
@@ -31,7 +32,10 @@ func init() {
 	drivers.Register("modbus-tcp", newTCP)
 }
 
-// device is one polled device with its plan.
+// units is how Modbus names the addresses of its devices.
+var units = bus.Addresses{One: "unit", Many: "units", Format: "%d", Fix: "wrong unit id, or device off"}
+
+// device is one polled device with its plans, and what its pollers share.
 type device struct {
 	cfg  *configs.Device
 	set  *mb.Device   // its Modbus settings
@@ -39,7 +43,24 @@ type device struct {
 	tmpl *mb.Template // its register map
 	unit byte
 	plan []Request
-	link string
+	// alarmPlan reads the signals with an event rule alone, for the alarm
+	// poller; empty when the template has none.
+	alarmPlan []Request
+	link      string
+
+	// mu orders the device's messages: each is built from what the
+	// device said last and emitted under it, so that an alarm input's
+	// readings reach the gateway in the order they were read, whichever
+	// poller read them.
+	mu     sync.Mutex
+	health bus.Tracker
+	latest map[int]stamped // alarm signal (register index) -> its newest reading
+}
+
+// stamped is a reading with the time its response arrived.
+type stamped struct {
+	model.Reading
+	at time.Time
 }
 
 func buildDevices(link drivers.Link, cost Cost) ([]*device, error) {
@@ -61,43 +82,28 @@ func buildDevices(link drivers.Link, cost Cost) ([]*device, error) {
 		if err != nil {
 			return nil, fmt.Errorf("device %s on %s: template %s: %w", d.ID, link.Name(), t.Name, err)
 		}
-		out = append(out, &device{cfg: d, set: set, kind: t.Kind, tmpl: body, unit: byte(set.UnitID), plan: plan, link: link.Name()})
+		alarms, err := AlarmPlan(body, cost)
+		if err != nil {
+			return nil, fmt.Errorf("device %s on %s: template %s: %w", d.ID, link.Name(), t.Name, err)
+		}
+		out = append(out, &device{cfg: d, set: set, kind: t.Kind, tmpl: body, unit: byte(set.UnitID), plan: plan,
+			alarmPlan: alarms, link: link.Name(), latest: map[int]stamped{}})
 	}
 	return out, nil
 }
 
-// reader executes one planned request for a unit. The caller holds the
-// link's wire lock.
-type reader interface {
-	read(ctx context.Context, unit byte, r Request, a attempt) ([]byte, error)
+// client executes requests for a unit. The caller holds the link's wire
+// lock.
+type client interface {
+	// read runs a planned read; note, when set, hears every failed try
+	// but the last, whose error read returns.
+	read(ctx context.Context, unit byte, r Request, a bus.Attempt, note func(error)) ([]byte, error)
+	// do runs one exchange of a write (or its read-back) with a goburrow
+	// client, once: see write.go for why a write is not simply retried.
+	do(ctx context.Context, unit byte, f func(modbus.Client) error) error
+	// retries are the link's extra tries of a failed request.
+	retries() int
 }
-
-// attempt is how hard a request is tried. The zero value is the link's own
-// retries and timeout.
-type attempt struct {
-	once    bool          // one try, no retries
-	timeout time.Duration // at most this long to answer, when set
-}
-
-// on is how many tries a request gets, and how long each waits, on a link
-// with these retries and timeout.
-func (a attempt) on(retries int, timeout time.Duration) (int, time.Duration) {
-	tries := max(retries, 0) + 1
-	if a.once {
-		tries = 1
-	}
-	if a.timeout > 0 {
-		timeout = min(timeout, a.timeout)
-	}
-	return tries, timeout
-}
-
-// linkDownError is a link that cannot carry requests at all (port missing,
-// endpoint refusing connections): every device on it is offline at once.
-type linkDownError struct{ err error }
-
-func (e *linkDownError) Error() string { return e.err.Error() }
-func (e *linkDownError) Unwrap() error { return e.err }
 
 func isException(err error) bool {
 	var me *modbus.ModbusError
@@ -121,42 +127,48 @@ func readRequest(c modbus.Client, r Request) ([]byte, error) {
 	return nil, fmt.Errorf("unknown table %q", r.Table)
 }
 
-// runDevices polls every device in its own goroutine until ctx ends, and
-// returns when all of them have stopped.
-func runDevices(ctx context.Context, w *line, devs []*device, rd reader, emit drivers.Emit, log *slog.Logger) {
-	var wg sync.WaitGroup
+// links is what the drivers of both transports share: the line, the
+// devices and the client.
+type links struct {
+	line    *bus.Line
+	devices []*device
+	byID    map[string]*device
+	cl      client
+	log     *slog.Logger
+}
+
+func newLinks(name, hint string, devs []*device, cl client, log *slog.Logger) links {
+	l := links{line: bus.NewLine(name, hint, units, log), devices: devs, byID: map[string]*device{}, cl: cl, log: log}
 	for _, d := range devs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			p := &poller{dev: d, line: w, rd: rd, emit: emit, log: log.With("device", d.cfg.ID), now: time.Now}
-			p.run(ctx)
-		}()
+		l.line.Add(int(d.unit), d.every())
+		l.byID[d.cfg.ID] = d
+	}
+	return l
+}
+
+// run polls every device in its own goroutines (the poll, and the alarm
+// poll if it has alarm inputs) until ctx ends, and returns when all of
+// them have stopped.
+func (l *links) run(ctx context.Context, emit drivers.Emit) {
+	var wg sync.WaitGroup
+	for _, d := range l.devices {
+		p := &poller{dev: d, line: l.line, cl: l.cl, emit: emit, log: l.log.With("device", d.cfg.ID), now: time.Now}
+		wg.Go(func() { bus.Every(ctx, p.poll) })
+		if len(d.alarmPlan) > 0 {
+			wg.Go(func() { bus.Every(ctx, p.alarmPoll) })
+		}
 	}
 	wg.Wait()
 }
 
-// How an offline device is probed.
-const (
-	// maxBackoff caps the interval between probes (unless the device's own
-	// poll interval is longer).
-	maxBackoff = 30 * time.Second
-	// probeTimeout is how long a probe waits for an answer (beyond the
-	// frames' wire time on a bus) while the backoff grows. Devices answer
-	// in milliseconds to tens of them; a slower one is still found by the
-	// probes at the cap, which wait the link's full timeout.
-	probeTimeout = 200 * time.Millisecond
-)
-
 // poller polls one device.
 type poller struct {
-	dev    *device
-	line   *line
-	rd     reader
-	emit   drivers.Emit
-	log    *slog.Logger
-	now    func() time.Time
-	health tracker
+	dev  *device
+	line *bus.Line
+	cl   client
+	emit drivers.Emit
+	log  *slog.Logger
+	now  func() time.Time
 }
 
 // every is the device's poll interval.
@@ -167,128 +179,122 @@ func (d *device) every() time.Duration {
 	return time.Second
 }
 
-// next says when the next poll is due, as an interval from the last one's
-// due time, and how its first request is tried. A device that answered
-// nothing at its last poll gets one try: retries ride over a frame lost now
-// and then, not over a device that is not there. Once it is offline for
-// silence, it is probed: one try of its first request with a short timeout,
-// at an interval that doubles from its poll interval up to maxBackoff, where
-// probes wait the full timeout. Any answer makes the poll go on with the
-// rest of the plan, at the normal rate from then on. A device that answers
-// badly (exceptions, CRC errors) keeps its rate: it costs no timeouts, and
-// its readings are wanted as soon as it recovers.
-func (p *poller) next() (time.Duration, attempt) {
-	base, t := p.dev.every(), &p.health
+// alarmEvery is the device's alarm poll interval.
+func (d *device) alarmEvery() time.Duration {
+	if d.set.AlarmPoll > 0 {
+		return d.set.AlarmPoll
+	}
+	return 100 * time.Millisecond
+}
+
+// poll runs the device's plan once, due at due, emits its telemetry (and
+// its health when that changed), and returns the interval to the next
+// poll (see bus.Tracker.Next).
+func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
+	d := p.dev
+	d.mu.Lock()
+	interval, first := d.health.Next(d.every())
+	d.mu.Unlock()
+	start := time.Now()
+	readings, res := p.read(ctx, due, interval, first)
+	if ctx.Err() != nil {
+		return interval
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// The message is stamped with the time its alarm inputs were read,
+	// the readings whose time matters (an event at the hub takes it);
+	// without alarm inputs, with the poll's first answer: every reading is
+	// as old as that, or younger, whatever the retries after it took.
+	msg := model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindTelemetry,
+		Readings: make([]model.Reading, len(readings))}
+	var earliest, alarmAt time.Time
+	for i, r := range readings {
+		if !r.at.IsZero() && (earliest.IsZero() || r.at.Before(earliest)) {
+			earliest = r.at
+		}
+		msg.Readings[i] = r.Reading
+		if d.tmpl.Registers[i].Event == nil {
+			continue
+		}
+		// An alarm input read by the alarm poller while this poll ran is
+		// fresher than this poll's reading, which may be from its start
+		// (or failed).
+		if last, ok := d.latest[i]; ok && last.at.After(r.at) && last.at.After(start) {
+			msg.Readings[i], r = last.Reading, last
+		} else {
+			d.latest[i] = r
+		}
+		if r.at.After(alarmAt) {
+			alarmAt = r.at
+		}
+	}
 	switch {
-	case t.silent == 0:
-		return base, attempt{}
-	case t.state != model.Offline:
-		return base, attempt{once: true}
+	case !alarmAt.IsZero():
+		msg.Time = alarmAt.UTC()
+	case !earliest.IsZero():
+		msg.Time = earliest.UTC()
+	default:
+		msg.Time = p.now().UTC()
 	}
-	limit := max(maxBackoff, base)
-	d := base
-	for i := offlineAfter; i < t.silent && d < limit; i++ {
-		d *= 2
-	}
-	if d < limit {
-		return d, attempt{once: true, timeout: probeTimeout}
-	}
-	return limit, attempt{once: true}
-}
-
-// nextSlot is when the next poll runs: one interval after the last one's
-// slot, so that a poll that had to wait does not shift every later one;
-// slots missed entirely are skipped, not made up in a burst.
-func nextSlot(slot time.Time, interval time.Duration, now time.Time) time.Time {
-	slot = slot.Add(interval)
-	if behind := now.Sub(slot); behind > interval {
-		slot = slot.Add(behind / interval * interval)
-	}
-	return slot
-}
-
-func (p *poller) run(ctx context.Context) {
-	interval, first := p.next()
-	slot := time.Now()
-	due := slot // the slot before skipping: how late a poll is counts from it
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
+	p.emit(msg)
+	if h, changed := d.health.Observe(res); changed {
+		level := slog.LevelInfo
+		if h.State == model.Offline {
+			level = slog.LevelWarn
 		}
-		msg, res := p.poll(ctx, due, interval, first)
-		if ctx.Err() != nil {
-			return
-		}
-		p.emit(msg)
-		if h, changed := p.health.observe(res); changed {
-			level := slog.LevelInfo
-			if h.State == model.Offline {
-				level = slog.LevelWarn
-			}
-			p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
-			p.emit(model.Message{
-				Device: p.dev.cfg.ID, DeviceKind: p.dev.kind, Kind: model.KindHealth,
-				Time: p.now().UTC(), Health: &h,
-			})
-		}
-		interval, first = p.next()
-		due, slot = slot.Add(interval), nextSlot(slot, interval, time.Now())
-		timer.Reset(time.Until(slot))
+		p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
+		p.emit(model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindHealth, Time: p.now().UTC(), Health: &h})
 	}
+	interval, _ = d.health.Next(d.every())
+	return interval
 }
 
-// pollResult sums up one poll for the health tracker.
-type pollResult struct {
-	requests, failed int  // requests made, and how many of them failed
-	linkDown         bool // the link could not carry them
-	silent           bool // nothing answered any request
-	late             bool // the poll started late (see lateness)
-	reason           string
-	counters         []string // one counter name per failure
-}
-
-// poll runs the device's plan once, due at due, and builds its telemetry
-// message. When a request gets no answer, or the link is down, the rest of
-// the plan is not asked: it would only cost more timeouts, keep the
-// device's readings waiting, and hold up the other devices on the link.
-func (p *poller) poll(ctx context.Context, due time.Time, interval time.Duration, first attempt) (model.Message, pollResult) {
+// read runs the device's plan once. When a request gets no answer, or the
+// link is down, the rest of the plan is not asked: it would only cost more
+// timeouts, keep the device's readings waiting, and hold up the other
+// devices on the link.
+func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration, first bus.Attempt) ([]stamped, bus.Result) {
 	d := p.dev
 	regs := d.tmpl.Registers
-	readings := make([]model.Reading, len(regs))
+	readings := make([]stamped, len(regs))
 	for i := range regs {
-		readings[i] = model.Reading{Signal: regs[i].Signal, Unit: regs[i].Unit, Quality: model.Bad}
+		readings[i] = stamped{Reading: model.Reading{Signal: regs[i].Signal, Unit: regs[i].Unit, Quality: model.Bad}}
 	}
-	var res pollResult
+	var res bus.Result
 	var held time.Duration
 	answered, silent := false, true
 	for i, r := range d.plan {
-		a := attempt{}
+		a := bus.Attempt{}
 		if i == 0 {
 			a = first
 		}
-		p.line.lock.Lock()
+		if p.line.Lock.Lock(ctx, bus.Poll) != nil {
+			break
+		}
 		got := time.Now()
 		if i == 0 {
-			res.late = p.line.started(d.cfg.ID, got.Sub(due), interval)
+			res.Late = p.line.Started(d.cfg.ID, got.Sub(due), interval)
 		}
-		data, err := p.rd.read(ctx, d.unit, r, a)
-		held += time.Since(got)
-		p.line.held(d.cfg.ID, held, interval)
-		p.line.lock.Unlock()
+		data, err := p.cl.read(ctx, d.unit, r, a, func(err error) {
+			counter, _ := errClass(err)
+			res.Retried = append(res.Retried, counter)
+		})
+		at := time.Now()
+		held += at.Sub(got)
+		p.line.Held(d.cfg.ID, held, interval)
+		p.line.Lock.Unlock()
 		if err != nil && ctx.Err() != nil {
 			break
 		}
-		res.requests++
+		res.Requests++
 		if err == nil {
 			answered, silent = true, false
 			for _, s := range r.Signals {
 				v, derr := DecodeSignal(&regs[s], data, r.Start)
+				readings[s].at = at
 				if derr != nil {
-					res.counters = append(res.counters, "decode_errors")
+					res.Counters = append(res.Counters, "decode_errors")
 					p.log.Debug("decode failed", "signal", regs[s].Signal, "err", derr)
 					continue
 				}
@@ -296,36 +302,112 @@ func (p *poller) poll(ctx context.Context, due time.Time, interval time.Duration
 			}
 			continue
 		}
-		res.failed++
+		res.Failed++
 		counter, reason := errClass(err)
-		res.linkDown = res.linkDown || counter == "link_down"
-		res.counters = append(res.counters, counter)
+		res.LinkDown = res.LinkDown || counter == "link_down"
+		res.Counters = append(res.Counters, counter)
 		quiet := noAnswer(err)
 		silent = silent && quiet
 		if counter == "exceptions" && !quiet {
 			answered = true
 		}
-		if res.reason == "" {
-			res.reason = fmt.Sprintf("%s reading %s", reason, describe(r))
+		if res.Reason == "" {
+			res.Reason = fmt.Sprintf("%s reading %s", reason, describe(r))
 			if counter == "exceptions" {
-				res.reason += ": " + d.signals(r)
+				res.Reason += ": " + d.signals(r)
 			}
 		}
 		p.log.Debug("request failed", "err", fmt.Errorf("device %s on %s: reading %s: %w", d.cfg.ID, d.link, r, err))
-		if quiet || res.linkDown {
+		if quiet || res.LinkDown {
 			break
 		}
 	}
-	res.silent = res.requests > 0 && silent
-	p.line.heard(d.unit, answered)
-	if res.silent {
-		res.reason = p.line.silence(d.unit)
+	res.Silent = res.Requests > 0 && silent
+	p.line.Heard(int(d.unit), answered)
+	if res.Silent {
+		res.Reason = p.line.Silence(int(d.unit))
 	}
-	msg := model.Message{
-		Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindTelemetry,
-		Time: p.now().UTC(), Readings: readings,
+	return readings, res
+}
+
+// alarmPoll reads the device's alarm inputs once, ahead of normal polls,
+// and emits a message with them only when one of them changed (value or
+// quality) since the device last reported it: at an alarm interval of
+// 100ms, a message per read would flood the queue. A failed alarm poll
+// publishes nothing, and is only counted: the normal poll says when the
+// device is in trouble. While the device is silent it is not asked: its
+// timeouts would only take the wire from the others, and its normal poll
+// (then a probe) finds it again.
+func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
+	d := p.dev
+	every := d.alarmEvery()
+	d.mu.Lock()
+	asleep := d.health.Silent() > 0
+	d.mu.Unlock()
+	if asleep {
+		return every
 	}
-	return msg, res
+	regs := d.tmpl.Registers
+	type got struct {
+		sig  int
+		read stamped
+	}
+	var fresh []got
+	var counters []string
+	for i, r := range d.alarmPlan {
+		if p.line.Lock.Lock(ctx, bus.AlarmPoll) != nil {
+			return every
+		}
+		if i == 0 && p.line.Started(d.cfg.ID, time.Since(due), every) {
+			counters = append(counters, "late_alarm_polls")
+		}
+		data, err := p.cl.read(ctx, d.unit, r, bus.Attempt{Once: true}, nil)
+		at := time.Now()
+		p.line.Lock.Unlock()
+		if ctx.Err() != nil {
+			return every
+		}
+		if err != nil {
+			counter, _ := errClass(err)
+			counters = append(counters, counter)
+			p.log.Debug("alarm poll failed", "err", fmt.Errorf("device %s on %s: reading %s: %w", d.cfg.ID, d.link, r, err))
+			break
+		}
+		for _, s := range r.Signals {
+			v, derr := DecodeSignal(&regs[s], data, r.Start)
+			if derr != nil {
+				counters = append(counters, "decode_errors")
+				continue
+			}
+			fresh = append(fresh, got{s, stamped{model.Reading{Signal: regs[s].Signal, Unit: regs[s].Unit, Value: v, Quality: Quality(&regs[s], v)}, at}})
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.health.Count(counters...)
+	changed := false
+	for _, f := range fresh {
+		last, ok := d.latest[f.sig]
+		if ok && !f.read.at.After(last.at) {
+			continue // the poll read it later, and said so
+		}
+		if !ok || last.Quality != f.read.Quality || !last.Value.Equal(f.read.Value) {
+			changed = true
+		}
+		d.latest[f.sig] = f.read
+	}
+	if changed {
+		msg := model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindTelemetry, Time: fresh[len(fresh)-1].read.at.UTC()}
+		for _, r := range d.alarmPlan {
+			for _, s := range r.Signals {
+				if last, ok := d.latest[s]; ok {
+					msg.Readings = append(msg.Readings, last.Reading)
+				}
+			}
+		}
+		p.emit(msg)
+	}
+	return every
 }
 
 // signals lists the signals a request reads, as the template names them.
@@ -335,60 +417,4 @@ func (d *device) signals(r Request) string {
 		names[i] = d.tmpl.Registers[s].Signal
 	}
 	return strings.Join(names, ", ")
-}
-
-// offlineAfter is how many polls in a row that got no answer at all make a
-// device offline.
-const offlineAfter = 3
-
-// tracker follows one device's health. It is pure: observe gets the result
-// of each poll and says when the state changed.
-type tracker struct {
-	state    model.HealthState
-	silent   int // polls in a row that got no answer at all
-	counters map[string]uint64
-}
-
-// observe records a poll and returns the health and whether its state
-// changed: online when every request succeeded; offline at once when the
-// link is down, or after offlineAfter polls in a row that got no answer;
-// degraded otherwise: some requests failed, or values did not decode, or
-// the device answered with exceptions or damaged frames only. A device that
-// answers is there, and says what is wrong with it.
-func (t *tracker) observe(r pollResult) (model.Health, bool) {
-	if t.counters == nil {
-		t.counters = map[string]uint64{}
-	}
-	t.counters["polls"]++
-	t.counters["requests"] += uint64(r.requests)
-	for _, c := range r.counters {
-		t.counters[c]++
-	}
-	if r.late {
-		t.counters["late_polls"]++
-	}
-	if r.failed > 0 {
-		t.counters["failures"]++
-	}
-	state := model.Degraded
-	switch {
-	case r.linkDown:
-		t.silent = 0
-		state = model.Offline
-	case r.silent:
-		t.silent++
-		if t.silent >= offlineAfter {
-			state = model.Offline
-		}
-	default:
-		t.silent = 0
-		if r.failed == 0 && len(r.counters) == 0 {
-			state = model.Online
-		} else if r.failed == 0 {
-			r.reason = "values that do not decode"
-		}
-	}
-	changed := state != t.state
-	t.state = state
-	return model.Health{State: state, Reason: r.reason, Counters: maps.Clone(t.counters)}, changed
 }

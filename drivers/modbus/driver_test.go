@@ -1,7 +1,6 @@
 package modbus
 
 import (
-	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -48,120 +47,6 @@ func TestFactoryErrors(t *testing.T) {
 		_, err := c.f(c.link.link(), log)
 		if err == nil || err.Error() != c.want {
 			t.Errorf("%s: err %v, want %q", c.name, err, c.want)
-		}
-	}
-}
-
-func TestTracker(t *testing.T) {
-	ok := pollResult{requests: 2}
-	half := pollResult{requests: 2, failed: 1, reason: "exception 2 (illegal data address) reading input register 5 (0x0005): b", counters: []string{"exceptions"}}
-	bad := pollResult{requests: 2, failed: 2, reason: "exception 4 (server device failure) reading input register 5 (0x0005): b", counters: []string{"exceptions", "exceptions"}}
-	silent := pollResult{requests: 1, failed: 1, silent: true, reason: "no answer from any unit on bus: check wiring, port, baud rate and parity", counters: []string{"timeouts"}}
-	down := pollResult{requests: 1, failed: 1, linkDown: true, reason: "open /dev/x: gone reading input register 5 (0x0005)", counters: []string{"link_down"}}
-	late := pollResult{requests: 2, late: true}
-	undecoded := pollResult{requests: 1, counters: []string{"decode_errors"}}
-	steps := []struct {
-		name    string
-		res     pollResult
-		state   model.HealthState
-		changed bool
-		reason  string
-	}{
-		{"first poll", ok, model.Online, true, ""},
-		{"again", ok, model.Online, false, ""},
-		{"one request fails", half, model.Degraded, true, half.reason},
-		{"recovers", ok, model.Online, true, ""},
-		{"silent once", silent, model.Degraded, true, silent.reason},
-		{"silent twice", silent, model.Degraded, false, silent.reason},
-		{"silent three times", silent, model.Offline, true, silent.reason},
-		{"still silent", silent, model.Offline, false, silent.reason},
-		{"answers, badly", half, model.Degraded, true, half.reason},
-		{"silent again, the count restarts", silent, model.Degraded, false, silent.reason},
-		{"answers", ok, model.Online, true, ""},
-		{"every request answered with an exception", bad, model.Degraded, true, bad.reason},
-		{"and again", bad, model.Degraded, false, bad.reason},
-		{"and again: it answers, so it is not offline", bad, model.Degraded, false, bad.reason},
-		{"link down", down, model.Offline, true, down.reason},
-		{"a late poll", late, model.Online, true, ""},
-		{"values that do not decode", undecoded, model.Degraded, true, "values that do not decode"},
-	}
-	var tr tracker
-	for i, s := range steps {
-		h, changed := tr.observe(s.res)
-		if h.State != s.state || changed != s.changed || h.Reason != s.reason {
-			t.Fatalf("step %d (%s): %s changed=%v %q, want %s changed=%v %q", i, s.name, h.State, changed, h.Reason, s.state, s.changed, s.reason)
-		}
-	}
-	// The 17 polls above and an empty one.
-	want := map[string]uint64{"polls": 18, "requests": 27, "failures": 11, "exceptions": 8, "timeouts": 5, "link_down": 1,
-		"decode_errors": 1, "late_polls": 1}
-	if h, _ := tr.observe(pollResult{}); fmt.Sprint(h.Counters) != fmt.Sprint(want) {
-		t.Errorf("counters %v, want %v", h.Counters, want)
-	}
-}
-
-// TestNextPoll: how often a device is polled and how its first request is
-// tried, after a sequence of polls.
-func TestNextPoll(t *testing.T) {
-	answered := pollResult{requests: 2}
-	silent := pollResult{requests: 1, failed: 1, silent: true, counters: []string{"timeouts"}}
-	bad := pollResult{requests: 2, failed: 2, counters: []string{"crc_errors", "crc_errors"}}
-	down := pollResult{requests: 1, failed: 1, linkDown: true, counters: []string{"link_down"}}
-	times := func(n int, r pollResult) []pollResult { return slices.Repeat([]pollResult{r}, n) }
-	once, probe := attempt{once: true}, attempt{once: true, timeout: probeTimeout}
-	s := time.Second
-	cases := []struct {
-		name     string
-		poll     time.Duration
-		polls    []pollResult
-		interval time.Duration
-		first    attempt
-	}{
-		{"never polled", s, nil, s, attempt{}},
-		{"answers", s, times(5, answered), s, attempt{}},
-		{"silent once: one try, no retries", s, times(1, silent), s, once},
-		{"silent twice", s, times(2, silent), s, once},
-		{"offline: probed at the poll interval", s, times(3, silent), s, probe},
-		{"probe failed once", s, times(4, silent), 2 * s, probe},
-		{"probe failed twice", s, times(5, silent), 4 * s, probe},
-		{"probe failed 4 times", s, times(7, silent), 16 * s, probe},
-		{"at the cap the probe waits the full timeout", s, times(8, silent), 30 * s, once},
-		{"and stays there", s, times(20, silent), 30 * s, once},
-		{"answers again: back to normal at once", s, append(times(8, silent), answered), s, attempt{}},
-		{"answers badly: keeps its rate", s, times(10, bad), s, attempt{}},
-		{"link down: paced by the link", s, times(10, down), s, attempt{}},
-		{"poll of 20 s", 20 * s, times(4, silent), 30 * s, once},
-		{"poll of 1 min", time.Minute, times(10, silent), time.Minute, once},
-		{"no poll interval", 0, nil, s, attempt{}},
-	}
-	for _, c := range cases {
-		p := &poller{dev: &device{set: &mb.Device{Poll: c.poll}}}
-		for _, r := range c.polls {
-			p.health.observe(r)
-		}
-		if interval, first := p.next(); interval != c.interval || first != c.first {
-			t.Errorf("%s: next poll in %v with %+v, want %v with %+v", c.name, interval, first, c.interval, c.first)
-		}
-	}
-}
-
-func TestNextSlot(t *testing.T) {
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	ms := time.Millisecond
-	cases := []struct {
-		name string
-		now  time.Duration // after t0, the last slot
-		want time.Duration
-	}{
-		{"on time", 100 * ms, 1000 * ms},
-		{"late: the next starts at once, on the grid", 1200 * ms, 1000 * ms},
-		{"exactly one interval behind", 2000 * ms, 1000 * ms},
-		{"a slot missed: skipped", 2500 * ms, 2000 * ms},
-		{"many slots missed", 10300 * ms, 10000 * ms},
-	}
-	for _, c := range cases {
-		if got := nextSlot(t0, time.Second, t0.Add(c.now)).Sub(t0); got != c.want {
-			t.Errorf("%s: next slot at %v, want %v", c.name, got, c.want)
 		}
 	}
 }

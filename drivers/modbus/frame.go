@@ -6,15 +6,26 @@ import (
 	"time"
 
 	"github.com/goburrow/modbus"
+
+	"outpost/drivers/bus"
 )
 
-// Read function codes.
+// Function codes.
 const (
-	fcReadCoils    = 0x01
-	fcReadDiscrete = 0x02
-	fcReadHolding  = 0x03
-	fcReadInput    = 0x04
+	fcReadCoils       = 0x01
+	fcReadDiscrete    = 0x02
+	fcReadHolding     = 0x03
+	fcReadInput       = 0x04
+	fcWriteCoil       = 0x05
+	fcWriteRegister   = 0x06
+	fcWriteCoils      = 0x0F
+	fcWriteRegisters  = 0x10
+	rtuWriteAnswerLen = 8 // unit, function, address, value or quantity, CRC
 )
+
+// isRead says whether a function code is a read, whose answer carries a
+// byte count.
+func isRead(fc byte) bool { return fc >= fcReadCoils && fc <= fcReadInput }
 
 // crc16 is the Modbus RTU CRC (polynomial 0xA001 reflected, initial 0xFFFF).
 func crc16(b []byte) uint16 {
@@ -32,9 +43,9 @@ func crc16(b []byte) uint16 {
 	return crc
 }
 
-// rtuResponseLength is the length of the normal RTU response to a read
-// request ADU (unit, function, address, quantity, CRC), or an error for a
-// request we do not know how to size.
+// rtuResponseLength is the length of the normal RTU response to a read or
+// write request ADU (unit, function, address, quantity or value, ...), or
+// an error for a request we do not know how to size.
 func rtuResponseLength(req []byte) (int, error) {
 	if len(req) < 6 {
 		return 0, fmt.Errorf("request of %d bytes is too short", len(req))
@@ -45,6 +56,8 @@ func rtuResponseLength(req []byte) (int, error) {
 		return rtuResponseBytes + (qty+7)/8, nil
 	case fcReadHolding, fcReadInput:
 		return rtuResponseBytes + 2*qty, nil
+	case fcWriteCoil, fcWriteRegister, fcWriteCoils, fcWriteRegisters:
+		return rtuWriteAnswerLen, nil
 	}
 	return 0, fmt.Errorf("function %d not supported", req[1])
 }
@@ -102,7 +115,7 @@ func checkRTU(req, resp []byte) error {
 	if want := crc16(resp[:n-2]); got != want {
 		return &FrameError{Kind: badCRC, Detail: fmt.Sprintf("got %04x, want %04x", got, want)}
 	}
-	if resp[1] == req[1] && req[1] >= fcReadCoils && req[1] <= fcReadInput && int(resp[2]) != n-5 {
+	if resp[1] == req[1] && isRead(req[1]) && int(resp[2]) != n-5 {
 		return &FrameError{Kind: badLength, Detail: fmt.Sprintf("byte count %d in a frame of %d", resp[2], n)}
 	}
 	return nil
@@ -155,7 +168,7 @@ func errClass(err error) (counter, reason string) {
 	var me *modbus.ModbusError
 	var fe *FrameError
 	var te *TimeoutError
-	var ld *linkDownError
+	var ld *bus.LinkDownError
 	switch {
 	case errors.As(err, &ld):
 		return "link_down", err.Error()

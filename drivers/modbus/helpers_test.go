@@ -273,6 +273,22 @@ func (r *running) next(t testing.TB, device string, kind model.Kind, within time
 	}
 }
 
+// poll returns the next telemetry message of a device with n readings (a
+// poll's), skipping those of its alarm polls.
+func (r *running) poll(t testing.TB, device string, n int, within time.Duration) model.Message {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			t.Fatalf("no poll of %s within %v", device, within)
+		}
+		if m := r.next(t, device, model.KindTelemetry, left); len(m.Readings) == n {
+			return m
+		}
+	}
+}
+
 // health returns the next health message of a device in state, skipping
 // others, within the time given.
 func (r *running) health(t testing.TB, device string, state model.HealthState, within time.Duration) *model.Health {

@@ -180,8 +180,10 @@ func TestIsolation(t *testing.T) {
 	if h.State != model.Offline || h.Reason != wantReason {
 		t.Errorf("ghost health %s %q, want offline %q", h.State, h.Reason, wantReason)
 	}
-	if c := h.Counters; c["polls"] != 3 || c["failures"] != 3 || c["timeouts"] != 3 {
-		t.Errorf("ghost counters %v, want 3 polls, 3 failures, 3 timeouts", c)
+	// Every try counts: the first poll tried twice (one retry), the next
+	// two once (a silent device gets no retries).
+	if c := h.Counters; c["polls"] != 3 || c["failures"] != 3 || c["timeouts"] != 4 {
+		t.Errorf("ghost counters %v, want 3 polls, 3 failures, 4 timeouts", c)
 	}
 
 	// Meanwhile the healthy device kept its rate: 10 polls in ~1 s.

@@ -192,3 +192,34 @@ func partition(table mb.Table, units []unit, limit int, gaps bool, c Cost) []Req
 	}
 	return out
 }
+
+// AlarmPlan plans the reads of a template's alarm inputs alone: the
+// signals with an event rule (discrete inputs, coils, bits of registers),
+// read at the device's alarm interval in requests of their own, so that a
+// button press is seen without reading the rest of the map. It is empty
+// when the template has no such signal.
+func AlarmPlan(t *mb.Template, c Cost) ([]Request, error) {
+	var idx []int
+	// Never across gaps: the alarm poll reads the cells of alarm inputs
+	// and nothing else (configs.Signal.Fast says which signals it reads).
+	sub := &mb.Template{}
+	for i := range t.Registers {
+		if t.Registers[i].Event != nil {
+			idx = append(idx, i)
+			sub.Registers = append(sub.Registers, t.Registers[i])
+		}
+	}
+	if len(idx) == 0 {
+		return nil, nil
+	}
+	reqs, err := Plan(sub, c)
+	if err != nil {
+		return nil, err
+	}
+	for i := range reqs {
+		for j, s := range reqs[i].Signals {
+			reqs[i].Signals[j] = idx[s]
+		}
+	}
+	return reqs, nil
+}

@@ -14,6 +14,7 @@ import (
 
 	mb "outpost/configs/modbus"
 	"outpost/drivers"
+	"outpost/drivers/bus"
 )
 
 // MBAP header: transaction id, protocol id, length, unit id.
@@ -38,7 +39,7 @@ type tcpTransport struct {
 	redialAfter time.Duration
 	heard       time.Time // when the connection was made or last carried a frame
 
-	redial reopen
+	redial bus.Reopen
 }
 
 var _ modbus.Transporter = (*tcpTransport)(nil)
@@ -61,16 +62,16 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 		return nil, fmt.Errorf("request of %d bytes is too short", len(req))
 	}
 	if t.conn == nil {
-		if t.redial.waiting() {
-			return nil, &connectError{t.redial.err}
+		if t.redial.Waiting() {
+			return nil, &connectError{t.redial.Err()}
 		}
 		c, err := net.DialTimeout("tcp", t.addr, t.timeout)
 		if err != nil {
-			t.redial.fail(fmt.Errorf("connect %s: %w", t.addr, err))
-			return nil, &connectError{t.redial.err}
+			t.redial.Fail(fmt.Errorf("connect %s: %w", t.addr, err))
+			return nil, &connectError{t.redial.Err()}
 		}
 		t.conn, t.heard = c, time.Now()
-		t.redial.ok()
+		t.redial.OK()
 	}
 	if err := t.conn.SetDeadline(time.Now().Add(t.timeout)); err != nil {
 		return nil, t.fail(err)
@@ -153,7 +154,7 @@ func checkMBAP(head []byte) (int, error) {
 // checkTCPData checks that a normal answer to a read carries as many data
 // bytes as the request asked for. It is pure, for fuzzing.
 func checkTCPData(req, frame []byte) error {
-	if len(req) < 12 || len(frame) < 9 || frame[7] != req[7] {
+	if len(req) < 12 || len(frame) < 9 || frame[7] != req[7] || !isRead(req[7]) {
 		return nil // not a read, or an exception: goburrow judges it
 	}
 	want, err := rtuResponseLength(req[6:12])
@@ -186,18 +187,19 @@ func (t *tcpTransport) close() {
 // tcpLink is the driver of one Modbus TCP endpoint: one connection shared by
 // the endpoint's unit ids under one wire lock.
 type tcpLink struct {
-	retries int
-	timeout time.Duration
-	devices []*device
-	log     *slog.Logger
-	line    *line
+	links
+	nretries int
+	timeout  time.Duration
 
 	// Under the wire lock:
 	tr       *tcpTransport
 	packager *modbus.TCPClientHandler // its SlaveId is set per request
 }
 
-var _ drivers.Driver = (*tcpLink)(nil)
+var (
+	_ drivers.Driver    = (*tcpLink)(nil)
+	_ drivers.Commander = (*tcpLink)(nil)
+)
 
 func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	ep, ok := link.Config.Settings.(*mb.TCP)
@@ -212,45 +214,70 @@ func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	if timeout <= 0 {
 		timeout = time.Second
 	}
-	return &tcpLink{
-		retries: max(ep.Retries, 0), timeout: timeout, devices: devs, log: log,
-		line:     newLine(link.Name(), endpointHint, devs, log),
+	l := &tcpLink{
+		nretries: max(ep.Retries, 0), timeout: timeout,
 		tr:       &tcpTransport{addr: ep.Address, timeout: timeout, log: log},
 		packager: modbus.NewTCPClientHandler(ep.Address),
-	}, nil
+	}
+	l.links = newLinks(link.Name(), endpointHint, devs, l, log)
+	return l, nil
 }
 
 // Run polls the endpoint's devices until ctx ends.
 func (l *tcpLink) Run(ctx context.Context, emit drivers.Emit) error {
-	runDevices(ctx, l.line, l.devices, l, emit, l.log)
+	l.run(ctx, emit)
 	l.tr.close() // every poller has stopped
 	return nil
 }
 
-// read executes one request for a unit, with the endpoint's retries unless
-// the attempt says once. The caller holds the wire lock.
-func (l *tcpLink) read(ctx context.Context, unit byte, r Request, a attempt) ([]byte, error) {
-	tries, timeout := a.on(l.retries, l.timeout)
+// exchange runs f on a client of the unit, once; an endpoint that cannot
+// be reached is a bus.LinkDownError. The caller holds the wire lock.
+func (l *tcpLink) exchange(unit byte, timeout time.Duration, f func(modbus.Client) error) error {
 	l.packager.SlaveId = unit
 	l.tr.timeout = timeout
-	c := modbus.NewClient2(l.packager, l.tr)
+	err := f(modbus.NewClient2(l.packager, l.tr))
+	var ce *connectError
+	if errors.As(err, &ce) {
+		return &bus.LinkDownError{Err: err}
+	}
+	return err
+}
+
+// read executes one request for a unit, with the endpoint's retries unless
+// the attempt says once. The caller holds the wire lock.
+func (l *tcpLink) read(ctx context.Context, unit byte, r Request, a bus.Attempt, note func(error)) ([]byte, error) {
+	tries, timeout := a.On(l.nretries, l.timeout)
 	var err error
 	for try := 0; try < tries; try++ {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if err != nil && note != nil {
+			note(err)
+		}
 		var data []byte
-		data, err = readRequest(c, r)
+		err = l.exchange(unit, timeout, func(c modbus.Client) (err error) {
+			data, err = readRequest(c, r)
+			return err
+		})
 		if err == nil {
 			return data, nil
 		}
-		var ce *connectError
-		if errors.As(err, &ce) {
-			return nil, &linkDownError{err}
-		}
-		if isException(err) {
+		var ld *bus.LinkDownError
+		if isException(err) || errors.As(err, &ld) {
 			return nil, err
 		}
 	}
 	return nil, err
 }
+
+// do runs one exchange of a write. The caller holds the wire lock.
+func (l *tcpLink) do(ctx context.Context, unit byte, f func(modbus.Client) error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return l.exchange(unit, l.timeout, f)
+}
+
+// retries are the endpoint's extra tries of a failed request.
+func (l *tcpLink) retries() int { return l.nretries }

@@ -4,7 +4,9 @@
 package device
 
 import (
+	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -49,11 +51,16 @@ type Device struct {
 	rules    map[string]*configs.EventRule // signal -> its event rule
 	evMu     sync.Mutex
 	lastBool map[string]bool // signal -> last value served, for signals with a rule
+
+	fast   map[string]bool  // the fast signals (configs.Signal.Fast)
+	inputs *Inputs          // the bool signals, for the testbench's actions
+	writes map[string]int64 // signal -> writes carried out; under mu
 }
 
 var (
 	_ slave.Unit     = (*Device)(nil)
 	_ slave.Recorder = (*Device)(nil)
+	_ sim.Actor      = (*Device)(nil)
 )
 
 // Options tune a device.
@@ -99,11 +106,20 @@ func New(d configs.Device, t *configs.Template, o Options) (*Device, error) {
 
 		rules:    map[string]*configs.EventRule{},
 		lastBool: map[string]bool{},
+		writes:   map[string]int64{},
+	}
+	var bools []Input
+	dev.fast = map[string]bool{}
+	for _, sg := range body.Signals() {
+		dev.fast[sg.Name] = sg.Fast
 	}
 	for i := range body.Registers {
 		r := &body.Registers[i]
 		if r.Event != nil {
 			dev.rules[r.Signal] = r.Event
+		}
+		if r.Type == modbus.TypeBool {
+			bools = append(bools, Input{Signal: r.Signal, Event: r.Event})
 		}
 		sim := configs.Sim{Wave: "constant"}
 		if r.Type == modbus.TypeString {
@@ -133,6 +149,7 @@ func New(d configs.Device, t *configs.Template, o Options) (*Device, error) {
 			tb.lo, tb.hi = min(tb.lo, a), max(tb.hi, a)
 		}
 	}
+	dev.inputs = NewInputs(d.ID, "modbus", bools, o.Sink, o.Now)
 	for _, tb := range dev.tables {
 		sort.SliceStable(tb.sigs, func(i, j int) bool { return tb.sigs[i].reg.Address < tb.sigs[j].reg.Address })
 	}
@@ -145,9 +162,36 @@ func (d *Device) ID() string { return d.id }
 // Unit is the device's Modbus unit id.
 func (d *Device) Unit() byte { return d.unit }
 
+// Actions lists what the device's bool signals can be made to do (see
+// Inputs).
+func (d *Device) Actions() []string { return d.inputs.Actions() }
+
+// Act forces one of its bool signals: press a button, open a door.
+func (d *Device) Act(ctx context.Context, action string, args map[string]string) error {
+	return d.inputs.Act(ctx, action, args)
+}
+
+// Close stops what the device's actions left pending.
+func (d *Device) Close() { d.inputs.Close() }
+
+// value is a signal's value at t: what an action forced it to, or what its
+// simulation says.
+func (d *Device) value(s sig, t time.Time) signal.Value {
+	if s.reg.Type == modbus.TypeBool {
+		if v, ok := d.inputs.Forced(s.reg.Signal); ok {
+			return signal.B(v)
+		}
+	}
+	return s.gen.At(t)
+}
+
 // Stats returns the device's counters.
 func (d *Device) Stats() sim.Stats {
+	d.mu.Lock()
+	writes := maps.Clone(d.writes)
+	d.mu.Unlock()
 	return sim.Stats{
+		Writes:         writes,
 		Polls:          d.polls.Load(),
 		ReadingsServed: d.served.Load(),
 		Exceptions:     d.exceptions.Load(),
@@ -186,11 +230,25 @@ func (d *Device) commit(rs []sim.Reading) func() {
 	}
 	return func() {
 		d.countEdges(rs)
-		d.served.Add(int64(len(rs)))
+		d.served.Add(int64(countable(rs, d.fast)))
 		if d.sink != nil {
 			d.sink.Served(d.id, rs)
 		}
 	}
+}
+
+// countable is how many of rs count as readings served: those of signals
+// that are not fast (configs.Signal.Fast). The gateway reads a fast signal
+// at its alarm_poll too and publishes what changed: the changes of alarm
+// inputs are counted as events.
+func countable(rs []sim.Reading, fast map[string]bool) int {
+	n := 0
+	for _, r := range rs {
+		if !fast[r.Signal] {
+			n++
+		}
+	}
+	return n
 }
 
 // countEdges counts the event edges in served readings.
@@ -226,7 +284,7 @@ func (d *Device) ReadBits(t modbus.Table, addr, qty int) ([]bool, func(), slave.
 		if a < addr || a >= addr+qty {
 			continue
 		}
-		_, want, err := enc.Encode(s.reg, s.gen.At(now))
+		_, want, err := enc.Encode(s.reg, d.value(s, now))
 		if err != nil {
 			continue // checked in New
 		}
@@ -260,7 +318,7 @@ func (d *Device) ReadWords(t modbus.Table, addr, qty int) ([]uint16, func(), sla
 		if a+n <= addr || a >= addr+qty {
 			continue
 		}
-		ws, want, err := enc.Encode(s.reg, s.gen.At(now))
+		ws, want, err := enc.Encode(s.reg, d.value(s, now))
 		if err != nil {
 			continue // checked in New
 		}
@@ -306,7 +364,19 @@ func (d *Device) WriteBits(addr int, bits []bool) slave.Exception {
 	for i, b := range bits {
 		d.coils[addr+i] = b
 	}
+	d.countWrites(modbus.Coil, addr, len(bits))
 	return 0
+}
+
+// countWrites counts a write of [addr, addr+n) of table t for every
+// signal it touched. The caller holds d.mu.
+func (d *Device) countWrites(t modbus.Table, addr, n int) {
+	for _, s := range d.tables[t].sigs {
+		a := s.reg.Address
+		if a < addr+n && a+s.reg.Span() > addr {
+			d.writes[s.reg.Signal]++
+		}
+	}
 }
 
 // WriteWords writes holding registers; they read back as written from then
@@ -320,6 +390,7 @@ func (d *Device) WriteWords(addr int, words []uint16) slave.Exception {
 	for i, w := range words {
 		d.holding[addr+i] = w
 	}
+	d.countWrites(modbus.Holding, addr, len(words))
 	return 0
 }
 

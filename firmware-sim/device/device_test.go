@@ -2,7 +2,9 @@ package device
 
 import (
 	"bytes"
+	"context"
 	"io/fs"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -38,10 +40,17 @@ func testTemplate(gaps bool) *configs.Template {
 		}}
 }
 
-// sink records what was served.
+// sink records what was served, and the alarms raised.
 type sink struct {
-	mu sync.Mutex
-	rs []sim.Reading
+	mu     sync.Mutex
+	rs     []sim.Reading
+	raised []sim.Raised
+}
+
+func (s *sink) Raised(r sim.Raised) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.raised = append(s.raised, r)
 }
 
 func (s *sink) Served(dev string, rs []sim.Reading) {
@@ -127,7 +136,7 @@ func TestProcess(t *testing.T) {
 			if c.resp[0]&0x80 != 0 {
 				wantExc = 1
 			}
-			if st != (sim.Stats{Polls: 1, ReadingsServed: int64(len(c.served)), Exceptions: wantExc}) {
+			if st.Polls != 1 || st.ReadingsServed != int64(len(c.served)) || st.Exceptions != wantExc || st.CRCErrors != 0 || len(st.Writes) != 0 {
 				t.Errorf("stats = %+v", st)
 			}
 		})
@@ -164,6 +173,80 @@ func TestWritesReadBack(t *testing.T) {
 		}
 		if got := sk.take(); !slices.Equal(got, s.served) {
 			t.Errorf("step %d: served %v, want %v", i, got, s.served)
+		}
+	}
+	// Each write counts once for every signal it touched; reads do not.
+	want := map[string]int64{"relay1": 2, "relay2": 1, "setpoint": 2, "armed": 1, "fault": 1}
+	if got := d.Stats().Writes; !maps.Equal(got, want) {
+		t.Errorf("writes %v, want %v", got, want)
+	}
+}
+
+// TestActions: a press forces an input on and lets it go after its hold,
+// each change logged as the alarm the template's rule names; reads serve
+// the forced values.
+func TestActions(t *testing.T) {
+	tm := &configs.Template{Name: "pb", Kind: "panic_button", Protocol: "modbus", Body: &modbus.Template{Registers: []modbus.Register{
+		{Signal: "pressed", Table: modbus.Discrete, Address: 0, Type: modbus.TypeBool, Scale: 1,
+			Event: &configs.EventRule{Kind: "panic", Severity: "critical", Clear: true}},
+		{Signal: "cover", Table: modbus.Holding, Address: 0, Type: modbus.TypeBool, Bit: bit(2), Scale: 1,
+			Event: &configs.EventRule{Kind: "tamper", Severity: "warning"}},
+	}}}
+	sk := &sink{}
+	d, err := New(configs.Device{ID: "pb-1", Settings: &modbus.Device{UnitID: 1}}, tm, Options{Seed: 1, Sink: sk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx := context.Background()
+	read := func() []byte {
+		resp, _ := slave.Process(d, pdu(2, 0, 0, 0, 1))
+		return resp
+	}
+	if got := read(); !bytes.Equal(got, pdu(2, 1, 0)) {
+		t.Fatalf("before the press: % x", got)
+	}
+	if err := d.Act(ctx, "press", map[string]string{"hold": "50ms"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); !bytes.Equal(got, pdu(2, 1, 1)) {
+		t.Errorf("during the press: % x", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !bytes.Equal(read(), pdu(2, 1, 0)) {
+		if time.Now().After(deadline) {
+			t.Fatal("the button was never let go")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := d.Act(ctx, "tamper", nil); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := slave.Process(d, pdu(3, 0, 0, 0, 1)); !bytes.Equal(resp, pdu(3, 2, 0, 4)) {
+		t.Errorf("tampered status register % x, want bit 2", resp)
+	}
+	sk.mu.Lock()
+	var got []string
+	for _, r := range sk.raised {
+		got = append(got, r.Device+" "+r.Kind+" "+r.State+" "+r.Source)
+	}
+	sk.mu.Unlock()
+	want := []string{"pb-1 panic active modbus", "pb-1 panic cleared modbus", "pb-1 tamper active modbus"}
+	if !slices.Equal(got, want) {
+		t.Errorf("raised %q, want %q", got, want)
+	}
+	for _, c := range []struct {
+		action string
+		args   map[string]string
+		want   string
+	}{
+		{"press", map[string]string{"signal": "nope"}, `no input "nope" (have pressed, cover)`},
+		{"press", map[string]string{"hold": "soon"}, "hold=soon: want a duration such as 300ms"},
+		{"set", map[string]string{"value": "maybe"}, `value="maybe": want true or false`},
+		{"dance", nil, `unknown action "dance" (want one of: press [signal=pressed] [hold=300ms] (on, then off after hold); hold [signal=pressed] (on until release); release [signal=pressed]; tamper (cover on until release signal=cover); set signal=pressed|cover value=true|false)`},
+	} {
+		if err := d.Act(ctx, c.action, c.args); err == nil || err.Error() != c.want {
+			t.Errorf("%s %v: %v, want %q", c.action, c.args, err, c.want)
 		}
 	}
 }

@@ -63,6 +63,9 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 	if err != nil {
 		return nil, fmt.Errorf("bus %s: %w", link.ID, err)
 	}
+	if o.Noise > 0 {
+		p.SetNoise(vport.NewNoise(o.Noise, o.Seed, link.ID))
+	}
 	turn := bus.Turnaround
 	if o.Turnaround >= 0 {
 		turn = o.Turnaround
@@ -79,7 +82,7 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 		Log:        o.Log.With("bus", link.ID),
 		Deaf:       o.Deaf,
 	}}
-	o.Log.Info("bus up", "bus", link.ID, "port", bus.Port, "pty", p.Path(), "baud", bus.Baud, "devices", len(units))
+	o.Log.Info("bus up", "bus", link.ID, "port", bus.Port, "pty", p.Path(), "baud", bus.Baud, "devices", len(units), "noise", o.Noise)
 	return l, nil
 }
 
@@ -87,8 +90,20 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 type plainPort struct{ slave.Port }
 
 func (l *rtuLink) Serve(ctx context.Context) error { return l.srv.Serve(ctx) }
-func (l *rtuLink) Close() error                    { return l.port.Close() }
-func (l *rtuLink) Devices() []sim.Device           { return simDevices(l.devs) }
+func (l *rtuLink) Close() error {
+	closeDevices(l.devs)
+	return l.port.Close()
+}
+
+// Stats are what the line saw: frames, damaged frames, and the bytes the
+// noise damaged.
+func (l *rtuLink) Stats() any {
+	return struct {
+		slave.BusStats
+		NoiseBytes int64 `json:"noise_bytes"`
+	}{l.srv.Stats(), l.port.Noise().Corrupted()}
+}
+func (l *rtuLink) Devices() []sim.Device { return simDevices(l.devs) }
 
 // tcpLink is a simulated Modbus TCP endpoint.
 type tcpLink struct {
@@ -121,6 +136,7 @@ func (l *tcpLink) Serve(ctx context.Context) error { return l.srv.Serve(ctx, l.l
 func (l *tcpLink) Addr() net.Addr { return l.ln.Addr() }
 
 func (l *tcpLink) Close() error {
+	closeDevices(l.devs)
 	if err := l.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}
@@ -128,6 +144,13 @@ func (l *tcpLink) Close() error {
 }
 
 func (l *tcpLink) Devices() []sim.Device { return simDevices(l.devs) }
+
+// closeDevices stops what the devices' actions left pending.
+func closeDevices(devs []*device.Device) {
+	for _, d := range devs {
+		d.Close()
+	}
+}
 
 func simDevices(devs []*device.Device) []sim.Device {
 	out := make([]sim.Device, len(devs))

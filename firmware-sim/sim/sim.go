@@ -55,7 +55,10 @@ type Stats struct {
 	// Polls counts requests answered, normally or with an exception.
 	Polls int64 `json:"polls"`
 	// ReadingsServed counts signals whose whole value the device sent in
-	// a response that went out in full.
+	// a response that went out in full, but for fast signals
+	// (configs.Signal.Fast): the gateway reads those at the device's
+	// alarm_poll too and publishes what changed; the changes of alarm
+	// inputs count in EventsServed.
 	ReadingsServed int64 `json:"readings_served"`
 	// Exceptions counts exception responses.
 	Exceptions int64 `json:"exceptions"`

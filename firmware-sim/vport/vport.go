@@ -23,6 +23,7 @@ type Port struct {
 	master *os.File // non-blocking, so deadlines and Close unblock reads
 	slave  *os.File // kept open: with no slave open the master reads EIO
 	link   string
+	noise  *Noise // set before use; nil for a clean line
 }
 
 var _ slave.LineSensor = (*Port)(nil)
@@ -117,11 +118,31 @@ func (p *Port) Path() string { return p.slave.Name() }
 // Link is the path the port is linked at.
 func (p *Port) Link() string { return p.link }
 
+// SetNoise makes the line noisy in both directions: what the master wrote
+// is damaged before the device reads it, and what the device writes before
+// the master reads it. It is called before the port is used.
+func (p *Port) SetNoise(n *Noise) { p.noise = n }
+
+// Noise is the line's noise, nil for a clean line.
+func (p *Port) Noise() *Noise { return p.noise }
+
 // Read reads what the master wrote.
-func (p *Port) Read(b []byte) (int, error) { return p.master.Read(b) }
+func (p *Port) Read(b []byte) (int, error) {
+	n, err := p.master.Read(b)
+	if n > 0 {
+		p.noise.Corrupt(b[:n])
+	}
+	return n, err
+}
 
 // Write sends b to the master.
-func (p *Port) Write(b []byte) (int, error) { return p.master.Write(b) }
+func (p *Port) Write(b []byte) (int, error) {
+	if p.noise != nil {
+		b = append([]byte(nil), b...) // the caller's bytes stay intact
+		p.noise.Corrupt(b)
+	}
+	return p.master.Write(b)
+}
 
 // SetReadDeadline bounds the next reads.
 func (p *Port) SetReadDeadline(t time.Time) error { return p.master.SetReadDeadline(t) }

@@ -94,3 +94,38 @@ func TestLink(t *testing.T) {
 		t.Errorf("link after Close: %v", err)
 	}
 }
+
+// TestNoise: noise damages about its share of the bytes, one bit each,
+// repeatably for a seed, and none when the share is 0.
+func TestNoise(t *testing.T) {
+	clean := make([]byte, 100000)
+	for i := range clean {
+		clean[i] = byte(i)
+	}
+	b := append([]byte(nil), clean...)
+	n := NewNoise(0.05, 1, "rs485-1")
+	hit := n.Corrupt(b)
+	if hit < 4500 || hit > 5500 || n.Corrupted() != int64(hit) {
+		t.Errorf("%d of %d bytes damaged (counted %d), want about 5%%", hit, len(b), n.Corrupted())
+	}
+	diff := 0
+	for i := range b {
+		if x := b[i] ^ clean[i]; x != 0 {
+			diff++
+			if x&(x-1) != 0 {
+				t.Fatalf("byte %d: %08b became %08b, more than one bit", i, clean[i], b[i])
+			}
+		}
+	}
+	if diff != hit {
+		t.Errorf("%d bytes differ, %d said damaged", diff, hit)
+	}
+	again := append([]byte(nil), clean...)
+	NewNoise(0.05, 1, "rs485-1").Corrupt(again)
+	if string(again) != string(b) {
+		t.Error("the same seed and key damaged other bytes")
+	}
+	if NewNoise(0, 1, "x").Corrupt(again) != 0 || (*Noise)(nil).Corrupt(again) != 0 {
+		t.Error("no noise damaged bytes")
+	}
+}

@@ -3,5 +3,6 @@ package main
 // The protocol drivers this gateway ships; each registers itself by name.
 import (
 	_ "outpost/drivers/dc09"
+	_ "outpost/drivers/dcon"
 	_ "outpost/drivers/modbus"
 )

@@ -1,0 +1,188 @@
+package bus
+
+import (
+	"context"
+	"maps"
+	"time"
+
+	"outpost/gateway/model"
+)
+
+// Attempt is how hard a request is tried. The zero value is the link's own
+// retries and timeout.
+type Attempt struct {
+	Once    bool          // one try, no retries
+	Timeout time.Duration // at most this long to answer, when set
+}
+
+// On is how many tries a request gets, and how long each waits, on a link
+// with these retries and timeout.
+func (a Attempt) On(retries int, timeout time.Duration) (int, time.Duration) {
+	tries := max(retries, 0) + 1
+	if a.Once {
+		tries = 1
+	}
+	if a.Timeout > 0 {
+		timeout = min(timeout, a.Timeout)
+	}
+	return tries, timeout
+}
+
+// How an offline device is probed.
+const (
+	// MaxBackoff caps the interval between probes (unless the device's own
+	// poll interval is longer).
+	MaxBackoff = 30 * time.Second
+	// ProbeTimeout is how long a probe waits for an answer (beyond the
+	// frames' wire time on a bus) while the backoff grows. Devices answer
+	// in milliseconds to tens of them; a slower one is still found by the
+	// probes at the cap, which wait the link's full timeout.
+	ProbeTimeout = 200 * time.Millisecond
+	// OfflineAfter is how many polls in a row that got no answer at all
+	// make a device offline.
+	OfflineAfter = 3
+)
+
+// Result sums up one poll for the health tracker.
+type Result struct {
+	Requests, Failed int  // requests made, and how many of them failed
+	LinkDown         bool // the link could not carry them
+	Silent           bool // nothing answered any request
+	Late             bool // the poll started late (see Line.Started)
+	Reason           string
+	Counters         []string // one counter name per failure
+	// Retried are failures that a retry rode over: counted, but the poll
+	// succeeded.
+	Retried []string
+}
+
+// Tracker follows one device's health. It is pure: Observe gets the result
+// of each poll and says when the state changed. It is not safe for
+// concurrent use.
+type Tracker struct {
+	state    model.HealthState
+	silent   int // polls in a row that got no answer at all
+	counters map[string]uint64
+}
+
+// Count adds to counters outside a poll: failures of a device's alarm
+// polls, which do not decide its state. They show in the next health
+// message.
+func (t *Tracker) Count(counters ...string) {
+	if t.counters == nil {
+		t.counters = map[string]uint64{}
+	}
+	for _, c := range counters {
+		t.counters[c]++
+	}
+}
+
+// Silent is how many polls in a row got no answer at all.
+func (t *Tracker) Silent() int { return t.silent }
+
+// State is the device's state after the last poll ("" before the first).
+func (t *Tracker) State() model.HealthState { return t.state }
+
+// Observe records a poll and returns the health and whether its state
+// changed: online when every request succeeded; offline at once when the
+// link is down, or after OfflineAfter polls in a row that got no answer;
+// degraded otherwise: some requests failed, or values did not decode, or
+// the device answered with exceptions or damaged frames only. A device that
+// answers is there, and says what is wrong with it.
+func (t *Tracker) Observe(r Result) (model.Health, bool) {
+	t.Count("polls")
+	t.counters["requests"] += uint64(r.Requests)
+	t.Count(r.Counters...)
+	t.Count(r.Retried...)
+	if r.Late {
+		t.Count("late_polls")
+	}
+	if r.Failed > 0 {
+		t.Count("failures")
+	}
+	state := model.Degraded
+	switch {
+	case r.LinkDown:
+		t.silent = 0
+		state = model.Offline
+	case r.Silent:
+		t.silent++
+		if t.silent >= OfflineAfter {
+			state = model.Offline
+		}
+	default:
+		t.silent = 0
+		if r.Failed == 0 && len(r.Counters) == 0 {
+			state = model.Online
+		} else if r.Failed == 0 {
+			r.Reason = "values that do not decode"
+		}
+	}
+	changed := state != t.state
+	t.state = state
+	return model.Health{State: state, Reason: r.Reason, Counters: maps.Clone(t.counters)}, changed
+}
+
+// Next says when the next poll is due, as an interval from the last one's
+// due time, for a device polled every base, and how its first request is
+// tried. A device that answered nothing at its last poll gets one try:
+// retries ride over a frame lost now and then, not over a device that is
+// not there. Once it is offline for silence, it is probed: one try of its
+// first request with a short timeout, at an interval that doubles from its
+// poll interval up to MaxBackoff, where probes wait the full timeout. Any
+// answer makes the poll go on with the rest of it, at the normal rate from
+// then on. A device that answers badly (exceptions, damaged frames) keeps
+// its rate: it costs no timeouts, and its readings are wanted as soon as it
+// recovers.
+func (t *Tracker) Next(base time.Duration) (time.Duration, Attempt) {
+	switch {
+	case t.silent == 0:
+		return base, Attempt{}
+	case t.state != model.Offline:
+		return base, Attempt{Once: true}
+	}
+	limit := max(MaxBackoff, base)
+	d := base
+	for i := OfflineAfter; i < t.silent && d < limit; i++ {
+		d *= 2
+	}
+	if d < limit {
+		return d, Attempt{Once: true, Timeout: ProbeTimeout}
+	}
+	return limit, Attempt{Once: true}
+}
+
+// NextSlot is when the next poll runs: one interval after the last one's
+// slot, so that a poll that had to wait does not shift every later one;
+// slots missed entirely are skipped, not made up in a burst.
+func NextSlot(slot time.Time, interval time.Duration, now time.Time) time.Time {
+	slot = slot.Add(interval)
+	if behind := now.Sub(slot); behind > interval {
+		slot = slot.Add(behind / interval * interval)
+	}
+	return slot
+}
+
+// Every runs poll at once and then in slots (see NextSlot) until ctx
+// ends; poll gets the time its turn was due (the slot before any skipping:
+// how late a poll is counts from it) and returns the interval to the next
+// one. It returns when ctx ended, after poll returned.
+func Every(ctx context.Context, poll func(ctx context.Context, due time.Time) time.Duration) {
+	slot := time.Now()
+	due := slot
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		interval := poll(ctx, due)
+		if ctx.Err() != nil {
+			return
+		}
+		due, slot = slot.Add(interval), NextSlot(slot, interval, time.Now())
+		timer.Reset(time.Until(slot))
+	}
+}

@@ -1,0 +1,123 @@
+package bus
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"outpost/gateway/model"
+)
+
+func TestTracker(t *testing.T) {
+	ok := Result{Requests: 2}
+	half := Result{Requests: 2, Failed: 1, Reason: "exception 2 (illegal data address) reading input register 5 (0x0005): b", Counters: []string{"exceptions"}}
+	bad := Result{Requests: 2, Failed: 2, Reason: "exception 4 (server device failure) reading input register 5 (0x0005): b", Counters: []string{"exceptions", "exceptions"}}
+	silent := Result{Requests: 1, Failed: 1, Silent: true, Reason: "no answer from any unit on bus: check wiring, port, baud rate and parity", Counters: []string{"timeouts"}}
+	down := Result{Requests: 1, Failed: 1, LinkDown: true, Reason: "open /dev/x: gone reading input register 5 (0x0005)", Counters: []string{"link_down"}}
+	late := Result{Requests: 2, Late: true}
+	undecoded := Result{Requests: 1, Counters: []string{"decode_errors"}}
+	steps := []struct {
+		name    string
+		res     Result
+		state   model.HealthState
+		changed bool
+		reason  string
+	}{
+		{"first poll", ok, model.Online, true, ""},
+		{"again", ok, model.Online, false, ""},
+		{"one request fails", half, model.Degraded, true, half.Reason},
+		{"recovers", ok, model.Online, true, ""},
+		{"silent once", silent, model.Degraded, true, silent.Reason},
+		{"silent twice", silent, model.Degraded, false, silent.Reason},
+		{"silent three times", silent, model.Offline, true, silent.Reason},
+		{"still silent", silent, model.Offline, false, silent.Reason},
+		{"answers, badly", half, model.Degraded, true, half.Reason},
+		{"silent again, the count restarts", silent, model.Degraded, false, silent.Reason},
+		{"answers", ok, model.Online, true, ""},
+		{"every request answered with an exception", bad, model.Degraded, true, bad.Reason},
+		{"and again", bad, model.Degraded, false, bad.Reason},
+		{"and again: it answers, so it is not offline", bad, model.Degraded, false, bad.Reason},
+		{"link down", down, model.Offline, true, down.Reason},
+		{"a late poll", late, model.Online, true, ""},
+		{"values that do not decode", undecoded, model.Degraded, true, "values that do not decode"},
+	}
+	var tr Tracker
+	for i, s := range steps {
+		h, changed := tr.Observe(s.res)
+		if h.State != s.state || changed != s.changed || h.Reason != s.reason {
+			t.Fatalf("step %d (%s): %s changed=%v %q, want %s changed=%v %q", i, s.name, h.State, changed, h.Reason, s.state, s.changed, s.reason)
+		}
+	}
+	// The 17 polls above and an empty one.
+	want := map[string]uint64{"polls": 18, "requests": 27, "failures": 11, "exceptions": 8, "timeouts": 5, "link_down": 1,
+		"decode_errors": 1, "late_polls": 1}
+	if h, _ := tr.Observe(Result{}); fmt.Sprint(h.Counters) != fmt.Sprint(want) {
+		t.Errorf("counters %v, want %v", h.Counters, want)
+	}
+}
+
+// TestNextPoll: how often a device is polled and how its first request is
+// tried, after a sequence of polls.
+func TestNextPoll(t *testing.T) {
+	answered := Result{Requests: 2}
+	silent := Result{Requests: 1, Failed: 1, Silent: true, Counters: []string{"timeouts"}}
+	bad := Result{Requests: 2, Failed: 2, Counters: []string{"crc_errors", "crc_errors"}}
+	down := Result{Requests: 1, Failed: 1, LinkDown: true, Counters: []string{"link_down"}}
+	times := func(n int, r Result) []Result { return slices.Repeat([]Result{r}, n) }
+	once, probe := Attempt{Once: true}, Attempt{Once: true, Timeout: ProbeTimeout}
+	s := time.Second
+	cases := []struct {
+		name     string
+		poll     time.Duration
+		polls    []Result
+		interval time.Duration
+		first    Attempt
+	}{
+		{"never polled", s, nil, s, Attempt{}},
+		{"answers", s, times(5, answered), s, Attempt{}},
+		{"silent once: one try, no retries", s, times(1, silent), s, once},
+		{"silent twice", s, times(2, silent), s, once},
+		{"offline: probed at the poll interval", s, times(3, silent), s, probe},
+		{"probe failed once", s, times(4, silent), 2 * s, probe},
+		{"probe failed twice", s, times(5, silent), 4 * s, probe},
+		{"probe failed 4 times", s, times(7, silent), 16 * s, probe},
+		{"at the cap the probe waits the full timeout", s, times(8, silent), 30 * s, once},
+		{"and stays there", s, times(20, silent), 30 * s, once},
+		{"answers again: back to normal at once", s, append(times(8, silent), answered), s, Attempt{}},
+		{"answers badly: keeps its rate", s, times(10, bad), s, Attempt{}},
+		{"link down: paced by the link", s, times(10, down), s, Attempt{}},
+		{"poll of 20 s", 20 * s, times(4, silent), 30 * s, once},
+		{"poll of 1 min", time.Minute, times(10, silent), time.Minute, once},
+	}
+	for _, c := range cases {
+		var tr Tracker
+		for _, r := range c.polls {
+			tr.Observe(r)
+		}
+		if interval, first := tr.Next(c.poll); interval != c.interval || first != c.first {
+			t.Errorf("%s: next poll in %v with %+v, want %v with %+v", c.name, interval, first, c.interval, c.first)
+		}
+	}
+}
+
+func TestNextSlot(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ms := time.Millisecond
+	cases := []struct {
+		name string
+		now  time.Duration // after t0, the last slot
+		want time.Duration
+	}{
+		{"on time", 100 * ms, 1000 * ms},
+		{"Late: the next starts at once, on the grid", 1200 * ms, 1000 * ms},
+		{"exactly one interval behind", 2000 * ms, 1000 * ms},
+		{"a slot missed: skipped", 2500 * ms, 2000 * ms},
+		{"many slots missed", 10300 * ms, 10000 * ms},
+	}
+	for _, c := range cases {
+		if got := NextSlot(t0, time.Second, t0.Add(c.now)).Sub(t0); got != c.want {
+			t.Errorf("%s: next slot at %v, want %v", c.name, got, c.want)
+		}
+	}
+}

@@ -1,0 +1,202 @@
+package bus
+
+import (
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Addresses says how a protocol names the addresses of devices on a link,
+// in the words of its manuals, for the reasons an installer reads.
+type Addresses struct {
+	// One and Many name one address and several: "unit", "units".
+	One, Many string
+	// Format writes an address: "%d" for Modbus unit ids, "%02X" for DCON
+	// addresses.
+	Format string
+	// Fix is what to check when one address is silent while others
+	// answer: "wrong unit id, or device off".
+	Fix string
+}
+
+func (a Addresses) name(addr int) string { return fmt.Sprintf(a.Format, addr) }
+
+// Line is what the pollers of one link (a bus or an endpoint) share: the
+// lock that lets one request at a time onto the line or connection, and
+// what only the link as a whole can tell: which addresses answer, which
+// device holds the wire longest, and whether polls run late.
+type Line struct {
+	name  string
+	hint  string // what to check when no address on the link answers
+	addrs Addresses
+	quiet time.Duration // see lateness
+	log   *slog.Logger
+
+	// Lock is held by a poller around each request: requests of
+	// different devices interleave one by one, and a poller sees when its
+	// request got the wire.
+	Lock Turns
+
+	mu       sync.Mutex         // guards what follows
+	known    map[int]bool       // the link's addresses
+	answered map[int]bool       // address -> whether its last poll was answered
+	share    map[string]float64 // device -> wire time of its last poll over its interval
+	late     lateness
+}
+
+// LateQuiet is the least time without a late poll after which a link that
+// ran late counts as on time again; it is at least two intervals of the
+// link's slowest device, which must have had its chance to be on time.
+const LateQuiet = 10 * time.Second
+
+// NewLine makes the line of a link named name; hint says what to check
+// when no device on it answers.
+func NewLine(name, hint string, addrs Addresses, log *slog.Logger) *Line {
+	return &Line{name: name, hint: hint, addrs: addrs, quiet: LateQuiet, log: log,
+		known: map[int]bool{}, answered: map[int]bool{}, share: map[string]float64{}}
+}
+
+// Add makes a device's address known to the line, with its poll interval.
+// It is called before the pollers start.
+func (l *Line) Add(addr int, every time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.quiet = max(l.quiet, 2*every)
+	l.known[addr] = true
+}
+
+// Started notes that a poll of dev got the wire `by` after it was due and
+// says whether that is late. It logs, at warning level, when the link
+// starts running late and when it is on time again, with the figures.
+func (l *Line) Started(dev string, by, interval time.Duration) bool {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	late, began, ended := l.late.observe(now, by, interval, l.quiet)
+	switch {
+	case began:
+		busiest, load := l.busiest()
+		l.log.Warn("link polls running late", "device", dev, "late_by", by.Round(time.Millisecond), "interval", interval,
+			"busiest_device", busiest, "busiest_share", percent(l.share[busiest]), "load", percent(load))
+	case ended:
+		l.log.Warn("link polls on time again", "late_polls", l.late.polls, "worst_late_by", l.late.worst.Round(time.Millisecond),
+			"lasted", l.late.last.Sub(l.late.since).Round(time.Millisecond))
+	}
+	return late
+}
+
+// Held notes how long a device's poll has held the wire so far. The poller
+// calls it under the wire lock, so that whoever gets the wire next sees it.
+func (l *Line) Held(dev string, held, interval time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.share[dev] = float64(held) / float64(interval)
+}
+
+// Heard notes whether an address answered anything at its last poll.
+func (l *Line) Heard(addr int, answered bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.answered[addr] = answered
+}
+
+// busiest is the device whose last poll took the largest share of its
+// interval on the wire (its latest, when under way), and the sum of every
+// device's share: the link's load. The caller holds l.mu.
+func (l *Line) busiest() (string, float64) {
+	var dev string
+	var load float64
+	for _, d := range slices.Sorted(maps.Keys(l.share)) {
+		load += l.share[d]
+		if dev == "" || l.share[d] > l.share[dev] {
+			dev = d
+		}
+	}
+	return dev, load
+}
+
+// Silence is the health reason of an address that answered nothing, in
+// words an installer can act on.
+func (l *Line) Silence(addr int) string {
+	l.mu.Lock()
+	var answering []int
+	unknown := false
+	for a := range l.known {
+		if a == addr {
+			continue
+		}
+		ok, polled := l.answered[a]
+		if ok {
+			answering = append(answering, a)
+		}
+		unknown = unknown || !polled
+	}
+	l.mu.Unlock()
+	return SilenceReason(l.name, l.hint, l.addrs, addr, answering, unknown)
+}
+
+// SilenceReason: when other addresses on the link answer, the link works
+// and this address is not there; when none does, the link itself is
+// suspect, unless some have not been asked yet.
+func SilenceReason(link, hint string, a Addresses, addr int, answering []int, unknown bool) string {
+	switch {
+	case len(answering) == 1:
+		return fmt.Sprintf("no answer from %s %s while %s %s answers: %s", a.One, a.name(addr), a.One, a.name(answering[0]), a.Fix)
+	case len(answering) > 1:
+		return fmt.Sprintf("no answer from %s %s while %s answer: %s", a.One, a.name(addr), a.list(answering), a.Fix)
+	case unknown:
+		return fmt.Sprintf("no answer from %s %s", a.One, a.name(addr))
+	}
+	return fmt.Sprintf("no answer from any %s on %s: %s", a.One, link, hint)
+}
+
+// list writes two or more addresses: "units 1 and 3", "units 1, 3 and 4".
+func (a Addresses) list(addrs []int) string {
+	slices.Sort(addrs)
+	s := make([]string, len(addrs))
+	for i, u := range addrs {
+		s[i] = a.name(u)
+	}
+	return a.Many + " " + strings.Join(s[:len(s)-1], ", ") + " and " + s[len(s)-1]
+}
+
+func percent(f float64) string { return fmt.Sprintf("%.0f%%", 100*f) }
+
+// lateness follows whether a link's polls run late. A poll is late when it
+// gets the wire more than half its interval after it was due: it is then
+// nearer its next due time than its own, and the device is effectively read
+// less often than configured. The link runs late from its first late poll
+// until no poll has been late for a quiet period, so that a link at the
+// edge is reported once, not at every poll.
+type lateness struct {
+	running     bool
+	since, last time.Time     // the first and the latest late poll of the episode
+	polls       int           // late polls in the episode
+	worst       time.Duration // the latest start of the episode
+}
+
+// observe records a poll that got the wire `by` after it was due, at now.
+// It says whether the poll was late, and whether the link began running
+// late with it or ended an episode.
+func (l *lateness) observe(now time.Time, by, interval, quiet time.Duration) (late, began, ended bool) {
+	if by > interval/2 {
+		if !l.running {
+			*l = lateness{running: true, since: now}
+			began = true
+		}
+		l.last, l.polls, l.worst = now, l.polls+1, max(l.worst, by)
+		return true, began, false
+	}
+	if l.running && now.Sub(l.last) >= quiet {
+		l.running = false
+		return false, false, true
+	}
+	return false, false, false
+}
+
+// Name is the link's id.
+func (l *Line) Name() string { return l.name }

@@ -1,0 +1,77 @@
+package bus
+
+import (
+	"testing"
+	"time"
+)
+
+// units is how Modbus names its addresses; dcon's are hex.
+var units = Addresses{One: "unit", Many: "units", Format: "%d", Fix: "wrong unit id, or device off"}
+
+func TestLateness(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const quiet = 10 * time.Second
+	ms := time.Millisecond
+	steps := []struct {
+		at, by             time.Duration
+		late, began, ended bool
+		polls              int
+		worst              time.Duration
+	}{
+		{0, 100 * ms, false, false, false, 0, 0},
+		{1 * time.Second, 500 * ms, false, false, false, 0, 0}, // half an interval is not late
+		{2 * time.Second, 600 * ms, true, true, false, 1, 600 * ms},
+		{3 * time.Second, 900 * ms, true, false, false, 2, 900 * ms},
+		{4 * time.Second, 700 * ms, true, false, false, 3, 900 * ms},
+		{9 * time.Second, 0, false, false, false, 3, 900 * ms},
+		{14 * time.Second, 0, false, false, true, 3, 900 * ms}, // quiet since the last late poll
+		{15 * time.Second, 0, false, false, false, 3, 900 * ms},
+		{16 * time.Second, 2 * time.Second, true, true, false, 1, 2 * time.Second},
+	}
+	var l lateness
+	for i, s := range steps {
+		late, began, ended := l.observe(t0.Add(s.at), s.by, time.Second, quiet)
+		if late != s.late || began != s.began || ended != s.ended || l.polls != s.polls || l.worst != s.worst {
+			t.Errorf("step %d (at %v, %v late): late=%v began=%v ended=%v, %d late polls, worst %v; want %v %v %v, %d, %v",
+				i, s.at, s.by, late, began, ended, l.polls, l.worst, s.late, s.began, s.ended, s.polls, s.worst)
+		}
+	}
+}
+
+func TestSilenceReason(t *testing.T) {
+	cases := []struct {
+		link, hint string
+		unit       int
+		answering  []int
+		unknown    bool
+		want       string
+	}{
+		{"rs485-1", "check wiring, port, baud rate and parity", 9, []int{3, 1}, false, "no answer from unit 9 while units 1 and 3 answer: wrong unit id, or device off"},
+		{"rs485-1", "check wiring, port, baud rate and parity", 9, []int{1}, true, "no answer from unit 9 while unit 1 answers: wrong unit id, or device off"},
+		{"rs485-1", "check wiring, port, baud rate and parity", 9, []int{4, 1, 3}, false, "no answer from unit 9 while units 1, 3 and 4 answer: wrong unit id, or device off"},
+		{"rs485-1", "check wiring, port, baud rate and parity", 9, nil, false, "no answer from any unit on rs485-1: check wiring, port, baud rate and parity"},
+		{"rs485-1", "check wiring, port, baud rate and parity", 9, nil, true, "no answer from unit 9"}, // some other units not asked yet
+		{"meter-lan", "check the address, and the serial side if it is a Modbus gateway", 2, nil, false, "no answer from any unit on meter-lan: check the address, and the serial side if it is a Modbus gateway"},
+	}
+	for _, c := range cases {
+		if got := SilenceReason(c.link, c.hint, units, c.unit, c.answering, c.unknown); got != c.want {
+			t.Errorf("unit %d, answering %v, unknown %v:\n got %q\nwant %q", c.unit, c.answering, c.unknown, got, c.want)
+		}
+	}
+}
+
+func TestSilenceReasonHex(t *testing.T) {
+	a := Addresses{One: "address", Many: "addresses", Format: "%02X", Fix: "wrong address or baud rate, or module off"}
+	cases := []struct {
+		answering []int
+		want      string
+	}{
+		{[]int{0x0A}, "no answer from address 01 while address 0A answers: wrong address or baud rate, or module off"},
+		{[]int{0x0A, 2}, "no answer from address 01 while addresses 02 and 0A answer: wrong address or baud rate, or module off"},
+	}
+	for _, c := range cases {
+		if got := SilenceReason("rs485-2", "", a, 1, c.answering, false); got != c.want {
+			t.Errorf("answering %v:\n got %q\nwant %q", c.answering, got, c.want)
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package bus
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"go.bug.st/serial"
+
+	"outpost/configs"
+)
+
+// Port is what a transport needs of a serial port.
+type Port interface {
+	io.ReadWriteCloser
+	// SetReadTimeout bounds the next reads; a read that times out
+	// returns (0, nil).
+	SetReadTimeout(time.Duration) error
+	// ResetInputBuffer drops what arrived and was not read: a late answer,
+	// or noise.
+	ResetInputBuffer() error
+}
+
+// OpenFunc opens a serial port.
+type OpenFunc func(path string, mode *serial.Mode) (Port, error)
+
+// OpenSerial opens a serial port with go.bug.st/serial.
+func OpenSerial(path string, mode *serial.Mode) (Port, error) {
+	return serial.Open(path, mode)
+}
+
+// Mode is the port mode of a serial line. InitialStatusBits stays unset:
+// virtual ports refuse it.
+func Mode(s *configs.Serial) (*serial.Mode, error) {
+	m := &serial.Mode{BaudRate: s.Baud, DataBits: s.DataBits, StopBits: serial.OneStopBit}
+	switch s.StopBits {
+	case 0, 1:
+	case 2:
+		m.StopBits = serial.TwoStopBits
+	default:
+		return nil, fmt.Errorf("stop bits %d not supported", s.StopBits)
+	}
+	switch s.Parity {
+	case "", configs.ParityNone:
+		m.Parity = serial.NoParity
+	case configs.ParityEven:
+		m.Parity = serial.EvenParity
+	case configs.ParityOdd:
+		m.Parity = serial.OddParity
+	default:
+		return nil, fmt.Errorf("parity %q not supported", s.Parity)
+	}
+	return m, nil
+}
+
+// Port reopen and redial backoff.
+const (
+	ReopenMin = 250 * time.Millisecond
+	ReopenMax = 10 * time.Second
+)
+
+// Reopen paces attempts to open a port or dial an endpoint after failures,
+// remembering the last failure to report meanwhile.
+type Reopen struct {
+	next  time.Time
+	delay time.Duration
+	err   error // the last failure; nil while the link works
+}
+
+// Waiting says whether the next attempt must wait.
+func (r *Reopen) Waiting() bool { return time.Now().Before(r.next) }
+
+// Fail records a failed attempt and doubles the pause before the next one.
+func (r *Reopen) Fail(err error) {
+	r.delay = min(max(2*r.delay, ReopenMin), ReopenMax)
+	r.next = time.Now().Add(r.delay)
+	r.err = err
+}
+
+// OK records a success.
+func (r *Reopen) OK() { r.delay, r.err = 0, nil }
+
+// Err is the last failure, nil while the link works.
+func (r *Reopen) Err() error { return r.err }
+
+// Delay is the pause before the next attempt.
+func (r *Reopen) Delay() time.Duration { return r.delay }
+
+// LinkDownError is a link that cannot carry requests at all (port missing,
+// endpoint refusing connections): every device on it is offline at once.
+type LinkDownError struct{ Err error }
+
+func (e *LinkDownError) Error() string { return e.Err.Error() }
+func (e *LinkDownError) Unwrap() error { return e.Err }
+
+// PortError is a failure of the port itself (EIO, unplugged, closed): the
+// port is closed and reopened.
+type PortError struct{ Err error }
+
+func (e *PortError) Error() string { return e.Err.Error() }
+func (e *PortError) Unwrap() error { return e.Err }
+
+// Serial is the port of a serial bus, opened when first needed and
+// reopened with backoff after it failed. It is not safe for concurrent
+// use: the bus's wire lock serialises it.
+type Serial struct {
+	path   string
+	mode   *serial.Mode
+	open   OpenFunc
+	log    *slog.Logger
+	port   Port
+	reopen Reopen
+}
+
+// NewSerial is the port of a serial line; open is OpenSerial unless a test
+// says otherwise. It does no I/O.
+func NewSerial(s *configs.Serial, open OpenFunc, log *slog.Logger) (*Serial, error) {
+	mode, err := Mode(s)
+	if err != nil {
+		return nil, err
+	}
+	if open == nil {
+		open = OpenSerial
+	}
+	return &Serial{path: s.Port, mode: mode, open: open, log: log}, nil
+}
+
+// Path is the port's path.
+func (s *Serial) Path() string { return s.path }
+
+// Port returns the open port, opening it unless it waits out a backoff;
+// opened says it was opened now (a transport on it starts afresh). The
+// error is a LinkDownError.
+func (s *Serial) Port() (p Port, opened bool, err error) {
+	if s.port != nil {
+		return s.port, false, nil
+	}
+	if s.reopen.Waiting() {
+		return nil, false, &LinkDownError{s.reopen.err}
+	}
+	p, err = s.open(s.path, s.mode)
+	if err != nil {
+		s.reopen.Fail(fmt.Errorf("open %s: %w", s.path, err))
+		s.log.Warn("serial port unavailable", "port", s.path, "retry_in", s.reopen.delay, "err", err)
+		return nil, false, &LinkDownError{s.reopen.err}
+	}
+	if s.reopen.err != nil {
+		s.log.Info("serial port open again", "port", s.path)
+	}
+	s.reopen.OK()
+	s.port = p
+	return p, true, nil
+}
+
+// Fail closes the port after it failed (err, a PortError's cause) and
+// returns the LinkDownError that its devices report until it is open
+// again.
+func (s *Serial) Fail(err error) error {
+	s.Close()
+	s.reopen.Fail(fmt.Errorf("port %s failed: %w", s.path, err))
+	s.log.Warn("serial port failed, closing", "port", s.path, "err", err)
+	return &LinkDownError{s.reopen.err}
+}
+
+// Close closes the port if it is open.
+func (s *Serial) Close() {
+	if s.port != nil {
+		s.port.Close()
+		s.port = nil
+	}
+}

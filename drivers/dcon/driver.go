@@ -1,0 +1,599 @@
+// Package dcon is the driver of DCON links ("dcon"): RS-485 buses of ASCII
+// I/O modules, Advantech ADAM-4000, ICP DAS I-7000/M-7000 and their
+// clones, cheap dry-contact modules for panic buttons, door contacts,
+// sirens and button LEDs. Several modules share a bus under one wire lock
+// (drivers/bus); each is read with $AA6 at its poll interval and, when its
+// template has inputs with an event rule, at its alarm_poll interval ahead
+// of other polls. Commands from the hub set its outputs (#AA1cdd).
+//
+// What the driver guards against:
+//
+//   - Another module at the address: $AAM is asked when the driver starts
+//     and whenever a module answers again after a silence. A module that
+//     names itself otherwise than its template says is degraded, with a
+//     reason that names both, and none of its values is published as good,
+//     nor any output written: the answer's layout would be another's.
+//   - Damaged answers: a wrong length, a character that is not hex, a
+//     wrong address, a bad checksum, a data byte that must be zero and is
+//     not. Each is counted in the module's health counters (bad_frames,
+//     checksum_errors) and never published.
+//   - Damage that still parses. Without the checksum a single damaged hex
+//     digit reads as a valid answer with another value, and a damaged
+//     address in the command makes another module answer in its place. So
+//     when the I/O a module reports differs from the last confirmed, it is
+//     read again at once, and published as good only when two reads agree;
+//     reads that never agree are counted (unconfirmed_reads) and not
+//     published as good. A change costs one more command, and reaches the
+//     hub one command later. A poll, which publishes unchanged values too,
+//     reads such a module twice every time: a damaged digit can turn a new
+//     state back into the old one as easily as the other way round. With
+//     the checksum on, one valid answer is enough: the sum catches every
+//     damaged character, and a damaged command fails the module's own
+//     check, so no other module answers it.
+//   - Late answers. An answer to $AA6 does not say which module sent it.
+//     After a command that got no answer, or an answer cut short, the
+//     next exchange on the bus first asks its module's name and drops
+//     every frame before that name's answer (transport.sync): a late
+//     answer is never taken for another module's. They are counted
+//     (late_answers).
+package dcon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"outpost/configs"
+	dc "outpost/configs/dcon"
+	"outpost/drivers"
+	"outpost/drivers/bus"
+	"outpost/gateway/model"
+)
+
+func init() { drivers.Register("dcon", newBus) }
+
+// addresses is how DCON manuals name module addresses: two hex digits.
+var addresses = bus.Addresses{One: "address", Many: "addresses", Format: "%02X", Fix: "wrong address, baud rate or checksum setting, or module off"}
+
+const busHint = "check wiring (A/B), port, baud rate and termination"
+
+// module is one DCON module on the bus, and what its pollers share.
+type module struct {
+	cfg    *configs.Device
+	set    *dc.Device
+	kind   string
+	name   string // its template's name
+	tmpl   *dc.Template
+	layout Layout
+	link   string
+	alarms bool // the template has inputs with an event rule
+
+	// mu orders the module's messages (see poll) and guards what follows.
+	mu        sync.Mutex
+	health    bus.Tracker
+	known     bool   // $AAM matched since the module last answered again
+	wrong     string // the reason while it names itself otherwise
+	confirmed *State // the I/O last read twice alike
+	published []model.Reading
+	pubAt     time.Time // when the published I/O was read
+}
+
+// Bus is the driver of one DCON bus.
+type Bus struct {
+	cfg     *dc.Link
+	line    *bus.Line
+	modules []*module
+	byID    map[string]*module
+	log     *slog.Logger
+
+	// Under the wire lock:
+	port *bus.Serial
+	tr   *transport
+}
+
+var (
+	_ drivers.Driver    = (*Bus)(nil)
+	_ drivers.Commander = (*Bus)(nil)
+)
+
+func newBus(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
+	return build(link, nil, log)
+}
+
+// build makes the driver; open opens the port (bus.OpenSerial when nil).
+func build(link drivers.Link, open bus.OpenFunc, log *slog.Logger) (*Bus, error) {
+	cfg, ok := link.Config.Settings.(*dc.Link)
+	if !ok {
+		return nil, fmt.Errorf("dcon: link %s is not a DCON bus", link.Name())
+	}
+	port, err := bus.NewSerial(&cfg.Serial, open, log)
+	if err != nil {
+		return nil, fmt.Errorf("bus %s: %w", link.Name(), err)
+	}
+	b := &Bus{cfg: cfg, line: bus.NewLine(link.Name(), busHint, addresses, log), byID: map[string]*module{}, log: log, port: port}
+	for _, d := range link.Devices {
+		t := link.Template(d)
+		if t == nil {
+			return nil, fmt.Errorf("device %s on %s: template %q not loaded", d.ID, link.Name(), d.Template)
+		}
+		body, ok := t.Body.(*dc.Template)
+		set, ok2 := d.Settings.(*dc.Device)
+		if !ok || !ok2 {
+			return nil, fmt.Errorf("device %s on %s: not a DCON module (template %s of family %s)", d.ID, link.Name(), t.Name, t.Protocol)
+		}
+		if set.Address < 0 || set.Address > 0xFF {
+			return nil, fmt.Errorf("device %s on %s: address %d outside 0-255", d.ID, link.Name(), set.Address)
+		}
+		in, out := body.Bytes()
+		m := &module{cfg: d, set: set, kind: t.Kind, name: t.Name, tmpl: body, layout: Layout{In: in, Out: out}, link: link.Name()}
+		for _, i := range body.Inputs {
+			m.alarms = m.alarms || i.Event != nil
+		}
+		b.modules = append(b.modules, m)
+		b.byID[d.ID] = m
+		b.line.Add(set.Address, m.every())
+	}
+	return b, nil
+}
+
+func (m *module) every() time.Duration {
+	if m.set.Poll > 0 {
+		return m.set.Poll
+	}
+	return time.Second
+}
+
+func (m *module) alarmEvery() time.Duration {
+	if m.set.AlarmPoll > 0 {
+		return m.set.AlarmPoll
+	}
+	return 100 * time.Millisecond
+}
+
+func (b *Bus) timeout() time.Duration {
+	if b.cfg.Timeout > 0 {
+		return b.cfg.Timeout
+	}
+	return 200 * time.Millisecond
+}
+
+// Run polls the bus's modules until ctx ends.
+func (b *Bus) Run(ctx context.Context, emit drivers.Emit) error {
+	var wg sync.WaitGroup
+	for _, m := range b.modules {
+		p := &poller{b: b, m: m, emit: emit, log: b.log.With("device", m.cfg.ID)}
+		wg.Go(func() { bus.Every(ctx, p.poll) })
+		if m.alarms {
+			wg.Go(func() { bus.Every(ctx, p.alarmPoll) })
+		}
+	}
+	wg.Wait()
+	b.port.Close() // every poller has stopped
+	b.tr = nil
+	return nil
+}
+
+// ask sends one command to a module and parses its answer, once. The
+// caller holds the wire lock.
+func (b *Bus) ask(m *module, text string, k Kind, timeout time.Duration) (Answer, error) {
+	p, opened, err := b.port.Port()
+	if err != nil {
+		return Answer{}, err
+	}
+	if opened || b.tr == nil {
+		b.tr = &transport{port: p, char: b.cfg.CharTime()}
+	}
+	b.tr.timeout = timeout
+	var frame []byte
+	late := b.tr.late
+	if b.tr.unsynced {
+		err = b.tr.sync(Command(readName(m.set.Address), m.set.Checksum), func(f []byte) bool {
+			_, err := Parse(f, KindName, m.set.Address, m.set.Checksum)
+			return err == nil
+		})
+	}
+	if err == nil {
+		frame, err = b.tr.exchange(Command(text, m.set.Checksum), answerLen(k, m.set.Checksum))
+	}
+	if b.tr.late > late {
+		// The answers were realigned: count the late ones dropped.
+		var te *TimeoutError
+		if errors.As(err, &te) {
+			te.Late = b.tr.late - late
+		} else if err == nil {
+			b.lateAnswers(m)
+		}
+	}
+	var pe *bus.PortError
+	if errors.As(err, &pe) {
+		b.tr = nil
+		return Answer{}, b.port.Fail(pe.Err)
+	}
+	if err != nil {
+		return Answer{}, err
+	}
+	ans, err := Parse(frame, k, m.set.Address, m.set.Checksum)
+	if len(frame) == 0 || frame[len(frame)-1] != cr {
+		// An answer cut short (its CR lost, or a pause): the rest of it,
+		// or the real one, may still be on its way, to be taken for the
+		// next command's.
+		b.tr.unsynced = true
+	}
+	return ans, err
+}
+
+// lateAnswers counts answers that came after their timeout and were
+// dropped when the answers were realigned.
+func (b *Bus) lateAnswers(m *module) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.health.Count("late_answers")
+}
+
+// request runs one command under the wire lock at priority prio, with the
+// bus's retries unless the attempt says once, and counts every failure.
+// Only reads are retried: see Set for writes.
+func (b *Bus) request(ctx context.Context, prio bus.Priority, m *module, text string, k Kind, a bus.Attempt, r *result) (Answer, error) {
+	tries, timeout := a.On(b.cfg.Retries, b.timeout())
+	var err error
+	for try := 0; try < tries; try++ {
+		if err = b.line.Lock.Lock(ctx, prio); err != nil {
+			return Answer{}, err
+		}
+		var ans Answer
+		ans, err = b.ask(m, text, k, timeout)
+		b.line.Lock.Unlock()
+		if ctx.Err() != nil {
+			return Answer{}, ctx.Err()
+		}
+		r.requests++
+		if err == nil {
+			r.answered = true
+			return ans, nil
+		}
+		r.fail(err)
+		// A ?AA to a read every module of the family knows ($AA6, $AAM)
+		// is a command the noise damaged into another: it is asked again
+		// like a damaged answer. Only a link that is down stops the tries.
+		var ld *bus.LinkDownError
+		if errors.As(err, &ld) {
+			return Answer{}, err
+		}
+	}
+	return Answer{}, err
+}
+
+// result gathers what a poll's commands met.
+type result struct {
+	requests int
+	answered bool // some answer came, valid or not
+	silent   int  // commands that got nothing
+	linkDown bool
+	counters []string
+	first    error
+}
+
+// fail counts a failed command.
+func (r *result) fail(err error) {
+	counter := classify(err)
+	r.counters = append(r.counters, counter)
+	switch counter {
+	case "timeouts":
+		r.silent++
+		var te *TimeoutError
+		if errors.As(err, &te) && te.Got+te.Late > 0 {
+			r.answered = true
+		}
+		if te != nil && te.Late > 0 {
+			r.counters = append(r.counters, "late_answers")
+		}
+	case "link_down":
+		r.linkDown = true
+	default:
+		r.answered = true // a damaged answer is an answer: the module is there
+	}
+	if r.first == nil {
+		r.first = err
+	}
+}
+
+// classify names the health counter of a failed command.
+func classify(err error) string {
+	var fe *FrameError
+	var te *TimeoutError
+	var ld *bus.LinkDownError
+	var re *RefusedError
+	switch {
+	case errors.As(err, &ld):
+		return "link_down"
+	case errors.As(err, &te):
+		return "timeouts"
+	case errors.As(err, &fe) && fe.Kind == badChecksum:
+		return "checksum_errors"
+	case errors.As(err, &fe):
+		return "bad_frames"
+	case errors.As(err, &re):
+		return "refused"
+	case errors.Is(err, IgnoredError):
+		return "ignored"
+	}
+	return "io_errors"
+}
+
+// forgetAfter is how many polls in a row that got no answer make the
+// driver forget the module's name (and its alarm polls pause): one such
+// poll on a noisy line is a few damaged commands, not a module gone.
+const forgetAfter = 2
+
+// poller polls one module.
+type poller struct {
+	b    *Bus
+	m    *module
+	emit drivers.Emit
+	log  *slog.Logger
+}
+
+// identify asks the module its name, unless it was known since it last
+// answered again, and says whether the module is the template's. The
+// name must come twice alike: one damaged digit turns a 4051 into a 4050.
+func (p *poller) identify(ctx context.Context, prio bus.Priority, a bus.Attempt, r *result) bool {
+	m := p.m
+	m.mu.Lock()
+	known := m.known
+	m.mu.Unlock()
+	if known {
+		return true
+	}
+	tries, _ := a.On(p.b.cfg.Retries, 0)
+	var name string
+	for i := 0; i < 2*tries+1; i++ {
+		ans, err := p.b.request(ctx, prio, m, readName(m.set.Address), KindName, bus.Attempt{Once: true, Timeout: a.Timeout}, r)
+		if err != nil {
+			if !r.answered && i+1 >= tries || ctx.Err() != nil {
+				return false // silent: the poll says so
+			}
+			continue
+		}
+		if ans.Name != name {
+			name = ans.Name
+			continue
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if name != m.tmpl.Module {
+			m.wrong = fmt.Sprintf("module at address %02X says it is %s, template %s expects %s", m.set.Address, name, m.name, m.tmpl.Module)
+			r.counters = append(r.counters, "wrong_module")
+			return false
+		}
+		if m.wrong != "" {
+			p.log.Info("module is the template's again", "module", name)
+		}
+		m.known, m.wrong = true, ""
+		return true
+	}
+	r.counters = append(r.counters, "unconfirmed_reads")
+	return false
+}
+
+// reading is a module's I/O as read, with the time of the answer that
+// settled it.
+type reading struct {
+	State
+	at time.Time
+	// twice says two reads agreed on it; otherwise one read showed the
+	// last confirmed state again.
+	twice bool
+}
+
+// state reads the module's I/O and returns it once it is confirmed (see
+// the package comment), or nil when it could not be read or confirmed.
+// Two valid reads that agree confirm a state; so does one that shows the
+// last confirmed state, unless strict: a damaged digit can turn a new
+// state back into the old one as easily as the other way round, so a
+// caller that publishes unchanged values from a module without checksum
+// asks for two reads alike every time. Damaged answers and timeouts are
+// read past, within a budget of reads set by the link's retries.
+func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r *result, strict bool) *reading {
+	m := p.m
+	m.mu.Lock()
+	confirmed := m.confirmed
+	m.mu.Unlock()
+	tries, _ := a.On(p.b.cfg.Retries, 0)
+	var cand *State
+	silent := 0
+	for i := 0; i < 2*tries+2; i++ {
+		ans, err := p.b.request(ctx, prio, m, readIO(m.set.Address), KindReadIO, bus.Attempt{Once: true, Timeout: a.Timeout}, r)
+		at := time.Now()
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ld *bus.LinkDownError
+		var te *TimeoutError
+		switch {
+		case errors.As(err, &ld):
+			return nil
+		case errors.As(err, &te):
+			if silent++; cand == nil && silent >= tries {
+				return nil // not there: the poll says so, an alarm poll waits
+			}
+			continue
+		case err != nil:
+			continue
+		}
+		s, err := m.layout.Decode(ans.Data)
+		if err != nil {
+			r.fail(err)
+			continue
+		}
+		switch {
+		case cand != nil && s == *cand, m.set.Checksum:
+			// Two reads agree; or the checksum vouches for one: it catches
+			// every damaged character, and a damaged command fails the
+			// module's own check, so no other module answers it.
+			m.mu.Lock()
+			m.confirmed = &s
+			m.mu.Unlock()
+			return &reading{State: s, at: at, twice: true}
+		case !strict && confirmed != nil && s == *confirmed:
+			if cand != nil {
+				r.counters = append(r.counters, "unconfirmed_reads") // cand was damaged
+			}
+			return &reading{State: s, at: at}
+		}
+		if cand != nil {
+			r.counters = append(r.counters, "unconfirmed_reads")
+		}
+		cand = &s
+	}
+	r.counters = append(r.counters, "unconfirmed_reads")
+	return nil
+}
+
+// readings are the module's signals in a state (all bad when s is nil).
+func (m *module) readings(s *reading) []model.Reading {
+	out := make([]model.Reading, 0, len(m.tmpl.Inputs)+len(m.tmpl.Outputs))
+	for _, in := range m.tmpl.Inputs {
+		r := model.Reading{Signal: in.Signal, Quality: model.Bad}
+		if s != nil {
+			r.Value, r.Quality = model.Bool(s.In>>in.Channel&1 == 1 != in.Invert), model.Good
+		}
+		out = append(out, r)
+	}
+	for _, o := range m.tmpl.Outputs {
+		r := model.Reading{Signal: o.Signal, Quality: model.Bad}
+		if s != nil {
+			r.Value, r.Quality = model.Bool(s.Out>>o.Channel&1 == 1), model.Good
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// poll reads the module once, due at due: its name first when it is not
+// known, then its I/O; it emits every signal, and the module's health when
+// that changed. It returns the interval to the next poll.
+func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
+	m := p.m
+	m.mu.Lock()
+	interval, first := m.health.Next(m.every())
+	m.mu.Unlock()
+	var r result
+	if p.b.line.Lock.Lock(ctx, bus.Poll) != nil {
+		return interval
+	}
+	late := p.b.line.Started(m.cfg.ID, time.Since(due), interval)
+	p.b.line.Lock.Unlock()
+	start := time.Now()
+	var s *reading
+	identified := p.identify(ctx, bus.Poll, first, &r)
+	if identified {
+		s = p.state(ctx, bus.Poll, first, &r, !m.set.Checksum)
+	}
+	if ctx.Err() != nil {
+		return interval
+	}
+	p.b.line.Held(m.cfg.ID, time.Since(start), interval)
+	p.b.line.Heard(m.set.Address, r.answered)
+	res := bus.Result{Requests: r.requests, Late: late, Counters: r.counters, LinkDown: r.linkDown}
+	res.Silent = r.requests > 0 && !r.answered
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case res.Silent:
+		res.Failed, res.Reason = 1, p.b.line.Silence(m.set.Address)
+	case r.linkDown:
+		res.Failed, res.Reason = 1, r.first.Error()
+	case !identified && m.wrong != "":
+		res.Failed, res.Reason = 1, m.wrong
+	case s == nil:
+		res.Failed = 1
+		res.Reason = "no valid answer to $AA6 (read I/O)"
+		if r.first != nil {
+			res.Reason += ": " + r.first.Error()
+		}
+	}
+	if s != nil && res.Failed == 0 {
+		// Damaged answers on the way to a good one: the module is fine and
+		// the line noisy; the counters say how noisy.
+		res.Counters, res.Retried = nil, r.counters
+	}
+	// The message is stamped with the answer that settled the values: a
+	// read confirmed after damaged answers may be tens of ms old.
+	readings, at := m.readings(s), time.Now()
+	if s != nil {
+		at = s.at
+	}
+	if !at.Before(m.pubAt) {
+		m.published, m.pubAt = readings, at
+	} else {
+		readings, at = m.published, m.pubAt // the alarm poll read it later, while this poll ran
+	}
+	p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindTelemetry, Time: at.UTC(), Readings: readings})
+	h, changed := m.health.Observe(res)
+	if m.health.Silent() >= forgetAfter {
+		// Gone for a while: it may come back as another module, so its
+		// name is asked again when it answers.
+		m.known = false
+	}
+	if changed {
+		level := slog.LevelInfo
+		if h.State == model.Offline {
+			level = slog.LevelWarn
+		}
+		p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
+		p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindHealth, Time: time.Now().UTC(), Health: &h})
+	}
+	interval, _ = m.health.Next(m.every())
+	return interval
+}
+
+// alarmPoll reads the module's I/O ahead of normal polls and emits its
+// signals only when one changed since they were last published: at 100ms,
+// a message per read would flood the queue. It asks nothing of a module
+// that is silent or not known to be the template's: its normal poll finds
+// out when that changes. Failures are only counted.
+func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
+	m := p.m
+	every := m.alarmEvery()
+	m.mu.Lock()
+	asleep := m.health.Silent() >= forgetAfter || !m.known
+	m.mu.Unlock()
+	if asleep {
+		return every
+	}
+	var r result
+	late := time.Since(due) > every/2
+	s := p.state(ctx, bus.AlarmPoll, bus.Attempt{}, &r, false)
+	if ctx.Err() != nil {
+		return every
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.health.Count(r.counters...)
+	if late {
+		m.health.Count("late_alarm_polls")
+	}
+	p.log.Debug("alarm poll", "ok", s != nil, "requests", r.requests, "failures", r.counters)
+	if s == nil || s.at.Before(m.pubAt) {
+		return every
+	}
+	readings := m.readings(s)
+	changed := len(readings) != len(m.published)
+	for i := range readings {
+		changed = changed || readings[i] != m.published[i]
+	}
+	if changed && !s.twice {
+		// One read showed the old state while the published values are
+		// others (bad, after a failed poll): not enough to publish.
+		return every
+	}
+	m.pubAt = s.at
+	if changed {
+		m.published = readings
+		p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindTelemetry, Time: s.at.UTC(), Readings: readings})
+	}
+	return every
+}

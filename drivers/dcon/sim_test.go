@@ -1,0 +1,446 @@
+package dcon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"outpost/configs"
+	"outpost/drivers"
+	"outpost/drivers/bus"
+	_ "outpost/firmware-sim/dcon" // the simulated modules, on real ptys
+	"outpost/firmware-sim/sim"
+	"outpost/gateway/model"
+)
+
+// The tests here run the driver against the simulator's modules on a
+// real pty (firmware-sim/vport), paced to the line's baud rate.
+
+// loadStation writes a station file with these links and devices (YAML
+// list items) into dir and loads it; {{port}} stands for dir/ttyDCON.
+func loadStation(t testing.TB, dir, links, devices string) *configs.Station {
+	t.Helper()
+	port := filepath.Join(dir, "ttyDCON")
+	src := "version: 2\nstation: {id: sp-1, type: safety_post}\nhub:\n  mqtt: {url: \"tcp://127.0.0.1:1883\"}\nlinks:\n" +
+		strings.ReplaceAll(links, "{{port}}", port) + "devices:\n" + devices
+	path := filepath.Join(dir, fmt.Sprintf("station-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// sink keeps what the simulated modules raised.
+type sink struct {
+	mu     sync.Mutex
+	raised []sim.Raised
+}
+
+func (s *sink) Served(string, []sim.Reading) {}
+func (s *sink) Raised(r sim.Raised) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.raised = append(s.raised, r)
+}
+
+func (s *sink) all() []sim.Raised {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]sim.Raised(nil), s.raised...)
+}
+
+// startSim runs the simulator of the station's first link until the test
+// ends.
+func startSim(t testing.TB, st *configs.Station, o sim.Options) (sim.Link, *sink) {
+	t.Helper()
+	sk := &sink{}
+	o.Sink, o.Start, o.Log = sk, time.Now(), slog.New(slog.DiscardHandler)
+	if o.Silent == nil {
+		o.Silent = map[string]bool{}
+	}
+	l, err := sim.New(st, &st.Links[0], o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("simulator: %v", err)
+		}
+		l.Close()
+	})
+	return l, sk
+}
+
+// stamped is a message with the moment the driver emitted it.
+type stamped struct {
+	model.Message
+	at time.Time
+}
+
+// running is the driver running until the test ends.
+type running struct {
+	b       *Bus
+	msgs    chan stamped
+	pending []stamped // read by next, of other devices or kinds
+	stop    func()
+}
+
+func runBus(t testing.TB, st *configs.Station) *running {
+	t.Helper()
+	var h slog.Handler = slog.DiscardHandler
+	if testing.Verbose() {
+		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
+	}
+	d, err := drivers.New(drivers.Links(st)[0], slog.New(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &running{b: d.(*Bus), msgs: make(chan stamped, 100000)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- d.Run(ctx, func(m model.Message) error { r.msgs <- stamped{m, time.Now()}; return nil })
+	}()
+	var once sync.Once
+	r.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// next returns the next message of a device and kind that satisfies ok,
+// dropping the earlier ones of that device and kind; those of others wait
+// for their own next call.
+func (r *running) next(t testing.TB, dev string, kind model.Kind, within time.Duration, ok func(stamped) bool) stamped {
+	t.Helper()
+	for i := 0; i < len(r.pending); i++ {
+		if m := r.pending[i]; m.Device == dev && m.Kind == kind {
+			r.pending = append(r.pending[:i:i], r.pending[i+1:]...)
+			i--
+			if ok == nil || ok(m) {
+				return m
+			}
+		}
+	}
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	for {
+		select {
+		case m := <-r.msgs:
+			if m.Device != dev || m.Kind != kind {
+				r.pending = append(r.pending, m)
+				continue
+			}
+			if ok == nil || ok(m) {
+				return m
+			}
+		case <-timer.C:
+			t.Fatalf("no such %s message from %s within %v", kind, dev, within)
+		}
+	}
+}
+
+// value is a reading of a message.
+func value(m stamped, signal string) (model.Reading, bool) {
+	for _, r := range m.Readings {
+		if r.Signal == signal {
+			return r, true
+		}
+	}
+	return model.Reading{}, false
+}
+
+// good says whether a message carries a good reading of signal equal to v.
+func good(signal string, v bool) func(stamped) bool {
+	return func(m stamped) bool {
+		r, ok := value(m, signal)
+		return ok && r.Quality == model.Good && r.Value.Equal(model.Bool(v))
+	}
+}
+
+const twoModules = `  - {id: rs485-2, protocol: dcon, port: "{{port}}", baud: 9600, timeout: 100ms}
+`
+
+// TestModules: two modules on one bus, one with its checksum on, are read
+// and identified; a press of the panic button reaches the driver within
+// the alarm interval and a few commands' wire time; outputs are set by
+// command exactly once each; values and signals they cannot take are
+// refused before anything is sent.
+func TestModules(t *testing.T) {
+	dir := t.TempDir()
+	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, poll: 1s, alarm_poll: 50ms}
+  - {id: dio-1, template: adam-4050, link: rs485-2, address: 0x1A, checksum: true, poll: 200ms}
+`)
+	l, sk := startSim(t, st, sim.Options{Turnaround: -1})
+	r := runBus(t, st)
+	m := r.next(t, "box-1", model.KindTelemetry, 5*time.Second, good("pressed", false))
+	for _, want := range []string{"pressed", "tamper", "led", "siren"} {
+		if rd, ok := value(m, want); !ok || rd.Quality != model.Good || !rd.Value.Equal(model.Bool(false)) {
+			t.Errorf("box-1 %s = %+v, want good false", want, rd)
+		}
+	}
+	r.next(t, "dio-1", model.KindTelemetry, 5*time.Second, good("do7", false))
+	for _, dev := range []string{"box-1", "dio-1"} {
+		if h := r.next(t, dev, model.KindHealth, 5*time.Second, nil).Health; h.State != model.Online {
+			t.Errorf("%s: health %s %q, want online", dev, h.State, h.Reason)
+		}
+	}
+	actors := map[string]sim.Actor{}
+	for _, d := range l.Devices() {
+		actors[d.ID()] = d.(sim.Actor)
+	}
+
+	// A press, seen by an alarm poll.
+	pressed := time.Now()
+	if err := actors["box-1"].Act(context.Background(), "press", map[string]string{"hold": "400ms"}); err != nil {
+		t.Fatal(err)
+	}
+	on := r.next(t, "box-1", model.KindTelemetry, 2*time.Second, good("pressed", true))
+	took := on.at.Sub(pressed)
+	// The alarm interval, then at most a command in flight, the read that
+	// saw it and the read that confirmed it: each ~15 ms at 9600 baud.
+	if limit := 50*time.Millisecond + 3*25*time.Millisecond; took > limit {
+		t.Errorf("the press reached the driver after %v, want within %v", took, limit)
+	}
+	t.Logf("press seen after %v", took.Round(time.Millisecond))
+	r.next(t, "box-1", model.KindTelemetry, 2*time.Second, good("pressed", false))
+	if got := sk.all(); len(got) != 2 || got[0].Kind != "panic" || got[0].State != "active" || got[1].State != "cleared" || got[0].Source != "dcon" {
+		t.Errorf("raised %+v, want panic active, then cleared", got)
+	}
+
+	// Commands.
+	ctx := context.Background()
+	if err := r.b.Set(ctx, "box-1", "siren", model.Bool(true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.b.Set(ctx, "dio-1", "do7", model.Bool(true)); err != nil {
+		t.Fatal(err)
+	}
+	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("siren", true))
+	r.next(t, "dio-1", model.KindTelemetry, 3*time.Second, good("do7", true))
+	for dev, want := range map[string]string{"box-1": "map[siren:1]", "dio-1": "map[do7:1]"} {
+		var st sim.Stats
+		for _, d := range l.Devices() {
+			if d.ID() == dev {
+				st = d.Stats()
+			}
+		}
+		if got := fmt.Sprint(st.Writes); got != want {
+			t.Errorf("%s: writes %s, want %s", dev, got, want)
+		}
+	}
+	refusals := []struct {
+		dev, signal string
+		v           model.Value
+		want        string
+	}{
+		{"box-1", "pressed", model.Bool(true), "device box-1 on rs485-2: pressed is an input; only outputs (led, siren) can be set"},
+		{"box-1", "horn", model.Bool(true), "device box-1 on rs485-2: no output horn (outputs: led, siren)"},
+		{"box-1", "led", model.Number(1), "device box-1 on rs485-2: output led takes true or false, not 1"},
+		{"box-9", "led", model.Bool(true), "no device box-9 on rs485-2"},
+	}
+	for _, c := range refusals {
+		if err := r.b.Set(ctx, c.dev, c.signal, c.v); err == nil || err.Error() != c.want {
+			t.Errorf("Set(%s, %s, %v) = %v, want %q", c.dev, c.signal, c.v, err, c.want)
+		}
+	}
+}
+
+// TestWrongModule: a module that names itself otherwise than its template
+// is degraded with a reason an installer understands, none of its values
+// is good, and its outputs are not written.
+func TestWrongModule(t *testing.T) {
+	dir := t.TempDir()
+	simSt := loadStation(t, dir, twoModules, `  - {id: dio-3, template: adam-4055, link: rs485-2, address: 0x03}
+`)
+	l, _ := startSim(t, simSt, sim.Options{Turnaround: -1})
+	st := loadStation(t, dir, twoModules, `  - {id: dio-3, template: adam-4050, link: rs485-2, address: 0x03, poll: 100ms}
+`)
+	r := runBus(t, st)
+	h := r.next(t, "dio-3", model.KindHealth, 5*time.Second, nil).Health
+	const want = "module at address 03 says it is 4055, template adam-4050 expects 4050"
+	if h.State != model.Degraded || h.Reason != want || h.Counters["wrong_module"] == 0 {
+		t.Errorf("health %s %q %v, want degraded: %q", h.State, h.Reason, h.Counters, want)
+	}
+	for range 3 {
+		m := r.next(t, "dio-3", model.KindTelemetry, 2*time.Second, nil)
+		for _, rd := range m.Readings {
+			if rd.Quality != model.Bad {
+				t.Fatalf("reading %+v of a module that is not the template's", rd)
+			}
+		}
+	}
+	err := r.b.Set(context.Background(), "dio-3", "do0", model.Bool(true))
+	if err == nil || !strings.HasSuffix(err.Error(), "not written: "+want) {
+		t.Errorf("Set on the wrong module: %v", err)
+	}
+	if w := l.Devices()[0].Stats().Writes; len(w) != 0 {
+		t.Errorf("the wrong module was written: %v", w)
+	}
+}
+
+// TestSilentModule: a module that does not answer goes offline, with a
+// reason that says the bus works, and is asked less and less; the others
+// are read on.
+func TestSilentModule(t *testing.T) {
+	dir := t.TempDir()
+	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, poll: 50ms}
+  - {id: box-5, template: dcon-panic-box, link: rs485-2, address: 0x05, poll: 50ms}
+`)
+	startSim(t, st, sim.Options{Turnaround: -1, Silent: map[string]bool{"box-5": true}})
+	r := runBus(t, st)
+	var h *model.Health
+	r.next(t, "box-5", model.KindHealth, 5*time.Second, func(m stamped) bool { h = m.Health; return h.State == model.Offline })
+	const want = "no answer from address 05 while address 01 answers: wrong address, baud rate or checksum setting, or module off"
+	if h.Reason != want {
+		t.Errorf("reason %q, want %q", h.Reason, want)
+	}
+	r.next(t, "box-1", model.KindTelemetry, time.Second, good("pressed", false))
+}
+
+// TestNoise: with 5% of the bytes damaged in both directions, no value is
+// published wrong as good, no press is lost, and the damaged answers are
+// counted. The checksum is off on one box and on on the other: without it
+// only the confirming second read keeps damaged digits out.
+func TestNoise(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for seconds")
+	}
+	dir := t.TempDir()
+	st := loadStation(t, dir, `  - {id: rs485-2, protocol: dcon, port: "{{port}}", baud: 19200, timeout: 30ms, retries: 2}
+`, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, poll: 1s, alarm_poll: 200ms}
+  - {id: box-2, template: dcon-panic-box, link: rs485-2, address: 0x02, checksum: true, poll: 1s, alarm_poll: 200ms}
+  - {id: dio-1, template: adam-4050, link: rs485-2, address: 0x03, poll: 1s}
+`)
+	l, sk := startSim(t, st, sim.Options{Turnaround: -1, Noise: 0.05, Seed: 7})
+	r := runBus(t, st)
+	actors := map[string]sim.Actor{}
+	for _, d := range l.Devices() {
+		actors[d.ID()] = d.(sim.Actor)
+	}
+	var msgs []stamped
+	collect := func(until time.Time) {
+		for {
+			select {
+			case m := <-r.msgs:
+				msgs = append(msgs, m)
+			case <-time.After(time.Until(until)):
+				return
+			}
+		}
+	}
+	// Let the driver find the modules, then press each box's button a
+	// number of times. At 5% noise about half the exchanges fail, a
+	// quarter of them by a timeout (a damaged command goes unanswered),
+	// so an alarm poll takes several commands: the alarm interval is
+	// 200ms here, and a press lasts a second.
+	collect(time.Now().Add(time.Second))
+	const presses = 6
+	type press struct{ from, to time.Time }
+	pressed := map[string][]press{}
+	for range presses {
+		for _, box := range []string{"box-1", "box-2"} {
+			from := time.Now()
+			if err := actors[box].Act(context.Background(), "press", map[string]string{"hold": "1s"}); err != nil {
+				t.Fatal(err)
+			}
+			pressed[box] = append(pressed[box], press{from, from.Add(time.Second)})
+		}
+		collect(time.Now().Add(2 * time.Second))
+	}
+	r.stop()
+	for len(r.msgs) > 0 {
+		msgs = append(msgs, <-r.msgs)
+	}
+
+	// Every good value is true to what the module held when it was read:
+	// the outputs and the other inputs never change, and a button is on
+	// only while pressed (give or take the wire time of a read).
+	const slack = 60 * time.Millisecond
+	// on: the button may read on at at; off: it may read off.
+	during := func(ps []press, at time.Time) (on, off bool) {
+		off = true
+		for _, p := range ps {
+			if !at.Before(p.from) && !at.After(p.to.Add(slack)) {
+				on = true
+			}
+			if at.After(p.from.Add(slack)) && at.Before(p.to) {
+				off = false
+			}
+		}
+		return on, off
+	}
+	edges := map[string]int{}
+	last := map[string]bool{}
+	goodReads := 0
+	for _, m := range msgs {
+		if m.Kind != model.KindTelemetry {
+			continue
+		}
+		for _, rd := range m.Readings {
+			if rd.Quality != model.Good {
+				continue
+			}
+			goodReads++
+			v, _ := rd.Value.AsBool()
+			if rd.Signal == "pressed" {
+				// Time is the answer that settled the value.
+				on, off := during(pressed[m.Device], m.Time)
+				if v && !on || !v && !off {
+					t.Errorf("%s: pressed=%v published good, read at %v, when the button was not", m.Device, v, m.Time.Format("15:04:05.000"))
+				}
+				if v && !last[m.Device] {
+					edges[m.Device]++
+				}
+				last[m.Device] = v
+				continue
+			}
+			if v {
+				t.Errorf("%s: %s=true published good; it never was", m.Device, rd.Signal)
+			}
+		}
+	}
+	for _, box := range []string{"box-1", "box-2"} {
+		if edges[box] != presses {
+			t.Errorf("%s: %d presses published, want %d", box, edges[box], presses)
+		}
+	}
+	if n := len(sk.all()); n != 4*presses {
+		t.Errorf("%d alarms raised, want %d", n, 4*presses)
+	}
+	// The damage was seen and counted.
+	counters := map[string]map[string]uint64{}
+	for _, m := range r.b.modules {
+		m.mu.Lock()
+		h, _ := m.health.Observe(bus.Result{})
+		m.mu.Unlock()
+		counters[m.cfg.ID] = h.Counters
+	}
+	t.Logf("%d good readings; counters %v; line %+v", goodReads, counters, l.(interface{ Stats() any }).Stats())
+	if c := counters["box-1"]; c["bad_frames"] == 0 || c["unconfirmed_reads"] == 0 {
+		t.Errorf("box-1 (no checksum): counters %v, want bad frames and unconfirmed reads", c)
+	}
+	if c := counters["box-2"]; c["checksum_errors"] == 0 || c["timeouts"] == 0 {
+		t.Errorf("box-2 (checksum): counters %v, want checksum errors and timeouts", c)
+	}
+}

@@ -1,0 +1,162 @@
+package dcon
+
+import (
+	"fmt"
+	"time"
+
+	"outpost/drivers/bus"
+)
+
+// TimeoutError is a command that got no answer, or no complete one, in
+// time.
+type TimeoutError struct {
+	After time.Duration
+	Got   int // bytes received
+	Late  int // bytes that came after the timeout, dropped
+}
+
+func (e *TimeoutError) Error() string {
+	if e.Late > 0 {
+		return fmt.Sprintf("timeout after %v (%d bytes of a late answer dropped)", e.After, e.Late)
+	}
+	if e.Got > 0 {
+		return fmt.Sprintf("timeout after %v (%d bytes of an answer)", e.After, e.Got)
+	}
+	return fmt.Sprintf("timeout after %v", e.After)
+}
+
+// maxAnswer is the longest answer read: a DCON answer is a few dozen
+// characters at most.
+const maxAnswer = 64
+
+// transport exchanges commands and answers on a serial port. It is not
+// safe for concurrent use: the bus's wire lock serialises it.
+type transport struct {
+	port     bus.Port
+	timeout  time.Duration // per command, beyond the frames' wire time
+	char     time.Duration // one character on the line
+	late     int           // bytes of late answers dropped
+	unsynced bool          // a command went unanswered: see sync
+	buf      [maxAnswer]byte
+}
+
+// sync realigns answers with commands after a command went unanswered:
+// it sends cmd (a module's $AAM) and drops every frame until one that ok
+// accepts (that module's name answer), or the timeout passes. An answer to
+// $AA6 does not say which module sent it, so one that came after its
+// timeout would otherwise be taken for the answer to a later command, to
+// another module, and its I/O for that module's; the flush before each
+// command cannot help when the late answer is still on its way. Modules
+// answer in the order they are asked, so once a name answer came, every
+// late answer came before it.
+func (t *transport) sync(cmd []byte, ok func([]byte) bool) error {
+	frame, err := t.exchange(cmd, 0)
+	deadline := time.Now().Add(t.timeout)
+	for {
+		if err != nil {
+			return err
+		}
+		if ok(frame) {
+			t.unsynced = false
+			return nil
+		}
+		t.late += len(frame)
+		if !time.Now().Before(deadline) {
+			return &TimeoutError{After: t.timeout}
+		}
+		frame, err = t.next(deadline)
+	}
+}
+
+// next reads the next frame up to its CR, or what came before a gap, by
+// the deadline; a TimeoutError when nothing came.
+func (t *transport) next(deadline time.Time) ([]byte, error) {
+	n := 0
+	var last time.Time
+	for {
+		wait := time.Until(deadline)
+		if n > 0 {
+			wait = min(wait, time.Until(last.Add(t.gap())))
+		}
+		if wait <= 0 {
+			if n == 0 {
+				return nil, &TimeoutError{After: t.timeout}
+			}
+			return t.buf[:n:n], nil
+		}
+		if err := t.port.SetReadTimeout(wait); err != nil {
+			return nil, &bus.PortError{Err: err}
+		}
+		m, err := t.port.Read(t.buf[n : n+1]) // a byte at a time: what follows the CR is the next frame's
+		if err != nil {
+			return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
+		}
+		if m == 0 {
+			continue
+		}
+		n++
+		last = time.Now()
+		if t.buf[n-1] == cr || n == len(t.buf) {
+			return t.buf[:n:n], nil
+		}
+	}
+}
+
+// gap is how long a pause in the middle of an answer may be before the
+// answer is taken for cut short (its CR lost to noise): a module sends its
+// answer in one go, so a few characters' silence ends it; the floor leaves
+// room for the scheduler of a loaded machine and the chunks of a USB
+// adapter.
+func (t *transport) gap() time.Duration { return max(8*t.char, 20*time.Millisecond) }
+
+// exchange sends a command and reads an answer: the bytes up to and
+// including its CR; or, when the answer's length is known (want > 0) and
+// that many bytes came without a CR, those; or what came before a gap.
+// Whatever was waiting before the command is dropped first: a late answer
+// or noise. It returns a TimeoutError when nothing came, and a
+// bus.PortError when the port failed.
+func (t *transport) exchange(cmd []byte, want int) ([]byte, error) {
+	if err := t.port.ResetInputBuffer(); err != nil {
+		return nil, &bus.PortError{Err: fmt.Errorf("flush input: %w", err)}
+	}
+	if _, err := t.port.Write(cmd); err != nil {
+		return nil, &bus.PortError{Err: fmt.Errorf("write: %w", err)}
+	}
+	sent := time.Now()
+	deadline := sent.Add(t.timeout + time.Duration(len(cmd)+max(want, 8))*t.char)
+	n := 0
+	var last time.Time
+	for {
+		wait := time.Until(deadline)
+		if n > 0 {
+			wait = min(wait, time.Until(last.Add(t.gap())))
+		}
+		if wait <= 0 {
+			if n == 0 {
+				t.unsynced = true // its answer may still come: see sync
+				return nil, &TimeoutError{After: t.timeout}
+			}
+			return t.buf[:n:n], nil // cut short: the parser says how
+		}
+		if err := t.port.SetReadTimeout(wait); err != nil {
+			return nil, &bus.PortError{Err: err}
+		}
+		m, err := t.port.Read(t.buf[n:])
+		if err != nil {
+			return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
+		}
+		if m == 0 {
+			continue
+		}
+		for i := n; i < n+m; i++ {
+			if t.buf[i] == cr {
+				return t.buf[: i+1 : i+1], nil
+			}
+		}
+		n += m
+		last = time.Now()
+		if want > 0 && n >= want || n == len(t.buf) {
+			return t.buf[:n:n], nil
+		}
+	}
+}

@@ -1,0 +1,341 @@
+package modbus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"outpost/configs"
+	"outpost/drivers"
+	_ "outpost/firmware-sim/modbus" // the simulated devices, on real ptys
+	"outpost/firmware-sim/sim"
+	"outpost/gateway/model"
+)
+
+// These tests run the driver against the simulator's devices on a real
+// pty (firmware-sim/vport), answering at the bus's baud rate.
+
+// simTemplates are written beside the station file: a meter with a big
+// map, and a panic button with a siren coil and a setpoint.
+var simTemplates = map[string]string{
+	"big-meter": func() string {
+		var b strings.Builder
+		b.WriteString("template: big-meter\nprotocol: modbus\nkind: test_meter\nregisters:\n")
+		for i := range 60 {
+			fmt.Fprintf(&b, "  - {signal: r%d, table: input, address: %d, type: uint16, sim: {wave: constant, value: %d}}\n", i, i, 1000+i)
+		}
+		return b.String()
+	}(),
+	"small-meter": `template: small-meter
+protocol: modbus
+kind: test_meter
+registers:
+  - {signal: r0, table: input, address: 0, type: uint16, sim: {wave: constant, value: 1000}}
+  - {signal: r1, table: input, address: 1, type: uint16, sim: {wave: constant, value: 1001}}
+  - {signal: r2, table: input, address: 2, type: uint16, sim: {wave: constant, value: 1002}}
+  - {signal: r3, table: input, address: 3, type: uint16, sim: {wave: constant, value: 1003}}
+`,
+	"panic-io": `template: panic-io
+protocol: modbus
+kind: test_panic
+alarm: true
+registers:
+  - {signal: pressed, table: discrete, address: 0, type: bool, event: {kind: panic, clear: true}, sim: {wave: constant, value: 0}}
+  - {signal: siren, table: coil, address: 0, type: bool, writable: true, sim: {wave: constant, value: 0}}
+  - {signal: setpoint, table: holding, address: 10, type: int16, scale: 0.1, writable: true, limits: {min: 5, max: 30}, sim: {wave: constant, value: 20}}
+  - {signal: supply, table: input, address: 0, type: uint16, scale: 0.01, sim: {wave: constant, value: 24}}
+`,
+}
+
+// simStation writes a station with one modbus-rtu link and devices and
+// loads it.
+func simStation(t testing.TB, link, devices string) *configs.Station {
+	t.Helper()
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "devices"), 0o755)
+	for name, src := range simTemplates {
+		if err := os.WriteFile(filepath.Join(dir, "devices", name+".yaml"), []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := "version: 2\nstation: {id: pr-1, type: police_room}\nhub:\n  mqtt: {url: \"tcp://127.0.0.1:1883\"}\nlinks:\n" +
+		strings.ReplaceAll(link, "{{port}}", filepath.Join(dir, "ttyRTU")) + "devices:\n" + devices
+	path := filepath.Join(dir, "station.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+type raisedLog struct {
+	mu     sync.Mutex
+	raised []sim.Raised
+}
+
+func (s *raisedLog) Served(string, []sim.Reading) {}
+func (s *raisedLog) Raised(r sim.Raised) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.raised = append(s.raised, r)
+}
+
+// runSim runs the simulator of the station's first link until the test
+// ends, and returns its devices' actors and stats by id.
+func runSim(t testing.TB, st *configs.Station, o sim.Options) (map[string]sim.Device, *raisedLog) {
+	t.Helper()
+	rl := &raisedLog{}
+	o.Sink, o.Start, o.Log, o.Silent = rl, time.Now(), slog.New(slog.DiscardHandler), map[string]bool{}
+	l, err := sim.New(st, &st.Links[0], o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("simulator: %v", err)
+		}
+		l.Close()
+	})
+	devs := map[string]sim.Device{}
+	for _, d := range l.Devices() {
+		devs[d.ID()] = d
+	}
+	return devs, rl
+}
+
+// emitted is a message with when the driver emitted it.
+type emitted struct {
+	model.Message
+	at time.Time
+}
+
+// runLink runs the driver of the station's first link and returns it and
+// the channel of what it emits.
+func runLink(t testing.TB, st *configs.Station) (drivers.Driver, chan emitted, func()) {
+	t.Helper()
+	d, err := drivers.New(drivers.Links(st)[0], slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(chan emitted, 100000)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, func(m model.Message) error { msgs <- emitted{m, time.Now()}; return nil }) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return d, msgs, stop
+}
+
+// waitReading waits for a good reading of a device's signal equal to v.
+func waitReading(t testing.TB, msgs chan emitted, dev, signal string, v model.Value, within time.Duration) emitted {
+	t.Helper()
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	for {
+		select {
+		case m := <-msgs:
+			if m.Device != dev || m.Kind != model.KindTelemetry {
+				continue
+			}
+			for _, r := range m.Readings {
+				if r.Signal == signal && r.Quality == model.Good && r.Value.Equal(v) {
+					return m
+				}
+			}
+		case <-timer.C:
+			t.Fatalf("no good %s=%v from %s within %v", signal, v, dev, within)
+		}
+	}
+}
+
+// TestAlarmPollBusyBus: on a 9600 baud bus kept busy by four meters whose
+// 60-register reads take ~140 ms each, a panic button's input is polled
+// on its own at its alarm interval, ahead of the meters: a press reaches
+// the driver within the alarm interval and one meter read's wire time
+// (the read that had the wire when the alarm poll came due), plus the
+// alarm read itself. A poll of the button's whole map, behind the meters'
+// reads, would take up to a second.
+func TestAlarmPollBusyBus(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 9600, turnaround: 2ms}
+`, `  - {id: m-1, template: big-meter, link: rs485-1, unit_id: 1, poll: 200ms}
+  - {id: m-2, template: big-meter, link: rs485-1, unit_id: 2, poll: 200ms}
+  - {id: m-3, template: big-meter, link: rs485-1, unit_id: 3, poll: 200ms}
+  - {id: m-4, template: big-meter, link: rs485-1, unit_id: 4, poll: 200ms}
+  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 1s, alarm_poll: 100ms}
+`)
+	devs, _ := runSim(t, st, sim.Options{Turnaround: -1})
+	_, msgs, _ := runLink(t, st)
+	waitReading(t, msgs, "pb-1", "pressed", model.Bool(false), 5*time.Second)
+	bus := st.Links[0].Settings.(interface{ Line() *configs.Serial }).Line()
+	char := bus.CharTime()
+	meterRead := time.Duration(8+5+2*60)*char + 2*time.Millisecond // request, answer, turnaround
+	alarmRead := time.Duration(8+6)*char + 2*time.Millisecond
+	limit := 100*time.Millisecond + meterRead + alarmRead + 15*time.Millisecond // scheduling
+	var worst time.Duration
+	for i := range 8 {
+		pressed := time.Now()
+		if err := devs["pb-1"].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "400ms"}); err != nil {
+			t.Fatal(err)
+		}
+		m := waitReading(t, msgs, "pb-1", "pressed", model.Bool(true), 3*time.Second)
+		took := m.at.Sub(pressed)
+		worst = max(worst, took)
+		if took > limit {
+			t.Errorf("press %d seen after %v, want within %v (alarm_poll 100ms + a meter read %v + the alarm read %v)", i, took, limit, meterRead, alarmRead)
+		}
+		waitReading(t, msgs, "pb-1", "pressed", model.Bool(false), 3*time.Second)
+		time.Sleep(time.Duration(37*i%100) * time.Millisecond) // presses at every phase of the polls
+	}
+	t.Logf("worst press latency %v (limit %v; a meter read %v)", worst.Round(time.Millisecond), limit, meterRead.Round(time.Millisecond))
+}
+
+// TestWrites: commands write a coil (function 05) and a scaled holding
+// register (06), each acting once on the device; values the signal cannot
+// take are refused before anything is sent.
+func TestWrites(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 100ms}
+`)
+	devs, _ := runSim(t, st, sim.Options{Turnaround: -1})
+	d, msgs, _ := runLink(t, st)
+	cmd := d.(drivers.Commander)
+	waitReading(t, msgs, "pb-1", "setpoint", model.Number(20), 5*time.Second)
+	ctx := context.Background()
+	if err := cmd.Set(ctx, "pb-1", "siren", model.Bool(true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Set(ctx, "pb-1", "setpoint", model.Number(21.5)); err != nil {
+		t.Fatal(err)
+	}
+	waitReading(t, msgs, "pb-1", "siren", model.Bool(true), 2*time.Second)
+	waitReading(t, msgs, "pb-1", "setpoint", model.Number(21.5), 2*time.Second)
+	if got := fmt.Sprint(devs["pb-1"].Stats().Writes); got != "map[setpoint:1 siren:1]" {
+		t.Errorf("writes %s, want one each", got)
+	}
+	for _, c := range []struct {
+		signal string
+		v      model.Value
+		want   string
+	}{
+		{"setpoint", model.Number(31), "device pb-1 on rs485-1: signal setpoint: 31 is outside its limits 5 to 30"},
+		{"setpoint", model.Number(21.55), "device pb-1 on rs485-1: signal setpoint: 21.55 cannot be written exactly (the nearest the register holds is 21.6)"},
+		{"setpoint", model.Bool(true), "device pb-1 on rs485-1: signal setpoint takes a number, not true"},
+		{"siren", model.Number(1), "device pb-1 on rs485-1: signal siren takes true or false, not 1"},
+		{"pressed", model.Bool(true), "device pb-1 on rs485-1: signal pressed is not writable"},
+		{"nope", model.Bool(true), "device pb-1 on rs485-1: no signal nope"},
+	} {
+		if err := cmd.Set(ctx, "pb-1", c.signal, c.v); err == nil || err.Error() != c.want {
+			t.Errorf("Set %s %v: %v, want %q", c.signal, c.v, err, c.want)
+		}
+	}
+	if got := fmt.Sprint(devs["pb-1"].Stats().Writes); got != "map[setpoint:1 siren:1]" {
+		t.Errorf("after refusals, writes %s", got)
+	}
+}
+
+// TestNoiseRTU: with 5% of the bytes damaged both ways, the CRC keeps
+// every damaged answer out: every good value is the device's, no press is
+// lost, and the damage is counted.
+func TestNoiseRTU(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for seconds")
+	}
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 50ms, retries: 2}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 300ms, alarm_poll: 100ms}
+  - {id: m-1, template: small-meter, link: rs485-1, unit_id: 1, poll: 300ms}
+`)
+	devs, rl := runSim(t, st, sim.Options{Turnaround: -1, Noise: 0.05, Seed: 3})
+	_, msgs, stop := runLink(t, st)
+	waitReading(t, msgs, "pb-1", "pressed", model.Bool(false), 5*time.Second)
+	const presses = 6
+	type span struct{ from, to time.Time }
+	var ps []span
+	for range presses {
+		from := time.Now()
+		if err := devs["pb-1"].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "700ms"}); err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, span{from, from.Add(700 * time.Millisecond)})
+		time.Sleep(1500 * time.Millisecond)
+	}
+	stop()
+	close(msgs)
+	edges, last, good := 0, false, 0
+	var health []*model.Health
+	const slack = 30 * time.Millisecond // a read's wire time
+	for m := range msgs {
+		if m.Kind == model.KindHealth {
+			health = append(health, m.Health)
+		}
+		for _, r := range m.Readings {
+			if r.Quality != model.Good {
+				continue
+			}
+			good++
+			switch {
+			case m.Device == "m-1":
+				n := 0
+				fmt.Sscanf(r.Signal, "r%d", &n)
+				if !r.Value.Equal(model.Number(float64(1000 + n))) {
+					t.Errorf("m-1 %s = %v published good, want %d", r.Signal, r.Value, 1000+n)
+				}
+			case r.Signal == "pressed":
+				v, _ := r.Value.AsBool()
+				on, off := false, true // whether the button may read so at m.at
+				for _, p := range ps { // Time is when the value was read
+					on = on || m.Time.After(p.from) && m.Time.Before(p.to.Add(slack))
+					off = off && !(m.Time.After(p.from.Add(slack)) && m.Time.Before(p.to))
+				}
+				if v && !on || !v && !off {
+					t.Errorf("pressed=%v published good, read at %v (emitted %v, %d readings), not the button's state; presses %v", v, m.Time.Format("15:04:05.000"), m.at.Format("15:04:05.000"), len(m.Readings), ps)
+				}
+				if v && !last {
+					edges++
+				}
+				last = v
+			}
+		}
+	}
+	if edges != presses {
+		t.Errorf("%d presses published, want %d", edges, presses)
+	}
+	rl.mu.Lock()
+	if n := len(rl.raised); n != 2*presses {
+		t.Errorf("%d alarms raised, want %d", n, 2*presses)
+	}
+	rl.mu.Unlock()
+	var counted []string
+	for _, h := range health {
+		for c, n := range h.Counters {
+			if n > 0 && (c == "crc_errors" || c == "frame_errors" || c == "timeouts") && !slices.Contains(counted, c) {
+				counted = append(counted, c)
+			}
+		}
+	}
+	t.Logf("%d good readings; damage counted: %v; sim: %v", good, counted, devs["pb-1"].Stats())
+	if !slices.Contains(counted, "crc_errors") && !slices.Contains(counted, "frame_errors") {
+		t.Errorf("no damaged frame counted in %d health messages", len(health))
+	}
+}
