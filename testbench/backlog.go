@@ -35,11 +35,21 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
 		defer q.Close()
 		qs = append(qs, q)
 	}
+	counted := newTally(st)
 	start := time.Now().Add(-time.Hour)
 	var buf []byte
 	total := 0
+	var polled []*configs.Device // the devices with readings
+	for i := range st.Devices {
+		if len(st.Templates[st.Devices[i].Template].Body.Signals()) > 0 {
+			polled = append(polled, &st.Devices[i])
+		}
+	}
+	if len(polled) == 0 {
+		return 0, fmt.Errorf("backlog: station %s has no device with readings", st.Station.ID)
+	}
 	for i := 0; total < n; i++ {
-		d := &st.Devices[i%len(st.Devices)]
+		d := polled[i%len(polled)]
 		t := st.Templates[d.Template]
 		s, err := counters.Next(d.ID)
 		if err != nil {
@@ -58,7 +68,7 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
 				return total, fmt.Errorf("prefilling the queue: %w", err)
 			}
 		}
-		total += m.Values()
+		total += counted.values(&m)
 	}
 	return total, nil
 }
@@ -76,7 +86,7 @@ func backlogValue(t configs.ValueType, i int) model.Value {
 // queuedMessages lists the messages waiting in the queue at dir, by id
 // (station/device/seq) with their readings, reading a copy of it so that
 // the gateway's files stay as they are.
-func queuedMessages(dir, work string) (map[string]int, error) {
+func queuedMessages(dir, work string, t tally) (map[string]int, error) {
 	cp, err := os.MkdirTemp(work, "queue-copy-")
 	if err != nil {
 		return nil, err
@@ -103,7 +113,7 @@ func queuedMessages(dir, work string) (map[string]int, error) {
 			if err != nil {
 				return nil, err
 			}
-			ids[m.ID()] = m.Values()
+			ids[m.ID()] = t.values(&m)
 		}
 		if err := q.Ack(b); err != nil {
 			return nil, err

@@ -12,6 +12,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"outpost/configs"
 	"outpost/gateway/model"
 )
 
@@ -38,6 +39,7 @@ type collector struct {
 	historical    int
 	malformed     int
 	onMessage     func(m *model.Message, payload []byte, dup bool)
+	tally         tally
 
 	// On the alarm connection, first copies only: every event with when
 	// it arrived, and every command result.
@@ -67,8 +69,9 @@ type resultArrival struct {
 
 // collect subscribes to everything the station publishes, with a persistent
 // session so that nothing is missed while the broker restarts.
-func collect(ctx context.Context, url, topic string, onMessage func(m *model.Message, payload []byte, dup bool)) (*collector, error) {
-	c := &collector{seen: map[string]struct{}{}, byDevice: map[string]int{}, events: map[string]int{}, drops: map[string]int{}, damage: map[string]int{},
+func collect(ctx context.Context, url string, st *configs.Station, onMessage func(m *model.Message, payload []byte, dup bool)) (*collector, error) {
+	topic := stationTopics(st)
+	c := &collector{tally: newTally(st), seen: map[string]struct{}{}, byDevice: map[string]int{}, events: map[string]int{}, drops: map[string]int{}, damage: map[string]int{},
 		onMessage: onMessage, alarmSeen: map[string]struct{}{}, counters: map[string]map[string]uint64{}}
 	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("testbench-%d", time.Now().UnixNano())).
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
@@ -152,7 +155,7 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 	id := m.ID()
 	_, dup := c.seen[id]
 	c.seen[id] = struct{}{}
-	n := m.Values()
+	n := c.tally.values(&m)
 	switch {
 	case dup:
 		c.duplicates += n

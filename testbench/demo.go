@@ -65,7 +65,7 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	defer logs.Close()
 
 	view := newLiveView(st)
-	col, err := collect(ctx, hubURL, stationTopics(st), view.print)
+	col, err := collect(ctx, hubURL, st, view.print)
 	if err != nil {
 		return err
 	}

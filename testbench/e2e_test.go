@@ -88,7 +88,7 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 	var bad []string // bad readings with their time
 	var badTimes []time.Time
 	kinds := map[string]string{}
-	col, err := collect(ctx, mq.URL(), stationTopics(st), func(m *model.Message, payload []byte, dup bool) {
+	col, err := collect(ctx, mq.URL(), st, func(m *model.Message, payload []byte, dup bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err := schema.Validate(payload); err != nil {

@@ -18,6 +18,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	_ "outpost/configs/protocols" // the testbench reads every protocol's station files
 )
 
 func main() {

@@ -331,7 +331,7 @@ func (r *runner) startHub(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.col, err = collect(ctx, r.mqtt.URL(), stationTopics(r.st), nil)
+	r.col, err = collect(ctx, r.mqtt.URL(), r.st, nil)
 	return err
 }
 
@@ -637,7 +637,7 @@ func (r *runner) quiet() time.Duration {
 func (r *runner) cutPower() error {
 	for _, uplink := range r.st.Uplinks() {
 		dir := r.st.QueueDir(uplink)
-		before, err := queuedMessages(dir, r.work)
+		before, err := queuedMessages(dir, r.work, r.col.tally)
 		if err != nil {
 			return err
 		}
@@ -652,7 +652,7 @@ func (r *runner) cutPower() error {
 				return err
 			}
 		}
-		after, err := queuedMessages(dir, r.work)
+		after, err := queuedMessages(dir, r.work, r.col.tally)
 		if err != nil {
 			return err
 		}
@@ -868,7 +868,7 @@ func (r *runner) influxReadings(ctx context.Context, historical bool) (int, erro
 		for _, s := range series {
 			for i, col := range s.Columns {
 				name := strings.TrimPrefix(col, "count_")
-				if col == "time" || name == "seq" || name == "historical" || strings.HasSuffix(name, "_quality") {
+				if col == "time" || name == "seq" || name == "historical" || strings.HasSuffix(name, "_quality") || !r.col.tally.field(kind, name) {
 					continue
 				}
 				for _, row := range s.Values {

@@ -41,9 +41,13 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 	if err := yaml.Unmarshal(spec.Src, &doc); err != nil {
 		return "", nil, fmt.Errorf("station file: %w", err)
 	}
+	// The hub is the run's; the station's own commands section stays.
 	h := map[string]any{"mqtt": map[string]any{"url": addrs.MQTT}}
 	if addrs.Influx != "" {
 		h["influx"] = map[string]any{"url": addrs.Influx, "bucket": addrs.DB}
+	}
+	if old, ok := doc["hub"].(map[string]any); ok && old["commands"] != nil {
+		h["commands"] = old["commands"]
 	}
 	doc["hub"] = h
 	doc["state_dir"] = filepath.Join(work, "state")
