@@ -142,8 +142,8 @@ func (c *collector) alarmArrivals() ([]arrival, []resultArrival) {
 }
 
 func (c *collector) handle(_ paho.Client, msg paho.Message) {
-	if strings.HasSuffix(msg.Topic(), "/status") {
-		return // the gateway's retained online/offline status
+	if strings.HasSuffix(msg.Topic(), "/status") || strings.HasSuffix(msg.Topic(), "/command") {
+		return // the gateway's retained online/offline status, the duty desk's commands
 	}
 	m, err := model.ParseJSON(msg.Payload())
 	c.mu.Lock()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -37,9 +38,13 @@ type deskCommand struct {
 	reason          string // the rejection's start
 	resultOn        string // the device whose result topic answers
 	writes          map[string]int
+	lasting         []string // "device/signal" the gateway sets back after lastFor
 	sort            string
 	sentAt          time.Time
 }
+
+// lastFor is how long the lasting actions the testbench sends last.
+const lastFor = time.Second
 
 // deskReport is the duty desk part of a report.
 type deskReport struct {
@@ -78,22 +83,25 @@ func commandSorts(st *configs.Station, n int, key []byte) ([]deskCommand, error)
 	type valid struct {
 		dev, action, args string
 		writes            map[string]int
+		lasting           []string
 	}
 	var valids []valid
 	for _, tg := range targets {
 		for _, a := range tg.tmpl.Actions {
 			w := map[string]int{}
 			args := ""
+			var lasting []string
 			for _, s := range a.Set {
 				w[tg.dev+"/"+s.Signal]++
 			}
 			if a.For > 0 {
-				args = `{"for":1}`
+				args = fmt.Sprintf(`{"for":%g}`, lastFor.Seconds())
 				for _, s := range a.Set {
 					w[tg.dev+"/"+s.Signal]++ // set back by the gateway
+					lasting = append(lasting, tg.dev+"/"+s.Signal)
 				}
 			}
-			valids = append(valids, valid{tg.dev, a.Name, args, w})
+			valids = append(valids, valid{tg.dev, a.Name, args, w, lasting})
 		}
 		for _, s := range tg.tmpl.Body.Signals() {
 			if !s.Writable {
@@ -106,7 +114,7 @@ func commandSorts(st *configs.Station, n int, key []byte) ([]deskCommand, error)
 					v = fmt.Sprint((s.Limits.Min + s.Limits.Max) / 2)
 				}
 			}
-			valids = append(valids, valid{tg.dev, "set", fmt.Sprintf(`{"signal":%q,"value":%s}`, s.Name, v), map[string]int{tg.dev + "/" + s.Name: 1}})
+			valids = append(valids, valid{tg.dev, "set", fmt.Sprintf(`{"signal":%q,"value":%s}`, s.Name, v), map[string]int{tg.dev + "/" + s.Name: 1}, nil})
 		}
 	}
 	var out []deskCommand
@@ -131,7 +139,7 @@ func commandSorts(st *configs.Station, n int, key []byte) ([]deskCommand, error)
 			c.reason = reason
 			c.payload = commandJSON(id, "set", fmt.Sprintf(`{"signal":%q,"value":%s}`, sig, val), "{sent}", 30)
 		default:
-			c.sort, c.status, c.writes = "valid", model.ResultOK, v.writes
+			c.sort, c.status, c.writes, c.lasting = "valid", model.ResultOK, maps.Clone(v.writes), v.lasting
 			c.payload = commandJSON(id, v.action, v.args, "{sent}", 30)
 		}
 		out = append(out, c)
@@ -217,16 +225,28 @@ func (r *runner) runDesk(ctx context.Context) error {
 		return nil
 	}
 	again := 0
+	r.deskResent = map[string]int{}
+	lasting := map[string]lastingAt{} // "device/signal" -> the lasting action on it
+	resend := map[int]bool{}
+	for k := 1; k <= p.Again; k++ {
+		resend[k*len(moments)/(p.Again+1)] = true
+	}
 	for i, at := range moments {
 		if err := sleepCtx(ctx, time.Until(r.gwStart.Add(at))); err != nil {
 			return err
 		}
-		// Every (Count/Again)-th moment sends an earlier valid command again.
-		if p.Again > 0 && again < p.Again && i > 0 && i%max((p.Count+p.Again)/p.Again, 2) == 0 {
-			prev := r.desk[r.rng.IntN(len(r.desk))]
+		// Every few moments one sends an earlier command again: after a
+		// restart, one sent before it.
+		if resend[i] && len(r.desk) > 0 {
+			pool := r.desk
+			if restart := r.firstFault(); restart > 0 && at > restart {
+				pool = slices.DeleteFunc(slices.Clone(r.desk), func(c deskCommand) bool { return c.sentAt.After(r.gwStart.Add(restart)) })
+			}
+			prev := pool[r.rng.IntN(len(pool))]
 			if err := send(&prev); err != nil {
 				return err
 			}
+			r.deskResent[prev.id]++
 			again++
 			continue
 		}
@@ -234,19 +254,70 @@ func (r *runner) runDesk(ctx context.Context) error {
 			continue
 		}
 		c := cmds[len(r.desk)]
+		if err := r.mindLasting(ctx, &c, lasting); err != nil {
+			return err
+		}
 		if err := send(&c); err != nil {
 			return err
 		}
 		r.desk = append(r.desk, c)
+		for _, k := range c.lasting {
+			lasting[k] = lastingAt{len(r.desk) - 1, c.sentAt.Add(lastFor)}
+		}
 	}
 	r.deskAgain = again
 	return nil
 }
 
+// firstFault is when the scenario's first fault comes, after the
+// gateway's start, or 0.
+func (r *runner) firstFault() time.Duration {
+	var first time.Duration
+	for _, f := range r.sc.Faults {
+		if first == 0 || f.At < first {
+			first = f.At
+		}
+	}
+	return first
+}
+
+// lastingAt is a lasting action the testbench sent (by index in r.desk)
+// and when the gateway sets its signals back.
+type lastingAt struct {
+	cmd  int
+	back time.Time
+}
+
+// mindLasting keeps a command that sets a signal a lasting action holds
+// clear of the moment the gateway sets it back (it waits), so that which
+// comes first is certain: a command before it takes the signal over, and
+// the setting back does not happen (the writes expected say so).
+func (r *runner) mindLasting(ctx context.Context, c *deskCommand, lasting map[string]lastingAt) error {
+	const margin = 300 * time.Millisecond
+	for k := range c.writes {
+		l, ok := lasting[k]
+		if !ok {
+			continue
+		}
+		if d := time.Until(l.back); d > -margin && d < margin {
+			if err := sleepCtx(ctx, d+margin); err != nil {
+				return err
+			}
+		}
+		if time.Now().Before(l.back) {
+			r.desk[l.cmd].writes[k]-- // taken over: not set back
+		}
+		delete(lasting, k)
+	}
+	return nil
+}
+
 // clearMoments spreads n moments at random between from and to after the
-// gateway's start, none within 3 s of a fault (a gateway killed while a
-// device carries out a command cannot say whether it acted).
+// gateway's start, none from 3 s before a fault until 4 s after the
+// devices hear again (a gateway killed while a device carries out a
+// command cannot say whether it acted; a deaf device fails it).
 func (r *runner) clearMoments(from, to time.Duration, n int) []time.Duration {
+	after := r.quiet() + 4*time.Second
 	var faults []time.Duration
 	for _, f := range r.sc.Faults {
 		for i := 0; i < max(f.Times, 1); i++ {
@@ -256,7 +327,7 @@ func (r *runner) clearMoments(from, to time.Duration, n int) []time.Duration {
 	var out []time.Duration
 	for len(out) < n {
 		at := from + time.Duration(r.rng.Int64N(int64(max(to-from, 1))))
-		if !slices.ContainsFunc(faults, func(f time.Duration) bool { return at > f-3*time.Second && at < f+3*time.Second }) {
+		if !slices.ContainsFunc(faults, func(f time.Duration) bool { return at > f-3*time.Second && at < f+after }) {
 			out = append(out, at)
 		}
 	}
@@ -293,6 +364,9 @@ func (r *runner) checkDesk(stats simStats) {
 		if first.Device != c.resultOn || first.Result.Status != c.status || !strings.HasPrefix(first.Result.Reason, c.reason) {
 			rep.Wrong++
 			r.fail("command %s (%s): result on %s %s %q, want on %s %s %q…", c.id, c.sort, first.Device, first.Result.Status, first.Result.Reason, c.resultOn, c.status, c.reason)
+		}
+		if want := 1 + r.deskResent[c.id]; len(got) != want {
+			r.fail("command %s (%s) sent %d times: answered %d times", c.id, c.sort, want, len(got))
 		}
 		for _, g := range got[1:] {
 			if g.Result != first.Result {

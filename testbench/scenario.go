@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"outpost/configs"
+	"outpost/configs/dcon"
 	mb "outpost/configs/modbus"
 	"outpost/drivers"
 	"outpost/drivers/modbus"
@@ -233,16 +234,17 @@ type runner struct {
 	report  Report
 	rng     *rand.Rand
 
-	gwStart   time.Time
-	control   string                    // the simulator's control API, host:port
-	desk      []deskCommand             // the duty desk's commands sent, in order
-	deskAgain int                       // and how many were sent again
-	simStats  simStats                  // the simulator's counters at its end
-	faultAt   []time.Time               // when each fault of the scenario first ran, by index
-	destroyed map[string]map[string]int // uplink -> message id -> readings, destroyed by a power cut
-	unmount   string                    // the state volume mounted for the run, if any
-	sentBy    map[string]int            // device -> readings the simulator served
-	drainDone chan struct{}             // closed when watchDrain ends
+	gwStart    time.Time
+	control    string                    // the simulator's control API, host:port
+	desk       []deskCommand             // the duty desk's commands sent, in order
+	deskAgain  int                       // and how many were sent again
+	deskResent map[string]int            // id -> times sent again
+	simStats   simStats                  // the simulator's counters at its end
+	faultAt    []time.Time               // when each fault of the scenario first ran, by index
+	destroyed  map[string]map[string]int // uplink -> message id -> readings, destroyed by a power cut
+	unmount    string                    // the state volume mounted for the run, if any
+	sentBy     map[string]int            // device -> readings the simulator served
+	drainDone  chan struct{}             // closed when watchDrain ends
 }
 
 func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Report, err error) {
@@ -617,6 +619,10 @@ func (r *runner) quiet() time.Duration {
 			cost, per = modbus.BusCost(s), s.Timeout*time.Duration(s.Retries+1)
 		case *mb.TCP:
 			cost, per = modbus.EndpointCost(s), s.Timeout*time.Duration(s.Retries+1)
+		case *dcon.Link:
+			// Two reads a poll (a change is confirmed by a second).
+			longest = max(longest, time.Duration(2*len(l.Devices))*s.Timeout*time.Duration(s.Retries+1))
+			continue
 		default:
 			continue
 		}
