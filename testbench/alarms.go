@@ -26,6 +26,9 @@ type AlarmPlan struct {
 	From    time.Duration `yaml:"from"`
 	To      time.Duration `yaml:"to"`
 	Sources []DeviceAct   `yaml:"sources"`
+	// Gap is the least time between two alarms of one source: a button
+	// pressed again while it is still held raises nothing.
+	Gap time.Duration `yaml:"gap"`
 }
 
 // DeviceAct is an action of a simulated device (see firmware-sim's
@@ -121,11 +124,17 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 		moments[i] = p.From + time.Duration(r.rng.Int64N(int64(max(span, 1))))
 	}
 	slices.Sort(moments)
+	last := make([]time.Duration, len(p.Sources))
 	for i, at := range moments {
+		src := i % len(p.Sources)
+		if i >= len(p.Sources) && at-last[src] < p.Gap {
+			at = last[src] + p.Gap
+		}
+		last[src] = at
 		if err := sleepCtx(ctx, time.Until(r.gwStart.Add(at))); err != nil {
 			return err
 		}
-		if err := r.act(ctx, p.Sources[i%len(p.Sources)], i+1); err != nil {
+		if err := r.act(ctx, p.Sources[src], i+1); err != nil {
 			return fmt.Errorf("alarm %d: %w", i+1, err)
 		}
 	}
@@ -172,7 +181,10 @@ func (r *runner) checkAlarms() error {
 	if err != nil || len(rs) == 0 {
 		return err
 	}
-	arrivals, _ := r.col.alarmArrivals()
+	arrivals, _, err := r.alarmArrivals()
+	if err != nil {
+		return err
+	}
 	type key struct{ device, kind, state string }
 	sent := map[key][]raised{}
 	for _, x := range rs {
@@ -225,7 +237,11 @@ func (r *runner) checkAlarms() error {
 // checkExpectedEvents holds the events the scenario expects after its
 // faults.
 func (r *runner) checkExpectedEvents() {
-	arrivals, _ := r.col.alarmArrivals()
+	arrivals, _, err := r.alarmArrivals()
+	if err != nil {
+		r.fail("alarm watcher: %v", err)
+		return
+	}
 	for _, want := range r.sc.Expect.EventsAfter {
 		if want.AfterFault >= len(r.faultAt) {
 			r.fail("expect.events_after: fault %d never ran", want.AfterFault)

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"maps"
-	"slices"
+	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,10 +22,6 @@ import (
 // what arrived, never trusting the gateway's counters.
 type collector struct {
 	client paho.Client
-	// alarms is a second connection that takes only events, so that their
-	// latency is measured without waiting behind the telemetry the main
-	// connection is still reading.
-	alarms paho.Client
 
 	mu            sync.Mutex
 	seen          map[string]struct{} // station/device/seq of every message
@@ -32,7 +30,6 @@ type collector struct {
 	duplicates    int                 // readings in messages that arrived again
 	events        map[string]int      // event kind -> count, first copies only
 	gatewayEvents int                 // events of the gateway itself, among them
-	eventLag      time.Duration       // longest time from an event's stamp to its arrival
 	drops         map[string]int      // uplink -> readings the gateway reported not delivering (dropped or set aside)
 	damage        map[string]int      // uplink -> damaged queue regions the gateway reported
 	health        int
@@ -41,30 +38,10 @@ type collector struct {
 	onMessage     func(m *model.Message, payload []byte, dup bool)
 	tally         tally
 
-	// On the alarm connection, first copies only: every event with when
-	// it arrived, and every command result.
-	alarmSeen map[string]struct{}
-	arrivals  []arrival
-	results   []resultArrival
-
 	// Good values (device/signal/value) that arrived, when asked for;
 	// and the counters of each device's latest health message.
 	goodValues map[string]struct{}
 	counters   map[string]map[string]uint64
-}
-
-// arrival is an event as it reached the hub's subscriber.
-type arrival struct {
-	Msg model.Message
-	At  time.Time
-}
-
-// resultArrival is a command's result as it reached the hub's subscriber
-// (every copy).
-type resultArrival struct {
-	Device string
-	Result model.Result
-	At     time.Time
 }
 
 // collect subscribes to everything the station publishes, with a persistent
@@ -72,7 +49,7 @@ type resultArrival struct {
 func collect(ctx context.Context, url string, st *configs.Station, onMessage func(m *model.Message, payload []byte, dup bool)) (*collector, error) {
 	topic := stationTopics(st)
 	c := &collector{tally: newTally(st), seen: map[string]struct{}{}, byDevice: map[string]int{}, events: map[string]int{}, drops: map[string]int{}, damage: map[string]int{},
-		onMessage: onMessage, alarmSeen: map[string]struct{}{}, counters: map[string]map[string]uint64{}}
+		onMessage: onMessage, counters: map[string]map[string]uint64{}}
 	opts := paho.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("testbench-%d", time.Now().UnixNano())).
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(200 * time.Millisecond).
@@ -80,18 +57,9 @@ func collect(ctx context.Context, url string, st *configs.Station, onMessage fun
 	opts.SetOnConnectHandler(func(cl paho.Client) {
 		cl.Subscribe(topic, 1, c.handle)
 	})
+	opts.SetCustomOpenConnectionFn(bufferedConn)
 	c.client = paho.NewClient(opts)
 	if err := connect(ctx, c.client); err != nil {
-		return nil, err
-	}
-	aopts := *opts
-	aopts.SetClientID(opts.ClientID + "-alarms").SetCleanSession(true)
-	aopts.SetOnConnectHandler(func(cl paho.Client) {
-		base := strings.TrimSuffix(topic, "#")
-		cl.SubscribeMultiple(map[string]byte{base + "+/event": 1, base + "+/command/result": 1}, c.handleAlarm)
-	})
-	c.alarms = paho.NewClient(&aopts)
-	if err := connect(ctx, c.alarms); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -108,37 +76,6 @@ func connect(ctx context.Context, cl paho.Client) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-}
-
-// handleAlarm notes when events and command results arrive, and measures
-// how long events take from their stamp at the gateway to the hub.
-func (c *collector) handleAlarm(_ paho.Client, msg paho.Message) {
-	now := time.Now()
-	m, err := model.ParseJSON(msg.Payload())
-	if err != nil {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if m.Kind == model.KindResult {
-		c.results = append(c.results, resultArrival{m.Device, *m.Result, now})
-		return
-	}
-	if _, dup := c.alarmSeen[m.ID()]; dup {
-		return
-	}
-	c.alarmSeen[m.ID()] = struct{}{}
-	c.arrivals = append(c.arrivals, arrival{m, now})
-	if !m.Historical {
-		c.eventLag = max(c.eventLag, now.Sub(m.Time))
-	}
-}
-
-// alarmArrivals returns the events and results the alarm connection got.
-func (c *collector) alarmArrivals() ([]arrival, []resultArrival) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.arrivals), slices.Clone(c.results)
 }
 
 func (c *collector) handle(_ paho.Client, msg paho.Message) {
@@ -202,14 +139,13 @@ func (c *collector) handle(_ paho.Client, msg paho.Message) {
 type counts struct {
 	Readings, Duplicates, Health, Historical, Malformed, GatewayEvents int
 	Events, Drops, Damage, ByDevice                                    map[string]int
-	EventLag                                                           time.Duration
 }
 
 func (c *collector) counts() counts {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return counts{c.readings, c.duplicates, c.health, c.historical, c.malformed, c.gatewayEvents,
-		maps.Clone(c.events), maps.Clone(c.drops), maps.Clone(c.damage), maps.Clone(c.byDevice), c.eventLag}
+		maps.Clone(c.events), maps.Clone(c.drops), maps.Clone(c.damage), maps.Clone(c.byDevice)}
 }
 
 // has says whether the message station/device/seq arrived.
@@ -222,7 +158,6 @@ func (c *collector) has(id string) bool {
 
 func (c *collector) close() {
 	c.client.Disconnect(100)
-	c.alarms.Disconnect(100)
 }
 
 // keepGoodValues makes the collector keep every good value that arrives.
@@ -239,3 +174,22 @@ func (c *collector) goodValuesAndCounters() (map[string]struct{}, map[string]map
 	defer c.mu.Unlock()
 	return maps.Clone(c.goodValues), maps.Clone(c.counters)
 }
+
+// bufferedConn dials the broker for paho with reads buffered: paho reads a
+// packet's header byte by byte, three system calls a message unbuffered,
+// which at a backlog's drain would make the testbench the busiest process
+// on the machine.
+func bufferedConn(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &readBuffered{c, bufio.NewReaderSize(c, 64<<10)}, nil
+}
+
+type readBuffered struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *readBuffered) Read(b []byte) (int, error) { return c.r.Read(b) }

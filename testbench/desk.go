@@ -341,7 +341,11 @@ func (r *runner) checkDesk(stats simStats) {
 	if r.sc.Desk == nil {
 		return
 	}
-	_, results := r.col.alarmArrivals()
+	_, results, err := r.alarmArrivals()
+	if err != nil {
+		r.fail("alarm watcher: %v", err)
+		return
+	}
 	rep := &deskReport{Sent: len(r.desk), Again: r.deskAgain, BySort: map[string]int{}, Writes: map[string]int{}, WritesWanted: map[string]int{}}
 	byID := map[string][]resultArrival{}
 	for _, a := range results {

@@ -34,6 +34,8 @@ func main() {
 		os.Exit(cmdRun(ctx, os.Args[2:], log))
 	case "demo":
 		os.Exit(cmdDemo(ctx, os.Args[2:], log))
+	case "watch-alarms":
+		os.Exit(cmdWatchAlarms(ctx, os.Args[2:], log))
 	default:
 		usage()
 	}

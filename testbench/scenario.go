@@ -236,6 +236,8 @@ type runner struct {
 
 	gwStart    time.Time
 	control    string                    // the simulator's control API, host:port
+	watcher    *proc                     // the alarm watcher (see watch.go)
+	watched    *watched                  // what it saw, once read
 	desk       []deskCommand             // the duty desk's commands sent, in order
 	deskAgain  int                       // and how many were sent again
 	deskResent map[string]int            // id -> times sent again
@@ -333,8 +335,10 @@ func (r *runner) startHub(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.col, err = collect(ctx, r.mqtt.URL(), r.st, nil)
-	return err
+	if r.col, err = collect(ctx, r.mqtt.URL(), r.st, nil); err != nil {
+		return err
+	}
+	return r.startWatcher(ctx)
 }
 
 // load runs the simulator and the gateway for the scenario's duration,
@@ -783,7 +787,9 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 	if c.Malformed > 0 {
 		r.fail("%d malformed messages at the hub", c.Malformed)
 	}
-	r.checkEvents(c)
+	if err := r.checkEvents(c); err != nil {
+		return err
+	}
 	if err := r.checkAlarms(); err != nil {
 		return err
 	}
@@ -834,9 +840,12 @@ func (r *runner) watchDrain(ctx context.Context) {
 
 // checkEvents compares the events of the templates' rules that reached the
 // hub with the edges the simulator served.
-func (r *runner) checkEvents(c counts) {
+func (r *runner) checkEvents(c counts) error {
+	if _, _, err := r.alarmArrivals(); err != nil {
+		return err
+	}
 	ev := &r.report.Events
-	ev.ByKind, ev.MaxLagMS, ev.Evaluated = c.Events, float64(c.EventLag.Microseconds())/1000, r.sc.Expect.Events
+	ev.ByKind, ev.MaxLagMS, ev.Evaluated = c.Events, ms(r.watched.lag), r.sc.Expect.Events
 	// The gateway's own events, device_lost and device_restored (raised
 	// from health, not from a signal the simulator serves) are not the
 	// simulator's edges.
@@ -851,6 +860,7 @@ func (r *runner) checkEvents(c counts) {
 	case r.sc.Expect.Events == "at-least" && ev.AtHub < ev.Served:
 		r.fail("events: the simulator served %d event edges, only %d events arrived", ev.Served, ev.AtHub)
 	}
+	return nil
 }
 
 // influxReadings counts the readings of the station in InfluxDB: the values
@@ -892,6 +902,9 @@ func (r *runner) influxReadings(ctx context.Context, historical bool) (int, erro
 func (r *runner) shutdown() {
 	r.sim.kill()
 	r.gw.kill()
+	if r.watcher != nil {
+		r.watcher.kill()
+	}
 	if r.unmount != "" {
 		if err := syscall.Unmount(r.unmount, syscall.MNT_DETACH); err != nil {
 			r.log.Warn("state volume not unmounted", "dir", r.unmount, "err", err)

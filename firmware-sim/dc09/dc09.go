@@ -507,6 +507,12 @@ func (p *panel) send(ctx context.Context, frame []byte) error {
 		if err != nil {
 			return err
 		}
+		if c.LocalAddr().String() == c.RemoteAddr().String() {
+			// Nothing listens there yet, and the kernel gave the socket
+			// that very port: it would talk to itself for good.
+			c.Close()
+			return fmt.Errorf("%s %s: connected to itself (the receiver is not up yet)", p.transport, p.addr)
+		}
 		p.conn = c
 		p.dead.Store(false)
 		p.drain()

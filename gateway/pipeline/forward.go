@@ -103,7 +103,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		msgs = msgs[:0]
 		now := time.Now()
-		for _, e := range b.Entries {
+		for i, e := range b.Entries {
+			uplink.Yield(i)
 			m, err := model.DecodeBinary(e.Data)
 			if err != nil {
 				// The queue checks records with a CRC, so this is a record

@@ -83,6 +83,7 @@ func (u *Uplink) write(ctx context.Context, msgs []model.Message, lo, hi int, bu
 		if i > lo {
 			b = append(b, '\n')
 		}
+		uplink.Yield(i)
 		b = AppendLine(b, &msgs[i])
 	}
 	*buf = b
