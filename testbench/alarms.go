@@ -130,7 +130,14 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 		if i >= len(p.Sources) && at-last[src] < p.Gap {
 			at = last[src] + p.Gap
 		}
+		if at > p.To {
+			return fmt.Errorf("alarms: %d alarms from %d sources, %s apart from one source, do not fit between %s and %s", p.Count, len(p.Sources), p.Gap, p.From, p.To)
+		}
 		last[src] = at
+		moments[i] = at
+	}
+	for i, at := range moments {
+		src := i % len(p.Sources)
 		if err := sleepCtx(ctx, time.Until(r.gwStart.Add(at))); err != nil {
 			return err
 		}

@@ -74,9 +74,10 @@ type module struct {
 	// mu orders the module's messages (see poll) and guards what follows.
 	mu        sync.Mutex
 	health    bus.Tracker
-	known     bool   // $AAM matched since the module last answered again
-	wrong     string // the reason while it names itself otherwise
-	confirmed *State // the I/O last read twice alike
+	known     bool      // $AAM matched since the module last answered again
+	heard     time.Time // when it last answered anything
+	wrong     string    // the reason while it names itself otherwise
+	confirmed *State    // the I/O last read twice alike
 	published []model.Reading
 	pubAt     time.Time // when the published I/O was read
 }
@@ -323,10 +324,20 @@ func classify(err error) string {
 	return "io_errors"
 }
 
-// forgetAfter is how many polls in a row that got no answer make the
-// driver forget the module's name (and its alarm polls pause): one such
-// poll on a noisy line is a few damaged commands, not a module gone.
+// forgetAfter is how many polls in a row that got no answer slow a
+// module's alarm polls down: one such poll on a noisy line is a few
+// damaged commands, not a module gone.
 const forgetAfter = 2
+
+// forgetSilence is how long a module must not answer at all before the
+// driver forgets its name and asks it again: long enough for a module to
+// be swapped for another, longer than a noisy line stays silent.
+const forgetSilence = 30 * time.Second
+
+// silentAlarmTries: the alarm polls of a silent module come at most every
+// this many of the link's timeouts, so that a dead module costs the wire
+// a fifth of the time at most.
+const silentAlarmTries = 5
 
 // poller polls one module.
 type poller struct {
@@ -533,7 +544,10 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 	}
 	p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindTelemetry, Time: at.UTC(), Readings: readings})
 	h, changed := m.health.Observe(res)
-	if m.health.Silent() >= forgetAfter {
+	if r.answered {
+		m.heard = time.Now()
+	}
+	if time.Since(m.heard) >= forgetSilence {
 		// Gone for a while: it may come back as another module, so its
 		// name is asked again when it answers.
 		m.known = false
@@ -552,33 +566,49 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 
 // alarmPoll reads the module's I/O ahead of normal polls and emits its
 // signals only when one changed since they were last published: at 100ms,
-// a message per read would flood the queue. It asks nothing of a module
-// that is silent or not known to be the template's: its normal poll finds
-// out when that changes. Failures are only counted.
+// a message per read would flood the queue. A module whose name is not
+// known (again) is asked it first. A silent module, or one whose name is
+// not known, is still asked, once a try and no more often than every
+// silentAlarmTries timeouts of the link, so that a dead module does not
+// take the wire from the others;
+// but its alarm polls never stop: on a noisy line a live module can look
+// silent for a few polls, and a press then must not wait for the backed
+// off normal poll. Failures are only counted.
 func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	m := p.m
 	every := m.alarmEvery()
 	m.mu.Lock()
-	asleep := m.health.Silent() >= forgetAfter || !m.known
+	unsure := m.health.Silent() >= forgetAfter || !m.known
 	m.mu.Unlock()
-	if asleep {
-		return every
-	}
 	var r result
+	a := bus.Attempt{}
+	next := every
+	if unsure {
+		a, next = bus.Attempt{Once: true}, max(every, silentAlarmTries*p.b.timeout())
+	}
 	late := time.Since(due) > every/2
-	s := p.state(ctx, bus.AlarmPoll, bus.Attempt{}, &r, false)
+	if !p.identify(ctx, bus.AlarmPoll, a, &r) {
+		m.mu.Lock()
+		m.health.Count(r.counters...)
+		m.mu.Unlock()
+		return next
+	}
+	s := p.state(ctx, bus.AlarmPoll, a, &r, false)
 	if ctx.Err() != nil {
 		return every
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.health.Count(r.counters...)
+	if r.answered {
+		m.heard = time.Now()
+	}
 	if late {
 		m.health.Count("late_alarm_polls")
 	}
 	p.log.Debug("alarm poll", "ok", s != nil, "requests", r.requests, "failures", r.counters)
 	if s == nil || s.at.Before(m.pubAt) {
-		return every
+		return next
 	}
 	readings := m.readings(s)
 	changed := len(readings) != len(m.published)
