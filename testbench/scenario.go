@@ -327,15 +327,11 @@ func (r *runner) startHub(ctx context.Context) error {
 			return err
 		}
 	}
-	var src []byte
-	if r.sc.StationFile != "" {
-		if src, err = os.ReadFile(r.sc.StationFile); err != nil {
-			return fmt.Errorf("scenario %s: %w", r.sc.Name, err)
-		}
-	} else if src, err = configs.Embedded.ReadFile(r.sc.Station); err != nil {
-		return fmt.Errorf("scenario %s: station %q is not an embedded station file: %w", r.sc.Name, r.sc.Station, err)
+	spec, err := r.sc.stationSpec()
+	if err != nil {
+		return err
 	}
-	r.station, r.st, err = prepareStation(stationSpec{Src: src, Queue: r.sc.Queue, Poll: r.sc.Poll, Links: r.sc.Links}, r.work,
+	r.station, r.st, err = prepareStation(spec, r.work,
 		hubAddrs{MQTT: r.mqtt.URL(), Influx: r.influx.URL(), DB: r.influx.Database()})
 	if err != nil {
 		return err
@@ -946,4 +942,19 @@ func (r *runner) shutdown() {
 	if r.influx != nil {
 		r.influx.Stop()
 	}
+}
+
+// stationSpec is the scenario's station file and what the scenario changes
+// in it.
+func (sc *Scenario) stationSpec() (stationSpec, error) {
+	spec := stationSpec{Queue: sc.Queue, Poll: sc.Poll, Links: sc.Links}
+	var err error
+	if sc.StationFile != "" {
+		if spec.Src, err = os.ReadFile(sc.StationFile); err != nil {
+			return spec, fmt.Errorf("scenario %s: %w", sc.Name, err)
+		}
+	} else if spec.Src, err = configs.Embedded.ReadFile(sc.Station); err != nil {
+		return spec, fmt.Errorf("scenario %s: station %q is not an embedded station file: %w", sc.Name, sc.Station, err)
+	}
+	return spec, nil
 }

@@ -10,8 +10,9 @@ import (
 	"outpost/configs"
 )
 
-// TestScenariosLoad: every scenario file decodes, and its station loads,
-// with the devices it names silent in it; so a typo fails here in a
+// TestScenariosLoad: every scenario file decodes, and its station loads as
+// a run prepares it (keys made, ports chosen), with the devices it names
+// silent in it; so a typo fails here in a
 // second, not after a run's minute.
 func TestScenariosLoad(t *testing.T) {
 	files, err := filepath.Glob("scenarios/*.yaml")
@@ -27,13 +28,13 @@ func TestScenariosLoad(t *testing.T) {
 		if want := strings.TrimSuffix(filepath.Base(f), ".yaml"); sc.Name != want {
 			t.Errorf("%s: scenario %q, want %q (run by file name)", f, sc.Name, want)
 		}
-		var st *configs.Station
-		if sc.StationFile != "" {
-			if st, err = configs.Load(sc.StationFile); err != nil {
-				t.Errorf("%s: %v", f, err)
-				continue
-			}
-		} else if st, err = configs.LoadEmbedded(sc.Station); err != nil {
+		spec, err := sc.stationSpec()
+		if err != nil {
+			t.Errorf("%v", err)
+			continue
+		}
+		_, st, err := prepareStation(spec, t.TempDir(), hubAddrs{MQTT: "tcp://127.0.0.1:1883"})
+		if err != nil {
 			t.Errorf("%s: %v", f, err)
 			continue
 		}
