@@ -37,7 +37,8 @@ FUZZTIME ?= 20s
 FUZZ := ./configs:FuzzParse ./drivers/modbus:FuzzDecode ./drivers/modbus:FuzzRTUResponse \
 	./drivers/modbus:FuzzTCPResponse ./drivers/modbus:FuzzCheckRTU ./gateway/model:FuzzParseJSON \
 	./gateway/model:FuzzDecodeBinary ./gateway/queue:FuzzOpen ./firmware-sim/slave:FuzzParseRequest \
-	./firmware-sim/enc:FuzzDecode
+	./firmware-sim/enc:FuzzDecode ./drivers/dc09:FuzzFrame ./drivers/dc09:FuzzContactID \
+	./drivers/dcon:FuzzResponse ./gateway/command:FuzzDecode
 fuzz:
 	@for t in $(FUZZ); do \
 		echo "fuzz $${t#*:} in $${t%%:*}"; \

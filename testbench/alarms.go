@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,8 +20,8 @@ import (
 )
 
 // AlarmPlan raises alarms through the simulator's control API at random
-// moments between From and To after the gateway's start, taking the
-// sources in turn.
+// moments between From and To after the gateway's start, as many from
+// each source.
 type AlarmPlan struct {
 	Count   int           `yaml:"count"`
 	From    time.Duration `yaml:"from"`
@@ -118,30 +119,35 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 	if p == nil {
 		return nil
 	}
-	span := p.To - p.From
-	moments := make([]time.Duration, p.Count)
-	for i := range moments {
-		moments[i] = p.From + time.Duration(r.rng.Int64N(int64(max(span, 1))))
+	// Each source's alarms fall one in each of its equal slots of the
+	// span, at a random moment of the slot that leaves Gap to the next.
+	type alarm struct {
+		at  time.Duration
+		src int
 	}
-	slices.Sort(moments)
-	last := make([]time.Duration, len(p.Sources))
-	for i, at := range moments {
-		src := i % len(p.Sources)
-		if i >= len(p.Sources) && at-last[src] < p.Gap {
-			at = last[src] + p.Gap
+	var plan []alarm
+	for src := range p.Sources {
+		n := p.Count / len(p.Sources)
+		if src < p.Count%len(p.Sources) {
+			n++
 		}
-		if at > p.To {
+		if n == 0 {
+			continue
+		}
+		slot := (p.To - p.From) / time.Duration(n)
+		if slot <= p.Gap {
 			return fmt.Errorf("alarms: %d alarms from %d sources, %s apart from one source, do not fit between %s and %s", p.Count, len(p.Sources), p.Gap, p.From, p.To)
 		}
-		last[src] = at
-		moments[i] = at
+		for k := 0; k < n; k++ {
+			plan = append(plan, alarm{p.From + time.Duration(k)*slot + time.Duration(r.rng.Int64N(int64(slot-p.Gap))), src})
+		}
 	}
-	for i, at := range moments {
-		src := i % len(p.Sources)
-		if err := sleepCtx(ctx, time.Until(r.gwStart.Add(at))); err != nil {
+	slices.SortFunc(plan, func(a, b alarm) int { return cmp.Compare(a.at, b.at) })
+	for i, a := range plan {
+		if err := sleepCtx(ctx, time.Until(r.gwStart.Add(a.at))); err != nil {
 			return err
 		}
-		if err := r.act(ctx, p.Sources[src], i+1); err != nil {
+		if err := r.act(ctx, p.Sources[a.src], i+1); err != nil {
 			return fmt.Errorf("alarm %d: %w", i+1, err)
 		}
 	}
