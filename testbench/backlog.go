@@ -20,17 +20,18 @@ import (
 // devices, with sequence numbers from the gateway's own counters and
 // timestamps of an hour ago, so that it reaches the hub as historical data.
 // The gateway must not be running. It returns the number of readings queued
-// per uplink.
-func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
+// per uplink, and the last message queued.
+func prefill(st *configs.Station, n int, log *slog.Logger) (int, model.Message, error) {
+	var m model.Message
 	counters, err := seq.Open(st.SeqFile(), log)
 	if err != nil {
-		return 0, err
+		return 0, m, err
 	}
 	var qs []*queue.Queue
 	for _, u := range st.Uplinks() {
 		q, err := pipeline.OpenQueue(st, u, log)
 		if err != nil {
-			return 0, err
+			return 0, m, err
 		}
 		defer q.Close()
 		qs = append(qs, q)
@@ -46,16 +47,16 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
 		}
 	}
 	if len(polled) == 0 {
-		return 0, fmt.Errorf("backlog: station %s has no device with readings", st.Station.ID)
+		return 0, m, fmt.Errorf("backlog: station %s has no device with readings", st.Station.ID)
 	}
 	for i := 0; total < n; i++ {
 		d := polled[i%len(polled)]
 		t := st.Templates[d.Template]
 		s, err := counters.Next(d.ID)
 		if err != nil {
-			return 0, err
+			return 0, m, err
 		}
-		m := model.Message{
+		m = model.Message{
 			Station: st.Station.ID, StationType: st.Station.Type, Device: d.ID, DeviceKind: t.Kind,
 			Seq: s, Time: start.Add(time.Duration(i) * time.Millisecond).UTC(), Kind: model.KindTelemetry,
 		}
@@ -65,12 +66,12 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, error) {
 		buf = model.AppendBinary(buf[:0], &m)
 		for _, q := range qs {
 			if err := q.Append(queue.LaneTelemetry, queue.Record{Data: buf, Readings: m.Values()}); err != nil {
-				return total, fmt.Errorf("prefilling the queue: %w", err)
+				return total, m, fmt.Errorf("prefilling the queue: %w", err)
 			}
 		}
 		total += counted.values(&m)
 	}
-	return total, nil
+	return total, m, nil
 }
 
 func backlogValue(t configs.ValueType, i int) model.Value {
