@@ -40,30 +40,11 @@ func loadStation(t testing.TB, dir, links, devices string) *configs.Station {
 	return st
 }
 
-// sink keeps what the simulated modules raised.
-type sink struct {
-	mu     sync.Mutex
-	raised []sim.Raised
-}
-
-func (s *sink) Served(string, []sim.Reading) {}
-func (s *sink) Raised(r sim.Raised) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.raised = append(s.raised, r)
-}
-
-func (s *sink) all() []sim.Raised {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]sim.Raised(nil), s.raised...)
-}
-
 // startSim runs the simulator of the station's first link until the test
 // ends.
-func startSim(t testing.TB, st *configs.Station, o sim.Options) (sim.Link, *sink) {
+func startSim(t testing.TB, st *configs.Station, o sim.Options) (sim.Link, *sim.Recorder) {
 	t.Helper()
-	sk := &sink{}
+	sk := &sim.Recorder{}
 	o.Sink, o.Start, o.Log = sk, time.Now(), slog.New(slog.DiscardHandler)
 	if o.Silent == nil {
 		o.Silent = map[string]bool{}
@@ -224,7 +205,7 @@ func TestModules(t *testing.T) {
 	}
 	t.Logf("press seen after %v", took.Round(time.Millisecond))
 	r.next(t, "box-1", model.KindTelemetry, 2*time.Second, good("pressed", false))
-	if got := sk.all(); len(got) != 2 || got[0].Kind != "panic" || got[0].State != "active" || got[1].State != "cleared" || got[0].Source != "dcon" {
+	if got := sk.All(); len(got) != 2 || got[0].Kind != "panic" || got[0].State != "active" || got[1].State != "cleared" || got[0].Source != "dcon" {
 		t.Errorf("raised %+v, want panic active, then cleared", got)
 	}
 
@@ -425,7 +406,7 @@ func TestNoise(t *testing.T) {
 			t.Errorf("%s: %d presses published, want %d", box, edges[box], presses)
 		}
 	}
-	if n := len(sk.all()); n != 4*presses {
+	if n := len(sk.All()); n != 4*presses {
 		t.Errorf("%d alarms raised, want %d", n, 4*presses)
 	}
 	// The damage was seen and counted.

@@ -1,6 +1,7 @@
 package dcon
 
 import (
+	"bytes"
 	"fmt"
 	"time"
 
@@ -64,41 +65,7 @@ func (t *transport) sync(cmd []byte, ok func([]byte) bool) error {
 		if !time.Now().Before(deadline) {
 			return &TimeoutError{After: t.timeout}
 		}
-		frame, err = t.next(deadline)
-	}
-}
-
-// next reads the next frame up to its CR, or what came before a gap, by
-// the deadline; a TimeoutError when nothing came.
-func (t *transport) next(deadline time.Time) ([]byte, error) {
-	n := 0
-	var last time.Time
-	for {
-		wait := time.Until(deadline)
-		if n > 0 {
-			wait = min(wait, time.Until(last.Add(t.gap())))
-		}
-		if wait <= 0 {
-			if n == 0 {
-				return nil, &TimeoutError{After: t.timeout}
-			}
-			return t.buf[:n:n], nil
-		}
-		if err := t.port.SetReadTimeout(wait); err != nil {
-			return nil, &bus.PortError{Err: err}
-		}
-		m, err := t.port.Read(t.buf[n : n+1]) // a byte at a time: what follows the CR is the next frame's
-		if err != nil {
-			return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
-		}
-		if m == 0 {
-			continue
-		}
-		n++
-		last = time.Now()
-		if t.buf[n-1] == cr || n == len(t.buf) {
-			return t.buf[:n:n], nil
-		}
+		frame, err = t.read(deadline, 0, true)
 	}
 }
 
@@ -122,8 +89,20 @@ func (t *transport) exchange(cmd []byte, want int) ([]byte, error) {
 	if _, err := t.port.Write(cmd); err != nil {
 		return nil, &bus.PortError{Err: fmt.Errorf("write: %w", err)}
 	}
-	sent := time.Now()
-	deadline := sent.Add(t.timeout + time.Duration(len(cmd)+max(want, 8))*t.char)
+	deadline := time.Now().Add(t.timeout + time.Duration(len(cmd)+max(want, 8))*t.char)
+	frame, err := t.read(deadline, want, false)
+	if _, ok := err.(*TimeoutError); ok {
+		t.unsynced = true // its answer may still come: see sync
+	}
+	return frame, err
+}
+
+// read reads a frame by the deadline: the bytes up to and including its
+// CR; or, when want > 0 and that many came without a CR, those; or what
+// came before a gap (cut short: the parser says how). byByte reads a byte
+// at a time, so that what follows the CR (the next frame) stays in the
+// port. It returns a TimeoutError when nothing came.
+func (t *transport) read(deadline time.Time, want int, byByte bool) ([]byte, error) {
 	n := 0
 	var last time.Time
 	for {
@@ -133,25 +112,26 @@ func (t *transport) exchange(cmd []byte, want int) ([]byte, error) {
 		}
 		if wait <= 0 {
 			if n == 0 {
-				t.unsynced = true // its answer may still come: see sync
 				return nil, &TimeoutError{After: t.timeout}
 			}
-			return t.buf[:n:n], nil // cut short: the parser says how
+			return t.buf[:n:n], nil
 		}
 		if err := t.port.SetReadTimeout(wait); err != nil {
 			return nil, &bus.PortError{Err: err}
 		}
-		m, err := t.port.Read(t.buf[n:])
+		end := len(t.buf)
+		if byByte {
+			end = n + 1
+		}
+		m, err := t.port.Read(t.buf[n:end])
 		if err != nil {
 			return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
 		}
 		if m == 0 {
 			continue
 		}
-		for i := n; i < n+m; i++ {
-			if t.buf[i] == cr {
-				return t.buf[: i+1 : i+1], nil
-			}
+		if i := bytes.IndexByte(t.buf[n:n+m], cr); i >= 0 {
+			return t.buf[: n+i+1 : n+i+1], nil
 		}
 		n += m
 		last = time.Now()

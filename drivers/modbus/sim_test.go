@@ -78,23 +78,11 @@ func simStation(t testing.TB, link, devices string) *configs.Station {
 	return st
 }
 
-type raisedLog struct {
-	mu     sync.Mutex
-	raised []sim.Raised
-}
-
-func (s *raisedLog) Served(string, []sim.Reading) {}
-func (s *raisedLog) Raised(r sim.Raised) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.raised = append(s.raised, r)
-}
-
 // runSim runs the simulator of the station's first link until the test
 // ends, and returns its devices' actors and stats by id.
-func runSim(t testing.TB, st *configs.Station, o sim.Options) (map[string]sim.Device, *raisedLog) {
+func runSim(t testing.TB, st *configs.Station, o sim.Options) (map[string]sim.Device, *sim.Recorder) {
 	t.Helper()
-	rl := &raisedLog{}
+	rl := &sim.Recorder{}
 	o.Sink, o.Start, o.Log, o.Silent = rl, time.Now(), slog.New(slog.DiscardHandler), map[string]bool{}
 	l, err := sim.New(st, &st.Links[0], o)
 	if err != nil {
@@ -321,11 +309,9 @@ func TestNoiseRTU(t *testing.T) {
 	if edges != presses {
 		t.Errorf("%d presses published, want %d", edges, presses)
 	}
-	rl.mu.Lock()
-	if n := len(rl.raised); n != 2*presses {
+	if n := len(rl.All()); n != 2*presses {
 		t.Errorf("%d alarms raised, want %d", n, 2*presses)
 	}
-	rl.mu.Unlock()
 	var counted []string
 	for _, h := range health {
 		for c, n := range h.Counters {

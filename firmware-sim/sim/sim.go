@@ -103,6 +103,27 @@ type Sink interface {
 	Raised(r Raised)
 }
 
+// Recorder is a Sink that keeps the alarms raised, for tests.
+type Recorder struct {
+	mu     sync.Mutex
+	raised []Raised
+}
+
+func (r *Recorder) Served(string, []Reading) {}
+
+func (r *Recorder) Raised(a Raised) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.raised = append(r.raised, a)
+}
+
+// All returns the alarms raised so far, in order.
+func (r *Recorder) All() []Raised {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Raised(nil), r.raised...)
+}
+
 // Options are what every link simulator gets.
 type Options struct {
 	// Seed makes the simulated values repeatable.
