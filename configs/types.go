@@ -346,6 +346,20 @@ type Signal struct {
 	Fast bool
 }
 
+// AlarmPoller is implemented by the settings of a device whose protocol
+// can read its alarm inputs on their own (alarm_poll), to say whether it
+// does.
+type AlarmPoller interface{ AlarmPolled() bool }
+
+// Fast says whether the device reads its signal s at its alarm poll: a
+// fast signal of its template, unless its alarm polls are off.
+func (d *Device) Fast(s Signal) bool {
+	if ap, ok := d.Settings.(AlarmPoller); ok && !ap.AlarmPolled() {
+		return false
+	}
+	return s.Fast
+}
+
 // Action is a named command a device offers the hub: acknowledge a panic
 // (light the button's LED), sound a siren for a while.
 type Action struct {

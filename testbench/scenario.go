@@ -41,9 +41,14 @@ type Scenario struct {
 	Drain       time.Duration  `yaml:"drain"`    // longest wait for the hub to have everything
 	Queue       map[string]any `yaml:"queue"`    // overrides the station's queue section
 	Poll        time.Duration  `yaml:"poll"`     // overrides every device's poll interval
-	Links       map[string]any `yaml:"links"`    // settings given to every Modbus link, e.g. timeout
-	Faults      []Fault        `yaml:"faults"`
-	Seed        uint64         `yaml:"seed"`
+	// AlarmPoll overrides every Modbus device's alarm_poll; 0s turns the
+	// alarm polls off, so that every reading is counted: a scenario that
+	// holds the readings lost to what the gateway reports needs that (what
+	// an alarm poll reads is published only when it changed).
+	AlarmPoll *time.Duration `yaml:"alarm_poll"`
+	Links     map[string]any `yaml:"links"` // settings given to every Modbus link, e.g. timeout
+	Faults    []Fault        `yaml:"faults"`
+	Seed      uint64         `yaml:"seed"`
 	// Silent devices never answer (firmware-sim -silent): the gateway
 	// polls them, the simulator serves nothing for them.
 	Silent []string `yaml:"silent"`
@@ -532,7 +537,15 @@ func (r *runner) pollRates(from, to simStats) {
 		if !ok {
 			continue // not polled
 		}
-		signals := len(r.st.Templates[d.Template].Body.Signals())
+		signals := 0 // those read once a poll (a fast one more often, and not counted)
+		for _, sg := range r.st.Templates[d.Template].Body.Signals() {
+			if !d.Fast(sg) {
+				signals++
+			}
+		}
+		if signals == 0 {
+			continue
+		}
 		polls := float64(to.Devices[d.ID].ReadingsServed-from.Devices[d.ID].ReadingsServed) / float64(signals)
 		rate := pollRate{Link: d.Link, Configured: 1 / set.Poll.Seconds(), Achieved: polls / window}
 		rate.Percent = 100 * rate.Achieved / rate.Configured
@@ -959,7 +972,7 @@ func (r *runner) shutdown() {
 // stationSpec is the scenario's station file and what the scenario changes
 // in it.
 func (sc *Scenario) stationSpec() (stationSpec, error) {
-	spec := stationSpec{Queue: sc.Queue, Poll: sc.Poll, Links: sc.Links}
+	spec := stationSpec{Queue: sc.Queue, Poll: sc.Poll, AlarmPoll: sc.AlarmPoll, Links: sc.Links}
 	var err error
 	if sc.StationFile != "" {
 		if spec.Src, err = os.ReadFile(sc.StationFile); err != nil {

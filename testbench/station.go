@@ -29,6 +29,7 @@ type stationSpec struct {
 	Templates string         // a devices/ folder to copy beside it, or ""
 	Queue     map[string]any // replaces the queue section, when set
 	Poll      time.Duration  // replaces every device's poll interval, when set
+	AlarmPoll *time.Duration // replaces every Modbus device's alarm_poll, when set
 	Links     map[string]any // settings given to every Modbus link (timeout, retries), when set
 }
 
@@ -75,11 +76,14 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 			maps.Copy(link, spec.Links)
 		}
 	}
-	if spec.Poll > 0 {
-		devs, _ := doc["devices"].([]any)
-		for _, d := range devs {
-			if dev := d.(map[string]any); polled[fmt.Sprint(dev["link"])] {
+	devs, _ := doc["devices"].([]any)
+	for _, d := range devs {
+		if dev := d.(map[string]any); polled[fmt.Sprint(dev["link"])] {
+			if spec.Poll > 0 {
 				dev["poll"] = spec.Poll.String()
+			}
+			if spec.AlarmPoll != nil {
+				dev["alarm_poll"] = spec.AlarmPoll.String()
 			}
 		}
 	}

@@ -21,7 +21,7 @@ func newTally(st *configs.Station) tally {
 	for _, d := range st.Devices {
 		tmpl := st.Templates[d.Template]
 		for _, sg := range tmpl.Body.Signals() {
-			if sg.Fast {
+			if d.Fast(sg) {
 				t.alarm[d.ID+"/"+sg.Name] = true
 				t.alarm[tmpl.Kind+"/"+sg.Name] = true
 			}

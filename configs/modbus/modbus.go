@@ -72,17 +72,22 @@ type Device struct {
 	Poll time.Duration `yaml:"poll" default:"1s" example:"2s"`
 	// AlarmPoll is how often the signals with an event rule (a panic
 	// button, a door contact) are read on their own, ahead of other
-	// polls on the link, 10ms to 10s; the poll still reads them too.
+	// polls on the link, 10ms to 10s; the poll still reads them too. 0s
+	// turns it off: they are read with the poll only.
 	AlarmPoll time.Duration `yaml:"alarm_poll" default:"100ms" example:"50ms"`
 }
+
+// AlarmPolled says whether the device's alarm inputs are read on their
+// own (configs.AlarmPoller).
+func (d *Device) AlarmPolled() bool { return d.AlarmPoll > 0 }
 
 // Check checks the device's settings.
 func (d *Device) Check(p configs.Problems) {
 	if d.Poll < 10*time.Millisecond || d.Poll > 24*time.Hour {
 		p.Errorf("poll", "%s is out of range (10ms to 24h)", d.Poll)
 	}
-	if d.AlarmPoll < 10*time.Millisecond || d.AlarmPoll > 10*time.Second {
-		p.Errorf("alarm_poll", "%s is out of range (10ms to 10s)", d.AlarmPoll)
+	if d.AlarmPoll != 0 && (d.AlarmPoll < 10*time.Millisecond || d.AlarmPoll > 10*time.Second) {
+		p.Errorf("alarm_poll", "%s is out of range (10ms to 10s, or 0s for none)", d.AlarmPoll)
 	}
 }
 

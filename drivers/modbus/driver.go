@@ -82,9 +82,11 @@ func buildDevices(link drivers.Link, cost Cost) ([]*device, error) {
 		if err != nil {
 			return nil, fmt.Errorf("device %s on %s: template %s: %w", d.ID, link.Name(), t.Name, err)
 		}
-		alarms, err := AlarmPlan(body, cost)
-		if err != nil {
-			return nil, fmt.Errorf("device %s on %s: template %s: %w", d.ID, link.Name(), t.Name, err)
+		var alarms []Request
+		if set.AlarmPolled() {
+			if alarms, err = AlarmPlan(body, cost); err != nil {
+				return nil, fmt.Errorf("device %s on %s: template %s: %w", d.ID, link.Name(), t.Name, err)
+			}
 		}
 		out = append(out, &device{cfg: d, set: set, kind: t.Kind, tmpl: body, unit: byte(set.UnitID), plan: plan,
 			alarmPlan: alarms, link: link.Name(), latest: map[int]stamped{}})
@@ -180,12 +182,7 @@ func (d *device) every() time.Duration {
 }
 
 // alarmEvery is the device's alarm poll interval.
-func (d *device) alarmEvery() time.Duration {
-	if d.set.AlarmPoll > 0 {
-		return d.set.AlarmPoll
-	}
-	return 100 * time.Millisecond
-}
+func (d *device) alarmEvery() time.Duration { return d.set.AlarmPoll }
 
 // poll runs the device's plan once, due at due, emits its telemetry (and
 // its health when that changed), and returns the interval to the next

@@ -325,3 +325,27 @@ func TestNoiseRTU(t *testing.T) {
 		t.Errorf("no damaged frame counted in %d health messages", len(health))
 	}
 }
+
+// TestAlarmPollOff: with alarm_poll: 0s the button's input is read with
+// the poll only: a press shows at the next poll, and every message,
+// the release's too, carries the whole map (an alarm poll's carries the
+// input alone).
+func TestAlarmPollOff(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 300ms, alarm_poll: 0s}
+`)
+	devs, _ := runSim(t, st, sim.Options{Turnaround: -1})
+	_, msgs, _ := runLink(t, st)
+	waitReading(t, msgs, "pb-1", "pressed", model.Bool(false), 5*time.Second)
+	if err := devs["pb-1"].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "1s"}); err != nil {
+		t.Fatal(err)
+	}
+	waitReading(t, msgs, "pb-1", "pressed", model.Bool(true), 2*time.Second)
+	signals := len(st.Templates["panic-io"].Body.Signals())
+	for range 6 { // 1.8 s of polls: the release comes among them
+		m := <-msgs
+		if m.Kind == model.KindTelemetry && len(m.Readings) != signals {
+			t.Errorf("a message of %d readings, want the whole map of %d: %v", len(m.Readings), signals, m.Readings)
+		}
+	}
+}

@@ -111,7 +111,7 @@ func New(d configs.Device, t *configs.Template, o Options) (*Device, error) {
 	var bools []Input
 	dev.fast = map[string]bool{}
 	for _, sg := range body.Signals() {
-		dev.fast[sg.Name] = sg.Fast
+		dev.fast[sg.Name] = d.Fast(sg)
 	}
 	for i := range body.Registers {
 		r := &body.Registers[i]

@@ -775,7 +775,8 @@ func (q *Queue) writeFailed(err error) {
 }
 
 // writeWorks notes a write that succeeded, and writes again the ack
-// positions the disk refused. Called with q.mu held.
+// positions and the records in memory the disk refused. Called with q.mu
+// held.
 func (q *Queue) writeWorks() {
 	for _, ln := range q.lanes {
 		if ln.ackFailed {
@@ -784,7 +785,14 @@ func (q *Queue) writeWorks() {
 			}
 		}
 	}
-	if q.st.WriteFailing && !slices.ContainsFunc(q.lanes[:], func(ln *lane) bool { return len(ln.mem) > 0 }) {
+	// The disk takes writes: what every lane holds in memory goes to it
+	// now, not at the next append to that lane or retry.
+	for _, ln := range q.lanes {
+		if !q.flushMemory(ln) {
+			return
+		}
+	}
+	if q.st.WriteFailing {
 		q.st.WriteFailing = false
 		q.log.Info("queue: the disk takes writes again")
 	}

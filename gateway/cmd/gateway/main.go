@@ -44,6 +44,10 @@ func init() {
 			example: "gateway validate /etc/outpost/station.yaml", run: cmdValidate},
 		{name: "status", args: "-config STATION.yaml", summary: "show whether the running gateway reaches the hub, why not, and what waits in its queues; exit 1 if something needs attention",
 			example: "gateway status -config /etc/outpost/station.yaml", run: cmdStatus},
+		{name: "ports", args: "[-json]", summary: "list the serial ports present, with USB ids and serial numbers, and the stable path to put in the station file",
+			example: "gateway ports", run: cmdPorts},
+		{name: "read", args: "-config STATION.yaml DEVICE", summary: "read one device once, as the gateway would, and print its decoded signals with units and quality; exit 1 unless all are good",
+			example: "gateway read -config /etc/outpost/station.yaml th-hall", run: cmdRead},
 		{name: "version", summary: "print the gateway's version and hub contract version",
 			example: "gateway version", run: cmdVersion},
 	}

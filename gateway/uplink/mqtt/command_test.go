@@ -62,13 +62,16 @@ func TestAlarmConnectionTakesCommands(t *testing.T) {
 	status := subscribe(t, b.URL(), "watcher", "outpost/v1/#")
 	main := connect(t, b.URL())
 	got := make(chan command, 10)
-	a := alarms(t, b.URL(), got)
 	dd := desk(t, b.URL())
 	topic := CommandTopic(DefaultPrefix, station.ID, "siren-1")
+	// A retained command is sent at every subscription, marked retained:
+	// it is never taken.
+	publish(t, dd, topic, `{"id":"c-0"}`, true)
+	a := alarms(t, b.URL(), got) // subscribed when Connect returns
 
 	publish(t, dd, topic, `{"id":"c-1"}`, false)
 	if c := nextCommand(t, got); c != (command{"siren-1", `{"id":"c-1"}`}) {
-		t.Errorf("command %+v", c)
+		t.Errorf("command %+v, want c-1", c)
 	}
 	// Both connections are up at once: neither took the other's client id.
 	if !main.Connected() || !a.Connected() {
@@ -83,14 +86,13 @@ func TestAlarmConnectionTakesCommands(t *testing.T) {
 	for r := next(t, status); r.topic != "outpost/v1/"+station.ID+"/btn-1/event"; r = next(t, status) {
 	}
 
-	// Away: the broker keeps a command for the persistent session.
+	// Away: the broker keeps commands for the persistent session.
 	if err := a.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	publish(t, dd, topic, `{"id":"c-2"}`, false)
-	// A retained command reaches the session once, as any other; at the
-	// next subscription the broker sends it again marked retained, and it
-	// is not taken then. A command of another station never arrives.
+	// A command published retained while away reaches the session once,
+	// as any other. A command of another station never arrives.
 	publish(t, dd, topic, `{"id":"c-retained"}`, true)
 	publish(t, dd, CommandTopic(DefaultPrefix, "other-station", "siren-1"), `{"id":"c-other"}`, false)
 	a2 := alarms(t, b.URL(), got)
@@ -105,8 +107,14 @@ func TestAlarmConnectionTakesCommands(t *testing.T) {
 	a3 := alarms(t, b.URL(), got)
 	defer a3.Close(context.Background())
 	publish(t, dd, topic, `{"id":"c-3"}`, false)
-	if c := nextCommand(t, got); c != (command{"siren-1", `{"id":"c-3"}`}) {
-		t.Errorf("command %+v, want c-3 (the retained one taken again?)", c)
+	// c-2 and c-retained may come again: their acknowledgements may not
+	// have left before the connection closed, and QoS 1 then delivers
+	// them once more (the desk's durable ids make that harmless). c-0,
+	// only ever sent marked retained, never.
+	for c := nextCommand(t, got); c != (command{"siren-1", `{"id":"c-3"}`}); c = nextCommand(t, got) {
+		if c != (command{"siren-1", `{"id":"c-2"}`}) && c != (command{"siren-1", `{"id":"c-retained"}`}) {
+			t.Fatalf("command %+v, want c-3 (or c-2 or c-retained again)", c)
+		}
 	}
 	// Closing the alarm connection did not publish the station offline.
 	select {

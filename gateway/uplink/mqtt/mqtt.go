@@ -192,7 +192,8 @@ func NewAlarms(cfg configs.MQTT, station configs.StationID, commands func(device
 }
 
 // Connect starts connecting to the broker in the background and waits
-// until the first connection is up or ctx ends. Either way the uplink keeps
+// until the first connection is up (for the alarm connection: subscribed
+// to the commands) or ctx ends. Either way the uplink keeps
 // (re)connecting, with a backoff from 100 ms up to 10 s, until Close; an
 // error from Connect only says that the broker was not reached yet, unless
 // the configuration itself is wrong.
@@ -260,7 +261,9 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 		u.mu.Lock()
 		u.client = c
 		u.mu.Unlock()
-		u.upOnce.Do(func() { close(u.up) })
+		if u.commands == nil {
+			u.upOnce.Do(func() { close(u.up) }) // else once subscribed
+		}
 		select {
 		case <-lost:
 			u.mu.Lock()
@@ -422,6 +425,7 @@ func (u *Uplink) onConnect(c paho.Client) {
 		return
 	}
 	u.log.Info("mqtt uplink: taking commands", "topic", topic)
+	u.upOnce.Do(func() { close(u.up) })
 }
 
 // onCommand hands a command to the gateway. A retained command is not

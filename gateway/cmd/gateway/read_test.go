@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"outpost/configs"
+	_ "outpost/firmware-sim/modbus" // the simulated devices, on a real TCP port
+	"outpost/firmware-sim/sim"
+)
+
+// served keeps what the simulated devices served, by device.
+type served struct {
+	mu sync.Mutex
+	rs map[string][]sim.Reading
+}
+
+func (s *served) Served(dev string, rs []sim.Reading) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rs[dev] = append(s.rs[dev], rs...)
+}
+
+func (s *served) Raised(sim.Raised) {}
+
+func (s *served) of(dev string) []sim.Reading {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]sim.Reading(nil), s.rs[dev]...)
+}
+
+// TestRead: `gateway read` polls one device of a Modbus TCP endpoint
+// served by the simulator and prints what it served, decoded, with units;
+// a unit that does not answer gives exit 1 and the reason.
+func TestRead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	path := filepath.Join(t.TempDir(), "station.yaml")
+	src := fmt.Sprintf(`version: 2
+station: {id: rd-1, type: police_room}
+state_dir: %s
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+links:
+  - {id: lan, protocol: modbus-tcp, address: "%s", timeout: 300ms}
+devices:
+  - {id: th-1, template: xy-md02, link: lan, unit_id: 1, poll: 1s}
+  - {id: meter-1, template: sdm120, link: lan, unit_id: 2, poll: 1s}
+  - {id: gone-9, template: xy-md02, link: lan, unit_id: 9, poll: 1s}
+`, t.TempDir(), addr)
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := &served{rs: map[string][]sim.Reading{}}
+	l, err := sim.New(st, &st.Links[0], sim.Options{Seed: 1, Start: time.Now(), Sink: sk, Log: slog.New(slog.DiscardHandler),
+		Silent: map[string]bool{"gone-9": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Serve(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		l.Close()
+	}()
+
+	for _, dev := range []string{"th-1", "meter-1"} {
+		var out, errb bytes.Buffer
+		if code := cli([]string{"read", "-config", path, dev}, &out, &errb); code != 0 {
+			t.Fatalf("read %s: exit %d\nstdout: %s\nstderr: %s", dev, code, out.String(), errb.String())
+		}
+		got := out.String()
+		rs := sk.of(dev)
+		if len(rs) == 0 {
+			t.Fatalf("the simulator served nothing to %s; printed:\n%s", dev, got)
+		}
+		tpl := st.Templates[st.Devices[map[string]int{"th-1": 0, "meter-1": 1}[dev]].Template]
+		units := map[string]string{}
+		for _, s := range tpl.Body.Signals() {
+			units[s.Name] = orDash(s.Unit)
+		}
+		for _, r := range rs {
+			row := fmt.Sprintf("%s  %s  %s  good", r.Signal, r.Value, units[r.Signal])
+			if !containsFields(got, row) {
+				t.Errorf("read %s: no row %q in:\n%s", dev, row, got)
+			}
+		}
+	}
+
+	var out, errb bytes.Buffer
+	code := cli([]string{"read", "-config", path, "-timeout", "3s", "gone-9"}, &out, &errb)
+	if code != 1 {
+		t.Errorf("read of a silent unit: exit %d, want 1\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
+	}
+	if all := out.String() + errb.String(); !strings.Contains(all, "temperature  -      °C    bad\n") ||
+		!strings.Contains(all, "no answer from any unit on lan") {
+		t.Errorf("read of a silent unit does not show bad readings and the reason:\n%s", all)
+	}
+
+	out.Reset()
+	errb.Reset()
+	if code := cli([]string{"read", "-config", path, "th-2"}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), `has no device "th-2" (devices: [th-1 meter-1 gone-9])`) {
+		t.Errorf("read of an unknown device: exit %d, stderr %q", code, errb.String())
+	}
+}
+
+// containsFields says whether text has a line with the fields of row, in
+// order, however the columns are padded.
+func containsFields(text, row string) bool {
+	want := strings.Fields(row)
+	for _, l := range strings.Split(text, "\n") {
+		if f := strings.Fields(l); len(f) == len(want) && strings.Join(f, " ") == strings.Join(want, " ") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,88 @@
+package pipeline
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+)
+
+// TestWatchQueuesDiskRefuses: the state directory refuses writes (chattr
+// +i, as a failing disk or a read-only remount does). The hub must be told
+// with a queue_write_failed event naming the error (held in memory, as
+// alarms are, until it can be sent), and with queue_write_recovered, which
+// counts the telemetry lost meanwhile, when the disk takes writes again;
+// the drops themselves are reported as they happen.
+func TestWatchQueuesDiskRefuses(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make files immutable")
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", dir).Run() })
+	q, err := queue.Open(dir, queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	in := NewIngest(policeRoom(t), counter{}, []Appender{q}, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go WatchQueues(ctx, in, map[string]*queue.Queue{"mqtt": q}, 10*time.Millisecond)
+
+	chattr := func(flag string) {
+		if out, err := exec.Command("chattr", "-R", flag, dir).CombinedOutput(); err != nil {
+			t.Fatalf("chattr -R %s: %v: %s", flag, err, out)
+		}
+	}
+	chattr("+i")
+	const lost = 5 // readings emitted while the disk refuses them
+	for i := range lost {
+		in.Emit(telemetry("th-hall", model.Reading{Signal: "temperature", Value: model.Number(float64(i)), Quality: model.Good}))
+	}
+	failed := nextEvent(t, q, model.EventQueueWriteFailed)
+	if d := failed.Event.Details; d["uplink"] != "mqtt" || !strings.Contains(d["error"], "operation not permitted") || d["alarms_lost"] != "0" {
+		t.Errorf("queue_write_failed details: %v", d)
+	}
+	if failed.Event.Severity != model.Critical || failed.Device != model.GatewayDevice {
+		t.Errorf("queue_write_failed from %s, severity %s; want the gateway's, critical", failed.Device, failed.Event.Severity)
+	}
+	chattr("-i")
+	in.Emit(telemetry("th-hall", model.Reading{Signal: "temperature", Value: model.Number(9), Quality: model.Good}))
+	drops := nextEvent(t, q, model.EventQueueDrops)
+	if d := drops.Event.Details; d["dropped_readings"] != "5" || !strings.Contains(d["reason"], "operation not permitted") {
+		t.Errorf("queue_drops details: %v, want the 5 readings and the disk's error", d)
+	}
+	recovered := nextEvent(t, q, model.EventQueueWriteRecovered)
+	if d := recovered.Event.Details; d["readings_lost"] != "5" || d["alarms_lost"] != "0" {
+		t.Errorf("queue_write_recovered details: %v, want 5 readings and 0 alarms lost", d)
+	}
+}
+
+// nextEvent waits for the next event of the queue's alarm lane, which must
+// be of kind.
+func nextEvent(t *testing.T, q *queue.Queue, kind string) model.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := q.Next(ctx, 1, queue.LaneAlarm)
+	if err != nil {
+		t.Fatalf("no %s event: %v", kind, err)
+	}
+	m, err := model.DecodeBinary(b.Entries[0].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Kind != model.KindEvent || m.Event.Kind != kind {
+		t.Fatalf("got %s %v, want a %s event", m.Kind, m.Event, kind)
+	}
+	if err := q.Ack(b); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
