@@ -28,6 +28,20 @@ func (a Attempt) On(retries int, timeout time.Duration) (int, time.Duration) {
 	return tries, timeout
 }
 
+// SilentAlarmTries: the alarm polls of a device that does not answer
+// come at most every this many of the link's timeouts, a try each, so
+// that a dead device costs the wire a fifth of the time at most. They
+// never stop: on a noisy line a live device can look silent for a few
+// polls, and a press then must not wait for the backed-off poll.
+const SilentAlarmTries = 5
+
+// SilentAlarm is how a silent device's alarm inputs are read: once a try,
+// and when the next alarm poll comes, for a device polled every every on
+// a link whose requests time out after timeout.
+func SilentAlarm(every, timeout time.Duration) (Attempt, time.Duration) {
+	return Attempt{Once: true}, max(every, SilentAlarmTries*timeout)
+}
+
 // How an offline device is probed.
 const (
 	// MaxBackoff caps the interval between probes (unless the device's own

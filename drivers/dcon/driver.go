@@ -334,11 +334,6 @@ const forgetAfter = 2
 // be swapped for another, longer than a noisy line stays silent.
 const forgetSilence = 30 * time.Second
 
-// silentAlarmTries: the alarm polls of a silent module come at most every
-// this many of the link's timeouts, so that a dead module costs the wire
-// a fifth of the time at most.
-const silentAlarmTries = 5
-
 // poller polls one module.
 type poller struct {
 	b    *Bus
@@ -568,12 +563,8 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 // signals only when one changed since they were last published: at 100ms,
 // a message per read would flood the queue. A module whose name is not
 // known (again) is asked it first. A silent module, or one whose name is
-// not known, is still asked, once a try and no more often than every
-// silentAlarmTries timeouts of the link, so that a dead module does not
-// take the wire from the others;
-// but its alarm polls never stop: on a noisy line a live module can look
-// silent for a few polls, and a press then must not wait for the backed
-// off normal poll. Failures are only counted.
+// not known, is still asked, as bus.SilentAlarm says: its alarm polls
+// slow down but never stop. Failures are only counted.
 func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	m := p.m
 	every := m.alarmEvery()
@@ -584,7 +575,7 @@ func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	a := bus.Attempt{}
 	next := every
 	if unsure {
-		a, next = bus.Attempt{Once: true}, max(every, silentAlarmTries*p.b.timeout())
+		a, next = bus.SilentAlarm(every, p.b.timeout())
 	}
 	late := time.Since(due) > every/2
 	if !p.identify(ctx, bus.AlarmPoll, a, &r) {

@@ -105,6 +105,8 @@ type client interface {
 	do(ctx context.Context, unit byte, f func(modbus.Client) error) error
 	// retries are the link's extra tries of a failed request.
 	retries() int
+	// timeout is how long a request waits for its answer.
+	timeout() time.Duration
 }
 
 func isException(err error) bool {
@@ -332,17 +334,17 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 // quality) since the device last reported it: at an alarm interval of
 // 100ms, a message per read would flood the queue. A failed alarm poll
 // publishes nothing, and is only counted: the normal poll says when the
-// device is in trouble. While the device is silent it is not asked: its
-// timeouts would only take the wire from the others, and its normal poll
-// (then a probe) finds it again.
+// device is in trouble. While the device is silent its alarm polls slow
+// down, as bus.SilentAlarm says, but never stop.
 func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	d := p.dev
 	every := d.alarmEvery()
 	d.mu.Lock()
 	asleep := d.health.Silent() > 0
 	d.mu.Unlock()
+	a, next := bus.Attempt{Once: true}, every
 	if asleep {
-		return every
+		a, next = bus.SilentAlarm(every, p.cl.timeout())
 	}
 	regs := d.tmpl.Registers
 	type got struct {
@@ -353,16 +355,16 @@ func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	var counters []string
 	for i, r := range d.alarmPlan {
 		if p.line.Lock.Lock(ctx, bus.AlarmPoll) != nil {
-			return every
+			return next
 		}
 		if i == 0 && p.line.Started(d.cfg.ID, time.Since(due), every) {
 			counters = append(counters, "late_alarm_polls")
 		}
-		data, err := p.cl.read(ctx, d.unit, r, bus.Attempt{Once: true}, nil)
+		data, err := p.cl.read(ctx, d.unit, r, a, nil)
 		at := time.Now()
 		p.line.Lock.Unlock()
 		if ctx.Err() != nil {
-			return every
+			return next
 		}
 		if err != nil {
 			counter, _ := errClass(err)
@@ -404,7 +406,7 @@ func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 		}
 		p.emit(msg)
 	}
-	return every
+	return next
 }
 
 // signals lists the signals a request reads, as the template names them.

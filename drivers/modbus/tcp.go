@@ -189,7 +189,7 @@ func (t *tcpTransport) close() {
 type tcpLink struct {
 	links
 	nretries int
-	timeout  time.Duration
+	wait     time.Duration // a request's timeout
 
 	// Under the wire lock:
 	tr       *tcpTransport
@@ -215,7 +215,7 @@ func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		timeout = time.Second
 	}
 	l := &tcpLink{
-		nretries: max(ep.Retries, 0), timeout: timeout,
+		nretries: max(ep.Retries, 0), wait: timeout,
 		tr:       &tcpTransport{addr: ep.Address, timeout: timeout, log: log},
 		packager: modbus.NewTCPClientHandler(ep.Address),
 	}
@@ -246,7 +246,7 @@ func (l *tcpLink) exchange(unit byte, timeout time.Duration, f func(modbus.Clien
 // read executes one request for a unit, with the endpoint's retries unless
 // the attempt says once. The caller holds the wire lock.
 func (l *tcpLink) read(ctx context.Context, unit byte, r Request, a bus.Attempt, note func(error)) ([]byte, error) {
-	tries, timeout := a.On(l.nretries, l.timeout)
+	tries, timeout := a.On(l.nretries, l.wait)
 	var err error
 	for try := 0; try < tries; try++ {
 		if ctx.Err() != nil {
@@ -276,8 +276,10 @@ func (l *tcpLink) do(ctx context.Context, unit byte, f func(modbus.Client) error
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return l.exchange(unit, l.timeout, f)
+	return l.exchange(unit, l.wait, f)
 }
 
 // retries are the endpoint's extra tries of a failed request.
 func (l *tcpLink) retries() int { return l.nretries }
+
+func (l *tcpLink) timeout() time.Duration { return l.wait }

@@ -48,6 +48,8 @@ func init() {
 			example: "gateway ports", run: cmdPorts},
 		{name: "read", args: "-config STATION.yaml DEVICE", summary: "read one device once, as the gateway would, and print its decoded signals with units and quality; exit 1 unless all are good",
 			example: "gateway read -config /etc/outpost/station.yaml th-hall", run: cmdRead},
+		{name: "commission", args: "-config STATION.yaml [-json]", summary: "try every device of the station once, and the hub, and print what is wrong in words to act on; exit 0 only when all pass",
+			example: "gateway commission -config /etc/outpost/station.yaml", run: cmdCommission},
 		{name: "version", summary: "print the gateway's version and hub contract version",
 			example: "gateway version", run: cmdVersion},
 	}

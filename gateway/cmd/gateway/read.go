@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"slices"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -42,22 +42,24 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	m, health, err := readOnce(ctx, link, slog.New(slog.DiscardHandler))
+	got, healths, err := firstReadings(ctx, link, slog.New(slog.DiscardHandler))
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway read: device %s on %s (%s): %v\n", id, link.Name(), link.Protocol(), err)
 		return 1
 	}
-	if m == nil {
+	m, ok := got[id]
+	health, hasHealth := healths[id]
+	if !ok {
 		why := "it sent nothing"
-		if health != nil && health.Reason != "" {
+		if hasHealth && health.Reason != "" {
 			why = string(health.State) + ": " + health.Reason
 		}
 		fmt.Fprintf(stderr, "gateway read: no reading from %s on %s (%s) within %s: %s\n", id, link.Name(), link.Protocol(), *timeout, why)
 		return 1
 	}
-	printReading(stdout, m)
+	printReading(stdout, &m)
 	if slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Quality != model.Good }) {
-		if health != nil && health.Reason != "" {
+		if hasHealth && health.Reason != "" {
 			fmt.Fprintf(stdout, "\n%s: %s\n", health.State, health.Reason)
 		}
 		return 1
@@ -86,57 +88,57 @@ func deviceIDs(st *configs.Station) []string {
 	return ids
 }
 
-// errRead ends the driver once the reading is in.
-var errRead = errors.New("read")
-
-// readOnce runs the link's driver until its device's first telemetry, or
-// ctx ends; it returns that message (nil if none came) and the device's
-// last health report.
-func readOnce(ctx context.Context, link drivers.Link, log *slog.Logger) (*model.Message, *model.Health, error) {
+// firstReadings runs the link's driver until each of its devices sent
+// its first poll's telemetry, or ctx ends. It returns those messages and each
+// device's last health report, by device; an error only when the driver
+// could not run at all.
+func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (map[string]model.Message, map[string]model.Health, error) {
 	d, err := drivers.New(link, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	got := make(chan model.Message, 1)
-	var health *model.Health
-	healthc := make(chan model.Health, 16)
-	runErr := make(chan error, 1)
-	go func() {
-		runErr <- d.Run(ctx, func(m model.Message) error {
-			switch {
-			case m.Kind == model.KindTelemetry && len(m.Readings) > 0:
-				select {
-				case got <- m:
-					cancel(errRead)
-				default:
-				}
-			case m.Kind == model.KindHealth && m.Health != nil:
-				select {
-				case healthc <- *m.Health:
-				default:
-				}
-			}
-			return nil
-		})
-	}()
-	for {
-		select {
-		case h := <-healthc:
-			health = &h
-		case err := <-runErr:
-			select {
-			case m := <-got:
-				return &m, health, nil
-			default:
-			}
-			if err != nil {
-				return nil, health, err
-			}
-			return nil, health, nil
-		}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var mu sync.Mutex
+	got, health := map[string]model.Message{}, map[string]model.Health{}
+	signals := map[string]int{}
+	for _, d := range link.Devices {
+		signals[d.ID] = len(link.Template(d).Body.Signals())
 	}
+	// A device is done with a good first reading, or with a bad one and
+	// the health report that says why.
+	done := func(dev string) bool {
+		m, ok := got[dev]
+		if !ok {
+			return false
+		}
+		h, ok := health[dev]
+		return ok && h.State != model.Online || !slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Quality == model.Bad })
+	}
+	err = d.Run(ctx, func(m model.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case m.Kind == model.KindTelemetry && len(m.Readings) == signals[m.Device]:
+			// A poll's, with every signal; an alarm poll's has only the
+			// alarm inputs.
+			if _, ok := got[m.Device]; !ok {
+				got[m.Device] = m
+			}
+		case m.Kind == model.KindHealth && m.Health != nil:
+			health[m.Device] = *m.Health
+		}
+		if !slices.ContainsFunc(link.Devices, func(d *configs.Device) bool { return !done(d.ID) }) {
+			cancel()
+		}
+		return nil
+	})
+	if ctx.Err() != nil {
+		err = nil // it ran until it had them all, or the time was up
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return got, health, err
 }
 
 func printReading(w io.Writer, m *model.Message) {

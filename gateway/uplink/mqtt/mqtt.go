@@ -631,3 +631,38 @@ func (u *Uplink) Close(ctx context.Context) error {
 	u.mu.Unlock()
 	return err
 }
+
+// Check connects to the hub broker once, as the gateway would (URL, TLS,
+// credentials), with a client id of its own and no session, will or
+// status, and disconnects: an installer's test that the hub takes the
+// station. The error says why not, in the words of the uplink's status.
+func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) error {
+	u := New(cfg, station, slog.New(slog.DiscardHandler))
+	tlsCfg, err := u.tlsConfig()
+	if err != nil {
+		return err
+	}
+	u.cancelDial()
+	u.dialCtx, u.cancelDial = context.WithCancel(ctx)
+	defer u.cancelDial()
+	id := cfg.ClientID
+	if id == "" {
+		id = "outpost-" + station.ID
+	}
+	o := paho.NewClientOptions().AddBroker(cfg.URL).SetClientID(id + "-check").
+		SetUsername(cfg.Username).SetPassword(cfg.Password).SetCleanSession(true).
+		SetConnectTimeout(connectTimeout).SetAutoReconnect(false).SetConnectRetry(false).
+		SetCustomOpenConnectionFn(func(b *url.URL, _ paho.ClientOptions) (net.Conn, error) { return u.dial(b, tlsCfg) })
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		return fmt.Errorf("the broker %s did not answer in time", u.broker)
+	}
+	if err := tok.Error(); err != nil {
+		return errors.New(connectCause(err, tlsCfg != nil))
+	}
+	c.Disconnect(0)
+	return nil
+}

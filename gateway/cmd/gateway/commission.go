@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"outpost/configs"
+	"outpost/drivers"
+	"outpost/gateway/durable"
+	"outpost/gateway/model"
+	"outpost/gateway/uplink/influx"
+	"outpost/gateway/uplink/mqtt"
+)
+
+// CommissioningFile is where `gateway commission` leaves its record in the
+// state directory, for the hub.
+const CommissioningFile = "commissioning.json"
+
+// check is one line of the commissioning table: a device or a part of the
+// hub, and what was found.
+type check struct {
+	Name     string          `json:"name"`
+	Link     string          `json:"link,omitempty"`
+	Protocol string          `json:"protocol,omitempty"`
+	OK       bool            `json:"ok"`
+	Result   string          `json:"result"`
+	Readings []model.Reading `json:"readings,omitempty"`
+}
+
+// commissioning is the record of one `gateway commission`.
+type commissioning struct {
+	Station string    `json:"station"`
+	Type    string    `json:"station_type"`
+	At      time.Time `json:"at"`
+	OK      bool      `json:"ok"`
+	Devices []check   `json:"devices"`
+	Hub     []check   `json:"hub"`
+}
+
+func cmdCommission(c *command, args []string, stdout, stderr io.Writer) int {
+	fs := c.flags(stderr)
+	config := fs.String("config", "", "station file (required)")
+	asJSON := fs.Bool("json", false, "print the record as JSON")
+	timeout := fs.Duration("timeout", 15*time.Second, "how long to wait for each device's first reading")
+	if ok, code := c.parse(fs, args, stdout); !ok {
+		return code
+	}
+	if *config == "" {
+		fmt.Fprintln(stderr, "usage: gateway commission -config STATION.yaml")
+		return 2
+	}
+	st, err := configs.Load(*config)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		fmt.Fprintln(stderr, "gateway commission: fix the station file first (gateway validate checks it)")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	rec := commission(ctx, st, *timeout)
+	data, _ := json.MarshalIndent(rec, "", "  ")
+	if *asJSON {
+		stdout.Write(append(data, '\n'))
+	} else {
+		printCommissioning(stdout, rec)
+	}
+	path := filepath.Join(st.StateDir, CommissioningFile)
+	if err := durable.MkdirAll(st.StateDir); err == nil {
+		err = durable.WriteFile(path, append(data, '\n'))
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway commission: the record was not kept in %s: %v\n", path, err)
+	}
+	if !rec.OK {
+		return 1
+	}
+	return 0
+}
+
+// commission tries every device of the station once and the hub.
+func commission(ctx context.Context, st *configs.Station, timeout time.Duration) commissioning {
+	rec := commissioning{Station: st.Station.ID, Type: string(st.Station.Type), At: time.Now().UTC(), OK: true}
+	log := slog.New(slog.DiscardHandler)
+	results := make([][]check, len(st.Links))
+	var wg sync.WaitGroup
+	for i, l := range drivers.Links(st) {
+		wg.Go(func() {
+			got, health, err := firstReadings(ctx, l, log)
+			for _, d := range l.Devices {
+				c := check{Name: d.ID, Link: l.Name(), Protocol: l.Protocol()}
+				if err != nil {
+					c.Result = "the link cannot run: " + err.Error()
+				} else {
+					m, hasM := got[d.ID]
+					h, hasH := health[d.ID]
+					c.OK, c.Result = verdict(m, hasM, h, hasH, timeout)
+					c.Readings = m.Readings
+				}
+				results[i] = append(results[i], c)
+			}
+		})
+	}
+	var hub []check
+	wg.Go(func() {
+		m := check{Name: "hub MQTT", OK: true, Result: "OK: the broker takes the station's connection"}
+		if err := mqtt.Check(ctx, st.Hub.MQTT, st.Station); err != nil {
+			m.OK, m.Result = false, err.Error()
+		}
+		hub = append(hub, m)
+		if st.Hub.Influx != nil {
+			ix := check{Name: "hub InfluxDB", OK: true, Result: "OK: InfluxDB takes the station's writes to " + st.Hub.Influx.Bucket}
+			if err := influx.Check(ctx, *st.Hub.Influx); err != nil {
+				ix.OK, ix.Result = false, err.Error()
+			}
+			hub = append(hub, ix)
+		}
+	})
+	wg.Wait()
+	for _, r := range results {
+		rec.Devices = append(rec.Devices, r...)
+	}
+	rec.Hub = hub
+	for _, c := range append(rec.Devices, rec.Hub...) {
+		rec.OK = rec.OK && c.OK
+	}
+	return rec
+}
+
+// verdict says, in an installer's words, what a device's first reading
+// and health say of it.
+func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time.Duration) (bool, string) {
+	if !hasM {
+		switch {
+		case hasH && h.State == model.Online:
+			return true, "OK: it answers (no readings to show)"
+		case hasH && h.Reason != "":
+			return false, h.Reason
+		}
+		return false, fmt.Sprintf("nothing from it within %s: is it powered and wired, and does the station file name it right?", timeout)
+	}
+	var bad, odd []string
+	for _, r := range m.Readings {
+		switch r.Quality {
+		case model.Good:
+		case model.Uncertain:
+			odd = append(odd, fmt.Sprintf("%s = %s %s", r.Signal, r.Value, r.Unit))
+		default:
+			bad = append(bad, r.Signal)
+		}
+	}
+	switch {
+	case len(bad) > 0:
+		why := "no value for " + strings.Join(bad, ", ")
+		if hasH && h.Reason != "" {
+			why += ": " + h.Reason
+		}
+		return false, why
+	case len(odd) > 0:
+		return false, "outside the plausible range (a wrong template, or a failing sensor): " + strings.Join(odd, ", ")
+	}
+	return true, fmt.Sprintf("OK: %d signals read", len(m.Readings))
+}
+
+// printCommissioning prints the record as a table for an 80-column
+// terminal: the result wraps under its own column.
+func printCommissioning(w io.Writer, rec commissioning) {
+	fmt.Fprintf(w, "Commissioning %s (%s), %s\n\n", rec.Station, rec.Type, rec.At.Local().Format("2006-01-02 15:04"))
+	const nameW, linkW = 14, 10
+	resultW := 80 - nameW - linkW - 2
+	row := func(name, link, result string) {
+		lines := wrap(result, resultW)
+		for i, l := range lines {
+			if i > 0 {
+				name, link = "", ""
+			}
+			fmt.Fprintf(w, "%-*s %-*s %s\n", nameW, clip(name, nameW), linkW, clip(link, linkW), l)
+		}
+	}
+	row("DEVICE", "LINK", "RESULT")
+	for _, c := range rec.Devices {
+		row(c.Name, c.Link, c.Result)
+	}
+	for _, c := range rec.Hub {
+		row(c.Name, "", c.Result)
+	}
+	failed := 0
+	for _, c := range append(rec.Devices, rec.Hub...) {
+		if !c.OK {
+			failed++
+		}
+	}
+	if failed == 0 {
+		fmt.Fprintln(w, "\nAll passed: the station is ready.")
+	} else {
+		fmt.Fprintf(w, "\n%d of %d checks failed: fix them and run gateway commission again.\n", failed, len(rec.Devices)+len(rec.Hub))
+	}
+}
+
+// wrap breaks s into lines of at most width runes, at spaces where it
+// can.
+func wrap(s string, width int) []string {
+	var lines []string
+	for len([]rune(s)) > width {
+		r := []rune(s)
+		cut := width
+		for i := width; i > width/2; i-- {
+			if r[i] == ' ' {
+				cut = i
+				break
+			}
+		}
+		lines = append(lines, strings.TrimRight(string(r[:cut]), " "))
+		s = strings.TrimLeft(string(r[cut:]), " ")
+	}
+	return append(lines, s)
+}
+
+func clip(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}

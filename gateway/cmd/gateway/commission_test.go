@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost/configs"
+	"outpost/firmware-sim/sim"
+	"outpost/testbench/hub"
+)
+
+// hotSensor is an XY-MD02-like template whose simulated temperature (150
+// °C) lies outside its range: what a wrong template or a broken sensor
+// looks like.
+const hotSensor = `template: hot-sensor
+protocol: modbus
+kind: temp_humidity
+registers:
+  - {signal: temperature, table: input, address: 1, type: int16, scale: 0.1, unit: "°C", range: {min: -40, max: 60}, sim: {wave: constant, value: 150}}
+`
+
+// TestCommission runs `gateway commission` against a simulated Modbus TCP
+// endpoint (a sensor that answers, one whose value is implausible, a unit
+// that never answers) and a real Mosquitto and InfluxDB, then with the
+// hub's broker away: each line says what is wrong, the exit code says
+// whether all passed, and the record is kept in the state directory.
+func TestCommission(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	m := startBroker(t)
+	ix, err := hub.StartInflux(ctx, filepath.Join(t.TempDir(), "influx"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.Stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "devices"), 0o755)
+	if err := os.WriteFile(filepath.Join(dir, "devices", "hot-sensor.yaml"), []byte(hotSensor), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	station := func(mqttURL, bucket string) string {
+		src := fmt.Sprintf(`version: 2
+station: {id: cm-1, type: police_room}
+state_dir: %s
+hub:
+  mqtt: {url: "%s"}
+  influx: {url: "%s", bucket: "%s"}
+links:
+  - {id: lan, protocol: modbus-tcp, address: "%s", timeout: 300ms}
+devices:
+  - {id: th-1, template: xy-md02, link: lan, unit_id: 1, poll: 1s}
+  - {id: hot-1, template: hot-sensor, link: lan, unit_id: 2, poll: 1s}
+  - {id: gone-9, template: xy-md02, link: lan, unit_id: 9, poll: 1s}
+`, state, mqttURL, ix.URL(), bucket, addr)
+		path := filepath.Join(dir, "station.yaml")
+		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	path := station(m.URL(), ix.Database())
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := sim.New(st, &st.Links[0], sim.Options{Seed: 1, Start: time.Now(), Log: slog.New(slog.DiscardHandler),
+		Silent: map[string]bool{"gone-9": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.Serve(sctx) }()
+	defer func() {
+		stop()
+		<-done
+		l.Close()
+	}()
+
+	var out, errb bytes.Buffer
+	if code := cli([]string{"commission", "-config", path, "-timeout", "5s"}, &out, &errb); code != 1 {
+		t.Errorf("exit %d, want 1 (two devices fail)\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
+	}
+	table := out.String()
+	t.Logf("gateway commission printed:\n%s", table)
+	for _, want := range []string{
+		"th-1           lan        OK: 2 signals read",
+		"hot-1          lan        outside the plausible range (a wrong template, or a",
+		"temperature = 150 °C",
+		"gone-9         lan        no value for temperature, humidity: no answer from",
+		"hub MQTT                  OK: the broker takes the station's connection",
+		"hub InfluxDB              OK: InfluxDB takes the station's writes to " + ix.Database(),
+		"2 of 5 checks failed: fix them and run gateway commission again.",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("the table lacks %q:\n%s", want, table)
+		}
+	}
+	for i, line := range strings.Split(table, "\n") {
+		if n := len([]rune(line)); n > 80 {
+			t.Errorf("line %d is %d columns: %q", i+1, n, line)
+		}
+	}
+	var rec commissioning
+	data, err := os.ReadFile(filepath.Join(state, CommissioningFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.OK || rec.Station != "cm-1" || len(rec.Devices) != 3 || len(rec.Hub) != 2 || !rec.Devices[0].OK || rec.Devices[1].OK {
+		t.Errorf("the record kept: %+v", rec)
+	}
+
+	// The hub's broker is away, and InfluxDB has no such database: their
+	// lines say so.
+	m.Stop()
+	path = station(m.URL(), "nope")
+	out.Reset()
+	errb.Reset()
+	if code := cli([]string{"commission", "-config", path, "-timeout", "5s", "-json"}, &out, &errb); code != 1 {
+		t.Errorf("with the broker away: exit %d, want 1", code)
+	}
+	if err := json.Unmarshal(out.Bytes(), &rec); err != nil {
+		t.Fatalf("-json: %v\n%s", err, out.String())
+	}
+	if rec.Hub[0].OK || rec.Hub[0].Result != "nothing listens at the broker's address: the broker is down, or the port is wrong" {
+		t.Errorf("with the broker away, the hub line: %+v", rec.Hub[0])
+	}
+	t.Logf("the hub, away and wrong: %+v", rec.Hub)
+	if rec.Hub[1].OK || !strings.HasPrefix(rec.Hub[1].Result, `InfluxDB has no bucket or database "nope" (hub.influx.bucket)`) {
+		t.Errorf("with a database InfluxDB lacks, its line: %+v", rec.Hub[1])
+	}
+}
