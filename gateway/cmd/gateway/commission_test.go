@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"outpost/configs"
-	"outpost/firmware-sim/sim"
 	"outpost/testbench/hub"
 )
 
@@ -42,12 +40,7 @@ func TestCommission(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ix.Stop()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	dir := t.TempDir()
 	os.Mkdir(filepath.Join(dir, "devices"), 0o755)
 	if err := os.WriteFile(filepath.Join(dir, "devices", "hot-sensor.yaml"), []byte(hotSensor), 0o600); err != nil {
@@ -79,19 +72,7 @@ devices:
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := sim.New(st, &st.Links[0], sim.Options{Seed: 1, Start: time.Now(), Log: slog.New(slog.DiscardHandler),
-		Silent: map[string]bool{"gone-9": true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- l.Serve(sctx) }()
-	defer func() {
-		stop()
-		<-done
-		l.Close()
-	}()
+	simulate(t, st, nil, "gone-9")
 
 	var out, errb bytes.Buffer
 	if code := cli([]string{"commission", "-config", path, "-timeout", "5s"}, &out, &errb); code != 1 {

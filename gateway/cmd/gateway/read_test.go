@@ -42,12 +42,7 @@ func (s *served) of(dev string) []sim.Reading {
 // served by the simulator and prints what it served, decoded, with units;
 // a unit that does not answer gives exit 1 and the reason.
 func TestRead(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := freeAddr(t)
 	path := filepath.Join(t.TempDir(), "station.yaml")
 	src := fmt.Sprintf(`version: 2
 station: {id: rd-1, type: police_room}
@@ -69,19 +64,7 @@ devices:
 		t.Fatal(err)
 	}
 	sk := &served{rs: map[string][]sim.Reading{}}
-	l, err := sim.New(st, &st.Links[0], sim.Options{Seed: 1, Start: time.Now(), Sink: sk, Log: slog.New(slog.DiscardHandler),
-		Silent: map[string]bool{"gone-9": true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Serve(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-		l.Close()
-	}()
+	simulate(t, st, sk, "gone-9")
 
 	for _, dev := range []string{"th-1", "meter-1"} {
 		var out, errb bytes.Buffer
@@ -122,6 +105,39 @@ devices:
 		!strings.Contains(errb.String(), `has no device "th-2" (devices: [th-1 meter-1 gone-9])`) {
 		t.Errorf("read of an unknown device: exit %d, stderr %q", code, errb.String())
 	}
+}
+
+// freeAddr is a loopback address where nothing listens.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// simulate serves the station's first link with the simulator until the
+// test ends, the devices named silent never answering.
+func simulate(t *testing.T, st *configs.Station, sink sim.Sink, silent ...string) {
+	t.Helper()
+	o := sim.Options{Seed: 1, Start: time.Now(), Sink: sink, Log: slog.New(slog.DiscardHandler), Silent: map[string]bool{}}
+	for _, id := range silent {
+		o.Silent[id] = true
+	}
+	l, err := sim.New(st, &st.Links[0], o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		l.Close()
+	})
 }
 
 // containsFields says whether text has a line with the fields of row, in

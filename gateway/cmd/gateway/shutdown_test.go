@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,12 +32,7 @@ func station(t *testing.T, broker string) *configs.Station {
 // stationFile writes that station file and returns its path.
 func stationFile(t *testing.T, broker string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := freeAddr(t)
 	src := fmt.Sprintf(`
 version: 2
 station: {id: sd-1, type: safety_post}
