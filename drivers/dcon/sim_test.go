@@ -49,19 +49,14 @@ func startSim(t testing.TB, st *configs.Station, o sim.Options) (sim.Link, *sim.
 	if o.Silent == nil {
 		o.Silent = map[string]bool{}
 	}
-	l, err := sim.New(st, &st.Links[0], o)
+	l, stop, err := sim.Start(st, &st.Links[0], o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Serve(ctx) }()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("simulator: %v", err)
 		}
-		l.Close()
 	})
 	return l, sk
 }

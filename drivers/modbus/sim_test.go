@@ -84,19 +84,14 @@ func runSim(t testing.TB, st *configs.Station, o sim.Options) (map[string]sim.De
 	t.Helper()
 	rl := &sim.Recorder{}
 	o.Sink, o.Start, o.Log, o.Silent = rl, time.Now(), slog.New(slog.DiscardHandler), map[string]bool{}
-	l, err := sim.New(st, &st.Links[0], o)
+	l, stop, err := sim.Start(st, &st.Links[0], o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Serve(ctx) }()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("simulator: %v", err)
 		}
-		l.Close()
 	})
 	devs := map[string]sim.Device{}
 	for _, d := range l.Devices() {

@@ -178,3 +178,21 @@ func New(st *configs.Station, link *configs.Link, o Options) (Link, error) {
 	}
 	return f(st, link, st.DevicesOn(link.ID), o)
 }
+
+// Start runs the simulator of a link in the background, for tests: stop
+// ends it, waits for it, releases what it holds, and returns the error
+// it ended with.
+func Start(st *configs.Station, link *configs.Link, o Options) (l Link, stop func() error, err error) {
+	if l, err = New(st, link, o); err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Serve(ctx) }()
+	return l, func() error {
+		cancel()
+		err := <-done
+		l.Close()
+		return err
+	}, nil
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -126,17 +125,14 @@ func simulate(t *testing.T, st *configs.Station, sink sim.Sink, silent ...string
 	for _, id := range silent {
 		o.Silent[id] = true
 	}
-	l, err := sim.New(st, &st.Links[0], o)
+	_, stop, err := sim.Start(st, &st.Links[0], o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Serve(ctx) }()
 	t.Cleanup(func() {
-		cancel()
-		<-done
-		l.Close()
+		if err := stop(); err != nil {
+			t.Errorf("simulator: %v", err)
+		}
 	})
 }
 
