@@ -328,21 +328,25 @@ func TestNoise(t *testing.T) {
 	// Let the driver find the modules, then press each box's button a
 	// number of times. At 5% noise about half the exchanges fail, a
 	// quarter of them by a timeout (a damaged command goes unanswered),
-	// so an alarm poll takes several commands: the alarm interval is
-	// 200ms here, and a press lasts a second.
+	// so an alarm poll takes several commands, up to 8 (~300 ms at 19200
+	// baud), and the two boxes take turns on the line: each is read about
+	// every 600 ms. A press lasts 2 s, a few of those, and so does the
+	// pause before the next (at 1 s one change in about twenty was
+	// missed: a press, or the release between two, merging them).
 	collect(time.Now().Add(time.Second))
 	const presses = 6
+	const hold = 2 * time.Second
 	type press struct{ from, to time.Time }
 	pressed := map[string][]press{}
 	for range presses {
 		for _, box := range []string{"box-1", "box-2"} {
 			from := time.Now()
-			if err := actors[box].Act(context.Background(), "press", map[string]string{"hold": "1s"}); err != nil {
+			if err := actors[box].Act(context.Background(), "press", map[string]string{"hold": hold.String()}); err != nil {
 				t.Fatal(err)
 			}
-			pressed[box] = append(pressed[box], press{from, from.Add(time.Second)})
+			pressed[box] = append(pressed[box], press{from, from.Add(hold)})
 		}
-		collect(time.Now().Add(2 * time.Second))
+		collect(time.Now().Add(2 * hold))
 	}
 	r.stop()
 	for len(r.msgs) > 0 {
