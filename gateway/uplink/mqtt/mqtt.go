@@ -97,7 +97,7 @@ type Uplink struct {
 	cancelDial context.CancelFunc
 	done       chan struct{} // closed when the supervisor has ended
 	up         chan struct{} // closed at the first connection
-	upOnce     sync.Once
+	upParts    int           // of it, under mu: upClient, and upSubscribed for the alarm connection
 	stopped    sync.Once
 
 	// cur is the network connection paho uses now. A new link is made for
@@ -261,9 +261,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 		u.mu.Lock()
 		u.client = c
 		u.mu.Unlock()
-		if u.commands == nil {
-			u.upOnce.Do(func() { close(u.up) }) // else once subscribed
-		}
+		u.upPart(upClient)
 		select {
 		case <-lost:
 			u.mu.Lock()
@@ -425,7 +423,32 @@ func (u *Uplink) onConnect(c paho.Client) {
 		return
 	}
 	u.log.Info("mqtt uplink: taking commands", "topic", topic)
-	u.upOnce.Do(func() { close(u.up) })
+	u.upPart(upSubscribed)
+}
+
+// What the first connection needs before Connect returns: the client in
+// place, and for the alarm connection the subscription to the commands
+// (paho runs onConnect beside the code that sets the client).
+const (
+	upClient = 1 << iota
+	upSubscribed
+)
+
+// upPart notes one part of the first connection, and closes up once it
+// has all.
+func (u *Uplink) upPart(part int) {
+	want := upClient
+	if u.commands != nil {
+		want |= upSubscribed
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.upParts == want {
+		return
+	}
+	if u.upParts |= part; u.upParts == want {
+		close(u.up)
+	}
 }
 
 // onCommand hands a command to the gateway. A retained command is not
