@@ -239,3 +239,18 @@ func (b *rtuBus) do(ctx context.Context, unit byte, f func(modbus.Client) error)
 
 // retries are the bus's extra tries of a failed request.
 func (b *rtuBus) retries() int { return max(b.bus.Retries, 0) }
+
+// Load estimates the share of the bus's wire time its polls take, in all
+// and for the alarm polls alone, from the request plans and the line's
+// speed (no answer time counted: a slow device takes more).
+func (b *rtuBus) Load() (all, alarms float64) {
+	cost := BusCost(b.bus)
+	for _, d := range b.devices {
+		all += cost.WireTime(d.plan).Seconds() / d.every().Seconds()
+		if len(d.alarmPlan) > 0 {
+			a := cost.WireTime(d.alarmPlan).Seconds() / d.alarmEvery().Seconds()
+			all, alarms = all+a, alarms+a
+		}
+	}
+	return all, alarms
+}

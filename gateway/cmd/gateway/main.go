@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/drivers"
 	"outpost/gateway/model"
 )
 
@@ -148,7 +149,39 @@ func cmdValidate(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s: valid: station %s (%s), %d devices on %d links\n",
 		path, st.Station.ID, st.Station.Type, len(st.Devices), len(st.Links))
+	for _, w := range busWarnings(st) {
+		fmt.Fprintln(stdout, w)
+	}
 	return 0
+}
+
+// busy is the share of a link's wire time beyond which a retry or a slow
+// answer makes its polls late.
+const busy = 0.7
+
+// busWarnings says which links' polls would take most of their wire, as
+// their drivers estimate it (a serial bus knows its speed and its devices'
+// request plans).
+func busWarnings(st *configs.Station) []string {
+	type loader interface{ Load() (all, alarms float64) }
+	var out []string
+	for _, l := range drivers.Links(st) {
+		d, err := drivers.New(l, slog.New(slog.DiscardHandler))
+		if err != nil {
+			continue
+		}
+		ld, ok := d.(loader)
+		if !ok {
+			continue
+		}
+		all, alarms := ld.Load()
+		if all <= busy {
+			continue
+		}
+		out = append(out, fmt.Sprintf("warning: link %s: its polls would take about %.0f%% of the wire (alarm polls %.0f%%), more than %.0f%%: polls will run late; raise the baud rate, lengthen poll or alarm_poll, or split the devices over two buses",
+			l.Name(), 100*all, 100*alarms, 100*busy))
+	}
+	return out
 }
 
 func cmdRun(c *command, args []string, stdout, stderr io.Writer) int {

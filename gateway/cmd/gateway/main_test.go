@@ -73,3 +73,21 @@ func TestEveryCommandHasHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateWarnsOfABusyBus: a station file whose polls would take most
+// of a bus's wire is valid, with a warning that says so and what to do;
+// the police room's buses have room.
+func TestValidateWarnsOfABusyBus(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := cli([]string{"validate", "testdata/busy-bus.yaml"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	want := "warning: link rs485-1: its polls would take about 130% of the wire (alarm polls 107%), more than 70%: polls will run late; raise the baud rate, lengthen poll or alarm_poll, or split the devices over two buses"
+	if !slices.Contains(strings.Split(out.String(), "\n"), want) {
+		t.Errorf("no warning line %q in:\n%s", want, out.String())
+	}
+	out.Reset()
+	if code := cli([]string{"validate", "../../../configs/police-room.yaml"}, &out, &errb); code != 0 || strings.Contains(out.String(), "warning") {
+		t.Errorf("the police room: exit %d, output:\n%s", code, out.String())
+	}
+}
