@@ -217,28 +217,16 @@ func (t *Template) Check(p configs.Problems) {
 	if len(t.Inputs)+len(t.Outputs) == 0 {
 		p.Errorf("inputs", "a template needs at least one input or output")
 	}
-	seen := map[int]string{}
-	for i, in := range t.Inputs {
-		path := fmt.Sprintf("inputs[%d].channel", i)
-		switch first, dup := seen[in.Channel]; {
-		case (in.Channel < 0 || in.Channel >= t.DIChannels) && t.DIChannels >= 0 && t.DIChannels <= 16:
-			p.Errorf(path, "the module has no input %d (di_channels is %d: 0 to %d)", in.Channel, t.DIChannels, t.DIChannels-1)
-		case dup:
-			p.Errorf(path, "input %d is already mapped by %s", in.Channel, first)
-		}
-		seen[in.Channel] = fmt.Sprintf("inputs[%d]", i)
+	dis := make([]int, len(t.Inputs))
+	for i := range t.Inputs {
+		dis[i] = t.Inputs[i].Channel
 	}
-	seen = map[int]string{}
-	for i, o := range t.Outputs {
-		path := fmt.Sprintf("outputs[%d].channel", i)
-		switch first, dup := seen[o.Channel]; {
-		case (o.Channel < 0 || o.Channel >= t.DOChannels) && t.DOChannels >= 0 && t.DOChannels <= 16:
-			p.Errorf(path, "the module has no output %d (do_channels is %d: 0 to %d)", o.Channel, t.DOChannels, t.DOChannels-1)
-		case dup:
-			p.Errorf(path, "output %d is already mapped by %s", o.Channel, first)
-		}
-		seen[o.Channel] = fmt.Sprintf("outputs[%d]", i)
+	dos := make([]int, len(t.Outputs))
+	for i := range t.Outputs {
+		dos[i] = t.Outputs[i].Channel
 	}
+	checkChannels(p, "input", "di_channels", dis, t.DIChannels)
+	checkChannels(p, "output", "do_channels", dos, t.DOChannels)
 }
 
 // groups is how many channels the bytes of one direction carry.
@@ -250,4 +238,20 @@ func groups(b [2]int) int {
 		}
 	}
 	return n
+}
+
+// checkChannels holds the channels of a template's inputs or outputs
+// (kind) to the module's n (the template's key count), each mapped once.
+func checkChannels(p configs.Problems, kind, count string, channels []int, n int) {
+	seen := map[int]string{}
+	for i, ch := range channels {
+		path := fmt.Sprintf("%ss[%d]", kind, i)
+		switch first, dup := seen[ch]; {
+		case (ch < 0 || ch >= n) && n >= 0 && n <= 16:
+			p.Errorf(path+".channel", "the module has no %s %d (%s is %d: 0 to %d)", kind, ch, count, n, n-1)
+		case dup:
+			p.Errorf(path+".channel", "%s %d is already mapped by %s", kind, ch, first)
+		}
+		seen[ch] = path
+	}
 }
