@@ -641,8 +641,8 @@ func (r *runner) quiet() time.Duration {
 		case *mb.TCP:
 			cost, per = modbus.EndpointCost(s), s.Timeout*time.Duration(s.Retries+1)
 		case *dcon.Link:
-			// Two reads a poll (a change is confirmed by a second).
-			longest = max(longest, time.Duration(2*len(l.Devices))*s.Timeout*time.Duration(s.Retries+1))
+			// Three reads a poll (a change without checksum is confirmed by three alike).
+			longest = max(longest, time.Duration(3*len(l.Devices))*s.Timeout*time.Duration(s.Retries+1))
 			continue
 		default:
 			continue

@@ -21,12 +21,14 @@
 //     digit reads as a valid answer with another value, and a damaged
 //     address in the command makes another module answer in its place. So
 //     when the I/O a module reports differs from the last confirmed, it is
-//     read again at once, and published as good only when two reads agree;
-//     reads that never agree are counted (unconfirmed_reads) and not
-//     published as good. A change costs one more command, and reaches the
-//     hub one command later. A poll, which publishes unchanged values too,
-//     reads such a module twice every time: a damaged digit can turn a new
-//     state back into the old one as easily as the other way round. With
+//     read again at once, and published as good only when three reads in a
+//     row agree (two let the same damage twice through every few hundred
+//     damaged answers); reads that never agree are counted
+//     (unconfirmed_reads) and not published as good. A change costs two
+//     more commands, and reaches the hub two commands later. A poll, which
+//     publishes unchanged values too, reads such a module at least twice
+//     every time: a damaged digit can turn a new state back into the old
+//     one as easily as the other way round. With
 //     the checksum on, one valid answer is enough: the sum catches every
 //     damaged character, and a damaged command fails the module's own
 //     check, so no other module answers it.
@@ -77,7 +79,7 @@ type module struct {
 	known     bool      // $AAM matched since the module last answered again
 	heard     time.Time // when it last answered anything
 	wrong     string    // the reason while it names itself otherwise
-	confirmed *State    // the I/O last read twice alike
+	confirmed *State    // the I/O last confirmed (see state)
 	published []model.Reading
 	pubAt     time.Time // when the published I/O was read
 }
@@ -389,19 +391,33 @@ func (p *poller) identify(ctx context.Context, prio bus.Priority, a bus.Attempt,
 type reading struct {
 	State
 	at time.Time
-	// twice says two reads agreed on it; otherwise one read showed the
-	// last confirmed state again.
-	twice bool
+	// sure says reads agreed on it (or the checksum vouched for it);
+	// otherwise one read showed the last confirmed state again.
+	sure bool
 }
+
+// Reads alike that confirm a state without checksum: a change takes
+// three. Under noise a damaged answer that still parses is common (at 5%
+// of the bytes damaged, about one answer in fifteen: a flipped bit of one
+// of the four I/O digits), and the next answer damaged the same way is
+// about one in 230 of those (that byte, that bit, nothing else): two
+// reads alike let a wrong value through every few hundred such answers,
+// which a noisy line makes in minutes. A third read alike makes it one in
+// 50,000. The state last confirmed needs two again.
+const (
+	changeAlike = 3
+	againAlike  = 2
+)
 
 // state reads the module's I/O and returns it once it is confirmed (see
 // the package comment), or nil when it could not be read or confirmed.
-// Two valid reads that agree confirm a state; so does one that shows the
-// last confirmed state, unless strict: a damaged digit can turn a new
-// state back into the old one as easily as the other way round, so a
-// caller that publishes unchanged values from a module without checksum
-// asks for two reads alike every time. Damaged answers and timeouts are
-// read past, within a budget of reads set by the link's retries.
+// Without checksum, a state is confirmed by reads alike in a row: three
+// for a change, two for the last confirmed state; or, unless strict, by
+// one read that shows the last confirmed state: a damaged digit can turn
+// a new state back into the old one as easily as the other way round, so
+// a caller that publishes unchanged values from a module without checksum
+// asks for reads alike every time. Damaged answers and timeouts are read
+// past, within a budget of reads set by the link's retries.
 func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r *result, strict bool) *reading {
 	m := p.m
 	m.mu.Lock()
@@ -409,8 +425,8 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 	m.mu.Unlock()
 	tries, _ := a.On(p.b.cfg.Retries, 0)
 	var cand *State
-	silent := 0
-	for i := 0; i < 2*tries+2; i++ {
+	alike, silent := 0, 0
+	for i := 0; i < 2*tries+changeAlike; i++ {
 		ans, err := p.b.request(ctx, prio, m, readIO(m.set.Address), KindReadIO, bus.Attempt{Once: true, Timeout: a.Timeout}, r)
 		at := time.Now()
 		if ctx.Err() != nil {
@@ -434,25 +450,27 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 			r.fail(err)
 			continue
 		}
+		if cand != nil && s == *cand {
+			alike++
+		} else {
+			if cand != nil {
+				r.counters = append(r.counters, "unconfirmed_reads") // cand was damaged
+			}
+			cand, alike = &s, 1
+		}
+		again := confirmed != nil && s == *confirmed
 		switch {
-		case cand != nil && s == *cand, m.set.Checksum:
-			// Two reads agree; or the checksum vouches for one: it catches
+		case m.set.Checksum, alike >= changeAlike, again && alike >= againAlike:
+			// Reads agree; or the checksum vouches for one: it catches
 			// every damaged character, and a damaged command fails the
 			// module's own check, so no other module answers it.
 			m.mu.Lock()
 			m.confirmed = &s
 			m.mu.Unlock()
-			return &reading{State: s, at: at, twice: true}
-		case !strict && confirmed != nil && s == *confirmed:
-			if cand != nil {
-				r.counters = append(r.counters, "unconfirmed_reads") // cand was damaged
-			}
+			return &reading{State: s, at: at, sure: true}
+		case again && !strict:
 			return &reading{State: s, at: at}
 		}
-		if cand != nil {
-			r.counters = append(r.counters, "unconfirmed_reads")
-		}
-		cand = &s
 	}
 	r.counters = append(r.counters, "unconfirmed_reads")
 	return nil
@@ -606,7 +624,7 @@ func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	for i := range readings {
 		changed = changed || readings[i] != m.published[i]
 	}
-	if changed && !s.twice {
+	if changed && !s.sure {
 		// One read showed the old state while the published values are
 		// others (bad, after a failed poll): not enough to publish.
 		return every

@@ -31,6 +31,7 @@ type Module struct {
 
 	mu     sync.Mutex
 	out    uint16           // the outputs' state
+	garble garble           // damage to the next answers to $AA6
 	writes map[string]int64 // signal -> writes carried out
 	last   map[string]bool  // input -> value last served, for edges
 
@@ -83,12 +84,47 @@ func (m *Module) Stats() sim.Stats {
 		CRCErrors: m.checksumErrors.Load(), EventsServed: m.events.Load(), Writes: maps.Clone(m.writes)}
 }
 
-// Actions lists what the module's inputs can be made to do.
-func (m *Module) Actions() []string { return m.inputs.Actions() }
+// garble is damage the module's next answers to $AA6 carry: a signal's
+// bit flipped, in n answers in a row.
+type garble struct {
+	in, out uint16
+	n       int
+}
 
-// Act presses, holds, releases, tampers with or sets an input.
+// Actions lists what the module's inputs can be made to do, and garble.
+func (m *Module) Actions() []string {
+	return append(m.inputs.Actions(), "garble signal=S [answers=2] (S shows flipped in the next answers, as if the line damaged the same bit each time)")
+}
+
+// Act presses, holds, releases, tampers with or sets an input, or garbles
+// the next answers.
 func (m *Module) Act(ctx context.Context, action string, args map[string]string) error {
-	return m.inputs.Act(ctx, action, args)
+	if action != "garble" {
+		return m.inputs.Act(ctx, action, args)
+	}
+	g := garble{n: 2}
+	if a, ok := args["answers"]; ok {
+		if _, err := fmt.Sscanf(a, "%d", &g.n); err != nil || g.n < 1 {
+			return fmt.Errorf("answers=%s: want a count of answers", a)
+		}
+	}
+	for _, i := range m.tmpl.Inputs {
+		if i.Signal == args["signal"] {
+			g.in = 1 << i.Channel
+		}
+	}
+	for _, o := range m.tmpl.Outputs {
+		if o.Signal == args["signal"] {
+			g.out = 1 << o.Channel
+		}
+	}
+	if g.in|g.out == 0 {
+		return fmt.Errorf("garble: no signal %q", args["signal"])
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.garble = g
+	return nil
 }
 
 // Handle answers one command to the module's address (without its CR): the
@@ -190,19 +226,26 @@ func (m *Module) read() (string, []sim.Reading) {
 	}
 	m.mu.Lock()
 	out := m.out
+	g := m.garble
+	if m.garble.n > 0 {
+		m.garble.n--
+	}
 	m.mu.Unlock()
 	for _, o := range m.tmpl.Outputs {
 		rs = append(rs, sim.Reading{Signal: o.Signal, Value: signal.B(out>>o.Channel&1 == 1)})
 	}
+	if g.n > 0 {
+		in, out = in^g.in, out^g.out // after the readings: they are what the module holds
+	}
 	var data [3]byte
-	for g, b := range m.inByte {
+	for i, b := range m.inByte {
 		if b >= 0 {
-			data[b] = byte(in >> (8 * g))
+			data[b] = byte(in >> (8 * i))
 		}
 	}
-	for g, b := range m.outByte {
+	for i, b := range m.outByte {
 		if b >= 0 {
-			data[b] = byte(out >> (8 * g))
+			data[b] = byte(out >> (8 * i))
 		}
 	}
 	return fmt.Sprintf("%02X%02X%02X", data[0], data[1], data[2]), rs
