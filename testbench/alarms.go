@@ -27,8 +27,10 @@ type AlarmPlan struct {
 	From    time.Duration `yaml:"from"`
 	To      time.Duration `yaml:"to"`
 	Sources []DeviceAct   `yaml:"sources"`
-	// Gap is the least time between two alarms of one source: a button
-	// pressed again while it is still held raises nothing.
+	// Gap is the least time between two alarms of one source, counted
+	// from when the last was done: a button pressed again while it is
+	// still held, or released for less than its alarm poll, raises
+	// nothing.
 	Gap time.Duration `yaml:"gap"`
 }
 
@@ -143,13 +145,21 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 		}
 	}
 	slices.SortFunc(plan, func(a, b alarm) int { return cmp.Compare(a.at, b.at) })
+	// An act late behind a slow one must still leave Gap after its
+	// source's last: two presses 5 ms apart are one long press.
+	last := map[int]time.Time{}
 	for i, a := range plan {
-		if err := sleepCtx(ctx, time.Until(r.gwStart.Add(a.at))); err != nil {
+		at := r.gwStart.Add(a.at)
+		if l, ok := last[a.src]; ok && at.Before(l.Add(p.Gap)) {
+			at = l.Add(p.Gap)
+		}
+		if err := sleepCtx(ctx, time.Until(at)); err != nil {
 			return err
 		}
 		if err := r.act(ctx, p.Sources[a.src], i+1); err != nil {
 			return fmt.Errorf("alarm %d: %w", i+1, err)
 		}
+		last[a.src] = time.Now()
 	}
 	return nil
 }

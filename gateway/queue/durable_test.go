@@ -96,3 +96,37 @@ func TestAlarmsDoNotWaitForGroupCommit(t *testing.T) {
 		t.Fatalf("alarm append returned after %d fsyncs, want 1", n)
 	}
 }
+
+// TestAlarmFsyncNeverWaitsForTelemetry: while a group commit of
+// telemetry is stuck in a slow fsync (a busy disk takes tens of ms for a
+// large one), an alarm's Append still returns after its own fsync.
+func TestAlarmFsyncNeverWaitsForTelemetry(t *testing.T) {
+	dir := t.TempDir()
+	telDir := filepath.Join(dir, LaneTelemetry.String())
+	stuck, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	stop := durable.Observe(func(op, p string) {
+		if filepath.Dir(p) == telDir {
+			once.Do(func() { close(stuck) })
+			<-release
+		}
+	})
+	defer stop()
+	q := open(t, dir, Options{MaxBytes: 1 << 20, SyncEvery: 10 * time.Millisecond, SegmentBytes: 64 << 10})
+	defer q.Close()
+	defer close(release)
+	if err := q.Append(LaneTelemetry, rec(1)); err != nil {
+		t.Fatal(err)
+	}
+	<-stuck
+	done := make(chan error, 1)
+	go func() { done <- q.Append(LaneAlarm, rec(2)) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the alarm's Append waited for telemetry's fsync")
+	}
+}

@@ -350,6 +350,15 @@ type lane struct {
 	// of the ack file failed.
 	ackDirty, dirDirty, ackFailed bool
 
+	// Each lane has its own syncer (syncLoop), so that an alarm's fsync
+	// never waits for telemetry's: gen counts the writes to the lane's
+	// segments, synced those its syncer fsynced, syncErr is the error of
+	// its last fsync; pending are its rotated segments to fsync and close.
+	gen, synced uint64
+	syncErr     error
+	pending     []*os.File
+	kick        chan struct{}
+
 	read   pos
 	rf     *os.File // segment being read
 	rfSeg  uint64
@@ -379,11 +388,7 @@ type Queue struct {
 	mu      sync.Mutex
 	lanes   [NumLanes]*lane
 	bytes   int64
-	gen     uint64     // appends written
-	synced  uint64     // appends fsynced
-	syncErr error      // of the last fsync
-	syncedC *sync.Cond // on mu: synced or syncErr changed, or closed
-	pending []*os.File // rotated segments to fsync and close
+	syncedC *sync.Cond // on mu: a lane's synced or syncErr changed, or closed
 	wake    chan struct{}
 	closed  bool
 	// alarmsFull is set while alarms alone fill the cap, so that dropping
@@ -392,7 +397,6 @@ type Queue struct {
 	st         Stats // Corrupt, CorruptBytes, TornBytes, SyncErrors
 
 	lock *os.File // holds the directory's lock while open
-	kick chan struct{}
 	done chan struct{}
 	wg   sync.WaitGroup
 }
@@ -412,7 +416,7 @@ func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	q := &Queue{opt: opt, log: log, dir: dir, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	q := &Queue{opt: opt, log: log, dir: dir, done: make(chan struct{})}
 	q.syncedC = sync.NewCond(&q.mu)
 	if err := durable.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
@@ -433,15 +437,18 @@ func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 		}
 		q.lanes[l] = ln
 	}
-	q.wg.Add(1)
-	go q.syncLoop()
+	q.wg.Add(int(NumLanes) + 1)
+	for _, ln := range q.lanes {
+		go q.syncLoop(ln)
+	}
+	go q.retryLoop()
 	return q, nil
 }
 
 func segName(id uint64) string { return fmt.Sprintf("%016x.seg", id) }
 
 func (q *Queue) openLane(l Lane) (*lane, error) {
-	ln := &lane{l: l, dir: filepath.Join(q.dir, l.String())}
+	ln := &lane{l: l, dir: filepath.Join(q.dir, l.String()), kick: make(chan struct{}, 1)}
 	if err := durable.MkdirAll(ln.dir); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
@@ -622,7 +629,7 @@ func (q *Queue) newSegment(ln *lane) error {
 		if q.opt.SyncEvery < 0 {
 			ln.w.Close()
 		} else {
-			q.pending = append(q.pending, ln.w)
+			ln.pending = append(ln.pending, ln.w)
 		}
 	}
 	ln.w = f
@@ -722,26 +729,22 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	} else {
 		q.writeWorks()
 	}
-	q.gen++
-	gen := q.gen
+	gen := ln.gen
 	if q.wake != nil {
 		close(q.wake)
 		q.wake = nil
 	}
 	// Alarms do not wait for the group commit: their Append returns
 	// after their fsync, whatever SyncEvery says (unless it is negative).
-	if notDurable != nil || q.opt.SyncEvery < 0 || q.opt.SyncEvery > 0 && l != LaneAlarm {
+	if notDurable != nil || !q.syncsAtOnce(ln) {
 		q.mu.Unlock()
 		return notDurable
 	}
-	select {
-	case q.kick <- struct{}{}:
-	default:
-	}
-	for q.synced < gen {
+	kick(ln)
+	for ln.synced < gen {
 		q.syncedC.Wait() // Close syncs too, and wakes us
 	}
-	err := q.syncErr
+	err := ln.syncErr
 	q.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("queue: fsync: %w", err)
@@ -868,6 +871,7 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 			}
 			return fmt.Errorf("queue: append to %s: %w", ln.l, err)
 		}
+		ln.gen++
 		s.size += int64(m)
 		s.end = s.size
 		s.live += n
@@ -1282,9 +1286,24 @@ func (q *Queue) Stats() Stats {
 	return st
 }
 
-// syncLoop fsyncs written segments: at once when an Append waits for it
-// (SyncEvery 0), or every SyncEvery. It ends when Close closes q.done.
-func (q *Queue) syncLoop() {
+// syncsAtOnce says whether appends to the lane are fsynced at once, not
+// at the group commit: alarms always (unless SyncEvery is negative), every
+// lane when SyncEvery is 0.
+func (q *Queue) syncsAtOnce(ln *lane) bool {
+	return q.opt.SyncEvery == 0 || q.opt.SyncEvery > 0 && ln.l == LaneAlarm
+}
+
+// kick asks the lane's syncer for an fsync now.
+func kick(ln *lane) {
+	select {
+	case ln.kick <- struct{}{}:
+	default:
+	}
+}
+
+// syncLoop fsyncs the lane's written segments and ack file: at once when
+// kicked, and every SyncEvery. It ends when Close closes q.done.
+func (q *Queue) syncLoop(ln *lane) {
 	defer q.wg.Done()
 	var tick <-chan time.Time
 	if q.opt.SyncEvery > 0 {
@@ -1292,18 +1311,14 @@ func (q *Queue) syncLoop() {
 		defer t.Stop()
 		tick = t.C
 	}
-	retry := time.NewTicker(retryEvery)
-	defer retry.Stop()
 	for {
 		select {
 		case <-q.done:
 			return
-		case <-q.kick:
-			q.syncOnce()
+		case <-ln.kick:
+			q.syncOnce(ln)
 		case <-tick:
-			q.syncOnce()
-		case <-retry.C:
-			q.retryMemory()
+			q.syncOnce(ln)
 		}
 	}
 }
@@ -1311,6 +1326,22 @@ func (q *Queue) syncLoop() {
 // retryEvery is how often alarms held in memory are offered to the disk
 // again when no append comes.
 const retryEvery = time.Second
+
+// retryLoop offers the records held in memory, and the ack positions not
+// written, to the disk every retryEvery until Close closes q.done.
+func (q *Queue) retryLoop() {
+	defer q.wg.Done()
+	t := time.NewTicker(retryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.done:
+			return
+		case <-t.C:
+			q.retryMemory()
+		}
+	}
+}
 
 // retryMemory writes the alarms held in memory to disk if it takes them.
 func (q *Queue) retryMemory() {
@@ -1325,42 +1356,33 @@ func (q *Queue) retryMemory() {
 	}
 	if flushed {
 		q.writeWorks()
-		q.gen++
-		if q.opt.SyncEvery == 0 {
-			select {
-			case q.kick <- struct{}{}:
-			default:
+		for _, ln := range q.lanes {
+			if ln.gen != ln.synced && q.syncsAtOnce(ln) {
+				kick(ln)
 			}
 		}
 	}
 }
 
-// syncOnce fsyncs every segment written since the last time and wakes the
-// Appends it covers.
-func (q *Queue) syncOnce() {
+// syncOnce fsyncs what was written to the lane since the last time and
+// wakes the Appends it covers.
+func (q *Queue) syncOnce(ln *lane) {
 	q.mu.Lock()
-	gen := q.gen
-	files := q.pending
-	q.pending = nil
+	gen := ln.gen
+	files := ln.pending
+	ln.pending = nil
 	closeN := len(files)
-	if gen != q.synced {
-		for _, ln := range q.lanes {
-			files = append(files, ln.w)
-		}
+	if gen != ln.synced {
+		files = append(files, ln.w)
 	}
-	var dirs []string
-	for _, ln := range q.lanes {
-		if ln.ackDirty {
-			files = append(files, ln.ackF)
-			ln.ackDirty = false
-		}
-		if ln.dirDirty {
-			dirs = append(dirs, ln.dir)
-			ln.dirDirty = false
-		}
+	if ln.ackDirty {
+		files = append(files, ln.ackF)
+		ln.ackDirty = false
 	}
+	dir := ln.dirDirty
+	ln.dirDirty = false
 	q.mu.Unlock()
-	if len(files) == 0 && len(dirs) == 0 {
+	if len(files) == 0 && !dir {
 		return
 	}
 
@@ -1373,19 +1395,19 @@ func (q *Queue) syncOnce() {
 			f.Close()
 		}
 	}
-	for _, d := range dirs {
-		if e := durable.SyncDir(d); e != nil && err == nil {
+	if dir {
+		if e := durable.SyncDir(ln.dir); e != nil && err == nil {
 			err = e
 		}
 	}
 
 	q.mu.Lock()
-	q.synced = gen
-	q.syncErr = err
+	ln.synced = gen
+	ln.syncErr = err
 	q.st.Syncs++
 	if err != nil {
 		q.st.SyncErrors++
-		q.log.Error("queue: fsync failed", "err", err)
+		q.log.Error("queue: fsync failed", "lane", ln.l, "err", err)
 	}
 	q.syncedC.Broadcast()
 	q.mu.Unlock()
@@ -1420,23 +1442,24 @@ func (q *Queue) Close() error {
 		}
 	}
 	var errs []error
-	for _, f := range q.pending {
-		errs = append(errs, f.Sync(), f.Close())
-	}
-	q.pending = nil
 	for _, ln := range q.lanes {
+		var lerrs []error
+		for _, f := range ln.pending {
+			lerrs = append(lerrs, f.Sync(), f.Close())
+		}
+		ln.pending = nil
 		if q.opt.SyncEvery >= 0 {
-			errs = append(errs, ln.w.Sync())
+			lerrs = append(lerrs, ln.w.Sync())
 			if ln.ackDirty {
-				errs = append(errs, ln.ackF.Sync())
+				lerrs = append(lerrs, ln.ackF.Sync())
 			}
 			if ln.dirDirty {
-				errs = append(errs, durable.SyncDir(ln.dir))
+				lerrs = append(lerrs, durable.SyncDir(ln.dir))
 			}
 		}
+		ln.synced, ln.syncErr = ln.gen, errors.Join(lerrs...)
+		errs = append(errs, ln.syncErr)
 	}
-	err := errors.Join(errs...)
-	q.synced, q.syncErr = q.gen, err
 	q.syncedC.Broadcast()
 	for _, ln := range q.lanes {
 		errs = append(errs, ln.close())

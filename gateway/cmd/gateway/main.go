@@ -207,6 +207,7 @@ func cmdRun(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gateway run: not started: fix the station file first (gateway validate checks it)")
 		return 1
 	}
+	spareProcs(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	done := make(chan struct{})
