@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -184,7 +186,7 @@ func (st *Station) defaults() {
 		st.StateDir = filepath.Join("/var/lib/outpost", st.Station.ID)
 	}
 	// Files the station names are relative to the station file.
-	files := []*string{&st.Hub.Commands.KeyFile}
+	files := []*string{&st.Hub.Commands.KeyFile, &st.Status.TokenFile}
 	if t := st.Hub.MQTT.TLS; t != nil {
 		files = append(files, &t.CA, &t.Cert, &t.Key)
 	}
@@ -231,8 +233,31 @@ func (d *decoder) validateStation(st *Station) {
 	if ttl := st.Hub.Commands.MaxTTL; ttl < time.Second || ttl > 24*time.Hour {
 		d.errAt("hub.commands.max_ttl", "hub.commands.max_ttl: %s is out of range (1s to 24h)", ttl)
 	}
+	d.checkStatus(&st.Status)
 	if st.Queue.MaxBytes < 64<<10 {
 		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 65536, 64 KiB)", st.Queue.MaxBytes)
+	}
+}
+
+// checkStatus checks the status server's address, and that one other
+// than loopback has a token.
+func (d *decoder) checkStatus(s *Status) {
+	if s.Listen == "off" {
+		return
+	}
+	host, port, err := net.SplitHostPort(s.Listen)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+		d.errAt("status.listen", "status.listen: %q is not an address (expected HOST:PORT such as 127.0.0.1:9180, or off)", s.Listen)
+		return
+	}
+	if s.TokenFile != "" {
+		if _, err := ReadToken(s.TokenFile); err != nil {
+			d.errAt("status.token_file", "status.token_file: %v", err)
+		}
+		return
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		d.errAt("status.listen", "status.listen: %s is reachable from other machines, so a token_file is required (or listen on 127.0.0.1)", s.Listen)
 	}
 }
 

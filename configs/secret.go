@@ -14,23 +14,10 @@ import (
 // The file must be readable by its owner only: a key others can read is
 // refused, with the chmod that fixes it. The error never shows the key.
 func ReadKey(path string, sizes ...int) ([]byte, error) {
-	info, err := os.Stat(path)
+	text, err := readSecret(path, "a key", "hex digits on one line")
 	if err != nil {
-		return nil, fileErr(err)
+		return nil, err
 	}
-	switch {
-	case !info.Mode().IsRegular():
-		return nil, fmt.Errorf("%s is not a file", path)
-	case info.Mode().Perm()&0o077 != 0:
-		return nil, fmt.Errorf("%s can be read by group or others (mode %04o): a key must be readable by the gateway's user only; run chmod 600 %s", path, info.Mode().Perm(), path)
-	case info.Size() > 1024:
-		return nil, fmt.Errorf("%s is %d bytes, too large for a key (expected hex digits on one line)", path, info.Size())
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fileErr(err)
-	}
-	text := strings.Join(strings.Fields(string(raw)), "")
 	key, err := hex.DecodeString(text)
 	if err != nil || len(text) == 0 {
 		return nil, fmt.Errorf("%s does not hold a key in hex (expected hex digits 0-9 a-f on one line)", path)
@@ -58,4 +45,39 @@ func orList(s []int) string {
 		return parts[0]
 	}
 	return strings.Join(parts[:len(parts)-1], ", ") + " or " + parts[len(parts)-1]
+}
+
+// ReadToken reads the status server's token from a file readable by the
+// gateway's user only: at least 16 characters on one line.
+func ReadToken(path string) (string, error) {
+	text, err := readSecret(path, "a token", "a token on one line")
+	if err != nil {
+		return "", err
+	}
+	if len(text) < 16 {
+		return "", fmt.Errorf("%s holds a token of %d characters (expected at least 16, e.g. from: openssl rand -hex 16)", path, len(text))
+	}
+	return text, nil
+}
+
+// readSecret reads a small file that only the gateway's user may read, and
+// returns its text without white space.
+func readSecret(path, what, expected string) (string, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return "", fileErr(err)
+	}
+	switch {
+	case !info.Mode().IsRegular():
+		return "", fmt.Errorf("%s is not a file", path)
+	case info.Mode().Perm()&0o077 != 0:
+		return "", fmt.Errorf("%s can be read by group or others (mode %04o): %s must be readable by the gateway's user only; run chmod 600 %s", path, info.Mode().Perm(), what, path)
+	case info.Size() > 1024:
+		return "", fmt.Errorf("%s is %d bytes, too large for %s (expected %s)", path, info.Size(), what, expected)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", fileErr(err)
+	}
+	return strings.Join(strings.Fields(string(raw)), ""), nil
 }

@@ -37,6 +37,9 @@ type Station struct {
 	Hub Hub `yaml:"hub" required:"true"`
 	// Queue sizes the durable store-and-forward queue.
 	Queue Queue `yaml:"queue"`
+	// Status is the gateway's local status server: a page for the people
+	// at the station, a JSON API and Prometheus metrics.
+	Status Status `yaml:"status"`
 	// Links are the station's connections to its devices: serial buses,
 	// TCP endpoints, listeners.
 	Links []Link `yaml:"links" required:"true"`
@@ -198,6 +201,18 @@ type Queue struct {
 	// Sync is how often appended data is fsynced (group commit); 0s fsyncs
 	// before every append returns.
 	Sync time.Duration `yaml:"sync" default:"100ms" example:"0s"`
+}
+
+// Status is the gateway's local HTTP status server (see
+// docs/operations.md).
+type Status struct {
+	// Listen is the server's address; "off" turns it off. On an address
+	// other than loopback a token_file is required.
+	Listen string `yaml:"listen" default:"127.0.0.1:9180" example:"0.0.0.0:9180"`
+	// TokenFile holds the token every request must carry (Authorization:
+	// Bearer TOKEN, or ?token=TOKEN for a browser), on one line; readable
+	// by the gateway's user only (chmod 600).
+	TokenFile string `yaml:"token_file" example:"/etc/outpost/status.token"`
 }
 
 // Link is one connection of the gateway to devices: a serial bus, a TCP

@@ -20,6 +20,8 @@ import (
 //
 //	GET  /devices                      every device and the actions it takes
 //	POST /devices/{id}/{action}?k=v&…  make a device act; 200 once done
+//	POST /devices/{id}/silence         the device answers nothing, as if switched off
+//	POST /devices/{id}/answer          it answers again
 //
 // An action that fails answers 400 (a bad request: the text says what was
 // expected) or 404 (no such device), with the error as the body.
@@ -40,10 +42,32 @@ func (s *station) serveControl(ctx context.Context, wg *sync.WaitGroup) (string,
 			}
 		}
 	}
+	all := map[string]bool{}
+	for _, l := range s.links {
+		for _, d := range l.Devices() {
+			all[d.ID()] = true
+		}
+	}
 	mux := http.NewServeMux()
+	for action, silent := range map[string]bool{"silence": true, "answer": false} {
+		mux.HandleFunc("POST /devices/{id}/"+action, func(w http.ResponseWriter, r *http.Request) {
+			id := r.PathValue("id")
+			if !all[id] {
+				http.Error(w, fmt.Sprintf("no device %s (have %v)", id, slices.Sorted(maps.Keys(all))), http.StatusNotFound)
+				return
+			}
+			s.silent.Set(id, silent)
+			s.log.Info("device", "id", id, "silent", silent)
+			fmt.Fprintln(w, "ok")
+		})
+	}
 	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, r *http.Request) {
-		for _, id := range slices.Sorted(maps.Keys(actors)) {
-			fmt.Fprintf(w, "%s: %s\n", id, strings.Join(actors[id].Actions(), "; "))
+		for _, id := range slices.Sorted(maps.Keys(all)) {
+			acts := []string{"silence", "answer"}
+			if a := actors[id]; a != nil {
+				acts = append(acts, a.Actions()...)
+			}
+			fmt.Fprintf(w, "%s: %s\n", id, strings.Join(acts, "; "))
 		}
 	})
 	mux.HandleFunc("POST /devices/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {

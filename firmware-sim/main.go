@@ -136,6 +136,8 @@ type station struct {
 	links map[string]sim.Link
 	files []*os.File  // the served and raised logs
 	deaf  atomic.Bool // see deafOnSignal
+	// silent devices answer nothing (-silent, and the control API)
+	silent *sim.Silence
 }
 
 // run runs the simulator until ctx ends.
@@ -170,7 +172,8 @@ func open(o options, log *slog.Logger) (_ *station, err error) {
 			s.close()
 		}
 	}()
-	so := sim.Options{Seed: o.seed, Start: time.Now(), Deaf: &s.deaf, Silent: map[string]bool{},
+	s.silent = sim.NewSilence()
+	so := sim.Options{Seed: o.seed, Start: time.Now(), Deaf: &s.deaf, Silent: s.silent,
 		Turnaround: o.turnaround, CheckLine: o.checkLine, Noise: o.noise, Log: log}
 	sink := &servedLog{log: log}
 	for _, f := range []struct {
@@ -192,7 +195,7 @@ func open(o options, log *slog.Logger) (_ *station, err error) {
 		if slices.IndexFunc(st.Devices, func(d configs.Device) bool { return d.ID == id }) < 0 {
 			return nil, fmt.Errorf("-silent: no device %s in %s", id, o.config)
 		}
-		so.Silent[id] = true
+		so.Silent.Set(id, true)
 	}
 	for i := range st.Links {
 		l, err := sim.New(st, &st.Links[i], so)

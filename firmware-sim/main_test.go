@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,6 +65,7 @@ func writeStation(t *testing.T, tcpAddr string) (station, portDir string) {
 type running struct {
 	sim     *station
 	tcp     string // the endpoint's address
+	control string // the control API's address, with o.control
 	ports   string // folder of the bus links
 	served  string
 	stats   string
@@ -92,12 +94,18 @@ func startSim(t *testing.T, opts ...func(*options)) *running {
 		s.close()
 		done <- err
 	}()
-	line, err := bufio.NewReader(pr).ReadString('\n')
+	br := bufio.NewReader(pr)
+	line, err := br.ReadString('\n')
+	control, isControl := strings.CutPrefix(line, "firmware-sim control ")
+	if isControl {
+		line, err = br.ReadString('\n')
+	}
 	go io.Copy(io.Discard, pr)
 	if err != nil || line != "firmware-sim ready\n" {
 		t.Fatalf("readiness line %q, %v", line, err)
 	}
-	r := &running{sim: s, tcp: s.links["lan"].(interface{ Addr() net.Addr }).Addr().String(), ports: ports, served: o.served, stats: o.stats}
+	r := &running{sim: s, tcp: s.links["lan"].(interface{ Addr() net.Addr }).Addr().String(), control: strings.TrimSpace(control),
+		ports: ports, served: o.served, stats: o.stats}
 	r.stop = func() error {
 		if r.stopped {
 			return nil
@@ -432,27 +440,45 @@ func TestBinary(t *testing.T) {
 
 // TestSilent: devices named by -silent never answer, on a bus or behind an
 // endpoint, while their neighbours do; they are in the stats, having
-// served nothing.
+// served nothing. The control API silences a device and lets it answer
+// again.
 func TestSilent(t *testing.T) {
 	requireTool(t, "/usr/bin/mbpoll")
 	o, err := parseFlags([]string{"-config", "x.yaml", "-silent", "all-rtu, strict-tcp"}, io.Discard)
 	if err != nil || fmt.Sprint(o.silent) != "[all-rtu strict-tcp]" {
 		t.Fatalf("-silent parsed as %q, %v", o.silent, err)
 	}
-	r := startSim(t, func(o *options) { o.silent = []string{"all-rtu", "strict-tcp"} })
+	r := startSim(t, func(o *options) { o.silent, o.control = []string{"all-rtu", "strict-tcp"}, "127.0.0.1:0" })
 	_, port, _ := net.SplitHostPort(r.tcp)
 	bus := filepath.Join(r.ports, "bus-a")
-	cases := []struct {
+	rtu := []string{"-m", "rtu", "-b", "9600", "-P", "none", bus}
+	tcp := []string{"-m", "tcp", "-p", port, "127.0.0.1"}
+	type poll struct {
 		name, unit string
 		target     []string
 		answers    bool
+	}
+	cases := []struct {
+		control []string // device/action posted to the control API first
+		poll
 	}{
-		{"silent on a bus", "1", []string{"-m", "rtu", "-b", "9600", "-P", "none", bus}, false},
-		{"its neighbour on the bus", "2", []string{"-m", "rtu", "-b", "9600", "-P", "none", bus}, true},
-		{"silent behind an endpoint", "2", []string{"-m", "tcp", "-p", port, "127.0.0.1"}, false},
-		{"its neighbour behind the endpoint", "1", []string{"-m", "tcp", "-p", port, "127.0.0.1"}, true},
+		{nil, poll{"silent on a bus", "1", rtu, false}},
+		{nil, poll{"its neighbour on the bus", "2", rtu, true}},
+		{nil, poll{"silent behind an endpoint", "2", tcp, false}},
+		{nil, poll{"its neighbour behind the endpoint", "1", tcp, true}},
+		// The control API silences devices, and lets them answer again.
+		{[]string{"all-rtu/answer"}, poll{"answering again on the bus", "1", rtu, true}},
+		{[]string{"all-rtu/silence"}, poll{"silenced again on the bus", "1", rtu, false}},
+		{[]string{"all-tcp/silence"}, poll{"silenced behind the endpoint", "1", tcp, false}},
 	}
 	for _, c := range cases {
+		for _, p := range c.control {
+			resp, err := http.Post("http://"+r.control+"/devices/"+p, "", nil)
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("POST %s: %v %v", p, resp, err)
+			}
+			resp.Body.Close()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		args := append([]string{"-a", c.unit, "-0", "-1", "-o", "0.3", "-t", "3", "-r", "0"}, c.target...)
 		out, err := exec.CommandContext(ctx, "/usr/bin/mbpoll", args...).CombinedOutput()
@@ -463,10 +489,11 @@ func TestSilent(t *testing.T) {
 		}
 	}
 	st := r.sim.stats()
-	for _, id := range []string{"all-rtu", "strict-tcp"} {
-		if d, ok := st.Devices[id]; !ok || d.Polls != 0 || d.ReadingsServed != 0 {
-			t.Errorf("%s stats %+v (listed %v), want listed with nothing served", id, d, ok)
-		}
+	if d, ok := st.Devices["strict-tcp"]; !ok || d.Polls != 0 || d.ReadingsServed != 0 {
+		t.Errorf("strict-tcp stats %+v (listed %v), want listed with nothing served", d, ok)
+	}
+	if d := st.Devices["all-rtu"]; d.Polls != 1 {
+		t.Errorf("all-rtu stats %+v, want the one poll it answered while not silent", d)
 	}
 	if st.Time.IsZero() {
 		t.Error("stats carry no time")

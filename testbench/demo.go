@@ -82,7 +82,13 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	}
 	fmt.Printf("outpost demo: %s (%s, 社区警务室) — %d devices on %d links\n",
 		st.Station.ID, st.Station.Type, len(st.Devices), len(st.Links))
-	fmt.Printf("hub: embedded MQTT broker at %s, topics %s; Ctrl-C to stop\n\n", hubURL, stationTopics(st))
+	fmt.Printf("hub: embedded MQTT broker at %s, topics %s; Ctrl-C to stop\n", hubURL, stationTopics(st))
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if addr, err := statusAddr(wctx, st); err == nil {
+		fmt.Printf("status page: http://%s/ (open it in a browser; metrics at /metrics)\n", addr)
+	}
+	cancel()
+	fmt.Println()
 	<-ctx.Done()
 	gw.stop(5 * time.Second)
 	sim.stop(5 * time.Second)

@@ -1,11 +1,12 @@
 #!/bin/sh
 # Installs what the tests need, and only what is missing: Mosquitto, socat,
-# mbpoll and pymodbus from Debian, and InfluxDB 1.8.10 built from source into
-# $HOME/.cache/outpost/bin (Debian's InfluxDB is 1.6, which lacks the 2.x
-# write API). Safe to run again.
+# mbpoll, pymodbus and Chromium (for the status page's test) from Debian,
+# and InfluxDB 1.8.10 built from source into $HOME/.cache/outpost/bin
+# (Debian's InfluxDB is 1.6, which lacks the 2.x write API). Safe to run
+# again.
 set -eu
 
-pkgs="mosquitto socat mbpoll python3-pymodbus"
+pkgs="mosquitto socat mbpoll python3-pymodbus chromium"
 missing=""
 for p in $pkgs; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

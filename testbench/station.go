@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"outpost/configs"
+	"outpost/gateway/status"
 	"outpost/testbench/hub"
 )
 
@@ -52,6 +54,8 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 	}
 	doc["hub"] = h
 	doc["state_dir"] = filepath.Join(work, "state")
+	// The status server on a free port (status.json says which).
+	doc["status"] = map[string]any{"listen": "127.0.0.1:0"}
 	if spec.Queue != nil {
 		doc["queue"] = spec.Queue
 	}
@@ -157,4 +161,19 @@ func makeKeys(doc any, dir string) error {
 		return nil
 	}
 	return walk(doc)
+}
+
+// statusAddr waits for the gateway of a station to say where its status
+// server listens (in its status file), until ctx ends.
+func statusAddr(ctx context.Context, st *configs.Station) (string, error) {
+	for {
+		if s, err := status.Read(status.File(st.StateDir)); err == nil && s.Listen != "" {
+			return s.Listen, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("the gateway never said where its status server listens (%s): %w", status.File(st.StateDir), ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -86,7 +86,7 @@ func startBench(t *testing.T, skew time.Duration) *simBench {
 	set.Listen = r.d.Addr()
 	lk.Settings = &set
 	b := &simBench{r: r, actors: map[string]sim.Actor{}, devs: map[string]sim.Device{}, raised: make(raisedLog, 100)}
-	b.link, err = sim.New(st, &lk, sim.Options{Sink: b.raised, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Silent: map[string]bool{}})
+	b.link, err = sim.New(st, &lk, sim.Options{Sink: b.raised, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,9 +46,6 @@ func startSim(t testing.TB, st *configs.Station, o sim.Options) (sim.Link, *sim.
 	t.Helper()
 	sk := &sim.Recorder{}
 	o.Sink, o.Start, o.Log = sk, time.Now(), slog.New(slog.DiscardHandler)
-	if o.Silent == nil {
-		o.Silent = map[string]bool{}
-	}
 	l, stop, err := sim.Start(st, &st.Links[0], o)
 	if err != nil {
 		t.Fatal(err)
@@ -283,7 +280,7 @@ func TestSilentModule(t *testing.T) {
 	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, poll: 50ms}
   - {id: box-5, template: dcon-panic-box, link: rs485-2, address: 0x05, poll: 50ms}
 `)
-	startSim(t, st, sim.Options{Turnaround: -1, Silent: map[string]bool{"box-5": true}})
+	startSim(t, st, sim.Options{Turnaround: -1, Silent: sim.NewSilence("box-5")})
 	r := runBus(t, st)
 	var h *model.Health
 	r.next(t, "box-5", model.KindHealth, 5*time.Second, func(m stamped) bool { h = m.Health; return h.State == model.Offline })

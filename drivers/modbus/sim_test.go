@@ -83,7 +83,7 @@ func simStation(t testing.TB, link, devices string) *configs.Station {
 func runSim(t testing.TB, st *configs.Station, o sim.Options) (map[string]sim.Device, *sim.Recorder) {
 	t.Helper()
 	rl := &sim.Recorder{}
-	o.Sink, o.Start, o.Log, o.Silent = rl, time.Now(), slog.New(slog.DiscardHandler), map[string]bool{}
+	o.Sink, o.Start, o.Log = rl, time.Now(), slog.New(slog.DiscardHandler)
 	l, stop, err := sim.Start(st, &st.Links[0], o)
 	if err != nil {
 		t.Fatal(err)

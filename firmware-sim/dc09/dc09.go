@@ -110,7 +110,7 @@ type panel struct {
 	timeout   time.Duration
 	testEvery time.Duration
 	test      cfg.TestKind
-	silent    bool
+	silent    *sim.Silence // the panel sends nothing while silent
 	sink      sim.Sink
 	deaf      *atomic.Bool
 	log       *slog.Logger
@@ -163,7 +163,7 @@ func newPanel(st *configs.Station, set *cfg.Link, d *configs.Device, o sim.Optio
 		timeout:   2 * time.Second,
 		testEvery: ds.TestEvery(),
 		test:      "null",
-		silent:    o.Silent[d.ID],
+		silent:    o.Silent,
 		sink:      o.Sink,
 		deaf:      o.Deaf,
 		log:       o.Log.With("device", d.ID, "account", ds.Account),
@@ -270,8 +270,8 @@ func (p *panel) Act(ctx context.Context, action string, args map[string]string) 
 	if err != nil {
 		return err
 	}
-	if p.silent {
-		return fmt.Errorf("the panel is silent (-silent): it sends nothing")
+	if p.silent.Has(p.id) {
+		return fmt.Errorf("the panel is silent: it sends nothing")
 	}
 	o.tried = make(chan struct{})
 	select {
@@ -379,10 +379,8 @@ func (p *panel) siaEvent(args map[string]string) (*outgoing, error) {
 // as a panel does, until ctx ends.
 func (p *panel) run(ctx context.Context) {
 	defer p.disconnect()
-	if p.silent {
+	if p.silent.Has(p.id) {
 		p.log.Info("panel silent")
-		<-ctx.Done()
-		return
 	}
 	var tick <-chan time.Time
 	if p.testEvery > 0 {
@@ -397,7 +395,7 @@ func (p *panel) run(ctx context.Context) {
 			return
 		case o = <-p.queue:
 		case <-tick:
-			if !p.testsOn.Load() {
+			if !p.testsOn.Load() || p.silent.Has(p.id) {
 				continue
 			}
 			p.n.tests.Add(1)

@@ -39,9 +39,10 @@ type Link struct {
 	port    *vport.Port
 	line    slave.Line
 	turn    time.Duration
-	modules map[int]*Module // by address; silent ones are left out
+	modules map[int]*Module // by address
 	all     []*Module
 	deaf    *atomic.Bool
+	silent  *sim.Silence
 	log     *slog.Logger
 
 	commands, garbled, foreign atomic.Int64
@@ -53,7 +54,7 @@ func newLink(st *configs.Station, link *configs.Link, devs []*configs.Device, o 
 		return nil, fmt.Errorf("link %s: not a dcon link", link.ID)
 	}
 	l := &Link{line: slave.Line{Baud: cfg.Baud, DataBits: cfg.DataBits, Parity: cfg.Parity, StopBits: cfg.StopBits},
-		turn: defaultTurnaround, modules: map[int]*Module{}, deaf: o.Deaf, log: o.Log.With("bus", link.ID)}
+		turn: defaultTurnaround, modules: map[int]*Module{}, deaf: o.Deaf, silent: o.Silent, log: o.Log.With("bus", link.ID)}
 	if l.line.DataBits == 0 {
 		l.line.DataBits = 8
 	}
@@ -69,9 +70,8 @@ func newLink(st *configs.Station, link *configs.Link, devs []*configs.Device, o 
 			return nil, err
 		}
 		l.all = append(l.all, m)
-		if o.Silent[d.ID] {
+		if o.Silent.Has(d.ID) {
 			o.Log.Info("device silent", "device", d.ID, "address", fmt.Sprintf("%02X", m.addr))
-			continue
 		}
 		l.modules[m.addr] = m
 	}
@@ -216,6 +216,9 @@ func (l *Link) answer(ctx context.Context, cmd string, end time.Time) (time.Time
 	m := l.modules[addr]
 	if m == nil {
 		l.foreign.Add(1)
+		return end, nil
+	}
+	if l.silent.Has(m.id) {
 		return end, nil
 	}
 	if l.deaf != nil && l.deaf.Load() {

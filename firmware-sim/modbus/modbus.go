@@ -23,24 +23,23 @@ func init() {
 	sim.Register("modbus-tcp", newTCP)
 }
 
-// devices builds the simulated devices of a link, by unit id; silent ones
-// are built (they count in the stats) but answer nothing.
-func devices(st *configs.Station, devs []*configs.Device, o sim.Options) (all []*device.Device, units map[byte]slave.Unit, silent map[byte]bool, err error) {
-	units, silent = map[byte]slave.Unit{}, map[byte]bool{}
+// devices builds the simulated devices of a link, by unit id, and says
+// which units are silent now (sim.Options.Silent).
+func devices(st *configs.Station, devs []*configs.Device, o sim.Options) (all []*device.Device, units map[byte]slave.Unit, silent func(byte) bool, err error) {
+	units = map[byte]slave.Unit{}
+	ids := map[byte]string{}
 	for _, d := range devs {
 		dev, err := device.New(*d, st.Templates[d.Template], device.Options{Seed: o.Seed, Start: o.Start, Sink: o.Sink})
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		all = append(all, dev)
-		if o.Silent[d.ID] {
-			silent[dev.Unit()] = true
+		units[dev.Unit()], ids[dev.Unit()] = dev, d.ID
+		if o.Silent.Has(d.ID) {
 			o.Log.Info("device silent", "device", d.ID, "unit", dev.Unit())
-			continue
 		}
-		units[dev.Unit()] = dev
 	}
-	return all, units, silent, nil
+	return all, units, func(u byte) bool { return o.Silent.Has(ids[u]) }, nil
 }
 
 // rtuLink is a simulated RS-485 bus.
@@ -55,7 +54,7 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 	if !ok {
 		return nil, fmt.Errorf("link %s: not a modbus-rtu link", link.ID)
 	}
-	all, units, _, err := devices(st, devs, o)
+	all, units, silent, err := devices(st, devs, o)
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +78,7 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 		Line:       slave.LineOf(*bus),
 		Turnaround: turn,
 		Units:      units,
+		Silent:     silent,
 		Log:        o.Log.With("bus", link.ID),
 		Deaf:       o.Deaf,
 	}}

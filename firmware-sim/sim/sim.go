@@ -134,8 +134,9 @@ type Options struct {
 	Sink Sink
 	// Deaf, while true, makes every device ignore what reaches it.
 	Deaf *atomic.Bool
-	// Silent devices never answer, as a wrong unit id would not.
-	Silent map[string]bool
+	// Silent devices answer nothing, as one switched off or at a wrong
+	// unit id would not; the control API silences them at will.
+	Silent *Silence
 	// Turnaround, when not negative, replaces the links' own device
 	// turnaround.
 	Turnaround time.Duration
@@ -195,4 +196,37 @@ func Start(st *configs.Station, link *configs.Link, o Options) (l Link, stop fun
 		l.Close()
 		return err
 	}, nil
+}
+
+// Silence is the set of devices that answer nothing, now. It is safe for
+// concurrent use; nil is the empty set.
+type Silence struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+// NewSilence is a set of silent devices.
+func NewSilence(ids ...string) *Silence {
+	s := &Silence{ids: map[string]bool{}}
+	for _, id := range ids {
+		s.ids[id] = true
+	}
+	return s
+}
+
+// Set silences a device, or lets it answer again.
+func (s *Silence) Set(id string, silent bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ids[id] = silent
+}
+
+// Has says whether a device is silent.
+func (s *Silence) Has(id string) bool {
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ids[id]
 }

@@ -41,6 +41,9 @@ type RTU struct {
 	// Deaf, when set and true, makes every device on the line ignore
 	// requests, as if unplugged (see firmware-sim's SIGUSR1).
 	Deaf *atomic.Bool
+	// Silent, when set, says which units answer nothing now, as one
+	// switched off would not.
+	Silent func(unit byte) bool
 
 	frames, crcErrors, dropped, mismatched atomic.Int64
 }
@@ -179,7 +182,7 @@ func (s *RTU) answer(ctx context.Context, frame []byte, reqEnd time.Time) (time.
 		return reqEnd, nil
 	}
 	u, ok := s.Units[id]
-	if !ok {
+	if !ok || s.Silent != nil && s.Silent(id) {
 		return reqEnd, nil
 	}
 	resp, commit := Process(u, pdu)

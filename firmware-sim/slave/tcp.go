@@ -22,10 +22,10 @@ type TCP struct {
 	Log   *slog.Logger
 	// Deaf, when set and true, makes the devices ignore requests.
 	Deaf *atomic.Bool
-	// Silent unit ids get no answer at all, not even an exception: a
-	// device that is off, or a unit id that is wrong, behind a Modbus
-	// gateway that stays silent for it as many do.
-	Silent map[byte]bool
+	// Silent, when set, says which unit ids get no answer at all now, not
+	// even an exception: a device that is off, or a unit id that is
+	// wrong, behind a Modbus gateway that stays silent for it as many do.
+	Silent func(unit byte) bool
 }
 
 // mbapLen is the MBAP header length (transaction, protocol, length, unit).
@@ -101,7 +101,7 @@ func (s *TCP) serveConn(c net.Conn) error {
 			return err
 		}
 		id := hdr[6]
-		if s.Deaf != nil && s.Deaf.Load() || s.Silent[id] {
+		if s.Deaf != nil && s.Deaf.Load() || s.Silent != nil && s.Silent(id) {
 			continue
 		}
 		var resp []byte

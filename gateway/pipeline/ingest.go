@@ -44,6 +44,9 @@ type Ingest struct {
 	// packet limit): telemetry over it is split by readings into messages
 	// that fit, each with its own sequence number.
 	Limit *SizeLimit
+	// Seen, when set, is shown every message a driver emits, stamped, in
+	// each device's order (the status board).
+	Seen func(model.Message)
 
 	mu   sync.Mutex
 	devs map[string]*devIngest
@@ -111,6 +114,9 @@ func (in *Ingest) Emit(m model.Message) error {
 		m.Time = in.now()
 	}
 	m.Time = m.Time.UTC()
+	if in.Seen != nil {
+		in.Seen(m)
+	}
 	err := in.queue(d, m)
 	for _, ev := range d.derive(&m) {
 		err = errors.Join(err, in.queue(d, ev))

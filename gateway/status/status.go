@@ -12,13 +12,28 @@ import (
 	"time"
 )
 
-// Snapshot is the gateway's status at one moment.
+// Snapshot is the gateway's status at one moment: the status file, the
+// JSON API's /api/status, and the health snapshot the hub is sent
+// (docs/hub-contract.md).
 type Snapshot struct {
+	V       int       `json:"v"`
 	Station string    `json:"station"`
 	Type    string    `json:"station_type"`
 	Time    time.Time `json:"time"`
 	Started time.Time `json:"started"`
 	Uplinks []Uplink  `json:"uplinks"`
+	// Disk is the space left where the gateway keeps its state.
+	Disk    Disk     `json:"disk"`
+	Devices []Device `json:"devices"`
+	// Listen is the status server's address, when it runs.
+	Listen string `json:"listen,omitempty"`
+}
+
+// Disk is the file system of the state directory.
+type Disk struct {
+	Dir       string `json:"dir"`
+	FreeBytes uint64 `json:"free_bytes"`
+	Error     string `json:"error,omitempty"`
 }
 
 // Uplink is one hub store's uplink.

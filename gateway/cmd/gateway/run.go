@@ -20,6 +20,7 @@ import (
 	"outpost/gateway/pipeline"
 	"outpost/gateway/queue"
 	"outpost/gateway/seq"
+	"outpost/gateway/status"
 	"outpost/gateway/uplink/influx"
 	"outpost/gateway/uplink/mqtt"
 )
@@ -87,6 +88,15 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		}
 		key = k
 	}
+	var token string
+	if f := st.Status.TokenFile; f != "" {
+		t, err := configs.ReadToken(f)
+		if err != nil {
+			return fmt.Errorf("status.token_file: %w", err)
+		}
+		token = t
+	}
+	started := time.Now().UTC()
 	if err := durable.MkdirAll(st.StateDir); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
@@ -106,6 +116,8 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		return err
 	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
+	board := status.NewBoard(st, started)
+	ingest.Seen = board.Saw
 	prefix := mqtt.Prefix(st.Hub.MQTT.TopicPrefix)
 	packets := pipeline.NewSizeLimit(func(m *model.Message) int { return mqtt.PacketSize(prefix, m) }, st.Hub.MQTT.MaxPacketSize)
 	ingest.Limit = packets
@@ -209,7 +221,27 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 		}
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
-	fwd.Go(func() { writeStatus(fctx, st, queues, states, dead, log) })
+	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, board: board}
+	if st.Status.Listen != "off" {
+		// The station works without its status server: a port taken is
+		// logged, not fatal.
+		if l, err := status.Listen(st.Status.Listen); err != nil {
+			log.Error("status server not started", "err", err)
+		} else {
+			g.listen = l.Addr().String()
+			srv := &status.Server{Snapshot: g.snapshot, Ready: g.notReady, Token: token, Log: log}
+			fwd.Go(func() {
+				if err := srv.Serve(fctx, l); err != nil {
+					log.Error("status server stopped", "err", err)
+				}
+			})
+			log.Info("status page", "url", "http://"+g.listen+"/")
+		}
+	}
+	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, log) })
+	fwd.Go(func() {
+		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(prefix, st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
+	})
 	for _, l := range links {
 		s := pipeline.DefaultSupervisor
 		s.Failed = func(err error, restarts int, pause time.Duration) {

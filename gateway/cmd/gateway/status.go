@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,26 +30,54 @@ const (
 // not.
 type uplinkState func() (connected bool, cause string, since time.Time)
 
+// snapshots builds the gateway's status, as the status file, the status
+// server and the hub's health snapshot show it.
+type snapshots struct {
+	st      *configs.Station
+	started time.Time
+	queues  map[string]*queue.Queue
+	states  map[string]uplinkState
+	dead    *pipeline.DeadLetters
+	board   *status.Board
+	listen  string // the status server's address, when it runs
+}
+
+func (g *snapshots) snapshot() status.Snapshot {
+	st := g.st
+	s := status.Snapshot{V: 1, Station: st.Station.ID, Type: string(st.Station.Type), Time: time.Now().UTC(), Started: g.started,
+		Disk: status.DiskOf(st.StateDir), Devices: g.board.Devices(), Listen: g.listen}
+	for _, name := range st.Uplinks() {
+		qs := g.queues[name].Stats()
+		a, t := qs.Kept(), qs.Lanes[queue.LaneTelemetry]
+		connected, cause, since := g.states[name]()
+		s.Uplinks = append(s.Uplinks, status.Uplink{
+			Name: name, Connected: connected, Cause: cause, Since: since.UTC(), DeadLetters: g.dead.Kept(name),
+			Queue: status.Queue{Alarms: a.Records, Telemetry: t.Records, Readings: a.Readings + t.Readings,
+				Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost,
+				DiskError: diskError(qs)},
+		})
+	}
+	return s
+}
+
+// notReady says what keeps the gateway from doing its job: a queue whose
+// disk refuses writes. A hub out of reach does not: the queues keep
+// everything meanwhile.
+func (g *snapshots) notReady() []string {
+	var why []string
+	for _, name := range g.st.Uplinks() {
+		if e := diskError(g.queues[name].Stats()); e != "" {
+			why = append(why, fmt.Sprintf("the disk refuses the %s queue's writes: %s", name, e))
+		}
+	}
+	return why
+}
+
 // writeStatus writes the gateway's status file every statusEvery until
 // ctx ends, and once more then.
-func writeStatus(ctx context.Context, st *configs.Station, queues map[string]*queue.Queue, states map[string]uplinkState,
-	dead *pipeline.DeadLetters, log *slog.Logger) {
-	started := time.Now().UTC()
-	path := status.File(st.StateDir)
+func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, log *slog.Logger) {
 	write := func() {
-		s := status.Snapshot{Station: st.Station.ID, Type: string(st.Station.Type), Time: time.Now().UTC(), Started: started}
-		for _, name := range st.Uplinks() {
-			qs := queues[name].Stats()
-			a, t := qs.Kept(), qs.Lanes[queue.LaneTelemetry]
-			connected, cause, since := states[name]()
-			s.Uplinks = append(s.Uplinks, status.Uplink{
-				Name: name, Connected: connected, Cause: cause, Since: since.UTC(), DeadLetters: dead.Kept(name),
-				Queue: status.Queue{Alarms: a.Records, Telemetry: t.Records, Readings: a.Readings + t.Readings,
-					Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost,
-					DiskError: diskError(qs)},
-			})
-		}
-		if err := status.Write(path, s); err != nil {
+		if err := status.Write(path, snap()); err != nil {
 			log.Debug("status file not written", "err", err)
 		}
 	}
@@ -61,6 +90,53 @@ func writeStatus(ctx context.Context, st *configs.Station, queues map[string]*qu
 			write()
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// How often the hub is sent the station's health snapshot: every
+// snapshotEvery, snapshotCalm after a device's state changed (changes
+// that come together go together), and every snapshotRetry while the
+// broker cannot take it.
+const (
+	snapshotEvery = time.Minute
+	snapshotCalm  = time.Second
+	snapshotRetry = 5 * time.Second
+)
+
+// retainer publishes a retained message to the hub's broker.
+type retainer interface {
+	Retain(ctx context.Context, topic string, payload []byte) error
+}
+
+// publishSnapshots sends the hub the station's health snapshot, retained
+// on {prefix}/{station}/snapshot, so that an operator's view that connects
+// sees every station's devices at once, until ctx ends.
+func publishSnapshots(ctx context.Context, hub retainer, topic string, snap func() status.Snapshot, changed func() <-chan struct{}, log *slog.Logger) {
+	wait := snapshotCalm
+	for {
+		ch := changed()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		case <-ch:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(snapshotCalm):
+			}
+		}
+		b, err := json.Marshal(snap())
+		if err == nil {
+			pctx, cancel := context.WithTimeout(ctx, snapshotRetry)
+			err = hub.Retain(pctx, topic, b)
+			cancel()
+		}
+		wait = snapshotEvery
+		if err != nil {
+			log.Debug("health snapshot not sent", "err", err)
+			wait = snapshotRetry
 		}
 	}
 }
@@ -133,6 +209,22 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time) int {
 	slices.Sort(notes)
 	if len(notes) > 0 {
 		fmt.Fprintln(w, "\n"+strings.Join(notes, "\n"))
+	}
+	if len(s.Devices) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "device	state	since	last value	reason")
+		for _, d := range s.Devices {
+			seen := "never"
+			if !d.LastSeen.IsZero() {
+				seen = d.LastSeen.Local().Format(time.TimeOnly)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.ID, d.State, d.Since.Local().Format(time.TimeOnly), seen, d.Reason)
+		}
+		tw.Flush()
+	}
+	if s.Listen != "" {
+		fmt.Fprintf(w, "\nstatus page: http://%s/\n", s.Listen)
 	}
 	return code
 }

@@ -1,5 +1,5 @@
 // Package schema holds the JSON Schemas of the hub contract's payloads
-// (message.schema.json, command.schema.json) and validates payloads
+// (message.schema.json, command.schema.json, snapshot.schema.json) and validates payloads
 // against them. Tests, the testbench and the hub team use it; the gateway
 // itself does not.
 package schema
@@ -20,6 +20,8 @@ var (
 	JSON []byte
 	//go:embed command.schema.json
 	Command []byte
+	//go:embed snapshot.schema.json
+	Snapshot []byte
 )
 
 func compile(name string, doc []byte) func() (*jsonschema.Schema, error) {
@@ -38,8 +40,9 @@ func compile(name string, doc []byte) func() (*jsonschema.Schema, error) {
 }
 
 var (
-	messageSchema = compile("message.schema.json", JSON)
-	commandSchema = compile("command.schema.json", Command)
+	messageSchema  = compile("message.schema.json", JSON)
+	commandSchema  = compile("command.schema.json", Command)
+	snapshotSchema = compile("snapshot.schema.json", Snapshot)
 )
 
 // Validate checks one MQTT payload of a device topic against the schema.
@@ -47,6 +50,9 @@ func Validate(payload []byte) error { return validate(messageSchema, payload) }
 
 // ValidateCommand checks one command payload against the command schema.
 func ValidateCommand(payload []byte) error { return validate(commandSchema, payload) }
+
+// ValidateSnapshot checks a station's health snapshot against its schema.
+func ValidateSnapshot(payload []byte) error { return validate(snapshotSchema, payload) }
 
 func validate(schema func() (*jsonschema.Schema, error), payload []byte) error {
 	s, err := schema()

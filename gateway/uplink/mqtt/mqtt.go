@@ -614,6 +614,25 @@ func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
 	return nil
 }
 
+// Retain publishes payload on topic with QoS 1, retained, and waits for
+// the broker's acknowledgement until ctx ends. Without a connection it
+// fails at once with ErrNotConnected.
+func (u *Uplink) Retain(ctx context.Context, topic string, payload []byte) error {
+	c, l := u.conn()
+	if c == nil {
+		return ErrNotConnected
+	}
+	tok := c.Publish(topic, 1, true, payload)
+	select {
+	case <-tok.Done():
+		return tok.Error()
+	case <-l.lost:
+		return fmt.Errorf("mqtt uplink: %s: %w", topic, errLinkChanged)
+	case <-ctx.Done():
+		return fmt.Errorf("mqtt uplink: %s: %w", topic, ctx.Err())
+	}
+}
+
 func (u *Uplink) arena() *[]byte {
 	if a, ok := u.pool.Get().(*[]byte); ok {
 		return a

@@ -50,6 +50,12 @@ func PacketSize(prefix string, m *model.Message) int {
 	return header + rest
 }
 
+// SnapshotTopic is the topic of a station's retained health snapshot:
+// {prefix}/{station}/snapshot.
+func SnapshotTopic(prefix, station string) string {
+	return prefix + "/" + station + "/snapshot"
+}
+
 // StatusTopic is the topic of a gateway's retained status:
 // {prefix}/{station}/status.
 func StatusTopic(prefix, station string) string {

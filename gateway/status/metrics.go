@@ -1,0 +1,95 @@
+package status
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"outpost/gateway/model"
+)
+
+// The metrics are read from a Snapshot at each scrape: the board and the
+// queues keep the figures, the metrics only show them.
+var (
+	descDeviceState = prometheus.NewDesc("outpost_device_state",
+		"1 for the device's health state (online, degraded, offline, unknown), 0 for the others.",
+		[]string{"device", "kind", "link", "state"}, nil)
+	descDeviceSince = prometheus.NewDesc("outpost_device_state_since_seconds",
+		"When the device entered its health state, Unix time.", []string{"device"}, nil)
+	descDeviceLastSeen = prometheus.NewDesc("outpost_device_last_seen_seconds",
+		"When a good value last came from the device, Unix time (absent before the first).", []string{"device"}, nil)
+	descDeviceCounter = prometheus.NewDesc("outpost_device_errors_total",
+		"The device's health counters since the gateway started: timeouts, crc_errors, exceptions, bad_frames, ...",
+		[]string{"device", "counter"}, nil)
+	descUplinkUp = prometheus.NewDesc("outpost_uplink_connected",
+		"1 while the uplink reaches its hub store.", []string{"uplink"}, nil)
+	descQueueRecords = prometheus.NewDesc("outpost_queue_records",
+		"Records waiting in the uplink's queue.", []string{"uplink", "lane"}, nil)
+	descQueueReadings = prometheus.NewDesc("outpost_queue_readings",
+		"Readings waiting in the uplink's queue.", []string{"uplink"}, nil)
+	descQueueBytes = prometheus.NewDesc("outpost_queue_bytes",
+		"Bytes of the uplink's queue on disk.", []string{"uplink"}, nil)
+	descQueueMemory = prometheus.NewDesc("outpost_queue_alarms_in_memory",
+		"Alarms held in memory because the disk refuses them.", []string{"uplink"}, nil)
+	descDropped = prometheus.NewDesc("outpost_queue_dropped_readings_total",
+		"Readings the uplink's queue dropped since start, at its cap or refused by the disk.", []string{"uplink"}, nil)
+	descLostAlarms = prometheus.NewDesc("outpost_queue_lost_alarms_total",
+		"Alarms lost since start: refused by the disk with the memory reserve full.", []string{"uplink"}, nil)
+	descDeadLetters = prometheus.NewDesc("outpost_dead_letters_total",
+		"Messages the hub refused for good since start, kept in the dead-letter directory.", []string{"uplink"}, nil)
+	descDiskFree = prometheus.NewDesc("outpost_state_disk_free_bytes",
+		"Space left on the file system of the state directory.", nil, nil)
+)
+
+var deviceStates = []model.HealthState{model.Online, model.Degraded, model.Offline, Unknown}
+
+type collector struct{ snap func() Snapshot }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descDeviceState, descDeviceSince, descDeviceLastSeen, descDeviceCounter, descUplinkUp,
+		descQueueRecords, descQueueReadings, descQueueBytes, descQueueMemory, descDropped, descLostAlarms, descDeadLetters, descDiskFree} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.snap()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	for _, d := range s.Devices {
+		for _, st := range deviceStates {
+			gauge(descDeviceState, b2f(d.State == st), d.ID, d.Kind, d.Link, string(st))
+		}
+		gauge(descDeviceSince, float64(d.Since.Unix()), d.ID)
+		if !d.LastSeen.IsZero() {
+			gauge(descDeviceLastSeen, float64(d.LastSeen.UnixMilli())/1000, d.ID)
+		}
+		for name, n := range d.Counters {
+			counter(descDeviceCounter, float64(n), d.ID, name)
+		}
+	}
+	for _, u := range s.Uplinks {
+		q := u.Queue
+		gauge(descUplinkUp, b2f(u.Connected), u.Name)
+		gauge(descQueueRecords, float64(q.Alarms), u.Name, "alarm")
+		gauge(descQueueRecords, float64(q.Telemetry), u.Name, "telemetry")
+		gauge(descQueueReadings, float64(q.Readings), u.Name)
+		gauge(descQueueBytes, float64(q.Bytes), u.Name)
+		gauge(descQueueMemory, float64(q.InMemory), u.Name)
+		counter(descDropped, float64(q.DroppedReadings), u.Name)
+		counter(descLostAlarms, float64(q.LostAlarms), u.Name)
+		counter(descDeadLetters, float64(u.DeadLetters), u.Name)
+	}
+	if s.Disk.Error == "" {
+		gauge(descDiskFree, float64(s.Disk.FreeBytes))
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
