@@ -38,6 +38,8 @@ const (
 // Results go out through Emit, as alarms.
 type Desk struct {
 	Station string
+	// Targets are the station's devices; SetTargets changes them while
+	// the desk runs.
 	Targets map[string]Target
 	// Key, when set, is the station's HMAC key: unsigned commands are
 	// refused.
@@ -56,6 +58,24 @@ type Desk struct {
 	work   map[string]chan job // per device, while Run runs
 	timers map[string]*time.Timer
 	ctx    context.Context // Run's, for the undo timers
+	wg     sync.WaitGroup  // the workers
+}
+
+// SetTargets replaces the station's devices (a reloaded station file):
+// commands taken from now on go to the new ones; one being carried out
+// finishes on the old.
+func (d *Desk) SetTargets(ts map[string]Target) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.Targets = ts
+}
+
+// target is a device's target, and whether the station has it.
+func (d *Desk) target(device string) (Target, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, ok := d.Targets[device]
+	return t, ok
 }
 
 func (d *Desk) readyC() chan struct{} {
@@ -88,7 +108,7 @@ func (d *Desk) Handle(device string, payload []byte) {
 	<-d.readyC()
 	now := d.now()
 	c, err := Decode(d.Station, device, payload, d.Key, d.MaxTTL)
-	t, known := d.Targets[device]
+	t, known := d.target(device)
 	if err != nil {
 		d.answer(c, known, model.ResultRejected, err.Error())
 		return
@@ -217,15 +237,9 @@ func actions(t *configs.Template) string {
 // Run executes the commands Handle takes until ctx ends. It first answers
 // the commands a restart interrupted and schedules the undos still due.
 func (d *Desk) Run(ctx context.Context) {
-	var wg sync.WaitGroup
 	d.mu.Lock()
 	d.ctx = ctx
 	d.work, d.timers = map[string]chan job{}, map[string]*time.Timer{}
-	for dev := range d.Targets {
-		ch := make(chan job, 64)
-		d.work[dev] = ch
-		wg.Go(func() { d.worker(ctx, dev, ch) })
-	}
 	d.mu.Unlock()
 	for _, e := range d.Store.Pending() {
 		if !e.Done {
@@ -246,18 +260,25 @@ func (d *Desk) Run(ctx context.Context) {
 	}
 	d.work = nil
 	d.mu.Unlock()
-	wg.Wait()
+	d.wg.Wait()
 }
 
-// enqueue hands a job to its device's worker; false when Run is not
-// running.
+// enqueue hands a job to its device's worker, started on the device's
+// first job; false when Run is not running.
 func (d *Desk) enqueue(j job) bool {
 	d.mu.Lock()
-	ch, ctx := d.work[j.entry.Device], d.ctx
-	d.mu.Unlock()
-	if ch == nil {
+	if d.work == nil {
+		d.mu.Unlock()
 		return false
 	}
+	dev, ctx := j.entry.Device, d.ctx
+	ch := d.work[dev]
+	if ch == nil {
+		ch = make(chan job, 64)
+		d.work[dev] = ch
+		d.wg.Go(func() { d.worker(ctx, dev, ch) })
+	}
+	d.mu.Unlock()
 	select {
 	case ch <- j:
 		return true
@@ -287,7 +308,8 @@ func (d *Desk) worker(ctx context.Context, device string, jobs <-chan job) {
 		case <-ctx.Done():
 			return
 		case j := <-jobs:
-			d.run(ctx, d.Targets[device], j)
+			t, _ := d.target(device)
+			d.run(ctx, t, j)
 		}
 	}
 }
@@ -344,6 +366,9 @@ func (d *Desk) undo(ctx context.Context, t Target, id string) {
 // apply sets each signal in turn, and stops at the first the device
 // refuses.
 func (d *Desk) apply(ctx context.Context, t Target, device string, steps []Step) error {
+	if t.Commander == nil {
+		return fmt.Errorf("device %s is no longer in the station file (it was reloaded)", device)
+	}
 	for _, s := range steps {
 		sctx, cancel := context.WithTimeout(ctx, stepTimeout)
 		err := t.Commander.Set(sctx, device, s.Signal, s.Value)
@@ -404,7 +429,7 @@ func (d *Desk) answer(c Command, known bool, status model.ResultStatus, reason s
 	}
 	m := model.Message{Device: c.Device, Kind: model.KindResult,
 		Result: &model.Result{ID: id, Action: c.Action, Status: status, Reason: reason}}
-	if t, ok := d.Targets[c.Device]; ok && known {
+	if t, ok := d.target(c.Device); ok && known {
 		m.DeviceKind = t.Template.Kind
 	} else {
 		m.Device, m.DeviceKind = model.GatewayDevice, model.GatewayDevice

@@ -75,16 +75,28 @@ func NewIngest(st *configs.Station, seq Sequencer, outs []Appender, log *slog.Lo
 		now:     time.Now,
 		devs:    map[string]*devIngest{},
 	}
+	in.SetStation(st)
+	return in
+}
+
+// SetStation takes the devices of a station file, at the start or
+// reloaded: their event rules, and whether they raise alarms. A device
+// keeps what it knew of its signals' states, so that a reload raises no
+// event again.
+func (in *Ingest) SetStation(st *configs.Station) {
 	for _, d := range st.Devices {
-		dev := in.device(d.ID)
-		dev.alarm = st.Templates[d.Template].Alarm
-		for _, sg := range st.Templates[d.Template].Body.Signals() {
+		t := st.Templates[d.Template]
+		rules := map[string]*configs.EventRule{}
+		for _, sg := range t.Body.Signals() {
 			if sg.Event != nil {
-				dev.rules[sg.Name] = sg.Event
+				rules[sg.Name] = sg.Event
 			}
 		}
+		dev := in.device(d.ID)
+		dev.mu.Lock()
+		dev.alarm, dev.rules = t.Alarm, rules
+		dev.mu.Unlock()
 	}
-	return in
 }
 
 // device returns the ingest state of a device, making it on first use.

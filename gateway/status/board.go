@@ -54,17 +54,37 @@ const Unknown model.HealthState = "unknown"
 // since now.
 func NewBoard(st *configs.Station, now time.Time) *Board {
 	b := &Board{byID: map[string]*Device{}, changed: make(chan struct{})}
+	b.SetStation(st, now)
+	return b
+}
+
+// SetStation puts the devices of a station file on the board, at the
+// start or reloaded: a device already there keeps its state (and its
+// values, unless its template changed); a new one is unknown since now;
+// one no longer in the file leaves.
+func (b *Board) SetStation(st *configs.Station, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	byID := map[string]*Device{}
+	var devices []*Device
 	for i := range st.Devices {
 		d := &st.Devices[i]
 		kind := ""
 		if t := st.Templates[d.Template]; t != nil {
 			kind = t.Kind
 		}
-		dev := &Device{ID: d.ID, Kind: kind, Template: d.Template, Link: d.Link, State: Unknown, Since: now.UTC(), Counters: map[string]uint64{}}
-		b.devices = append(b.devices, dev)
-		b.byID[d.ID] = dev
+		dev := b.byID[d.ID]
+		switch {
+		case dev == nil:
+			dev = &Device{ID: d.ID, State: Unknown, Since: now.UTC(), Counters: map[string]uint64{}}
+		case dev.Template != d.Template:
+			dev.Values = nil
+		}
+		dev.Kind, dev.Template, dev.Link = kind, d.Template, d.Link
+		devices = append(devices, dev)
+		byID[d.ID] = dev
 	}
-	return b
+	b.devices, b.byID = devices, byID
 }
 
 // Saw notes a message a driver emitted: a health change, or values.

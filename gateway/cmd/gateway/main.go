@@ -43,6 +43,8 @@ func init() {
 			example: "gateway run -config /etc/outpost/station.yaml", run: cmdRun},
 		{name: "validate", args: "STATION.yaml", summary: "check a station file and its templates; print every problem as FILE:LINE:COL: message and exit 1 if there is any",
 			example: "gateway validate /etc/outpost/station.yaml", run: cmdValidate},
+		{name: "reload", args: "-config STATION.yaml", summary: "check the station file and have the running gateway apply it: changed links restart, the others keep polling; a file with errors is refused and the gateway runs on as it was",
+			example: "gateway reload -config /etc/outpost/station.yaml", run: cmdReload},
 		{name: "status", args: "-config STATION.yaml", summary: "show whether the running gateway reaches the hub, why not, and what waits in its queues; exit 1 if something needs attention",
 			example: "gateway status -config /etc/outpost/station.yaml", run: cmdStatus},
 		{name: "ports", args: "[-json]", summary: "list the serial ports present, with USB ids and serial numbers, and the stable path to put in the station file",
@@ -210,6 +212,9 @@ func cmdRun(c *command, args []string, stdout, stderr io.Writer) int {
 	spareProcs(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -231,7 +236,7 @@ func cmdRun(c *command, args []string, stdout, stderr io.Writer) int {
 			os.Exit(1)
 		}
 	}()
-	if err := run(ctx, st, log); err != nil && !errors.Is(err, context.Canceled) {
+	if err := run(ctx, st, log, hup); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("gateway stopped", "err", err)
 		return 1
 	}

@@ -59,26 +59,14 @@ func spareProcs(log *slog.Logger) {
 }
 
 // run wires a station: drivers -> ingest -> one durable queue per uplink ->
-// forwarders -> hub, and runs it until ctx ends.
-func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
+// forwarders -> hub, and runs it until ctx ends. Each signal on hup reloads
+// the station file (see reload.go).
+func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan os.Signal) error {
 	log = log.With("station", st.Station.ID)
 	// Build everything that can fail without I/O first.
-	type link struct {
-		name string
-		d    drivers.Driver
-	}
-	var links []link
-	targets := map[string]desk.Target{}
-	for _, l := range drivers.Links(st) {
-		d, err := drivers.New(l, log)
-		if err != nil {
-			return err
-		}
-		links = append(links, link{l.Name(), d})
-		commander, _ := d.(drivers.Commander)
-		for _, dev := range l.Devices {
-			targets[dev.ID] = desk.Target{Template: l.Template(dev), Link: l.Name(), Commander: commander}
-		}
+	built, err := build(drivers.Links(st), log)
+	if err != nil {
+		return err
 	}
 	var key []byte
 	if f := st.Hub.Commands.KeyFile; f != "" {
@@ -100,6 +88,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	if err := durable.MkdirAll(st.StateDir); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
+	links := &linkSet{ctx: ctx, wg: &sync.WaitGroup{}, log: log, run: map[string]*linkRun{}}
 	queues := map[string]*queue.Queue{}
 	var outs []pipeline.Appender
 	for _, name := range st.Uplinks() {
@@ -133,7 +122,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	if damaged > 0 {
 		log.Warn("damaged lines of the commands file skipped", "file", st.CommandsFile(), "lines", damaged)
 	}
-	commands := &desk.Desk{Station: st.Station.ID, Targets: targets, Key: key, MaxTTL: st.Hub.Commands.MaxTTL,
+	commands := &desk.Desk{Station: st.Station.ID, Targets: targetsOf(built), Key: key, MaxTTL: st.Hub.Commands.MaxTTL,
 		Store: store, Emit: ingest.Emit, Log: log.With("part", "commands")}
 
 	// Two connections to the broker: alarms (events, health, command
@@ -156,7 +145,8 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 			log.Warn("offline status not delivered", "err", err)
 		}
 	}()
-	var fwd, drv sync.WaitGroup
+	var fwd sync.WaitGroup
+	drv := links.wg
 	// The desk runs with the drivers: commands act through them.
 	drv.Go(func() { commands.Run(ctx) })
 	// Wait briefly for the hub so that the first readings go straight out;
@@ -242,22 +232,30 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger) error {
 	fwd.Go(func() {
 		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(prefix, st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
 	})
-	for _, l := range links {
-		s := pipeline.DefaultSupervisor
-		s.Failed = func(err error, restarts int, pause time.Duration) {
-			log.Error("link failed; restarting it", "link", l.name, "err", err, "restarts", restarts, "in", pause)
-		}
-		drv.Go(func() { s.Run(ctx, func(ctx context.Context) error { return l.d.Run(ctx, ingest.Emit) }) })
+	links.emit = ingest.Emit
+	for _, r := range built {
+		links.start(r)
 	}
-	log.Info("gateway running", "type", st.Station.Type, "devices", len(st.Devices), "links", len(links), "uplinks", len(ups))
-	<-ctx.Done()
+	pid := pidFile(st.StateDir)
+	if err := os.WriteFile(pid, []byte(fmt.Sprintln(os.Getpid())), 0o644); err != nil {
+		log.Warn("no pid file: gateway reload cannot find this gateway (send it SIGHUP)", "err", err)
+	}
+	defer os.Remove(pid)
+	log.Info("gateway running", "type", st.Station.Type, "devices", len(st.Devices), "links", len(built), "uplinks", len(ups))
+	for cur := st; ctx.Err() == nil; {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			cur = reloadStation(cur, links, ingest, board, commands, log)
+		}
+	}
 
 	start := time.Now()
 	deadline := start.Add(stopLimit)
 	log.Info("gateway stopping")
 	// Drivers first: every reading they took is queued before anything
 	// else stops. Then the forwarders.
-	if !waitFor(&drv, time.Until(deadline)) {
+	if !waitFor(drv, time.Until(deadline)) {
 		log.Warn("links did not stop in time; leaving them", "after", stopLimit)
 	}
 	stopForwarders()

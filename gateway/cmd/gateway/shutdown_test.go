@@ -92,7 +92,7 @@ func waitOnline(t *testing.T, broker, station string) {
 func runGateway(t *testing.T, st *configs.Station) (cancel func(), done <-chan error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan error, 1)
-	go func() { ch <- run(ctx, st, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	go func() { ch <- run(ctx, st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil) }()
 	return cancel, ch
 }
 
