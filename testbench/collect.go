@@ -79,8 +79,8 @@ func connect(ctx context.Context, cl paho.Client) error {
 }
 
 func (c *collector) handle(_ paho.Client, msg paho.Message) {
-	if strings.HasSuffix(msg.Topic(), "/status") || strings.HasSuffix(msg.Topic(), "/command") {
-		return // the gateway's retained online/offline status, the duty desk's commands
+	if strings.HasSuffix(msg.Topic(), "/status") || strings.HasSuffix(msg.Topic(), "/snapshot") || strings.HasSuffix(msg.Topic(), "/command") {
+		return // the gateway's retained status and health snapshot, the duty desk's commands
 	}
 	m, err := model.ParseJSON(msg.Payload())
 	c.mu.Lock()

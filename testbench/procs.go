@@ -156,6 +156,51 @@ func peakRSS(pid int) (int64, bool) {
 	return 0, false
 }
 
+// cpuSample is a process's CPU time at a moment.
+type cpuSample struct {
+	pid int
+	cpu time.Duration
+	at  time.Time
+	ok  bool
+}
+
+// cpuNow samples the running process's CPU time (user and system), from
+// /proc/PID/stat in clock ticks of 10 ms (Linux's USER_HZ is 100).
+func (p *proc) cpuNow() cpuSample {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return cpuSample{}
+	}
+	pid := p.cmd.Process.Pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return cpuSample{}
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: state is the first; utime and stime the 12th and 13th.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return cpuSample{}
+	}
+	var ut, st int64
+	if _, err := fmt.Sscan(f[11], &ut); err != nil {
+		return cpuSample{}
+	}
+	if _, err := fmt.Sscan(f[12], &st); err != nil {
+		return cpuSample{}
+	}
+	return cpuSample{pid: pid, cpu: time.Duration(ut+st) * 10 * time.Millisecond, at: time.Now(), ok: true}
+}
+
+// percentOf is the share of one core the process used from a to b, or -1
+// when it was not the same process throughout.
+func percentOf(a, b cpuSample) float64 {
+	if !a.ok || !b.ok || a.pid != b.pid || !b.at.After(a.at) {
+		return -1
+	}
+	return 100 * (b.cpu - a.cpu).Seconds() / b.at.Sub(a.at).Seconds()
+}
+
 // stop asks the process to end (SIGTERM) and waits up to timeout, then kills it.
 func (p *proc) stop(timeout time.Duration) error {
 	if p.cmd == nil {

@@ -93,6 +93,9 @@ type Expect struct {
 	Events string `yaml:"events"`
 	// MaxRSSMB bounds the gateway's peak resident memory, when set.
 	MaxRSSMB float64 `yaml:"max_rss_mb"`
+	// MaxSteadyCPUPercent bounds the gateway's steady CPU use, in percent
+	// of one core, when set (see Report.Gateway.SteadyCPUPercent).
+	MaxSteadyCPUPercent float64 `yaml:"max_steady_cpu_percent"`
 	// MinDrainRate is the least readings/s at which the backlog must reach
 	// each hub store, when set: the scenario fails below it.
 	MinDrainRate float64 `yaml:"min_drain_rate"`
@@ -175,6 +178,10 @@ type Report struct {
 	Gateway         struct {
 		CPUS     float64 `json:"cpu_s"`
 		MaxRSSMB float64 `json:"max_rss_mb"`
+		// SteadyCPUPercent is the share of one core the gateway used from
+		// a third of the load to its end, past its start; absent when the
+		// gateway was restarted meanwhile.
+		SteadyCPUPercent *float64 `json:"steady_cpu_percent,omitempty"`
 		Restarts int     `json:"restarts"`
 	} `json:"gateway"`
 }
@@ -388,6 +395,12 @@ func (r *runner) load(ctx context.Context) error {
 	go func() { alarmsDone <- r.raiseAlarms(ctx) }()
 	go func() { deskDone <- r.runDesk(ctx) }()
 	begin := time.Now()
+	steady := make(chan cpuSample, 1)
+	go func() {
+		if sleepCtx(ctx, time.Until(begin.Add(r.sc.Duration/3))) == nil {
+			steady <- r.gw.cpuNow()
+		}
+	}()
 	type due struct {
 		at    time.Duration
 		f     Fault
@@ -421,6 +434,12 @@ func (r *runner) load(ctx context.Context) error {
 	}
 	if err := sleepCtx(ctx, time.Until(begin.Add(r.sc.Duration))); err != nil {
 		return err
+	}
+	if pct := percentOf(<-steady, r.gw.cpuNow()); pct >= 0 {
+		r.report.Gateway.SteadyCPUPercent = &pct
+		if m := r.sc.Expect.MaxSteadyCPUPercent; m > 0 && pct > m {
+			r.fail("the gateway used %.2f%% of a core in the steady part of the load, above %.1f%%", pct, m)
+		}
 	}
 	if err := errors.Join(<-alarmsDone, <-deskDone); err != nil {
 		return err

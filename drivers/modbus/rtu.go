@@ -82,6 +82,11 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 		if n >= 3 && t.buf[1] == req[1] && isRead(req[1]) && int(t.buf[2]) != want-rtuResponseBytes {
 			return nil, t.resync(deadline, n, badLength, fmt.Sprintf("byte count %d, want %d", t.buf[2], want-rtuResponseBytes))
 		}
+		if n < want {
+			// The rest cannot come faster than the line carries it: one
+			// wakeup for it, not one per character.
+			time.Sleep(min(time.Duration(want-n)*t.char, time.Until(deadline)))
+		}
 	}
 	if fe, ok := checkRTU(req, t.buf[:n]).(*FrameError); ok {
 		return nil, t.resync(deadline, n, fe.Kind, fe.Detail)

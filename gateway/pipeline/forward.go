@@ -40,6 +40,11 @@ type Forwarder struct {
 	Lanes  []queue.Lane // the lanes it drains; all when empty
 	Uplink Uplink
 	Batch  int // messages per send
+	// Linger, when set, is how long the forwarder waits after sending a
+	// batch that was not full, so that the next one is fuller: with a
+	// shallow queue, one send per Linger instead of one per message.
+	// For telemetry; alarms never wait.
+	Linger time.Duration
 	// HistoricalAfter marks a message historical when it leaves more than
 	// this long after its timestamp: it waited out an outage, and reaches
 	// the hub with its original time.
@@ -150,6 +155,13 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		f.Outage.up(f.Queue) // the backlog still counts this batch
 		if err := f.Queue.Ack(b); err != nil {
 			return fmt.Errorf("%s queue: %w", f.Name, err)
+		}
+		if f.Linger > 0 && len(b.Entries) < f.limit {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(f.Linger):
+			}
 		}
 	}
 }

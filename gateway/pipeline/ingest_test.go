@@ -320,3 +320,51 @@ func TestIngestSplitsLargeTelemetry(t *testing.T) {
 		t.Errorf("queued %v\nwant   %s", got, want)
 	}
 }
+
+// TestForwarderLingers: with a shallow queue, a forwarder with a linger
+// sends what came meanwhile in one batch, not a batch per message.
+func TestForwarderLingers(t *testing.T) {
+	for _, c := range []struct {
+		linger  time.Duration
+		atLeast int // batches for 20 messages that come 10 ms apart
+		atMost  int
+	}{{0, 10, 20}, {150 * time.Millisecond, 2, 3}} {
+		q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		up := &flaky{sent: make(chan struct{}, 100)}
+		ctx, cancel := context.WithCancel(context.Background())
+		f := &Forwarder{Name: "test", Queue: q, Uplink: up, Batch: 1000, Linger: c.linger, Log: slog.New(slog.DiscardHandler)}
+		done := make(chan error)
+		go func() { done <- f.Run(ctx) }()
+		for i := 1; i <= 20; i++ {
+			m := model.Message{Station: "s", Device: "d", Seq: uint64(i), Kind: model.KindTelemetry, Time: time.Now().UTC()}
+			if err := q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m)}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		for n := 0; n < 20; {
+			select {
+			case <-up.sent:
+				up.mu.Lock()
+				n = 0
+				for _, b := range up.got {
+					n += len(b)
+				}
+				up.mu.Unlock()
+			case <-time.After(10 * time.Second):
+				t.Fatalf("linger %s: %d of 20 messages sent", c.linger, n)
+			}
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		q.Close()
+		if got := len(up.got); got < c.atLeast || got > c.atMost {
+			t.Errorf("linger %s: 20 messages 10 ms apart went in %d batches, want %d to %d", c.linger, got, c.atLeast, c.atMost)
+		}
+	}
+}

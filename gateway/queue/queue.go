@@ -57,7 +57,8 @@
 //     the next one (group commit). Nothing that Append returned for is lost,
 //     neither on a process kill nor on power loss.
 //   - SyncEvery == d > 0 (DefaultSyncEvery is 100 ms): a background goroutine
-//     fsyncs the written segments every d while there are unsynced appends.
+//     fsyncs the written segments d after an append, covering every append
+//     of that window.
 //     A process kill (kill -9, a panic, the OOM killer) loses nothing that
 //     Append returned for: the records are in the kernel's page cache after
 //     write(2) and reach the disk without the process. A power loss or
@@ -736,11 +737,13 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	}
 	// Alarms do not wait for the group commit: their Append returns
 	// after their fsync, whatever SyncEvery says (unless it is negative).
+	if q.opt.SyncEvery >= 0 {
+		kick(ln)
+	}
 	if notDurable != nil || !q.syncsAtOnce(ln) {
 		q.mu.Unlock()
 		return notDurable
 	}
-	kick(ln)
 	for ln.synced < gen {
 		q.syncedC.Wait() // Close syncs too, and wakes us
 	}
@@ -1190,6 +1193,9 @@ func (q *Queue) Ack(b Batch) error {
 		ln.segs = ln.segs[1:]
 	}
 	q.writeAck(ln)
+	if q.opt.SyncEvery >= 0 {
+		kick(ln)
+	}
 	return nil
 }
 
@@ -1301,25 +1307,33 @@ func kick(ln *lane) {
 	}
 }
 
-// syncLoop fsyncs the lane's written segments and ack file: at once when
-// kicked, and every SyncEvery. It ends when Close closes q.done.
+// syncLoop fsyncs the lane's written segments and ack file once kicked (a
+// write): at once when the lane syncs at once, or else SyncEvery later,
+// covering everything written meanwhile (the group commit). An idle queue
+// wakes nobody. It ends when Close closes q.done.
 func (q *Queue) syncLoop(ln *lane) {
 	defer q.wg.Done()
-	var tick <-chan time.Time
-	if q.opt.SyncEvery > 0 {
-		t := time.NewTicker(q.opt.SyncEvery)
-		defer t.Stop()
-		tick = t.C
+	var window *time.Timer
+	if !q.syncsAtOnce(ln) && q.opt.SyncEvery > 0 {
+		window = time.NewTimer(q.opt.SyncEvery)
+		window.Stop()
+		defer window.Stop()
 	}
 	for {
 		select {
 		case <-q.done:
 			return
 		case <-ln.kick:
-			q.syncOnce(ln)
-		case <-tick:
-			q.syncOnce(ln)
 		}
+		if window != nil {
+			window.Reset(q.opt.SyncEvery)
+			select {
+			case <-q.done:
+				return
+			case <-window.C:
+			}
+		}
+		q.syncOnce(ln)
 	}
 }
 
@@ -1357,7 +1371,7 @@ func (q *Queue) retryMemory() {
 	if flushed {
 		q.writeWorks()
 		for _, ln := range q.lanes {
-			if ln.gen != ln.synced && q.syncsAtOnce(ln) {
+			if ln.gen != ln.synced && q.opt.SyncEvery >= 0 {
 				kick(ln)
 			}
 		}

@@ -70,7 +70,7 @@ func File(stateDir string) string { return filepath.Join(stateDir, "status.json"
 // Write replaces the status file atomically (it is not fsynced: it is
 // made again every few seconds).
 func Write(path string, s Snapshot) error {
-	b, err := json.MarshalIndent(s, "", "  ")
+	b, err := json.Marshal(s)
 	if err != nil {
 		return err
 	}

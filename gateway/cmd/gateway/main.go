@@ -209,7 +209,6 @@ func cmdRun(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gateway run: not started: fix the station file first (gateway validate checks it)")
 		return 1
 	}
-	spareProcs(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)

@@ -37,25 +37,56 @@ const (
 	stopLimit     = 5 * time.Second
 )
 
-// procsPerCPU: the gateway runs more Go processors (Ps) than the CPUs it
-// may use. Go's scheduler looks at the network when a P runs out of work,
-// or from its monitor every 10 ms: while a backlog's drain keeps every P
-// busy, a panel's frame waits up to that long to be read. With Ps to
-// spare, one is nearly always idle, blocked on the network, and the
-// kernel, which preempts, shares the CPUs among them. On 2 CPUs shared
-// with the hub, alarm-under-backlog's DC-09 p99 is 14.5-15.8 ms with 8
-// Ps and 19.7-22.7 ms with 2. GOMAXPROCS in the environment wins.
-const procsPerCPU = 4
+// telemetryLinger: telemetry leaves for the hub at most this long after it
+// was read, in batches; with a shallow queue, one send per linger instead
+// of one per reading (a 200-device station: 2 sends a second instead of
+// 40). Alarms and health changes never wait.
+const telemetryLinger = time.Second
 
-// spareProcs sets GOMAXPROCS as procsPerCPU says, unless the environment
-// sets it.
-func spareProcs(log *slog.Logger) {
+// Go processors (Ps): as many as the CPUs the gateway may use, and
+// procsPerCPU times as many while a queue drains a backlog. Go's scheduler
+// looks at the network when a P runs out of work, or from its monitor
+// every 10 ms: while a drain keeps every P busy, a panel's frame waits up
+// to that long to be read. With Ps to spare one is nearly always idle,
+// blocked on the network, and the kernel, which preempts, shares the CPUs
+// among them: on 2 CPUs shared with the hub, alarm-under-backlog's DC-09
+// p99 is 14.5-16 ms with 8 Ps and 19.7-22.7 ms with 2. Idle, spare Ps
+// cost: each wakeup wakes another thread to look for work, and the
+// 200-device station took 3.4% of a core with 8 Ps, 2.3% with 2. A
+// GOMAXPROCS in the environment is left alone.
+const (
+	procsPerCPU    = 4
+	backlogRecords = 10000 // queued telemetry records that make a backlog
+)
+
+// spareProcs gives the gateway spare Ps while a queue holds a backlog,
+// checking every second until ctx ends.
+func spareProcs(ctx context.Context, queues map[string]*queue.Queue, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
-	n := runtime.GOMAXPROCS(0) * procsPerCPU
-	runtime.GOMAXPROCS(n)
-	log.Debug("go processors", "gomaxprocs", n)
+	base := runtime.GOMAXPROCS(0)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	cur := base
+	for {
+		want := base
+		for _, q := range queues {
+			if q.Stats().Lanes[queue.LaneTelemetry].Records > backlogRecords {
+				want = base * procsPerCPU
+			}
+		}
+		if want != cur {
+			runtime.GOMAXPROCS(want)
+			log.Debug("go processors", "gomaxprocs", want)
+			cur = want
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // run wires a station: drivers -> ingest -> one durable queue per uplink ->
@@ -194,15 +225,16 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		// broker, on a connection of their own), never behind a batch
 		// of health changes or telemetry in flight.
 		for _, lane := range []struct {
-			l     queue.Lane
-			batch int
-		}{{queue.LaneAlarm, 100}, {queue.LaneHealth, 100}, {queue.LaneTelemetry, 1000}} {
+			l      queue.Lane
+			batch  int
+			linger time.Duration
+		}{{queue.LaneAlarm, 100, 0}, {queue.LaneHealth, 100, 0}, {queue.LaneTelemetry, 1000, telemetryLinger}} {
 			up := ups[name]
 			if name == "mqtt" && lane.l == queue.LaneAlarm {
 				up = ma
 			}
 			f := &pipeline.Forwarder{Name: name + "/" + lane.l.String(), Queue: q, Lanes: []queue.Lane{lane.l},
-				Uplink: up, UplinkName: name, Batch: lane.batch, HistoricalAfter: 30 * time.Second,
+				Uplink: up, UplinkName: name, Batch: lane.batch, Linger: lane.linger, HistoricalAfter: 30 * time.Second,
 				Outage: outage, DeadLetters: dead, Report: ingest.Emit, Log: log}
 			if name == "mqtt" {
 				f.Limit = packets
@@ -211,6 +243,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		}
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
+	fwd.Go(func() { spareProcs(fctx, queues, log) })
 	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, board: board}
 	if st.Status.Listen != "off" {
 		// The station works without its status server: a port taken is

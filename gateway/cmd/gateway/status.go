@@ -22,8 +22,8 @@ import (
 // statusEvery is how often the running gateway writes its status file;
 // a file older than staleAfter means the gateway is not running.
 const (
-	statusEvery = 2 * time.Second
-	staleAfter  = 10 * time.Second
+	statusEvery = 5 * time.Second
+	staleAfter  = 15 * time.Second
 )
 
 // uplinkState says whether an uplink reaches the hub, since when, and why
