@@ -55,8 +55,8 @@ const telemetryLinger = time.Second
 // 200-device station took 3.4% of a core with 8 Ps, 2.3% with 2. A
 // GOMAXPROCS in the environment is left alone.
 const (
-	procsPerCPU    = 4
-	backlogRecords = 10000 // queued telemetry records that make a backlog
+	procsPerCPU     = 4
+	backlogReadings = 10000 // queued telemetry readings that make a backlog
 )
 
 // spareProcs gives the gateway spare Ps while a queue holds a backlog,
@@ -72,7 +72,7 @@ func spareProcs(ctx context.Context, queues map[string]*queue.Queue, log *slog.L
 	for {
 		want := base
 		for _, q := range queues {
-			if q.Stats().Lanes[queue.LaneTelemetry].Records > backlogRecords {
+			if q.Stats().Lanes[queue.LaneTelemetry].Readings > backlogReadings {
 				want = base * procsPerCPU
 			}
 		}
