@@ -49,6 +49,8 @@ func init() {
 			example: "gateway status -config /etc/outpost/station.yaml", run: cmdStatus},
 		{name: "ports", args: "[-json]", summary: "list the serial ports present, with USB ids and serial numbers, and the stable path to put in the station file",
 			example: "gateway ports", run: cmdPorts},
+		{name: "probe", args: "-port PORT [-baud 9600] [-parity none] [-units 1-32] [-scan] | -tcp HOST:PORT [-units 1-32]", summary: "scan a Modbus RTU bus or TCP endpoint for the units that answer, and name the built-in templates each reads as",
+			example: "gateway probe -port /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0 -units 1-10 -scan", run: cmdProbe},
 		{name: "read", args: "-config STATION.yaml DEVICE", summary: "read one device once, as the gateway would, and print its decoded signals with units and quality; exit 1 unless all are good",
 			example: "gateway read -config /etc/outpost/station.yaml th-hall", run: cmdRead},
 		{name: "commission", args: "-config STATION.yaml [-json]", summary: "try every device of the station once, and the hub, and print what is wrong in words to act on; exit 0 only when all pass",
