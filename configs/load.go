@@ -234,6 +234,14 @@ func (d *decoder) validateStation(st *Station) {
 		d.errAt("hub.commands.max_ttl", "hub.commands.max_ttl: %s is out of range (1s to 24h)", ttl)
 	}
 	d.checkStatus(&st.Status)
+	for _, h := range []struct {
+		key string
+		n   int
+	}{{"health.offline_after", st.Health.OfflineAfter}, {"health.degraded_after", st.Health.DegradedAfter}} {
+		if h.n < 1 || h.n > 100 {
+			d.errAt(h.key, "%s: %d is out of range (1 to 100 polls)", h.key, h.n)
+		}
+	}
 	if st.Queue.MaxBytes < 64<<10 {
 		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 65536, 64 KiB)", st.Queue.MaxBytes)
 	}

@@ -40,6 +40,8 @@ type Station struct {
 	// Status is the gateway's local status server: a page for the people
 	// at the station, a JSON API and Prometheus metrics.
 	Status Status `yaml:"status"`
+	// Health sets when a polled device counts as degraded or offline.
+	Health Health `yaml:"health"`
 	// Links are the station's connections to its devices: serial buses,
 	// TCP endpoints, listeners.
 	Links []Link `yaml:"links" required:"true"`
@@ -201,6 +203,19 @@ type Queue struct {
 	// Sync is how often appended data is fsynced (group commit); 0s fsyncs
 	// before every append returns.
 	Sync time.Duration `yaml:"sync" default:"100ms" example:"0s"`
+}
+
+// Health sets when a polled device (Modbus, DCON) counts as degraded or
+// offline. An alarm panel is supervised by time instead (supervision).
+type Health struct {
+	// OfflineAfter is how many polls in a row without any answer make a
+	// device offline, 1 to 100.
+	OfflineAfter int `yaml:"offline_after" default:"3" example:"5"`
+	// DegradedAfter is how many polls in a row that were not clean
+	// (requests unanswered after their retries, exceptions, damaged
+	// frames) make an online device degraded, 1 to 100; fewer are counted
+	// and leave it online. Raise it on a line known to be noisy.
+	DegradedAfter int `yaml:"degraded_after" default:"1" example:"3"`
 }
 
 // Status is the gateway's local HTTP status server (see

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 //	POST /devices/{id}/{action}?k=v&…  make a device act; 200 once done
 //	POST /devices/{id}/silence         the device answers nothing, as if switched off
 //	POST /devices/{id}/answer          it answers again
+//	POST /devices/{id}/flaky?share=0.3 it loses or damages that share of its answers (Modbus)
 //
 // An action that fails answers 400 (a bad request: the text says what was
 // expected) or 404 (no such device), with the error as the body.
@@ -49,21 +51,32 @@ func (s *station) serveControl(ctx context.Context, wg *sync.WaitGroup) (string,
 		}
 	}
 	mux := http.NewServeMux()
-	for action, silent := range map[string]bool{"silence": true, "answer": false} {
+	for _, action := range []string{"silence", "answer", "flaky"} {
 		mux.HandleFunc("POST /devices/{id}/"+action, func(w http.ResponseWriter, r *http.Request) {
 			id := r.PathValue("id")
 			if !all[id] {
 				http.Error(w, fmt.Sprintf("no device %s (have %v)", id, slices.Sorted(maps.Keys(all))), http.StatusNotFound)
 				return
 			}
-			s.silent.Set(id, silent)
-			s.log.Info("device", "id", id, "silent", silent)
+			switch action {
+			case "flaky":
+				share, err := strconv.ParseFloat(r.URL.Query().Get("share"), 64)
+				if err != nil || share < 0 || share > 1 {
+					http.Error(w, fmt.Sprintf("flaky: share=%q: want the share of answers lost or damaged, 0 to 1", r.URL.Query().Get("share")), http.StatusBadRequest)
+					return
+				}
+				s.faults.SetFlaky(id, share)
+				s.log.Info("device", "id", id, "flaky", share)
+			default:
+				s.faults.SetSilent(id, action == "silence")
+				s.log.Info("device", "id", id, "silent", action == "silence")
+			}
 			fmt.Fprintln(w, "ok")
 		})
 	}
 	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, r *http.Request) {
 		for _, id := range slices.Sorted(maps.Keys(all)) {
-			acts := []string{"silence", "answer"}
+			acts := []string{"silence", "answer", "flaky share=0.3"}
 			if a := actors[id]; a != nil {
 				acts = append(acts, a.Actions()...)
 			}

@@ -136,8 +136,8 @@ type station struct {
 	links map[string]sim.Link
 	files []*os.File  // the served and raised logs
 	deaf  atomic.Bool // see deafOnSignal
-	// silent devices answer nothing (-silent, and the control API)
-	silent *sim.Silence
+	// what the devices do wrong (-silent, and the control API)
+	faults *sim.Faults
 }
 
 // run runs the simulator until ctx ends.
@@ -172,8 +172,8 @@ func open(o options, log *slog.Logger) (_ *station, err error) {
 			s.close()
 		}
 	}()
-	s.silent = sim.NewSilence()
-	so := sim.Options{Seed: o.seed, Start: time.Now(), Deaf: &s.deaf, Silent: s.silent,
+	s.faults = sim.NewFaults()
+	so := sim.Options{Seed: o.seed, Start: time.Now(), Deaf: &s.deaf, Faults: s.faults,
 		Turnaround: o.turnaround, CheckLine: o.checkLine, Noise: o.noise, Log: log}
 	sink := &servedLog{log: log}
 	for _, f := range []struct {
@@ -195,7 +195,7 @@ func open(o options, log *slog.Logger) (_ *station, err error) {
 		if slices.IndexFunc(st.Devices, func(d configs.Device) bool { return d.ID == id }) < 0 {
 			return nil, fmt.Errorf("-silent: no device %s in %s", id, o.config)
 		}
-		so.Silent.Set(id, true)
+		so.Faults.SetSilent(id, true)
 	}
 	for i := range st.Links {
 		l, err := sim.New(st, &st.Links[i], so)

@@ -46,11 +46,26 @@ type DeviceAct struct {
 type ExpectEvent struct {
 	// AfterFault is the index of the fault (in the order the scenario
 	// lists them, first time) the time counts from.
-	AfterFault int            `yaml:"after_fault"`
-	Device     string         `yaml:"device"`
-	Kind       string         `yaml:"kind"`
-	Severity   model.Severity `yaml:"severity"`
-	Within     time.Duration  `yaml:"within"`
+	AfterFault int    `yaml:"after_fault"`
+	Device     string `yaml:"device"`
+	// Kind is the event's kind; or, with State, "health": a health
+	// message of the device in that state.
+	Kind     string            `yaml:"kind"`
+	State    model.HealthState `yaml:"state"`
+	Severity model.Severity    `yaml:"severity"`
+	Within   time.Duration     `yaml:"within"`
+}
+
+// seenAfter is, in a report, when the hub saw a change a fault made.
+type seenAfter struct {
+	Device string `json:"device"`
+	Change string `json:"change"` // an event's kind, or "health STATE"
+	// AtSimulator is when the fault made the change at the simulated
+	// device, AtHub when the hub's subscriber got it.
+	AtSimulator time.Time `json:"at_simulator"`
+	AtHub       time.Time `json:"at_hub,omitzero"`
+	TookS       float64   `json:"took_s,omitempty"`
+	WithinS     float64   `json:"within_s"`
 }
 
 // alarmReport is the events part of a report about raised alarms.
@@ -271,26 +286,38 @@ func (r *runner) checkExpectedEvents() {
 			continue
 		}
 		from := r.faultAt[want.AfterFault]
-		found := false
+		change := want.Kind
+		if want.State != "" {
+			change = "health " + string(want.State)
+		}
+		seen := seenAfter{Device: want.Device, Change: change, AtSimulator: from, WithinS: want.Within.Seconds()}
 		for _, a := range arrivals {
-			e := a.Msg.Event
-			if e == nil || a.Msg.Device != want.Device || e.Kind != want.Kind || a.At.Before(from) {
+			m := a.Msg
+			if m.Device != want.Device || a.At.Before(from) {
 				continue
 			}
-			if want.Severity != "" && e.Severity != want.Severity {
-				r.fail("%s of %s arrived as %s, want %s", e.Kind, want.Device, e.Severity, want.Severity)
+			if want.State != "" {
+				if m.Health == nil || m.Health.State != want.State {
+					continue
+				}
+			} else {
+				if m.Event == nil || m.Event.Kind != want.Kind {
+					continue
+				}
+				if want.Severity != "" && m.Event.Severity != want.Severity {
+					r.fail("%s of %s arrived as %s, want %s", want.Kind, want.Device, m.Event.Severity, want.Severity)
+				}
 			}
-			took := a.At.Sub(from)
-			r.report.EventsAfter = append(r.report.EventsAfter, fmt.Sprintf("%s %s %.1fs after fault %d", want.Device, want.Kind, took.Seconds(), want.AfterFault))
-			if took > want.Within {
-				r.fail("%s of %s arrived %.1fs after fault %d, later than %s", want.Kind, want.Device, took.Seconds(), want.AfterFault, want.Within)
+			seen.AtHub, seen.TookS = a.At, a.At.Sub(from).Seconds()
+			if took := a.At.Sub(from); took > want.Within {
+				r.fail("%s of %s reached the hub %.1fs after fault %d, later than %s", change, want.Device, took.Seconds(), want.AfterFault, want.Within)
 			}
-			found = true
 			break
 		}
-		if !found {
-			r.fail("no %s of %s arrived after fault %d", want.Kind, want.Device, want.AfterFault)
+		if seen.AtHub.IsZero() {
+			r.fail("no %s of %s reached the hub after fault %d", change, want.Device, want.AfterFault)
 		}
+		r.report.EventsAfter = append(r.report.EventsAfter, seen)
 	}
 }
 

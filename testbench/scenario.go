@@ -110,7 +110,8 @@ type Expect struct {
 	// AlarmP99MS bounds, per source (dc09, dcon), the 99th percentile of
 	// the raised alarms' latency to the hub's subscriber.
 	AlarmP99MS map[string]float64 `yaml:"alarm_p99_ms"`
-	// EventsAfter are events the hub must get soon after a fault.
+	// EventsAfter are events (or health changes) the hub must get soon
+	// after a fault.
 	EventsAfter []ExpectEvent `yaml:"events_after"`
 	// ServedValues: every good value at the hub is one the simulator
 	// served for that device and signal (none damaged on the way).
@@ -166,7 +167,7 @@ type Report struct {
 	} `json:"queue"`
 	Alarms      *alarmReport `json:"alarms,omitempty"`
 	Desk        *deskReport  `json:"duty_desk,omitempty"`
-	EventsAfter []string     `json:"events_after,omitempty"`
+	EventsAfter []seenAfter  `json:"events_after,omitempty"`
 	// WrongGoodValues counts good values at the hub the simulator never
 	// served; BadFrames the damaged frames devices counted.
 	WrongGoodValues int          `json:"wrong_good_values"`

@@ -18,8 +18,8 @@ import (
 )
 
 // The alarm watcher is the hub's alarm desk: a process of its own that
-// subscribes to a station's events and command results and notes when
-// each arrives. A process of its own, because the testbench's collector
+// subscribes to a station's events, health changes and command results
+// and notes when each arrives. A process of its own, because the testbench's collector
 // is busy counting a million readings meanwhile: in the same process its
 // goroutines would make an alarm wait for a CPU, and the latency measured
 // would be the testbench's.
@@ -46,7 +46,7 @@ func cmdWatchAlarms(ctx context.Context, args []string, log *slog.Logger) int {
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(200 * time.Millisecond).SetOrderMatters(true)
 	opts.SetOnConnectHandler(func(cl paho.Client) {
-		tok := cl.SubscribeMultiple(map[string]byte{*prefix + "/+/event": 1, *prefix + "/+/command/result": 1}, func(_ paho.Client, m paho.Message) {
+		tok := cl.SubscribeMultiple(map[string]byte{*prefix + "/+/event": 1, *prefix + "/+/health": 1, *prefix + "/+/command/result": 1}, func(_ paho.Client, m paho.Message) {
 			lines <- strconv.FormatInt(time.Now().UnixNano(), 10) + " " + string(m.Payload())
 		})
 		tok.Wait()
@@ -138,7 +138,7 @@ func (r *runner) alarmArrivals() ([]arrival, []resultArrival, error) {
 			case !seen[m.ID()]:
 				seen[m.ID()] = true
 				w.events = append(w.events, arrival{m, at})
-				if !m.Historical {
+				if !m.Historical && m.Kind == model.KindEvent {
 					w.lag = max(w.lag, at.Sub(m.Time))
 				}
 			}

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"time"
 
+	"outpost/configs"
 	"outpost/gateway/model"
 )
 
@@ -53,7 +54,8 @@ const (
 	// probes at the cap, which wait the link's full timeout.
 	ProbeTimeout = 200 * time.Millisecond
 	// OfflineAfter is how many polls in a row that got no answer at all
-	// make a device offline.
+	// make a device offline, unless the station file says otherwise
+	// (health.offline_after).
 	OfflineAfter = 3
 )
 
@@ -72,11 +74,30 @@ type Result struct {
 
 // Tracker follows one device's health. It is pure: Observe gets the result
 // of each poll and says when the state changed. It is not safe for
-// concurrent use.
+// concurrent use. The zero value uses the default thresholds.
 type Tracker struct {
 	state    model.HealthState
 	silent   int // polls in a row that got no answer at all
+	failing  int // polls in a row that were not clean
 	counters map[string]uint64
+	// the station file's health thresholds; 0 for the defaults
+	offlineAfter, degradedAfter int
+}
+
+// NewTracker is a tracker with the station file's thresholds.
+func NewTracker(h configs.Health) Tracker {
+	return Tracker{offlineAfter: h.OfflineAfter, degradedAfter: h.DegradedAfter}
+}
+
+func (t *Tracker) thresholds() (offline, degraded int) {
+	offline, degraded = t.offlineAfter, t.degradedAfter
+	if offline <= 0 {
+		offline = OfflineAfter
+	}
+	if degraded <= 0 {
+		degraded = 1
+	}
+	return offline, degraded
 }
 
 // Count adds to counters outside a poll: failures of a device's alarm
@@ -99,10 +120,12 @@ func (t *Tracker) State() model.HealthState { return t.state }
 
 // Observe records a poll and returns the health and whether its state
 // changed: online when every request succeeded; offline at once when the
-// link is down, or after OfflineAfter polls in a row that got no answer;
-// degraded otherwise: some requests failed, or values did not decode, or
-// the device answered with exceptions or damaged frames only. A device that
-// answers is there, and says what is wrong with it.
+// link is down, or after offline_after polls in a row that got no answer;
+// degraded after degraded_after polls in a row that were not clean: some
+// requests failed, or values did not decode, or the device answered with
+// exceptions or damaged frames only, or nothing yet. A device that answers
+// is there, and says what is wrong with it. Fewer unclean polls than
+// degraded_after leave an online device online, their failures counted.
 func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	t.Count("polls")
 	t.counters["requests"] += uint64(r.Requests)
@@ -114,23 +137,33 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	if r.Failed > 0 {
 		t.Count("failures")
 	}
+	offlineAfter, degradedAfter := t.thresholds()
 	state := model.Degraded
 	switch {
 	case r.LinkDown:
-		t.silent = 0
+		t.silent, t.failing = 0, 0
 		state = model.Offline
 	case r.Silent:
 		t.silent++
-		if t.silent >= OfflineAfter {
+		t.failing++
+		if t.silent >= offlineAfter {
 			state = model.Offline
 		}
 	default:
 		t.silent = 0
 		if r.Failed == 0 && len(r.Counters) == 0 {
+			t.failing = 0
 			state = model.Online
-		} else if r.Failed == 0 {
-			r.Reason = "values that do not decode"
+		} else {
+			t.failing++
+			if r.Failed == 0 {
+				r.Reason = "values that do not decode"
+			}
 		}
+	}
+	if state == model.Degraded && t.failing < degradedAfter && t.state == model.Online {
+		state = model.Online // not yet: counted, and the next clean poll clears it
+		r.Reason = ""
 	}
 	changed := state != t.state
 	t.state = state
@@ -157,7 +190,8 @@ func (t *Tracker) Next(base time.Duration) (time.Duration, Attempt) {
 	}
 	limit := max(MaxBackoff, base)
 	d := base
-	for i := OfflineAfter; i < t.silent && d < limit; i++ {
+	offlineAfter, _ := t.thresholds()
+	for i := offlineAfter; i < t.silent && d < limit; i++ {
 		d *= 2
 	}
 	if d < limit {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost/configs"
 	"outpost/gateway/model"
 )
 
@@ -54,6 +55,47 @@ func TestTracker(t *testing.T) {
 		"decode_errors": 1, "late_polls": 1}
 	if h, _ := tr.Observe(Result{}); fmt.Sprint(h.Counters) != fmt.Sprint(want) {
 		t.Errorf("counters %v, want %v", h.Counters, want)
+	}
+}
+
+// TestTrackerThresholds: with degraded_after 3 and offline_after 5, a
+// device stays online through two unclean polls, is degraded at the third,
+// and offline at the fifth silent one; the failures are counted meanwhile.
+func TestTrackerThresholds(t *testing.T) {
+	ok := Result{Requests: 2}
+	half := Result{Requests: 2, Failed: 1, Reason: "exception 2", Counters: []string{"exceptions"}}
+	silent := Result{Requests: 1, Failed: 1, Silent: true, Reason: "no answer", Counters: []string{"timeouts"}}
+	steps := []struct {
+		name  string
+		res   Result
+		state model.HealthState
+	}{
+		{"first poll", ok, model.Online},
+		{"one unclean poll", half, model.Online},
+		{"two", half, model.Online},
+		{"three: degraded", half, model.Degraded},
+		{"clean again", ok, model.Online},
+		{"unclean once more: the count restarted", half, model.Online},
+		{"silent", silent, model.Online},
+		{"silent twice: three unclean in a row", silent, model.Degraded},
+		{"silent three times", silent, model.Degraded},
+		{"four", silent, model.Degraded},
+		{"five: offline", silent, model.Offline},
+		{"answers, badly: a device back from offline is not online yet", half, model.Degraded},
+		{"clean", ok, model.Online},
+	}
+	tr := NewTracker(configs.Health{OfflineAfter: 5, DegradedAfter: 3})
+	for i, s := range steps {
+		h, _ := tr.Observe(s.res)
+		if h.State != s.state {
+			t.Fatalf("step %d (%s): %s (%q), want %s", i, s.name, h.State, h.Reason, s.state)
+		}
+		if h.State == model.Online && h.Reason != "" {
+			t.Errorf("step %d (%s): online with a reason %q", i, s.name, h.Reason)
+		}
+	}
+	if h, _ := tr.Observe(ok); h.Counters["exceptions"] != 5 || h.Counters["timeouts"] != 5 {
+		t.Errorf("counters %v, want 5 exceptions and 5 timeouts", h.Counters)
 	}
 }
 

@@ -131,7 +131,8 @@ func build(link drivers.Link, open bus.OpenFunc, log *slog.Logger) (*Bus, error)
 			return nil, fmt.Errorf("device %s on %s: address %d outside 0-255", d.ID, link.Name(), set.Address)
 		}
 		in, out := body.Bytes()
-		m := &module{cfg: d, set: set, kind: t.Kind, name: t.Name, tmpl: body, layout: Layout{In: in, Out: out}, link: link.Name()}
+		m := &module{cfg: d, set: set, kind: t.Kind, name: t.Name, tmpl: body, layout: Layout{In: in, Out: out}, link: link.Name(),
+			health: bus.NewTracker(link.Station.Health)}
 		for _, i := range body.Inputs {
 			m.alarms = m.alarms || i.Event != nil
 		}

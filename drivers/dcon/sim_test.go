@@ -280,7 +280,7 @@ func TestSilentModule(t *testing.T) {
 	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, poll: 50ms}
   - {id: box-5, template: dcon-panic-box, link: rs485-2, address: 0x05, poll: 50ms}
 `)
-	startSim(t, st, sim.Options{Turnaround: -1, Silent: sim.NewSilence("box-5")})
+	startSim(t, st, sim.Options{Turnaround: -1, Faults: sim.NewFaults("box-5")})
 	r := runBus(t, st)
 	var h *model.Health
 	r.next(t, "box-5", model.KindHealth, 5*time.Second, func(m stamped) bool { h = m.Health; return h.State == model.Offline })

@@ -88,7 +88,7 @@ func buildDevices(link drivers.Link, cost Cost) ([]*device, error) {
 				return nil, fmt.Errorf("device %s on %s: template %s: %w", d.ID, link.Name(), t.Name, err)
 			}
 		}
-		out = append(out, &device{cfg: d, set: set, kind: t.Kind, tmpl: body, unit: byte(set.UnitID), plan: plan,
+		out = append(out, &device{cfg: d, set: set, kind: t.Kind, tmpl: body, unit: byte(set.UnitID), plan: plan, health: bus.NewTracker(link.Station.Health),
 			alarmPlan: alarms, link: link.Name(), latest: map[int]stamped{}})
 	}
 	return out, nil

@@ -110,7 +110,7 @@ type panel struct {
 	timeout   time.Duration
 	testEvery time.Duration
 	test      cfg.TestKind
-	silent    *sim.Silence // the panel sends nothing while silent
+	faults    *sim.Faults // the panel sends nothing while silent
 	sink      sim.Sink
 	deaf      *atomic.Bool
 	log       *slog.Logger
@@ -163,7 +163,7 @@ func newPanel(st *configs.Station, set *cfg.Link, d *configs.Device, o sim.Optio
 		timeout:   2 * time.Second,
 		testEvery: ds.TestEvery(),
 		test:      "null",
-		silent:    o.Silent,
+		faults:    o.Faults,
 		sink:      o.Sink,
 		deaf:      o.Deaf,
 		log:       o.Log.With("device", d.ID, "account", ds.Account),
@@ -270,7 +270,7 @@ func (p *panel) Act(ctx context.Context, action string, args map[string]string) 
 	if err != nil {
 		return err
 	}
-	if p.silent.Has(p.id) {
+	if p.faults.Silent(p.id) {
 		return fmt.Errorf("the panel is silent: it sends nothing")
 	}
 	o.tried = make(chan struct{})
@@ -379,7 +379,7 @@ func (p *panel) siaEvent(args map[string]string) (*outgoing, error) {
 // as a panel does, until ctx ends.
 func (p *panel) run(ctx context.Context) {
 	defer p.disconnect()
-	if p.silent.Has(p.id) {
+	if p.faults.Silent(p.id) {
 		p.log.Info("panel silent")
 	}
 	var tick <-chan time.Time
@@ -395,7 +395,7 @@ func (p *panel) run(ctx context.Context) {
 			return
 		case o = <-p.queue:
 		case <-tick:
-			if !p.testsOn.Load() || p.silent.Has(p.id) {
+			if !p.testsOn.Load() || p.faults.Silent(p.id) {
 				continue
 			}
 			p.n.tests.Add(1)

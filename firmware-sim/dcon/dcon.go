@@ -42,7 +42,7 @@ type Link struct {
 	modules map[int]*Module // by address
 	all     []*Module
 	deaf    *atomic.Bool
-	silent  *sim.Silence
+	faults  *sim.Faults
 	log     *slog.Logger
 
 	commands, garbled, foreign atomic.Int64
@@ -54,7 +54,7 @@ func newLink(st *configs.Station, link *configs.Link, devs []*configs.Device, o 
 		return nil, fmt.Errorf("link %s: not a dcon link", link.ID)
 	}
 	l := &Link{line: slave.Line{Baud: cfg.Baud, DataBits: cfg.DataBits, Parity: cfg.Parity, StopBits: cfg.StopBits},
-		turn: defaultTurnaround, modules: map[int]*Module{}, deaf: o.Deaf, silent: o.Silent, log: o.Log.With("bus", link.ID)}
+		turn: defaultTurnaround, modules: map[int]*Module{}, deaf: o.Deaf, faults: o.Faults, log: o.Log.With("bus", link.ID)}
 	if l.line.DataBits == 0 {
 		l.line.DataBits = 8
 	}
@@ -70,7 +70,7 @@ func newLink(st *configs.Station, link *configs.Link, devs []*configs.Device, o 
 			return nil, err
 		}
 		l.all = append(l.all, m)
-		if o.Silent.Has(d.ID) {
+		if o.Faults.Silent(d.ID) {
 			o.Log.Info("device silent", "device", d.ID, "address", fmt.Sprintf("%02X", m.addr))
 		}
 		l.modules[m.addr] = m
@@ -218,7 +218,7 @@ func (l *Link) answer(ctx context.Context, cmd string, end time.Time) (time.Time
 		l.foreign.Add(1)
 		return end, nil
 	}
-	if l.silent.Has(m.id) {
+	if l.faults.Silent(m.id) {
 		return end, nil
 	}
 	if l.deaf != nil && l.deaf.Load() {

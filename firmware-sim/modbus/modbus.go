@@ -24,22 +24,25 @@ func init() {
 }
 
 // devices builds the simulated devices of a link, by unit id, and says
-// which units are silent now (sim.Options.Silent).
-func devices(st *configs.Station, devs []*configs.Device, o sim.Options) (all []*device.Device, units map[byte]slave.Unit, silent func(byte) bool, err error) {
+// what each unit does wrong now (sim.Options.Faults).
+func devices(st *configs.Station, devs []*configs.Device, o sim.Options) (all []*device.Device, units map[byte]slave.Unit, faults slave.Faults, err error) {
 	units = map[byte]slave.Unit{}
 	ids := map[byte]string{}
 	for _, d := range devs {
 		dev, err := device.New(*d, st.Templates[d.Template], device.Options{Seed: o.Seed, Start: o.Start, Sink: o.Sink})
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, faults, err
 		}
 		all = append(all, dev)
 		units[dev.Unit()], ids[dev.Unit()] = dev, d.ID
-		if o.Silent.Has(d.ID) {
+		if o.Faults.Silent(d.ID) {
 			o.Log.Info("device silent", "device", d.ID, "unit", dev.Unit())
 		}
 	}
-	return all, units, func(u byte) bool { return o.Silent.Has(ids[u]) }, nil
+	return all, units, slave.Faults{
+		Silent: func(u byte) bool { return o.Faults.Silent(ids[u]) },
+		Flaky:  func(u byte) float64 { return o.Faults.Flaky(ids[u]) },
+	}, nil
 }
 
 // rtuLink is a simulated RS-485 bus.
@@ -54,7 +57,7 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 	if !ok {
 		return nil, fmt.Errorf("link %s: not a modbus-rtu link", link.ID)
 	}
-	all, units, silent, err := devices(st, devs, o)
+	all, units, faults, err := devices(st, devs, o)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +81,7 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 		Line:       slave.LineOf(*bus),
 		Turnaround: turn,
 		Units:      units,
-		Silent:     silent,
+		Faults:     faults,
 		Log:        o.Log.With("bus", link.ID),
 		Deaf:       o.Deaf,
 	}}
@@ -117,7 +120,7 @@ func newTCP(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 	if !ok {
 		return nil, fmt.Errorf("link %s: not a modbus-tcp link", link.ID)
 	}
-	all, units, silent, err := devices(st, devs, o)
+	all, units, faults, err := devices(st, devs, o)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +129,7 @@ func newTCP(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 		return nil, fmt.Errorf("endpoint %s: %w", link.ID, err)
 	}
 	o.Log.Info("endpoint up", "endpoint", link.ID, "address", ln.Addr().String(), "devices", len(units))
-	return &tcpLink{ln: ln, devs: all, srv: &slave.TCP{Units: units, Silent: silent, Log: o.Log.With("endpoint", link.ID), Deaf: o.Deaf}}, nil
+	return &tcpLink{ln: ln, devs: all, srv: &slave.TCP{Units: units, Faults: faults, Log: o.Log.With("endpoint", link.ID), Deaf: o.Deaf}}, nil
 }
 
 func (l *tcpLink) Serve(ctx context.Context) error { return l.srv.Serve(ctx, l.ln) }

@@ -134,9 +134,9 @@ type Options struct {
 	Sink Sink
 	// Deaf, while true, makes every device ignore what reaches it.
 	Deaf *atomic.Bool
-	// Silent devices answer nothing, as one switched off or at a wrong
-	// unit id would not; the control API silences them at will.
-	Silent *Silence
+	// Faults are what the devices do wrong (silent, flaky); the control
+	// API changes them at will.
+	Faults *Faults
 	// Turnaround, when not negative, replaces the links' own device
 	// turnaround.
 	Turnaround time.Duration
@@ -198,35 +198,55 @@ func Start(st *configs.Station, link *configs.Link, o Options) (l Link, stop fun
 	}, nil
 }
 
-// Silence is the set of devices that answer nothing, now. It is safe for
-// concurrent use; nil is the empty set.
-type Silence struct {
-	mu  sync.Mutex
-	ids map[string]bool
+// Faults are what the devices do wrong now: some answer nothing (switched
+// off, at a wrong unit id), some lose or damage a share of their answers
+// (a failing transceiver, a bad contact). The control API sets them at
+// will. It is safe for concurrent use; nil is a station without faults.
+type Faults struct {
+	mu     sync.Mutex
+	silent map[string]bool
+	flaky  map[string]float64
 }
 
-// NewSilence is a set of silent devices.
-func NewSilence(ids ...string) *Silence {
-	s := &Silence{ids: map[string]bool{}}
-	for _, id := range ids {
-		s.ids[id] = true
+// NewFaults is a station whose named devices are silent.
+func NewFaults(silent ...string) *Faults {
+	f := &Faults{silent: map[string]bool{}, flaky: map[string]float64{}}
+	for _, id := range silent {
+		f.silent[id] = true
 	}
-	return s
+	return f
 }
 
-// Set silences a device, or lets it answer again.
-func (s *Silence) Set(id string, silent bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.ids[id] = silent
+// SetSilent silences a device, or lets it answer again.
+func (f *Faults) SetSilent(id string, silent bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.silent[id] = silent
 }
 
-// Has says whether a device is silent.
-func (s *Silence) Has(id string) bool {
-	if s == nil {
+// Silent says whether a device answers nothing.
+func (f *Faults) Silent(id string) bool {
+	if f == nil {
 		return false
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ids[id]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.silent[id]
+}
+
+// SetFlaky makes a device lose or damage share (0 to 1) of its answers.
+func (f *Faults) SetFlaky(id string, share float64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.flaky[id] = share
+}
+
+// Flaky is the share of its answers a device loses or damages.
+func (f *Faults) Flaky(id string) float64 {
+	if f == nil {
+		return 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.flaky[id]
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"sync/atomic"
 	"time"
@@ -41,9 +42,8 @@ type RTU struct {
 	// Deaf, when set and true, makes every device on the line ignore
 	// requests, as if unplugged (see firmware-sim's SIGUSR1).
 	Deaf *atomic.Bool
-	// Silent, when set, says which units answer nothing now, as one
-	// switched off would not.
-	Silent func(unit byte) bool
+	// Faults say what each unit does wrong now.
+	Faults Faults
 
 	frames, crcErrors, dropped, mismatched atomic.Int64
 }
@@ -182,11 +182,18 @@ func (s *RTU) answer(ctx context.Context, frame []byte, reqEnd time.Time) (time.
 		return reqEnd, nil
 	}
 	u, ok := s.Units[id]
-	if !ok || s.Silent != nil && s.Silent(id) {
+	if !ok || s.Faults.silent(id) {
 		return reqEnd, nil
 	}
 	resp, commit := Process(u, pdu)
 	out := AppendCRC(append([]byte{id}, resp...))
+	switch s.Faults.fault(id) {
+	case lose:
+		return reqEnd, nil
+	case damage:
+		out[rand.IntN(len(out))] ^= 1 << rand.IntN(8)
+		commit = nil
+	}
 	if ls, ok := s.Port.(LineSensor); ok {
 		if got, err := ls.MasterLine(); err == nil && !sameLine(got, s.Line) {
 			s.mismatched.Add(1)

@@ -266,7 +266,7 @@ func startTCPSilent(t testing.TB, silent map[byte]bool, units ...*device.Device)
 	for _, u := range units {
 		um[u.Unit()] = u
 	}
-	srv := &slave.TCP{Units: um, Log: quiet(), Silent: func(u byte) bool { return silent[u] }}
+	srv := &slave.TCP{Units: um, Log: quiet(), Faults: slave.Faults{Silent: func(u byte) bool { return silent[u] }}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln) }()

@@ -22,10 +22,11 @@ type TCP struct {
 	Log   *slog.Logger
 	// Deaf, when set and true, makes the devices ignore requests.
 	Deaf *atomic.Bool
-	// Silent, when set, says which unit ids get no answer at all now, not
-	// even an exception: a device that is off, or a unit id that is
-	// wrong, behind a Modbus gateway that stays silent for it as many do.
-	Silent func(unit byte) bool
+	// Faults say what each unit does wrong now. A silent unit id gets no
+	// answer at all, not even an exception: a device that is off, or a
+	// unit id that is wrong, behind a Modbus gateway that stays silent for
+	// it as many do; a flaky one loses answers (TCP carries no damage).
+	Faults Faults
 }
 
 // mbapLen is the MBAP header length (transaction, protocol, length, unit).
@@ -101,7 +102,7 @@ func (s *TCP) serveConn(c net.Conn) error {
 			return err
 		}
 		id := hdr[6]
-		if s.Deaf != nil && s.Deaf.Load() || s.Silent != nil && s.Silent(id) {
+		if s.Deaf != nil && s.Deaf.Load() || s.Faults.silent(id) || s.Faults.fault(id) != none {
 			continue
 		}
 		var resp []byte

@@ -397,9 +397,10 @@ type Queue struct {
 	alarmsFull bool
 	st         Stats // Corrupt, CorruptBytes, TornBytes, SyncErrors
 
-	lock *os.File // holds the directory's lock while open
-	done chan struct{}
-	wg   sync.WaitGroup
+	lock   *os.File // holds the directory's lock while open
+	done   chan struct{}
+	retryC chan struct{} // a write failed: see retryLoop
+	wg     sync.WaitGroup
 }
 
 // Open opens or creates the queue in dir.
@@ -417,7 +418,7 @@ func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	q := &Queue{opt: opt, log: log, dir: dir, done: make(chan struct{})}
+	q := &Queue{opt: opt, log: log, dir: dir, done: make(chan struct{}), retryC: make(chan struct{}, 1)}
 	q.syncedC = sync.NewCond(&q.mu)
 	if err := durable.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
@@ -607,6 +608,7 @@ func (q *Queue) writeAck(ln *lane) {
 			q.log.Error("queue: cannot write ack file", "lane", ln.l, "err", err)
 		}
 		ln.ackFailed = true
+		q.retrySoon()
 		return
 	}
 	ln.ackFailed = false
@@ -772,6 +774,7 @@ func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64) (int, error) {
 
 // writeFailed notes a write the disk refused. Called with q.mu held.
 func (q *Queue) writeFailed(err error) {
+	q.retrySoon()
 	q.st.WriteErrors++
 	q.st.WriteError = err.Error()
 	if !q.st.WriteFailing {
@@ -1192,10 +1195,10 @@ func (q *Queue) Ack(b Batch) error {
 		q.bytes -= s.size
 		ln.segs = ln.segs[1:]
 	}
+	// The ack file is fsynced with the lane's next write: an ack lost to
+	// a power cut costs duplicates, not data, and syncing it on its own
+	// would wake the syncer for every batch the hub took.
 	q.writeAck(ln)
-	if q.opt.SyncEvery >= 0 {
-		kick(ln)
-	}
 	return nil
 }
 
@@ -1342,27 +1345,46 @@ func (q *Queue) syncLoop(ln *lane) {
 const retryEvery = time.Second
 
 // retryLoop offers the records held in memory, and the ack positions not
-// written, to the disk every retryEvery until Close closes q.done.
+// written, to the disk every retryEvery from a failed write until nothing
+// is held, and until Close closes q.done. A queue whose disk works wakes
+// nobody.
 func (q *Queue) retryLoop() {
 	defer q.wg.Done()
-	t := time.NewTicker(retryEvery)
+	t := time.NewTimer(retryEvery)
+	t.Stop()
 	defer t.Stop()
 	for {
 		select {
 		case <-q.done:
 			return
-		case <-t.C:
-			q.retryMemory()
+		case <-q.retryC:
+		}
+		for held := true; held; held = q.retryMemory() {
+			t.Reset(retryEvery)
+			select {
+			case <-q.done:
+				return
+			case <-t.C:
+			}
 		}
 	}
 }
 
-// retryMemory writes the alarms held in memory to disk if it takes them.
-func (q *Queue) retryMemory() {
+// retrySoon has retryLoop offer what is held to the disk again.
+func (q *Queue) retrySoon() {
+	select {
+	case q.retryC <- struct{}{}:
+	default:
+	}
+}
+
+// retryMemory writes the alarms held in memory to disk if it takes them,
+// and says whether anything is still held.
+func (q *Queue) retryMemory() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed || !slices.ContainsFunc(q.lanes[:], func(ln *lane) bool { return len(ln.mem) > 0 || ln.ackFailed }) {
-		return
+		return false
 	}
 	flushed := true
 	for _, ln := range q.lanes {
@@ -1376,6 +1398,7 @@ func (q *Queue) retryMemory() {
 			}
 		}
 	}
+	return slices.ContainsFunc(q.lanes[:], func(ln *lane) bool { return len(ln.mem) > 0 || ln.ackFailed })
 }
 
 // syncOnce fsyncs what was written to the lane since the last time and

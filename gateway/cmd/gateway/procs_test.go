@@ -30,7 +30,7 @@ func TestSpareProcs(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	waitProcs := func(want int) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(12 * time.Second)
 		for runtime.GOMAXPROCS(0) != want {
 			if time.Now().After(deadline) {
 				t.Fatalf("GOMAXPROCS %d, want %d", runtime.GOMAXPROCS(0), want)

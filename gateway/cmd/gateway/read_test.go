@@ -121,7 +121,7 @@ func freeAddr(t *testing.T) string {
 // test ends, the devices named silent never answering.
 func simulate(t *testing.T, st *configs.Station, sink sim.Sink, silent ...string) {
 	t.Helper()
-	o := sim.Options{Seed: 1, Start: time.Now(), Sink: sink, Log: slog.New(slog.DiscardHandler), Silent: sim.NewSilence(silent...)}
+	o := sim.Options{Seed: 1, Start: time.Now(), Sink: sink, Log: slog.New(slog.DiscardHandler), Faults: sim.NewFaults(silent...)}
 	_, stop, err := sim.Start(st, &st.Links[0], o)
 	if err != nil {
 		t.Fatal(err)

@@ -60,13 +60,13 @@ const (
 )
 
 // spareProcs gives the gateway spare Ps while a queue holds a backlog,
-// checking every second until ctx ends.
+// checking every 5 s until ctx ends.
 func spareProcs(ctx context.Context, queues map[string]*queue.Queue, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
 	base := runtime.GOMAXPROCS(0)
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	cur := base
 	for {
