@@ -252,6 +252,12 @@ func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gateway reload: no gateway runs with state_dir %s (%s: %v)\n", st.StateDir, pidFile(st.StateDir), errors.Join(err, perr))
 		return 1
 	}
+	// A gateway that died left its pid file; its status file then stops
+	// being written, and the pid may be another process's by now.
+	if s, err := status.Read(status.File(st.StateDir)); err != nil || time.Since(s.Time) > staleAfter {
+		fmt.Fprintf(stderr, "gateway reload: no gateway runs with state_dir %s (its status file is missing or older than %s)\n", st.StateDir, staleAfter)
+		return 1
+	}
 	p, _ := os.FindProcess(pid)
 	if err := p.Signal(syscall.SIGHUP); err != nil {
 		fmt.Fprintf(stderr, "gateway reload: cannot signal the gateway (pid %d from %s): %v\n", pid, pidFile(st.StateDir), err)

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost/gateway/status"
+)
+
+// TestReloadRefusesAStalePidFile: a gateway that died leaves its pid file;
+// gateway reload must not signal whatever process has that pid now.
+func TestReloadRefusesAStalePidFile(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "station.yaml")
+	src := fmt.Sprintf(`version: 2
+station: {id: rl-1, type: police_room}
+state_dir: %s
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+links:
+  - {id: lan, protocol: modbus-tcp, address: "127.0.0.1:1502"}
+devices:
+  - {id: th-1, template: xy-md02, link: lan, unit_id: 1}
+`, state)
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := exec.Command("sleep", "60") // the process that has the dead gateway's pid now
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer other.Process.Kill()
+	exited := make(chan error, 1)
+	go func() { exited <- other.Wait() }()
+	os.WriteFile(pidFile(state), []byte(fmt.Sprintln(other.Process.Pid)), 0o644)
+	if err := status.Write(status.File(state), status.Snapshot{Station: "rl-1", Time: time.Now().Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := cli([]string{"reload", "-config", path}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), "no gateway runs with state_dir "+state+" (its status file is missing or older than 15s)") {
+		t.Errorf("exit %d, stderr %q", code, errb.String())
+	}
+	select {
+	case err := <-exited:
+		t.Errorf("the other process was signalled: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
