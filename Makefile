@@ -4,7 +4,7 @@ BIN     := bin
 CACHE   ?= $(HOME)/.cache/outpost
 export OUTPOST_INFLUXD ?= $(CACHE)/bin/influxd
 
-.PHONY: all build demo test test-deps unit integration scenarios bench fuzz clean
+.PHONY: all build demo test test-deps unit integration scenarios bench fuzz dist clean
 
 all: build
 
@@ -45,5 +45,17 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) $${t%%:*} || exit 1; \
 	done
 
+# Static gateway binaries for station boxes (linux/amd64, linux/arm64,
+# linux/arm v7) and a Debian package of each, in $(DIST)/.
+DIST    ?= dist
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+ARCHS   := amd64 arm64 arm
+dist:
+	@for a in $(ARCHS); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$a GOARM=7 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" \
+			-o $(DIST)/linux-$$a/outpost-gateway ./gateway/cmd/gateway || exit 1; \
+		gateway/dist/deb.sh $(VERSION) $$a $(DIST)/linux-$$a/outpost-gateway $(DIST) || exit 1; \
+	done
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)

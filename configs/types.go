@@ -381,6 +381,9 @@ type Signal struct {
 // does.
 type AlarmPoller interface{ AlarmPolled() bool }
 
+// Poller is the settings of a device the gateway polls: how often.
+type Poller interface{ PollEvery() time.Duration }
+
 // Fast says whether the device reads its signal s at its alarm poll: a
 // fast signal of its template, unless its alarm polls are off.
 func (d *Device) Fast(s Signal) bool {

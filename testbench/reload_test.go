@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +15,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"outpost/gateway/model"
-	"outpost/testbench/hub"
 )
 
 // TestReload runs the police room (社区警务室) and changes its station file
@@ -30,23 +27,8 @@ import (
 //   - no reading is lost: every device's sequence numbers at the hub run
 //     without a hole across both reloads.
 func TestReload(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	work := t.TempDir()
-	mq, err := hub.StartMosquitto(ctx, filepath.Join(work, "mosquitto"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mq.Stop()
-	src, err := os.ReadFile("../configs/police-room.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	station, st, err := prepareStation(stationSpec{Src: src}, work, hubAddrs{MQTT: mq.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pr := newPoliceRoom(t)
+	ctx, station, st, gw, logPath := pr.ctx, pr.station, pr.st, pr.gw, pr.logPath
 	// edit rewrites the station file as an installer would.
 	edit := func(change func(devices map[string]map[string]any, doc map[string]any)) {
 		t.Helper()
@@ -75,7 +57,7 @@ func TestReload(t *testing.T) {
 	var mu sync.Mutex
 	seqs := map[string][]uint64{}     // device -> sequence numbers at the hub
 	times := map[string][]time.Time{} // device -> times of its telemetry
-	col, err := collect(ctx, mq.URL(), st, func(m *model.Message, _ []byte, dup bool) {
+	col, err := collect(ctx, pr.mq.URL(), st, func(m *model.Message, _ []byte, dup bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		if !dup && m.Device != model.GatewayDevice {
@@ -90,24 +72,7 @@ func TestReload(t *testing.T) {
 	}
 	defer col.close()
 
-	logPath := filepath.Join(work, "processes.log")
-	out, _ := os.Create(logPath)
-	defer out.Close()
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("simulator and gateway output:\n%s", b[max(0, len(b)-20000):])
-		}
-	}()
-	sim, gw := &proc{name: "firmware-sim"}, &proc{name: "gateway"}
-	defer sim.kill()
-	defer gw.kill()
-	if err := sim.start(ctx, out, "firmware-sim ready", "-config", station); err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.start(ctx, out, "", "run", "-config", station); err != nil {
-		t.Fatal(err)
-	}
+	pr.start(t)
 	telemetry := func(dev string, since time.Time) int {
 		mu.Lock()
 		defer mu.Unlock()

@@ -183,7 +183,7 @@ type Report struct {
 		// a third of the load to its end, past its start; absent when the
 		// gateway was restarted meanwhile.
 		SteadyCPUPercent *float64 `json:"steady_cpu_percent,omitempty"`
-		Restarts int     `json:"restarts"`
+		Restarts         int      `json:"restarts"`
 	} `json:"gateway"`
 }
 

@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
 	"maps"
 	"net/http"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,7 +15,6 @@ import (
 	"outpost/gateway/model"
 	"outpost/gateway/model/schema"
 	"outpost/gateway/status"
-	"outpost/testbench/hub"
 )
 
 // chromium is Debian's Chromium, which make test installs.
@@ -34,24 +31,8 @@ func TestStatusPageAndSnapshot(t *testing.T) {
 	if _, err := os.Stat(chromium); err != nil {
 		t.Fatalf("%s: %v (make test-deps installs it)", chromium, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	work := t.TempDir()
-	mq, err := hub.StartMosquitto(ctx, filepath.Join(work, "mosquitto"), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mq.Stop()
-	src, err := os.ReadFile("../configs/police-room.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	station, st, err := prepareStation(stationSpec{Src: src}, work, hubAddrs{MQTT: mq.URL()})
-	if err != nil {
-		t.Fatal(err)
-	}
-
+	pr := newPoliceRoom(t)
+	ctx, mq, st := pr.ctx, pr.mq, pr.st
 	// The hub's view: the retained snapshot, as an operator's view that
 	// connects would get it.
 	snaps := make(chan status.Snapshot, 100)
@@ -73,24 +54,8 @@ func TestStatusPageAndSnapshot(t *testing.T) {
 		snaps <- s
 	}).Wait()
 
-	out, _ := os.Create(filepath.Join(work, "processes.log"))
-	defer out.Close()
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(out.Name())
-			t.Logf("simulator and gateway output:\n%s", b[max(0, len(b)-20000):])
-		}
-	}()
-	sim, gw := &proc{name: "firmware-sim"}, &proc{name: "gateway"}
-	defer sim.kill()
-	defer gw.kill()
-	if err := sim.start(ctx, out, "firmware-sim ready", "-config", station, "-control", "127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	control := sim.printed("firmware-sim control ")
-	if err := gw.start(ctx, out, "", "run", "-config", station); err != nil {
-		t.Fatal(err)
-	}
+	pr.start(t)
+	control := pr.control
 	addr, err := statusAddr(ctx, st)
 	if err != nil {
 		t.Fatal(err)

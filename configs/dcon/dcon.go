@@ -63,6 +63,9 @@ type Device struct {
 	AlarmPoll time.Duration `yaml:"alarm_poll" default:"100ms" example:"50ms"`
 }
 
+// PollEvery is how often the module is read (configs.Poller).
+func (d *Device) PollEvery() time.Duration { return d.Poll }
+
 // Check checks the module's settings.
 func (d *Device) Check(p configs.Problems) {
 	if d.Poll < 10*time.Millisecond || d.Poll > 24*time.Hour {

@@ -77,6 +77,9 @@ type Device struct {
 	AlarmPoll time.Duration `yaml:"alarm_poll" default:"100ms" example:"50ms"`
 }
 
+// PollEvery is how often the device is read (configs.Poller).
+func (d *Device) PollEvery() time.Duration { return d.Poll }
+
 // AlarmPolled says whether the device's alarm inputs are read on their
 // own (configs.AlarmPoller).
 func (d *Device) AlarmPolled() bool { return d.AlarmPoll > 0 }

@@ -52,7 +52,12 @@ type Ingest struct {
 	devs map[string]*devIngest
 
 	failed atomic.Uint64 // messages that could not be queued
+	last   atomic.Int64  // when a driver last emitted, Unix ns
 }
+
+// LastEmit is when a driver last emitted a message (the start before the
+// first).
+func (in *Ingest) LastEmit() time.Time { return time.Unix(0, in.last.Load()) }
 
 // devIngest is one device's part of the ingest stage.
 type devIngest struct {
@@ -75,6 +80,7 @@ func NewIngest(st *configs.Station, seq Sequencer, outs []Appender, log *slog.Lo
 		now:     time.Now,
 		devs:    map[string]*devIngest{},
 	}
+	in.last.Store(time.Now().UnixNano())
 	in.SetStation(st)
 	return in
 }
@@ -119,6 +125,7 @@ func (in *Ingest) Failed() uint64 { return in.failed.Load() }
 // every uplink's queue (see drivers.Emit). It is safe for concurrent use;
 // messages of one device keep the order of the calls.
 func (in *Ingest) Emit(m model.Message) error {
+	in.last.Store(time.Now().UnixNano())
 	d := in.device(m.Device)
 	d.mu.Lock()
 	defer d.mu.Unlock()

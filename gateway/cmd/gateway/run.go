@@ -227,6 +227,11 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		log.Warn("no pid file: gateway reload cannot find this gateway (send it SIGHUP)", "err", err)
 	}
 	defer os.Remove(pid)
+	// Ready: queues open, forwarders and drivers running.
+	stall := stallAfter(st)
+	fwd.Go(func() {
+		serveSystemd(ctx, func() error { return pipelineAlive(ingest.LastEmit, stall, queues) }, log)
+	})
 	log.Info("gateway running", "type", st.Station.Type, "devices", len(st.Devices), "links", len(built), "uplinks", len(ups))
 	for cur := st; ctx.Err() == nil; {
 		select {
