@@ -239,6 +239,10 @@ type LaneStats struct {
 	// Lost since Open: records of a kept lane the disk refused when
 	// memory was full too.
 	Lost, LostReadings int64
+	// Oldest is when the oldest queued record was appended, as of the
+	// last batch taken from the head of the lane; zero when the lane is
+	// empty or nothing was taken yet.
+	Oldest time.Time
 }
 
 // Kept sums the counters of the lanes whose records are never dropped
@@ -261,6 +265,9 @@ func (s *Stats) Kept() LaneStats {
 		k.Memory += ls.Memory
 		k.Lost += ls.Lost
 		k.LostReadings += ls.LostReadings
+		if !ls.Oldest.IsZero() && (k.Oldest.IsZero() || ls.Oldest.Before(k.Oldest)) {
+			k.Oldest = ls.Oldest
+		}
 	}
 	return k
 }
@@ -369,8 +376,9 @@ type lane struct {
 	epoch  uint64
 	free   [][]byte
 
-	wbuf []byte
-	st   LaneStats
+	wbuf   []byte
+	st     LaneStats
+	oldest int64 // see LaneStats.Oldest, Unix ns
 
 	// mem holds, oldest first, the records the disk refused; the first
 	// memOut of them are handed out.
@@ -1132,6 +1140,9 @@ func (q *Queue) take(ln *lane, max int) Batch {
 	for i, sp := range spans {
 		b.Entries[i] = Entry{Data: buf[sp.start:sp.end:sp.end], Readings: sp.readings, Enqueued: time.Unix(0, sp.enq)}
 	}
+	if len(ln.out) == 0 {
+		ln.oldest = spans[0].enq // the head of the lane
+	}
 	ln.out = append(ln.out, inflight{id: b.id, end: ln.read, buf: buf, segs: counts, mem: memN})
 	return b
 }
@@ -1290,6 +1301,9 @@ func (q *Queue) Stats() Stats {
 		st.Lanes[i].Records += int64(len(ln.mem))
 		for _, m := range ln.mem {
 			st.Lanes[i].Readings += int64(m.readings)
+		}
+		if ln.oldest != 0 && st.Lanes[i].Records > 0 {
+			st.Lanes[i].Oldest = time.Unix(0, ln.oldest)
 		}
 	}
 	return st

@@ -529,3 +529,39 @@ func TestBatchSizeLimits(t *testing.T) {
 	checkSeq(t, "big records", order, 0, 4)
 	checkInvariants(t, q)
 }
+
+// TestOldest: a lane's Oldest is the append time of its head record once a
+// batch was taken from it, stays while the batch is handed out again after
+// a failed send, and clears when the lane is empty.
+func TestOldest(t *testing.T) {
+	q := open(t, t.TempDir(), testOpts)
+	defer q.Close()
+	if err := q.Append(LaneTelemetry, rec(1), rec(2)); err != nil {
+		t.Fatal(err)
+	}
+	if o := q.Stats().Lanes[LaneTelemetry].Oldest; !o.IsZero() {
+		t.Fatalf("Oldest %v before anything was taken, want zero", o)
+	}
+	ctx := context.Background()
+	b, err := q.Next(ctx, 1, LaneTelemetry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := b.Entries[0].Enqueued
+	if o := q.Stats().Lanes[LaneTelemetry].Oldest; !o.Equal(head) {
+		t.Fatalf("Oldest %v, want the head's %v", o, head)
+	}
+	q.Rewind(LaneTelemetry) // the hub did not take it
+	if b, err = q.Next(ctx, 10, LaneTelemetry); err != nil {
+		t.Fatal(err)
+	}
+	if o := q.Stats().Lanes[LaneTelemetry].Oldest; !o.Equal(head) {
+		t.Fatalf("Oldest %v after a rewind, want still %v", o, head)
+	}
+	if err := q.Ack(b); err != nil {
+		t.Fatal(err)
+	}
+	if o := q.Stats().Lanes[LaneTelemetry].Oldest; !o.IsZero() {
+		t.Fatalf("Oldest %v of an empty lane, want zero", o)
+	}
+}

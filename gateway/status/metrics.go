@@ -35,6 +35,8 @@ var (
 		"Alarms lost since start: refused by the disk with the memory reserve full.", []string{"uplink"}, nil)
 	descDeadLetters = prometheus.NewDesc("outpost_dead_letters_total",
 		"Messages the hub refused for good since start, kept in the dead-letter directory.", []string{"uplink"}, nil)
+	descQueueAge = prometheus.NewDesc("outpost_queue_oldest_age_seconds",
+		"How long the oldest record in the uplink's queue has waited (0 when none waits).", []string{"uplink"}, nil)
 	descDiskFree = prometheus.NewDesc("outpost_state_disk_free_bytes",
 		"Space left on the file system of the state directory.", nil, nil)
 )
@@ -45,7 +47,7 @@ type collector struct{ snap func() Snapshot }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDeviceState, descDeviceSince, descDeviceLastSeen, descDeviceCounter, descUplinkUp,
-		descQueueRecords, descQueueReadings, descQueueBytes, descQueueMemory, descDropped, descLostAlarms, descDeadLetters, descDiskFree} {
+		descQueueRecords, descQueueReadings, descQueueBytes, descQueueAge, descQueueMemory, descDropped, descLostAlarms, descDeadLetters, descDiskFree} {
 		ch <- d
 	}
 }
@@ -77,6 +79,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descQueueRecords, float64(q.Telemetry), u.Name, "telemetry")
 		gauge(descQueueReadings, float64(q.Readings), u.Name)
 		gauge(descQueueBytes, float64(q.Bytes), u.Name)
+		gauge(descQueueAge, q.OldestAgeS, u.Name)
 		gauge(descQueueMemory, float64(q.InMemory), u.Name)
 		counter(descDropped, float64(q.DroppedReadings), u.Name)
 		counter(descLostAlarms, float64(q.LostAlarms), u.Name)

@@ -21,7 +21,7 @@ func testServer(t *testing.T, token string, notReady ...string) *httptest.Server
 		Reason: "no answer", Counters: map[string]uint64{"timeouts": 7}}})
 	s := &Server{
 		Snapshot: func() Snapshot {
-			return Snapshot{V: 1, Station: "pr-1", Uplinks: []Uplink{{Name: "mqtt", Connected: true, Queue: Queue{Alarms: 2, Telemetry: 40}}},
+			return Snapshot{V: 1, Station: "pr-1", Uplinks: []Uplink{{Name: "mqtt", Connected: true, Queue: Queue{Alarms: 2, Telemetry: 40, OldestAgeS: 12.5}}},
 				Disk: Disk{FreeBytes: 1 << 30}, Devices: b.Devices()}
 		},
 		Ready: func() []string { return notReady },
@@ -95,6 +95,7 @@ func TestServerPaths(t *testing.T) {
 		`outpost_uplink_connected{uplink="mqtt"} 1`,
 		`outpost_queue_records{lane="alarm",uplink="mqtt"} 2`,
 		`outpost_queue_records{lane="telemetry",uplink="mqtt"} 40`,
+		`outpost_queue_oldest_age_seconds{uplink="mqtt"} 12.5`,
 		`outpost_state_disk_free_bytes 1.073741824e+09`,
 		`go_goroutines`,
 	} {

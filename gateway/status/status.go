@@ -62,6 +62,9 @@ type Queue struct {
 	DroppedReadings int64  `json:"dropped_readings"`
 	LostAlarms      int64  `json:"lost_alarms"`
 	DiskError       string `json:"disk_error,omitempty"`
+	// OldestAgeS is how long the oldest record has waited, in seconds;
+	// absent when nothing waits (or before the first is sent).
+	OldestAgeS float64 `json:"oldest_age_s,omitempty"`
 }
 
 // File is where a gateway with that state directory keeps its status.

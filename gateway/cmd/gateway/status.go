@@ -50,11 +50,17 @@ func (g *snapshots) snapshot() status.Snapshot {
 		qs := g.queues[name].Stats()
 		a, t := qs.Kept(), qs.Lanes[queue.LaneTelemetry]
 		connected, cause, since := g.states[name]()
+		var age float64
+		for _, o := range []time.Time{a.Oldest, t.Oldest} {
+			if !o.IsZero() {
+				age = max(age, time.Since(o).Seconds())
+			}
+		}
 		s.Uplinks = append(s.Uplinks, status.Uplink{
 			Name: name, Connected: connected, Cause: cause, Since: since.UTC(), DeadLetters: g.dead.Kept(name),
 			Queue: status.Queue{Alarms: a.Records, Telemetry: t.Records, Readings: a.Readings + t.Readings,
 				Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost,
-				DiskError: diskError(qs)},
+				DiskError: diskError(qs), OldestAgeS: age},
 		})
 	}
 	return s
