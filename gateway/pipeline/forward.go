@@ -45,6 +45,10 @@ type Forwarder struct {
 	// shallow queue, one send per Linger instead of one per message.
 	// For telemetry; alarms never wait.
 	Linger time.Duration
+	// Waited, when set, is told how long each message the hub took had
+	// been in the queue, from its append to the hub's acknowledgement
+	// (the delivery latency histogram).
+	Waited func(time.Duration)
 	// HistoricalAfter marks a message historical when it leaves more than
 	// this long after its timestamp: it waited out an outage, and reaches
 	// the hub with its original time.
@@ -153,6 +157,12 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		backoff = minBackoff
 		f.Outage.up(f.Queue) // the backlog still counts this batch
+		if f.Waited != nil {
+			took := time.Now()
+			for _, e := range b.Entries {
+				f.Waited(took.Sub(e.Enqueued))
+			}
+		}
 		if err := f.Queue.Ack(b); err != nil {
 			return fmt.Errorf("%s queue: %w", f.Name, err)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -335,7 +336,9 @@ func TestForwarderLingers(t *testing.T) {
 		}
 		up := &flaky{sent: make(chan struct{}, 100)}
 		ctx, cancel := context.WithCancel(context.Background())
-		f := &Forwarder{Name: "test", Queue: q, Uplink: up, Batch: 1000, Linger: c.linger, Log: slog.New(slog.DiscardHandler)}
+		var waited []time.Duration // Waited runs on the forwarder's goroutine, read after it ended
+		f := &Forwarder{Name: "test", Queue: q, Uplink: up, Batch: 1000, Linger: c.linger, Log: slog.New(slog.DiscardHandler),
+			Waited: func(d time.Duration) { waited = append(waited, d) }}
 		done := make(chan error)
 		go func() { done <- f.Run(ctx) }()
 		for i := 1; i <= 20; i++ {
@@ -365,6 +368,11 @@ func TestForwarderLingers(t *testing.T) {
 		q.Close()
 		if got := len(up.got); got < c.atLeast || got > c.atMost {
 			t.Errorf("linger %s: 20 messages 10 ms apart went in %d batches, want %d to %d", c.linger, got, c.atLeast, c.atMost)
+		}
+		// Each message's time in the queue: up to the linger, and more
+		// than none.
+		if len(waited) != 20 || slices.ContainsFunc(waited, func(d time.Duration) bool { return d <= 0 || d > c.linger+time.Second }) {
+			t.Errorf("linger %s: waited %v, want 20 times between 0 and %s", c.linger, waited, c.linger+time.Second)
 		}
 	}
 }

@@ -41,6 +41,17 @@ var (
 		"Space left on the file system of the state directory.", nil, nil)
 )
 
+// NewDeliveryHistogram is the histogram of how long messages took from
+// the queue to the hub's acknowledgement, by uplink and lane; the
+// forwarders observe it, the status server serves it.
+func NewDeliveryHistogram() *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "outpost_delivery_seconds",
+		Help:    "Time from a message's append to the queue to the hub's acknowledgement, by uplink and lane.",
+		Buckets: []float64{0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600},
+	}, []string{"uplink", "lane"})
+}
+
 var deviceStates = []model.HealthState{model.Online, model.Degraded, model.Offline, Unknown}
 
 type collector struct{ snap func() Snapshot }

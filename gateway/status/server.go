@@ -36,6 +36,8 @@ type Server struct {
 	Ready func() []string
 	Token string
 	Log   *slog.Logger
+	// Metrics are served beside the snapshot's (the delivery histogram).
+	Metrics []prometheus.Collector
 }
 
 //go:embed page.html
@@ -45,6 +47,7 @@ var page []byte
 func (s *Server) Handler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{snap: s.Snapshot}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(s.Metrics...)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.Handle("GET /readyz", s.auth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"outpost/gateway/model"
 )
 
@@ -17,6 +19,8 @@ func testServer(t *testing.T, token string, notReady ...string) *httptest.Server
 	t.Helper()
 	t0 := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
 	b := NewBoard(testStation(), t0)
+	delivery := NewDeliveryHistogram()
+	delivery.WithLabelValues("mqtt", "alarm").Observe(0.015)
 	b.Saw(model.Message{Device: "th-1", Kind: model.KindHealth, Time: t0, Health: &model.Health{State: model.Offline,
 		Reason: "no answer", Counters: map[string]uint64{"timeouts": 7}}})
 	s := &Server{
@@ -25,8 +29,9 @@ func testServer(t *testing.T, token string, notReady ...string) *httptest.Server
 				Disk: Disk{FreeBytes: 1 << 30}, Devices: b.Devices()}
 		},
 		Ready: func() []string { return notReady },
-		Token: token,
-		Log:   slog.New(slog.DiscardHandler),
+		Token:   token,
+		Log:     slog.New(slog.DiscardHandler),
+		Metrics: []prometheus.Collector{delivery},
 	}
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
@@ -97,6 +102,9 @@ func TestServerPaths(t *testing.T) {
 		`outpost_queue_records{lane="telemetry",uplink="mqtt"} 40`,
 		`outpost_queue_oldest_age_seconds{uplink="mqtt"} 12.5`,
 		`outpost_state_disk_free_bytes 1.073741824e+09`,
+		`outpost_delivery_seconds_bucket{lane="alarm",uplink="mqtt",le="0.01"} 0`,
+		`outpost_delivery_seconds_bucket{lane="alarm",uplink="mqtt",le="0.02"} 1`,
+		`outpost_delivery_seconds_count{lane="alarm",uplink="mqtt"} 1`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(body, want+"\n") && !strings.Contains(body, want+" ") {

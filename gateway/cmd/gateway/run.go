@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"outpost/configs"
 	"outpost/drivers"
 	desk "outpost/gateway/command"
@@ -166,6 +168,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		}
 		return true, "", c.Since
 	}}
+	delivery := status.NewDeliveryHistogram()
 	for name, q := range queues {
 		outage := &pipeline.Outage{Uplink: name, Log: log}
 		if name != "mqtt" {
@@ -186,8 +189,10 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			if name == "mqtt" && lane.l == queue.LaneAlarm {
 				up = ma
 			}
+			waited := delivery.WithLabelValues(name, lane.l.String())
 			f := &pipeline.Forwarder{Name: name + "/" + lane.l.String(), Queue: q, Lanes: []queue.Lane{lane.l},
 				Uplink: up, UplinkName: name, Batch: lane.batch, Linger: lane.linger, HistoricalAfter: 30 * time.Second,
+				Waited: func(d time.Duration) { waited.Observe(d.Seconds()) },
 				Outage: outage, DeadLetters: dead, Report: ingest.Emit, Log: log}
 			if name == "mqtt" {
 				f.Limit = packets
@@ -205,7 +210,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			log.Error("status server not started", "err", err)
 		} else {
 			g.listen = l.Addr().String()
-			srv := &status.Server{Snapshot: g.snapshot, Ready: g.notReady, Token: token, Log: log}
+			srv := &status.Server{Snapshot: g.snapshot, Ready: g.notReady, Token: token, Log: log, Metrics: []prometheus.Collector{delivery}}
 			fwd.Go(func() {
 				if err := srv.Serve(fctx, l); err != nil {
 					log.Error("status server stopped", "err", err)
