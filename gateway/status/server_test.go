@@ -28,7 +28,7 @@ func testServer(t *testing.T, token string, notReady ...string) *httptest.Server
 			return Snapshot{V: 1, Station: "pr-1", Uplinks: []Uplink{{Name: "mqtt", Connected: true, Queue: Queue{Alarms: 2, Telemetry: 40, OldestAgeS: 12.5}}},
 				Disk: Disk{FreeBytes: 1 << 30}, Devices: b.Devices()}
 		},
-		Ready: func() []string { return notReady },
+		Ready:   func() []string { return notReady },
 		Token:   token,
 		Log:     slog.New(slog.DiscardHandler),
 		Metrics: []prometheus.Collector{delivery},
