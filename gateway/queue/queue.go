@@ -1397,7 +1397,7 @@ func (q *Queue) retrySoon() {
 func (q *Queue) retryMemory() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.closed || !slices.ContainsFunc(q.lanes[:], func(ln *lane) bool { return len(ln.mem) > 0 || ln.ackFailed }) {
+	if q.closed || !q.holds() {
 		return false
 	}
 	flushed := true
@@ -1412,6 +1412,12 @@ func (q *Queue) retryMemory() bool {
 			}
 		}
 	}
+	return q.holds()
+}
+
+// holds says whether a lane holds records in memory or an ack position
+// the disk refused. Called with q.mu held.
+func (q *Queue) holds() bool {
 	return slices.ContainsFunc(q.lanes[:], func(ln *lane) bool { return len(ln.mem) > 0 || ln.ackFailed })
 }
 
