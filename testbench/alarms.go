@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"outpost/gateway/model"
@@ -28,9 +29,9 @@ type AlarmPlan struct {
 	To      time.Duration `yaml:"to"`
 	Sources []DeviceAct   `yaml:"sources"`
 	// Gap is the least time between two alarms of one source, counted
-	// from when the last was done: a button pressed again while it is
-	// still held, or released for less than its alarm poll, raises
-	// nothing.
+	// from when the last was done (a press with wait=true is done when
+	// the button is let go): a button pressed again while it is still
+	// held, or released for less than its alarm poll, raises nothing.
 	Gap time.Duration `yaml:"gap"`
 }
 
@@ -131,6 +132,7 @@ func (r *runner) act(ctx context.Context, a DeviceAct, n int) error {
 }
 
 // raiseAlarms runs the scenario's alarm plan, from the gateway's start.
+// The sources act side by side, each its alarms in turn.
 func (r *runner) raiseAlarms(ctx context.Context) error {
 	p := r.sc.Alarms
 	if p == nil {
@@ -139,10 +141,11 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 	// Each source's alarms fall one in each of its equal slots of the
 	// span, at a random moment of the slot that leaves Gap to the next.
 	type alarm struct {
-		at  time.Duration
-		src int
+		at time.Duration
+		n  int // its number in the plan's time order, for "{n}"
 	}
-	var plan []alarm
+	plan := make([][]alarm, len(p.Sources))
+	var all []*alarm
 	for src := range p.Sources {
 		n := p.Count / len(p.Sources)
 		if src < p.Count%len(p.Sources) {
@@ -155,28 +158,45 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 		if slot <= p.Gap {
 			return fmt.Errorf("alarms: %d alarms from %d sources, %s apart from one source, do not fit between %s and %s", p.Count, len(p.Sources), p.Gap, p.From, p.To)
 		}
-		for k := 0; k < n; k++ {
-			plan = append(plan, alarm{p.From + time.Duration(k)*slot + time.Duration(r.rng.Int64N(int64(slot-p.Gap))), src})
+		plan[src] = make([]alarm, n)
+		for k := range plan[src] {
+			plan[src][k].at = p.From + time.Duration(k)*slot + time.Duration(r.rng.Int64N(int64(slot-p.Gap)))
+			all = append(all, &plan[src][k])
 		}
 	}
-	slices.SortFunc(plan, func(a, b alarm) int { return cmp.Compare(a.at, b.at) })
-	// An act late behind a slow one must still leave Gap after its
-	// source's last: two presses 5 ms apart are one long press.
-	last := map[int]time.Time{}
-	for i, a := range plan {
-		at := r.gwStart.Add(a.at)
-		if l, ok := last[a.src]; ok && at.Before(l.Add(p.Gap)) {
-			at = l.Add(p.Gap)
-		}
-		if err := sleepCtx(ctx, time.Until(at)); err != nil {
-			return err
-		}
-		if err := r.act(ctx, p.Sources[a.src], i+1); err != nil {
-			return fmt.Errorf("alarm %d: %w", i+1, err)
-		}
-		last[a.src] = time.Now()
+	slices.SortStableFunc(all, func(a, b *alarm) int { return cmp.Compare(a.at, b.at) })
+	for i, a := range all {
+		a.n = i + 1
 	}
-	return nil
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	for src, alarms := range plan {
+		wg.Go(func() {
+			// An act late behind a slow one (a press that is done when
+			// the button is let go, a simulator starved of CPU) still
+			// leaves Gap after the last: two presses 5 ms apart are one
+			// long press.
+			var last time.Time
+			for _, a := range alarms {
+				at := r.gwStart.Add(a.at)
+				if !last.IsZero() && at.Before(last.Add(p.Gap)) {
+					at = last.Add(p.Gap)
+				}
+				if err := sleepCtx(ctx, time.Until(at)); err != nil {
+					cancel(err)
+					return
+				}
+				if err := r.act(ctx, p.Sources[src], a.n); err != nil {
+					cancel(fmt.Errorf("alarm %d: %w", a.n, err))
+					return
+				}
+				last = time.Now()
+			}
+		})
+	}
+	wg.Wait()
+	return context.Cause(ctx)
 }
 
 // raised is a line of the simulator's -raised log.

@@ -219,6 +219,13 @@ func TestActions(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// With wait, the press is done only once the button is let go.
+	if err := d.Act(ctx, "press", map[string]string{"hold": "20ms", "wait": "true"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); !bytes.Equal(got, pdu(2, 1, 0)) {
+		t.Errorf("after a press with wait: % x, want the button let go", got)
+	}
 	if err := d.Act(ctx, "tamper", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +238,7 @@ func TestActions(t *testing.T) {
 		got = append(got, r.Device+" "+r.Kind+" "+r.State+" "+r.Source)
 	}
 	sk.mu.Unlock()
-	want := []string{"pb-1 panic active modbus", "pb-1 panic cleared modbus", "pb-1 tamper active modbus"}
+	want := []string{"pb-1 panic active modbus", "pb-1 panic cleared modbus", "pb-1 panic active modbus", "pb-1 panic cleared modbus", "pb-1 tamper active modbus"}
 	if !slices.Equal(got, want) {
 		t.Errorf("raised %q, want %q", got, want)
 	}
@@ -242,8 +249,9 @@ func TestActions(t *testing.T) {
 	}{
 		{"press", map[string]string{"signal": "nope"}, `no input "nope" (have pressed, cover)`},
 		{"press", map[string]string{"hold": "soon"}, "hold=soon: want a duration such as 300ms"},
+		{"press", map[string]string{"wait": "maybe"}, "wait=maybe: want true or false"},
 		{"set", map[string]string{"value": "maybe"}, `value="maybe": want true or false`},
-		{"dance", nil, `unknown action "dance" (want one of: press [signal=pressed] [hold=300ms] (on, then off after hold); hold [signal=pressed] (on until release); release [signal=pressed]; tamper (cover on until release signal=cover); set signal=pressed|cover value=true|false)`},
+		{"dance", nil, `unknown action "dance" (want one of: press [signal=pressed] [hold=300ms] [wait=false] (on, then off after hold; with wait, done once off); hold [signal=pressed] (on until release); release [signal=pressed]; tamper (cover on until release signal=cover); set signal=pressed|cover value=true|false)`},
 	} {
 		if err := d.Act(ctx, c.action, c.args); err == nil || err.Error() != c.want {
 			t.Errorf("%s %v: %v, want %q", c.action, c.args, err, c.want)

@@ -88,7 +88,7 @@ func (in *Inputs) Actions() []string {
 	}
 	sigs := strings.Join(in.names, "|")
 	out := []string{
-		fmt.Sprintf("press [signal=%s] [hold=300ms] (on, then off after hold)", in.button),
+		fmt.Sprintf("press [signal=%s] [hold=300ms] [wait=false] (on, then off after hold; with wait, done once off)", in.button),
 		fmt.Sprintf("hold [signal=%s] (on until release)", in.button),
 		fmt.Sprintf("release [signal=%s]", in.button),
 	}
@@ -98,8 +98,8 @@ func (in *Inputs) Actions() []string {
 	return append(out, fmt.Sprintf("set signal=%s value=true|false", sigs))
 }
 
-// Act does one of the actions. A press returns once the input is on; it
-// goes off by itself after hold.
+// Act does one of the actions. A press returns once the input is on (with
+// wait, once it is off again); it goes off by itself after hold.
 func (in *Inputs) Act(ctx context.Context, action string, args map[string]string) error {
 	sig := args["signal"]
 	if sig == "" {
@@ -118,16 +118,34 @@ func (in *Inputs) Act(ctx context.Context, action string, args map[string]string
 			}
 			hold = d
 		}
+		wait := false
+		if w, ok := args["wait"]; ok {
+			b, err := strconv.ParseBool(w)
+			if err != nil {
+				return fmt.Errorf("wait=%s: want true or false", w)
+			}
+			wait = b
+		}
 		in.set(sig, true)
+		off := make(chan struct{})
 		in.mu.Lock()
-		defer in.mu.Unlock()
 		if t := in.release[sig]; t != nil {
 			t.Stop()
 		}
-		if !in.closed {
-			in.release[sig] = time.AfterFunc(hold, func() { in.set(sig, false) })
+		closed := in.closed
+		if !closed {
+			in.release[sig] = time.AfterFunc(hold, func() { in.set(sig, false); close(off) })
 		}
-		return nil
+		in.mu.Unlock()
+		if !wait || closed {
+			return nil
+		}
+		select {
+		case <-off:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	case "hold":
 		in.cancel(sig)
 		in.set(sig, true)
