@@ -93,7 +93,7 @@ func demo(ctx context.Context, log *slog.Logger) error {
 	gw.stop(5 * time.Second)
 	sim.stop(5 * time.Second)
 	c := col.counts()
-	fmt.Printf("\nat the hub: %d readings, %d events, %d health changes\n", c.Readings, sumEvents(c.Events), c.Health)
+	fmt.Printf("\nat the hub: %d readings, %d events, %d health messages\n", c.Readings, sumEvents(c.Events), c.Health)
 	return nil
 }
 
@@ -125,9 +125,6 @@ func (v *liveView) print(m *model.Message, _ []byte, dup bool) {
 		parts := make([]string, 0, len(m.Readings))
 		for _, r := range m.Readings {
 			val := r.Value.String()
-			if f, ok := r.Value.Float(); ok {
-				val = fmt.Sprintf("%.6g", f)
-			}
 			if r.Quality != model.Good {
 				val += "(" + string(r.Quality) + ")"
 			}

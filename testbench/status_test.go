@@ -108,7 +108,7 @@ func TestStatusPageAndSnapshot(t *testing.T) {
 	const timeout = 3*time.Second + 2*time.Second
 	waitPage(t, bctx, offline, timeout)
 	onPage := time.Since(off)
-	waitSnapshot(t, snaps, offline, timeout-onPage)
+	checkSelfReport(t, waitSnapshot(t, snaps, offline, timeout-onPage))
 	t.Logf("th-hall offline on the page %.1f s and at the hub %.1f s after it was switched off (bound %s)", onPage.Seconds(), time.Since(off).Seconds(), timeout)
 }
 
@@ -140,7 +140,7 @@ func waitPage(t *testing.T, bctx context.Context, want map[string]model.HealthSt
 
 // waitSnapshot waits for a snapshot at the hub with every device in the
 // state wanted.
-func waitSnapshot(t *testing.T, snaps <-chan status.Snapshot, want map[string]model.HealthState, within time.Duration) {
+func waitSnapshot(t *testing.T, snaps <-chan status.Snapshot, want map[string]model.HealthState, within time.Duration) status.Snapshot {
 	t.Helper()
 	timer := time.NewTimer(within)
 	defer timer.Stop()
@@ -153,10 +153,31 @@ func waitSnapshot(t *testing.T, snaps <-chan status.Snapshot, want map[string]mo
 				got[d.ID] = d.State
 			}
 			if maps.Equal(got, want) {
-				return
+				return s
 			}
 		case <-timer.C:
 			t.Fatalf("the hub's snapshot says %v, want %v", got, want)
+		}
+	}
+}
+
+// checkSelfReport checks what a snapshot of a gateway that has run a
+// while says of itself: each uplink's forwarders, one per lane, have
+// delivered; and of its devices: each has had its round trip measured.
+func checkSelfReport(t *testing.T, s status.Snapshot) {
+	t.Helper()
+	for _, u := range s.Uplinks {
+		lanes := map[string]status.Forwarder{}
+		for _, f := range u.Forwarders {
+			lanes[f.Lane] = f
+		}
+		if len(lanes) != 3 || lanes["health"].Delivered == 0 || lanes["telemetry"].Delivered == 0 || lanes["telemetry"].LastDelivery.IsZero() {
+			t.Errorf("the %s uplink's forwarders: %+v, want alarm, health and telemetry, the last two having delivered", u.Name, u.Forwarders)
+		}
+	}
+	for _, d := range s.Devices {
+		if rtt := d.Counters[model.RTTCounter]; rtt == 0 || rtt > 1e6 {
+			t.Errorf("%s: %s %d µs, want its last round trip (under a second)", d.ID, model.RTTCounter, rtt)
 		}
 	}
 }

@@ -70,7 +70,15 @@ type Result struct {
 	// Retried are failures that a retry rode over: counted, but the poll
 	// succeeded.
 	Retried []string
+	// RTT is the round trip of the poll's last answered request, from
+	// the request sent to its answer (0 when none was answered).
+	RTT time.Duration
 }
+
+// ReportEvery is how often a device's health goes to the hub while its
+// state stays the same, so that the hub (and the station's snapshot) sees
+// its counters move.
+const ReportEvery = time.Minute
 
 // Tracker follows one device's health. It is pure: Observe gets the result
 // of each poll and says when the state changed. It is not safe for
@@ -80,6 +88,7 @@ type Tracker struct {
 	silent   int // polls in a row that got no answer at all
 	failing  int // polls in a row that were not clean
 	counters map[string]uint64
+	reported time.Time // when the health was last sent
 	// the station file's health thresholds; 0 for the defaults
 	offlineAfter, degradedAfter int
 }
@@ -137,6 +146,9 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	if r.Failed > 0 {
 		t.Count("failures")
 	}
+	if r.RTT > 0 {
+		t.counters[model.RTTCounter] = uint64(r.RTT.Microseconds())
+	}
 	offlineAfter, degradedAfter := t.thresholds()
 	state := model.Degraded
 	switch {
@@ -168,6 +180,16 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	changed := state != t.state
 	t.state = state
 	return model.Health{State: state, Reason: r.Reason, Counters: maps.Clone(t.counters)}, changed
+}
+
+// Report says whether to send the health Observe returned, at now: when
+// its state changed, and ReportEvery after the last one sent.
+func (t *Tracker) Report(now time.Time, changed bool) bool {
+	if !changed && now.Sub(t.reported) < ReportEvery {
+		return false
+	}
+	t.reported = now
+	return true
 }
 
 // Next says when the next poll is due, as an interval from the last one's

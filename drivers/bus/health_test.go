@@ -58,6 +58,34 @@ func TestTracker(t *testing.T) {
 	}
 }
 
+// TestTrackerReports: the health goes to the hub when its state changes,
+// and otherwise once a ReportEvery, with the counters and the last round
+// trip as they are then.
+func TestTrackerReports(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+	steps := []struct {
+		name   string
+		after  time.Duration // since t0
+		res    Result
+		report bool
+		rtt    uint64 // the last_rtt_us counter then
+	}{
+		{"first poll", 0, Result{Requests: 1, RTT: 12 * time.Millisecond}, true, 12000},
+		{"a second later", time.Second, Result{Requests: 1, RTT: 9500 * time.Microsecond}, false, 9500},
+		{"silent: no round trip, the last one stays", 2 * time.Second, Result{Requests: 1, Failed: 1, Silent: true}, true, 9500},
+		{"answers again", 3 * time.Second, Result{Requests: 1, RTT: 11 * time.Millisecond}, true, 11000},
+		{"just under a minute later", 3*time.Second + ReportEvery - time.Millisecond, Result{Requests: 1, RTT: time.Millisecond}, false, 1000},
+		{"a minute after the last report", 3*time.Second + ReportEvery, Result{Requests: 1, RTT: 2 * time.Millisecond}, true, 2000},
+	}
+	var tr Tracker
+	for _, s := range steps {
+		h, changed := tr.Observe(s.res)
+		if got := tr.Report(t0.Add(s.after), changed); got != s.report || h.Counters[model.RTTCounter] != s.rtt {
+			t.Errorf("%s: report=%v %s=%d, want report=%v %d", s.name, got, model.RTTCounter, h.Counters[model.RTTCounter], s.report, s.rtt)
+		}
+	}
+}
+
 // TestTrackerThresholds: with degraded_after 3 and offline_after 5, a
 // device stays online through two unclean polls, is degraded at the third,
 // and offline at the fifth silent one; the failures are counted meanwhile.

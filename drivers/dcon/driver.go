@@ -248,14 +248,16 @@ func (b *Bus) request(ctx context.Context, prio bus.Priority, m *module, text st
 			return Answer{}, err
 		}
 		var ans Answer
+		sent := time.Now()
 		ans, err = b.ask(m, text, k, timeout)
+		took := time.Since(sent)
 		b.line.Lock.Unlock()
 		if ctx.Err() != nil {
 			return Answer{}, ctx.Err()
 		}
 		r.requests++
 		if err == nil {
-			r.answered = true
+			r.answered, r.rtt = true, took
 			return ans, nil
 		}
 		r.fail(err)
@@ -273,6 +275,7 @@ func (b *Bus) request(ctx context.Context, prio bus.Priority, m *module, text st
 // result gathers what a poll's commands met.
 type result struct {
 	requests int
+	rtt      time.Duration // of the last command answered
 	answered bool // some answer came, valid or not
 	silent   int  // commands that got nothing
 	linkDown bool
@@ -522,7 +525,7 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 	}
 	p.b.line.Held(m.cfg.ID, time.Since(start), interval)
 	p.b.line.Heard(m.set.Address, r.answered)
-	res := bus.Result{Requests: r.requests, Late: late, Counters: r.counters, LinkDown: r.linkDown}
+	res := bus.Result{Requests: r.requests, Late: late, Counters: r.counters, LinkDown: r.linkDown, RTT: r.rtt}
 	res.Silent = r.requests > 0 && !r.answered
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -572,7 +575,9 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 			level = slog.LevelWarn
 		}
 		p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
-		p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindHealth, Time: time.Now().UTC(), Health: &h})
+	}
+	if now := time.Now(); m.health.Report(now, changed) {
+		p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindHealth, Time: now.UTC(), Health: &h})
 	}
 	interval, _ = m.health.Next(m.every())
 	return interval

@@ -237,13 +237,16 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 		msg.Time = p.now().UTC()
 	}
 	p.emit(msg)
-	if h, changed := d.health.Observe(res); changed {
+	h, changed := d.health.Observe(res)
+	if changed {
 		level := slog.LevelInfo
 		if h.State == model.Offline {
 			level = slog.LevelWarn
 		}
 		p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
-		p.emit(model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindHealth, Time: p.now().UTC(), Health: &h})
+	}
+	if now := p.now(); d.health.Report(now, changed) {
+		p.emit(model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindHealth, Time: now.UTC(), Health: &h})
 	}
 	interval, _ = d.health.Next(d.every())
 	return interval
@@ -288,6 +291,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		}
 		res.Requests++
 		if err == nil {
+			res.RTT = at.Sub(got)
 			answered, silent = true, false
 			for _, s := range r.Signals {
 				v, derr := DecodeSignal(&regs[s], data, r.Start)

@@ -332,3 +332,27 @@ func TestContractDocExamples(t *testing.T) {
 		t.Errorf("found %d payload examples in the doc, want 4", n)
 	}
 }
+
+// TestValueString: values as a person reads them, numbers in plain
+// decimals unless very large or small.
+func TestValueString(t *testing.T) {
+	for _, c := range []struct {
+		v    Value
+		want string
+	}{
+		{Number(21.5), "21.5"},
+		{Number(0), "0"},
+		{Number(-40), "-40"},
+		{Number(12345678.5), "12345678.5"},
+		{Number(0.0000069806833), "0.0000069806833"},
+		{Number(1e-7), "1e-07"},
+		{Number(2.5e15), "2.5e+15"},
+		{Bool(true), "true"},
+		{String("ok"), "ok"},
+		{Value{}, "<none>"},
+	} {
+		if got := c.v.String(); got != c.want {
+			t.Errorf("%#v: %q, want %q", c.v, got, c.want)
+		}
+	}
+}

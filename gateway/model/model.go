@@ -9,6 +9,8 @@ package model
 
 import (
 	"fmt"
+	"math"
+	"strconv"
 	"time"
 )
 
@@ -117,9 +119,14 @@ func (v Value) Interface() any {
 // Equal reports whether two values are the same.
 func (v Value) Equal(w Value) bool { return v == w }
 
+// String is the value as a person reads it: a number in plain decimals
+// (12345678.5, not 1.23456785e+07) unless it is very large or small.
 func (v Value) String() string {
-	if v.kind == noValue {
+	switch {
+	case v.kind == noValue:
 		return "<none>"
+	case v.kind == numValue && (v.num == 0 || math.Abs(v.num) >= 1e-6 && math.Abs(v.num) < 1e15):
+		return strconv.FormatFloat(v.num, 'f', -1, 64)
 	}
 	return fmt.Sprint(v.Interface())
 }
@@ -192,6 +199,11 @@ type Health struct {
 	Reason   string
 	Counters map[string]uint64
 }
+
+// RTTCounter is the health counter that holds a device's last round trip
+// (from a request sent to its answer), in microseconds: the one counter
+// that is not a running total.
+const RTTCounter = "last_rtt_us"
 
 // ResultStatus is how a command from the hub ended.
 type ResultStatus string

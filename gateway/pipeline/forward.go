@@ -68,7 +68,10 @@ type Forwarder struct {
 	Limit *SizeLimit
 	Log   *slog.Logger
 
-	failures atomic.Uint64 // sends the hub did not accept
+	failures  atomic.Uint64 // sends the hub did not accept
+	delivered atomic.Uint64 // messages the hub took
+	restarts  atomic.Uint64
+	lastSent  atomic.Int64 // when the hub last took a batch, Unix ns
 	// limit is the batch size now: 1 when the hub keeps dropping the
 	// connection during a batch, to find a message it will not take.
 	limit int
@@ -132,11 +135,14 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			msgs = without(msgs, over)
 		}
 		err = f.Uplink.Send(ctx, msgs)
+		took := len(msgs)
 		var rej *uplink.Rejected
 		switch {
 		case errors.As(err, &rej):
 			f.setAside(msgs, rej.Items)
+			took -= len(rej.Items)
 		case err != nil && f.poisoned(err, msgs):
+			took = 0
 		case err != nil:
 			f.failures.Add(1)
 			f.Queue.Rewind(f.Lanes...)
@@ -156,6 +162,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			f.drops, f.limit = 0, min(2*f.limit, f.Batch)
 		}
 		backoff = minBackoff
+		f.delivered.Add(uint64(took))
+		f.lastSent.Store(time.Now().UnixNano())
 		f.Outage.up(f.Queue) // the backlog still counts this batch
 		if f.Waited != nil {
 			took := time.Now()
@@ -174,6 +182,26 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// ForwarderState is what a forwarder has done since the gateway started.
+type ForwarderState struct {
+	Name string
+	// Delivered messages the hub took; Failures, sends it did not
+	// accept (retried); Restarts, times the forwarder failed and was
+	// started again.
+	Delivered, Failures, Restarts uint64
+	// LastDelivery is when the hub last took a batch (zero before).
+	LastDelivery time.Time
+}
+
+// State says what the forwarder has done; safe while it runs.
+func (f *Forwarder) State() ForwarderState {
+	s := ForwarderState{Name: f.Name, Delivered: f.delivered.Load(), Failures: f.failures.Load(), Restarts: f.restarts.Load()}
+	if ns := f.lastSent.Load(); ns != 0 {
+		s.LastDelivery = time.Unix(0, ns)
+	}
+	return s
 }
 
 // poisoned says whether a failed batch is one message the hub will not
@@ -272,6 +300,7 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 // of the gateway, so that no queue is left undrained without a word.
 func (f *Forwarder) Supervise(ctx context.Context, s Supervisor) {
 	s.Failed = func(err error, restarts int, pause time.Duration) {
+		f.restarts.Add(1)
 		f.Log.Error("forwarder failed; restarting it", "forwarder", f.Name, "err", err, "restarts", restarts, "in", pause)
 		f.Report(GatewayEvent(model.EventForwarderFailed, model.Warning, map[string]string{
 			"forwarder": f.Name,

@@ -225,8 +225,8 @@ func TestForwarderAcksOnlyAccepted(t *testing.T) {
 	if s := q.Stats().Lanes[queue.LaneTelemetry]; s.Records != 0 || s.Acked != 3 {
 		t.Errorf("queue after the accepted send: %d queued, %d acked; want 0 and 3", s.Records, s.Acked)
 	}
-	if f.failures.Load() != 2 {
-		t.Errorf("failures = %d, want 2", f.failures.Load())
+	if st := f.State(); st.Failures != 2 || st.Delivered != 3 || st.Restarts != 0 || st.LastDelivery.IsZero() {
+		t.Errorf("state %+v, want 2 failures, 3 delivered, no restart and the time of the delivery", st)
 	}
 }
 

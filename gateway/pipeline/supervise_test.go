@@ -116,6 +116,9 @@ func TestForwarderRestarted(t *testing.T) {
 	if got.Device != model.GatewayDevice || got.Event.Severity != model.Warning || !equalMaps(got.Event.Details, want) {
 		t.Errorf("event %s %s %v, want gateway warning %v", got.Device, got.Event.Severity, got.Event.Details, want)
 	}
+	if st := f.State(); st.Restarts != 1 {
+		t.Errorf("the forwarder's state says %d restarts, want 1", st.Restarts)
+	}
 }
 
 func equalMaps(a, b map[string]string) bool {

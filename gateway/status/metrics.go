@@ -19,6 +19,8 @@ var (
 	descDeviceCounter = prometheus.NewDesc("outpost_device_errors_total",
 		"The device's health counters since the gateway started: timeouts, crc_errors, exceptions, bad_frames, ...",
 		[]string{"device", "counter"}, nil)
+	descDeviceRTT = prometheus.NewDesc("outpost_device_rtt_seconds",
+		"The round trip of the device's last answered request.", []string{"device"}, nil)
 	descUplinkUp = prometheus.NewDesc("outpost_uplink_connected",
 		"1 while the uplink reaches its hub store.", []string{"uplink"}, nil)
 	descQueueRecords = prometheus.NewDesc("outpost_queue_records",
@@ -37,6 +39,14 @@ var (
 		"Messages the hub refused for good since start, kept in the dead-letter directory.", []string{"uplink"}, nil)
 	descQueueAge = prometheus.NewDesc("outpost_queue_oldest_age_seconds",
 		"How long the oldest record in the uplink's queue has waited (0 when none waits).", []string{"uplink"}, nil)
+	descDelivered = prometheus.NewDesc("outpost_forwarder_delivered_total",
+		"Messages the hub took from the uplink's lane since start.", []string{"uplink", "lane"}, nil)
+	descSendFailures = prometheus.NewDesc("outpost_forwarder_send_failures_total",
+		"Sends of the lane the hub did not accept since start (each retried).", []string{"uplink", "lane"}, nil)
+	descRestarts = prometheus.NewDesc("outpost_forwarder_restarts_total",
+		"Times the lane's forwarder failed and was restarted since start.", []string{"uplink", "lane"}, nil)
+	descLastDelivery = prometheus.NewDesc("outpost_forwarder_last_delivery_seconds",
+		"When the hub last took a batch of the lane, Unix time (absent before the first).", []string{"uplink", "lane"}, nil)
 	descDiskFree = prometheus.NewDesc("outpost_state_disk_free_bytes",
 		"Space left on the file system of the state directory.", nil, nil)
 )
@@ -57,8 +67,9 @@ var deviceStates = []model.HealthState{model.Online, model.Degraded, model.Offli
 type collector struct{ snap func() Snapshot }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDeviceState, descDeviceSince, descDeviceLastSeen, descDeviceCounter, descUplinkUp,
-		descQueueRecords, descQueueReadings, descQueueBytes, descQueueAge, descQueueMemory, descDropped, descLostAlarms, descDeadLetters, descDiskFree} {
+	for _, d := range []*prometheus.Desc{descDeviceState, descDeviceSince, descDeviceLastSeen, descDeviceCounter, descDeviceRTT, descUplinkUp,
+		descQueueRecords, descQueueReadings, descQueueBytes, descQueueAge, descQueueMemory, descDropped, descLostAlarms, descDeadLetters,
+		descDelivered, descSendFailures, descRestarts, descLastDelivery, descDiskFree} {
 		ch <- d
 	}
 }
@@ -80,6 +91,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(descDeviceLastSeen, float64(d.LastSeen.UnixMilli())/1000, d.ID)
 		}
 		for name, n := range d.Counters {
+			if name == model.RTTCounter {
+				gauge(descDeviceRTT, float64(n)/1e6, d.ID)
+				continue
+			}
 			counter(descDeviceCounter, float64(n), d.ID, name)
 		}
 	}
@@ -95,6 +110,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descDropped, float64(q.DroppedReadings), u.Name)
 		counter(descLostAlarms, float64(q.LostAlarms), u.Name)
 		counter(descDeadLetters, float64(u.DeadLetters), u.Name)
+		for _, f := range u.Forwarders {
+			counter(descDelivered, float64(f.Delivered), u.Name, f.Lane)
+			counter(descSendFailures, float64(f.Failures), u.Name, f.Lane)
+			counter(descRestarts, float64(f.Restarts), u.Name, f.Lane)
+			if !f.LastDelivery.IsZero() {
+				gauge(descLastDelivery, float64(f.LastDelivery.UnixMilli())/1000, u.Name, f.Lane)
+			}
+		}
 	}
 	if s.Disk.Error == "" {
 		gauge(descDiskFree, float64(s.Disk.FreeBytes))

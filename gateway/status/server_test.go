@@ -22,10 +22,11 @@ func testServer(t *testing.T, token string, notReady ...string) *httptest.Server
 	delivery := NewDeliveryHistogram()
 	delivery.WithLabelValues("mqtt", "alarm").Observe(0.015)
 	b.Saw(model.Message{Device: "th-1", Kind: model.KindHealth, Time: t0, Health: &model.Health{State: model.Offline,
-		Reason: "no answer", Counters: map[string]uint64{"timeouts": 7}}})
+		Reason: "no answer", Counters: map[string]uint64{"timeouts": 7, model.RTTCounter: 12500}}})
 	s := &Server{
 		Snapshot: func() Snapshot {
-			return Snapshot{V: 1, Station: "pr-1", Uplinks: []Uplink{{Name: "mqtt", Connected: true, Queue: Queue{Alarms: 2, Telemetry: 40, OldestAgeS: 12.5}}},
+			return Snapshot{V: 1, Station: "pr-1", Uplinks: []Uplink{{Name: "mqtt", Connected: true, Queue: Queue{Alarms: 2, Telemetry: 40, OldestAgeS: 12.5},
+				Forwarders: []Forwarder{{Lane: "alarm", Delivered: 31, Failures: 2, Restarts: 1, LastDelivery: t0.Add(90 * time.Second)}}}},
 				Disk: Disk{FreeBytes: 1 << 30}, Devices: b.Devices()}
 		},
 		Ready:   func() []string { return notReady },
@@ -97,11 +98,16 @@ func TestServerPaths(t *testing.T) {
 		`outpost_device_state{device="th-1",kind="temperature_humidity",link="rs485-1",state="online"} 0`,
 		`outpost_device_state{device="door-1",kind="door_contact",link="rs485-1",state="unknown"} 1`,
 		`outpost_device_errors_total{counter="timeouts",device="th-1"} 7`,
+		`outpost_device_rtt_seconds{device="th-1"} 0.0125`,
 		`outpost_uplink_connected{uplink="mqtt"} 1`,
 		`outpost_queue_records{lane="alarm",uplink="mqtt"} 2`,
 		`outpost_queue_records{lane="telemetry",uplink="mqtt"} 40`,
 		`outpost_queue_oldest_age_seconds{uplink="mqtt"} 12.5`,
 		`outpost_state_disk_free_bytes 1.073741824e+09`,
+		`outpost_forwarder_delivered_total{lane="alarm",uplink="mqtt"} 31`,
+		`outpost_forwarder_send_failures_total{lane="alarm",uplink="mqtt"} 2`,
+		`outpost_forwarder_restarts_total{lane="alarm",uplink="mqtt"} 1`,
+		`outpost_forwarder_last_delivery_seconds{lane="alarm",uplink="mqtt"} 1.79602569e+09`,
 		`outpost_delivery_seconds_bucket{lane="alarm",uplink="mqtt",le="0.01"} 0`,
 		`outpost_delivery_seconds_bucket{lane="alarm",uplink="mqtt",le="0.02"} 1`,
 		`outpost_delivery_seconds_count{lane="alarm",uplink="mqtt"} 1`,

@@ -47,6 +47,20 @@ type Uplink struct {
 	// DeadLetters is how many messages the hub refused for good since the
 	// gateway started (kept in STATE_DIR/deadletter).
 	DeadLetters int64 `json:"dead_letters"`
+	// Forwarders drain the queue to the hub, one per lane.
+	Forwarders []Forwarder `json:"forwarders"`
+}
+
+// Forwarder is what the forwarder of one queue lane has done since the
+// gateway started.
+type Forwarder struct {
+	Lane string `json:"lane"`
+	// Delivered messages the hub took; Failures, sends it did not accept
+	// (retried); Restarts, times the forwarder failed and was restarted.
+	Delivered    uint64    `json:"delivered"`
+	Failures     uint64    `json:"failures"`
+	Restarts     uint64    `json:"restarts"`
+	LastDelivery time.Time `json:"last_delivery,omitzero"`
 }
 
 // Queue is what waits for an uplink.

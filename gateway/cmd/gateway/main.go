@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -22,7 +23,14 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// prog is the command's name in usage lines and examples: the name it
+// was run by (the Debian package installs it as outpost-gateway).
+var prog = "gateway"
+
 func main() {
+	if len(os.Args) > 0 {
+		prog = filepath.Base(os.Args[0])
+	}
 	os.Exit(cli(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -31,7 +39,7 @@ type command struct {
 	name    string
 	args    string // after the name, in the usage line
 	summary string
-	example string
+	example string // after the program's name
 	run     func(c *command, args []string, stdout, stderr io.Writer) int
 }
 
@@ -40,23 +48,23 @@ var commands []*command
 func init() {
 	commands = []*command{
 		{name: "run", args: "-config STATION.yaml [flags]", summary: "run the station: read its devices and forward everything to the hub",
-			example: "gateway run -config /etc/outpost/station.yaml", run: cmdRun},
+			example: "run -config /etc/outpost/station.yaml", run: cmdRun},
 		{name: "validate", args: "STATION.yaml", summary: "check a station file and its templates; print every problem as FILE:LINE:COL: message and exit 1 if there is any",
-			example: "gateway validate /etc/outpost/station.yaml", run: cmdValidate},
+			example: "validate /etc/outpost/station.yaml", run: cmdValidate},
 		{name: "reload", args: "-config STATION.yaml", summary: "check the station file and have the running gateway apply it: changed links restart, the others keep polling; a file with errors is refused and the gateway runs on as it was",
-			example: "gateway reload -config /etc/outpost/station.yaml", run: cmdReload},
+			example: "reload -config /etc/outpost/station.yaml", run: cmdReload},
 		{name: "status", args: "-config STATION.yaml", summary: "show whether the running gateway reaches the hub, why not, and what waits in its queues; exit 1 if something needs attention",
-			example: "gateway status -config /etc/outpost/station.yaml", run: cmdStatus},
+			example: "status -config /etc/outpost/station.yaml", run: cmdStatus},
 		{name: "ports", args: "[-json]", summary: "list the serial ports present, with USB ids and serial numbers, and the stable path to put in the station file",
-			example: "gateway ports", run: cmdPorts},
+			example: "ports", run: cmdPorts},
 		{name: "probe", args: "-port PORT [-baud 9600] [-parity none] [-units 1-32] [-scan] | -tcp HOST:PORT [-units 1-32]", summary: "scan a Modbus RTU bus or TCP endpoint for the units that answer, and name the built-in templates each reads as",
-			example: "gateway probe -port /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0 -units 1-10 -scan", run: cmdProbe},
+			example: "probe -port /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0 -units 1-10 -scan", run: cmdProbe},
 		{name: "read", args: "-config STATION.yaml DEVICE", summary: "read one device once, as the gateway would, and print its decoded signals with units and quality; exit 1 unless all are good",
-			example: "gateway read -config /etc/outpost/station.yaml th-hall", run: cmdRead},
+			example: "read -config /etc/outpost/station.yaml th-hall", run: cmdRead},
 		{name: "commission", args: "-config STATION.yaml [-json]", summary: "try every device of the station once, and the hub, and print what is wrong in words to act on; exit 0 only when all pass",
-			example: "gateway commission -config /etc/outpost/station.yaml", run: cmdCommission},
+			example: "commission -config /etc/outpost/station.yaml", run: cmdCommission},
 		{name: "version", summary: "print the gateway's version and hub contract version",
-			example: "gateway version", run: cmdVersion},
+			example: "version", run: cmdVersion},
 	}
 }
 
@@ -86,7 +94,7 @@ func cli(args []string, stdout, stderr io.Writer) int {
 
 // flags is the command's flag set; errors go to stderr.
 func (c *command) flags(stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("gateway "+c.name, flag.ContinueOnError)
+	fs := flag.NewFlagSet(prog+" "+c.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { c.usage(fs) }
 	return fs
@@ -111,18 +119,18 @@ func (c *command) parse(fs *flag.FlagSet, args []string, stdout io.Writer) (ok b
 // usage prints the command's usage, flags and example to fs's output.
 func (c *command) usage(fs *flag.FlagSet) {
 	w := fs.Output()
-	fmt.Fprintf(w, "usage: gateway %s %s\n\n%s\n", c.name, c.args, c.summary)
+	fmt.Fprintf(w, "usage: %s %s %s\n\n%s\n", prog, c.name, c.args, c.summary)
 	n := 0
 	fs.VisitAll(func(*flag.Flag) { n++ })
 	if n > 0 {
 		fmt.Fprintln(w, "\nflags:")
 		fs.PrintDefaults()
 	}
-	fmt.Fprintf(w, "\nexample:\n  %s\n", c.example)
+	fmt.Fprintf(w, "\nexample:\n  %s %s\n", prog, c.example)
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: gateway COMMAND [arguments]   (gateway COMMAND --help tells more)\n\ncommands:")
+	fmt.Fprintf(w, "usage: %s COMMAND [arguments]   (%[1]s COMMAND --help tells more)\n\ncommands:\n", prog)
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}

@@ -14,7 +14,9 @@ import (
 
 	"outpost/configs"
 	_ "outpost/firmware-sim/modbus" // the simulated devices, on a real TCP port
+	"outpost/firmware-sim/signal"
 	"outpost/firmware-sim/sim"
+	"outpost/gateway/model"
 )
 
 // served keeps what the simulated devices served, by device.
@@ -81,7 +83,11 @@ devices:
 			units[s.Name] = orDash(s.Unit)
 		}
 		for _, r := range rs {
-			row := fmt.Sprintf("%s  %s  %s  good", r.Signal, r.Value, units[r.Signal])
+			val := r.Value.String()
+			if r.Value.Kind == signal.Number {
+				val = model.Number(r.Value.Num).String() // in plain decimals
+			}
+			row := fmt.Sprintf("%s  %s  %s  good", r.Signal, val, units[r.Signal])
 			if !containsFields(got, row) {
 				t.Errorf("read %s: no row %q in:\n%s", dev, row, got)
 			}

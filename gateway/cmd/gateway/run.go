@@ -169,6 +169,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		return true, "", c.Since
 	}}
 	delivery := status.NewDeliveryHistogram()
+	fwds := map[string][]*pipeline.Forwarder{}
 	for name, q := range queues {
 		outage := &pipeline.Outage{Uplink: name, Log: log}
 		if name != "mqtt" {
@@ -197,12 +198,13 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			if name == "mqtt" {
 				f.Limit = packets
 			}
+			fwds[name] = append(fwds[name], f)
 			fwd.Go(func() { f.Supervise(fctx, pipeline.DefaultSupervisor) })
 		}
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
 	fwd.Go(func() { spareProcs(fctx, queues, log) })
-	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, board: board}
+	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, fwds: fwds, board: board}
 	if st.Status.Listen != "off" {
 		// The station works without its status server: a port taken is
 		// logged, not fatal.

@@ -38,6 +38,7 @@ type snapshots struct {
 	queues  map[string]*queue.Queue
 	states  map[string]uplinkState
 	dead    *pipeline.DeadLetters
+	fwds    map[string][]*pipeline.Forwarder // by uplink
 	board   *status.Board
 	listen  string // the status server's address, when it runs
 }
@@ -56,12 +57,19 @@ func (g *snapshots) snapshot() status.Snapshot {
 				age = max(age, time.Since(o).Seconds())
 			}
 		}
-		s.Uplinks = append(s.Uplinks, status.Uplink{
+		u := status.Uplink{
 			Name: name, Connected: connected, Cause: cause, Since: since.UTC(), DeadLetters: g.dead.Kept(name),
 			Queue: status.Queue{Alarms: a.Records, Telemetry: t.Records, Readings: a.Readings + t.Readings,
 				Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost,
 				DiskError: diskError(qs), OldestAgeS: age},
-		})
+			Forwarders: []status.Forwarder{},
+		}
+		for _, f := range g.fwds[name] {
+			fs := f.State()
+			u.Forwarders = append(u.Forwarders, status.Forwarder{Lane: f.Lanes[0].String(), Delivered: fs.Delivered,
+				Failures: fs.Failures, Restarts: fs.Restarts, LastDelivery: fs.LastDelivery.UTC()})
+		}
+		s.Uplinks = append(s.Uplinks, u)
 	}
 	return s
 }
@@ -204,6 +212,11 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time) int {
 			q.Alarms, q.Telemetry, q.Readings, q.DroppedReadings, u.DeadLetters)
 		if u.Cause != "" && !u.Connected {
 			notes = append(notes, fmt.Sprintf("%s: %s", u.Name, u.Cause))
+		}
+		for _, f := range u.Forwarders {
+			if f.Restarts > 0 {
+				notes = append(notes, fmt.Sprintf("%s: the %s lane's forwarder failed and was restarted %d times (the log says why)", u.Name, f.Lane, f.Restarts))
+			}
 		}
 		if q.DiskError != "" {
 			code = 1

@@ -71,3 +71,17 @@ func TestStatusStale(t *testing.T) {
 		t.Errorf("exit %d:\n%s", code, out.String())
 	}
 }
+
+// TestStatusForwarderRestarted: a forwarder that failed and was restarted
+// is named, with how often, though the gateway runs and reaches the hub.
+func TestStatusForwarderRestarted(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-time.Hour),
+		Uplinks: []status.Uplink{{Name: "influx", Connected: true, Since: now.Add(-time.Hour),
+			Forwarders: []status.Forwarder{{Lane: "alarm", Delivered: 3}, {Lane: "telemetry", Delivered: 900, Restarts: 2}}}}}
+	var out bytes.Buffer
+	want := "influx: the telemetry lane's forwarder failed and was restarted 2 times (the log says why)"
+	if code := printStatus(&out, s, now); code != 0 || !strings.Contains(out.String(), want) || strings.Contains(out.String(), "alarm lane") {
+		t.Errorf("exit %d:\n%s\nwant exit 0 and only %q", code, out.String(), want)
+	}
+}
