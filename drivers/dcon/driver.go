@@ -276,8 +276,8 @@ func (b *Bus) request(ctx context.Context, prio bus.Priority, m *module, text st
 type result struct {
 	requests int
 	rtt      time.Duration // of the last command answered
-	answered bool // some answer came, valid or not
-	silent   int  // commands that got nothing
+	answered bool          // some answer came, valid or not
+	silent   int           // commands that got nothing
 	linkDown bool
 	counters []string
 	first    error
