@@ -397,7 +397,7 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string, also ...st
 			rest.Content = append(rest.Content, k, val)
 			continue
 		case !ok:
-			d.errorf(kp, "%s: unknown key %q (expected one of: %s)", what, k.Value, strings.Join(names, ", "))
+			d.errorf(kp, "%s: unknown key %q%s", what, k.Value, suggest(k.Value, "expected one of", names))
 			continue
 		case seen[k.Value]:
 			d.errorf(kp, "%s: key %q given twice", what, k.Value)

@@ -74,22 +74,34 @@ func (s *station) serveControl(ctx context.Context, wg *sync.WaitGroup) (string,
 			fmt.Fprintln(w, "ok")
 		})
 	}
+	// actions lists what a device takes, as "name [args] (what it does)".
+	actions := func(id string) []string {
+		acts := []string{"silence", "answer", "flaky share=0.3"}
+		if a := actors[id]; a != nil {
+			acts = append(acts, a.Actions()...)
+		}
+		return acts
+	}
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "firmware-sim control API:\n  GET  /devices                   every device and the actions it takes\n  POST /devices/{id}/{action}?k=v make a device act (e.g. /devices/th-1/silence)")
+	})
 	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, r *http.Request) {
 		for _, id := range slices.Sorted(maps.Keys(all)) {
-			acts := []string{"silence", "answer", "flaky share=0.3"}
-			if a := actors[id]; a != nil {
-				acts = append(acts, a.Actions()...)
-			}
-			fmt.Fprintf(w, "%s: %s\n", id, strings.Join(acts, "; "))
+			fmt.Fprintf(w, "%s: %s\n", id, strings.Join(actions(id), "; "))
 		}
 	})
 	mux.HandleFunc("POST /devices/{id}/{action}", func(w http.ResponseWriter, r *http.Request) {
 		id, action := r.PathValue("id"), r.PathValue("action")
-		a, ok := actors[id]
-		if !ok {
-			http.Error(w, fmt.Sprintf("no device %s that takes actions (have %v)", id, slices.Sorted(maps.Keys(actors))), http.StatusNotFound)
+		if !all[id] {
+			http.Error(w, fmt.Sprintf("no device %s (have %v)", id, slices.Sorted(maps.Keys(all))), http.StatusNotFound)
 			return
 		}
+		acts := actions(id)
+		if !slices.ContainsFunc(acts, func(a string) bool { return strings.Fields(a)[0] == action }) {
+			http.Error(w, fmt.Sprintf("%s takes no action %q (it takes: %s)", id, action, strings.Join(acts, "; ")), http.StatusBadRequest)
+			return
+		}
+		a := actors[id]
 		args := map[string]string{}
 		for k, v := range r.URL.Query() {
 			args[k] = v[len(v)-1]

@@ -499,6 +499,27 @@ func TestSilent(t *testing.T) {
 		t.Error("stats carry no time")
 	}
 
+	// An action a device does not take, or a device there is not, is
+	// answered with what there is.
+	for _, c := range []struct {
+		path string
+		code int
+		want string
+	}{
+		{"all-rtu/off", 400, `all-rtu takes no action "off" (it takes: silence; answer; flaky share=0.3`},
+		{"nope/silence", 404, "no device nope (have ["},
+	} {
+		resp, err := http.Post("http://"+r.control+"/devices/"+c.path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code || !strings.HasPrefix(string(body), c.want) {
+			t.Errorf("POST %s: %d %q, want %d %q...", c.path, resp.StatusCode, body, c.code, c.want)
+		}
+	}
+
 	station, _ := writeStation(t, "127.0.0.1:0")
 	_, err = open(options{config: station, silent: []string{"all-rtu", "nope"}}, slog.New(slog.DiscardHandler))
 	if want := "-silent: no device nope in " + station; err == nil || err.Error() != want {

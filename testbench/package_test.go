@@ -22,8 +22,8 @@ import (
 // of /etc/outpost and /var/lib/outpost, a unit systemd-analyze verifies
 // without a word; the installed gateway, run as its user, reads a
 // simulated power meter into a real Mosquitto; an upgrade keeps the
-// state, removal keeps it too, and purge removes the user. The machine is
-// left as it was.
+// state, removal keeps it too, and purge removes the configuration and the
+// user but not the state. The machine is left as it was.
 func TestDebianPackage(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("installing a package needs root (make test runs as root, or with sudo for its setup)")
@@ -79,6 +79,12 @@ func TestDebianPackage(t *testing.T) {
 	}
 	if v := run("/usr/bin/outpost-gateway", "version"); !strings.HasPrefix(v, "outpost gateway 0.0.1") {
 		t.Errorf("installed version: %q", v)
+	}
+	// The example station validates without a warning: its state is
+	// where the service keeps it.
+	example := "/usr/share/doc/outpost-gateway/examples/police-room.yaml"
+	if out := run("/usr/bin/outpost-gateway", "validate", example); strings.Contains(out, "warning") || !strings.Contains(out, "valid") {
+		t.Errorf("validate %s:\n%s", example, out)
 	}
 
 	// The installed gateway, as its user, against a simulated meter.
@@ -162,6 +168,12 @@ devices:
 	run("dpkg", "--purge", "outpost-gateway")
 	if err := exec.Command("getent", "passwd", "outpost").Run(); err == nil {
 		t.Error("the outpost user is still there after purge")
+	}
+	if _, err := os.Stat("/etc/outpost"); err == nil {
+		t.Error("/etc/outpost (the station file and its secrets) is still there after purge")
+	}
+	if _, err := os.Stat(seq); err != nil {
+		t.Errorf("purge deleted the state: %v", err)
 	}
 }
 

@@ -126,18 +126,27 @@ func TestReload(t *testing.T) {
 		doc["links"] = slices.DeleteFunc(doc["links"].([]any), func(l any) bool { return l.(map[string]any)["id"] == "meter-lan" })
 		doc["devices"] = slices.DeleteFunc(doc["devices"].([]any), func(d any) bool { return d.(map[string]any)["id"] == "meter-main" })
 	})
+	// gateway reload says what the gateway did, as its log does.
+	did := "restarted rs485-2; added none; removed meter-lan; 1 unchanged, still polling"
 	if msg, err := exec.CommandContext(ctx, filepath.Join(binDir(), "gateway"), "reload", "-config", station).CombinedOutput(); err != nil ||
-		!strings.Contains(string(msg), "asked to reload") {
+		!strings.Contains(string(msg), "reloaded "+station+": "+did) {
 		t.Fatalf("gateway reload: %v\n%s", err, msg)
 	}
-	waitFor("the gateway reloads", func() bool {
-		b, _ := os.ReadFile(logPath)
-		return bytes.Contains(b, []byte("station file reloaded"))
-	})
 	reloaded := time.Now()
 	b, _ := os.ReadFile(logPath)
-	if want := `links="restarted rs485-2; added none; removed meter-lan; 1 unchanged, still polling"`; !bytes.Contains(b, []byte(want)) {
+	if want := `links="` + did + `"`; !bytes.Contains(b, []byte(want)) {
 		t.Errorf("the gateway's log does not say %s", want)
+	}
+	// A valid file with a change only a restart applies: gateway reload
+	// says the gateway refused it, and exits 1.
+	applied, _ := os.ReadFile(station)
+	edit(func(_ map[string]map[string]any, doc map[string]any) { doc["status"] = map[string]any{"listen": "off"} })
+	if msg, err := exec.CommandContext(ctx, filepath.Join(binDir(), "gateway"), "reload", "-config", station).CombinedOutput(); err == nil ||
+		!strings.Contains(string(msg), "refused "+station+" and runs on as it was: status changed: restart the gateway") {
+		t.Errorf("gateway reload of a status change: %v\n%s", err, msg)
+	}
+	if err := os.WriteFile(station, applied, 0o644); err != nil {
+		t.Fatal(err)
 	}
 	waitFor("ups-1 polled every 500 ms", func() bool { return telemetry("ups-1", reloaded) >= 6 })
 	meterAfter := telemetry("meter-main", reloaded.Add(time.Second))

@@ -46,6 +46,7 @@ type Line struct {
 	answered map[int]bool       // address -> whether its last poll was answered
 	share    map[string]float64 // device -> wire time of its last poll over its interval
 	late     lateness
+	first    time.Time // the link's first poll
 }
 
 // LateQuiet is the least time without a late poll after which a link that
@@ -72,10 +73,18 @@ func (l *Line) Add(addr int, every time.Duration) {
 // Started notes that a poll of dev got the wire `by` after it was due and
 // says whether that is late. It logs, at warning level, when the link
 // starts running late and when it is on time again, with the figures.
+// Every device's first poll is due at the link's start, so they queue for
+// the wire: a poll in the first two of its intervals is never late.
 func (l *Line) Started(dev string, by, interval time.Duration) bool {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.first.IsZero() {
+		l.first = now
+	}
+	if now.Sub(l.first) < 2*interval {
+		return false
+	}
 	late, began, ended := l.late.observe(now, by, interval, l.quiet)
 	switch {
 	case began:

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"log/slog"
 	"testing"
 	"time"
 )
@@ -73,5 +74,22 @@ func TestSilenceReasonHex(t *testing.T) {
 		if got := SilenceReason("rs485-2", "", a, 1, c.answering, false); got != c.want {
 			t.Errorf("answering %v:\n got %q\nwant %q", c.answering, got, c.want)
 		}
+	}
+}
+
+// TestFirstRoundNotLate: every device's first poll is due at the link's
+// start, so they queue for the wire; none of them is late, while a poll as
+// late two intervals on is.
+func TestFirstRoundNotLate(t *testing.T) {
+	l := NewLine("rs485-1", "", units, slog.New(slog.DiscardHandler))
+	const interval = 20 * time.Millisecond
+	for _, dev := range []string{"th-1", "door-1", "smoke-1"} {
+		if l.Started(dev, 15*time.Millisecond, interval) {
+			t.Errorf("%s's first poll, 15 ms after it was due at the start, counted late", dev)
+		}
+	}
+	time.Sleep(2 * interval) // the first round is over
+	if !l.Started("th-1", 15*time.Millisecond, interval) {
+		t.Error("a poll 15 ms late at a 20 ms interval, after the first round, not counted late")
 	}
 }

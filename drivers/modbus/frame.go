@@ -173,7 +173,11 @@ func errClass(err error) (counter, reason string) {
 	case errors.As(err, &ld):
 		return "link_down", err.Error()
 	case errors.As(err, &me):
-		return "exceptions", fmt.Sprintf("exception %d (%s)", me.ExceptionCode, exceptionName(me.ExceptionCode))
+		reason = fmt.Sprintf("exception %d (%s)", me.ExceptionCode, exceptionName(me.ExceptionCode))
+		if noAnswer(err) {
+			return "timeouts", reason // the device behind a Modbus TCP gateway did not answer
+		}
+		return "exceptions", reason
 	case errors.As(err, &te):
 		return "timeouts", te.Error()
 	case errors.As(err, &fe):

@@ -23,7 +23,13 @@ chmod 0755 "$root"
 trap 'rm -rf "$root"' EXIT
 install -D -m 0755 "$bin" "$root/usr/bin/outpost-gateway"
 install -D -m 0644 "$here/outpost.service" "$root/lib/systemd/system/outpost.service"
-install -D -m 0644 "$here/../../configs/police-room.yaml" "$root/usr/share/doc/outpost-gateway/examples/police-room.yaml"
+# The example keeps its state where the service keeps it (the demo's is
+# under /tmp, which the service does not share).
+install -d -m 0755 "$root/usr/share/doc/outpost-gateway/examples"
+sed 's|^state_dir: /tmp/outpost/pr-0001/state$|state_dir: /var/lib/outpost/pr-0001|' "$here/../../configs/police-room.yaml" \
+	>"$root/usr/share/doc/outpost-gateway/examples/police-room.yaml"
+grep -q '^state_dir: /var/lib/outpost/pr-0001$' "$root/usr/share/doc/outpost-gateway/examples/police-room.yaml"
+chmod 0644 "$root/usr/share/doc/outpost-gateway/examples/police-room.yaml"
 install -d -m 0750 "$root/etc/outpost"
 install -d -m 0700 "$root/var/lib/outpost"
 install -d -m 0755 "$root/DEBIAN"

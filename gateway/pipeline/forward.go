@@ -319,16 +319,22 @@ type Outage struct {
 	Uplink string
 	Log    *slog.Logger
 
-	mu    sync.Mutex
-	since time.Time // zero while the uplink works
-	err   string    // of the first failure of the outage
+	mu      sync.Mutex
+	since   time.Time // zero while the uplink works
+	err     string    // of the first failure of the outage
+	upSince time.Time // the first delivery after the last outage (or ever)
 }
 
-// Down says whether the uplink is down, since when and why.
+// Down says whether the uplink is down, since when and why; when it is
+// not, since is when it last began to take messages (zero before the
+// first).
 func (o *Outage) Down() (down bool, since time.Time, reason string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return !o.since.IsZero(), o.since, o.err
+	if o.since.IsZero() {
+		return false, o.upSince, ""
+	}
+	return true, o.since, o.err
 }
 
 func (o *Outage) down(err error) {
@@ -351,8 +357,12 @@ func (o *Outage) up(q Source) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.since.IsZero() {
+		if o.upSince.IsZero() {
+			o.upSince = time.Now()
+		}
 		return
 	}
+	o.upSince = time.Now()
 	var recs, readings int64
 	for _, l := range q.Stats().Lanes {
 		recs += l.Records

@@ -149,9 +149,14 @@ func TestOutageLoggedOnce(t *testing.T) {
 	var mu sync.Mutex
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	up := &flaky{fails: 5, sent: make(chan struct{}, 1)}
-	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, Batch: 10, Outage: &Outage{Uplink: "mqtt", Log: log}, Log: log}
+	outage := &Outage{Uplink: "mqtt", Log: log}
+	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, Batch: 10, Outage: outage, Log: log}
+	if down, since, why := outage.Down(); down || !since.IsZero() || why != "" {
+		t.Errorf("before any send: down=%v since %v %q, want up since never", down, since, why)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
+	start := time.Now()
 	go func() { done <- f.Run(ctx) }()
 	select {
 	case <-up.sent:
@@ -164,6 +169,11 @@ func TestOutageLoggedOnce(t *testing.T) {
 	}
 	cancel()
 	<-done
+	// Up again since the delivery that ended the outage, after the five
+	// refusals' backoff.
+	if down, since, _ := outage.Down(); down || since.Sub(start) < 5*minBackoff || time.Since(since) < 0 {
+		t.Errorf("after the recovery: down=%v since %v (started %v), want up since the delivery", down, since, start)
+	}
 	mu.Lock()
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	mu.Unlock()

@@ -27,6 +27,17 @@ type Snapshot struct {
 	Devices []Device `json:"devices"`
 	// Listen is the status server's address, when it runs.
 	Listen string `json:"listen,omitempty"`
+	// Reload is how the last reload of the station file went, once
+	// there was one.
+	Reload *Reload `json:"reload,omitempty"`
+}
+
+// Reload is the outcome of reloading the station file.
+type Reload struct {
+	At      time.Time `json:"at"`
+	Applied bool      `json:"applied"`
+	// Detail says what restarted, or why the file was refused.
+	Detail string `json:"detail"`
 }
 
 // Disk is the file system of the state directory.

@@ -122,7 +122,7 @@ devices:
 	if err := json.Unmarshal(out.Bytes(), &rec); err != nil {
 		t.Fatalf("-json: %v\n%s", err, out.String())
 	}
-	if rec.Hub[0].OK || rec.Hub[0].Result != "nothing listens at the broker's address: the broker is down, or the port is wrong" {
+	if want := "nothing listens at " + m.URL() + " (hub.mqtt.url): the broker is down, or the address or port is wrong"; rec.Hub[0].OK || rec.Hub[0].Result != want {
 		t.Errorf("with the broker away, the hub line: %+v", rec.Hub[0])
 	}
 	t.Logf("the hub, away and wrong: %+v", rec.Hub)

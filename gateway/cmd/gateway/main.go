@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -119,7 +120,7 @@ func (c *command) parse(fs *flag.FlagSet, args []string, stdout io.Writer) (ok b
 // usage prints the command's usage, flags and example to fs's output.
 func (c *command) usage(fs *flag.FlagSet) {
 	w := fs.Output()
-	fmt.Fprintf(w, "usage: %s %s %s\n\n%s\n", prog, c.name, c.args, c.summary)
+	fmt.Fprintf(w, "usage: %s %s %s\n\n%s\n", prog, c.name, c.args, strings.Join(wrap(c.summary, 80), "\n"))
 	n := 0
 	fs.VisitAll(func(*flag.Flag) { n++ })
 	if n > 0 {
@@ -132,7 +133,14 @@ func (c *command) usage(fs *flag.FlagSet) {
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: %s COMMAND [arguments]   (%[1]s COMMAND --help tells more)\n\ncommands:\n", prog)
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		// Readable in an 80-column terminal.
+		for i, line := range wrap(c.summary, 80-13) {
+			name := ""
+			if i == 0 {
+				name = c.name
+			}
+			fmt.Fprintf(w, "  %-10s %s\n", name, line)
+		}
 	}
 }
 
@@ -161,10 +169,23 @@ func cmdValidate(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s: valid: station %s (%s), %d devices on %d links\n",
 		path, st.Station.ID, st.Station.Type, len(st.Devices), len(st.Links))
-	for _, w := range busWarnings(st) {
-		fmt.Fprintln(stdout, w)
+	for _, w := range warnings(st) {
+		fmt.Fprintln(stdout, "warning: "+w)
 	}
 	return 0
+}
+
+// warnings says what in a valid station file will not work as meant.
+func warnings(st *configs.Station) []string {
+	var out []string
+	for _, tmp := range []string{"/tmp/", "/var/tmp/", "/dev/shm/"} {
+		if strings.HasPrefix(filepath.Clean(st.StateDir)+"/", tmp) {
+			out = append(out, fmt.Sprintf("state_dir %s is under %s: the queue and the sequence numbers may not survive a reboot, and the packaged service has a /tmp of its own; use /var/lib/outpost/%s",
+				st.StateDir, strings.TrimSuffix(tmp, "/"), st.Station.ID))
+			break
+		}
+	}
+	return append(out, busWarnings(st)...)
 }
 
 // busy is the share of a link's wire time beyond which a retry or a slow
@@ -190,7 +211,7 @@ func busWarnings(st *configs.Station) []string {
 		if all <= busy {
 			continue
 		}
-		out = append(out, fmt.Sprintf("warning: link %s: its polls would take about %.0f%% of the wire (alarm polls %.0f%%), more than %.0f%%: polls will run late; raise the baud rate, lengthen poll or alarm_poll, or split the devices over two buses",
+		out = append(out, fmt.Sprintf("link %s: its polls would take about %.0f%% of the wire (alarm polls %.0f%%), more than %.0f%%: polls will run late; raise the baud rate, lengthen poll or alarm_poll, or split the devices over two buses",
 			l.Name(), 100*all, 100*alarms, 100*busy))
 	}
 	return out

@@ -84,3 +84,30 @@ devices:
 		t.Errorf("-scan: exit %d\n%s%s", code, out.String(), errb.String())
 	}
 }
+
+// TestProbeTCP: behind a Modbus TCP endpoint, a unit id with no device
+// gets exception 11 (gateway target failed to respond) from the endpoint,
+// as from a real RTU-to-TCP gateway: that is no device, not one that
+// answers with an exception.
+func TestProbeTCP(t *testing.T) {
+	addr := freeAddr(t)
+	st, err := configs.Parse("probe-tcp-test", []byte(fmt.Sprintf(`version: 2
+station: {id: pb-2, type: police_room}
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+links:
+  - {id: tcp-1, protocol: modbus-tcp, address: %q}
+devices:
+  - {id: meter-1, template: sdm120, link: tcp-1, unit_id: 1, poll: 1s}
+`, addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	simulate(t, st, &served{rs: map[string][]sim.Reading{}})
+	var out, errb bytes.Buffer
+	code := cli([]string{"probe", "-tcp", addr, "-units", "1-3"}, &out, &errb)
+	t.Logf("gateway probe:\n%s%s", out.String(), errb.String())
+	if code != 0 || !strings.Contains(out.String(), "1 of 3 units answer") {
+		t.Errorf("exit %d, want 0 and 1 of 3 units answering (unit 1, an SDM120)", code)
+	}
+}

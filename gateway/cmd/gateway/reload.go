@@ -103,7 +103,7 @@ func targetsOf(runs map[string]*linkRun) map[string]desk.Target {
 
 // reloadStation reads the station file again and applies it, or logs why
 // not; it returns the station now running.
-func reloadStation(cur *configs.Station, links *linkSet, ingest *pipeline.Ingest, board *status.Board, commands *desk.Desk, log *slog.Logger) *configs.Station {
+func reloadStation(cur *configs.Station, links *linkSet, ingest *pipeline.Ingest, board *status.Board, commands *desk.Desk, log *slog.Logger) (*configs.Station, status.Reload) {
 	log.Info("reloading the station file", "file", cur.File)
 	st, err := configs.Load(cur.File)
 	if err != nil {
@@ -111,7 +111,7 @@ func reloadStation(cur *configs.Station, links *linkSet, ingest *pipeline.Ingest
 			log.Error("station file", "error", line)
 		}
 		log.Error("reload refused: fix the station file (gateway validate checks it); the gateway runs on as it was", "file", cur.File)
-		return cur
+		return cur, status.Reload{At: time.Now().UTC(), Detail: "the station file has errors: " + err.Error()}
 	}
 	did, err := links.reload(cur, st, func() {
 		ingest.SetStation(st)
@@ -119,11 +119,11 @@ func reloadStation(cur *configs.Station, links *linkSet, ingest *pipeline.Ingest
 	})
 	if err != nil {
 		log.Error("reload refused; the gateway runs on as it was", "err", err)
-		return cur
+		return cur, status.Reload{At: time.Now().UTC(), Detail: err.Error()}
 	}
 	commands.SetTargets(targetsOf(links.run))
 	log.Info("station file reloaded", "links", did)
-	return st
+	return st, status.Reload{At: time.Now().UTC(), Applied: true, Detail: did}
 }
 
 // reload applies a station file read again: it stops the links that
@@ -233,6 +233,7 @@ func pidFile(stateDir string) string { return filepath.Join(stateDir, "gateway.p
 func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 	fs := c.flags(stderr)
 	config := fs.String("config", "", "station file (required)")
+	wait := fs.Duration("wait", 15*time.Second, "how long to wait for the gateway to say how the reload went")
 	if ok, code := c.parse(fs, args, stdout); !ok {
 		return code
 	}
@@ -259,10 +260,24 @@ func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	p, _ := os.FindProcess(pid)
+	asked := time.Now()
 	if err := p.Signal(syscall.SIGHUP); err != nil {
 		fmt.Fprintf(stderr, "gateway reload: cannot signal the gateway (pid %d from %s): %v\n", pid, pidFile(st.StateDir), err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "gateway (pid %d) asked to reload %s; its log says what it restarted\n", pid, *config)
-	return 0
+	// The gateway writes the outcome into its status file at once.
+	for deadline := asked.Add(*wait); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		s, err := status.Read(status.File(st.StateDir))
+		if err != nil || s.Reload == nil || s.Reload.At.Before(asked) {
+			continue
+		}
+		if !s.Reload.Applied {
+			fmt.Fprintf(stderr, "gateway reload: the gateway (pid %d) refused %s and runs on as it was: %s\n", pid, *config, s.Reload.Detail)
+			return 1
+		}
+		fmt.Fprintf(stdout, "gateway (pid %d) reloaded %s: %s\n", pid, *config, s.Reload.Detail)
+		return 0
+	}
+	fmt.Fprintf(stderr, "gateway reload: the gateway (pid %d) was asked to reload %s but has not said how it went within %s; its log says\n", pid, *config, *wait)
+	return 1
 }

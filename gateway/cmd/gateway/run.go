@@ -38,11 +38,13 @@ const (
 	stopLimit     = 5 * time.Second
 )
 
-// telemetryLinger: telemetry leaves for the hub at most this long after it
-// was read, in batches; with a shallow queue, one send per linger instead
-// of one per reading (a 200-device station: 2 sends a second instead of
-// 40). Alarms and health changes never wait.
-const telemetryLinger = time.Second
+// linger: telemetry and health leave for the hub at most this long after
+// they were queued, in batches; with a shallow queue, one send per linger
+// instead of one per message (a 200-device station: 2 telemetry sends a
+// second instead of 40, and its devices' health reports, one a minute
+// each, in one send a second). A health change after a quiet second goes
+// at once; alarms never wait.
+const linger = time.Second
 
 // run wires a station: drivers -> ingest -> one durable queue per uplink ->
 // forwarders -> hub, and runs it until ctx ends. Each signal on hup reloads
@@ -185,7 +187,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			l      queue.Lane
 			batch  int
 			linger time.Duration
-		}{{queue.LaneAlarm, 100, 0}, {queue.LaneHealth, 100, 0}, {queue.LaneTelemetry, 1000, telemetryLinger}} {
+		}{{queue.LaneAlarm, 100, 0}, {queue.LaneHealth, 100, linger}, {queue.LaneTelemetry, 1000, linger}} {
 			up := ups[name]
 			if name == "mqtt" && lane.l == queue.LaneAlarm {
 				up = ma
@@ -204,7 +206,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
 	fwd.Go(func() { spareProcs(fctx, queues, log) })
-	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, fwds: fwds, board: board}
+	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, fwds: fwds, board: board, wrote: make(chan struct{}, 1)}
 	if st.Status.Listen != "off" {
 		// The station works without its status server: a port taken is
 		// logged, not fatal.
@@ -221,7 +223,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			log.Info("status page", "url", "http://"+g.listen+"/")
 		}
 	}
-	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, log) })
+	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.wrote, log) })
 	fwd.Go(func() {
 		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(prefix, st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
 	})
@@ -244,7 +246,9 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		select {
 		case <-ctx.Done():
 		case <-hup:
-			cur = reloadStation(cur, links, ingest, board, commands, log)
+			var r status.Reload
+			cur, r = reloadStation(cur, links, ingest, board, commands, log)
+			g.reloaded(r)
 		}
 	}
 

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -41,12 +42,31 @@ type snapshots struct {
 	fwds    map[string][]*pipeline.Forwarder // by uplink
 	board   *status.Board
 	listen  string // the status server's address, when it runs
+
+	mu     sync.Mutex
+	reload *status.Reload // the last reload's outcome
+	wrote  chan struct{}  // asks writeStatus to write now
+}
+
+// reloaded records a reload's outcome and has the status file say it at
+// once, for gateway reload to read.
+func (g *snapshots) reloaded(r status.Reload) {
+	g.mu.Lock()
+	g.reload = &r
+	g.mu.Unlock()
+	select {
+	case g.wrote <- struct{}{}:
+	default:
+	}
 }
 
 func (g *snapshots) snapshot() status.Snapshot {
 	st := g.st
 	s := status.Snapshot{V: 1, Station: st.Station.ID, Type: string(st.Station.Type), Time: time.Now().UTC(), Started: g.started,
 		Disk: status.DiskOf(st.StateDir), Devices: g.board.Devices(), Listen: g.listen}
+	g.mu.Lock()
+	s.Reload = g.reload
+	g.mu.Unlock()
 	for _, name := range st.Uplinks() {
 		qs := g.queues[name].Stats()
 		a, t := qs.Kept(), qs.Lanes[queue.LaneTelemetry]
@@ -87,9 +107,9 @@ func (g *snapshots) notReady() []string {
 	return why
 }
 
-// writeStatus writes the gateway's status file every statusEvery until
-// ctx ends, and once more then.
-func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, log *slog.Logger) {
+// writeStatus writes the gateway's status file every statusEvery, and
+// whenever now asks, until ctx ends, and once more then.
+func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, now <-chan struct{}, log *slog.Logger) {
 	write := func() {
 		if err := status.Write(path, snap()); err != nil {
 			log.Debug("status file not written", "err", err)
@@ -104,6 +124,7 @@ func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, 
 			write()
 			return
 		case <-t.C:
+		case <-now:
 		}
 	}
 }

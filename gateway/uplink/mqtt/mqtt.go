@@ -243,7 +243,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			return
 		}
 		if err := tok.Error(); err != nil {
-			cause := connectCause(err, tlsCfg != nil)
+			cause := connectCause(err, u.broker, tlsCfg != nil)
 			if u.setStatus(false, cause) {
 				u.log.Warn("mqtt uplink: cannot connect to the hub broker; retrying", "broker", u.broker, "cause", cause)
 			}
@@ -500,7 +500,7 @@ func (u *Uplink) setStatus(connected bool, cause string) bool {
 
 // connectCause words why a connection to the broker failed, for an
 // installer to act on.
-func connectCause(err error, overTLS bool) string {
+func connectCause(err error, broker string, overTLS bool) string {
 	var ua x509.UnknownAuthorityError
 	var he x509.HostnameError
 	var ce x509.CertificateInvalidError
@@ -533,9 +533,9 @@ func connectCause(err error, overTLS bool) string {
 		}
 		return "the broker closed the connection as it was set up (a TLS listener? then use ssl:// in hub.mqtt.url)"
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return "nothing listens at the broker's address: the broker is down, or the port is wrong"
+		return fmt.Sprintf("nothing listens at %s (hub.mqtt.url): the broker is down, or the address or port is wrong", broker)
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
-		return "the broker does not answer (network down, firewall, or wrong address)"
+		return fmt.Sprintf("the broker at %s does not answer (network down, firewall, or wrong address in hub.mqtt.url)", broker)
 	}
 	return msg
 }
@@ -703,7 +703,7 @@ func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) err
 		return fmt.Errorf("the broker %s did not answer in time", u.broker)
 	}
 	if err := tok.Error(); err != nil {
-		return errors.New(connectCause(err, tlsCfg != nil))
+		return errors.New(connectCause(err, u.broker, tlsCfg != nil))
 	}
 	c.Disconnect(0)
 	return nil
