@@ -5,47 +5,74 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"syscall"
 	"time"
 
 	"outpost/gateway/queue"
 )
 
-// Go processors (Ps): as many as the CPUs the gateway may use, and
-// procsPerCPU times as many while a queue drains a backlog. Go's scheduler
-// looks at the network when a P runs out of work, or from its monitor
-// every 10 ms: while a drain keeps every P busy, a panel's frame waits up
-// to that long to be read. With Ps to spare one is nearly always idle,
-// blocked on the network, and the kernel, which preempts, shares the CPUs
-// among them: on 2 CPUs shared with the hub, alarm-under-backlog's DC-09
-// p99 is 14.5-16 ms with 8 Ps and 19.7-22.7 ms with 2. Idle, spare Ps
-// cost: each wakeup wakes another thread to look for work, and the
-// 200-device station took 3.4% of a core with 8 Ps, 2.3% with 2. A
-// GOMAXPROCS in the environment is left alone.
+// Go processors (Ps) follow the gateway's work, as spareProcs measures it
+// every procsEvery:
+//
+//   - One while it uses little CPU, the station at rest. Each wakeup of an
+//     idle gateway (a poll's timer, an answer on the wire) also wakes
+//     threads to look for work on the other Ps, and Go's monitor thread
+//     polls fast for a while after each: the 200-device station took
+//     1.95-2.10% of a core with 2 Ps, 1.55-1.65% with 1 (testbench run
+//     idle-200).
+//   - As many as the CPUs it may use when it is busier.
+//   - procsPerCPU times as many while a queue drains a backlog. Go's
+//     scheduler looks at the network when a P runs out of work, or from
+//     its monitor every 10 ms: while a drain keeps every P busy, a panel's
+//     frame waits up to that long to be read. With Ps to spare one is
+//     nearly always idle, blocked on the network, and the kernel, which
+//     preempts, shares the CPUs among them: on 2 CPUs shared with the hub,
+//     alarm-under-backlog's DC-09 p99 is 14.5-16 ms with 8 Ps and
+//     19.7-22.7 ms with 2.
+//
+// A GOMAXPROCS in the environment is left alone.
 const (
+	procsEvery      = 5 * time.Second
 	procsPerCPU     = 4
 	backlogReadings = 10000 // queued telemetry readings that make a backlog
+	// The CPU (in cores, over procsEvery) under which one P does, and
+	// over which one P is not enough.
+	restBelow = 0.25
+	busyAbove = 0.5
 )
 
-// spareProcs gives the gateway spare Ps while a queue holds a backlog,
-// checking every 5 s until ctx ends.
+// procsFor is how many Ps the gateway wants, with cpus CPUs, cur Ps now,
+// a backlog or not, and using busy cores over the last interval.
+func procsFor(cpus, cur int, backlog bool, busy float64) int {
+	switch {
+	case backlog:
+		return cpus * procsPerCPU
+	case busy < restBelow, cur == 1 && busy < busyAbove:
+		return 1
+	}
+	return cpus
+}
+
+// spareProcs sets the gateway's Ps (see procsFor) every procsEvery until
+// ctx ends.
 func spareProcs(ctx context.Context, queues map[string]*queue.Queue, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
-	base := runtime.GOMAXPROCS(0)
-	t := time.NewTicker(5 * time.Second)
+	cpus := runtime.GOMAXPROCS(0)
+	t := time.NewTicker(procsEvery)
 	defer t.Stop()
-	cur := base
+	cur := cpus
+	lastCPU, lastAt := cpuTime(), time.Now()
+	busy := float64(cpus) // not measured yet: not at rest
 	for {
-		want := base
+		backlog := false
 		for _, q := range queues {
-			if q.Stats().Lanes[queue.LaneTelemetry].Readings > backlogReadings {
-				want = base * procsPerCPU
-			}
+			backlog = backlog || q.Stats().Lanes[queue.LaneTelemetry].Readings > backlogReadings
 		}
-		if want != cur {
+		if want := procsFor(cpus, cur, backlog, busy); want != cur {
 			runtime.GOMAXPROCS(want)
-			log.Debug("go processors", "gomaxprocs", want)
+			log.Debug("go processors", "gomaxprocs", want, "backlog", backlog, "cpu", busy)
 			cur = want
 		}
 		select {
@@ -53,5 +80,17 @@ func spareProcs(ctx context.Context, queues map[string]*queue.Queue, log *slog.L
 			return
 		case <-t.C:
 		}
+		c, now := cpuTime(), time.Now()
+		busy = float64(c-lastCPU) / float64(now.Sub(lastAt))
+		lastCPU, lastAt = c, now
 	}
+}
+
+// cpuTime is the CPU time the process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -49,5 +49,31 @@ func TestSpareProcs(t *testing.T) {
 	if err := q.Ack(b); err != nil {
 		t.Fatal(err)
 	}
-	waitProcs(base)
+	waitProcs(1) // drained, and at rest: this test uses little CPU
+}
+
+// TestProcsFor: one P at rest, as many as the CPUs when busier, four
+// times as many under a backlog; between rest and busy, the count stays.
+func TestProcsFor(t *testing.T) {
+	for _, c := range []struct {
+		cur     int
+		backlog bool
+		busy    float64
+		want    int
+	}{
+		{2, false, 0.02, 1},  // at rest
+		{1, false, 0.40, 1},  // one P does
+		{1, false, 0.60, 2},  // one P is not enough
+		{2, false, 0.40, 2},  // not at rest
+		{2, false, 0.10, 1},  // at rest again
+		{1, true, 0.01, 8},   // a backlog
+		{8, true, 1.90, 8},   // draining
+		{8, false, 1.20, 2},  // drained, busy
+		{8, false, 0.05, 1},  // drained, at rest
+		{1, false, 0.499, 1}, // just under busy
+	} {
+		if got := procsFor(2, c.cur, c.backlog, c.busy); got != c.want {
+			t.Errorf("2 CPUs, %d Ps, backlog %v, %.2f cores busy: %d Ps, want %d", c.cur, c.backlog, c.busy, got, c.want)
+		}
+	}
 }
