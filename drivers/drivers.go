@@ -11,6 +11,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	"outpost/configs"
 	"outpost/gateway/model"
@@ -51,6 +52,17 @@ type Link struct {
 	Station *configs.Station
 	Config  *configs.Link
 	Devices []*configs.Device
+	// RoundTrip, when set, is told the round trip of each poll's last
+	// answered request, by device (the gateway's latency histogram).
+	RoundTrip func(device string, rtt time.Duration)
+}
+
+// Observed tells the link's RoundTrip, if it has one, of a device's round
+// trip (none when rtt is 0).
+func (l Link) Observed(device string, rtt time.Duration) {
+	if l.RoundTrip != nil && rtt > 0 {
+		l.RoundTrip(device, rtt)
+	}
 }
 
 // Links returns a station's links, in file order, each with the devices on

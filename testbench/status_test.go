@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"maps"
 	"net/http"
 	"os"
+	"regexp"
 	"testing"
 	"time"
 
@@ -90,6 +92,19 @@ func TestStatusPageAndSnapshot(t *testing.T) {
 	online := all(model.Online)
 	waitPage(t, bctx, online, 20*time.Second)
 	waitSnapshot(t, snaps, online, 20*time.Second)
+	// Each device's round trips, as a histogram at /metrics.
+	resp, err := http.Get(page + "metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, d := range st.Devices {
+		re := regexp.MustCompile(`(?m)^outpost_device_round_trip_seconds_count\{device="` + d.ID + `",link="` + d.Link + `"\} ([0-9]+)$`)
+		if m := re.FindSubmatch(metrics); m == nil || string(m[1]) == "0" {
+			t.Errorf("/metrics has no round trips of %s: %q", d.ID, m)
+		}
+	}
 	fits, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth <= window.innerWidth`))
 	if err != nil || !fits {
 		t.Errorf("the page is wider than a phone's screen (390 px): %v", err)
@@ -98,7 +113,7 @@ func TestStatusPageAndSnapshot(t *testing.T) {
 	// th-hall is switched off: three polls of 1 s without an answer make
 	// it offline; the open page and the hub see it within that plus 2 s.
 	off := time.Now()
-	resp, err := http.Post("http://"+control+"/devices/th-hall/silence", "", nil)
+	resp, err = http.Post("http://"+control+"/devices/th-hall/silence", "", nil)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("silencing th-hall: %v %v", resp, err)
 	}

@@ -72,6 +72,8 @@ type module struct {
 	layout Layout
 	link   string
 	alarms bool // the template has inputs with an event rule
+	// observed hears each poll's round trip (see drivers.Link.Observed).
+	observed func(device string, rtt time.Duration)
 
 	// mu orders the module's messages (see poll) and guards what follows.
 	mu        sync.Mutex
@@ -131,7 +133,7 @@ func build(link drivers.Link, open bus.OpenFunc, log *slog.Logger) (*Bus, error)
 			return nil, fmt.Errorf("device %s on %s: address %d outside 0-255", d.ID, link.Name(), set.Address)
 		}
 		in, out := body.Bytes()
-		m := &module{cfg: d, set: set, kind: t.Kind, name: t.Name, tmpl: body, layout: Layout{In: in, Out: out}, link: link.Name(),
+		m := &module{cfg: d, set: set, kind: t.Kind, name: t.Name, tmpl: body, layout: Layout{In: in, Out: out}, link: link.Name(), observed: link.Observed,
 			health: bus.NewTracker(link.Station.Health)}
 		for _, i := range body.Inputs {
 			m.alarms = m.alarms || i.Event != nil
@@ -561,6 +563,7 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 	}
 	p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindTelemetry, Time: at.UTC(), Readings: readings})
 	h, changed := m.health.Observe(res)
+	m.observed(m.cfg.ID, res.RTT)
 	if r.answered {
 		m.heard = time.Now()
 	}

@@ -47,6 +47,7 @@ type device struct {
 	// poller; empty when the template has none.
 	alarmPlan []Request
 	link      string
+	observed  func(device string, rtt time.Duration) // see drivers.Link.Observed
 
 	// mu orders the device's messages: each is built from what the
 	// device said last and emitted under it, so that an alarm input's
@@ -89,7 +90,7 @@ func buildDevices(link drivers.Link, cost Cost) ([]*device, error) {
 			}
 		}
 		out = append(out, &device{cfg: d, set: set, kind: t.Kind, tmpl: body, unit: byte(set.UnitID), plan: plan, health: bus.NewTracker(link.Station.Health),
-			alarmPlan: alarms, link: link.Name(), latest: map[int]stamped{}})
+			alarmPlan: alarms, link: link.Name(), observed: link.Observed, latest: map[int]stamped{}})
 	}
 	return out, nil
 }
@@ -238,6 +239,7 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 	}
 	p.emit(msg)
 	h, changed := d.health.Observe(res)
+	d.observed(d.cfg.ID, res.RTT)
 	if changed {
 		level := slog.LevelInfo
 		if h.State == model.Offline {

@@ -62,6 +62,17 @@ func NewDeliveryHistogram() *prometheus.HistogramVec {
 	}, []string{"uplink", "lane"})
 }
 
+// NewRoundTripHistogram is the histogram of devices' round trips (each
+// poll's last answered request, from the request sent to its answer), by
+// link and device; the drivers observe it, the status server serves it.
+func NewRoundTripHistogram() *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "outpost_device_round_trip_seconds",
+		Help:    "Round trip of each poll's last answered request, from the request sent to its answer, by link and device.",
+		Buckets: []float64{0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1},
+	}, []string{"link", "device"})
+}
+
 var deviceStates = []model.HealthState{model.Online, model.Degraded, model.Offline, Unknown}
 
 type collector struct{ snap func() Snapshot }

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"outpost/configs"
 	"outpost/drivers"
 	desk "outpost/gateway/command"
@@ -37,6 +39,7 @@ type linkSet struct {
 	ctx  context.Context // the drivers' parent
 	wg   *sync.WaitGroup
 	emit drivers.Emit
+	rtt  *prometheus.HistogramVec // the devices' round trips
 	log  *slog.Logger
 	run  map[string]*linkRun
 }
@@ -50,9 +53,10 @@ type linkRun struct {
 
 // build makes the drivers of links without starting them: every error
 // before any I/O.
-func build(links []drivers.Link, log *slog.Logger) (map[string]*linkRun, error) {
+func build(links []drivers.Link, rtt *prometheus.HistogramVec, log *slog.Logger) (map[string]*linkRun, error) {
 	out := map[string]*linkRun{}
 	for _, l := range links {
+		l.RoundTrip = func(device string, d time.Duration) { rtt.WithLabelValues(l.Name(), device).Observe(d.Seconds()) }
 		d, err := drivers.New(l, log)
 		if err != nil {
 			return nil, err
@@ -146,7 +150,7 @@ func (s *linkSet) reload(old, st *configs.Station, apply func()) (string, error)
 			changed = append(changed, l)
 		}
 	}
-	built, err := build(append(slices.Clone(changed), added...), s.log)
+	built, err := build(append(slices.Clone(changed), added...), s.rtt, s.log)
 	if err != nil {
 		return "", err
 	}

@@ -52,7 +52,8 @@ const linger = time.Second
 func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan os.Signal) error {
 	log = log.With("station", st.Station.ID)
 	// Build everything that can fail without I/O first.
-	built, err := build(drivers.Links(st), log)
+	roundTrips := status.NewRoundTripHistogram()
+	built, err := build(drivers.Links(st), roundTrips, log)
 	if err != nil {
 		return err
 	}
@@ -76,7 +77,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	if err := durable.MkdirAll(st.StateDir); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	links := &linkSet{ctx: ctx, wg: &sync.WaitGroup{}, log: log, run: map[string]*linkRun{}}
+	links := &linkSet{ctx: ctx, wg: &sync.WaitGroup{}, rtt: roundTrips, log: log, run: map[string]*linkRun{}}
 	queues := map[string]*queue.Queue{}
 	var outs []pipeline.Appender
 	for _, name := range st.Uplinks() {
@@ -214,7 +215,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			log.Error("status server not started", "err", err)
 		} else {
 			g.listen = l.Addr().String()
-			srv := &status.Server{Snapshot: g.snapshot, Ready: g.notReady, Token: token, Log: log, Metrics: []prometheus.Collector{delivery}}
+			srv := &status.Server{Snapshot: g.snapshot, Ready: g.notReady, Token: token, Log: log, Metrics: []prometheus.Collector{delivery, roundTrips}}
 			fwd.Go(func() {
 				if err := srv.Serve(fctx, l); err != nil {
 					log.Error("status server stopped", "err", err)
