@@ -135,14 +135,14 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			msgs = without(msgs, over)
 		}
 		err = f.Uplink.Send(ctx, msgs)
-		took := len(msgs)
+		accepted := len(msgs)
 		var rej *uplink.Rejected
 		switch {
 		case errors.As(err, &rej):
 			f.setAside(msgs, rej.Items)
-			took -= len(rej.Items)
+			accepted -= len(rej.Items)
 		case err != nil && f.poisoned(err, msgs):
-			took = 0
+			accepted = 0
 		case err != nil:
 			f.failures.Add(1)
 			f.Queue.Rewind(f.Lanes...)
@@ -162,7 +162,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			f.drops, f.limit = 0, min(2*f.limit, f.Batch)
 		}
 		backoff = minBackoff
-		f.delivered.Add(uint64(took))
+		f.delivered.Add(uint64(accepted))
 		f.lastSent.Store(time.Now().UnixNano())
 		f.Outage.up(f.Queue) // the backlog still counts this batch
 		if f.Waited != nil {
@@ -186,7 +186,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 
 // ForwarderState is what a forwarder has done since the gateway started.
 type ForwarderState struct {
-	Name string
 	// Delivered messages the hub took; Failures, sends it did not
 	// accept (retried); Restarts, times the forwarder failed and was
 	// started again.
@@ -197,7 +196,7 @@ type ForwarderState struct {
 
 // State says what the forwarder has done; safe while it runs.
 func (f *Forwarder) State() ForwarderState {
-	s := ForwarderState{Name: f.Name, Delivered: f.delivered.Load(), Failures: f.failures.Load(), Restarts: f.restarts.Load()}
+	s := ForwarderState{Delivered: f.delivered.Load(), Failures: f.failures.Load(), Restarts: f.restarts.Load()}
 	if ns := f.lastSent.Load(); ns != 0 {
 		s.LastDelivery = time.Unix(0, ns)
 	}
