@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"time"
 
@@ -180,6 +181,21 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	changed := state != t.state
 	t.state = state
 	return model.Health{State: state, Reason: r.Reason, Counters: maps.Clone(t.counters)}, changed
+}
+
+// Record observes a poll's result on a device's tracker, logs the health
+// when its state changed (offline as a warning), and says whether to send
+// it to the hub now (see Report).
+func Record(ctx context.Context, log *slog.Logger, t *Tracker, r Result, now time.Time) (model.Health, bool) {
+	h, changed := t.Observe(r)
+	if changed {
+		level := slog.LevelInfo
+		if h.State == model.Offline {
+			level = slog.LevelWarn
+		}
+		log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
+	}
+	return h, t.Report(now, changed)
 }
 
 // Report says whether to send the health Observe returned, at now: when

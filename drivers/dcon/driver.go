@@ -562,7 +562,10 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 		readings, at = m.published, m.pubAt // the alarm poll read it later, while this poll ran
 	}
 	p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindTelemetry, Time: at.UTC(), Readings: readings})
-	h, changed := m.health.Observe(res)
+	now := time.Now()
+	if h, send := bus.Record(ctx, p.log, &m.health, res, now); send {
+		p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindHealth, Time: now.UTC(), Health: &h})
+	}
 	m.observed(m.cfg.ID, res.RTT)
 	if r.answered {
 		m.heard = time.Now()
@@ -571,16 +574,6 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 		// Gone for a while: it may come back as another module, so its
 		// name is asked again when it answers.
 		m.known = false
-	}
-	if changed {
-		level := slog.LevelInfo
-		if h.State == model.Offline {
-			level = slog.LevelWarn
-		}
-		p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
-	}
-	if now := time.Now(); m.health.Report(now, changed) {
-		p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindHealth, Time: now.UTC(), Health: &h})
 	}
 	interval, _ = m.health.Next(m.every())
 	return interval

@@ -238,16 +238,9 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 		msg.Time = p.now().UTC()
 	}
 	p.emit(msg)
-	h, changed := d.health.Observe(res)
 	d.observed(d.cfg.ID, res.RTT)
-	if changed {
-		level := slog.LevelInfo
-		if h.State == model.Offline {
-			level = slog.LevelWarn
-		}
-		p.log.Log(ctx, level, "device health", "state", h.State, "reason", h.Reason)
-	}
-	if now := p.now(); d.health.Report(now, changed) {
+	now := p.now()
+	if h, send := bus.Record(ctx, p.log, &d.health, res, now); send {
 		p.emit(model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindHealth, Time: now.UTC(), Health: &h})
 	}
 	interval, _ = d.health.Next(d.every())
