@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"syscall"
@@ -196,7 +197,10 @@ func (s *Serial) Port() (p Port, opened bool, err error) {
 	}
 	p, err = s.open(s.path, s.mode)
 	if err != nil {
-		s.reopen.Fail(fmt.Errorf("open %s: %w", s.path, err))
+		if pe := (*fs.PathError)(nil); !errors.As(err, &pe) || pe.Path != s.path {
+			err = fmt.Errorf("open %s: %w", s.path, err) // name the port once
+		}
+		s.reopen.Fail(err)
 		s.log.Warn("serial port unavailable", "port", s.path, "retry_in", s.reopen.delay, "err", err)
 		return nil, false, &LinkDownError{s.reopen.err}
 	}

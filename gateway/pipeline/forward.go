@@ -134,6 +134,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			f.setAside(msgs, over)
 			msgs = without(msgs, over)
 		}
+		sent := time.Now()
 		err = f.Uplink.Send(ctx, msgs)
 		accepted := len(msgs)
 		var rej *uplink.Rejected
@@ -149,7 +150,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			f.Outage.down(err)
+			f.Outage.down(err, sent)
 			f.Log.Debug("hub did not accept a batch; will retry", "forwarder", f.Name, "messages", len(msgs), "retry_in", backoff, "err", err)
 			select {
 			case <-ctx.Done():
@@ -336,7 +337,9 @@ func (o *Outage) Down() (down bool, since time.Time, reason string) {
 	return true, o.since, o.err
 }
 
-func (o *Outage) down(err error) {
+// down records a failed send that began at sent: a hub that hangs fails
+// a send only at its timeout, and the outage began when the send did.
+func (o *Outage) down(err error, sent time.Time) {
 	if o == nil {
 		return
 	}
@@ -345,7 +348,7 @@ func (o *Outage) down(err error) {
 	if !o.since.IsZero() {
 		return
 	}
-	o.since, o.err = time.Now(), err.Error()
+	o.since, o.err = sent, err.Error()
 	o.Log.Warn("hub uplink down; queueing until it is back", "uplink", o.Uplink, "err", err)
 }
 

@@ -201,3 +201,15 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestOutageSinceTheFailedSend: a hub that hangs fails a send only at its
+// timeout; the outage dates from when that send began.
+func TestOutageSinceTheFailedSend(t *testing.T) {
+	o := &Outage{Uplink: "influx", Log: slog.New(slog.DiscardHandler)}
+	began := time.Now().Add(-30 * time.Second)
+	o.down(errors.New("context deadline exceeded"), began)
+	o.down(errors.New("later failure"), time.Now())
+	if down, since, why := o.Down(); !down || !since.Equal(began) || why != "context deadline exceeded" {
+		t.Errorf("down=%v since %v %q, want down since %v (the first failed send's start) for its reason", down, since, why, began)
+	}
+}

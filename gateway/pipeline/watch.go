@@ -35,7 +35,10 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			last[name] = s
 			t, pt := s.Lanes[queue.LaneTelemetry], prev.Lanes[queue.LaneTelemetry]
 			a := s.Kept()
-			if s.WriteFailing && !prev.WriteFailing {
+			// A disk that refused writes and took them again between two
+			// checks is reported as failed and recovered, all the same.
+			blip := !s.WriteFailing && !prev.WriteFailing && s.WriteErrors > prev.WriteErrors
+			if s.WriteFailing && !prev.WriteFailing || blip {
 				failedAt[name], since[name] = prev, time.Now()
 				in.Emit(GatewayEvent(model.EventQueueWriteFailed, model.Critical, map[string]string{
 					"uplink":        name,
@@ -46,7 +49,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 					"reason":        "the disk refuses the queue's writes: alarms are held in memory and still sent, new telemetry is dropped",
 				}))
 			}
-			if !s.WriteFailing && prev.WriteFailing {
+			if !s.WriteFailing && prev.WriteFailing || blip {
 				f := failedAt[name]
 				in.Emit(GatewayEvent(model.EventQueueWriteRecovered, model.Info, map[string]string{
 					"uplink":        name,
@@ -58,7 +61,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			}
 			if d := t.DroppedReadings - pt.DroppedReadings; d > 0 {
 				reason := "queue size cap reached: the oldest telemetry was dropped"
-				if s.WriteErrors > prev.WriteErrors {
+				if s.WriteErrors > prev.WriteErrors || s.FullDrops > prev.FullDrops {
 					reason = "the disk is full or refuses writes: telemetry was dropped (" + s.WriteError + ")"
 				}
 				in.Emit(GatewayEvent(model.EventQueueDrops, model.Warning, map[string]string{

@@ -5,7 +5,9 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -85,4 +87,73 @@ func nextEvent(t *testing.T, q *queue.Queue, kind string) model.Message {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// statsSeq is a queue whose counters the test sets.
+type statsSeq struct {
+	mu sync.Mutex
+	s  queue.Stats
+}
+
+func (q *statsSeq) Stats() queue.Stats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.s
+}
+
+func (q *statsSeq) set(f func(*queue.Stats)) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	f(&q.s)
+}
+
+// TestWatchQueuesBetweenChecks: a disk that refused writes and took them
+// again between two checks is still reported, failed then recovered, and
+// drops a full disk forced are reported as the disk's, not the cap's.
+func TestWatchQueuesBetweenChecks(t *testing.T) {
+	q := &statsSeq{}
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go WatchQueues(ctx, in, map[string]*statsSeq{"influx": q}, 5*time.Millisecond)
+	events := func(n int) []string {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			rec.mu.Lock()
+			var got []string
+			for _, m := range rec.msgs {
+				got = append(got, m.Event.Kind+": "+m.Event.Details["reason"])
+			}
+			rec.mu.Unlock()
+			if len(got) >= n || time.Now().After(deadline) {
+				return got
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// Refused twice and writing again before the next check, with three
+	// readings dropped.
+	q.set(func(s *queue.Stats) {
+		s.WriteErrors, s.WriteError = 2, "write seg: no space left on device"
+		s.Lanes[queue.LaneTelemetry].DroppedReadings = 3
+	})
+	want := []string{
+		model.EventQueueWriteFailed + ": the disk refuses the queue's writes: alarms are held in memory and still sent, new telemetry is dropped",
+		model.EventQueueWriteRecovered + ": the disk takes the queue's writes again",
+		model.EventQueueDrops + ": the disk is full or refuses writes: telemetry was dropped (write seg: no space left on device)",
+	}
+	if got := events(3); !slices.Equal(got, want) {
+		t.Errorf("events %q\nwant %q", got, want)
+	}
+	// A full disk made room by dropping the oldest telemetry; the write
+	// itself succeeded.
+	q.set(func(s *queue.Stats) {
+		s.FullDrops = 1
+		s.Lanes[queue.LaneTelemetry].DroppedReadings = 10
+	})
+	if got := events(4); len(got) != 4 || !strings.HasPrefix(got[3], model.EventQueueDrops+": the disk is full or refuses writes") {
+		t.Errorf("events %q, want a fourth: queue_drops for the full disk", got)
+	}
 }

@@ -289,6 +289,9 @@ type Stats struct {
 	WriteErrors  int64
 	WriteError   string
 	WriteFailing bool
+	// FullDrops counts the times a full disk made the queue drop its
+	// oldest telemetry to write what came (the write then succeeded).
+	FullDrops int64
 }
 
 // Errors.
@@ -776,6 +779,7 @@ func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64) (int, error) {
 		if err == nil || !errors.Is(err, syscall.ENOSPC) || !q.freeTelemetry() {
 			return done, err
 		}
+		q.st.FullDrops++
 		q.log.Warn("queue: disk full, dropped the oldest telemetry to make room", "lane", ln.l)
 	}
 }

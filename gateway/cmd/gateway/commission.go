@@ -62,6 +62,10 @@ func cmdCommission(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gateway commission: fix the station file first (gateway validate checks it)")
 		return 1
 	}
+	if err := notWhileRunning(st); err != nil {
+		fmt.Fprintln(stderr, "gateway commission:", err)
+		return 1
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	rec := commission(ctx, st, *timeout)

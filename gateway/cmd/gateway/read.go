@@ -34,6 +34,10 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	if err := notWhileRunning(st); err != nil {
+		fmt.Fprintln(stderr, "gateway read:", err)
+		return 1
+	}
 	id := fs.Arg(0)
 	link, ok := deviceLink(st, id)
 	if !ok {

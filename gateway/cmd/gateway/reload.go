@@ -234,6 +234,33 @@ func sameLink(a, b drivers.Link) bool {
 // process id, for gateway reload.
 func pidFile(stateDir string) string { return filepath.Join(stateDir, "gateway.pid") }
 
+// runningGateway is the process id of the gateway that runs with this
+// state directory, or why none does.
+func runningGateway(stateDir string) (int, error) {
+	b, err := os.ReadFile(pidFile(stateDir))
+	pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || perr != nil || pid <= 0 {
+		return 0, fmt.Errorf("no gateway runs with state_dir %s (%s: %v)", stateDir, pidFile(stateDir), errors.Join(err, perr))
+	}
+	// A gateway that died left its pid file; its status file then stops
+	// being written, and the pid may be another process's by now.
+	if s, err := status.Read(status.File(stateDir)); err != nil || time.Since(s.Time) > staleAfter {
+		return 0, fmt.Errorf("no gateway runs with state_dir %s (its status file is missing or older than %s)", stateDir, staleAfter)
+	}
+	return pid, nil
+}
+
+// notWhileRunning says why a command that talks to the station's devices
+// must not run beside its gateway, when one runs: two masters on one bus
+// answer each other's frames.
+func notWhileRunning(st *configs.Station) error {
+	pid, err := runningGateway(st.StateDir)
+	if err != nil {
+		return nil
+	}
+	return fmt.Errorf("the station's gateway runs (pid %d, state_dir %s): stop it first (sudo systemctl stop outpost), or two masters on its buses scramble each other's frames; while it runs, gateway status and its status page show what it reads", pid, st.StateDir)
+}
+
 func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 	fs := c.flags(stderr)
 	config := fs.String("config", "", "station file (required)")
@@ -251,16 +278,9 @@ func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gateway reload: not reloaded: fix the station file first; the gateway runs on as it was")
 		return 1
 	}
-	b, err := os.ReadFile(pidFile(st.StateDir))
-	pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || perr != nil || pid <= 0 {
-		fmt.Fprintf(stderr, "gateway reload: no gateway runs with state_dir %s (%s: %v)\n", st.StateDir, pidFile(st.StateDir), errors.Join(err, perr))
-		return 1
-	}
-	// A gateway that died left its pid file; its status file then stops
-	// being written, and the pid may be another process's by now.
-	if s, err := status.Read(status.File(st.StateDir)); err != nil || time.Since(s.Time) > staleAfter {
-		fmt.Fprintf(stderr, "gateway reload: no gateway runs with state_dir %s (its status file is missing or older than %s)\n", st.StateDir, staleAfter)
+	pid, err := runningGateway(st.StateDir)
+	if err != nil {
+		fmt.Fprintln(stderr, "gateway reload:", err)
 		return 1
 	}
 	p, _ := os.FindProcess(pid)

@@ -16,25 +16,7 @@ import (
 // TestReloadRefusesAStalePidFile: a gateway that died leaves its pid file;
 // gateway reload must not signal whatever process has that pid now.
 func TestReloadRefusesAStalePidFile(t *testing.T) {
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	if err := os.MkdirAll(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "station.yaml")
-	src := fmt.Sprintf(`version: 2
-station: {id: rl-1, type: police_room}
-state_dir: %s
-hub:
-  mqtt: {url: "tcp://127.0.0.1:1883"}
-links:
-  - {id: lan, protocol: modbus-tcp, address: "127.0.0.1:1502"}
-devices:
-  - {id: th-1, template: xy-md02, link: lan, unit_id: 1}
-`, state)
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path, state := stationWithState(t)
 	other := exec.Command("sleep", "60") // the process that has the dead gateway's pid now
 	if err := other.Start(); err != nil {
 		t.Fatal(err)
@@ -55,5 +37,49 @@ devices:
 	case err := <-exited:
 		t.Errorf("the other process was signalled: %v", err)
 	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// stationWithState writes a one-device station file with a state
+// directory of its own, and returns their paths.
+func stationWithState(t *testing.T) (path, state string) {
+	t.Helper()
+	dir := t.TempDir()
+	state = filepath.Join(dir, "state")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "station.yaml")
+	src := fmt.Sprintf(`version: 2
+station: {id: rl-1, type: police_room}
+state_dir: %s
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+links:
+  - {id: lan, protocol: modbus-tcp, address: "127.0.0.1:1502"}
+devices:
+  - {id: th-1, template: xy-md02, link: lan, unit_id: 1}
+`, state)
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, state
+}
+
+// TestNotBesideARunningGateway: read and commission talk to the
+// station's devices, so they refuse while its gateway runs (its pid file
+// and a fresh status file say so), and say what to do.
+func TestNotBesideARunningGateway(t *testing.T) {
+	path, state := stationWithState(t)
+	os.WriteFile(pidFile(state), []byte(fmt.Sprintln(os.Getpid())), 0o644)
+	if err := status.Write(status.File(state), status.Snapshot{Station: "rl-1", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("the station's gateway runs (pid %d, state_dir %s): stop it first (sudo systemctl stop outpost)", os.Getpid(), state)
+	for _, args := range [][]string{{"read", "-config", path, "th-1"}, {"commission", "-config", path}} {
+		var out, errb bytes.Buffer
+		if code := cli(args, &out, &errb); code != 1 || !strings.Contains(errb.String(), want) {
+			t.Errorf("%s beside a running gateway: exit %d, stderr %q", args[0], code, errb.String())
+		}
 	}
 }
