@@ -24,6 +24,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,7 @@ type Uplink struct {
 
 	statusMu sync.Mutex
 	status   Connection
+	closes   []time.Time // when the broker closed the connection, the last minute
 
 	mu      sync.Mutex
 	client  paho.Client // connected client, nil between connections
@@ -267,7 +269,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			u.mu.Lock()
 			u.client = nil
 			u.mu.Unlock()
-			u.setStatus(false, "connection lost")
+			u.setStatus(false, u.lostCause(u.clientID()))
 		case <-u.stop:
 			c.Disconnect(disconnectQuiet)
 			return
@@ -303,7 +305,8 @@ func (u *Uplink) tlsConfig() (*tls.Config, error) {
 
 // options are those of one client, which makes one connection: no paho
 // reconnect, clean session, in-memory store.
-func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
+// clientID is the connection's MQTT client id.
+func (u *Uplink) clientID() string {
 	id := u.cfg.ClientID
 	if id == "" {
 		id = "outpost-" + u.station.ID
@@ -311,6 +314,11 @@ func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
 	if u.alarms {
 		id += AlarmsSuffix
 	}
+	return id
+}
+
+func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
+	id := u.clientID()
 	o := paho.NewClientOptions()
 	if !u.alarms {
 		will := AppendStatus(nil, u.station.ID, StateOffline, time.Now())
@@ -336,6 +344,10 @@ func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
 		SetOnConnectHandler(u.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			u.log.Info("mqtt uplink: connection lost", "broker", u.broker, "err", err)
+			if errors.Is(err, io.EOF) && u.closedByBroker(time.Now()) {
+				u.log.Warn("mqtt uplink: the broker keeps closing the gateway's connection; another client may use its client id",
+					"broker", u.broker, "client_id", id, "closes_in_a_minute", duplicateCloses)
+			}
 			lost()
 		}).
 		SetCustomOpenConnectionFn(func(b *url.URL, _ paho.ClientOptions) (net.Conn, error) {
@@ -484,6 +496,31 @@ func (u *Uplink) Connection() Connection {
 	u.statusMu.Lock()
 	defer u.statusMu.Unlock()
 	return u.status
+}
+
+// duplicateCloses: this many connections the broker closed within a
+// minute look like another client with the gateway's client id (the
+// broker closes the older of two), or an ACL refusing what it publishes.
+const duplicateCloses = 3
+
+// closedByBroker notes that the broker closed the connection, at now, and
+// says whether that makes duplicateCloses within a minute (said once per
+// such run; the uplink's cause then says it).
+func (u *Uplink) closedByBroker(now time.Time) bool {
+	u.statusMu.Lock()
+	defer u.statusMu.Unlock()
+	u.closes = append(slices.DeleteFunc(u.closes, func(t time.Time) bool { return now.Sub(t) > time.Minute }), now)
+	return len(u.closes) == duplicateCloses
+}
+
+// lostCause is why the connection is down after it was lost.
+func (u *Uplink) lostCause(clientID string) string {
+	u.statusMu.Lock()
+	defer u.statusMu.Unlock()
+	if len(u.closes) >= duplicateCloses && time.Since(u.closes[len(u.closes)-1]) < time.Minute {
+		return fmt.Sprintf("the broker closed the connection %d times in a minute: another client may use the client id %s (a second gateway with station id %s?), or the broker's ACL refuses what the gateway publishes", len(u.closes), clientID, u.station.ID)
+	}
+	return "connection lost"
 }
 
 // setStatus records the connection state and reports whether it changed

@@ -450,3 +450,34 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestSecondGatewaySameClientID: two gateways with one station id (an old
+// box left running beside its replacement) take the broker's connection
+// from each other; each says what is wrong, with the client id, instead of
+// a bare "connection lost".
+func TestSecondGatewaySameClientID(t *testing.T) {
+	m := startBroker(t)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	a := New(configs.MQTT{URL: m.URL()}, station, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(context.Background())
+	connect(t, m.URL()) // the second gateway
+	want := "another client may use the client id outpost-" + station.ID + " (a second gateway with station id " + station.ID + "?)"
+	for !strings.Contains(logs.String(), "the broker keeps closing the gateway's connection") {
+		if ctx.Err() != nil {
+			t.Fatalf("no warning after 30 s; log:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for c := a.Connection(); !strings.Contains(c.Cause, want); c = a.Connection() {
+		if ctx.Err() != nil {
+			t.Fatalf("cause %q, want it to say %q", c.Cause, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
