@@ -586,6 +586,8 @@ func (r *runner) pollRates(from, to simStats) {
 //	stop-broker, start-broker
 //	kill-influx    kill -9 InfluxDB, keep it down for Down, restart it
 //	stop-influx, start-influx
+//	freeze-broker, thaw-broker, freeze-influx, thaw-influx
+//	               SIGSTOP and SIGCONT: the server hangs, connections open
 //	kill-gateway   kill -9 the gateway and restart it
 //	power-cut      kill -9 the gateway, truncate its queue files at a random
 //	               byte and append garbage, restart it
@@ -618,6 +620,14 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 
 	case "start-influx":
 		return r.influx.Restart(ctx)
+	case "freeze-broker":
+		r.mqtt.Freeze()
+	case "thaw-broker":
+		r.mqtt.Thaw()
+	case "freeze-influx":
+		r.influx.Freeze()
+	case "thaw-influx":
+		r.influx.Thaw()
 	case "device":
 		if f.Device == nil {
 			return fmt.Errorf("fault device needs device: {device, do, args}")

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -158,6 +159,14 @@ func (in *Influx) ping(ctx context.Context) error {
 
 // Kill ends the server with SIGKILL.
 func (in *Influx) Kill() { in.p.kill() }
+
+// Freeze stops the server (SIGSTOP) without closing anything: it hangs, as
+// a server on a wedged machine does; writes wait for an answer that does
+// not come. Thaw resumes it.
+func (in *Influx) Freeze() { in.p.send(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server.
+func (in *Influx) Thaw() { in.p.send(syscall.SIGCONT) }
 
 // Stop ends the server gracefully. Stopping a stopped server does nothing.
 func (in *Influx) Stop() { in.p.stop() }

@@ -39,8 +39,11 @@ type Uplink struct {
 func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 	opts := influxdb2.DefaultOptions().
 		SetPrecision(time.Nanosecond).
-		SetLogLevel(0).           // errors are returned, not logged
-		SetHTTPRequestTimeout(30) // seconds; ctx usually ends sooner
+		SetLogLevel(0). // errors are returned, not logged
+		// A write of a whole batch takes milliseconds; a server that
+		// has not answered in 10 s hangs, and the outage (dated from the
+		// write's start) is reported then rather than after 30.
+		SetHTTPRequestTimeout(10) // seconds
 	client := influxdb2.NewClientWithOptions(cfg.URL, cfg.Token, opts)
 	batch := cfg.BatchSize
 	if batch <= 0 {
