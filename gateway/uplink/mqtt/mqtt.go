@@ -245,6 +245,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			return
 		}
 		if err := tok.Error(); err != nil {
+			u.brokerAway()
 			cause := connectCause(err, u.broker, tlsCfg != nil)
 			if u.setStatus(false, cause) {
 				u.log.Warn("mqtt uplink: cannot connect to the hub broker; retrying", "broker", u.broker, "cause", cause)
@@ -303,8 +304,6 @@ func (u *Uplink) tlsConfig() (*tls.Config, error) {
 	return nil, fmt.Errorf("mqtt uplink: broker url %q: scheme must be tcp or ssl", u.broker)
 }
 
-// options are those of one client, which makes one connection: no paho
-// reconnect, clean session, in-memory store.
 // clientID is the connection's MQTT client id.
 func (u *Uplink) clientID() string {
 	id := u.cfg.ClientID
@@ -317,6 +316,8 @@ func (u *Uplink) clientID() string {
 	return id
 }
 
+// options are those of one client, which makes one connection: no paho
+// reconnect, clean session, in-memory store.
 func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
 	id := u.clientID()
 	o := paho.NewClientOptions()
@@ -499,9 +500,19 @@ func (u *Uplink) Connection() Connection {
 }
 
 // duplicateCloses: this many connections the broker closed within a
-// minute look like another client with the gateway's client id (the
-// broker closes the older of two), or an ACL refusing what it publishes.
+// minute, each taken again at the first try, look like another client
+// with the gateway's client id (the broker closes the older of two), or an
+// ACL refusing what it publishes. A broker that went away (restarted,
+// killed) refuses a connection meanwhile, and the count starts over.
 const duplicateCloses = 3
+
+// brokerAway notes a failed connection attempt: the closes before it were
+// the broker's going away.
+func (u *Uplink) brokerAway() {
+	u.statusMu.Lock()
+	defer u.statusMu.Unlock()
+	u.closes = u.closes[:0]
+}
 
 // closedByBroker notes that the broker closed the connection, at now, and
 // says whether that makes duplicateCloses within a minute (said once per

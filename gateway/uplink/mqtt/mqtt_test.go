@@ -481,3 +481,38 @@ func TestSecondGatewaySameClientID(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestBrokerRestartsAreNotADuplicate: a broker stopped and restarted three
+// times in a minute also closes the connection three times, but refuses
+// the gateway while it is away: that is no second gateway.
+func TestBrokerRestartsAreNotADuplicate(t *testing.T) {
+	m := startBroker(t)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	u := New(configs.MQTT{URL: m.URL()}, station, log)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := u.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close(context.Background())
+	for range 3 {
+		m.Stop() // it closes its connections: the gateway reads EOF
+		for u.Connection().Connected { // the loss is seen
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond) // down long enough for a refused attempt
+		if err := m.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for !u.Connection().Connected {
+			if ctx.Err() != nil {
+				t.Fatal("not connected again")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if strings.Contains(logs.String(), "keeps closing") || strings.Contains(u.Connection().Cause, "another client") {
+		t.Errorf("three broker restarts taken for a second gateway; log:\n%s", logs.String())
+	}
+}
