@@ -497,7 +497,7 @@ func TestBrokerRestartsAreNotADuplicate(t *testing.T) {
 	}
 	defer u.Close(context.Background())
 	for range 3 {
-		m.Stop() // it closes its connections: the gateway reads EOF
+		m.Stop()                       // it closes its connections: the gateway reads EOF
 		for u.Connection().Connected { // the loss is seen
 			time.Sleep(10 * time.Millisecond)
 		}
