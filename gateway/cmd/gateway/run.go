@@ -207,7 +207,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
 	fwd.Go(func() { spareProcs(fctx, queues, log) })
-	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, fwds: fwds, board: board, wrote: make(chan struct{}, 1)}
+	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, fwds: fwds, board: board, writeNow: make(chan struct{}, 1)}
 	if st.Status.Listen != "off" {
 		// The station works without its status server: a port taken is
 		// logged, not fatal.
@@ -224,7 +224,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			log.Info("status page", "url", "http://"+g.listen+"/")
 		}
 	}
-	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.wrote, log) })
+	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, log) })
 	fwd.Go(func() {
 		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(prefix, st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
 	})
@@ -270,10 +270,14 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 }
 
 // waitFor waits for wg up to d, and says whether it ended.
-func waitFor(wg *sync.WaitGroup, d time.Duration) bool {
+func waitFor(wg *sync.WaitGroup, d time.Duration) bool { return within(d, wg.Wait) }
+
+// within runs f and says whether it returned within d; one that does not
+// is left to finish on its own.
+func within(d time.Duration, f func()) bool {
 	done := make(chan struct{})
 	go func() {
-		wg.Wait()
+		f()
 		close(done)
 	}()
 	select {

@@ -43,9 +43,9 @@ type snapshots struct {
 	board   *status.Board
 	listen  string // the status server's address, when it runs
 
-	mu     sync.Mutex
-	reload *status.Reload // the last reload's outcome
-	wrote  chan struct{}  // asks writeStatus to write now
+	mu       sync.Mutex
+	reload   *status.Reload // the last reload's outcome
+	writeNow chan struct{}  // asks writeStatus to write at once
 }
 
 // reloaded records a reload's outcome and has the status file say it at
@@ -55,7 +55,7 @@ func (g *snapshots) reloaded(r status.Reload) {
 	g.reload = &r
 	g.mu.Unlock()
 	select {
-	case g.wrote <- struct{}{}:
+	case g.writeNow <- struct{}{}:
 	default:
 	}
 }

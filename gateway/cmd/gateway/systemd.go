@@ -77,14 +77,7 @@ func pipelineAlive[Q pipeline.StatsSource](lastEmit func() time.Time, stall time
 		return fmt.Errorf("no message from any driver for %s", since.Round(time.Second))
 	}
 	for name, q := range queues {
-		done := make(chan struct{})
-		go func() {
-			q.Stats()
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
+		if !within(5*time.Second, func() { q.Stats() }) {
 			return fmt.Errorf("the %s queue does not answer (its disk hangs?)", name)
 		}
 	}

@@ -270,7 +270,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			u.mu.Lock()
 			u.client = nil
 			u.mu.Unlock()
-			u.setStatus(false, u.lostCause(u.clientID()))
+			u.setStatus(false, u.lostCause())
 		case <-u.stop:
 			c.Disconnect(disconnectQuiet)
 			return
@@ -525,11 +525,11 @@ func (u *Uplink) closedByBroker(now time.Time) bool {
 }
 
 // lostCause is why the connection is down after it was lost.
-func (u *Uplink) lostCause(clientID string) string {
+func (u *Uplink) lostCause() string {
 	u.statusMu.Lock()
 	defer u.statusMu.Unlock()
 	if len(u.closes) >= duplicateCloses && time.Since(u.closes[len(u.closes)-1]) < time.Minute {
-		return fmt.Sprintf("the broker closed the connection %d times in a minute: another client may use the client id %s (a second gateway with station id %s?), or the broker's ACL refuses what the gateway publishes", len(u.closes), clientID, u.station.ID)
+		return fmt.Sprintf("the broker closed the connection %d times in a minute: another client may use the client id %s (a second gateway with station id %s?), or the broker's ACL refuses what the gateway publishes", len(u.closes), u.clientID(), u.station.ID)
 	}
 	return "connection lost"
 }
