@@ -90,6 +90,7 @@ type Tracker struct {
 	failing  int // polls in a row that were not clean
 	counters map[string]uint64
 	reported time.Time // when the health was last sent
+	unheard  bool      // offline with its link, and silent since
 	// the station file's health thresholds; 0 for the defaults
 	offlineAfter, degradedAfter int
 }
@@ -154,16 +155,18 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	state := model.Degraded
 	switch {
 	case r.LinkDown:
-		t.silent, t.failing = 0, 0
+		t.silent, t.failing, t.unheard = 0, 0, true
 		state = model.Offline
 	case r.Silent:
 		t.silent++
 		t.failing++
-		if t.silent >= offlineAfter {
+		// Unheard since its link went down: silence once the link is
+		// back keeps it offline rather than restoring it to degraded.
+		if t.silent >= offlineAfter || t.unheard {
 			state = model.Offline
 		}
 	default:
-		t.silent = 0
+		t.silent, t.unheard = 0, false
 		if r.Failed == 0 && len(r.Counters) == 0 {
 			t.failing = 0
 			state = model.Online

@@ -40,6 +40,7 @@ func TestTracker(t *testing.T) {
 		{"and again", bad, model.Degraded, false, bad.Reason},
 		{"and again: it answers, so it is not offline", bad, model.Degraded, false, bad.Reason},
 		{"link down", down, model.Offline, true, down.Reason},
+		{"link back, the device silent: still offline", silent, model.Offline, false, silent.Reason},
 		{"a late poll", late, model.Online, true, ""},
 		{"values that do not decode", undecoded, model.Degraded, true, "values that do not decode"},
 	}
@@ -50,8 +51,8 @@ func TestTracker(t *testing.T) {
 			t.Fatalf("step %d (%s): %s changed=%v %q, want %s changed=%v %q", i, s.name, h.State, changed, h.Reason, s.state, s.changed, s.reason)
 		}
 	}
-	// The 17 polls above and an empty one.
-	want := map[string]uint64{"polls": 18, "requests": 27, "failures": 11, "exceptions": 8, "timeouts": 5, "link_down": 1,
+	// The 18 polls above and an empty one.
+	want := map[string]uint64{"polls": 19, "requests": 28, "failures": 12, "exceptions": 8, "timeouts": 6, "link_down": 1,
 		"decode_errors": 1, "late_polls": 1}
 	if h, _ := tr.Observe(Result{}); fmt.Sprint(h.Counters) != fmt.Sprint(want) {
 		t.Errorf("counters %v, want %v", h.Counters, want)

@@ -47,6 +47,7 @@ type Line struct {
 	share    map[string]float64 // device -> wire time of its last poll over its interval
 	late     lateness
 	first    time.Time // the link's first poll
+	slowest  time.Duration // the longest poll interval of its devices
 }
 
 // LateQuiet is the least time without a late poll after which a link that
@@ -67,6 +68,7 @@ func (l *Line) Add(addr int, every time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.quiet = max(l.quiet, 2*every)
+	l.slowest = max(l.slowest, every)
 	l.known[addr] = true
 }
 
@@ -74,7 +76,8 @@ func (l *Line) Add(addr int, every time.Duration) {
 // says whether that is late. It logs, at warning level, when the link
 // starts running late and when it is on time again, with the figures.
 // Every device's first poll is due at the link's start, so they queue for
-// the wire: a poll in the first two of its intervals is never late.
+// the wire, and the fast alarm polls wait behind them: a poll in the first
+// two of the link's longest intervals (or its own) is never late.
 func (l *Line) Started(dev string, by, interval time.Duration) bool {
 	now := time.Now()
 	l.mu.Lock()
@@ -82,7 +85,7 @@ func (l *Line) Started(dev string, by, interval time.Duration) bool {
 	if l.first.IsZero() {
 		l.first = now
 	}
-	if now.Sub(l.first) < 2*interval {
+	if now.Sub(l.first) < 2*max(interval, l.slowest) {
 		return false
 	}
 	late, began, ended := l.late.observe(now, by, interval, l.quiet)

@@ -93,3 +93,21 @@ func TestFirstRoundNotLate(t *testing.T) {
 		t.Error("a poll 15 ms late at a 20 ms interval, after the first round, not counted late")
 	}
 }
+
+// TestFirstRoundOfTheSlowest: fast alarm polls wait behind the link's first
+// round of normal polls; they are not late until two of its longest
+// intervals have passed.
+func TestFirstRoundOfTheSlowest(t *testing.T) {
+	l := NewLine("rs485-1", "", units, slog.New(slog.DiscardHandler))
+	l.Add(1, 40*time.Millisecond) // a sensor polled every 40 ms
+	const alarm = 10 * time.Millisecond
+	l.Started("pb-2", 0, alarm) // the link's first poll
+	time.Sleep(3 * alarm)       // past two alarm intervals, within two of the sensor's
+	if l.Started("pb-2", 8*time.Millisecond, alarm) {
+		t.Error("an alarm poll behind the first round of polls counted late")
+	}
+	time.Sleep(60 * time.Millisecond) // past two of the sensor's intervals
+	if !l.Started("pb-2", 8*time.Millisecond, alarm) {
+		t.Error("an alarm poll 8 ms late at a 10 ms interval, after the first round, not counted late")
+	}
+}
