@@ -46,7 +46,7 @@ type Line struct {
 	answered map[int]bool       // address -> whether its last poll was answered
 	share    map[string]float64 // device -> wire time of its last poll over its interval
 	late     lateness
-	first    time.Time // the link's first poll
+	first    time.Time     // the link's first poll
 	slowest  time.Duration // the longest poll interval of its devices
 }
 
