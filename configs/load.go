@@ -242,6 +242,9 @@ func (d *decoder) validateStation(st *Station) {
 			d.errAt(h.key, "%s: %d is out of range (1 to 100 polls)", h.key, h.n)
 		}
 	}
+	if r := st.Health.ReportEvery; r < 5*time.Second || r > time.Hour {
+		d.errAt("health.report_every", "health.report_every: %s is out of range (5s to 1h)", r)
+	}
 	if st.Queue.MaxBytes < 64<<10 {
 		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 65536, 64 KiB)", st.Queue.MaxBytes)
 	}
@@ -468,13 +471,13 @@ func loadTemplate(name string, src templates) (t *Template, d *decoder, ok bool)
 	d.rest(t.Rest, t.Body, "")
 	d.check(t.Body, "")
 	d.checkSignals(t.Body.Signals())
-	d.checkActions(t.Actions, t.Body.Signals())
+	d.checkActions(t.Actions, t.Body.Signals(), f.Messages)
 	return t, d, true
 }
 
 // checkActions checks a template's actions against its signals: each
 // sets writable signals to values of their type, within their limits.
-func (d *decoder) checkActions(actions []Action, sigs []Signal) {
+func (d *decoder) checkActions(actions []Action, sigs []Signal, messages bool) {
 	byName := map[string]*Signal{}
 	for i := range sigs {
 		byName[sigs[i].Name] = &sigs[i]
@@ -507,6 +510,14 @@ func (d *decoder) checkActions(actions []Action, sigs []Signal) {
 			d.errAt(path+".name", "%s.name: action %q is already defined by %s", path, a.Name, first)
 		}
 		seen[a.Name] = path
+		if messages {
+			// Sent to the device as it is: the device acts on it.
+			d.checkArgs(path, a)
+			continue
+		}
+		if len(a.Args) > 0 {
+			d.errAt(path+".args", "%s.args: only devices that take actions as messages (mqtt) take args; this action sets signals", path)
+		}
 		if len(a.Set) == 0 {
 			d.errAt(path+".set", "%s.set: an action sets at least one signal", path)
 		}
@@ -525,6 +536,28 @@ func (d *decoder) checkActions(actions []Action, sigs []Signal) {
 				}
 			}
 		}
+	}
+}
+
+// checkArgs checks an action sent as a message: args, each named once,
+// and none of what sets signals.
+func (d *decoder) checkArgs(path string, a Action) {
+	for _, k := range []struct {
+		key string
+		set bool
+	}{{"set", len(a.Set) > 0}, {"for", a.For != 0}, {"then", len(a.Then) > 0}} {
+		if k.set {
+			d.errAt(path+"."+k.key, "%s.%s: this device takes actions as messages: an action sends its args and sets no signal", path, k.key)
+		}
+	}
+	names := map[string]bool{}
+	for j := range a.Args {
+		ap := fmt.Sprintf("%s.args[%d]", path, j)
+		a.Args[j].Check(problems{d, ap})
+		if names[a.Args[j].Name] {
+			d.errAt(ap+".name", "%s.name: arg %q is listed twice", ap, a.Args[j].Name)
+		}
+		names[a.Args[j].Name] = true
 	}
 }
 

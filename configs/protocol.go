@@ -33,6 +33,10 @@ type Family struct {
 	// Template makes a new body of a template of the family (a pointer to
 	// a struct), decoded from the template's keys after its header.
 	Template func() Body
+	// Messages says the family's devices take actions as messages: an
+	// action sends the command, with its args, to the device (which
+	// answers it), and sets no signal.
+	Messages bool
 }
 
 // Problems receives what a check finds wrong, at a path below the
@@ -113,6 +117,19 @@ type problems struct {
 func (p problems) Errorf(path, format string, args ...any) {
 	full := join(p.prefix, path)
 	p.d.errAt(full, "%s: %s", full, fmt.Sprintf(format, args...))
+}
+
+// Under is p for a part at path below what p checks: a Check method
+// hands it to the Check of a nested part (a list's item).
+func Under(p Problems, path string) Problems { return under{p, path} }
+
+type under struct {
+	p      Problems
+	prefix string
+}
+
+func (u under) Errorf(path, format string, args ...any) {
+	u.p.Errorf(join(u.prefix, path), format, args...)
 }
 
 // check runs v's own Check, if it has one, with problems below prefix.

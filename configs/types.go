@@ -16,7 +16,12 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"outpost/gateway/model"
 )
@@ -216,6 +221,10 @@ type Health struct {
 	// frames) make an online device degraded, 1 to 100; fewer are counted
 	// and leave it online. Raise it on a line known to be noisy.
 	DegradedAfter int `yaml:"degraded_after" default:"1" example:"3"`
+	// ReportEvery is how often a device's health goes to the hub while
+	// its state stays the same, so that its counters keep moving there,
+	// 5s to 1h.
+	ReportEvery time.Duration `yaml:"report_every" default:"1m" example:"5m"`
 }
 
 // Status is the gateway's local HTTP status server (see
@@ -394,15 +403,22 @@ func (d *Device) Fast(s Signal) bool {
 }
 
 // Action is a named command a device offers the hub: acknowledge a panic
-// (light the button's LED), sound a siren for a while.
+// (light the button's LED), sound a siren for a while, show a request's
+// status on a kiosk's screen.
 type Action struct {
 	// Name of the action in commands: lower-case letters, digits, '_';
 	// not "set", which every writable signal takes.
 	Name string `yaml:"name" required:"true" example:"siren_on"`
 	// Description is a line for the duty desk.
 	Description string `yaml:"description" example:"Sound the siren; it stops by itself"`
-	// Set lists the writable signals the action sets, in order.
-	Set []Setting `yaml:"set" required:"true"`
+	// Set lists the writable signals the action sets, in order; required
+	// unless the template's family sends actions to the device as
+	// messages (mqtt), where it is not allowed.
+	Set []Setting `yaml:"set"`
+	// Args are the arguments a command of the action carries to a device
+	// that takes actions as messages (mqtt): each checked by the gateway
+	// before the command is sent.
+	Args []Field `yaml:"args"`
 	// For, when set, is how long the action lasts: the gateway then sets
 	// the signals back by itself (to Then, or booleans to the opposite),
 	// also after a restart. A command may ask for less.
@@ -410,6 +426,99 @@ type Action struct {
 	// Then lists what the signals are set to when For has passed; needed
 	// for numbers.
 	Then []Setting `yaml:"then"`
+}
+
+// Field is a named value of a message: a detail of an event a device
+// sends, or an argument of a command sent to a device. The gateway checks
+// it against its type, and a string against its length and choices.
+type Field struct {
+	// Name is the field's name at the hub (an event's detail, a
+	// command's argument): lower-case letters, digits, '_'.
+	Name string `yaml:"name" required:"true" example:"status"`
+	// Type is string, number or bool.
+	Type ValueType `yaml:"type" default:"string" example:"number"`
+	// Required fields must be present; others may be missing.
+	Required bool `yaml:"required" example:"true"`
+	// Enum, for a string, lists the values it may take.
+	Enum []string `yaml:"enum" example:"[received, dispatched, on_scene, closed]"`
+	// MaxLen is the longest string, in bytes of UTF-8, 1 to 4096.
+	MaxLen int `yaml:"max_len" default:"256" example:"600"`
+	// Range, for a number, bounds it.
+	Range *Range `yaml:"range"`
+}
+
+// Value checks a field's value as JSON decodes it (a string, a float64 or
+// a bool) and returns it as the text of an event detail.
+func (f *Field) Value(v any) (string, error) {
+	switch f.Type {
+	case Bool:
+		b, ok := v.(bool)
+		if !ok {
+			return "", fmt.Errorf("%s must be true or false, not %s", f.Name, jsonKind(v))
+		}
+		return strconv.FormatBool(b), nil
+	case Number:
+		n, ok := v.(float64)
+		if !ok {
+			return "", fmt.Errorf("%s must be a number, not %s", f.Name, jsonKind(v))
+		}
+		if f.Range != nil && !f.Range.Contains(n) {
+			return "", fmt.Errorf("%s is %v, out of range (%v to %v)", f.Name, n, f.Range.Min, f.Range.Max)
+		}
+		return strconv.FormatFloat(n, 'f', -1, 64), nil
+	}
+	s, ok := v.(string)
+	switch {
+	case !ok:
+		return "", fmt.Errorf("%s must be a string, not %s", f.Name, jsonKind(v))
+	case !utf8.ValidString(s):
+		return "", fmt.Errorf("%s is not valid UTF-8", f.Name)
+	case len(s) > f.MaxLen:
+		return "", fmt.Errorf("%s is %d bytes long (at most %d)", f.Name, len(s), f.MaxLen)
+	case len(f.Enum) > 0 && !slices.Contains(f.Enum, s):
+		return "", fmt.Errorf("%s is %q (expected one of: %s)", f.Name, s, strings.Join(f.Enum, ", "))
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) && r != '\n' {
+			return "", fmt.Errorf("%s holds control character %U", f.Name, r)
+		}
+	}
+	return s, nil
+}
+
+// jsonKind names what JSON decoded v from, for errors.
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case float64:
+		return "a number"
+	case bool:
+		return "true/false"
+	case []any:
+		return "an array"
+	case map[string]any:
+		return "an object"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// Check checks a field's definition.
+func (f *Field) Check(p Problems) {
+	if !signalPattern.MatchString(f.Name) {
+		p.Errorf("name", "%q is not a field name (lower-case letters, digits, '_')", f.Name)
+	}
+	if f.MaxLen < 1 || f.MaxLen > 4096 {
+		p.Errorf("max_len", "%d is out of range (1 to 4096)", f.MaxLen)
+	}
+	if len(f.Enum) > 0 && f.Type != Text {
+		p.Errorf("enum", "only a string field takes enum")
+	}
+	if f.Range != nil && f.Type != Number {
+		p.Errorf("range", "only a number field takes range")
+	}
 }
 
 // Setting is a value for a writable signal.

@@ -27,12 +27,20 @@ type AlarmPlan struct {
 	Count   int           `yaml:"count"`
 	From    time.Duration `yaml:"from"`
 	To      time.Duration `yaml:"to"`
-	Sources []DeviceAct   `yaml:"sources"`
+	Sources []AlarmSource `yaml:"sources"`
 	// Gap is the least time between two alarms of one source, counted
 	// from when the last was done (a press with wait=true is done when
 	// the button is let go): a button pressed again while it is still
 	// held, or released for less than its alarm poll, raises nothing.
 	Gap time.Duration `yaml:"gap"`
+}
+
+// AlarmSource is what raises one source's alarms, and its own gap where
+// it needs a longer one than the plan's (a release is a change to
+// confirm too).
+type AlarmSource struct {
+	DeviceAct `yaml:",inline"`
+	Gap       time.Duration `yaml:"gap"`
 }
 
 // DeviceAct is an action of a simulated device (see firmware-sim's
@@ -146,6 +154,7 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 	}
 	plan := make([][]alarm, len(p.Sources))
 	var all []*alarm
+	gap := func(src int) time.Duration { return max(p.Gap, p.Sources[src].Gap) }
 	for src := range p.Sources {
 		n := p.Count / len(p.Sources)
 		if src < p.Count%len(p.Sources) {
@@ -155,12 +164,12 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 			continue
 		}
 		slot := (p.To - p.From) / time.Duration(n)
-		if slot <= p.Gap {
-			return fmt.Errorf("alarms: %d alarms from %d sources, %s apart from one source, do not fit between %s and %s", p.Count, len(p.Sources), p.Gap, p.From, p.To)
+		if slot <= gap(src) {
+			return fmt.Errorf("alarms: %d alarms from %d sources, %s apart from %s, do not fit between %s and %s", p.Count, len(p.Sources), gap(src), p.Sources[src].Device, p.From, p.To)
 		}
 		plan[src] = make([]alarm, n)
 		for k := range plan[src] {
-			plan[src][k].at = p.From + time.Duration(k)*slot + time.Duration(r.rng.Int64N(int64(slot-p.Gap)))
+			plan[src][k].at = p.From + time.Duration(k)*slot + time.Duration(r.rng.Int64N(int64(slot-gap(src))))
 			all = append(all, &plan[src][k])
 		}
 	}
@@ -180,14 +189,14 @@ func (r *runner) raiseAlarms(ctx context.Context) error {
 			var last time.Time
 			for _, a := range alarms {
 				at := r.gwStart.Add(a.at)
-				if !last.IsZero() && at.Before(last.Add(p.Gap)) {
-					at = last.Add(p.Gap)
+				if !last.IsZero() && at.Before(last.Add(gap(src))) {
+					at = last.Add(gap(src))
 				}
 				if err := sleepCtx(ctx, time.Until(at)); err != nil {
 					cancel(err)
 					return
 				}
-				if err := r.act(ctx, p.Sources[src], a.n); err != nil {
+				if err := r.act(ctx, p.Sources[src].DeviceAct, a.n); err != nil {
 					cancel(fmt.Errorf("alarm %d: %w", a.n, err))
 					return
 				}

@@ -78,7 +78,7 @@ type Result struct {
 
 // ReportEvery is how often a device's health goes to the hub while its
 // state stays the same, so that the hub (and the station's snapshot) sees
-// its counters move.
+// its counters move, unless the station file says otherwise.
 const ReportEvery = time.Minute
 
 // Tracker follows one device's health. It is pure: Observe gets the result
@@ -91,13 +91,15 @@ type Tracker struct {
 	counters map[string]uint64
 	reported time.Time // when the health was last sent
 	unheard  bool      // offline with its link, and silent since
-	// the station file's health thresholds; 0 for the defaults
+	// the station file's health thresholds and report interval; 0 for
+	// the defaults
 	offlineAfter, degradedAfter int
+	every                       time.Duration
 }
 
 // NewTracker is a tracker with the station file's thresholds.
 func NewTracker(h configs.Health) Tracker {
-	return Tracker{offlineAfter: h.OfflineAfter, degradedAfter: h.DegradedAfter}
+	return Tracker{offlineAfter: h.OfflineAfter, degradedAfter: h.DegradedAfter, every: h.ReportEvery}
 }
 
 func (t *Tracker) thresholds() (offline, degraded int) {
@@ -202,9 +204,14 @@ func Record(ctx context.Context, log *slog.Logger, t *Tracker, r Result, now tim
 }
 
 // Report says whether to send the health Observe returned, at now: when
-// its state changed, and ReportEvery after the last one sent.
+// its state changed, and ReportEvery (or the station's report_every)
+// after the last one sent.
 func (t *Tracker) Report(now time.Time, changed bool) bool {
-	if !changed && now.Sub(t.reported) < ReportEvery {
+	every := t.every
+	if every <= 0 {
+		every = ReportEvery
+	}
+	if !changed && now.Sub(t.reported) < every {
 		return false
 	}
 	t.reported = now
