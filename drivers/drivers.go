@@ -36,6 +36,24 @@ type Commander interface {
 	Set(ctx context.Context, device, signal string, v model.Value) error
 }
 
+// Messenger is a driver whose devices take actions as messages (MQTT
+// devices): Send delivers a command to a device and returns once the
+// device answered it: nil when it carried it out, an error with the
+// device's reason when it did not. A device that is away gets it when it
+// returns; Send gives up when ctx ends (the command expired).
+type Messenger interface {
+	Send(ctx context.Context, device string, c Outgoing) error
+}
+
+// Outgoing is a command for a device that takes actions as messages.
+type Outgoing struct {
+	ID      string         `json:"id"`
+	Action  string         `json:"action"`
+	Args    map[string]any `json:"args,omitempty"`
+	Sent    time.Time      `json:"ts"`
+	Expires time.Time      `json:"expires"`
+}
+
 // Driver runs one link (a serial bus or a network endpoint) and every device
 // on it until ctx ends. It returns nil when ctx ended, or an error that makes
 // the whole link unusable (it is then restarted by the gateway after a pause).

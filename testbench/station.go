@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"outpost/configs"
+	"outpost/configs/mqtt"
 	"outpost/gateway/status"
 	"outpost/testbench/hub"
 )
@@ -94,6 +95,9 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 	if err := makeKeys(doc, filepath.Join(work, "keys")); err != nil {
 		return "", nil, err
 	}
+	if err := makeCredentials(doc, filepath.Join(work, "keys")); err != nil {
+		return "", nil, err
+	}
 	if spec.Templates != "" {
 		if err := os.CopyFS(filepath.Join(work, "devices"), os.DirFS(spec.Templates)); err != nil {
 			return "", nil, fmt.Errorf("copying templates: %w", err)
@@ -161,6 +165,60 @@ func makeKeys(doc any, dir string) error {
 		return nil
 	}
 	return walk(doc)
+}
+
+// makeCredentials gives every device on an mqtt link with a password file
+// a new random password: the link's file in dir gets its hash, the
+// device's sim.password_file the password, for the simulated device.
+func makeCredentials(doc map[string]any, dir string) error {
+	links, _ := doc["links"].([]any)
+	files := map[string]string{} // link id: its password file
+	var lines = map[string][]string{}
+	for _, l := range links {
+		link := l.(map[string]any)
+		if link["protocol"] == mqtt.Protocol && link["credentials"] != nil {
+			id := fmt.Sprint(link["id"])
+			files[id] = filepath.Join(dir, id+".passwd")
+			link["credentials"] = files[id]
+		}
+	}
+	if len(files) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	devs, _ := doc["devices"].([]any)
+	for _, d := range devs {
+		dev := d.(map[string]any)
+		link, id := fmt.Sprint(dev["link"]), fmt.Sprint(dev["id"])
+		if files[link] == "" {
+			continue
+		}
+		pw := make([]byte, 12)
+		rand.Read(pw)
+		line, err := mqtt.Hash(id, hex.EncodeToString(pw))
+		if err != nil {
+			return err
+		}
+		lines[link] = append(lines[link], line)
+		path := filepath.Join(dir, id+".pass")
+		if err := os.WriteFile(path, []byte(hex.EncodeToString(pw)+"\n"), 0o600); err != nil {
+			return err
+		}
+		sim, _ := dev["sim"].(map[string]any)
+		if sim == nil {
+			sim = map[string]any{}
+		}
+		sim["password_file"] = path
+		dev["sim"] = sim
+	}
+	for link, path := range files {
+		if err := os.WriteFile(path, []byte(strings.Join(lines[link], "\n")+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // statusAddr waits for the gateway of a station to say where its status

@@ -185,12 +185,10 @@ func (d *Device) Check(p configs.Problems) {
 	}
 }
 
-// devicePattern is what a device id must be to be a topic level and a
-// client id.
-var devicePattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+// devicePattern is what the loader takes as a device id.
+var devicePattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
-// checkLink checks a link and its devices together: ids that can be
-// topic levels, and the credentials of an embedded broker's devices.
+// checkLink checks the credentials of an embedded broker's devices.
 func checkLink(p configs.Problems, st *configs.Station, link *configs.Link) {
 	l := link.Settings.(*Link)
 	var creds Credentials
@@ -209,10 +207,9 @@ func checkLink(p configs.Problems, st *configs.Station, link *configs.Link) {
 			continue
 		}
 		path := fmt.Sprintf("devices[%d]", i)
-		if !devicePattern.MatchString(dev.ID) {
-			p.Errorf(path+".id", "%q cannot be an MQTT client id and topic level (1 to 64 letters, digits, '_', '-')", dev.ID)
-		}
-		if creds != nil && !creds.Has(dev.ID) {
+		// An id the loader takes is a topic level and a client id; one it
+		// refuses was reported once already.
+		if creds != nil && devicePattern.MatchString(dev.ID) && !creds.Has(dev.ID) {
 			p.Errorf(path+".id", "%s has no line in %s: add it with gateway passwd -file %s %s", dev.ID, l.Credentials, l.Credentials, dev.ID)
 		}
 	}

@@ -67,7 +67,7 @@ func TestCommandSchemaRejectsWhatDecodeRejects(t *testing.T) {
 		`{"v":1,"id":"c","action":"set","args":{"signal":"led"},"ts":"2026-11-29T08:00:00Z"}`,
 		`{"v":1,"id":"c","action":"set","args":{"signal":"led","value":"on"},"ts":"2026-11-29T08:00:00Z"}`,
 		`{"v":1,"id":"c","action":"siren_on","args":{"value":true},"ts":"2026-11-29T08:00:00Z"}`,
-		`{"v":1,"id":"c","action":"siren_on","args":{"volume":3},"ts":"2026-11-29T08:00:00Z"}`,
+		`{"v":1,"id":"c","action":"set","args":{"signal":"led","value":true,"volume":3},"ts":"2026-11-29T08:00:00Z"}`,
 		`{"v":1,"id":"c","action":"siren_on","args":{"for":-1},"ts":"2026-11-29T08:00:00Z"}`,
 	} {
 		if err := schema.ValidateCommand([]byte(bad)); err == nil {

@@ -54,6 +54,10 @@ type Command struct {
 	// For is how long a lasting action should last, when the command
 	// asks for less than its template's.
 	For time.Duration
+	// Args are the arguments of an action a device takes as a message
+	// (an MQTT device's), as JSON decoded them; the Desk checks them
+	// against the template's action.
+	Args map[string]any
 	// Sent is when the duty desk sent it (its ts), TTL how long it is
 	// good for from then.
 	Sent time.Time
@@ -110,7 +114,7 @@ func Decode(station, device string, b []byte, key []byte, maxTTL time.Duration) 
 	if w.Action != nil {
 		c.Action = *w.Action
 	}
-	if _, err := dec.Token(); err == nil {
+	if len(bytes.TrimSpace(b[dec.InputOffset():])) > 0 {
 		return c, reject("malformed: data after the JSON object")
 	}
 	switch {
@@ -151,12 +155,27 @@ func Decode(station, device string, b []byte, key []byte, maxTTL time.Duration) 
 }
 
 // args decodes the action's arguments: "set" takes signal and value; an
-// action that lasts may take for, in seconds.
+// action that lasts may take for, in seconds; any other action may take
+// the arguments its template names (checked by the Desk).
 func (c *Command) args(raw json.RawMessage) error {
 	var a wireArgs
 	if len(raw) > 0 && string(raw) != "null" {
+		if c.Action != ActionSet {
+			var m map[string]any
+			if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+				return reject("malformed: args must be a JSON object")
+			}
+			delete(m, "for")
+			delete(m, "signal")
+			delete(m, "value")
+			if len(m) > 0 {
+				c.Args = m
+			}
+		}
 		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
+		if c.Action == ActionSet {
+			dec.DisallowUnknownFields()
+		}
 		dec.UseNumber()
 		if err := dec.Decode(&a); err != nil {
 			return reject("malformed: args: %v (expected signal, value, for)", strings.TrimPrefix(err.Error(), "json: "))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -23,6 +24,9 @@ type Target struct {
 	// Commander is the link's driver, or nil when its protocol cannot act
 	// on devices.
 	Commander drivers.Commander
+	// Messenger is the link's driver when its devices take actions as
+	// messages (MQTT).
+	Messenger drivers.Messenger
 }
 
 // How long a device has to carry out one step of a command, and how
@@ -88,6 +92,7 @@ func (d *Desk) readyC() chan struct{} {
 type job struct {
 	entry Entry
 	steps []Step
+	send  *drivers.Outgoing // an action sent to the device as a message
 	undo  bool
 }
 
@@ -150,7 +155,11 @@ func (d *Desk) Handle(device string, payload []byte) {
 		return
 	}
 	d.Log.Info("command taken", "id", c.ID, "device", device, "action", c.Action)
-	if !d.enqueue(job{entry: e, steps: steps}) {
+	j := job{entry: e, steps: steps}
+	if t.Messenger != nil {
+		j.send = &drivers.Outgoing{ID: c.ID, Action: c.Action, Args: c.Args, Sent: c.Sent, Expires: c.Expires()}
+	}
+	if !d.enqueue(j) {
 		// Run has ended: the command stays recorded as taken, and the
 		// next start reports it as interrupted.
 		d.Log.Warn("command taken while the gateway stops", "id", c.ID, "device", device)
@@ -160,8 +169,14 @@ func (d *Desk) Handle(device string, payload []byte) {
 // plan turns a command into the steps that carry it out, and the undo of
 // a lasting action, or says why the device cannot do it.
 func (d *Desk) plan(c Command, t Target, now time.Time) ([]Step, *Undo, error) {
+	if t.Messenger != nil {
+		return nil, nil, sendable(c, t.Template)
+	}
 	if t.Commander == nil {
 		return nil, nil, reject("device %s is on link %s, whose protocol cannot act on devices", c.Device, t.Link)
+	}
+	if len(c.Args) > 0 {
+		return nil, nil, reject("%s takes no args but for (it got: %s)", c.Action, strings.Join(slices.Sorted(maps.Keys(c.Args)), ", "))
 	}
 	sigs := t.Template.Body.Signals()
 	if c.Action == ActionSet {
@@ -203,6 +218,53 @@ func (d *Desk) plan(c Command, t Target, now time.Time) ([]Step, *Undo, error) {
 		}
 	}
 	return steps, &Undo{At: now.Add(dur), Set: back}, nil
+}
+
+// sendable checks a command for a device that takes actions as
+// messages: one of its template's actions, with the args it names, each
+// of its type.
+func sendable(c Command, t *configs.Template) error {
+	i := slices.IndexFunc(t.Actions, func(a configs.Action) bool { return a.Name == c.Action })
+	if i < 0 {
+		names := make([]string, len(t.Actions))
+		for j, a := range t.Actions {
+			names[j] = a.Name
+		}
+		return reject("%s has no action %q (it takes: %s)", c.Device, c.Action, strings.Join(names, ", "))
+	}
+	if c.For != 0 {
+		return reject("%s does not last: it takes no for", c.Action)
+	}
+	a := t.Actions[i]
+	for name := range c.Args {
+		if !slices.ContainsFunc(a.Args, func(f configs.Field) bool { return f.Name == name }) {
+			return reject("%s takes no arg %q (its args: %s)", c.Action, name, argNames(a.Args))
+		}
+	}
+	for _, f := range a.Args {
+		v, ok := c.Args[f.Name]
+		if !ok {
+			if f.Required {
+				return reject("%s needs arg %q", c.Action, f.Name)
+			}
+			continue
+		}
+		if _, err := f.Value(v); err != nil {
+			return reject("%s: %v", c.Action, err)
+		}
+	}
+	return nil
+}
+
+func argNames(fs []configs.Field) string {
+	if len(fs) == 0 {
+		return "none"
+	}
+	names := make([]string, len(fs))
+	for i, f := range fs {
+		names[i] = f.Name
+	}
+	return strings.Join(names, ", ")
 }
 
 func settings(set []configs.Setting) []Step {
@@ -321,8 +383,13 @@ func (d *Desk) run(ctx context.Context, t Target, j job) {
 		d.undo(ctx, t, e.ID)
 		return
 	}
-	d.supersede(e, j.steps)
-	failed := d.apply(ctx, t, e.Device, j.steps)
+	var failed error
+	if j.send != nil {
+		failed = d.deliver(ctx, t, e.Device, j.send)
+	} else {
+		d.supersede(e, j.steps)
+		failed = d.apply(ctx, t, e.Device, j.steps)
+	}
 	if ctx.Err() != nil {
 		return // stopping: the entry stays taken, and the next start reports it
 	}
@@ -378,6 +445,18 @@ func (d *Desk) apply(ctx context.Context, t Target, device string, steps []Step)
 		}
 	}
 	return nil
+}
+
+// deliver sends an action to a device that takes actions as messages,
+// and waits for its answer until the command expires: a device that is
+// away gets it when it returns.
+func (d *Desk) deliver(ctx context.Context, t Target, device string, out *drivers.Outgoing) error {
+	if t.Messenger == nil {
+		return fmt.Errorf("device %s is no longer in the station file (it was reloaded)", device)
+	}
+	sctx, cancel := context.WithDeadline(ctx, out.Expires)
+	defer cancel()
+	return t.Messenger.Send(sctx, device, *out)
 }
 
 // supersede drops, from the undos still due on the device, the signals a

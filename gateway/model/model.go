@@ -163,9 +163,9 @@ const (
 	EventTamper              = "tamper"
 	EventDoor                = "door"
 	EventSmoke               = "smoke"
-	EventDeviceLost          = "device_lost"     // a device fell silent (its supervision time passed)
-	EventDeviceRestored      = "device_restored" // it is heard again
-	EventKioskReq            = "kiosk_request"
+	EventDeviceLost          = "device_lost"           // a device fell silent (its supervision time passed)
+	EventDeviceRestored      = "device_restored"       // it is heard again
+	EventSpoofing            = "spoofing"              // a device tried to publish as another, or where it may not
 	EventQueueDrops          = "queue_drops"           // the gateway dropped telemetry at its queue cap
 	EventQueueDamage         = "queue_damage"          // the gateway skipped damaged queue data
 	EventForwarderFailed     = "forwarder_failed"      // a forwarder failed and was restarted

@@ -64,6 +64,8 @@ func init() {
 			example: "read -config /etc/outpost/station.yaml th-hall", run: cmdRead},
 		{name: "commission", args: "-config STATION.yaml [-json]", summary: "try every device of the station once, and the hub, and print what is wrong in words to act on; exit 0 only when all pass",
 			example: "commission -config /etc/outpost/station.yaml", run: cmdCommission},
+		{name: "passwd", args: "-file FILE [-generate | -remove] DEVICE", summary: "set an MQTT device's password in its link's password file (the hash of a line read from stdin, or of a new one printed with -generate), or remove it",
+			example: "passwd -file /etc/outpost/devices.passwd -generate kiosk-1", run: cmdPasswd},
 		{name: "version", summary: "print the gateway's version and hub contract version",
 			example: "version", run: cmdVersion},
 	}

@@ -98,8 +98,9 @@ func targetsOf(runs map[string]*linkRun) map[string]desk.Target {
 	ts := map[string]desk.Target{}
 	for name, r := range runs {
 		commander, _ := r.d.(drivers.Commander)
+		messenger, _ := r.d.(drivers.Messenger)
 		for _, dev := range r.link.Devices {
-			ts[dev.ID] = desk.Target{Template: r.link.Template(dev), Link: name, Commander: commander}
+			ts[dev.ID] = desk.Target{Template: r.link.Template(dev), Link: name, Commander: commander, Messenger: messenger}
 		}
 	}
 	return ts

@@ -1,0 +1,90 @@
+package mqtt_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"outpost/configs"
+	"outpost/configs/mqtt"
+)
+
+// A password file written by mosquitto_passwd, a tool apart from the
+// project, is one the gateway reads; and the reverse is the same format.
+func TestMosquittoPasswdFile(t *testing.T) {
+	tool, err := exec.LookPath("mosquitto_passwd")
+	if err != nil {
+		t.Fatal("mosquitto_passwd not installed (make test-deps installs mosquitto)")
+	}
+	file := filepath.Join(t.TempDir(), "devices.passwd")
+	if out, err := exec.Command(tool, "-c", "-b", file, "kiosk-1", "s3cret-pw").CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	os.Chmod(file, 0o600)
+	c, err := mqtt.ReadCredentials(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Verify("kiosk-1", "s3cret-pw") || c.Verify("kiosk-1", "s3cret-pX") || c.Verify("kiosk-2", "s3cret-pw") {
+		t.Error("the mosquitto_passwd line does not verify as it should")
+	}
+}
+
+func TestCredentialsErrors(t *testing.T) {
+	for _, c := range []struct{ name, text, want string }{
+		{"no colon", "kiosk-1\n", "f:1: expected DEVICE:HASH"},
+		{"old format", "kiosk-1:$6$abc$def\n", "f:1: kiosk-1: not a $7$ (PBKDF2-SHA512) hash"},
+		{"bad base64", "# devices\nkiosk-1:$7$101$!!$??\n", "f:2: kiosk-1: salt or hash is not base64"},
+		{"twice", "a:$7$1$AAAA$" + strings.Repeat("A", 86) + "==\na:$7$1$AAAA$" + strings.Repeat("A", 86) + "==\n", "f:2: a has a line already"},
+	} {
+		_, err := mqtt.ParseCredentials("f", []byte(c.text))
+		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "open.passwd")
+	os.WriteFile(file, nil, 0o644)
+	if _, err := mqtt.ReadCredentials(file); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("a file others can read: %v", err)
+	}
+}
+
+// Station files with mqtt links: every mistake at its place.
+func TestLinkErrors(t *testing.T) {
+	dir := t.TempDir()
+	line, _ := mqtt.Hash("kiosk-1", "pw-kiosk-1")
+	os.WriteFile(filepath.Join(dir, "devices.passwd"), []byte(line+"\n"), 0o600)
+	station := `version: 2
+station: {id: pc-1, type: police_cube}
+state_dir: /var/lib/outpost/pc-1
+hub: {mqtt: {url: "tcp://127.0.0.1:1883"}}
+links:
+  - {id: lan, protocol: mqtt, listen: "0.0.0.0:1883", credentials: devices.passwd, prefix: "a/b"}
+  - {id: both, protocol: mqtt, listen: "0.0.0.0:1884", broker: "tcp://x:1883"}
+  - {id: none, protocol: mqtt}
+devices:
+  - {id: kiosk-1, template: outpost-kiosk, link: lan}
+  - {id: kiosk-2, template: outpost-kiosk, link: lan, rate: 0}
+  - {id: "kiosk 3", template: outpost-kiosk, link: lan}
+`
+	path := filepath.Join(dir, "station.yaml")
+	os.WriteFile(path, []byte(station), 0o644)
+	_, err := configs.Load(path)
+	if err == nil {
+		t.Fatal("loaded")
+	}
+	for _, want := range []string{
+		`station.yaml:6:92: links[0].prefix: "a/b" is not a topic level`,
+		"station.yaml:7:64: links[1].broker: give listen (the embedded broker) or broker (an external one), not both",
+		"links[2].listen: an mqtt link needs listen",
+		"devices[1].id: kiosk-2 has no line in " + filepath.Join(dir, "devices.passwd") + ": add it with gateway passwd",
+		"devices[1].rate: 0 is out of range",
+
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("errors lack %q:\n%v", want, err)
+		}
+	}
+}

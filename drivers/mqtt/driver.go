@@ -1,0 +1,401 @@
+// Package mqtt is the driver of mqtt links: the station's devices that
+// speak MQTT (self-service kiosks first) publish to a broker the gateway
+// embeds on the station's LAN (mochi-mqtt), and the gateway maps what they
+// publish to the normalized model by their templates (configs/mqtt).
+//
+// What the driver guards against:
+//
+//   - A device that logs in as another, or speaks for another: every
+//     device has its own password (the link's password file holds its
+//     hash), its client id must be its user name, and it may publish only
+//     below its own topic and subscribe only to its own commands. A
+//     publish anywhere else is refused (the broker drops the connection),
+//     counted (refused_topic) and reported to the hub as an event,
+//     spoofing, at most once a minute per device with the count.
+//   - Payloads that are not what the template says: not JSON, wrong
+//     types, unknown or missing fields, over max_payload, or faster than
+//     the device's rate. Each is refused with a counter of that name, the
+//     device is degraded with the reason until it has sent nothing wrong
+//     for quietAfter, and a log line names it (at most one every
+//     logEvery per device, with the counts). A refused message is still
+//     acknowledged, so that the device does not send it forever; nothing
+//     of it reaches the hub.
+//   - A device gone: a will, a dropped connection, or silence beyond its
+//     silence setting (three heartbeats by default) makes it offline.
+//
+// An event is acknowledged (PUBACK) only once it is durable in the
+// gateway's queue: a device that got the acknowledgement never needs to
+// send it again. When the disk refuses it, the connection is dropped
+// unacknowledged and the device sends it again when it reconnects.
+//
+// Commands from the hub for a device go to {prefix}/{device}/cmd (QoS 1)
+// and are done when the device answers on cmd/ack (see Send); one the
+// device has not answered is sent again each time it connects, until it
+// answers or the command expires.
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	cfg "outpost/configs/mqtt"
+	"outpost/drivers"
+	"outpost/gateway/model"
+)
+
+func init() { drivers.Register(cfg.Protocol, New) }
+
+// How the driver paces what it reports.
+const (
+	// quietAfter is how long a degraded device must send nothing wrong to
+	// be online again: a flood of refused messages mixed with good ones
+	// must not make a health message of every one.
+	quietAfter = 10 * time.Second
+	// logEvery is the least time between two log lines about one
+	// device's refused messages.
+	logEvery = 5 * time.Second
+	// spoofEvery is the least time between two spoofing events of one
+	// device at the hub.
+	spoofEvery = time.Minute
+	// tick is how often silence and quiet are checked.
+	tick = time.Second
+	// packetSlack is how much larger than max_payload a packet may be
+	// (its topic and headers) before the broker drops the connection
+	// instead of reading it; between the two, the payload is refused and
+	// counted.
+	packetSlack = 64 << 10
+)
+
+// Driver runs the station broker of one mqtt link.
+type Driver struct {
+	name    string
+	set     *cfg.Link
+	creds   cfg.Credentials
+	devices map[string]*device
+	log     *slog.Logger
+	now     func() time.Time
+
+	ready     chan struct{}
+	readyOnce sync.Once
+	addrMu    sync.Mutex
+	addr      string
+
+	emitMu sync.Mutex
+	emit   drivers.Emit // Run's
+
+	server *mochi.Server
+	counts counters // what no device of the link can be held to
+}
+
+// device is one MQTT device and its health.
+type device struct {
+	id, kind string
+	set      *cfg.Device
+	tmpl     *cfg.Template
+	silence  time.Duration // 0: only a disconnect makes it offline
+
+	mu        sync.Mutex
+	client    *mochi.Client // the connection that is the device now
+	state     model.HealthState
+	reason    string
+	counters  map[string]uint64
+	lastHeard time.Time
+	lastWrong time.Time // the last refused message
+	logged    time.Time // the last log line about refused messages
+	unlogged  map[string]uint64
+	last      string // the last refusal, for the log
+	spoofed   time.Time // the last spoofing event
+	spoofs    uint64    // attempts since then
+	bucket    bucket
+
+	// connected is closed and replaced each time the device (re)connects
+	// or subscribes to its commands: commands waiting for its answer are
+	// then sent again.
+	connected chan struct{}
+	acks      map[string]chan ack // commands waiting for the device's answer, by id
+}
+
+// New builds the driver of an mqtt link. It does no I/O.
+func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
+	set, ok := link.Config.Settings.(*cfg.Link)
+	if !ok {
+		return nil, fmt.Errorf("link %s: not an %s link", link.Name(), cfg.Protocol)
+	}
+	if !set.Embedded() {
+		return nil, fmt.Errorf("link %s: an external station broker (%s) is not supported yet: embed the broker with listen", link.Name(), set.Broker)
+	}
+	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now, ready: make(chan struct{})}
+	for _, dev := range link.Devices {
+		t := link.Template(dev)
+		ds, ok := dev.Settings.(*cfg.Device)
+		body, isMQTT := t.Body.(*cfg.Template)
+		if !ok || !isMQTT {
+			return nil, fmt.Errorf("device %s on %s: not an MQTT device", dev.ID, link.Name())
+		}
+		silence := ds.Silence
+		if silence == 0 && body.Heartbeat != nil {
+			silence = 3 * body.Heartbeat.Every
+		}
+		d.devices[dev.ID] = &device{id: dev.ID, kind: t.Kind, set: ds, tmpl: body, silence: silence,
+			counters: map[string]uint64{}, unlogged: map[string]uint64{},
+			bucket: bucket{rate: ds.Rate, burst: float64(ds.Burst)}, connected: make(chan struct{}), acks: map[string]chan ack{}}
+	}
+	return d, nil
+}
+
+// Ready is closed once the broker listens; Addr then says where.
+func (d *Driver) Ready() <-chan struct{} { return d.ready }
+
+// Addr is the address the broker listens on, once Ready.
+func (d *Driver) Addr() string {
+	d.addrMu.Lock()
+	defer d.addrMu.Unlock()
+	return d.addr
+}
+
+// Run serves the station broker until ctx ends.
+func (d *Driver) Run(ctx context.Context, emit drivers.Emit) error {
+	d.emitMu.Lock()
+	d.emit = emit
+	d.emitMu.Unlock()
+	caps := mochi.NewDefaultServerCapabilities()
+	caps.MaximumClients = int64(d.set.MaxConnections)
+	caps.MaximumPacketSize = uint32(d.set.MaxPayload + packetSlack)
+	caps.MaximumQos = 1
+	caps.MaximumInflight = 1024
+	caps.MaximumClientWritesPending = 1024
+	caps.MaximumSessionExpiryInterval = 7 * 24 * 3600
+	s := mochi.New(&mochi.Options{Capabilities: caps, InlineClient: true, SysTopicResendInterval: 3600,
+		Logger: d.log.With("part", "broker")})
+	// The broker logs what a device does wrong at its own level; the
+	// driver says it once, in its words.
+	s.Log = slog.New(slog.DiscardHandler)
+	if err := s.AddHook(&hook{d: d}, nil); err != nil {
+		return fmt.Errorf("link %s: %w", d.name, err)
+	}
+	lc := listeners.Config{ID: d.name, Address: d.set.Listen}
+	if t := d.set.TLS; t != nil {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return fmt.Errorf("link %s: tls: %w", d.name, err)
+		}
+		lc.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	l := listeners.NewTCP(lc)
+	if err := s.AddListener(l); err != nil {
+		return fmt.Errorf("link %s: station broker cannot listen on %s: %w", d.name, d.set.Listen, err)
+	}
+	d.server = s
+	errs := make(chan error, 1)
+	go func() { errs <- s.Serve() }()
+	d.addrMu.Lock()
+	d.addr = l.Address()
+	d.addrMu.Unlock()
+	d.log.Info("station broker up", "address", d.Addr(), "devices", len(d.devices), "tls", d.set.TLS != nil)
+	start := d.now()
+	for _, dev := range d.devices {
+		dev.mu.Lock()
+		dev.lastHeard = start // silence counts from the start
+		dev.mu.Unlock()
+	}
+	d.readyOnce.Do(func() { close(d.ready) })
+
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.Close()
+			return nil
+		case err := <-errs:
+			if err != nil {
+				return fmt.Errorf("link %s: station broker: %w", d.name, err)
+			}
+		case <-t.C:
+			d.supervise()
+		}
+	}
+}
+
+// supervise makes silent devices offline and quiet degraded ones online.
+func (d *Driver) supervise() {
+	now := d.now()
+	for _, dev := range d.devices {
+		dev.mu.Lock()
+		switch {
+		case dev.silence > 0 && now.Sub(dev.lastHeard) > dev.silence && dev.state != model.Offline:
+			d.setState(dev, model.Offline, fmt.Sprintf("nothing from %s for %s (it should send a heartbeat every %s)", dev.id, dev.silence.Round(time.Second), heartbeat(dev.tmpl)))
+		case dev.state == model.Degraded && now.Sub(dev.lastWrong) >= quietAfter:
+			d.setState(dev, model.Online, "")
+		}
+		d.flushLog(dev, now, false)
+		dev.mu.Unlock()
+	}
+}
+
+func heartbeat(t *cfg.Template) string {
+	if t.Heartbeat == nil {
+		return "-"
+	}
+	return t.Heartbeat.Every.String()
+}
+
+// emitter is Run's Emit.
+func (d *Driver) emitter() drivers.Emit {
+	d.emitMu.Lock()
+	defer d.emitMu.Unlock()
+	return d.emit
+}
+
+// setState changes a device's health (dev.mu held) and sends it when the
+// state changed.
+func (d *Driver) setState(dev *device, state model.HealthState, reason string) {
+	if dev.state == state && (state == model.Online || dev.reason == reason) {
+		return
+	}
+	dev.state, dev.reason = state, reason
+	level := slog.LevelInfo
+	if state != model.Online {
+		level = slog.LevelWarn
+	}
+	d.log.Log(context.Background(), level, "device health", "device", dev.id, "state", state, "reason", reason)
+	d.send(model.Message{Device: dev.id, DeviceKind: dev.kind, Kind: model.KindHealth, Time: d.now().UTC(),
+		Health: &model.Health{State: state, Reason: reason, Counters: maps.Clone(dev.counters)}})
+}
+
+// send emits a message of the driver's own (health, spoofing).
+func (d *Driver) send(m model.Message) {
+	if emit := d.emitter(); emit != nil {
+		if err := emit(m); err != nil {
+			d.log.Warn("not kept", "device", m.Device, "kind", m.Kind, "err", err)
+		}
+	}
+}
+
+// heard marks a message the device sent (dev.mu held).
+func (d *Driver) heard(dev *device) {
+	now := d.now()
+	dev.lastHeard = now
+	switch {
+	case dev.state == model.Degraded && now.Sub(dev.lastWrong) < quietAfter:
+	default:
+		d.setState(dev, model.Online, "")
+	}
+}
+
+// wrong counts a refused message of a device (dev.mu held): degraded with
+// the reason, logged at most every logEvery.
+func (d *Driver) wrong(dev *device, r *Refusal) {
+	now := d.now()
+	dev.lastHeard, dev.lastWrong = now, now
+	if dev.state != model.Degraded {
+		dev.counters[r.Reason]++ // in the health message
+		d.setState(dev, model.Degraded, r.Error())
+		dev.counters[r.Reason]--
+	}
+	d.count(dev, r, now)
+}
+
+// count counts and logs a refusal (dev.mu held) without changing the
+// device's state: a failed login may be someone else's.
+func (d *Driver) count(dev *device, r *Refusal, now time.Time) {
+	dev.counters[r.Reason]++
+	dev.unlogged[r.Reason]++
+	dev.last = r.Error()
+	d.flushLog(dev, now, true)
+}
+
+// flushLog logs the refused messages not yet logged (dev.mu held), when
+// logEvery has passed since the last line.
+func (d *Driver) flushLog(dev *device, now time.Time, detail bool) {
+	if len(dev.unlogged) == 0 || now.Sub(dev.logged) < logEvery {
+		return
+	}
+	args := []any{"device", dev.id}
+	for _, k := range sortedKeys(dev.unlogged) {
+		args = append(args, k, dev.unlogged[k])
+	}
+	if detail {
+		args = append(args, "last", dev.last)
+	}
+	d.log.Warn("messages refused", args...)
+	dev.logged = now
+	clear(dev.unlogged)
+}
+
+// spoof counts a device's attempt to publish under a topic not its own
+// (dev.mu held), and reports it to the hub at most every spoofEvery.
+func (d *Driver) spoof(dev *device, topic string) {
+	d.wrong(dev, refuse(Refused, "publish to %s refused: %s may publish only under %s/%s/", topic, dev.id, d.set.Prefix, dev.id))
+	dev.spoofs++
+	now := d.now()
+	if !dev.spoofed.IsZero() && now.Sub(dev.spoofed) < spoofEvery {
+		return
+	}
+	details := map[string]string{"topic": topic, "attempts": fmt.Sprint(dev.spoofs), "link": d.name}
+	if other := d.owner(topic); other != "" {
+		details["as_device"] = other
+	}
+	dev.spoofed, dev.spoofs = now, 0
+	d.send(model.Message{Device: dev.id, DeviceKind: dev.kind, Kind: model.KindEvent, Time: now.UTC(),
+		Event: &model.Event{Kind: model.EventSpoofing, Severity: model.Warning, Details: details}})
+}
+
+// owner is the device whose topic a topic is, if any.
+func (d *Driver) owner(topic string) string {
+	rest, ok := strings.CutPrefix(topic, d.set.Prefix+"/")
+	if !ok {
+		return ""
+	}
+	id, _, _ := strings.Cut(rest, "/")
+	return id
+}
+
+// counters counts what happens on the link outside any device.
+type counters struct {
+	mu sync.Mutex
+	m  map[string]uint64
+}
+
+func (c *counters) add(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]uint64{}
+	}
+	c.m[name]++
+}
+
+// bucket is a device's token bucket: rate tokens a second, up to burst.
+type bucket struct {
+	rate, burst float64
+	tokens      float64
+	at          time.Time
+}
+
+// take says whether a message may pass at now.
+func (b *bucket) take(now time.Time) bool {
+	if b.at.IsZero() {
+		b.tokens = b.burst
+	} else {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.at).Seconds()*b.rate)
+	}
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+func sortedKeys(m map[string]uint64) []string { return slices.Sorted(maps.Keys(m)) }

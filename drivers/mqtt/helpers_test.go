@@ -1,0 +1,195 @@
+package mqtt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"outpost/configs"
+	cfg "outpost/configs/mqtt"
+	"outpost/drivers"
+	"outpost/gateway/model"
+)
+
+// station writes a station file with an mqtt link of two kiosks (their
+// passwords "pw-kiosk-1" and "pw-kiosk-2") and loads it.
+func station(t *testing.T, extra string) *configs.Station {
+	t.Helper()
+	dir := t.TempDir()
+	var lines string
+	for _, dev := range []string{"kiosk-1", "kiosk-2"} {
+		l, err := cfg.Hash(dev, "pw-"+dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines += l + "\n"
+	}
+	if err := os.WriteFile(filepath.Join(dir, "devices.passwd"), []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf(`version: 2
+station: {id: pc-0001, type: police_cube}
+state_dir: %s
+hub: {mqtt: {url: "tcp://127.0.0.1:1"}}
+links:
+  - {id: station-mqtt, protocol: mqtt, listen: "127.0.0.1:0", credentials: devices.passwd, max_payload: 4096}
+devices:
+  - {id: kiosk-1, template: outpost-kiosk, link: station-mqtt, rate: 50, burst: 20, location: "Xinhua Rd 12"}
+  - {id: kiosk-2, template: outpost-kiosk, link: station-mqtt}
+%s`, filepath.Join(dir, "state"), extra)
+	path := filepath.Join(dir, "station.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// emitted collects what a driver emits.
+type emitted struct {
+	ch   chan model.Message
+	mu   sync.Mutex
+	fail error
+}
+
+func (e *emitted) emit(m model.Message) error {
+	e.mu.Lock()
+	err := e.fail
+	e.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	e.ch <- m
+	return nil
+}
+
+// nextOf waits for the next message of a device and kind, skipping
+// others.
+func (e *emitted) nextOf(t *testing.T, device string, kind model.Kind) model.Message {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case m := <-e.ch:
+			if m.Device == device && m.Kind == kind {
+				return m
+			}
+		case <-deadline:
+			t.Fatalf("no %s of %s emitted within 10s", kind, device)
+		}
+	}
+}
+
+// health waits for a device's health in a state.
+func (e *emitted) health(t *testing.T, device string, state model.HealthState) model.Message {
+	t.Helper()
+	for {
+		if m := e.nextOf(t, device, model.KindHealth); m.Health.State == state {
+			return m
+		}
+	}
+}
+
+// none says nothing but health was emitted for a device so far.
+func (e *emitted) none(t *testing.T, device string) {
+	t.Helper()
+	for {
+		select {
+		case m := <-e.ch:
+			if m.Device == device && m.Kind != model.KindHealth {
+				t.Fatalf("unexpected %s of %s: %+v %+v", m.Kind, m.Device, m.Readings, m.Event)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// start runs the link's driver until the test ends.
+func start(t *testing.T, st *configs.Station) (*Driver, *emitted) {
+	t.Helper()
+	drv, err := New(drivers.Links(st)[0], slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := drv.(*Driver)
+	out := &emitted{ch: make(chan model.Message, 10000)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, out.emit) }()
+	select {
+	case <-d.Ready():
+	case err := <-done:
+		cancel()
+		t.Fatalf("driver stopped before listening: %v", err)
+	case <-time.After(5 * time.Second):
+		cancel()
+		t.Fatal("driver not listening within 5s")
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error(errors.New("Run did not return within 5s of its context ending"))
+		}
+	})
+	return d, out
+}
+
+// kiosk is a device's paho client.
+type kiosk struct {
+	t   *testing.T
+	c   paho.Client
+	cmd chan paho.Message
+}
+
+// connect logs a device in with a password; the error is the broker's
+// answer.
+func connect(t *testing.T, addr, id, password string, will bool) (*kiosk, error) {
+	t.Helper()
+	k := &kiosk{t: t, cmd: make(chan paho.Message, 100)}
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetUsername(id).SetPassword(password).
+		SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5 * time.Second)
+	if will {
+		o.SetWill("dev/"+id+"/state", "offline", 1, true)
+	}
+	o.SetOnConnectHandler(func(c paho.Client) {
+		c.Subscribe("dev/"+id+"/cmd", 1, func(_ paho.Client, m paho.Message) { k.cmd <- m })
+	})
+	k.c = paho.NewClient(o)
+	tok := k.c.Connect()
+	if !tok.WaitTimeout(10 * time.Second) {
+		return nil, errors.New("connect timed out")
+	}
+	if err := tok.Error(); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { k.c.Disconnect(0) })
+	return k, nil
+}
+
+// publish sends a message at QoS 1 and waits for the broker's
+// acknowledgement (or the connection's loss).
+func (k *kiosk) publish(topic, payload string) error {
+	tok := k.c.Publish(topic, 1, false, payload)
+	if !tok.WaitTimeout(10 * time.Second) {
+		return errors.New("publish not acknowledged within 10s")
+	}
+	return tok.Error()
+}
