@@ -81,7 +81,6 @@ devices:
 		"links[2].listen: an mqtt link needs listen",
 		"devices[1].id: kiosk-2 has no line in " + filepath.Join(dir, "devices.passwd") + ": add it with gateway passwd",
 		"devices[1].rate: 0 is out of range",
-
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("errors lack %q:\n%v", want, err)

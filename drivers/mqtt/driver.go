@@ -113,7 +113,7 @@ type device struct {
 	lastWrong time.Time // the last refused message
 	logged    time.Time // the last log line about refused messages
 	unlogged  map[string]uint64
-	last      string // the last refusal, for the log
+	last      string    // the last refusal, for the log
 	spoofed   time.Time // the last spoofing event
 	spoofs    uint64    // attempts since then
 	bucket    bucket

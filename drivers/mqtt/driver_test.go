@@ -278,4 +278,3 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
-
