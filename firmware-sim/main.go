@@ -1,7 +1,7 @@
 // Command firmware-sim is the simulated firmware of every device of a
 // station: the other side of the wire from the gateway.
 //
-//	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-raised FILE] [-control ADDR]
+//	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-raised FILE] [-statuses FILE] [-control ADDR]
 //	             [-seed N] [-turnaround 3ms] [-check-line] [-noise 0.05] [-silent ID,...] [-v]
 //
 // For every RS-485 bus of the station it makes a virtual serial port linked at
@@ -33,6 +33,11 @@
 //
 //	{"device":"panel-1","kind":"panic","state":"active","at":"…","source":"dc09"}
 //
+// With -statuses it appends one JSON line per request status a kiosk
+// received (each command once, in the order the kiosk got them):
+//
+//	{"device":"kiosk-1","ticket":"kiosk-1-3","status":"dispatched","id":"c-17","at":"…","sent":"…"}
+//
 // With -stats it writes its counters as JSON every second and on exit; with
 // -served it appends one JSON line per reading served, with the exact value a
 // correct master decodes:
@@ -60,11 +65,13 @@ import (
 	"time"
 
 	"outpost/configs"
+	mqttsim "outpost/firmware-sim/mqtt" // registers protocol mqtt too
 	"outpost/firmware-sim/sim"
 
 	// The protocols the simulator speaks; each registers itself.
 	_ "outpost/firmware-sim/dc09"
 	_ "outpost/firmware-sim/dcon"
+	_ "outpost/firmware-sim/line"
 	_ "outpost/firmware-sim/modbus"
 )
 
@@ -85,6 +92,7 @@ type options struct {
 	stats      string
 	served     string
 	raised     string
+	statuses   string
 	control    string
 	noise      float64
 	seed       int64
@@ -102,6 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.stats, "stats", "", "write counters as JSON to this file every second and on exit")
 	fs.StringVar(&o.served, "served", "", "append one JSON line per reading served to this file")
 	fs.StringVar(&o.raised, "raised", "", "append one JSON line per alarm a device raised to this file")
+	fs.StringVar(&o.statuses, "statuses", "", "append one JSON line per request status a kiosk received to this file")
 	fs.StringVar(&o.control, "control", "", "serve the control API (devices' actions) on this loopback address, e.g. 127.0.0.1:0")
 	fs.Float64Var(&o.noise, "noise", 0, "share of bytes (0 to 1) corrupted on serial lines, both directions")
 	fs.Int64Var(&o.seed, "seed", 1, "seed of the simulated values")
@@ -179,7 +188,7 @@ func open(o options, log *slog.Logger) (_ *station, err error) {
 	for _, f := range []struct {
 		path string
 		w    *io.Writer
-	}{{o.served, &sink.served}, {o.raised, &sink.raised}} {
+	}{{o.served, &sink.served}, {o.raised, &sink.raised}, {o.statuses, &sink.statuses}} {
 		if f.path == "" {
 			continue
 		}
@@ -356,13 +365,13 @@ func (s *station) writeStats(path string) error {
 	return nil
 }
 
-// servedLog appends served readings (to served) and raised alarms (to
-// raised) as JSON lines, one write per response or alarm; either may be
-// nil.
+// servedLog appends served readings (to served), raised alarms (to
+// raised) and the request statuses kiosks received (to statuses) as JSON
+// lines, one write per response, alarm or status; any may be nil.
 type servedLog struct {
-	mu             sync.Mutex
-	served, raised io.Writer
-	log            *slog.Logger
+	mu                       sync.Mutex
+	served, raised, statuses io.Writer
+	log                      *slog.Logger
 }
 
 type servedLine struct {
@@ -394,6 +403,16 @@ func (l *servedLog) Raised(r sim.Raised) {
 		return
 	}
 	l.write(l.raised, append(b, '\n'))
+}
+
+// Status implements mqttsim.StatusSink.
+func (l *servedLog) Status(s mqttsim.Status) {
+	b, err := json.Marshal(s)
+	if err != nil {
+		l.log.Warn("statuses log", "device", s.Device, "err", err)
+		return
+	}
+	l.write(l.statuses, append(b, '\n'))
 }
 
 func (l *servedLog) write(w io.Writer, b []byte) {
