@@ -7,5 +7,6 @@ package protocols
 import (
 	_ "outpost/configs/dc09"
 	_ "outpost/configs/dcon"
+	_ "outpost/configs/line"
 	_ "outpost/configs/modbus"
 )
