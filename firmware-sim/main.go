@@ -71,6 +71,7 @@ import (
 	// The protocols the simulator speaks; each registers itself.
 	_ "outpost/firmware-sim/dc09"
 	_ "outpost/firmware-sim/dcon"
+	_ "outpost/firmware-sim/line"
 	_ "outpost/firmware-sim/modbus"
 )
 

@@ -4,5 +4,6 @@ package main
 import (
 	_ "outpost/drivers/dc09"
 	_ "outpost/drivers/dcon"
+	_ "outpost/drivers/line"
 	_ "outpost/drivers/modbus"
 )
