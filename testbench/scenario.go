@@ -69,6 +69,8 @@ type Scenario struct {
 	Alarms *AlarmPlan `yaml:"alarms"`
 	// Desk sends the duty desk's commands during the load.
 	Desk *DeskPlan `yaml:"desk"`
+	// Loop answers the kiosks' service requests as the city brain does.
+	Loop *LoopPlan `yaml:"loop"`
 	// Noise is the share of bytes corrupted on the serial lines, both
 	// directions (firmware-sim -noise).
 	Noise  float64 `yaml:"noise"`
@@ -167,6 +169,7 @@ type Report struct {
 	} `json:"queue"`
 	Alarms      *alarmReport `json:"alarms,omitempty"`
 	Desk        *deskReport  `json:"duty_desk,omitempty"`
+	Loop        *loopReport  `json:"loop,omitempty"`
 	EventsAfter []seenAfter  `json:"events_after,omitempty"`
 	// WrongGoodValues counts good values at the hub the simulator never
 	// served; BadFrames the damaged frames devices counted.
@@ -256,6 +259,7 @@ type runner struct {
 	watcher     *proc                     // the alarm watcher (see watch.go)
 	watched     *watched                  // what it saw, once read
 	desk        []deskCommand             // the duty desk's commands sent, in order
+	brain       *cityBrain                // answers the kiosks' requests, when the scenario has a loop
 	deskAgain   int                       // and how many were sent again
 	deskResent  map[string]int            // id -> times sent again
 	simStats    simStats                  // the simulator's counters at its end
@@ -368,6 +372,9 @@ func (r *runner) load(ctx context.Context) error {
 		args = append(args, "-served", r.servedFile())
 		r.col.keepGoodValues()
 	}
+	if r.sc.Loop != nil {
+		args = append(args, "-statuses", r.statusesFile())
+	}
 	if err := r.sim.start(ctx, r.out, "firmware-sim ready", args...); err != nil {
 		return err
 	}
@@ -383,6 +390,9 @@ func (r *runner) load(ctx context.Context) error {
 	}
 	r.gwStart = time.Now()
 	if err := r.startGateway(ctx); err != nil {
+		return err
+	}
+	if err := r.startLoop(ctx); err != nil {
 		return err
 	}
 	if r.report.Drain != nil {
@@ -848,6 +858,9 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 	}
 	r.checkExpectedEvents()
 	r.checkDesk(r.simStats)
+	if err := r.checkLoop(); err != nil {
+		return err
+	}
 	if err := r.checkValues(); err != nil {
 		return err
 	}

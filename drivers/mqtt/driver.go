@@ -94,7 +94,8 @@ type Driver struct {
 	emit   drivers.Emit // Run's
 
 	server *mochi.Server
-	counts counters // what no device of the link can be held to
+	counts counters      // what no device of the link can be held to
+	done   chan struct{} // closed when Run ends: throttled messages stop waiting
 }
 
 // device is one MQTT device and its health.
@@ -116,7 +117,11 @@ type device struct {
 	last      string    // the last refusal, for the log
 	spoofed   time.Time // the last spoofing event
 	spoofs    uint64    // attempts since then
-	bucket    bucket
+	// The device's rate, for what must not be lost (its events and
+	// state: they wait their turn) and for the rest (refused over it):
+	// a kiosk sending the requests it kept while away does not starve
+	// its telemetry.
+	keep, rest bucket
 
 	// connected is closed and replaced each time the device (re)connects
 	// or subscribes to its commands: commands waiting for its answer are
@@ -134,7 +139,7 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	if !set.Embedded() {
 		return nil, fmt.Errorf("link %s: an external station broker (%s) is not supported yet: embed the broker with listen", link.Name(), set.Broker)
 	}
-	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now, ready: make(chan struct{})}
+	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now, ready: make(chan struct{}), done: make(chan struct{})}
 	for _, dev := range link.Devices {
 		t := link.Template(dev)
 		ds, ok := dev.Settings.(*cfg.Device)
@@ -148,7 +153,8 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		}
 		d.devices[dev.ID] = &device{id: dev.ID, kind: t.Kind, set: ds, tmpl: body, silence: silence,
 			counters: map[string]uint64{}, unlogged: map[string]uint64{},
-			bucket: bucket{rate: ds.Rate, burst: float64(ds.Burst)}, connected: make(chan struct{}), acks: map[string]chan ack{}}
+			keep: bucket{rate: ds.Rate, burst: float64(ds.Burst)}, rest: bucket{rate: ds.Rate, burst: float64(ds.Burst)},
+			connected: make(chan struct{}), acks: map[string]chan ack{}}
 	}
 	return d, nil
 }
@@ -210,6 +216,7 @@ func (d *Driver) Run(ctx context.Context, emit drivers.Emit) error {
 	}
 	d.readyOnce.Do(func() { close(d.ready) })
 
+	defer close(d.done)
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
@@ -379,23 +386,38 @@ func (c *counters) add(name string) {
 // bucket is a device's token bucket: rate tokens a second, up to burst.
 type bucket struct {
 	rate, burst float64
-	tokens      float64
+	tokens      float64 // below 0 while messages wait their turn
 	at          time.Time
 }
 
-// take says whether a message may pass at now.
-func (b *bucket) take(now time.Time) bool {
+func (b *bucket) refill(now time.Time) {
 	if b.at.IsZero() {
 		b.tokens = b.burst
 	} else {
 		b.tokens = min(b.burst, b.tokens+now.Sub(b.at).Seconds()*b.rate)
 	}
 	b.at = now
+}
+
+// take says whether a message may pass at now.
+func (b *bucket) take(now time.Time) bool {
+	b.refill(now)
 	if b.tokens < 1 {
 		return false
 	}
 	b.tokens--
 	return true
+}
+
+// wait takes a token for a message that must not be dropped, and says
+// how long it must wait for its turn: 0 within the rate.
+func (b *bucket) wait(now time.Time) time.Duration {
+	b.refill(now)
+	b.tokens--
+	if b.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-b.tokens / b.rate * float64(time.Second))
 }
 
 func sortedKeys(m map[string]uint64) []string { return slices.Sorted(maps.Keys(m)) }

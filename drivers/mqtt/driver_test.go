@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -139,6 +140,43 @@ func TestRateLimit(t *testing.T) {
 		out.nextOf(t, "kiosk-1", model.KindTelemetry)
 	}
 	out.none(t, "kiosk-1")
+}
+
+// A device's events over its rate wait their turn and all arrive: a
+// kiosk sending what it kept while its network was down is slowed, not
+// cut. Its answers to commands likewise.
+func TestEventsThrottledNotDropped(t *testing.T) {
+	d, out := start(t, station(t, ""))
+	k, err := connect(t, d.Addr(), "kiosk-1", "pw-kiosk-1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.health(t, "kiosk-1", model.Online)
+	const sent = 80 // burst 20, then 50 a second: 1.2 s at least
+	start := time.Now()
+	toks := make([]paho.Token, sent)
+	for i := range toks {
+		toks[i] = k.c.Publish("dev/kiosk-1/service_request", 1, false, fmt.Sprintf(`{"ticket":"K1-%d","category":"other"}`, i))
+	}
+	for i := 0; i < sent; i++ {
+		e := out.nextOf(t, "kiosk-1", model.KindEvent).Event
+		if want := fmt.Sprintf("K1-%d", i); e.Details["ticket"] != want {
+			t.Fatalf("event %d is %s, want %s", i, e.Details["ticket"], want)
+		}
+	}
+	for _, tok := range toks {
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	if took := time.Since(start); took < 1100*time.Millisecond {
+		t.Errorf("%d events over a rate of 50/s with a burst of 20 took %s: not throttled", sent, took)
+	}
+	d.devices["kiosk-1"].mu.Lock()
+	defer d.devices["kiosk-1"].mu.Unlock()
+	if c := d.devices["kiosk-1"].counters; c[RateLimited] != 0 || c["throttled"] == 0 {
+		t.Errorf("counters %v, want some throttled and none refused", c)
+	}
 }
 
 // A device may not log in as another, nor publish or subscribe under

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -135,15 +136,15 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	}
 	pk.Ignore = true
 	name := strings.TrimPrefix(pk.TopicName, h.d.set.Prefix+"/"+dev.id+"/")
+	if h.throttle(dev, name, pk.Payload) {
+		return pk, packets.CodeSuccessIgnore
+	}
 	dev.mu.Lock()
 	defer dev.mu.Unlock()
 	now := h.d.now()
 	switch {
 	case len(pk.Payload) > h.d.set.MaxPayload:
 		h.d.wrong(dev, refuse(Oversize, "%s: %d bytes (at most %d)", name, len(pk.Payload), h.d.set.MaxPayload))
-		return pk, packets.CodeSuccessIgnore
-	case !dev.bucket.take(now):
-		h.d.wrong(dev, refuse(RateLimited, "%s: more than %v messages a second (burst %v)", name, dev.set.Rate, dev.set.Burst))
 		return pk, packets.CodeSuccessIgnore
 	case name == cfg.StateTopic:
 		h.d.heard(dev)
@@ -178,6 +179,44 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 		return pk, packets.ErrRejectPacket
 	}
 	return pk, packets.CodeSuccessIgnore
+}
+
+// throttle holds a device to its rate. What must not be lost (its events
+// and its state) waits its turn: the device's connection is read no
+// further meanwhile, so a kiosk that sends what it kept while away is
+// slowed, not cut. Anything else over the rate is refused and counted;
+// throttle then says so. Answers to the gateway's own commands pass: the
+// gateway sets their pace.
+func (h *hook) throttle(dev *device, name string, payload []byte) (refused bool) {
+	m := dev.tmpl.Message(name)
+	dev.mu.Lock()
+	now := h.d.now()
+	switch {
+	case name == cfg.AckTopic && dev.awaited(payload):
+		dev.mu.Unlock()
+		return false
+	case name != cfg.StateTopic && (m == nil || m.Event == nil):
+		defer dev.mu.Unlock()
+		if dev.rest.take(now) {
+			return false
+		}
+		h.d.wrong(dev, refuse(RateLimited, "%s: more than %v messages a second (burst %v)", name, dev.set.Rate, dev.set.Burst))
+		return true
+	}
+	wait := dev.keep.wait(now)
+	if wait > 0 {
+		dev.counters["throttled"]++
+	}
+	dev.mu.Unlock()
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-h.d.done:
+		}
+	}
+	return false
 }
 
 var _ drivers.Driver = (*Driver)(nil)

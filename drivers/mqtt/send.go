@@ -97,6 +97,17 @@ func (dev *device) reconnected() {
 	dev.connected = make(chan struct{})
 }
 
+// awaited says whether an answer is to a command waiting for it
+// (dev.mu held).
+func (dev *device) awaited(payload []byte) bool {
+	var a ack
+	if json.Unmarshal(payload, &a) != nil {
+		return false
+	}
+	_, ok := dev.acks[a.ID]
+	return ok
+}
+
 // answered takes the device's answer to a command (dev.mu held). An
 // answer to a command nobody waits for (it expired, or was answered
 // before) is dropped.

@@ -59,7 +59,7 @@ type Desk struct {
 	ready     chan struct{} // closed once Run has set up
 
 	mu     sync.Mutex
-	work   map[string]chan job // per device, while Run runs
+	work   map[string]*queue // per device, while Run runs
 	timers map[string]*time.Timer
 	ctx    context.Context // Run's, for the undo timers
 	wg     sync.WaitGroup  // the workers
@@ -301,7 +301,7 @@ func actions(t *configs.Template) string {
 func (d *Desk) Run(ctx context.Context) {
 	d.mu.Lock()
 	d.ctx = ctx
-	d.work, d.timers = map[string]chan job{}, map[string]*time.Timer{}
+	d.work, d.timers = map[string]*queue{}, map[string]*time.Timer{}
 	d.mu.Unlock()
 	for _, e := range d.Store.Pending() {
 		if !e.Done {
@@ -326,27 +326,54 @@ func (d *Desk) Run(ctx context.Context) {
 }
 
 // enqueue hands a job to its device's worker, started on the device's
-// first job; false when Run is not running.
+// first job; false when Run is not running. It never waits: a device that
+// is away (a kiosk offline) holds up its own commands, not the others'
+// nor the broker's delivery of them.
 func (d *Desk) enqueue(j job) bool {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.work == nil {
-		d.mu.Unlock()
 		return false
 	}
 	dev, ctx := j.entry.Device, d.ctx
-	ch := d.work[dev]
-	if ch == nil {
-		ch = make(chan job, 64)
-		d.work[dev] = ch
-		d.wg.Go(func() { d.worker(ctx, dev, ch) })
+	q := d.work[dev]
+	if q == nil {
+		q = &queue{ready: make(chan struct{}, 1)}
+		d.work[dev] = q
+		d.wg.Go(func() { d.worker(ctx, dev, q) })
 	}
-	d.mu.Unlock()
+	q.push(j)
+	return true
+}
+
+// queue is a device's jobs, in the order they came.
+type queue struct {
+	mu    sync.Mutex
+	jobs  []job
+	ready chan struct{} // has a value while jobs is not empty
+}
+
+func (q *queue) push(j job) {
+	q.mu.Lock()
+	q.jobs = append(q.jobs, j)
+	q.mu.Unlock()
 	select {
-	case ch <- j:
-		return true
-	case <-ctx.Done():
-		return false
+	case q.ready <- struct{}{}:
+	default:
 	}
+}
+
+// pop takes the first job, if there is one.
+func (q *queue) pop() (job, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.jobs) == 0 {
+		return job{}, false
+	}
+	j := q.jobs[0]
+	q.jobs[0] = job{}
+	q.jobs = q.jobs[1:]
+	return j, true
 }
 
 // schedule runs an entry's undo when it is due (at once if overdue).
@@ -364,15 +391,19 @@ func (d *Desk) schedule(e Entry) {
 	})
 }
 
-func (d *Desk) worker(ctx context.Context, device string, jobs <-chan job) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case j := <-jobs:
-			t, _ := d.target(device)
-			d.run(ctx, t, j)
+func (d *Desk) worker(ctx context.Context, device string, q *queue) {
+	for ctx.Err() == nil {
+		j, ok := q.pop()
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return
+			case <-q.ready:
+			}
+			continue
 		}
+		t, _ := d.target(device)
+		d.run(ctx, t, j)
 	}
 }
 
