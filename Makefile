@@ -38,7 +38,7 @@ FUZZ := ./configs:FuzzParse ./drivers/modbus:FuzzDecode ./drivers/modbus:FuzzRTU
 	./drivers/modbus:FuzzTCPResponse ./drivers/modbus:FuzzCheckRTU ./gateway/model:FuzzParseJSON \
 	./gateway/model:FuzzDecodeBinary ./gateway/queue:FuzzOpen ./firmware-sim/slave:FuzzParseRequest \
 	./firmware-sim/enc:FuzzDecode ./drivers/dc09:FuzzFrame ./drivers/dc09:FuzzContactID \
-	./drivers/dcon:FuzzResponse ./gateway/command:FuzzDecode
+	./drivers/dcon:FuzzResponse ./gateway/command:FuzzDecode ./drivers/mqtt:FuzzDecode ./drivers/line:FuzzLine
 fuzz:
 	@for t in $(FUZZ); do \
 		echo "fuzz $${t#*:} in $${t%%:*}"; \

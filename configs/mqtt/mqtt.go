@@ -64,9 +64,10 @@ type Link struct {
 	// the gateway subscribes to instead of embedding one; the broker
 	// then enforces the devices' credentials and topics.
 	Broker string `yaml:"broker" example:"tcp://192.168.10.2:1883"`
-	// Username and PasswordFile are the gateway's login at an external
-	// broker; the password file is readable by the gateway's user only.
-	Username     string `yaml:"username" example:"outpost-gateway"`
+	// Username is the gateway's user name at an external broker.
+	Username string `yaml:"username" example:"outpost-gateway"`
+	// PasswordFile holds the gateway's password at an external broker,
+	// readable by the gateway's user only.
 	PasswordFile string `yaml:"password_file" example:"/etc/outpost/station-broker.pass"`
 	// Prefix is the first level of every device topic.
 	Prefix string `yaml:"prefix" default:"dev" example:"station"`
@@ -143,10 +144,12 @@ func (l *Link) Check(p configs.Problems) {
 // the broker are its id.
 type Device struct {
 	// Rate is how many messages a second the device may publish on
-	// average, 0.1 to 1000; Burst how many at once. What comes faster is
-	// refused and counted.
-	Rate  float64 `yaml:"rate" default:"20" example:"5"`
-	Burst int     `yaml:"burst" default:"40" example:"10"`
+	// average, 0.1 to 1000: telemetry faster than that is refused and
+	// counted; events wait their turn (see docs/kiosks.md).
+	Rate float64 `yaml:"rate" default:"20" example:"5"`
+	// Burst is how many messages the device may publish at once, beyond
+	// its rate, 1 to 100000.
+	Burst int `yaml:"burst" default:"40" example:"10"`
 	// Silence is how long the device may send nothing before it is
 	// offline, 1s to 24h; default three of its template's heartbeats.
 	Silence time.Duration `yaml:"silence" example:"90s"`
@@ -271,8 +274,9 @@ type Value struct {
 	Path string `yaml:"path" required:"true" example:"env.temp_c"`
 	// Type is number, bool or string.
 	Type configs.ValueType `yaml:"type" default:"number" example:"bool"`
-	// Scale multiplies a number, Offset is added after.
-	Scale  float64 `yaml:"scale" default:"1" example:"0.1"`
+	// Scale multiplies a number.
+	Scale float64 `yaml:"scale" default:"1" example:"0.1"`
+	// Offset is added after the scale.
 	Offset float64 `yaml:"offset" example:"-40"`
 	// Unit of the value after scale and offset.
 	Unit string `yaml:"unit" example:"°C"`

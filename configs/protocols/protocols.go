@@ -9,4 +9,5 @@ import (
 	_ "outpost/configs/dcon"
 	_ "outpost/configs/line"
 	_ "outpost/configs/modbus"
+	_ "outpost/configs/mqtt"
 )

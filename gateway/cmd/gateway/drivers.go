@@ -6,4 +6,5 @@ import (
 	_ "outpost/drivers/dcon"
 	_ "outpost/drivers/line"
 	_ "outpost/drivers/modbus"
+	_ "outpost/drivers/mqtt"
 )
