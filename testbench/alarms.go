@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -357,6 +358,15 @@ func (r *runner) servedFile() string { return filepath.Join(r.work, "served.json
 // must show.
 func (r *runner) checkValues() error {
 	good, counters := r.col.goodValuesAndCounters()
+	for _, dev := range slices.Sorted(maps.Keys(r.sc.Expect.Refused)) {
+		for _, name := range slices.Sorted(maps.Keys(r.sc.Expect.Refused[dev])) {
+			bounds, n := r.sc.Expect.Refused[dev][name], counters[dev][name]
+			r.report.Refused = append(r.report.Refused, fmt.Sprintf("%s %s: %d", dev, name, n))
+			if n < bounds[0] || n > bounds[1] {
+				r.fail("%s: %d %s at the hub, want %d to %d", dev, n, name, bounds[0], bounds[1])
+			}
+		}
+	}
 	for _, dev := range r.sc.Expect.BadFramesCounted {
 		c := counters[dev]
 		n := c["crc_errors"] + c["checksum_errors"] + c["frame_errors"] + c["bad_frames"]

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -115,6 +116,12 @@ type Expect struct {
 	// EventsAfter are events (or health changes) the hub must get soon
 	// after a fault.
 	EventsAfter []ExpectEvent `yaml:"events_after"`
+	// Refused bounds, per device, the counters of what the gateway
+	// refused of it (rate_limited, bad_json, refused_topic, ...) in the
+	// last health of it at the hub: [least, most] each. Such a device
+	// misbehaves on purpose: its readings are left out of the readings
+	// held to Lost (see runner.misbehaves).
+	Refused map[string]map[string][2]uint64 `yaml:"refused"`
 	// ServedValues: every good value at the hub is one the simulator
 	// served for that device and signal (none damaged on the way).
 	ServedValues bool `yaml:"served_values"`
@@ -173,13 +180,15 @@ type Report struct {
 	EventsAfter []seenAfter  `json:"events_after,omitempty"`
 	// WrongGoodValues counts good values at the hub the simulator never
 	// served; BadFrames the damaged frames devices counted.
-	WrongGoodValues int          `json:"wrong_good_values"`
-	BadFrames       []string     `json:"bad_frames,omitempty"`
-	Drain           *drainReport `json:"drain,omitempty"`
-	Polls           *pollReport  `json:"polls,omitempty"`
-	Health          int          `json:"health_messages"`
-	Faults          []string     `json:"faults,omitempty"`
-	Gateway         struct {
+	WrongGoodValues int      `json:"wrong_good_values"`
+	BadFrames       []string `json:"bad_frames,omitempty"`
+	// Refused are the counters of refused messages the scenario bounds.
+	Refused []string     `json:"refused,omitempty"`
+	Drain   *drainReport `json:"drain,omitempty"`
+	Polls   *pollReport  `json:"polls,omitempty"`
+	Health  int          `json:"health_messages"`
+	Faults  []string     `json:"faults,omitempty"`
+	Gateway struct {
 		CPUS     float64 `json:"cpu_s"`
 		MaxRSSMB float64 `json:"max_rss_mb"`
 		// SteadyCPUPercent is the share of one core the gateway used from
@@ -469,6 +478,9 @@ func (r *runner) load(ctx context.Context) error {
 	r.sentBy = map[string]int{}
 	for id, d := range stats.Devices {
 		r.sentBy[id] = d.ReadingsServed
+		if r.misbehaves(id) {
+			r.report.Readings.Sent -= d.ReadingsServed
+		}
 	}
 	if r.sc.Expect.MinPollPercent > 0 {
 		// Nothing was read before the gateway started.
@@ -803,6 +815,11 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 	inInflux := 0
 	for {
 		c = r.col.counts()
+		for dev := range c.ByDevice {
+			if r.misbehaves(dev) {
+				c.Readings -= c.ByDevice[dev]
+			}
+		}
 		if n, err := r.influxReadings(ctx, false); err == nil {
 			inInflux = n
 		}
@@ -938,9 +955,9 @@ func (r *runner) checkEvents(c counts) error {
 	ev := &r.report.Events
 	ev.ByKind, ev.MaxLagMS, ev.Evaluated = c.Events, ms(r.watched.lag), r.sc.Expect.Events
 	// The gateway's own events, device_lost and device_restored (raised
-	// from health, not from a signal the simulator serves) are not the
-	// simulator's edges.
-	ev.Gateway = c.GatewayEvents + c.Events[model.EventDeviceLost] + c.Events[model.EventDeviceRestored]
+	// from health, not from a signal the simulator serves) and spoofing
+	// (a device's refused publish) are not the simulator's edges.
+	ev.Gateway = c.GatewayEvents + c.Events[model.EventDeviceLost] + c.Events[model.EventDeviceRestored] + c.Events[model.EventSpoofing]
 	for _, n := range c.Events {
 		ev.AtHub += n
 	}
@@ -964,6 +981,9 @@ func (r *runner) influxReadings(ctx context.Context, historical bool) (int, erro
 		kinds[t.Kind] = true
 	}
 	where := fmt.Sprintf("station = '%s'", r.st.Station.ID)
+	for _, dev := range slices.Sorted(maps.Keys(r.sc.Expect.Refused)) {
+		where += fmt.Sprintf(" AND device != '%s'", dev)
+	}
 	if historical {
 		where += " AND historical = true"
 	}
@@ -988,6 +1008,15 @@ func (r *runner) influxReadings(ctx context.Context, historical bool) (int, erro
 		}
 	}
 	return total, nil
+}
+
+// misbehaves says whether a device misbehaves on purpose: the scenario
+// bounds what the gateway refused of it (expect.refused). What of its
+// readings the gateway refused is counted there, so the readings the run
+// holds to "nothing lost" leave it out (by_device still shows it).
+func (r *runner) misbehaves(device string) bool {
+	_, ok := r.sc.Expect.Refused[device]
+	return ok
 }
 
 func (r *runner) shutdown() {

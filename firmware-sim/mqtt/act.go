@@ -427,12 +427,21 @@ func (d *device) misbehave(topic string, qos byte, payload []byte, acked func())
 	return nil
 }
 
-// flood sends count telemetry messages at rate a second, or as fast as
-// the client takes them.
+// flood sends count heartbeats at rate a second, or as fast as the
+// client takes them: messages that carry nothing to the hub, so that what
+// the gateway refuses is seen in its counters alone. A template without a
+// heartbeat is flooded with its telemetry (what gets through then reaches
+// the hub: it goes to the served log, not to the counts).
 func (d *device) flood(ctx context.Context, rate float64, count int) error {
-	m, err := d.telemetryMessage()
-	if err != nil {
-		return err
+	hb := d.tmpl.Heartbeat
+	var m *cfg.Message
+	if hb != nil {
+		m = d.tmpl.Message(hb.Message)
+	} else {
+		var err error
+		if m, err = d.telemetryMessage(); err != nil {
+			return err
+		}
 	}
 	start := time.Now()
 	for i := range count {
@@ -442,15 +451,23 @@ func (d *device) flood(ctx context.Context, rate float64, count int) error {
 				return err
 			}
 		}
-		b, rs, err := d.misbehavingTelemetry(m, time.Now())
-		if err != nil {
-			return err
-		}
-		// Not counted; but what gets through the gateway's rate limit
-		// reaches the hub, so it goes to the served log.
-		logged := func() {
-			if d.sink != nil {
-				d.sink.Served(d.id, rs)
+		var b []byte
+		var logged func()
+		if hb != nil {
+			var err error
+			if b, err = heartbeatPayload(m, time.Now(), time.Since(start)); err != nil {
+				return err
+			}
+		} else {
+			payload, rs, err := d.misbehavingTelemetry(m, time.Now())
+			if err != nil {
+				return err
+			}
+			b = payload
+			logged = func() {
+				if d.sink != nil {
+					d.sink.Served(d.id, rs)
+				}
 			}
 		}
 		if err := d.misbehave(d.topic(m.Name), 1, b, logged); err != nil {
