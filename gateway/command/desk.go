@@ -143,6 +143,9 @@ func (d *Desk) Handle(device string, payload []byte) {
 		err = reject("sent %s in the future (ts %s): the duty desk's and the station's clocks differ", c.Sent.Sub(now).Round(time.Second), c.Sent.Format(time.RFC3339))
 	}
 	e := Entry{ID: c.ID, Device: device, Action: c.Action, At: now, Undo: undo}
+	if t.Messenger != nil {
+		e.Send = &drivers.Outgoing{ID: c.ID, Action: c.Action, Args: c.Args, Sent: c.Sent, Expires: c.Expires()}
+	}
 	if err != nil {
 		// Remembered, so that a redelivery gets the same answer.
 		e.Done, e.Status, e.Reason, e.Undo = true, model.ResultRejected, err.Error(), nil
@@ -155,11 +158,7 @@ func (d *Desk) Handle(device string, payload []byte) {
 		return
 	}
 	d.Log.Info("command taken", "id", c.ID, "device", device, "action", c.Action)
-	j := job{entry: e, steps: steps}
-	if t.Messenger != nil {
-		j.send = &drivers.Outgoing{ID: c.ID, Action: c.Action, Args: c.Args, Sent: c.Sent, Expires: c.Expires()}
-	}
-	if !d.enqueue(j) {
+	if !d.enqueue(job{entry: e, steps: steps, send: e.Send}) {
 		// Run has ended: the command stays recorded as taken, and the
 		// next start reports it as interrupted.
 		d.Log.Warn("command taken while the gateway stops", "id", c.ID, "device", device)
@@ -304,7 +303,17 @@ func (d *Desk) Run(ctx context.Context) {
 	d.work, d.timers = map[string]*queue{}, map[string]*time.Timer{}
 	d.mu.Unlock()
 	for _, e := range d.Store.Pending() {
-		if !e.Done {
+		switch {
+		case !e.Done && e.Send != nil && d.now().Before(e.Send.Expires):
+			// A message the device takes once whatever comes again:
+			// sent again, in its place among the device's commands.
+			d.enqueue(job{entry: e, send: e.Send})
+			continue
+		case !e.Done && e.Send != nil:
+			e.Done, e.Status, e.Send = true, model.ResultFailed, nil
+			e.Reason = "expired: the gateway restarted and the device had not answered before the command's ttl"
+			d.finish(e)
+		case !e.Done:
 			e.Done, e.Status = true, model.ResultFailed
 			e.Reason = "interrupted: the gateway stopped before the device confirmed the command; it may or may not have acted"
 			d.finish(e)
@@ -424,7 +433,7 @@ func (d *Desk) run(ctx context.Context, t Target, j job) {
 	if ctx.Err() != nil {
 		return // stopping: the entry stays taken, and the next start reports it
 	}
-	e.Done, e.Status = true, model.ResultOK
+	e.Done, e.Status, e.Send = true, model.ResultOK, nil
 	if failed != nil {
 		e.Status, e.Reason = model.ResultFailed, failed.Error()
 	}

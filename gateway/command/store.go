@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"outpost/drivers"
 	"outpost/gateway/durable"
 	"outpost/gateway/model"
 )
@@ -31,6 +32,9 @@ type Entry struct {
 	Reason string             `json:"reason,omitempty"`
 	// Undo is what a lasting action sets back, and when; nil once done.
 	Undo *Undo `json:"undo,omitempty"`
+	// Send is the command as sent to a device that takes actions as
+	// messages, until it answers: a restart sends it again.
+	Send *drivers.Outgoing `json:"send,omitempty"`
 }
 
 // Undo sets signals back when a lasting action ends.
