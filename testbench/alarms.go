@@ -220,7 +220,11 @@ type raised struct {
 
 func (r *runner) raisedFile() string { return filepath.Join(r.work, "raised.jsonl") }
 
-func readRaised(path string) ([]raised, error) {
+func readRaised(path string) ([]raised, error) { return readJSONLines[raised](path) }
+
+// readJSONLines reads a file of JSON lines, one T each; none when the
+// file is not there.
+func readJSONLines[T any](path string) ([]T, error) {
 	f, err := os.Open(path)
 	if os.IsNotExist(err) {
 		return nil, nil
@@ -229,14 +233,14 @@ func readRaised(path string) ([]raised, error) {
 		return nil, err
 	}
 	defer f.Close()
-	var out []raised
+	var out []T
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var rs raised
-		if err := json.Unmarshal(sc.Bytes(), &rs); err != nil {
+		var v T
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		out = append(out, rs)
+		out = append(out, v)
 	}
 	return out, sc.Err()
 }

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -166,27 +164,6 @@ type shown struct {
 	At     time.Time `json:"at"`
 }
 
-func readShown(path string) ([]shown, error) {
-	f, err := os.Open(path)
-	if os.IsNotExist(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []shown
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var s shown
-		if err := json.Unmarshal(sc.Bytes(), &s); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-		out = append(out, s)
-	}
-	return out, sc.Err()
-}
-
 // checkLoop holds the loop to the plan: every request at the hub once,
 // every status shown once and in order, every result ok, every loop
 // closed; and gives the round trip to the dispatched status.
@@ -217,7 +194,7 @@ func (r *runner) checkLoop() error {
 	if rep.AtHub != rep.Requests {
 		r.fail("loop: %d requests raised, %d reached the hub", rep.Requests, rep.AtHub)
 	}
-	shownAll, err := readShown(r.statusesFile())
+	shownAll, err := readJSONLines[shown](r.statusesFile())
 	if err != nil {
 		return err
 	}

@@ -14,10 +14,8 @@ package dcon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -141,23 +139,14 @@ func (l *Link) Serve(ctx context.Context) error {
 		busFree time.Time // when the line is quiet again after an answer
 	)
 	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err := l.port.SetReadDeadline(time.Now().Add(idlePoll)); err != nil {
-			return fmt.Errorf("dcon: set deadline: %w", err)
-		}
-		n, err := l.port.Read(rd)
-		now := time.Now()
+		n, stop, err := l.port.ReadFor(ctx, rd, idlePoll)
 		switch {
-		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-		default:
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("dcon: read: %w", err)
+		case stop:
+			return nil
+		case err != nil:
+			return fmt.Errorf("dcon: %w", err)
 		}
+		now := time.Now()
 		if len(buf) > 0 && now.Sub(last) > staleAfter {
 			l.garbled.Add(1)
 			buf = buf[:0]

@@ -19,11 +19,9 @@ package line
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -293,23 +291,14 @@ func (l *Link) answer(ctx context.Context) error {
 		}
 	}
 	for {
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err := l.port.SetReadDeadline(time.Now().Add(idlePoll)); err != nil {
-			return fmt.Errorf("line: set deadline: %w", err)
-		}
-		n, err := l.port.Read(rd)
-		now := time.Now()
+		n, stop, err := l.port.ReadFor(ctx, rd, idlePoll)
 		switch {
-		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-		default:
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("line: read: %w", err)
+		case stop:
+			return nil
+		case err != nil:
+			return fmt.Errorf("line: %w", err)
 		}
+		now := time.Now()
 		if len(buf) > 0 && now.Sub(last) > staleAfter {
 			l.garbled.Add(1)
 			buf = buf[:0]

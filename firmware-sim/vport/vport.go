@@ -4,6 +4,7 @@
 package vport
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -142,6 +143,26 @@ func (p *Port) Write(b []byte) (int, error) {
 		p.noise.Corrupt(b)
 	}
 	return p.master.Write(b)
+}
+
+// ReadFor reads what the master wrote within d, for a simulator's loop: n
+// is 0 when nothing came. stop says ctx ended (the simulator then returns
+// nil); err is the port's failure otherwise.
+func (p *Port) ReadFor(ctx context.Context, b []byte, d time.Duration) (n int, stop bool, err error) {
+	if ctx.Err() != nil {
+		return 0, true, nil
+	}
+	if err := p.SetReadDeadline(time.Now().Add(d)); err != nil {
+		return 0, false, fmt.Errorf("set deadline: %w", err)
+	}
+	n, err = p.Read(b)
+	switch {
+	case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
+		return n, false, nil
+	case ctx.Err() != nil:
+		return n, true, nil
+	}
+	return n, false, fmt.Errorf("read: %w", err)
 }
 
 // SetReadDeadline bounds the next reads.
