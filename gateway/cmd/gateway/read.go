@@ -105,9 +105,12 @@ func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (ma
 	defer cancel()
 	var mu sync.Mutex
 	got, health := map[string]model.Message{}, map[string]model.Health{}
-	signals := map[string]int{}
+	partial := map[string]model.Message{} // readings of the devices not all read yet
+	signals := map[string][]string{} // in the template's order
 	for _, d := range link.Devices {
-		signals[d.ID] = len(link.Template(d).Body.Signals())
+		for _, sg := range link.Template(d).Body.Signals() {
+			signals[d.ID] = append(signals[d.ID], sg.Name)
+		}
 	}
 	// A device is done with a good first reading, or with a bad one and
 	// the health report that says why.
@@ -123,11 +126,29 @@ func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (ma
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
-		case m.Kind == model.KindTelemetry && len(m.Readings) == signals[m.Device]:
-			// A poll's, with every signal; an alarm poll's has only the
-			// alarm inputs.
-			if _, ok := got[m.Device]; !ok {
-				got[m.Device] = m
+		case m.Kind == model.KindTelemetry:
+			// A device's signals may come in several messages (an alarm
+			// poll's has only the alarm inputs; an ASCII-line device
+			// sends a line of each kind): the first reading of each.
+			if _, ok := got[m.Device]; ok {
+				break
+			}
+			p := partial[m.Device]
+			if p.Device == "" {
+				p = m
+				p.Readings = nil
+			}
+			for _, r := range m.Readings {
+				if !slices.ContainsFunc(p.Readings, func(h model.Reading) bool { return h.Signal == r.Signal }) {
+					p.Readings = append(p.Readings, r)
+				}
+			}
+			partial[m.Device] = p
+			if len(p.Readings) == len(signals[m.Device]) {
+				slices.SortFunc(p.Readings, func(a, b model.Reading) int {
+					return slices.Index(signals[m.Device], a.Signal) - slices.Index(signals[m.Device], b.Signal)
+				})
+				got[m.Device] = p
 			}
 		case m.Kind == model.KindHealth && m.Health != nil:
 			health[m.Device] = *m.Health

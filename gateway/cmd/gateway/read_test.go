@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	_ "outpost/firmware-sim/line"   // an ASCII-line device on a pty
 	_ "outpost/firmware-sim/modbus" // the simulated devices, on a real TCP port
 	"outpost/firmware-sim/signal"
 	"outpost/firmware-sim/sim"
@@ -149,4 +150,40 @@ func containsFields(text, row string) bool {
 		}
 	}
 	return false
+}
+
+// TestReadLineDevice: `gateway read` of an NMEA GPS, whose signals come
+// in two kinds of line (RMC and GGA), served by the simulator on a pty:
+// every signal, from whichever line carries it.
+func TestReadLineDevice(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "station.yaml")
+	src := fmt.Sprintf(`version: 2
+station: {id: rd-2, type: police_cube}
+state_dir: %s
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+links:
+  - {id: gps-line, protocol: line, port: %s, baud: 9600}
+devices:
+  - {id: gps-1, template: nmea-gps, link: gps-line}
+`, filepath.Join(dir, "state"), filepath.Join(dir, "gps"))
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	simulate(t, st, &served{rs: map[string][]sim.Reading{}})
+	var out, errb bytes.Buffer
+	if code := cli([]string{"read", "-config", path, "-timeout", "5s", "gps-1"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
+	}
+	t.Log(out.String())
+	for _, row := range []string{"fix  true  -  good", "latitude  30.27415  °  good", "satellites"} {
+		if !strings.Contains(out.String(), strings.Fields(row)[0]) || len(strings.Fields(row)) > 1 && !containsFields(out.String(), row) {
+			t.Errorf("no row %q in:\n%s", row, out.String())
+		}
+	}
 }
