@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"outpost/drivers/crc16"
 )
 
 // A DC-09 frame on the wire is
@@ -86,23 +88,6 @@ func Counter(err error) string {
 	return "bad_frames"
 }
 
-// CRC is the CRC-16/ARC of b: polynomial 0x8005 reflected (0xA001),
-// initial value 0, as the standard computes it.
-func CRC(b []byte) uint16 {
-	var crc uint16
-	for _, c := range b {
-		crc ^= uint16(c)
-		for range 8 {
-			if crc&1 != 0 {
-				crc = crc>>1 ^ 0xA001
-			} else {
-				crc >>= 1
-			}
-		}
-	}
-	return crc
-}
-
 // ParseFrame checks and parses a frame: raw is what stands between LF and
 // CR. A frame whose CRC or length is wrong is refused whole (its account
 // cannot be trusted). A frame whose header is fine but whose body is not
@@ -120,7 +105,7 @@ func ParseFrame(raw []byte) (*Frame, error) {
 	if int(n) != len(text) && !decimalLength(raw[4:8], len(text)) {
 		return nil, errf("length_errors", "frame says %d bytes of text, has %d", n, len(text))
 	}
-	if got := CRC(text); got != uint16(crc) {
+	if got := crc16.ARC(text); got != uint16(crc) {
 		return nil, errf("crc_errors", "frame CRC %04X, computed %04X", crc, got)
 	}
 	f, rest, err := parseHeader(string(text))
@@ -327,7 +312,7 @@ func Answer(kind string, f *Frame, key []byte, now time.Time) ([]byte, error) {
 
 // encode frames a text: LF, CRC, length, text, CR.
 func encode(text string) []byte {
-	return fmt.Appendf(nil, "\n%04X0%03X%s\r", CRC([]byte(text)), len(text), text)
+	return fmt.Appendf(nil, "\n%04X0%03X%s\r", crc16.ARC([]byte(text)), len(text), text)
 }
 
 // seal pads text at the front with random bytes other than '|', '[' and

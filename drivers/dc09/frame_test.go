@@ -27,14 +27,6 @@ func frame(s string) []byte {
 	return []byte(strings.TrimSuffix(strings.TrimPrefix(s, "\n"), "\r"))
 }
 
-func TestCRC(t *testing.T) {
-	// The check value of CRC-16/ARC (reveng CRC catalogue, "CRC-16/ARC
-	// ... check=0xbb3d"), the CRC the standard's examples compute.
-	if got := CRC([]byte("123456789")); got != 0xBB3D {
-		t.Errorf("CRC(123456789) = %04X, want BB3D", got)
-	}
-}
-
 // TestParseFrame parses published frames. Each vector names its source.
 func TestParseFrame(t *testing.T) {
 	cases := []struct {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	cl "outpost/configs/line"
+	"outpost/drivers/crc16"
 	"outpost/gateway/model"
 )
 
@@ -407,20 +408,10 @@ func sum8(each func(func(byte))) byte {
 	return s
 }
 
-// crc16Modbus is CRC-16/MODBUS: polynomial 0x8005 reflected (0xA001),
-// initial value 0xFFFF, no final XOR ("123456789" gives 0x4B37).
+// crc16Modbus is CRC-16/MODBUS ("123456789" gives 0x4B37).
 func crc16Modbus(each func(func(byte))) uint16 {
 	crc := uint16(0xFFFF)
-	each(func(c byte) {
-		crc ^= uint16(c)
-		for range 8 {
-			if crc&1 != 0 {
-				crc = crc>>1 ^ 0xA001
-			} else {
-				crc >>= 1
-			}
-		}
-	})
+	each(func(c byte) { crc = crc16.Update(crc, c) })
 	return crc
 }
 

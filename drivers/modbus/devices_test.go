@@ -9,6 +9,7 @@ import (
 
 	"outpost/configs"
 	mb "outpost/configs/modbus"
+	"outpost/drivers/crc16"
 	"outpost/gateway/model"
 )
 
@@ -279,7 +280,7 @@ func rtuReadRequest(unit byte, r Request) []byte {
 	b := []byte{unit, fc, 0, 0, 0, 0}
 	binary.BigEndian.PutUint16(b[2:], uint16(r.Start))
 	binary.BigEndian.PutUint16(b[4:], uint16(r.Count))
-	return binary.LittleEndian.AppendUint16(b, crc16(b))
+	return binary.LittleEndian.AppendUint16(b, crc16.Modbus(b))
 }
 
 // TestXYMD02ManualFrame: the XY-MD02 manual's read example, byte for byte.

@@ -8,6 +8,7 @@ import (
 	"github.com/goburrow/modbus"
 
 	"outpost/drivers/bus"
+	"outpost/drivers/crc16"
 )
 
 // Function codes.
@@ -26,22 +27,6 @@ const (
 // isRead says whether a function code is a read, whose answer carries a
 // byte count.
 func isRead(fc byte) bool { return fc >= fcReadCoils && fc <= fcReadInput }
-
-// crc16 is the Modbus RTU CRC (polynomial 0xA001 reflected, initial 0xFFFF).
-func crc16(b []byte) uint16 {
-	crc := uint16(0xFFFF)
-	for _, c := range b {
-		crc ^= uint16(c)
-		for i := 0; i < 8; i++ {
-			if crc&1 != 0 {
-				crc = crc>>1 ^ 0xA001
-			} else {
-				crc >>= 1
-			}
-		}
-	}
-	return crc
-}
 
 // rtuResponseLength is the length of the normal RTU response to a read or
 // write request ADU (unit, function, address, quantity or value, ...), or
@@ -112,7 +97,7 @@ func checkRTU(req, resp []byte) error {
 	}
 	n := len(resp)
 	got := uint16(resp[n-2]) | uint16(resp[n-1])<<8
-	if want := crc16(resp[:n-2]); got != want {
+	if want := crc16.Modbus(resp[:n-2]); got != want {
 		return &FrameError{Kind: badCRC, Detail: fmt.Sprintf("got %04x, want %04x", got, want)}
 	}
 	if resp[1] == req[1] && isRead(req[1]) && int(resp[2]) != n-5 {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/goburrow/modbus"
+
+	"outpost/drivers/crc16"
 )
 
 // memPort is an in-memory serial port for fuzzing the RTU transport: it
@@ -109,7 +111,7 @@ func FuzzCheckRTU(f *testing.F) {
 			return
 		}
 		if err := checkRTU(req, resp); err == nil {
-			if crc16(resp[:len(resp)-2]) != binary.LittleEndian.Uint16(resp[len(resp)-2:]) {
+			if crc16.Modbus(resp[:len(resp)-2]) != binary.LittleEndian.Uint16(resp[len(resp)-2:]) {
 				t.Fatal("accepted a bad CRC")
 			}
 		}

@@ -11,13 +11,15 @@ import (
 	"github.com/goburrow/modbus"
 	"go.bug.st/serial"
 	"golang.org/x/sys/unix"
+
+	"outpost/drivers/crc16"
 )
 
 // rtuFrame builds an RTU frame: unit, function, payload, CRC (low byte
 // first).
 func rtuFrame(unit, fc byte, payload ...byte) []byte {
 	f := append([]byte{unit, fc}, payload...)
-	c := crc16(f)
+	c := crc16.Modbus(f)
 	return append(f, byte(c), byte(c>>8))
 }
 
