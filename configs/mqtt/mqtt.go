@@ -62,12 +62,16 @@ type Link struct {
 	Credentials string `yaml:"credentials" example:"/etc/outpost/devices.passwd"`
 	// Broker is the URL of an external station broker (tcp:// or ssl://)
 	// the gateway subscribes to instead of embedding one; the broker
-	// then enforces the devices' credentials and topics.
+	// then enforces the devices' credentials and topics (see
+	// docs/kiosks.md). The gateway's client id there is
+	// outpost-{station}-{link}, with a persistent session.
 	Broker string `yaml:"broker" example:"tcp://192.168.10.2:1883"`
-	// Username is the gateway's user name at an external broker.
+	// Username is the gateway's user name at an external broker;
+	// required with broker.
 	Username string `yaml:"username" example:"outpost-gateway"`
-	// PasswordFile holds the gateway's password at an external broker,
-	// readable by the gateway's user only.
+	// PasswordFile holds the gateway's password at an external broker on
+	// one line; relative to the station file unless absolute, readable by
+	// the gateway's user only (chmod 600). Required with broker.
 	PasswordFile string `yaml:"password_file" example:"/etc/outpost/station-broker.pass"`
 	// Prefix is the first level of every device topic.
 	Prefix string `yaml:"prefix" default:"dev" example:"station"`
@@ -77,12 +81,17 @@ type Link struct {
 	// MaxConnections caps the devices connected at once, 1 to 10000.
 	MaxConnections int `yaml:"max_connections" default:"256" example:"64"`
 
-	creds Credentials // read from Credentials when the station is loaded
+	creds    Credentials // read from Credentials when the station is loaded
+	password string      // read from PasswordFile when the station is loaded
 }
 
 // Devices are the devices' credentials read from the password file when
 // the station was loaded (nil for an external broker).
 func (l *Link) Devices() Credentials { return l.creds }
+
+// Password is the gateway's password at an external broker, read from
+// PasswordFile when the station was loaded.
+func (l *Link) Password() string { return l.password }
 
 // TLS is the embedded broker's certificate.
 type TLS struct {
@@ -127,6 +136,12 @@ func (l *Link) Check(p configs.Problems) {
 		}
 		if l.Credentials != "" {
 			p.Errorf("credentials", "an external broker checks the devices' credentials itself")
+		}
+		if l.Username == "" {
+			p.Errorf("username", "the gateway needs a user name at the external broker, one that may read %s/# and write %s/+/cmd (see docs/kiosks.md)", l.Prefix, l.Prefix)
+		}
+		if l.PasswordFile == "" {
+			p.Errorf("password_file", "the gateway needs the file of its password at the external broker (chmod 600)")
 		}
 	}
 	if !prefixPattern.MatchString(l.Prefix) {
@@ -191,7 +206,9 @@ func (d *Device) Check(p configs.Problems) {
 // devicePattern is what the loader takes as a device id.
 var devicePattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
-// checkLink checks the credentials of an embedded broker's devices.
+// checkLink reads the credentials of an embedded broker's devices, or the
+// gateway's password at an external broker, and checks that every device
+// has its line.
 func checkLink(p configs.Problems, st *configs.Station, link *configs.Link) {
 	l := link.Settings.(*Link)
 	var creds Credentials
@@ -202,6 +219,15 @@ func checkLink(p configs.Problems, st *configs.Station, link *configs.Link) {
 			p.Errorf(fmt.Sprintf("links[%d].credentials", linkIndex(st, link)), "%v", err)
 		} else {
 			l.Credentials, l.creds, creds = file, c, c
+		}
+	}
+	if !l.Embedded() && l.PasswordFile != "" {
+		file := st.Path(l.PasswordFile)
+		pw, err := ReadPassword(file)
+		if err != nil {
+			p.Errorf(fmt.Sprintf("links[%d].password_file", linkIndex(st, link)), "%v", err)
+		} else {
+			l.PasswordFile, l.password = file, pw
 		}
 	}
 	for i := range st.Devices {

@@ -64,11 +64,14 @@ links:
   - {id: lan, protocol: mqtt, listen: "0.0.0.0:1883", credentials: devices.passwd, prefix: "a/b"}
   - {id: both, protocol: mqtt, listen: "0.0.0.0:1884", broker: "tcp://x:1883"}
   - {id: none, protocol: mqtt}
+  - {id: ext, protocol: mqtt, broker: "tcp://127.0.0.1:1883"}
+  - {id: ext-open, protocol: mqtt, broker: "ssl://127.0.0.1:8883", username: gw, password_file: open.pass}
 devices:
   - {id: kiosk-1, template: outpost-kiosk, link: lan}
   - {id: kiosk-2, template: outpost-kiosk, link: lan, rate: 0}
   - {id: "kiosk 3", template: outpost-kiosk, link: lan}
 `
+	os.WriteFile(filepath.Join(dir, "open.pass"), []byte("pw\n"), 0o644)
 	path := filepath.Join(dir, "station.yaml")
 	os.WriteFile(path, []byte(station), 0o644)
 	_, err := configs.Load(path)
@@ -81,9 +84,48 @@ devices:
 		"links[2].listen: an mqtt link needs listen",
 		"devices[1].id: kiosk-2 has no line in " + filepath.Join(dir, "devices.passwd") + ": add it with gateway passwd",
 		"devices[1].rate: 0 is out of range",
+		"links[3].username: the gateway needs a user name at the external broker",
+		"links[3].password_file: the gateway needs the file of its password",
+		"links[4].password_file: " + filepath.Join(dir, "open.pass") + " can be read by group or others (mode 0644)",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("errors lack %q:\n%v", want, err)
+		}
+	}
+}
+
+// A link to an external broker: the gateway's password is read from its
+// file, relative to the station file, when the station is loaded.
+func TestExternalLink(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "gw.pass"), []byte("  s3cret pass\n"), 0o600)
+	station := `version: 2
+station: {id: pc-1, type: police_cube}
+state_dir: /var/lib/outpost/pc-1
+hub: {mqtt: {url: "tcp://127.0.0.1:1883"}}
+links:
+  - {id: lan, protocol: mqtt, broker: "tcp://192.168.10.2:1883", username: outpost-gw, password_file: gw.pass}
+devices:
+  - {id: kiosk-1, template: outpost-kiosk, link: lan}
+`
+	path := filepath.Join(dir, "station.yaml")
+	os.WriteFile(path, []byte(station), 0o644)
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := st.Links[0].Settings.(*mqtt.Link)
+	if l.Embedded() || l.Password() != "s3cret pass" || l.PasswordFile != filepath.Join(dir, "gw.pass") || l.Devices() != nil {
+		t.Errorf("link %+v, password %q", l, l.Password())
+	}
+	for _, c := range []struct{ text, want string }{
+		{"\n", "is empty"},
+		{"one\ntwo\n", "more than one line"},
+	} {
+		file := filepath.Join(dir, "bad.pass")
+		os.WriteFile(file, []byte(c.text), 0o600)
+		if _, err := mqtt.ReadPassword(file); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.text, err, c.want)
 		}
 	}
 }

@@ -56,6 +56,39 @@ func ReadCredentials(path string) (Credentials, error) {
 	return ParseCredentials(path, b)
 }
 
+// maxPassword bounds a password file of the gateway's own.
+const maxPassword = 1024
+
+// ReadPassword reads the gateway's password at an external broker from a
+// file readable by its owner only: the password on one line (white space
+// around it ignored). The error never shows the password.
+func ReadPassword(path string) (string, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case !info.Mode().IsRegular():
+		return "", fmt.Errorf("%s is not a file", path)
+	case info.Mode().Perm()&0o077 != 0:
+		return "", fmt.Errorf("%s can be read by group or others (mode %04o): the gateway's password must be readable by the gateway's user only; run chmod 600 %s", path, info.Mode().Perm(), path)
+	case info.Size() > maxPassword:
+		return "", fmt.Errorf("%s is %d bytes, too large for a password (expected the password on one line)", path, info.Size())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	pw := strings.TrimSpace(string(b))
+	switch {
+	case pw == "":
+		return "", fmt.Errorf("%s is empty (expected the gateway's password on one line)", path)
+	case strings.ContainsAny(pw, "\r\n"):
+		return "", fmt.Errorf("%s holds more than one line (expected the gateway's password on one line)", path)
+	}
+	return pw, nil
+}
+
 // ParseCredentials reads the lines of a password file; name is the file's,
 // for errors.
 func ParseCredentials(name string, b []byte) (Credentials, error) {

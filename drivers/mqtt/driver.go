@@ -1,7 +1,10 @@
 // Package mqtt is the driver of mqtt links: the station's devices that
-// speak MQTT (self-service kiosks first) publish to a broker the gateway
-// embeds on the station's LAN (mochi-mqtt), and the gateway maps what they
-// publish to the normalized model by their templates (configs/mqtt).
+// speak MQTT (self-service kiosks first) publish to a station broker, and
+// the gateway maps what they publish to the normalized model by their
+// templates (configs/mqtt). The station broker is one the gateway embeds
+// on the station's LAN (mochi-mqtt, listen), or an external one the
+// gateway subscribes to (paho, broker): what a device publishes takes the
+// same path either way (Driver.take).
 //
 // What the driver guards against:
 //
@@ -11,7 +14,9 @@
 //     below its own topic and subscribe only to its own commands. A
 //     publish anywhere else is refused (the broker drops the connection),
 //     counted (refused_topic) and reported to the hub as an event,
-//     spoofing, at most once a minute per device with the count.
+//     spoofing, at most once a minute per device with the count. An
+//     external broker enforces all this itself (its password file and
+//     ACL, see docs/kiosks.md), and the gateway sees none of it.
 //   - Payloads that are not what the template says: not JSON, wrong
 //     types, unknown or missing fields, over max_payload, or faster than
 //     the device's rate. Each is refused with a counter of that name, the
@@ -22,16 +27,22 @@
 //     of it reaches the hub.
 //   - A device gone: a will, a dropped connection, or silence beyond its
 //     silence setting (three heartbeats by default) makes it offline.
+//     Through an external broker the gateway sees no connections: the
+//     device's state message (online, or offline as its will) and its
+//     silence say it.
 //
 // An event is acknowledged (PUBACK) only once it is durable in the
-// gateway's queue: a device that got the acknowledgement never needs to
-// send it again. When the disk refuses it, the connection is dropped
-// unacknowledged and the device sends it again when it reconnects.
+// gateway's queue: a device (or an external broker) that got the
+// acknowledgement never needs to send it again. When the disk refuses
+// it, the connection is dropped unacknowledged: the device sends it
+// again when it reconnects, or the external broker when the gateway
+// does.
 //
 // Commands from the hub for a device go to {prefix}/{device}/cmd (QoS 1)
 // and are done when the device answers on cmd/ack (see Send); one the
-// device has not answered is sent again each time it connects, until it
-// answers or the command expires.
+// device has not answered is sent again each time it connects (through
+// an external broker: each time it says online), until it answers or the
+// command expires.
 package mqtt
 
 import (
@@ -43,6 +54,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -76,14 +88,16 @@ const (
 	packetSlack = 64 << 10
 )
 
-// Driver runs the station broker of one mqtt link.
+// Driver runs the station broker of one mqtt link, or its subscription
+// to an external one.
 type Driver struct {
-	name    string
-	set     *cfg.Link
-	creds   cfg.Credentials
-	devices map[string]*device
-	log     *slog.Logger
-	now     func() time.Time
+	name     string
+	set      *cfg.Link
+	creds    cfg.Credentials
+	devices  map[string]*device
+	log      *slog.Logger
+	now      func() time.Time
+	clientID string // at an external broker
 
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -91,11 +105,13 @@ type Driver struct {
 	addr      string
 
 	emitMu sync.Mutex
-	emit   drivers.Emit // Run's
+	emit   drivers.Emit  // Run's
+	done   chan struct{} // Run's, closed when it ends: throttled messages stop waiting
 
-	server *mochi.Server
-	counts counters      // what no device of the link can be held to
-	done   chan struct{} // closed when Run ends: throttled messages stop waiting
+	server *mochi.Server           // the embedded broker
+	sess   atomic.Pointer[session] // the connection to an external broker, nil while there is none
+	counts counters                // what no device of the link can be held to
+	strays strays                  // messages of devices not on the link (external broker)
 }
 
 // device is one MQTT device and its health.
@@ -124,10 +140,15 @@ type device struct {
 	keep, rest bucket
 
 	// connected is closed and replaced each time the device (re)connects
-	// or subscribes to its commands: commands waiting for its answer are
-	// then sent again.
+	// or subscribes to its commands (through an external broker: says
+	// online): commands waiting for its answer are then sent again.
 	connected chan struct{}
 	acks      map[string]chan ack // commands waiting for the device's answer, by id
+
+	// lane holds the device's messages from an external broker, in
+	// order, until they are taken: one device's messages waiting their
+	// turn hold up no other device's.
+	lane chan inbound
 }
 
 // New builds the driver of an mqtt link. It does no I/O.
@@ -136,10 +157,8 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	if !ok {
 		return nil, fmt.Errorf("link %s: not an %s link", link.Name(), cfg.Protocol)
 	}
-	if !set.Embedded() {
-		return nil, fmt.Errorf("link %s: an external station broker (%s) is not supported yet: embed the broker with listen", link.Name(), set.Broker)
-	}
-	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now, ready: make(chan struct{}), done: make(chan struct{})}
+	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now,
+		clientID: "outpost-" + link.Station.Station.ID + "-" + link.Name(), ready: make(chan struct{}), done: make(chan struct{})}
 	for _, dev := range link.Devices {
 		t := link.Template(dev)
 		ds, ok := dev.Settings.(*cfg.Device)
@@ -155,25 +174,42 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 			counters: map[string]uint64{}, unlogged: map[string]uint64{},
 			keep: bucket{rate: ds.Rate, burst: float64(ds.Burst)}, rest: bucket{rate: ds.Rate, burst: float64(ds.Burst)},
 			connected: make(chan struct{}), acks: map[string]chan ack{}}
+		if !set.Embedded() {
+			d.devices[dev.ID].lane = make(chan inbound, laneSize)
+		}
 	}
 	return d, nil
 }
 
-// Ready is closed once the broker listens; Addr then says where.
+// Ready is closed once the broker listens, or the gateway first
+// subscribed to the external broker; Addr then says where.
 func (d *Driver) Ready() <-chan struct{} { return d.ready }
 
-// Addr is the address the broker listens on, once Ready.
+// Addr is the address the broker listens on, once Ready; the external
+// broker's URL.
 func (d *Driver) Addr() string {
 	d.addrMu.Lock()
 	defer d.addrMu.Unlock()
 	return d.addr
 }
 
-// Run serves the station broker until ctx ends.
+// Run serves the station broker, or subscribes to the external one,
+// until ctx ends. It may run again after it returned.
 func (d *Driver) Run(ctx context.Context, emit drivers.Emit) error {
+	done := make(chan struct{})
+	stop := sync.OnceFunc(func() { close(done) })
+	defer stop()
 	d.emitMu.Lock()
-	d.emit = emit
+	d.emit, d.done = emit, done
 	d.emitMu.Unlock()
+	if !d.set.Embedded() {
+		return d.subscribe(ctx, stop)
+	}
+	return d.serve(ctx)
+}
+
+// serve runs the embedded broker until ctx ends.
+func (d *Driver) serve(ctx context.Context) error {
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumClients = int64(d.set.MaxConnections)
 	caps.MaximumPacketSize = uint32(d.set.MaxPayload + packetSlack)
@@ -216,7 +252,6 @@ func (d *Driver) Run(ctx context.Context, emit drivers.Emit) error {
 	}
 	d.readyOnce.Do(func() { close(d.ready) })
 
-	defer close(d.done)
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
@@ -248,6 +283,7 @@ func (d *Driver) supervise() {
 		d.flushLog(dev, now, false)
 		dev.mu.Unlock()
 	}
+	d.strays.flush(d.log, now)
 }
 
 func heartbeat(t *cfg.Template) string {
@@ -262,6 +298,13 @@ func (d *Driver) emitter() drivers.Emit {
 	d.emitMu.Lock()
 	defer d.emitMu.Unlock()
 	return d.emit
+}
+
+// stopping is closed when Run ends.
+func (d *Driver) stopping() <-chan struct{} {
+	d.emitMu.Lock()
+	defer d.emitMu.Unlock()
+	return d.done
 }
 
 // setState changes a device's health (dev.mu held) and sends it when the

@@ -28,6 +28,18 @@ func TestKioskMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.health(t, "kiosk-1", model.Online)
+	kioskMessages(t, k, out)
+	// Gone is offline at once.
+	k.c.Disconnect(0)
+	if h := out.health(t, "kiosk-1", model.Offline); !strings.Contains(h.Health.Reason, "disconnected") {
+		t.Errorf("offline reason %q, want it to say disconnected", h.Health.Reason)
+	}
+}
+
+// kioskMessages has kiosk-1 publish its telemetry and events, and checks
+// what the gateway emits of them, whichever the broker.
+func kioskMessages(t *testing.T, k *kiosk, out *emitted) {
+	t.Helper()
 	if err := k.publish("dev/kiosk-1/telemetry", `{`+ts+`,"enclosure":{"temp_c":23.5,"rh_pct":120},"door":{"open":false,"tamper":true}}`); err != nil {
 		t.Fatal(err)
 	}
@@ -60,10 +72,12 @@ func TestKioskMessages(t *testing.T) {
 			t.Errorf("emergency_call %s: got %s %s %v", st.state, e.Kind, e.Severity, e.Details)
 		}
 	}
-	// Gone is offline at once.
-	k.c.Disconnect(0)
-	if h := out.health(t, "kiosk-1", model.Offline); !strings.Contains(h.Health.Reason, "disconnected") {
-		t.Errorf("offline reason %q, want it to say disconnected", h.Health.Reason)
+	// A wrong payload is refused the same way.
+	if err := k.publish("dev/kiosk-1/telemetry", `{"enclosure":{"temp_c":"hot"}}`); err != nil {
+		t.Fatal(err)
+	}
+	if h := out.health(t, "kiosk-1", model.Degraded); !strings.HasPrefix(h.Health.Reason, BadField+": telemetry:") {
+		t.Errorf("degraded reason %q, want bad_field", h.Health.Reason)
 	}
 }
 

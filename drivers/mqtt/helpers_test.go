@@ -2,10 +2,13 @@ package mqtt
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -20,11 +23,20 @@ import (
 	"outpost/gateway/model"
 )
 
+// embedded is the settings of the test link with an embedded broker.
+const embedded = `listen: "127.0.0.1:0", credentials: devices.passwd, max_payload: 4096`
+
 // station writes a station file with an mqtt link of two kiosks (their
 // passwords "pw-kiosk-1" and "pw-kiosk-2") and loads it.
 func station(t *testing.T, extra string) *configs.Station {
 	t.Helper()
-	dir := t.TempDir()
+	return stationIn(t, t.TempDir(), embedded, extra)
+}
+
+// stationIn writes the station file of station into dir, with the link's
+// settings given (files they name relative to dir), and loads it.
+func stationIn(t *testing.T, dir, link, extra string) *configs.Station {
+	t.Helper()
 	var lines string
 	for _, dev := range []string{"kiosk-1", "kiosk-2"} {
 		l, err := cfg.Hash(dev, "pw-"+dev)
@@ -41,11 +53,11 @@ station: {id: pc-0001, type: police_cube}
 state_dir: %s
 hub: {mqtt: {url: "tcp://127.0.0.1:1"}}
 links:
-  - {id: station-mqtt, protocol: mqtt, listen: "127.0.0.1:0", credentials: devices.passwd, max_payload: 4096}
+  - {id: station-mqtt, protocol: mqtt, %s}
 devices:
   - {id: kiosk-1, template: outpost-kiosk, link: station-mqtt, rate: 50, burst: 20, location: "Xinhua Rd 12"}
   - {id: kiosk-2, template: outpost-kiosk, link: station-mqtt}
-%s`, filepath.Join(dir, "state"), extra)
+%s`, filepath.Join(dir, "state"), link, extra)
 	path := filepath.Join(dir, "station.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
@@ -59,20 +71,38 @@ devices:
 
 // emitted collects what a driver emits.
 type emitted struct {
-	ch   chan model.Message
-	mu   sync.Mutex
-	fail error
+	ch      chan model.Message
+	mu      sync.Mutex
+	fail    error // what emit says, when set
+	refused int   // messages emit refused with fail
 }
 
 func (e *emitted) emit(m model.Message) error {
 	e.mu.Lock()
 	err := e.fail
+	if err != nil {
+		e.refused++
+	}
 	e.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	e.ch <- m
 	return nil
+}
+
+// failing makes emit refuse every message with err (nil: take them).
+func (e *emitted) failing(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.fail = err
+}
+
+// refusals is how many messages emit refused.
+func (e *emitted) refusals() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.refused
 }
 
 // nextOf waits for the next message of a device and kind, skipping
@@ -120,11 +150,7 @@ func (e *emitted) none(t *testing.T, device string) {
 // start runs the link's driver until the test ends.
 func start(t *testing.T, st *configs.Station) (*Driver, *emitted) {
 	t.Helper()
-	drv, err := New(drivers.Links(st)[0], slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := drv.(*Driver)
+	d := build(t, st)
 	out := &emitted{ch: make(chan model.Message, 10000)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -152,20 +178,54 @@ func start(t *testing.T, st *configs.Station) (*Driver, *emitted) {
 	return d, out
 }
 
+// build makes the driver of the station's first link.
+func build(t *testing.T, st *configs.Station) *Driver {
+	t.Helper()
+	drv, err := New(drivers.Links(st)[0], slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return drv.(*Driver)
+}
+
 // kiosk is a device's paho client.
 type kiosk struct {
 	t   *testing.T
 	c   paho.Client
 	cmd chan paho.Message
+
+	mu   sync.Mutex
+	conn net.Conn // the connection, for cut
 }
 
-// connect logs a device in with a password; the error is the broker's
-// answer.
+// connect logs a device in to the embedded broker at addr with a
+// password; the error is the broker's answer.
 func connect(t *testing.T, addr, id, password string, will bool) (*kiosk, error) {
 	t.Helper()
+	return dial(t, "tcp://"+addr, id, password, will, nil)
+}
+
+// dial logs a device in to a broker by its URL (tcp:// or ssl://, then
+// trusting tc's roots).
+func dial(t *testing.T, broker, id, password string, will bool, tc *tls.Config) (*kiosk, error) {
+	t.Helper()
 	k := &kiosk{t: t, cmd: make(chan paho.Message, 100)}
-	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetUsername(id).SetPassword(password).
-		SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5 * time.Second)
+	o := paho.NewClientOptions().AddBroker(broker).SetClientID(id).SetUsername(id).SetPassword(password).
+		SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5 * time.Second).
+		SetCustomOpenConnectionFn(func(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {
+			dialer := &net.Dialer{Timeout: 5 * time.Second}
+			var c net.Conn
+			var err error
+			if u.Scheme == "ssl" {
+				c, err = tls.DialWithDialer(dialer, "tcp", u.Host, tc)
+			} else {
+				c, err = dialer.Dial("tcp", u.Host)
+			}
+			k.mu.Lock()
+			k.conn = c
+			k.mu.Unlock()
+			return c, err
+		})
 	if will {
 		o.SetWill("dev/"+id+"/state", "offline", 1, true)
 	}
@@ -184,6 +244,14 @@ func connect(t *testing.T, addr, id, password string, will bool) (*kiosk, error)
 	return k, nil
 }
 
+// cut closes the kiosk's connection without a goodbye: the broker sends
+// its will.
+func (k *kiosk) cut() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.conn.Close()
+}
+
 // publish sends a message at QoS 1 and waits for the broker's
 // acknowledgement (or the connection's loss).
 func (k *kiosk) publish(topic, payload string) error {
@@ -192,4 +260,11 @@ func (k *kiosk) publish(topic, payload string) error {
 		return errors.New("publish not acknowledged within 10s")
 	}
 	return tok.Error()
+}
+
+// get is a link counter's count.
+func (c *counters) get(name string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[name]
 }

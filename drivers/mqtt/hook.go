@@ -2,9 +2,7 @@ package mqtt
 
 import (
 	"bytes"
-	"fmt"
 	"strings"
-	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -126,9 +124,10 @@ func (h *hook) OnDisconnect(cl *mochi.Client, err error, _ bool) {
 	h.d.setState(dev, model.Offline, reason)
 }
 
-// OnPublish takes a device's message. It runs before the broker
-// acknowledges it: an event is durable when it returns. The broker routes
-// nothing a device publishes: the gateway is the only reader.
+// OnPublish takes a device's message (see Driver.take). It runs before
+// the broker acknowledges it: an event is durable when it returns. The
+// broker routes nothing a device publishes: the gateway is the only
+// reader.
 func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	dev := h.device(cl)
 	if dev == nil {
@@ -136,87 +135,14 @@ func (h *hook) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, e
 	}
 	pk.Ignore = true
 	name := strings.TrimPrefix(pk.TopicName, h.d.set.Prefix+"/"+dev.id+"/")
-	if h.throttle(dev, name, pk.Payload) {
-		return pk, packets.CodeSuccessIgnore
-	}
-	dev.mu.Lock()
-	defer dev.mu.Unlock()
-	now := h.d.now()
-	switch {
-	case len(pk.Payload) > h.d.set.MaxPayload:
-		h.d.wrong(dev, refuse(Oversize, "%s: %d bytes (at most %d)", name, len(pk.Payload), h.d.set.MaxPayload))
-		return pk, packets.CodeSuccessIgnore
-	case name == cfg.StateTopic:
-		h.d.heard(dev)
-		return pk, packets.CodeSuccessIgnore
-	case name == cfg.AckTopic:
-		if err := dev.answered(pk.Payload); err != nil {
-			h.d.wrong(dev, err)
-		} else {
-			h.d.heard(dev)
-		}
-		return pk, packets.CodeSuccessIgnore
-	}
-	dec, err := Decode(dev.tmpl, name, pk.Payload, now, dev.set.Location)
-	if err != nil {
-		h.d.wrong(dev, err.(*Refusal))
-		return pk, packets.CodeSuccessIgnore
-	}
-	h.d.heard(dev)
-	m := model.Message{Device: dev.id, DeviceKind: dev.kind, Time: dec.Time.UTC()}
-	if dec.Event != nil {
-		m.Kind, m.Event = model.KindEvent, dec.Event
-	} else if len(dec.Readings) > 0 {
-		m.Kind, m.Readings = model.KindTelemetry, dec.Readings
-	} else {
-		return pk, packets.CodeSuccessIgnore // a heartbeat
-	}
-	if err := h.d.emitter()(m); err != nil && m.Kind == model.KindEvent {
+	if err := h.d.take(dev, name, pk.Payload); err != nil {
 		// Not durable: the device must send it again. Without an
 		// acknowledgement it does so when it reconnects.
 		h.d.log.Warn("event not kept; dropping the device's connection so that it sends it again", "device", dev.id, "err", err)
-		cl.Stop(fmt.Errorf("event not kept: %w", err))
+		cl.Stop(err)
 		return pk, packets.ErrRejectPacket
 	}
 	return pk, packets.CodeSuccessIgnore
-}
-
-// throttle holds a device to its rate. What must not be lost (its events
-// and its state) waits its turn: the device's connection is read no
-// further meanwhile, so a kiosk that sends what it kept while away is
-// slowed, not cut. Anything else over the rate is refused and counted;
-// throttle then says so. Answers to the gateway's own commands pass: the
-// gateway sets their pace.
-func (h *hook) throttle(dev *device, name string, payload []byte) (refused bool) {
-	m := dev.tmpl.Message(name)
-	dev.mu.Lock()
-	now := h.d.now()
-	switch {
-	case name == cfg.AckTopic && dev.awaited(payload):
-		dev.mu.Unlock()
-		return false
-	case name != cfg.StateTopic && (m == nil || m.Event == nil):
-		defer dev.mu.Unlock()
-		if dev.rest.take(now) {
-			return false
-		}
-		h.d.wrong(dev, refuse(RateLimited, "%s: more than %v messages a second (burst %v)", name, dev.set.Rate, dev.set.Burst))
-		return true
-	}
-	wait := dev.keep.wait(now)
-	if wait > 0 {
-		dev.counters["throttled"]++
-	}
-	dev.mu.Unlock()
-	if wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-h.d.done:
-		}
-	}
-	return false
 }
 
 var _ drivers.Driver = (*Driver)(nil)

@@ -3,12 +3,12 @@ package mqtt
 import (
 	"context"
 	"encoding/json"
-
 	"fmt"
 	"time"
 
 	cfg "outpost/configs/mqtt"
 	"outpost/drivers"
+	"outpost/gateway/model"
 )
 
 // resendEvery is how often a command the device has not answered is sent
@@ -34,9 +34,10 @@ func (e *DeviceError) Error() string {
 
 // Send delivers a command to a device's command topic (QoS 1) and waits
 // for the device's answer on cmd/ack; it sends it again each time the
-// device connects or subscribes, and every resendEvery, until the device
-// answers or ctx ends. The device must take a command it has already
-// answered as done (see docs/kiosks.md).
+// device connects or subscribes (through an external broker: each time
+// it says online on its state topic), and every resendEvery, until the
+// device answers or ctx ends. The device must take a command it has
+// already answered as done (see docs/kiosks.md).
 func (d *Driver) Send(ctx context.Context, device string, c drivers.Outgoing) error {
 	dev := d.devices[device]
 	if dev == nil {
@@ -66,12 +67,16 @@ func (d *Driver) Send(ctx context.Context, device string, c drivers.Outgoing) er
 	for {
 		dev.mu.Lock()
 		again := dev.connected
-		online := dev.client != nil
+		online := d.present(dev)
 		dev.mu.Unlock()
-		if online {
+		switch {
+		case !online:
+		case d.set.Embedded():
 			if err := d.server.Publish(topic, payload, false, 1); err != nil {
 				return fmt.Errorf("%s: %w", device, err)
 			}
+		default:
+			d.publishExternal(ctx, device, topic, payload)
 		}
 		t.Reset(resendEvery)
 		select {
@@ -89,6 +94,15 @@ func (d *Driver) Send(ctx context.Context, device string, c drivers.Outgoing) er
 			return fmt.Errorf("%s was not connected before the command expired", device)
 		}
 	}
+}
+
+// present says whether the device is connected (dev.mu held): through
+// an external broker, whether it said online last (or was heard since).
+func (d *Driver) present(dev *device) bool {
+	if d.set.Embedded() {
+		return dev.client != nil
+	}
+	return dev.state == model.Online || dev.state == model.Degraded
 }
 
 // reconnected wakes the commands waiting for the device (dev.mu held).
