@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 
 	_ "outpost/configs/protocols" // the testbench reads every protocol's station files
@@ -55,6 +57,7 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 	name := args[0]
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	reportPath := fs.String("report", "", "write the JSON report to this file (to DIR/SCENARIO.json with 'all')")
+	parallel := fs.Int("parallel", 2, "with 'all', how many scenarios that are not solo run at once")
 	fs.Parse(args[1:])
 	names := []string{name}
 	if name == "all" {
@@ -65,53 +68,106 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 		}
 		sort.Strings(names)
 	}
-	failed := 0
+	var solo, shared []*Scenario
 	for _, n := range names {
 		sc, err := loadScenario(n)
 		if err != nil {
 			log.Error("scenario", "err", err)
 			return 2
 		}
+		if sc.Solo || len(names) == 1 {
+			solo = append(solo, sc)
+		} else {
+			shared = append(shared, sc)
+		}
+	}
+	// The longest first, so that the lanes end together.
+	sort.SliceStable(shared, func(i, j int) bool { return shared[i].Duration > shared[j].Duration })
+	var mu sync.Mutex // one scenario's report at a time
+	failed := 0
+	run := func(sc *Scenario) error {
 		log.Info("scenario starts", "scenario", sc.Name, "duration", sc.Duration)
 		rep, err := runScenario(ctx, sc, log.With("scenario", sc.Name))
 		if err != nil {
 			rep.Failures = append(rep.Failures, err.Error())
 			rep.Pass = false
 		}
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		fmt.Printf("%s\n", b)
-		if *reportPath != "" {
-			path := *reportPath
-			if name == "all" {
-				os.MkdirAll(path, 0o755)
-				path = filepath.Join(path, sc.Name+".json")
-			}
-			if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-				log.Error("report", "err", err)
-				return 2
-			}
-		}
-		verdict := "PASS"
+		mu.Lock()
+		defer mu.Unlock()
 		if !rep.Pass {
-			verdict, failed = "FAIL", failed+1
+			failed++
 		}
-		fmt.Printf("%s %s: sent %d, at hub mqtt %d, in influx %d, lost %d, duplicates %d, gateway cpu %.2fs, max rss %.1f MB\n",
-			verdict, sc.Name, rep.Readings.Sent, rep.Readings.AtHubMQTT, rep.Readings.InInflux, rep.Readings.Lost,
-			rep.Readings.Duplicates, rep.Gateway.CPUS, rep.Gateway.MaxRSSMB)
-		if p := rep.Polls; p != nil {
-			fmt.Printf("  polls over %.0f s: every device not silent at %.1f%% or more of its configured rate (lowest: %s)\n", p.WindowS, p.MinPercent, p.Slowest)
+		return printReport(sc, rep, *reportPath, name == "all")
+	}
+	for _, sc := range solo {
+		if err := run(sc); err != nil {
+			log.Error("report", "err", err)
+			return 2
 		}
-		if d := rep.Drain; d != nil {
-			fmt.Printf("  drain of %d readings: %.0f readings/s into MQTT, %.0f into InfluxDB", d.Backlog, d.RateMQTT, d.RateInflux)
-			if d.Target > 0 {
-				fmt.Printf(" (target %.0f: met %v)", d.Target, d.TargetMet)
+	}
+	// The others share the machine, *parallel at a time: what they hold
+	// to (nothing lost, every event once, the right values) does not
+	// depend on having it to themselves.
+	work := make(chan *Scenario)
+	var wg sync.WaitGroup
+	var errs []error
+	for range max(*parallel, 1) {
+		wg.Go(func() {
+			for sc := range work {
+				if err := run(sc); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
 			}
-			fmt.Println()
-		}
+		})
+	}
+	for _, sc := range shared {
+		work <- sc
+	}
+	close(work)
+	wg.Wait()
+	if len(errs) > 0 {
+		log.Error("report", "err", errors.Join(errs...))
+		return 2
 	}
 	fmt.Printf("scenarios: %d passed, %d failed\n", len(names)-failed, failed)
 	if failed > 0 {
 		return 1
 	}
 	return 0
+}
+
+// printReport prints a scenario's report and its summary, and writes the
+// report to path (to path/SCENARIO.json with dir).
+func printReport(sc *Scenario, rep Report, path string, dir bool) error {
+	b, _ := json.MarshalIndent(rep, "", "  ")
+	fmt.Printf("%s\n", b)
+	if path != "" {
+		if dir {
+			os.MkdirAll(path, 0o755)
+			path = filepath.Join(path, sc.Name+".json")
+		}
+		if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	verdict := "PASS"
+	if !rep.Pass {
+		verdict = "FAIL"
+	}
+	fmt.Printf("%s %s: sent %d, at hub mqtt %d, in influx %d, lost %d, duplicates %d, gateway cpu %.2fs, max rss %.1f MB\n",
+		verdict, sc.Name, rep.Readings.Sent, rep.Readings.AtHubMQTT, rep.Readings.InInflux, rep.Readings.Lost,
+		rep.Readings.Duplicates, rep.Gateway.CPUS, rep.Gateway.MaxRSSMB)
+	if p := rep.Polls; p != nil {
+		fmt.Printf("  polls over %.0f s: every device not silent at %.1f%% or more of its configured rate (lowest: %s)\n", p.WindowS, p.MinPercent, p.Slowest)
+	}
+	if d := rep.Drain; d != nil {
+		fmt.Printf("  drain of %d readings: %.0f readings/s into MQTT, %.0f into InfluxDB", d.Backlog, d.RateMQTT, d.RateInflux)
+		if d.Target > 0 {
+			fmt.Printf(" (target %.0f: met %v)", d.Target, d.TargetMet)
+		}
+		fmt.Println()
+	}
+	return nil
 }

@@ -33,6 +33,10 @@ import (
 type Scenario struct {
 	Name        string `yaml:"scenario"`
 	Description string `yaml:"description"`
+	// Solo scenarios run alone in "run all": their figures (CPU, drain
+	// rates, latencies, poll rates) or timing bounds need the machine to
+	// themselves. The others run two at a time.
+	Solo bool `yaml:"solo"`
 	// Station is an embedded station file, e.g. police-room.yaml, or
 	// StationFile one of the testbench's own, relative to the scenario's
 	// folder, e.g. stations/dead-unit.yaml.
