@@ -8,7 +8,9 @@ import (
 	"crypto/sha512"
 	"crypto/subtle"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -38,6 +40,9 @@ const maxCredentials = 1 << 20
 // owner only. Errors name the file and line; they never show a hash.
 func ReadCredentials(path string) (Credentials, error) {
 	info, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s is not there: make it, a line per device, with gateway passwd -file %s -generate DEVICE", path, path)
+	}
 	if err != nil {
 		return nil, err
 	}

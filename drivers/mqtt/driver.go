@@ -46,6 +46,7 @@
 package mqtt
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -97,7 +98,8 @@ type Driver struct {
 	devices  map[string]*device
 	log      *slog.Logger
 	now      func() time.Time
-	clientID string // at an external broker
+	clientID string        // at an external broker
+	every    time.Duration // health goes to the hub this often while unchanged
 
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -127,6 +129,7 @@ type device struct {
 	reason    string
 	counters  map[string]uint64
 	lastHeard time.Time
+	reported  time.Time // when its health last went to the hub
 	lastWrong time.Time // the last refused message
 	logged    time.Time // the last log line about refused messages
 	unlogged  map[string]uint64
@@ -158,6 +161,7 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		return nil, fmt.Errorf("link %s: not an %s link", link.Name(), cfg.Protocol)
 	}
 	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now,
+		every:    cmp.Or(link.Station.Health.ReportEvery, time.Minute),
 		clientID: "outpost-" + link.Station.Station.ID + "-" + link.Name(), ready: make(chan struct{}), done: make(chan struct{})}
 	for _, dev := range link.Devices {
 		t := link.Template(dev)
@@ -280,6 +284,10 @@ func (d *Driver) supervise() {
 		case dev.state == model.Degraded && now.Sub(dev.lastWrong) >= quietAfter:
 			d.setState(dev, model.Online, "")
 		}
+		if dev.state != "" && now.Sub(dev.reported) >= d.every {
+			// Unchanged, but its counters move: the hub sees them.
+			d.report(dev)
+		}
 		d.flushLog(dev, now, false)
 		dev.mu.Unlock()
 	}
@@ -319,8 +327,14 @@ func (d *Driver) setState(dev *device, state model.HealthState, reason string) {
 		level = slog.LevelWarn
 	}
 	d.log.Log(context.Background(), level, "device health", "device", dev.id, "state", state, "reason", reason)
-	d.send(model.Message{Device: dev.id, DeviceKind: dev.kind, Kind: model.KindHealth, Time: d.now().UTC(),
-		Health: &model.Health{State: state, Reason: reason, Counters: maps.Clone(dev.counters)}})
+	d.report(dev)
+}
+
+// report sends the device's health as it is (dev.mu held).
+func (d *Driver) report(dev *device) {
+	dev.reported = d.now()
+	d.send(model.Message{Device: dev.id, DeviceKind: dev.kind, Kind: model.KindHealth, Time: dev.reported.UTC(),
+		Health: &model.Health{State: dev.state, Reason: dev.reason, Counters: maps.Clone(dev.counters)}})
 }
 
 // send emits a message of the driver's own (health, spoofing).
@@ -336,6 +350,7 @@ func (d *Driver) send(m model.Message) {
 func (d *Driver) heard(dev *device) {
 	now := d.now()
 	dev.lastHeard = now
+	dev.counters["messages"]++
 	switch {
 	case dev.state == model.Degraded && now.Sub(dev.lastWrong) < quietAfter:
 	default:

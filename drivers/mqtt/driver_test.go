@@ -81,6 +81,27 @@ func kioskMessages(t *testing.T, k *kiosk, out *emitted) {
 	}
 }
 
+// A device's health goes to the hub on change and every report_every
+// while unchanged, with the messages it sent counted.
+func TestHealthReportedWhileUnchanged(t *testing.T) {
+	d, out := start(t, station(t, "health: {report_every: 5s}"))
+	k, err := connect(t, d.Addr(), "kiosk-1", "pw-kiosk-1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := out.health(t, "kiosk-1", model.Online)
+	if err := k.publish("dev/kiosk-1/heartbeat", `{"uptime_s":1}`); err != nil {
+		t.Fatal(err)
+	}
+	again := out.health(t, "kiosk-1", model.Online)
+	if took := again.Time.Sub(first.Time); took < 5*time.Second || took > 7*time.Second {
+		t.Errorf("health again %s after the first, want every 5 s", took)
+	}
+	if n := again.Health.Counters["messages"]; n != first.Health.Counters["messages"]+1 {
+		t.Errorf("messages %d, want %d", n, first.Health.Counters["messages"]+1)
+	}
+}
+
 // Wrong payloads are refused, counted by reason, and leave the device
 // degraded; nothing of them is emitted, and the next good message is.
 func TestRefusedPayloads(t *testing.T) {

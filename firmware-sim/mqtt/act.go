@@ -55,7 +55,7 @@ func (d *device) Actions() []string {
 	return append(out,
 		"offline for=D [wait=false] (the connection drops without a goodbye, so the broker sends the will; connects again after D)",
 		"deaf for=D [wait=false] (sends nothing, answers no command until D is over; stays connected)",
-		"flood rate=N count=M (M telemetry messages at N a second, or as fast as it can)",
+		"flood rate=N count=M (M heartbeats at N a second, or as fast as it can; telemetry without a heartbeat)",
 		"oversize bytes=N (a telemetry message of N bytes)",
 		"malformed (four messages: not JSON, a wrong type, an unknown field, a required field missing)",
 		"impersonate device=OTHER (telemetry on OTHER's topic)",
