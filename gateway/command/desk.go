@@ -148,7 +148,7 @@ func (d *Desk) Handle(device string, payload []byte) {
 	}
 	if err != nil {
 		// Remembered, so that a redelivery gets the same answer.
-		e.Done, e.Status, e.Reason, e.Undo = true, model.ResultRejected, err.Error(), nil
+		e.Done, e.Status, e.Reason, e.Undo, e.Send = true, model.ResultRejected, err.Error(), nil, nil
 		d.finish(e)
 		return
 	}
@@ -225,11 +225,7 @@ func (d *Desk) plan(c Command, t Target, now time.Time) ([]Step, *Undo, error) {
 func sendable(c Command, t *configs.Template) error {
 	i := slices.IndexFunc(t.Actions, func(a configs.Action) bool { return a.Name == c.Action })
 	if i < 0 {
-		names := make([]string, len(t.Actions))
-		for j, a := range t.Actions {
-			names[j] = a.Name
-		}
-		return reject("%s has no action %q (it takes: %s)", c.Device, c.Action, strings.Join(names, ", "))
+		return reject("%s has no action %q (it takes: %s)", c.Device, c.Action, strings.Join(actionNames(t), ", "))
 	}
 	if c.For != 0 {
 		return reject("%s does not last: it takes no for", c.Action)
@@ -288,11 +284,15 @@ func writable(sigs []configs.Signal) string {
 }
 
 func actions(t *configs.Template) string {
-	names := []string{ActionSet}
-	for _, a := range t.Actions {
-		names = append(names, a.Name)
+	return strings.Join(append([]string{ActionSet}, actionNames(t)...), ", ")
+}
+
+func actionNames(t *configs.Template) []string {
+	names := make([]string, len(t.Actions))
+	for i, a := range t.Actions {
+		names[i] = a.Name
 	}
-	return strings.Join(names, ", ")
+	return names
 }
 
 // Run executes the commands Handle takes until ctx ends. It first answers
