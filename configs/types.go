@@ -566,6 +566,9 @@ const (
 	Text   ValueType = "string"
 )
 
+// Values lists the value types a template may name.
+func (ValueType) Values() []string { return []string{string(Number), string(Bool), string(Text)} }
+
 // Range is a closed interval of plausible values.
 type Range struct {
 	// Min is the lowest plausible value.
