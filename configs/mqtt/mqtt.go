@@ -419,10 +419,7 @@ func (m *Message) check(p configs.Problems) {
 	}
 	for j := range m.Signals {
 		v, vp := &m.Signals[j], fmt.Sprintf("signals[%d]", j)
-		use(vp+".path", v.Path)
-		if v.Event != nil && v.Type != configs.Bool {
-			p.Errorf(vp+".event", "only a bool signal raises events")
-		}
+		use(vp+".path", v.Path) // an event on a signal that is no bool: the loader says so
 	}
 	if e := m.Event; e != nil {
 		if !kindPattern.MatchString(e.Kind) {

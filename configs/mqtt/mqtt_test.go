@@ -129,3 +129,59 @@ devices:
 		}
 	}
 }
+
+// A template's mistakes, each at its line.
+func TestTemplateErrors(t *testing.T) {
+	dir := t.TempDir()
+	line, _ := mqtt.Hash("kiosk-1", "pw-kiosk-1")
+	os.WriteFile(filepath.Join(dir, "devices.passwd"), []byte(line+"\n"), 0o600)
+	os.Mkdir(filepath.Join(dir, "devices"), 0o755)
+	os.WriteFile(filepath.Join(dir, "devices", "bad-kiosk.yaml"), []byte(`template: bad-kiosk
+protocol: mqtt
+kind: kiosk
+heartbeat: {message: beat, every: 30s}
+messages:
+  - name: telemetry
+    signals:
+      - {signal: t, path: env.t, type: strng}
+      - {signal: door, path: door, event: {kind: door}}
+  - name: cmd
+  - name: telemetry
+  - name: req
+    event:
+      kind: req
+      details:
+        - {name: x, type: nmbr}
+        - {name: state, path: s2}
+actions:
+  - {name: show, set: [{signal: t, value: 1}]}
+`), 0o644)
+	path := filepath.Join(dir, "station.yaml")
+	os.WriteFile(path, []byte(`version: 2
+station: {id: pc-1, type: police_cube}
+state_dir: /var/lib/outpost/pc-1
+hub: {mqtt: {url: "tcp://127.0.0.1:1883"}}
+links:
+  - {id: lan, protocol: mqtt, listen: "0.0.0.0:1883", credentials: devices.passwd}
+devices:
+  - {id: kiosk-1, template: bad-kiosk, link: lan}
+`), 0o644)
+	_, err := configs.Load(path)
+	if err == nil {
+		t.Fatal("loaded")
+	}
+	for _, want := range []string{
+		`bad-kiosk.yaml:8:40: messages[0].signals[0].type: unknown value "strng" (expected one of: number, bool, string)`,
+		"bad-kiosk.yaml:9:43: messages[0].signals[1].event: events are raised by bool signals only",
+		`bad-kiosk.yaml:10:11: messages[1].name: "cmd" is a topic the gateway uses itself`,
+		`bad-kiosk.yaml:11:11: messages[2].name: message "telemetry" is listed twice`,
+		`bad-kiosk.yaml:16:27: messages[3].event.details[0].type: unknown value "nmbr"`,
+		`messages[3].event.details[1].name: detail "state" is listed twice or is one the gateway sets`,
+		`bad-kiosk.yaml:4:22: heartbeat.message: the template has no message "beat"`,
+		"actions[0].set: this device takes actions as messages: an action sends its args and sets no signal",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("errors lack %q:\n%v", want, err)
+		}
+	}
+}
