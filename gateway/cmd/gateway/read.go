@@ -106,7 +106,7 @@ func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (ma
 	var mu sync.Mutex
 	got, health := map[string]model.Message{}, map[string]model.Health{}
 	partial := map[string]model.Message{} // readings of the devices not all read yet
-	signals := map[string][]string{} // in the template's order
+	signals := map[string][]string{}      // in the template's order
 	for _, d := range link.Devices {
 		for _, sg := range link.Template(d).Body.Signals() {
 			signals[d.ID] = append(signals[d.ID], sg.Name)
