@@ -155,6 +155,19 @@ func (l *Link) Check(p configs.Problems) {
 	}
 }
 
+// Warnings says what in valid settings will not work as meant (gateway
+// validate prints it).
+func (l *Link) Warnings() []string {
+	host, _, err := net.SplitHostPort(l.Listen)
+	if l.Listen == "" || err != nil {
+		return nil
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return []string{fmt.Sprintf("the station broker listens on every address of the box (%s), the hub's side too: give its address on the station LAN (e.g. 192.168.10.1:1883)", l.Listen)}
+	}
+	return nil
+}
+
 // Device is an MQTT device's settings. Its client id and user name at
 // the broker are its id.
 type Device struct {

@@ -185,3 +185,16 @@ devices:
 		}
 	}
 }
+
+// A broker listening on every address is on the hub's side too.
+func TestListenWarning(t *testing.T) {
+	for _, c := range []struct {
+		listen string
+		warn   bool
+	}{{"0.0.0.0:1883", true}, {":1883", true}, {"[::]:1883", true}, {"192.168.10.1:1883", false}, {"127.0.0.1:1883", false}} {
+		w := (&mqtt.Link{Listen: c.listen}).Warnings()
+		if (len(w) > 0) != c.warn {
+			t.Errorf("listen %s: warnings %q, want a warning: %v", c.listen, w, c.warn)
+		}
+	}
+}

@@ -187,6 +187,13 @@ func warnings(st *configs.Station) []string {
 			break
 		}
 	}
+	for _, l := range st.Links {
+		if w, ok := l.Settings.(interface{ Warnings() []string }); ok {
+			for _, msg := range w.Warnings() {
+				out = append(out, "link "+l.ID+": "+msg)
+			}
+		}
+	}
 	return append(out, busWarnings(st)...)
 }
 

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"outpost/configs"
+	"outpost/configs/mqtt"
 	"outpost/drivers"
 )
 
@@ -92,5 +95,33 @@ func TestValidateWarnsOfABusyBus(t *testing.T) {
 	want = "warning: state_dir /tmp/outpost/pr-0001/state is under /tmp: the queue and the sequence numbers may not survive a reboot, and the packaged service has a /tmp of its own; use /var/lib/outpost/pr-0001"
 	if code := cli([]string{"validate", "../../../configs/police-room.yaml"}, &out, &errb); code != 0 || strings.Count(out.String(), "warning") != 1 || !strings.Contains(out.String(), want+"\n") {
 		t.Errorf("the police room: exit %d, output:\n%s\nwant one warning: %s", code, out.String(), want)
+	}
+}
+
+// A station broker on every address of the box is on the hub's side too.
+func TestValidateWarnsOfABrokerOnEveryAddress(t *testing.T) {
+	dir := t.TempDir()
+	line, err := mqtt.Hash("kiosk-1", "pw-kiosk-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "devices.passwd"), []byte(line+"\n"), 0o600)
+	path := filepath.Join(dir, "station.yaml")
+	os.WriteFile(path, []byte(`version: 2
+station: {id: pc-1, type: police_cube}
+state_dir: /var/lib/outpost/pc-1
+hub: {mqtt: {url: "tcp://127.0.0.1:1883"}}
+links:
+  - {id: lan, protocol: mqtt, listen: "0.0.0.0:1883", credentials: devices.passwd}
+devices:
+  - {id: kiosk-1, template: outpost-kiosk, link: lan}
+`), 0o600)
+	var out, errb bytes.Buffer
+	if code := cli([]string{"validate", path}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	want := "warning: link lan: the station broker listens on every address of the box (0.0.0.0:1883), the hub's side too: give its address on the station LAN (e.g. 192.168.10.1:1883)"
+	if !slices.Contains(strings.Split(out.String(), "\n"), want) {
+		t.Errorf("no warning line %q in:\n%s", want, out.String())
 	}
 }
