@@ -26,9 +26,10 @@
 //     damaged answers); reads that never agree are counted
 //     (unconfirmed_reads) and not published as good. A change costs two
 //     more commands, and reaches the hub two commands later. A poll, which
-//     publishes unchanged values too, reads such a module at least twice
-//     every time: a damaged digit can turn a new state back into the old
-//     one as easily as the other way round. With
+//     publishes unchanged values too, reads such a module three times
+//     every time: a damaged digit, or another module's answer, can turn a
+//     new state back into the old one as easily as the other way round.
+//     With
 //     the checksum on, one valid answer is enough: the sum catches every
 //     damaged character, and a damaged command fails the module's own
 //     check, so no other module answers it.
@@ -402,24 +403,25 @@ type reading struct {
 	sure bool
 }
 
-// Reads alike that confirm a state without checksum: a change takes
-// three. Under noise a damaged answer that still parses is common (at 5%
+// alike is how many reads alike in a row confirm a state without
+// checksum. Under noise a damaged answer that still parses is common (at 5%
 // of the bytes damaged, about one answer in fifteen: a flipped bit of one
 // of the four I/O digits), and the next answer damaged the same way is
 // about one in 230 of those (that byte, that bit, nothing else): two
 // reads alike let a wrong value through every few hundred such answers,
 // which a noisy line makes in minutes. A third read alike makes it one in
-// 50,000. The state last confirmed needs two again.
-const (
-	changeAlike = 3
-	againAlike  = 2
-)
+// 50,000. The state last confirmed needs as many again: an input that
+// has just changed reads as the old state when the same bit is damaged
+// twice, or when another module answers a command whose address the line
+// damaged ($AA6 answers do not say who sent them), and two such reads
+// published a button released while it was held.
+const alike = 3
 
 // state reads the module's I/O and returns it once it is confirmed (see
 // the package comment), or nil when it could not be read or confirmed.
-// Without checksum, a state is confirmed by reads alike in a row: three
-// for a change, two for the last confirmed state; or, unless strict, by
-// one read that shows the last confirmed state: a damaged digit can turn
+// Without checksum, a state is confirmed by three reads alike in a row,
+// the last confirmed state as any other; or, unless strict, by one read
+// that shows the last confirmed state (not sure: see reading): a damaged digit can turn
 // a new state back into the old one as easily as the other way round, so
 // a caller that publishes unchanged values from a module without checksum
 // asks for reads alike every time. Damaged answers and timeouts are read
@@ -431,8 +433,8 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 	m.mu.Unlock()
 	tries, _ := a.On(p.b.cfg.Retries, 0)
 	var cand *State
-	alike, silent := 0, 0
-	for i := 0; i < 2*tries+changeAlike; i++ {
+	same, silent := 0, 0
+	for i := 0; i < 2*tries+alike; i++ {
 		ans, err := p.b.request(ctx, prio, m, readIO(m.set.Address), KindReadIO, bus.Attempt{Once: true, Timeout: a.Timeout}, r)
 		at := time.Now()
 		if ctx.Err() != nil {
@@ -457,16 +459,16 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 			continue
 		}
 		if cand != nil && s == *cand {
-			alike++
+			same++
 		} else {
 			if cand != nil {
 				r.counters = append(r.counters, "unconfirmed_reads") // cand was damaged
 			}
-			cand, alike = &s, 1
+			cand, same = &s, 1
 		}
 		again := confirmed != nil && s == *confirmed
 		switch {
-		case m.set.Checksum, alike >= changeAlike, again && alike >= againAlike:
+		case m.set.Checksum, same >= alike:
 			// Reads agree; or the checksum vouches for one: it catches
 			// every damaged character, and a damaged command fails the
 			// module's own check, so no other module answers it.
