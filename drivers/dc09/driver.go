@@ -46,12 +46,9 @@ type Driver struct {
 	log    *slog.Logger
 	now    func() time.Time
 
-	ready     chan struct{} // closed once listening
-	readyOnce sync.Once
-	addrMu    sync.Mutex
-	addr      string   // where it listens, once ready
-	counts    counters // frames no panel can be held to
-	limiter   limiter
+	drivers.Listening
+	counts  counters // frames no panel can be held to
+	limiter limiter
 }
 
 // panel is one alarm panel (a device) and its health.
@@ -78,8 +75,7 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	}
 	d := &Driver{
 		name: link.Name(), set: set, panels: map[string]*panel{}, log: log, now: time.Now,
-		ready: make(chan struct{}),
-		mem:   newMemory(filepath.Join(link.Station.StateDir, "dc09", link.Name()+".json"), set.Duplicates),
+		mem: newMemory(filepath.Join(link.Station.StateDir, "dc09", link.Name()+".json"), set.Duplicates),
 	}
 	for _, dev := range link.Devices {
 		t := link.Template(dev)
@@ -95,17 +91,6 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		d.panels[acct] = &panel{id: dev.ID, kind: t.Kind, set: ds, key: ds.Key(), table: cfg.NewTable(body), counters: map[string]uint64{}}
 	}
 	return d, nil
-}
-
-// Ready is closed once the receiver listens; Addr then says where.
-func (d *Driver) Ready() <-chan struct{} { return d.ready }
-
-// Addr is the address the receiver listens on (TCP and UDP share the
-// port), once Ready.
-func (d *Driver) Addr() string {
-	d.addrMu.Lock()
-	defer d.addrMu.Unlock()
-	return d.addr
 }
 
 // Run listens until ctx ends. It returns an error when it cannot listen,
@@ -125,7 +110,7 @@ func (d *Driver) Run(ctx context.Context, emit drivers.Emit) error {
 		return fmt.Errorf("link %s: %w", d.name, err)
 	}
 	d.log.Info("receiver up", "address", d.Addr(), "transport", d.set.Transport, "panels", len(d.panels))
-	d.readyOnce.Do(func() { close(d.ready) })
+	d.Up()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -182,9 +167,7 @@ func (d *Driver) listen() (net.Listener, net.PacketConn, error) {
 			}
 			addr = udp.LocalAddr().String()
 		}
-		d.addrMu.Lock()
-		d.addr = addr
-		d.addrMu.Unlock()
+		d.SetAddr(addr)
 		return tcp, udp, nil
 	}
 }

@@ -101,10 +101,7 @@ type Driver struct {
 	clientID string        // at an external broker
 	every    time.Duration // health goes to the hub this often while unchanged
 
-	ready     chan struct{}
-	readyOnce sync.Once
-	addrMu    sync.Mutex
-	addr      string
+	drivers.Listening // the broker it embeds, or the one it connects to
 
 	emitMu sync.Mutex
 	emit   drivers.Emit  // Run's
@@ -162,7 +159,7 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	}
 	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now,
 		every:    cmp.Or(link.Station.Health.ReportEvery, time.Minute),
-		clientID: "outpost-" + link.Station.Station.ID + "-" + link.Name(), ready: make(chan struct{}), done: make(chan struct{})}
+		clientID: "outpost-" + link.Station.Station.ID + "-" + link.Name(), done: make(chan struct{})}
 	for _, dev := range link.Devices {
 		t := link.Template(dev)
 		ds, ok := dev.Settings.(*cfg.Device)
@@ -183,18 +180,6 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		}
 	}
 	return d, nil
-}
-
-// Ready is closed once the broker listens, or the gateway first
-// subscribed to the external broker; Addr then says where.
-func (d *Driver) Ready() <-chan struct{} { return d.ready }
-
-// Addr is the address the broker listens on, once Ready; the external
-// broker's URL.
-func (d *Driver) Addr() string {
-	d.addrMu.Lock()
-	defer d.addrMu.Unlock()
-	return d.addr
 }
 
 // Run serves the station broker, or subscribes to the external one,
@@ -244,9 +229,7 @@ func (d *Driver) serve(ctx context.Context) error {
 	d.server = s
 	errs := make(chan error, 1)
 	go func() { errs <- s.Serve() }()
-	d.addrMu.Lock()
-	d.addr = l.Address()
-	d.addrMu.Unlock()
+	d.SetAddr(l.Address())
 	d.log.Info("station broker up", "address", d.Addr(), "devices", len(d.devices), "tls", d.set.TLS != nil)
 	start := d.now()
 	for _, dev := range d.devices {
@@ -254,7 +237,7 @@ func (d *Driver) serve(ctx context.Context) error {
 		dev.lastHeard = start // silence counts from the start
 		dev.mu.Unlock()
 	}
-	d.readyOnce.Do(func() { close(d.ready) })
+	d.Up()
 
 	t := time.NewTicker(tick)
 	defer t.Stop()

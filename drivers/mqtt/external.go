@@ -81,9 +81,7 @@ var errStopped = errors.New("the link stopped")
 // that does not heal without a change of the station file or of the
 // broker's configuration.
 func (d *Driver) subscribe(ctx context.Context, stop func()) error {
-	d.addrMu.Lock()
-	d.addr = d.set.Broker
-	d.addrMu.Unlock()
+	d.SetAddr(d.set.Broker)
 	start := d.now()
 	for _, dev := range d.devices {
 		dev.mu.Lock()
@@ -139,7 +137,7 @@ func (d *Driver) subscribe(ctx context.Context, stop func()) error {
 				d.log.Info("subscribed to the station broker", "broker", d.set.Broker, "client_id", d.clientID,
 					"devices", len(d.devices), "attempts", attempts+1)
 				failed, attempts = time.Time{}, 0
-				d.readyOnce.Do(func() { close(d.ready) })
+				d.Up()
 				continue
 			}
 			if ctx.Err() != nil {

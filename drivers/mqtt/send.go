@@ -58,7 +58,7 @@ func (d *Driver) Send(ctx context.Context, device string, c drivers.Outgoing) er
 		dev.mu.Unlock()
 	}()
 	select {
-	case <-d.ready:
+	case <-d.Ready():
 	case <-ctx.Done():
 		return fmt.Errorf("%s: the station broker is not up", device)
 	}
