@@ -3,6 +3,7 @@
 // gateway, runs a scenario with its faults, and reports what arrived.
 //
 //	testbench run SCENARIO|all -report FILE|DIR
+//	testbench run fleet -stations N -duration D -report FILE
 //	testbench demo
 package main
 
@@ -46,6 +47,10 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   testbench run SCENARIO|all -report FILE|DIR   run scenarios of testbench/scenarios; exit 0 only if all pass
+  testbench run fleet -stations N -duration D -report FILE
+                                                 N stations of the five types, each its own gateway and simulator,
+                                                 against one Mosquitto and InfluxDB; exit 0 only if nothing was lost
+                                                 and every device kept (-min-poll) its poll rate
   testbench demo                                 the simulated police room through the gateway to an in-process hub`)
 	os.Exit(2)
 }
@@ -55,6 +60,9 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 		usage()
 	}
 	name := args[0]
+	if name == "fleet" {
+		return cmdFleet(ctx, args[1:], log)
+	}
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	reportPath := fs.String("report", "", "write the JSON report to this file (to DIR/SCENARIO.json with 'all')")
 	parallel := fs.Int("parallel", 2, "with 'all', how many scenarios that are not solo run at once")

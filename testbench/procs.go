@@ -170,7 +170,11 @@ func (p *proc) cpuNow() cpuSample {
 	if p.cmd == nil || p.cmd.Process == nil {
 		return cpuSample{}
 	}
-	pid := p.cmd.Process.Pid
+	return cpuOf(p.cmd.Process.Pid)
+}
+
+// cpuOf samples the CPU time of any process, as cpuNow does.
+func cpuOf(pid int) cpuSample {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return cpuSample{}

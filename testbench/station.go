@@ -29,6 +29,7 @@ type hubAddrs struct {
 // stationSpec says which station to run and what to change in it.
 type stationSpec struct {
 	Src       []byte         // the station file
+	ID        string         // replaces station.id, when set (a fleet's stations each have their own)
 	Templates string         // a devices/ folder to copy beside it, or ""
 	Queue     map[string]any // replaces the queue section, when set
 	Poll      time.Duration  // replaces every device's poll interval, when set
@@ -54,6 +55,13 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 		h["commands"] = old["commands"]
 	}
 	doc["hub"] = h
+	if spec.ID != "" {
+		station, ok := doc["station"].(map[string]any)
+		if !ok {
+			return "", nil, fmt.Errorf("station file: no station section to give the id %s", spec.ID)
+		}
+		station["id"] = spec.ID
+	}
 	doc["state_dir"] = filepath.Join(work, "state")
 	// The status server on a free port (status.json says which).
 	doc["status"] = map[string]any{"listen": "127.0.0.1:0"}

@@ -109,8 +109,12 @@ func (r *runner) startWatcher(ctx context.Context) error {
 }
 
 // alarmArrivals stops the watcher (once) and reads what it saw: every
-// event, first copies only, and every command result.
+// event, first copies only, and every command result. A run without a
+// watcher (a fleet's station) saw none.
 func (r *runner) alarmArrivals() ([]arrival, []resultArrival, error) {
+	if r.watched == nil && r.watcher == nil {
+		r.watched = &watched{}
+	}
 	if r.watched == nil {
 		if err := r.watcher.stop(10 * time.Second); err != nil {
 			return nil, nil, err

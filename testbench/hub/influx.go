@@ -171,6 +171,9 @@ func (in *Influx) Thaw() { in.p.send(syscall.SIGCONT) }
 // Stop ends the server gracefully. Stopping a stopped server does nothing.
 func (in *Influx) Stop() { in.p.stop() }
 
+// Pid is the server's process id, or 0 when it is not running.
+func (in *Influx) Pid() int { return in.p.pid() }
+
 // Series is one series of a query result. Values holds the rows in column
 // order; numbers are json.Number (exact), times are integer nanoseconds.
 type Series struct {

@@ -150,3 +150,6 @@ func (m *Mosquitto) Thaw() { m.p.send(syscall.SIGCONT) }
 
 // Stop ends the broker gracefully. Stopping a stopped broker does nothing.
 func (m *Mosquitto) Stop() { m.p.stop() }
+
+// Pid is the broker's process id, or 0 when it is not running.
+func (m *Mosquitto) Pid() int { return m.p.pid() }

@@ -86,6 +86,14 @@ func (p *proc) current() (*exec.Cmd, chan struct{}) {
 	return p.cmd, p.done
 }
 
+// pid is the process id of the current run, or 0.
+func (p *proc) pid() int {
+	if cmd, _ := p.current(); cmd != nil {
+		return cmd.Process.Pid
+	}
+	return 0
+}
+
 // restart stops the process if it runs, starts it, and waits until ready
 // says it serves.
 func (p *proc) restart(ctx context.Context, ready func(context.Context) error) error {
