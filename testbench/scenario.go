@@ -149,7 +149,10 @@ type Fault struct {
 
 // Report is what a run writes, for people and for CI.
 type Report struct {
-	Scenario  string   `json:"scenario"`
+	Scenario string `json:"scenario"`
+	// Seed is the scenario's: a run with the same seed makes the same
+	// random choices (fault times, alarm moments, simulated signals).
+	Seed      uint64   `json:"seed"`
 	Pass      bool     `json:"pass"`
 	Failures  []string `json:"failures,omitempty"`
 	DurationS float64  `json:"duration_s"`
@@ -237,6 +240,17 @@ func loadScenario(name string) (*Scenario, error) {
 		!slices.Contains([]string{"exact", "at-least", "any"}, sc.Expect.Events) {
 		return nil, fmt.Errorf("%s: expect.lost is none, reported, destroyed or damaged; expect.events is exact, at-least or any", path)
 	}
+	spec, err := sc.stationSpec()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	devices, err := stationDevices(spec.Src)
+	if err == nil {
+		err = sc.validate(devices)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s:\n%w", path, err)
+	}
 	return &sc, nil
 }
 
@@ -271,6 +285,7 @@ type runner struct {
 	control     string                    // the simulator's control API, host:port
 	watcher     *proc                     // the alarm watcher (see watch.go)
 	watched     *watched                  // what it saw, once read
+	paths       []*hub.Path               // the network between station and hub, when the scenario cuts it
 	desk        []deskCommand             // the duty desk's commands sent, in order
 	brain       *cityBrain                // answers the kiosks' requests, when the scenario has a loop
 	deskAgain   int                       // and how many were sent again
@@ -289,7 +304,7 @@ func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Repor
 	start := time.Now()
 	r := &runner{sc: sc, log: log, sim: &proc{name: "firmware-sim"}, gw: &proc{name: "gateway"},
 		rng: rand.New(rand.NewPCG(sc.Seed, 42)), destroyed: map[string]map[string]int{}}
-	r.report.Scenario = sc.Name
+	r.report.Scenario, r.report.Seed = sc.Name, sc.Seed
 	r.work, err = os.MkdirTemp("", "outpost-"+sc.Name+"-")
 	if err != nil {
 		return r.report, err
@@ -362,8 +377,13 @@ func (r *runner) startHub(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.station, r.st, err = prepareStation(spec, r.work,
-		hubAddrs{MQTT: r.mqtt.URL(), Influx: r.influx.URL(), DB: r.influx.Database()})
+	addrs := hubAddrs{MQTT: r.mqtt.URL(), Influx: r.influx.URL(), DB: r.influx.Database()}
+	if r.sc.partitions() {
+		if addrs, err = r.pathsToHub(ctx, addrs); err != nil {
+			return err
+		}
+	}
+	r.station, r.st, err = prepareStation(spec, r.work, addrs)
 	if err != nil {
 		return err
 	}
@@ -614,6 +634,9 @@ func (r *runner) pollRates(from, to simStats) {
 //	stop-influx, start-influx
 //	freeze-broker, thaw-broker, freeze-influx, thaw-influx
 //	               SIGSTOP and SIGCONT: the server hangs, connections open
+//	partition      cut the network between the station and the hub (both
+//	               servers) for Down: nothing passes, nothing is refused
+//	partition-start, partition-heal
 //	kill-gateway   kill -9 the gateway and restart it
 //	power-cut      kill -9 the gateway, truncate its queue files at a random
 //	               byte and append garbage, restart it
@@ -654,6 +677,16 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 		r.influx.Freeze()
 	case "thaw-influx":
 		r.influx.Thaw()
+	case "partition":
+		r.partition(true)
+		if err := sleepCtx(ctx, f.Down); err != nil {
+			return err
+		}
+		r.partition(false)
+	case "partition-start":
+		r.partition(true)
+	case "partition-heal":
+		r.partition(false)
 	case "device":
 		if f.Device == nil {
 			return fmt.Errorf("fault device needs device: {device, do, args}")
@@ -1033,6 +1066,9 @@ func (r *runner) shutdown() {
 		if err := syscall.Unmount(r.unmount, syscall.MNT_DETACH); err != nil {
 			r.log.Warn("state volume not unmounted", "dir", r.unmount, "err", err)
 		}
+	}
+	for _, p := range r.paths {
+		p.Close()
 	}
 	if r.col != nil {
 		r.col.close()

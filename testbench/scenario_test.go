@@ -3,11 +3,8 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
-
-	"outpost/configs"
 )
 
 // TestScenariosLoad: every scenario file decodes, and its station loads as
@@ -33,16 +30,53 @@ func TestScenariosLoad(t *testing.T) {
 			t.Errorf("%v", err)
 			continue
 		}
-		_, st, err := prepareStation(spec, t.TempDir(), hubAddrs{MQTT: "tcp://127.0.0.1:1883"})
-		if err != nil {
+		if _, _, err := prepareStation(spec, t.TempDir(), hubAddrs{MQTT: "tcp://127.0.0.1:1883"}); err != nil {
 			t.Errorf("%s: %v", f, err)
-			continue
 		}
-		for _, id := range sc.Silent {
-			if !slices.ContainsFunc(st.Devices, func(d configs.Device) bool { return d.ID == id }) {
-				t.Errorf("%s: silent device %s is not in the station", f, id)
+	}
+}
+
+// TestScenarioProblems: what decoding cannot see is found before anything
+// starts, every problem at once, each saying where and what is expected.
+func TestScenarioProblems(t *testing.T) {
+	const head = "scenario: x\nstation: police-room.yaml\nduration: 20s\n"
+	for _, tc := range []struct {
+		name, text string
+		want       []string
+	}{
+		{"fault typo and misplaced down", head + "faults:\n  - {action: kill-brokr, at: 2s}\n  - {action: stop-influx, at: 3s, down: 1s}\n",
+			[]string{`faults[0].action: "kill-brokr" is not a fault action; one of device, freeze-broker,`,
+				`faults[1].down: stop-influx does not last: down is for kill-broker, kill-influx, partition`}},
+		{"fault without its length, late", head + "faults:\n  - {action: partition, at: 25s}\n",
+			[]string{`faults[0].down: partition needs how long it lasts (down: 2s)`, `faults[0].at: 25s is outside the load (0 to 20s)`}},
+		{"repeat without every", head + "faults:\n  - {action: kill-gateway, at: 2s, times: 3}\n",
+			[]string{`faults[0].every: 3 times needs how often (every: 5s)`}},
+		{"unknown device", head + "silent: [meter-9]\nfaults:\n  - {action: device, at: 2s, device: {device: th-9, do: silence}}\n",
+			[]string{`silent[0]: no device "meter-9" in the station (it has `, `faults[0].device.device: no device "th-9" in the station`}},
+		{"device act without device", head + "faults:\n  - {action: device, at: 2s}\n",
+			[]string{`faults[0].device: action device, and only it, takes device: {device, do, args}`}},
+		{"expectation after no fault", head + "expect:\n  events_after:\n    - {after_fault: 0, device: meter-1, kind: health, state: offline}\n",
+			[]string{`expect.events_after[0].after_fault: 0 is not the index of a fault (0 to -1)`, `expect.events_after[0].within: needs how soon`}},
+		{"unknown key", head + "fault: []\n", []string{"field fault not found in type main.Scenario"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "x.yaml")
+			if err := os.WriteFile(p, []byte(tc.text), 0o644); err != nil {
+				t.Fatal(err)
 			}
-		}
+			_, err := loadScenario(p)
+			if err == nil {
+				t.Fatalf("loaded; want errors %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n%v\nlacks %q", err, w)
+				}
+			}
+			if !strings.HasPrefix(err.Error(), p+":") {
+				t.Errorf("error %q does not start with the file's name", err)
+			}
+		})
 	}
 }
 
@@ -57,6 +91,8 @@ func TestStationFileRelative(t *testing.T) {
 		}
 		return p
 	}
+	os.Mkdir(filepath.Join(dir, "stations"), 0o755)
+	write("stations/s.yaml", "devices: [{id: d-1}]\n")
 	sc, err := loadScenario(write("a.yaml", "scenario: a\nstation_file: stations/s.yaml\nduration: 1s\n"))
 	if err != nil || sc.StationFile != filepath.Join(dir, "stations", "s.yaml") {
 		t.Errorf("station file %q, %v; want it beside the scenario", sc.StationFile, err)
