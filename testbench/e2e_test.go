@@ -23,14 +23,15 @@ import (
 	"outpost/testbench/hub"
 )
 
-// TestMain builds the gateway and the simulator once; the tests run them as
-// the separate processes they are in production.
+// TestMain builds the gateway, the simulator and the testbench once; the
+// tests run them as the separate processes they are in production (the
+// testbench's alarm watcher is one).
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "outpost-bin-")
 	if err != nil {
 		panic(err)
 	}
-	for pkg, name := range map[string]string{"../gateway/cmd/gateway": "gateway", "../firmware-sim": "firmware-sim"} {
+	for pkg, name := range map[string]string{"../gateway/cmd/gateway": "gateway", "../firmware-sim": "firmware-sim", ".": "testbench"} {
 		out, err := exec.Command("go", "build", "-race", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
