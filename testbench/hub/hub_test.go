@@ -110,3 +110,60 @@ func TestInfluxMissingBinary(t *testing.T) {
 		t.Fatalf("error %v, want one telling to run make test-deps", err)
 	}
 }
+
+// TestNATSClusterKillRestart: three NATS nodes form a cluster that takes
+// MQTT on each; a node killed leaves the other two with a meta leader,
+// and restarted it rejoins.
+func TestNATSClusterKillRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := StartNATSCluster(ctx, t.TempDir(), testLog(t), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	t.Logf("cluster ready in %v", time.Since(start).Round(time.Millisecond))
+	urls := c.MQTTURLs()
+	if len(urls) != 3 || c.Node(urls[1]) != 1 {
+		t.Fatalf("MQTTURLs %q", urls)
+	}
+	for i := range 3 {
+		if n, err := c.Routes(ctx, i); err != nil || n != 2 {
+			t.Errorf("node %d: %d routes, %v; want 2", i, n, err)
+		}
+	}
+	c.Kill(0)
+	if conn, err := net.DialTimeout("tcp", strings.TrimPrefix(urls[0], "tcp://"), time.Second); err == nil {
+		conn.Close()
+		t.Fatal("node 0 still takes connections after Kill")
+	}
+	// The survivors keep (or elect) a meta leader, not the dead node.
+	for {
+		l, err := c.MetaLeader(ctx, 1)
+		if err == nil && l != "" && l != "n1" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no meta leader among the survivors: %q, %v", l, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err := c.mqttConnect(ctx, 2); err != nil {
+		t.Fatalf("MQTT on a survivor: %v", err)
+	}
+	start = time.Now()
+	if err := c.Restart(ctx, 0); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	t.Logf("node 0 back in %v", time.Since(start).Round(time.Millisecond))
+	if n, err := c.Routes(ctx, 0); err != nil || n != 2 {
+		t.Errorf("restarted node: %d routes, %v; want 2", n, err)
+	}
+	if l, err := c.MetaLeader(ctx, 0); err != nil || l == "" {
+		t.Errorf("restarted node sees meta leader %q, %v", l, err)
+	}
+	c.Stop()
+	c.Stop()
+}
