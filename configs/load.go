@@ -206,10 +206,7 @@ func (d *decoder) validateStation(st *Station) {
 	if !idPattern.MatchString(st.Station.ID) {
 		d.errAt("station.id", "station.id: %q is not a valid id (letters, digits, '_', '-', '.'; at most 64)", st.Station.ID)
 	}
-	d.checkURL("hub.mqtt.url", st.Hub.MQTT.URL, "tcp://127.0.0.1:1883", "tcp", "mqtt", "ssl", "tls", "mqtts")
-	if u, err := url.Parse(st.Hub.MQTT.URL); err == nil && u.Host != "" && u.Port() == "" {
-		d.errAt("hub.mqtt.url", "hub.mqtt.url: %q has no port (e.g. tcp://%s:1883, ssl://%s:8883)", st.Hub.MQTT.URL, u.Hostname(), u.Hostname())
-	}
+	d.checkBrokers(&st.Hub.MQTT)
 	if len(st.Devices) == 0 {
 		d.errAt("devices", "devices: a station needs at least one device")
 	}
@@ -248,6 +245,63 @@ func (d *decoder) validateStation(st *Station) {
 	if st.Queue.MaxBytes < 64<<10 {
 		d.errAt("queue.max_bytes", "queue.max_bytes: %d is too small (at least 65536, 64 KiB)", st.Queue.MaxBytes)
 	}
+}
+
+// mqttSchemes are the schemes of a hub broker's URL.
+var mqttSchemes = []string{"tcp", "mqtt", "ssl", "tls", "mqtts"}
+
+// checkBrokers checks the hub's broker URLs: url or urls, not both; each
+// a URL of an MQTT scheme with a host and a port; in a list, each once and
+// all of one scheme, as they share one tls section.
+func (d *decoder) checkBrokers(m *MQTT) {
+	switch {
+	case m.URL != "" && len(m.URLs) > 0:
+		d.errAt("hub.mqtt.urls", "hub.mqtt: give url (one broker) or urls (the brokers of a cluster), not both")
+		return
+	case d.quiet("hub.mqtt.url") || d.quiet("hub.mqtt.urls"):
+		return // reported
+	case m.URL == "" && m.URLs == nil:
+		d.errAt("hub.mqtt", "hub.mqtt: missing the broker: url (one broker) or urls (the brokers of a cluster)")
+		return
+	case m.URL == "" && len(m.URLs) == 0:
+		d.errAt("hub.mqtt.urls", "hub.mqtt.urls: the list is empty; name at least one broker")
+		return
+	}
+	if len(m.URLs) == 0 {
+		d.checkBroker("hub.mqtt.url", m.URL)
+		return
+	}
+	first := map[string]string{} // URL -> path of its first place
+	var scheme, schemePath string
+	for i, raw := range m.URLs {
+		path := fmt.Sprintf("hub.mqtt.urls[%d]", i)
+		if !d.checkBroker(path, raw) {
+			continue
+		}
+		u, _ := url.Parse(raw)
+		switch prev, dup := first[raw]; {
+		case dup:
+			d.errAt(path, "%s: %s is already listed as %s", path, Redact(raw), prev)
+			continue
+		case scheme == "":
+			scheme, schemePath = u.Scheme, path
+		case u.Scheme != scheme:
+			d.errAt(path, "%s: scheme %s differs from %s's %s: the brokers of a hub share one scheme (and the tls settings)", path, u.Scheme, schemePath, scheme)
+		}
+		first[raw] = path
+	}
+}
+
+// checkBroker checks one broker URL at path, and says whether it is good.
+func (d *decoder) checkBroker(path, raw string) bool {
+	if !d.checkURL(path, raw, "tcp://127.0.0.1:1883", mqttSchemes...) {
+		return false
+	}
+	if u, _ := url.Parse(raw); u.Port() == "" {
+		d.errAt(path, "%s: %q has no port (e.g. tcp://%s:1883, ssl://%s:8883)", path, raw, u.Hostname(), u.Hostname())
+		return false
+	}
+	return true
 }
 
 // checkStatus checks the status server's address, and that one other
@@ -371,11 +425,15 @@ func CheckTiming(p Problems, timeout time.Duration, retries int) {
 	}
 }
 
-func (d *decoder) checkURL(path, raw, example string, schemes ...string) {
+// checkURL checks that raw is a URL of one of schemes with a host, and
+// says whether it is.
+func (d *decoder) checkURL(path, raw, example string, schemes ...string) bool {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || !slices.Contains(schemes, u.Scheme) {
 		d.errAt(path, "%s: %q is not a URL of scheme %s with a host (e.g. %s)", path, raw, strings.Join(schemes, ", "), example)
+		return false
 	}
+	return true
 }
 
 func (d *decoder) oneOf(path, v string, allowed []string) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -240,5 +241,60 @@ func TestBuiltinTemplates(t *testing.T) {
 			}
 			types[key] = sg.Type
 		}
+	}
+}
+
+// TestBrokers: a hub of one broker (url) or of a cluster (urls), checked
+// before any connection: one of the two, each URL good, listed once, all
+// of one scheme.
+func TestBrokers(t *testing.T) {
+	for _, c := range []struct {
+		name, mqtt string
+		brokers    []string // when it loads
+		err        string   // else the error
+	}{
+		{name: "one", mqtt: `{url: "tcp://a:1883"}`, brokers: []string{"tcp://a:1883"}},
+		{name: "cluster", mqtt: `{urls: ["ssl://a:8883", "ssl://b:8883", "ssl://c:8883"]}`,
+			brokers: []string{"ssl://a:8883", "ssl://b:8883", "ssl://c:8883"}},
+		{name: "list of one", mqtt: `{urls: ["tcp://a:1883"]}`, brokers: []string{"tcp://a:1883"}},
+		{name: "both", mqtt: `{url: "tcp://a:1883", urls: ["tcp://b:1883"]}`,
+			err: `s.yaml:4:37: hub.mqtt: give url (one broker) or urls (the brokers of a cluster), not both`},
+		{name: "neither", mqtt: `{client_id: x}`,
+			err: `s.yaml:4:9: hub.mqtt: missing the broker: url (one broker) or urls (the brokers of a cluster)`},
+		{name: "empty list", mqtt: `{urls: []}`,
+			err: `s.yaml:4:16: hub.mqtt.urls: the list is empty; name at least one broker`},
+		{name: "no port", mqtt: `{urls: ["tcp://a:1883", "tcp://b"]}`,
+			err: `s.yaml:4:33: hub.mqtt.urls[1]: "tcp://b" has no port (e.g. tcp://b:1883, ssl://b:8883)`},
+		{name: "bad scheme", mqtt: `{urls: ["tcp://a:1883", "ws://b:9001"]}`,
+			err: `s.yaml:4:33: hub.mqtt.urls[1]: "ws://b:9001" is not a URL of scheme tcp, mqtt, ssl, tls, mqtts with a host (e.g. tcp://127.0.0.1:1883)`},
+		{name: "schemes differ", mqtt: `{urls: ["tcp://a:1883", "ssl://b:8883", "mqtt://c:1883"]}`,
+			err: "s.yaml:4:33: hub.mqtt.urls[1]: scheme ssl differs from hub.mqtt.urls[0]'s tcp: the brokers of a hub share one scheme (and the tls settings)\n" +
+				"s.yaml:4:49: hub.mqtt.urls[2]: scheme mqtt differs from hub.mqtt.urls[0]'s tcp: the brokers of a hub share one scheme (and the tls settings)"},
+		{name: "twice", mqtt: `{urls: ["tcp://u:secret@a:1883", "tcp://b:1883", "tcp://u:secret@a:1883"]}`,
+			err: `s.yaml:4:58: hub.mqtt.urls[2]: tcp://u:xxxxx@a:1883 is already listed as hub.mqtt.urls[0]`},
+		{name: "not a list", mqtt: `{urls: "tcp://a:1883"}`,
+			err: `s.yaml:4:16: hub.mqtt.urls: expected a list, got the string "tcp://a:1883"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			src := "version: 2\nstation: {id: pr-1, type: police_room}\nhub:\n  mqtt: " + c.mqtt + `
+links:
+  - {id: rs485-1, protocol: modbus-rtu, port: /dev/ttyUSB0, baud: 9600}
+devices:
+  - {id: th-1, template: xy-md02, link: rs485-1, unit_id: 1}
+`
+			st, err := configs.Parse("s.yaml", []byte(src))
+			if c.err != "" {
+				if err == nil || err.Error() != c.err {
+					t.Fatalf("error:\n%v\nwant:\n%s", err, c.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.Hub.MQTT.Brokers(); !slices.Equal(got, c.brokers) {
+				t.Errorf("Brokers() = %q, want %q", got, c.brokers)
+			}
+		})
 	}
 }

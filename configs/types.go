@@ -152,8 +152,13 @@ type Commands struct {
 // MQTT broker settings.
 type MQTT struct {
 	// URL of the broker: tcp:// (or mqtt://), or ssl:// (tls://, mqtts://)
-	// for TLS, with a port.
-	URL string `yaml:"url" required:"true" example:"ssl://hub.example.org:8883"`
+	// for TLS, with a port. Give url or urls.
+	URL string `yaml:"url" example:"ssl://hub.example.org:8883"`
+	// URLs of the brokers of a clustered hub, instead of url: each of the
+	// same scheme, sharing the tls settings and credentials. The gateway
+	// connects to one; when it cannot, or loses it, it tries the next in
+	// turn (see docs/operations.md).
+	URLs []string `yaml:"urls" example:"[ssl://hub-a.example.org:8883, ssl://hub-b.example.org:8883]"`
 	// ClientID is the gateway's MQTT client id; default outpost-<station id>.
 	ClientID string `yaml:"client_id" example:"outpost-pr-0001"`
 	// Username for the broker, if it asks for one.
@@ -170,6 +175,23 @@ type MQTT struct {
 	// than it is split into several messages; another message the broker
 	// refuses is set aside as a dead letter.
 	MaxPacketSize int `yaml:"max_packet_size" example:"65536"`
+}
+
+// Brokers are the URLs of the hub's brokers: urls, or url alone.
+func (m MQTT) Brokers() []string {
+	if len(m.URLs) > 0 {
+		return m.URLs
+	}
+	return []string{m.URL}
+}
+
+// BrokersKey is the station file's key of the brokers, for messages:
+// hub.mqtt.urls or hub.mqtt.url.
+func (m MQTT) BrokersKey() string {
+	if len(m.URLs) > 0 {
+		return "hub.mqtt.urls"
+	}
+	return "hub.mqtt.url"
 }
 
 // TLS files, PEM encoded, relative to the station file unless absolute.

@@ -54,7 +54,13 @@ type Uplink struct {
 	// Cause says why not, in an installer's words.
 	Cause string    `json:"cause,omitempty"`
 	Since time.Time `json:"since"`
-	Queue Queue     `json:"queue"`
+	// Broker is, for the broker's uplink, the hub broker its main
+	// connection is on, or was last on while down (its URL without
+	// password); AlarmBroker that of the alarm connection. With a
+	// clustered hub (hub.mqtt.urls) they say where the gateway moved.
+	Broker      string `json:"broker,omitempty"`
+	AlarmBroker string `json:"alarm_broker,omitempty"`
+	Queue       Queue  `json:"queue"`
 	// DeadLetters is how many messages the hub refused for good since the
 	// gateway started (kept in STATE_DIR/deadletter).
 	DeadLetters int64 `json:"dead_letters"`

@@ -149,7 +149,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	case ctx.Err() != nil:
 		return nil
 	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("hub broker not reachable yet; queueing until it is", "broker", configs.Redact(st.Hub.MQTT.URL))
+		log.Warn("hub broker not reachable yet; queueing until it is", "broker", redactAll(st.Hub.MQTT.Brokers()))
 	default:
 		return err
 	}
@@ -158,27 +158,30 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	defer stopForwarders()
 	dead := &pipeline.DeadLetters{Dir: st.DeadLetterDir()}
 	defer dead.Close()
-	states := map[string]uplinkState{"mqtt": func() (bool, string, time.Time) {
+	states := map[string]uplinkState{"mqtt": func() linkState {
 		c, a := mq.Connection(), ma.Connection()
+		s := linkState{broker: c.Broker, alarmBroker: a.Broker}
 		switch {
 		case !c.Connected:
-			return false, c.Cause, c.Since
+			s.cause, s.since = c.Cause, c.Since
 		case !a.Connected:
-			return false, "alarm connection: " + a.Cause, a.Since
+			s.cause, s.since = "alarm connection: "+a.Cause, a.Since
+		default:
+			s.connected, s.since = true, c.Since
+			if a.Since.After(c.Since) {
+				s.since = a.Since
+			}
 		}
-		if a.Since.After(c.Since) {
-			return true, "", a.Since
-		}
-		return true, "", c.Since
+		return s
 	}}
 	delivery := status.NewDeliveryHistogram()
 	fwds := map[string][]*pipeline.Forwarder{}
 	for name, q := range queues {
 		outage := &pipeline.Outage{Uplink: name, Log: log}
 		if name != "mqtt" {
-			states[name] = func() (bool, string, time.Time) {
+			states[name] = func() linkState {
 				down, since, why := outage.Down()
-				return !down, why, since
+				return linkState{connected: !down, cause: why, since: since}
 			}
 		}
 		// One forwarder per lane: alarms go out on their own (on the
@@ -267,6 +270,15 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	}
 	log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond), "queued", queued(queues))
 	return nil
+}
+
+// redactAll is the brokers' URLs without passwords, for a log line.
+func redactAll(urls []string) string {
+	out := make([]string, len(urls))
+	for i, u := range urls {
+		out[i] = configs.Redact(u)
+	}
+	return strings.Join(out, ", ")
 }
 
 // waitFor waits for wg up to d, and says whether it ended.

@@ -29,7 +29,17 @@ const (
 
 // uplinkState says whether an uplink reaches the hub, since when, and why
 // not.
-type uplinkState func() (connected bool, cause string, since time.Time)
+type uplinkState func() linkState
+
+// linkState is an uplink's state: whether it reaches the hub, why not,
+// since when, and for the broker's uplink the brokers its two connections
+// are (or were last) on.
+type linkState struct {
+	connected           bool
+	cause               string
+	since               time.Time
+	broker, alarmBroker string
+}
 
 // snapshots builds the gateway's status, as the status file, the status
 // server and the hub's health snapshot show it.
@@ -70,7 +80,7 @@ func (g *snapshots) snapshot() status.Snapshot {
 	for _, name := range st.Uplinks() {
 		qs := g.queues[name].Stats()
 		a, t := qs.Kept(), qs.Lanes[queue.LaneTelemetry]
-		connected, cause, since := g.states[name]()
+		ls := g.states[name]()
 		var age float64
 		for _, o := range []time.Time{a.Oldest, t.Oldest} {
 			if !o.IsZero() {
@@ -78,7 +88,8 @@ func (g *snapshots) snapshot() status.Snapshot {
 			}
 		}
 		u := status.Uplink{
-			Name: name, Connected: connected, Cause: cause, Since: since.UTC(), DeadLetters: g.dead.Kept(name),
+			Name: name, Connected: ls.connected, Cause: ls.cause, Since: ls.since.UTC(), DeadLetters: g.dead.Kept(name),
+			Broker: ls.broker, AlarmBroker: ls.alarmBroker,
 			Queue: status.Queue{Alarms: a.Records, Telemetry: t.Records, Readings: a.Readings + t.Readings,
 				Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost,
 				DiskError: diskError(qs), OldestAgeS: age},
@@ -233,6 +244,17 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time) int {
 			q.Alarms, q.Telemetry, q.Readings, q.DroppedReadings, u.DeadLetters)
 		if u.Cause != "" && !u.Connected {
 			notes = append(notes, fmt.Sprintf("%s: %s", u.Name, u.Cause))
+		}
+		if u.Broker != "" {
+			on := "on broker"
+			if !u.Connected {
+				on = "last on broker"
+			}
+			note := fmt.Sprintf("%s: %s %s", u.Name, on, u.Broker)
+			if u.AlarmBroker != "" && u.AlarmBroker != u.Broker {
+				note += ", alarm connection on " + u.AlarmBroker
+			}
+			notes = append(notes, note)
 		}
 		for _, f := range u.Forwarders {
 			if f.Restarts > 0 {

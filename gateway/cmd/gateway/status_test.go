@@ -85,3 +85,31 @@ func TestStatusForwarderRestarted(t *testing.T) {
 		t.Errorf("exit %d:\n%s\nwant exit 0 and only %q", code, out.String(), want)
 	}
 }
+
+// TestStatusBroker: the broker each connection of the broker's uplink is
+// on is named, so that a move within a clustered hub shows.
+func TestStatusBroker(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name string
+		up   status.Uplink
+		want string
+	}{
+		{"one broker", status.Uplink{Name: "mqtt", Connected: true, Broker: "tcp://a:1883", AlarmBroker: "tcp://a:1883"},
+			"mqtt: on broker tcp://a:1883\n"},
+		{"two", status.Uplink{Name: "mqtt", Connected: true, Broker: "tcp://a:1883", AlarmBroker: "tcp://b:1883"},
+			"mqtt: on broker tcp://a:1883, alarm connection on tcp://b:1883\n"},
+		{"down", status.Uplink{Name: "mqtt", Cause: "connection lost", Broker: "tcp://a:1883", AlarmBroker: "tcp://a:1883"},
+			"mqtt: last on broker tcp://a:1883\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.up.Since = now.Add(-time.Minute)
+			s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-time.Hour), Uplinks: []status.Uplink{c.up}}
+			var out bytes.Buffer
+			printStatus(&out, s, now)
+			if !strings.Contains(out.String(), c.want) {
+				t.Errorf("status lacks %q:\n%s", c.want, out.String())
+			}
+		})
+	}
+}

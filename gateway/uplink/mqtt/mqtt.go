@@ -3,6 +3,10 @@
 // acknowledged all of them on one unbroken connection, and it keeps the
 // gateway's retained status topic (online, or offline by last will).
 //
+// The hub may be a cluster of brokers (hub.mqtt.urls): the uplink is on
+// one at a time, stays on it while it works, and after losing it or
+// failing to reach it tries the next of the list first.
+//
 // Every connection gets a fresh paho client. paho's own reconnect replays
 // the unacknowledged publishes of the old connection from its store, which
 // completes their old tokens with a nil error, resends whole failed batches
@@ -79,7 +83,8 @@ type Uplink struct {
 	station configs.StationID
 	log     *slog.Logger
 	prefix  string
-	broker  string // the URL without its password, for logs and errors
+	brokers []string // the URLs, in the order they are tried
+	names   []string // the same without passwords, for logs, errors and the status
 
 	// alarms marks the alarm lane's connection; commands, when set,
 	// receives the duty desk's commands on it.
@@ -168,8 +173,11 @@ func (c *linkConn) Close() error {
 // keeps the station's retained status, with its last will. It does no
 // I/O.
 func New(cfg configs.MQTT, station configs.StationID, log *slog.Logger) *Uplink {
-	u := &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix), broker: configs.Redact(cfg.URL),
+	u := &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix), brokers: slices.Clone(cfg.Brokers()),
 		stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
+	for _, b := range u.brokers {
+		u.names = append(u.names, configs.Redact(b))
+	}
 	u.dialCtx, u.cancelDial = context.WithCancel(context.Background())
 	return u
 }
@@ -199,6 +207,11 @@ func NewAlarms(cfg configs.MQTT, station configs.StationID, commands func(device
 // (re)connecting, with a backoff from 100 ms up to 10 s, until Close; an
 // error from Connect only says that the broker was not reached yet, unless
 // the configuration itself is wrong.
+//
+// With several brokers, a failed attempt is followed at once by one on
+// the next broker of the list; the backoff applies to each round through
+// the list that reached none. A lost connection is followed by an
+// attempt on the next broker: the one just lost is likely down.
 func (u *Uplink) Connect(ctx context.Context) error {
 	tlsCfg, err := u.tlsConfig()
 	if err != nil {
@@ -216,7 +229,7 @@ func (u *Uplink) Connect(ctx context.Context) error {
 	case <-u.up:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("mqtt uplink: connect %s: %w (still trying)", u.broker, ctx.Err())
+		return fmt.Errorf("mqtt uplink: connect %s: %w (still trying)", strings.Join(u.names, ", "), ctx.Err())
 	}
 }
 
@@ -226,10 +239,17 @@ func (u *Uplink) Connect(ctx context.Context) error {
 func (u *Uplink) run(tlsCfg *tls.Config) {
 	defer close(u.done)
 	delay := minReconnect
+	next := 0                   // the broker to try next, an index in u.brokers
+	fails := 0                  // attempts failed since the last connection
+	last := ""                  // the broker of the last connection
+	down := time.Now()          // since when the uplink has no connection
+	warned := map[string]bool{} // causes logged since the last connection
 	for {
+		broker := next
+		name := u.names[broker]
 		lost := make(chan struct{})
 		var once sync.Once
-		c := paho.NewClient(u.options(tlsCfg, func() { once.Do(func() { close(lost) }) }))
+		c := paho.NewClient(u.options(tlsCfg, broker, func() { once.Do(func() { close(lost) }) }))
 		tok := c.Connect()
 		select {
 		case <-tok.Done():
@@ -246,11 +266,22 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 		}
 		if err := tok.Error(); err != nil {
 			u.brokerAway()
-			cause := connectCause(err, u.broker, tlsCfg != nil)
-			if u.setStatus(false, cause) {
-				u.log.Warn("mqtt uplink: cannot connect to the hub broker; retrying", "broker", u.broker, "cause", cause)
+			cause := connectCause(err, name, u.cfg.BrokersKey(), tlsCfg != nil)
+			// One broker: a change of cause is logged. Several: each
+			// broker's cause once until the next connection, not at
+			// every round.
+			if u.setStatus(false, cause, last) && (len(u.brokers) == 1 || !warned[cause]) {
+				u.log.Warn("mqtt uplink: cannot connect to the hub broker; retrying", "broker", name, "cause", cause)
+				warned[cause] = true
 			}
-			u.log.Debug("mqtt uplink: connect failed", "broker", u.broker, "err", err, "retry_in", delay)
+			fails++
+			next = (broker + 1) % len(u.brokers)
+			if fails%len(u.brokers) != 0 {
+				// The next broker of the list, at once.
+				u.log.Debug("mqtt uplink: connect failed; trying the next broker", "broker", name, "err", err, "next", u.names[next])
+				continue
+			}
+			u.log.Debug("mqtt uplink: connect failed", "broker", name, "err", err, "retry_in", delay)
 			select {
 			case <-time.After(delay):
 			case <-u.stop:
@@ -260,21 +291,30 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			continue
 		}
 		since := time.Now()
-		u.setStatus(true, "")
+		if last != "" && last != name {
+			u.log.Info("mqtt uplink: moved to broker", "from", last, "to", name, "after", since.Sub(down).Round(time.Millisecond))
+		}
+		last, fails = name, 0
+		clear(warned)
+		u.setStatus(true, "", name)
 		u.mu.Lock()
 		u.client = c
 		u.mu.Unlock()
 		u.upPart(upClient)
 		select {
 		case <-lost:
+			down = time.Now()
 			u.mu.Lock()
 			u.client = nil
 			u.mu.Unlock()
-			u.setStatus(false, u.lostCause())
+			u.setStatus(false, u.lostCause(), name)
 		case <-u.stop:
 			c.Disconnect(disconnectQuiet)
 			return
 		}
+		// The next broker of the list first: the one just lost is likely
+		// down (with one broker, the same again).
+		next = (broker + 1) % len(u.brokers)
 		// A connection that keeps dying at once (say, a second gateway
 		// with our client id) must not make us hammer the broker; one
 		// that lived a while was a working connection, so start over fast.
@@ -290,18 +330,34 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 	}
 }
 
+// tlsConfig is the TLS configuration of the brokers, nil for plain TCP.
+// The brokers of a list share one: all speak TLS or none does.
 func (u *Uplink) tlsConfig() (*tls.Config, error) {
-	broker, err := url.Parse(u.cfg.URL)
-	if err != nil {
-		return nil, fmt.Errorf("mqtt uplink: broker url: %w", err)
+	var overTLS []bool
+	for i, b := range u.brokers {
+		broker, err := url.Parse(b)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt uplink: broker url %s: %w", u.names[i], err)
+		}
+		switch broker.Scheme {
+		case "tcp", "mqtt":
+			overTLS = append(overTLS, false)
+		case "ssl", "tls", "mqtts", "tcps":
+			overTLS = append(overTLS, true)
+		default:
+			return nil, fmt.Errorf("mqtt uplink: broker url %q: scheme must be tcp or ssl", u.names[i])
+		}
+		if overTLS[i] != overTLS[0] {
+			return nil, fmt.Errorf("mqtt uplink: brokers %s and %s: all or none must speak TLS", u.names[0], u.names[i])
+		}
 	}
-	switch broker.Scheme {
-	case "tcp", "mqtt":
+	if len(overTLS) == 0 {
+		return nil, errors.New("mqtt uplink: no broker url")
+	}
+	if !overTLS[0] {
 		return nil, nil
-	case "ssl", "tls", "mqtts", "tcps":
-		return loadTLS(u.cfg.TLS)
 	}
-	return nil, fmt.Errorf("mqtt uplink: broker url %q: scheme must be tcp or ssl", u.broker)
+	return loadTLS(u.cfg.TLS)
 }
 
 // clientID is the connection's MQTT client id.
@@ -316,20 +372,20 @@ func (u *Uplink) clientID() string {
 	return id
 }
 
-// options are those of one client, which makes one connection: no paho
-// reconnect, clean session, in-memory store.
-func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
-	id := u.clientID()
+// options are those of one client, which makes one connection to the
+// broker of that index: no paho reconnect, clean session, in-memory store.
+func (u *Uplink) options(tlsCfg *tls.Config, broker int, lost func()) *paho.ClientOptions {
+	id, name := u.clientID(), u.names[broker]
 	o := paho.NewClientOptions()
 	if !u.alarms {
-		will := AppendStatus(nil, u.station.ID, StateOffline, time.Now())
+		will := AppendStatus(nil, u.station.ID, StateOffline, name, time.Now())
 		o.SetBinaryWill(StatusTopic(u.prefix, u.station.ID), will, 1, true)
 	}
 	if u.commands != nil {
 		o.SetDefaultPublishHandler(u.onCommand)
 	}
 	return o.
-		AddBroker(u.cfg.URL).
+		AddBroker(u.brokers[broker]).
 		SetClientID(id).
 		SetUsername(u.cfg.Username).
 		SetPassword(u.cfg.Password).
@@ -342,12 +398,12 @@ func (u *Uplink) options(tlsCfg *tls.Config, lost func()) *paho.ClientOptions {
 		SetWriteTimeout(writeTimeout).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
-		SetOnConnectHandler(u.onConnect).
+		SetOnConnectHandler(func(c paho.Client) { u.onConnect(c, name) }).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			u.log.Info("mqtt uplink: connection lost", "broker", u.broker, "err", err)
+			u.log.Info("mqtt uplink: connection lost", "broker", name, "err", err)
 			if errors.Is(err, io.EOF) && u.closedByBroker(time.Now()) {
 				u.log.Warn("mqtt uplink: the broker keeps closing the gateway's connection; another client may use its client id",
-					"broker", u.broker, "client_id", id, "closes_in_a_minute", duplicateCloses)
+					"broker", name, "client_id", id, "closes_in_a_minute", duplicateCloses)
 			}
 			lost()
 		}).
@@ -408,14 +464,14 @@ func loadTLS(t *configs.TLS) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// onConnect publishes the online status (retained) on the main
-// connection, and subscribes to the commands on the alarm lane's. A
-// connection whose subscription fails is dropped, to try again.
-func (u *Uplink) onConnect(c paho.Client) {
+// onConnect publishes the online status (retained), naming the broker,
+// on the main connection, and subscribes to the commands on the alarm
+// lane's. A connection whose subscription fails is dropped, to try again.
+func (u *Uplink) onConnect(c paho.Client, broker string) {
 	l := u.cur.Load()
-	u.log.Info("mqtt uplink: connected", "broker", u.broker, "link", l.id)
+	u.log.Info("mqtt uplink: connected", "broker", broker, "link", l.id)
 	if !u.alarms {
-		tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOnline, time.Now()))
+		tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOnline, broker, time.Now()))
 		if !tok.WaitTimeout(statusTimeout) || tok.Error() != nil {
 			u.log.Warn("mqtt uplink: online status not acknowledged", "err", tok.Error())
 		}
@@ -490,6 +546,10 @@ type Connection struct {
 	Cause string
 	// Since is when the uplink got into this state.
 	Since time.Time
+	// Broker is the broker it is connected to (its URL without password)
+	// or, while not connected, the one it was connected to last; "" before
+	// the first connection.
+	Broker string
 }
 
 // Connection returns the uplink's connection state.
@@ -534,21 +594,21 @@ func (u *Uplink) lostCause() string {
 	return "connection lost"
 }
 
-// setStatus records the connection state and reports whether it changed
-// (another cause counts as a change).
-func (u *Uplink) setStatus(connected bool, cause string) bool {
+// setStatus records the connection state, on or last on broker, and
+// reports whether it changed (another cause counts as a change).
+func (u *Uplink) setStatus(connected bool, cause, broker string) bool {
 	u.statusMu.Lock()
 	defer u.statusMu.Unlock()
-	if u.status.Connected == connected && u.status.Cause == cause && !u.status.Since.IsZero() {
+	if u.status.Connected == connected && u.status.Cause == cause && u.status.Broker == broker && !u.status.Since.IsZero() {
 		return false
 	}
-	u.status = Connection{Connected: connected, Cause: cause, Since: time.Now()}
+	u.status = Connection{Connected: connected, Cause: cause, Since: time.Now(), Broker: broker}
 	return true
 }
 
 // connectCause words why a connection to the broker failed, for an
-// installer to act on.
-func connectCause(err error, broker string, overTLS bool) string {
+// installer to act on; key is the station file's key of the broker's URL.
+func connectCause(err error, broker, key string, overTLS bool) string {
 	var ua x509.UnknownAuthorityError
 	var he x509.HostnameError
 	var ce x509.CertificateInvalidError
@@ -579,11 +639,12 @@ func connectCause(err error, broker string, overTLS bool) string {
 		if overTLS {
 			return "the broker closed the connection as it was set up: it most likely refused the gateway's client certificate (hub.mqtt.tls.cert, hub.mqtt.tls.key)"
 		}
-		return "the broker closed the connection as it was set up (a TLS listener? then use ssl:// in hub.mqtt.url)"
+		return "the broker closed the connection as it was set up (a TLS listener? then use ssl:// in " + key +
+			"; or a clustered broker that cannot take sessions yet, electing a leader)"
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Sprintf("nothing listens at %s (hub.mqtt.url): the broker is down, or the address or port is wrong", broker)
+		return fmt.Sprintf("nothing listens at %s (%s): the broker is down, or the address or port is wrong", broker, key)
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
-		return fmt.Sprintf("the broker at %s does not answer (network down, firewall, or wrong address in hub.mqtt.url)", broker)
+		return fmt.Sprintf("the broker at %s does not answer (network down, firewall, or wrong address in %s)", broker, key)
 	}
 	return msg
 }
@@ -699,7 +760,7 @@ func (u *Uplink) Close(ctx context.Context) error {
 	u.mu.Unlock()
 	var err error
 	if c != nil && c.IsConnectionOpen() && !u.alarms {
-		tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOffline, time.Now()))
+		tok := c.Publish(StatusTopic(u.prefix, u.station.ID), 1, true, AppendStatus(nil, u.station.ID, StateOffline, u.Connection().Broker, time.Now()))
 		select {
 		case <-tok.Done():
 			if e := tok.Error(); e != nil {
@@ -722,10 +783,11 @@ func (u *Uplink) Close(ctx context.Context) error {
 	return err
 }
 
-// Check connects to the hub broker once, as the gateway would (URL, TLS,
-// credentials), with a client id of its own and no session, will or
-// status, and disconnects: an installer's test that the hub takes the
-// station. The error says why not, in the words of the uplink's status.
+// Check connects to each of the hub's brokers once, as the gateway would
+// (URL, TLS, credentials), with a client id of its own and no session,
+// will or status, and disconnects: an installer's test that the hub takes
+// the station. The error says why not, in the words of the uplink's
+// status; with several brokers, for each one that does not take it.
 func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) error {
 	u := New(cfg, station, slog.New(slog.DiscardHandler))
 	tlsCfg, err := u.tlsConfig()
@@ -735,12 +797,28 @@ func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) err
 	u.cancelDial()
 	u.dialCtx, u.cancelDial = context.WithCancel(ctx)
 	defer u.cancelDial()
-	id := cfg.ClientID
-	if id == "" {
-		id = "outpost-" + station.ID
+	var errs []error
+	for i := range u.brokers {
+		err := u.check(ctx, i, tlsCfg)
+		switch {
+		case err == nil:
+		case len(u.brokers) == 1:
+			return err
+		default:
+			errs = append(errs, fmt.Errorf("%s: %w", u.names[i], err))
+		}
 	}
-	o := paho.NewClientOptions().AddBroker(cfg.URL).SetClientID(id + "-check").
-		SetUsername(cfg.Username).SetPassword(cfg.Password).SetCleanSession(true).
+	return errors.Join(errs...)
+}
+
+// check connects to the broker of that index once, and disconnects.
+func (u *Uplink) check(ctx context.Context, broker int, tlsCfg *tls.Config) error {
+	id := u.cfg.ClientID
+	if id == "" {
+		id = "outpost-" + u.station.ID
+	}
+	o := paho.NewClientOptions().AddBroker(u.brokers[broker]).SetClientID(id + "-check").
+		SetUsername(u.cfg.Username).SetPassword(u.cfg.Password).SetCleanSession(true).
 		SetConnectTimeout(connectTimeout).SetAutoReconnect(false).SetConnectRetry(false).
 		SetCustomOpenConnectionFn(func(b *url.URL, _ paho.ClientOptions) (net.Conn, error) { return u.dial(b, tlsCfg) })
 	c := paho.NewClient(o)
@@ -748,10 +826,10 @@ func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) err
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
-		return fmt.Errorf("the broker %s did not answer in time", u.broker)
+		return fmt.Errorf("the broker %s did not answer in time", u.names[broker])
 	}
 	if err := tok.Error(); err != nil {
-		return errors.New(connectCause(err, u.broker, tlsCfg != nil))
+		return errors.New(connectCause(err, u.names[broker], u.cfg.BrokersKey(), tlsCfg != nil))
 	}
 	c.Disconnect(0)
 	return nil

@@ -137,13 +137,20 @@ func TestTopics(t *testing.T) {
 		t.Errorf("DefaultPrefix %q does not carry contract version %d", DefaultPrefix, model.ContractVersion)
 	}
 	ts := time.Date(2026, 11, 28, 13, 37, 0, 5, time.UTC)
-	b := AppendStatus(nil, "pr-0001", StateOnline, ts)
-	if want := `{"v":1,"station":"pr-0001","state":"online","ts":"2026-11-28T13:37:00.000000005Z"}`; string(b) != want {
-		t.Errorf("AppendStatus = %s, want %s", b, want)
-	}
-	s, err := ParseStatus(b)
-	if err != nil || s != (Status{V: 1, Station: "pr-0001", State: StateOnline, Time: ts}) {
-		t.Errorf("ParseStatus = %+v, %v", s, err)
+	for _, c := range []struct {
+		broker, want string
+	}{
+		{"", `{"v":1,"station":"pr-0001","state":"online","ts":"2026-11-28T13:37:00.000000005Z"}`},
+		{"tcp://hub-b:1883", `{"v":1,"station":"pr-0001","state":"online","broker":"tcp://hub-b:1883","ts":"2026-11-28T13:37:00.000000005Z"}`},
+	} {
+		b := AppendStatus(nil, "pr-0001", StateOnline, c.broker, ts)
+		if string(b) != c.want {
+			t.Errorf("AppendStatus = %s, want %s", b, c.want)
+		}
+		s, err := ParseStatus(b)
+		if err != nil || s != (Status{V: 1, Station: "pr-0001", State: StateOnline, Broker: c.broker, Time: ts}) {
+			t.Errorf("ParseStatus = %+v, %v", s, err)
+		}
 	}
 	for _, bad := range []string{`{`, `{"v":2,"station":"s","state":"online"}`, `{"v":1,"state":"online"}`, `{"v":1,"station":"s","state":"asleep"}`} {
 		if _, err := ParseStatus([]byte(bad)); err == nil {

@@ -69,8 +69,10 @@ const (
 )
 
 // AppendStatus appends the status payload
-// {"v":1,"station":...,"state":"online"|"offline","ts":...} to dst.
-func AppendStatus(dst []byte, station, state string, t time.Time) []byte {
+// {"v":1,"station":...,"state":"online"|"offline","broker":...,"ts":...}
+// to dst; broker is the URL (without password) of the broker the gateway
+// is on, left out when "".
+func AppendStatus(dst []byte, station, state, broker string, t time.Time) []byte {
 	// Marshalling a string cannot fail.
 	s, _ := json.Marshal(station)
 	dst = append(dst, `{"v":`...)
@@ -79,7 +81,13 @@ func AppendStatus(dst []byte, station, state string, t time.Time) []byte {
 	dst = append(dst, s...)
 	dst = append(dst, `,"state":"`...)
 	dst = append(dst, state...)
-	dst = append(dst, `","ts":"`...)
+	dst = append(dst, '"')
+	if broker != "" {
+		b, _ := json.Marshal(broker)
+		dst = append(dst, `,"broker":`...)
+		dst = append(dst, b...)
+	}
+	dst = append(dst, `,"ts":"`...)
 	dst = t.UTC().AppendFormat(dst, time.RFC3339Nano)
 	return append(dst, `"}`...)
 }
@@ -89,6 +97,7 @@ type Status struct {
 	V       int       `json:"v"`
 	Station string    `json:"station"`
 	State   string    `json:"state"`
+	Broker  string    `json:"broker,omitempty"`
 	Time    time.Time `json:"ts"`
 }
 
