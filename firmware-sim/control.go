@@ -51,7 +51,7 @@ func (s *station) serveControl(ctx context.Context, wg *sync.WaitGroup) (string,
 		}
 	}
 	mux := http.NewServeMux()
-	for _, action := range []string{"silence", "answer", "flaky"} {
+	for _, action := range []string{"silence", "answer", "flaky", "slow"} {
 		mux.HandleFunc("POST /devices/{id}/"+action, func(w http.ResponseWriter, r *http.Request) {
 			id := r.PathValue("id")
 			if !all[id] {
@@ -67,6 +67,14 @@ func (s *station) serveControl(ctx context.Context, wg *sync.WaitGroup) (string,
 				}
 				s.faults.SetFlaky(id, share)
 				s.log.Info("device", "id", id, "flaky", share)
+			case "slow":
+				delay, err := time.ParseDuration(r.URL.Query().Get("delay"))
+				if err != nil || delay < 0 {
+					http.Error(w, fmt.Sprintf("slow: delay=%q: want how late the device answers, e.g. 300ms (0s: on time)", r.URL.Query().Get("delay")), http.StatusBadRequest)
+					return
+				}
+				s.faults.SetSlow(id, delay)
+				s.log.Info("device", "id", id, "slow", delay)
 			default:
 				s.faults.SetSilent(id, action == "silence")
 				s.log.Info("device", "id", id, "silent", action == "silence")
@@ -76,7 +84,7 @@ func (s *station) serveControl(ctx context.Context, wg *sync.WaitGroup) (string,
 	}
 	// actions lists what a device takes, as "name [args] (what it does)".
 	actions := func(id string) []string {
-		acts := []string{"silence", "answer", "flaky share=0.3"}
+		acts := []string{"silence", "answer", "flaky share=0.3", "slow delay=300ms"}
 		if a := actors[id]; a != nil {
 			acts = append(acts, a.Actions()...)
 		}

@@ -457,19 +457,22 @@ func TestSilent(t *testing.T) {
 		name, unit string
 		target     []string
 		answers    bool
+		late       time.Duration // answers no sooner than this
 	}
 	cases := []struct {
 		control []string // device/action posted to the control API first
 		poll
 	}{
-		{nil, poll{"silent on a bus", "1", rtu, false}},
-		{nil, poll{"its neighbour on the bus", "2", rtu, true}},
-		{nil, poll{"silent behind an endpoint", "2", tcp, false}},
-		{nil, poll{"its neighbour behind the endpoint", "1", tcp, true}},
+		{nil, poll{"silent on a bus", "1", rtu, false, 0}},
+		{nil, poll{"its neighbour on the bus", "2", rtu, true, 0}},
+		{nil, poll{"silent behind an endpoint", "2", tcp, false, 0}},
+		{nil, poll{"its neighbour behind the endpoint", "1", tcp, true, 0}},
 		// The control API silences devices, and lets them answer again.
-		{[]string{"all-rtu/answer"}, poll{"answering again on the bus", "1", rtu, true}},
-		{[]string{"all-rtu/silence"}, poll{"silenced again on the bus", "1", rtu, false}},
-		{[]string{"all-tcp/silence"}, poll{"silenced behind the endpoint", "1", tcp, false}},
+		{[]string{"all-rtu/answer"}, poll{"answering again on the bus", "1", rtu, true, 0}},
+		// A slow device answers late (here within the master's timeout).
+		{[]string{"all-rtu/slow?delay=200ms"}, poll{"slow on the bus", "1", rtu, true, 200 * time.Millisecond}},
+		{[]string{"all-rtu/slow?delay=0s", "all-rtu/silence"}, poll{"silenced again on the bus", "1", rtu, false, 0}},
+		{[]string{"all-tcp/silence"}, poll{"silenced behind the endpoint", "1", tcp, false, 0}},
 	}
 	for _, c := range cases {
 		for _, p := range c.control {
@@ -481,19 +484,24 @@ func TestSilent(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		args := append([]string{"-a", c.unit, "-0", "-1", "-o", "0.3", "-t", "3", "-r", "0"}, c.target...)
+		start := time.Now()
 		out, err := exec.CommandContext(ctx, "/usr/bin/mbpoll", args...).CombinedOutput()
+		took := time.Since(start)
 		cancel()
 		answered := mbpollLine.Match(out)
 		if answered != c.answers || !c.answers && !strings.Contains(string(out), "timed out") {
 			t.Errorf("%s: mbpoll %s: %v\n%s", c.name, strings.Join(args, " "), err, out)
+		}
+		if took < c.late {
+			t.Errorf("%s: answered in %v, sooner than %v", c.name, took, c.late)
 		}
 	}
 	st := r.sim.stats()
 	if d, ok := st.Devices["strict-tcp"]; !ok || d.Polls != 0 || d.ReadingsServed != 0 {
 		t.Errorf("strict-tcp stats %+v (listed %v), want listed with nothing served", d, ok)
 	}
-	if d := st.Devices["all-rtu"]; d.Polls != 1 {
-		t.Errorf("all-rtu stats %+v, want the one poll it answered while not silent", d)
+	if d := st.Devices["all-rtu"]; d.Polls != 2 {
+		t.Errorf("all-rtu stats %+v, want the two polls it answered while not silent", d)
 	}
 	if st.Time.IsZero() {
 		t.Error("stats carry no time")
@@ -506,7 +514,8 @@ func TestSilent(t *testing.T) {
 		code int
 		want string
 	}{
-		{"all-rtu/off", 400, `all-rtu takes no action "off" (it takes: silence; answer; flaky share=0.3`},
+		{"all-rtu/off", 400, `all-rtu takes no action "off" (it takes: silence; answer; flaky share=0.3; slow delay=300ms`},
+		{"all-rtu/slow?delay=soon", 400, `slow: delay="soon": want how late the device answers, e.g. 300ms`},
 		{"nope/silence", 404, "no device nope (have ["},
 	} {
 		resp, err := http.Post("http://"+r.control+"/devices/"+c.path, "", nil)

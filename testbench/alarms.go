@@ -291,6 +291,7 @@ func (r *runner) checkAlarms() error {
 		rep.Duplicates += len(as) - n
 		for i := 0; i < n; i++ {
 			lat[xs[i].Source] = append(lat[xs[i].Source], as[i].At.Sub(xs[i].At))
+			r.tl.alarm(xs[i].Source, xs[i].At, as[i].At.Sub(xs[i].At))
 		}
 		if len(xs) != len(as) {
 			r.fail("alarms of %s %s %s: %d raised, %d arrived", k.device, k.kind, k.state, len(xs), len(as))

@@ -148,6 +148,14 @@ func (c *collector) counts() counts {
 		maps.Clone(c.events), maps.Clone(c.drops), maps.Clone(c.damage), maps.Clone(c.byDevice)}
 }
 
+// readingsSoFar is how many readings arrived, first copies only: the
+// timeline's sampler reads it once a second.
+func (c *collector) readingsSoFar() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readings
+}
+
 // has says whether the message station/device/seq arrived.
 func (c *collector) has(id string) bool {
 	c.mu.Lock()

@@ -4,6 +4,7 @@
 //
 //	testbench run SCENARIO|all -report FILE|DIR
 //	testbench run fleet -stations N -duration D -report FILE
+//	testbench report JSONFILE [-html OUT]
 //	testbench demo
 package main
 
@@ -35,6 +36,8 @@ func main() {
 	switch os.Args[1] {
 	case "run":
 		os.Exit(cmdRun(ctx, os.Args[2:], log))
+	case "report":
+		os.Exit(cmdReport(os.Args[2:], log))
 	case "demo":
 		os.Exit(cmdDemo(ctx, os.Args[2:], log))
 	case "watch-alarms":
@@ -47,9 +50,11 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   testbench run SCENARIO|all -report FILE|DIR   run scenarios of testbench/scenarios; exit 0 only if all pass
+                                                 (an HTML report beside each JSON report)
   testbench run fleet -stations N -duration D -report FILE
                                                  N stations of the five types, each its own gateway and simulator,
                                                  against one Mosquitto and InfluxDB; exit 0 only if nothing was lost
+  testbench report JSONFILE [-html OUT]          make the HTML report of a JSON report again
                                                  and every device kept (-min-poll) its poll rate
   testbench demo                                 the simulated police room through the gateway to an in-process hub`)
 	os.Exit(2)
@@ -93,6 +98,7 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 	sort.SliceStable(shared, func(i, j int) bool { return shared[i].Duration > shared[j].Duration })
 	var mu sync.Mutex // one scenario's report at a time
 	failed := 0
+	var rows []Report
 	run := func(sc *Scenario) error {
 		log.Info("scenario starts", "scenario", sc.Name, "duration", sc.Duration)
 		rep, err := runScenario(ctx, sc, log.With("scenario", sc.Name))
@@ -105,6 +111,7 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 		if !rep.Pass {
 			failed++
 		}
+		rows = append(rows, rep)
 		return printReport(sc, rep, *reportPath, name == "all")
 	}
 	for _, sc := range solo {
@@ -139,6 +146,8 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 		log.Error("report", "err", errors.Join(errs...))
 		return 2
 	}
+	fmt.Println()
+	printSummary(os.Stdout, rows)
 	fmt.Printf("scenarios: %d passed, %d failed\n", len(names)-failed, failed)
 	if failed > 0 {
 		return 1
@@ -146,17 +155,21 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 	return 0
 }
 
-// printReport prints a scenario's report and its summary, and writes the
-// report to path (to path/SCENARIO.json with dir).
+// printReport prints a scenario's summary and its failures, and writes
+// the report to path (to path/SCENARIO.json with dir), with its HTML
+// report beside it. The JSON, with its timeline, is for the files: too
+// long for a terminal.
 func printReport(sc *Scenario, rep Report, path string, dir bool) error {
-	b, _ := json.MarshalIndent(rep, "", "  ")
-	fmt.Printf("%s\n", b)
 	if path != "" {
 		if dir {
 			os.MkdirAll(path, 0o755)
 			path = filepath.Join(path, sc.Name+".json")
 		}
+		b, _ := json.MarshalIndent(rep, "", "  ")
 		if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+		if err := writeHTMLReport(htmlPath(path), rep); err != nil {
 			return err
 		}
 	}
@@ -176,6 +189,12 @@ func printReport(sc *Scenario, rep Report, path string, dir bool) error {
 			fmt.Printf(" (target %.0f: met %v)", d.Target, d.TargetMet)
 		}
 		fmt.Println()
+	}
+	for _, f := range rep.Failures {
+		fmt.Printf("  failed: %s\n", f)
+	}
+	if path != "" {
+		fmt.Printf("  report: %s, %s\n", path, htmlPath(path))
 	}
 	return nil
 }

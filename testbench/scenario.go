@@ -204,6 +204,8 @@ type Report struct {
 		SteadyCPUPercent *float64 `json:"steady_cpu_percent,omitempty"`
 		Restarts         int      `json:"restarts"`
 	} `json:"gateway"`
+	// Timeline is the run over time, for the HTML report (timeline.go).
+	Timeline *Timeline `json:"timeline,omitempty"`
 }
 
 func loadScenario(name string) (*Scenario, error) {
@@ -298,6 +300,7 @@ type runner struct {
 	sentBy      map[string]int            // device -> readings the simulator served
 	drainDone   chan struct{}             // closed when watchDrain ends
 	backlogLast model.Message             // the last message of the backlog, when there is one
+	tl          recorder                  // the run's timeline
 }
 
 func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Report, err error) {
@@ -323,6 +326,7 @@ func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Repor
 	defer out.Close()
 	r.out = out
 	defer r.shutdown()
+	defer func() { rep.Timeline = r.tl.finish(r.loadEnd) }()
 
 	if err := r.startHub(ctx); err != nil {
 		return r.report, err
@@ -333,6 +337,7 @@ func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Repor
 	if err := r.collectUntilDrained(ctx); err != nil {
 		return r.report, err
 	}
+	r.tl.stop() // the timeline ends with the drain
 	if err := r.gw.stop(15 * time.Second); err != nil {
 		r.fail("%v", err)
 	}
@@ -387,7 +392,7 @@ func (r *runner) startHub(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.col, err = collect(ctx, r.mqtt.URL(), r.st, nil); err != nil {
+	if r.col, err = collect(ctx, r.mqtt.URL(), r.st, r.tl.observe); err != nil {
 		return err
 	}
 	return r.startWatcher(ctx)
@@ -422,6 +427,7 @@ func (r *runner) load(ctx context.Context) error {
 		r.log.Info("backlog queued", "readings", n)
 	}
 	r.gwStart = time.Now()
+	r.tl.begin(ctx, r.gwStart, r.probe(), r.log)
 	if err := r.startGateway(ctx); err != nil {
 		return err
 	}
@@ -472,9 +478,11 @@ func (r *runner) load(ctx context.Context) error {
 		if r.faultAt[d.index].IsZero() {
 			r.faultAt[d.index] = time.Now()
 		}
+		mark := r.tl.faultStarts(d.f)
 		if err := r.inject(ctx, d.f); err != nil {
 			return fmt.Errorf("fault %s: %w", d.f.Action, err)
 		}
+		r.tl.faultDone(mark)
 	}
 	if err := sleepCtx(ctx, time.Until(begin.Add(r.sc.Duration))); err != nil {
 		return err

@@ -217,7 +217,7 @@ func (l *Link) answer(ctx context.Context, cmd string, end time.Time) (time.Time
 	if out == nil {
 		return end, nil
 	}
-	start := end.Add(l.turn)
+	start := end.Add(l.turn + l.faults.Slow(m.id))
 	if err := slave.WritePaced(ctx, l.port, out, start, l.line.Char()); err != nil {
 		if ctx.Err() != nil {
 			return start, nil

@@ -140,7 +140,7 @@ func (l *Link) quiet(d *Device) bool {
 // send writes lines, paced to the line, one after the other from start
 // (or when the line is free), and counts what each served.
 func (l *Link) send(ctx context.Context, d *Device, outs []out, start time.Time) error {
-	start = later(start, l.busFree)
+	start = later(start.Add(l.faults.Slow(d.id)), l.busFree)
 	for _, o := range outs {
 		o, ok := d.flaky(l.faults.Flaky(d.id), o)
 		if !ok {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"outpost/configs"
 	mb "outpost/configs/modbus"
@@ -42,6 +43,7 @@ func devices(st *configs.Station, devs []*configs.Device, o sim.Options) (all []
 	return all, units, slave.Faults{
 		Silent: func(u byte) bool { return o.Faults.Silent(ids[u]) },
 		Flaky:  func(u byte) float64 { return o.Faults.Flaky(ids[u]) },
+		Slow:   func(u byte) time.Duration { return o.Faults.Slow(ids[u]) },
 	}, nil
 }
 

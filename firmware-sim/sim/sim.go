@@ -206,11 +206,12 @@ type Faults struct {
 	mu     sync.Mutex
 	silent map[string]bool
 	flaky  map[string]float64
+	slow   map[string]time.Duration
 }
 
 // NewFaults is a station whose named devices are silent.
 func NewFaults(silent ...string) *Faults {
-	f := &Faults{silent: map[string]bool{}, flaky: map[string]float64{}}
+	f := &Faults{silent: map[string]bool{}, flaky: map[string]float64{}, slow: map[string]time.Duration{}}
 	for _, id := range silent {
 		f.silent[id] = true
 	}
@@ -239,6 +240,24 @@ func (f *Faults) SetFlaky(id string, share float64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.flaky[id] = share
+}
+
+// SetSlow makes a polled device answer late by d (0: on time), as a
+// busy or failing one does.
+func (f *Faults) SetSlow(id string, d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.slow[id] = d
+}
+
+// Slow is how late a device answers.
+func (f *Faults) Slow(id string) time.Duration {
+	if f == nil {
+		return 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.slow[id]
 }
 
 // Flaky is the share of its answers a device loses or damages.

@@ -1,6 +1,9 @@
 package slave
 
-import "math/rand/v2"
+import (
+	"math/rand/v2"
+	"time"
+)
 
 // Faults say what each unit does wrong now; either may be nil.
 type Faults struct {
@@ -9,9 +12,18 @@ type Faults struct {
 	// Flaky units lose or damage this share of their answers (0 to 1),
 	// half one way, half the other: a failing transceiver, a bad contact.
 	Flaky func(unit byte) float64
+	// Slow units answer this late.
+	Slow func(unit byte) time.Duration
 }
 
 func (f Faults) silent(unit byte) bool { return f.Silent != nil && f.Silent(unit) }
+
+func (f Faults) slow(unit byte) time.Duration {
+	if f.Slow == nil {
+		return 0
+	}
+	return f.Slow(unit)
+}
 
 // What a flaky unit does to one answer.
 type fault int

@@ -200,7 +200,7 @@ func (s *RTU) answer(ctx context.Context, frame []byte, reqEnd time.Time) (time.
 			out, commit = Garble(out, s.Line, got), nil
 		}
 	}
-	start := reqEnd.Add(s.Turnaround)
+	start := reqEnd.Add(s.Turnaround + s.Faults.slow(id))
 	if err := WritePaced(ctx, s.Port, out, start, s.Line.Char()); err != nil {
 		if ctx.Err() != nil {
 			return start, nil

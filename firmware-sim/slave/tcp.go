@@ -113,6 +113,7 @@ func (s *TCP) serveConn(c net.Conn) error {
 			resp = ExceptionPDU(pdu[0], GatewayNoResponse)
 		}
 		out := AppendMBAP(nil, tid, id, resp)
+		time.Sleep(s.Faults.slow(id))
 		if _, err := c.Write(out); err != nil {
 			return err
 		}
