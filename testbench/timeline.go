@@ -88,8 +88,9 @@ type faultMark struct {
 
 // faultWindows makes the fault windows of the faults played, in their
 // order, by end (seconds, the end of the run): a killed server is down
-// until it was restarted (inject returned); stop-X to the next start-X,
-// freeze-X to thaw-X and a device's silence to its answer are windows, to
+// until it was restarted (inject returned), a partition until it healed;
+// stop-X to the next start-X, freeze-X to thaw-X, partition-start to
+// partition-heal and a device's silence to its answer are windows, to
 // end when never closed; anything else is a moment.
 func faultWindows(marks []faultMark, end float64) []faultWindow {
 	var out []faultWindow
@@ -122,6 +123,10 @@ func faultWindows(marks []faultMark, end float64) []faultWindow {
 			w.Label = "gateway killed"
 		case m.Action == "power-cut":
 			w.Label = "power cut"
+		case m.Action == "partition":
+			w.Label, w.ToS = "network partitioned", doneOr(m)
+		case m.Action == "partition-start":
+			w.Label, closer = "network partitioned", "partition-heal"
 		case verb == "kill":
 			w.Label, w.ToS = what+" down", doneOr(m)
 		case verb == "stop":

@@ -45,6 +45,11 @@ func TestFaultWindows(t *testing.T) {
 		marks: []faultMark{{Action: "start-broker", At: 3, Done: 4}},
 		want:  []faultWindow{{"start-broker", "start-broker", 3, 3}},
 	}, {
+		name: "a partition until it healed, in one fault or two",
+		marks: []faultMark{{Action: "partition", At: 5, Done: 8}, {Action: "partition-start", At: 14, Done: 14},
+			{Action: "partition-heal", At: 39, Done: 39}},
+		want: []faultWindow{{"partition", "network partitioned", 5, 8}, {"partition-start", "network partitioned", 14, 39}},
+	}, {
 		name:  "a gateway killed and a power cut are moments",
 		marks: []faultMark{{Action: "kill-gateway", At: 7, Done: 9}, {Action: "power-cut", At: 12, Done: 14}},
 		want:  []faultWindow{{"kill-gateway", "gateway killed", 7, 7}, {"power-cut", "power cut", 12, 12}},
