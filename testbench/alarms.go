@@ -119,6 +119,10 @@ func (r *runner) act(ctx context.Context, a DeviceAct, n int) error {
 	if r.control == "" {
 		return fmt.Errorf("the simulator has no control API")
 	}
+	// Not while the devices are deaf for a gateway's kill: a device that
+	// hears nothing takes no action either. It acts once they hear again.
+	r.hearing.RLock()
+	defer r.hearing.RUnlock()
 	q := url.Values{}
 	for k, v := range a.Args {
 		q.Set(k, strings.ReplaceAll(v, "{n}", fmt.Sprint(n)))

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -288,6 +289,7 @@ type runner struct {
 	watcher     *proc                     // the alarm watcher (see watch.go)
 	watched     *watched                  // what it saw, once read
 	paths       []*hub.Path               // the network between station and hub, when the scenario cuts it
+	hearing     sync.RWMutex              // held by a gateway's kill while the devices are deaf
 	desk        []deskCommand             // the duty desk's commands sent, in order
 	brain       *cityBrain                // answers the kiosks' requests, when the scenario has a loop
 	deskAgain   int                       // and how many were sent again
@@ -701,6 +703,8 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 		}
 		return r.act(ctx, *f.Device, 0)
 	case "kill-gateway", "power-cut":
+		r.hearing.Lock() // no device acts meanwhile (see act)
+		defer r.hearing.Unlock()
 		if err := r.sim.signal(syscall.SIGUSR1); err != nil { // deaf
 			return err
 		}
