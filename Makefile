@@ -4,7 +4,7 @@ BIN     := bin
 CACHE   ?= $(HOME)/.cache/outpost
 export OUTPOST_INFLUXD ?= $(CACHE)/bin/influxd
 
-.PHONY: all build demo test test-deps unit integration scenarios bench fuzz dist clean
+.PHONY: all build demo test test-deps unit integration scenarios bench fuzz dist clean soak
 
 all: build
 
@@ -28,6 +28,14 @@ test: test-deps build
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 10m ./...
 	$(BIN)/testbench run all -report $(BIN)/reports
+
+# The fleet of docs/scaling.md for five minutes: SOAK_STATIONS stations of the
+# five types, each with its own gateway and simulated devices, against one
+# Mosquitto and one InfluxDB on this machine. Too long for `make test`.
+SOAK_STATIONS ?= 15
+SOAK_DURATION ?= 5m
+soak: test-deps build
+	$(BIN)/testbench run fleet -stations $(SOAK_STATIONS) -duration $(SOAK_DURATION) -report $(BIN)/fleet.json
 
 bench: test-deps build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./gateway/queue ./drivers/modbus ./gateway/uplink/...

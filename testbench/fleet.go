@@ -74,11 +74,18 @@ type fleetPlan struct {
 
 // fleetReport is what a fleet run writes.
 type fleetReport struct {
-	Pass     bool           `json:"pass"`
-	Failures []string       `json:"failures,omitempty"`
-	Stations int            `json:"stations"`
-	ByType   map[string]int `json:"stations_by_type"`
-	Devices  int            `json:"devices"`
+	Pass     bool     `json:"pass"`
+	Failures []string `json:"failures,omitempty"`
+	// NothingLost: every reading sent is at both hub stores, every event
+	// arrived once, whatever the poll rates were.
+	NothingLost bool `json:"nothing_lost"`
+	// PollsHeld: every polled device got MinPollWanted percent of its
+	// configured rate or more.
+	PollsHeld     bool           `json:"polls_held"`
+	MinPollWanted float64        `json:"min_poll_wanted"`
+	Stations      int            `json:"stations"`
+	ByType        map[string]int `json:"stations_by_type"`
+	Devices       int            `json:"devices"`
 	// PollsPerS is the configured polls a second of every polled device.
 	PollsPerS float64 `json:"configured_polls_per_s"`
 	DurationS float64 `json:"load_s"`
@@ -102,10 +109,14 @@ type fleetReport struct {
 	// simulators served over each station's load); the hub's are counted
 	// at each store over a window in which every station runs.
 	Rates struct {
-		WindowS   float64 `json:"window_s"`
-		Sent      float64 `json:"sent"`
-		HubMQTT   float64 `json:"hub_mqtt"`
-		HubInflux float64 `json:"hub_influx"`
+		WindowS float64 `json:"window_s"`
+		// InfluxStations is how many stations' InfluxDB counts made
+		// HubInflux (a count that failed three times leaves its station
+		// out).
+		InfluxStations int     `json:"hub_influx_stations"`
+		Sent           float64 `json:"sent"`
+		HubMQTT        float64 `json:"hub_mqtt"`
+		HubInflux      float64 `json:"hub_influx"`
 	} `json:"readings_per_s"`
 	// MinPollPercent is the lowest share of its configured poll rate a
 	// polled device got, of any station; Slowest names it.
@@ -370,6 +381,7 @@ func (m *fleetMember) run(ctx context.Context) {
 type fleetWindowed struct {
 	seconds      float64
 	mqtt, influx float64 // readings/s at each hub store
+	influxN      int     // stations counted in influx
 	servers      []serverUsage
 	serverCPU    []time.Duration
 	testbench    float64 // cores
@@ -410,16 +422,17 @@ func fleetWindow(ctx context.Context, plan fleetPlan, h fleetHub, members []*fle
 	if err := sleepCtx(ctx, time.Until(from)); err != nil {
 		return w, err
 	}
-	a := sampleFleet(ctx, h, members)
+	a := sampleFleet(ctx, h, members, true)
 	if err := sleepCtx(ctx, time.Until(to)); err != nil {
 		return w, err
 	}
-	b := sampleFleet(ctx, h, members)
+	b := sampleFleet(ctx, h, members, false)
 	w.seconds = b.at.Sub(a.at).Seconds()
 	w.mqtt = float64(b.mqtt-a.mqtt) / w.seconds
 	for i := range members {
 		if dt := b.influxAt[i].Sub(a.influxAt[i]).Seconds(); dt > 0 && a.influxAt[i] != (time.Time{}) {
 			w.influx += float64(b.influx[i]-a.influx[i]) / dt
+			w.influxN++
 		}
 	}
 	for i, s := range h.Servers {
@@ -447,20 +460,35 @@ type fleetSample struct {
 	busy     machineCPU
 }
 
-func sampleFleet(ctx context.Context, h fleetHub, members []*fleetMember) fleetSample {
-	s := fleetSample{at: time.Now(), self: cpuOf(os.Getpid()), busy: readMachineCPU(),
-		influx: make([]int, len(members)), influxAt: make([]time.Time, len(members))}
-	for _, srv := range h.Servers {
-		s.servers = append(s.servers, cpuOf(srv.Pid()))
+// sampleFleet counts what each station has in InfluxDB, and takes the
+// other counters in one moment: after the counts at the window's start
+// (first), before them at its end, so that the CPU the counting costs
+// InfluxDB and the testbench stays out of the window.
+func sampleFleet(ctx context.Context, h fleetHub, members []*fleetMember, first bool) fleetSample {
+	s := fleetSample{influx: make([]int, len(members)), influxAt: make([]time.Time, len(members))}
+	counters := func() {
+		s.at, s.self, s.busy = time.Now(), cpuOf(os.Getpid()), readMachineCPU()
+		for _, srv := range h.Servers {
+			s.servers = append(s.servers, cpuOf(srv.Pid()))
+		}
+		for _, m := range members {
+			s.mqtt += m.r.col.counts().Readings
+		}
 	}
-	for _, m := range members {
-		s.mqtt += m.r.col.counts().Readings
+	if !first {
+		counters()
 	}
 	for i, m := range members {
-		t := time.Now()
-		if n, err := m.r.influxReadings(ctx, false); err == nil {
-			s.influx[i], s.influxAt[i] = n, t.Add(time.Since(t)/2)
+		for range 3 { // a busy InfluxDB may time out a count
+			t := time.Now()
+			if n, err := m.r.influxReadings(ctx, false); err == nil {
+				s.influx[i], s.influxAt[i] = n, t.Add(time.Since(t)/2)
+				break
+			}
 		}
+	}
+	if first {
+		counters()
 	}
 	return s
 }
@@ -524,7 +552,15 @@ func (rep *fleetReport) sum(members []*fleetMember, plan fleetPlan, w fleetWindo
 	if rep.DurationS > 0 {
 		rep.Simulators.Cores = rep.Simulators.CPUS / rep.DurationS
 	}
-	rep.Rates.WindowS, rep.Rates.HubMQTT, rep.Rates.HubInflux = w.seconds, w.mqtt, w.influx
+	rep.Rates.WindowS, rep.Rates.HubMQTT, rep.Rates.HubInflux, rep.Rates.InfluxStations = w.seconds, w.mqtt, w.influx, w.influxN
+	rep.MinPollWanted = plan.MinPollPercent
+	rep.PollsHeld = plan.MinPollPercent <= 0 || minPoll >= plan.MinPollPercent
+	rep.NothingLost = rep.Readings.Sent > 0 && rep.Readings.LostMQTT+rep.Readings.LostInflux == 0 && rep.Events.AtHub == rep.Events.Served
+	for _, m := range members {
+		if m.err != nil {
+			rep.NothingLost = false
+		}
+	}
 	for _, u := range w.servers {
 		if u.Cores >= 0 && w.mqtt > 0 {
 			u.CPUMSPer1000 = 1e6 * u.Cores / w.mqtt
@@ -552,11 +588,13 @@ func printFleet(out io.Writer, rep fleetReport) {
 		verdict, rep.Stations, rep.Devices, rep.PollsPerS, rep.DurationS,
 		rep.LoadAvgBefore[0], rep.LoadAvgBefore[1], rep.LoadAvgBefore[2], rep.LoadAvgAfter[0], rep.LoadAvgAfter[1], rep.LoadAvgAfter[2])
 	rd := rep.Readings
+	yes := map[bool]string{true: "yes", false: "NO"}
+	fmt.Fprintf(out, "  nothing lost: %s; every device at %.0f%% of its poll rate or more: %s\n", yes[rep.NothingLost], rep.MinPollWanted, yes[rep.PollsHeld])
 	fmt.Fprintf(out, "  readings: sent %d, at hub mqtt %d, in influx %d, lost %d + %d, duplicates %d; events %d of %d; lowest poll rate %.1f%% (%s); longest drain %.1f s\n",
 		rd.Sent, rd.AtHubMQTT, rd.InInflux, rd.LostMQTT, rd.LostInflux, rd.Duplicates, rep.Events.AtHub, rep.Events.Served, rep.MinPollPercent, rep.Slowest, rep.MaxDrainS)
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  stations × devices\tpolls/s\treadings/s sent\thub ingest mqtt/s\thub ingest influx/s\tgw cpu ms/1000 readings (steady)\tgw rss MB max/median\t")
-	fmt.Fprintf(tw, "  %d × %d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f (%.1f)\t%.1f / %.1f\t\n", rep.Stations, rep.Devices, rep.PollsPerS, rep.Rates.Sent,
+	fmt.Fprintln(tw, "  stations × devices\tpolls/s\tlowest poll %\treadings/s sent\thub ingest mqtt/s\thub ingest influx/s\tgw cpu ms/1000 readings (steady)\tgw rss MB max/median\t")
+	fmt.Fprintf(tw, "  %d × %d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f (%.1f)\t%.1f / %.1f\t\n", rep.Stations, rep.Devices, rep.PollsPerS, rep.MinPollPercent, rep.Rates.Sent,
 		rep.Rates.HubMQTT, rep.Rates.HubInflux, rep.Gateways.CPUMSPer1000, rep.Gateways.SteadyMSPer1000, rep.Gateways.MaxRSSMB, rep.Gateways.MedianRSSMB)
 	tw.Flush()
 	fmt.Fprintf(out, "  cores used over the %.0f s window (of %d): gateways %.2f (steady; %.3f each)", rep.Rates.WindowS, rep.Cores,

@@ -54,8 +54,8 @@ func usage() {
   testbench run fleet -stations N -duration D -report FILE
                                                  N stations of the five types, each its own gateway and simulator,
                                                  against one Mosquitto and InfluxDB; exit 0 only if nothing was lost
-  testbench report JSONFILE [-html OUT]          make the HTML report of a JSON report again
                                                  and every device kept (-min-poll) its poll rate
+  testbench report JSONFILE [-html OUT]          make the HTML report of a JSON report again
   testbench demo                                 the simulated police room through the gateway to an in-process hub`)
 	os.Exit(2)
 }
