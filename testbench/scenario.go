@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -703,27 +704,91 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 		}
 		return r.act(ctx, *f.Device, 0)
 	case "kill-gateway", "power-cut":
-		r.hearing.Lock() // no device acts meanwhile (see act)
-		defer r.hearing.Unlock()
-		if err := r.sim.signal(syscall.SIGUSR1); err != nil { // deaf
-			return err
-		}
-		defer r.sim.signal(syscall.SIGUSR2)
-		if err := sleepCtx(ctx, r.quiet()); err != nil {
-			return err
-		}
-		r.gw.kill()
-		r.report.Gateway.Restarts++
-		if f.Action == "power-cut" {
-			if err := r.cutPower(); err != nil {
-				return err
-			}
-		}
-		return r.startGateway(ctx)
+		return r.killGateway(ctx, f.Action == "power-cut")
 	default:
 		return fmt.Errorf("unknown fault action %q", f.Action)
 	}
 	return nil
+}
+
+// killGateway kills the gateway (cutting the power under its queues when
+// asked) and starts it again. When the scenario raises alarms beside its
+// faults, no device acts from just before the devices go deaf until the
+// new gateway reads every device (see act): an alarm raised meanwhile
+// would be one no gateway could see (a press let go while the gateway is
+// down), or one the old gateway saw raised and not let go.
+func (r *runner) killGateway(ctx context.Context, powerCut bool) error {
+	r.hearing.Lock()
+	defer r.hearing.Unlock()
+	alarms := r.sc.Alarms != nil
+	if alarms {
+		// The devices' last act is read first: an alarm poll and the
+		// reads that confirm a change take well under a second.
+		if err := sleepCtx(ctx, time.Second); err != nil {
+			return err
+		}
+	}
+	if err := r.sim.signal(syscall.SIGUSR1); err != nil { // deaf
+		return err
+	}
+	since := time.Now()
+	err := r.restartDeaf(ctx, powerCut)
+	if herr := r.sim.signal(syscall.SIGUSR2); err == nil {
+		err = herr
+	}
+	if err != nil || !alarms {
+		return err
+	}
+	return r.awaitReading(ctx, since, 30*time.Second)
+}
+
+func (r *runner) restartDeaf(ctx context.Context, powerCut bool) error {
+	if err := sleepCtx(ctx, r.quiet()); err != nil {
+		return err
+	}
+	r.gw.kill()
+	r.report.Gateway.Restarts++
+	if powerCut {
+		if err := r.cutPower(); err != nil {
+			return err
+		}
+	}
+	return r.startGateway(ctx)
+}
+
+// awaitReading waits until a gateway started after since has heard from
+// every device (none unknown on its status server), at most for limit: a
+// gateway that cannot read a device is the scenario's to find, not a
+// reason to stop it.
+func (r *runner) awaitReading(ctx context.Context, since time.Time, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if s, err := status.Read(status.File(r.st.StateDir)); err == nil && s.Listen != "" && s.Started.After(since) {
+			if devs, err := statusDevices(ctx, s.Listen); err == nil && !slices.ContainsFunc(devs, func(d status.Device) bool { return d.State == status.Unknown }) {
+				return nil
+			}
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	r.log.Warn("the restarted gateway has not heard from every device yet", "waited", limit)
+	return nil
+}
+
+// statusDevices asks a gateway's status server for its devices.
+func statusDevices(ctx context.Context, listen string) ([]status.Device, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+listen+"/api/devices", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var devs []status.Device
+	return devs, json.NewDecoder(resp.Body).Decode(&devs)
 }
 
 // quiet is how long the devices stay deaf before the gateway is killed:
