@@ -43,6 +43,10 @@ type fleetHub struct {
 	// Brokers are the MQTT URLs: station i's gateway is given
 	// Brokers[i mod len(Brokers)].
 	Brokers []string
+	// Cluster has every gateway given all of Brokers (hub.mqtt.urls),
+	// station i's list starting at Brokers[i mod len(Brokers)]: the nodes
+	// of a clustered hub.
+	Cluster bool
 	// Subscriber is where the testbench's own subscribers count what
 	// arrives; Brokers[0] when empty.
 	Subscriber string
@@ -350,7 +354,12 @@ func newFleetMember(ctx context.Context, i int, plan fleetPlan, h fleetHub, sub,
 	}
 	m := &fleetMember{r: r, typ: doc.Station.Type, broker: h.Brokers[i%len(h.Brokers)], out: out}
 	r.out = out
-	r.station, r.st, err = prepareStation(spec, r.work, hubAddrs{MQTT: m.broker, Influx: h.Influx.URL(), DB: h.Influx.Database()})
+	addrs := hubAddrs{MQTT: m.broker, Influx: h.Influx.URL(), DB: h.Influx.Database()}
+	if h.Cluster {
+		n := len(h.Brokers)
+		addrs.MQTTURLs = append(slices.Clone(h.Brokers[i%n:]), h.Brokers[:i%n]...)
+	}
+	r.station, r.st, err = prepareStation(spec, r.work, addrs)
 	if err != nil {
 		out.Close()
 		return nil, fmt.Errorf("fleet: %s: %w", spec.ID, err)

@@ -55,6 +55,9 @@ func usage() {
                                                  N stations of the five types, each its own gateway and simulator,
                                                  against one Mosquitto and InfluxDB; exit 0 only if nothing was lost
                                                  and every device kept (-min-poll) its poll rate
+  testbench run fleet-cluster -stations N -duration D -report FILE
+                                                 the same against three NATS nodes (MQTT, clustered), one killed
+                                                 mid-run and restarted: nothing lost, every gateway on it moved
   testbench report JSONFILE [-html OUT]          make the HTML report of a JSON report again
   testbench demo                                 the simulated police room through the gateway to an in-process hub`)
 	os.Exit(2)
@@ -67,6 +70,9 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 	name := args[0]
 	if name == "fleet" {
 		return cmdFleet(ctx, args[1:], log)
+	}
+	if name == "fleet-cluster" {
+		return cmdFleetCluster(ctx, args[1:], log)
 	}
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	reportPath := fs.String("report", "", "write the JSON report to this file (to DIR/SCENARIO.json with 'all')")

@@ -21,9 +21,12 @@ import (
 
 // hubAddrs is where the station under test must send its data.
 type hubAddrs struct {
-	MQTT   string // tcp://127.0.0.1:port
-	Influx string // http://127.0.0.1:port, or "" for none
-	DB     string
+	MQTT string // tcp://127.0.0.1:port
+	// MQTTURLs are the brokers of a clustered hub (hub.mqtt.urls), in the
+	// order the gateway tries them; when set, MQTT is not used.
+	MQTTURLs []string
+	Influx   string // http://127.0.0.1:port, or "" for none
+	DB       string
 }
 
 // stationSpec says which station to run and what to change in it.
@@ -48,6 +51,9 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 	}
 	// The hub is the run's; the station's own commands section stays.
 	h := map[string]any{"mqtt": map[string]any{"url": addrs.MQTT}}
+	if len(addrs.MQTTURLs) > 0 {
+		h["mqtt"] = map[string]any{"urls": addrs.MQTTURLs}
+	}
 	if addrs.Influx != "" {
 		h["influx"] = map[string]any{"url": addrs.Influx, "bucket": addrs.DB}
 	}

@@ -115,7 +115,7 @@ func TestInfluxMissingBinary(t *testing.T) {
 // MQTT on each; a node killed leaves the other two with a meta leader,
 // and restarted it rejoins.
 func TestNATSClusterKillRestart(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	start := time.Now()
 	c, err := StartNATSCluster(ctx, t.TempDir(), testLog(t), 3)
@@ -163,6 +163,13 @@ func TestNATSClusterKillRestart(t *testing.T) {
 	}
 	if l, err := c.MetaLeader(ctx, 0); err != nil || l == "" {
 		t.Errorf("restarted node sees meta leader %q, %v", l, err)
+	}
+	for err := c.CaughtUp(ctx, 0); err != nil; err = c.CaughtUp(ctx, 0) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("restarted node never caught up: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	c.Stop()
 	c.Stop()

@@ -120,7 +120,7 @@ mqtt {
 		c.log.Debug("hub: nats node started", "node", n.name, "mqtt", c.MQTTURLs()[i])
 	}
 	for i := range c.nodes {
-		if err := c.waitReady(ctx, i); err != nil {
+		if err := c.waitReady(ctx, i, "/healthz"); err != nil {
 			c.Stop()
 			return nil, err
 		}
@@ -162,20 +162,24 @@ func (c *NATSCluster) Kill(i int) { c.nodes[i].p.kill() }
 
 // Restart starts node i again on its ports and store (stopping it first
 // if it runs), and waits until it is back in the cluster: in contact with
-// the JetStream meta leader, current with it and with its streams, and
-// taking MQTT connections.
+// the JetStream meta leader and current with it, and taking MQTT
+// connections. Its copies of the streams may still be catching up (under
+// load, for a while): CaughtUp says when they are.
 func (c *NATSCluster) Restart(ctx context.Context, i int) error {
 	n := c.nodes[i]
 	n.p.stop()
 	if err := n.p.start(); err != nil {
 		return err
 	}
-	if err := c.waitReady(ctx, i); err != nil {
+	if err := c.waitReady(ctx, i, "/healthz?js-server-only=true"); err != nil {
 		n.p.kill()
 		return err
 	}
 	return nil
 }
+
+// Pid is node i's process id; 0 while it is down.
+func (c *NATSCluster) Pid(i int) int { return c.nodes[i].p.pid() }
 
 // Stop ends every node gracefully. Stopping a stopped cluster does
 // nothing.
@@ -211,21 +215,36 @@ func (c *NATSCluster) MetaLeader(ctx context.Context, i int) (string, error) {
 	return j.Meta.Leader, nil
 }
 
-// waitReady polls node i until its health check passes (a meta leader,
-// and the node current with it and with the streams it holds) and a paho
-// client connects to its MQTT listener; the first MQTT connection to the
+// CaughtUp says whether node i is current with the JetStream meta leader
+// and with every stream and consumer it holds a copy of (its /healthz),
+// and if not, why.
+func (c *NATSCluster) CaughtUp(ctx context.Context, i int) error {
+	return c.healthz(ctx, i, "/healthz")
+}
+
+// healthz asks node i's health endpoint path (/healthz with options).
+func (c *NATSCluster) healthz(ctx context.Context, i int, path string) error {
+	var h struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+	}
+	if err := c.get(ctx, i, path, &h); err != nil {
+		return err
+	}
+	if h.Status != "ok" {
+		return fmt.Errorf("healthz: %s: %s", h.Status, h.Error)
+	}
+	return nil
+}
+
+// waitReady polls node i until its health check at path passes (at
+// least: a meta leader, and the node current with it) and a paho client
+// connects to its MQTT listener; the first MQTT connection to the
 // cluster also has it create the MQTT streams.
-func (c *NATSCluster) waitReady(ctx context.Context, i int) error {
+func (c *NATSCluster) waitReady(ctx context.Context, i int, path string) error {
 	return c.nodes[i].p.waitReady(ctx, func(ctx context.Context) error {
-		var h struct {
-			Status string `json:"status"`
-			Error  string `json:"error"`
-		}
-		if err := c.get(ctx, i, "/healthz", &h); err != nil {
+		if err := c.healthz(ctx, i, path); err != nil {
 			return err
-		}
-		if h.Status != "ok" {
-			return fmt.Errorf("healthz: %s: %s", h.Status, h.Error)
 		}
 		return c.mqttConnect(ctx, i)
 	})
