@@ -344,3 +344,21 @@ func TestFailoverInNATSCluster(t *testing.T) {
 	}
 	t.Logf("node %d back in the cluster %v after its restart", dead, time.Since(start).Round(time.Millisecond))
 }
+
+// TestCheckEveryBroker: an installer's check of a hub of several brokers
+// tries each, and names each one that does not take the station.
+func TestCheckEveryBroker(t *testing.T) {
+	a, b := startBroker(t), startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cfg := configs.MQTT{URLs: []string{a.URL(), b.URL()}}
+	if err := Check(ctx, cfg, station); err != nil {
+		t.Fatalf("both up: %v", err)
+	}
+	b.Kill()
+	err := Check(ctx, cfg, station)
+	want := b.URL() + ": nothing listens at " + b.URL() + " (hub.mqtt.urls)"
+	if err == nil || !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), a.URL()) {
+		t.Errorf("second down: %v; want only %q...", err, want)
+	}
+}
