@@ -66,8 +66,12 @@ type clusterReport struct {
 	Moves       []gatewayMove `json:"moves"`
 	MaxMoveS    float64       `json:"max_move_s"`
 	MedianMoveS float64       `json:"median_move_s"`
-	// Elsewhere is how many gateways were on other nodes at the kill.
-	Elsewhere int `json:"gateways_elsewhere"`
+	// Elsewhere is how many gateways were on other nodes at the kill;
+	// Reconnected those of them that lost a connection all the same (a
+	// node that cannot store a message while the streams elect leaders
+	// closes the client's connection), with when they were back.
+	Elsewhere   int           `json:"gateways_elsewhere"`
+	Reconnected []gatewayMove `json:"elsewhere_reconnected,omitempty"`
 }
 
 // gatewayMove is one gateway's move off the killed node.
@@ -159,13 +163,19 @@ func runFleetCluster(ctx context.Context, plan fleetPlan, cp clusterPlan, work s
 	}
 	rep.fleetReport, err = runFleet(ctx, plan, h, work, log)
 	// The gateways' logs are whole now.
-	for i := range rep.Cluster.Moves {
-		m := &rep.Cluster.Moves[i]
+	logged := func(m *gatewayMove) {
 		b, _ := os.ReadFile(filepath.Join(work, m.Station, "processes.log"))
 		m.Logged = strings.Count(string(b), "mqtt uplink: moved to broker")
+	}
+	for i := range rep.Cluster.Moves {
+		m := &rep.Cluster.Moves[i]
+		logged(m)
 		if m.MoveS >= 0 && m.Logged == 0 {
 			rep.Failures = append(rep.Failures, fmt.Sprintf("%s moved off %s but its log does not say so", m.Station, rep.Cluster.Killed))
 		}
+	}
+	for i := range rep.Cluster.Reconnected {
+		logged(&rep.Cluster.Reconnected[i])
 	}
 	if !rep.Cluster.Rejoined {
 		rep.Failures = append(rep.Failures, fmt.Sprintf("the killed node %s did not rejoin the cluster", rep.Cluster.Killed))
@@ -187,14 +197,16 @@ func killAndRestart(ctx context.Context, c *hub.NATSCluster, cp clusterPlan, wor
 	if err != nil {
 		return err
 	}
-	on := map[string]string{} // station -> the killed node it is on
+	on := map[string]string{}        // station -> the killed node it is on
+	elsewhere := map[string]string{} // station -> the node it is on
 	for id, s := range statuses {
 		if u := mqttUplink(s); u != nil && (u.Broker == dead || u.AlarmBroker == dead) {
 			on[id] = dead
-		} else {
-			r.Elsewhere++
+		} else if u != nil {
+			elsewhere[id] = u.Broker
 		}
 	}
+	r.Elsewhere = len(elsewhere)
 	killed := time.Now()
 	c.Kill(cp.Kill)
 	r.KilledAtS = killed.Sub(start).Seconds()
@@ -235,10 +247,20 @@ func killAndRestart(ctx context.Context, c *hub.NATSCluster, cp clusterPlan, wor
 		slices.Sort(times)
 		r.MaxMoveS, r.MedianMoveS = times[len(times)-1], times[len(times)/2]
 	}
-
 	if err := sleepCtx(ctx, time.Until(start.Add(cp.RestartAfter))); err != nil {
 		return err
 	}
+	// The others, just before the restart: connected again since the
+	// kill?
+	if statuses, err = gatewayStatuses(work); err != nil {
+		return err
+	}
+	for _, id := range slices.Sorted(maps.Keys(elsewhere)) {
+		if u := mqttUplink(statuses[id]); u != nil && u.Connected && u.Since.After(killed) {
+			r.Reconnected = append(r.Reconnected, gatewayMove{Station: id, From: elsewhere[id], To: u.Broker, MoveS: u.Since.Sub(killed).Seconds()})
+		}
+	}
+
 	restarted := time.Now()
 	r.RestartedAtS = restarted.Sub(start).Seconds()
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -313,13 +335,16 @@ func printCluster(out io.Writer, r clusterReport) {
 	}
 	fmt.Fprintf(out, "  moves off the killed node: median %.2f s, longest %.2f s\n", r.MedianMoveS, r.MaxMoveS)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  station\tto\tmoved after\tlogged\t")
+	fmt.Fprintln(tw, "  station\tfrom\tto\tback after\tlogged moves\t")
 	for _, m := range r.Moves {
 		after := "NOT MOVED"
 		if m.MoveS >= 0 {
 			after = fmt.Sprintf("%.2f s", m.MoveS)
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t\n", m.Station, m.To, after, m.Logged)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t\n", m.Station, m.From, m.To, after, m.Logged)
+	}
+	for _, m := range r.Reconnected {
+		fmt.Fprintf(tw, "  %s (elsewhere)\t%s\t%s\t%.2f s\t%d\t\n", m.Station, m.From, m.To, m.MoveS, m.Logged)
 	}
 	tw.Flush()
 }
