@@ -54,15 +54,53 @@ func collect(ctx context.Context, url string, st *configs.Station, onMessage fun
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(200 * time.Millisecond).
 		SetOrderMatters(true)
+	subscribed := make(chan struct{}, 1)
 	opts.SetOnConnectHandler(func(cl paho.Client) {
-		cl.Subscribe(topic, 1, c.handle)
+		subscribeUntilGranted(cl, map[string]byte{topic: 1}, c.handle, subscribed)
 	})
 	opts.SetCustomOpenConnectionFn(bufferedConn)
 	c.client = paho.NewClient(opts)
 	if err := connect(ctx, c.client); err != nil {
 		return nil, err
 	}
-	return c, nil
+	select {
+	case <-subscribed:
+		return c, nil
+	case <-ctx.Done():
+		c.client.Disconnect(0)
+		return nil, ctx.Err()
+	}
+}
+
+// subscribeUntilGranted subscribes to filters on a connection just made,
+// again and again while it stays open, until the broker grants every
+// filter, and then says so on done (without blocking). A broker may refuse
+// a subscription in its SUBACK (0x80) rather than drop the connection: a
+// NATS node does, when it cannot set up the subscription's stream in time
+// under load. Not checked, that would be a subscriber silently missing a
+// station, and readings counted lost that were there.
+func subscribeUntilGranted(cl paho.Client, filters map[string]byte, h paho.MessageHandler, done chan<- struct{}) {
+	for cl.IsConnectionOpen() {
+		tok := cl.SubscribeMultiple(filters, h)
+		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil && granted(tok.(*paho.SubscribeToken).Result()) {
+			select {
+			case done <- struct{}{}:
+			default:
+			}
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// granted says whether a SUBACK granted every filter.
+func granted(result map[string]byte) bool {
+	for _, qos := range result {
+		if qos == 0x80 {
+			return false
+		}
+	}
+	return len(result) > 0
 }
 
 func connect(ctx context.Context, cl paho.Client) error {

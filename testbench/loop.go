@@ -119,8 +119,8 @@ func (r *runner) startLoop(ctx context.Context) error {
 		b.wg.Go(func() { b.answer(ctx, prefix, station, req) })
 	}
 	tok := b.cl.Subscribe(prefix+"/"+station+"/+/event", 1, handle)
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return fmt.Errorf("city brain: subscribe: %v", tok.Error())
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil || !granted(tok.(*paho.SubscribeToken).Result()) {
+		return fmt.Errorf("city brain: subscribe: %v (granted %v)", tok.Error(), tok.(*paho.SubscribeToken).Result())
 	}
 	r.brain = b
 	return nil

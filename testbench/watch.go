@@ -46,14 +46,10 @@ func cmdWatchAlarms(ctx context.Context, args []string, log *slog.Logger) int {
 		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(200 * time.Millisecond).SetOrderMatters(true)
 	opts.SetOnConnectHandler(func(cl paho.Client) {
-		tok := cl.SubscribeMultiple(map[string]byte{*prefix + "/+/event": 1, *prefix + "/+/health": 1, *prefix + "/+/command/result": 1}, func(_ paho.Client, m paho.Message) {
+		filters := map[string]byte{*prefix + "/+/event": 1, *prefix + "/+/health": 1, *prefix + "/+/command/result": 1}
+		subscribeUntilGranted(cl, filters, func(_ paho.Client, m paho.Message) {
 			lines <- strconv.FormatInt(time.Now().UnixNano(), 10) + " " + string(m.Payload())
-		})
-		tok.Wait()
-		select {
-		case subscribed <- struct{}{}:
-		default:
-		}
+		}, subscribed)
 	})
 	cl := paho.NewClient(opts)
 	if err := connect(ctx, cl); err != nil {
