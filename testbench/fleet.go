@@ -161,7 +161,8 @@ type fleetReport struct {
 
 // serverUsage is a hub server's CPU over the window.
 type serverUsage struct {
-	Name         string  `json:"name"`
+	Name string `json:"name"`
+	// Cores is -1 for a server restarted within the window.
 	Cores        float64 `json:"cores"`
 	CPUMSPer1000 float64 `json:"cpu_ms_per_1000_readings"`
 }
@@ -611,6 +612,10 @@ func printFleet(out io.Writer, rep fleetReport) {
 	fmt.Fprintf(out, "  cores used over the %.0f s window (of %d): gateways %.2f (steady; %.3f each)", rep.Rates.WindowS, rep.Cores,
 		rep.Gateways.SteadyCores, rep.Gateways.SteadyCores/float64(max(rep.Stations, 1)))
 	for _, u := range rep.Hub {
+		if u.Cores < 0 { // restarted meanwhile: not one process over the window
+			fmt.Fprintf(out, ", %s restarted", u.Name)
+			continue
+		}
 		fmt.Fprintf(out, ", %s %.2f", u.Name, u.Cores)
 	}
 	fmt.Fprintf(out, ", simulators %.2f, testbench %.2f; the machine %.2f (everyone's)\n", rep.Simulators.Cores, rep.TestbenchCores, rep.MachineBusyCores)
