@@ -5,14 +5,19 @@
 package pipeline
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"outpost/configs"
+	"outpost/gateway/durable"
 	"outpost/gateway/model"
 	"outpost/gateway/queue"
 )
@@ -50,6 +55,12 @@ type Ingest struct {
 
 	mu   sync.Mutex
 	devs map[string]*devIngest
+
+	// The signals with an event rule last published active, per device,
+	// kept in statesPath when set (see KeepAlarmStates).
+	statesMu   sync.Mutex
+	statesPath string
+	active     map[string][]string
 
 	failed atomic.Uint64 // messages that could not be queued
 	last   atomic.Int64  // when a driver last emitted, Unix ns
@@ -137,10 +148,79 @@ func (in *Ingest) Emit(m model.Message) error {
 		in.Seen(m)
 	}
 	err := in.queue(d, m)
-	for _, ev := range d.derive(&m) {
+	evs := d.derive(&m)
+	for _, ev := range evs {
 		err = errors.Join(err, in.queue(d, ev))
 	}
+	if len(evs) > 0 && m.Kind == model.KindTelemetry && err == nil {
+		in.keepStates(m.Device, d.state)
+	}
 	return err
+}
+
+// KeepAlarmStates makes the ingest stage remember, in the file at path,
+// which signals with an event rule it last published active, and start
+// from what the file says: a gateway restarted after a panic button it
+// had published pressed was let go raises the cleared event it owes (the
+// hub would otherwise see the panic active until the next press), and
+// one still pressed is not raised again. Signals never published active
+// start unknown, as without the file: one found active is raised. A file
+// that cannot be read is logged and started without.
+func (in *Ingest) KeepAlarmStates(path string) {
+	in.statesMu.Lock()
+	defer in.statesMu.Unlock()
+	in.statesPath, in.active = path, map[string][]string{}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err == nil {
+		err = json.Unmarshal(b, &in.active)
+	}
+	if err != nil {
+		in.log.Warn("alarm states not read: a signal published active before the restart and let go since will not be cleared at the hub", "file", path, "err", err)
+		in.active = map[string][]string{}
+		return
+	}
+	for dev, signals := range in.active {
+		d := in.device(dev)
+		d.mu.Lock()
+		for _, sg := range signals {
+			d.state[sg] = true
+		}
+		d.mu.Unlock()
+	}
+}
+
+// keepStates writes down a device's active signals after an edge was
+// queued. The event is durable already: a crash before this write only
+// leaves the state as it was without the file (the edge raised again, or
+// a clear not raised), never an alarm unsaid.
+func (in *Ingest) keepStates(device string, state map[string]bool) {
+	in.statesMu.Lock()
+	defer in.statesMu.Unlock()
+	if in.statesPath == "" {
+		return
+	}
+	var on []string
+	for sg, v := range state {
+		if v {
+			on = append(on, sg)
+		}
+	}
+	slices.Sort(on)
+	if len(on) == 0 {
+		delete(in.active, device)
+	} else {
+		in.active[device] = on
+	}
+	b, err := json.Marshal(in.active)
+	if err == nil {
+		err = durable.WriteFile(in.statesPath, b)
+	}
+	if err != nil {
+		in.log.Warn("alarm states not written", "file", in.statesPath, "device", device, "err", err)
+	}
 }
 
 // derive returns the events that m implies: a rule's signal turning true (or

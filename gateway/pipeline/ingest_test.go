@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -374,5 +376,63 @@ func TestForwarderLingers(t *testing.T) {
 		if len(waited) != 20 || slices.ContainsFunc(waited, func(d time.Duration) bool { return d <= 0 || d > c.linger+time.Second }) {
 			t.Errorf("linger %s: waited %v, want 20 times between 0 and %s", c.linger, waited, c.linger+time.Second)
 		}
+	}
+}
+
+// TestIngestAlarmStatesAcrossRestart: the signals last published active
+// are kept in the state directory. A gateway restarted after a smoke alarm
+// it published active was let go raises the clear it owes; one restarted
+// with the alarm still on raises nothing again; a signal never published
+// active (the door's) is raised when found active, as before; a file that
+// cannot be read is started without.
+func TestIngestAlarmStatesAcrossRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "alarm-states.json")
+	events := func(in *Ingest, rec *recorder, msgs ...model.Message) []string {
+		t.Helper()
+		before := len(rec.msgs)
+		for _, m := range msgs {
+			if err := in.Emit(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []string
+		for _, m := range rec.msgs[before:] {
+			if m.Kind == model.KindEvent {
+				got = append(got, fmt.Sprintf("%s/%s/%s", m.Device, m.Event.Kind, m.Event.Details["state"]))
+			}
+		}
+		return got
+	}
+	start := func() (*Ingest, *recorder) {
+		rec := &recorder{}
+		in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+		in.KeepAlarmStates(path)
+		return in, rec
+	}
+	// Every step is a gateway started anew on the same state directory.
+	for i, step := range []struct {
+		msgs []model.Message
+		want []string
+	}{
+		{[]model.Message{telemetry("smoke-hall", boolReading("alarm", true))}, []string{"smoke-hall/smoke/active"}},
+		{[]model.Message{telemetry("smoke-hall", boolReading("alarm", true))}, nil},
+		{[]model.Message{telemetry("smoke-hall", boolReading("alarm", false))}, []string{"smoke-hall/smoke/cleared"}},
+		{[]model.Message{telemetry("smoke-hall", boolReading("alarm", false)), telemetry("door-front", boolReading("open", true))},
+			[]string{"door-front/door/active"}},
+	} {
+		in, rec := start()
+		if got := events(in, rec, step.msgs...); fmt.Sprint(got) != fmt.Sprint(step.want) {
+			t.Errorf("step %d: events %v, want %v", i, got, step.want)
+		}
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != `{"door-front":["open"]}` {
+		t.Errorf("alarm states file %q, %v; want the door open only", b, err)
+	}
+	if err := os.WriteFile(path, []byte("{garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in, rec := start()
+	if got := events(in, rec, telemetry("door-front", boolReading("open", true))); fmt.Sprint(got) != "[door-front/door/active]" {
+		t.Errorf("with an unreadable file: events %v, want the door raised as found", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -94,6 +95,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		return err
 	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
+	ingest.KeepAlarmStates(filepath.Join(st.StateDir, "alarm-states.json"))
 	board := status.NewBoard(st, started)
 	ingest.Seen = board.Saw
 	prefix := mqtt.Prefix(st.Hub.MQTT.TopicPrefix)
