@@ -11,10 +11,11 @@ import (
 )
 
 // TestBrokenExpectationFails runs, for real, a scenario whose expectation
-// cannot hold (a device that keeps answering is expected to go offline):
+// cannot hold (a tamper alarm from a sensor without a tamper switch):
 // the testbench must exit 1, and its report must fail for that reason
 // alone, with nothing lost.
 func TestBrokenExpectationFails(t *testing.T) {
+	t.Parallel() // beside TestFleetOfTwo: each runs its own hub
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	report := filepath.Join(t.TempDir(), "broken.json")
@@ -31,7 +32,7 @@ func TestBrokenExpectationFails(t *testing.T) {
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
 	}
-	want := "no health offline of th-server reached the hub after fault 0"
+	want := "no tamper of th-server reached the hub after fault 0"
 	if rep.Pass || len(rep.Failures) != 1 || rep.Failures[0] != want {
 		t.Errorf("pass %v, failures %q; want it failed with only %q", rep.Pass, rep.Failures, want)
 	}

@@ -13,12 +13,13 @@ import (
 // one InfluxDB. Nothing may be lost, every event must arrive once, and
 // the report must say what arrived where and what it cost.
 func TestFleetOfTwo(t *testing.T) {
+	t.Parallel() // beside TestBrokenExpectationFails: each runs its own hub
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	// The gateways and simulators are built with the race detector here
 	// (TestMain), several times slower: polls are not held to a rate.
-	plan := fleetPlan{Stations: 2, Duration: 20 * time.Second, Drain: 30 * time.Second}
+	plan := fleetPlan{Stations: 2, Duration: 10 * time.Second, Drain: 30 * time.Second}
 	rep, err := runFleetHub(ctx, plan, t.TempDir(), log)
 	if err != nil {
 		t.Fatal(err)

@@ -663,6 +663,8 @@ func (r *runner) pollRates(from, to simStats) {
 //	               servers) for Down: nothing passes, nothing is refused
 //	partition-start, partition-heal
 //	kill-gateway   kill -9 the gateway and restart it
+//	stop-gateway, start-gateway
+//	               the same in two steps: the devices act meanwhile
 //	power-cut      kill -9 the gateway, truncate its queue files at a random
 //	               byte and append garbage, restart it
 //
@@ -718,7 +720,11 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 		}
 		return r.act(ctx, *f.Device, 0)
 	case "kill-gateway", "power-cut":
-		return r.killGateway(ctx, f.Action == "power-cut")
+		return r.killGateway(ctx, f.Action == "power-cut", true)
+	case "stop-gateway":
+		return r.killGateway(ctx, false, false)
+	case "start-gateway":
+		return r.startGateway(ctx)
 	default:
 		return fmt.Errorf("unknown fault action %q", f.Action)
 	}
@@ -726,12 +732,12 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 }
 
 // killGateway kills the gateway (cutting the power under its queues when
-// asked) and starts it again. When the scenario raises alarms beside its
+// asked) and, with restart, starts it again. When the scenario raises alarms beside its
 // faults, no device acts from just before the devices go deaf until the
 // new gateway reads every device (see act): an alarm raised meanwhile
 // would be one no gateway could see (a press let go while the gateway is
 // down), or one the old gateway saw raised and not let go.
-func (r *runner) killGateway(ctx context.Context, powerCut bool) error {
+func (r *runner) killGateway(ctx context.Context, powerCut, restart bool) error {
 	r.hearing.Lock()
 	defer r.hearing.Unlock()
 	alarms := r.sc.Alarms != nil
@@ -746,17 +752,17 @@ func (r *runner) killGateway(ctx context.Context, powerCut bool) error {
 		return err
 	}
 	since := time.Now()
-	err := r.restartDeaf(ctx, powerCut)
+	err := r.killDeaf(ctx, powerCut, restart)
 	if herr := r.sim.signal(syscall.SIGUSR2); err == nil {
 		err = herr
 	}
-	if err != nil || !alarms {
+	if err != nil || !alarms || !restart {
 		return err
 	}
 	return r.awaitReading(ctx, since, 30*time.Second)
 }
 
-func (r *runner) restartDeaf(ctx context.Context, powerCut bool) error {
+func (r *runner) killDeaf(ctx context.Context, powerCut, restart bool) error {
 	if err := sleepCtx(ctx, r.quiet()); err != nil {
 		return err
 	}
@@ -766,6 +772,9 @@ func (r *runner) restartDeaf(ctx context.Context, powerCut bool) error {
 		if err := r.cutPower(); err != nil {
 			return err
 		}
+	}
+	if !restart {
+		return nil
 	}
 	return r.startGateway(ctx)
 }

@@ -50,6 +50,10 @@ func TestFaultWindows(t *testing.T) {
 			{Action: "partition-heal", At: 39, Done: 39}},
 		want: []faultWindow{{"partition", "network partitioned", 5, 8}, {"partition-start", "network partitioned", 14, 39}},
 	}, {
+		name:  "a gateway stopped is down until it is started",
+		marks: []faultMark{{Action: "stop-gateway", At: 6, Done: 7}, {Action: "start-gateway", At: 11, Done: 11.2}},
+		want:  []faultWindow{{"stop-gateway", "gateway down", 6, 11.2}},
+	}, {
 		name:  "a gateway killed and a power cut are moments",
 		marks: []faultMark{{Action: "kill-gateway", At: 7, Done: 9}, {Action: "power-cut", At: 12, Done: 14}},
 		want:  []faultWindow{{"kill-gateway", "gateway killed", 7, 7}, {"power-cut", "power cut", 12, 12}},

@@ -17,7 +17,7 @@ var faultActions = map[string]bool{
 	"kill-influx": true, "stop-influx": false, "start-influx": false,
 	"freeze-broker": false, "thaw-broker": false, "freeze-influx": false, "thaw-influx": false,
 	"partition": true, "partition-start": false, "partition-heal": false,
-	"kill-gateway": false, "power-cut": false,
+	"kill-gateway": false, "power-cut": false, "stop-gateway": false, "start-gateway": false,
 	"device": false,
 }
 
