@@ -536,9 +536,8 @@ func (rep *fleetReport) sum(members []*fleetMember, plan fleetPlan, w fleetWindo
 		rep.Readings.Duplicates += rd.Duplicates
 		rep.Events.Served += s.EventsServed
 		rep.Events.AtHub += s.EventsAtHub
-		// The load: from the gateway's start until the devices went deaf
-		// (runner.quiet() before the simulator stopped).
-		if d := (r.loadEnd.Sub(r.gwStart) - r.quiet()).Seconds(); d > 0 {
+		// The load: from the gateway's start until the devices went deaf.
+		if d := r.deafAt.Sub(r.gwStart).Seconds(); d > 0 {
 			rep.Rates.Sent += float64(rd.Sent) / d
 			rep.DurationS = max(rep.DurationS, d)
 		}

@@ -291,6 +291,7 @@ type runner struct {
 	watched     *watched                  // what it saw, once read
 	paths       []*hub.Path               // the network between station and hub, when the scenario cuts it
 	hearing     sync.RWMutex              // held by a gateway's kill while the devices are deaf
+	deafAt      time.Time                 // when the devices went deaf at the end of the load
 	desk        []deskCommand             // the duty desk's commands sent, in order
 	brain       *cityBrain                // answers the kiosks' requests, when the scenario has a loop
 	deskAgain   int                       // and how many were sent again
@@ -499,15 +500,15 @@ func (r *runner) load(ctx context.Context) error {
 	if err := errors.Join(<-alarmsDone, <-deskDone); err != nil {
 		return err
 	}
-	// The devices go deaf before the simulator stops, as before a gateway
-	// is killed: an answer still on its way when the simulator exits is
-	// lost with the port, yet counted as served (seen at the end of a
-	// fleet run on a starved machine: 2 readings of 2,968).
-	deaf := time.Now()
+	// The devices go deaf before the simulator stops: an answer still on
+	// its way when the simulator exits is lost with the port, yet counted
+	// as served (seen at the end of a fleet run on a starved machine: 2
+	// readings of 2,968). One request's time lets it arrive.
+	r.deafAt = time.Now()
 	if err := r.sim.signal(syscall.SIGUSR1); err != nil {
 		return err
 	}
-	if err := sleepCtx(ctx, r.quiet()); err != nil {
+	if err := sleepCtx(ctx, r.requestSpan()); err != nil {
 		return err
 	}
 	if err := r.sim.stop(10 * time.Second); err != nil {
@@ -532,7 +533,7 @@ func (r *runner) load(ctx context.Context) error {
 		// Nothing was read before the gateway started, nor once the
 		// devices were deaf.
 		to := stats
-		to.Time = deaf
+		to.Time = r.deafAt
 		r.pollRates(simStats{Time: r.gwStart}, to)
 	}
 	if r.report.Drain != nil {
@@ -812,6 +813,24 @@ func statusDevices(ctx context.Context, listen string) ([]status.Device, error) 
 	defer resp.Body.Close()
 	var devs []status.Device
 	return devs, json.NewDecoder(resp.Body).Decode(&devs)
+}
+
+// requestSpan is the longest one request of a polled link may take, all
+// its tries, and some: the time an answer the simulator counted served
+// may still be on its way to the gateway.
+func (r *runner) requestSpan() time.Duration {
+	var longest time.Duration
+	for _, l := range drivers.Links(r.st) {
+		switch s := l.Config.Settings.(type) {
+		case *mb.RTU:
+			longest = max(longest, s.Timeout*time.Duration(s.Retries+1))
+		case *mb.TCP:
+			longest = max(longest, s.Timeout*time.Duration(s.Retries+1))
+		case *dcon.Link:
+			longest = max(longest, s.Timeout*time.Duration(s.Retries+1))
+		}
+	}
+	return longest + 300*time.Millisecond
 }
 
 // quiet is how long the devices stay deaf before the gateway is killed:
