@@ -208,6 +208,21 @@ func cmdFleet(ctx context.Context, args []string, log *slog.Logger) int {
 		return 2
 	}
 	rep, err := runFleetHub(ctx, fleetPlan{Stations: *stations, Duration: *duration, Drain: *drain, MinPollPercent: *minPoll}, work, log)
+	if !rep.settle(err, work, *reportPath, &rep, log) {
+		return 2
+	}
+	printFleet(os.Stdout, rep)
+	if !rep.Pass {
+		return 1
+	}
+	return 0
+}
+
+// settle ends a fleet command's run: an error fails it, its files are
+// kept when it failed and removed when it passed, and report (the whole
+// report, of which rep is the fleet's part) is written to path when
+// there is one. False when it could not be written.
+func (rep *fleetReport) settle(err error, work, path string, report any, log *slog.Logger) bool {
 	if err != nil {
 		rep.Failures = append(rep.Failures, err.Error())
 		rep.Pass = false
@@ -217,18 +232,15 @@ func cmdFleet(ctx context.Context, args []string, log *slog.Logger) int {
 	} else {
 		log.Info("run files kept", "dir", work)
 	}
-	b, _ := json.MarshalIndent(rep, "", "  ")
-	if *reportPath != "" {
-		if err := os.WriteFile(*reportPath, append(b, '\n'), 0o644); err != nil {
-			log.Error("report", "err", err)
-			return 2
-		}
+	if path == "" {
+		return true
 	}
-	printFleet(os.Stdout, rep)
-	if !rep.Pass {
-		return 1
+	b, _ := json.MarshalIndent(report, "", "  ")
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		log.Error("report", "err", err)
+		return false
 	}
-	return 0
+	return true
 }
 
 // runFleetHub starts one Mosquitto and one InfluxDB in work and runs the

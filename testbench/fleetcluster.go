@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -110,21 +109,8 @@ func cmdFleetCluster(ctx context.Context, args []string, log *slog.Logger) int {
 	plan := fleetPlan{Stations: *stations, Duration: *duration, Drain: *drain, MinPollPercent: *minPoll}
 	cp := clusterPlan{Nodes: 3, Kill: 0, KillAfter: *duration / 3, RestartAfter: *duration * 2 / 3, MoveWithin: *moveWithin}
 	rep, err := runFleetCluster(ctx, plan, cp, work, log)
-	if err != nil {
-		rep.Failures = append(rep.Failures, err.Error())
-		rep.Pass = false
-	}
-	if rep.Pass {
-		os.RemoveAll(work)
-	} else {
-		log.Info("run files kept", "dir", work)
-	}
-	b, _ := json.MarshalIndent(rep, "", "  ")
-	if *reportPath != "" {
-		if err := os.WriteFile(*reportPath, append(b, '\n'), 0o644); err != nil {
-			log.Error("report", "err", err)
-			return 2
-		}
+	if !rep.settle(err, work, *reportPath, &rep, log) {
+		return 2
 	}
 	printFleet(os.Stdout, rep.fleetReport)
 	printCluster(os.Stdout, rep.Cluster)
