@@ -185,6 +185,16 @@ func (m MQTT) Brokers() []string {
 	return []string{m.URL}
 }
 
+// BrokerNames are the brokers' URLs without their passwords, for logs,
+// errors and the status.
+func (m MQTT) BrokerNames() []string {
+	var names []string
+	for _, b := range m.Brokers() {
+		names = append(names, Redact(b))
+	}
+	return names
+}
+
 // BrokersKey is the station file's key of the brokers, for messages:
 // hub.mqtt.urls or hub.mqtt.url.
 func (m MQTT) BrokersKey() string {

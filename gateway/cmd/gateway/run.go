@@ -151,7 +151,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	case ctx.Err() != nil:
 		return nil
 	case errors.Is(err, context.DeadlineExceeded):
-		log.Warn("hub broker not reachable yet; queueing until it is", "broker", redactAll(st.Hub.MQTT.Brokers()))
+		log.Warn("hub broker not reachable yet; queueing until it is", "broker", strings.Join(st.Hub.MQTT.BrokerNames(), ", "))
 	default:
 		return err
 	}
@@ -272,15 +272,6 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	}
 	log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond), "queued", queued(queues))
 	return nil
-}
-
-// redactAll is the brokers' URLs without passwords, for a log line.
-func redactAll(urls []string) string {
-	out := make([]string, len(urls))
-	for i, u := range urls {
-		out[i] = configs.Redact(u)
-	}
-	return strings.Join(out, ", ")
 }
 
 // waitFor waits for wg up to d, and says whether it ended.

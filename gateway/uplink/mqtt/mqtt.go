@@ -174,10 +174,7 @@ func (c *linkConn) Close() error {
 // I/O.
 func New(cfg configs.MQTT, station configs.StationID, log *slog.Logger) *Uplink {
 	u := &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix), brokers: slices.Clone(cfg.Brokers()),
-		stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
-	for _, b := range u.brokers {
-		u.names = append(u.names, configs.Redact(b))
-	}
+		names: cfg.BrokerNames(), stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
 	u.dialCtx, u.cancelDial = context.WithCancel(context.Background())
 	return u
 }
