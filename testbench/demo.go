@@ -84,7 +84,7 @@ func demo(ctx context.Context, log *slog.Logger) error {
 		st.Station.ID, st.Station.Type, len(st.Devices), len(st.Links))
 	fmt.Printf("hub: embedded MQTT broker at %s, topics %s; Ctrl-C to stop\n", hubURL, stationTopics(st))
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	if addr, err := statusAddr(wctx, st); err == nil {
+	if addr, err := statusAddr(wctx, st, time.Time{}); err == nil {
 		fmt.Printf("status page: http://%s/ (open it in a browser; metrics at /metrics)\n", addr)
 	}
 	cancel()

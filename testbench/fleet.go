@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -26,8 +25,6 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"outpost/configs"
 	"outpost/testbench/hub"
@@ -192,13 +189,10 @@ type fleetStation struct {
 // machine, and the fleet against them.
 func cmdFleet(ctx context.Context, args []string, log *slog.Logger) int {
 	fs := flag.NewFlagSet("run fleet", flag.ExitOnError)
-	stations := fs.Int("stations", 5, "how many stations, cycling through the five station types")
-	duration := fs.Duration("duration", 5*time.Minute, "how long the load lasts")
-	drain := fs.Duration("drain", time.Minute, "longest wait, per station, for the hub to have everything after the load")
-	minPoll := fs.Float64("min-poll", 90, "least share (percent) of its configured poll rate every polled device must get")
-	reportPath := fs.String("report", "", "write the JSON report to this file")
+	planned, reportPath := fleetFlags(fs, 5, 5*time.Minute)
 	fs.Parse(args)
-	if *stations < 1 || *duration <= 0 {
+	plan := planned()
+	if plan.Stations < 1 || plan.Duration <= 0 {
 		fmt.Fprintln(os.Stderr, "run fleet: -stations must be at least 1 and -duration positive")
 		return 2
 	}
@@ -207,7 +201,7 @@ func cmdFleet(ctx context.Context, args []string, log *slog.Logger) int {
 		log.Error("fleet", "err", err)
 		return 2
 	}
-	rep, err := runFleetHub(ctx, fleetPlan{Stations: *stations, Duration: *duration, Drain: *drain, MinPollPercent: *minPoll}, work, log)
+	rep, err := runFleetHub(ctx, plan, work, log)
 	if !rep.settle(err, work, *reportPath, &rep, log) {
 		return 2
 	}
@@ -216,6 +210,20 @@ func cmdFleet(ctx context.Context, args []string, log *slog.Logger) int {
 		return 1
 	}
 	return 0
+}
+
+// fleetFlags defines the flags of a fleet command on fs, with its
+// defaults of stations and duration: the plan they give once parsed, and
+// where the report goes.
+func fleetFlags(fs *flag.FlagSet, stations int, duration time.Duration) (plan func() fleetPlan, report *string) {
+	n := fs.Int("stations", stations, "how many stations, cycling through the five station types")
+	d := fs.Duration("duration", duration, "how long the load lasts")
+	drain := fs.Duration("drain", time.Minute, "longest wait, per station, for the hub to have everything after the load")
+	minPoll := fs.Float64("min-poll", 90, "least share (percent) of its configured poll rate every polled device must get")
+	report = fs.String("report", "", "write the JSON report to this file")
+	return func() fleetPlan {
+		return fleetPlan{Stations: *n, Duration: *d, Drain: *drain, MinPollPercent: *minPoll}
+	}, report
 }
 
 // settle ends a fleet command's run: an error fails it, its files are
@@ -345,18 +353,15 @@ func newFleetMember(ctx context.Context, i int, plan fleetPlan, h fleetHub, sub,
 	if err != nil {
 		return nil, err
 	}
-	var doc struct {
-		Station struct{ ID, Type string }
-	}
-	if err := yaml.Unmarshal(spec.Src, &doc); err != nil {
+	doc, err := outlineOf(spec.Src)
+	if err != nil {
 		return nil, fmt.Errorf("fleet: %s: %w", profile, err)
 	}
 	prefix, _, _ := strings.Cut(doc.Station.ID, "-")
 	spec.ID = fmt.Sprintf("%s-f%04d", prefix, i+1)
 	sc.Name = spec.ID
-	r := &runner{sc: sc, log: log.With("station", spec.ID), sim: &proc{name: "firmware-sim"}, gw: &proc{name: "gateway"},
-		rng: rand.New(rand.NewPCG(sc.Seed, 42)), destroyed: map[string]map[string]int{}, influx: h.Influx}
-	r.report.Scenario = spec.ID
+	r := newRunner(sc, log.With("station", spec.ID))
+	r.influx = h.Influx
 	r.work = filepath.Join(work, spec.ID)
 	if err := os.MkdirAll(r.work, 0o755); err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
@@ -424,7 +429,7 @@ func fleetWindow(ctx context.Context, plan fleetPlan, h fleetHub, members []*fle
 	upCtx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 	for _, m := range members {
-		if _, err := statusAddr(upCtx, m.r.st); err != nil {
+		if _, err := statusAddr(upCtx, m.r.st, time.Time{}); err != nil {
 			return w, fmt.Errorf("fleet: %s: %w", m.r.st.Station.ID, err)
 		}
 	}

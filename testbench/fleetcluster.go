@@ -90,14 +90,11 @@ type gatewayMove struct {
 // cmdFleetCluster is `testbench run fleet-cluster`.
 func cmdFleetCluster(ctx context.Context, args []string, log *slog.Logger) int {
 	fs := flag.NewFlagSet("run fleet-cluster", flag.ExitOnError)
-	stations := fs.Int("stations", 6, "how many stations, cycling through the five station types")
-	duration := fs.Duration("duration", 2*time.Minute, "how long the load lasts")
-	drain := fs.Duration("drain", time.Minute, "longest wait, per station, for the hub to have everything after the load")
-	minPoll := fs.Float64("min-poll", 90, "least share (percent) of its configured poll rate every polled device must get")
+	planned, reportPath := fleetFlags(fs, 6, 2*time.Minute)
 	moveWithin := fs.Duration("move-within", 30*time.Second, "longest a gateway on the killed node may take to be on another")
-	reportPath := fs.String("report", "", "write the JSON report to this file")
 	fs.Parse(args)
-	if *stations < 1 || *duration < 30*time.Second {
+	plan := planned()
+	if plan.Stations < 1 || plan.Duration < 30*time.Second {
 		fmt.Fprintln(os.Stderr, "run fleet-cluster: -stations must be at least 1 and -duration at least 30s")
 		return 2
 	}
@@ -106,8 +103,7 @@ func cmdFleetCluster(ctx context.Context, args []string, log *slog.Logger) int {
 		log.Error("fleet-cluster", "err", err)
 		return 2
 	}
-	plan := fleetPlan{Stations: *stations, Duration: *duration, Drain: *drain, MinPollPercent: *minPoll}
-	cp := clusterPlan{Nodes: 3, Kill: 0, KillAfter: *duration / 3, RestartAfter: *duration * 2 / 3, MoveWithin: *moveWithin}
+	cp := clusterPlan{Nodes: 3, Kill: 0, KillAfter: plan.Duration / 3, RestartAfter: plan.Duration * 2 / 3, MoveWithin: *moveWithin}
 	rep, err := runFleetCluster(ctx, plan, cp, work, log)
 	if !rep.settle(err, work, *reportPath, &rep, log) {
 		return 2

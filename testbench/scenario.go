@@ -248,9 +248,9 @@ func loadScenario(name string) (*Scenario, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	devices, err := stationDevices(spec.Src)
+	outline, err := outlineOf(spec.Src)
 	if err == nil {
-		err = sc.validate(devices)
+		err = sc.validate(outline.deviceIDs())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s:\n%w", path, err)
@@ -309,9 +309,7 @@ type runner struct {
 
 func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Report, err error) {
 	start := time.Now()
-	r := &runner{sc: sc, log: log, sim: &proc{name: "firmware-sim"}, gw: &proc{name: "gateway"},
-		rng: rand.New(rand.NewPCG(sc.Seed, 42)), destroyed: map[string]map[string]int{}}
-	r.report.Scenario, r.report.Seed = sc.Name, sc.Seed
+	r := newRunner(sc, log)
 	r.work, err = os.MkdirTemp("", "outpost-"+sc.Name+"-")
 	if err != nil {
 		return r.report, err
@@ -353,6 +351,14 @@ func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Repor
 	r.report.DurationS = time.Since(start).Seconds()
 	r.report.Pass = len(r.report.Failures) == 0
 	return r.report, nil
+}
+
+// newRunner is the runner of a scenario, before anything starts.
+func newRunner(sc *Scenario, log *slog.Logger) *runner {
+	r := &runner{sc: sc, log: log, sim: &proc{name: "firmware-sim"}, gw: &proc{name: "gateway"},
+		rng: rand.New(rand.NewPCG(sc.Seed, 42)), destroyed: map[string]map[string]int{}}
+	r.report.Scenario, r.report.Seed = sc.Name, sc.Seed
+	return r
 }
 
 func (r *runner) fail(format string, args ...any) {
@@ -785,16 +791,18 @@ func (r *runner) killDeaf(ctx context.Context, powerCut, restart bool) error {
 // gateway that cannot read a device is the scenario's to find, not a
 // reason to stop it.
 func (r *runner) awaitReading(ctx context.Context, since time.Time, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if s, err := status.Read(status.File(r.st.StateDir)); err == nil && s.Listen != "" && s.Started.After(since) {
-			if devs, err := statusDevices(ctx, s.Listen); err == nil && !slices.ContainsFunc(devs, func(d status.Device) bool { return d.State == status.Unknown }) {
-				return nil
-			}
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	listen, err := statusAddr(wctx, r.st, since)
+	for err == nil {
+		devs, derr := statusDevices(wctx, listen)
+		if derr == nil && !slices.ContainsFunc(devs, func(d status.Device) bool { return d.State == status.Unknown }) {
+			return nil
 		}
-		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
-			return err
-		}
+		err = sleepCtx(wctx, 100*time.Millisecond)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	r.log.Warn("the restarted gateway has not heard from every device yet", "waited", limit)
 	return nil
@@ -821,16 +829,23 @@ func statusDevices(ctx context.Context, listen string) ([]status.Device, error) 
 func (r *runner) requestSpan() time.Duration {
 	var longest time.Duration
 	for _, l := range drivers.Links(r.st) {
-		switch s := l.Config.Settings.(type) {
-		case *mb.RTU:
-			longest = max(longest, s.Timeout*time.Duration(s.Retries+1))
-		case *mb.TCP:
-			longest = max(longest, s.Timeout*time.Duration(s.Retries+1))
-		case *dcon.Link:
-			longest = max(longest, s.Timeout*time.Duration(s.Retries+1))
-		}
+		longest = max(longest, requestTime(l.Config))
 	}
 	return longest + 300*time.Millisecond
+}
+
+// requestTime is how long one request of a polled link may take, all its
+// tries; 0 for a link that is not polled.
+func requestTime(l *configs.Link) time.Duration {
+	switch s := l.Settings.(type) {
+	case *mb.RTU:
+		return s.Timeout * time.Duration(s.Retries+1)
+	case *mb.TCP:
+		return s.Timeout * time.Duration(s.Retries+1)
+	case *dcon.Link:
+		return s.Timeout * time.Duration(s.Retries+1)
+	}
+	return 0
 }
 
 // quiet is how long the devices stay deaf before the gateway is killed:
@@ -842,15 +857,15 @@ func (r *runner) quiet() time.Duration {
 	var longest time.Duration
 	for _, l := range drivers.Links(r.st) {
 		var cost modbus.Cost
-		var per time.Duration
+		per := requestTime(l.Config)
 		switch s := l.Config.Settings.(type) {
 		case *mb.RTU:
-			cost, per = modbus.BusCost(s), s.Timeout*time.Duration(s.Retries+1)
+			cost = modbus.BusCost(s)
 		case *mb.TCP:
-			cost, per = modbus.EndpointCost(s), s.Timeout*time.Duration(s.Retries+1)
+			cost = modbus.EndpointCost(s)
 		case *dcon.Link:
 			// Three reads a poll (a change without checksum is confirmed by three alike).
-			longest = max(longest, time.Duration(3*len(l.Devices))*s.Timeout*time.Duration(s.Retries+1))
+			longest = max(longest, time.Duration(3*len(l.Devices))*per)
 			continue
 		default:
 			continue

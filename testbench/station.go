@@ -235,11 +235,12 @@ func makeCredentials(doc map[string]any, dir string) error {
 	return nil
 }
 
-// statusAddr waits for the gateway of a station to say where its status
-// server listens (in its status file), until ctx ends.
-func statusAddr(ctx context.Context, st *configs.Station) (string, error) {
+// statusAddr waits for the gateway of a station, one started at since or
+// later (time.Time{}: any), to say where its status server listens (in
+// its status file), until ctx ends.
+func statusAddr(ctx context.Context, st *configs.Station, since time.Time) (string, error) {
 	for {
-		if s, err := status.Read(status.File(st.StateDir)); err == nil && s.Listen != "" {
+		if s, err := status.Read(status.File(st.StateDir)); err == nil && s.Listen != "" && !s.Started.Before(since) {
 			return s.Listen, nil
 		}
 		select {

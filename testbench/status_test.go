@@ -58,7 +58,7 @@ func TestStatusPageAndSnapshot(t *testing.T) {
 
 	pr.start(t)
 	control := pr.control
-	addr, err := statusAddr(ctx, st)
+	addr, err := statusAddr(ctx, st, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

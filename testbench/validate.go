@@ -106,19 +106,26 @@ func lasting() string {
 	return strings.Join(l, ", ")
 }
 
-// stationDevices are the device ids of a station file.
-func stationDevices(src []byte) ([]string, error) {
-	var doc struct {
-		Devices []struct {
-			ID string `yaml:"id"`
-		} `yaml:"devices"`
+// stationOutline is what the testbench reads of a station file before
+// preparing it: the station's id and type and the devices' ids.
+type stationOutline struct {
+	Station struct{ ID, Type string }
+	Devices []struct{ ID string }
+}
+
+func outlineOf(src []byte) (stationOutline, error) {
+	var o stationOutline
+	if err := yaml.Unmarshal(src, &o); err != nil {
+		return o, fmt.Errorf("station file: %w", err)
 	}
-	if err := yaml.Unmarshal(src, &doc); err != nil {
-		return nil, fmt.Errorf("station file: %w", err)
-	}
-	ids := make([]string, len(doc.Devices))
-	for i, d := range doc.Devices {
+	return o, nil
+}
+
+// deviceIDs are the station's device ids.
+func (o stationOutline) deviceIDs() []string {
+	ids := make([]string, len(o.Devices))
+	for i, d := range o.Devices {
 		ids[i] = d.ID
 	}
-	return ids, nil
+	return ids
 }
