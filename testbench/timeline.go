@@ -178,16 +178,22 @@ func healthChanges(obs []healthChange) []healthChange {
 // and alarms as they come. Its zero value is ready; stop ends the
 // sampler, and waits for it.
 type recorder struct {
-	mu       sync.Mutex
-	start    time.Time // the gateway's first start
-	tl       Timeline
-	health   []healthChange // as observed, T absolute seconds from start
-	healthAt []time.Time    // observed before the start is known
-	marks    []faultMark
-	status   time.Time // the last status file's time
+	mu     sync.Mutex
+	start  time.Time // the gateway's first start
+	tl     Timeline
+	health []healthSeen // health messages as they arrived
+	marks  []faultMark
+	status time.Time // the last status file's time
 
 	stopSampler context.CancelFunc
 	done        chan struct{}
+}
+
+// healthSeen is a device's health as a message stamped at said it; a
+// message may come before the gateway's start is known.
+type healthSeen struct {
+	device, state string
+	at            time.Time
 }
 
 // progressEvery is how often the sampler logs the run's progress.
@@ -302,8 +308,7 @@ func (rc *recorder) observe(m *model.Message, _ []byte, dup bool) {
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	rc.health = append(rc.health, healthChange{Device: m.Device, State: string(m.Health.State)})
-	rc.healthAt = append(rc.healthAt, m.Time)
+	rc.health = append(rc.health, healthSeen{m.Device, string(m.Health.State), m.Time})
 }
 
 // faultStarts notes a fault as it begins; faultDone(i) when inject returned.
@@ -334,7 +339,7 @@ func (rc *recorder) alarm(source string, at time.Time, took time.Duration) {
 	rc.tl.Alarms[source] = append(rc.tl.Alarms[source], alarmPoint{T: at.Sub(rc.start).Seconds(), MS: ms(took)})
 }
 
-// stop ends the sampler with a last sample, once; it may be called again.
+// stop ends the sampler and waits for it; it may be called again.
 func (rc *recorder) stop() {
 	if rc.stopSampler == nil {
 		return
@@ -359,9 +364,9 @@ func (rc *recorder) finish(loadEnd time.Time) *Timeline {
 	if !loadEnd.IsZero() {
 		tl.LoadEndS = loadEnd.Sub(rc.start).Seconds()
 	}
-	obs := slices.Clone(rc.health)
-	for i := range obs {
-		obs[i].T = max(rc.healthAt[i].Sub(rc.start).Seconds(), 0)
+	obs := make([]healthChange, len(rc.health))
+	for i, h := range rc.health {
+		obs[i] = healthChange{T: max(h.at.Sub(rc.start).Seconds(), 0), Device: h.device, State: h.state}
 	}
 	tl.Health = healthChanges(obs)
 	tl.Faults = faultWindows(rc.marks, tl.EndS)
