@@ -218,8 +218,11 @@ func (d *decoder) validateStation(st *Station) {
 	}
 	if st.Hub.Influx != nil {
 		d.checkURL("hub.influx.url", st.Hub.Influx.URL, "http://127.0.0.1:8086", "http", "https")
-		if st.Hub.Influx.BatchSize < 1 || st.Hub.Influx.BatchSize > 10000 {
-			d.errAt("hub.influx.batch_size", "hub.influx.batch_size: %d is out of range (1 to 10000)", st.Hub.Influx.BatchSize)
+		if st.Hub.Influx.BatchSize < 1 || st.Hub.Influx.BatchSize > 50000 {
+			d.errAt("hub.influx.batch_size", "hub.influx.batch_size: %d is out of range (1 to 50000)", st.Hub.Influx.BatchSize)
+		}
+		if w := st.Hub.Influx.BatchWait; w < 0 || w > 10*time.Second {
+			d.errAt("hub.influx.batch_wait", "hub.influx.batch_wait: %s is out of range (0s to 10s)", w)
 		}
 	}
 	if c := st.Hub.Commands; c.KeyFile != "" {

@@ -227,8 +227,17 @@ type Influx struct {
 	Org string `yaml:"org" example:"county"`
 	// Bucket to write to: a bucket (2.x), or db or db/rp (1.8).
 	Bucket string `yaml:"bucket" required:"true" example:"outpost"`
-	// BatchSize is the number of points per write, 1 to 10000.
-	BatchSize int `yaml:"batch_size" default:"500" example:"500"`
+	// BatchSize is the most points one write carries, 1 to 50000.
+	// InfluxDB's cost is per request more than per point: fewer, fuller
+	// writes cost the hub less.
+	BatchSize int `yaml:"batch_size" default:"5000" example:"5000"`
+	// BatchWait is how long telemetry waits for a fuller write, 0s to
+	// 10s: a write that is not full leaves at least this long after the
+	// previous one (one write per BatchWait at a steady load, with
+	// everything that came meanwhile). A backlog, or a full batch, never
+	// waits; 0s writes at once. MQTT, events and health do not wait for
+	// it.
+	BatchWait time.Duration `yaml:"batch_wait" default:"1s" example:"2s"`
 }
 
 // Queue is the durable store-and-forward queue.

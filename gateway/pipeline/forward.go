@@ -40,10 +40,14 @@ type Forwarder struct {
 	Lanes  []queue.Lane // the lanes it drains; all when empty
 	Uplink Uplink
 	Batch  int // messages per send
-	// Linger, when set, is how long the forwarder waits after sending a
-	// batch that was not full, so that the next one is fuller: with a
-	// shallow queue, one send per Linger instead of one per message.
-	// For telemetry; alarms never wait.
+	// Linger, when set, paces sends of batches that are not full: such a
+	// batch leaves at least Linger after the previous send, with what
+	// came meanwhile (up to Batch), so that a shallow queue makes one
+	// send per Linger instead of one per message, and a steady flow
+	// makes requests of Linger's worth (InfluxDB's cost is per request
+	// more than per point). A batch after a quiet Linger leaves at once;
+	// a full one, or a backlog, never waits. For telemetry; alarms never
+	// wait.
 	Linger time.Duration
 	// Waited, when set, is told how long each message the hub took had
 	// been in the queue, from its append to the hub's acknowledgement
@@ -105,8 +109,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	if f.limit == 0 {
 		f.limit = f.Batch
 	}
+	var batches []queue.Batch
+	var last time.Time // of the last send the hub took
 	for {
-		b, err := f.Queue.Next(ctx, f.limit, f.Lanes...)
+		var err error
+		batches, err = f.take(ctx, batches[:0], last)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -115,19 +122,21 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		}
 		msgs = msgs[:0]
 		now := time.Now()
-		for i, e := range b.Entries {
-			uplink.Yield(i)
-			m, err := model.DecodeBinary(e.Data)
-			if err != nil {
-				// The queue checks records with a CRC, so this is a record
-				// written by an incompatible version: log it and go on.
-				f.Log.Error("undecodable queue record skipped", "uplink", f.Name, "err", err)
-				continue
+		for _, b := range batches {
+			for i, e := range b.Entries {
+				uplink.Yield(i)
+				m, err := model.DecodeBinary(e.Data)
+				if err != nil {
+					// The queue checks records with a CRC, so this is a record
+					// written by an incompatible version: log it and go on.
+					f.Log.Error("undecodable queue record skipped", "uplink", f.Name, "err", err)
+					continue
+				}
+				if f.HistoricalAfter > 0 && now.Sub(m.Time) > f.HistoricalAfter {
+					m.Historical = true
+				}
+				msgs = append(msgs, m)
 			}
-			if f.HistoricalAfter > 0 && now.Sub(m.Time) > f.HistoricalAfter {
-				m.Historical = true
-			}
-			msgs = append(msgs, m)
 		}
 		if over := f.overLimit(msgs); len(over) > 0 {
 			// Set aside what the hub is known not to take, send the rest.
@@ -163,26 +172,58 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			f.drops, f.limit = 0, min(2*f.limit, f.Batch)
 		}
 		backoff = minBackoff
+		last = time.Now()
 		f.delivered.Add(uint64(accepted))
-		f.lastSent.Store(time.Now().UnixNano())
+		f.lastSent.Store(last.UnixNano())
 		f.Outage.up(f.Queue) // the backlog still counts this batch
-		if f.Waited != nil {
-			took := time.Now()
-			for _, e := range b.Entries {
-				f.Waited(took.Sub(e.Enqueued))
+		for _, b := range batches {
+			if f.Waited != nil {
+				for _, e := range b.Entries {
+					f.Waited(last.Sub(e.Enqueued))
+				}
 			}
-		}
-		if err := f.Queue.Ack(b); err != nil {
-			return fmt.Errorf("%s queue: %w", f.Name, err)
-		}
-		if f.Linger > 0 && len(b.Entries) < f.limit {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(f.Linger):
+			if err := f.Queue.Ack(b); err != nil {
+				return fmt.Errorf("%s queue: %w", f.Name, err)
 			}
 		}
 	}
+}
+
+// take appends to batches the next records to send, up to the limit: it
+// waits for one, takes what else there is, and, when that is not a full
+// batch and the last send was less than Linger ago, waits out the Linger
+// and takes what came meanwhile. The queue hands out at most
+// queue.MaxBatchBytes at a time, so a batch may be several of its
+// batches, acknowledged in order.
+func (f *Forwarder) take(ctx context.Context, batches []queue.Batch, last time.Time) ([]queue.Batch, error) {
+	b, err := f.Queue.Next(ctx, f.limit, f.Lanes...)
+	if err != nil {
+		return batches, err
+	}
+	batches = append(batches, b)
+	n := len(b.Entries)
+	more := func() {
+		now, cancel := context.WithCancel(ctx)
+		cancel() // Next with a done ctx takes what there is, without waiting
+		for n < f.limit {
+			b, err := f.Queue.Next(now, f.limit-n, f.Lanes...)
+			if err != nil {
+				return
+			}
+			batches = append(batches, b)
+			n += len(b.Entries)
+		}
+	}
+	more()
+	if wait := time.Until(last.Add(f.Linger)); f.Linger > 0 && n < f.limit && wait > 0 {
+		select {
+		case <-ctx.Done():
+			return batches, ctx.Err()
+		case <-time.After(wait):
+		}
+		more()
+	}
+	return batches, nil
 }
 
 // ForwarderState is what a forwarder has done since the gateway started.

@@ -189,11 +189,16 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		// One forwarder per lane: alarms go out on their own (on the
 		// broker, on a connection of their own), never behind a batch
 		// of health changes or telemetry in flight.
+		telemetry, wait := 1000, linger
+		if name == "influx" {
+			// Fewer, fuller writes: InfluxDB's cost is per request.
+			telemetry, wait = st.Hub.Influx.BatchSize, st.Hub.Influx.BatchWait
+		}
 		for _, lane := range []struct {
 			l      queue.Lane
 			batch  int
 			linger time.Duration
-		}{{queue.LaneAlarm, 100, 0}, {queue.LaneHealth, 100, linger}, {queue.LaneTelemetry, 1000, linger}} {
+		}{{queue.LaneAlarm, 100, 0}, {queue.LaneHealth, 100, linger}, {queue.LaneTelemetry, telemetry, wait}} {
 			up := ups[name]
 			if name == "mqtt" && lane.l == queue.LaneAlarm {
 				up = ma

@@ -23,7 +23,7 @@ import (
 
 // DefaultBatchSize is the number of points per write when the config sets
 // none.
-const DefaultBatchSize = 500
+const DefaultBatchSize = 5000
 
 // Uplink writes messages to InfluxDB (2.x write API; InfluxDB 1.8 accepts
 // it with bucket "db" or "db/rp" and token "user:pass" or empty).

@@ -1,0 +1,114 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost/gateway/model"
+	"outpost/gateway/queue"
+)
+
+// TestForwarderFillsBatches: with a batch size and a linger (InfluxDB's
+// batch_size and batch_wait), a backlog goes out in full batches, though
+// the queue hands out at most queue.MaxBatchBytes at a time, and a steady
+// flow goes out in one send per linger with all that came meanwhile, none
+// of it waiting much longer than the linger.
+func TestForwarderFillsBatches(t *testing.T) {
+	// About 400 bytes a message: 5000 of them are more than the queue
+	// hands out at once.
+	pad := model.String(strings.Repeat("x", 400))
+	appendN := func(q *queue.Queue, from, n int) {
+		for i := from; i < from+n; i++ {
+			m := model.Message{Station: "s", Device: "d", Seq: uint64(i), Kind: model.KindTelemetry, Time: time.Now().UTC(),
+				Readings: []model.Reading{{Signal: "pad", Value: pad, Quality: model.Good}}}
+			if err := q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m), Readings: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// run forwards until want messages were sent and returns the batch
+	// sizes and the longest time a message waited in the queue.
+	run := func(t *testing.T, q *queue.Queue, linger time.Duration, want int, feed func()) (sizes []int, longest time.Duration) {
+		up := &flaky{sent: make(chan struct{}, 1000)}
+		ctx, cancel := context.WithCancel(context.Background())
+		f := &Forwarder{Name: "test", Queue: q, Uplink: up, Batch: 5000, Linger: linger, Log: slog.New(slog.DiscardHandler),
+			Waited: func(d time.Duration) { longest = max(longest, d) }}
+		done := make(chan error)
+		go func() { done <- f.Run(ctx) }()
+		if feed != nil {
+			feed()
+		}
+		for n := 0; n < want; {
+			select {
+			case <-up.sent:
+				up.mu.Lock()
+				n = 0
+				for _, b := range up.got {
+					n += len(b)
+				}
+				up.mu.Unlock()
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%d of %d messages sent", n, want)
+			}
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		seq := uint64(0)
+		for _, b := range up.got {
+			sizes = append(sizes, len(b))
+			for _, m := range b {
+				if m.Seq != seq+1 {
+					t.Fatalf("message %d after %d: out of order", m.Seq, seq)
+				}
+				seq = m.Seq
+			}
+		}
+		return sizes, longest
+	}
+	open := func(t *testing.T) *queue.Queue {
+		q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { q.Close() })
+		return q
+	}
+
+	t.Run("backlog", func(t *testing.T) {
+		q := open(t)
+		appendN(q, 1, 12000)
+		sizes, _ := run(t, q, 200*time.Millisecond, 12000, nil)
+		if got := fmt.Sprint(sizes); got != "[5000 5000 2000]" {
+			t.Errorf("a backlog of 12000 went in batches of %s, want [5000 5000 2000]", got)
+		}
+	})
+	t.Run("steady flow", func(t *testing.T) {
+		q := open(t)
+		const linger = 300 * time.Millisecond
+		const n = 500 // one every 2 ms: a second's worth
+		sizes, longest := run(t, q, linger, n, func() {
+			for i := 1; i <= n; i++ {
+				appendN(q, i, 1)
+				time.Sleep(2 * time.Millisecond)
+			}
+		})
+		// The first message leaves at once, then one send per linger:
+		// about four for a second or so of flow (a busy machine makes
+		// the flow last longer, and so more sends).
+		if len(sizes) < 3 || len(sizes) > 8 {
+			t.Errorf("%d messages over a second went in batches of %v, want 3 to 8 batches", n, sizes)
+		}
+		if sizes[0] != 1 {
+			t.Errorf("the first message after a quiet time went in a batch of %d, want 1 (at once)", sizes[0])
+		}
+		if longest > linger+200*time.Millisecond {
+			t.Errorf("a message waited %s in the queue, want at most the linger %s (and a little)", longest, linger)
+		}
+	})
+}
