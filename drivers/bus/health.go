@@ -66,6 +66,9 @@ type Result struct {
 	LinkDown         bool // the link could not carry them
 	Silent           bool // nothing answered any request
 	Late             bool // the poll started late (see Line.Started)
+	// Skipped is how many of the device's slots passed without a poll
+	// before this one, because the one before overran (see NextSlot).
+	Skipped int
 	Reason           string
 	Counters         []string // one counter name per failure
 	// Retried are failures that a retry rode over: counted, but the poll
@@ -117,12 +120,20 @@ func (t *Tracker) thresholds() (offline, degraded int) {
 // polls, which do not decide its state. They show in the next health
 // message.
 func (t *Tracker) Count(counters ...string) {
+	for _, c := range counters {
+		t.Add(c, 1)
+	}
+}
+
+// Add adds n to a counter (none is made for 0).
+func (t *Tracker) Add(counter string, n int) {
+	if n <= 0 {
+		return
+	}
 	if t.counters == nil {
 		t.counters = map[string]uint64{}
 	}
-	for _, c := range counters {
-		t.counters[c]++
-	}
+	t.counters[counter] += uint64(n)
 }
 
 // Silent is how many polls in a row got no answer at all.
@@ -147,6 +158,7 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	if r.Late {
 		t.Count("late_polls")
 	}
+	t.Add("skipped_slots", r.Skipped)
 	if r.Failed > 0 {
 		t.Count("failures")
 	}
@@ -248,24 +260,34 @@ func (t *Tracker) Next(base time.Duration) (time.Duration, Attempt) {
 	return limit, Attempt{Once: true}
 }
 
+// Slot is a poll's turn on its device's grid: when it was due (the slot
+// before any skipping: how late a poll is counts from it), and how many
+// slots passed without a poll before it (see NextSlot).
+type Slot struct {
+	Due     time.Time
+	Skipped int
+}
+
 // NextSlot is when the next poll runs: one interval after the last one's
-// slot, so that a poll that had to wait does not shift every later one;
-// slots missed entirely are skipped, not made up in a burst.
-func NextSlot(slot time.Time, interval time.Duration, now time.Time) time.Time {
+// slot, so that a poll that had to wait does not shift every later one,
+// and polls keep their schedule rather than drift by their own duration;
+// slots missed entirely are skipped, not made up in a burst, and counted.
+func NextSlot(slot time.Time, interval time.Duration, now time.Time) (time.Time, int) {
 	slot = slot.Add(interval)
+	skipped := 0
 	if behind := now.Sub(slot); behind > interval {
-		slot = slot.Add(behind / interval * interval)
+		skipped = int(behind / interval)
+		slot = slot.Add(time.Duration(skipped) * interval)
 	}
-	return slot
+	return slot, skipped
 }
 
 // Every runs poll at once and then in slots (see NextSlot) until ctx
-// ends; poll gets the time its turn was due (the slot before any skipping:
-// how late a poll is counts from it) and returns the interval to the next
-// one. It returns when ctx ended, after poll returned.
-func Every(ctx context.Context, poll func(ctx context.Context, due time.Time) time.Duration) {
+// ends; poll gets its Slot and returns the interval to the next one. It
+// returns when ctx ended, after poll returned.
+func Every(ctx context.Context, poll func(ctx context.Context, s Slot) time.Duration) {
 	slot := time.Now()
-	due := slot
+	next := Slot{Due: slot}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -274,11 +296,12 @@ func Every(ctx context.Context, poll func(ctx context.Context, due time.Time) ti
 			return
 		case <-timer.C:
 		}
-		interval := poll(ctx, due)
+		interval := poll(ctx, next)
 		if ctx.Err() != nil {
 			return
 		}
-		due, slot = slot.Add(interval), NextSlot(slot, interval, time.Now())
+		next.Due = slot.Add(interval)
+		slot, next.Skipped = NextSlot(slot, interval, time.Now())
 		timer.Reset(time.Until(slot))
 	}
 }

@@ -176,19 +176,21 @@ func TestNextSlot(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	ms := time.Millisecond
 	cases := []struct {
-		name string
-		now  time.Duration // after t0, the last slot
-		want time.Duration
+		name    string
+		now     time.Duration // after t0, the last slot
+		want    time.Duration
+		skipped int
 	}{
-		{"on time", 100 * ms, 1000 * ms},
-		{"Late: the next starts at once, on the grid", 1200 * ms, 1000 * ms},
-		{"exactly one interval behind", 2000 * ms, 1000 * ms},
-		{"a slot missed: skipped", 2500 * ms, 2000 * ms},
-		{"many slots missed", 10300 * ms, 10000 * ms},
+		{"on time", 100 * ms, 1000 * ms, 0},
+		{"Late: the next starts at once, on the grid", 1200 * ms, 1000 * ms, 0},
+		{"exactly one interval behind", 2000 * ms, 1000 * ms, 0},
+		{"a slot missed: skipped", 2500 * ms, 2000 * ms, 1},
+		{"many slots missed", 10300 * ms, 10000 * ms, 9},
 	}
 	for _, c := range cases {
-		if got := NextSlot(t0, time.Second, t0.Add(c.now)).Sub(t0); got != c.want {
-			t.Errorf("%s: next slot at %v, want %v", c.name, got, c.want)
+		next, skipped := NextSlot(t0, time.Second, t0.Add(c.now))
+		if got := next.Sub(t0); got != c.want || skipped != c.skipped {
+			t.Errorf("%s: next slot at %v, %d skipped; want %v, %d skipped", c.name, got, skipped, c.want, c.skipped)
 		}
 	}
 }

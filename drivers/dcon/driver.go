@@ -504,10 +504,10 @@ func (m *module) readings(s *reading) []model.Reading {
 	return out
 }
 
-// poll reads the module once, due at due: its name first when it is not
+// poll reads the module once, in its slot: its name first when it is not
 // known, then its I/O; it emits every signal, and the module's health when
 // that changed. It returns the interval to the next poll.
-func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
+func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	m := p.m
 	m.mu.Lock()
 	interval, first := m.health.Next(m.every())
@@ -516,7 +516,7 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 	if p.b.line.Lock.Lock(ctx, bus.Poll) != nil {
 		return interval
 	}
-	late := p.b.line.Started(m.cfg.ID, time.Since(due), interval)
+	late := p.b.line.Started(m.cfg.ID, time.Since(slot.Due), interval)
 	p.b.line.Lock.Unlock()
 	start := time.Now()
 	var s *reading
@@ -529,7 +529,7 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 	}
 	p.b.line.Held(m.cfg.ID, time.Since(start), interval)
 	p.b.line.Heard(m.set.Address, r.answered)
-	res := bus.Result{Requests: r.requests, Late: late, Counters: r.counters, LinkDown: r.linkDown, RTT: r.rtt}
+	res := bus.Result{Requests: r.requests, Late: late, Skipped: slot.Skipped, Counters: r.counters, LinkDown: r.linkDown, RTT: r.rtt}
 	res.Silent = r.requests > 0 && !r.answered
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -587,7 +587,7 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 // known (again) is asked it first. A silent module, or one whose name is
 // not known, is still asked, as bus.SilentAlarm says: its alarm polls
 // slow down but never stop. Failures are only counted.
-func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
+func (p *poller) alarmPoll(ctx context.Context, slot bus.Slot) time.Duration {
 	m := p.m
 	every := m.alarmEvery()
 	m.mu.Lock()
@@ -599,7 +599,7 @@ func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	if unsure {
 		a, next = bus.SilentAlarm(every, p.b.timeout())
 	}
-	late := time.Since(due) > every/2
+	late := time.Since(slot.Due) > every/2
 	if !p.identify(ctx, bus.AlarmPoll, a, &r) {
 		m.mu.Lock()
 		m.health.Count(r.counters...)
@@ -619,6 +619,7 @@ func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	if late {
 		m.health.Count("late_alarm_polls")
 	}
+	m.health.Add("skipped_alarm_slots", slot.Skipped)
 	p.log.Debug("alarm poll", "ok", s != nil, "requests", r.requests, "failures", r.counters)
 	if s == nil || s.at.Before(m.pubAt) {
 		return next

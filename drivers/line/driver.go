@@ -439,7 +439,7 @@ var errNoAnswer = errors.New("no answer")
 // poll sends the device its poll command (with the link's retries) and
 // publishes the good line it answers, or its signals bad; and its health.
 // It returns the interval to the next poll.
-func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
+func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	l, d := p.l, p.d
 	d.mu.Lock()
 	interval, first := d.health.Next(d.set.Poll)
@@ -447,7 +447,7 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 	if l.line.Lock.Lock(ctx, bus.Poll) != nil {
 		return interval
 	}
-	late := l.line.Started(d.id, time.Since(due), interval)
+	late := l.line.Started(d.id, time.Since(slot.Due), interval)
 	l.line.Lock.Unlock()
 	start := time.Now()
 	var r result
@@ -457,7 +457,7 @@ func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
 	}
 	l.line.Held(d.id, time.Since(start), interval)
 	l.line.Heard(d.addr, r.answered)
-	res := bus.Result{Requests: r.requests, Late: late, Counters: r.counters, LinkDown: r.linkDown, RTT: r.rtt}
+	res := bus.Result{Requests: r.requests, Late: late, Skipped: slot.Skipped, Counters: r.counters, LinkDown: r.linkDown, RTT: r.rtt}
 	res.Silent = r.requests > 0 && !r.answered && !r.linkDown
 	switch {
 	case r.linkDown:

@@ -312,13 +312,15 @@ func TestHealthLogLevels(t *testing.T) {
 
 // TestLinkRunsLate: a device whose timeouts hold the bus makes the other
 // polls late; the link says so once, naming the device that holds the bus,
-// and the late polls are counted.
+// and the late polls are counted, as are the slots of the schedule that
+// passed without a poll (the ghost's polls take 100 ms or more, its slots
+// are 40 ms apart).
 func TestLinkRunsLate(t *testing.T) {
 	b := startBench(t, map[byte]string{1: "", 9: "silent"})
 	r := runDriver(t, busLink(t, b, 100*time.Millisecond, 1, 40*time.Millisecond, map[byte]string{1: "th-1", 9: "ghost"}))
 	h := r.health(t, "ghost", model.Offline, 3*time.Second)
-	if h.Counters["late_polls"] == 0 {
-		t.Errorf("ghost counters %v, want late_polls", h.Counters)
+	if h.Counters["late_polls"] == 0 || h.Counters["skipped_slots"] < h.Counters["polls"]-1 {
+		t.Errorf("ghost counters %v, want late_polls, and a skipped slot or more per poll after the first", h.Counters)
 	}
 	recs := r.logs.find("link polls running late")
 	if len(recs) != 1 {

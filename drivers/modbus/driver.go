@@ -187,16 +187,17 @@ func (d *device) every() time.Duration {
 // alarmEvery is the device's alarm poll interval.
 func (d *device) alarmEvery() time.Duration { return d.set.AlarmPoll }
 
-// poll runs the device's plan once, due at due, emits its telemetry (and
+// poll runs the device's plan once, in slot s, emits its telemetry (and
 // its health when that changed), and returns the interval to the next
 // poll (see bus.Tracker.Next).
-func (p *poller) poll(ctx context.Context, due time.Time) time.Duration {
+func (p *poller) poll(ctx context.Context, s bus.Slot) time.Duration {
 	d := p.dev
 	d.mu.Lock()
 	interval, first := d.health.Next(d.every())
 	d.mu.Unlock()
 	start := time.Now()
-	readings, res := p.read(ctx, due, interval, first)
+	readings, res := p.read(ctx, s.Due, interval, first)
+	res.Skipped = s.Skipped
 	if ctx.Err() != nil {
 		return interval
 	}
@@ -335,7 +336,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 // publishes nothing, and is only counted: the normal poll says when the
 // device is in trouble. While the device is silent its alarm polls slow
 // down, as bus.SilentAlarm says, but never stop.
-func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
+func (p *poller) alarmPoll(ctx context.Context, s bus.Slot) time.Duration {
 	d := p.dev
 	every := d.alarmEvery()
 	d.mu.Lock()
@@ -356,7 +357,7 @@ func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 		if p.line.Lock.Lock(ctx, bus.AlarmPoll) != nil {
 			return next
 		}
-		if i == 0 && p.line.Started(d.cfg.ID, time.Since(due), every) {
+		if i == 0 && p.line.Started(d.cfg.ID, time.Since(s.Due), every) {
 			counters = append(counters, "late_alarm_polls")
 		}
 		data, err := p.cl.read(ctx, d.unit, r, a, nil)
@@ -383,6 +384,7 @@ func (p *poller) alarmPoll(ctx context.Context, due time.Time) time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.health.Count(counters...)
+	d.health.Add("skipped_alarm_slots", s.Skipped)
 	changed := false
 	for _, f := range fresh {
 		last, ok := d.latest[f.sig]
