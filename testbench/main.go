@@ -4,6 +4,7 @@
 //
 //	testbench run SCENARIO|all -report FILE|DIR
 //	testbench run fleet -stations N -duration D -report FILE
+//	testbench run bench-tcp -units N -poll D -window D -report FILE
 //	testbench report JSONFILE [-html OUT]
 //	testbench demo
 package main
@@ -58,6 +59,10 @@ func usage() {
   testbench run fleet-cluster -stations N -duration D -report FILE
                                                  the same against three NATS nodes (MQTT, clustered), one killed
                                                  mid-run and restarted: nothing lost, every gateway on it moved
+  testbench run bench-tcp [-units 100 -poll 100ms -endpoints 1 -windows 1 -window 60s -gateway PATH] -report FILE
+                                                 one station of Modbus TCP units of 15 fields, the real gateway, Mosquitto
+                                                 and InfluxDB: per window, readings served and delivered to each store, the
+                                                 gateway's and the hub's CPU per reading (docs/testbench.md)
   testbench report JSONFILE [-html OUT]          make the HTML report of a JSON report again
   testbench demo                                 the simulated police room through the gateway to an in-process hub`)
 	os.Exit(2)
@@ -73,6 +78,9 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 	}
 	if name == "fleet-cluster" {
 		return cmdFleetCluster(ctx, args[1:], log)
+	}
+	if name == "bench-tcp" {
+		return cmdBench(ctx, args[1:], log)
 	}
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	reportPath := fs.String("report", "", "write the JSON report to this file (to DIR/SCENARIO.json with 'all')")

@@ -31,6 +31,7 @@ func binDir() string {
 // proc is a child process of the testbench: the simulator or the gateway.
 type proc struct {
 	name string
+	path string // the binary; bin/name beside the testbench's when empty
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
@@ -57,7 +58,11 @@ func (p *proc) printed(prefix string) string {
 // start runs bin/name args, copying its output to log, and returns once the
 // process printed ready (when ready is not empty).
 func (p *proc) start(ctx context.Context, log io.Writer, ready string, args ...string) error {
-	cmd := exec.Command(filepath.Join(binDir(), p.name), args...)
+	path := p.path
+	if path == "" {
+		path = filepath.Join(binDir(), p.name)
+	}
+	cmd := exec.Command(path, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err

@@ -1163,20 +1163,7 @@ func (r *runner) influxReadings(ctx context.Context, historical bool) (int, erro
 		if err != nil {
 			return 0, err
 		}
-		for _, s := range series {
-			for i, col := range s.Columns {
-				name := strings.TrimPrefix(col, "count_")
-				if col == "time" || name == "seq" || name == "historical" || strings.HasSuffix(name, "_quality") || !r.col.tally.field(kind, name) {
-					continue
-				}
-				for _, row := range s.Values {
-					if n, ok := row[i].(json.Number); ok {
-						v, _ := n.Int64()
-						total += int(v)
-					}
-				}
-			}
-		}
+		total += r.col.tally.counted(kind, series)
 	}
 	return total, nil
 }

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"encoding/json"
+	"strings"
+
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/testbench/hub"
 )
 
 // tally counts the readings the testbench holds the gateway to: those of
@@ -44,3 +48,25 @@ func (t tally) values(m *model.Message) int {
 // field says whether an InfluxDB field of a measurement (a device kind)
 // is a reading the testbench counts.
 func (t tally) field(kind, field string) bool { return !t.alarm[kind+"/"+field] }
+
+// counted sums, in the series of a count(*) query on a measurement (a
+// device kind), the counts of the readings the testbench counts: those of
+// signal fields, not of seq, historical or quality fields.
+func (t tally) counted(kind string, series []hub.Series) int {
+	total := 0
+	for _, s := range series {
+		for i, col := range s.Columns {
+			name := strings.TrimPrefix(col, "count_")
+			if col == "time" || name == "seq" || name == "historical" || strings.HasSuffix(name, "_quality") || !t.field(kind, name) {
+				continue
+			}
+			for _, row := range s.Values {
+				if n, ok := row[i].(json.Number); ok {
+					v, _ := n.Int64()
+					total += int(v)
+				}
+			}
+		}
+	}
+	return total
+}
