@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -655,6 +656,9 @@ func (d *decoder) checkSignals(sigs []Signal) {
 				d.errAt(path+".range", "%s.range: min %v is above max %v", path, r.Min, r.Max)
 			}
 		}
+		if sg.Report != nil {
+			d.checkReport(path+".report", sg)
+		}
 		if ev := sg.Event; ev != nil {
 			if sg.Type != Bool {
 				d.errAt(path+".event", "%s.event: events are raised by bool signals only", path)
@@ -664,6 +668,36 @@ func (d *decoder) checkSignals(sigs []Signal) {
 			}
 		}
 	}
+}
+
+// checkReport checks a signal's report by exception, at path.
+func (d *decoder) checkReport(path string, sg Signal) {
+	r := sg.Report
+	switch db, pc := r.Deadband, r.DeadbandPercent; {
+	case sg.Event != nil:
+		d.errAt(path, "%s: %s has an event rule: it is always sent, so it takes no report section", path, sg.Name)
+	case db == nil && pc == nil:
+		d.errAt(path, "%s: give deadband (in %s) or deadband_percent: a max_silence alone suppresses nothing", path, sg.unitName())
+	case db != nil && pc != nil:
+		d.errAt(path+".deadband_percent", "%s.deadband_percent: give deadband or deadband_percent, not both", path)
+	case sg.Type != Number && (pc != nil || *db != 0):
+		d.errAt(path, "%s: %s is a %s, sent when it changes: its only deadband is 0", path, sg.Name, sg.Type)
+	case db != nil && (*db < 0 || math.IsInf(*db, 0) || math.IsNaN(*db)):
+		d.errAt(path+".deadband", "%s.deadband: %v is not a deadband (0 or more, in %s)", path, *db, sg.unitName())
+	case pc != nil && (*pc <= 0 || *pc > 100 || math.IsNaN(*pc)):
+		d.errAt(path+".deadband_percent", "%s.deadband_percent: %v is out of range (above 0, at most 100)", path, *pc)
+	}
+	if s := r.MaxSilence; s < time.Second || s > 24*time.Hour {
+		d.errAt(path+".max_silence", "%s.max_silence: %s is out of range (1s to 24h)", path, s)
+	}
+}
+
+// unitName is the signal's unit for messages.
+func (sg Signal) unitName() string {
+	if sg.Unit == "" {
+		return "the signal's unit"
+	}
+	return sg.Unit
 }
 
 // fieldType is the InfluxDB field type a signal's values get.

@@ -47,6 +47,11 @@ type Station struct {
 	Status Status `yaml:"status"`
 	// Health sets when a polled device counts as degraded or offline.
 	Health Health `yaml:"health"`
+	// ReportByException sends a signal whose template gives it a report
+	// section only when it moved by more than its deadband, or when it
+	// has been silent for its max_silence (see docs/operations.md); false
+	// sends every reading of every device, whatever the templates say.
+	ReportByException bool `yaml:"report_by_exception" default:"true" example:"false"`
 	// Links are the station's connections to its devices: serial buses,
 	// TCP endpoints, listeners.
 	Links []Link `yaml:"links" required:"true"`
@@ -419,11 +424,34 @@ type Signal struct {
 	// coil, a holding register); a number only within Limits, when given.
 	Writable bool
 	Limits   *Range
+	// Report, when set, is the signal's report by exception.
+	Report *Report
 	// Fast signals are read at the device's alarm_poll as well as at its
 	// poll: those with an event rule, and those that come in the same
 	// answer as one. The gateway publishes what a fast read changed, so
 	// their reads are many more than their readings at the hub.
 	Fast bool
+}
+
+// Report is a signal's report by exception: a reading is sent when its
+// value moved by more than the deadband from the last one sent, when its
+// quality changed, or when the signal has been silent for max_silence;
+// otherwise the hub keeps the last value sent. A bool or a string is sent
+// when it changes (deadband 0). A signal with an event rule takes none: it
+// is always sent. See docs/operations.md.
+type Report struct {
+	// Deadband is the change, in the signal's unit, that a number must
+	// exceed to be sent; 0 sends every change. Give deadband or
+	// deadband_percent.
+	Deadband *float64 `yaml:"deadband" example:"0.3"`
+	// DeadbandPercent is the deadband as a percentage of the last value
+	// sent, above 0 and at most 100: a number is sent when it moved by
+	// more than this share of that value (any change, when it was 0).
+	DeadbandPercent *float64 `yaml:"deadband_percent" example:"1"`
+	// MaxSilence is the longest the signal goes unsent while its device
+	// answers, 1s to 24h: its value is then sent unchanged, so that the
+	// hub can tell a value that holds from one that is lost.
+	MaxSilence time.Duration `yaml:"max_silence" default:"15m" example:"5m"`
 }
 
 // AlarmPoller is implemented by the settings of a device whose protocol

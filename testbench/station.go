@@ -38,6 +38,10 @@ type stationSpec struct {
 	Poll      time.Duration  // replaces every device's poll interval, when set
 	AlarmPoll *time.Duration // replaces every Modbus device's alarm_poll, when set
 	Links     map[string]any // settings given to every Modbus link (timeout, retries), when set
+	// Exceptions keeps the station's report by exception on. Without it
+	// the run turns it off (report_by_exception: false): the scenarios
+	// count every reading the simulator served against the hub's.
+	Exceptions bool
 }
 
 // prepareStation rewrites a station file for a run in work: the hub's
@@ -69,6 +73,9 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 		station["id"] = spec.ID
 	}
 	doc["state_dir"] = filepath.Join(work, "state")
+	if !spec.Exceptions {
+		doc["report_by_exception"] = false
+	}
 	// The status server on a free port (status.json says which).
 	doc["status"] = map[string]any{"listen": "127.0.0.1:0"}
 	if spec.Queue != nil {

@@ -134,6 +134,10 @@ type Input struct {
 	// Event raises an event when the signal becomes true. Inputs with an
 	// event rule are read at the module's alarm_poll interval.
 	Event *configs.EventRule `yaml:"event"`
+	// Report sends the signal by exception: when it moved by more than
+	// its deadband, or after max_silence (unless the station turns
+	// report_by_exception off); without it every reading is sent.
+	Report *configs.Report `yaml:"report"`
 }
 
 // Output maps one digital output channel (a relay, an open collector) to
@@ -154,7 +158,7 @@ func (t *Template) Signals() []configs.Signal {
 	fast := slices.ContainsFunc(t.Inputs, func(in Input) bool { return in.Event != nil })
 	var out []configs.Signal
 	for i, in := range t.Inputs {
-		out = append(out, configs.Signal{Name: in.Signal, Path: fmt.Sprintf("inputs[%d]", i), Type: configs.Bool, Event: in.Event, Fast: fast})
+		out = append(out, configs.Signal{Name: in.Signal, Path: fmt.Sprintf("inputs[%d]", i), Type: configs.Bool, Event: in.Event, Report: in.Report, Fast: fast})
 	}
 	for i, o := range t.Outputs {
 		out = append(out, configs.Signal{Name: o.Signal, Path: fmt.Sprintf("outputs[%d]", i), Type: configs.Bool, Writable: true, Fast: fast})

@@ -327,6 +327,10 @@ type Signal struct {
 	Hemisphere *Hemisphere `yaml:"hemisphere"`
 	// Event raises an event when a bool signal becomes true.
 	Event *configs.EventRule `yaml:"event"`
+	// Report sends the signal by exception: when it moved by more than
+	// its deadband, or after max_silence (unless the station turns
+	// report_by_exception off); without it every reading is sent.
+	Report *configs.Report `yaml:"report"`
 	// Sim tells the simulator how to make this signal's values; bool
 	// signals are false until acted on unless a sim says otherwise.
 	Sim *configs.Sim `yaml:"sim"`
@@ -413,7 +417,7 @@ func (t *Template) Signals() []configs.Signal {
 		case String:
 			typ = configs.Text
 		}
-		out[i] = configs.Signal{Name: s.Signal, Path: fmt.Sprintf("signals[%d]", i), Type: typ, Unit: s.Unit, Event: s.Event, Range: s.Range}
+		out[i] = configs.Signal{Name: s.Signal, Path: fmt.Sprintf("signals[%d]", i), Type: typ, Unit: s.Unit, Event: s.Event, Range: s.Range, Report: s.Report}
 	}
 	return out
 }

@@ -158,7 +158,7 @@ func (t *Template) Signals() []configs.Signal {
 		for a := r.Address; a < r.Address+max(r.Span(), 1); a++ {
 			fast = fast && alarm[cell{r.Table, a}]
 		}
-		out[i] = configs.Signal{Name: r.Signal, Path: fmt.Sprintf("registers[%d]", i), Type: typ, Unit: r.Unit, Event: r.Event, Range: r.Range,
+		out[i] = configs.Signal{Name: r.Signal, Path: fmt.Sprintf("registers[%d]", i), Type: typ, Unit: r.Unit, Event: r.Event, Range: r.Range, Report: r.Report,
 			Writable: r.Writable, Limits: r.Limits, Fast: fast}
 	}
 	return out
@@ -313,6 +313,10 @@ type Register struct {
 	// Event, on a bool signal, raises an event when it becomes true. Such
 	// a signal is also read at the device's alarm_poll interval.
 	Event *configs.EventRule `yaml:"event"`
+	// Report sends the signal by exception: when it moved by more than
+	// its deadband, or after max_silence (unless the station turns
+	// report_by_exception off); without it every reading is sent.
+	Report *configs.Report `yaml:"report"`
 	// Writable lets commands from the hub set the signal: a coil, or a
 	// holding register holding a bool or a number (not a bit of one).
 	Writable bool `yaml:"writable" example:"true"`

@@ -328,6 +328,10 @@ type Value struct {
 	// Event, on a bool, raises an event when it becomes true (and clears
 	// it when it turns false, with clear).
 	Event *configs.EventRule `yaml:"event"`
+	// Report sends the signal by exception: when it moved by more than
+	// its deadband, or after max_silence (unless the station turns
+	// report_by_exception off); without it every reading is sent.
+	Report *configs.Report `yaml:"report"`
 	// Sim tells the simulated device how to make the values.
 	Sim *configs.Sim `yaml:"sim"`
 }
@@ -366,7 +370,7 @@ func (t *Template) Signals() []configs.Signal {
 	for i, m := range t.Messages {
 		for j, v := range m.Signals {
 			out = append(out, configs.Signal{Name: v.Signal, Path: fmt.Sprintf("messages[%d].signals[%d]", i, j),
-				Type: v.Type, Unit: v.Unit, Event: v.Event, Range: v.Range})
+				Type: v.Type, Unit: v.Unit, Event: v.Event, Range: v.Range, Report: v.Report})
 		}
 	}
 	return out

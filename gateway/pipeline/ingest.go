@@ -1,7 +1,8 @@
 // Package pipeline carries messages from the drivers to the hub: Ingest
-// stamps each driver message with the station and a sequence number, derives
-// events from signal changes, and appends it durably to one queue per
-// uplink; a Forwarder per uplink and lane drains its queue to the hub.
+// leaves out the readings its signals' report by exception suppresses,
+// stamps each driver message with the station and a sequence number,
+// derives events from signal changes, and appends it durably to one queue
+// per uplink; a Forwarder per uplink and lane drains its queue to the hub.
 package pipeline
 
 import (
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/gateway/deadband"
 	"outpost/gateway/durable"
 	"outpost/gateway/model"
 	"outpost/gateway/queue"
@@ -62,8 +64,9 @@ type Ingest struct {
 	statesPath string
 	active     map[string][]string
 
-	failed atomic.Uint64 // messages that could not be queued
-	last   atomic.Int64  // when a driver last emitted, Unix ns
+	failed     atomic.Uint64 // messages that could not be queued
+	suppressed atomic.Uint64 // readings report by exception did not send
+	last       atomic.Int64  // when a driver last emitted, Unix ns
 }
 
 // LastEmit is when a driver last emitted a message (the start before the
@@ -77,6 +80,7 @@ type devIngest struct {
 	state map[string]bool               // signal -> last value of a signal with a rule
 	alarm bool                          // an alarm device: losing it is critical
 	lost  bool                          // device_lost was raised and not yet restored
+	rbe   deadband.Device               // report by exception
 	buf   []byte
 }
 
@@ -97,9 +101,10 @@ func NewIngest(st *configs.Station, seq Sequencer, outs []Appender, log *slog.Lo
 }
 
 // SetStation takes the devices of a station file, at the start or
-// reloaded: their event rules, and whether they raise alarms. A device
-// keeps what it knew of its signals' states, so that a reload raises no
-// event again.
+// reloaded: their event rules, whether they raise alarms, and their
+// signals' report by exception (none when the station turns it off). A
+// device keeps what it knew of its signals' states, so that a reload
+// raises no event again.
 func (in *Ingest) SetStation(st *configs.Station) {
 	for _, d := range st.Devices {
 		t := st.Templates[d.Template]
@@ -112,6 +117,7 @@ func (in *Ingest) SetStation(st *configs.Station) {
 		dev := in.device(d.ID)
 		dev.mu.Lock()
 		dev.alarm, dev.rules = t.Alarm, rules
+		dev.rbe.SetRules(t.Body.Signals(), st.ReportByException)
 		dev.mu.Unlock()
 	}
 }
@@ -131,8 +137,13 @@ func (in *Ingest) device(id string) *devIngest {
 // Failed is how many messages could not be queued (disk errors).
 func (in *Ingest) Failed() uint64 { return in.failed.Load() }
 
+// Suppressed is how many readings report by exception did not send.
+func (in *Ingest) Suppressed() uint64 { return in.suppressed.Load() }
+
 // Emit stamps, sequences and queues one driver message, and the events it
-// implies. It returns an error when m or one of them is not durable in
+// implies. Live telemetry goes without the readings report by exception
+// suppresses, and not at all when it suppresses every one; the events are
+// derived from all of them. It returns an error when m or one of them is not durable in
 // every uplink's queue (see drivers.Emit). It is safe for concurrent use;
 // messages of one device keep the order of the calls.
 func (in *Ingest) Emit(m model.Message) error {
@@ -147,7 +158,15 @@ func (in *Ingest) Emit(m model.Message) error {
 	if in.Seen != nil {
 		in.Seen(m)
 	}
-	err := in.queue(d, m)
+	var err error
+	if sent := d.report(&m); len(sent.Readings) < len(m.Readings) {
+		in.suppressed.Add(uint64(len(m.Readings) - len(sent.Readings)))
+		if len(sent.Readings) > 0 {
+			err = in.queue(d, sent)
+		}
+	} else {
+		err = in.queue(d, m)
+	}
 	evs := d.derive(&m)
 	for _, ev := range evs {
 		err = errors.Join(err, in.queue(d, ev))
@@ -221,6 +240,20 @@ func (in *Ingest) keepStates(device string, state map[string]bool) {
 	if err != nil {
 		in.log.Warn("alarm states not written", "file", in.statesPath, "device", device, "err", err)
 	}
+}
+
+// report returns m as it is sent: live telemetry without the readings
+// report by exception suppresses. A device gone offline sends its next
+// readings whatever they are.
+func (d *devIngest) report(m *model.Message) model.Message {
+	sent := *m
+	switch {
+	case m.Kind == model.KindTelemetry && !m.Historical:
+		sent.Readings = d.rbe.Filter(m.Readings, m.Time)
+	case m.Kind == model.KindHealth && m.Health != nil && m.Health.State == model.Offline:
+		d.rbe.Forget()
+	}
+	return sent
 }
 
 // derive returns the events that m implies: a rule's signal turning true (or

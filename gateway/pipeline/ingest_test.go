@@ -436,3 +436,77 @@ func TestIngestAlarmStatesAcrossRestart(t *testing.T) {
 		t.Errorf("with an unreadable file: events %v, want the door raised as found", got)
 	}
 }
+
+// TestIngestReportByException: the police room's th-hall sends its
+// temperature and humidity by exception (0.5 °C and 3 %RH): a message
+// whose readings are all within their deadbands is not queued and takes
+// no sequence number, one with a change beyond is queued with that
+// reading alone, the first after the device was offline is sent whole,
+// and a station that turns report by exception off sends everything.
+func TestIngestReportByException(t *testing.T) {
+	th := func(temp, hum float64) model.Message {
+		return telemetry("th-hall", model.Reading{Signal: "temperature", Value: model.Number(temp), Quality: model.Good},
+			model.Reading{Signal: "humidity", Value: model.Number(hum), Quality: model.Good})
+	}
+	offline := model.Message{Device: "th-hall", DeviceKind: "k", Kind: model.KindHealth, Health: &model.Health{State: model.Offline, Reason: "no answer"}}
+	type want struct {
+		kind    model.Kind
+		seq     uint64
+		signals []string
+	}
+	both := []string{"temperature", "humidity"}
+	for _, tc := range []struct {
+		name string
+		on   bool
+		want []want
+	}{
+		{"on", true, []want{
+			{model.KindTelemetry, 1, both},
+			{model.KindTelemetry, 2, []string{"temperature"}},
+			{model.KindHealth, 3, nil},
+			{model.KindEvent, 4, nil}, // device_lost
+			{model.KindTelemetry, 5, both},
+		}},
+		{"off", false, []want{
+			{model.KindTelemetry, 1, both},
+			{model.KindTelemetry, 2, both},
+			{model.KindTelemetry, 3, both},
+			{model.KindTelemetry, 4, both},
+			{model.KindHealth, 5, nil},
+			{model.KindEvent, 6, nil},
+			{model.KindTelemetry, 7, both},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := policeRoom(t)
+			st.ReportByException = tc.on
+			rec := &recorder{}
+			in := NewIngest(st, counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+			at := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+			for i, m := range []model.Message{th(21.0, 50), th(21.4, 52.9), th(20.6, 47.1), th(21.6, 50), offline, th(21.6, 50)} {
+				m.Time = at.Add(time.Duration(i) * time.Second)
+				if err := in.Emit(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got []want
+			for _, m := range rec.msgs {
+				var sigs []string
+				for _, r := range m.Readings {
+					sigs = append(sigs, r.Signal)
+				}
+				got = append(got, want{m.Kind, m.Seq, sigs})
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("queued:\n%v\nwant:\n%v", got, tc.want)
+			}
+			suppressed := uint64(0)
+			if tc.on {
+				suppressed = 5 // 2 + 2 + 1 (humidity at 21.6, 50)
+			}
+			if in.Suppressed() != suppressed {
+				t.Errorf("Suppressed() = %d, want %d", in.Suppressed(), suppressed)
+			}
+		})
+	}
+}
