@@ -141,7 +141,7 @@ func (in *Ingest) Failed() uint64 { return in.failed.Load() }
 func (in *Ingest) Suppressed() uint64 { return in.suppressed.Load() }
 
 // Emit stamps, sequences and queues one driver message, and the events it
-// implies. Live telemetry goes without the readings report by exception
+// implies. Telemetry goes without the readings report by exception
 // suppresses, and not at all when it suppresses every one; the events are
 // derived from all of them. It returns an error when m or one of them is not durable in
 // every uplink's queue (see drivers.Emit). It is safe for concurrent use;
@@ -242,13 +242,13 @@ func (in *Ingest) keepStates(device string, state map[string]bool) {
 	}
 }
 
-// report returns m as it is sent: live telemetry without the readings
+// report returns m as it is sent: telemetry without the readings
 // report by exception suppresses. A device gone offline sends its next
 // readings whatever they are.
 func (d *devIngest) report(m *model.Message) model.Message {
 	sent := *m
 	switch {
-	case m.Kind == model.KindTelemetry && !m.Historical:
+	case m.Kind == model.KindTelemetry:
 		sent.Readings = d.rbe.Filter(m.Readings, m.Time)
 	case m.Kind == model.KindHealth && m.Health != nil && m.Health.State == model.Offline:
 		d.rbe.Forget()
