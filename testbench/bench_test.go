@@ -45,9 +45,9 @@ func TestBenchTCP(t *testing.T) {
 			t.Errorf("window %d lasted %.2f s, want 4", i+1, w.Seconds)
 		case w.SchedulePercent <= 0 || w.SchedulePercent > 101:
 			t.Errorf("window %d: schedule kept %.2f%%", i+1, w.SchedulePercent)
-		case w.GatewayUSPerReading <= 0 || w.MosquittoUSPerRead <= 0 || w.InfluxdUSPerReading <= 0 || w.GatewayPeakRSSMB <= 0:
+		case w.GatewayUSPerReading <= 0 || w.MosquittoUSPerReading <= 0 || w.InfluxdUSPerReading <= 0 || w.GatewayPeakRSSMB <= 0:
 			t.Errorf("window %d: cpu µs per reading: gateway %.2f, mosquitto %.2f, influxd %.2f; gateway peak RSS %.1f MB",
-				i+1, w.GatewayUSPerReading, w.MosquittoUSPerRead, w.InfluxdUSPerReading, w.GatewayPeakRSSMB)
+				i+1, w.GatewayUSPerReading, w.MosquittoUSPerReading, w.InfluxdUSPerReading, w.GatewayPeakRSSMB)
 		case w.InfluxWrites <= 0 || w.PointsPerWrite <= 0 || float64(w.InfluxPoints) != w.PointsPerWrite*float64(w.InfluxWrites):
 			t.Errorf("window %d: %d InfluxDB writes of %d points, %.1f points each", i+1, w.InfluxWrites, w.InfluxPoints, w.PointsPerWrite)
 		}
