@@ -27,15 +27,11 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, model.Message, 
 	if err != nil {
 		return 0, m, err
 	}
-	var qs []*queue.Queue
-	for _, u := range st.Uplinks() {
-		q, err := pipeline.OpenQueue(st, u, log)
-		if err != nil {
-			return 0, m, err
-		}
-		defer q.Close()
-		qs = append(qs, q)
+	q, err := pipeline.OpenQueue(st, log)
+	if err != nil {
+		return 0, m, err
 	}
+	defer q.Close()
 	counted := newTally(st)
 	start := time.Now().Add(-time.Hour)
 	var buf []byte
@@ -64,10 +60,8 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, model.Message, 
 			m.Readings = append(m.Readings, model.Reading{Signal: sg.Name, Unit: sg.Unit, Quality: model.Good, Value: backlogValue(sg.Type, i+j)})
 		}
 		buf = model.AppendBinary(buf[:0], &m)
-		for _, q := range qs {
-			if err := q.Append(queue.LaneTelemetry, queue.Record{Data: buf, Readings: m.Values()}); err != nil {
-				return total, m, fmt.Errorf("prefilling the queue: %w", err)
-			}
+		if err := q.Append(queue.LaneTelemetry, queue.Record{Data: buf, Readings: m.Values()}); err != nil {
+			return total, m, fmt.Errorf("prefilling the queue: %w", err)
 		}
 		total += counted.values(&m)
 	}
@@ -84,10 +78,10 @@ func backlogValue(t configs.ValueType, i int) model.Value {
 	return model.Number(float64(i%1000) / 4)
 }
 
-// queuedMessages lists the messages waiting in the queue at dir, by id
-// (station/device/seq) with their readings, reading a copy of it so that
-// the gateway's files stay as they are.
-func queuedMessages(dir, work string, t tally) (map[string]int, error) {
+// queuedMessages lists, per uplink, the messages waiting for it in the
+// queue at dir, by id (station/device/seq) with their readings, reading a
+// copy of it so that the gateway's files stay as they are.
+func queuedMessages(dir string, uplinks []string, work string, t tally) (map[string]map[string]int, error) {
 	cp, err := os.MkdirTemp(work, "queue-copy-")
 	if err != nil {
 		return nil, err
@@ -96,30 +90,36 @@ func queuedMessages(dir, work string, t tally) (map[string]int, error) {
 	if err := os.CopyFS(cp, os.DirFS(dir)); err != nil {
 		return nil, err
 	}
-	q, err := queue.Open(cp, queue.Options{MaxBytes: 1 << 40, SyncEvery: -1}, slog.New(slog.DiscardHandler))
+	q, err := queue.Open(cp, queue.Options{MaxBytes: 1 << 40, SyncEvery: -1, Readers: uplinks}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, err
 	}
 	defer q.Close()
-	ids := map[string]int{}
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		b, err := q.Next(ctx, 1000)
-		cancel()
-		if err != nil {
-			return ids, nil // drained
-		}
-		for _, e := range b.Entries {
-			m, err := model.DecodeBinary(e.Data)
+	all := map[string]map[string]int{}
+	for _, u := range uplinks {
+		ids := map[string]int{}
+		all[u] = ids
+		r := q.Reader(u)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			b, err := r.Next(ctx, 1000)
+			cancel()
 			if err != nil {
+				break // drained
+			}
+			for _, e := range b.Entries {
+				m, err := model.DecodeBinary(e.Data)
+				if err != nil {
+					return nil, err
+				}
+				ids[m.ID()] = t.values(&m)
+			}
+			if err := r.Ack(b); err != nil {
 				return nil, err
 			}
-			ids[m.ID()] = t.values(&m)
-		}
-		if err := q.Ack(b); err != nil {
-			return nil, err
 		}
 	}
+	return all, nil
 }
 
 // damage truncates a file at a random byte and appends up to 512 bytes of
@@ -148,3 +148,6 @@ func damage(path string, rng *rand.Rand) error {
 	}
 	return f.Close()
 }
+
+// queueDir is where the gateway keeps its queue.
+func queueDir(st *configs.Station) string { return pipeline.SharedQueueDir(st) }

@@ -880,41 +880,42 @@ func (r *runner) quiet() time.Duration {
 	return longest + 300*time.Millisecond
 }
 
-// cutPower damages the queues of the stopped gateway as a power cut may
-// leave them: the newest segment of each lane is truncated at a random byte
-// and garbage is appended. It first lists, on copies, which queued
-// messages the damage destroys.
+// cutPower damages the queue of the stopped gateway as a power cut may
+// leave it: the newest segment of each lane is truncated at a random byte
+// and garbage is appended. It first lists, on copies, which messages
+// queued for each uplink the damage destroys.
 func (r *runner) cutPower() error {
-	for _, uplink := range r.st.Uplinks() {
-		dir := r.st.QueueDir(uplink)
-		before, err := queuedMessages(dir, r.work, r.col.tally)
-		if err != nil {
+	dir := queueDir(r.st)
+	uplinks := r.st.Uplinks()
+	before, err := queuedMessages(dir, uplinks, r.work, r.col.tally)
+	if err != nil {
+		return err
+	}
+	lanes, _ := filepath.Glob(filepath.Join(dir, "*"))
+	for _, lane := range lanes {
+		segs, _ := filepath.Glob(filepath.Join(lane, "*.seg"))
+		if len(segs) == 0 {
+			continue
+		}
+		sort.Strings(segs)
+		if err := damage(segs[len(segs)-1], r.rng); err != nil {
 			return err
 		}
-		lanes, _ := filepath.Glob(filepath.Join(dir, "*"))
-		for _, lane := range lanes {
-			segs, _ := filepath.Glob(filepath.Join(lane, "*.seg"))
-			if len(segs) == 0 {
-				continue
-			}
-			sort.Strings(segs)
-			if err := damage(segs[len(segs)-1], r.rng); err != nil {
-				return err
-			}
-		}
-		after, err := queuedMessages(dir, r.work, r.col.tally)
-		if err != nil {
-			return err
-		}
+	}
+	after, err := queuedMessages(dir, uplinks, r.work, r.col.tally)
+	if err != nil {
+		return err
+	}
+	for _, uplink := range uplinks {
 		if r.destroyed[uplink] == nil {
 			r.destroyed[uplink] = map[string]int{}
 		}
-		for id, n := range before {
-			if _, ok := after[id]; !ok {
+		for id, n := range before[uplink] {
+			if _, ok := after[uplink][id]; !ok {
 				r.destroyed[uplink][id] = n
 			}
 		}
-		r.log.Info("power cut", "queue", uplink, "queued_messages_before", len(before), "after", len(after))
+		r.log.Info("power cut", "queue", uplink, "queued_messages_before", len(before[uplink]), "after", len(after[uplink]))
 	}
 	return nil
 }

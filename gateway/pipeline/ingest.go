@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -354,8 +355,33 @@ func (in *Ingest) fail(m *model.Message, err error) error {
 	return err
 }
 
-// OpenQueue opens the durable queue of one of the station's uplinks (see
-// configs.Station.Uplinks), with the station's cap and group commit.
-func OpenQueue(st *configs.Station, uplink string, log *slog.Logger) (*queue.Queue, error) {
-	return queue.Open(st.QueueDir(uplink), queue.Options{MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync}, log.With("queue", uplink))
+// OpenQueue opens the station's durable queue, with one reader per uplink
+// (see configs.Station.Uplinks), the station's cap per uplink and its group
+// commit. Every message is written once, in StateDir/queue; each uplink
+// reads it at its own pace. A queue of the earlier layout, one per uplink
+// in QueueDir(uplink), is drained by that uplink's reader before the new
+// records.
+func OpenQueue(st *configs.Station, log *slog.Logger) (*queue.Queue, error) {
+	uplinks := st.Uplinks()
+	opt := queue.Options{MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync, Readers: uplinks}
+	q, err := queue.Open(SharedQueueDir(st), opt, log.With("queue", "shared"))
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range uplinks {
+		dir := st.QueueDir(u)
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		old, err := queue.Open(dir, queue.Options{MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync}, log.With("queue", u))
+		if err != nil {
+			q.Close()
+			return nil, fmt.Errorf("the queue of the earlier layout: %w", err)
+		}
+		q.Reader(u).Drain(old)
+	}
+	return q, nil
 }
+
+// SharedQueueDir is where the station's queue is (see OpenQueue).
+func SharedQueueDir(st *configs.Station) string { return filepath.Join(st.StateDir, "queue") }

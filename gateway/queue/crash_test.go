@@ -2,12 +2,14 @@ package queue
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -16,11 +18,17 @@ import (
 const (
 	childDirEnv  = "OUTPOST_QUEUE_CHILD_DIR"
 	childFromEnv = "OUTPOST_QUEUE_CHILD_FROM"
+	// childReadersEnv has the child read and acknowledge with two readers
+	// while it appends (see readUntilKilled).
+	childReadersEnv = "OUTPOST_QUEUE_CHILD_READERS"
 )
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(childDirEnv); dir != "" {
 		from, _ := strconv.Atoi(os.Getenv(childFromEnv))
+		if os.Getenv(childReadersEnv) != "" {
+			readUntilKilled(dir, from)
+		}
 		appendUntilKilled(dir, from)
 		os.Exit(3) // not reached: the parent kills us
 	}
@@ -124,6 +132,137 @@ func TestKillDuringAppend(t *testing.T) {
 		}
 		t.Logf("round %d: %d telemetry and %d alarm records; torn bytes cut %d", round, len(tel), len(alarms), st.TornBytes)
 		next = len(tel)
+		if err := q.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// readUntilKilled appends telemetry records from from on, printing "a N"
+// once record N's Append returned, while the readers mqtt (batches of up
+// to 50) and influx (batches of up to 3, so it falls behind) take and
+// acknowledge them, each printing "R> N" before it acknowledges a batch
+// that ends with record N and "R= N" after.
+func readUntilKilled(dir string, from int) {
+	opt := DefaultOptions()
+	opt.Readers = twoReaders.Readers
+	q, err := Open(dir, opt, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		os.Exit(2)
+	}
+	say := func(format string, args ...any) {
+		if _, err := fmt.Fprintf(os.Stdout, format+"\n", args...); err != nil {
+			os.Exit(2)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		max  int
+	}{{"mqtt", 50}, {"influx", 3}} {
+		r := q.Reader(c.name)
+		go func() {
+			for {
+				b, err := r.Next(context.Background(), c.max)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "child:", err)
+					os.Exit(2)
+				}
+				last, _ := strconv.Atoi(string(b.Entries[len(b.Entries)-1].Data[4:12]))
+				say("%s> %d", c.name, last)
+				if err := r.Ack(b); err != nil {
+					fmt.Fprintln(os.Stderr, "child:", err)
+					os.Exit(2)
+				}
+				say("%s= %d", c.name, last)
+			}
+		}()
+	}
+	for i := from; ; i++ {
+		if err := q.Append(LaneTelemetry, rec(i)); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(2)
+		}
+		say("a %d", i)
+	}
+}
+
+// TestKillWhileReadersAck kills a child with SIGKILL while it appends and
+// its two readers take and acknowledge records at different speeds, three
+// times, and checks for each reader that what it gets after the restart
+// starts after the last batch it reported acknowledged and no later than
+// the one after the last it was about to acknowledge, and runs on, without
+// a gap, past the last record reported appended.
+func TestKillWhileReadersAck(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(uint64(os.Getpid()), 9))
+	next := 0
+	for round := range 3 {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), childDirEnv+"="+dir, childFromEnv+"="+strconv.Itoa(next), childReadersEnv+"=1")
+		cmd.Stderr = testWriter{t}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		killAfter := next + 500 + rng.IntN(5000)
+		appended := next - 1
+		acking, acked := map[string]int{"mqtt": -1, "influx": -1}, map[string]int{"mqtt": -1, "influx": -1}
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var who string
+			var n int
+			if _, err := fmt.Sscan(sc.Text(), &who, &n); err != nil {
+				t.Fatalf("round %d: child printed %q", round, sc.Text())
+			}
+			switch {
+			case who == "a":
+				if n != appended+1 {
+					t.Fatalf("round %d: child appended %d after %d", round, n, appended)
+				}
+				appended = n
+				if n == killAfter {
+					if err := cmd.Process.Kill(); err != nil { // SIGKILL
+						t.Fatal(err)
+					}
+				}
+			case strings.HasSuffix(who, ">"):
+				acking[strings.TrimSuffix(who, ">")] = n
+			case strings.HasSuffix(who, "="):
+				acked[strings.TrimSuffix(who, "=")] = n
+			}
+		}
+		err = cmd.Wait()
+		if appended < killAfter {
+			t.Fatalf("round %d: child ended after record %d: %v", round, appended, err)
+		}
+		t.Logf("round %d: killed after record %d was appended; mqtt acknowledged %d, influx %d (%v)", round, appended, acked["mqtt"], acked["influx"], err)
+
+		q := open(t, dir, twoReaders)
+		total := 0
+		for _, name := range twoReaders.Readers {
+			_, tel := drain(t, q.Reader(name), 1000, true)
+			if len(tel) == 0 {
+				if acking[name] < appended {
+					t.Fatalf("round %d: %s gets nothing, but was about to acknowledge only up to %d of %d", round, name, acking[name], appended)
+				}
+				continue
+			}
+			first, last := tel[0], tel[len(tel)-1]
+			if first <= acked[name] || first > acking[name]+1 && first > acked[name]+1 {
+				t.Fatalf("round %d: %s starts again at %d, after acknowledging %d (about to acknowledge %d)", round, name, first, acked[name], acking[name])
+			}
+			checkSeq(t, fmt.Sprintf("round %d %s", round, name), tel, first, first+len(tel))
+			if last < appended {
+				t.Fatalf("round %d: %s ends at %d, but %d was appended", round, name, last, appended)
+			}
+			next = max(next, last+1)
+			total += len(tel)
+		}
+		t.Logf("round %d: %d records delivered again or for the first time", round, total)
 		if err := q.Close(); err != nil {
 			t.Fatal(err)
 		}

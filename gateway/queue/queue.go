@@ -1,7 +1,18 @@
 // Package queue is the gateway's durable store-and-forward queue: every
 // message is appended to it before anything depends on it, and a forwarder
-// takes batches out, sends them to an uplink, and acknowledges them; only
-// acknowledged records are removed. The gateway keeps one Queue per uplink.
+// per uplink takes batches out through its Reader, sends them, and
+// acknowledges them; a record is removed once every reader acknowledged it.
+//
+// # One copy, a reader per uplink
+//
+// The gateway keeps one Queue with one Reader per uplink (MQTT, InfluxDB):
+// a message is written once, whatever the number of uplinks, and each
+// reader keeps its own read and acknowledged positions in each lane, its
+// own cap and its own counters. An uplink that is down or slow holds back
+// no other: the others read on, and it reads from where it stopped. The
+// earlier layout wrote every message once per uplink, into a queue of its
+// own, which doubled the bytes written and fsynced with InfluxDB
+// configured; Reader.Drain delivers what such a queue holds (see Layout).
 //
 // # Why a log of our own
 //
@@ -20,32 +31,50 @@
 // # Layout
 //
 // dir/lock is locked (flock) while a Queue is open, so that a second
-// process cannot open the same queue. dir/alarm and dir/telemetry each hold segment files named by a 16-digit
-// hexadecimal number (increasing) with the suffix .seg, and a file named ack.
-// A segment is a sequence of records (see segment.go for the framing); every
+// process cannot open the same queue. dir/alarm, dir/health and
+// dir/telemetry each hold segment files named by a 16-digit hexadecimal
+// number (increasing) with the suffix .seg, shared by the readers, and one
+// ack file per reader: ack.NAME (ack for a reader named "", as a queue of
+// one reader). A segment is a sequence of records (see segment.go for the framing); every
 // record carries a magic marker, its length, a CRC-32C, the number of readings
 // it carries and its enqueue time. Appends go to the newest segment of the
 // lane; a new segment starts when one reaches Options.SegmentBytes and at
-// every Open (an existing segment is never appended to again). The ack file
-// holds the lane's acknowledged position (segment, offset) in two
-// CRC-protected slots written in turn, so a torn write of one slot leaves
-// the other. A segment is deleted when it is fully acknowledged.
+// every Open (an existing segment is never appended to again). A reader's
+// ack file holds its acknowledged position in the lane (segment, offset) in
+// two CRC-protected slots written in turn, so a torn write of one slot
+// leaves the other. A segment is deleted when every reader acknowledged it
+// whole (or dropped it, see Size cap); a reader that Options.Readers no
+// longer names holds nothing back, and a new one starts at the oldest
+// record on disk.
+//
+// The earlier layout had one queue per uplink, each in a directory of its
+// own with a single ack file per lane: exactly a queue of one reader named
+// "". Opened as such and given to Reader.Drain, it is drained, not
+// migrated: the reader hands out its records, lane by lane, before those
+// of the shared queue (they are older), with the same at-least-once
+// delivery across restarts, and removes the directory once every one of
+// them is acknowledged. Nothing is copied, so nothing is written twice or
+// lost on a crash during the upgrade.
 //
 // # Lanes and order
 //
 // LaneAlarm (events, command results), LaneHealth and LaneTelemetry are
-// separate logs. Next serves them in that order, so an alarm never waits
-// behind health changes or a telemetry backlog. Within a lane, records are handed out in the order they
-// were appended, across restarts and replays.
+// separate logs. A reader's Next serves them in that order, so an alarm
+// never waits behind health changes or a telemetry backlog. Within a lane,
+// each reader gets the records in the order they were appended, across
+// restarts and replays.
 //
 // # Delivery
 //
-// Delivery is at least once: a record is removed only after Ack, and the
-// acknowledged position is written after the send succeeded. A crash between
-// the send and the Ack, or a lost write of the ack file at power loss, hands
-// the record out again after the restart. The ack file is fsynced together
-// with the segments but Ack does not wait for it: losing its last update
-// costs duplicates, never data.
+// Delivery is at least once, per reader: a reader's acknowledged position
+// moves only on its Ack, after the send succeeded, and a record stays on
+// disk until every reader acknowledged it. A crash between the send and the
+// Ack, or a lost write of an ack file at power loss, hands the record out
+// again to that reader after the restart, not to the others. Ack writes the
+// ack file at once (a process kill loses nothing of it); it is fsynced
+// together with the segments but Ack does not wait for it: losing its last
+// update costs duplicates, never data. A reader whose ack file is
+// unreadable gets again every record on disk.
 //
 // # Durability
 //
@@ -74,18 +103,25 @@
 //
 // # Size cap
 //
-// Options.MaxBytes bounds the bytes of all segment files of both lanes
+// Options.MaxBytes caps each reader's backlog: the bytes of the segment
+// files of all lanes from the oldest one it has not acknowledged whole
 // (acknowledged records count until their segment is deleted). Before an
-// Append that would exceed it, the oldest telemetry segments are deleted
-// whole, the newest one too if needed, and every unacknowledged record and
-// reading in them is counted in Stats as dropped. Records of a deleted
-// segment that are handed out and not yet acknowledged are counted as
-// dropped only if they are handed back by Rewind instead of acknowledged.
-// Alarms are never dropped: if the alarm lane alone fills the cap, alarm
-// Appends are still written (the queue then exceeds MaxBytes by the alarms'
-// size, until the disk itself is full and Append returns the error), and
-// telemetry Appends are dropped whole and counted, as there is no older
-// telemetry left to make room.
+// Append that would take a reader over it, that reader drops its oldest
+// telemetry segments whole, the newest one too if needed: it skips them,
+// and every record and reading in them it had not acknowledged is counted
+// in its Stats as dropped; a reader that keeps up drops nothing and still
+// gets them, and the segment leaves the disk once no reader needs it. The
+// disk holds the backlog of the reader furthest behind, so it stays under
+// MaxBytes too. Records of a dropped segment that are handed out and not
+// yet acknowledged are counted as dropped only if they are handed back by
+// Rewind instead of acknowledged. Alarms are never dropped: if the alarm
+// lane alone fills the cap, alarm Appends are still written (the queue then
+// exceeds MaxBytes by the alarms' size, until the disk itself is full and
+// Append returns the error), and telemetry Appends are dropped whole and
+// counted, as there is no older telemetry left to make room (when alarms
+// fill only some readers' caps, the telemetry is written for the others,
+// and those readers drop it with the segment at the next Append). On a
+// full disk the oldest telemetry segment is dropped for every reader.
 //
 // # Damage on disk
 //
@@ -99,10 +135,12 @@
 //
 // # Memory
 //
-// The backlog stays on disk. The queue holds a few words per segment,
-// one read window per lane (64 KiB, more only for a record larger than that),
-// the batches handed out and not yet acknowledged (at most MaxBatchBytes of
-// data each) and up to two spare batch buffers per lane.
+// The backlog stays on disk. The queue holds a few words per segment and
+// reader, one read window per lane and reader (64 KiB, more only for a
+// record larger than that), the batches handed out and not yet
+// acknowledged (at most MaxBatchBytes of data each) and up to two spare
+// batch buffers per lane and reader. Alarms held in memory while the disk
+// refuses them are held once, until every reader acknowledged them.
 package queue
 
 import (
@@ -182,6 +220,10 @@ type Options struct {
 	// MemoryBytes bounds the alarms held in memory while the disk refuses
 	// them; 0 means DefaultMemoryBytes.
 	MemoryBytes int64
+	// Readers name the consumers of the queue (the gateway's uplinks),
+	// each with its own read and acknowledged positions, cap and
+	// counters (see Queue.Reader); none means one reader named "".
+	Readers []string
 }
 
 // DefaultOptions match the defaults of a station file's queue section.
@@ -211,6 +253,7 @@ type Batch struct {
 	Entries []Entry
 	id      uint64
 	epoch   uint64
+	r       *Reader // the reader that handed it out
 }
 
 // Readings is the sum of the batch's entries' readings.
@@ -316,12 +359,13 @@ type pos struct {
 func (p pos) less(q pos) bool { return p.seg < q.seg || p.seg == q.seg && p.off < q.off }
 
 type segment struct {
-	id    uint64
-	size  int64 // bytes on disk
-	end   int64 // readable: after the last intact record
-	live  int64 // records neither acknowledged nor dropped
-	liveR int64 // their readings
-	fresh bool  // written by this process
+	id   uint64
+	size int64 // bytes on disk
+	end  int64 // readable: after the last intact record
+	// live and liveR count, per reader, the records neither acknowledged
+	// nor dropped by it, and their readings.
+	live, liveR []int64
+	fresh       bool // written by this process
 }
 
 // inflight is a batch handed out and not yet acknowledged.
@@ -346,20 +390,16 @@ type segCount struct {
 	recs, readings int64
 }
 
+// lane is the log of one lane, shared by the readers.
 type lane struct {
 	l    Lane
 	dir  string
 	segs []*segment // oldest first; the last is the active one when w != nil
 	w    *os.File   // active segment
 	next uint64     // id of the next segment
-
-	ack    pos
-	ackF   *os.File
-	ackGen uint64
-	// ackDirty is set when the ack file was written after the last fsync,
-	// dirDirty when a segment was created, ackFailed when the last write
-	// of the ack file failed.
-	ackDirty, dirDirty, ackFailed bool
+	// dirDirty is set when a segment or an ack file was created after the
+	// last fsync of the directory.
+	dirDirty bool
 
 	// Each lane has its own syncer (syncLoop), so that an alarm's fsync
 	// never waits for telemetry's: gen counts the writes to the lane's
@@ -370,6 +410,30 @@ type lane struct {
 	pending     []*os.File
 	kick        chan struct{}
 
+	wbuf []byte
+	st   LaneStats // Appended, Lost: the counters the readers share
+
+	cur []*cursor // one per reader, in the order of Options.Readers
+
+	// mem holds, oldest first, the records the disk refused, until every
+	// reader acknowledged them.
+	mem      []memRecord
+	memBytes int64
+}
+
+// cursor is a reader's place in a lane: what it acknowledged (kept in its
+// ack file), what it handed out, and its counters.
+type cursor struct {
+	i      int // the reader's index: segment.live[i]
+	reader string
+
+	ack    pos
+	ackF   *os.File
+	ackGen uint64
+	// ackDirty is set when the ack file was written after the last fsync,
+	// ackFailed when the last write of the ack file failed.
+	ackDirty, ackFailed bool
+
 	read   pos
 	rf     *os.File // segment being read
 	rfSeg  uint64
@@ -379,19 +443,17 @@ type lane struct {
 	epoch  uint64
 	free   [][]byte
 
-	wbuf   []byte
-	st     LaneStats
-	oldest int64 // see LaneStats.Oldest, Unix ns
+	st     LaneStats // Records, Readings, Acked, Dropped
+	oldest int64     // see LaneStats.Oldest, Unix ns
 
-	// mem holds, oldest first, the records the disk refused; the first
-	// memOut of them are handed out.
-	mem      []memRecord
-	memOut   int
-	memBytes int64
+	// Of the lane's records in memory, the first memAcked are
+	// acknowledged by this reader and the first memOut handed out.
+	memAcked, memOut int
 }
 
-// Queue is a durable store-and-forward queue with two lanes. Its methods
-// are safe for concurrent use.
+// Queue is a durable store-and-forward queue with one log per lane, read
+// by one or more Readers. Its methods are safe for concurrent use. Next,
+// Ack, Rewind, Stats and Scan of a Queue are those of its first reader.
 type Queue struct {
 	opt Options
 	log *slog.Logger
@@ -399,6 +461,7 @@ type Queue struct {
 
 	mu      sync.Mutex
 	lanes   [NumLanes]*lane
+	readers []*Reader
 	bytes   int64
 	syncedC *sync.Cond // on mu: a lane's synced or syncErr changed, or closed
 	wake    chan struct{}
@@ -414,6 +477,71 @@ type Queue struct {
 	wg     sync.WaitGroup
 }
 
+// Reader is one consumer's view of the queue (an uplink's): it hands out
+// every record appended, in order, and keeps its own read and acknowledged
+// positions, cap and counters. It is what a forwarder drains.
+type Reader struct {
+	q    *Queue
+	i    int
+	name string
+	// old is a queue of the earlier layout whose records this reader
+	// hands out before its own (see Drain); guarded by q.mu.
+	old *Queue
+}
+
+// Reader returns the reader of that name, or nil if Options.Readers did
+// not name it.
+func (q *Queue) Reader(name string) *Reader {
+	for _, r := range q.readers {
+		if r.name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// Next is Next of the queue's first reader.
+func (q *Queue) Next(ctx context.Context, max int, lanes ...Lane) (Batch, error) {
+	return q.readers[0].Next(ctx, max, lanes...)
+}
+
+// Ack is Ack of the queue's first reader.
+func (q *Queue) Ack(b Batch) error { return q.readers[0].Ack(b) }
+
+// Rewind is Rewind of the queue's first reader.
+func (q *Queue) Rewind(lanes ...Lane) { q.readers[0].Rewind(lanes...) }
+
+// Stats is Stats of the queue's first reader.
+func (q *Queue) Stats() Stats { return q.readers[0].Stats() }
+
+// Scan is Scan of the queue's first reader.
+func (q *Queue) Scan(fn func(data []byte)) error { return q.readers[0].Scan(fn) }
+
+// ackName is the name of a reader's ack file in each lane directory: "ack"
+// for the reader named "", as in the layout of one queue per uplink.
+func ackName(reader string) string {
+	if reader == "" {
+		return "ack"
+	}
+	return "ack." + reader
+}
+
+// checkReaders validates Options.Readers.
+func checkReaders(names []string) error {
+	for i, n := range names {
+		if n == "" && len(names) > 1 {
+			return fmt.Errorf("queue: reader %d: a name is needed when there are several readers", i+1)
+		}
+		if strings.ContainsAny(n, `/\.`) || strings.TrimSpace(n) != n {
+			return fmt.Errorf("queue: reader %q: a name without dots, slashes or spaces around it is needed", n)
+		}
+		if slices.Contains(names[:i], n) {
+			return fmt.Errorf("queue: reader %q named twice", n)
+		}
+	}
+	return nil
+}
+
 // Open opens or creates the queue in dir.
 func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 	if opt.MaxBytes <= 0 {
@@ -425,12 +553,21 @@ func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 	if opt.MemoryBytes <= 0 {
 		opt.MemoryBytes = DefaultMemoryBytes
 	}
+	if len(opt.Readers) == 0 {
+		opt.Readers = []string{""}
+	}
+	if err := checkReaders(opt.Readers); err != nil {
+		return nil, err
+	}
 	opt.SegmentBytes = max(min(opt.SegmentBytes, opt.MaxBytes/8), 4<<10)
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	q := &Queue{opt: opt, log: log, dir: dir, done: make(chan struct{}), retryC: make(chan struct{}, 1)}
 	q.syncedC = sync.NewCond(&q.mu)
+	for i, n := range opt.Readers {
+		q.readers = append(q.readers, &Reader{q: q, i: i, name: n})
+	}
 	if err := durable.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
@@ -469,18 +606,24 @@ func (q *Queue) openLane(l Lane) (*lane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(ln.dir, "ack"), os.O_RDWR|os.O_CREATE, durable.FileMode)
-	if err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
+	for i, r := range q.readers {
+		f, err := os.OpenFile(filepath.Join(ln.dir, ackName(r.name)), os.O_RDWR|os.O_CREATE, durable.FileMode)
+		if err != nil {
+			ln.close()
+			return nil, fmt.Errorf("queue: %w", err)
+		}
+		c := &cursor{i: i, reader: r.name, ackF: f}
+		ln.cur = append(ln.cur, c)
 	}
-	ln.ackF = f
-	// The ack file may be new: its name must survive a power cut before
-	// any position is trusted to it.
+	// The ack files may be new: their names must survive a power cut
+	// before any position is trusted to them.
 	if err := durable.SyncDir(ln.dir); err != nil {
-		f.Close()
+		ln.close()
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	ln.ack, ln.ackGen = q.readAck(ln)
+	for _, c := range ln.cur {
+		c.ack, c.ackGen = q.readAck(ln, c)
+	}
 
 	var ids []uint64
 	for _, de := range des {
@@ -496,45 +639,64 @@ func (q *Queue) openLane(l Lane) (*lane, error) {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	ln.next = ln.ack.seg + 1
+	// Every reader needs the segments from the one of its acknowledged
+	// position; those before the earliest of them are delivered to all.
+	first, last := ln.cur[0].ack.seg, ln.cur[0].ack.seg
+	for _, c := range ln.cur {
+		first, last = min(first, c.ack.seg), max(last, c.ack.seg)
+	}
+	ln.next = last + 1
 	if len(ids) > 0 {
 		ln.next = max(ln.next, ids[len(ids)-1]+1)
 	}
 	for _, id := range ids {
 		path := filepath.Join(ln.dir, segName(id))
-		if id < ln.ack.seg {
+		if id < first {
 			q.remove(path)
 			continue
 		}
-		start := int64(0)
-		if id == ln.ack.seg {
-			start = ln.ack.off
-		}
-		s, ok := q.recoverSegment(ln, path, id, start)
+		s, ok := q.recoverSegment(ln, path, id)
 		if !ok {
 			continue
 		}
-		if s.live == 0 {
+		if !slices.ContainsFunc(s.live, func(n int64) bool { return n > 0 }) {
 			q.remove(path)
 			continue
 		}
 		ln.segs = append(ln.segs, s)
 		q.bytes += s.size
 	}
-	if len(ln.segs) > 0 && ln.ack.less(pos{ln.segs[0].id, 0}) {
-		ln.ack = pos{ln.segs[0].id, 0}
+	for _, c := range ln.cur {
+		if len(ln.segs) > 0 && c.ack.less(pos{ln.segs[0].id, 0}) {
+			c.ack = pos{ln.segs[0].id, 0}
+		}
 	}
 	if err := q.newSegment(ln); err != nil {
 		ln.close()
 		return nil, err
 	}
-	ln.read = ln.ack
+	for _, c := range ln.cur {
+		c.read = c.ack
+	}
 	return ln, nil
 }
 
-// recoverSegment scans a segment left by an earlier run from start, cuts
-// its torn tail and returns what is left to deliver.
-func (q *Queue) recoverSegment(ln *lane, path string, id uint64, start int64) (*segment, bool) {
+// startIn is where reader c starts reading segment id: -1 if it
+// acknowledged the whole segment.
+func (c *cursor) startIn(id uint64) int64 {
+	switch {
+	case id < c.ack.seg:
+		return -1
+	case id == c.ack.seg:
+		return c.ack.off
+	}
+	return 0
+}
+
+// recoverSegment scans a segment left by an earlier run from where the
+// first reader to need it starts, cuts its torn tail and returns what is
+// left to deliver to each reader.
+func (q *Queue) recoverSegment(ln *lane, path string, id uint64) (*segment, bool) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		q.log.Error("queue: cannot open segment, skipping it", "lane", ln.l, "file", path, "err", err)
@@ -547,6 +709,12 @@ func (q *Queue) recoverSegment(ln *lane, path string, id uint64, start int64) (*
 		return nil, false
 	}
 	size := fi.Size()
+	start := int64(-1)
+	for _, c := range ln.cur {
+		if s := c.startIn(id); s >= 0 && (start < 0 || s < start) {
+			start = s
+		}
+	}
 	start = min(start, size)
 	var r segReader
 	r.reset(f, size)
@@ -565,9 +733,21 @@ func (q *Queue) recoverSegment(ln *lane, path string, id uint64, start int64) (*
 			size = res.end
 		}
 	}
-	s := &segment{id: id, size: size, end: res.end, live: res.records, liveR: res.readings}
-	ln.st.Records += s.live
-	ln.st.Readings += s.liveR
+	s := &segment{id: id, size: size, end: res.end, live: make([]int64, len(ln.cur)), liveR: make([]int64, len(ln.cur))}
+	for _, c := range ln.cur {
+		switch from := c.startIn(id); {
+		case from < 0:
+			continue
+		case from == start:
+			s.live[c.i], s.liveR[c.i] = res.records, res.readings
+		default: // a reader further on in this segment
+			r.reset(f, res.end)
+			more := r.scan(min(from, res.end))
+			s.live[c.i], s.liveR[c.i] = more.records, more.readings
+		}
+		c.st.Records += s.live[c.i]
+		c.st.Readings += s.liveR[c.i]
+	}
 	return s, true
 }
 
@@ -577,10 +757,11 @@ func (q *Queue) remove(path string) {
 	}
 }
 
-// readAck returns the acknowledged position in the newer intact slot.
-func (q *Queue) readAck(ln *lane) (pos, uint64) {
+// readAck returns the reader's acknowledged position in the newer intact
+// slot of its ack file.
+func (q *Queue) readAck(ln *lane, c *cursor) (pos, uint64) {
 	var b [64]byte
-	n, _ := ln.ackF.ReadAt(b[:], 0)
+	n, _ := c.ackF.ReadAt(b[:], 0)
 	var best pos
 	var gen uint64
 	found := false
@@ -599,30 +780,30 @@ func (q *Queue) readAck(ln *lane) (pos, uint64) {
 		}
 	}
 	if !found && n > 0 {
-		q.log.Warn("queue: ack file unreadable, delivering from the oldest record", "lane", ln.l)
+		q.log.Warn("queue: ack file unreadable, delivering from the oldest record", "lane", ln.l, "reader", c.reader)
 	}
 	return best, gen
 }
 
-func (q *Queue) writeAck(ln *lane) {
-	ln.ackGen++
+func (q *Queue) writeAck(ln *lane, c *cursor) {
+	c.ackGen++
 	var b [32]byte
-	binary.LittleEndian.PutUint64(b[:], ln.ackGen)
-	binary.LittleEndian.PutUint64(b[8:], ln.ack.seg)
-	binary.LittleEndian.PutUint64(b[16:], uint64(ln.ack.off))
+	binary.LittleEndian.PutUint64(b[:], c.ackGen)
+	binary.LittleEndian.PutUint64(b[8:], c.ack.seg)
+	binary.LittleEndian.PutUint64(b[16:], uint64(c.ack.off))
 	binary.LittleEndian.PutUint32(b[24:], crc32.Checksum(b[:24], castagno))
-	ln.ackDirty = true
-	if _, err := ln.ackF.WriteAt(b[:], int64(ln.ackGen%2)*32); err != nil {
+	c.ackDirty = true
+	if _, err := c.ackF.WriteAt(b[:], int64(c.ackGen%2)*32); err != nil {
 		// Losing an ack write costs duplicates after a restart, not data;
 		// it is written again once the disk takes writes.
-		if !ln.ackFailed {
-			q.log.Error("queue: cannot write ack file", "lane", ln.l, "err", err)
+		if !c.ackFailed {
+			q.log.Error("queue: cannot write ack file", "lane", ln.l, "reader", c.reader, "err", err)
 		}
-		ln.ackFailed = true
+		c.ackFailed = true
 		q.retrySoon()
 		return
 	}
-	ln.ackFailed = false
+	c.ackFailed = false
 }
 
 // newSegment starts a new active segment; the old one is left to the
@@ -647,7 +828,7 @@ func (q *Queue) newSegment(ln *lane) error {
 		}
 	}
 	ln.w = f
-	ln.segs = append(ln.segs, &segment{id: id, fresh: true})
+	ln.segs = append(ln.segs, &segment{id: id, fresh: true, live: make([]int64, len(ln.cur)), liveR: make([]int64, len(ln.cur))})
 	// The segment's name is durable only once the directory is fsynced,
 	// with the next group commit.
 	ln.dirDirty = true
@@ -665,19 +846,74 @@ func (ln *lane) seg(id uint64) *segment {
 	return ln.segs[i]
 }
 
-// Append writes records to the lane. When it returns nil they are durable
-// as Options.SyncEvery says, or (when the disk fails) held or counted as
-// below.
+// done says whether reader c acknowledged the whole of segment s.
+func (c *cursor) done(s *segment) bool {
+	return s.id < c.ack.seg || s.id == c.ack.seg && c.ack.off >= s.end
+}
+
+// firstNeeded is the index of the oldest segment reader c has not
+// acknowledged whole, or of the active one.
+func (ln *lane) firstNeeded(c *cursor) int {
+	for i, s := range ln.segs[:len(ln.segs)-1] {
+		if !c.done(s) {
+			return i
+		}
+	}
+	return len(ln.segs) - 1
+}
+
+// bytesOf is the size of the segments of the lane that reader c needs:
+// from its oldest not acknowledged whole, the active one at least.
+func (ln *lane) bytesOf(c *cursor) int64 {
+	n := int64(0)
+	for _, s := range ln.segs[ln.firstNeeded(c):] {
+		n += s.size
+	}
+	return n
+}
+
+// backlog is the size of the segments reader i needs, in all lanes: what
+// MaxBytes caps.
+func (q *Queue) backlog(i int) int64 {
+	n := int64(0)
+	for _, ln := range q.lanes {
+		n += ln.bytesOf(ln.cur[i])
+	}
+	return n
+}
+
+// removeDone deletes the oldest segments of the lane that every reader
+// acknowledged whole (never the active one). Called with q.mu held.
+func (q *Queue) removeDone(ln *lane) {
+	for len(ln.segs) > 1 {
+		s := ln.segs[0]
+		for _, c := range ln.cur {
+			if !c.done(s) {
+				return
+			}
+		}
+		for _, c := range ln.cur {
+			c.closeReader(s.id)
+		}
+		q.remove(filepath.Join(ln.dir, segName(s.id)))
+		q.bytes -= s.size
+		ln.segs = ln.segs[1:]
+	}
+}
+
+// Append writes records to the lane, once for every reader. When it
+// returns nil they are durable as Options.SyncEvery says, or (when the
+// disk fails) held or counted as below.
 //
-// Telemetry that cannot fit under MaxBytes even after every older
-// telemetry segment is dropped is dropped itself, counted, and Append
-// returns nil. When the disk refuses a write: if it is full, the oldest
-// telemetry is dropped to make room and the write tried again; alarms the
-// disk still refuses are held in memory (up to Options.MemoryBytes), served
-// by Next after those on disk, and written to disk as soon as it takes them
-// again; telemetry it refuses is dropped and counted. Stats say so
-// (WriteErrors, WriteFailing, Lanes[].Memory), and Append returns ErrHeld
-// (or ErrLost) for alarms it could not make durable.
+// Telemetry that cannot fit under MaxBytes for any reader even after every
+// older telemetry segment is dropped is dropped itself, counted, and
+// Append returns nil. When the disk refuses a write: if it is full, the
+// oldest telemetry is dropped to make room and the write tried again;
+// alarms the disk still refuses are held in memory (up to
+// Options.MemoryBytes), served by Next after those on disk, and written to
+// disk as soon as it takes them again; telemetry it refuses is dropped and
+// counted. Stats say so (WriteErrors, WriteFailing, Lanes[].Memory), and
+// Append returns ErrHeld (or ErrLost) for alarms it could not make durable.
 //
 // Alarms never wait for the group commit: an Append to LaneAlarm returns
 // after an fsync that covers it unless SyncEvery is negative. A failed
@@ -709,8 +945,10 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	}
 	ln := q.lanes[l]
 	if !q.makeRoom(need) && !l.Kept() {
-		ln.st.Dropped += int64(len(recs))
-		ln.st.DroppedReadings += readings
+		for _, c := range ln.cur {
+			c.st.Dropped += int64(len(recs))
+			c.st.DroppedReadings += readings
+		}
 		first := !q.alarmsFull
 		q.alarmsFull = true
 		q.mu.Unlock()
@@ -736,8 +974,10 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 			notDurable = q.hold(ln, recs[n:], now)
 		} else {
 			for _, r := range recs[n:] {
-				ln.st.Dropped++
-				ln.st.DroppedReadings += int64(r.Readings)
+				for _, c := range ln.cur {
+					c.st.Dropped++
+					c.st.DroppedReadings += int64(r.Readings)
+				}
 			}
 		}
 	} else {
@@ -800,9 +1040,11 @@ func (q *Queue) writeFailed(err error) {
 // held.
 func (q *Queue) writeWorks() {
 	for _, ln := range q.lanes {
-		if ln.ackFailed {
-			if q.writeAck(ln); ln.ackFailed {
-				return
+		for _, c := range ln.cur {
+			if c.ackFailed {
+				if q.writeAck(ln, c); c.ackFailed {
+					return
+				}
 			}
 		}
 	}
@@ -840,20 +1082,41 @@ func (q *Queue) hold(ln *lane, recs []Record, now int64) error {
 }
 
 // flushMemory writes the records held in memory to disk, in order, unless
-// some are handed out (they stay until acknowledged). It reports whether
-// none is left in memory. Called with q.mu held.
+// a reader has some of them handed out (they stay until acknowledged). A
+// reader that acknowledged some already finds its acknowledged position
+// after them on disk. It reports whether none is left in memory. Called
+// with q.mu held.
 func (q *Queue) flushMemory(ln *lane) bool {
 	if len(ln.mem) == 0 {
 		return true
 	}
-	if ln.memOut > 0 {
-		return false
+	for _, c := range ln.cur {
+		if c.memOut > c.memAcked {
+			return false
+		}
 	}
 	for len(ln.mem) > 0 {
 		m := ln.mem[0]
 		if _, err := q.writeFreeing(ln, []Record{{Data: m.data, Readings: m.readings}}, m.enq); err != nil {
 			q.writeFailed(err)
 			return false
+		}
+		a := ln.active()
+		for _, c := range ln.cur {
+			if c.memAcked == 0 {
+				continue
+			}
+			// Acknowledged in memory: acknowledged on disk. The reader
+			// read every record on disk before those in memory.
+			c.memAcked--
+			c.memOut--
+			c.ack = pos{a.id, a.end}
+			c.read = c.ack
+			a.live[c.i]--
+			a.liveR[c.i] -= int64(m.readings)
+			c.st.Records--
+			c.st.Readings -= int64(m.readings)
+			q.writeAck(ln, c)
 		}
 		ln.mem = ln.mem[1:]
 		ln.memBytes -= int64(len(m.data))
@@ -892,11 +1155,13 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 		ln.gen++
 		s.size += int64(m)
 		s.end = s.size
-		s.live += n
-		s.liveR += nr
 		q.bytes += int64(m)
-		ln.st.Records += n
-		ln.st.Readings += nr
+		for _, c := range ln.cur {
+			s.live[c.i] += n
+			s.liveR[c.i] += nr
+			c.st.Records += n
+			c.st.Readings += nr
+		}
 		written += int(n)
 		ln.wbuf, n, nr = ln.wbuf[:0], 0, 0
 		return nil
@@ -924,20 +1189,53 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 	return written, flush()
 }
 
-// makeRoom drops the oldest telemetry until need more bytes fit under
-// MaxBytes; it reports whether they fit. Called with q.mu held.
+// makeRoom drops, for every reader whose backlog would exceed MaxBytes
+// with need more bytes, its oldest telemetry until they fit; it reports
+// whether they fit for at least one reader (for the others the records
+// are written all the same and they drop them at the next makeRoom).
+// Called with q.mu held.
 func (q *Queue) makeRoom(need int64) bool {
-	for q.bytes+need > q.opt.MaxBytes {
-		if !q.freeTelemetry() {
+	if q.bytes+need <= q.opt.MaxBytes {
+		return true // no reader's backlog is larger than the disk's
+	}
+	fits := false
+	for i := range q.readers {
+		ok := true
+		for q.backlog(i)+need > q.opt.MaxBytes {
+			if !q.dropOldest(i) {
+				ok = false
+				break
+			}
+		}
+		fits = fits || ok
+	}
+	return fits
+}
+
+// dropOldest drops, for reader i only, the oldest telemetry segment it
+// needs, starting a new active one if it is that one; it reports whether
+// there was any to drop. Called with q.mu held.
+func (q *Queue) dropOldest(i int) bool {
+	t := q.lanes[LaneTelemetry]
+	c := t.cur[i]
+	k := t.firstNeeded(c)
+	if k == len(t.segs)-1 {
+		if t.active().size == 0 {
+			return false
+		}
+		if err := q.newSegment(t); err != nil {
+			q.log.Error("queue: cannot start a segment", "lane", t.l, "err", err)
 			return false
 		}
 	}
+	q.dropFor(t, c, k)
+	q.removeDone(t)
 	return true
 }
 
-// freeTelemetry drops the oldest telemetry segment, starting a new active
-// one if it is the only one; it reports whether there was any to drop.
-// Called with q.mu held.
+// freeTelemetry drops the oldest telemetry segment for every reader,
+// starting a new active one if it is the only one, to free the disk; it
+// reports whether there was any to drop. Called with q.mu held.
 func (q *Queue) freeTelemetry() bool {
 	t := q.lanes[LaneTelemetry]
 	if len(t.segs) == 1 {
@@ -949,38 +1247,43 @@ func (q *Queue) freeTelemetry() bool {
 			return false
 		}
 	}
-	q.dropFront(t)
+	for _, c := range t.cur {
+		q.dropFor(t, c, 0)
+	}
+	q.removeDone(t)
 	return true
 }
 
-// dropFront deletes the oldest segment of the lane and counts what was
-// lost with it. Called with q.mu held.
-func (q *Queue) dropFront(ln *lane) {
-	s := ln.segs[0]
-	inRecs, inReadings := ln.handedOutIn(s.id)
-	ln.st.Dropped += s.live - inRecs
-	ln.st.DroppedReadings += s.liveR - inReadings
-	ln.st.Records -= s.live
-	ln.st.Readings -= s.liveR
-	q.log.Warn("queue: dropped the oldest telemetry", "records", s.live, "readings", s.liveR, "bytes", s.size)
-	ln.closeReader(s.id)
-	q.remove(filepath.Join(ln.dir, segName(s.id)))
-	q.bytes -= s.size
-	ln.segs = ln.segs[1:]
-	first := pos{ln.segs[0].id, 0}
-	if ln.read.less(first) {
-		ln.read = first
+// dropFor moves reader c past the segment at index k of the lane (not the
+// active one) and counts what it lost with it; the segment is deleted by
+// removeDone once no reader needs it. Called with q.mu held.
+func (q *Queue) dropFor(ln *lane, c *cursor, k int) {
+	s := ln.segs[k]
+	next := pos{ln.segs[k+1].id, 0}
+	if !c.ack.less(next) {
+		return // acknowledged already
 	}
-	if ln.ack.less(first) {
-		ln.ack = first
-		q.writeAck(ln)
+	inRecs, inReadings := c.handedOutIn(s.id)
+	c.st.Dropped += s.live[c.i] - inRecs
+	c.st.DroppedReadings += s.liveR[c.i] - inReadings
+	c.st.Records -= s.live[c.i]
+	c.st.Readings -= s.liveR[c.i]
+	if s.live[c.i] > 0 {
+		q.log.Warn("queue: dropped the oldest telemetry", "reader", c.reader, "records", s.live[c.i], "readings", s.liveR[c.i], "bytes", s.size)
 	}
+	s.live[c.i], s.liveR[c.i] = 0, 0
+	c.closeReader(s.id)
+	if c.read.less(next) {
+		c.read = next
+	}
+	c.ack = next
+	q.writeAck(ln, c)
 }
 
 // recycle keeps a batch buffer for the next batch; two per lane at most.
-func (ln *lane) recycle(buf []byte) {
-	if len(ln.free) < 2 && cap(buf) <= 2*MaxBatchBytes {
-		ln.free = append(ln.free, buf)
+func (c *cursor) recycle(buf []byte) {
+	if len(c.free) < 2 && cap(buf) <= 2*MaxBatchBytes {
+		c.free = append(c.free, buf)
 	}
 }
 
@@ -988,12 +1291,12 @@ func (ln *lane) recycle(buf []byte) {
 // not acknowledged. If they are acknowledged they were delivered; if Rewind
 // takes them back after their segment was dropped, they are counted as
 // dropped then.
-func (ln *lane) handedOutIn(id uint64) (recs, readings int64) {
-	for _, o := range ln.out {
-		for _, c := range o.segs {
-			if c.seg == id {
-				recs += c.recs
-				readings += c.readings
+func (c *cursor) handedOutIn(id uint64) (recs, readings int64) {
+	for _, o := range c.out {
+		for _, sc := range o.segs {
+			if sc.seg == id {
+				recs += sc.recs
+				readings += sc.readings
 			}
 		}
 	}
@@ -1001,26 +1304,28 @@ func (ln *lane) handedOutIn(id uint64) (recs, readings int64) {
 }
 
 // closeReader closes the read file if it is segment id.
-func (ln *lane) closeReader(id uint64) {
-	if ln.rf != nil && ln.rfSeg == id {
-		ln.rf.Close()
-		ln.rf = nil
+func (c *cursor) closeReader(id uint64) {
+	if c.rf != nil && c.rfSeg == id {
+		c.rf.Close()
+		c.rf = nil
 	}
 }
 
-// Next returns the oldest records not yet handed out, at most max of them
-// (and at most MaxBatchBytes of data, but at least one record), all of one
-// lane, alarms first. With lanes given it takes from those only, so that
-// one consumer per lane can run at once (an alarm then never waits for a
-// telemetry batch in flight). It blocks until there are some, ctx is done
-// (it returns ctx.Err()) or the queue is closed (ErrClosed); with a ctx that
-// is already done it returns the records there are without waiting. Next
-// may be called again before the batches it returned are acknowledged
-// (pipelining); each call hands out the records after the previous batch.
-func (q *Queue) Next(ctx context.Context, max int, lanes ...Lane) (Batch, error) {
+// Next returns the oldest records not yet handed out to this reader, at
+// most max of them (and at most MaxBatchBytes of data, but at least one
+// record), all of one lane, alarms first. With lanes given it takes from
+// those only, so that one consumer per lane can run at once (an alarm then
+// never waits for a telemetry batch in flight). It blocks until there are
+// some, ctx is done (it returns ctx.Err()) or the queue is closed
+// (ErrClosed); with a ctx that is already done it returns the records
+// there are without waiting. Next may be called again before the batches
+// it returned are acknowledged (pipelining); each call hands out the
+// records after the previous batch.
+func (r *Reader) Next(ctx context.Context, max int, lanes ...Lane) (Batch, error) {
 	if max < 1 {
 		max = 1
 	}
+	q := r.q
 	for {
 		q.mu.Lock()
 		if q.closed {
@@ -1031,7 +1336,15 @@ func (q *Queue) Next(ctx context.Context, max int, lanes ...Lane) (Batch, error)
 			if !picked(lanes, Lane(l)) {
 				continue
 			}
-			if b := q.take(ln, max); len(b.Entries) > 0 {
+			if r.old != nil {
+				// The earlier layout's records are older than every one
+				// of this queue.
+				if b := r.old.takeFirst(ln.l, max); len(b.Entries) > 0 {
+					q.mu.Unlock()
+					return b, nil
+				}
+			}
+			if b := q.take(ln, ln.cur[r.i], r, max); len(b.Entries) > 0 {
 				q.mu.Unlock()
 				return b, nil
 			}
@@ -1049,12 +1362,23 @@ func (q *Queue) Next(ctx context.Context, max int, lanes ...Lane) (Batch, error)
 	}
 }
 
-// take reads up to max records of the lane from its read position. Called
-// with q.mu held.
-func (q *Queue) take(ln *lane, max int) Batch {
+// takeFirst takes up to max records of lane l for the first reader,
+// without waiting.
+func (q *Queue) takeFirst(l Lane, max int) Batch {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return Batch{}
+	}
+	return q.take(q.lanes[l], q.lanes[l].cur[0], q.readers[0], max)
+}
+
+// take reads up to max records of the lane from reader c's read position.
+// Called with q.mu held.
+func (q *Queue) take(ln *lane, c *cursor, r *Reader, max int) Batch {
 	var buf []byte
-	if n := len(ln.free); n > 0 {
-		buf, ln.free = ln.free[n-1][:0], ln.free[:n-1]
+	if n := len(c.free); n > 0 {
+		buf, c.free = c.free[n-1][:0], c.free[:n-1]
 	}
 	type span struct {
 		start, end int
@@ -1065,45 +1389,49 @@ func (q *Queue) take(ln *lane, max int) Batch {
 	var counts []segCount
 	diskDone := false // every record on disk is handed out
 	for len(spans) < max {
-		if ln.read.less(pos{ln.segs[0].id, 0}) {
-			ln.read = pos{ln.segs[0].id, 0}
+		if c.read.less(pos{ln.segs[0].id, 0}) {
+			c.read = pos{ln.segs[0].id, 0}
 		}
-		s := ln.seg(ln.read.seg)
-		if s == nil { // cannot happen: read is never past the active segment
-			ln.read = pos{ln.segs[0].id, 0}
+		s := ln.seg(c.read.seg)
+		if s == nil {
+			// The segment is gone (it was empty at Open, or unreadable):
+			// the reader goes on with the next one (read is never past
+			// the active segment).
+			i, _ := slices.BinarySearchFunc(ln.segs, c.read.seg, func(s *segment, id uint64) int { return cmp.Compare(s.id, id) })
+			c.read = pos{ln.segs[min(i, len(ln.segs)-1)].id, 0}
 			continue
 		}
-		if ln.read.off >= s.end {
+		if c.read.off >= s.end {
 			if s == ln.active() {
 				diskDone = true
 				break
 			}
 			i, _ := slices.BinarySearchFunc(ln.segs, s.id, func(s *segment, id uint64) int { return cmp.Compare(s.id, id) })
-			ln.read = pos{ln.segs[i+1].id, 0}
+			c.read = pos{ln.segs[i+1].id, 0}
 			continue
 		}
-		if ln.rf == nil || ln.rfSeg != s.id {
-			ln.closeReader(ln.rfSeg)
+		if c.rf == nil || c.rfSeg != s.id {
+			c.closeReader(c.rfSeg)
 			f, err := os.Open(filepath.Join(ln.dir, segName(s.id)))
 			if err != nil {
 				// The segment is unreadable: skip it rather than stall.
-				q.log.Error("queue: cannot read segment, skipping it", "lane", ln.l, "segment", s.id, "err", err)
-				ln.read = pos{s.id, s.end}
+				q.log.Error("queue: cannot read segment, skipping it", "lane", ln.l, "reader", c.reader, "segment", s.id, "err", err)
+				c.read = pos{s.id, s.end}
 				continue
 			}
-			ln.rf, ln.rfSeg = f, s.id
-			ln.rd.reset(f, s.end)
+			c.rf, c.rfSeg = f, s.id
+			c.rd.reset(f, s.end)
 		}
-		ln.rd.end = s.end
-		h, data, ok := ln.rd.record(ln.read.off)
+		c.rd.end = s.end
+		h, data, ok := c.rd.record(c.read.off)
 		if !ok {
-			next := ln.rd.resync(ln.read.off)
-			if s.fresh {
+			next := c.rd.resync(c.read.off)
+			if s.fresh && c.i == 0 { // counted once, not per reader
 				q.st.Corrupt++
-				q.st.CorruptBytes += next - ln.read.off
-				q.log.Error("queue: skipped corrupt records", "lane", ln.l, "segment", s.id, "offset", ln.read.off, "bytes", next-ln.read.off)
+				q.st.CorruptBytes += next - c.read.off
+				q.log.Error("queue: skipped corrupt records", "lane", ln.l, "segment", s.id, "offset", c.read.off, "bytes", next-c.read.off)
 			}
-			ln.read.off = next
+			c.read.off = next
 			continue
 		}
 		if len(spans) > 0 && len(buf)+len(data) > MaxBatchBytes {
@@ -1118,103 +1446,134 @@ func (q *Queue) take(ln *lane, max int) Batch {
 		} else {
 			counts = append(counts, segCount{s.id, 1, int64(h.readings)})
 		}
-		ln.read.off += h.size()
+		c.read.off += h.size()
 	}
 	// Then the records the disk refused, newer than every one on it.
 	memN := 0
-	for diskDone && len(spans) < max && ln.memOut < len(ln.mem) {
-		m := ln.mem[ln.memOut]
+	for diskDone && len(spans) < max && c.memOut < len(ln.mem) {
+		m := ln.mem[c.memOut]
 		if len(spans) > 0 && len(buf)+len(m.data) > MaxBatchBytes {
 			break
 		}
 		start := len(buf)
 		buf = append(buf, m.data...)
 		spans = append(spans, span{start, len(buf), m.readings, m.enq})
-		ln.memOut++
+		c.memOut++
 		memN++
 	}
 	if len(spans) == 0 {
 		if buf != nil {
-			ln.free = append(ln.free, buf)
+			c.free = append(c.free, buf)
 		}
 		return Batch{}
 	}
-	b := Batch{Lane: ln.l, Entries: make([]Entry, len(spans)), id: ln.nextID, epoch: ln.epoch}
-	ln.nextID++
+	b := Batch{Lane: ln.l, Entries: make([]Entry, len(spans)), id: c.nextID, epoch: c.epoch, r: r}
+	c.nextID++
 	for i, sp := range spans {
 		b.Entries[i] = Entry{Data: buf[sp.start:sp.end:sp.end], Readings: sp.readings, Enqueued: time.Unix(0, sp.enq)}
 	}
-	if len(ln.out) == 0 {
-		ln.oldest = spans[0].enq // the head of the lane
+	if len(c.out) == 0 {
+		c.oldest = spans[0].enq // the head of the lane
 	}
-	ln.out = append(ln.out, inflight{id: b.id, end: ln.read, buf: buf, segs: counts, mem: memN})
+	c.out = append(c.out, inflight{id: b.id, end: c.read, buf: buf, segs: counts, mem: memN})
 	return b
 }
 
-// Ack removes the batch's records from the queue. Batches of a lane must
+// Ack removes the batch's records from the reader's backlog; a segment is
+// deleted once every reader acknowledged it whole. Batches of a lane must
 // be acknowledged in the order Next returned them; a batch that Rewind
 // took back gives ErrStaleBatch.
-func (q *Queue) Ack(b Batch) error {
+func (r *Reader) Ack(b Batch) error {
 	if b.Lane >= NumLanes {
 		return fmt.Errorf("queue: ack: unknown lane %d", b.Lane)
 	}
+	q := r.q
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
 		return ErrClosed
 	}
-	ln := q.lanes[b.Lane]
-	if b.epoch != ln.epoch || len(ln.out) == 0 || b.id < ln.out[0].id {
+	if b.r != r {
+		if r.old != nil && b.r == r.old.readers[0] {
+			err := r.old.Ack(b)
+			r.closeDrained()
+			return err
+		}
 		return ErrStaleBatch
 	}
-	if b.id != ln.out[0].id {
-		return fmt.Errorf("queue: ack of %s batch %d before batch %d", ln.l, b.id, ln.out[0].id)
+	ln := q.lanes[b.Lane]
+	c := ln.cur[r.i]
+	if b.epoch != c.epoch || len(c.out) == 0 || b.id < c.out[0].id {
+		return ErrStaleBatch
 	}
-	o := ln.out[0]
-	ln.out = ln.out[1:]
-	for _, m := range ln.mem[:o.mem] {
-		ln.st.Acked++
-		ln.st.AckedReadings += int64(m.readings)
-		ln.memBytes -= int64(len(m.data))
+	if b.id != c.out[0].id {
+		return fmt.Errorf("queue: ack of %s batch %d before batch %d", ln.l, b.id, c.out[0].id)
 	}
-	ln.mem, ln.memOut = ln.mem[o.mem:], ln.memOut-o.mem
-	for _, c := range o.segs {
-		ln.st.Acked += c.recs
-		ln.st.AckedReadings += c.readings
-		if s := ln.seg(c.seg); s != nil {
-			s.live -= c.recs
-			s.liveR -= c.readings
-			ln.st.Records -= c.recs
-			ln.st.Readings -= c.readings
+	o := c.out[0]
+	c.out = c.out[1:]
+	for _, m := range ln.mem[c.memAcked : c.memAcked+o.mem] {
+		c.st.Acked++
+		c.st.AckedReadings += int64(m.readings)
+	}
+	c.memAcked += o.mem
+	if k := ln.memAckedByAll(); k > 0 {
+		for _, m := range ln.mem[:k] {
+			ln.memBytes -= int64(len(m.data))
+		}
+		ln.mem = ln.mem[k:]
+		for _, c := range ln.cur {
+			c.memAcked -= k
+			c.memOut -= k
 		}
 	}
-	ln.recycle(o.buf)
-	if ln.ack.less(o.end) {
-		ln.ack = o.end
+	for _, sc := range o.segs {
+		c.st.Acked += sc.recs
+		c.st.AckedReadings += sc.readings
+		if s := ln.seg(sc.seg); s != nil && !c.done(s) {
+			s.live[c.i] -= sc.recs
+			s.liveR[c.i] -= sc.readings
+			c.st.Records -= sc.recs
+			c.st.Readings -= sc.readings
+		}
+	}
+	c.recycle(o.buf)
+	if c.ack.less(o.end) {
+		c.ack = o.end
 	}
 	// A delivered active segment is retired once it holds retireBytes, so
 	// that what was delivered leaves the disk soon, not when SegmentBytes
 	// fill up: a small state volume keeps working.
-	if a := ln.active(); ln.ack.seg == a.id && ln.ack.off >= a.end && a.size >= q.retireBytes() && len(ln.out) == 0 {
+	if a := ln.active(); a.size >= q.retireBytes() && ln.deliveredAll(a) {
 		if err := q.newSegment(ln); err != nil {
 			q.log.Error("queue: cannot start a segment", "lane", ln.l, "err", err)
 		}
 	}
-	for len(ln.segs) > 1 {
-		s := ln.segs[0]
-		if !(s.id < ln.ack.seg || s.id == ln.ack.seg && ln.ack.off >= s.end) {
-			break
-		}
-		ln.closeReader(s.id)
-		q.remove(filepath.Join(ln.dir, segName(s.id)))
-		q.bytes -= s.size
-		ln.segs = ln.segs[1:]
-	}
+	q.removeDone(ln)
 	// The ack file is fsynced with the lane's next write: an ack lost to
 	// a power cut costs duplicates, not data, and syncing it on its own
 	// would wake the syncer for every batch the hub took.
-	q.writeAck(ln)
+	q.writeAck(ln, c)
 	return nil
+}
+
+// memAckedByAll is how many records in memory every reader acknowledged.
+func (ln *lane) memAckedByAll() int {
+	k := len(ln.mem)
+	for _, c := range ln.cur {
+		k = min(k, c.memAcked)
+	}
+	return k
+}
+
+// deliveredAll says whether every reader acknowledged segment s whole and
+// has no batch out.
+func (ln *lane) deliveredAll(s *segment) bool {
+	for _, c := range ln.cur {
+		if !c.done(s) || len(c.out) > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // retireBytes is the size from which a fully delivered active segment is
@@ -1225,29 +1584,33 @@ func (q *Queue) retireBytes() int64 { return max(q.opt.SegmentBytes/16, 4<<10) }
 func picked(lanes []Lane, l Lane) bool { return len(lanes) == 0 || slices.Contains(lanes, l) }
 
 // Rewind takes back every batch of the lanes given (of all lanes when none
-// is) handed out and not acknowledged: Next hands their records out again,
-// in order. Use it when an uplink failed.
-func (q *Queue) Rewind(lanes ...Lane) {
+// is) handed out to this reader and not acknowledged: Next hands their
+// records out again, in order. Use it when an uplink failed.
+func (r *Reader) Rewind(lanes ...Lane) {
+	q := r.q
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if r.old != nil {
+		r.old.Rewind(lanes...)
+	}
 	for l, ln := range q.lanes {
 		if !picked(lanes, Lane(l)) {
 			continue
 		}
-		first := ln.segs[0].id
-		for _, o := range ln.out {
-			for _, c := range o.segs {
-				if c.seg < first {
-					ln.st.Dropped += c.recs
-					ln.st.DroppedReadings += c.readings
+		c := ln.cur[r.i]
+		for _, o := range c.out {
+			for _, sc := range o.segs {
+				if sc.seg < c.ack.seg { // dropped for this reader meanwhile
+					c.st.Dropped += sc.recs
+					c.st.DroppedReadings += sc.readings
 				}
 			}
-			ln.recycle(o.buf)
+			c.recycle(o.buf)
 		}
-		ln.out = nil
-		ln.epoch++
-		ln.read = ln.ack
-		ln.memOut = 0
+		c.out = nil
+		c.epoch++
+		c.read = c.ack
+		c.memOut = c.memAcked
 	}
 	if q.wake != nil {
 		close(q.wake)
@@ -1255,31 +1618,78 @@ func (q *Queue) Rewind(lanes ...Lane) {
 	}
 }
 
-// Scan calls fn with the data of every record queued (neither
-// acknowledged nor dropped), lane by lane, oldest first, without changing
-// what Next hands out. The data is valid during the call only. It reads the
-// whole backlog: it is meant for recovery at start, not for the hot path.
-func (q *Queue) Scan(fn func(data []byte)) error {
+// Drain has the reader hand out the records of old, a queue of the layout
+// with one queue per uplink (or any queue's first reader), before its own,
+// lane by lane: a gateway started on a state directory of that layout
+// delivers what it left, in order, then the new records. Once old holds
+// nothing more, it is closed and its directory removed. The reader takes
+// old over: closing the queue closes it.
+func (r *Reader) Drain(old *Queue) {
+	q := r.q
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	r.old = old
+	r.closeDrained()
+}
+
+// closeDrained closes and removes the reader's old queue once every one of
+// its records is acknowledged. Called with q.mu held.
+func (r *Reader) closeDrained() {
+	old := r.old
+	if old == nil {
+		return
+	}
+	old.mu.Lock()
+	for _, ln := range old.lanes {
+		c := ln.cur[0]
+		if c.st.Records > 0 || len(c.out) > 0 || len(ln.mem) > 0 {
+			old.mu.Unlock()
+			return
+		}
+	}
+	old.mu.Unlock()
+	r.old = nil
+	if err := old.Close(); err != nil {
+		r.q.log.Error("queue: closing a drained queue", "dir", old.dir, "err", err)
+	}
+	if err := os.RemoveAll(old.dir); err != nil {
+		r.q.log.Error("queue: cannot remove a drained queue", "dir", old.dir, "err", err)
+		return
+	}
+	r.q.log.Info("queue: delivered what the queue of the earlier layout held, and removed it", "reader", r.name, "dir", old.dir)
+}
+
+// Scan calls fn with the data of every record queued for this reader
+// (neither acknowledged nor dropped), lane by lane, oldest first, without
+// changing what Next hands out. The data is valid during the call only. It
+// reads the whole backlog: it is meant for recovery at start, not for the
+// hot path.
+func (r *Reader) Scan(fn func(data []byte)) error {
+	q := r.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if r.old != nil {
+		if err := r.old.Scan(fn); err != nil {
+			return err
+		}
+	}
 	for _, ln := range q.lanes {
+		c := ln.cur[r.i]
 		for _, s := range ln.segs {
-			from := int64(0)
-			if s.id == ln.ack.seg {
-				from = ln.ack.off
-			} else if s.id < ln.ack.seg {
+			from := c.startIn(s.id)
+			if from < 0 {
 				continue
 			}
 			f, err := os.Open(filepath.Join(ln.dir, segName(s.id)))
 			if err != nil {
 				return fmt.Errorf("queue: scan: %w", err)
 			}
-			var r segReader
-			r.reset(f, s.end)
+			var sr segReader
+			sr.reset(f, s.end)
 			for off := from; off < s.end; {
-				h, data, ok := r.record(off)
+				h, data, ok := sr.record(off)
 				if !ok {
-					off = r.resync(off)
+					off = sr.resync(off)
 					continue
 				}
 				fn(data)
@@ -1291,26 +1701,53 @@ func (q *Queue) Scan(fn func(data []byte)) error {
 	return nil
 }
 
-// Stats returns the queue's counters.
-func (q *Queue) Stats() Stats {
+// Stats returns the reader's counters: its backlog, acknowledgements and
+// drops, with the counters the readers share (appends, the disk's).
+func (r *Reader) Stats() Stats {
+	q := r.q
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	st := q.st
-	for i, ln := range q.lanes {
-		st.Lanes[i] = ln.st
-		for _, s := range ln.segs {
-			st.Lanes[i].Bytes += s.size
+	for l, ln := range q.lanes {
+		c := ln.cur[r.i]
+		ls := &st.Lanes[l]
+		*ls = c.st
+		ls.Appended, ls.AppendedReadings = ln.st.Appended, ln.st.AppendedReadings
+		ls.Lost, ls.LostReadings = ln.st.Lost, ln.st.LostReadings
+		ls.Bytes = ln.bytesOf(c)
+		ls.Memory = int64(len(ln.mem) - c.memAcked)
+		ls.Records += ls.Memory
+		for _, m := range ln.mem[c.memAcked:] {
+			ls.Readings += int64(m.readings)
 		}
-		st.Lanes[i].Memory = int64(len(ln.mem))
-		st.Lanes[i].Records += int64(len(ln.mem))
-		for _, m := range ln.mem {
-			st.Lanes[i].Readings += int64(m.readings)
-		}
-		if ln.oldest != 0 && st.Lanes[i].Records > 0 {
-			st.Lanes[i].Oldest = time.Unix(0, ln.oldest)
+		if c.oldest != 0 && ls.Records > 0 {
+			ls.Oldest = time.Unix(0, c.oldest)
 		}
 	}
+	if r.old != nil {
+		st.add(r.old.Stats())
+	}
 	return st
+}
+
+// add adds the counters of o, a queue this one drains, to st.
+func (st *Stats) add(o Stats) {
+	for l := range st.Lanes {
+		a, b := &st.Lanes[l], o.Lanes[l]
+		a.Bytes += b.Bytes
+		a.Records += b.Records
+		a.Readings += b.Readings
+		a.Acked += b.Acked
+		a.AckedReadings += b.AckedReadings
+		a.Dropped += b.Dropped
+		a.DroppedReadings += b.DroppedReadings
+		if !b.Oldest.IsZero() && (a.Oldest.IsZero() || b.Oldest.Before(a.Oldest)) {
+			a.Oldest = b.Oldest
+		}
+	}
+	st.Corrupt += o.Corrupt
+	st.CorruptBytes += o.CorruptBytes
+	st.TornBytes += o.TornBytes
 }
 
 // syncsAtOnce says whether appends to the lane are fsynced at once, not
@@ -1422,7 +1859,9 @@ func (q *Queue) retryMemory() bool {
 // holds says whether a lane holds records in memory or an ack position
 // the disk refused. Called with q.mu held.
 func (q *Queue) holds() bool {
-	return slices.ContainsFunc(q.lanes[:], func(ln *lane) bool { return len(ln.mem) > 0 || ln.ackFailed })
+	return slices.ContainsFunc(q.lanes[:], func(ln *lane) bool {
+		return len(ln.mem) > 0 || slices.ContainsFunc(ln.cur, func(c *cursor) bool { return c.ackFailed })
+	})
 }
 
 // syncOnce fsyncs what was written to the lane since the last time and
@@ -1436,9 +1875,11 @@ func (q *Queue) syncOnce(ln *lane) {
 	if gen != ln.synced {
 		files = append(files, ln.w)
 	}
-	if ln.ackDirty {
-		files = append(files, ln.ackF)
-		ln.ackDirty = false
+	for _, c := range ln.cur {
+		if c.ackDirty {
+			files = append(files, c.ackF)
+			c.ackDirty = false
+		}
 	}
 	dir := ln.dirDirty
 	ln.dirDirty = false
@@ -1487,9 +1928,20 @@ func (q *Queue) Close() error {
 		close(q.wake)
 		q.wake = nil
 	}
+	var old []*Queue
+	for _, r := range q.readers {
+		if r.old != nil {
+			old = append(old, r.old)
+			r.old = nil
+		}
+	}
 	q.mu.Unlock()
 	close(q.done)
 	q.wg.Wait()
+	var errs []error
+	for _, o := range old {
+		errs = append(errs, o.Close())
+	}
 
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -1497,12 +1949,13 @@ func (q *Queue) Close() error {
 		if len(ln.mem) == 0 {
 			continue
 		}
-		ln.memOut = 0 // nothing is in flight any more
+		for _, c := range ln.cur {
+			c.memOut = c.memAcked // nothing is in flight any more
+		}
 		if !q.flushMemory(ln) {
 			q.log.Error("queue: closing with records the disk refused; they are lost", "lane", ln.l, "records", len(ln.mem), "err", q.st.WriteError)
 		}
 	}
-	var errs []error
 	for _, ln := range q.lanes {
 		var lerrs []error
 		for _, f := range ln.pending {
@@ -1511,8 +1964,10 @@ func (q *Queue) Close() error {
 		ln.pending = nil
 		if q.opt.SyncEvery >= 0 {
 			lerrs = append(lerrs, ln.w.Sync())
-			if ln.ackDirty {
-				lerrs = append(lerrs, ln.ackF.Sync())
+			for _, c := range ln.cur {
+				if c.ackDirty {
+					lerrs = append(lerrs, c.ackF.Sync())
+				}
 			}
 			if ln.dirDirty {
 				lerrs = append(lerrs, durable.SyncDir(ln.dir))
@@ -1538,13 +1993,15 @@ func (ln *lane) close() error {
 		errs = append(errs, ln.w.Close())
 		ln.w = nil
 	}
-	if ln.rf != nil {
-		ln.rf.Close()
-		ln.rf = nil
-	}
-	if ln.ackF != nil {
-		errs = append(errs, ln.ackF.Close())
-		ln.ackF = nil
+	for _, c := range ln.cur {
+		if c.rf != nil {
+			c.rf.Close()
+			c.rf = nil
+		}
+		if c.ackF != nil {
+			errs = append(errs, c.ackF.Close())
+			c.ackF = nil
+		}
 	}
 	return errors.Join(errs...)
 }

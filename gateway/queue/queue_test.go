@@ -87,8 +87,22 @@ var done = func() context.Context {
 	return ctx
 }()
 
+// consumer is a Queue (its first reader) or a Reader.
+type consumer interface {
+	Next(ctx context.Context, max int, lanes ...Lane) (Batch, error)
+	Ack(b Batch) error
+}
+
+// queueOf is the queue of a consumer.
+func queueOf(c consumer) *Queue {
+	if r, ok := c.(*Reader); ok {
+		return r.q
+	}
+	return c.(*Queue)
+}
+
 // next returns the next batch without waiting, or a batch with no entries.
-func next(t testing.TB, q *Queue, max int) Batch {
+func next(t testing.TB, q consumer, max int) Batch {
 	t.Helper()
 	b, err := q.Next(done, max)
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -99,12 +113,12 @@ func next(t testing.TB, q *Queue, max int) Batch {
 
 // drain hands out and acknowledges (if ack) everything there is and returns
 // the record numbers per lane.
-func drain(t testing.TB, q *Queue, max int, ack bool) (alarms, telemetry []int) {
+func drain(t testing.TB, q consumer, max int, ack bool) (alarms, telemetry []int) {
 	t.Helper()
 	for {
 		b := next(t, q, max)
 		if len(b.Entries) == 0 {
-			checkInvariants(t, q)
+			checkInvariants(t, queueOf(q))
 			return alarms, telemetry
 		}
 		for _, e := range b.Entries {
@@ -130,11 +144,13 @@ func checkInvariants(t testing.TB, q *Queue) {
 	defer q.mu.Unlock()
 	var total int64
 	for _, ln := range q.lanes {
-		var live, liveR int64
+		live, liveR := make([]int64, len(ln.cur)), make([]int64, len(ln.cur))
 		for _, s := range ln.segs {
 			total += s.size
-			live += s.live
-			liveR += s.liveR
+			for i := range ln.cur {
+				live[i] += s.live[i]
+				liveR[i] += s.liveR[i]
+			}
 			fi, err := os.Stat(filepath.Join(ln.dir, segName(s.id)))
 			if err != nil {
 				t.Fatalf("%s segment %d: %v", ln.l, s.id, err)
@@ -143,8 +159,10 @@ func checkInvariants(t testing.TB, q *Queue) {
 				t.Fatalf("%s segment %d holds %d bytes, the queue thinks %d", ln.l, s.id, fi.Size(), s.size)
 			}
 		}
-		if live != ln.st.Records || liveR != ln.st.Readings || live < 0 || liveR < 0 {
-			t.Fatalf("%s: segments hold %d records with %d readings, stats say %d with %d", ln.l, live, liveR, ln.st.Records, ln.st.Readings)
+		for i, c := range ln.cur {
+			if live[i] != c.st.Records || liveR[i] != c.st.Readings || live[i] < 0 || liveR[i] < 0 {
+				t.Fatalf("%s, reader %q: segments hold %d records with %d readings, stats say %d with %d", ln.l, c.reader, live[i], liveR[i], c.st.Records, c.st.Readings)
+			}
 		}
 		files, _ := filepath.Glob(filepath.Join(ln.dir, "*.seg"))
 		if len(files) != len(ln.segs) {

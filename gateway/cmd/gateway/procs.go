@@ -55,7 +55,7 @@ func procsFor(cpus, cur int, backlog bool, busy float64) int {
 
 // spareProcs sets the gateway's Ps (see procsFor) every procsEvery until
 // ctx ends.
-func spareProcs(ctx context.Context, queues map[string]*queue.Queue, log *slog.Logger) {
+func spareProcs(ctx context.Context, queues map[string]*queue.Reader, log *slog.Logger) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}

@@ -25,7 +25,7 @@ func TestSpareProcs(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		spareProcs(ctx, map[string]*queue.Queue{"mqtt": q}, slog.New(slog.DiscardHandler))
+		spareProcs(ctx, map[string]*queue.Reader{"mqtt": q.Reader("")}, slog.New(slog.DiscardHandler))
 	}()
 	defer func() { cancel(); <-done }()
 	waitProcs := func(want int) {

@@ -79,17 +79,18 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		return fmt.Errorf("state directory: %w", err)
 	}
 	links := &linkSet{ctx: ctx, wg: &sync.WaitGroup{}, rtt: roundTrips, log: log, run: map[string]*linkRun{}}
-	queues := map[string]*queue.Queue{}
-	var outs []pipeline.Appender
-	for _, name := range st.Uplinks() {
-		q, err := pipeline.OpenQueue(st, name, log)
-		if err != nil {
-			return err
-		}
-		defer q.Close()
-		queues[name] = q
-		outs = append(outs, q)
+	// One queue: every message is written once, and each uplink reads it
+	// at its own pace.
+	q, err := pipeline.OpenQueue(st, log)
+	if err != nil {
+		return err
 	}
+	defer q.Close()
+	queues := map[string]*queue.Reader{}
+	for _, name := range st.Uplinks() {
+		queues[name] = q.Reader(name)
+	}
+	outs := []pipeline.Appender{q}
 	counters, lostSeq, err := openSeq(st, queues, log)
 	if err != nil {
 		return err
@@ -300,7 +301,7 @@ func within(d time.Duration, f func()) bool {
 
 // queued sums up what waits in the queues, e.g.
 // "influx: 0 alarms, 1200 telemetry (9600 readings); mqtt: ...".
-func queued(queues map[string]*queue.Queue) string {
+func queued(queues map[string]*queue.Reader) string {
 	var parts []string
 	for name, q := range queues {
 		s := q.Stats()
@@ -315,7 +316,7 @@ func queued(queues map[string]*queue.Queue) string {
 // device is raised above the highest number still in the queues, and the
 // event to tell the hub is returned: for the devices the queues did not
 // hold, numbers may repeat ones the hub already has.
-func openSeq(st *configs.Station, queues map[string]*queue.Queue, log *slog.Logger) (*seq.Counters, *model.Message, error) {
+func openSeq(st *configs.Station, queues map[string]*queue.Reader, log *slog.Logger) (*seq.Counters, *model.Message, error) {
 	counters, err := seq.Open(st.SeqFile(), log)
 	if err != nil || !counters.Lost() {
 		return counters, nil, err

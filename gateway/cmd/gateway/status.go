@@ -46,7 +46,7 @@ type linkState struct {
 type snapshots struct {
 	st      *configs.Station
 	started time.Time
-	queues  map[string]*queue.Queue
+	queues  map[string]*queue.Reader
 	states  map[string]uplinkState
 	dead    *pipeline.DeadLetters
 	fwds    map[string][]*pipeline.Forwarder // by uplink
