@@ -52,6 +52,29 @@ func TestSpareProcs(t *testing.T) {
 	waitProcs(1) // drained, and at rest: this test uses little CPU
 }
 
+// TestBacklogged: a queue left by the last run, an outage or a drain is a
+// backlog; a steady flow batched for InfluxDB, or a few readings, is not.
+func TestBacklogged(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name     string
+		readings int64
+		oldest   time.Time
+		want     bool
+	}{
+		{"left by the last run", backlogReadings + 1, time.Time{}, true},
+		{"an outage: the batch in flight waited long", 50000, now.Add(-time.Minute), true},
+		{"just long enough", backlogReadings + 1, now.Add(-backlogAge), true},
+		{"a steady flow between two InfluxDB writes", 15000, now.Add(-1500 * time.Millisecond), false},
+		{"few readings, long waited", 100, now.Add(-time.Hour), false},
+		{"empty", 0, time.Time{}, false},
+	} {
+		if got := backlogged(queue.LaneStats{Readings: c.readings, Oldest: c.oldest}, now); got != c.want {
+			t.Errorf("%s (%d readings, oldest %v): backlog %v, want %v", c.name, c.readings, c.oldest, got, c.want)
+		}
+	}
+}
+
 // TestProcsFor: one P at rest, as many as the CPUs when busier, four
 // times as many under a backlog; between rest and busy, the count stays.
 func TestProcsFor(t *testing.T) {
