@@ -85,8 +85,13 @@ func (st *Station) Path(file string) string {
 // CommandsFile is where the gateway remembers the commands it took.
 func (st *Station) CommandsFile() string { return filepath.Join(st.StateDir, "commands.jsonl") }
 
-// QueueDir is where the gateway keeps the durable queue of an uplink.
-func (st *Station) QueueDir(uplink string) string {
+// QueueDir is where the gateway keeps its durable queue, written once and
+// read by every uplink.
+func (st *Station) QueueDir() string { return filepath.Join(st.StateDir, "queue") }
+
+// UplinkQueueDir is where gateways before the shared queue kept an
+// uplink's own queue; a gateway that finds one drains it first.
+func (st *Station) UplinkQueueDir(uplink string) string {
 	return filepath.Join(st.StateDir, "queue", uplink)
 }
 

@@ -148,6 +148,3 @@ func damage(path string, rng *rand.Rand) error {
 	}
 	return f.Close()
 }
-
-// queueDir is where the gateway keeps its queue.
-func queueDir(st *configs.Station) string { return pipeline.SharedQueueDir(st) }

@@ -885,7 +885,7 @@ func (r *runner) quiet() time.Duration {
 // and garbage is appended. It first lists, on copies, which messages
 // queued for each uplink the damage destroys.
 func (r *runner) cutPower() error {
-	dir := queueDir(r.st)
+	dir := r.st.QueueDir()
 	uplinks := r.st.Uplinks()
 	before, err := queuedMessages(dir, uplinks, r.work, r.col.tally)
 	if err != nil {

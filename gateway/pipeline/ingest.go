@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -359,17 +358,17 @@ func (in *Ingest) fail(m *model.Message, err error) error {
 // (see configs.Station.Uplinks), the station's cap per uplink and its group
 // commit. Every message is written once, in StateDir/queue; each uplink
 // reads it at its own pace. A queue of the earlier layout, one per uplink
-// in QueueDir(uplink), is drained by that uplink's reader before the new
+// in UplinkQueueDir(uplink), is drained by that uplink's reader before the new
 // records.
 func OpenQueue(st *configs.Station, log *slog.Logger) (*queue.Queue, error) {
 	uplinks := st.Uplinks()
 	opt := queue.Options{MaxBytes: st.Queue.MaxBytes, SyncEvery: st.Queue.Sync, Readers: uplinks}
-	q, err := queue.Open(SharedQueueDir(st), opt, log.With("queue", "shared"))
+	q, err := queue.Open(st.QueueDir(), opt, log.With("queue", "shared"))
 	if err != nil {
 		return nil, err
 	}
 	for _, u := range uplinks {
-		dir := st.QueueDir(u)
+		dir := st.UplinkQueueDir(u)
 		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -382,6 +381,3 @@ func OpenQueue(st *configs.Station, log *slog.Logger) (*queue.Queue, error) {
 	}
 	return q, nil
 }
-
-// SharedQueueDir is where the station's queue is (see OpenQueue).
-func SharedQueueDir(st *configs.Station) string { return filepath.Join(st.StateDir, "queue") }

@@ -15,14 +15,14 @@ import (
 
 // TestOpenQueueDrainsEarlierLayout starts on a state directory that a
 // gateway of the earlier layout left (a queue per uplink in
-// QueueDir(uplink)): each uplink gets what its old queue held, then the
+// UplinkQueueDir(uplink)): each uplink gets what its old queue held, then the
 // new records, and the old directories go once delivered.
 func TestOpenQueueDrainsEarlierLayout(t *testing.T) {
 	st := &configs.Station{StateDir: t.TempDir(), Hub: configs.Hub{Influx: &configs.Influx{}}}
 	st.Queue.Sync = -1
 	msg := func(i int) queue.Record { return queue.Record{Data: fmt.Appendf(nil, "m%d", i), Readings: 1} }
 	for _, u := range st.Uplinks() {
-		old, err := queue.Open(st.QueueDir(u), queue.Options{SyncEvery: -1}, nil)
+		old, err := queue.Open(st.UplinkQueueDir(u), queue.Options{SyncEvery: -1}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,7 +72,7 @@ func TestOpenQueueDrainsEarlierLayout(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Errorf("%s got %q, want %q", u, got, want)
 		}
-		if _, err := os.Stat(st.QueueDir(u)); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(st.UplinkQueueDir(u)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s: the earlier queue is still there once delivered: %v", u, err)
 		}
 	}
