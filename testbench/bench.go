@@ -128,9 +128,12 @@ type benchWindow struct {
 	MQTT         int64   `json:"readings_mqtt"`
 	Influx       int64   `json:"readings_influx"`
 	ReadingsPerS float64 `json:"readings_per_s"`
-	// Scheduled is what the poll schedule calls for (units × fields ×
-	// seconds / poll); SchedulePercent the readings delivered to both
-	// stores (the lesser count) against it.
+	// Scheduled is what the poll schedule calls for: for each unit,
+	// fields × the time its readings were counted over (from its first
+	// request in the window to its first after it) / poll, so that a
+	// window's edges do not count as a poll gained or lost;
+	// SchedulePercent the readings delivered to both stores (the lesser
+	// count) against it.
 	Scheduled       float64 `json:"readings_scheduled"`
 	SchedulePercent float64 `json:"schedule_kept_percent"`
 	// The gateway's CPU (user and system) per reading expected, its share
@@ -435,8 +438,10 @@ func benchFigures(p benchPlan, a, b benchSample, units []unitWindow) benchWindow
 	w := benchWindow{Seconds: b.at.Sub(a.at).Seconds()}
 	for _, u := range units {
 		w.Expected += u.served
+		if u.to > u.from && u.to != math.MaxInt64 {
+			w.Scheduled += float64(benchFields) * float64(u.to-u.from) / float64(p.Poll)
+		}
 	}
-	w.Scheduled = p.scheduledPerS() * w.Seconds
 	if w.Seconds > 0 {
 		w.ReadingsPerS = float64(w.Expected) / w.Seconds
 	}
