@@ -34,7 +34,8 @@ test: test-deps build
 # The fleet of docs/scaling.md for five minutes: SOAK_STATIONS stations of the
 # five types, each with its own gateway and simulated devices, against one
 # Mosquitto and one InfluxDB on this machine; then the fleet-cluster run
-# (a hub of three NATS nodes, one killed mid-run). Too long for `make test`.
+# (a hub of three NATS nodes, one killed mid-run), and the scenarios marked
+# soak (kiosk-loop). Too long for `make test`.
 # Nothing may be lost, and every device must keep 90% of its poll rate: on
 # a 2-core machine to itself, 20 stations do (docs/scaling.md).
 SOAK_STATIONS ?= 20
@@ -42,6 +43,7 @@ SOAK_DURATION ?= 5m
 soak: test-deps build
 	$(BIN)/testbench run fleet -stations $(SOAK_STATIONS) -duration $(SOAK_DURATION) -report $(BIN)/fleet.json
 	$(BIN)/testbench run fleet-cluster -stations 6 -duration 2m -report $(BIN)/fleet-cluster.json
+	$(BIN)/testbench run kiosk-loop -report $(BIN)/kiosk-loop.json
 
 # The load benchmark (docs/testbench.md) at the loads of docs/operations.md,
 # "Measured": 1,500 readings/s, 15,000 (100 units of 15 fields every

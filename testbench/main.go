@@ -102,9 +102,13 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 			log.Error("scenario", "err", err)
 			return 2
 		}
-		if sc.Solo || len(names) == 1 {
+		switch {
+		case sc.Soak && name == "all":
+			log.Info("scenario left to make soak", "scenario", sc.Name, "duration", sc.Duration)
+			continue
+		case sc.Solo || len(names) == 1:
 			solo = append(solo, sc)
-		} else {
+		default:
 			shared = append(shared, sc)
 		}
 	}

@@ -39,6 +39,9 @@ type Scenario struct {
 	// rates, latencies, poll rates) or timing bounds need the machine to
 	// themselves. The others run two at a time.
 	Solo bool `yaml:"solo"`
+	// Soak scenarios are too long for "run all" (make test's 15 minutes):
+	// make soak runs them by name.
+	Soak bool `yaml:"soak"`
 	// Station is an embedded station file, e.g. police-room.yaml, or
 	// StationFile one of the testbench's own, relative to the scenario's
 	// folder, e.g. stations/dead-unit.yaml.
