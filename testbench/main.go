@@ -166,7 +166,7 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 	}
 	fmt.Println()
 	printSummary(os.Stdout, rows)
-	fmt.Printf("scenarios: %d passed, %d failed\n", len(names)-failed, failed)
+	fmt.Printf("scenarios: %d passed, %d failed\n", len(rows)-failed, failed)
 	if failed > 0 {
 		return 1
 	}

@@ -300,26 +300,30 @@ type LaneStats struct {
 func (s *Stats) Kept() LaneStats {
 	var k LaneStats
 	for l, ls := range s.Lanes {
-		if !Lane(l).Kept() {
-			continue
-		}
-		k.Bytes += ls.Bytes
-		k.Records += ls.Records
-		k.Readings += ls.Readings
-		k.Appended += ls.Appended
-		k.AppendedReadings += ls.AppendedReadings
-		k.Acked += ls.Acked
-		k.AckedReadings += ls.AckedReadings
-		k.Dropped += ls.Dropped
-		k.DroppedReadings += ls.DroppedReadings
-		k.Memory += ls.Memory
-		k.Lost += ls.Lost
-		k.LostReadings += ls.LostReadings
-		if !ls.Oldest.IsZero() && (k.Oldest.IsZero() || ls.Oldest.Before(k.Oldest)) {
-			k.Oldest = ls.Oldest
+		if Lane(l).Kept() {
+			k.add(ls)
 		}
 	}
 	return k
+}
+
+// add adds o's counts to ls; Oldest is the older of the two.
+func (ls *LaneStats) add(o LaneStats) {
+	ls.Bytes += o.Bytes
+	ls.Records += o.Records
+	ls.Readings += o.Readings
+	ls.Appended += o.Appended
+	ls.AppendedReadings += o.AppendedReadings
+	ls.Acked += o.Acked
+	ls.AckedReadings += o.AckedReadings
+	ls.Dropped += o.Dropped
+	ls.DroppedReadings += o.DroppedReadings
+	ls.Memory += o.Memory
+	ls.Lost += o.Lost
+	ls.LostReadings += o.LostReadings
+	if !o.Oldest.IsZero() && (ls.Oldest.IsZero() || o.Oldest.Before(ls.Oldest)) {
+		ls.Oldest = o.Oldest
+	}
 }
 
 // Stats are the queue's counters. Counts "since Open" start at zero at
@@ -1739,20 +1743,11 @@ func (r *Reader) Stats() Stats {
 	return st
 }
 
-// add adds the counters of o, a queue this one drains, to st.
+// add adds the counters of o, a queue this one drains (nothing is
+// appended to it), to st.
 func (st *Stats) add(o Stats) {
 	for l := range st.Lanes {
-		a, b := &st.Lanes[l], o.Lanes[l]
-		a.Bytes += b.Bytes
-		a.Records += b.Records
-		a.Readings += b.Readings
-		a.Acked += b.Acked
-		a.AckedReadings += b.AckedReadings
-		a.Dropped += b.Dropped
-		a.DroppedReadings += b.DroppedReadings
-		if !b.Oldest.IsZero() && (a.Oldest.IsZero() || b.Oldest.Before(a.Oldest)) {
-			a.Oldest = b.Oldest
-		}
+		st.Lanes[l].add(o.Lanes[l])
 	}
 	st.Corrupt += o.Corrupt
 	st.CorruptBytes += o.CorruptBytes
