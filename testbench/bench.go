@@ -186,22 +186,10 @@ func cmdBench(ctx context.Context, args []string, log *slog.Logger) int {
 		return 2
 	}
 	rep, err := runBench(ctx, p, work, log)
-	if err != nil {
-		rep.Failures = append(rep.Failures, err.Error())
-		rep.Pass = false
-	}
-	if rep.Pass {
-		os.RemoveAll(work)
-	} else {
-		log.Info("run files kept", "dir", work)
-	}
+	written := settleRun(err, &rep.Pass, &rep.Failures, work, *reportPath, &rep, log)
 	printBench(os.Stdout, rep)
-	if *reportPath != "" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(*reportPath, append(b, '\n'), 0o644); err != nil {
-			log.Error("report", "err", err)
-			return 2
-		}
+	if !written {
+		return 2
 	}
 	if !rep.Pass {
 		return 1

@@ -226,16 +226,22 @@ func fleetFlags(fs *flag.FlagSet, stations int, duration time.Duration) (plan fu
 	}, report
 }
 
-// settle ends a fleet command's run: an error fails it, its files are
-// kept when it failed and removed when it passed, and report (the whole
-// report, of which rep is the fleet's part) is written to path when
-// there is one. False when it could not be written.
+// settle ends a fleet command's run (see settleRun); report is the whole
+// report, of which rep is the fleet's part.
 func (rep *fleetReport) settle(err error, work, path string, report any, log *slog.Logger) bool {
+	return settleRun(err, &rep.Pass, &rep.Failures, work, path, report, log)
+}
+
+// settleRun ends a run of a fleet command or of the bench: an error fails
+// it, its files are kept when it failed and removed when it passed, and
+// report is written to path when there is one. False when it could not be
+// written.
+func settleRun(err error, pass *bool, failures *[]string, work, path string, report any, log *slog.Logger) bool {
 	if err != nil {
-		rep.Failures = append(rep.Failures, err.Error())
-		rep.Pass = false
+		*failures = append(*failures, err.Error())
+		*pass = false
 	}
-	if rep.Pass {
+	if *pass {
 		os.RemoveAll(work)
 	} else {
 		log.Info("run files kept", "dir", work)

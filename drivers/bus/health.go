@@ -68,9 +68,9 @@ type Result struct {
 	Late             bool // the poll started late (see Line.Started)
 	// Skipped is how many of the device's slots passed without a poll
 	// before this one, because the one before overran (see NextSlot).
-	Skipped int
-	Reason           string
-	Counters         []string // one counter name per failure
+	Skipped  int
+	Reason   string
+	Counters []string // one counter name per failure
 	// Retried are failures that a retry rode over: counted, but the poll
 	// succeeded.
 	Retried []string

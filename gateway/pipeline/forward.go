@@ -189,6 +189,14 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 }
 
+// noWait is a done context: Next with it takes what there is, without
+// waiting.
+var noWait = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
 // take appends to batches the next records to send, up to the limit: it
 // waits for one, takes what else there is, and, when that is not a full
 // batch and the last send was less than Linger ago, waits out the Linger
@@ -203,10 +211,8 @@ func (f *Forwarder) take(ctx context.Context, batches []queue.Batch, last time.T
 	batches = append(batches, b)
 	n := len(b.Entries)
 	more := func() {
-		now, cancel := context.WithCancel(ctx)
-		cancel() // Next with a done ctx takes what there is, without waiting
 		for n < f.limit {
-			b, err := f.Queue.Next(now, f.limit-n, f.Lanes...)
+			b, err := f.Queue.Next(noWait, f.limit-n, f.Lanes...)
 			if err != nil {
 				return
 			}
