@@ -111,4 +111,21 @@ func TestForwarderFillsBatches(t *testing.T) {
 			t.Errorf("a message waited %s in the queue, want at most the linger %s (and a little)", longest, linger)
 		}
 	})
+	t.Run("a poll each linger", func(t *testing.T) {
+		// A reading that comes in the last tenth of the linger after the
+		// previous send leaves at once, with the poll that brought it,
+		// not on a timer of its own: here 0.8 s early.
+		q := open(t)
+		appendN(q, 1, 1)
+		const linger = 10 * time.Second
+		f := &Forwarder{Name: "test", Queue: q, Batch: 5000, limit: 5000, Linger: linger}
+		start := time.Now()
+		batches, err := f.take(context.Background(), nil, start.Add(-linger*92/100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); len(batches) != 1 || took > 400*time.Millisecond {
+			t.Errorf("a reading 9.2 s after a send with a 10 s linger: %d batches after %s, want 1 at once", len(batches), took)
+		}
+	})
 }

@@ -41,12 +41,15 @@ type Forwarder struct {
 	Uplink Uplink
 	Batch  int // messages per send
 	// Linger, when set, paces sends of batches that are not full: such a
-	// batch leaves at least Linger after the previous send, with what
-	// came meanwhile (up to Batch), so that a shallow queue makes one
-	// send per Linger instead of one per message, and a steady flow
-	// makes requests of Linger's worth (InfluxDB's cost is per request
-	// more than per point). A batch after a quiet Linger leaves at once;
-	// a full one, or a backlog, never waits. For telemetry; alarms never
+	// batch leaves a Linger after the previous send, with what came
+	// meanwhile (up to Batch), so that a shallow queue makes one send per
+	// Linger instead of one per message, and a steady flow makes requests
+	// of Linger's worth (InfluxDB's cost is per request more than per
+	// point). A batch after a quiet Linger leaves at once, and so does one
+	// within the last tenth of it (lingerSlack): a device polled every
+	// Linger has its reading sent as it comes, with the poll, rather than
+	// on a timer of its own that wakes the gateway again a few ms later. A
+	// full batch, or a backlog, never waits. For telemetry; alarms never
 	// wait.
 	Linger time.Duration
 	// Waited, when set, is told how long each message the hub took had
@@ -197,6 +200,10 @@ var noWait = func() context.Context {
 	return ctx
 }()
 
+// lingerSlack: a batch that would wait less than Linger/lingerSlack leaves
+// at once.
+const lingerSlack = 10
+
 // take appends to batches the next records to send, up to the limit: it
 // waits for one, takes what else there is, and, when that is not a full
 // batch and the last send was less than Linger ago, waits out the Linger
@@ -221,7 +228,7 @@ func (f *Forwarder) take(ctx context.Context, batches []queue.Batch, last time.T
 		}
 	}
 	more()
-	if wait := time.Until(last.Add(f.Linger)); f.Linger > 0 && n < f.limit && wait > 0 {
+	if wait := time.Until(last.Add(f.Linger)); f.Linger > 0 && n < f.limit && wait > f.Linger/lingerSlack {
 		select {
 		case <-ctx.Done():
 			return batches, ctx.Err()

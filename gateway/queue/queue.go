@@ -88,8 +88,10 @@
 //     the next one (group commit). Nothing that Append returned for is lost,
 //     neither on a process kill nor on power loss.
 //   - SyncEvery == d > 0 (DefaultSyncEvery is 100 ms): a background goroutine
-//     fsyncs the written segments d after an append, covering every append
-//     of that window.
+//     fsyncs the written segments at most every d: at once after an append
+//     that follows a quiet d (a station at rest syncs its poll's reading as
+//     it comes, with no timer of its own to wake the gateway again),
+//     otherwise d after the previous fsync, covering every append since.
 //     A process kill (kill -9, a panic, the OOM killer) loses nothing that
 //     Append returned for: the records are in the kernel's page cache after
 //     write(2) and reach the disk without the process. A power loss or
@@ -1770,9 +1772,10 @@ func kick(ln *lane) {
 }
 
 // syncLoop fsyncs the lane's written segments and ack file once kicked (a
-// write): at once when the lane syncs at once, or else SyncEvery later,
-// covering everything written meanwhile (the group commit). An idle queue
-// wakes nobody. It ends when Close closes q.done.
+// write): at once when the lane syncs at once or its last fsync began
+// SyncEvery ago or more, or else SyncEvery after that one began, covering
+// everything written meanwhile (the group commit). An idle queue wakes
+// nobody. It ends when Close closes q.done.
 func (q *Queue) syncLoop(ln *lane) {
 	defer q.wg.Done()
 	var window *time.Timer
@@ -1781,20 +1784,22 @@ func (q *Queue) syncLoop(ln *lane) {
 		window.Stop()
 		defer window.Stop()
 	}
+	var began time.Time // the last fsync
 	for {
 		select {
 		case <-q.done:
 			return
 		case <-ln.kick:
 		}
-		if window != nil {
-			window.Reset(q.opt.SyncEvery)
+		if wait := time.Until(began.Add(q.opt.SyncEvery)); window != nil && wait > 0 {
+			window.Reset(wait)
 			select {
 			case <-q.done:
 				return
 			case <-window.C:
 			}
 		}
+		began = time.Now()
 		q.syncOnce(ln)
 	}
 }
