@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +17,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/status"
 	"outpost/testbench/hub"
 
 	"go.yaml.in/yaml/v3"
@@ -223,6 +226,7 @@ func runReportByException(t *testing.T, ctx context.Context, dir, station string
 		}
 	}
 	var nServed, nSent int
+	unchanged := map[string]uint64{} // by device: served less sent
 	for dev, sigs := range bands {
 		msgs := slices.Clone(got[dev])
 		slices.SortFunc(msgs, func(a, b hubMsg) int { return int(a.seq) - int(b.seq) })
@@ -237,6 +241,7 @@ func runReportByException(t *testing.T, ctx context.Context, dir, station string
 			}
 			key := dev + "/" + sig
 			nServed, nSent = nServed+len(want[key]), nSent+len(at)
+			unchanged[dev] += uint64(len(want[key]) - len(at))
 			if !st.ReportByException {
 				if !slices.Equal(at, want[key]) {
 					t.Errorf("%s: the hub has %v, served %v", key, at, want[key])
@@ -258,6 +263,25 @@ func runReportByException(t *testing.T, ctx context.Context, dir, station string
 		}
 	}
 	t.Logf("signals with a deadband: %d readings served, %d at the hub", nServed, nSent)
+	// The operator sees, per device, how many readings were left out.
+	addr, err := statusAddr(ctx, st, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + addr + "/api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var snap status.Snapshot
+	if err := json.NewDecoder(resp.Body).Decode(&snap); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range snap.Devices {
+		if d.Unchanged != unchanged[d.ID] {
+			t.Errorf("%s: the status says %d readings unchanged, not sent; %d were served and not at the hub", d.ID, d.Unchanged, unchanged[d.ID])
+		}
+	}
 	switch {
 	case st.ReportByException && nSent >= nServed:
 		t.Errorf("report by exception on: %d of %d readings sent, want fewer", nSent, nServed)

@@ -64,9 +64,8 @@ type Ingest struct {
 	statesPath string
 	active     map[string][]string
 
-	failed     atomic.Uint64 // messages that could not be queued
-	suppressed atomic.Uint64 // readings report by exception did not send
-	last       atomic.Int64  // when a driver last emitted, Unix ns
+	failed atomic.Uint64 // messages that could not be queued
+	last   atomic.Int64  // when a driver last emitted, Unix ns
 }
 
 // LastEmit is when a driver last emitted a message (the start before the
@@ -82,6 +81,9 @@ type devIngest struct {
 	lost  bool                          // device_lost was raised and not yet restored
 	rbe   deadband.Device               // report by exception
 	buf   []byte
+	// unchanged counts the values report by exception left out (see
+	// Ingest.Unchanged).
+	unchanged atomic.Uint64
 }
 
 // NewIngest builds the ingest stage for a station, appending every message to
@@ -137,8 +139,22 @@ func (in *Ingest) device(id string) *devIngest {
 // Failed is how many messages could not be queued (disk errors).
 func (in *Ingest) Failed() uint64 { return in.failed.Load() }
 
-// Suppressed is how many readings report by exception did not send.
-func (in *Ingest) Suppressed() uint64 { return in.suppressed.Load() }
+// Unchanged is how many of the device's readings report by exception left
+// out since the gateway started: values within their deadband of the last
+// one sent (not the bad readings of an unanswered poll, repeated while the
+// device stays silent).
+func (in *Ingest) Unchanged(device string) uint64 { return in.device(device).unchanged.Load() }
+
+// withValue counts the readings that carry a value (not bad).
+func withValue(rs []model.Reading) int {
+	n := 0
+	for _, r := range rs {
+		if r.Quality != model.Bad {
+			n++
+		}
+	}
+	return n
+}
 
 // Emit stamps, sequences and queues one driver message, and the events it
 // implies. Telemetry goes without the readings report by exception
@@ -160,7 +176,7 @@ func (in *Ingest) Emit(m model.Message) error {
 	}
 	var err error
 	if sent := d.report(&m); len(sent.Readings) < len(m.Readings) {
-		in.suppressed.Add(uint64(len(m.Readings) - len(sent.Readings)))
+		d.unchanged.Add(uint64(withValue(m.Readings) - withValue(sent.Readings)))
 		if len(sent.Readings) > 0 {
 			err = in.queue(d, sent)
 		}

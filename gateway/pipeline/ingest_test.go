@@ -504,8 +504,8 @@ func TestIngestReportByException(t *testing.T) {
 			if tc.on {
 				suppressed = 5 // 2 + 2 + 1 (humidity at 21.6, 50)
 			}
-			if in.Suppressed() != suppressed {
-				t.Errorf("Suppressed() = %d, want %d", in.Suppressed(), suppressed)
+			if got := in.Unchanged("th-hall"); got != suppressed {
+				t.Errorf("Unchanged(th-hall) = %d, want %d", got, suppressed)
 			}
 		})
 	}

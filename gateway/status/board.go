@@ -36,6 +36,9 @@ type Device struct {
 	// LastSeen is when a good value last came from it.
 	LastSeen time.Time `json:"last_seen,omitzero"`
 	Values   []Value   `json:"values"`
+	// Unchanged counts the readings report by exception left out since
+	// the gateway started, each within its deadband of the last sent.
+	Unchanged uint64 `json:"unchanged_readings,omitempty"`
 }
 
 // Value is a signal's last reading ("" for none).

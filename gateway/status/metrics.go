@@ -19,6 +19,9 @@ var (
 	descDeviceCounter = prometheus.NewDesc("outpost_device_errors_total",
 		"The device's health counters since the gateway started: timeouts, crc_errors, exceptions, bad_frames, ...",
 		[]string{"device", "counter"}, nil)
+	descDeviceUnchanged = prometheus.NewDesc("outpost_device_unchanged_readings_total",
+		"The device's readings report by exception left out since the gateway started, each within its deadband of the last sent.",
+		[]string{"device"}, nil)
 	descDeviceRTT = prometheus.NewDesc("outpost_device_rtt_seconds",
 		"The round trip of the device's last answered request.", []string{"device"}, nil)
 	descUplinkUp = prometheus.NewDesc("outpost_uplink_connected",
@@ -78,7 +81,7 @@ var deviceStates = []model.HealthState{model.Online, model.Degraded, model.Offli
 type collector struct{ snap func() Snapshot }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDeviceState, descDeviceSince, descDeviceLastSeen, descDeviceCounter, descDeviceRTT, descUplinkUp,
+	for _, d := range []*prometheus.Desc{descDeviceState, descDeviceSince, descDeviceLastSeen, descDeviceCounter, descDeviceUnchanged, descDeviceRTT, descUplinkUp,
 		descQueueRecords, descQueueReadings, descQueueBytes, descQueueAge, descQueueMemory, descDropped, descLostAlarms, descDeadLetters,
 		descDelivered, descSendFailures, descRestarts, descLastDelivery, descDiskFree} {
 		ch <- d
@@ -108,6 +111,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			counter(descDeviceCounter, float64(n), d.ID, name)
 		}
+		counter(descDeviceUnchanged, float64(d.Unchanged), d.ID)
 	}
 	for _, u := range s.Uplinks {
 		q := u.Queue

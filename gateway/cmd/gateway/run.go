@@ -218,7 +218,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
 	fwd.Go(func() { spareProcs(fctx, queues, log) })
-	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, fwds: fwds, board: board, writeNow: make(chan struct{}, 1)}
+	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, fwds: fwds, board: board, unchanged: ingest.Unchanged, writeNow: make(chan struct{}, 1)}
 	if st.Status.Listen != "off" {
 		// The station works without its status server: a port taken is
 		// logged, not fatal.

@@ -51,7 +51,10 @@ type snapshots struct {
 	dead    *pipeline.DeadLetters
 	fwds    map[string][]*pipeline.Forwarder // by uplink
 	board   *status.Board
-	listen  string // the status server's address, when it runs
+	// unchanged is how many of a device's readings report by exception
+	// left out.
+	unchanged func(device string) uint64
+	listen    string // the status server's address, when it runs
 
 	mu       sync.Mutex
 	reload   *status.Reload // the last reload's outcome
@@ -74,6 +77,9 @@ func (g *snapshots) snapshot() status.Snapshot {
 	st := g.st
 	s := status.Snapshot{V: 1, Station: st.Station.ID, Type: string(st.Station.Type), Time: time.Now().UTC(), Started: g.started,
 		Disk: status.DiskOf(st.StateDir), Devices: g.board.Devices(), Listen: g.listen}
+	for i, d := range s.Devices {
+		s.Devices[i].Unchanged = g.unchanged(d.ID)
+	}
 	g.mu.Lock()
 	s.Reload = g.reload
 	g.mu.Unlock()
