@@ -91,7 +91,8 @@ func FuzzTCPResponse(f *testing.F) {
 			}
 			b.Write(resp)
 		}()
-		tr := &tcpTransport{timeout: 50 * time.Millisecond, log: slog.New(slog.DiscardHandler), conn: a}
+		tr := &tcpTransport{timeout: 50 * time.Millisecond, log: slog.New(slog.DiscardHandler)}
+		tr.use(a)
 		p := modbus.NewTCPClientHandler("")
 		p.SlaveId = 1
 		data, err := modbus.NewClient2(p, tr).ReadHoldingRegisters(0, 2)

@@ -1,6 +1,7 @@
 package modbus
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -29,7 +30,8 @@ type tcpTransport struct {
 	timeout time.Duration
 	log     *slog.Logger
 	conn    net.Conn
-	stale   uint64 // late replies discarded
+	in      *bufio.Reader // of conn: a reply in one read, not its header and then the rest
+	stale   uint64        // late replies discarded
 
 	// A connection on which nothing at all came back for redialAfter
 	// (default: redialSilence, or 3 timeouts if longer) is closed at its
@@ -70,7 +72,7 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 			t.redial.Fail(fmt.Errorf("connect %s: %w", t.addr, err))
 			return nil, &connectError{t.redial.Err()}
 		}
-		t.conn, t.heard = c, time.Now()
+		t.use(c)
 		t.redial.OK()
 	}
 	if err := t.conn.SetDeadline(time.Now().Add(t.timeout)); err != nil {
@@ -82,7 +84,7 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 	tid := binary.BigEndian.Uint16(req)
 	for {
 		var head [mbapHeader]byte
-		if n, err := io.ReadFull(t.conn, head[:]); err != nil {
+		if n, err := io.ReadFull(t.in, head[:]); err != nil {
 			if n == 0 && isTimeout(err) {
 				// Between frames: the stream is intact.
 				limit := t.redialAfter
@@ -105,7 +107,7 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 		}
 		frame := make([]byte, mbapHeader-1+length)
 		copy(frame, head[:])
-		if _, err := io.ReadFull(t.conn, frame[mbapHeader:]); err != nil {
+		if _, err := io.ReadFull(t.in, frame[mbapHeader:]); err != nil {
 			return nil, t.fail(err)
 		}
 		got := binary.BigEndian.Uint16(frame)
@@ -177,10 +179,15 @@ func (t *tcpTransport) fail(err error) error {
 	return fmt.Errorf("connection %s: %w", t.addr, err)
 }
 
+// use makes c the connection.
+func (t *tcpTransport) use(c net.Conn) {
+	t.conn, t.in, t.heard = c, bufio.NewReaderSize(c, 1024), time.Now()
+}
+
 func (t *tcpTransport) close() {
 	if t.conn != nil {
 		t.conn.Close()
-		t.conn = nil
+		t.conn, t.in = nil, nil
 	}
 }
 

@@ -142,10 +142,13 @@ func (l *link) alive() bool {
 // linkConn marks its link lost on the first read or write error or on
 // Close. Its reads are buffered: paho reads a packet's header byte by
 // byte, which unbuffered costs three system calls per acknowledgement.
+// The main connection's writes are gathered (see gather); the alarm
+// connection's each go at once.
 type linkConn struct {
 	net.Conn
 	l *link
 	r *bufio.Reader
+	w *gather // nil: writes go at once
 }
 
 func (c *linkConn) Read(b []byte) (int, error) {
@@ -157,6 +160,9 @@ func (c *linkConn) Read(b []byte) (int, error) {
 }
 
 func (c *linkConn) Write(b []byte) (int, error) {
+	if c.w != nil {
+		return c.w.Write(b)
+	}
 	n, err := c.Conn.Write(b)
 	if err != nil {
 		c.l.drop()
@@ -164,7 +170,20 @@ func (c *linkConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// SetWriteDeadline is left to gather, which sets one for each write it
+// makes, when it gathers the writes: paho's, set before and cleared after
+// each packet it hands over, would govern nothing or the wrong write.
+func (c *linkConn) SetWriteDeadline(t time.Time) error {
+	if c.w != nil {
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
 func (c *linkConn) Close() error {
+	if c.w != nil {
+		c.w.Flush()
+	}
 	c.l.drop()
 	return c.Conn.Close()
 }
@@ -432,7 +451,11 @@ func (u *Uplink) dial(broker *url.URL, tlsCfg *tls.Config) (net.Conn, error) {
 	if old := u.cur.Swap(l); old != nil {
 		old.drop()
 	}
-	return &linkConn{Conn: c, l: l, r: bufio.NewReaderSize(c, 16<<10)}, nil
+	lc := &linkConn{Conn: c, l: l, r: bufio.NewReaderSize(c, 16<<10)}
+	if !u.alarms {
+		lc.w = newGather(c, l.drop)
+	}
+	return lc, nil
 }
 
 func loadTLS(t *configs.TLS) (*tls.Config, error) {
