@@ -281,13 +281,13 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time) int {
 	if len(s.Devices) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "device	state	since	last value	reason")
+		fmt.Fprintln(tw, "device	state	since	last value	unchanged	reason")
 		for _, d := range s.Devices {
 			seen := "never"
 			if !d.LastSeen.IsZero() {
 				seen = d.LastSeen.Local().Format(time.TimeOnly)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.ID, d.State, d.Since.Local().Format(time.TimeOnly), seen, d.Reason)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.State, d.Since.Local().Format(time.TimeOnly), seen, d.Unchanged, d.Reason)
 		}
 		tw.Flush()
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/gateway/model"
 	"outpost/gateway/status"
 	"outpost/testbench/hub"
 )
@@ -111,5 +112,34 @@ func TestStatusBroker(t *testing.T) {
 				t.Errorf("status lacks %q:\n%s", c.want, out.String())
 			}
 		})
+	}
+}
+
+// TestStatusDevices: each device's line says how many of its readings
+// report by exception left out (unchanged), and why it is not online.
+func TestStatusDevices(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-time.Hour), Devices: []status.Device{
+		{ID: "th-hall", State: model.Online, Since: now, LastSeen: now, Unchanged: 157},
+		{ID: "door-front", State: model.Offline, Since: now, Reason: "no answer"},
+	}}
+	var out bytes.Buffer
+	printStatus(&out, s, now)
+	got := map[string][]string{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			got[f[0]] = f
+		}
+	}
+	if h := got["device"]; len(h) < 6 || h[5] != "unchanged" {
+		t.Errorf("the devices' header %q: want an unchanged column\n%s", h, out.String())
+	}
+	for dev, want := range map[string]string{"th-hall": "157", "door-front": "0"} {
+		if f := got[dev]; len(f) < 5 || f[4] != want {
+			t.Errorf("%s's line %q: want %q in the unchanged column\n%s", dev, f, want, out.String())
+		}
+	}
+	if f := got["door-front"]; len(f) < 7 || strings.Join(f[5:], " ") != "no answer" {
+		t.Errorf("door-front's line %q: want the reason last\n%s", f, out.String())
 	}
 }
