@@ -83,11 +83,13 @@ func TestGather(t *testing.T) {
 		t.Fatalf("the burst reached the peer altered (%v)", err)
 	}
 	// The first goes at once, then one write per gatherBytes or per
-	// gatherWait: 32 of those and a few for a slow machine.
-	if n := conn.writes.Load() - before; n > 1+int64(want.Len()/gatherBytes)+10 {
-		t.Errorf("a burst of 1000 packets, %d bytes, made %d writes, want about %d", want.Len(), n, 1+want.Len()/gatherBytes)
+	// gatherWait: about 32 on an idle machine, more when the burst is
+	// slowed (the race detector, a busy machine), far fewer than one per
+	// packet.
+	if n := conn.writes.Load() - before; n > packets/4 {
+		t.Errorf("a burst of %d packets, %d bytes, made %d writes, want at most %d (about %d)", packets, want.Len(), n, packets/4, 1+want.Len()/gatherBytes)
 	} else {
-		t.Logf("a burst of 1000 packets, %d bytes, in %d writes", want.Len(), n)
+		t.Logf("a burst of %d packets, %d bytes, in %d writes", packets, want.Len(), n)
 	}
 
 	// The connection breaks: the failed write drops the link, and every
