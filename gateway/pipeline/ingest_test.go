@@ -42,10 +42,19 @@ func (r *recorder) Append(l queue.Lane, recs ...queue.Record) error {
 	return nil
 }
 
-// counter is a Sequencer that counts from 1 per device.
+// counter is a Sequencer that counts from 1 per device. Like the
+// gateway's, it is safe for concurrent use: Ingest numbers the messages of
+// different devices at once (a driver's and the queue watch's).
 type counter map[string]uint64
 
-func (c counter) Next(dev string) (uint64, error) { c[dev]++; return c[dev], nil }
+var counterMu sync.Mutex
+
+func (c counter) Next(dev string) (uint64, error) {
+	counterMu.Lock()
+	defer counterMu.Unlock()
+	c[dev]++
+	return c[dev], nil
+}
 
 func policeRoom(t *testing.T) *configs.Station {
 	t.Helper()
