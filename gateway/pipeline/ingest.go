@@ -145,11 +145,11 @@ func (in *Ingest) Failed() uint64 { return in.failed.Load() }
 // device stays silent).
 func (in *Ingest) Unchanged(device string) uint64 { return in.device(device).unchanged.Load() }
 
-// withValue counts the readings that carry a value (not bad).
+// withValue counts the readings that carry a value (model.HasValue).
 func withValue(rs []model.Reading) int {
 	n := 0
-	for _, r := range rs {
-		if r.Quality != model.Bad {
+	for i := range rs {
+		if model.HasValue(&rs[i]) {
 			n++
 		}
 	}

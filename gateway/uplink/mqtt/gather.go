@@ -38,11 +38,7 @@ type gather struct {
 
 func newGather(conn net.Conn, failed func()) *gather {
 	g := &gather{conn: conn, failed: failed}
-	g.timer = time.AfterFunc(time.Hour, func() {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		g.flush()
-	})
+	g.timer = time.AfterFunc(time.Hour, func() { g.Flush() })
 	g.timer.Stop()
 	return g
 }
