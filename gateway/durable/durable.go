@@ -95,7 +95,14 @@ func MkdirAll(dir string) error {
 // temporary file beside it, fsyncs it, renames it over path and fsyncs the
 // directory. After a crash path holds either the old or the new data,
 // whole.
+//
+// A disk that hangs makes it return ErrStalled (see Bounded); the write
+// may still happen later.
 func WriteFile(path string, data []byte) error {
+	return Bounded(func() error { return writeFile(path, data) }, nil)
+}
+
+func writeFile(path string, data []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, FileMode)
 	if err != nil {

@@ -169,7 +169,7 @@ const (
 	EventQueueDrops          = "queue_drops"           // the gateway dropped telemetry at its queue cap
 	EventQueueDamage         = "queue_damage"          // the gateway skipped damaged queue data
 	EventForwarderFailed     = "forwarder_failed"      // a forwarder failed and was restarted
-	EventQueueWriteFailed    = "queue_write_failed"    // the disk refuses the queue's writes
+	EventQueueWriteFailed    = "queue_write_failed"    // the disk refuses the queue's writes or hangs
 	EventQueueWriteRecovered = "queue_write_recovered" // it takes them again
 	EventRejected            = "messages_rejected"     // the hub refused messages for good; set aside
 	EventSeqLost             = "seq_lost"              // both copies of the sequence numbers were damaged

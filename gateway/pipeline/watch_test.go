@@ -155,7 +155,7 @@ func TestWatchQueuesBetweenChecks(t *testing.T) {
 		s.Lanes[queue.LaneTelemetry].DroppedReadings = 3
 	})
 	want := []string{
-		model.EventQueueWriteFailed + ": the disk refuses the queue's writes: alarms are held in memory and still sent, new telemetry is dropped",
+		model.EventQueueWriteFailed + ": the disk refuses the queue's writes or does not answer: alarms are held in memory and still sent, new telemetry is dropped",
 		model.EventQueueWriteRecovered + ": the disk takes the queue's writes again",
 		model.EventQueueDrops + ": the disk is full or refuses writes: telemetry was dropped (write seg: no space left on device)",
 	}

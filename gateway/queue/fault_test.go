@@ -5,10 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"outpost/gateway/durable"
 )
 
 // These tests break a real file system: chattr +i makes the queue's files
@@ -152,5 +155,115 @@ func TestDeliveredSpaceIsReleased(t *testing.T) {
 	// 20,000 records of 124 bytes were written and delivered: 2.4 MB.
 	if b := q.Stats().Lanes[LaneTelemetry].Bytes; b > q.retireBytes()+124*1000 {
 		t.Errorf("%d bytes stay on disk after everything was delivered; want at most %d", b, q.retireBytes()+124*1000)
+	}
+}
+
+// freezable mounts a small ext4 file system on a loop device and returns
+// its root, and freeze, which freezes it (fsfreeze -f) or thaws it: frozen,
+// every write to it hangs in the kernel until it thaws, as on a failing SD
+// card. Needs root and loop devices.
+func freezable(t *testing.T) (dir string, freeze func(on bool)) {
+	t.Helper()
+	needRoot(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "-f", "--show", img).Output()
+	if err != nil {
+		t.Fatalf("losetup (loop devices are needed to freeze a disk): %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	if out, err := exec.Command("mkfs.ext4", "-q", dev).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 %s: %v: %s", dev, err, out)
+	}
+	dir = filepath.Join(t.TempDir(), "mnt")
+	os.Mkdir(dir, 0o700)
+	if out, err := exec.Command("mount", dev, dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount %s: %v: %s", dev, err, out)
+	}
+	frozen := false
+	freeze = func(on bool) {
+		t.Helper()
+		flag := map[bool]string{true: "-f", false: "-u"}[on]
+		if out, err := exec.Command("fsfreeze", flag, dir).CombinedOutput(); err != nil {
+			t.Fatalf("fsfreeze %s %s: %v: %s", flag, dir, err, out)
+		}
+		frozen = on
+	}
+	// Cleanups run last first: thaw, then unmount, then detach.
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	t.Cleanup(func() {
+		if frozen {
+			freeze(false)
+		}
+	})
+	return dir, freeze
+}
+
+// TestDiskHangs freezes the queue's file system: the first Append after
+// it waits durable.StallAfter for its write, then every Append returns at
+// once; alarms are held in memory and handed out, telemetry is dropped
+// and counted. Once the disk thaws, the write that hung is taken back
+// (its alarm is in memory) and the alarms go to disk by themselves: after
+// a restart, the reader that had not read them gets each exactly once.
+func TestDiskHangs(t *testing.T) {
+	dir, freeze := freezable(t)
+	opt := Options{MaxBytes: 1 << 20, Readers: []string{"mqtt", "influx"}}
+	q, err := Open(filepath.Join(dir, "q"), opt, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	for i := 1; i <= 3; i++ {
+		if err := q.Append(LaneAlarm, rec(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	freeze(true)
+	for i := 4; i <= 6; i++ {
+		start := time.Now()
+		err := q.Append(LaneAlarm, rec(i))
+		took := time.Since(start)
+		if !errors.Is(err, ErrHeld) {
+			t.Fatalf("alarm %d while the disk hangs: got %v, want ErrHeld (not durable)", i, err)
+		}
+		if limit := map[bool]time.Duration{true: durable.StallAfter + time.Second, false: 100 * time.Millisecond}[i == 4]; took > limit {
+			t.Errorf("alarm %d took %s to append while the disk hangs, want at most %s", i, took, limit)
+		}
+	}
+	if err := q.Append(LaneTelemetry, rec(100)); err != nil {
+		t.Fatalf("telemetry while the disk hangs: %v", err)
+	}
+	st := q.Reader("mqtt").Stats()
+	if !st.WriteFailing || !strings.Contains(st.WriteError, "the disk does not answer") {
+		t.Errorf("stats say failing %v, last error %q; want failing, the disk does not answer", st.WriteFailing, st.WriteError)
+	}
+	if a, tl := st.Lanes[LaneAlarm], st.Lanes[LaneTelemetry]; a.Memory != 3 || tl.Dropped != 1 {
+		t.Errorf("%d alarms in memory, %d telemetry dropped; want 3 and 1", a.Memory, tl.Dropped)
+	}
+	// The uplink whose hub is up gets every alarm while the disk hangs.
+	if got, _ := drain(t, q.Reader("mqtt"), 1000, true); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6}) {
+		t.Fatalf("handed out %v while the disk hangs, want alarms 1 to 6", got)
+	}
+	freeze(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for q.Stats().WriteFailing && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // the queue retries every second
+	}
+	if st := q.Stats(); st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0 {
+		t.Fatalf("after the disk thawed: failing %v, %d alarms in memory", st.WriteFailing, st.Lanes[LaneAlarm].Memory)
+	}
+	q.Close()
+	q = open(t, filepath.Join(dir, "q"), opt)
+	if got, _ := drain(t, q.Reader("influx"), 1000, true); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6}) {
+		t.Errorf("after a restart, the other reader got %v, want alarms 1 to 6 once each", got)
+	}
+	if got, _ := drain(t, q.Reader("mqtt"), 1000, true); len(got) != 0 {
+		t.Errorf("after a restart, the reader that took every alarm got %v again", got)
 	}
 }

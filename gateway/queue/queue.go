@@ -353,9 +353,10 @@ type Stats struct {
 // Errors.
 var (
 	ErrClosed = errors.New("queue closed")
-	// ErrHeld is returned by an Append of alarms that the disk refused:
-	// they are held in memory and will be delivered, but are not durable.
-	ErrHeld = errors.New("queue: the disk refuses writes: held in memory, not durable")
+	// ErrHeld is returned by an Append of alarms that the disk refused or
+	// did not make durable in time (it hangs): they will be delivered,
+	// from memory, but are not durable.
+	ErrHeld = errors.New("queue: the disk fails: held in memory, not durable")
 	// ErrLost is returned by an Append of alarms that neither the disk nor
 	// the memory reserve took.
 	ErrLost = errors.New("queue: the disk refuses writes and the memory reserve is full: lost")
@@ -420,6 +421,7 @@ type lane struct {
 	// its last fsync; pending are its rotated segments to fsync and close.
 	gen, synced uint64
 	syncErr     error
+	syncing     time.Time // when its fsync under way began; zero when none
 	pending     []*os.File
 	kick        chan struct{}
 
@@ -766,7 +768,7 @@ func (q *Queue) recoverSegment(ln *lane, path string, id uint64) (*segment, bool
 }
 
 func (q *Queue) remove(path string) {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := durable.Bounded(func() error { return os.Remove(path) }, nil); err != nil && !errors.Is(err, os.ErrNotExist) {
 		q.log.Error("queue: cannot delete segment", "file", path, "err", err)
 	}
 }
@@ -807,7 +809,8 @@ func (q *Queue) writeAck(ln *lane, c *cursor) {
 	binary.LittleEndian.PutUint64(b[16:], uint64(c.ack.off))
 	binary.LittleEndian.PutUint32(b[24:], crc32.Checksum(b[:24], castagno))
 	c.ackDirty = true
-	if _, err := c.ackF.WriteAt(b[:], int64(c.ackGen%2)*32); err != nil {
+	f, at := c.ackF, int64(c.ackGen%2)*32
+	if err := durable.Bounded(func() error { _, err := f.WriteAt(b[:], at); return err }, nil); err != nil {
 		// Losing an ack write costs duplicates after a restart, not data;
 		// it is written again once the disk takes writes.
 		if !c.ackFailed {
@@ -824,12 +827,23 @@ func (q *Queue) writeAck(ln *lane, c *cursor) {
 // syncer to fsync and close.
 func (q *Queue) newSegment(ln *lane) error {
 	id := ln.next
-	f, err := os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, durable.FileMode)
-	for tries := 0; errors.Is(err, os.ErrExist) && tries < 8; tries++ {
-		// Something that is not a segment took the name.
-		id++
+	var f *os.File
+	err := durable.Bounded(func() (err error) {
 		f, err = os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, durable.FileMode)
-	}
+		for tries := 0; errors.Is(err, os.ErrExist) && tries < 8; tries++ {
+			// Something that is not a segment took the name.
+			id++
+			f, err = os.OpenFile(filepath.Join(ln.dir, segName(id)), os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, durable.FileMode)
+		}
+		return err
+	}, func(err error) {
+		// Created after the queue gave up on it: an empty file, not a
+		// segment of the queue.
+		if err == nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("queue: new %s segment: %w", ln.l, err)
 	}
@@ -1011,8 +1025,9 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		q.mu.Unlock()
 		return notDurable
 	}
-	for ln.synced < gen {
-		q.syncedC.Wait() // Close syncs too, and wakes us
+	if !q.waitSynced(ln, gen) {
+		q.mu.Unlock()
+		return fmt.Errorf("%w: its fsync did not return in %s", ErrHeld, durable.StallAfter)
 	}
 	err := ln.syncErr
 	q.mu.Unlock()
@@ -1020,6 +1035,33 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		return fmt.Errorf("queue: fsync: %w", err)
 	}
 	return nil
+}
+
+// waitSynced waits until the lane's fsyncs cover gen, and reports whether
+// they do: it gives up once its syncer has been in one fsync for
+// durable.StallAfter (the disk hangs; what was written is delivered all
+// the same, from the page cache). Called with q.mu held.
+func (q *Queue) waitSynced(ln *lane, gen uint64) bool {
+	if ln.synced >= gen {
+		return true
+	}
+	deadline := time.Now().Add(durable.StallAfter)
+	if !ln.syncing.IsZero() {
+		deadline = ln.syncing.Add(durable.StallAfter)
+	}
+	t := time.AfterFunc(time.Until(deadline), func() {
+		q.mu.Lock()
+		q.syncedC.Broadcast()
+		q.mu.Unlock()
+	})
+	defer t.Stop()
+	for ln.synced < gen {
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		q.syncedC.Wait() // Close syncs too, and wakes us
+	}
+	return true
 }
 
 // writeFreeing writes recs, and when the disk is full drops the oldest
@@ -1045,7 +1087,7 @@ func (q *Queue) writeFailed(err error) {
 	q.st.WriteError = err.Error()
 	if !q.st.WriteFailing {
 		q.st.WriteFailing = true
-		q.log.Error("queue: the disk refuses writes; holding alarms in memory, dropping telemetry", "err", err)
+		q.log.Error("queue: the disk refuses writes or does not answer; holding alarms in memory, dropping telemetry", "err", err)
 	}
 }
 
@@ -1150,7 +1192,7 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 		if len(ln.wbuf) == 0 {
 			return nil
 		}
-		m, err := ln.w.Write(ln.wbuf)
+		m, err := q.writeActive(ln, s)
 		if err != nil {
 			// Take back a partial record (the file is O_APPEND, so the
 			// next write follows what is left); if that fails, it is left
@@ -1201,6 +1243,29 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 		nr += int64(r.Readings)
 	}
 	return written, flush()
+}
+
+// writeActive writes ln.wbuf to the active segment s, bounded (see
+// durable.Bounded): a write that hangs is left to finish on its own, and
+// then taken back, so that the segment ends where the queue knows it does;
+// the records are held in memory or dropped meanwhile, as for a write the
+// disk refused. Called with q.mu held.
+func (q *Queue) writeActive(ln *lane, s *segment) (int, error) {
+	f, buf, size := ln.w, ln.wbuf, s.size
+	var m int
+	err := durable.Bounded(func() (err error) {
+		m, err = f.Write(buf)
+		return err
+	}, func(error) {
+		if err := f.Truncate(size); err != nil {
+			q.log.Error("queue: a write that hung is left in its segment: its records may be delivered twice", "lane", ln.l, "err", err)
+		}
+	})
+	if errors.Is(err, durable.ErrStalled) {
+		ln.wbuf = nil // the write that hangs still reads it
+		return 0, err
+	}
+	return m, err
 }
 
 // makeRoom drops, for every reader whose backlog would exceed MaxBytes
@@ -1893,6 +1958,9 @@ func (q *Queue) syncOnce(ln *lane) {
 	}
 	dir := ln.dirDirty
 	ln.dirDirty = false
+	if len(files) > 0 || dir {
+		ln.syncing = now
+	}
 	q.mu.Unlock()
 	if len(files) == 0 && !dir {
 		return
@@ -1914,7 +1982,7 @@ func (q *Queue) syncOnce(ln *lane) {
 	}
 
 	q.mu.Lock()
-	ln.synced = gen
+	ln.synced, ln.syncing = gen, time.Time{}
 	ln.syncErr = err
 	q.st.Syncs++
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/gateway/durable"
 	"outpost/gateway/pipeline"
 	"outpost/gateway/queue"
 	"outpost/gateway/status"
@@ -128,7 +129,8 @@ func (g *snapshots) notReady() []string {
 // whenever now asks, until ctx ends, and once more then.
 func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, now <-chan struct{}, log *slog.Logger) {
 	write := func() {
-		if err := status.Write(path, snap()); err != nil {
+		// Bounded: a disk that hangs must not hold the last write at the end.
+		if err := durable.Bounded(func() error { return status.Write(path, snap()) }, nil); err != nil {
 			log.Debug("status file not written", "err", err)
 		}
 	}
