@@ -6,6 +6,7 @@ package drivers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -23,10 +24,17 @@ import (
 // health change, nil means it is durable (fsynced), so a driver may then
 // acknowledge it to the device that sent it: an alarm panel stops
 // retransmitting once it has the acknowledgement. An error says it is not
-// (the disk refuses writes): it may still be delivered from memory, but the
-// device should be left to send it again. Telemetry is durable within the
+// (the disk refuses writes or hangs), ErrHeld in it that it will be
+// delivered all the same, from memory: either way the device should be
+// left to send it again. Telemetry is durable within the
 // queue's group commit. Emit must not be called after Run returns.
 type Emit func(model.Message) error
+
+// ErrHeld is in the error of an Emit whose message is not durable but will
+// be delivered, from the gateway's memory (the disk refuses writes or
+// hangs): the device is not acknowledged, but its next copy of the
+// message is a repeat, not a new one.
+var ErrHeld = errors.New("held in the gateway's memory: not durable, delivered all the same")
 
 // Commander is a driver that can act on its devices: set a writable
 // signal (an output, a coil, a holding register) of one of them, for a

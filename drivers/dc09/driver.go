@@ -410,12 +410,23 @@ func (d *Driver) take(p *panel, f *Frame, perr error, emit drivers.Emit) ([]byte
 		p.counters["duplicates"]++
 		return d.ack(p, f), ""
 	}
+	held := false
 	for _, ev := range events {
-		if err := emit(ev); err != nil {
+		switch err := emit(ev); {
+		case errors.Is(err, drivers.ErrHeld):
+			held = true
+		case err != nil:
 			p.counters["emit_errors"]++
 			return nil, fmt.Sprintf("account %s: event %s not kept (%v): no ACK, so that the panel sends it again", f.Account, ev.Event.Kind, err)
 		}
 		p.counters["events"]++
+	}
+	if held {
+		// Sent from memory, not durable: the panel keeps the frame until
+		// its next try, which is then a repeat, answered, not raised again.
+		p.counters["held"]++
+		d.mem.remember(rec, now)
+		return nil, fmt.Sprintf("account %s: events held in the gateway's memory, not durable (the disk fails): no ACK until the panel's next try", f.Account)
 	}
 	if err := d.mem.add(rec, now); err != nil {
 		// The events are safe: a lost record can only let a repeat of

@@ -19,7 +19,8 @@ import (
 )
 
 // emitted collects what a driver emits. fail, while set, makes Emit say
-// the message is not durable.
+// the message is not durable; and not kept at all, unless fail is
+// drivers.ErrHeld (delivered from memory).
 type emitted struct {
 	ch   chan model.Message
 	mu   sync.Mutex
@@ -32,11 +33,11 @@ func (e *emitted) emit(m model.Message) error {
 	e.mu.Lock()
 	err := e.fail
 	e.mu.Unlock()
-	if err != nil {
+	if err != nil && !errors.Is(err, drivers.ErrHeld) {
 		return err
 	}
 	e.ch <- m
-	return nil
+	return err
 }
 
 func (e *emitted) setFail(err error) {

@@ -106,13 +106,22 @@ func (m *memory) seen(r record, now time.Time) bool {
 	return false
 }
 
-// add remembers r and writes the file durably (temporary file, fsync,
-// rename, fsync of the folder).
-func (m *memory) add(r record, now time.Time) error {
+// remember keeps r in memory only: a frame whose events will be delivered
+// from the gateway's memory but are not durable (the disk fails) is not
+// acknowledged, and the panel's next copy of it is a repeat.
+func (m *memory) remember(r record, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.recs = append(m.recs, r)
 	m.prune(now)
+}
+
+// add remembers r and writes the file durably (temporary file, fsync,
+// rename, fsync of the folder).
+func (m *memory) add(r record, now time.Time) error {
+	m.remember(r, now)
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	b, err := json.Marshal(stateFile{Version: 1, Records: m.recs})
 	if err != nil {
 		return err

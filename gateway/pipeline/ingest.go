@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/drivers"
 	"outpost/gateway/deadband"
 	"outpost/gateway/durable"
 	"outpost/gateway/model"
@@ -343,7 +344,7 @@ func (in *Ingest) queue(d *devIngest, m model.Message) error {
 		switch err := out.Append(lane, rec); {
 		case errors.Is(err, queue.ErrHeld):
 			// The queue said so already; the message will be delivered.
-			errs = errors.Join(errs, fmt.Errorf("device %s: %s %d: %w", m.Device, m.Kind, m.Seq, err))
+			errs = errors.Join(errs, fmt.Errorf("device %s: %s %d: %w (%v)", m.Device, m.Kind, m.Seq, drivers.ErrHeld, err))
 		case err != nil:
 			errs = errors.Join(errs, in.fail(&m, err))
 		}
