@@ -42,7 +42,7 @@ func TestScenarioProblems(t *testing.T) {
 	const head = "scenario: x\nstation: police-room.yaml\nduration: 20s\n"
 	for _, tc := range []struct {
 		name, text string
-		want       []string
+		want       []string // each in the errors; one that starts with ! not in them
 	}{
 		{"fault typo and misplaced down", head + "faults:\n  - {action: kill-brokr, at: 2s}\n  - {action: stop-influx, at: 3s, down: 1s}\n",
 			[]string{`faults[0].action: "kill-brokr" is not a fault action; one of device, freeze-broker,`,
@@ -57,6 +57,9 @@ func TestScenarioProblems(t *testing.T) {
 			[]string{`faults[0].device: action device, and only it, takes device: {device, do, args}`}},
 		{"expectation after no fault", head + "expect:\n  events_after:\n    - {after_fault: 0, device: meter-1, kind: health, state: offline}\n",
 			[]string{`expect.events_after[0].after_fault: 0 is not the index of a fault (0 to -1)`, `expect.events_after[0].within: needs how soon`}},
+		{"disk frozen without a volume of its own", head + "faults:\n  - {action: freeze-disk, at: 2s}\nexpect:\n  events_after:\n    - {after_fault: 0, device: gateway, kind: queue_write_failed}\n",
+			// The gateway's own events are expected as a device's are.
+			[]string{`state_volume: freeze-disk needs a state volume of its own to freeze (state_volume: 64m)`, `expect.events_after[0].within: needs how soon`, `!no device "gateway"`}},
 		{"unknown key", head + "fault: []\n", []string{"field fault not found in type main.Scenario"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -69,7 +72,11 @@ func TestScenarioProblems(t *testing.T) {
 				t.Fatalf("loaded; want errors %q", tc.want)
 			}
 			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
+				if not, ok := strings.CutPrefix(w, "!"); ok {
+					if strings.Contains(err.Error(), not) {
+						t.Errorf("error\n%v\nhas %q", err, not)
+					}
+				} else if !strings.Contains(err.Error(), w) {
 					t.Errorf("error\n%v\nlacks %q", err, w)
 				}
 			}

@@ -1,13 +1,15 @@
 #!/bin/sh
-# Installs what the tests need, and only what is missing: Mosquitto, NATS
-# server (a clustered hub broker that speaks MQTT), socat, mbpoll, pymodbus
-# and Chromium (for the status page's test) from Debian,
+# Installs what the tests need, and only what is missing: Mosquitto and its
+# clients (mosquitto_pub stands in for a kiosk in a test), NATS
+# server (a clustered hub broker that speaks MQTT), socat, mbpoll, pymodbus,
+# Chromium (for the status page's test), e2fsprogs and util-linux (mkfs.ext4,
+# chattr, losetup, fsfreeze: the disk fault tests) from Debian,
 # and InfluxDB 1.8.10 built from source into $HOME/.cache/outpost/bin
 # (Debian's InfluxDB is 1.6, which lacks the 2.x write API). Safe to run
 # again.
 set -eu
 
-pkgs="mosquitto nats-server socat mbpoll python3-pymodbus chromium"
+pkgs="mosquitto mosquitto-clients nats-server socat mbpoll python3-pymodbus chromium e2fsprogs util-linux"
 missing=""
 for p in $pkgs; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"outpost/gateway/model"
 )
 
 // faultActions are the fault actions a scenario may name (see
@@ -16,6 +18,7 @@ var faultActions = map[string]bool{
 	"kill-broker": true, "stop-broker": false, "start-broker": false,
 	"kill-influx": true, "stop-influx": false, "start-influx": false,
 	"freeze-broker": false, "thaw-broker": false, "freeze-influx": false, "thaw-influx": false,
+	"freeze-disk": false, "thaw-disk": false,
 	"partition": true, "partition-start": false, "partition-heal": false,
 	"kill-gateway": false, "power-cut": false, "stop-gateway": false, "start-gateway": false,
 	"device": false,
@@ -64,6 +67,9 @@ func (sc *Scenario) validate(devices []string) error {
 			act(where+".device", *f.Device)
 		}
 	}
+	if sc.freezesDisk() && sc.StateVolume == "" {
+		bad("state_volume", "freeze-disk needs a state volume of its own to freeze (state_volume: 64m)")
+	}
 	for i, id := range sc.Silent {
 		device(fmt.Sprintf("silent[%d]", i), id)
 	}
@@ -80,7 +86,9 @@ func (sc *Scenario) validate(devices []string) error {
 		if e.AfterFault < 0 || e.AfterFault >= len(sc.Faults) {
 			bad(where+".after_fault", "%d is not the index of a fault (0 to %d)", e.AfterFault, len(sc.Faults)-1)
 		}
-		device(where+".device", e.Device)
+		if e.Device != model.GatewayDevice { // the gateway's own events: queue_write_failed, ...
+			device(where+".device", e.Device)
+		}
 		if e.Within <= 0 {
 			bad(where+".within", "needs how soon the hub must see it (within: 10s)")
 		}
