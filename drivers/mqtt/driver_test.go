@@ -301,25 +301,32 @@ func TestSend(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.health(t, "kiosk-1", model.Online)
-	answer := func(status, reason string) drivers.Outgoing {
+	// answer answers command id. A command comes again when the device
+	// (re)connects and when it subscribes, and both may reach it: a
+	// device takes a repeat by its id (here, leaves it).
+	answer := func(id, status, reason string) drivers.Outgoing {
 		t.Helper()
-		select {
-		case m := <-k.cmd:
-			var got drivers.Outgoing
-			if err := json.Unmarshal(m.Payload(), &got); err != nil {
-				t.Fatal(err)
+		for {
+			select {
+			case m := <-k.cmd:
+				var got drivers.Outgoing
+				if err := json.Unmarshal(m.Payload(), &got); err != nil {
+					t.Fatal(err)
+				}
+				if got.ID != id {
+					continue
+				}
+				b, _ := json.Marshal(map[string]string{"id": got.ID, "status": status, "reason": reason})
+				if err := k.publish("dev/kiosk-1/cmd/ack", string(b)); err != nil {
+					t.Fatal(err)
+				}
+				return got
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no command %s within 10s", id)
 			}
-			b, _ := json.Marshal(map[string]string{"id": got.ID, "status": status, "reason": reason})
-			if err := k.publish("dev/kiosk-1/cmd/ack", string(b)); err != nil {
-				t.Fatal(err)
-			}
-			return got
-		case <-time.After(10 * time.Second):
-			t.Fatal("no command within 10s")
 		}
-		return drivers.Outgoing{}
 	}
-	if got := answer("ok", ""); got.ID != "s-1" || got.Action != "request_status" || got.Args["status"] != "dispatched" {
+	if got := answer("s-1", "ok", ""); got.Action != "request_status" || got.Args["status"] != "dispatched" {
 		t.Errorf("command %+v", got)
 	}
 	if err := <-done; err != nil {
@@ -327,7 +334,7 @@ func TestSend(t *testing.T) {
 	}
 	cmd.ID = "s-2"
 	send(cmd, time.Minute)
-	answer("failed", "screen broken")
+	answer("s-2", "failed", "screen broken")
 	var de *DeviceError
 	if err := <-done; !errors.As(err, &de) || de.Reason != "screen broken" {
 		t.Errorf("Send: %v, want the device's reason", err)
