@@ -16,14 +16,7 @@ import (
 // thaws, as on a failing SD card. Both need root.
 
 // freezesDisk says whether the scenario freezes the state disk.
-func (sc *Scenario) freezesDisk() bool {
-	for _, f := range sc.Faults {
-		if f.Action == "freeze-disk" || f.Action == "thaw-disk" {
-			return true
-		}
-	}
-	return false
-}
+func (sc *Scenario) freezesDisk() bool { return sc.plays("freeze-disk", "thaw-disk") }
 
 // mountState mounts the scenario's state volume on dir.
 func (r *runner) mountState(dir string) error {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net/url"
-	"strings"
 
 	"outpost/testbench/hub"
 )
@@ -11,12 +10,7 @@ import (
 // partitions says whether the scenario cuts the network between the
 // station and the hub.
 func (sc *Scenario) partitions() bool {
-	for _, f := range sc.Faults {
-		if strings.HasPrefix(f.Action, "partition") {
-			return true
-		}
-	}
-	return false
+	return sc.plays("partition", "partition-start", "partition-heal")
 }
 
 // pathsToHub puts a path that the scenario can cut (hub.Path) between the

@@ -377,7 +377,7 @@ func (r *runner) fail(format string, args ...any) {
 
 func (r *runner) startHub(ctx context.Context) error {
 	var err error
-	if r.mqtt, err = hub.StartMosquittoWith(ctx, filepath.Join(r.work, "mosquitto"), r.log, hub.MosquittoOptions{Config: r.sc.Broker + "\n"}); err != nil {
+	if r.mqtt, err = hub.StartMosquittoWith(ctx, filepath.Join(r.work, "mosquitto"), r.log, hub.MosquittoOptions{Config: r.sc.Broker + "\n", NoAutosave: !r.sc.killsBroker()}); err != nil {
 		return err
 	}
 	if r.sc.StateVolume != "" {
@@ -662,6 +662,15 @@ func (r *runner) pollRates(from, to simStats) {
 		}
 	}
 }
+
+// plays says whether the scenario has a fault of one of the actions.
+func (sc *Scenario) plays(actions ...string) bool {
+	return slices.ContainsFunc(sc.Faults, func(f Fault) bool { return slices.Contains(actions, f.Action) })
+}
+
+// killsBroker says whether the scenario kills the hub's broker: only then
+// must the broker save its sessions as it goes (see hub.MosquittoOptions).
+func (sc *Scenario) killsBroker() bool { return sc.plays("kill-broker", "stop-broker") }
 
 // inject plays one fault:
 //
