@@ -58,6 +58,7 @@ func (s sample) key() string { return fmt.Sprintf("%s/%s=%#v", s.Device, s.Signa
 // arrives decoded exactly — every data type, byte order, scale and offset —
 // with the right station, device and kind, at both hub stores.
 func TestEveryValueArrivesExactly(t *testing.T) {
+	t.Parallel() // its own station, hub and ports
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

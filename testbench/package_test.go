@@ -25,6 +25,7 @@ import (
 // state, removal keeps it too, and purge removes the configuration and the
 // user but not the state. The machine is left as it was.
 func TestDebianPackage(t *testing.T) {
+	t.Parallel() // beside the other tests that run their own processes: its own files and ports
 	if os.Geteuid() != 0 {
 		t.Fatal("installing a package needs root (make test runs as root, or with sudo for its setup)")
 	}

@@ -27,6 +27,7 @@ import (
 //   - no reading is lost: every device's sequence numbers at the hub run
 //     without a hole across both reloads.
 func TestReload(t *testing.T) {
+	t.Parallel() // its own station, hub and ports
 	pr := newPoliceRoom(t)
 	ctx, station, st, gw, logPath := pr.ctx, pr.station, pr.st, pr.gw, pr.logPath
 	// edit rewrites the station file as an installer would.
