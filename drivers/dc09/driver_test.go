@@ -152,56 +152,51 @@ func TestAnswerKinds(t *testing.T) {
 	}
 }
 
-// TestNotDurable: when the gateway cannot keep an event, the panel gets no
-// answer, and its next try goes through.
-func TestNotDurable(t *testing.T) {
-	r := start(t, testLink(t, &cfg.Link{}, &cfg.Device{Account: "1234"}))
-	c := dial(t, "tcp", r.d.Addr())
-	alarm := plainFrame("ADM-CID", "0001", "L0#1234", "#1234|1130 01 002")
-	if a := c.exchange(plainFrame("NULL", "0000", "L0#1234", "")); a.Token != ACK {
-		t.Fatalf("null: %+v", a)
-	}
-	r.out.nextOf(t, model.KindHealth)
-	r.out.setFail(errors.New("disk full"))
-	c.send(alarm)
-	if a := c.exchange(plainFrame("NULL", "0002", "L0#1234", "")); a.Seq != "0002" {
-		t.Fatalf("the event was answered: %+v", a)
-	}
-	r.out.setFail(nil)
-	if a := c.exchange(alarm); a.Token != ACK || a.Seq != "0001" {
-		t.Fatalf("retry: %+v", a)
-	}
-	if ev := r.out.next(t); ev.Event == nil || ev.Event.Kind != "burglary" {
-		t.Errorf("retry emitted %+v", ev)
-	}
-}
-
-// TestHeld: when the gateway delivers an event from memory but cannot keep
-// it (the disk fails), the panel gets no answer, and its next try is
-// answered as a repeat: the alarm reaches the hub once.
-func TestHeld(t *testing.T) {
-	r := start(t, testLink(t, &cfg.Link{}, &cfg.Device{Account: "1234"}))
-	c := dial(t, "tcp", r.d.Addr())
-	alarm := plainFrame("ADM-CID", "0001", "L0#1234", "#1234|1130 01 002")
-	if a := c.exchange(plainFrame("NULL", "0000", "L0#1234", "")); a.Token != ACK {
-		t.Fatalf("null: %+v", a)
-	}
-	r.out.nextOf(t, model.KindHealth)
-	r.out.setFail(drivers.ErrHeld)
-	c.send(alarm)
-	if ev := r.out.next(t); ev.Event == nil || ev.Event.Kind != "burglary" {
-		t.Fatalf("held: emitted %+v, want the burglary", ev)
-	}
-	if a := c.exchange(plainFrame("NULL", "0002", "L0#1234", "")); a.Seq != "0002" {
-		t.Fatalf("the held event was answered: %+v", a)
-	}
-	if a := c.exchange(alarm); a.Token != ACK || a.Seq != "0001" {
-		t.Fatalf("retry: %+v, want ACK 0001", a)
-	}
-	select {
-	case m := <-r.out.ch:
-		t.Errorf("the retry of a held event emitted %+v again", m)
-	default:
+// TestNotKept: when the gateway cannot keep an event the panel gets no
+// answer. An event not kept at all is raised at the panel's next try; one
+// sent from memory, not durable (held), is not raised again: the next try
+// is answered as a repeat, and the alarm reaches the hub once.
+func TestNotKept(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail error
+		held bool
+	}{
+		{"not kept", errors.New("disk full"), false},
+		{"held in memory", drivers.ErrHeld, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := start(t, testLink(t, &cfg.Link{}, &cfg.Device{Account: "1234"}))
+			c := dial(t, "tcp", r.d.Addr())
+			alarm := plainFrame("ADM-CID", "0001", "L0#1234", "#1234|1130 01 002")
+			if a := c.exchange(plainFrame("NULL", "0000", "L0#1234", "")); a.Token != ACK {
+				t.Fatalf("null: %+v", a)
+			}
+			r.out.nextOf(t, model.KindHealth)
+			r.out.setFail(tc.fail)
+			c.send(alarm)
+			if tc.held {
+				if ev := r.out.next(t); ev.Event == nil || ev.Event.Kind != "burglary" {
+					t.Fatalf("held: emitted %+v, want the burglary", ev)
+				}
+			}
+			if a := c.exchange(plainFrame("NULL", "0002", "L0#1234", "")); a.Seq != "0002" {
+				t.Fatalf("the event was answered: %+v", a)
+			}
+			r.out.setFail(nil)
+			if a := c.exchange(alarm); a.Token != ACK || a.Seq != "0001" {
+				t.Fatalf("retry: %+v, want ACK 0001", a)
+			}
+			if tc.held {
+				select { // raised before the answer, if at all
+				case m := <-r.out.ch:
+					t.Errorf("the retry of a held event raised it again: %+v", m)
+				default:
+				}
+			} else if ev := r.out.next(t); ev.Event == nil || ev.Event.Kind != "burglary" {
+				t.Errorf("retry emitted %+v", ev)
+			}
+		})
 	}
 }
 
