@@ -59,15 +59,11 @@ func (r *runner) freezeDisk(on bool) error {
 	return nil
 }
 
-// unmountState thaws, unmounts and detaches the state volume.
+// unmountState unmounts and detaches the state volume (shutdown thaws it
+// first: a gateway waiting on a frozen disk cannot die).
 func (r *runner) unmountState() {
 	if r.unmount == "" {
 		return
-	}
-	if r.frozen {
-		if err := r.freezeDisk(false); err != nil {
-			r.log.Warn("state volume not thawed", "err", err)
-		}
 	}
 	if err := syscall.Unmount(r.unmount, syscall.MNT_DETACH); err != nil {
 		r.log.Warn("state volume not unmounted", "dir", r.unmount, "err", err)

@@ -1209,7 +1209,9 @@ func (r *runner) misbehaves(device string) bool {
 
 func (r *runner) shutdown() {
 	if r.frozen {
-		r.freezeDisk(false) // a gateway waiting on the disk cannot die
+		if err := r.freezeDisk(false); err != nil { // a gateway waiting on the disk cannot die
+			r.log.Warn("state volume not thawed", "err", err)
+		}
 	}
 	r.sim.kill()
 	r.gw.kill()
