@@ -196,7 +196,13 @@ func TestSendArrivesExactly(t *testing.T) {
 
 func TestStatusLastWillAndClose(t *testing.T) {
 	b := startBroker(t)
+	early := subscribe(t, b.URL(), "early", "outpost/v1/+/status")
 	u := connect(t, b.URL())
+	// The online status goes out from paho's connect handler, which may run
+	// after connect returns: once a subscriber has it, the broker keeps it.
+	if st, _ := nextStatus(t, early); st.State != StateOnline {
+		t.Fatalf("status %+v, want online", st)
+	}
 	// A late subscriber sees the retained online status.
 	sub := subscribe(t, b.URL(), "hub", "outpost/v1/+/status")
 	st, r := nextStatus(t, sub)
