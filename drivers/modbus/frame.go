@@ -70,12 +70,16 @@ func (e *FrameError) Error() string {
 // TimeoutError is a request that got no complete answer in time.
 type TimeoutError struct {
 	After time.Duration
-	Got   int // bytes received
+	Got   int  // bytes received
+	Other byte // on RTU, the unit whose whole frame came instead, if not 0
 }
 
 func (e *TimeoutError) Error() string {
-	if e.Got > 0 {
+	switch {
+	case e.Got > 0:
 		return fmt.Sprintf("timeout after %v (%d bytes of a response)", e.After, e.Got)
+	case e.Other != 0:
+		return fmt.Sprintf("timeout after %v (a frame from unit %d came instead: a late answer to an earlier request)", e.After, e.Other)
 	}
 	return fmt.Sprintf("timeout after %v", e.After)
 }

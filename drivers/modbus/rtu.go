@@ -11,6 +11,7 @@ import (
 	mb "outpost/configs/modbus"
 	"outpost/drivers"
 	"outpost/drivers/bus"
+	"outpost/drivers/crc16"
 )
 
 // rtuTransport sends RTU frames on a serial port and reads the answers. It
@@ -23,6 +24,7 @@ type rtuTransport struct {
 	char    time.Duration // one character on the line
 	last    time.Time     // when the line last carried a byte
 	buf     [256]byte
+	dropped int // bytes the last drain took off the line
 }
 
 var _ modbus.Transporter = (*rtuTransport)(nil)
@@ -49,10 +51,11 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 	// the line; at 9600 baud 125 registers take 0.27 s on the wire.
 	deadline := t.last.Add(t.timeout + time.Duration(len(req)+want)*t.char)
 	n := 0
+	var other byte // the unit whose frame came instead, if one did
 	for n < want {
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			return nil, &TimeoutError{After: t.timeout, Got: n}
+			return nil, &TimeoutError{After: t.timeout, Got: n, Other: other}
 		}
 		if err := t.port.SetReadTimeout(remaining); err != nil {
 			return nil, &bus.PortError{Err: err}
@@ -67,7 +70,13 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 		n += m
 		t.last = time.Now()
 		if t.buf[0] != req[0] {
-			return nil, t.resync(deadline, n, badUnit, fmt.Sprintf("got %d, want %d", t.buf[0], req[0]))
+			if !t.stray(deadline, n) {
+				return nil, &FrameError{Kind: badUnit, Detail: fmt.Sprintf("got %d, want %d", t.buf[0], req[0]), Dropped: t.dropped}
+			}
+			// Another unit's whole frame (a late answer to an earlier
+			// request): not this device's answer, which may still come.
+			other, n = t.buf[0], 0
+			continue
 		}
 		if n >= 2 {
 			switch t.buf[1] {
@@ -100,21 +109,42 @@ const rtuExceptionBytes = 5
 // resync drains the line until it has been silent for a frame gap (or the
 // deadline passes) and reports the bad frame with the bytes it dropped.
 func (t *rtuTransport) resync(deadline time.Time, got int, kind, detail string) error {
-	dropped := got
+	t.drain(deadline, got)
+	return &FrameError{Kind: kind, Detail: detail, Dropped: t.dropped}
+}
+
+// stray drains a frame that began with another unit's id, the got bytes of
+// it in buf, and says whether it was that unit's whole frame: its CRC
+// holds. Otherwise it was noise or a damaged frame.
+func (t *rtuTransport) stray(deadline time.Time, got int) bool {
+	t.drain(deadline, got)
+	n := t.dropped
+	return n >= rtuExceptionBytes && n <= len(t.buf) &&
+		crc16.Modbus(t.buf[:n-2]) == uint16(t.buf[n-2])|uint16(t.buf[n-1])<<8
+}
+
+// drain reads the line until it has been silent for a frame gap (or the
+// deadline passes), keeping in buf what fits after the got bytes there;
+// dropped counts them all.
+func (t *rtuTransport) drain(deadline time.Time, got int) {
+	t.dropped = got
 	gap := max(t.silence, 2*time.Millisecond)
 	var scratch [256]byte
 	for time.Now().Before(deadline) {
 		if err := t.port.SetReadTimeout(gap); err != nil {
 			break
 		}
-		m, err := t.port.Read(scratch[:])
+		into := scratch[:]
+		if t.dropped < len(t.buf) {
+			into = t.buf[t.dropped:]
+		}
+		m, err := t.port.Read(into)
 		if err != nil || m == 0 {
 			break
 		}
-		dropped += m
+		t.dropped += m
 		t.last = time.Now()
 	}
-	return &FrameError{Kind: kind, Detail: detail, Dropped: dropped}
 }
 
 // rtuBus is the driver of one RS-485 bus: one port, one wire lock, every

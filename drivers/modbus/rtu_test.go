@@ -169,8 +169,16 @@ func TestRTUTransport(t *testing.T) {
 			return rtuFrame(req[0], req[1]|0x80, 2)
 		case "crc":
 			ans[len(ans)-1] ^= 0xFF
-		case "unit":
+		case "other unit":
 			return rtuFrame(req[0]+1, req[1], ans[2:len(ans)-2]...)
+		case "other unit, then ours":
+			write(rtuFrame(req[0]+1, req[1], ans[2:len(ans)-2]...))
+			time.Sleep(10 * time.Millisecond) // a frame gap
+			return ans
+		case "unit":
+			bad := rtuFrame(req[0]+1, req[1], ans[2:len(ans)-2]...)
+			bad[3] ^= 0xFF
+			return bad
 		case "trailing":
 			return append(ans, 0xFF, 0x00, 0x12)
 		case "silent":
@@ -224,6 +232,9 @@ func TestRTUTransport(t *testing.T) {
 		{"exception", "exceptions", "exception 2 (illegal data address)"},
 		{"crc", "crc_errors", "bad frame (crc: got 132d, want ec2d), 9 bytes dropped"},
 		{"unit", "frame_errors", "bad frame (unit id: got 8, want 7), 9 bytes dropped"},
+		// Another unit's whole frame is not this device's answer, nor a
+		// damaged one: the device did not answer.
+		{"other unit", "timeouts", "timeout after 50ms (a frame from unit 8 came instead: a late answer to an earlier request)"},
 		{"silent", "timeouts", "timeout after 50ms"},
 	}
 	for _, cs := range cases {
@@ -241,6 +252,12 @@ func TestRTUTransport(t *testing.T) {
 			check(t, 10, 2) // resynchronised
 		})
 	}
+	t.Run("another unit's frame is passed over", func(t *testing.T) {
+		set("other unit, then ours")
+		check(t, 60, 2)
+		set("ok")
+		check(t, 70, 2)
+	})
 	t.Run("trailing garbage is flushed", func(t *testing.T) {
 		set("trailing")
 		check(t, 20, 2)
