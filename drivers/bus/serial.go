@@ -26,6 +26,18 @@ type Port interface {
 	ResetInputBuffer() error
 }
 
+// ReadBy reads what the port has, waiting at most until limit. Past the
+// limit it still takes what already arrived: a gateway that was not
+// scheduled in time must not count an answer that came in time as missing.
+// expired says that nothing came and the limit has passed.
+func ReadBy(p Port, buf []byte, limit time.Time) (n int, expired bool, err error) {
+	if err := p.SetReadTimeout(max(time.Until(limit), 0)); err != nil {
+		return 0, false, err
+	}
+	n, err = p.Read(buf)
+	return n, n == 0 && err == nil && !time.Now().Before(limit), err
+}
+
 // OpenFunc opens a serial port.
 type OpenFunc func(path string, mode *serial.Mode) (Port, error)
 

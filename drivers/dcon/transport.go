@@ -106,26 +106,23 @@ func (t *transport) read(deadline time.Time, want int, byByte bool) ([]byte, err
 	n := 0
 	var last time.Time
 	for {
-		wait := time.Until(deadline)
-		if n > 0 {
-			wait = min(wait, time.Until(last.Add(t.gap())))
-		}
-		if wait <= 0 {
-			if n == 0 {
-				return nil, &TimeoutError{After: t.timeout}
-			}
-			return t.buf[:n:n], nil
-		}
-		if err := t.port.SetReadTimeout(wait); err != nil {
-			return nil, &bus.PortError{Err: err}
+		limit := deadline
+		if gap := last.Add(t.gap()); n > 0 && gap.Before(limit) {
+			limit = gap
 		}
 		end := len(t.buf)
 		if byByte {
 			end = n + 1
 		}
-		m, err := t.port.Read(t.buf[n:end])
+		m, expired, err := bus.ReadBy(t.port, t.buf[n:end], limit)
 		if err != nil {
 			return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
+		}
+		if expired && n == 0 {
+			return nil, &TimeoutError{After: t.timeout}
+		}
+		if expired {
+			return t.buf[:n:n], nil
 		}
 		if m == 0 {
 			continue

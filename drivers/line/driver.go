@@ -575,16 +575,12 @@ func (p *poller) exchange(timeout time.Duration, r *result) (Decoded, int, error
 	}
 	got := 0
 	for found == nil {
-		wait := time.Until(deadline)
-		if wait <= 0 {
-			break
-		}
-		if err := port.SetReadTimeout(wait); err != nil {
-			return Decoded{}, got, l.port.Fail(err)
-		}
-		n, err := port.Read(p.buf[:])
+		n, expired, err := bus.ReadBy(port, p.buf[:], deadline)
 		if err != nil {
 			return Decoded{}, got, l.port.Fail(fmt.Errorf("read: %w", err))
+		}
+		if expired {
+			break
 		}
 		got += n
 		p.fr.Push(p.buf[:n], take)

@@ -53,16 +53,12 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 	n := 0
 	var other byte // the unit whose frame came instead, if one did
 	for n < want {
-		remaining := time.Until(deadline)
-		if remaining <= 0 {
-			return nil, &TimeoutError{After: t.timeout, Got: n, Other: other}
-		}
-		if err := t.port.SetReadTimeout(remaining); err != nil {
-			return nil, &bus.PortError{Err: err}
-		}
-		m, err := t.port.Read(t.buf[n:want])
+		m, expired, err := bus.ReadBy(t.port, t.buf[n:want], deadline)
 		if err != nil {
 			return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
+		}
+		if expired {
+			return nil, &TimeoutError{After: t.timeout, Got: n, Other: other}
 		}
 		if m == 0 {
 			continue

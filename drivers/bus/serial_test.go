@@ -1,0 +1,63 @@
+package bus
+
+import (
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+	"go.bug.st/serial"
+	"golang.org/x/sys/unix"
+)
+
+// TestReadBy: an answer that came in time is read even when the reader
+// looks only after its limit (a loaded machine schedules it late); only an
+// empty port past the limit is expired.
+func TestReadBy(t *testing.T) {
+	m, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	defer tty.Close()
+	p, err := serial.Open(tty.Name(), &serial.Mode{BaudRate: 115200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	buf := make([]byte, 16)
+
+	start := time.Now()
+	n, expired, err := ReadBy(p, buf, start.Add(20*time.Millisecond))
+	if n != 0 || !expired || err != nil {
+		t.Fatalf("empty port: %d bytes, expired %v, %v; want 0, expired", n, expired, err)
+	}
+	if waited := time.Since(start); waited < 20*time.Millisecond {
+		t.Errorf("empty port: gave up after %v, before the limit", waited)
+	}
+
+	if _, err := m.Write([]byte("#01\r")); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		q, err := unix.IoctlGetInt(int(tty.Fd()), unix.TIOCINQ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes in the port, want 4", q)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	past := time.Now().Add(-time.Second)
+	n, expired, err = ReadBy(p, buf, past)
+	if string(buf[:n]) != "#01\r" || expired || err != nil {
+		t.Fatalf("answer waiting past the limit: %q, expired %v, %v; want \"#01\\r\"", buf[:n], expired, err)
+	}
+	n, expired, err = ReadBy(p, buf, past)
+	if n != 0 || !expired || err != nil {
+		t.Fatalf("then: %d bytes, expired %v, %v; want 0, expired", n, expired, err)
+	}
+}
