@@ -9,9 +9,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/goburrow/modbus"
+	"golang.org/x/sys/unix"
 
 	mb "outpost/configs/modbus"
 	"outpost/drivers"
@@ -85,6 +87,14 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 	for {
 		var head [mbapHeader]byte
 		if n, err := io.ReadFull(t.in, head[:]); err != nil {
+			if n == 0 && isTimeout(err) && t.waiting() {
+				// The reply came in time and the gateway looked late
+				// (a loaded machine): read it.
+				if err := t.conn.SetReadDeadline(time.Now().Add(t.timeout)); err != nil {
+					return nil, t.fail(err)
+				}
+				continue
+			}
 			if n == 0 && isTimeout(err) {
 				// Between frames: the stream is intact.
 				limit := t.redialAfter
@@ -126,6 +136,21 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 		t.close()
 		return nil, &FrameError{Kind: "transaction id", Detail: fmt.Sprintf("got %d, want %d", got, tid)}
 	}
+}
+
+// waiting says whether bytes wait in the connection's socket.
+func (t *tcpTransport) waiting() bool {
+	sc, ok := t.conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) })
+	return n > 0
 }
 
 // redialSilence is how long without a frame makes a connection suspect

@@ -137,6 +137,49 @@ func TestTCPLateReplyOnce(t *testing.T) {
 	}
 }
 
+// lateConn is a connection whose reader looks late: a deadline set with
+// SetDeadline has passed by the time it reads.
+type lateConn struct{ *net.TCPConn }
+
+func (c lateConn) SetDeadline(d time.Time) error {
+	c.TCPConn.SetWriteDeadline(d)
+	return c.TCPConn.SetReadDeadline(time.Now().Add(-time.Second))
+}
+
+// TestTCPReplyReadLate: a reply that came in time is the device's answer
+// even when the gateway, on a loaded machine, looks at the connection only
+// after its timeout. Here the reply waits in the socket before the request
+// is sent, and the timeout has passed by the first read.
+func TestTCPReplyReadLate(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	req := []byte{0, 1, 0, 0, 0, 6, 1, fcReadHolding, 0, 0, 0, 2}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write(tcpAnswer(req))
+		io.Copy(io.Discard, c)
+	}()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &tcpTransport{addr: ln.Addr().String(), timeout: 100 * time.Millisecond, log: slog.New(slog.DiscardHandler)}
+	tr.use(lateConn{conn.(*net.TCPConn)})
+	defer tr.close()
+	waitFor(t, 5*time.Second, "the reply in the socket", tr.waiting)
+	got, err := tr.Send(req)
+	if err != nil || string(got) != string(tcpAnswer(req)) {
+		t.Fatalf("Send: % x, %v; want % x", got, err, tcpAnswer(req))
+	}
+}
+
 // TestTCPTimeoutInFrame: a reply cut off in the middle by the timeout
 // leaves the stream out of step, so the connection is closed and the next
 // request gets a clean one.
