@@ -203,7 +203,7 @@ func (b *Bus) ask(m *module, text string, k Kind, timeout time.Duration) (Answer
 		})
 	}
 	if err == nil {
-		frame, err = b.tr.exchange(Command(text, m.set.Checksum), answerLen(k, m.set.Checksum))
+		frame, err = b.tr.exchange(Command(text, m.set.Checksum), answerLen(k, m.set.Checksum), false)
 	}
 	if b.tr.late > late {
 		// The answers were realigned: count the late ones dropped.
@@ -223,10 +223,16 @@ func (b *Bus) ask(m *module, text string, k Kind, timeout time.Duration) (Answer
 		return Answer{}, err
 	}
 	ans, err := Parse(frame, k, m.set.Address, m.set.Checksum)
-	if len(frame) == 0 || frame[len(frame)-1] != cr {
-		// An answer cut short (its CR lost, or a pause): the rest of it,
-		// or the real one, may still be on its way, to be taken for the
-		// next command's.
+	if err == nil && k == KindReadIO {
+		ans.State, err = m.layout.Decode(ans.Data)
+	}
+	var fe *FrameError
+	if errors.As(err, &fe) {
+		// Not an answer to this command: one cut short (its CR lost, or
+		// a pause), or a late answer to an earlier one ($AA6's does not
+		// say which module sent it; a $AAM of a sync that timed out). The
+		// real one may still be on its way, to be taken for the next
+		// command's.
 		b.tr.unsynced = true
 	}
 	return ans, err
@@ -453,11 +459,7 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 		case err != nil:
 			continue
 		}
-		s, err := m.layout.Decode(ans.Data)
-		if err != nil {
-			r.fail(err)
-			continue
-		}
+		s := ans.State
 		if cand != nil && s == *cand {
 			same++
 		} else {

@@ -106,8 +106,9 @@ const (
 
 // Answer is what a valid answer said.
 type Answer struct {
-	Data [3]byte // KindReadIO: the three data bytes
-	Name string  // KindName
+	Data  [3]byte // KindReadIO: the three data bytes
+	State State   // KindReadIO: Data in the module's layout (the driver decodes it)
+	Name  string  // KindName
 }
 
 // Parse judges the frame a module sent in answer to a command of kind k to

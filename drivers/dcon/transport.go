@@ -51,7 +51,7 @@ type transport struct {
 // answer in the order they are asked, so once a name answer came, every
 // late answer came before it.
 func (t *transport) sync(cmd []byte, ok func([]byte) bool) error {
-	frame, err := t.exchange(cmd, 0)
+	frame, err := t.exchange(cmd, 0, true) // a byte at a time: the name answer may follow a late one at once
 	deadline := time.Now().Add(t.timeout)
 	for {
 		if err != nil {
@@ -80,9 +80,10 @@ func (t *transport) gap() time.Duration { return max(8*t.char, 20*time.Milliseco
 // including its CR; or, when the answer's length is known (want > 0) and
 // that many bytes came without a CR, those; or what came before a gap.
 // Whatever was waiting before the command is dropped first: a late answer
-// or noise. It returns a TimeoutError when nothing came, and a
+// or noise. byByte leaves what follows the answer's CR in the port (see
+// read). It returns a TimeoutError when nothing came, and a
 // bus.PortError when the port failed.
-func (t *transport) exchange(cmd []byte, want int) ([]byte, error) {
+func (t *transport) exchange(cmd []byte, want int, byByte bool) ([]byte, error) {
 	if err := t.port.ResetInputBuffer(); err != nil {
 		return nil, &bus.PortError{Err: fmt.Errorf("flush input: %w", err)}
 	}
@@ -90,7 +91,7 @@ func (t *transport) exchange(cmd []byte, want int) ([]byte, error) {
 		return nil, &bus.PortError{Err: fmt.Errorf("write: %w", err)}
 	}
 	deadline := time.Now().Add(t.timeout + time.Duration(len(cmd)+max(want, 8))*t.char)
-	frame, err := t.read(deadline, want, false)
+	frame, err := t.read(deadline, want, byByte)
 	if _, ok := err.(*TimeoutError); ok {
 		t.unsynced = true // its answer may still come: see sync
 	}
