@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -11,11 +12,19 @@ import (
 )
 
 // TestSpareProcs: the gateway takes spare Go processors while a queue holds
-// a backlog of telemetry, and gives them back once it drained.
+// a backlog of telemetry, and gives them back once it drained; while it
+// drains its collector runs at GOGC 100, quiet at 50.
 func TestSpareProcs(t *testing.T) {
 	t.Setenv("GOMAXPROCS", "")
+	t.Setenv("GOGC", "")
 	base := runtime.GOMAXPROCS(0)
 	defer runtime.GOMAXPROCS(base)
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	gogc := func() int {
+		p := debug.SetGCPercent(-1)
+		debug.SetGCPercent(p)
+		return p
+	}
 	q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -42,6 +51,9 @@ func TestSpareProcs(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitProcs(base * procsPerCPU)
+	if p := gogc(); p != busyGCPercent {
+		t.Errorf("GOGC %d with a backlog, want %d", p, busyGCPercent)
+	}
 	b, err := q.Next(ctx, 10, queue.LaneTelemetry)
 	if err != nil {
 		t.Fatal(err)
@@ -50,6 +62,12 @@ func TestSpareProcs(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitProcs(1) // drained, and at rest: this test uses little CPU
+	// The collector is set just after the Ps.
+	for deadline := time.Now().Add(time.Second); gogc() != quietGCPercent; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("GOGC %d when quiet, want %d", gogc(), quietGCPercent)
+		}
+	}
 }
 
 // TestBacklogged: a queue left by the last run, an outage or a drain is a
