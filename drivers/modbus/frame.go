@@ -100,14 +100,20 @@ func checkRTU(req, resp []byte) error {
 		return &FrameError{Kind: badFunction, Detail: fmt.Sprintf("got %d, want %d", resp[1], req[1])}
 	}
 	n := len(resp)
-	got := uint16(resp[n-2]) | uint16(resp[n-1])<<8
-	if want := crc16.Modbus(resp[:n-2]); got != want {
-		return &FrameError{Kind: badCRC, Detail: fmt.Sprintf("got %04x, want %04x", got, want)}
+	if !crcHolds(resp) {
+		return &FrameError{Kind: badCRC, Detail: fmt.Sprintf("got %04x, want %04x", uint16(resp[n-2])|uint16(resp[n-1])<<8, crc16.Modbus(resp[:n-2]))}
 	}
 	if resp[1] == req[1] && isRead(req[1]) && int(resp[2]) != n-5 {
 		return &FrameError{Kind: badLength, Detail: fmt.Sprintf("byte count %d in a frame of %d", resp[2], n)}
 	}
 	return nil
+}
+
+// crcHolds says whether an RTU frame of at least 3 bytes ends in the CRC
+// of the rest (low byte first).
+func crcHolds(f []byte) bool {
+	n := len(f)
+	return crc16.Modbus(f[:n-2]) == uint16(f[n-2])|uint16(f[n-1])<<8
 }
 
 // exceptionName names a Modbus exception code.

@@ -11,7 +11,6 @@ import (
 	mb "outpost/configs/modbus"
 	"outpost/drivers"
 	"outpost/drivers/bus"
-	"outpost/drivers/crc16"
 )
 
 // rtuTransport sends RTU frames on a serial port and reads the answers. It
@@ -24,7 +23,6 @@ type rtuTransport struct {
 	char    time.Duration // one character on the line
 	last    time.Time     // when the line last carried a byte
 	buf     [256]byte
-	dropped int // bytes the last drain took off the line
 }
 
 var _ modbus.Transporter = (*rtuTransport)(nil)
@@ -66,8 +64,9 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 		n += m
 		t.last = time.Now()
 		if t.buf[0] != req[0] {
-			if !t.stray(deadline, n) {
-				return nil, &FrameError{Kind: badUnit, Detail: fmt.Sprintf("got %d, want %d", t.buf[0], req[0]), Dropped: t.dropped}
+			got := t.drain(deadline, n)
+			if got < rtuExceptionBytes || got > len(t.buf) || !crcHolds(t.buf[:got]) {
+				return nil, &FrameError{Kind: badUnit, Detail: fmt.Sprintf("got %d, want %d", t.buf[0], req[0]), Dropped: got}
 			}
 			// Another unit's whole frame (a late answer to an earlier
 			// request): not this device's answer, which may still come.
@@ -105,25 +104,13 @@ const rtuExceptionBytes = 5
 // resync drains the line until it has been silent for a frame gap (or the
 // deadline passes) and reports the bad frame with the bytes it dropped.
 func (t *rtuTransport) resync(deadline time.Time, got int, kind, detail string) error {
-	t.drain(deadline, got)
-	return &FrameError{Kind: kind, Detail: detail, Dropped: t.dropped}
-}
-
-// stray drains a frame that began with another unit's id, the got bytes of
-// it in buf, and says whether it was that unit's whole frame: its CRC
-// holds. Otherwise it was noise or a damaged frame.
-func (t *rtuTransport) stray(deadline time.Time, got int) bool {
-	t.drain(deadline, got)
-	n := t.dropped
-	return n >= rtuExceptionBytes && n <= len(t.buf) &&
-		crc16.Modbus(t.buf[:n-2]) == uint16(t.buf[n-2])|uint16(t.buf[n-1])<<8
+	return &FrameError{Kind: kind, Detail: detail, Dropped: t.drain(deadline, got)}
 }
 
 // drain reads the line until it has been silent for a frame gap (or the
-// deadline passes), keeping in buf what fits after the got bytes there;
-// dropped counts them all.
-func (t *rtuTransport) drain(deadline time.Time, got int) {
-	t.dropped = got
+// deadline passes), keeping in buf what fits after the got bytes there,
+// and returns how many bytes the frame had in all.
+func (t *rtuTransport) drain(deadline time.Time, got int) int {
 	gap := max(t.silence, 2*time.Millisecond)
 	var scratch [256]byte
 	for time.Now().Before(deadline) {
@@ -131,16 +118,17 @@ func (t *rtuTransport) drain(deadline time.Time, got int) {
 			break
 		}
 		into := scratch[:]
-		if t.dropped < len(t.buf) {
-			into = t.buf[t.dropped:]
+		if got < len(t.buf) {
+			into = t.buf[got:]
 		}
 		m, err := t.port.Read(into)
 		if err != nil || m == 0 {
 			break
 		}
-		t.dropped += m
+		got += m
 		t.last = time.Now()
 	}
+	return got
 }
 
 // rtuBus is the driver of one RS-485 bus: one port, one wire lock, every
