@@ -115,6 +115,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	var batches []queue.Batch
 	var last time.Time // of the last send the hub took
 	for {
+		// The last batch's messages are garbage: not kept alive by the
+		// slice while the next batch lingers (a second's worth for
+		// InfluxDB).
+		clear(msgs[:cap(msgs)])
+		msgs = msgs[:0]
 		var err error
 		batches, err = f.take(ctx, batches[:0], last)
 		if err != nil {
@@ -123,7 +128,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("%s queue: %w", f.Name, err)
 		}
-		msgs = msgs[:0]
 		now := time.Now()
 		for _, b := range batches {
 			for i, e := range b.Entries {
