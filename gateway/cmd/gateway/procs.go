@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -100,12 +101,11 @@ func spareProcs(ctx context.Context, queues map[string]*queue.Reader, log *slog.
 	cpus := runtime.GOMAXPROCS(0)
 	t := time.NewTicker(procsEvery)
 	defer t.Stop()
-	cur, gc := cpus, quietGCPercent
-	if setGC {
-		debug.SetGCPercent(gc) // until the CPU is measured: the start is quiet
-	}
+	cur, gc := cpus, busyGCPercent // Go's default
 	lastCPU, lastAt := cpuTime(), time.Now()
-	busy, measured := float64(cpus), false // not measured yet: not at rest, yet quiet
+	// Not measured yet: NaN is below no threshold and above none, so the
+	// start is neither at rest (procsFor) nor busy (gcPercent).
+	busy := math.NaN()
 	for {
 		backlog := false
 		for _, q := range queues {
@@ -116,7 +116,7 @@ func spareProcs(ctx context.Context, queues map[string]*queue.Reader, log *slog.
 			log.Debug("go processors", "gomaxprocs", want, "backlog", backlog, "cpu", busy)
 			cur = want
 		}
-		if want := gcPercent(backlog, busy); (measured || backlog) && want != gc && setGC {
+		if want := gcPercent(backlog, busy); want != gc && setGC {
 			debug.SetGCPercent(want)
 			log.Debug("collector", "gogc", want, "backlog", backlog, "cpu", busy)
 			gc = want
@@ -127,7 +127,7 @@ func spareProcs(ctx context.Context, queues map[string]*queue.Reader, log *slog.
 		case <-t.C:
 		}
 		c, now := cpuTime(), time.Now()
-		busy, measured = float64(c-lastCPU)/float64(now.Sub(lastAt)), true
+		busy = float64(c-lastCPU) / float64(now.Sub(lastAt))
 		lastCPU, lastAt = c, now
 	}
 }
