@@ -16,7 +16,13 @@ import (
 	"outpost/gateway/model"
 )
 
-const ts = `"ts":"2026-11-30T08:00:00.000Z"`
+// devTime is the kiosks' own clock in these tests: an hour behind the
+// gateway's, within the skew it trusts (a fixed date would fall outside it
+// a day later).
+var (
+	devTime = time.Now().UTC().Add(-time.Hour).Truncate(time.Millisecond)
+	ts      = `"ts":"` + devTime.Format("2006-01-02T15:04:05.000Z") + `"`
+)
 
 // A kiosk logs in with its own password; what it publishes reaches the
 // gateway as the template maps it, events with the device's time and
@@ -52,7 +58,7 @@ func kioskMessages(t *testing.T, k *kiosk, out *emitted) {
 	if !equalMaps(got, want) {
 		t.Errorf("readings %v, want %v", got, want)
 	}
-	if m.DeviceKind != "kiosk" || !m.Time.Equal(time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)) {
+	if m.DeviceKind != "kiosk" || !m.Time.Equal(devTime) {
 		t.Errorf("kind %q time %v, want kiosk at the device's ts", m.DeviceKind, m.Time)
 	}
 	if err := k.publish("dev/kiosk-1/service_request", `{`+ts+`,"ticket":"K1-000017","category":"fire","text":"烟味很重，三楼"}`); err != nil {
