@@ -79,8 +79,9 @@ type pos struct{ line, col int }
 // error instead of stopping at the first, and remembering where each value
 // stands so that later validation can point at it.
 type decoder struct {
-	file string
-	errs Errors
+	file  string
+	errs  Errors
+	warns []Error
 	at   map[string]pos // path ("devices[2].unit_id") -> position of its value
 	// bad holds the paths whose value could not be decoded (or is
 	// missing): validation says nothing more about them, so that one
@@ -133,18 +134,26 @@ func (d *decoder) quiet(path string) bool {
 // errAt reports an error at the value of path, or at its closest parent,
 // unless the value of path could not be decoded (that was reported).
 func (d *decoder) errAt(path, format string, args ...any) {
-	if d.quiet(path) {
-		return
+	if !d.quiet(path) {
+		d.errorf(d.posOf(path), format, args...)
 	}
+}
+
+// warnAt notes what may not work as meant at the value of path.
+func (d *decoder) warnAt(path, format string, args ...any) {
+	p := d.posOf(path)
+	d.warns = append(d.warns, Error{File: d.file, Line: p.line, Col: p.col, Msg: fmt.Sprintf(format, args...)})
+}
+
+// posOf is the position of the value of path, or of its closest parent.
+func (d *decoder) posOf(path string) pos {
 	for p := path; ; {
 		if at, ok := d.at[p]; ok {
-			d.errorf(at, format, args...)
-			return
+			return at
 		}
 		i := strings.LastIndexAny(p, ".[")
 		if i < 0 {
-			d.errorf(pos{1, 1}, format, args...)
-			return
+			return pos{1, 1}
 		}
 		p = p[:i]
 	}

@@ -156,10 +156,14 @@ func parse(file string, data []byte, src templates) (*Station, error) {
 			d.errs, d.dropped = append(d.errs, td.errs...), d.dropped+td.dropped
 		}
 	}
-	checkKinds(st, decs)
+	builtin, _ := BuiltinTemplates()
+	checkKinds(st, decs, builtin)
+	checkSources(st, decs, builtin)
 	for _, td := range decs {
 		d.errs, d.dropped = append(d.errs, td.errs...), d.dropped+td.dropped
+		st.Warnings = append(st.Warnings, td.warns...)
 	}
+	st.Warnings = Errors(st.Warnings).sorted(0)
 	d.decodeDevices(st, found, src)
 	for i := range st.Links {
 		l := &st.Links[i]
@@ -716,7 +720,7 @@ func (sg Signal) fieldType() string {
 // whose field has another type than the measurement's. The station's
 // templates are checked against each other and against the built-in ones
 // of their kind, which stations of the same hub may use.
-func checkKinds(st *Station, decs map[string]*decoder) {
+func checkKinds(st *Station, decs map[string]*decoder, builtin []*Template) {
 	type first struct {
 		typ, where string
 	}
@@ -746,7 +750,6 @@ func checkKinds(st *Station, decs map[string]*decoder) {
 	for _, t := range st.Templates {
 		kinds[t.Kind] = true
 	}
-	builtin, _ := BuiltinTemplates()
 	for _, t := range builtin {
 		if st.Templates[t.Name] == nil && kinds[t.Kind] {
 			note(t, true)
@@ -754,6 +757,35 @@ func checkKinds(st *Station, decs map[string]*decoder) {
 	}
 	for _, n := range slices.Sorted(maps.Keys(st.Templates)) {
 		note(st.Templates[n], false)
+	}
+}
+
+// checkSources warns of a station's template that reads a signal from
+// where a built-in template reads one of the same name and unit, but
+// converts it another way (another scale, type or byte order). The
+// built-in templates come from the devices' datasheets; a register map
+// copied with a wrong scale gives values that look plausible and are not.
+func checkSources(st *Station, decs map[string]*decoder, builtin []*Template) {
+	for _, t := range st.Templates {
+		if t.Body == nil || slices.ContainsFunc(builtin, func(b *Template) bool { return b.File == t.File }) {
+			continue
+		}
+		for _, sg := range t.Body.Signals() {
+			for _, b := range builtin {
+				if b.Protocol != t.Protocol || sg.Source == "" {
+					continue
+				}
+				i := slices.IndexFunc(b.Body.Signals(), func(bs Signal) bool {
+					return bs.Name == sg.Name && bs.Unit == sg.Unit && bs.Source == sg.Source && bs.Conversion != sg.Conversion
+				})
+				if i < 0 {
+					continue
+				}
+				decs[t.Name].warnAt(sg.Path, "%s: template %s reads %s from %s as %s, where the built-in template %s, made from that device's datasheet, reads it as %s: use template %s if the device is of that model; if not, check the type, byte order and scale against the device's datasheet",
+					sg.Path, t.Name, sg.Name, sg.Source, sg.Conversion, b.Name, b.Body.Signals()[i].Conversion, b.Name)
+				break
+			}
+		}
 	}
 }
 

@@ -299,3 +299,61 @@ devices:
 		})
 	}
 }
+
+// TestTemplateLikeBuiltin: a station's template that reads a signal from
+// where a built-in one reads it, but converts it another way, is warned
+// about with both conversions and what to do; one that agrees, or reads
+// another signal or unit from there, is not. The shipped stations have
+// no such warning.
+func TestTemplateLikeBuiltin(t *testing.T) {
+	for _, tc := range []struct {
+		name, template, register string
+		want                     []string
+	}{
+		{"a copy with a wrong scale", "th-wrong",
+			`{signal: temperature, table: input, address: 1, type: int16, scale: 0.01, unit: "°C"}`,
+			[]string{`DIR/devices/th-wrong.yaml:5:5: registers[0]: template th-wrong reads temperature from input register 1 as int16 × 0.01, where the built-in template xy-md02, made from that device's datasheet, reads it as int16 × 0.1: use template xy-md02 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`}},
+		{"an override of the built-in's name, unsigned", "xy-md02",
+			`{signal: temperature, table: input, address: 1, type: uint16, scale: 0.1, unit: "°C"}`,
+			[]string{`DIR/devices/xy-md02.yaml:5:5: registers[0]: template xy-md02 reads temperature from input register 1 as uint16 × 0.1, where the built-in template xy-md02, made from that device's datasheet, reads it as int16 × 0.1: use template xy-md02 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`}},
+		{"a float in swapped words", "my-meter",
+			`{signal: voltage, table: input, address: 0, type: float32, order: CDAB, unit: "V"}`,
+			[]string{`DIR/devices/my-meter.yaml:5:5: registers[0]: template my-meter reads voltage from input register 0 as float32 CDAB, where the built-in template sdm120, made from that device's datasheet, reads it as float32: use template sdm120 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`}},
+		{"a copy that agrees", "th-copy",
+			`{signal: temperature, table: input, address: 1, type: int16, scale: 0.1, unit: "°C"}`, nil},
+		{"another unit from the same register", "th-fahrenheit",
+			`{signal: temperature, table: input, address: 1, type: int16, scale: 0.18, offset: 32, unit: "°F"}`, nil},
+		{"another signal from the same register", "level",
+			`{signal: level, table: input, address: 1, type: uint16, unit: "cm"}`, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := stationFile(t, "")
+			src, _ := os.ReadFile(path)
+			os.WriteFile(path, []byte(strings.Replace(string(src), "template: xy-md02", "template: "+tc.template, 1)), 0o600)
+			tmpl := "template: " + tc.template + "\nprotocol: modbus\nkind: probe\nregisters:\n  - " + tc.register + "\n"
+			os.WriteFile(filepath.Join(filepath.Dir(path), "devices", tc.template+".yaml"), []byte(tmpl), 0o600)
+			st, err := configs.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, w := range st.Warnings {
+				got = append(got, strings.ReplaceAll(w.Error(), filepath.Dir(path), "DIR"))
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+	// The other three name a credentials file of the machine they run
+	// on, and load only there.
+	for _, name := range []string{"police-room.yaml", "safety-post.yaml"} {
+		st, err := configs.LoadEmbedded(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Warnings) > 0 {
+			t.Errorf("%s warns: %v", name, st.Warnings)
+		}
+	}
+}

@@ -334,4 +334,13 @@ swap all four words under ` + "`CDAB`" + ` and ` + "`DCBA`" + `.
 A number is published as the value the device means: a float32 as its
 shortest decimal (229.8, not 229.8000030517578), and ` + "`scale`" + ` and ` + "`offset`" + ` applied in
 decimal (a register of 234 at scale 0.1 is 23.4). See the hub contract.
+
+A wrong scale or type in a template gives values that may well look plausible
+(2.3 °C for a room at 23 °C). Two checks catch it before the station goes live:
+` + "`gateway validate`" + ` (and ` + "`commission`" + `, and the gateway's log at start) warns of a
+station's template that reads a signal from where a built-in template, made from
+that device's datasheet, reads one of the same name and unit, but converts it
+another way (another type, byte order, scale or offset); and
+` + "`gateway commission`" + ` shows the values it read, for the installer to compare with
+the room.
 `

@@ -62,6 +62,8 @@ type Station struct {
 	File string `yaml:"-"`
 	// Templates holds the template of every device, by template name.
 	Templates map[string]*Template `yaml:"-"`
+	// Warnings say what in the valid file may not work as meant.
+	Warnings []Error `yaml:"-"`
 }
 
 // Uplinks names the hub stores the station sends to: "mqtt", and
@@ -436,6 +438,12 @@ type Signal struct {
 	// answer as one. The gateway publishes what a fast read changed, so
 	// their reads are many more than their readings at the hub.
 	Fast bool
+	// Source, where the family has one, is where on the wire the raw
+	// value is read ("input register 1"), and Conversion how it becomes
+	// the signal's value ("int16 × 0.1"). A station's template that reads
+	// a built-in template's signal from the same source another way is
+	// warned about: one of the two misreads that device.
+	Source, Conversion string
 }
 
 // Report is a signal's report by exception: a reading is sent when its

@@ -159,7 +159,7 @@ func (t *Template) Signals() []configs.Signal {
 			fast = fast && alarm[cell{r.Table, a}]
 		}
 		out[i] = configs.Signal{Name: r.Signal, Path: fmt.Sprintf("registers[%d]", i), Type: typ, Unit: r.Unit, Event: r.Event, Range: r.Range, Report: r.Report,
-			Writable: r.Writable, Limits: r.Limits, Fast: fast}
+			Writable: r.Writable, Limits: r.Limits, Fast: fast, Source: r.source(), Conversion: r.conversion()}
 	}
 	return out
 }
@@ -347,6 +347,37 @@ func (r *Register) Words() int {
 		return r.Length
 	}
 	return 0
+}
+
+// source is where the register's value is read: "input register 1",
+// "holding register 8 bit 3", "coil 0".
+func (r *Register) source() string {
+	switch {
+	case r.Table.IsBits():
+		return fmt.Sprintf("%s %d", r.Table, r.Address)
+	case r.Bit != nil:
+		return fmt.Sprintf("%s register %d bit %d", r.Table, r.Address, *r.Bit)
+	}
+	return fmt.Sprintf("%s register %d", r.Table, r.Address)
+}
+
+// conversion is how the raw value becomes the signal's: "int16 × 0.1",
+// "float32 CDAB", "uint16 × 0.1 - 40".
+func (r *Register) conversion() string {
+	s := string(r.Type)
+	if r.Order != ABCD {
+		s += " " + string(r.Order)
+	}
+	if r.Scale != 1 {
+		s += fmt.Sprintf(" × %g", r.Scale)
+	}
+	switch {
+	case r.Offset > 0:
+		s += fmt.Sprintf(" + %g", r.Offset)
+	case r.Offset < 0:
+		s += fmt.Sprintf(" - %g", -r.Offset)
+	}
+	return s
 }
 
 // Span is how many table entries (bits or registers) the register covers.

@@ -42,6 +42,8 @@ type commissioning struct {
 	OK      bool      `json:"ok"`
 	Devices []check   `json:"devices"`
 	Hub     []check   `json:"hub"`
+	// Warnings are gateway validate's: what may not work as meant.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func cmdCommission(c *command, args []string, stdout, stderr io.Writer) int {
@@ -90,7 +92,7 @@ func cmdCommission(c *command, args []string, stdout, stderr io.Writer) int {
 
 // commission tries every device of the station once and the hub.
 func commission(ctx context.Context, st *configs.Station, timeout time.Duration) commissioning {
-	rec := commissioning{Station: st.Station.ID, Type: string(st.Station.Type), At: time.Now().UTC(), OK: true}
+	rec := commissioning{Station: st.Station.ID, Type: string(st.Station.Type), At: time.Now().UTC(), OK: true, Warnings: warnings(st)}
 	log := slog.New(slog.DiscardHandler)
 	results := make([][]check, len(st.Links))
 	var wg sync.WaitGroup
@@ -140,21 +142,23 @@ func commission(ctx context.Context, st *configs.Station, timeout time.Duration)
 // verdict says, in an installer's words, what a device's first reading
 // and health say of it.
 func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time.Duration) (bool, string) {
+	const answers = "OK: it answers (no readings to show)"
 	if !hasM {
 		switch {
 		case hasH && h.State == model.Online:
-			return true, "OK: it answers (no readings to show)"
+			return true, answers
 		case hasH && h.Reason != "":
 			return false, h.Reason
 		}
 		return false, fmt.Sprintf("nothing from it within %s: is it powered and wired, and does the station file name it right?", timeout)
 	}
-	var bad, odd []string
+	var bad, odd, good []string
 	for _, r := range m.Readings {
 		switch r.Quality {
 		case model.Good:
+			good = append(good, shown(r))
 		case model.Uncertain:
-			odd = append(odd, fmt.Sprintf("%s = %s %s", r.Signal, r.Value, r.Unit))
+			odd = append(odd, shown(r))
 		default:
 			bad = append(bad, r.Signal)
 		}
@@ -169,7 +173,28 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 	case len(odd) > 0:
 		return false, "outside the plausible range (a wrong template, or a failing sensor): " + strings.Join(odd, ", ")
 	}
-	return true, fmt.Sprintf("OK: %d signals read", len(m.Readings))
+	if len(good) == 0 {
+		return true, answers
+	}
+	// The values, so that an installer sees one that is plausible but
+	// wrong (2.3 °C in a warm room: a wrong scale).
+	ok := "OK: " + strings.Join(good[:min(len(good), showMax)], ", ")
+	if more := len(good) - showMax; more > 0 {
+		ok += fmt.Sprintf(", and %d more (gateway read shows them all)", more)
+	}
+	return true, ok
+}
+
+// showMax is how many values a device's line shows.
+const showMax = 6
+
+// shown is a reading as an installer reads it: "temperature = 22.5 °C".
+func shown(r model.Reading) string {
+	s := r.Signal + " = " + clip(r.Value.String(), 24)
+	if r.Unit != "" {
+		s += " " + r.Unit
+	}
+	return s
 }
 
 // printCommissioning prints the record as a table for an 80-column
@@ -198,6 +223,16 @@ func printCommissioning(w io.Writer, rec commissioning) {
 	for _, c := range append(rec.Devices, rec.Hub...) {
 		if !c.OK {
 			failed++
+		}
+	}
+	if len(rec.Warnings) > 0 {
+		fmt.Fprintln(w)
+	}
+	for _, warning := range rec.Warnings {
+		indent := ""
+		for _, l := range wrap("warning: "+warning, 80-2) {
+			fmt.Fprintln(w, indent+l)
+			indent = "  "
 		}
 	}
 	if failed == 0 {

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,12 +20,13 @@ import (
 
 // hotSensor is an XY-MD02-like template whose simulated temperature (150
 // °C) lies outside its range: what a wrong template or a broken sensor
-// looks like.
+// looks like. It reads the temperature unsigned, where the built-in
+// xy-md02 reads it signed: a warning.
 const hotSensor = `template: hot-sensor
 protocol: modbus
 kind: temp_humidity
 registers:
-  - {signal: temperature, table: input, address: 1, type: int16, scale: 0.1, unit: "°C", range: {min: -40, max: 60}, sim: {wave: constant, value: 150}}
+  - {signal: temperature, table: input, address: 1, type: uint16, scale: 0.1, unit: "°C", range: {min: -40, max: 60}, sim: {wave: constant, value: 150}}
 `
 
 // TestCommission runs `gateway commission` against a simulated Modbus TCP
@@ -81,7 +84,8 @@ devices:
 	table := out.String()
 	t.Logf("gateway commission printed:\n%s", table)
 	for _, want := range []string{
-		"th-1           lan        OK: 2 signals read",
+		"th-1           lan        OK: temperature = ",
+		"\nwarning: " + filepath.Join(dir, "devices", "hot-sensor.yaml") + ":5:5:",
 		"hot-1          lan        outside the plausible range (a wrong template, or a",
 		"temperature = 150 °C",
 		"gone-9         lan        no value for temperature, humidity: no answer from",
@@ -108,6 +112,20 @@ devices:
 	}
 	if rec.OK || rec.Station != "cm-1" || len(rec.Devices) != 3 || len(rec.Hub) != 2 || !rec.Devices[0].OK || rec.Devices[1].OK {
 		t.Errorf("the record kept: %+v", rec)
+	}
+	// th-1's line shows the values read: the simulated XY-MD02's (16-29
+	// °C and 45-75 %RH, with noise), in its units.
+	th := regexp.MustCompile(`^OK: temperature = (-?[0-9.]+) °C, humidity = ([0-9.]+) %RH$`).FindStringSubmatch(rec.Devices[0].Result)
+	if th == nil {
+		t.Errorf("th-1's result %q, want its temperature and humidity", rec.Devices[0].Result)
+	} else if temp, _ := strconv.ParseFloat(th[1], 64); temp < 15 || temp > 30 {
+		t.Errorf("th-1's temperature %s °C, want the simulator's 16-29", th[1])
+	} else if hum, _ := strconv.ParseFloat(th[2], 64); hum < 44 || hum > 76 {
+		t.Errorf("th-1's humidity %s %%RH, want the simulator's 45-75", th[2])
+	}
+	wantWarning := filepath.Join(dir, "devices", "hot-sensor.yaml") + ":5:5: registers[0]: template hot-sensor reads temperature from input register 1 as uint16 × 0.1, where the built-in template xy-md02, made from that device's datasheet, reads it as int16 × 0.1: use template xy-md02 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet"
+	if len(rec.Warnings) != 2 || rec.Warnings[0] != wantWarning || !strings.HasPrefix(rec.Warnings[1], "state_dir ") {
+		t.Errorf("the record's warnings: %q\nwant %q and the state directory's", rec.Warnings, wantWarning)
 	}
 
 	// The hub's broker is away, and InfluxDB has no such database: their

@@ -180,6 +180,9 @@ func cmdValidate(c *command, args []string, stdout, stderr io.Writer) int {
 // warnings says what in a valid station file will not work as meant.
 func warnings(st *configs.Station) []string {
 	var out []string
+	for _, w := range st.Warnings {
+		out = append(out, w.Error())
+	}
 	for _, tmp := range []string{"/tmp/", "/var/tmp/", "/dev/shm/"} {
 		if strings.HasPrefix(filepath.Clean(st.StateDir)+"/", tmp) {
 			out = append(out, fmt.Sprintf("state_dir %s is under %s: the queue and the sequence numbers may not survive a reboot, and the packaged service has a /tmp of its own; use /var/lib/outpost/%s",

@@ -254,6 +254,9 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		serveSystemd(ctx, func() error { return pipelineAlive(ingest.LastEmit, stall, queues) }, log)
 	})
 	log.Info("gateway running", "type", st.Station.Type, "devices", len(st.Devices), "links", len(built), "uplinks", len(ups))
+	for _, w := range warnings(st) {
+		log.Warn("the station file may not work as meant", "warning", w)
+	}
 	for cur := st; ctx.Err() == nil; {
 		select {
 		case <-ctx.Done():
