@@ -235,9 +235,12 @@ func printCommissioning(w io.Writer, rec commissioning) {
 			indent = "  "
 		}
 	}
-	if failed == 0 {
+	switch {
+	case failed == 0 && len(rec.Warnings) > 0:
+		fmt.Fprintln(w, "\nAll passed; read the warnings above before leaving the station.")
+	case failed == 0:
 		fmt.Fprintln(w, "\nAll passed: the station is ready.")
-	} else {
+	default:
 		fmt.Fprintf(w, "\n%d of %d checks failed: fix them and run gateway commission again.\n", failed, len(rec.Devices)+len(rec.Hub))
 	}
 }
