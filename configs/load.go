@@ -762,28 +762,39 @@ func checkKinds(st *Station, decs map[string]*decoder, builtin []*Template) {
 
 // checkSources warns of a station's template that reads a signal from
 // where a built-in template reads one of the same name and unit, but
-// converts it another way (another scale, type or byte order). The
-// built-in templates come from the devices' datasheets; a register map
-// copied with a wrong scale gives values that look plausible and are not.
+// converts it another way (another scale, type or byte order), unless
+// another built-in template reads it that way too. The built-in templates
+// come from the devices' datasheets; a register map copied with a wrong
+// scale gives values that look plausible and are not.
 func checkSources(st *Station, decs map[string]*decoder, builtin []*Template) {
 	for _, t := range st.Templates {
 		if t.Body == nil || slices.ContainsFunc(builtin, func(b *Template) bool { return b.File == t.File }) {
 			continue
 		}
 		for _, sg := range t.Body.Signals() {
+			if sg.Source == "" {
+				continue
+			}
+			var other *Template // the first built-in that reads sg another way
+			var how string
+			agrees := false
 			for _, b := range builtin {
-				if b.Protocol != t.Protocol || sg.Source == "" {
+				if b.Protocol != t.Protocol {
 					continue
 				}
-				i := slices.IndexFunc(b.Body.Signals(), func(bs Signal) bool {
-					return bs.Name == sg.Name && bs.Unit == sg.Unit && bs.Source == sg.Source && bs.Conversion != sg.Conversion
-				})
-				if i < 0 {
-					continue
+				for _, bs := range b.Body.Signals() {
+					if bs.Name != sg.Name || bs.Unit != sg.Unit || bs.Source != sg.Source {
+						continue
+					}
+					agrees = agrees || bs.Conversion == sg.Conversion
+					if other == nil && bs.Conversion != sg.Conversion {
+						other, how = b, bs.Conversion
+					}
 				}
+			}
+			if other != nil && !agrees {
 				decs[t.Name].warnAt(sg.Path, "%s: template %s reads %s from %s as %s, where the built-in template %s, made from that device's datasheet, reads it as %s: use template %s if the device is of that model; if not, check the type, byte order and scale against the device's datasheet",
-					sg.Path, t.Name, sg.Name, sg.Source, sg.Conversion, b.Name, b.Body.Signals()[i].Conversion, b.Name)
-				break
+					sg.Path, t.Name, sg.Name, sg.Source, sg.Conversion, other.Name, how, other.Name)
 			}
 		}
 	}

@@ -345,6 +345,32 @@ func TestTemplateLikeBuiltin(t *testing.T) {
 			}
 		})
 	}
+	// A copy of each built-in Modbus template agrees with it, and with
+	// every other built-in template.
+	builtin, _ := configs.BuiltinTemplates()
+	copies := 0
+	for _, b := range builtin {
+		if b.Protocol != "modbus" {
+			continue
+		}
+		copies++
+		path := stationFile(t, "")
+		src, _ := os.ReadFile(path)
+		os.WriteFile(path, []byte(strings.Replace(string(src), "template: xy-md02", "template: copy-of-"+b.Name, 1)), 0o600)
+		data, _ := configs.Embedded.ReadFile("devices/" + b.Name + ".yaml")
+		data = []byte(strings.Replace(string(data), "template: "+b.Name+"\n", "template: copy-of-"+b.Name+"\n", 1))
+		os.WriteFile(filepath.Join(filepath.Dir(path), "devices", "copy-of-"+b.Name+".yaml"), data, 0o600)
+		st, err := configs.Load(path)
+		if err != nil {
+			t.Fatalf("a copy of %s: %v", b.Name, err)
+		}
+		if len(st.Warnings) > 0 {
+			t.Errorf("a copy of %s warns: %v", b.Name, st.Warnings)
+		}
+	}
+	if copies < 8 {
+		t.Errorf("only %d built-in Modbus templates copied", copies)
+	}
 	// The other three name a credentials file of the machine they run
 	// on, and load only there.
 	for _, name := range []string{"police-room.yaml", "safety-post.yaml"} {
