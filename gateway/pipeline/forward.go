@@ -108,7 +108,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	// again.
 	f.Queue.Rewind(f.Lanes...)
 	backoff := minBackoff
-	msgs := make([]model.Message, 0, f.Batch)
+	// msgs grows to the batches there are: a forwarder of 5,000-message
+	// batches at a station of a few readings a second holds a few.
+	var msgs []model.Message
+	decoded := 0 // len(msgs) before what the hub refused was taken out
 	if f.limit == 0 {
 		f.limit = f.Batch
 	}
@@ -118,7 +121,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		// The last batch's messages are garbage: not kept alive by the
 		// slice while the next batch lingers (a second's worth for
 		// InfluxDB).
-		clear(msgs[:cap(msgs)])
+		clear(msgs[:decoded])
 		msgs = msgs[:0]
 		var err error
 		batches, err = f.take(ctx, batches[:0], last)
@@ -145,6 +148,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				msgs = append(msgs, m)
 			}
 		}
+		decoded = len(msgs)
 		if over := f.overLimit(msgs); len(over) > 0 {
 			// Set aside what the hub is known not to take, send the rest.
 			f.setAside(msgs, over)
