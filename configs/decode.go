@@ -82,7 +82,7 @@ type decoder struct {
 	file  string
 	errs  Errors
 	warns []Error
-	at   map[string]pos // path ("devices[2].unit_id") -> position of its value
+	at    map[string]pos // path ("devices[2].unit_id") -> position of its value
 	// bad holds the paths whose value could not be decoded (or is
 	// missing): validation says nothing more about them, so that one
 	// mistake gives one error.
