@@ -169,6 +169,10 @@ func checkMBAP(head []byte) (int, error) {
 		return 0, &FrameError{Kind: badLength, Detail: fmt.Sprintf("header of %d bytes", len(head))}
 	}
 	if p := binary.BigEndian.Uint16(head[2:]); p != 0 {
+		if text(head[:mbapHeader]) {
+			// "HTTP/1.", "SSH-2.0": a service of another protocol.
+			return 0, &FrameError{Kind: "not Modbus TCP", Detail: fmt.Sprintf("the answer begins with the text %q: another service listens at this address and port", head[:mbapHeader])}
+		}
 		return 0, &FrameError{Kind: "protocol id", Detail: fmt.Sprintf("got %d, want 0", p)}
 	}
 	length := int(binary.BigEndian.Uint16(head[4:]))
@@ -176,6 +180,17 @@ func checkMBAP(head []byte) (int, error) {
 		return 0, &FrameError{Kind: badLength, Detail: fmt.Sprintf("length field %d outside 3-254", length)}
 	}
 	return length, nil
+}
+
+// text says whether b is printable ASCII, as no MBAP header is (its
+// protocol id is 0).
+func text(b []byte) bool {
+	for _, c := range b {
+		if c < ' ' || c > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // checkTCPData checks that a normal answer to a read carries as many data

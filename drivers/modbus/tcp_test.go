@@ -275,6 +275,8 @@ func TestCheckMBAP(t *testing.T) {
 	}{
 		{[]byte{0, 1, 0, 0, 0, 5, 1}, 5, ""},
 		{[]byte{0, 1, 0, 1, 0, 5, 1}, 0, "bad frame (protocol id: got 1, want 0), 0 bytes dropped"},
+		{[]byte("HTTP/1."), 0, `bad frame (not Modbus TCP: the answer begins with the text "HTTP/1.": another service listens at this address and port), 0 bytes dropped`},
+		{[]byte("SSH-2.0"), 0, `bad frame (not Modbus TCP: the answer begins with the text "SSH-2.0": another service listens at this address and port), 0 bytes dropped`},
 		{[]byte{0, 1, 0, 0, 0, 2, 1}, 0, "bad frame (length: length field 2 outside 3-254), 0 bytes dropped"},
 		{[]byte{0, 1, 0, 0, 1, 0, 1}, 0, "bad frame (length: length field 256 outside 3-254), 0 bytes dropped"},
 		{[]byte{0, 1}, 0, "bad frame (length: header of 2 bytes), 0 bytes dropped"},
@@ -288,5 +290,34 @@ func TestCheckMBAP(t *testing.T) {
 		if n != c.n || es != c.err {
 			t.Errorf("checkMBAP(% x) = %d, %q; want %d, %q", c.head, n, es, c.n, c.err)
 		}
+	}
+}
+
+// TestTCPNotModbus: a link whose address is another service's (a wrong
+// IP or port; here a web server that answers 400 to what it cannot
+// read, as one on this network did) reads as such, not as a damaged
+// Modbus frame.
+func TestTCPNotModbus(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Read(make([]byte, 512))
+			conn.Write([]byte("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"))
+			conn.Close()
+		}
+	}()
+	c, _, _ := newTCPClient(ln.Addr().String(), time.Second)
+	_, err = c.ReadHoldingRegisters(0, 1)
+	want := `bad frame (not Modbus TCP: the answer begins with the text "HTTP/1.": another service listens at this address and port), 0 bytes dropped`
+	if err == nil || err.Error() != want {
+		t.Errorf("err %v\nwant %s", err, want)
 	}
 }
