@@ -96,6 +96,27 @@ func TestValidateWarnsOfABusyBus(t *testing.T) {
 	if code := cli([]string{"validate", "../../../configs/police-room.yaml"}, &out, &errb); code != 0 || strings.Count(out.String(), "warning") != 1 || !strings.Contains(out.String(), want+"\n") {
 		t.Errorf("the police room: exit %d, output:\n%s\nwant one warning: %s", code, out.String(), want)
 	}
+	// The other shipped stations, which installers copy, warn of nothing
+	// (their device password file is one of the test's).
+	dir := t.TempDir()
+	line, err := mqtt.Hash("kiosk-1", "pw-kiosk-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "devices.passwd"), []byte(line+"\n"), 0o600)
+	for _, name := range []string{"safety-post", "workstation", "grid-station", "police-cube"} {
+		src, err := os.ReadFile("../../../configs/" + name + ".yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name+".yaml")
+		os.WriteFile(path, []byte(strings.ReplaceAll(string(src), "/etc/outpost/devices.passwd", filepath.Join(dir, "devices.passwd"))), 0o600)
+		out.Reset()
+		errb.Reset()
+		if code := cli([]string{"validate", path}, &out, &errb); code != 0 || strings.Contains(out.String(), "warning") {
+			t.Errorf("%s: exit %d, output:\n%s%s", name, code, out.String(), errb.String())
+		}
+	}
 }
 
 // A station broker on every address of the box is on the hub's side too.
