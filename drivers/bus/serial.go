@@ -53,14 +53,29 @@ type OpenFunc func(path string, mode *serial.Mode) (Port, error)
 func OpenSerial(path string, mode *serial.Mode) (Port, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOCTTY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, err
+		return nil, openHint(err)
 	}
 	sp, err := serial.Open(path, mode)
 	if err != nil {
 		f.Close()
-		return nil, err
+		return nil, openHint(err)
 	}
 	return &polledPort{f: f, sp: sp, timeout: -1}, nil
+}
+
+// openHint adds to why a serial port did not open what an installer
+// checks for it.
+func openHint(err error) error {
+	var pe *serial.PortError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w: the adapter is unplugged, or the port is named wrong (gateway ports lists those there are)", err)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w: the gateway's user may not open it: add the user to group dialout (the packaged service's user outpost is in it)", err)
+	case errors.Is(err, syscall.EBUSY), errors.As(err, &pe) && pe.Code() == serial.PortBusy:
+		return fmt.Errorf("%w: another program holds the port (another gateway, gateway read or commission while the service runs, or ModemManager)", err)
+	}
+	return err
 }
 
 // polledPort reads and writes a serial port through Go's poller, and

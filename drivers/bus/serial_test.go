@@ -1,6 +1,8 @@
 package bus
 
 import (
+	"io/fs"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,5 +61,32 @@ func TestReadBy(t *testing.T) {
 	n, expired, err = ReadBy(p, buf, past)
 	if n != 0 || !expired || err != nil {
 		t.Fatalf("then: %d bytes, expired %v, %v; want 0, expired", n, expired, err)
+	}
+}
+
+// TestOpenHints: a port that does not open says what to check: the
+// adapter or the name, the user's groups, another program on it.
+func TestOpenHints(t *testing.T) {
+	_, err := OpenSerial("/dev/outpost-no-such-port", &serial.Mode{BaudRate: 9600})
+	want := "open /dev/outpost-no-such-port: no such file or directory: the adapter is unplugged, or the port is named wrong (gateway ports lists those there are)"
+	if err == nil || err.Error() != want {
+		t.Errorf("a port that is not there: %v\nwant %s", err, want)
+	}
+	// The tests run as root, whom neither a port's mode nor another's
+	// exclusive hold keeps out: the errors the kernel gives others.
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{&fs.PathError{Op: "open", Path: "/dev/ttyUSB0", Err: syscall.EACCES},
+			"open /dev/ttyUSB0: permission denied: the gateway's user may not open it: add the user to group dialout (the packaged service's user outpost is in it)"},
+		{&fs.PathError{Op: "open", Path: "/dev/ttyUSB0", Err: syscall.EBUSY},
+			"open /dev/ttyUSB0: device or resource busy: another program holds the port (another gateway, gateway read or commission while the service runs, or ModemManager)"},
+		{&fs.PathError{Op: "open", Path: "/dev/ttyUSB0", Err: syscall.EIO},
+			"open /dev/ttyUSB0: input/output error"},
+	} {
+		if got := openHint(c.err).Error(); got != c.want {
+			t.Errorf("%v: %s\nwant %s", c.err, got, c.want)
+		}
 	}
 }

@@ -11,8 +11,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"go.bug.st/serial"
+
 	"outpost/configs"
 	"outpost/drivers"
+	"outpost/drivers/bus"
 	"outpost/gateway/model"
 )
 
@@ -40,6 +43,16 @@ func cmdProbe(c *command, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, "gateway probe:", err)
 		return 2
+	}
+	if *port != "" {
+		// A port that does not open is said once, with what to check,
+		// not as units that do not answer.
+		sp, err := bus.OpenSerial(*port, &serial.Mode{BaudRate: *baud})
+		if err != nil {
+			fmt.Fprintln(stderr, "gateway probe:", err)
+			return 1
+		}
+		sp.Close()
 	}
 	p := prober{timeout: *timeout, log: slog.New(slog.DiscardHandler)}
 	link := func(baud int, parity string) string {
@@ -122,10 +135,14 @@ type presence struct {
 	answer  []int // units that answered, data or exception
 	garbled []int // units whose answers came damaged
 	tried   int
+	why     string // why none answered, when none did
 }
 
 func (s presence) summary() string {
 	if len(s.answer) == 0 && len(s.garbled) == 0 {
+		if s.why != "" {
+			return fmt.Sprintf("none of %d units answers (%s)", s.tried, s.why)
+		}
 		return fmt.Sprintf("none of %d units answers", s.tried)
 	}
 	return fmt.Sprintf("%d of %d units answer, %d with damaged frames", len(s.answer), s.tried, len(s.garbled))
@@ -152,6 +169,16 @@ func (p prober) present(link string, ids []int) (presence, error) {
 			out.answer = append(out.answer, u)
 		case c["crc_errors"] > 0 || c["frame_errors"] > 0:
 			out.garbled = append(out.garbled, u)
+		}
+	}
+	if len(out.answer)+len(out.garbled) == 0 {
+		// The unit asked last knew the others silent, and said that of
+		// the bus (bus.SilenceReason); a port that did not open is the
+		// same reason for all.
+		for _, u := range ids {
+			if r := health[unitID(u)].Reason; out.why == "" || strings.HasPrefix(r, "no answer from any ") {
+				out.why = r
+			}
 		}
 	}
 	return out, nil

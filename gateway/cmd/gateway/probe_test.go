@@ -74,6 +74,21 @@ devices:
 		t.Errorf("unit 3 has no device, yet: %q", rows["3"])
 	}
 
+	// Units with no device, and a port that is not there, say why.
+	out.Reset()
+	errb.Reset()
+	if code := cli([]string{"probe", "-port", port, "-baud", "19200", "-units", "6-7"}, &out, &errb); code != 1 ||
+		!strings.Contains(out.String(), "\nnone of 2 units answers (no answer from any unit on bus: check wiring, port, baud rate and parity)\n") {
+		t.Errorf("units with no device: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	gone := filepath.Join(t.TempDir(), "ttyUSB9")
+	want := "gateway probe: open " + gone + ": no such file or directory: the adapter is unplugged, or the port is named wrong (gateway ports lists those there are)\n"
+	if code := cli([]string{"probe", "-port", gone, "-scan"}, &out, &errb); code != 1 || errb.String() != want || out.Len() != 0 {
+		t.Errorf("a port that is not there: exit %d\nstdout: %s\nstderr: %s\nwant stderr: %s", code, out.String(), errb.String(), want)
+	}
+
 	out.Reset()
 	errb.Reset()
 	if code := cli([]string{"probe", "-port", port, "-units", "1-2", "-scan"}, &out, &errb); code != 0 ||
