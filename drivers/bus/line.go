@@ -116,6 +116,20 @@ func (l *Line) Heard(addr int, answered bool) {
 	l.answered[addr] = answered
 }
 
+// Answering says whether any address of the link answered at its last
+// poll. When none does and some send damaged frames, the line's settings
+// are suspect rather than a device.
+func (l *Line) Answering() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, ok := range l.answered {
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
 // busiest is the device whose last poll took the largest share of its
 // interval on the wire (its latest, when under way), and the sum of every
 // device's share: the link's load. The caller holds l.mu.

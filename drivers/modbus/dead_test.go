@@ -198,7 +198,8 @@ func TestOfflineProbes(t *testing.T) {
 // TestAnsweringDeviceKeepsRate: a device that answers, but only with
 // exceptions or damaged frames, is degraded, not offline, and is polled at
 // its configured rate: it costs no timeouts, and its readings are wanted
-// the moment it recovers.
+// the moment it recovers. Damaged frames from the bus's only device say
+// what to check on the line.
 func TestAnsweringDeviceKeepsRate(t *testing.T) {
 	cases := []struct {
 		mode, reason string
@@ -213,6 +214,9 @@ func TestAnsweringDeviceKeepsRate(t *testing.T) {
 			r := runDriver(t, busLink(t, b, 30*time.Millisecond, 1, poll, map[byte]string{1: "meter"}))
 			start := time.Now()
 			h := r.health(t, "meter", model.Degraded, 2*time.Second)
+			if c.mode == "crc" {
+				c.reason += "; no unit on rs485-1 answers with a whole frame: " + damagedHint(b.path())
+			}
 			if h.Reason != c.reason {
 				t.Errorf("reason\n got %q\nwant %q", h.Reason, c.reason)
 			}

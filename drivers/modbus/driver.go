@@ -136,14 +136,15 @@ func readRequest(c modbus.Client, r Request) ([]byte, error) {
 // devices and the client.
 type links struct {
 	line    *bus.Line
+	damaged string // what to check when units answer with damaged frames and none whole, or ""
 	devices []*device
 	byID    map[string]*device
 	cl      client
 	log     *slog.Logger
 }
 
-func newLinks(name, hint string, devs []*device, cl client, log *slog.Logger) links {
-	l := links{line: bus.NewLine(name, hint, units, log), devices: devs, byID: map[string]*device{}, cl: cl, log: log}
+func newLinks(name, hint, damaged string, devs []*device, cl client, log *slog.Logger) links {
+	l := links{line: bus.NewLine(name, hint, units, log), damaged: damaged, devices: devs, byID: map[string]*device{}, cl: cl, log: log}
 	for _, d := range devs {
 		l.line.Add(int(d.unit), d.every())
 		l.byID[d.cfg.ID] = d
@@ -157,7 +158,7 @@ func newLinks(name, hint string, devs []*device, cl client, log *slog.Logger) li
 func (l *links) run(ctx context.Context, emit drivers.Emit) {
 	var wg sync.WaitGroup
 	for _, d := range l.devices {
-		p := &poller{dev: d, line: l.line, cl: l.cl, emit: emit, log: l.log.With("device", d.cfg.ID), now: time.Now}
+		p := &poller{dev: d, line: l.line, damaged: l.damaged, cl: l.cl, emit: emit, log: l.log.With("device", d.cfg.ID), now: time.Now}
 		wg.Go(func() { bus.Every(ctx, p.poll) })
 		if len(d.alarmPlan) > 0 {
 			wg.Go(func() { bus.Every(ctx, p.alarmPoll) })
@@ -168,12 +169,13 @@ func (l *links) run(ctx context.Context, emit drivers.Emit) {
 
 // poller polls one device.
 type poller struct {
-	dev  *device
-	line *bus.Line
-	cl   client
-	emit drivers.Emit
-	log  *slog.Logger
-	now  func() time.Time
+	dev     *device
+	line    *bus.Line
+	damaged string // see links
+	cl      client
+	emit    drivers.Emit
+	log     *slog.Logger
+	now     func() time.Time
 }
 
 // every is the device's poll interval.
@@ -261,7 +263,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 	}
 	var res bus.Result
 	var held time.Duration
-	answered, silent := false, true
+	answered, silent, garbled := false, true, false
 	for i, r := range d.plan {
 		a := bus.Attempt{}
 		if i == 0 {
@@ -307,6 +309,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		res.Counters = append(res.Counters, counter)
 		quiet := noAnswer(err)
 		silent = silent && quiet
+		garbled = garbled || counter == "frame_errors" || counter == "crc_errors"
 		if counter == "exceptions" && !quiet {
 			answered = true
 		}
@@ -323,6 +326,9 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 	}
 	res.Silent = res.Requests > 0 && silent
 	p.line.Heard(int(d.unit), answered)
+	if garbled && !answered && p.damaged != "" && !p.line.Answering() {
+		res.Reason += fmt.Sprintf("; no unit on %s answers with a whole frame: %s", d.link, p.damaged)
+	}
 	if res.Silent {
 		res.Reason = p.line.Silence(int(d.unit))
 	}

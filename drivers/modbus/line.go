@@ -12,6 +12,13 @@ const (
 	endpointHint = "check the address, and the serial side if it is a Modbus gateway"
 )
 
+// damagedHint is what to check when units on the bus at port answer with
+// damaged frames and none with a whole one. (On an endpoint, TCP carries
+// frames whole: a damaged one is the device's.)
+func damagedHint(port string) string {
+	return fmt.Sprintf("the link's baud rate, parity or stop bits differ from the devices' (gateway probe -port %s -scan finds theirs), or the line is noisy (termination, shield)", port)
+}
+
 // describe names a request's table and addresses as a template writes
 // them, in decimal and hex: "input registers 0-1 (0x0000-0x0001)".
 func describe(r Request) string {

@@ -162,7 +162,7 @@ func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		return nil, err
 	}
 	r := &rtuBus{bus: b, port: port, packagers: map[byte]modbus.Packager{}}
-	r.links = newLinks(link.Name(), busHint, devs, r, log)
+	r.links = newLinks(link.Name(), busHint, damagedHint(b.Port), devs, r, log)
 	for _, d := range devs {
 		h := modbus.NewRTUClientHandler("")
 		h.SlaveId = d.unit

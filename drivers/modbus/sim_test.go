@@ -344,3 +344,41 @@ func TestAlarmPollOff(t *testing.T) {
 		}
 	}
 }
+
+// TestWrongLineSettings: a bus set to 19200 baud whose devices speak 9600
+// gets only damaged frames, and every device's health says, from the
+// first, what to check on the link, with the command that finds the
+// devices' settings.
+func TestWrongLineSettings(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 9600, timeout: 100ms, retries: 0}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 300ms, alarm_poll: 0s}
+  - {id: m-1, template: small-meter, link: rs485-1, unit_id: 1, poll: 300ms}
+`)
+	runSim(t, st, sim.Options{Turnaround: -1, CheckLine: true, Seed: 1})
+	src, err := os.ReadFile(st.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(filepath.Dir(st.File), "gateway.yaml")
+	os.WriteFile(path, []byte(strings.Replace(string(src), "baud: 9600", "baud: 19200", 1)), 0o600)
+	gw, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, msgs, _ := runLink(t, gw)
+	port := filepath.Join(filepath.Dir(st.File), "ttyRTU")
+	want := "; no unit on rs485-1 answers with a whole frame: the link's baud rate, parity or stop bits differ from the devices' (gateway probe -port " + port + " -scan finds theirs), or the line is noisy (termination, shield)"
+	told := map[string]string{}
+	deadline := time.After(10 * time.Second)
+	for len(told) < 2 {
+		select {
+		case m := <-msgs:
+			if m.Kind == model.KindHealth && strings.HasSuffix(m.Health.Reason, want) {
+				told[m.Device] = m.Health.Reason
+			}
+		case <-deadline:
+			t.Fatalf("in 10 s, told of the link's settings: %v; want both devices", told)
+		}
+	}
+	t.Logf("health reasons: %v", told)
+}
