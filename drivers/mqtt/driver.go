@@ -261,7 +261,16 @@ func (d *Driver) supervise() {
 	now := d.now()
 	for _, dev := range d.devices {
 		dev.mu.Lock()
+		never := dev.counters["messages"] == 0 // nor connected, through the station broker
 		switch {
+		case never && dev.counters[AuthFailed] > 0:
+			// Said at once: the device is there, and what to fix is
+			// known. (A wrong login does not touch a device that is in.)
+			d.setState(dev, model.Offline, fmt.Sprintf("its logins to the station broker are refused (%s): give the device and the gateway the same password again (gateway passwd -file %s %s, then gateway reload if the gateway runs)",
+				dev.last, d.set.Credentials, dev.id))
+		case dev.silence > 0 && now.Sub(dev.lastHeard) > dev.silence && never && d.set.Embedded():
+			d.setState(dev, model.Offline, fmt.Sprintf("%s has not connected to the station broker at %s since the gateway started: is it powered, on the station LAN, and set to this address?",
+				dev.id, d.Addr()))
 		case dev.silence > 0 && now.Sub(dev.lastHeard) > dev.silence && dev.state != model.Offline:
 			d.setState(dev, model.Offline, fmt.Sprintf("nothing from %s for %s (it should send a heartbeat every %s)", dev.id, dev.silence.Round(time.Second), heartbeat(dev.tmpl)))
 		case dev.state == model.Degraded && now.Sub(dev.lastWrong) >= quietAfter:

@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"outpost/configs"
 	"outpost/drivers"
 	"outpost/gateway/model"
 )
@@ -363,4 +366,42 @@ func equalMaps(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// TestDeviceNotIn: a device whose logins are refused is offline at once
+// with what to do; one that never connects is offline after its silence,
+// with where it should connect.
+func TestDeviceNotIn(t *testing.T) {
+	st := station(t, "")
+	src, _ := os.ReadFile(st.File)
+	os.WriteFile(st.File, []byte(strings.Replace(string(src), "{id: kiosk-2, template: outpost-kiosk, link: station-mqtt}",
+		"{id: kiosk-2, template: outpost-kiosk, link: station-mqtt, silence: 1s}", 1)), 0o600)
+	st, err := configs.Load(st.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, out := start(t, st)
+	if _, err := connect(t, d.Addr(), "kiosk-1", "pw-kiosk-2", false); err == nil {
+		t.Fatal("kiosk-1 logged in with kiosk-2's password")
+	}
+	got := map[string]string{}
+	deadline := time.After(10 * time.Second)
+	for len(got) < 2 {
+		select {
+		case m := <-out.ch:
+			if m.Kind == model.KindHealth && m.Health.State == model.Offline {
+				got[m.Device] = m.Health.Reason
+			}
+		case <-deadline:
+			t.Fatalf("offline within 10 s: %v; want both kiosks", got)
+		}
+	}
+	want := map[string]string{
+		"kiosk-1": "its logins to the station broker are refused (auth_failed: wrong password for kiosk-1 from 127.0.0.1): give the device and the gateway the same password again (gateway passwd -file " +
+			filepath.Join(filepath.Dir(st.File), "devices.passwd") + " kiosk-1, then gateway reload if the gateway runs)",
+		"kiosk-2": "kiosk-2 has not connected to the station broker at " + d.Addr() + " since the gateway started: is it powered, on the station LAN, and set to this address?",
+	}
+	if !equalMaps(got, want) {
+		t.Errorf("offline reasons:\n%v\nwant\n%v", got, want)
+	}
 }

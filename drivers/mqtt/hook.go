@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"bytes"
+	"net"
 	"strings"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -50,8 +51,12 @@ func (h *hook) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
 		dev.mu.Unlock()
 		return false
 	case !h.d.creds.Verify(user, pass):
+		from := cl.Net.Remote // the host: the same at each try, where the port is not
+		if host, _, err := net.SplitHostPort(from); err == nil {
+			from = host
+		}
 		dev.mu.Lock()
-		h.d.count(dev, refuse(AuthFailed, "wrong password for %s from %s", user, cl.Net.Remote), h.d.now())
+		h.d.count(dev, refuse(AuthFailed, "wrong password for %s from %s", user, from), h.d.now())
 		dev.mu.Unlock()
 		return false
 	}
