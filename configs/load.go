@@ -767,35 +767,28 @@ func checkKinds(st *Station, decs map[string]*decoder, builtin []*Template) {
 // come from the devices' datasheets; a register map copied with a wrong
 // scale gives values that look plausible and are not.
 func checkSources(st *Station, decs map[string]*decoder, builtin []*Template) {
+	type read struct{ template, conversion string }
+	var reads map[[4]string][]read // protocol, signal, unit, source -> the built-ins' reads
 	for _, t := range st.Templates {
 		if t.Body == nil || slices.ContainsFunc(builtin, func(b *Template) bool { return b.File == t.File }) {
 			continue
 		}
+		if reads == nil {
+			reads = map[[4]string][]read{}
+			for _, b := range builtin {
+				for _, bs := range b.Body.Signals() {
+					k := [4]string{b.Protocol, bs.Name, bs.Unit, bs.Source}
+					reads[k] = append(reads[k], read{b.Name, bs.Conversion})
+				}
+			}
+		}
 		for _, sg := range t.Body.Signals() {
-			if sg.Source == "" {
+			rs := reads[[4]string{t.Protocol, sg.Name, sg.Unit, sg.Source}]
+			if sg.Source == "" || len(rs) == 0 || slices.ContainsFunc(rs, func(r read) bool { return r.conversion == sg.Conversion }) {
 				continue
 			}
-			var other *Template // the first built-in that reads sg another way
-			var how string
-			agrees := false
-			for _, b := range builtin {
-				if b.Protocol != t.Protocol {
-					continue
-				}
-				for _, bs := range b.Body.Signals() {
-					if bs.Name != sg.Name || bs.Unit != sg.Unit || bs.Source != sg.Source {
-						continue
-					}
-					agrees = agrees || bs.Conversion == sg.Conversion
-					if other == nil && bs.Conversion != sg.Conversion {
-						other, how = b, bs.Conversion
-					}
-				}
-			}
-			if other != nil && !agrees {
-				decs[t.Name].warnAt(sg.Path, "%s: template %s reads %s from %s as %s, where the built-in template %s, made from that device's datasheet, reads it as %s: use template %s if the device is of that model; if not, check the type, byte order and scale against the device's datasheet",
-					sg.Path, t.Name, sg.Name, sg.Source, sg.Conversion, other.Name, how, other.Name)
-			}
+			decs[t.Name].warnAt(sg.Path, "%s: template %s reads %s from %s as %s, where the built-in template %s, made from that device's datasheet, reads it as %s: use template %s if the device is of that model; if not, check the type, byte order and scale against the device's datasheet",
+				sg.Path, t.Name, sg.Name, sg.Source, sg.Conversion, rs[0].template, rs[0].conversion, rs[0].template)
 		}
 	}
 }
