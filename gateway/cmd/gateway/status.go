@@ -16,6 +16,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/durable"
+	"outpost/gateway/model"
 	"outpost/gateway/pipeline"
 	"outpost/gateway/queue"
 	"outpost/gateway/status"
@@ -230,7 +231,8 @@ func cmdStatus(c *command, args []string, stdout, stderr io.Writer) int {
 }
 
 // printStatus prints a status for a person, and returns 0 when the
-// gateway runs and reaches every hub store, 1 otherwise.
+// gateway runs, reaches every hub store and hears every device, 1
+// otherwise.
 func printStatus(w io.Writer, s status.Snapshot, now time.Time) int {
 	code := 0
 	age := now.Sub(s.Time).Round(time.Second)
@@ -284,14 +286,25 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time) int {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "device	state	since	last value	unchanged	reason")
+		var offline []string
 		for _, d := range s.Devices {
 			seen := "never"
 			if !d.LastSeen.IsZero() {
 				seen = d.LastSeen.Local().Format(time.TimeOnly)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.State, d.Since.Local().Format(time.TimeOnly), seen, d.Unchanged, d.Reason)
+			if d.State == model.Offline {
+				offline = append(offline, d.ID)
+			}
 		}
 		tw.Flush()
+		if len(offline) > 0 {
+			// A device the station does not hear needs attention as
+			// much as a hub it does not reach. (A degraded one answers:
+			// a noisy line makes one now and then.)
+			code = 1
+			fmt.Fprintf(w, "\n%d of %d devices offline: %s\n", len(offline), len(s.Devices), strings.Join(offline, ", "))
+		}
 	}
 	if s.Listen != "" {
 		fmt.Fprintf(w, "\nstatus page: http://%s/\n", s.Listen)

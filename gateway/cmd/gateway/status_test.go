@@ -143,3 +143,26 @@ func TestStatusDevices(t *testing.T) {
 		t.Errorf("door-front's line %q: want the reason last\n%s", f, out.String())
 	}
 }
+
+// TestStatusDeviceOffline: a device the station does not hear makes
+// `gateway status` exit 1 and says which; a degraded one (it answers)
+// does not.
+func TestStatusDeviceOffline(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-time.Hour),
+		Uplinks: []status.Uplink{{Name: "mqtt", Connected: true, Since: now.Add(-time.Hour)}},
+		Devices: []status.Device{
+			{ID: "th-hall", State: model.Offline, Since: now.Add(-time.Minute), Reason: "no answer from unit 1 while unit 3 answers: wrong unit id, or device off"},
+			{ID: "door-front", State: model.Online, Since: now.Add(-time.Hour)},
+			{ID: "ups-1", State: model.Degraded, Since: now.Add(-time.Minute), Reason: "exception 2 (illegal data address) reading holding register 1 (0x0001): model"},
+		}}
+	var out bytes.Buffer
+	if code := printStatus(&out, s, now); code != 1 || !strings.HasSuffix(out.String(), "\n1 of 3 devices offline: th-hall\n") {
+		t.Errorf("exit %d:\n%s\nwant exit 1 and th-hall named offline", code, out.String())
+	}
+	s.Devices[0].State = model.Online
+	out.Reset()
+	if code := printStatus(&out, s, now); code != 0 || strings.Contains(out.String(), "offline") {
+		t.Errorf("with only ups-1 degraded: exit %d:\n%s\nwant exit 0", code, out.String())
+	}
+}
