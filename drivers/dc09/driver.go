@@ -21,6 +21,7 @@ import (
 	"maps"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,8 +48,9 @@ type Driver struct {
 	now    func() time.Time
 
 	drivers.Listening
-	counts  counters // frames no panel can be held to
-	limiter limiter
+	counts    counters // frames no panel can be held to
+	strangers strangers
+	limiter   limiter
 }
 
 // panel is one alarm panel (a device) and its health.
@@ -333,6 +335,7 @@ func (d *Driver) handle(raw []byte, from string, emit drivers.Emit) []byte {
 	if p == nil {
 		d.counts.add("unknown_accounts")
 		d.counts.add("duhs")
+		d.strangers.heard(f.Account, d.now())
 		d.warn("frame from an account no device has: answered DUH", "from", from, "account", f.Account, "id", f.Token)
 		return d.answer(DUH, f, nil)
 	}
@@ -587,11 +590,58 @@ func (d *Driver) supervise(ctx context.Context, p *panel, emit drivers.Emit) {
 		if left := sup - d.now().Sub(p.lastHeard); left > 0 {
 			next = left
 		} else {
-			p.setState(d, emit, model.Offline, fmt.Sprintf("no message from panel account %s for %s: periodic tests stopped, or the panel's network is down", p.set.Account, sup))
+			why := fmt.Sprintf("no message from panel account %s for %s: periodic tests stopped, or the panel's network is down", p.set.Account, sup)
+			if others := d.strangers.since(p.lastHeard); len(others) > 0 {
+				// A mistyped account, in the panel or in the station file.
+				why = fmt.Sprintf("no message from panel account %s for %s, while frames of account %s, which no device has, come on %s: check the account set in the panel against the station file's",
+					p.set.Account, sup, strings.Join(others, ", "), d.name)
+			}
+			p.setState(d, emit, model.Offline, why)
 		}
 		p.mu.Unlock()
 		t.Reset(next)
 	}
+}
+
+// strangers remembers the accounts no device has whose frames came
+// lately (the newest maxStrangers), for the reasons of silent panels.
+type strangers struct {
+	mu   sync.Mutex
+	seen map[string]time.Time
+}
+
+const maxStrangers = 8
+
+func (s *strangers) heard(account string, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen == nil {
+		s.seen = map[string]time.Time{}
+	}
+	if _, known := s.seen[account]; !known && len(s.seen) >= maxStrangers {
+		oldest := ""
+		for a, t := range s.seen {
+			if oldest == "" || t.Before(s.seen[oldest]) {
+				oldest = a
+			}
+		}
+		delete(s.seen, oldest)
+	}
+	s.seen[account] = now
+}
+
+// since lists, sorted, the accounts heard since t.
+func (s *strangers) since(t time.Time) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for a, at := range s.seen {
+		if !at.Before(t) {
+			out = append(out, a)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // counters counts what happens on the link outside any panel.

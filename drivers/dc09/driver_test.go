@@ -276,3 +276,19 @@ func TestEncryptedUDP(t *testing.T) {
 		t.Errorf("event %+v", ev.Event)
 	}
 }
+
+// TestSupervisionMistypedAccount: a panel that is silent while frames of
+// an account no device has come says so: one of the two accounts is
+// mistyped.
+func TestSupervisionMistypedAccount(t *testing.T) {
+	r := start(t, testLink(t, &cfg.Link{}, &cfg.Device{Account: "1234", Supervision: 300 * time.Millisecond}))
+	c := dial(t, "udp", r.d.Addr())
+	if a := c.exchange(plainFrame("NULL", "0001", "L0#1235", "")); a.Token != DUH {
+		t.Fatalf("a link test of account 1235: %+v, want DUH", a)
+	}
+	h := r.out.next(t)
+	want := "no message from panel account 1234 for 300ms, while frames of account 1235, which no device has, come on " + r.d.name + ": check the account set in the panel against the station file's"
+	if h.Health == nil || h.Health.State != model.Offline || h.Health.Reason != want {
+		t.Fatalf("%+v, want offline: %s", h.Health, want)
+	}
+}
