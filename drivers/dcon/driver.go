@@ -61,7 +61,7 @@ func init() { drivers.Register("dcon", newBus) }
 // addresses is how DCON manuals name module addresses: two hex digits.
 var addresses = bus.Addresses{One: "address", Many: "addresses", Format: "%02X", Fix: "wrong address, baud rate or checksum setting, or module off"}
 
-const busHint = "check wiring (A/B), port, baud rate and termination"
+const busHint = "check wiring (A/B), port, baud rate, checksum setting and termination"
 
 // module is one DCON module on the bus, and what its pollers share.
 type module struct {
