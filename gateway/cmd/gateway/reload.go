@@ -301,6 +301,9 @@ func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		fmt.Fprintf(stdout, "gateway (pid %d) reloaded %s: %s\n", pid, *config, s.Reload.Detail)
+		for _, w := range warnings(st) {
+			fmt.Fprintln(stdout, "warning: "+w)
+		}
 		return 0
 	}
 	fmt.Fprintf(stderr, "gateway reload: the gateway (pid %d) was asked to reload %s but has not said how it went within %s; its log says\n", pid, *config, *wait)
