@@ -35,12 +35,22 @@ func Check(ctx context.Context, cfg configs.Influx) error {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 	switch {
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return fmt.Errorf("InfluxDB refused the credentials (hub.influx.token): %s", strings.TrimSpace(string(body)))
-	case resp.StatusCode == http.StatusNotFound:
-		return fmt.Errorf("InfluxDB has no bucket or database %q (hub.influx.bucket): %s", cfg.Bucket, strings.TrimSpace(string(body)))
+	case misconfigured(resp.StatusCode, cfg.Bucket) != "":
+		return fmt.Errorf("%s: %s", misconfigured(resp.StatusCode, cfg.Bucket), strings.TrimSpace(string(body)))
 	case resp.StatusCode < 300, resp.StatusCode == http.StatusBadRequest:
 		return nil // taken, or an empty write refused as such: it got past the credentials and the bucket
 	}
 	return fmt.Errorf("InfluxDB answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+}
+
+// misconfigured says which key of the station file a status InfluxDB
+// answers a write with points at, or "" for none.
+func misconfigured(status int, bucket string) string {
+	switch status {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return "InfluxDB refused the credentials (hub.influx.token)"
+	case http.StatusNotFound:
+		return fmt.Sprintf("InfluxDB has no bucket or database %q (hub.influx.bucket)", bucket)
+	}
+	return ""
 }

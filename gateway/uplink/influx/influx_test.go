@@ -210,8 +210,10 @@ func TestSendServerDown(t *testing.T) {
 	// A bucket that does not exist is a failed write, not a silent one.
 	bad := New(configs.Influx{URL: in.URL(), Bucket: "nosuchdb"}, quiet())
 	defer bad.Close()
-	if err := bad.Send(ctx, []model.Message{telemetry()}); err == nil || !strings.Contains(err.Error(), "database not found") {
-		t.Fatalf("Send to a missing database = %v, want database not found", err)
+	if err := bad.Send(ctx, []model.Message{telemetry()}); err == nil ||
+		!strings.HasPrefix(err.Error(), `influx uplink: InfluxDB has no bucket or database "nosuchdb" (hub.influx.bucket), writing 1 points to `) ||
+		!strings.Contains(err.Error(), "database not found") {
+		t.Fatalf("Send to a missing database = %v, want it named, and database not found", err)
 	}
 }
 
