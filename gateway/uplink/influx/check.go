@@ -34,9 +34,10 @@ func Check(ctx context.Context, cfg configs.Influx) error {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	what := misconfigured(resp.StatusCode, cfg.Bucket)
 	switch {
-	case misconfigured(resp.StatusCode, cfg.Bucket) != "":
-		return fmt.Errorf("%s: %s", misconfigured(resp.StatusCode, cfg.Bucket), strings.TrimSpace(string(body)))
+	case what != "":
+		return fmt.Errorf("%s: %s", what, strings.TrimSpace(string(body)))
 	case resp.StatusCode < 300, resp.StatusCode == http.StatusBadRequest:
 		return nil // taken, or an empty write refused as such: it got past the credentials and the bucket
 	}

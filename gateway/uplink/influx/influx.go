@@ -95,9 +95,11 @@ func (u *Uplink) write(ctx context.Context, msgs []model.Message, lo, hi int, bu
 		return nil
 	}
 	var he *http.Error
-	if errors.As(err, &he) && misconfigured(he.StatusCode, u.cfg.Bucket) != "" {
-		// An outage until the station file or the hub is mended.
-		return fmt.Errorf("influx uplink: %s, writing %d points to %s: %w", misconfigured(he.StatusCode, u.cfg.Bucket), hi-lo, configs.Redact(u.cfg.URL), err)
+	if errors.As(err, &he) {
+		if what := misconfigured(he.StatusCode, u.cfg.Bucket); what != "" {
+			// An outage until the station file or the hub is mended.
+			return fmt.Errorf("influx uplink: %s, writing %d points to %s: %w", what, hi-lo, configs.Redact(u.cfg.URL), err)
+		}
 	}
 	if he == nil || !permanent(he.StatusCode) {
 		return fmt.Errorf("influx uplink: write %d points to %s (bucket %s): %w", hi-lo, configs.Redact(u.cfg.URL), u.cfg.Bucket, err)
