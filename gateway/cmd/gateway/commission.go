@@ -92,7 +92,7 @@ func cmdCommission(c *command, args []string, stdout, stderr io.Writer) int {
 
 // commission tries every device of the station once and the hub.
 func commission(ctx context.Context, st *configs.Station, timeout time.Duration) commissioning {
-	rec := commissioning{Station: st.Station.ID, Type: string(st.Station.Type), At: time.Now().UTC(), OK: true, Warnings: warnings(st)}
+	rec := commissioning{Station: st.Station.ID, Type: string(st.Station.Type), At: time.Now().UTC(), OK: true, Warnings: warnings(st, nil)}
 	log := slog.New(slog.DiscardHandler)
 	results := make([][]check, len(st.Links))
 	var wg sync.WaitGroup

@@ -171,14 +171,16 @@ func cmdValidate(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s: valid: station %s (%s), %d devices on %d links\n",
 		path, st.Station.ID, st.Station.Type, len(st.Devices), len(st.Links))
-	for _, w := range warnings(st) {
+	for _, w := range warnings(st, nil) {
 		fmt.Fprintln(stdout, "warning: "+w)
 	}
 	return 0
 }
 
-// warnings says what in a valid station file will not work as meant.
-func warnings(st *configs.Station) []string {
+// warnings says what in a valid station file will not work as meant. ds
+// are the station's drivers by link name where they are built already (a
+// running gateway's); nil makes them here (they do no I/O).
+func warnings(st *configs.Station, ds map[string]drivers.Driver) []string {
 	var out []string
 	for _, w := range st.Warnings {
 		out = append(out, w.Error())
@@ -197,7 +199,7 @@ func warnings(st *configs.Station) []string {
 			}
 		}
 	}
-	return append(out, busWarnings(st)...)
+	return append(out, busWarnings(st, ds)...)
 }
 
 // busy is the share of a link's wire time beyond which a retry or a slow
@@ -207,13 +209,16 @@ const busy = 0.7
 // busWarnings says which links' polls would take most of their wire, as
 // their drivers estimate it (a serial bus knows its speed and its devices'
 // request plans).
-func busWarnings(st *configs.Station) []string {
+func busWarnings(st *configs.Station, ds map[string]drivers.Driver) []string {
 	type loader interface{ Load() (all, alarms float64) }
 	var out []string
 	for _, l := range drivers.Links(st) {
-		d, err := drivers.New(l, slog.New(slog.DiscardHandler))
-		if err != nil {
-			continue
+		d := ds[l.Name()]
+		if ds == nil {
+			var err error
+			if d, err = drivers.New(l, slog.New(slog.DiscardHandler)); err != nil {
+				continue
+			}
 		}
 		ld, ok := d.(loader)
 		if !ok {

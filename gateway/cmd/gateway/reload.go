@@ -301,7 +301,7 @@ func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		fmt.Fprintf(stdout, "gateway (pid %d) reloaded %s: %s\n", pid, *config, s.Reload.Detail)
-		for _, w := range warnings(st) {
+		for _, w := range warnings(st, nil) {
 			fmt.Fprintln(stdout, "warning: "+w)
 		}
 		return 0

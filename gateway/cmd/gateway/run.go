@@ -254,7 +254,11 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		serveSystemd(ctx, func() error { return pipelineAlive(ingest.LastEmit, stall, queues) }, log)
 	})
 	log.Info("gateway running", "type", st.Station.Type, "devices", len(st.Devices), "links", len(built), "uplinks", len(ups))
-	for _, w := range warnings(st) {
+	ds := map[string]drivers.Driver{}
+	for name, r := range built {
+		ds[name] = r.d
+	}
+	for _, w := range warnings(st, ds) {
 		log.Warn("the station file may not work as meant", "warning", w)
 	}
 	for cur := st; ctx.Err() == nil; {
