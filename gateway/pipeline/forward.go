@@ -111,7 +111,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	// msgs grows to the batches there are: a forwarder of 5,000-message
 	// batches at a station of a few readings a second holds a few.
 	var msgs []model.Message
-	decoded := 0 // len(msgs) before what the hub refused was taken out
 	if f.limit == 0 {
 		f.limit = f.Batch
 	}
@@ -121,7 +120,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		// The last batch's messages are garbage: not kept alive by the
 		// slice while the next batch lingers (a second's worth for
 		// InfluxDB).
-		clear(msgs[:decoded])
+		clear(msgs)
 		msgs = msgs[:0]
 		var err error
 		batches, err = f.take(ctx, batches[:0], last)
@@ -148,7 +147,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				msgs = append(msgs, m)
 			}
 		}
-		decoded = len(msgs)
 		if over := f.overLimit(msgs); len(over) > 0 {
 			// Set aside what the hub is known not to take, send the rest.
 			f.setAside(msgs, over)
@@ -308,7 +306,8 @@ func (f *Forwarder) overLimit(msgs []model.Message) []uplink.Rejection {
 	return over
 }
 
-// without returns msgs without those listed, in order.
+// without returns msgs without those listed, in order, in msgs' array;
+// the slots past the kept ones are cleared, so that they hold no message.
 func without(msgs []model.Message, out []uplink.Rejection) []model.Message {
 	kept := msgs[:0]
 	j := 0
@@ -319,6 +318,7 @@ func without(msgs []model.Message, out []uplink.Rejection) []model.Message {
 		}
 		kept = append(kept, msgs[i])
 	}
+	clear(msgs[len(kept):])
 	return kept
 }
 
