@@ -108,6 +108,9 @@ type client interface {
 	retries() int
 	// timeout is how long a request waits for its answer.
 	timeout() time.Duration
+	// damaged is what to check when units answer with damaged frames and
+	// none with a whole one, or "" where that says nothing of the link.
+	damaged() string
 }
 
 func isException(err error) bool {
@@ -136,15 +139,14 @@ func readRequest(c modbus.Client, r Request) ([]byte, error) {
 // devices and the client.
 type links struct {
 	line    *bus.Line
-	damaged string // what to check when units answer with damaged frames and none whole, or ""
 	devices []*device
 	byID    map[string]*device
 	cl      client
 	log     *slog.Logger
 }
 
-func newLinks(name, hint, damaged string, devs []*device, cl client, log *slog.Logger) links {
-	l := links{line: bus.NewLine(name, hint, units, log), damaged: damaged, devices: devs, byID: map[string]*device{}, cl: cl, log: log}
+func newLinks(name, hint string, devs []*device, cl client, log *slog.Logger) links {
+	l := links{line: bus.NewLine(name, hint, units, log), devices: devs, byID: map[string]*device{}, cl: cl, log: log}
 	for _, d := range devs {
 		l.line.Add(int(d.unit), d.every())
 		l.byID[d.cfg.ID] = d
@@ -158,7 +160,7 @@ func newLinks(name, hint, damaged string, devs []*device, cl client, log *slog.L
 func (l *links) run(ctx context.Context, emit drivers.Emit) {
 	var wg sync.WaitGroup
 	for _, d := range l.devices {
-		p := &poller{dev: d, line: l.line, damaged: l.damaged, cl: l.cl, emit: emit, log: l.log.With("device", d.cfg.ID), now: time.Now}
+		p := &poller{dev: d, line: l.line, cl: l.cl, emit: emit, log: l.log.With("device", d.cfg.ID), now: time.Now}
 		wg.Go(func() { bus.Every(ctx, p.poll) })
 		if len(d.alarmPlan) > 0 {
 			wg.Go(func() { bus.Every(ctx, p.alarmPoll) })
@@ -169,13 +171,12 @@ func (l *links) run(ctx context.Context, emit drivers.Emit) {
 
 // poller polls one device.
 type poller struct {
-	dev     *device
-	line    *bus.Line
-	damaged string // see links
-	cl      client
-	emit    drivers.Emit
-	log     *slog.Logger
-	now     func() time.Time
+	dev  *device
+	line *bus.Line
+	cl   client
+	emit drivers.Emit
+	log  *slog.Logger
+	now  func() time.Time
 }
 
 // every is the device's poll interval.
@@ -326,8 +327,8 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 	}
 	res.Silent = res.Requests > 0 && silent
 	p.line.Heard(int(d.unit), answered)
-	if garbled && !answered && p.damaged != "" && !p.line.Answering() {
-		res.Reason += fmt.Sprintf("; no unit on %s answers with a whole frame: %s", d.link, p.damaged)
+	if hint := p.cl.damaged(); garbled && !answered && hint != "" && !p.line.Answering() {
+		res.Reason += fmt.Sprintf("; no unit on %s answers with a whole frame: %s", d.link, hint)
 	}
 	if res.Silent {
 		res.Reason = p.line.Silence(int(d.unit))

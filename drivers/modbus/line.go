@@ -13,8 +13,7 @@ const (
 )
 
 // damagedHint is what to check when units on the bus at port answer with
-// damaged frames and none with a whole one. (On an endpoint, TCP carries
-// frames whole: a damaged one is the device's.)
+// damaged frames and none with a whole one.
 func damagedHint(port string) string {
 	return fmt.Sprintf("the link's baud rate, parity or stop bits differ from the devices' (gateway probe -port %s -scan finds theirs), or the line is noisy (termination, shield)", port)
 }

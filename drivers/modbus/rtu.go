@@ -162,7 +162,7 @@ func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		return nil, err
 	}
 	r := &rtuBus{bus: b, port: port, packagers: map[byte]modbus.Packager{}}
-	r.links = newLinks(link.Name(), busHint, damagedHint(b.Port), devs, r, log)
+	r.links = newLinks(link.Name(), busHint, devs, r, log)
 	for _, d := range devs {
 		h := modbus.NewRTUClientHandler("")
 		h.SlaveId = d.unit
@@ -258,6 +258,8 @@ func (b *rtuBus) do(ctx context.Context, unit byte, f func(modbus.Client) error)
 
 // retries are the bus's extra tries of a failed request.
 func (b *rtuBus) retries() int { return max(b.bus.Retries, 0) }
+
+func (b *rtuBus) damaged() string { return damagedHint(b.bus.Port) }
 
 // Load estimates the share of the bus's wire time its polls take, in all
 // and for the alarm polls alone, from the request plans and the line's

@@ -266,7 +266,7 @@ func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		tr:       &tcpTransport{addr: ep.Address, timeout: timeout, log: log},
 		packager: modbus.NewTCPClientHandler(ep.Address),
 	}
-	l.links = newLinks(link.Name(), endpointHint, "", devs, l, log)
+	l.links = newLinks(link.Name(), endpointHint, devs, l, log)
 	return l, nil
 }
 
@@ -330,3 +330,7 @@ func (l *tcpLink) do(ctx context.Context, unit byte, f func(modbus.Client) error
 func (l *tcpLink) retries() int { return l.nretries }
 
 func (l *tcpLink) timeout() time.Duration { return l.wait }
+
+// damaged is "": TCP carries frames whole, so a damaged one is the
+// device's, not the link's.
+func (l *tcpLink) damaged() string { return "" }
