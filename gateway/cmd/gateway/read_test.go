@@ -74,7 +74,12 @@ devices:
 			t.Fatalf("read %s: exit %d\nstdout: %s\nstderr: %s", dev, code, out.String(), errb.String())
 		}
 		got := out.String()
+		// The simulator notes what it served after it sent it: the
+		// reading can be printed a moment before it is noted.
 		rs := sk.of(dev)
+		for deadline := time.Now().Add(2 * time.Second); len(rs) == 0 && time.Now().Before(deadline); rs = sk.of(dev) {
+			time.Sleep(5 * time.Millisecond)
+		}
 		if len(rs) == 0 {
 			t.Fatalf("the simulator served nothing to %s; printed:\n%s", dev, got)
 		}
