@@ -267,3 +267,122 @@ func TestDiskHangs(t *testing.T) {
 		t.Errorf("after a restart, the reader that took every alarm got %v again", got)
 	}
 }
+
+// TestDirDeletedWhileOpen: the state directory is deleted under a running
+// queue (an operator or a cleaner of /tmp removes it). The next alarm is
+// durable all the same, in the directory made again; telemetry follows
+// within a group commit; a reader tailing the deleted segments reads them
+// to the end, one that had not opened them counts what it lost, and what
+// came after the deletion survives a restart.
+func TestDirDeletedWhileOpen(t *testing.T) {
+	dir := t.TempDir()
+	opt := twoReaders
+	opt.SyncEvery = time.Millisecond
+	q := open(t, dir, opt)
+	mq, ix := q.Reader("mqtt"), q.Reader("influx")
+	appendRange(t, q, LaneAlarm, 1, 3)
+	appendRange(t, q, LaneTelemetry, 100, 110)
+	// mqtt keeps up; influx is down and has read nothing.
+	if _, got := take(t, mq, LaneAlarm, 100, true); len(got) != 2 {
+		t.Fatalf("mqtt took alarms %v, want 1 and 2", got)
+	}
+	checkSeq(t, "mqtt telemetry", takeN(t, mq, LaneTelemetry, 10, 100), 100, 110)
+
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	// The alarm after the deletion is durable: Append says so, and its
+	// segment is in the directory made again.
+	if err := q.Append(LaneAlarm, rec(3)); err != nil {
+		t.Fatalf("alarm after the state directory was deleted: %v, want it durable", err)
+	}
+	if files := segFiles(t, dir, LaneAlarm); len(files) != 1 {
+		t.Fatalf("alarm segments after the deletion: %v, want the new one", files)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "lock")); err != nil {
+		t.Errorf("the queue's lock was not made again: %v", err)
+	}
+	// Telemetry: the first appends go to the deleted segment until its
+	// group commit finds it deleted; the next starts a new one.
+	i := 110
+	for deadline := time.Now().Add(5 * time.Second); len(segFiles(t, dir, LaneTelemetry)) == 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no telemetry segment 5s after the deletion (%d appended)", i-110)
+		}
+		appendRange(t, q, LaneTelemetry, i, i+1)
+		time.Sleep(time.Millisecond) // a group commit's window, not a wait for a result
+	}
+	if st := q.Stats(); st.Deleted != 2 {
+		t.Errorf("Stats.Deleted = %d, want 2 (the alarm and telemetry lanes)", st.Deleted)
+	}
+
+	// mqtt had the deleted telemetry segment open: it reads it to the end,
+	// then the new one. Nothing lost, nothing twice.
+	if _, got := take(t, mq, LaneAlarm, 100, true); !slices.Equal(got, []int{3}) {
+		t.Fatalf("mqtt took alarms %v after the deletion, want [3]", got)
+	}
+	checkSeq(t, "mqtt telemetry after the deletion", takeN(t, mq, LaneTelemetry, i-110, 1000), 110, i)
+	// influx never opened them: it gets what came after, and counts as
+	// dropped what the deletion took from it.
+	if _, got := take(t, ix, LaneAlarm, 100, true); !slices.Equal(got, []int{3}) {
+		t.Fatalf("influx took alarms %v after the deletion, want [3]", got)
+	}
+	_, tel := take(t, ix, LaneTelemetry, 1000, true)
+	if len(tel) == 0 || tel[len(tel)-1] != i-1 {
+		t.Fatalf("influx took telemetry %v, want the last ones up to %d", short(tel), i-1)
+	}
+	st := ix.Stats()
+	a, tl := st.Lanes[LaneAlarm], st.Lanes[LaneTelemetry]
+	if a.Dropped != 2 || a.Records != 0 {
+		t.Errorf("influx alarm lane: %d dropped, %d queued; want 2 (alarms 1 and 2 were deleted), 0", a.Dropped, a.Records)
+	}
+	if lost := i - 100 - len(tel); tl.Dropped != int64(lost) || tl.Records != 0 {
+		t.Errorf("influx telemetry: %d dropped, %d queued; want %d (deleted before it read them), 0", tl.Dropped, tl.Records, lost)
+	}
+
+	// What came after the deletion is on disk: after a restart, a reader
+	// that had not acknowledged it gets it again.
+	appendRange(t, q, LaneAlarm, 4, 5)
+	if err := q.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	q = open(t, dir, opt)
+	if _, got := take(t, q.Reader("influx"), LaneAlarm, 100, false); !slices.Equal(got, []int{4}) {
+		t.Fatalf("after a restart influx got alarms %v, want [4]", got)
+	}
+	if _, got := take(t, q.Reader("mqtt"), LaneAlarm, 100, false); !slices.Equal(got, []int{4}) {
+		t.Fatalf("after a restart mqtt got alarms %v, want [4]", got)
+	}
+}
+
+// TestAlarmFsyncFails: an alarm whose fsync fails (here the lane's
+// directory was moved away before the new segment's name was made
+// durable) may not be on disk: Append says it is held, it is delivered
+// all the same, and it reaches a new segment in the lane's directory made
+// again, where it survives a restart.
+func TestAlarmFsyncFails(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir, DefaultOptions())
+	if err := os.Rename(filepath.Join(dir, "alarm"), filepath.Join(dir, "alarm.moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Append(LaneAlarm, rec(1)); !errors.Is(err, ErrHeld) || !strings.Contains(err.Error(), "fsync failed") {
+		t.Fatalf("alarm whose fsync failed: got %v, want ErrHeld saying the fsync failed", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); q.Stats().Lanes[LaneAlarm].Memory > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the held alarm is still in memory 5s after its fsync failed: %+v", q.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if files := segFiles(t, dir, LaneAlarm); len(files) != 1 {
+		t.Fatalf("alarm segments in the lane's directory made again: %v, want one", files)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	q = open(t, dir, DefaultOptions())
+	if got, _ := drain(t, q, 100, true); !slices.Equal(got, []int{1}) {
+		t.Fatalf("after a restart: alarms %v, want [1]", got)
+	}
+}

@@ -137,6 +137,13 @@
 // record of a segment (a torn tail, or garbage) are cut off and counted in
 // Stats.TornBytes. Open fails only when the directory itself is unusable.
 //
+// Files deleted while the queue runs (its directory removed by an
+// operator or a cleaner) are made again: an alarm's Append checks that its
+// segment still has a name, a group commit that its telemetry's does, and
+// a deleted lane starts a new segment, with its ack files, in its
+// directory made again (Stats.Deleted). A reader reads to the end the
+// deleted segments it has open and counts the rest as dropped.
+//
 // # Memory
 //
 // The backlog stays on disk. The queue holds a few words per segment and
@@ -154,6 +161,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -283,7 +291,8 @@ type LaneStats struct {
 	Appended, AppendedReadings int64 // since Open
 	Acked, AckedReadings       int64 // since Open
 	// Dropped since Open: telemetry, to stay under MaxBytes or because
-	// the disk refused it.
+	// the disk refused it; and records of any lane in a segment that
+	// could not be read (deleted under the queue, say).
 	Dropped, DroppedReadings int64
 	// Memory is how many of the queued records are held in memory
 	// because the disk refused them (kept lanes only).
@@ -348,6 +357,11 @@ type Stats struct {
 	// FullDrops counts the times a full disk made the queue drop its
 	// oldest telemetry to write what came (the write then succeeded).
 	FullDrops int64
+	// Deleted counts the lanes found deleted under the queue (its
+	// directory removed while it ran) and made again; Unreadable the
+	// segments a reader could not open and skipped, counting their
+	// records as dropped.
+	Deleted, Unreadable int64
 }
 
 // Errors.
@@ -414,6 +428,10 @@ type lane struct {
 	// dirDirty is set when a segment or an ack file was created after the
 	// last fsync of the directory.
 	dirDirty bool
+	// stale is set when the active segment was deleted under the queue
+	// or its fsync failed: the next write starts a new segment, in the
+	// lane's directory made again (see remake).
+	stale bool
 
 	// Each lane has its own syncer (syncLoop), so that an alarm's fsync
 	// never waits for telemetry's: gen counts the writes to the lane's
@@ -972,6 +990,11 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		return ErrClosed
 	}
 	ln := q.lanes[l]
+	if l.Kept() && unlinked(ln.w) {
+		// One fstat per alarm: an alarm must not go to a file that was
+		// deleted, to be found by no reader. Telemetry's syncer checks.
+		ln.stale = true
+	}
 	if !q.makeRoom(need) && !l.Kept() {
 		for _, c := range ln.cur {
 			c.st.Dropped += int64(len(recs))
@@ -1030,6 +1053,15 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 		return fmt.Errorf("%w: its fsync did not return in %s", ErrHeld, durable.StallAfter)
 	}
 	err := ln.syncErr
+	if err != nil && l.Kept() {
+		// The records may not be on disk, or be in a file deleted under
+		// the queue: they are held in memory too, and written again to a
+		// new segment (a reader may get them twice, never not at all).
+		q.writeFailed(err)
+		err = fmt.Errorf("%w: its fsync failed: %v", q.hold(ln, recs, now), err)
+		q.mu.Unlock()
+		return err
+	}
 	q.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("queue: fsync: %w", err)
@@ -1182,9 +1214,54 @@ func (q *Queue) flushMemory(ln *lane) bool {
 	return true
 }
 
+// remake starts a new segment in the lane's directory, made again if it
+// was deleted under the queue (an operator or a cleaner removed the state
+// directory), and writes again each reader's ack file and the queue's
+// lock that went with it. What readers had not read of the deleted
+// segments is lost: those they have open they read to the end, the
+// others they skip (see Next). Called with q.mu held.
+func (q *Queue) remake(ln *lane) error {
+	deleted := unlinked(ln.w)
+	err := durable.Bounded(func() error { return durable.MkdirAll(ln.dir) }, nil)
+	if err == nil {
+		err = q.newSegment(ln)
+	}
+	for _, c := range ln.cur {
+		if err == nil && unlinked(c.ackF) {
+			var f *os.File
+			if f, err = os.OpenFile(filepath.Join(ln.dir, ackName(c.reader)), os.O_RDWR|os.O_CREATE, durable.FileMode); err == nil {
+				c.ackF.Close()
+				c.ackF, c.ackGen = f, 0
+				q.writeAck(ln, c)
+			}
+		}
+	}
+	if err == nil && unlinked(q.lock) {
+		var lock *os.File
+		if lock, err = lockDir(q.dir); err == nil {
+			q.lock.Close()
+			q.lock = lock
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("queue: make the %s lane again: %w", ln.l, err)
+	}
+	ln.stale = false
+	if deleted {
+		q.st.Deleted++
+		q.log.Error("queue: its files were deleted while the gateway ran; made them again: what was not yet sent from them is lost", "lane", ln.l, "dir", ln.dir)
+	}
+	return nil
+}
+
 // write frames recs into the active segment, starting new segments at
 // SegmentBytes, and returns how many it wrote whole. Called with q.mu held.
 func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err error) {
+	if ln.stale {
+		if err := q.remake(ln); err != nil {
+			return 0, err
+		}
+	}
 	ln.wbuf = ln.wbuf[:0]
 	s := ln.active()
 	var n, nr int64
@@ -1342,14 +1419,13 @@ func (q *Queue) dropFor(ln *lane, c *cursor, k int) {
 	if !c.ack.less(next) {
 		return // acknowledged already
 	}
-	inRecs, inReadings := c.handedOutIn(s.id)
-	c.st.Dropped += s.live[c.i] - inRecs
-	c.st.DroppedReadings += s.liveR[c.i] - inReadings
-	c.st.Records -= s.live[c.i]
-	c.st.Readings -= s.liveR[c.i]
 	if s.live[c.i] > 0 {
 		q.log.Warn("queue: dropped the oldest telemetry", "reader", c.reader, "records", s.live[c.i], "readings", s.liveR[c.i], "bytes", s.size)
 	}
+	c.dropUnsent(s)
+	// The batches handed out from it are acknowledged with it.
+	c.st.Records -= s.live[c.i]
+	c.st.Readings -= s.liveR[c.i]
 	s.live[c.i], s.liveR[c.i] = 0, 0
 	c.closeReader(s.id)
 	if c.read.less(next) {
@@ -1357,6 +1433,19 @@ func (q *Queue) dropFor(ln *lane, c *cursor, k int) {
 	}
 	c.ack = next
 	q.writeAck(ln, c)
+}
+
+// dropUnsent counts the records of segment s that reader c has neither
+// acknowledged nor handed out as dropped: it will not read them. Those
+// handed out are acknowledged or handed back as usual.
+func (c *cursor) dropUnsent(s *segment) {
+	inRecs, inReadings := c.handedOutIn(s.id)
+	recs, readings := s.live[c.i]-inRecs, s.liveR[c.i]-inReadings
+	c.st.Dropped += recs
+	c.st.DroppedReadings += readings
+	c.st.Records -= recs
+	c.st.Readings -= readings
+	s.live[c.i], s.liveR[c.i] = inRecs, inReadings
 }
 
 // recycle keeps a batch buffer for the next batch; two per lane at most.
@@ -1493,8 +1582,11 @@ func (q *Queue) take(ln *lane, c *cursor, r *Reader, max int) Batch {
 			c.closeReader(c.rfSeg)
 			f, err := os.Open(filepath.Join(ln.dir, segName(s.id)))
 			if err != nil {
-				// The segment is unreadable: skip it rather than stall.
+				// The segment is unreadable (deleted under the queue, say):
+				// skip it rather than stall, and count what it held.
 				q.log.Error("queue: cannot read segment, skipping it", "lane", ln.l, "reader", c.reader, "segment", s.id, "err", err)
+				c.dropUnsent(s)
+				q.st.Unreadable++
 				c.read = pos{s.id, s.end}
 				continue
 			}
@@ -1946,8 +2038,10 @@ func (q *Queue) syncOnce(ln *lane) {
 	files := ln.pending
 	ln.pending = nil
 	closeN := len(files)
+	var w *os.File // the active segment, when written since
 	if gen != ln.synced {
-		files = append(files, ln.w)
+		w = ln.w
+		files = append(files, w)
 	}
 	now := time.Now()
 	for _, c := range ln.cur {
@@ -1980,10 +2074,18 @@ func (q *Queue) syncOnce(ln *lane) {
 			err = e
 		}
 	}
+	if err == nil && w != nil && unlinked(w) {
+		err = fmt.Errorf("segment %s was deleted while the queue ran", w.Name())
+	}
 
 	q.mu.Lock()
 	ln.synced, ln.syncing = gen, time.Time{}
 	ln.syncErr = err
+	if err != nil {
+		// What the failed fsync covered may not be on disk: nothing more
+		// goes to that segment.
+		ln.stale = true
+	}
 	q.st.Syncs++
 	if err != nil {
 		q.st.SyncErrors++
@@ -2047,8 +2149,12 @@ func (q *Queue) Close() error {
 					lerrs = append(lerrs, c.ackF.Sync())
 				}
 			}
+			// A lane deleted under the queue, with nothing written to it
+			// since, has no name to make durable.
 			if ln.dirDirty {
-				lerrs = append(lerrs, durable.SyncDir(ln.dir))
+				if err := durable.SyncDir(ln.dir); !errors.Is(err, fs.ErrNotExist) {
+					lerrs = append(lerrs, err)
+				}
 			}
 		}
 		ln.synced, ln.syncErr = ln.gen, errors.Join(lerrs...)

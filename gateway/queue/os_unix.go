@@ -27,3 +27,15 @@ func lockDir(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// unlinked says whether f's file was deleted (its last name removed) while
+// open: what is written to it reaches no file a reader or the next Open
+// finds.
+func unlinked(f *os.File) bool {
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink == 0
+}
