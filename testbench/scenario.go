@@ -690,6 +690,7 @@ func (sc *Scenario) killsBroker() bool { return sc.plays("kill-broker", "stop-br
 //	               the same in two steps: the devices act meanwhile
 //	power-cut      kill -9 the gateway, truncate its queue files at a random
 //	               byte and append garbage, restart it
+//	delete-state   remove the running gateway's state directory (rm -rf)
 //
 // Before the gateway is killed the simulated devices go deaf for longer
 // than a request's timeout, so that every value they served has been read
@@ -752,6 +753,8 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 		return r.killGateway(ctx, false, false)
 	case "start-gateway":
 		return r.startGateway(ctx)
+	case "delete-state":
+		return os.RemoveAll(r.st.StateDir)
 	default:
 		return fmt.Errorf("unknown fault action %q", f.Action)
 	}

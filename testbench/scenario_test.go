@@ -45,7 +45,7 @@ func TestScenarioProblems(t *testing.T) {
 		want       []string // each in the errors; one that starts with ! not in them
 	}{
 		{"fault typo and misplaced down", head + "faults:\n  - {action: kill-brokr, at: 2s}\n  - {action: stop-influx, at: 3s, down: 1s}\n",
-			[]string{`faults[0].action: "kill-brokr" is not a fault action; one of device, freeze-broker,`,
+			[]string{`faults[0].action: "kill-brokr" is not a fault action; one of delete-state, device, freeze-broker,`,
 				`faults[1].down: stop-influx does not last: down is for kill-broker, kill-influx, partition`}},
 		{"fault without its length, late", head + "faults:\n  - {action: partition, at: 25s}\n",
 			[]string{`faults[0].down: partition needs how long it lasts (down: 2s)`, `faults[0].at: 25s is outside the load (0 to 20s)`}},

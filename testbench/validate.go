@@ -18,7 +18,7 @@ var faultActions = map[string]bool{
 	"kill-broker": true, "stop-broker": false, "start-broker": false,
 	"kill-influx": true, "stop-influx": false, "start-influx": false,
 	"freeze-broker": false, "thaw-broker": false, "freeze-influx": false, "thaw-influx": false,
-	"freeze-disk": false, "thaw-disk": false,
+	"freeze-disk": false, "thaw-disk": false, "delete-state": false,
 	"partition": true, "partition-start": false, "partition-heal": false,
 	"kill-gateway": false, "power-cut": false, "stop-gateway": false, "start-gateway": false,
 	"device": false,

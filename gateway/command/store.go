@@ -159,6 +159,17 @@ func (s *Store) compact(now time.Time) error {
 	return nil
 }
 
+// Rewrite writes the file again, as when the state directory was deleted
+// under the gateway.
+func (s *Store) Rewrite(now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f == nil {
+		return errors.New("commands: store closed")
+	}
+	return s.compact(now)
+}
+
 // Get returns the entry of a command id.
 func (s *Store) Get(id string) (Entry, bool) {
 	s.mu.Lock()

@@ -12,6 +12,7 @@ package durable
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -94,7 +95,7 @@ func MkdirAll(dir string) error {
 // WriteFile replaces path with data atomically and durably: it writes a
 // temporary file beside it, fsyncs it, renames it over path and fsyncs the
 // directory. After a crash path holds either the old or the new data,
-// whole.
+// whole. A directory deleted under it is made again.
 //
 // A disk that hangs makes it return ErrStalled (see Bounded); the write
 // may still happen later.
@@ -105,6 +106,13 @@ func WriteFile(path string, data []byte) error {
 func writeFile(path string, data []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, FileMode)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The directory was deleted (a state directory removed under the
+		// gateway): the file is kept all the same.
+		if err = MkdirAll(filepath.Dir(path)); err == nil {
+			f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, FileMode)
+		}
+	}
 	if err != nil {
 		return err
 	}

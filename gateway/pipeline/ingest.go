@@ -250,12 +250,27 @@ func (in *Ingest) keepStates(device string, state map[string]bool) {
 	} else {
 		in.active[device] = on
 	}
+	in.writeStates()
+}
+
+// RewriteAlarmStates writes the alarm states file again, as when the state
+// directory was deleted under the gateway.
+func (in *Ingest) RewriteAlarmStates() {
+	in.statesMu.Lock()
+	defer in.statesMu.Unlock()
+	if in.statesPath != "" {
+		in.writeStates()
+	}
+}
+
+// writeStates writes the alarm states file. Called with statesMu held.
+func (in *Ingest) writeStates() {
 	b, err := json.Marshal(in.active)
 	if err == nil {
 		err = durable.WriteFile(in.statesPath, b)
 	}
 	if err != nil {
-		in.log.Warn("alarm states not written", "file", in.statesPath, "device", device, "err", err)
+		in.log.Warn("alarm states not written", "file", in.statesPath, "err", err)
 	}
 }
 

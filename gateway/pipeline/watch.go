@@ -61,7 +61,10 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			}
 			if d := t.DroppedReadings - pt.DroppedReadings; d > 0 {
 				reason := "queue size cap reached: the oldest telemetry was dropped"
-				if s.WriteErrors > prev.WriteErrors || s.FullDrops > prev.FullDrops {
+				switch {
+				case s.Unreadable > prev.Unreadable:
+					reason = "queue files were deleted or could not be read: the telemetry in them was lost"
+				case s.WriteErrors > prev.WriteErrors || s.FullDrops > prev.FullDrops:
 					reason = "the disk is full or refuses writes: telemetry was dropped (" + s.WriteError + ")"
 				}
 				in.Emit(GatewayEvent(model.EventQueueDrops, model.Warning, map[string]string{
@@ -70,6 +73,18 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 					"dropped_records":        strconv.FormatInt(t.Dropped-pt.Dropped, 10),
 					"dropped_readings_total": strconv.FormatInt(t.DroppedReadings, 10),
 					"reason":                 reason,
+				}))
+			}
+			if pa := prev.Kept(); s.Deleted > prev.Deleted || a.Dropped > pa.Dropped {
+				sev := model.Warning
+				if a.Dropped > pa.Dropped {
+					sev = model.Critical
+				}
+				in.Emit(GatewayEvent(model.EventQueueDamage, sev, map[string]string{
+					"uplink":        name,
+					"lanes_deleted": strconv.FormatInt(s.Deleted-prev.Deleted, 10),
+					"alarms_lost":   strconv.FormatInt(a.Dropped-pa.Dropped, 10),
+					"reason":        "the queue's files were deleted while the gateway ran, or could not be read: it made them again; alarms and health changes not yet sent from them are lost",
 				}))
 			}
 			if s.Corrupt > prev.Corrupt || s.TornBytes > prev.TornBytes {

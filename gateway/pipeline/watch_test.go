@@ -123,8 +123,9 @@ func (q *statsSeq) set(f func(*queue.Stats)) {
 }
 
 // TestWatchQueuesBetweenChecks: a disk that refused writes and took them
-// again between two checks is still reported, failed then recovered, and
-// drops a full disk forced are reported as the disk's, not the cap's.
+// again between two checks is still reported, failed then recovered,
+// drops a full disk forced are reported as the disk's, not the cap's, and
+// a deleted queue as such.
 func TestWatchQueuesBetweenChecks(t *testing.T) {
 	q := &statsSeq{}
 	rec := &recorder{}
@@ -170,5 +171,28 @@ func TestWatchQueuesBetweenChecks(t *testing.T) {
 	})
 	if got := events(4); len(got) != 4 || !strings.HasPrefix(got[3], model.EventQueueDrops+": the disk is full or refuses writes") {
 		t.Errorf("events %q, want a fourth: queue_drops for the full disk", got)
+	}
+	// The state directory was deleted: two alarms and seven readings not
+	// yet sent to InfluxDB went with it.
+	q.set(func(s *queue.Stats) {
+		s.Deleted, s.Unreadable = 2, 3
+		s.Lanes[queue.LaneAlarm].Dropped = 2
+		s.Lanes[queue.LaneTelemetry].DroppedReadings = 17
+	})
+	got := events(6)
+	want = []string{
+		model.EventQueueDrops + ": queue files were deleted or could not be read: the telemetry in them was lost",
+		model.EventQueueDamage + ": the queue's files were deleted while the gateway ran, or could not be read: it made them again; alarms and health changes not yet sent from them are lost",
+	}
+	if len(got) != 6 || !slices.Equal(got[4:], want) {
+		t.Fatalf("events %q, want two more: %q", got, want)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if e := rec.msgs[4].Event; e.Details["dropped_readings"] != "7" {
+		t.Errorf("queue_drops says %s readings dropped, want 7", e.Details["dropped_readings"])
+	}
+	if e := rec.msgs[5].Event; e.Severity != model.Critical || e.Details["alarms_lost"] != "2" || e.Details["lanes_deleted"] != "2" {
+		t.Errorf("queue_damage: %s, %s alarms lost, %s lanes deleted; want critical, 2, 2", e.Severity, e.Details["alarms_lost"], e.Details["lanes_deleted"])
 	}
 }

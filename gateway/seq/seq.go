@@ -167,6 +167,18 @@ func (c *Counters) Unsaved() bool {
 	return c.unsaved
 }
 
+// Rewrite writes the leases again, as when their files were deleted under
+// the gateway: a restart then goes on above them.
+func (c *Counters) Rewrite() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.save(); err != nil {
+		return err
+	}
+	c.unsaved, c.failing = false, false
+	return nil
+}
+
 // save writes the leases to both copies, one after the other, so that a
 // power cut leaves at least one whole.
 func (c *Counters) save() error {

@@ -37,7 +37,7 @@ var (
 	descDropped = prometheus.NewDesc("outpost_queue_dropped_readings_total",
 		"Readings the uplink's queue dropped since start, at its cap or refused by the disk.", []string{"uplink"}, nil)
 	descLostAlarms = prometheus.NewDesc("outpost_queue_lost_alarms_total",
-		"Alarms lost since start: refused by the disk with the memory reserve full.", []string{"uplink"}, nil)
+		"Alarms lost since start: refused by the disk with the memory reserve full, or in queue files deleted before they were sent.", []string{"uplink"}, nil)
 	descDeadLetters = prometheus.NewDesc("outpost_dead_letters_total",
 		"Messages the hub refused for good since start, kept in the dead-letter directory.", []string{"uplink"}, nil)
 	descQueueAge = prometheus.NewDesc("outpost_queue_oldest_age_seconds",

@@ -89,7 +89,8 @@ type Queue struct {
 	// InMemory alarms wait in memory because the disk refuses them.
 	InMemory int64 `json:"in_memory"`
 	// DroppedReadings since start: at the queue's cap or refused by the
-	// disk. LostAlarms: refused by the disk with memory full.
+	// disk. LostAlarms: refused by the disk with memory full, or in queue
+	// files deleted before they were sent.
 	DroppedReadings int64  `json:"dropped_readings"`
 	LostAlarms      int64  `json:"lost_alarms"`
 	DiskError       string `json:"disk_error,omitempty"`

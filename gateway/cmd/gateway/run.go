@@ -235,7 +235,29 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			log.Info("status page", "url", "http://"+g.listen+"/")
 		}
 	}
-	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, log) })
+	pid := pidFile(st.StateDir)
+	writePid := func() {
+		if err := os.WriteFile(pid, []byte(fmt.Sprintln(os.Getpid())), 0o644); err != nil {
+			log.Warn("no pid file: gateway reload cannot find this gateway (send it SIGHUP)", "err", err)
+		}
+	}
+	// The state directory deleted under the gateway (by hand, or by a
+	// cleaner of /tmp): the queue makes its own files again at its next
+	// write; the status file finds the directory gone within statusEvery,
+	// and the rest is written again, so that the next start goes on with
+	// the sequence numbers, and gateway status and reload find this one.
+	stateDeleted := func() {
+		log.Error("the state directory was deleted while the gateway ran: made it again; what was queued in it and not yet sent is lost (the hub gets a queue_damage event)", "dir", st.StateDir)
+		if err := counters.Rewrite(); err != nil {
+			log.Error("sequence numbers not written again: a restart may repeat them", "err", err)
+		}
+		if err := store.Rewrite(time.Now()); err != nil {
+			log.Error("commands file not written again", "err", err)
+		}
+		ingest.RewriteAlarmStates()
+		writePid()
+	}
+	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, stateDeleted, log) })
 	fwd.Go(func() {
 		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(prefix, st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
 	})
@@ -243,10 +265,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	for _, r := range built {
 		links.start(r)
 	}
-	pid := pidFile(st.StateDir)
-	if err := os.WriteFile(pid, []byte(fmt.Sprintln(os.Getpid())), 0o644); err != nil {
-		log.Warn("no pid file: gateway reload cannot find this gateway (send it SIGHUP)", "err", err)
-	}
+	writePid()
 	defer os.Remove(pid)
 	// Ready: queues open, forwarders and drivers running.
 	stall := stallAfter(st)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -99,7 +100,7 @@ func (g *snapshots) snapshot() status.Snapshot {
 			Name: name, Connected: ls.connected, Cause: ls.cause, Since: ls.since.UTC(), DeadLetters: g.dead.Kept(name),
 			Broker: ls.broker, AlarmBroker: ls.alarmBroker,
 			Queue: status.Queue{Alarms: a.Records, Telemetry: t.Records, Readings: a.Readings + t.Readings,
-				Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost,
+				Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost + a.Dropped,
 				DiskError: diskError(qs), OldestAgeS: age},
 			Forwarders: []status.Forwarder{},
 		}
@@ -127,11 +128,19 @@ func (g *snapshots) notReady() []string {
 }
 
 // writeStatus writes the gateway's status file every statusEvery, and
-// whenever now asks, until ctx ends, and once more then.
-func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, now <-chan struct{}, log *slog.Logger) {
+// whenever now asks, until ctx ends, and once more then. When its
+// directory is gone it makes it again and calls deleted.
+func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, now <-chan struct{}, deleted func(), log *slog.Logger) {
 	write := func() {
 		// Bounded: a disk that hangs must not hold the last write at the end.
-		if err := durable.Bounded(func() error { return status.Write(path, snap()) }, nil); err != nil {
+		err := durable.Bounded(func() error { return status.Write(path, snap()) }, nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err = durable.Bounded(func() error { return durable.MkdirAll(filepath.Dir(path)) }, nil); err == nil {
+				deleted()
+				err = durable.Bounded(func() error { return status.Write(path, snap()) }, nil)
+			}
+		}
+		if err != nil {
 			log.Debug("status file not written", "err", err)
 		}
 	}
@@ -271,10 +280,14 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time) int {
 				notes = append(notes, fmt.Sprintf("%s: the %s lane's forwarder failed and was restarted %d times (the log says why)", u.Name, f.Lane, f.Restarts))
 			}
 		}
-		if q.DiskError != "" {
+		switch {
+		case q.DiskError != "":
 			code = 1
 			notes = append(notes, fmt.Sprintf("%s: the disk refuses the queue's writes (%s); %d alarms held in memory, %d lost",
 				u.Name, q.DiskError, q.InMemory, q.LostAlarms))
+		case q.LostAlarms > 0:
+			code = 1
+			notes = append(notes, fmt.Sprintf("%s: %d alarms or health changes were lost since start, with queue files deleted or refused (the log says which)", u.Name, q.LostAlarms))
 		}
 	}
 	tw.Flush()
