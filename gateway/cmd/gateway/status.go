@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -129,16 +130,26 @@ func (g *snapshots) notReady() []string {
 
 // writeStatus writes the gateway's status file every statusEvery, and
 // whenever now asks, until ctx ends, and once more then. When its
-// directory is gone it makes it again and calls deleted.
+// directory was deleted since the last write (gone, or another directory
+// by now: the queue may have made it again) it makes it again and calls
+// deleted.
 func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, now <-chan struct{}, deleted func(), log *slog.Logger) {
+	dir := filepath.Dir(path)
+	var was os.FileInfo // the directory at the last write
 	write := func() {
-		// Bounded: a disk that hangs must not hold the last write at the end.
-		err := durable.Bounded(func() error { return status.Write(path, snap()) }, nil)
+		fi, err := os.Stat(dir) // metadata: served from memory, also by a disk that hangs
 		if errors.Is(err, fs.ErrNotExist) {
-			if err = durable.Bounded(func() error { return durable.MkdirAll(filepath.Dir(path)) }, nil); err == nil {
-				deleted()
-				err = durable.Bounded(func() error { return status.Write(path, snap()) }, nil)
+			if err = durable.Bounded(func() error { return durable.MkdirAll(dir) }, nil); err == nil {
+				fi, err = os.Stat(dir)
 			}
+		}
+		if err == nil {
+			if was != nil && !os.SameFile(fi, was) {
+				deleted()
+			}
+			was = fi
+			// Bounded: a disk that hangs must not hold the last write at the end.
+			err = durable.Bounded(func() error { return status.Write(path, snap()) }, nil)
 		}
 		if err != nil {
 			log.Debug("status file not written", "err", err)

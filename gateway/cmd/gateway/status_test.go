@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -164,5 +167,58 @@ func TestStatusDeviceOffline(t *testing.T) {
 	out.Reset()
 	if code := printStatus(&out, s, now); code != 0 || strings.Contains(out.String(), "offline") {
 		t.Errorf("with only ups-1 degraded: exit %d:\n%s\nwant exit 0", code, out.String())
+	}
+}
+
+// TestStateDirDeleted: the state directory deleted under a running gateway
+// is made again with what a restart and the operator's commands need: the
+// sequence-number leases (a restart must not number from 1 again), the
+// commands file and the pid file (gateway reload finds the gateway).
+func TestStateDirDeleted(t *testing.T) {
+	m := startBroker(t)
+	st, err := configs.Load(stationFile(t, m.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, done := runGateway(t, st)
+	defer func() { stop(); <-done }()
+	files := []string{st.SeqFile(), st.CommandsFile(), pidFile(st.StateDir), status.File(st.StateDir)}
+	waitFiles := func(what string) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			var missing []string
+			for _, f := range files {
+				if _, err := os.Stat(f); err != nil {
+					missing = append(missing, filepath.Base(f))
+				}
+			}
+			if len(missing) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v missing after 15s", what, missing)
+			}
+		}
+	}
+	waitFiles("at start") // meter-1 never answers: its device_lost leases numbers
+	before, err := os.ReadFile(st.SeqFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(st.StateDir); err != nil {
+		t.Fatal(err)
+	}
+	waitFiles("after the state directory was deleted")
+	// The gateway's own queue_damage event leases numbers of its own.
+	after, err := os.ReadFile(st.SeqFile())
+	var was, now map[string]uint64
+	if err == nil {
+		err = errors.Join(json.Unmarshal(before, &was), json.Unmarshal(after, &now))
+	}
+	if err != nil || len(was) == 0 || now["meter-1"] != was["meter-1"] || now[model.GatewayDevice] == 0 {
+		t.Errorf("sequence-number leases written again: %s (%v), want meter-1's of %s, and the gateway's", after, err, before)
+	}
+	if pid, err := runningGateway(st.StateDir); err != nil || pid != os.Getpid() {
+		t.Errorf("gateway reload finds pid %d (%v), want this process, %d", pid, err, os.Getpid())
 	}
 }
