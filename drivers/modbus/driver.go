@@ -327,8 +327,11 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 	}
 	res.Silent = res.Requests > 0 && silent
 	p.line.Heard(int(d.unit), answered)
-	if hint := p.cl.damaged(); garbled && !answered && hint != "" && !p.line.Answering() {
-		res.Reason += fmt.Sprintf("; no unit on %s answers with a whole frame: %s", d.link, hint)
+	if garbled && !answered && !p.line.Answering() {
+		// Asked only then: an RTU bus formats its hint.
+		if hint := p.cl.damaged(); hint != "" {
+			res.Reason += fmt.Sprintf("; no unit on %s answers with a whole frame: %s", d.link, hint)
+		}
 	}
 	if res.Silent {
 		res.Reason = p.line.Silence(int(d.unit))
