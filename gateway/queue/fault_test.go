@@ -140,6 +140,57 @@ func TestDiskFull(t *testing.T) {
 	t.Logf("%d telemetry records on a 512 KiB volume: %d kept, %d dropped", appendedT, tl.Records, tl.Dropped)
 }
 
+// TestStateFilesKeepRoom: a queue filling its volume leaves room for the
+// state directory's other files, in inodes (a tmpfs of 200, 4 KiB
+// segments: the inodes run out first) and in bytes (512 KiB): they are
+// written by atomic replace, which needs an inode and blocks of its own.
+// The telemetry dropped for it is counted, as on a full disk.
+func TestStateFilesKeepRoom(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct{ name, mount string }{
+		{"inodes", "size=8m,nr_inodes=200"},
+		{"bytes", "size=512k"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "vol")
+			os.Mkdir(dir, 0o700)
+			if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, tc.mount); err != nil {
+				t.Skipf("cannot mount a tmpfs here: %v", err)
+			}
+			t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+			q := open(t, filepath.Join(dir, "q"), Options{MaxBytes: 64 << 20, SyncEvery: -1, SegmentBytes: 4 << 10})
+			const n = 20000 // 2.4 MB: 600 segments
+			for i := range n {
+				if err := q.Append(LaneTelemetry, rec(i)); err != nil {
+					t.Fatalf("record %d: %v", i, err)
+				}
+			}
+			st := q.Stats()
+			tl := st.Lanes[LaneTelemetry]
+			if st.FullDrops == 0 || tl.Dropped == 0 || tl.Records+tl.Dropped != n {
+				t.Errorf("telemetry: %d queued + %d dropped (%d times), want %d appended and some dropped", tl.Records, tl.Dropped, st.FullDrops, n)
+			}
+			// What the gateway keeps beside the queue, each written again.
+			for round := range 3 {
+				for _, name := range []string{"seq.json", "alarm-states.json", "status.json", "commands.jsonl", "dc09.json"} {
+					if err := durable.WriteFile(filepath.Join(dir, name), make([]byte, 2000)); err != nil {
+						t.Fatalf("round %d: %v", round, err)
+					}
+				}
+				for i := range 200 { // the queue goes on taking what it is given
+					if err := q.Append(LaneTelemetry, rec(n+round*200+i)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			// Alarms may take the reserve.
+			if err := q.Append(LaneAlarm, rec(1)); err != nil {
+				t.Errorf("alarm: %v", err)
+			}
+		})
+	}
+}
+
 // TestDeliveredSpaceIsReleased: delivered records leave the disk soon
 // after they are acknowledged, not when a segment fills.
 func TestDeliveredSpaceIsReleased(t *testing.T) {

@@ -39,3 +39,17 @@ func unlinked(f *os.File) bool {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	return ok && st.Nlink == 0
 }
+
+// spaceLow says whether the volume of dir lacks room for need bytes and
+// an inode beyond the reserve the queue leaves on it (see reserveBytes).
+func spaceLow(dir string, need int64) bool {
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return false // a real shortage shows at the next write
+	}
+	bsize := uint64(st.Bsize)
+	if st.Bavail*bsize < min(reserveBytes, st.Blocks*bsize/16)+uint64(need) {
+		return true
+	}
+	return st.Files > 0 && st.Ffree < min(reserveInodes, st.Files/16) // Files 0: no inode limit
+}

@@ -1096,6 +1096,24 @@ func (q *Queue) waitSynced(ln *lane, gen uint64) bool {
 	return true
 }
 
+// reserveBytes and reserveInodes are what a new telemetry segment, grown
+// to its full size, must leave free on the queue's volume, at most a
+// sixteenth of it; or the oldest telemetry goes, as on a full disk. The state
+// directory's other files (the sequence leases, the alarm states, the
+// status file) are written by atomic replace, which takes an inode and
+// blocks of its own each time. A queue that took the last of them would
+// keep them, as each segment it drops frees an inode the next segment
+// takes: the leases would go unsaved and gateway status would find no
+// gateway. Alarms and health changes may use the reserve.
+const (
+	reserveBytes  = 256 << 10
+	reserveInodes = 64
+)
+
+// errReserve is a new telemetry segment the reserve refuses: as a full
+// disk, it makes the oldest telemetry go.
+var errReserve = fmt.Errorf("queue: the volume is down to the room kept for the state files: %w", syscall.ENOSPC)
+
 // writeFreeing writes recs, and when the disk is full drops the oldest
 // telemetry to make room and tries again. It returns how many of recs were
 // written. Called with q.mu held.
@@ -1108,7 +1126,7 @@ func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64) (int, error) {
 			return done, err
 		}
 		q.st.FullDrops++
-		q.log.Warn("queue: disk full, dropped the oldest telemetry to make room", "lane", ln.l)
+		q.log.Warn("queue: disk full, dropped the oldest telemetry to make room", "lane", ln.l, "err", err)
 	}
 }
 
@@ -1304,6 +1322,9 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 		if s.size+int64(len(ln.wbuf)) > 0 && s.size+int64(len(ln.wbuf))+size > q.opt.SegmentBytes {
 			if err := flush(); err != nil {
 				return written, err
+			}
+			if !ln.l.Kept() && spaceLow(ln.dir, q.opt.SegmentBytes) {
+				return written, errReserve
 			}
 			if err := q.newSegment(ln); err != nil {
 				return written, err
