@@ -24,15 +24,17 @@
 //     read again at once, and published as good only when three reads in a
 //     row agree (two let the same damage twice through every few hundred
 //     damaged answers); reads that never agree are counted
-//     (unconfirmed_reads) and not published as good. A change costs two
-//     more commands, and reaches the hub two commands later. A poll, which
-//     publishes unchanged values too, reads such a module three times
-//     every time: a damaged digit, or another module's answer, can turn a
-//     new state back into the old one as easily as the other way round.
-//     With
-//     the checksum on, one valid answer is enough: the sum catches every
-//     damaged character, and a damaged command fails the module's own
-//     check, so no other module answers it.
+//     (unconfirmed_reads) and not published as good. The reads of a
+//     change are the module's, across its polls and alarm polls (for two
+//     seconds at most): on a noisy line one alarm poll often ends with a
+//     read or two of a change, and the next goes on from them. A change
+//     costs two more commands, and reaches the hub two commands later. A
+//     poll, which publishes unchanged values too, reads such a module
+//     three times every time: a damaged digit, or another module's
+//     answer, can turn a new state back into the old one as easily as the
+//     other way round. With the checksum on, one valid answer is enough:
+//     the sum catches every damaged character, and a damaged command fails
+//     the module's own check, so no other module answers it.
 //   - Late answers. An answer to $AA6 does not say which module sent it.
 //     After a command that got no answer, or an answer cut short, the
 //     next exchange on the bus first asks its module's name and drops
@@ -83,6 +85,7 @@ type module struct {
 	heard     time.Time // when it last answered anything
 	wrong     string    // the reason while it names itself otherwise
 	confirmed *State    // the I/O last confirmed (see state)
+	run       run       // reads alike in a row, not yet confirmed (see state)
 	published []model.Reading
 	pubAt     time.Time // when the published I/O was read
 }
@@ -423,23 +426,42 @@ type reading struct {
 // published a button released while it was held.
 const alike = 3
 
+// run is the reads of a module's I/O alike in a row that have not
+// confirmed a state yet. A run of a change is the module's, not one
+// call's: on a noisy line an alarm poll's budget of reads often ends with
+// one or two reads of a new state, and the next poll, or an alarm poll of
+// the next slot, goes on from them. Without that, a 2 s press on a line
+// where three exchanges in five fail went unpublished: each alarm poll
+// saw it, none saw it three times (the serial-noise scenario). The state
+// last confirmed is confirmed again by one call's reads (see read).
+type run struct {
+	state State
+	n     int       // reads alike; 0: none
+	from  time.Time // the first of them
+}
+
+// runFor is how long a run may take: a run that began earlier is dropped,
+// as its reads may no longer say what the module holds. It spans a press
+// held for a couple of seconds, the shortest a panic button is meant for,
+// and the alarm polls a noisy line leaves it in that time.
+const runFor = 2 * time.Second
+
 // state reads the module's I/O and returns it once it is confirmed (see
 // the package comment), or nil when it could not be read or confirmed.
-// Without checksum, a state is confirmed by three reads alike in a row,
-// the last confirmed state as any other; or, unless strict, by one read
-// that shows the last confirmed state (not sure: see reading): a damaged digit can turn
-// a new state back into the old one as easily as the other way round, so
-// a caller that publishes unchanged values from a module without checksum
+// Without checksum, a state is confirmed by three reads alike in a row
+// (m.run, which may have begun in an earlier call), the last confirmed
+// state as any other; or, unless strict, by one read that shows the last
+// confirmed state (not sure: see reading): a damaged digit can turn a new
+// state back into the old one as easily as the other way round, so a
+// caller that publishes unchanged values from a module without checksum
 // asks for reads alike every time. Damaged answers and timeouts are read
 // past, within a budget of reads set by the link's retries.
 func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r *result, strict bool) *reading {
 	m := p.m
-	m.mu.Lock()
-	confirmed := m.confirmed
-	m.mu.Unlock()
 	tries, _ := a.On(p.b.cfg.Retries, 0)
-	var cand *State
-	same, silent := 0, 0
+	parsed, silent := false, 0
+	var last State
+	mine := 0 // this call's reads alike in a row
 	for i := 0; i < 2*tries+alike; i++ {
 		ans, err := p.b.request(ctx, prio, m, readIO(m.set.Address), KindReadIO, bus.Attempt{Once: true, Timeout: a.Timeout}, r)
 		at := time.Now()
@@ -452,38 +474,66 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 		case errors.As(err, &ld):
 			return nil
 		case errors.As(err, &te):
-			if silent++; cand == nil && silent >= tries {
+			if silent++; !parsed && silent >= tries {
 				return nil // not there: the poll says so, an alarm poll waits
 			}
 			continue
 		case err != nil:
 			continue
 		}
-		s := ans.State
-		if cand != nil && s == *cand {
-			same++
-		} else {
-			if cand != nil {
-				r.counters = append(r.counters, "unconfirmed_reads") // cand was damaged
-			}
-			cand, same = &s, 1
+		if !parsed || ans.State != last {
+			last, mine = ans.State, 0
 		}
-		again := confirmed != nil && s == *confirmed
+		parsed = true
+		mine++
+		sure, again, broke := m.read(ans.State, at, mine)
+		if broke {
+			r.counters = append(r.counters, "unconfirmed_reads") // the run was damaged
+		}
 		switch {
-		case m.set.Checksum, same >= alike:
-			// Reads agree; or the checksum vouches for one: it catches
-			// every damaged character, and a damaged command fails the
-			// module's own check, so no other module answers it.
-			m.mu.Lock()
-			m.confirmed = &s
-			m.mu.Unlock()
-			return &reading{State: s, at: at, sure: true}
+		case sure:
+			return &reading{State: ans.State, at: at, sure: true}
 		case again && !strict:
-			return &reading{State: s, at: at}
+			return &reading{State: ans.State, at: at}
 		}
 	}
 	r.counters = append(r.counters, "unconfirmed_reads")
 	return nil
+}
+
+// read adds one read of the module's I/O to its run, and says whether
+// that confirms s (sure: reads agree, or the checksum vouches for one: it
+// catches every damaged character, and a damaged command fails the
+// module's own check, so no other module answers it), whether s is the
+// state last confirmed, and whether s broke a run of another state. The
+// state last confirmed is confirmed again by the caller's own reads
+// alike in a row (mine), not by the module's run: reads of it from an
+// earlier call may be from before a change, and one damaged read would
+// then publish a button released while it is held. A run of a change can
+// only publish a state the module held, if late.
+func (m *module) read(s State, at time.Time, mine int) (sure, again, broke bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.run.n > 0 && at.Sub(m.run.from) > runFor {
+		m.run = run{}
+	}
+	switch {
+	case m.run.n > 0 && m.run.state == s:
+		m.run.n++
+	default:
+		broke = m.run.n > 0
+		m.run = run{state: s, n: 1, from: at}
+	}
+	again = m.confirmed != nil && s == *m.confirmed
+	n := m.run.n
+	if again {
+		n = mine
+	}
+	if m.set.Checksum || n >= alike {
+		m.confirmed, m.run = &s, run{}
+		return true, again, broke
+	}
+	return false, again, broke
 }
 
 // readings are the module's signals in a state (all bad when s is nil).
@@ -577,7 +627,7 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	if time.Since(m.heard) >= forgetSilence {
 		// Gone for a while: it may come back as another module, so its
 		// name is asked again when it answers.
-		m.known = false
+		m.known, m.run = false, run{}
 	}
 	interval, _ = m.health.Next(m.every())
 	return interval

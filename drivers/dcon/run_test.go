@@ -1,0 +1,85 @@
+package dcon
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	dc "outpost/configs/dcon"
+)
+
+// TestRun: the reads that confirm a change of a module's I/O are the
+// module's, across the calls of its polls and alarm polls, for runFor at
+// most; the state last confirmed is confirmed again by one call's reads.
+func TestRun(t *testing.T) {
+	released, pressed := State{In: 0x0F}, State{In: 0x0E}
+	type step struct {
+		call  int // the call of state the read is made in; calls interleave
+		s     State
+		after time.Duration // since the step before
+		// want
+		sure, again, broke bool
+	}
+	for _, tc := range []struct {
+		name     string
+		checksum bool
+		steps    []step
+	}{
+		{"three alike confirm", false, []step{
+			{s: pressed}, {s: pressed, after: 10 * time.Millisecond}, {s: pressed, after: 10 * time.Millisecond, sure: true},
+		}},
+		{"a change goes on across calls", false, []step{
+			// Two reads at the end of one alarm poll's budget, one at
+			// the next alarm poll, 250 ms later.
+			{s: pressed}, {s: pressed, after: 30 * time.Millisecond}, {call: 1, s: pressed, after: 250 * time.Millisecond, sure: true},
+		}},
+		{"the confirmed state takes one call's reads", false, []step{
+			{s: released}, {s: released}, {s: released, sure: true},
+			// Alarm polls read it once each; a poll then needs three
+			// reads of its own (the button may have been pressed since
+			// the alarm polls' reads), and theirs between its reads do
+			// not break it.
+			{call: 1, s: released, again: true}, {call: 2, s: released, again: true},
+			{call: 3, s: released, again: true}, {call: 3, s: released, again: true},
+			{call: 4, s: released, again: true},
+			{call: 3, s: released, again: true, sure: true},
+		}},
+		{"a change after a confirmed state starts a new run", false, []step{
+			{s: pressed}, {s: pressed}, {s: pressed, sure: true},
+			{call: 1, s: released}, {call: 1, s: released}, {call: 1, s: released, sure: true},
+		}},
+		{"another state breaks the run", false, []step{
+			{s: pressed}, {s: pressed}, {s: released, broke: true}, {s: pressed, broke: true}, {s: pressed}, {s: pressed, sure: true},
+		}},
+		{"a run that began too long ago is dropped", false, []step{
+			{s: pressed}, {call: 1, s: pressed, after: runFor / 2}, {call: 2, s: pressed, after: runFor/2 + time.Millisecond},
+			{call: 2, s: pressed, after: 10 * time.Millisecond}, {call: 2, s: pressed, after: 10 * time.Millisecond, sure: true},
+		}},
+		{"the checksum confirms one read", true, []step{
+			{s: pressed, sure: true}, {call: 1, s: released, sure: true},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &module{set: &dc.Device{Checksum: tc.checksum}}
+			at := time.Now()
+			type alike struct {
+				s State
+				n int
+			}
+			mine := map[int]alike{} // each call's reads alike in a row
+			for i, st := range tc.steps {
+				at = at.Add(st.after)
+				if c := mine[st.call]; c.n > 0 && c.s == st.s {
+					mine[st.call] = alike{st.s, c.n + 1}
+				} else {
+					mine[st.call] = alike{st.s, 1}
+				}
+				sure, again, broke := m.read(st.s, at, mine[st.call].n)
+				got, want := fmt.Sprintf("sure=%v again=%v broke=%v", sure, again, broke), fmt.Sprintf("sure=%v again=%v broke=%v", st.sure, st.again, st.broke)
+				if got != want {
+					t.Fatalf("read %d (call %d, %04X): %s, want %s", i+1, st.call, st.s.In, got, want)
+				}
+			}
+		})
+	}
+}
