@@ -170,6 +170,18 @@ func TestStateFilesKeepRoom(t *testing.T) {
 			if st.FullDrops == 0 || tl.Dropped == 0 || tl.Records+tl.Dropped != n {
 				t.Errorf("telemetry: %d queued + %d dropped (%d times), want %d appended and some dropped", tl.Records, tl.Dropped, st.FullDrops, n)
 			}
+			// The room kept: what a new segment, grown full, leaves.
+			var fs syscall.Statfs_t
+			if err := syscall.Statfs(dir, &fs); err != nil {
+				t.Fatal(err)
+			}
+			bsize := uint64(fs.Bsize)
+			if keep := min(reserveInodes, fs.Files/16); fs.Ffree < keep {
+				t.Errorf("%d inodes free of %d, want at least %d kept", fs.Ffree, fs.Files, keep)
+			}
+			if keep := min(reserveBytes, fs.Blocks*bsize/16); fs.Bavail*bsize < keep {
+				t.Errorf("%d bytes free of %d, want at least %d kept", fs.Bavail*bsize, fs.Blocks*bsize, keep)
+			}
 			// What the gateway keeps beside the queue, each written again.
 			for round := range 3 {
 				for _, name := range []string{"seq.json", "alarm-states.json", "status.json", "commands.jsonl", "dc09.json"} {

@@ -51,5 +51,5 @@ func spaceLow(dir string, need int64) bool {
 	if st.Bavail*bsize < min(reserveBytes, st.Blocks*bsize/16)+uint64(need) {
 		return true
 	}
-	return st.Files > 0 && st.Ffree < min(reserveInodes, st.Files/16) // Files 0: no inode limit
+	return st.Files > 0 && st.Ffree < min(reserveInodes, st.Files/16)+1 // Files 0: no inode limit
 }
