@@ -64,8 +64,10 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 				switch {
 				case s.Unreadable > prev.Unreadable:
 					reason = "queue files were deleted or could not be read: the telemetry in them was lost"
-				case s.WriteErrors > prev.WriteErrors || s.FullDrops > prev.FullDrops:
+				case s.WriteErrors > prev.WriteErrors:
 					reason = "the disk is full or refuses writes: telemetry was dropped (" + s.WriteError + ")"
+				case s.FullDrops > prev.FullDrops:
+					reason = "the disk is full: the oldest telemetry was dropped to make room (" + s.FullDrop + ")"
 				}
 				in.Emit(GatewayEvent(model.EventQueueDrops, model.Warning, map[string]string{
 					"uplink":                 name,

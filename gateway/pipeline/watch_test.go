@@ -166,11 +166,11 @@ func TestWatchQueuesBetweenChecks(t *testing.T) {
 	// A full disk made room by dropping the oldest telemetry; the write
 	// itself succeeded.
 	q.set(func(s *queue.Stats) {
-		s.FullDrops = 1
+		s.FullDrops, s.FullDrop = 1, "queue: the volume is down to the room kept for the state files: no space left on device"
 		s.Lanes[queue.LaneTelemetry].DroppedReadings = 10
 	})
-	if got := events(4); len(got) != 4 || !strings.HasPrefix(got[3], model.EventQueueDrops+": the disk is full or refuses writes") {
-		t.Errorf("events %q, want a fourth: queue_drops for the full disk", got)
+	if got := events(4); len(got) != 4 || got[3] != model.EventQueueDrops+": the disk is full: the oldest telemetry was dropped to make room (queue: the volume is down to the room kept for the state files: no space left on device)" {
+		t.Errorf("events %q, want a fourth: queue_drops for the full disk, with its cause", got)
 	}
 	// The state directory was deleted: two alarms and seven readings not
 	// yet sent to InfluxDB went with it.

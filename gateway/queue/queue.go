@@ -357,6 +357,8 @@ type Stats struct {
 	// FullDrops counts the times a full disk made the queue drop its
 	// oldest telemetry to write what came (the write then succeeded).
 	FullDrops int64
+	// FullDrop is the disk's error that made the last of them.
+	FullDrop string
 	// Deleted counts the lanes found deleted under the queue (its
 	// directory removed while it ran) and made again; Unreadable the
 	// segments a reader could not open and skipped, counting their
@@ -1126,6 +1128,7 @@ func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64) (int, error) {
 			return done, err
 		}
 		q.st.FullDrops++
+		q.st.FullDrop = err.Error()
 		q.log.Warn("queue: disk full, dropped the oldest telemetry to make room", "lane", ln.l, "err", err)
 	}
 }
