@@ -509,9 +509,8 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 }
 
 // read adds one read of the module's I/O to its run, and says whether
-// that confirms s (sure: reads agree, or the checksum vouches for one: it
-// catches every damaged character, and a damaged command fails the
-// module's own check, so no other module answers it), whether s is the
+// that confirms s (sure: reads agree, or the checksum vouches for one, see
+// the package comment), whether s is the
 // state last confirmed, and whether s broke a run of another state. The
 // state last confirmed is confirmed again by the caller's own reads
 // alike in a row (mine), not by the module's run: reads of it from an

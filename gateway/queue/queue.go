@@ -1099,14 +1099,14 @@ func (q *Queue) waitSynced(ln *lane, gen uint64) bool {
 }
 
 // reserveBytes and reserveInodes are what a new telemetry segment, grown
-// to its full size, must leave free on the queue's volume, at most a
-// sixteenth of it; or the oldest telemetry goes, as on a full disk. The state
-// directory's other files (the sequence leases, the alarm states, the
-// status file) are written by atomic replace, which takes an inode and
-// blocks of its own each time. A queue that took the last of them would
-// keep them, as each segment it drops frees an inode the next segment
-// takes: the leases would go unsaved and gateway status would find no
-// gateway. Alarms and health changes may use the reserve.
+// to its full size, must leave free on the queue's volume (at most a
+// sixteenth of it), or the oldest telemetry goes first, as on a full
+// disk. The state directory's other files (the sequence leases, the alarm
+// states, the status file) are written by atomic replace, which takes an
+// inode and blocks of its own each time. A queue that took the last of
+// them would keep them, as each segment it drops frees an inode the next
+// segment takes: the leases would go unsaved and gateway status would
+// find no gateway. Alarms and health changes may use the reserve.
 const (
 	reserveBytes  = 256 << 10
 	reserveInodes = 64
