@@ -170,7 +170,7 @@ func TestStateFilesKeepRoom(t *testing.T) {
 			if st.FullDrops == 0 || tl.Dropped == 0 || tl.Records+tl.Dropped != n {
 				t.Errorf("telemetry: %d queued + %d dropped (%d times), want %d appended and some dropped", tl.Records, tl.Dropped, st.FullDrops, n)
 			}
-			// The room kept: what a new segment, grown full, leaves.
+			// The room kept.
 			var fs syscall.Statfs_t
 			if err := syscall.Statfs(dir, &fs); err != nil {
 				t.Fatal(err)

@@ -22,6 +22,6 @@ func lockDir(dir string) (*os.File, error) {
 // opened again.
 func unlinked(*os.File) bool { return false }
 
-// spaceLow is never known here: the queue finds a full disk when a write
+// room is never known here: the queue finds a full disk when a write
 // fails.
-func spaceLow(string, int64) bool { return false }
+func room(string) (bytes, inodes int64, ok bool) { return 0, 0, false }

@@ -5,6 +5,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -40,16 +41,19 @@ func unlinked(f *os.File) bool {
 	return ok && st.Nlink == 0
 }
 
-// spaceLow says whether the volume of dir lacks room for need bytes and
-// an inode beyond the reserve the queue leaves on it (see reserveBytes).
-func spaceLow(dir string, need int64) bool {
+// room is what the volume of dir has free beyond the reserve the queue
+// leaves on it (see reserveBytes): bytes and inodes, negative when it is
+// short of it; ok is false when it cannot be known.
+func room(dir string) (bytes, inodes int64, ok bool) {
 	var st syscall.Statfs_t
 	if syscall.Statfs(dir, &st) != nil {
-		return false // a real shortage shows at the next write
+		return 0, 0, false // a real shortage shows at the next write
 	}
-	bsize := uint64(st.Bsize)
-	if st.Bavail*bsize < min(reserveBytes, st.Blocks*bsize/16)+uint64(need) {
-		return true
+	bsize := int64(st.Bsize)
+	bytes = int64(st.Bavail)*bsize - min(reserveBytes, int64(st.Blocks)*bsize/16)
+	inodes = math.MaxInt64 // Files 0: no inode limit
+	if st.Files > 0 {
+		inodes = int64(st.Ffree) - min(reserveInodes, int64(st.Files)/16)
 	}
-	return st.Files > 0 && st.Ffree < min(reserveInodes, st.Files/16)+1 // Files 0: no inode limit
+	return bytes, inodes, true
 }

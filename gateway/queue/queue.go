@@ -506,6 +506,9 @@ type Queue struct {
 	// new telemetry is logged once, not per Append.
 	alarmsFull bool
 	st         Stats // Corrupt, CorruptBytes, TornBytes, SyncErrors
+	// room is the volume's free bytes beyond the reserve, as last seen
+	// (see roomFor).
+	room int64
 
 	lock   *os.File // holds the directory's lock while open
 	done   chan struct{}
@@ -1098,22 +1101,39 @@ func (q *Queue) waitSynced(ln *lane, gen uint64) bool {
 	return true
 }
 
-// reserveBytes and reserveInodes are what a new telemetry segment, grown
-// to its full size, must leave free on the queue's volume (at most a
-// sixteenth of it), or the oldest telemetry goes first, as on a full
-// disk. The state directory's other files (the sequence leases, the alarm
-// states, the status file) are written by atomic replace, which takes an
-// inode and blocks of its own each time. A queue that took the last of
-// them would keep them, as each segment it drops frees an inode the next
-// segment takes: the leases would go unsaved and gateway status would
-// find no gateway. Alarms and health changes may use the reserve.
+// reserveBytes and reserveInodes are what telemetry must leave free on
+// the queue's volume (at most a sixteenth of it), or the oldest telemetry
+// goes first, as on a full disk. The state directory's other files (the
+// sequence leases, the alarm states, the status file) are written by
+// atomic replace, which takes an inode and blocks of its own each time. A
+// queue that took the last of them would keep them, as each segment it
+// drops frees an inode the next segment takes: the leases would go
+// unsaved and gateway status would find no gateway. Alarms and health
+// changes may use the reserve.
 const (
 	reserveBytes  = 256 << 10
 	reserveInodes = 64
 )
 
-// errReserve is a new telemetry segment the reserve refuses: as a full
-// disk, it makes the oldest telemetry go.
+// roomFor says whether n more bytes of telemetry, and a new segment's
+// inode when inode is set, leave the volume's reserve free. It asks the
+// volume (statfs) only when a new segment starts or its estimate says no:
+// the room it saw last, less what the queue wrote since (segments deleted
+// since only add room). Called with q.mu held.
+func (q *Queue) roomFor(n int64, inode bool) bool {
+	if !inode && q.room >= n {
+		return true
+	}
+	bytes, inodes, ok := room(q.dir)
+	if !ok {
+		return true
+	}
+	q.room = bytes
+	return bytes >= n && (!inode || inodes >= 1)
+}
+
+// errReserve is telemetry the reserve refuses: as a full disk, it makes
+// the oldest telemetry go.
 var errReserve = fmt.Errorf("queue: the volume is down to the room kept for the state files: %w", syscall.ENOSPC)
 
 // writeFreeing writes recs, and when the disk is full drops the oldest
@@ -1290,6 +1310,9 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 		if len(ln.wbuf) == 0 {
 			return nil
 		}
+		if !ln.l.Kept() && !q.roomFor(int64(len(ln.wbuf)), false) {
+			return errReserve
+		}
 		m, err := q.writeActive(ln, s)
 		if err != nil {
 			// Take back a partial record (the file is O_APPEND, so the
@@ -1310,6 +1333,7 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 		s.size += int64(m)
 		s.end = s.size
 		q.bytes += int64(m)
+		q.room -= int64(m)
 		for _, c := range ln.cur {
 			s.live[c.i] += n
 			s.liveR[c.i] += nr
@@ -1326,7 +1350,7 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 			if err := flush(); err != nil {
 				return written, err
 			}
-			if !ln.l.Kept() && spaceLow(ln.dir, q.opt.SegmentBytes) {
+			if !ln.l.Kept() && !q.roomFor(0, true) {
 				return written, errReserve
 			}
 			if err := q.newSegment(ln); err != nil {
