@@ -466,9 +466,9 @@ const runFor = 2 * time.Second
 func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r *result, strict bool) *reading {
 	m := p.m
 	tries, _ := a.On(p.b.cfg.Retries, 0)
-	parsed, silent := false, 0
+	silent := 0
 	var last State
-	mine := 0 // this call's reads alike in a row
+	mine := 0 // this call's reads alike in a row; 0: none parsed yet
 	for i := 0; i < 2*tries+alike; i++ {
 		ans, err := p.b.request(ctx, prio, m, readIO(m.set.Address), KindReadIO, bus.Attempt{Once: true, Timeout: a.Timeout}, r)
 		at := time.Now()
@@ -481,17 +481,16 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 		case errors.As(err, &ld):
 			return nil
 		case errors.As(err, &te):
-			if silent++; !parsed && silent >= tries {
+			if silent++; mine == 0 && silent >= tries {
 				return nil // not there: the poll says so, an alarm poll waits
 			}
 			continue
 		case err != nil:
 			continue
 		}
-		if !parsed || ans.State != last {
+		if mine == 0 || ans.State != last {
 			last, mine = ans.State, 0
 		}
-		parsed = true
 		mine++
 		sure, again, broke := m.read(ans.State, at, mine)
 		if broke {
@@ -510,13 +509,13 @@ func (p *poller) state(ctx context.Context, prio bus.Priority, a bus.Attempt, r 
 
 // read adds one read of the module's I/O to its run, and says whether
 // that confirms s (sure: reads agree, or the checksum vouches for one, see
-// the package comment), whether s is the
-// state last confirmed, and whether s broke a run of another state. The
-// state last confirmed is confirmed again by the caller's own reads
-// alike in a row (mine), not by the module's run: reads of it from an
-// earlier call may be from before a change, and one damaged read would
-// then publish a button released while it is held. A run of a change can
-// only publish a state the module held, if late.
+// the package comment), whether s is the state last confirmed, and
+// whether s broke a run of another state. The state last confirmed is
+// confirmed again by the caller's own reads alike in a row (mine), not by
+// the module's run: reads of it from an earlier call may be from before a
+// change, and one damaged read would then publish a button released while
+// it is held. A run of a change can only publish a state the module held,
+// if late.
 func (m *module) read(s State, at time.Time, mine int) (sure, again, broke bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -7,26 +7,19 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"syscall"
 )
 
-// lockDir takes an exclusive lock on dir/lock, so that two processes never
-// run the same queue. The kernel releases it when the process ends, also
-// on kill -9.
-func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("queue: %w", err)
-	}
+// lock takes an exclusive lock on f, dir's lock file. The kernel releases
+// it when the process ends, also on kill -9.
+func lock(f *os.File, dir string) error {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("queue: %s is in use by another queue", dir)
+			return fmt.Errorf("queue: %s is in use by another queue", dir)
 		}
-		return nil, fmt.Errorf("queue: lock %s: %w", dir, err)
+		return fmt.Errorf("queue: lock %s: %w", dir, err)
 	}
-	return f, nil
+	return nil
 }
 
 // unlinked says whether f's file was deleted (its last name removed) while

@@ -565,6 +565,25 @@ func ackName(reader string) string {
 	return "ack." + reader
 }
 
+// openAck opens (or creates) a reader's ack file in a lane directory.
+func openAck(dir, reader string) (*os.File, error) {
+	return os.OpenFile(filepath.Join(dir, ackName(reader)), os.O_RDWR|os.O_CREATE, durable.FileMode)
+}
+
+// lockDir opens dir/lock and locks it (see lock): two processes never run
+// the same queue.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	if err := lock(f, dir); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // checkReaders validates Options.Readers.
 func checkReaders(names []string) error {
 	for i, n := range names {
@@ -646,7 +665,7 @@ func (q *Queue) openLane(l Lane) (*lane, error) {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	for i, r := range q.readers {
-		f, err := os.OpenFile(filepath.Join(ln.dir, ackName(r.name)), os.O_RDWR|os.O_CREATE, durable.FileMode)
+		f, err := openAck(ln.dir, r.name)
 		if err != nil {
 			ln.close()
 			return nil, fmt.Errorf("queue: %w", err)
@@ -1270,7 +1289,7 @@ func (q *Queue) remake(ln *lane) error {
 	for _, c := range ln.cur {
 		if err == nil && unlinked(c.ackF) {
 			var f *os.File
-			if f, err = os.OpenFile(filepath.Join(ln.dir, ackName(c.reader)), os.O_RDWR|os.O_CREATE, durable.FileMode); err == nil {
+			if f, err = openAck(ln.dir, c.reader); err == nil {
 				c.ackF.Close()
 				c.ackF, c.ackGen = f, 0
 				q.writeAck(ln, c)
