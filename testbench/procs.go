@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // binDir is where the three binaries are: $OUTPOST_BIN, or beside the
@@ -169,8 +171,7 @@ type cpuSample struct {
 	ok  bool
 }
 
-// cpuNow samples the running process's CPU time (user and system), from
-// /proc/PID/stat in clock ticks of 10 ms (Linux's USER_HZ is 100).
+// cpuNow samples the running process's CPU time (user and system).
 func (p *proc) cpuNow() cpuSample {
 	if p.cmd == nil || p.cmd.Process == nil {
 		return cpuSample{}
@@ -178,8 +179,18 @@ func (p *proc) cpuNow() cpuSample {
 	return cpuOf(p.cmd.Process.Pid)
 }
 
-// cpuOf samples the CPU time of any process, as cpuNow does.
+// cpuOf samples the CPU time of any process, all its threads, the ended
+// ones too. It reads the kernel's CPU clock of the process, which counts
+// nanoseconds. /proc/PID/stat, its fallback, counts ticks of 10 ms
+// (Linux's USER_HZ is 100): 0.17 ms a second over a 60 s window, a sixth
+// of the idle station's whole budget.
 func cpuOf(pid int) cpuSample {
+	// The clock id of a process's CPU clock, as glibc's clock_getcpuclockid
+	// makes it: the pid's complement shifted by three, and CPUCLOCK_SCHED.
+	var ts unix.Timespec
+	if err := unix.ClockGettime(int32(^pid<<3|2), &ts); err == nil {
+		return cpuSample{pid: pid, cpu: time.Duration(ts.Nano()), at: time.Now(), ok: true}
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return cpuSample{}
