@@ -587,7 +587,9 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	p.b.line.Held(m.cfg.ID, time.Since(start), interval)
 	p.b.line.Heard(m.set.Address, r.answered)
 	res := bus.Result{Requests: r.requests, Late: late, Skipped: slot.Skipped, Counters: r.counters, LinkDown: r.linkDown, RTT: r.rtt}
-	res.Silent = r.requests > 0 && !r.answered
+	// A link that is down (the port gone) heard nothing, but says why
+	// itself: the modules are not silent.
+	res.Silent = r.requests > 0 && !r.answered && !r.linkDown
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {

@@ -495,3 +495,31 @@ func TestNoise(t *testing.T) {
 		t.Errorf("box-2 (checksum): counters %v, want checksum errors and timeouts", c)
 	}
 }
+
+// TestUnplugged: an adapter unplugged takes every module on it offline at
+// once, and their reason is the port's, not one that sends the installer
+// to the modules' addresses or wiring.
+func TestUnplugged(t *testing.T) {
+	dir := t.TempDir()
+	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, poll: 50ms}
+  - {id: box-2, template: dcon-panic-box, link: rs485-2, address: 0x02, poll: 50ms}
+`)
+	_, stop, err := sim.Start(st, &st.Links[0], sim.Options{Turnaround: -1, Sink: &sim.Recorder{}, Start: time.Now(), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runBus(t, st)
+	for _, dev := range []string{"box-1", "box-2"} {
+		r.next(t, dev, model.KindHealth, 5*time.Second, func(m stamped) bool { return m.Health.State == model.Online })
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	port := filepath.Join(dir, "ttyDCON")
+	for _, dev := range []string{"box-1", "box-2"} {
+		h := r.next(t, dev, model.KindHealth, 5*time.Second, func(m stamped) bool { return m.Health.State == model.Offline }).Health
+		if !strings.Contains(h.Reason, port) || strings.Contains(h.Reason, "address") {
+			t.Errorf("%s offline with reason %q, want the port %s's failure", dev, h.Reason, port)
+		}
+	}
+}
