@@ -137,15 +137,21 @@ func Mode(s *configs.Serial) (*serial.Mode, error) {
 	return m, nil
 }
 
-// Port reopen and redial backoff.
+// Port reopen and redial backoff. A local port is tried again at least
+// every PortReopenMax: opening one that is missing costs nothing, and an
+// adapter plugged back in must carry a panic press at once, not up to
+// ReopenMax later. A device's endpoint is redialled at most every
+// ReopenMax.
 const (
-	ReopenMin = 250 * time.Millisecond
-	ReopenMax = 10 * time.Second
+	ReopenMin     = 250 * time.Millisecond
+	ReopenMax     = 10 * time.Second
+	PortReopenMax = time.Second
 )
 
 // Reopen paces attempts to open a port or dial an endpoint after failures,
 // remembering the last failure to report meanwhile.
 type Reopen struct {
+	Max   time.Duration // the longest pause; ReopenMax when 0
 	next  time.Time
 	delay time.Duration
 	err   error // the last failure; nil while the link works
@@ -156,7 +162,11 @@ func (r *Reopen) Waiting() bool { return time.Now().Before(r.next) }
 
 // Fail records a failed attempt and doubles the pause before the next one.
 func (r *Reopen) Fail(err error) {
-	r.delay = min(max(2*r.delay, ReopenMin), ReopenMax)
+	longest := r.Max
+	if longest == 0 {
+		longest = ReopenMax
+	}
+	r.delay = min(max(2*r.delay, ReopenMin), longest)
 	r.next = time.Now().Add(r.delay)
 	r.err = err
 }
@@ -194,7 +204,15 @@ type Serial struct {
 	log    *slog.Logger
 	port   Port
 	reopen Reopen
+	// warned is the open failure last logged, and when: the same one
+	// again is logged once a minute, not at every try.
+	warned   string
+	warnedAt time.Time
 }
+
+// warnEvery is how often a port that stays unavailable for the same
+// reason is logged again.
+const warnEvery = time.Minute
 
 // NewSerial is the port of a serial line; open is OpenSerial unless a test
 // says otherwise. It does no I/O.
@@ -206,7 +224,7 @@ func NewSerial(s *configs.Serial, open OpenFunc, log *slog.Logger) (*Serial, err
 	if open == nil {
 		open = OpenSerial
 	}
-	return &Serial{path: s.Port, mode: mode, open: open, log: log}, nil
+	return &Serial{path: s.Port, mode: mode, open: open, log: log, reopen: Reopen{Max: PortReopenMax}}, nil
 }
 
 // Path is the port's path.
@@ -228,12 +246,16 @@ func (s *Serial) Port() (p Port, opened bool, err error) {
 			err = fmt.Errorf("open %s: %w", s.path, err) // name the port once
 		}
 		s.reopen.Fail(err)
-		s.log.Warn("serial port unavailable", "port", s.path, "retry_in", s.reopen.delay, "err", err)
+		if now := time.Now(); err.Error() != s.warned || now.Sub(s.warnedAt) >= warnEvery {
+			s.warned, s.warnedAt = err.Error(), now
+			s.log.Warn("serial port unavailable", "port", s.path, "retry_in", s.reopen.delay, "err", err)
+		}
 		return nil, false, &LinkDownError{s.reopen.err}
 	}
 	if s.reopen.err != nil {
 		s.log.Info("serial port open again", "port", s.path)
 	}
+	s.warned = ""
 	s.reopen.OK()
 	s.port = p
 	return p, true, nil

@@ -1,7 +1,10 @@
 package bus
 
 import (
+	"context"
 	"io/fs"
+	"log/slog"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -9,6 +12,8 @@ import (
 	"github.com/creack/pty"
 	"go.bug.st/serial"
 	"golang.org/x/sys/unix"
+
+	"outpost/configs"
 )
 
 // TestReadBy: an answer that came in time is read even when the reader
@@ -90,3 +95,52 @@ func TestOpenHints(t *testing.T) {
 		}
 	}
 }
+
+// TestReopenPace: a port that stays missing is tried again at least every
+// PortReopenMax (an adapter plugged back in carries a press at once) and
+// logged once per reason, not at every try; an endpoint is redialled at
+// most every ReopenMax.
+func TestReopenPace(t *testing.T) {
+	missing := &fs.PathError{Op: "open", Path: "/dev/ttyUSB0", Err: syscall.ENOENT}
+	refused := &fs.PathError{Op: "open", Path: "/dev/ttyUSB0", Err: syscall.EBUSY}
+	fail := error(missing)
+	open := func(string, *serial.Mode) (Port, error) { return nil, fail }
+	var logged []string
+	s, err := NewSerial(&configs.Serial{Port: "/dev/ttyUSB0", Baud: 9600, DataBits: 8, StopBits: 1, Parity: "none"}, open,
+		slog.New(handlerFunc(func(r slog.Record) { logged = append(logged, r.Message) })))
+	if err != nil {
+		t.Fatal(err)
+	}
+	try := func(n int) {
+		for range n {
+			s.reopen.next = time.Time{} // the pause is over
+			if _, _, err := s.Port(); err == nil {
+				t.Fatal("a port that cannot open opened")
+			}
+		}
+	}
+	try(10)
+	if d := s.reopen.Delay(); d != PortReopenMax {
+		t.Errorf("after 10 failed opens the pause is %s, want %s", d, PortReopenMax)
+	}
+	fail = refused
+	try(3)
+	if want := []string{"serial port unavailable", "serial port unavailable"}; !slices.Equal(logged, want) {
+		t.Errorf("13 failed opens, for two reasons, logged %q, want %q", logged, want)
+	}
+	var r Reopen
+	for range 10 {
+		r.Fail(missing)
+	}
+	if r.Delay() != ReopenMax {
+		t.Errorf("an endpoint after 10 failed dials waits %s, want %s", r.Delay(), ReopenMax)
+	}
+}
+
+// handlerFunc is a slog.Handler that calls itself with every record.
+type handlerFunc func(slog.Record)
+
+func (h handlerFunc) Enabled(context.Context, slog.Level) bool      { return true }
+func (h handlerFunc) Handle(_ context.Context, r slog.Record) error { h(r); return nil }
+func (h handlerFunc) WithAttrs([]slog.Attr) slog.Handler            { return h }
+func (h handlerFunc) WithGroup(string) slog.Handler                 { return h }
