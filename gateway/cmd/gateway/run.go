@@ -257,7 +257,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		ingest.RewriteAlarmStates()
 		writePid()
 	}
-	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, stateDeleted, log) })
+	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, board.Changed, stateDeleted, log) })
 	fwd.Go(func() {
 		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(prefix, st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
 	})

@@ -128,12 +128,13 @@ func (g *snapshots) notReady() []string {
 	return why
 }
 
-// writeStatus writes the gateway's status file every statusEvery, and
-// whenever now asks, until ctx ends, and once more then. When its
-// directory was deleted since the last write (gone, or another directory
-// by now: the queue may have made it again) it makes it again and calls
-// deleted.
-func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, now <-chan struct{}, deleted func(), log *slog.Logger) {
+// writeStatus writes the gateway's status file every statusEvery,
+// whenever now asks, and snapshotCalm after a device's state changed (see
+// changed), until ctx ends, and once more then: `gateway status` run just
+// after a device went offline or came back says so. When its directory
+// was deleted since the last write (gone, or another directory by now: the
+// queue may have made it again) it makes it again and calls deleted.
+func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, now <-chan struct{}, changed func() <-chan struct{}, deleted func(), log *slog.Logger) {
 	dir := filepath.Dir(path)
 	var was os.FileInfo // the directory at the last write
 	write := func() {
@@ -158,6 +159,7 @@ func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, 
 	t := time.NewTicker(statusEvery)
 	defer t.Stop()
 	for {
+		ch := changed() // before the write: a change during it is not missed
 		write()
 		select {
 		case <-ctx.Done():
@@ -165,6 +167,15 @@ func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, 
 			return
 		case <-t.C:
 		case <-now:
+		case <-ch:
+			// Changes that come together (the devices of a port that
+			// failed) are written together.
+			select {
+			case <-ctx.Done():
+				write()
+				return
+			case <-time.After(snapshotCalm):
+			}
 		}
 	}
 }

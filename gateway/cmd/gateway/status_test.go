@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -221,4 +222,51 @@ func TestStateDirDeleted(t *testing.T) {
 	if pid, err := runningGateway(st.StateDir); err != nil || pid != os.Getpid() {
 		t.Errorf("gateway reload finds pid %d (%v), want this process, %d", pid, err, os.Getpid())
 	}
+}
+
+// TestStatusFileFollowsDevices: a device's change of state reaches the
+// status file about a second later, not at the next of its writes every
+// statusEvery, so that `gateway status` run just after an adapter was
+// plugged back in shows its devices online.
+func TestStatusFileFollowsDevices(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "status.json")
+	var mu sync.Mutex
+	state, changed := model.Offline, make(chan struct{})
+	snap := func() status.Snapshot {
+		mu.Lock()
+		defer mu.Unlock()
+		return status.Snapshot{Station: "sp-1", Time: time.Now(), Devices: []status.Device{{ID: "box-1", State: state}}}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		writeStatus(ctx, path, snap, nil, func() <-chan struct{} { mu.Lock(); defer mu.Unlock(); return changed }, func() {}, slog.New(slog.DiscardHandler))
+	}()
+	defer func() { cancel(); <-done }()
+	read := func() model.HealthState {
+		s, err := status.Read(path)
+		if err != nil || len(s.Devices) != 1 {
+			return ""
+		}
+		return s.Devices[0].State
+	}
+	for deadline := time.Now().Add(5 * time.Second); read() != model.Offline; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no first status file in 5 s")
+		}
+	}
+	mu.Lock()
+	state = model.Online
+	close(changed)
+	changed = make(chan struct{})
+	mu.Unlock()
+	start := time.Now()
+	for read() != model.Online {
+		if time.Since(start) > snapshotCalm+time.Second {
+			t.Fatalf("the status file still says box-1 %s %s after it came online, want online within %s", read(), time.Since(start).Round(time.Millisecond), snapshotCalm+time.Second)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("the status file said box-1 online %s after it came online", time.Since(start).Round(time.Millisecond))
 }
