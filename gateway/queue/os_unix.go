@@ -15,7 +15,7 @@ import (
 func lock(f *os.File, dir string) error {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return fmt.Errorf("queue: %s is in use by another queue", dir)
+			return fmt.Errorf("queue: %s is %w", dir, ErrInUse)
 		}
 		return fmt.Errorf("queue: lock %s: %w", dir, err)
 	}

@@ -379,6 +379,9 @@ var (
 	// ErrStaleBatch is returned by Ack for a batch that Rewind invalidated
 	// or that was already acknowledged.
 	ErrStaleBatch = errors.New("stale batch")
+	// ErrInUse is returned by Open for a directory another queue holds
+	// (another process, or another Open in this one).
+	ErrInUse = errors.New("in use by another queue")
 )
 
 type pos struct {

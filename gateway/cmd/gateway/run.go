@@ -82,6 +82,15 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	// One queue: every message is written once, and each uplink reads it
 	// at its own pace.
 	q, err := pipeline.OpenQueue(st, log)
+	if errors.Is(err, queue.ErrInUse) {
+		// Two gateways started on one station file (the service, and
+		// an installer's gateway run): name the other one.
+		who := "another gateway"
+		if pid, rerr := os.ReadFile(pidFile(st.StateDir)); rerr == nil {
+			who += " (pid " + strings.TrimSpace(string(pid)) + ")"
+		}
+		return fmt.Errorf("%s runs with state_dir %s: stop it first (sudo systemctl stop outpost), or give this station file a state_dir of its own (%w)", who, st.StateDir, err)
+	}
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -269,4 +270,30 @@ func TestStatusFileFollowsDevices(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Logf("the status file said box-1 online %s after it came online", time.Since(start).Round(time.Millisecond))
+}
+
+// TestSecondGateway: a second gateway started on the station file of one
+// that runs (an installer's gateway run beside the service) stops at once
+// and names the other one and the fix, not the queue's lock.
+func TestSecondGateway(t *testing.T) {
+	m := startBroker(t)
+	st := station(t, m.URL())
+	stop, done := runGateway(t, st)
+	defer func() { stop(); <-done }()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := runningGateway(st.StateDir); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first gateway wrote no pid file and status file in 15 s")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := run(ctx, st, slog.New(slog.DiscardHandler), nil)
+	want := fmt.Sprintf("another gateway (pid %d) runs with state_dir %s: stop it first (sudo systemctl stop outpost), or give this station file a state_dir of its own (queue: %s is in use by another queue)",
+		os.Getpid(), st.StateDir, st.QueueDir())
+	if err == nil || err.Error() != want {
+		t.Errorf("second gateway: %v\nwant %s", err, want)
+	}
 }
