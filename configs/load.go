@@ -212,9 +212,6 @@ func (d *decoder) validateStation(st *Station) {
 		d.errAt("station.id", "station.id: %q is not a valid id (letters, digits, '_', '-', '.'; at most 64)", st.Station.ID)
 	}
 	d.checkBrokers(&st.Hub.MQTT)
-	if len(st.Devices) == 0 {
-		d.errAt("devices", "devices: a station needs at least one device")
-	}
 	if t := st.Hub.MQTT.TLS; t != nil {
 		d.checkTLS("hub.mqtt.tls", t)
 	}
@@ -334,12 +331,23 @@ func (d *decoder) checkStatus(s *Status) {
 	}
 }
 
+// portDevice is the device a serial port's path names on this machine,
+// through its symlinks (/dev/serial/by-id/...), or the path made clean
+// when it is not there (an adapter not plugged in yet).
+func portDevice(port string) string {
+	if dev, err := filepath.EvalSymlinks(port); err == nil {
+		return dev
+	}
+	return filepath.Clean(port)
+}
+
 // decodeLinks checks the links' ids and decodes each link's protocol
 // settings, which then check themselves. Two links never share a serial
-// port.
+// port, under any of its names.
 func (d *decoder) decodeLinks(st *Station) {
-	ids := map[string]string{}   // id -> path of its first use
-	ports := map[string]string{} // serial port -> path
+	ids := map[string]string{} // id -> path of its first use
+	type linkPort struct{ link, port string }
+	ports := map[string]linkPort{} // by the port's device (see portDevice)
 	for i := range st.Links {
 		l, path := &st.Links[i], fmt.Sprintf("links[%d]", i)
 		if !idPattern.MatchString(l.ID) {
@@ -362,10 +370,17 @@ func (d *decoder) decodeLinks(st *Station) {
 		d.check(l.Settings, path)
 		if s, ok := l.Settings.(interface{ Line() *Serial }); ok {
 			port := s.Line().Port
-			if first, dup := ports[port]; dup {
-				d.errAt(path+".port", "%s.port: %s is already the port of %s", path, port, first)
+			dev := portDevice(port)
+			switch first, dup := ports[dev]; {
+			case dup && first.port == port:
+				d.errAt(path+".port", "%s.port: %s is already the port of %s", path, port, first.link)
+			case dup:
+				// /dev/ttyUSB0 and its /dev/serial/by-id/ name: two
+				// masters on one wire scramble each other's frames.
+				d.errAt(path+".port", "%s.port: %s is %s, already the port of %s (%s)", path, port, dev, first.link, first.port)
+			default:
+				ports[dev] = linkPort{path, port}
 			}
-			ports[port] = path
 		}
 	}
 }

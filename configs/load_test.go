@@ -179,6 +179,47 @@ func TestTemplateFileProblems(t *testing.T) {
 	})
 }
 
+// TestPortNames: two links on one serial port under two of its names
+// (/dev/ttyUSB0 and its /dev/serial/by-id/ link) are refused as two
+// links on one name are: their masters would scramble each other's frames.
+func TestPortNames(t *testing.T) {
+	dir := t.TempDir()
+	dev, byID := filepath.Join(dir, "ttyUSB0"), filepath.Join(dir, "usb-FTDI_FT232R_A10K1234-if00-port0")
+	if err := os.WriteFile(dev, nil, 0o600); err != nil { // the device node, as far as names go
+		t.Fatal(err)
+	}
+	if err := os.Symlink("ttyUSB0", byID); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "station.yaml")
+	src := fmt.Sprintf(`version: 2
+station: {id: sp-1, type: safety_post}
+hub: {mqtt: {url: "tcp://127.0.0.1:1883"}}
+links:
+  - {id: rs485-io, protocol: dcon, port: %s, baud: 9600}
+  - {id: rs485-1, protocol: modbus-rtu, port: %s, baud: 9600}
+  - {id: rs485-2, protocol: modbus-rtu, port: %s/./ttyUSB0, baud: 9600}
+devices:
+  - {id: box-1, template: dcon-panic-box, link: rs485-io, address: 1}
+`, dev, byID, dir)
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantErrors(t, path,
+		"DIR/station.yaml:6:47: links[1].port: DIR/usb-FTDI_FT232R_A10K1234-if00-port0 is DIR/ttyUSB0, already the port of links[0] (DIR/ttyUSB0)",
+		"DIR/station.yaml:7:47: links[2].port: DIR/./ttyUSB0 is DIR/ttyUSB0, already the port of links[0] (DIR/ttyUSB0)")
+}
+
+// TestNoDevices: a station without devices is told so once.
+func TestNoDevices(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "station.yaml")
+	src := "version: 2\nstation: {id: sp-1, type: safety_post}\nhub: {mqtt: {url: \"tcp://127.0.0.1:1883\"}}\nlinks: []\ndevices: []\n"
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantErrors(t, path, "DIR/station.yaml:5:10: devices: a station needs at least one device")
+}
+
 // TestLargeFiles: a station file over the limit is refused before it is
 // parsed, and one with thousands of mistakes lists the first configs.MaxErrors.
 func TestLargeFiles(t *testing.T) {

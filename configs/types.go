@@ -328,6 +328,7 @@ type Device struct {
 // on one (a link of such a protocol embeds it).
 type Serial struct {
 	// Port is the serial port; prefer its stable /dev/serial/by-id path.
+	// Two links never share a port, under any of its names.
 	Port string `yaml:"port" required:"true" example:"/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0"`
 	// Baud is the line speed, 300 to 4000000.
 	Baud int `yaml:"baud" required:"true" example:"9600"`
