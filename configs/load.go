@@ -219,7 +219,9 @@ func (d *decoder) validateStation(st *Station) {
 		d.errAt("hub.mqtt.max_packet_size", "hub.mqtt.max_packet_size: %d is out of range (1024 to 268435455, or 0 for no limit)", n)
 	}
 	if st.Hub.Influx != nil {
-		d.checkURL("hub.influx.url", st.Hub.Influx.URL, "http://127.0.0.1:8086", "http", "https")
+		if d.checkURL("hub.influx.url", st.Hub.Influx.URL, "http://127.0.0.1:8086", "http", "https") {
+			d.notBroker(st.Hub.Influx.URL, &st.Hub.MQTT)
+		}
 		if st.Hub.Influx.BatchSize < 1 || st.Hub.Influx.BatchSize > 50000 {
 			d.errAt("hub.influx.batch_size", "hub.influx.batch_size: %d is out of range (1 to 50000)", st.Hub.Influx.BatchSize)
 		}
@@ -294,6 +296,23 @@ func (d *decoder) checkBrokers(m *MQTT) {
 			d.errAt(path, "%s: scheme %s differs from %s's %s: the brokers of a hub share one scheme (and the tls settings)", path, u.Scheme, schemePath, scheme)
 		}
 		first[raw] = path
+	}
+}
+
+// notBroker checks that InfluxDB's URL (valid) is not at one of the
+// brokers' addresses: ports swapped by hand give only "connection reset by
+// peer" at run time.
+func (d *decoder) notBroker(influx string, m *MQTT) {
+	u, _ := url.Parse(influx)
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80", "https": "443"}[u.Scheme])
+	}
+	for _, b := range append([]string{m.URL}, m.URLs...) {
+		if bu, err := url.Parse(b); b != "" && err == nil && bu.Host == addr {
+			d.errAt("hub.influx.url", "hub.influx.url: %s is the address of the MQTT broker %s: InfluxDB listens on a port of its own (8086 unless its http-bind-address says otherwise)", addr, Redact(b))
+			return
+		}
 	}
 }
 
