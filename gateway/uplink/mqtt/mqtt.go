@@ -260,6 +260,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 	last := ""                  // the broker of the last connection
 	down := time.Now()          // since when the uplink has no connection
 	warned := map[string]bool{} // causes logged since the last connection
+	took := map[int]bool{}      // brokers (by index) that took a connection in this run
 	for {
 		broker := next
 		name := u.names[broker]
@@ -282,7 +283,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 		}
 		if err := tok.Error(); err != nil {
 			u.brokerAway()
-			cause := connectCause(err, name, u.cfg.BrokersKey(), tlsCfg != nil)
+			cause := connectCause(err, name, u.cfg.BrokersKey(), tlsCfg != nil, took[broker])
 			// One broker: a change of cause is logged. Several: each
 			// broker's cause once until the next connection, not at
 			// every round.
@@ -311,6 +312,7 @@ func (u *Uplink) run(tlsCfg *tls.Config) {
 			u.log.Info("mqtt uplink: moved to broker", "from", last, "to", name, "after", since.Sub(down).Round(time.Millisecond))
 		}
 		last, fails = name, 0
+		took[broker] = true
 		clear(warned)
 		u.setStatus(true, "", name)
 		u.mu.Lock()
@@ -627,8 +629,10 @@ func (u *Uplink) setStatus(connected bool, cause, broker string) bool {
 }
 
 // connectCause words why a connection to the broker failed, for an
-// installer to act on; key is the station file's key of the broker's URL.
-func connectCause(err error, broker, key string, overTLS bool) string {
+// installer to act on; key is the station file's key of the broker's URL,
+// and took says whether this broker took a connection of the gateway's
+// before (its settings are then not the cause).
+func connectCause(err error, broker, key string, overTLS, took bool) string {
 	var ua x509.UnknownAuthorityError
 	var he x509.HostnameError
 	var ce x509.CertificateInvalidError
@@ -656,7 +660,12 @@ func connectCause(err error, broker, key string, overTLS bool) string {
 		// With TLS 1.3 a broker refuses a client certificate after the
 		// client thinks the handshake is done: the alert may lose the race
 		// with the closed connection.
-		if overTLS {
+		switch {
+		case took:
+			// Mosquitto out of its memory_limit closes every new
+			// connection as it comes.
+			return "the broker closed the connection as it was set up, though it took the gateway's before: it is overloaded, out of memory or shutting down (its log says which)"
+		case overTLS:
 			return "the broker closed the connection as it was set up: it most likely refused the gateway's client certificate (hub.mqtt.tls.cert, hub.mqtt.tls.key)"
 		}
 		return "the broker closed the connection as it was set up (a TLS listener? then use ssl:// in " + key +
@@ -849,7 +858,7 @@ func (u *Uplink) check(ctx context.Context, broker int, tlsCfg *tls.Config) erro
 		return fmt.Errorf("the broker %s did not answer in time", u.names[broker])
 	}
 	if err := tok.Error(); err != nil {
-		return errors.New(connectCause(err, u.names[broker], u.cfg.BrokersKey(), tlsCfg != nil))
+		return errors.New(connectCause(err, u.names[broker], u.cfg.BrokersKey(), tlsCfg != nil, false))
 	}
 	c.Disconnect(0)
 	return nil

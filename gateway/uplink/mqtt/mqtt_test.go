@@ -529,3 +529,28 @@ func TestBrokerRestartsAreNotADuplicate(t *testing.T) {
 		t.Errorf("three broker restarts taken for a second gateway; log:\n%s", logs.String())
 	}
 }
+
+// TestBrokerClosesAsSetUp: a broker that took the gateway's connection and
+// then closes every new one as it is set up (Mosquitto out of its
+// memory_limit; here a relay whose broker is gone) is said to be
+// overloaded, not to be a TLS listener the station file should name with
+// ssl://: the settings that worked a moment ago are not the cause.
+func TestBrokerClosesAsSetUp(t *testing.T) {
+	b := startBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := hub.NewPath(ctx, b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	u := connect(t, "tcp://"+p.Addr())
+	b.Kill()
+	const want = "the broker closed the connection as it was set up, though it took the gateway's before: it is overloaded, out of memory or shutting down (its log says which)"
+	for c := u.Connection(); c.Cause != want; c = u.Connection() {
+		if ctx.Err() != nil {
+			t.Fatalf("connection %+v, want cause %q", c, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
