@@ -85,12 +85,14 @@ type Result struct {
 const ReportEvery = time.Minute
 
 // Tracker follows one device's health. It is pure: Observe gets the result
-// of each poll and says when the state changed. It is not safe for
-// concurrent use. The zero value uses the default thresholds.
+// of each poll and says when the state changed (or, while its link is
+// down, the cause). It is not safe for concurrent use. The zero value uses
+// the default thresholds.
 type Tracker struct {
 	state    model.HealthState
-	silent   int // polls in a row that got no answer at all
-	failing  int // polls in a row that were not clean
+	reason   string // of the last poll
+	silent   int    // polls in a row that got no answer at all
+	failing  int    // polls in a row that were not clean
 	counters map[string]uint64
 	reported time.Time // when the health was last sent
 	unheard  bool      // offline with its link, and silent since
@@ -195,8 +197,10 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 		state = model.Online // not yet: counted, and the next clean poll clears it
 		r.Reason = ""
 	}
-	changed := state != t.state
-	t.state = state
+	// A link that stays down for another cause is news too: a port that
+	// failed (read: EOF) and is then missing (the adapter unplugged).
+	changed := state != t.state || r.LinkDown && r.Reason != t.reason
+	t.state, t.reason = state, r.Reason
 	return model.Health{State: state, Reason: r.Reason, Counters: maps.Clone(t.counters)}, changed
 }
 

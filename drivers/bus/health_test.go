@@ -16,6 +16,7 @@ func TestTracker(t *testing.T) {
 	bad := Result{Requests: 2, Failed: 2, Reason: "exception 4 (server device failure) reading input register 5 (0x0005): b", Counters: []string{"exceptions", "exceptions"}}
 	silent := Result{Requests: 1, Failed: 1, Silent: true, Reason: "no answer from any unit on bus: check wiring, port, baud rate and parity", Counters: []string{"timeouts"}}
 	down := Result{Requests: 1, Failed: 1, LinkDown: true, Reason: "open /dev/x: gone reading input register 5 (0x0005)", Counters: []string{"link_down"}}
+	gone := Result{Requests: 1, Failed: 1, LinkDown: true, Reason: "open /dev/x: no such file or directory: the adapter is unplugged, or the port is named wrong (gateway ports lists those there are)", Counters: []string{"link_down"}}
 	late := Result{Requests: 2, Late: true}
 	undecoded := Result{Requests: 1, Counters: []string{"decode_errors"}}
 	steps := []struct {
@@ -40,6 +41,8 @@ func TestTracker(t *testing.T) {
 		{"and again", bad, model.Degraded, false, bad.Reason},
 		{"and again: it answers, so it is not offline", bad, model.Degraded, false, bad.Reason},
 		{"link down", down, model.Offline, true, down.Reason},
+		{"link down for another cause", gone, model.Offline, true, gone.Reason},
+		{"and for that cause again", gone, model.Offline, false, gone.Reason},
 		{"link back, the device silent: still offline", silent, model.Offline, false, silent.Reason},
 		{"a late poll", late, model.Online, true, ""},
 		{"values that do not decode", undecoded, model.Degraded, true, "values that do not decode"},
@@ -51,8 +54,8 @@ func TestTracker(t *testing.T) {
 			t.Fatalf("step %d (%s): %s changed=%v %q, want %s changed=%v %q", i, s.name, h.State, changed, h.Reason, s.state, s.changed, s.reason)
 		}
 	}
-	// The 18 polls above and an empty one.
-	want := map[string]uint64{"polls": 19, "requests": 28, "failures": 12, "exceptions": 8, "timeouts": 6, "link_down": 1,
+	// The 20 polls above and an empty one.
+	want := map[string]uint64{"polls": 21, "requests": 30, "failures": 14, "exceptions": 8, "timeouts": 6, "link_down": 3,
 		"decode_errors": 1, "late_polls": 1}
 	if h, _ := tr.Observe(Result{}); fmt.Sprint(h.Counters) != fmt.Sprint(want) {
 		t.Errorf("counters %v, want %v", h.Counters, want)
