@@ -42,6 +42,7 @@ type tcpTransport struct {
 	// silent unit never closes it.
 	redialAfter time.Duration
 	heard       time.Time // when the connection was made or last carried a frame
+	answered    bool      // the connection carried a frame
 
 	redial bus.Reopen
 }
@@ -74,8 +75,7 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 			t.redial.Fail(fmt.Errorf("connect %s: %w", t.addr, err))
 			return nil, &connectError{t.redial.Err()}
 		}
-		t.use(c)
-		t.redial.OK()
+		t.use(c) // redial.OK at its first frame: see fail
 	}
 	if err := t.conn.SetDeadline(time.Now().Add(t.timeout)); err != nil {
 		return nil, t.fail(err)
@@ -110,6 +110,10 @@ func (t *tcpTransport) Send(req []byte) ([]byte, error) {
 			return nil, t.fail(err)
 		}
 		t.heard = time.Now()
+		if !t.answered {
+			t.answered = true
+			t.redial.OK()
+		}
 		length, err := checkMBAP(head[:])
 		if err != nil {
 			t.close()
@@ -212,16 +216,28 @@ func checkTCPData(req, frame []byte) error {
 
 // fail closes the connection after a failure in the middle of an exchange.
 func (t *tcpTransport) fail(err error) error {
+	fresh := !t.answered
 	t.close()
 	if isTimeout(err) {
 		return &TimeoutError{After: t.timeout}
+	}
+	if fresh {
+		// Taken and closed before any frame: an endpoint whose
+		// connections are all taken does that. As a refused connection,
+		// every unit behind it is down, and it is dialled again with
+		// backoff. The words are the same at every try (not the local
+		// port of each), so that the device's health does not change at
+		// each of them.
+		t.log.Debug("connection closed before any answer", "err", err)
+		t.redial.Fail(fmt.Errorf("%s closed the connection before any answer: it may take no more connections (another master, or a Modbus tool on a laptop, holds them)", t.addr))
+		return &connectError{t.redial.Err()}
 	}
 	return fmt.Errorf("connection %s: %w", t.addr, err)
 }
 
 // use makes c the connection.
 func (t *tcpTransport) use(c net.Conn) {
-	t.conn, t.in, t.heard = c, bufio.NewReaderSize(c, 1024), time.Now()
+	t.conn, t.in, t.heard, t.answered = c, bufio.NewReaderSize(c, 1024), time.Now(), false
 }
 
 func (t *tcpTransport) close() {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -319,5 +320,48 @@ func TestTCPNotModbus(t *testing.T) {
 	want := `bad frame (not Modbus TCP: the answer begins with the text "HTTP/1.": another service listens at this address and port), 0 bytes dropped`
 	if err == nil || err.Error() != want {
 		t.Errorf("err %v\nwant %s", err, want)
+	}
+}
+
+// TestTCPClosedBeforeAnswer: an endpoint that takes every connection and
+// closes it before any answer (a device whose connection slots another
+// master holds) is down as one that refuses connections: every unit behind
+// it offline at once, saying why, and dialled again with backoff, not at
+// every request.
+func TestTCPClosedBeforeAnswer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	c, _, _ := newTCPClient(ln.Addr().String(), time.Second)
+	var errs []string
+	for range 5 {
+		_, err := c.ReadHoldingRegisters(0, 1)
+		var ce *connectError
+		if !errors.As(err, &ce) {
+			t.Fatalf("err %v, want a connect error", err)
+		}
+		errs = append(errs, err.Error())
+	}
+	want := ln.Addr().String() + " closed the connection before any answer: it may take no more connections (another master, or a Modbus tool on a laptop, holds them)"
+	for i, e := range errs {
+		if e != want {
+			t.Errorf("request %d: %q, want %q", i, e, want)
+		}
+	}
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("%d connections in 5 requests made at once, want 1: the next waits out the backoff", n)
 	}
 }
