@@ -299,20 +299,45 @@ func (d *decoder) checkBrokers(m *MQTT) {
 	}
 }
 
+// hostPort is where a hub URL points: its host and port, the port its
+// scheme implies when it names none.
+func hostPort(raw string) (host, port string) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", ""
+	}
+	port = u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443", "tcp": "1883", "ssl": "8883"}[u.Scheme]
+	}
+	return u.Hostname(), port
+}
+
+// brokerAt returns the first of the hub's brokers that a listener at
+// host:port would take: the same port, on the same host, or on this box
+// when the listener takes every address or both are loopback; "" for none.
+func brokerAt(m *MQTT, host, port string) string {
+	loopback := func(h string) bool {
+		ip := net.ParseIP(h)
+		return h == "localhost" || ip != nil && ip.IsLoopback()
+	}
+	every := host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()
+	for _, b := range append([]string{m.URL}, m.URLs...) {
+		bh, bp := hostPort(b)
+		if b != "" && bp == port && (bh == host || every && loopback(bh) || loopback(bh) && loopback(host)) {
+			return b
+		}
+	}
+	return ""
+}
+
 // notBroker checks that InfluxDB's URL (valid) is not at one of the
 // brokers' addresses: ports swapped by hand give only "connection reset by
 // peer" at run time.
 func (d *decoder) notBroker(influx string, m *MQTT) {
-	u, _ := url.Parse(influx)
-	addr := u.Host
-	if u.Port() == "" {
-		addr = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80", "https": "443"}[u.Scheme])
-	}
-	for _, b := range append([]string{m.URL}, m.URLs...) {
-		if bu, err := url.Parse(b); b != "" && err == nil && bu.Host == addr {
-			d.errAt("hub.influx.url", "hub.influx.url: %s is the address of the MQTT broker %s: InfluxDB listens on a port of its own (8086 unless its http-bind-address says otherwise)", addr, Redact(b))
-			return
-		}
+	host, port := hostPort(influx)
+	if b := brokerAt(m, host, port); b != "" {
+		d.errAt("hub.influx.url", "hub.influx.url: %s is the address of the MQTT broker %s: InfluxDB listens on a port of its own (8086 unless its http-bind-address says otherwise)", net.JoinHostPort(host, port), Redact(b))
 	}
 }
 
@@ -387,6 +412,16 @@ func (d *decoder) decodeLinks(st *Station) {
 		l.Settings = p.Link()
 		d.rest(l.Rest, l.Settings, path)
 		d.check(l.Settings, path)
+		if s, ok := l.Settings.(interface{ ListenAddr() string }); ok {
+			// The station's own broker or receiver where the hub's broker
+			// is: the gateway would send the hub its own messages.
+			if host, port, err := net.SplitHostPort(s.ListenAddr()); err == nil {
+				if b := brokerAt(&st.Hub.MQTT, host, port); b != "" {
+					d.errAt(path+".listen", "%s.listen: %s is where the hub's broker %s is (%s): the gateway would send the hub's messages to its own listener; give the hub's real address, or this link another port",
+						path, s.ListenAddr(), Redact(b), st.Hub.MQTT.BrokersKey())
+				}
+			}
+		}
 		if s, ok := l.Settings.(interface{ Line() *Serial }); ok {
 			port := s.Line().Port
 			dev := portDevice(port)

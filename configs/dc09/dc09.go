@@ -96,6 +96,9 @@ func (w Window) Contains(t, now time.Time) bool {
 }
 
 // Check checks the link's settings.
+// ListenAddr is where the receiver listens.
+func (l *Link) ListenAddr() string { return l.Listen }
+
 func (l *Link) Check(p configs.Problems) {
 	if _, port, err := net.SplitHostPort(l.Listen); err != nil || port == "" {
 		p.Errorf("listen", "%q is not host:port (e.g. 0.0.0.0:7000)", l.Listen)

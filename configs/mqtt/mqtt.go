@@ -105,6 +105,10 @@ type TLS struct {
 // Embedded says the gateway runs the broker.
 func (l *Link) Embedded() bool { return l.Broker == "" }
 
+// ListenAddr is where the embedded broker listens ("" with an external
+// broker).
+func (l *Link) ListenAddr() string { return l.Listen }
+
 var prefixPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 
 // Check checks the link's settings.

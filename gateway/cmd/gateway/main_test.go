@@ -131,7 +131,7 @@ func TestValidateWarnsOfABrokerOnEveryAddress(t *testing.T) {
 	os.WriteFile(path, []byte(`version: 2
 station: {id: pc-1, type: police_cube}
 state_dir: /var/lib/outpost/pc-1
-hub: {mqtt: {url: "tcp://127.0.0.1:1883"}}
+hub: {mqtt: {url: "tcp://10.0.0.5:1883"}}
 links:
   - {id: lan, protocol: mqtt, listen: "0.0.0.0:1883", credentials: devices.passwd}
 devices:
