@@ -382,17 +382,21 @@ func (d *device) silence() string {
 		s, strings.Join(counts, ", "), d.lastBad)
 }
 
-// down reports the link down (err is a bus.LinkDownError), once until it
-// is up again.
+// down reports the link down (err is a bus.LinkDownError), once for each
+// cause until it is up again.
 func (d *device) down(ctx context.Context, err error, emit drivers.Emit) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.linkErr != nil {
-		return
-	}
-	d.linkErr = err
 	now := time.Now()
-	emit(model.Message{Device: d.id, DeviceKind: d.kind, Kind: model.KindTelemetry, Time: now.UTC(), Readings: d.badReadings()})
+	switch {
+	case d.linkErr == nil:
+		emit(model.Message{Device: d.id, DeviceKind: d.kind, Kind: model.KindTelemetry, Time: now.UTC(), Readings: d.badReadings()})
+	case d.linkErr.Error() == err.Error():
+		return // the tries while the port stays away, for the same cause
+	}
+	// A new cause (the port failed, then is missing) is the device's
+	// health's news too.
+	d.linkErr = err
 	d.record(ctx, bus.Result{Failed: 1, LinkDown: true, Reason: err.Error()}, now, emit)
 }
 

@@ -508,3 +508,32 @@ func TestPortMissing(t *testing.T) {
 		})
 	}
 }
+
+// TestUnplugged: an adapter unplugged under a device's link takes it
+// offline with the port's failure, and then says the adapter is missing,
+// as soon as the port's cause changes, polled or not.
+func TestUnplugged(t *testing.T) {
+	for _, c := range []struct{ name, device string }{
+		{"talks on its own", "  - {id: d, template: nmea-gps, link: l, silence: 3s}\n"},
+		{"polled", "  - {id: d, template: vaisala-hmdw110, link: l, address: 1, poll: 100ms}\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			st := loadStation(t, dir, "  - {id: l, protocol: line, port: \"{{port}}\", baud: 9600}\n", c.device, nil)
+			s := startSim(t, st)
+			r := runLink(t, st)
+			r.next(t, "d", model.KindHealth, 5*time.Second, func(m model.Message) bool { return m.Health.State == model.Online })
+			if err := s.stop(); err != nil {
+				t.Fatal(err)
+			}
+			offline := func(m model.Message) bool { return m.Health.State == model.Offline }
+			if h := r.next(t, "d", model.KindHealth, 5*time.Second, offline).Health; !strings.Contains(h.Reason, "ttyLINE") {
+				t.Errorf("offline with reason %q, want the port named", h.Reason)
+			}
+			const missing = "no such file or directory: the adapter is unplugged"
+			if h := r.next(t, "d", model.KindHealth, 3*time.Second, offline).Health; !strings.Contains(h.Reason, missing) {
+				t.Errorf("then reason %q, want it to say %q", h.Reason, missing)
+			}
+		})
+	}
+}
