@@ -487,16 +487,21 @@ func TestGPS(t *testing.T) {
 	}
 }
 
+// linkL is a line link l; bothKinds are a device d of each kind it
+// carries: one that talks on its own, and one that is polled.
+const linkL = "  - {id: l, protocol: line, port: \"{{port}}\", baud: 9600}\n"
+
+var bothKinds = []struct{ name, device string }{
+	{"talks on its own", "  - {id: d, template: nmea-gps, link: l, silence: 3s}\n"},
+	{"polled", "  - {id: d, template: vaisala-hmdw110, link: l, address: 1, poll: 100ms}\n"},
+}
+
 // TestPortMissing: a link whose port is not there makes its devices
 // offline at once, with the port's error as the reason, polled or not.
 func TestPortMissing(t *testing.T) {
-	for _, c := range []struct{ name, device string }{
-		{"talks on its own", "  - {id: d, template: nmea-gps, link: l, silence: 1s}\n"},
-		{"polled", "  - {id: d, template: vaisala-hmdw110, link: l, address: 1, poll: 100ms}\n"},
-	} {
+	for _, c := range bothKinds {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			st := loadStation(t, dir, "  - {id: l, protocol: line, port: \"{{port}}\", baud: 9600}\n", c.device, nil)
+			st := loadStation(t, t.TempDir(), linkL, c.device, nil)
 			r := runLink(t, st)
 			h := r.next(t, "d", model.KindHealth, 2*time.Second, nil).Health
 			if h.State != model.Offline || !strings.Contains(h.Reason, "ttyLINE") {
@@ -513,13 +518,9 @@ func TestPortMissing(t *testing.T) {
 // offline with the port's failure, and then says the adapter is missing,
 // as soon as the port's cause changes, polled or not.
 func TestUnplugged(t *testing.T) {
-	for _, c := range []struct{ name, device string }{
-		{"talks on its own", "  - {id: d, template: nmea-gps, link: l, silence: 3s}\n"},
-		{"polled", "  - {id: d, template: vaisala-hmdw110, link: l, address: 1, poll: 100ms}\n"},
-	} {
+	for _, c := range bothKinds {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			st := loadStation(t, dir, "  - {id: l, protocol: line, port: \"{{port}}\", baud: 9600}\n", c.device, nil)
+			st := loadStation(t, t.TempDir(), linkL, c.device, nil)
 			s := startSim(t, st)
 			r := runLink(t, st)
 			r.next(t, "d", model.KindHealth, 5*time.Second, func(m model.Message) bool { return m.Health.State == model.Online })
