@@ -300,7 +300,7 @@ func (d *decoder) checkBrokers(m *MQTT) {
 }
 
 // hostPort is where a hub URL points: its host and port, the port its
-// scheme implies when it names none.
+// scheme implies when it names none (a broker's URL always names one).
 func hostPort(raw string) (host, port string) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -308,23 +308,31 @@ func hostPort(raw string) (host, port string) {
 	}
 	port = u.Port()
 	if port == "" {
-		port = map[string]string{"http": "80", "https": "443", "tcp": "1883", "ssl": "8883"}[u.Scheme]
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
 	}
 	return u.Hostname(), port
+}
+
+// loopback says whether host names this box's loopback interface.
+func loopback(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
+}
+
+// EveryAddress says whether a listener on host takes every address of the
+// box ("", 0.0.0.0, ::).
+func EveryAddress(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "" || ip != nil && ip.IsUnspecified()
 }
 
 // brokerAt returns the first of the hub's brokers that a listener at
 // host:port would take: the same port, on the same host, or on this box
 // when the listener takes every address or both are loopback; "" for none.
 func brokerAt(m *MQTT, host, port string) string {
-	loopback := func(h string) bool {
-		ip := net.ParseIP(h)
-		return h == "localhost" || ip != nil && ip.IsLoopback()
-	}
-	every := host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()
 	for _, b := range append([]string{m.URL}, m.URLs...) {
 		bh, bp := hostPort(b)
-		if b != "" && bp == port && (bh == host || every && loopback(bh) || loopback(bh) && loopback(host)) {
+		if b != "" && bp == port && (bh == host || loopback(bh) && (EveryAddress(host) || loopback(host))) {
 			return b
 		}
 	}
@@ -370,7 +378,7 @@ func (d *decoder) checkStatus(s *Status) {
 		}
 		return
 	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+	if !loopback(host) {
 		d.errAt("status.listen", "status.listen: %s is reachable from other machines, so a token_file is required (or listen on 127.0.0.1)", s.Listen)
 	}
 }

@@ -166,7 +166,7 @@ func (l *Link) Warnings() []string {
 	if l.Listen == "" || err != nil {
 		return nil
 	}
-	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+	if configs.EveryAddress(host) {
 		return []string{fmt.Sprintf("the station broker listens on every address of the box (%s), the hub's side too: give its address on the station LAN (e.g. 192.168.10.1:1883)", l.Listen)}
 	}
 	return nil

@@ -235,13 +235,23 @@ func sameLink(a, b drivers.Link) bool {
 // process id, for gateway reload.
 func pidFile(stateDir string) string { return filepath.Join(stateDir, "gateway.pid") }
 
-// runningGateway is the process id of the gateway that runs with this
-// state directory, or why none does.
-func runningGateway(stateDir string) (int, error) {
+// readPid is the process id in the state directory's pid file: the
+// gateway that runs with it, or ran last.
+func readPid(stateDir string) (int, error) {
 	b, err := os.ReadFile(pidFile(stateDir))
 	pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || perr != nil || pid <= 0 {
-		return 0, fmt.Errorf("no gateway runs with state_dir %s (%s: %v)", stateDir, pidFile(stateDir), errors.Join(err, perr))
+		return 0, fmt.Errorf("%s: %v", pidFile(stateDir), errors.Join(err, perr))
+	}
+	return pid, nil
+}
+
+// runningGateway is the process id of the gateway that runs with this
+// state directory, or why none does.
+func runningGateway(stateDir string) (int, error) {
+	pid, err := readPid(stateDir)
+	if err != nil {
+		return 0, fmt.Errorf("no gateway runs with state_dir %s (%w)", stateDir, err)
 	}
 	// A gateway that died left its pid file; its status file then stops
 	// being written, and the pid may be another process's by now.

@@ -86,8 +86,8 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		// Two gateways started on one station file (the service, and
 		// an installer's gateway run): name the other one.
 		who := "another gateway"
-		if pid, rerr := os.ReadFile(pidFile(st.StateDir)); rerr == nil {
-			who += " (pid " + strings.TrimSpace(string(pid)) + ")"
+		if pid, perr := readPid(st.StateDir); perr == nil {
+			who += fmt.Sprintf(" (pid %d)", pid)
 		}
 		return fmt.Errorf("%s runs with state_dir %s: stop it first (sudo systemctl stop outpost), or give this station file a state_dir of its own (%w)", who, st.StateDir, err)
 	}
@@ -266,7 +266,9 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		ingest.RewriteAlarmStates()
 		writePid()
 	}
-	fwd.Go(func() { writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, board.Changed, stateDeleted, log) })
+	fwd.Go(func() {
+		writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, board.Changed, stateDeleted, log)
+	})
 	fwd.Go(func() {
 		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(prefix, st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
 	})
