@@ -312,16 +312,35 @@ func (d *binDecoder) key(prev string, first bool) string {
 // gives an error, never a panic.
 func DecodeBinary(b []byte) (Message, error) {
 	var m Message
+	err := DecodeBinaryTo(&m, b)
+	return m, err
+}
+
+// DecodeBinaryTo is DecodeBinary into m. A message with readings takes
+// them in the array of m.Readings: a loop that decodes one telemetry
+// message after another into the same m, keeping none, allocates them
+// once. On an error m is the zero Message.
+func DecodeBinaryTo(m *Message, b []byte) error {
+	if err := decodeBinary(m, b); err != nil {
+		*m = Message{}
+		return err
+	}
+	return nil
+}
+
+func decodeBinary(m *Message, b []byte) error {
+	readings := m.Readings[:0]
+	*m = Message{}
 	if len(b) == 0 {
-		return m, errors.New("binary message: empty")
+		return errors.New("binary message: empty")
 	}
 	if b[0] != BinaryVersion {
-		return m, fmt.Errorf("binary message: unknown version %d", b[0])
+		return fmt.Errorf("binary message: unknown version %d", b[0])
 	}
 	d := binDecoder{s: string(b), i: 1}
 	flags := d.byte()
 	if flags&^flagsKnown != 0 {
-		return m, fmt.Errorf("binary message: unknown flags %#x", flags)
+		return fmt.Errorf("binary message: unknown flags %#x", flags)
 	}
 	m.Historical = flags&flagHistorical != 0
 	m.Station = d.str()
@@ -342,7 +361,11 @@ func DecodeBinary(b []byte) (Message, error) {
 	if flags&flagReadings != 0 {
 		// A reading takes at least 4 bytes: signal, value tag, unit, quality.
 		n := d.count(4)
-		m.Readings = make([]Reading, n)
+		m.Readings = slices.Grow(readings, n)[:n]
+		if m.Readings == nil {
+			m.Readings = []Reading{} // empty, as written
+		}
+		clear(m.Readings)
 		for i := 0; i < n && d.err == nil; i++ {
 			r := &m.Readings[i]
 			r.Signal = d.str()
@@ -405,9 +428,9 @@ func DecodeBinary(b []byte) (Message, error) {
 		d.fail(fmt.Errorf("%d trailing bytes", len(d.s)-d.i))
 	}
 	if d.err != nil {
-		return Message{}, fmt.Errorf("binary message: at byte %d: %w", d.i, d.err)
+		return fmt.Errorf("binary message: at byte %d: %w", d.i, d.err)
 	}
-	return m, nil
+	return nil
 }
 
 func le64(s string) uint64 {

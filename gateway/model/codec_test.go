@@ -177,6 +177,34 @@ func TestBinaryEveryPrefixFails(t *testing.T) {
 	}
 }
 
+// TestDecodeBinaryToReuses: messages decoded one after another into the
+// same Message are each as DecodeBinary gives it, and a telemetry message
+// takes its readings in the array of the one before.
+func TestDecodeBinaryToReuses(t *testing.T) {
+	short := telemetry8()
+	short.Seq, short.Readings = 7, short.Readings[5:]
+	health := &Message{Device: "pm-1", Kind: KindHealth, Health: &Health{State: Online, Counters: map[string]uint64{"polls": 3}}}
+	var m Message
+	var array *Reading
+	for i, want := range []*Message{telemetry8(), short, health, {Kind: KindTelemetry, Readings: []Reading{}}, telemetry8()} {
+		if err := DecodeBinaryTo(&m, AppendBinary(nil, want)); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if !reflect.DeepEqual(&m, want) {
+			t.Fatalf("message %d decoded\n got  %#v\n want %#v", i, m, *want)
+		}
+		switch {
+		case i == 0:
+			array = &m.Readings[0]
+		case i == 1 && &m.Readings[0] != array:
+			t.Error("the second telemetry message did not reuse the first one's readings")
+		}
+	}
+	if err := DecodeBinaryTo(&m, []byte{BinaryVersion, 0xff}); err == nil || !reflect.DeepEqual(m, Message{}) {
+		t.Errorf("malformed input: err %v, message %#v; want an error and the zero Message", err, m)
+	}
+}
+
 func FuzzDecodeBinary(f *testing.F) {
 	f.Add(AppendBinary(nil, telemetry8()))
 	f.Add(AppendBinary(nil, &Message{Kind: KindEvent, Event: &Event{Kind: EventPanic, Severity: Critical, Details: map[string]string{"a": "b"}}}))
@@ -200,6 +228,13 @@ func FuzzDecodeBinary(f *testing.F) {
 		}
 		if len(m.Readings) > len(b) {
 			t.Fatalf("%d readings from %d bytes", len(m.Readings), len(b))
+		}
+		// Into a message that held another, it decodes the same.
+		reused := *telemetry8()
+		reused.Health = &Health{Reason: "stale"}
+		// (Compared encoded: a NaN is not equal to itself.)
+		if err := DecodeBinaryTo(&reused, b); err != nil || !bytes.Equal(AppendBinary(nil, &reused), b2) {
+			t.Fatalf("DecodeBinaryTo into a used message: %v\n got  %#v\n want %#v", err, reused, m)
 		}
 	})
 }

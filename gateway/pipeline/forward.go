@@ -15,10 +15,10 @@ import (
 	"outpost/gateway/uplink"
 )
 
-// Uplink sends a batch to the hub and returns nil only when the hub has
-// accepted every message of it.
+// Uplink makes the batches a forwarder sends to the hub: one for each
+// forwarder, which reuses it.
 type Uplink interface {
-	Send(ctx context.Context, msgs []model.Message) error
+	NewBatch() uplink.Batch
 }
 
 // Source is a durable queue as a Forwarder needs it.
@@ -108,20 +108,20 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	// again.
 	f.Queue.Rewind(f.Lanes...)
 	backoff := minBackoff
-	// msgs grows to the batches there are: a forwarder of 5,000-message
-	// batches at a station of a few readings a second holds a few.
-	var msgs []model.Message
 	if f.limit == 0 {
 		f.limit = f.Batch
 	}
+	out := f.Uplink.NewBatch()
+	// recs are the records in out, in order: a message the hub refuses is
+	// decoded again from its record. Valid until the batch is acknowledged.
+	var recs [][]byte
 	var batches []queue.Batch
 	var last time.Time // of the last send the hub took
+	var m model.Message
 	for {
-		// The last batch's messages are garbage: not kept alive by the
-		// slice while the next batch lingers (a second's worth for
-		// InfluxDB).
-		clear(msgs)
-		msgs = msgs[:0]
+		out.Reset()
+		clear(recs)
+		recs = recs[:0]
 		var err error
 		batches, err = f.take(ctx, batches[:0], last)
 		if err != nil {
@@ -131,36 +131,42 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			return fmt.Errorf("%s queue: %w", f.Name, err)
 		}
 		now := time.Now()
+		var over []model.Message
+		var overWhy []uplink.Rejection
 		for _, b := range batches {
 			for i, e := range b.Entries {
 				uplink.Yield(i)
-				m, err := model.DecodeBinary(e.Data)
-				if err != nil {
+				if err := f.decode(&m, e.Data, now); err != nil {
 					// The queue checks records with a CRC, so this is a record
 					// written by an incompatible version: log it and go on.
 					f.Log.Error("undecodable queue record skipped", "uplink", f.Name, "err", err)
 					continue
 				}
-				if f.HistoricalAfter > 0 && now.Sub(m.Time) > f.HistoricalAfter {
-					m.Historical = true
+				if f.Limit.TooLarge(&m) {
+					// What the hub is known not to take is set aside, not sent.
+					overWhy = append(overWhy, uplink.Rejection{Reason: fmt.Sprintf(
+						"%d bytes, over the %d bytes the hub takes (hub.mqtt.max_packet_size, or learned from the broker dropping the connection)",
+						f.Limit.Size(&m), f.Limit.Max())})
+					over = append(over, m)
+					m = model.Message{} // over keeps its readings
+					continue
 				}
-				msgs = append(msgs, m)
+				out.Add(&m)
+				recs = append(recs, e.Data)
 			}
 		}
-		if over := f.overLimit(msgs); len(over) > 0 {
-			// Set aside what the hub is known not to take, send the rest.
-			f.setAside(msgs, over)
-			msgs = without(msgs, over)
+		if len(over) > 0 {
+			f.setAside(over, overWhy)
 		}
 		sent := time.Now()
-		err = f.Uplink.Send(ctx, msgs)
-		accepted := len(msgs)
+		err = out.Send(ctx)
+		accepted := out.Len()
 		var rej *uplink.Rejected
 		switch {
 		case errors.As(err, &rej):
-			f.setAside(msgs, rej.Items)
+			f.setAside(f.refused(recs, rej.Items, now), rej.Items)
 			accepted -= len(rej.Items)
-		case err != nil && f.poisoned(err, msgs):
+		case err != nil && f.poisoned(err, recs, now):
 			accepted = 0
 		case err != nil:
 			f.failures.Add(1)
@@ -169,7 +175,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				return nil
 			}
 			f.Outage.down(err, sent)
-			f.Log.Debug("hub did not accept a batch; will retry", "forwarder", f.Name, "messages", len(msgs), "retry_in", backoff, "err", err)
+			f.Log.Debug("hub did not accept a batch; will retry", "forwarder", f.Name, "messages", out.Len(), "retry_in", backoff, "err", err)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -264,71 +270,67 @@ func (f *Forwarder) State() ForwarderState {
 	return s
 }
 
+// decode decodes a record into m, marked historical when it leaves more
+// than HistoricalAfter after its time.
+func (f *Forwarder) decode(m *model.Message, data []byte, now time.Time) error {
+	if err := model.DecodeBinaryTo(m, data); err != nil {
+		return err
+	}
+	if f.HistoricalAfter > 0 && now.Sub(m.Time) > f.HistoricalAfter {
+		m.Historical = true
+	}
+	return nil
+}
+
+// refused decodes again, from recs, the messages of items, in their order.
+func (f *Forwarder) refused(recs [][]byte, items []uplink.Rejection, now time.Time) []model.Message {
+	msgs := make([]model.Message, len(items))
+	for i, it := range items {
+		f.decode(&msgs[i], recs[it.Index], now) // decoded once already
+		items[i].Index = i
+	}
+	return msgs
+}
+
 // poisoned says whether a failed batch is one message the hub will not
 // take: the hub dropped the connection while it was sent alone, time after
 // time. That message is set aside and the batch counts as done. Batches
 // that keep meeting dropped connections are halved until one is alone.
-func (f *Forwarder) poisoned(err error, msgs []model.Message) bool {
+func (f *Forwarder) poisoned(err error, recs [][]byte, now time.Time) bool {
 	if !errors.Is(err, uplink.ErrDropped) {
 		return false
 	}
 	f.drops++
 	switch {
-	case len(msgs) > 1 && f.drops >= dropsToHalve:
+	case len(recs) > 1 && f.drops >= dropsToHalve:
 		// One at a time: the messages before the one at fault go
 		// through, and it is found in dropsToQuarantine more tries.
 		f.limit, f.drops = 1, 0
 		f.Log.Warn("the hub keeps dropping the connection during a batch; sending one message at a time to find the one at fault",
-			"forwarder", f.Name, "batch", len(msgs))
-	case len(msgs) == 1 && f.drops >= dropsToQuarantine:
+			"forwarder", f.Name, "batch", len(recs))
+	case len(recs) == 1 && f.drops >= dropsToQuarantine:
 		f.drops = 0
 		reason := fmt.Sprintf("the hub dropped the connection each of the %d times this message was sent alone: it may exceed the broker's packet size limit or be denied by its ACL", dropsToQuarantine)
+		items := []uplink.Rejection{{Index: 0, Reason: reason}}
+		msgs := f.refused(recs, items, now)
 		if f.Limit != nil {
 			limit := f.Limit.learn(&msgs[0])
-			reason += fmt.Sprintf("; from now on messages over %d bytes are split (telemetry) or set aside (set hub.mqtt.max_packet_size to the broker's limit)", limit)
+			items[0].Reason += fmt.Sprintf("; from now on messages over %d bytes are split (telemetry) or set aside (set hub.mqtt.max_packet_size to the broker's limit)", limit)
 		}
-		f.setAside(msgs, []uplink.Rejection{{Index: 0, Reason: reason}})
+		f.setAside(msgs, items)
 		return true
 	}
 	return false
 }
 
-// overLimit lists the messages over the hub's known size limit.
-func (f *Forwarder) overLimit(msgs []model.Message) []uplink.Rejection {
-	var over []uplink.Rejection
-	for i := range msgs {
-		if f.Limit.TooLarge(&msgs[i]) {
-			over = append(over, uplink.Rejection{Index: i, Reason: fmt.Sprintf(
-				"%d bytes, over the %d bytes the hub takes (hub.mqtt.max_packet_size, or learned from the broker dropping the connection)",
-				f.Limit.Size(&msgs[i]), f.Limit.Max())})
-		}
-	}
-	return over
-}
-
-// without returns msgs without those listed, in order, in msgs' array;
-// the slots past the kept ones are cleared, so that they hold no message.
-func without(msgs []model.Message, out []uplink.Rejection) []model.Message {
-	kept := msgs[:0]
-	j := 0
-	for i := range msgs {
-		if j < len(out) && out[j].Index == i {
-			j++
-			continue
-		}
-		kept = append(kept, msgs[i])
-	}
-	clear(msgs[len(kept):])
-	return kept
-}
-
 // setAside moves messages the hub refused for good to the dead letters,
-// and tells the hub with one messages_rejected event.
+// and tells the hub with one messages_rejected event. items[i] says why
+// msgs[i] was refused.
 func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 	path := ""
 	kept, readings := 0, 0
-	for _, it := range items {
-		m := &msgs[it.Index]
+	for i, it := range items {
+		m := &msgs[i]
 		readings += m.Values()
 		p, err := f.DeadLetters.Put(f.UplinkName, m, it.Reason, it.Payload)
 		path = p
@@ -338,7 +340,7 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 		}
 		kept++
 	}
-	first := &msgs[items[0].Index]
+	first := &msgs[0]
 	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
 		"messages", len(items), "first", first.ID(), "reason", items[0].Reason, "file", path)
 	if first.Device == model.GatewayDevice && first.Event != nil && first.Event.Kind == model.EventRejected {

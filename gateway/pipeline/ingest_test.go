@@ -15,6 +15,7 @@ import (
 	"outpost/configs"
 	"outpost/gateway/model"
 	"outpost/gateway/queue"
+	"outpost/gateway/uplink"
 )
 
 // recorder is an in-memory Appender for unit tests of the ingest stage.
@@ -175,6 +176,24 @@ type flaky struct {
 	got   [][]model.Message
 	sent  chan struct{}
 }
+
+func (f *flaky) NewBatch() uplink.Batch { return &decoded{send: f.Send} }
+
+// decoded is the batch of the fake uplinks: its messages as decoded.
+type decoded struct {
+	msgs []model.Message
+	send func(context.Context, []model.Message) error
+}
+
+func (b *decoded) Add(m *model.Message) {
+	c := *m
+	c.Readings = slices.Clone(m.Readings) // the forwarder reuses them
+	b.msgs = append(b.msgs, c)
+}
+
+func (b *decoded) Len() int                       { return len(b.msgs) }
+func (b *decoded) Send(ctx context.Context) error { return b.send(ctx, b.msgs) }
+func (b *decoded) Reset()                         { b.msgs = nil }
 
 func (f *flaky) Send(ctx context.Context, msgs []model.Message) error {
 	f.mu.Lock()

@@ -30,6 +30,8 @@ type refuses struct {
 	got []string
 }
 
+func (r *refuses) NewBatch() uplink.Batch { return &decoded{send: r.Send} }
+
 func (r *refuses) Send(_ context.Context, msgs []model.Message) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -5,6 +5,7 @@
 package influx
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -52,11 +53,49 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 	return &Uplink{cfg: cfg, log: log, client: client, writer: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
 }
 
-// Send writes msgs as points, BatchSize points per request, in order. It
-// returns nil only when every request was accepted; on an error some
-// earlier requests may have been written, which is harmless: a point is
-// identified by measurement, tags and time, so writing it again
-// overwrites it with the same fields.
+// Send writes msgs as one batch (see Batch).
+func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
+	b := u.NewBatch()
+	for i := range msgs {
+		b.Add(&msgs[i])
+	}
+	return b.Send(ctx)
+}
+
+// NewBatch returns an empty batch of points. The forwarders of both lanes
+// send at once: one batch each.
+func (u *Uplink) NewBatch() uplink.Batch { return &batch{u: u} }
+
+// batch holds its messages as line protocol, each line with its newline.
+type batch struct {
+	u    *Uplink
+	buf  []byte
+	ends []int // ends[i] is the end of message i's line in buf
+}
+
+func (b *batch) Add(m *model.Message) {
+	b.buf = append(AppendLine(b.buf, m), '\n')
+	b.ends = append(b.ends, len(b.buf))
+}
+
+func (b *batch) Len() int { return len(b.ends) }
+
+func (b *batch) Reset() { b.buf, b.ends = b.buf[:0], b.ends[:0] }
+
+// lines is messages lo to hi-1 as one request's body.
+func (b *batch) lines(lo, hi int) []byte {
+	start := 0
+	if lo > 0 {
+		start = b.ends[lo-1]
+	}
+	return b.buf[start:b.ends[hi-1]]
+}
+
+// Send writes the points, BatchSize per request, in order. It returns nil
+// only when every request was accepted; on an error some earlier requests
+// may have been written, which is harmless: a point is identified by
+// measurement, tags and time, so writing it again overwrites it with the
+// same fields.
 //
 // A request InfluxDB refuses for good (400 bad request, such as a field
 // type conflict after a template changed; 413 too large; 422 unprocessable)
@@ -64,11 +103,10 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 // found, the others are written, and Send returns an *uplink.Rejected that
 // lists those with InfluxDB's reason. Any other failure (the server away,
 // 401, 404, 429, 5xx) fails the batch, to be sent again.
-func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
+func (b *batch) Send(ctx context.Context) error {
 	var rejected []uplink.Rejection
-	var buf []byte // the forwarders of both lanes send at once: one buffer each
-	for start := 0; start < len(msgs); start += u.batch {
-		if err := u.write(ctx, msgs, start, min(start+u.batch, len(msgs)), &buf, &rejected); err != nil {
+	for start := 0; start < b.Len(); start += b.u.batch {
+		if err := b.write(ctx, start, min(start+b.u.batch, b.Len()), &rejected); err != nil {
 			return err
 		}
 	}
@@ -78,19 +116,12 @@ func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
 	return nil
 }
 
-// write writes msgs[lo:hi] in one request, splitting it as Send says when
-// InfluxDB refuses it for good.
-func (u *Uplink) write(ctx context.Context, msgs []model.Message, lo, hi int, buf *[]byte, rejected *[]uplink.Rejection) error {
-	b := (*buf)[:0]
-	for i := lo; i < hi; i++ {
-		if i > lo {
-			b = append(b, '\n')
-		}
-		uplink.Yield(i)
-		b = AppendLine(b, &msgs[i])
-	}
-	*buf = b
-	err := u.writer.WriteRecord(ctx, string(b))
+// write writes messages lo to hi-1 in one request, splitting it as Send
+// says when InfluxDB refuses it for good.
+func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Rejection) error {
+	u := b.u
+	body := b.lines(lo, hi)
+	err := u.writer.WriteRecord(ctx, string(body))
 	if err == nil {
 		return nil
 	}
@@ -105,14 +136,15 @@ func (u *Uplink) write(ctx context.Context, msgs []model.Message, lo, hi int, bu
 		return fmt.Errorf("influx uplink: write %d points to %s (bucket %s): %w", hi-lo, configs.Redact(u.cfg.URL), u.cfg.Bucket, err)
 	}
 	if hi-lo == 1 {
-		*rejected = append(*rejected, uplink.Rejection{Index: lo, Reason: fmt.Sprintf("InfluxDB %d: %s", he.StatusCode, he.Error()), Payload: slices.Clone(b)})
+		line := bytes.TrimSuffix(body, []byte("\n"))
+		*rejected = append(*rejected, uplink.Rejection{Index: lo, Reason: fmt.Sprintf("InfluxDB %d: %s", he.StatusCode, he.Error()), Payload: slices.Clone(line)})
 		return nil
 	}
 	mid := (lo + hi) / 2
-	if err := u.write(ctx, msgs, lo, mid, buf, rejected); err != nil {
+	if err := b.write(ctx, lo, mid, rejected); err != nil {
 		return err
 	}
-	return u.write(ctx, msgs, mid, hi, buf, rejected)
+	return b.write(ctx, mid, hi, rejected)
 }
 
 // permanent says whether InfluxDB refuses a request for what it holds, so

@@ -112,8 +112,6 @@ type Uplink struct {
 	// is closed, before paho can complete any token because of it.
 	cur    atomic.Pointer[link]
 	nlinks atomic.Uint64
-
-	pool sync.Pool // *[]byte payload arenas of successful batches
 }
 
 // link is one network connection to the broker.
@@ -697,16 +695,63 @@ func (u *Uplink) conn() (paho.Client, *link) {
 	return c, l
 }
 
-// Send publishes msgs with QoS 1 (not retained), each on its Topic, all at
-// once, then waits for every acknowledgement. It returns nil only if the
-// broker acknowledged every message on one unbroken connection; a batch
-// that spans a connection loss fails as a whole (some messages may have
-// arrived: the hub drops duplicates by station/device/seq). Without a
-// connection it fails at once with ErrNotConnected.
+// Send publishes msgs as one batch (see NewBatch).
 func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
-	if len(msgs) == 0 {
+	b := u.NewBatch()
+	for i := range msgs {
+		b.Add(&msgs[i])
+	}
+	return b.Send(ctx)
+}
+
+// NewBatch returns an empty batch of messages to publish with QoS 1 (not
+// retained), each on its Topic.
+func (u *Uplink) NewBatch() uplink.Batch { return &batch{u: u} }
+
+// batch holds its messages as the payloads and topics of their PUBLISH
+// packets.
+type batch struct {
+	u    *Uplink
+	buf  []byte // the JSON payloads, one after another
+	pubs []outgoing
+	// failed: the last Send failed, and paho may still hold its payloads
+	// to send them again after a reconnect, so buf is not reused.
+	failed bool
+}
+
+type outgoing struct {
+	topic string
+	seq   uint64
+	end   int // of the payload in buf
+}
+
+func (b *batch) Add(m *model.Message) {
+	if b.failed {
+		b.buf, b.failed = nil, false
+	}
+	b.buf = model.AppendJSON(b.buf, m)
+	b.pubs = append(b.pubs, outgoing{Topic(b.u.prefix, m), m.Seq, len(b.buf)})
+}
+
+func (b *batch) Len() int { return len(b.pubs) }
+
+func (b *batch) Reset() {
+	b.buf = b.buf[:0]
+	clear(b.pubs) // the topics
+	b.pubs = b.pubs[:0]
+}
+
+// Send publishes the messages all at once, then waits for every
+// acknowledgement. It returns nil only if the broker acknowledged every
+// message on one unbroken connection; a batch that spans a connection loss
+// fails as a whole (some messages may have arrived: the hub drops
+// duplicates by station/device/seq). Without a connection it fails at once
+// with ErrNotConnected.
+func (b *batch) Send(ctx context.Context) error {
+	if len(b.pubs) == 0 {
 		return nil
 	}
+	u := b.u
 	c, l := u.conn()
 	if c == nil {
 		return ErrNotConnected
@@ -715,30 +760,29 @@ func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
 		l.shared.Store(true)
 	}
 	defer l.sends.Add(-1)
-	arena := u.arena()
-	buf := (*arena)[:0]
-	tokens := make([]paho.Token, len(msgs))
-	for i := range msgs {
+	b.failed = true // until every message is acknowledged
+	tokens := make([]paho.Token, len(b.pubs))
+	start := 0
+	for i, p := range b.pubs {
 		if !l.alive() {
-			return lost(l, "published", i, len(msgs))
+			return lost(l, "published", i, len(b.pubs))
 		}
 		uplink.Yield(i)
-		start := len(buf)
-		buf = model.AppendJSON(buf, &msgs[i])
-		// A full slice expression: later appends never write into it, even
-		// when buf moves to a larger array and this payload stays behind.
-		tokens[i] = c.Publish(Topic(u.prefix, &msgs[i]), 1, false, buf[start:len(buf):len(buf)])
+		// A full slice expression: a later batch's appends never write
+		// into it.
+		tokens[i] = c.Publish(p.topic, 1, false, b.buf[start:p.end:p.end])
+		start = p.end
 	}
 	for i, tok := range tokens {
 		select {
 		case <-tok.Done():
 		case <-l.lost:
-			return lost(l, "acknowledged", i, len(msgs))
+			return lost(l, "acknowledged", i, len(b.pubs))
 		case <-ctx.Done():
-			return fmt.Errorf("mqtt uplink: %w (%d of %d acknowledged)", ctx.Err(), i, len(msgs))
+			return fmt.Errorf("mqtt uplink: %w (%d of %d acknowledged)", ctx.Err(), i, len(b.pubs))
 		}
 		if err := tok.Error(); err != nil {
-			return fmt.Errorf("mqtt uplink: publish %s: %w", msgs[i].ID(), err)
+			return fmt.Errorf("mqtt uplink: publish %s (seq %d): %w", b.pubs[i].topic, b.pubs[i].seq, err)
 		}
 	}
 	// paho may complete a token with a nil error after a reconnect although
@@ -747,8 +791,7 @@ func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
 	if u.cur.Load() != l || !l.alive() {
 		return errLinkChanged
 	}
-	*arena = buf
-	u.pool.Put(arena)
+	b.failed = false
 	return nil
 }
 
@@ -769,14 +812,6 @@ func (u *Uplink) Retain(ctx context.Context, topic string, payload []byte) error
 	case <-ctx.Done():
 		return fmt.Errorf("mqtt uplink: %s: %w", topic, ctx.Err())
 	}
-}
-
-func (u *Uplink) arena() *[]byte {
-	if a, ok := u.pool.Get().(*[]byte); ok {
-		return a
-	}
-	b := make([]byte, 0, 64<<10)
-	return &b
 }
 
 // Close publishes the offline status (retained; on the main connection),
