@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -177,6 +178,9 @@ type poller struct {
 	emit drivers.Emit
 	log  *slog.Logger
 	now  func() time.Time
+	// readings is read's, reused: a poller runs one poll at a time, and
+	// a poll's message takes copies.
+	readings []stamped
 }
 
 // every is the device's poll interval.
@@ -258,7 +262,8 @@ func (p *poller) poll(ctx context.Context, s bus.Slot) time.Duration {
 func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration, first bus.Attempt) ([]stamped, bus.Result) {
 	d := p.dev
 	regs := d.tmpl.Registers
-	readings := make([]stamped, len(regs))
+	readings := slices.Grow(p.readings[:0], len(regs))[:len(regs)]
+	p.readings = readings
 	for i := range regs {
 		readings[i] = stamped{Reading: model.Reading{Signal: regs[i].Signal, Unit: regs[i].Unit, Quality: model.Bad}}
 	}
