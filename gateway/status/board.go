@@ -48,6 +48,10 @@ type Value struct {
 	Unit    string        `json:"unit,omitempty"`
 	Quality model.Quality `json:"quality"`
 	Time    time.Time     `json:"time"`
+	// raw is the reading's value; Value is written from it only in the
+	// copies Devices returns: a station at load sees thousands of
+	// readings a second, and is looked at every few seconds.
+	raw model.Value
 }
 
 // Unknown is a device's state before its driver first reports it.
@@ -114,15 +118,15 @@ func (b *Board) Saw(m model.Message) {
 			d.Counters = map[string]uint64{}
 		}
 	case model.KindTelemetry:
-		for _, r := range m.Readings {
-			v := Value{Signal: r.Signal, Unit: r.Unit, Quality: model.WireQuality(&r), Time: m.Time.UTC()}
-			if !r.Value.IsZero() {
-				v.Value = r.Value.String()
-			}
+		for j, r := range m.Readings {
+			v := Value{Signal: r.Signal, Unit: r.Unit, Quality: model.WireQuality(&r), Time: m.Time.UTC(), raw: r.Value}
 			if v.Quality == model.Good {
 				d.LastSeen = v.Time
 			}
-			i := slices.IndexFunc(d.Values, func(x Value) bool { return x.Signal == r.Signal })
+			i := j // a device's messages name its signals in the same order
+			if i >= len(d.Values) || d.Values[i].Signal != r.Signal {
+				i = slices.IndexFunc(d.Values, func(x Value) bool { return x.Signal == r.Signal })
+			}
 			if i < 0 {
 				d.Values = append(d.Values, v)
 			} else {
@@ -141,6 +145,11 @@ func (b *Board) Devices() []Device {
 		out[i] = *d
 		out[i].Counters = maps.Clone(d.Counters)
 		out[i].Values = slices.Clone(d.Values)
+		for j, v := range out[i].Values {
+			if !v.raw.IsZero() {
+				out[i].Values[j].Value = v.raw.String()
+			}
+		}
 	}
 	return out
 }

@@ -31,7 +31,7 @@ func TestBoard(t *testing.T) {
 	changed := b.Changed()
 	b.Saw(model.Message{Device: "th-1", Kind: model.KindTelemetry, Time: at(1), Readings: []model.Reading{
 		{Signal: "temperature", Value: model.Number(23.4), Unit: "°C", Quality: model.Good},
-		{Signal: "humidity", Quality: model.Bad},
+		{Signal: "humidity", Value: model.Number(41.5), Unit: "%", Quality: model.Good},
 	}})
 	select {
 	case <-changed:
@@ -59,10 +59,10 @@ func TestBoard(t *testing.T) {
 	}
 	want := []Value{
 		{Signal: "temperature", Value: "", Quality: model.Bad, Time: at(6)},
-		{Signal: "humidity", Value: "", Quality: model.Bad, Time: at(1)},
+		{Signal: "humidity", Value: "41.5", Unit: "%", Quality: model.Good, Time: at(1)},
 	}
-	if len(th.Values) != 2 || th.Values[0].Signal != want[0].Signal || th.Values[0].Quality != model.Bad || !th.Values[0].Time.Equal(at(6)) ||
-		th.Values[1].Signal != "humidity" || th.Values[1].Quality != model.Bad {
+	if len(th.Values) != 2 || th.Values[0].Signal != want[0].Signal || th.Values[0].Value != "" || th.Values[0].Quality != model.Bad || !th.Values[0].Time.Equal(at(6)) ||
+		th.Values[1].Signal != "humidity" || th.Values[1].Value != "41.5" || th.Values[1].Quality != model.Good {
 		t.Errorf("th-1 values %+v, want %+v", th.Values, want)
 	}
 	if door.State != Unknown || !door.Since.Equal(t0) || !door.LastSeen.IsZero() {
