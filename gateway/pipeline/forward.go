@@ -287,7 +287,6 @@ func (f *Forwarder) refused(recs [][]byte, items []uplink.Rejection, now time.Ti
 	msgs := make([]model.Message, len(items))
 	for i, it := range items {
 		f.decode(&msgs[i], recs[it.Index], now) // decoded once already
-		items[i].Index = i
 	}
 	return msgs
 }

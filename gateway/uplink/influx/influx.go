@@ -80,7 +80,7 @@ func (b *batch) Add(m *model.Message) {
 
 func (b *batch) Len() int { return len(b.ends) }
 
-func (b *batch) Reset() { b.buf, b.ends = b.buf[:0], b.ends[:0] }
+func (b *batch) Reset() { b.buf, b.ends = uplink.Emptied(b.buf), uplink.Emptied(b.ends) }
 
 // lines is messages lo to hi-1 as one request's body.
 func (b *batch) lines(lo, hi int) []byte {

@@ -736,9 +736,8 @@ func (b *batch) Add(m *model.Message) {
 func (b *batch) Len() int { return len(b.pubs) }
 
 func (b *batch) Reset() {
-	b.buf = b.buf[:0]
 	clear(b.pubs) // the topics
-	b.pubs = b.pubs[:0]
+	b.buf, b.pubs = uplink.Emptied(b.buf), uplink.Emptied(b.pubs)
 }
 
 // Send publishes the messages all at once, then waits for every
