@@ -342,6 +342,9 @@ func TestSendRejected(t *testing.T) {
 		if !strings.Contains(it.Reason, "InfluxDB 400") || !strings.Contains(it.Reason, "field type conflict") {
 			t.Errorf("reason %q lacks InfluxDB's status and cause", it.Reason)
 		}
+		if want := AppendLine(nil, &batch[it.Index]); string(it.Payload) != string(want) {
+			t.Errorf("payload of the refused point %q, want its line %q", it.Payload, want)
+		}
 	}
 	if n, err := in.Count(ctx, "power_meter"); err != nil || n != 9 {
 		t.Fatalf("points in InfluxDB = %d, %v; want 9 (the first and 8 of the batch)", n, err)
