@@ -32,6 +32,14 @@ type Batch interface {
 	Reset()
 }
 
+// SendAll adds msgs to the empty batch b and sends it.
+func SendAll(ctx context.Context, b Batch, msgs []model.Message) error {
+	for i := range msgs {
+		b.Add(&msgs[i])
+	}
+	return b.Send(ctx)
+}
+
 // Emptied returns buf emptied for a batch's next use, or nil when the
 // last use took under a quarter of a large array: a forwarder keeps the
 // array that batches at load grew to only while such batches come.

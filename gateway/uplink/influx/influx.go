@@ -53,13 +53,9 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 	return &Uplink{cfg: cfg, log: log, client: client, writer: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
 }
 
-// Send writes msgs as one batch (see Batch).
+// Send writes msgs as one batch (see batch.Send).
 func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
-	b := u.NewBatch()
-	for i := range msgs {
-		b.Add(&msgs[i])
-	}
-	return b.Send(ctx)
+	return uplink.SendAll(ctx, u.NewBatch(), msgs)
 }
 
 // NewBatch returns an empty batch of points. The forwarders of both lanes

@@ -695,13 +695,9 @@ func (u *Uplink) conn() (paho.Client, *link) {
 	return c, l
 }
 
-// Send publishes msgs as one batch (see NewBatch).
+// Send publishes msgs as one batch (see batch.Send).
 func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
-	b := u.NewBatch()
-	for i := range msgs {
-		b.Add(&msgs[i])
-	}
-	return b.Send(ctx)
+	return uplink.SendAll(ctx, u.NewBatch(), msgs)
 }
 
 // NewBatch returns an empty batch of messages to publish with QoS 1 (not
