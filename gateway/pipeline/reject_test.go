@@ -166,7 +166,7 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 	defer q2.Close()
 	for i, d := range []string{"a", "b", "big", "c", "big", "d", "e"} {
 		msg := model.Message{Station: "s", StationType: model.SafetyPost, Device: d, DeviceKind: "k", Seq: uint64(i + 1),
-			Kind: model.KindTelemetry, Time: time.Now().UTC()}
+			Kind: model.KindTelemetry, Time: time.Now().UTC(), Readings: []model.Reading{{Signal: "n", Value: model.Number(float64(i)), Quality: model.Good}}}
 		if d == "big" {
 			msg.Readings = []model.Reading{{Signal: "text", Value: model.String(strings.Repeat("x", 5000)), Quality: model.Good}}
 		}
@@ -197,8 +197,9 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 		t.Fatalf("%d dead letters, want 2", len(dl))
 	}
 	for i, seq := range []uint64{3, 5} {
-		if msg, err := model.ParseJSON(dl[i].Message); err != nil || msg.Device != "big" || msg.Seq != seq {
-			t.Errorf("dead letter %d: %s (%v), want the message big/%d", i, dl[i].Message, err, seq)
+		msg, err := model.ParseJSON(dl[i].Message)
+		if err != nil || msg.Device != "big" || msg.Seq != seq || len(msg.Readings) != 1 || msg.Readings[0].Value != model.String(strings.Repeat("x", 5000)) {
+			t.Errorf("dead letter %d: %.200s (%v), want the message big/%d, its text whole", i, dl[i].Message, err, seq)
 		}
 	}
 	if !strings.Contains(dl[1].Reason, "bytes, over the") {
