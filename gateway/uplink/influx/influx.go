@@ -117,6 +117,8 @@ func (b *batch) Send(ctx context.Context) error {
 func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Rejection) error {
 	u := b.u
 	body := b.lines(lo, hi)
+	// A copy: net/http may still read a request's body after the request
+	// failed (a timeout), and the batch's array is the next batch's.
 	err := u.writer.WriteRecord(ctx, string(body))
 	if err == nil {
 		return nil
