@@ -143,7 +143,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 					continue
 				}
 				if f.Limit.TooLarge(&m) {
-					// What the hub is known not to take is set aside, not sent.
+					// What the hub is known not to take is not sent, and set
+					// aside once the batch is done.
 					overWhy = append(overWhy, uplink.Rejection{Reason: fmt.Sprintf(
 						"%d bytes, over the %d bytes the hub takes (hub.mqtt.max_packet_size, or learned from the broker dropping the connection)",
 						f.Limit.Size(&m), f.Limit.Max())})
@@ -154,9 +155,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				out.Add(&m)
 				recs = append(recs, e.Data)
 			}
-		}
-		if len(over) > 0 {
-			f.setAside(over, overWhy)
 		}
 		sent := time.Now()
 		err = out.Send(ctx)
@@ -185,6 +183,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			continue
 		default:
 			f.drops, f.limit = 0, min(2*f.limit, f.Batch)
+		}
+		if len(over) > 0 {
+			// Not before: a batch that fails comes again, with them.
+			f.setAside(over, overWhy)
 		}
 		backoff = minBackoff
 		last = time.Now()

@@ -137,6 +137,41 @@ func TestRejectedSetAside(t *testing.T) {
 	}
 }
 
+// TestOverLimitSetAsideOnce: a queued message over the hub's known size
+// limit is set aside once, with one event, however many times the hub is
+// away when its batch is sent; the others are delivered when it is back.
+func TestOverLimitSetAsideOnce(t *testing.T) {
+	q := queued(t, "a", "big", "c")
+	up := &flaky{fails: 3, sent: make(chan struct{}, 10)}
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	dir := t.TempDir()
+	size := func(m *model.Message) int {
+		if m.Device == "big" {
+			return 2000
+		}
+		return 100
+	}
+	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, UplinkName: "mqtt", Batch: 10,
+		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Limit: NewSizeLimit(size, 1024), Log: slog.New(slog.DiscardHandler)}
+	runUntilDrained(t, f, q)
+	var got []string
+	for _, b := range up.got {
+		for _, m := range b {
+			got = append(got, m.ID())
+		}
+	}
+	if strings.Join(got, " ") != "s/a/1 s/c/3" {
+		t.Errorf("delivered %v, want s/a/1 s/c/3", got)
+	}
+	if dl := readDeadLetters(t, filepath.Join(dir, "mqtt.jsonl")); len(dl) != 1 {
+		t.Errorf("%d dead letters, want 1 (the hub was away for 3 sends of its batch)", len(dl))
+	}
+	if len(rec.msgs) != 1 || rec.msgs[0].Event.Kind != model.EventRejected {
+		t.Errorf("reported %d messages, want one messages_rejected event", len(rec.msgs))
+	}
+}
+
 // TestPoisonMessageQuarantined: a real Mosquitto that takes packets of at
 // most 2000 bytes drops the connection whenever the gateway publishes a
 // larger one. The forwarder finds that message, sets it aside and tells the
