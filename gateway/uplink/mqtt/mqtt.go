@@ -763,8 +763,9 @@ func (b *batch) Send(ctx context.Context) error {
 			return lost(l, "published", i, len(b.pubs))
 		}
 		uplink.Yield(i)
-		// A full slice expression: a later batch's appends never write
-		// into it.
+		// The payload is a slice of buf, which the next batch writes over
+		// only once this one was acknowledged in full (see failed); capped,
+		// so that nothing appended to it reaches the next payload.
 		tokens[i] = c.Publish(p.topic, 1, false, b.buf[start:p.end:p.end])
 		start = p.end
 	}
