@@ -95,10 +95,10 @@ func (w Window) Contains(t, now time.Time) bool {
 	return !t.Before(now.Add(-w.Past)) && !t.After(now.Add(w.Future))
 }
 
-// Check checks the link's settings.
 // ListenAddr is where the receiver listens.
 func (l *Link) ListenAddr() string { return l.Listen }
 
+// Check checks the link's settings.
 func (l *Link) Check(p configs.Problems) {
 	if _, port, err := net.SplitHostPort(l.Listen); err != nil || port == "" {
 		p.Errorf("listen", "%q is not host:port (e.g. 0.0.0.0:7000)", l.Listen)

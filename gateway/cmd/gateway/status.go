@@ -168,15 +168,23 @@ func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, 
 		case <-t.C:
 		case <-now:
 		case <-ch:
-			// Changes that come together (the devices of a port that
-			// failed) are written together.
-			select {
-			case <-ctx.Done():
+			if !calm(ctx) {
 				write()
 				return
-			case <-time.After(snapshotCalm):
 			}
 		}
+	}
+}
+
+// calm waits snapshotCalm after a device's state changed, so that changes
+// that come together (the devices of a port that failed) go together. It
+// says false when ctx ended first.
+func calm(ctx context.Context) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(snapshotCalm):
+		return true
 	}
 }
 
@@ -207,10 +215,8 @@ func publishSnapshots(ctx context.Context, hub retainer, topic string, snap func
 			return
 		case <-time.After(wait):
 		case <-ch:
-			select {
-			case <-ctx.Done():
+			if !calm(ctx) {
 				return
-			case <-time.After(snapshotCalm):
 			}
 		}
 		b, err := json.Marshal(snap())
