@@ -21,6 +21,12 @@ type Uplink interface {
 	NewBatch() uplink.Batch
 }
 
+// Learner learns that the hub will not take a message of m's size, and
+// returns the largest size it takes from now on.
+type Learner interface {
+	Learn(m *model.Message) int
+}
+
 // Source is a durable queue as a Forwarder needs it.
 type Source interface {
 	Next(ctx context.Context, max int, lanes ...queue.Lane) (queue.Batch, error)
@@ -70,9 +76,10 @@ type Forwarder struct {
 	// Report tells the hub what the forwarder had to do (a restart, a
 	// message set aside): Ingest.Emit.
 	Report func(model.Message) error
-	// Limit, when set, is the largest message the hub takes; a message the
-	// hub drops the connection on lowers it (see SizeLimit).
-	Limit *SizeLimit
+	// Limit, when set, learns the largest message the hub takes from a
+	// message it drops the connection on, time after time
+	// (mqtt.PacketLimit): the uplink refuses larger ones from then on.
+	Limit Learner
 	Log   *slog.Logger
 
 	failures  atomic.Uint64 // sends the hub did not accept
@@ -131,8 +138,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			return fmt.Errorf("%s queue: %w", f.Name, err)
 		}
 		now := time.Now()
-		var over []model.Message
-		var overWhy []uplink.Rejection
 		for _, b := range batches {
 			for i, e := range b.Entries {
 				uplink.Yield(i)
@@ -140,16 +145,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 					// The queue checks records with a CRC, so this is a record
 					// written by an incompatible version: log it and go on.
 					f.Log.Error("undecodable queue record skipped", "uplink", f.Name, "err", err)
-					continue
-				}
-				if f.Limit.TooLarge(&m) {
-					// What the hub is known not to take is not sent, and set
-					// aside once the batch is done.
-					overWhy = append(overWhy, uplink.Rejection{Reason: fmt.Sprintf(
-						"%d bytes, over the %d bytes the hub takes (hub.mqtt.max_packet_size, or learned from the broker dropping the connection)",
-						f.Limit.Size(&m), f.Limit.Max())})
-					over = append(over, m)
-					m = model.Message{} // over keeps its readings
 					continue
 				}
 				out.Add(&m)
@@ -183,10 +178,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			continue
 		default:
 			f.drops, f.limit = 0, min(2*f.limit, f.Batch)
-		}
-		if len(over) > 0 {
-			// Not before: a batch that fails comes again, with them.
-			f.setAside(over, overWhy)
 		}
 		backoff = minBackoff
 		last = time.Now()
@@ -315,7 +306,7 @@ func (f *Forwarder) poisoned(err error, recs [][]byte, now time.Time) bool {
 		items := []uplink.Rejection{{Index: 0, Reason: reason}}
 		msgs := f.refused(recs, items, now)
 		if f.Limit != nil {
-			limit := f.Limit.learn(&msgs[0])
+			limit := f.Limit.Learn(&msgs[0])
 			items[0].Reason += fmt.Sprintf("; from now on messages over %d bytes are split (telemetry) or set aside (set hub.mqtt.max_packet_size to the broker's limit)", limit)
 		}
 		f.setAside(msgs, items)

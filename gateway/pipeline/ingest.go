@@ -49,9 +49,9 @@ type Ingest struct {
 	now     func() time.Time
 
 	// Limit, when set, is the largest message the hub takes (the broker's
-	// packet limit): telemetry over it is split by readings into messages
-	// that fit, each with its own sequence number.
-	Limit *SizeLimit
+	// packet limit, mqtt.PacketLimit): telemetry over it is split by
+	// readings into messages that fit, each with its own sequence number.
+	Limit interface{ TooLarge(m *model.Message) bool }
 	// Seen, when set, is shown every message a driver emits, stamped, in
 	// each device's order (the status board).
 	Seen func(model.Message)
@@ -339,7 +339,7 @@ func (d *devIngest) derive(m *model.Message) []model.Message {
 
 func (in *Ingest) queue(d *devIngest, m model.Message) error {
 	m.Station, m.StationType = in.station.ID, in.station.Type
-	if m.Kind == model.KindTelemetry && len(m.Readings) > 1 && in.Limit.TooLarge(&m) {
+	if m.Kind == model.KindTelemetry && len(m.Readings) > 1 && in.Limit != nil && in.Limit.TooLarge(&m) {
 		// Two messages, each with a sequence number of its own.
 		half := len(m.Readings) / 2
 		a, b := m, m

@@ -332,7 +332,7 @@ func TestIngestSharesFsyncs(t *testing.T) {
 func TestIngestSplitsLargeTelemetry(t *testing.T) {
 	rec := &recorder{}
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
-	in.Limit = NewSizeLimit(func(m *model.Message) int { return len(m.Readings) }, 3)
+	in.Limit = readingsOver(3)
 	var rs []model.Reading
 	for i := range 10 {
 		rs = append(rs, model.Reading{Signal: fmt.Sprint("s", i), Value: model.Number(float64(i)), Quality: model.Good})
@@ -351,6 +351,11 @@ func TestIngestSplitsLargeTelemetry(t *testing.T) {
 		t.Errorf("queued %v\nwant   %s", got, want)
 	}
 }
+
+// readingsOver is a limit of messages of at most so many readings.
+type readingsOver int
+
+func (n readingsOver) TooLarge(m *model.Message) bool { return len(m.Readings) > int(n) }
 
 // TestForwarderLingers: with a shallow queue, a forwarder with a linger
 // sends what came meanwhile in one batch, not a batch per message.

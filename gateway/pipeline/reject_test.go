@@ -49,6 +49,9 @@ func (r *refuses) Send(_ context.Context, msgs []model.Message) error {
 	return nil
 }
 
+// queued returns a queue of one telemetry message of each device, with
+// sequence numbers from 1: a reading of its number, or, for device "big",
+// a text of 5000 bytes.
 func queued(t *testing.T, devices ...string) *queue.Queue {
 	t.Helper()
 	q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
@@ -58,11 +61,18 @@ func queued(t *testing.T, devices ...string) *queue.Queue {
 	t.Cleanup(func() { q.Close() })
 	for i, d := range devices {
 		m := model.Message{Station: "s", StationType: model.SafetyPost, Device: d, DeviceKind: "k", Seq: uint64(i + 1),
-			Kind: model.KindTelemetry, Time: time.Now().UTC()}
-		q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m)})
+			Kind: model.KindTelemetry, Time: time.Now().UTC(), Readings: []model.Reading{{Signal: "n", Value: model.Number(float64(i)), Quality: model.Good}}}
+		if d == "big" {
+			m.Readings = []model.Reading{{Signal: "text", Value: model.String(bigText), Quality: model.Good}}
+		}
+		if err := q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m)}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return q
 }
+
+var bigText = strings.Repeat("x", 5000)
 
 // readDeadLetters returns the lines of an uplink's dead-letter file.
 func readDeadLetters(t *testing.T, path string) []deadLetter {
@@ -137,38 +147,71 @@ func TestRejectedSetAside(t *testing.T) {
 	}
 }
 
-// TestOverLimitSetAsideOnce: a queued message over the hub's known size
-// limit is set aside once, with one event, however many times the hub is
-// away when its batch is sent; the others are delivered when it is back.
+// TestOverLimitSetAsideOnce: a queued message over the broker's stated
+// packet limit is set aside once, with one event, however many times the
+// hub is away when its batch is sent; the others are delivered when it is
+// back. A real Mosquitto; the gateway's uplink is not connected for the
+// first sends.
 func TestOverLimitSetAsideOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b, err := hub.StartMosquitto(ctx, t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Stop()
+	got := subscribe(t, b.URL(), "outpost/v1/s/+/telemetry")
 	q := queued(t, "a", "big", "c")
-	up := &flaky{fails: 3, sent: make(chan struct{}, 10)}
+	up := mqtt.New(configs.MQTT{URL: b.URL(), ClientID: "outpost-s", MaxPacketSize: 1024}, configs.StationID{ID: "s", Type: model.SafetyPost}, slog.New(slog.DiscardHandler))
+	defer up.Close(context.Background())
 	rec := &recorder{}
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
 	dir := t.TempDir()
-	size := func(m *model.Message) int {
-		if m.Device == "big" {
-			return 2000
-		}
-		return 100
-	}
 	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, UplinkName: "mqtt", Batch: 10,
-		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Limit: NewSizeLimit(size, 1024), Log: slog.New(slog.DiscardHandler)}
-	runUntilDrained(t, f, q)
-	var got []string
-	for _, b := range up.got {
-		for _, m := range b {
-			got = append(got, m.ID())
+		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Limit: up.Limit, Log: slog.New(slog.DiscardHandler)}
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan error)
+	go func() { done <- f.Run(fctx) }()
+	for f.State().Failures < 3 {
+		if dl, err := os.ReadFile(filepath.Join(dir, "mqtt.jsonl")); err == nil {
+			t.Fatalf("set aside while the hub was away: %.100s", dl)
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the forwarder did not try to send 3 times")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := up.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for q.Stats().Lanes[queue.LaneTelemetry].Records > 0 && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var devices []string
+	for range 2 {
+		select {
+		case d := <-got:
+			devices = append(devices, d)
+		case <-ctx.Done():
+			t.Fatalf("delivered %v, want a and c", devices)
 		}
 	}
-	if strings.Join(got, " ") != "s/a/1 s/c/3" {
-		t.Errorf("delivered %v, want s/a/1 s/c/3", got)
+	if strings.Join(devices, " ") != "a c" {
+		t.Errorf("delivered %v, want a c", devices)
 	}
-	if dl := readDeadLetters(t, filepath.Join(dir, "mqtt.jsonl")); len(dl) != 1 {
-		t.Errorf("%d dead letters, want 1 (the hub was away for 3 sends of its batch)", len(dl))
+	dl := readDeadLetters(t, filepath.Join(dir, "mqtt.jsonl"))
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1 (the hub was away for 3 sends of its batch)", len(dl))
 	}
-	if len(rec.msgs) != 1 || rec.msgs[0].Event.Kind != model.EventRejected {
-		t.Errorf("reported %d messages, want one messages_rejected event", len(rec.msgs))
+	if m, err := model.ParseJSON(dl[0].Message); err != nil || m.Device != "big" || m.Seq != 2 || !strings.Contains(dl[0].Reason, "over the 1024 bytes the hub takes") {
+		t.Errorf("dead letter %.100s, reason %q (%v), want big/2 over the 1024 bytes", dl[0].Message, dl[0].Reason, err)
+	}
+	if len(rec.msgs) != 1 || rec.msgs[0].Event.Kind != model.EventRejected || rec.msgs[0].Event.Details["device"] != "big" {
+		t.Errorf("reported %v, want one messages_rejected event for big", rec.msgs)
 	}
 }
 
@@ -193,27 +236,13 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 	defer up.Close(context.Background())
 	got := subscribe(t, m.URL(), "outpost/v1/s/+/telemetry")
 
-	// "big" is a telemetry message of about 5 kB.
-	q2, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q2.Close()
-	for i, d := range []string{"a", "b", "big", "c", "big", "d", "e"} {
-		msg := model.Message{Station: "s", StationType: model.SafetyPost, Device: d, DeviceKind: "k", Seq: uint64(i + 1),
-			Kind: model.KindTelemetry, Time: time.Now().UTC(), Readings: []model.Reading{{Signal: "n", Value: model.Number(float64(i)), Quality: model.Good}}}
-		if d == "big" {
-			msg.Readings = []model.Reading{{Signal: "text", Value: model.String(strings.Repeat("x", 5000)), Quality: model.Good}}
-		}
-		q2.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &msg)})
-	}
+	q := queued(t, "a", "b", "big", "c", "big", "d", "e")
 	rec := &recorder{}
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
 	dir := t.TempDir()
-	limit := NewSizeLimit(func(m *model.Message) int { return mqtt.PacketSize(mqtt.DefaultPrefix, m) }, 0)
-	f := &Forwarder{Name: "mqtt/telemetry", Queue: q2, Uplink: up, UplinkName: "mqtt", Batch: 100,
-		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Limit: limit, Log: slog.New(slog.DiscardHandler)}
-	runUntilDrained(t, f, q2)
+	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, UplinkName: "mqtt", Batch: 100,
+		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Limit: up.Limit, Log: slog.New(slog.DiscardHandler)}
+	runUntilDrained(t, f, q)
 
 	want := map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true}
 	deadline := time.After(10 * time.Second)
@@ -233,7 +262,7 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 	}
 	for i, seq := range []uint64{3, 5} {
 		msg, err := model.ParseJSON(dl[i].Message)
-		if err != nil || msg.Device != "big" || msg.Seq != seq || len(msg.Readings) != 1 || msg.Readings[0].Value != model.String(strings.Repeat("x", 5000)) {
+		if err != nil || msg.Device != "big" || msg.Seq != seq || len(msg.Readings) != 1 || msg.Readings[0].Value != model.String(bigText) {
 			t.Errorf("dead letter %d: %.200s (%v), want the message big/%d, its text whole", i, dl[i].Message, err, seq)
 		}
 	}
@@ -242,7 +271,7 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 	}
 	// The limit settles an eighth below the message the broker refused.
 	big, _ := model.ParseJSON(dl[0].Message)
-	if n, size := limit.Max(), mqtt.PacketSize(mqtt.DefaultPrefix, &big); n != size-size/8 {
+	if n, size := up.Limit.Max(), mqtt.PacketSize(mqtt.DefaultPrefix, &big); n != size-size/8 {
 		t.Errorf("learned limit %d, want %d: an eighth below the message the broker refused", n, size-size/8)
 	}
 	if len(rec.msgs) != 2 || rec.msgs[0].Event.Kind != model.EventRejected || rec.msgs[0].Event.Details["device"] != "big" {

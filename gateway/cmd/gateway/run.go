@@ -108,9 +108,6 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	ingest.KeepAlarmStates(filepath.Join(st.StateDir, "alarm-states.json"))
 	board := status.NewBoard(st, started)
 	ingest.Seen = board.Saw
-	prefix := mqtt.Prefix(st.Hub.MQTT.TopicPrefix)
-	packets := pipeline.NewSizeLimit(func(m *model.Message) int { return mqtt.PacketSize(prefix, m) }, st.Hub.MQTT.MaxPacketSize)
-	ingest.Limit = packets
 	if lostSeq != nil {
 		ingest.Emit(*lostSeq)
 	}
@@ -130,6 +127,8 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	// results, and the commands) never wait behind telemetry bytes.
 	mq := mqtt.New(st.Hub.MQTT, st.Station, log)
 	ma := mqtt.NewAlarms(st.Hub.MQTT, st.Station, commands.Handle, log)
+	ma.Limit = mq.Limit // one broker, one limit, learned or stated
+	ingest.Limit = mq.Limit
 	ups := map[string]pipeline.Uplink{"mqtt": mq}
 	if st.Hub.Influx != nil {
 		ix := influx.New(*st.Hub.Influx, log)
@@ -219,7 +218,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 				Waited: func(d time.Duration) { waited.Observe(d.Seconds()) },
 				Outage: outage, DeadLetters: dead, Report: ingest.Emit, Log: log}
 			if name == "mqtt" {
-				f.Limit = packets
+				f.Limit = mq.Limit
 			}
 			fwds[name] = append(fwds[name], f)
 			fwd.Go(func() { f.Supervise(fctx, pipeline.DefaultSupervisor) })
@@ -270,7 +269,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, board.Changed, stateDeleted, log)
 	})
 	fwd.Go(func() {
-		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(prefix, st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
+		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(mqtt.Prefix(st.Hub.MQTT.TopicPrefix), st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))
 	})
 	links.emit = ingest.Emit
 	for _, r := range built {

@@ -85,6 +85,10 @@ type Uplink struct {
 	prefix  string
 	brokers []string // the URLs, in the order they are tried
 	names   []string // the same without passwords, for logs, errors and the status
+	// Limit is the broker's packet limit, which New takes from the
+	// configuration: batches do not publish a message over it. The
+	// uplinks to one broker share one (set it before Connect).
+	Limit *PacketLimit
 
 	// alarms marks the alarm lane's connection; commands, when set,
 	// receives the duty desk's commands on it.
@@ -190,8 +194,10 @@ func (c *linkConn) Close() error {
 // keeps the station's retained status, with its last will. It does no
 // I/O.
 func New(cfg configs.MQTT, station configs.StationID, log *slog.Logger) *Uplink {
-	u := &Uplink{cfg: cfg, station: station, log: log, prefix: Prefix(cfg.TopicPrefix), brokers: slices.Clone(cfg.Brokers()),
-		names: cfg.BrokerNames(), stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
+	prefix := Prefix(cfg.TopicPrefix)
+	u := &Uplink{cfg: cfg, station: station, log: log, prefix: prefix, brokers: slices.Clone(cfg.Brokers()),
+		names: cfg.BrokerNames(), Limit: NewPacketLimit(prefix, cfg.MaxPacketSize),
+		stop: make(chan struct{}), done: make(chan struct{}), up: make(chan struct{})}
 	u.dialCtx, u.cancelDial = context.WithCancel(context.Background())
 	return u
 }
@@ -710,6 +716,10 @@ type batch struct {
 	u    *Uplink
 	buf  []byte // the JSON payloads, one after another
 	pubs []outgoing
+	// over are the messages over the broker's packet limit, by their
+	// order of Add: not published, and refused once the rest is through
+	// (a batch that fails comes again, with them).
+	over []uplink.Rejection
 	// failed: the last Send failed, and paho may still hold its payloads
 	// to send them again after a reconnect, so buf is not reused.
 	failed bool
@@ -725,15 +735,30 @@ func (b *batch) Add(m *model.Message) {
 	if b.failed {
 		b.buf, b.failed = nil, false
 	}
+	start := len(b.buf)
+	topic := Topic(b.u.prefix, m)
 	b.buf = model.AppendJSON(b.buf, m)
-	b.pubs = append(b.pubs, outgoing{Topic(b.u.prefix, m), m.Seq, len(b.buf)})
+	if why := b.u.Limit.refuses(packetSize(len(topic), len(b.buf)-start)); why != "" {
+		b.over = append(b.over, uplink.Rejection{Index: b.Len(), Reason: why})
+		b.buf = b.buf[:start]
+		return
+	}
+	b.pubs = append(b.pubs, outgoing{topic, m.Seq, len(b.buf)})
 }
 
-func (b *batch) Len() int { return len(b.pubs) }
+func (b *batch) Len() int { return len(b.pubs) + len(b.over) }
 
 func (b *batch) Reset() {
 	clear(b.pubs) // the topics
-	b.buf, b.pubs = uplink.Emptied(b.buf), uplink.Emptied(b.pubs)
+	b.buf, b.pubs, b.over = uplink.Emptied(b.buf), uplink.Emptied(b.pubs), b.over[:0]
+}
+
+// refused is what Send returns once the rest of the batch is through.
+func (b *batch) refused() error {
+	if len(b.over) == 0 {
+		return nil
+	}
+	return &uplink.Rejected{Items: slices.Clone(b.over)}
 }
 
 // Send publishes the messages all at once, then waits for every
@@ -741,10 +766,11 @@ func (b *batch) Reset() {
 // message on one unbroken connection; a batch that spans a connection loss
 // fails as a whole (some messages may have arrived: the hub drops
 // duplicates by station/device/seq). Without a connection it fails at once
-// with ErrNotConnected.
+// with ErrNotConnected. Messages over the packet limit are not published:
+// once the rest is through, Send refuses them with a *uplink.Rejected.
 func (b *batch) Send(ctx context.Context) error {
 	if len(b.pubs) == 0 {
-		return nil
+		return b.refused()
 	}
 	u := b.u
 	c, l := u.conn()
@@ -788,7 +814,7 @@ func (b *batch) Send(ctx context.Context) error {
 		return errLinkChanged
 	}
 	b.failed = false
-	return nil
+	return b.refused()
 }
 
 // Retain publishes payload on topic with QoS 1, retained, and waits for

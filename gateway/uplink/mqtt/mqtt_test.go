@@ -20,6 +20,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/uplink"
 	"outpost/testbench/hub"
 )
 
@@ -552,5 +553,44 @@ func TestBrokerClosesAsSetUp(t *testing.T) {
 			t.Fatalf("connection %+v, want cause %q", c, want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestOverLimitRefused: a message over the broker's stated packet limit is
+// not published; the batch publishes the others, exactly, and refuses it
+// by its place in the batch, with the sizes in the reason.
+func TestOverLimitRefused(t *testing.T) {
+	b := startBroker(t)
+	sub := subscribe(t, b.URL(), "hub", "outpost/v1/pr-0001/+/telemetry")
+	u := New(configs.MQTT{URL: b.URL(), MaxPacketSize: 1024}, station, quiet())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := u.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close(context.Background())
+	msgs := messages(4, 2)
+	msgs[1].Readings = messages(1, 60)[0].Readings // about 3 kB of JSON
+	msgs[3].Readings = msgs[1].Readings
+	size := PacketSize(DefaultPrefix, &msgs[1])
+	err := u.Send(ctx, msgs)
+	var rej *uplink.Rejected
+	if !errors.As(err, &rej) {
+		t.Fatalf("Send = %v, want the messages over the limit refused", err)
+	}
+	want := fmt.Sprintf("%d bytes, over the 1024 bytes the hub takes (hub.mqtt.max_packet_size, or learned from the broker dropping the connection)", size)
+	if len(rej.Items) != 2 || rej.Items[0].Index != 1 || rej.Items[1].Index != 3 || rej.Items[0].Reason != want {
+		t.Errorf("refused %+v, want messages 1 and 3: %s", rej.Items, want)
+	}
+	for _, i := range []int{0, 2} {
+		if r := next(t, sub); r.payload != string(model.AppendJSON(nil, &msgs[i])) {
+			t.Errorf("published %s, want message %d", r.payload, i)
+		}
+	}
+	// A batch of nothing but such messages is refused without a connection.
+	u.Close(context.Background())
+	err = u.Send(ctx, msgs[1:2])
+	if !errors.As(err, &rej) || len(rej.Items) != 1 || rej.Items[0].Index != 0 {
+		t.Errorf("Send of one message over the limit = %v, want it refused", err)
 	}
 }

@@ -42,7 +42,13 @@ func CommandTopic(prefix, station, device string) string {
 // PacketSize is the size of the MQTT PUBLISH packet (QoS 1) that carries
 // m: fixed header, topic, packet id and the JSON payload.
 func PacketSize(prefix string, m *model.Message) int {
-	rest := 2 + len(Topic(prefix, m)) + 2 + len(model.AppendJSON(nil, m))
+	return packetSize(len(Topic(prefix, m)), len(model.AppendJSON(nil, m)))
+}
+
+// packetSize is the size of a PUBLISH packet (QoS 1) of a topic and a
+// payload of these lengths.
+func packetSize(topic, payload int) int {
+	rest := 2 + topic + 2 + payload
 	header := 2 // the type byte and one byte of remaining length
 	for n := rest; n >= 128; n >>= 7 {
 		header++
