@@ -176,7 +176,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 			backoff = min(backoff*2, maxBackoff)
 			continue
-		default:
+		}
+		if err == nil || rej != nil {
+			// The hub took the batch (but what it refused) on an unbroken
+			// connection.
 			f.drops, f.limit = 0, min(2*f.limit, f.Batch)
 		}
 		backoff = minBackoff

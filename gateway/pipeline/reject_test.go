@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,8 +27,9 @@ import (
 // "bad", as InfluxDB refuses a point of the wrong field type, and takes
 // the rest.
 type refuses struct {
-	mu  sync.Mutex
-	got []string
+	mu    sync.Mutex
+	got   []string
+	sizes []int // of the batches sent
 }
 
 func (r *refuses) NewBatch() uplink.Batch { return &decoded{send: r.Send} }
@@ -35,6 +37,7 @@ func (r *refuses) NewBatch() uplink.Batch { return &decoded{send: r.Send} }
 func (r *refuses) Send(_ context.Context, msgs []model.Message) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.sizes = append(r.sizes, len(msgs))
 	var rej []uplink.Rejection
 	for i, m := range msgs {
 		if m.Device == "bad" {
@@ -144,6 +147,24 @@ func TestRejectedSetAside(t *testing.T) {
 	if d := rec.msgs[0].Event.Details; d["messages"] != "2" || d["kept"] != "2" || d["device"] != "bad" || d["seq"] != "2" ||
 		d["reason"] != "InfluxDB 400: field type conflict" || d["dead_letter"] != filepath.Join(dir, "influx.jsonl") {
 		t.Errorf("event details %v", d)
+	}
+}
+
+// TestBatchGrowsAfterRejection: a forwarder sending one message at a time
+// (after the broker kept dropping the connection) doubles its batch after
+// a send the hub took but for a message it refused, as after one it took
+// whole: once the message at fault is found, the backlog goes out in full
+// batches again.
+func TestBatchGrowsAfterRejection(t *testing.T) {
+	q := queued(t, "bad", "a", "b", "c", "d")
+	up := &refuses{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{&recorder{}}, slog.New(slog.DiscardHandler))
+	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, UplinkName: "mqtt", Batch: 10,
+		DeadLetters: &DeadLetters{Dir: t.TempDir()}, Report: in.Emit, Log: slog.New(slog.DiscardHandler)}
+	f.limit = 1 // as poisoned leaves it
+	runUntilDrained(t, f, q)
+	if fmt.Sprint(up.sizes) != "[1 2 2]" {
+		t.Errorf("batches of %v, want [1 2 2]: bad alone, then twice as many after each send", up.sizes)
 	}
 }
 
