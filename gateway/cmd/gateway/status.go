@@ -22,6 +22,7 @@ import (
 	"outpost/gateway/pipeline"
 	"outpost/gateway/queue"
 	"outpost/gateway/status"
+	"outpost/gateway/uplink/mqtt"
 )
 
 // statusEvery is how often the running gateway writes its status file;
@@ -208,6 +209,7 @@ type retainer interface {
 // sees every station's devices at once, until ctx ends.
 func publishSnapshots(ctx context.Context, hub retainer, topic string, snap func() status.Snapshot, changed func() <-chan struct{}, log *slog.Logger) {
 	wait := snapshotCalm
+	tooLarge := false // warned that the snapshot is over the broker's limit
 	for {
 		ch := changed()
 		select {
@@ -226,9 +228,18 @@ func publishSnapshots(ctx context.Context, hub retainer, topic string, snap func
 			cancel()
 		}
 		wait = snapshotEvery
-		if err != nil {
+		switch {
+		case errors.Is(err, mqtt.ErrOverLimit):
+			// Sent again when it is small enough: no sooner than usual.
+			if !tooLarge {
+				log.Warn("health snapshot not sent: larger than the broker takes; raise the broker's max_packet_size (and hub.mqtt.max_packet_size)", "err", err)
+			}
+			tooLarge = true
+		case err != nil:
 			log.Debug("health snapshot not sent", "err", err)
 			wait = snapshotRetry
+		default:
+			tooLarge = false
 		}
 	}
 }

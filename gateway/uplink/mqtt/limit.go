@@ -57,8 +57,13 @@ func (l *PacketLimit) refuses(size int) string {
 // Learn lowers the limit below the size of m, a message the broker would
 // not take, and returns the new limit.
 func (l *PacketLimit) Learn(m *model.Message) int {
-	size := int64(PacketSize(l.prefix, m))
-	next := max(size-size/learnMargin, minLearned)
+	return l.learn(PacketSize(l.prefix, m))
+}
+
+// learn lowers the limit below size, the size of a packet the broker
+// would not take, and returns the new limit.
+func (l *PacketLimit) learn(size int) int {
+	next := max(int64(size-size/learnMargin), minLearned)
 	for {
 		max := l.max.Load()
 		if max > 0 && max <= next {

@@ -47,6 +47,11 @@ import (
 // broker; the caller keeps the batch and tries again later.
 var ErrNotConnected = errors.New("mqtt uplink: not connected")
 
+// ErrOverLimit is returned by Retain for a message over the broker's
+// packet limit: it is not published, so that the broker does not drop the
+// connection on it.
+var ErrOverLimit = errors.New("not published")
+
 // errLinkChanged is returned when a batch spans a connection change: its
 // acknowledgements cannot be trusted.
 var errLinkChanged = errors.New("mqtt uplink: connection lost during the batch")
@@ -64,13 +69,16 @@ func lost(l *link, what string, i, n int) error {
 }
 
 const (
-	keepAlive       = 15 * time.Second
-	pingTimeout     = 5 * time.Second
-	connectTimeout  = 5 * time.Second
-	writeTimeout    = 10 * time.Second
-	minReconnect    = 100 * time.Millisecond
-	maxReconnect    = 10 * time.Second
-	stableAfter     = 500 * time.Millisecond // a connection this old was not refused
+	keepAlive      = 15 * time.Second
+	pingTimeout    = 5 * time.Second
+	connectTimeout = 5 * time.Second
+	writeTimeout   = 10 * time.Second
+	minReconnect   = 100 * time.Millisecond
+	maxReconnect   = 10 * time.Second
+	stableAfter    = 500 * time.Millisecond // a connection this old was not refused
+	// A retained message that met a dropped connection dropsToLearn times
+	// in a row is taken to be over the broker's packet limit.
+	dropsToLearn    = 3
 	statusTimeout   = 10 * time.Second
 	disconnectQuiet = 250 // ms paho waits for in-flight work on Disconnect
 )
@@ -89,6 +97,9 @@ type Uplink struct {
 	// configuration: batches do not publish a message over it. The
 	// uplinks to one broker share one (set it before Connect).
 	Limit *PacketLimit
+	// retainDrops is how many retained messages in a row met a dropped
+	// connection (see Retain).
+	retainDrops atomic.Int32
 
 	// alarms marks the alarm lane's connection; commands, when set,
 	// receives the duty desk's commands on it.
@@ -124,13 +135,22 @@ type link struct {
 	lost chan struct{}
 	once sync.Once
 	conn net.Conn // the raw connection, for tests that break it
-	// sends is how many Sends are under way on the link; shared is set
-	// once two were at the same time.
+	// sends is how many publishes (batches, retained messages) are under
+	// way on the link; shared is set once two were at the same time.
 	sends  atomic.Int32
 	shared atomic.Bool
 }
 
 func (l *link) drop() { l.once.Do(func() { close(l.lost) }) }
+
+// publishing counts a publish under way on the link until the returned
+// function is called.
+func (l *link) publishing() (done func()) {
+	if l.sends.Add(1) > 1 {
+		l.shared.Store(true)
+	}
+	return func() { l.sends.Add(-1) }
+}
 
 func (l *link) alive() bool {
 	select {
@@ -777,10 +797,7 @@ func (b *batch) Send(ctx context.Context) error {
 	if c == nil {
 		return ErrNotConnected
 	}
-	if l.sends.Add(1) > 1 {
-		l.shared.Store(true)
-	}
-	defer l.sends.Add(-1)
+	defer l.publishing()()
 	b.failed = true // until every message is acknowledged
 	tokens := make([]paho.Token, len(b.pubs))
 	start := 0
@@ -819,18 +836,40 @@ func (b *batch) Send(ctx context.Context) error {
 
 // Retain publishes payload on topic with QoS 1, retained, and waits for
 // the broker's acknowledgement until ctx ends. Without a connection it
-// fails at once with ErrNotConnected.
+// fails at once with ErrNotConnected, and a payload over the packet limit
+// with ErrOverLimit. When the broker dropped the connection on retained
+// messages dropsToLearn times in a row, it takes the last one's size to be
+// over the limit, learns the limit (see PacketLimit) and returns
+// ErrOverLimit.
 func (u *Uplink) Retain(ctx context.Context, topic string, payload []byte) error {
+	size := packetSize(len(topic), len(payload))
+	if why := u.Limit.refuses(size); why != "" {
+		return fmt.Errorf("mqtt uplink: %s %w: %s", topic, ErrOverLimit, why)
+	}
 	c, l := u.conn()
 	if c == nil {
 		return ErrNotConnected
 	}
+	// A broker that drops the connection on it must not make a batch in
+	// flight look at fault.
+	defer l.publishing()()
 	tok := c.Publish(topic, 1, true, payload)
 	select {
 	case <-tok.Done():
+		if tok.Error() == nil {
+			u.retainDrops.Store(0)
+		}
 		return tok.Error()
 	case <-l.lost:
-		return fmt.Errorf("mqtt uplink: %s: %w", topic, errLinkChanged)
+		if u.retainDrops.Add(1) < dropsToLearn {
+			return fmt.Errorf("mqtt uplink: %s: connection lost before the broker acknowledged it", topic)
+		}
+		// A broker without a packet limit the gateway knows of drops the
+		// connection on the station's snapshot: it would drop it at each
+		// snapshot, and every batch in flight with it.
+		u.retainDrops.Store(0)
+		return fmt.Errorf("mqtt uplink: %s %w: the broker dropped the connection each of the %d times it was published: %d bytes may exceed its packet size limit; from now on messages over %d bytes are not published (set hub.mqtt.max_packet_size to the broker's limit)",
+			topic, ErrOverLimit, dropsToLearn, size, u.Limit.learn(size))
 	case <-ctx.Done():
 		return fmt.Errorf("mqtt uplink: %s: %w", topic, ctx.Err())
 	}

@@ -587,10 +587,90 @@ func TestOverLimitRefused(t *testing.T) {
 			t.Errorf("published %s, want message %d", r.payload, i)
 		}
 	}
+	// Nor is a retained message over the limit published.
+	err = u.Retain(ctx, "outpost/v1/pr-0001/snapshot", make([]byte, 1000))
+	if want := "mqtt uplink: outpost/v1/pr-0001/snapshot not published: 1034 bytes, over the 1024 bytes the hub takes"; !errors.Is(err, ErrOverLimit) || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("Retain over the limit = %v, want %s...", err, want)
+	}
 	// A batch of nothing but such messages is refused without a connection.
 	u.Close(context.Background())
 	err = u.Send(ctx, msgs[1:2])
 	if !errors.As(err, &rej) || len(rej.Items) != 1 || rej.Items[0].Index != 0 {
 		t.Errorf("Send of one message over the limit = %v, want it refused", err)
+	}
+}
+
+// TestRetainDropNotBlamedOnBatch: when the broker drops the connection on
+// a retained message (the health snapshot, over a limit the gateway has
+// not learned), a batch in flight fails as an outage, not as one the
+// broker dropped the connection on: no telemetry message is blamed for it.
+func TestRetainDropNotBlamedOnBatch(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := hub.StartMosquittoWith(ctx, t.TempDir(), quiet(), hub.MosquittoOptions{Config: "max_packet_size 2000\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Stop()
+	sub := subscribe(t, b.URL(), "hub", "outpost/v1/pr-0001/meter-main/telemetry")
+	u := connect(t, b.URL())
+	sent := make(chan error, 1)
+	go func() { sent <- u.Send(ctx, messages(20000, 1)) }()
+	next(t, sub) // the batch is under way
+	if err := u.Retain(ctx, "outpost/v1/pr-0001/snapshot", make([]byte, 3000)); err == nil {
+		t.Fatal("the broker took a retained message over its max_packet_size")
+	}
+	err = <-sent
+	if err == nil {
+		t.Fatal("Send returned nil although the broker dropped the connection during the batch")
+	}
+	if errors.Is(err, uplink.ErrDropped) {
+		t.Errorf("Send = %v: the batch is blamed for the retained message's drop", err)
+	}
+}
+
+// TestRetainLearnsLimit: a broker that drops the connection on a retained
+// message over its max_packet_size, three times in a row, teaches the
+// uplink its limit: the uplink stops publishing that message (which would
+// take every batch in flight down with it) and says why.
+func TestRetainLearnsLimit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := hub.StartMosquittoWith(ctx, t.TempDir(), quiet(), hub.MosquittoOptions{Config: "max_packet_size 2000\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Stop()
+	u := connect(t, b.URL())
+	topic := "outpost/v1/pr-0001/snapshot"
+	size := packetSize(len(topic), 3000)
+	connected := func() {
+		for !u.Connected() {
+			if ctx.Err() != nil {
+				t.Fatal("the uplink did not reconnect")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for i := 1; i <= dropsToLearn; i++ {
+		connected()
+		err := u.Retain(ctx, topic, make([]byte, 3000))
+		if err == nil {
+			t.Fatalf("Retain %d: the broker took a packet over its max_packet_size", i)
+		}
+		if learned := errors.Is(err, ErrOverLimit); learned != (i == dropsToLearn) {
+			t.Fatalf("Retain %d = %v: limit learned %v, want it learned at the %dth drop", i, err, learned, dropsToLearn)
+		}
+		t.Logf("Retain %d: %v", i, err)
+	}
+	if n := u.Limit.Max(); n != size-size/8 {
+		t.Errorf("learned limit %d, want %d: an eighth below the %d bytes the broker dropped", n, size-size/8, size)
+	}
+	if err := u.Retain(ctx, topic, make([]byte, 3000)); !errors.Is(err, ErrOverLimit) {
+		t.Errorf("Retain after the limit was learned = %v, want ErrOverLimit", err)
+	}
+	connected()
+	if err := u.Retain(ctx, topic, make([]byte, 100)); err != nil {
+		t.Errorf("Retain of 100 bytes = %v", err)
 	}
 }
