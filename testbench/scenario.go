@@ -57,6 +57,7 @@ type Scenario struct {
 	// an alarm poll reads is published only when it changed).
 	AlarmPoll *time.Duration `yaml:"alarm_poll"`
 	Links     map[string]any `yaml:"links"` // settings given to every Modbus link, e.g. timeout
+	MQTT      map[string]any `yaml:"mqtt"`  // settings given to the station's hub.mqtt, e.g. max_packet_size
 	Faults    []Fault        `yaml:"faults"`
 	Seed      uint64         `yaml:"seed"`
 	// Silent devices never answer (firmware-sim -silent): the gateway
@@ -1239,7 +1240,7 @@ func (r *runner) shutdown() {
 // stationSpec is the scenario's station file and what the scenario changes
 // in it.
 func (sc *Scenario) stationSpec() (stationSpec, error) {
-	spec := stationSpec{Queue: sc.Queue, Poll: sc.Poll, AlarmPoll: sc.AlarmPoll, Links: sc.Links}
+	spec := stationSpec{Queue: sc.Queue, Poll: sc.Poll, AlarmPoll: sc.AlarmPoll, Links: sc.Links, MQTT: sc.MQTT}
 	var err error
 	if sc.StationFile != "" {
 		if spec.Src, err = os.ReadFile(sc.StationFile); err != nil {

@@ -38,6 +38,7 @@ type stationSpec struct {
 	Poll      time.Duration  // replaces every device's poll interval, when set
 	AlarmPoll *time.Duration // replaces every Modbus device's alarm_poll, when set
 	Links     map[string]any // settings given to every Modbus link (timeout, retries), when set
+	MQTT      map[string]any // settings given to hub.mqtt (max_packet_size), when set
 	// Exceptions keeps the station's report by exception on. Without it
 	// the run turns it off (report_by_exception: false): the scenarios
 	// count every reading the simulator served against the hub's.
@@ -54,10 +55,12 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 		return "", nil, fmt.Errorf("station file: %w", err)
 	}
 	// The hub is the run's; the station's own commands section stays.
-	h := map[string]any{"mqtt": map[string]any{"url": addrs.MQTT}}
+	mq := map[string]any{"url": addrs.MQTT}
 	if len(addrs.MQTTURLs) > 0 {
-		h["mqtt"] = map[string]any{"urls": addrs.MQTTURLs}
+		mq = map[string]any{"urls": addrs.MQTTURLs}
 	}
+	maps.Copy(mq, spec.MQTT)
+	h := map[string]any{"mqtt": mq}
 	if addrs.Influx != "" {
 		h["influx"] = map[string]any{"url": addrs.Influx, "bucket": addrs.DB}
 	}
