@@ -90,6 +90,11 @@ type Forwarder struct {
 	// connection during a batch, to find a message it will not take.
 	limit int
 	drops int // batches in a row that met a dropped connection
+	// suspects is how many messages of the batch that kept meeting a
+	// dropped connection are still to go one at a time: the batch grows
+	// again only once they are through, so that it does not take the
+	// message at fault along again before that is found.
+	suspects int
 }
 
 // A batch that meets a dropped connection dropsToHalve times in a row is
@@ -180,7 +185,10 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		if err == nil || rej != nil {
 			// The hub took the batch (but what it refused) on an unbroken
 			// connection.
-			f.drops, f.limit = 0, min(2*f.limit, f.Batch)
+			f.drops, f.suspects = 0, f.suspects-out.Len()
+			if f.suspects <= 0 {
+				f.suspects, f.limit = 0, min(2*f.limit, f.Batch)
+			}
 		}
 		backoff = minBackoff
 		last = time.Now()
@@ -300,11 +308,12 @@ func (f *Forwarder) poisoned(err error, recs [][]byte, now time.Time) bool {
 	case len(recs) > 1 && f.drops >= dropsToHalve:
 		// One at a time: the messages before the one at fault go
 		// through, and it is found in dropsToQuarantine more tries.
-		f.limit, f.drops = 1, 0
+		f.limit, f.drops, f.suspects = 1, 0, len(recs)
 		f.Log.Warn("the hub keeps dropping the connection during a batch; sending one message at a time to find the one at fault",
 			"forwarder", f.Name, "batch", len(recs))
 	case len(recs) == 1 && f.drops >= dropsToQuarantine:
 		f.drops = 0
+		f.suspects--
 		reason := fmt.Sprintf("the hub dropped the connection each of the %d times this message was sent alone: it may exceed the broker's packet size limit or be denied by its ACL", dropsToQuarantine)
 		items := []uplink.Rejection{{Index: 0, Reason: reason}}
 		msgs := f.refused(recs, items, now)

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -261,7 +263,8 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 	rec := &recorder{}
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
 	dir := t.TempDir()
-	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, UplinkName: "mqtt", Batch: 100,
+	drops := &dropCounter{up: up}
+	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: drops, UplinkName: "mqtt", Batch: 100,
 		DeadLetters: &DeadLetters{Dir: dir}, Report: in.Emit, Limit: up.Limit, Log: slog.New(slog.DiscardHandler)}
 	runUntilDrained(t, f, q)
 
@@ -298,7 +301,34 @@ func TestPoisonMessageQuarantined(t *testing.T) {
 	if len(rec.msgs) != 2 || rec.msgs[0].Event.Kind != model.EventRejected || rec.msgs[0].Event.Details["device"] != "big" {
 		t.Fatalf("reported %v, want two messages_rejected events for device big", rec.msgs)
 	}
+	// The whole batch twice, then a, b and the first big one at a time, big
+	// three times: the batch does not grow again before big is found.
+	if n := drops.n.Load(); n != dropsToHalve+dropsToQuarantine {
+		t.Errorf("the broker dropped the connection %d times, want %d", n, dropsToHalve+dropsToQuarantine)
+	}
 	t.Logf("reason: %s", rec.msgs[0].Event.Details["reason"])
+}
+
+// dropCounter counts the sends of its uplink that met a dropped
+// connection.
+type dropCounter struct {
+	up Uplink
+	n  atomic.Int32
+}
+
+func (d *dropCounter) NewBatch() uplink.Batch { return &countedBatch{d.up.NewBatch(), d} }
+
+type countedBatch struct {
+	uplink.Batch
+	d *dropCounter
+}
+
+func (b *countedBatch) Send(ctx context.Context) error {
+	err := b.Batch.Send(ctx)
+	if errors.Is(err, uplink.ErrDropped) {
+		b.d.n.Add(1)
+	}
+	return err
 }
 
 // subscribe returns the devices of the messages that arrive on topic.
