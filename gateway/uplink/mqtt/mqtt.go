@@ -69,19 +69,20 @@ func lost(l *link, what string, i, n int) error {
 }
 
 const (
-	keepAlive      = 15 * time.Second
-	pingTimeout    = 5 * time.Second
-	connectTimeout = 5 * time.Second
-	writeTimeout   = 10 * time.Second
-	minReconnect   = 100 * time.Millisecond
-	maxReconnect   = 10 * time.Second
-	stableAfter    = 500 * time.Millisecond // a connection this old was not refused
-	// A retained message that met a dropped connection dropsToLearn times
-	// in a row is taken to be over the broker's packet limit.
-	dropsToLearn    = 3
+	keepAlive       = 15 * time.Second
+	pingTimeout     = 5 * time.Second
+	connectTimeout  = 5 * time.Second
+	writeTimeout    = 10 * time.Second
+	minReconnect    = 100 * time.Millisecond
+	maxReconnect    = 10 * time.Second
+	stableAfter     = 500 * time.Millisecond // a connection this old was not refused
 	statusTimeout   = 10 * time.Second
 	disconnectQuiet = 250 // ms paho waits for in-flight work on Disconnect
 )
+
+// A retained message that met a dropped connection dropsToLearn times in a
+// row is taken to be over the broker's packet limit.
+const dropsToLearn = 3
 
 // Uplink publishes messages to the hub's broker. Create it with New (or
 // NewAlarms), start it with Connect, send with Send, and end it with
