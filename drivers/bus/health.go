@@ -204,11 +204,43 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	return model.Health{State: state, Reason: r.Reason, Counters: maps.Clone(t.counters)}, changed
 }
 
+// Answered records that a device answered outside a poll (an alarm poll
+// read its alarm inputs): one offline is there again, online until its
+// next poll says otherwise. It returns the health and whether its state
+// changed. Its alarm inputs then reach the hub after the device is back,
+// not from a device still offline until its next probe (up to MaxBackoff
+// away).
+func (t *Tracker) Answered() (model.Health, bool) {
+	if t.state != model.Offline {
+		return model.Health{}, false
+	}
+	t.silent, t.failing, t.unheard = 0, 0, false
+	t.state, t.reason = model.Online, ""
+	return model.Health{State: model.Online, Counters: maps.Clone(t.counters)}, true
+}
+
 // Record observes a poll's result on a device's tracker, logs the health
 // when its state changed (offline as a warning), and says whether to send
 // it to the hub now (see Report).
 func Record(ctx context.Context, log *slog.Logger, t *Tracker, r Result, now time.Time) (model.Health, bool) {
 	h, changed := t.Observe(r)
+	return logged(ctx, log, t, h, changed, now)
+}
+
+// Heard is Record for a device that answered outside a poll (see
+// Answered): it says whether to send its health now, which is only when
+// it was offline.
+func Heard(ctx context.Context, log *slog.Logger, t *Tracker, now time.Time) (model.Health, bool) {
+	h, changed := t.Answered()
+	if !changed {
+		return h, false
+	}
+	return logged(ctx, log, t, h, changed, now)
+}
+
+// logged logs a device's health when its state changed and says whether
+// to send it now (see Report).
+func logged(ctx context.Context, log *slog.Logger, t *Tracker, h model.Health, changed bool, now time.Time) (model.Health, bool) {
 	if changed {
 		level := slog.LevelInfo
 		if h.State == model.Offline {

@@ -175,6 +175,55 @@ func TestNextPoll(t *testing.T) {
 	}
 }
 
+// TestAnswered: an answer outside a poll (an alarm poll's) brings an
+// offline device back online, once, with its counters, and its polls back
+// to their rate; it leaves any other state to the polls.
+func TestAnswered(t *testing.T) {
+	silent := Result{Requests: 1, Failed: 1, Silent: true, Counters: []string{"timeouts"}}
+	down := Result{Requests: 1, Failed: 1, LinkDown: true, Counters: []string{"link_down"}}
+	bad := Result{Requests: 2, Failed: 2, Counters: []string{"crc_errors", "crc_errors"}}
+	times := func(n int, r Result) []Result { return slices.Repeat([]Result{r}, n) }
+	cases := []struct {
+		name  string
+		polls []Result
+		back  bool
+	}{
+		{"never polled", nil, false},
+		{"online", times(2, Result{Requests: 2}), false},
+		{"silent, not yet offline", times(2, silent), false},
+		{"offline for silence", times(5, silent), true},
+		{"offline with its link", times(1, down), true},
+		{"degraded", times(3, bad), false},
+	}
+	for _, c := range cases {
+		var tr Tracker
+		for _, r := range c.polls {
+			tr.Observe(r)
+		}
+		was := tr.State()
+		h, back := tr.Answered()
+		if back != c.back {
+			t.Errorf("%s: back %v, want %v", c.name, back, c.back)
+			continue
+		}
+		if !back {
+			if tr.State() != was {
+				t.Errorf("%s: state %s after the answer, want %s as the polls left it", c.name, tr.State(), was)
+			}
+			continue
+		}
+		if h.State != model.Online || h.Reason != "" || tr.State() != model.Online || h.Counters["polls"] != uint64(len(c.polls)) {
+			t.Errorf("%s: health %+v, state %s; want online with the polls' counters", c.name, h, tr.State())
+		}
+		if _, again := tr.Answered(); again {
+			t.Errorf("%s: a second answer brought it back again", c.name)
+		}
+		if interval, first := tr.Next(time.Second); interval != time.Second || first != (Attempt{}) {
+			t.Errorf("%s: next poll in %v with %+v, want the poll interval with retries", c.name, interval, first)
+		}
+	}
+}
+
 func TestNextSlot(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	ms := time.Millisecond

@@ -674,6 +674,11 @@ func (p *poller) alarmPoll(ctx context.Context, slot bus.Slot) time.Duration {
 	m.health.Count(r.counters...)
 	if r.answered {
 		m.heard = time.Now()
+		if h, send := bus.Heard(ctx, p.log, &m.health, m.heard); send {
+			// Back before its inputs are: a press after a replug comes
+			// from a device the hub sees online.
+			p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindHealth, Time: m.heard.UTC(), Health: &h})
+		}
 	}
 	if late {
 		m.health.Count("late_alarm_polls")

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -289,6 +290,44 @@ func TestSilentModule(t *testing.T) {
 		t.Errorf("reason %q, want %q", h.Reason, want)
 	}
 	r.next(t, "box-1", model.KindTelemetry, time.Second, good("pressed", false))
+}
+
+// TestPressAfterReplug: a panic box that went silent (its cable pulled)
+// and comes back pressed is back online before its press reaches the hub:
+// its alarm poll, which hears it long before the backed-off probe of its
+// offline poll, says so first.
+func TestPressAfterReplug(t *testing.T) {
+	dir := t.TempDir()
+	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, poll: 2s, alarm_poll: 100ms}
+`)
+	st.Health.OfflineAfter = 1 // offline at the first silent poll; the probe comes 2 s later
+	faults := sim.NewFaults("box-1")
+	l, _ := startSim(t, st, sim.Options{Turnaround: -1, Faults: faults})
+	r := runBus(t, st)
+	r.next(t, "box-1", model.KindHealth, 5*time.Second, func(m stamped) bool { return m.Health.State == model.Offline })
+	if err := l.Devices()[0].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "2s"}); err != nil {
+		t.Fatal(err)
+	}
+	faults.SetSilent("box-1", false)
+	pressed := good("pressed", true)
+	var got []string
+	timeout := time.After(5 * time.Second)
+	for !slices.Contains(got, "pressed") {
+		select {
+		case m := <-r.msgs:
+			switch {
+			case m.Kind == model.KindHealth:
+				got = append(got, string(m.Health.State))
+			case m.Kind == model.KindTelemetry && pressed(m):
+				got = append(got, "pressed")
+			}
+		case <-timeout:
+			t.Fatalf("no press within 5 s of the box's return (saw %v)", got)
+		}
+	}
+	if want := []string{"online", "pressed"}; !slices.Equal(got, want) {
+		t.Errorf("after the box came back: %v, want %v", got, want)
+	}
 }
 
 // TestSameDamageTwice: a line that damages the same bit of two answers in

@@ -368,6 +368,7 @@ func (p *poller) alarmPoll(ctx context.Context, s bus.Slot) time.Duration {
 	}
 	var fresh []got
 	var counters []string
+	answered := false
 	for i, r := range d.alarmPlan {
 		if p.line.Lock.Lock(ctx, bus.AlarmPoll) != nil {
 			return next
@@ -387,6 +388,7 @@ func (p *poller) alarmPoll(ctx context.Context, s bus.Slot) time.Duration {
 			p.log.Debug("alarm poll failed", "err", fmt.Errorf("device %s on %s: reading %s: %w", d.cfg.ID, d.link, r, err))
 			break
 		}
+		answered = true
 		for _, s := range r.Signals {
 			v, derr := DecodeSignal(&regs[s], data, r.Start)
 			if derr != nil {
@@ -400,6 +402,14 @@ func (p *poller) alarmPoll(ctx context.Context, s bus.Slot) time.Duration {
 	defer d.mu.Unlock()
 	d.health.Count(counters...)
 	d.health.Add("skipped_alarm_slots", s.Skipped)
+	if answered {
+		now := p.now()
+		if h, send := bus.Heard(ctx, p.log, &d.health, now); send {
+			// Back before its inputs are: a press after a replug comes
+			// from a device the hub sees online.
+			p.emit(model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindHealth, Time: now.UTC(), Health: &h})
+		}
+	}
 	changed := false
 	for _, f := range fresh {
 		last, ok := d.latest[f.sig]

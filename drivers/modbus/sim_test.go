@@ -194,6 +194,47 @@ func TestAlarmPollBusyBus(t *testing.T) {
 	t.Logf("worst press latency %v (limit %v; a meter read %v)", worst.Round(time.Millisecond), limit, meterRead.Round(time.Millisecond))
 }
 
+// TestPressAfterReplug: a panic button that went silent (its cable
+// pulled) and comes back pressed is back online before its press reaches
+// the hub: its alarm poll, which hears it long before the backed-off probe
+// of its offline poll, says so first.
+func TestPressAfterReplug(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 9600, timeout: 50ms}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 2s, alarm_poll: 100ms}
+`)
+	st.Health.OfflineAfter = 1 // offline at the first silent poll; the probe comes 2 s later
+	faults := sim.NewFaults("pb-1")
+	devs, _ := runSim(t, st, sim.Options{Turnaround: -1, Faults: faults})
+	_, msgs, _ := runLink(t, st)
+	for m := range msgs {
+		if m.Device == "pb-1" && m.Kind == model.KindHealth && m.Health.State == model.Offline {
+			break
+		}
+	}
+	if err := devs["pb-1"].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "2s"}); err != nil {
+		t.Fatal(err)
+	}
+	faults.SetSilent("pb-1", false)
+	var got []string
+	timeout := time.After(5 * time.Second)
+	for !slices.Contains(got, "pressed") {
+		select {
+		case m := <-msgs:
+			switch {
+			case m.Kind == model.KindHealth:
+				got = append(got, string(m.Health.State))
+			case m.Kind == model.KindTelemetry && m.Readings[0].Signal == "pressed" && m.Readings[0].Value.Equal(model.Bool(true)):
+				got = append(got, "pressed")
+			}
+		case <-timeout:
+			t.Fatalf("no press within 5 s of the button's return (saw %v)", got)
+		}
+	}
+	if want := []string{"online", "pressed"}; !slices.Equal(got, want) {
+		t.Errorf("after the button came back: %v, want %v", got, want)
+	}
+}
+
 // TestWrites: commands write a coil (function 05) and a scaled holding
 // register (06), each acting once on the device; values the signal cannot
 // take are refused before anything is sent.
