@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -93,6 +95,13 @@ func (d *DeadLetters) file(uplink, path string, n int64) (*os.File, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
+	}
+	if at, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) || err == nil && !os.SameFile(fi, at) {
+		// Moved away (an operator took it to send its messages again), or
+		// deleted with its directory: the next ones go to a new file.
+		f.Close()
+		delete(d.files, uplink)
+		return d.file(uplink, path, n)
 	}
 	max := d.MaxBytes
 	if max <= 0 {
