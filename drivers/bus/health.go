@@ -197,9 +197,11 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 		state = model.Online // not yet: counted, and the next clean poll clears it
 		r.Reason = ""
 	}
-	// A link that stays down for another cause is news too: a port that
-	// failed (read: EOF) and is then missing (the adapter unplugged).
-	changed := state != t.state || r.LinkDown && r.Reason != t.reason
+	// An offline device's new reason is news too: a port that failed
+	// (read: EOF) and is then missing (the adapter unplugged); the port
+	// back and the device still silent; a silent unit whose neighbours
+	// fell silent too (the bus, not the unit, is then the suspect).
+	changed := state != t.state || state == model.Offline && r.Reason != t.reason
 	t.state, t.reason = state, r.Reason
 	return model.Health{State: state, Reason: r.Reason, Counters: maps.Clone(t.counters)}, changed
 }

@@ -17,6 +17,7 @@ func TestTracker(t *testing.T) {
 	silent := Result{Requests: 1, Failed: 1, Silent: true, Reason: "no answer from any unit on bus: check wiring, port, baud rate and parity", Counters: []string{"timeouts"}}
 	down := Result{Requests: 1, Failed: 1, LinkDown: true, Reason: "open /dev/x: gone reading input register 5 (0x0005)", Counters: []string{"link_down"}}
 	gone := Result{Requests: 1, Failed: 1, LinkDown: true, Reason: "open /dev/x: no such file or directory: the adapter is unplugged, or the port is named wrong (gateway ports lists those there are)", Counters: []string{"link_down"}}
+	alone := Result{Requests: 1, Failed: 1, Silent: true, Reason: "no answer from unit 2 while unit 1 answers: wrong unit id, or device off", Counters: []string{"timeouts"}}
 	late := Result{Requests: 2, Late: true}
 	undecoded := Result{Requests: 1, Counters: []string{"decode_errors"}}
 	steps := []struct {
@@ -43,7 +44,9 @@ func TestTracker(t *testing.T) {
 		{"link down", down, model.Offline, true, down.Reason},
 		{"link down for another cause", gone, model.Offline, true, gone.Reason},
 		{"and for that cause again", gone, model.Offline, false, gone.Reason},
-		{"link back, the device silent: still offline", silent, model.Offline, false, silent.Reason},
+		{"link back, the device silent: still offline, for that", silent, model.Offline, true, silent.Reason},
+		{"and silent again", silent, model.Offline, false, silent.Reason},
+		{"its neighbours answer now", alone, model.Offline, true, alone.Reason},
 		{"a late poll", late, model.Online, true, ""},
 		{"values that do not decode", undecoded, model.Degraded, true, "values that do not decode"},
 	}
@@ -54,8 +57,8 @@ func TestTracker(t *testing.T) {
 			t.Fatalf("step %d (%s): %s changed=%v %q, want %s changed=%v %q", i, s.name, h.State, changed, h.Reason, s.state, s.changed, s.reason)
 		}
 	}
-	// The 20 polls above and an empty one.
-	want := map[string]uint64{"polls": 21, "requests": 30, "failures": 14, "exceptions": 8, "timeouts": 6, "link_down": 3,
+	// The 22 polls above and an empty one.
+	want := map[string]uint64{"polls": 23, "requests": 32, "failures": 16, "exceptions": 8, "timeouts": 8, "link_down": 3,
 		"decode_errors": 1, "late_polls": 1}
 	if h, _ := tr.Observe(Result{}); fmt.Sprint(h.Counters) != fmt.Sprint(want) {
 		t.Errorf("counters %v, want %v", h.Counters, want)
