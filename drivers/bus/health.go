@@ -320,10 +320,27 @@ func NextSlot(slot time.Time, interval time.Duration, now time.Time) (time.Time,
 	return slot, skipped
 }
 
+// Wake brings a device's next poll forward (see Every): an alarm poll
+// that hears a device back does not leave its other signals to a probe up
+// to MaxBackoff away.
+type Wake chan struct{}
+
+// NewWake returns a Wake.
+func NewWake() Wake { return make(Wake, 1) }
+
+// Poll asks for the next poll now; one already asked for stands.
+func (w Wake) Poll() {
+	select {
+	case w <- struct{}{}:
+	default:
+	}
+}
+
 // Every runs poll at once and then in slots (see NextSlot) until ctx
-// ends; poll gets its Slot and returns the interval to the next one. It
-// returns when ctx ended, after poll returned.
-func Every(ctx context.Context, poll func(ctx context.Context, s Slot) time.Duration) {
+// ends; poll gets its Slot and returns the interval to the next one. A
+// Poll on wake (nil for none) runs it at once, on slots that start again
+// from there. It returns when ctx ended, after poll returned.
+func Every(ctx context.Context, wake Wake, poll func(ctx context.Context, s Slot) time.Duration) {
 	slot := time.Now()
 	next := Slot{Due: slot}
 	timer := time.NewTimer(0)
@@ -333,6 +350,9 @@ func Every(ctx context.Context, poll func(ctx context.Context, s Slot) time.Dura
 		case <-ctx.Done():
 			return
 		case <-timer.C:
+		case <-wake:
+			slot = time.Now()
+			next = Slot{Due: slot}
 		}
 		interval := poll(ctx, next)
 		if ctx.Err() != nil {

@@ -181,10 +181,10 @@ func (b *Bus) timeout() time.Duration {
 func (b *Bus) Run(ctx context.Context, emit drivers.Emit) error {
 	var wg sync.WaitGroup
 	for _, m := range b.modules {
-		p := &poller{b: b, m: m, emit: emit, log: b.log.With("device", m.cfg.ID)}
-		wg.Go(func() { bus.Every(ctx, p.poll) })
+		p := &poller{b: b, m: m, emit: emit, log: b.log.With("device", m.cfg.ID), wake: bus.NewWake()}
+		wg.Go(func() { bus.Every(ctx, p.wake, p.poll) })
 		if m.alarms {
-			wg.Go(func() { bus.Every(ctx, p.alarmPoll) })
+			wg.Go(func() { bus.Every(ctx, nil, p.alarmPoll) })
 		}
 	}
 	wg.Wait()
@@ -365,6 +365,7 @@ type poller struct {
 	m    *module
 	emit drivers.Emit
 	log  *slog.Logger
+	wake bus.Wake // of the poll, by an alarm poll that hears the module back
 }
 
 // identify asks the module its name, unless it was known since it last
@@ -678,6 +679,7 @@ func (p *poller) alarmPoll(ctx context.Context, slot bus.Slot) time.Duration {
 			// Back before its inputs are: a press after a replug comes
 			// from a device the hub sees online.
 			p.emit(model.Message{Device: m.cfg.ID, DeviceKind: m.kind, Kind: model.KindHealth, Time: m.heard.UTC(), Health: &h})
+			p.wake.Poll()
 		}
 	}
 	if late {

@@ -326,6 +326,10 @@ func TestPressAfterReplug(t *testing.T) {
 	if want := []string{"online", "pressed"}; !slices.Equal(got, want) {
 		t.Errorf("after the box came back: %v, want %v", got, want)
 	}
+	// And its poll runs at once, not at its probe 2 s after it went
+	// offline: a poll publishes what it read, changed or not (an alarm
+	// poll only a change, and the press is held for 2 s).
+	r.next(t, "box-1", model.KindTelemetry, time.Second, pressed)
 }
 
 // TestSameDamageTwice: a line that damages the same bit of two answers in

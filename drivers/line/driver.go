@@ -177,7 +177,7 @@ func (l *Link) Run(ctx context.Context, emit drivers.Emit) error {
 	var wg sync.WaitGroup
 	for _, d := range l.devs {
 		p := &poller{l: l, d: d, emit: emit, fr: NewFramer(d.tmpl.Framing)}
-		wg.Go(func() { bus.Every(ctx, p.poll) })
+		wg.Go(func() { bus.Every(ctx, nil, p.poll) })
 	}
 	wg.Wait()
 	return nil

@@ -161,10 +161,10 @@ func newLinks(name, hint string, devs []*device, cl client, log *slog.Logger) li
 func (l *links) run(ctx context.Context, emit drivers.Emit) {
 	var wg sync.WaitGroup
 	for _, d := range l.devices {
-		p := &poller{dev: d, line: l.line, cl: l.cl, emit: emit, log: l.log.With("device", d.cfg.ID), now: time.Now}
-		wg.Go(func() { bus.Every(ctx, p.poll) })
+		p := &poller{dev: d, line: l.line, cl: l.cl, emit: emit, log: l.log.With("device", d.cfg.ID), now: time.Now, wake: bus.NewWake()}
+		wg.Go(func() { bus.Every(ctx, p.wake, p.poll) })
 		if len(d.alarmPlan) > 0 {
-			wg.Go(func() { bus.Every(ctx, p.alarmPoll) })
+			wg.Go(func() { bus.Every(ctx, nil, p.alarmPoll) })
 		}
 	}
 	wg.Wait()
@@ -178,6 +178,7 @@ type poller struct {
 	emit drivers.Emit
 	log  *slog.Logger
 	now  func() time.Time
+	wake bus.Wake // of the poll, by an alarm poll that hears the device back
 	// readings is read's, reused: a poller runs one poll at a time, and
 	// a poll's message takes copies.
 	readings []stamped
@@ -408,6 +409,7 @@ func (p *poller) alarmPoll(ctx context.Context, s bus.Slot) time.Duration {
 			// Back before its inputs are: a press after a replug comes
 			// from a device the hub sees online.
 			p.emit(model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindHealth, Time: now.UTC(), Health: &h})
+			p.wake.Poll()
 		}
 	}
 	changed := false

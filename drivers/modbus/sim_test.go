@@ -233,6 +233,9 @@ func TestPressAfterReplug(t *testing.T) {
 	if want := []string{"online", "pressed"}; !slices.Equal(got, want) {
 		t.Errorf("after the button came back: %v, want %v", got, want)
 	}
+	// And its poll runs at once, not at its probe 2 s after it went
+	// offline: the other signals are back too.
+	waitReading(t, msgs, "pb-1", "supply", model.Number(24), time.Second)
 }
 
 // TestWrites: commands write a coil (function 05) and a scaled holding
