@@ -88,11 +88,15 @@ func nextStatus(t *testing.T, ch <-chan received) (Status, received) {
 	}
 }
 
-func startBroker(t *testing.T) *hub.Mosquitto {
+func startBroker(t *testing.T) *hub.Mosquitto { return startBrokerWith(t, "") }
+
+// startBrokerWith starts a broker with these lines added to its
+// configuration.
+func startBrokerWith(t *testing.T, config string) *hub.Mosquitto {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	m, err := hub.StartMosquitto(ctx, t.TempDir(), quiet())
+	m, err := hub.StartMosquittoWith(ctx, t.TempDir(), quiet(), hub.MosquittoOptions{Config: config})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -607,11 +611,7 @@ func TestOverLimitRefused(t *testing.T) {
 func TestRetainDropNotBlamedOnBatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := hub.StartMosquittoWith(ctx, t.TempDir(), quiet(), hub.MosquittoOptions{Config: "max_packet_size 2000\n"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Stop()
+	b := startBrokerWith(t, "max_packet_size 2000\n")
 	sub := subscribe(t, b.URL(), "hub", "outpost/v1/pr-0001/meter-main/telemetry")
 	u := connect(t, b.URL())
 	sent := make(chan error, 1)
@@ -620,7 +620,7 @@ func TestRetainDropNotBlamedOnBatch(t *testing.T) {
 	if err := u.Retain(ctx, "outpost/v1/pr-0001/snapshot", make([]byte, 3000)); err == nil {
 		t.Fatal("the broker took a retained message over its max_packet_size")
 	}
-	err = <-sent
+	err := <-sent
 	if err == nil {
 		t.Fatal("Send returned nil although the broker dropped the connection during the batch")
 	}
@@ -636,11 +636,7 @@ func TestRetainDropNotBlamedOnBatch(t *testing.T) {
 func TestRetainLearnsLimit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := hub.StartMosquittoWith(ctx, t.TempDir(), quiet(), hub.MosquittoOptions{Config: "max_packet_size 2000\n"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Stop()
+	b := startBrokerWith(t, "max_packet_size 2000\n")
 	u := connect(t, b.URL())
 	topic := "outpost/v1/pr-0001/snapshot"
 	size := packetSize(len(topic), 3000)
