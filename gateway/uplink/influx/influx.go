@@ -53,11 +53,6 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 	return &Uplink{cfg: cfg, log: log, client: client, writer: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
 }
 
-// Send writes msgs as one batch (see batch.Send).
-func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
-	return uplink.SendAll(ctx, u.NewBatch(), msgs)
-}
-
 // NewBatch returns an empty batch of points. The forwarders of both lanes
 // send at once: one batch each.
 func (u *Uplink) NewBatch() uplink.Batch { return &batch{u: u} }

@@ -128,7 +128,7 @@ func TestSendMapping(t *testing.T) {
 	second := telemetry()
 	second.Seq, second.Time, second.Readings = 43, t0.Add(time.Millisecond), []model.Reading{{Signal: "temperature", Value: model.Number(-0.1), Quality: model.Good}, {Signal: "model", Value: model.String("line1\nline2"), Quality: model.Good}}
 	msgs = append(msgs, second)
-	if err := u.Send(context.Background(), msgs); err != nil {
+	if err := uplink.SendAll(context.Background(), u.NewBatch(), msgs); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 	tests := []struct {
@@ -179,14 +179,14 @@ func TestSendIdempotentAndBatched(t *testing.T) {
 	}
 	ctx := context.Background()
 	for range 2 {
-		if err := u.Send(ctx, msgs); err != nil {
+		if err := uplink.SendAll(ctx, u.NewBatch(), msgs); err != nil {
 			t.Fatalf("Send: %v", err)
 		}
 	}
 	if n, err := in.Count(ctx, "temp_humidity"); err != nil || n != 100 {
 		t.Fatalf("count after sending 100 points twice = %d, %v; want 100", n, err)
 	}
-	if err := u.Send(ctx, nil); err != nil {
+	if err := uplink.SendAll(ctx, u.NewBatch(), nil); err != nil {
 		t.Errorf("Send of nothing: %v", err)
 	}
 }
@@ -197,20 +197,20 @@ func TestSendServerDown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	in.Kill()
-	err := u.Send(ctx, []model.Message{telemetry()})
+	err := uplink.SendAll(ctx, u.NewBatch(), []model.Message{telemetry()})
 	if err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("Send to a dead server = %v, want connection refused", err)
 	}
 	if err := in.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := u.Send(ctx, []model.Message{telemetry()}); err != nil {
+	if err := uplink.SendAll(ctx, u.NewBatch(), []model.Message{telemetry()}); err != nil {
 		t.Fatalf("Send after restart: %v", err)
 	}
 	// A bucket that does not exist is a failed write, not a silent one.
 	bad := New(configs.Influx{URL: in.URL(), Bucket: "nosuchdb"}, quiet())
 	defer bad.Close()
-	if err := bad.Send(ctx, []model.Message{telemetry()}); err == nil ||
+	if err := uplink.SendAll(ctx, bad.NewBatch(), []model.Message{telemetry()}); err == nil ||
 		!strings.HasPrefix(err.Error(), `influx uplink: InfluxDB has no bucket or database "nosuchdb" (hub.influx.bucket), writing 1 points to `) ||
 		!strings.Contains(err.Error(), "database not found") {
 		t.Fatalf("Send to a missing database = %v, want it named, and database not found", err)
@@ -274,7 +274,7 @@ func BenchmarkSend(b *testing.B) {
 			msgs[i].Time = t0.Add(time.Duration(n*len(msgs)+i) * time.Millisecond)
 		}
 		n++
-		if err := u.Send(ctx, msgs); err != nil {
+		if err := uplink.SendAll(ctx, u.NewBatch(), msgs); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -319,7 +319,7 @@ func TestSendRejected(t *testing.T) {
 			Seq: uint64(i), Time: t0.Add(time.Duration(i) * time.Second), Kind: model.KindTelemetry,
 			Readings: []model.Reading{{Signal: "status", Value: v, Quality: model.Good}}}
 	}
-	if err := u.Send(ctx, []model.Message{msg(0, model.Number(1))}); err != nil {
+	if err := uplink.SendAll(ctx, u.NewBatch(), []model.Message{msg(0, model.Number(1))}); err != nil {
 		t.Fatal(err)
 	}
 	var batch []model.Message
@@ -330,7 +330,7 @@ func TestSendRejected(t *testing.T) {
 		}
 		batch = append(batch, msg(i, v))
 	}
-	err := u.Send(ctx, batch)
+	err := uplink.SendAll(ctx, u.NewBatch(), batch)
 	var rej *uplink.Rejected
 	if !errors.As(err, &rej) {
 		t.Fatalf("Send = %v, want *uplink.Rejected", err)
@@ -349,7 +349,7 @@ func TestSendRejected(t *testing.T) {
 	if n, err := in.Count(ctx, "power_meter"); err != nil || n != 9 {
 		t.Fatalf("points in InfluxDB = %d, %v; want 9 (the first and 8 of the batch)", n, err)
 	}
-	if err := u.Send(ctx, []model.Message{msg(11, model.Number(11))}); err != nil {
+	if err := uplink.SendAll(ctx, u.NewBatch(), []model.Message{msg(11, model.Number(11))}); err != nil {
 		t.Fatalf("the next batch: %v", err)
 	}
 }

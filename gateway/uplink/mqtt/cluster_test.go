@@ -15,6 +15,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/uplink"
 	"outpost/testbench/hub"
 )
 
@@ -199,7 +200,7 @@ func TestFailoverInNATSCluster(t *testing.T) {
 						msgs[i].Event = &model.Event{Kind: model.EventPanic, Severity: model.Critical}
 					}
 				}
-				if err := l.u.Send(pctx, msgs); err != nil {
+				if err := uplink.SendAll(pctx, l.u.NewBatch(), msgs); err != nil {
 					l.mu.Lock()
 					l.fails++
 					l.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/uplink"
 )
 
 type command struct{ device, payload string }
@@ -80,7 +81,7 @@ func TestAlarmConnectionTakesCommands(t *testing.T) {
 	// An alarm goes out on the alarm connection.
 	ev := model.Message{Station: station.ID, StationType: station.Type, Device: "btn-1", DeviceKind: "panic_button", Seq: 1,
 		Time: time.Now().UTC(), Kind: model.KindEvent, Event: &model.Event{Kind: model.EventPanic, Severity: model.Critical}}
-	if err := a.Send(context.Background(), []model.Message{ev}); err != nil {
+	if err := uplink.SendAll(context.Background(), a.NewBatch(), []model.Message{ev}); err != nil {
 		t.Fatal(err)
 	}
 	for r := next(t, status); r.topic != "outpost/v1/"+station.ID+"/btn-1/event"; r = next(t, status) {

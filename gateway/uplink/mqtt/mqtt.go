@@ -85,8 +85,8 @@ const (
 const dropsToLearn = 3
 
 // Uplink publishes messages to the hub's broker. Create it with New (or
-// NewAlarms), start it with Connect, send with Send, and end it with
-// Close.
+// NewAlarms), start it with Connect, send with the batches of NewBatch
+// (uplink.SendAll sends a slice), and end it with Close.
 type Uplink struct {
 	cfg     configs.MQTT
 	station configs.StationID
@@ -720,11 +720,6 @@ func (u *Uplink) conn() (paho.Client, *link) {
 		return nil, nil
 	}
 	return c, l
-}
-
-// Send publishes msgs as one batch (see batch.Send).
-func (u *Uplink) Send(ctx context.Context, msgs []model.Message) error {
-	return uplink.SendAll(ctx, u.NewBatch(), msgs)
 }
 
 // NewBatch returns an empty batch of messages to publish with QoS 1 (not

@@ -176,7 +176,7 @@ func TestSendArrivesExactly(t *testing.T) {
 	msgs[1].Event = &model.Event{Kind: model.EventPanic, Severity: model.Critical, Details: map[string]string{"button": "reception"}}
 	msgs[2].Kind, msgs[2].Readings = model.KindHealth, nil
 	msgs[2].Health = &model.Health{State: model.Degraded, Reason: "2 timeouts", Counters: map[string]uint64{"timeouts": 2}}
-	if err := u.Send(context.Background(), msgs); err != nil {
+	if err := uplink.SendAll(context.Background(), u.NewBatch(), msgs); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
 	want := []received{
@@ -194,7 +194,7 @@ func TestSendArrivesExactly(t *testing.T) {
 			t.Errorf("on %s got\n %+v\nwant\n %+v", w.topic, got[w.topic], w)
 		}
 	}
-	if err := u.Send(context.Background(), nil); err != nil {
+	if err := uplink.SendAll(context.Background(), u.NewBatch(), nil); err != nil {
 		t.Errorf("Send of nothing: %v", err)
 	}
 }
@@ -254,14 +254,14 @@ func TestStatusLastWillAndClose(t *testing.T) {
 	if st, r := nextStatus(t, late); st.State != StateOffline || !r.retained {
 		t.Fatalf("retained status after Close: %+v retained=%v, want offline", st, r.retained)
 	}
-	if err := u.Send(context.Background(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
+	if err := uplink.SendAll(context.Background(), u.NewBatch(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
 		t.Errorf("Send after Close = %v, want ErrNotConnected", err)
 	}
 }
 
 func TestSendNotConnected(t *testing.T) {
 	u := New(configs.MQTT{URL: "tcp://127.0.0.1:1"}, station, quiet())
-	if err := u.Send(context.Background(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
+	if err := uplink.SendAll(context.Background(), u.NewBatch(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
 		t.Fatalf("Send before Connect = %v, want ErrNotConnected", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -272,7 +272,7 @@ func TestSendNotConnected(t *testing.T) {
 		t.Fatalf("Connect to a closed port = %v, want deadline exceeded", err)
 	}
 	start := time.Now()
-	if err := u.Send(context.Background(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
+	if err := uplink.SendAll(context.Background(), u.NewBatch(), messages(1, 1)); !errors.Is(err, ErrNotConnected) {
 		t.Fatalf("Send while connecting = %v, want ErrNotConnected", err)
 	}
 	if d := time.Since(start); d > 100*time.Millisecond {
@@ -299,7 +299,7 @@ func TestBrokerKilledDuringSend(t *testing.T) {
 			}
 		}
 	}()
-	err := u.Send(context.Background(), msgs)
+	err := uplink.SendAll(context.Background(), u.NewBatch(), msgs)
 	<-killed
 	if err == nil {
 		t.Fatal("Send returned nil although the broker was killed during the batch")
@@ -318,7 +318,7 @@ func TestBrokerKilledDuringSend(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	sub2 := subscribe(t, b.URL(), "hub2", "outpost/v1/pr-0001/meter-main/telemetry")
-	if err := u.Send(ctx, msgs[:100]); err != nil {
+	if err := uplink.SendAll(ctx, u.NewBatch(), msgs[:100]); err != nil {
 		t.Fatalf("Send after restart: %v", err)
 	}
 	// The new batch arrives whole and exact, and nothing else: the failed
@@ -359,7 +359,7 @@ func TestBrokerBouncedDuringSend(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := u.Send(ctx, msgs)
+	err := uplink.SendAll(ctx, u.NewBatch(), msgs)
 	if rerr := <-bounced; rerr != nil {
 		t.Fatal(rerr)
 	}
@@ -390,7 +390,7 @@ func BenchmarkSend(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if err := u.Send(ctx, msgs); err != nil {
+		if err := uplink.SendAll(ctx, u.NewBatch(), msgs); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -577,7 +577,7 @@ func TestOverLimitRefused(t *testing.T) {
 	msgs[1].Readings = messages(1, 60)[0].Readings // about 3 kB of JSON
 	msgs[3].Readings = msgs[1].Readings
 	size := PacketSize(DefaultPrefix, &msgs[1])
-	err := u.Send(ctx, msgs)
+	err := uplink.SendAll(ctx, u.NewBatch(), msgs)
 	var rej *uplink.Rejected
 	if !errors.As(err, &rej) {
 		t.Fatalf("Send = %v, want the messages over the limit refused", err)
@@ -598,7 +598,7 @@ func TestOverLimitRefused(t *testing.T) {
 	}
 	// A batch of nothing but such messages is refused without a connection.
 	u.Close(context.Background())
-	err = u.Send(ctx, msgs[1:2])
+	err = uplink.SendAll(ctx, u.NewBatch(), msgs[1:2])
 	if !errors.As(err, &rej) || len(rej.Items) != 1 || rej.Items[0].Index != 0 {
 		t.Errorf("Send of one message over the limit = %v, want it refused", err)
 	}
@@ -615,7 +615,7 @@ func TestRetainDropNotBlamedOnBatch(t *testing.T) {
 	sub := subscribe(t, b.URL(), "hub", "outpost/v1/pr-0001/meter-main/telemetry")
 	u := connect(t, b.URL())
 	sent := make(chan error, 1)
-	go func() { sent <- u.Send(ctx, messages(20000, 1)) }()
+	go func() { sent <- uplink.SendAll(ctx, u.NewBatch(), messages(20000, 1)) }()
 	next(t, sub) // the batch is under way
 	if err := u.Retain(ctx, "outpost/v1/pr-0001/snapshot", make([]byte, 3000)); err == nil {
 		t.Fatal("the broker took a retained message over its max_packet_size")

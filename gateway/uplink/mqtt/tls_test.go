@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/gateway/uplink"
 	"outpost/testbench/hub"
 )
 
@@ -94,7 +95,7 @@ func TestTLS(t *testing.T) {
 	}
 	t.Cleanup(func() { u.Close(context.Background()) })
 	msgs := messages(3, 2)
-	if err := u.Send(ctx, msgs); err != nil {
+	if err := uplink.SendAll(ctx, u.NewBatch(), msgs); err != nil {
 		t.Fatalf("Send over TLS: %v", err)
 	}
 	for i := range msgs {
@@ -120,7 +121,7 @@ func TestTLS(t *testing.T) {
 				t.Fatal("connected")
 			}
 			defer bad.Close(context.Background())
-			if err := bad.Send(context.Background(), messages(1, 1)); err != ErrNotConnected {
+			if err := uplink.SendAll(context.Background(), bad.NewBatch(), messages(1, 1)); err != ErrNotConnected {
 				t.Errorf("Send without a connection: %v, want ErrNotConnected", err)
 			}
 			if got := bad.Connection(); got.Connected || !strings.Contains(got.Cause, c.cause) {
