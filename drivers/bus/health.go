@@ -233,11 +233,11 @@ func Record(ctx context.Context, log *slog.Logger, t *Tracker, r Result, now tim
 // Answered): it says whether to send its health now, which is only when
 // it was offline.
 func Heard(ctx context.Context, log *slog.Logger, t *Tracker, now time.Time) (model.Health, bool) {
-	h, changed := t.Answered()
-	if !changed {
+	h, back := t.Answered()
+	if !back {
 		return h, false
 	}
-	return logged(ctx, log, t, h, changed, now)
+	return logged(ctx, log, t, h, true, now)
 }
 
 // logged logs a device's health when its state changed and says whether
