@@ -111,6 +111,13 @@ type Driver struct {
 	sess   atomic.Pointer[session] // the connection to an external broker, nil while there is none
 	counts counters                // what no device of the link can be held to
 	strays strays                  // messages of devices not on the link (external broker)
+
+	// Of the external broker, used by subscribe's goroutine only
+	// (supervise runs there).
+	down      linkDown // why there is no connection to it; zero while there is one
+	stateDir  string   // where sessionFile is
+	alarm     bool     // a device of the link raises alarms
+	sessioned bool     // the gateway has had a session there (sessionFile)
 }
 
 // device is one MQTT device and its health.
@@ -131,6 +138,7 @@ type device struct {
 	logged    time.Time // the last log line about refused messages
 	unlogged  map[string]uint64
 	last      string    // the last refusal, for the log
+	linkDown  bool      // offline because the link to the external broker is down (its reason)
 	spoofed   time.Time // the last spoofing event
 	spoofs    uint64    // attempts since then
 	// The device's rate, for what must not be lost (its events and
@@ -159,7 +167,8 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	}
 	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now,
 		every:    cmp.Or(link.Station.Health.ReportEvery, time.Minute),
-		clientID: "outpost-" + link.Station.Station.ID + "-" + link.Name(), done: make(chan struct{})}
+		clientID: "outpost-" + link.Station.Station.ID + "-" + link.Name(), done: make(chan struct{}),
+		stateDir: link.Station.StateDir}
 	for _, dev := range link.Devices {
 		t := link.Template(dev)
 		ds, ok := dev.Settings.(*cfg.Device)
@@ -167,6 +176,7 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		if !ok || !isMQTT {
 			return nil, fmt.Errorf("device %s on %s: not an MQTT device", dev.ID, link.Name())
 		}
+		d.alarm = d.alarm || t.Alarm
 		silence := ds.Silence
 		if silence == 0 && body.Heartbeat != nil {
 			silence = 3 * body.Heartbeat.Every
@@ -262,16 +272,23 @@ func (d *Driver) supervise() {
 	for _, dev := range d.devices {
 		dev.mu.Lock()
 		never := dev.counters["messages"] == 0 // nor connected, through the station broker
+		silent := dev.silence > 0 && now.Sub(dev.lastHeard) > dev.silence
 		switch {
 		case never && dev.counters[AuthFailed] > 0:
 			// Said at once: the device is there, and what to fix is
 			// known. (A wrong login does not touch a device that is in.)
 			d.setState(dev, model.Offline, fmt.Sprintf("its logins to the station broker are refused (%s): give the device and the gateway the same password again (gateway passwd -file %s %s, then gateway reload if the gateway runs)",
 				dev.last, d.set.Credentials, dev.id))
-		case dev.silence > 0 && now.Sub(dev.lastHeard) > dev.silence && never && d.set.Embedded():
+		case silent && never && d.set.Embedded():
 			d.setState(dev, model.Offline, fmt.Sprintf("%s has not connected to the station broker at %s since the gateway started: is it powered, on the station LAN, and set to this address?",
 				dev.id, d.Addr()))
-		case dev.silence > 0 && now.Sub(dev.lastHeard) > dev.silence && dev.state != model.Offline:
+		case silent && d.down.err != nil:
+			// The gateway hears nothing through an external broker it
+			// cannot reach: that is what to fix, not the device.
+			d.setState(dev, model.Offline, fmt.Sprintf("no connection to the station broker %s since %s (%v): is it running, and reachable from the gateway?",
+				d.set.Broker, d.down.since.UTC().Format(time.DateTime+" MST"), d.down.err))
+			dev.linkDown = true
+		case silent && (dev.state != model.Offline || dev.linkDown):
 			d.setState(dev, model.Offline, fmt.Sprintf("nothing from %s for %s (it should send a heartbeat every %s)", dev.id, dev.silence.Round(time.Second), heartbeat(dev.tmpl)))
 		case dev.state == model.Degraded && now.Sub(dev.lastWrong) >= quietAfter:
 			d.setState(dev, model.Online, "")
@@ -310,6 +327,7 @@ func (d *Driver) stopping() <-chan struct{} {
 // setState changes a device's health (dev.mu held) and sends it when the
 // state changed.
 func (d *Driver) setState(dev *device, state model.HealthState, reason string) {
+	dev.linkDown = false
 	if dev.state == state && (state == model.Online || dev.reason == reason) {
 		return
 	}

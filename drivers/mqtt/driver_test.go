@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"outpost/configs"
 	"outpost/drivers"
 	"outpost/gateway/model"
 )
@@ -372,14 +370,7 @@ func equalMaps(a, b map[string]string) bool {
 // with what to do; one that never connects is offline after its silence,
 // with where it should connect.
 func TestDeviceNotIn(t *testing.T) {
-	st := station(t, "")
-	src, _ := os.ReadFile(st.File)
-	os.WriteFile(st.File, []byte(strings.Replace(string(src), "{id: kiosk-2, template: outpost-kiosk, link: station-mqtt}",
-		"{id: kiosk-2, template: outpost-kiosk, link: station-mqtt, silence: 1s}", 1)), 0o600)
-	st, err := configs.Load(st.File)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := withSilence(t, station(t, ""), "kiosk-2", "1s")
 	d, out := start(t, st)
 	if _, err := connect(t, d.Addr(), "kiosk-1", "pw-kiosk-2", false); err == nil {
 		t.Fatal("kiosk-1 logged in with kiosk-2's password")

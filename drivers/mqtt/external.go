@@ -6,6 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +18,8 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	cfg "outpost/configs/mqtt"
+	"outpost/gateway/durable"
+	"outpost/gateway/model"
 )
 
 // How the driver keeps its connection to an external station broker.
@@ -40,11 +46,12 @@ const (
 // own (paho's own reconnect replays its store and races with new
 // publishes; a fresh client per connection does neither).
 type session struct {
-	c    paho.Client
-	up   time.Time
-	lost chan struct{} // closed when the connection is lost or dropped
-	once sync.Once
-	err  error // why, once lost is closed
+	c       paho.Client
+	up      time.Time
+	present bool          // the broker had the gateway's session (CONNACK)
+	lost    chan struct{} // closed when the connection is lost or dropped
+	once    sync.Once
+	err     error // why, once lost is closed
 }
 
 // lose marks the connection lost (the first reason stays).
@@ -121,6 +128,7 @@ func (d *Driver) subscribe(ctx context.Context, stop func()) error {
 			d.supervise()
 		case <-lost:
 			d.sess.Store(nil)
+			d.down = linkDown{since: d.now(), err: s.err}
 			s.c.Disconnect(0) // nothing to do when paho saw the loss itself
 			if d.now().Sub(s.up) >= stableAfter {
 				backoff = minReconnect
@@ -136,7 +144,8 @@ func (d *Driver) subscribe(ctx context.Context, stop func()) error {
 				d.sess.Store(s)
 				d.log.Info("subscribed to the station broker", "broker", d.set.Broker, "client_id", d.clientID,
 					"devices", len(d.devices), "attempts", attempts+1)
-				failed, attempts = time.Time{}, 0
+				d.checkSession(s.present)
+				failed, attempts, d.down = time.Time{}, 0, linkDown{}
 				d.Up()
 				continue
 			}
@@ -147,6 +156,10 @@ func (d *Driver) subscribe(ctx context.Context, stop func()) error {
 				return fmt.Errorf("link %s: station broker %s: %w", d.name, d.set.Broker, err)
 			}
 			attempts++
+			if d.down.since.IsZero() {
+				d.down.since = d.now()
+			}
+			d.down.err = err
 			if now := d.now(); failed.IsZero() || now.Sub(failed) >= failLogEvery {
 				d.log.Warn("station broker unreachable; trying again", "broker", d.set.Broker, "err", err, "attempts", attempts, "next_in", backoff)
 				failed = now
@@ -155,6 +168,60 @@ func (d *Driver) subscribe(ctx context.Context, stop func()) error {
 			backoff = min(2*backoff, maxReconnect)
 		}
 	}
+}
+
+// linkDown is why the link has no connection to the external broker, and
+// since when.
+type linkDown struct {
+	since time.Time
+	err   error
+}
+
+// sessionFile is where the gateway remembers, in its state directory, that
+// it has a session at the external broker (its client id and the broker):
+// a connection that finds none there, even after a restart of the
+// gateway, means the broker lost it.
+func (d *Driver) sessionFile() string {
+	return filepath.Join(d.stateDir, "mqtt-"+d.name+".session")
+}
+
+// checkSession tells the hub when the broker had no session of the
+// gateway's although it had one: the broker restarted without its saved
+// state (Mosquitto saves it only every autosave_interval), or expired it.
+// Whatever the devices published from then until the gateway subscribed
+// again went to no one. It remembers the session otherwise.
+func (d *Driver) checkSession(present bool) {
+	mark := d.clientID + " " + d.set.Broker + "\n"
+	had := d.sessioned
+	if !had {
+		b, err := os.ReadFile(d.sessionFile())
+		if had = err == nil && string(b) == mark; !had {
+			if err = durable.MkdirAll(d.stateDir); err == nil {
+				err = durable.WriteFile(d.sessionFile(), []byte(mark))
+			}
+			if err != nil {
+				d.log.Warn("cannot remember the session at the station broker: its loss after a restart will not be noticed", "file", d.sessionFile(), "err", err)
+			}
+		}
+		d.sessioned = true
+	}
+	if present || !had {
+		return
+	}
+	devices := slices.Sorted(maps.Keys(d.devices))
+	reason := fmt.Sprintf("the station broker %s had lost the gateway's session (client id %s) when it connected again: what %s published while the gateway was away from the broker went to no one and may be lost; make the broker save its state often (Mosquitto: persistence true, autosave_interval 10)",
+		d.set.Broker, d.clientID, strings.Join(devices, ", "))
+	sev := model.Warning
+	if d.alarm {
+		sev = model.Critical
+	}
+	details := map[string]string{"link": d.name, "broker": d.set.Broker, "client_id": d.clientID,
+		"devices": strings.Join(devices, ","), "reason": reason}
+	if !d.down.since.IsZero() {
+		details["away_since"] = d.down.since.UTC().Format(time.RFC3339)
+	}
+	d.log.Error("station broker lost the gateway's session", "broker", d.set.Broker, "client_id", d.clientID, "devices", devices)
+	d.send(model.GatewayEvent(model.EventBrokerSessionLost, sev, details))
 }
 
 // errSubscription is the broker's refusal of the gateway's subscription.
@@ -194,16 +261,18 @@ func (d *Driver) connect(ctx context.Context) (*session, error) {
 		o.SetTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12})
 	}
 	s.c = paho.NewClient(o)
-	if err := wait(ctx, s.c.Connect()); err != nil {
+	tok := s.c.Connect()
+	if err := wait(ctx, tok); err != nil {
 		s.c.Disconnect(0)
 		return nil, err
 	}
+	s.present = tok.(*paho.ConnectToken).SessionPresent()
 	s.up = d.now()
 	filter := d.set.Prefix + "/+/#"
-	tok := s.c.Subscribe(filter, 1, nil)
-	err := wait(ctx, tok)
+	sub := s.c.Subscribe(filter, 1, nil)
+	err := wait(ctx, sub)
 	if err == nil {
-		if qos := tok.(*paho.SubscribeToken).Result()[filter]; qos > 1 {
+		if qos := sub.(*paho.SubscribeToken).Result()[filter]; qos > 1 {
 			err = fmt.Errorf("%w: %s (answer %#x): the broker's ACL must let %s read %s/#", errSubscription, filter, qos, d.set.Username, d.set.Prefix)
 		}
 	}

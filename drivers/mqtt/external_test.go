@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,9 +38,10 @@ topic write dev/+/cmd
 `
 
 // mosquitto starts a Mosquitto that checks passwords (each user's is
-// "pw-" and its name) and the ACL of docs/kiosks.md, until the test ends.
-// kiosk-9 is a user of the broker but no device of the link.
-func mosquitto(t *testing.T) *hub.Mosquitto {
+// "pw-" and its name) and the ACL of docs/kiosks.md, with options o but
+// its configuration, until the test ends. kiosk-9 is a user of the broker
+// but no device of the link.
+func mosquitto(t *testing.T, o hub.MosquittoOptions) *hub.Mosquitto {
 	t.Helper()
 	tool, err := exec.LookPath("mosquitto_passwd")
 	if err != nil {
@@ -61,8 +63,8 @@ func mosquitto(t *testing.T) *hub.Mosquitto {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	m, err := hub.StartMosquittoWith(ctx, filepath.Join(dir, "broker"), slog.New(slog.NewTextHandler(io.Discard, nil)),
-		hub.MosquittoOptions{Config: fmt.Sprintf("allow_anonymous false\npassword_file %s\nacl_file %s\n", passwd, aclFile)})
+	o.Config = fmt.Sprintf("allow_anonymous false\npassword_file %s\nacl_file %s\n", passwd, aclFile)
+	m, err := hub.StartMosquittoWith(ctx, filepath.Join(dir, "broker"), slog.New(slog.NewTextHandler(io.Discard, nil)), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +86,7 @@ func externalStation(t *testing.T, url, password string) *configs.Station {
 // startExternal runs the driver of a link to a fresh test broker.
 func startExternal(t *testing.T) (*hub.Mosquitto, *Driver, *emitted) {
 	t.Helper()
-	m := mosquitto(t)
+	m := mosquitto(t, hub.MosquittoOptions{})
 	d, out := start(t, externalStation(t, m.URL(), "pw-"+gatewayUser))
 	return m, d, out
 }
@@ -303,7 +305,7 @@ func TestExternalReconnects(t *testing.T) {
 // A broker that refuses the gateway's password makes the link unusable:
 // Run says why at once.
 func TestExternalRefusesGateway(t *testing.T) {
-	m := mosquitto(t)
+	m := mosquitto(t, hub.MosquittoOptions{})
 	d := build(t, externalStation(t, m.URL(), "wrong"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -315,4 +317,126 @@ func TestExternalRefusesGateway(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not Authorized") && !strings.Contains(err.Error(), "bad user name or password") {
 		t.Errorf("Run: %v, want the broker's refusal", err)
 	}
+}
+
+// A device silent while the gateway cannot reach the external broker is
+// offline with the broker as the reason, not the device; once the broker
+// is back and the device still silent, the reason is the device's.
+func TestExternalBrokerDown(t *testing.T) {
+	m := mosquitto(t, hub.MosquittoOptions{})
+	st := withSilence(t, externalStation(t, m.URL(), "pw-"+gatewayUser), "kiosk-2", "1s")
+	_, out := start(t, st)
+	m.Kill()
+	prefix, suffix := "no connection to the station broker "+m.URL()+" since ", "): is it running, and reachable from the gateway?"
+	offline(t, out, "kiosk-2", func(r string) bool { return strings.HasPrefix(r, prefix) && strings.HasSuffix(r, suffix) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := "nothing from kiosk-2 for 1s (it should send a heartbeat every 30s)"
+	offline(t, out, "kiosk-2", func(r string) bool { return r == want })
+}
+
+// offline waits for an offline health of a device whose reason is one
+// ok takes, and fails with the reasons seen otherwise.
+func offline(t *testing.T, out *emitted, device string, ok func(reason string) bool) {
+	t.Helper()
+	var seen []string
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case m := <-out.ch:
+			if m.Device != device || m.Kind != model.KindHealth || m.Health.State != model.Offline {
+				continue
+			}
+			if ok(m.Health.Reason) {
+				return
+			}
+			seen = append(seen, m.Health.Reason)
+		case <-deadline:
+			t.Fatalf("%s: no offline health with the reason wanted within 15s; reasons seen: %q", device, seen)
+		}
+	}
+}
+
+// A broker that lost the gateway's session (killed before it saved it)
+// is told to the hub when the gateway connects again, even when the
+// gateway restarted meanwhile: what the devices sent in between went to
+// no one. A broker that kept it, and the first connection, say nothing.
+func TestExternalSessionLost(t *testing.T) {
+	m := mosquitto(t, hub.MosquittoOptions{NoAutosave: true})
+	st := externalStation(t, m.URL(), "pw-"+gatewayUser)
+	restart := func(kill bool) {
+		t.Helper()
+		if kill {
+			m.Kill()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := m.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// delivered publishes a request of kiosk-1 and waits for the driver
+	// to take it: the driver is subscribed again. It fails on a session
+	// lost reported before.
+	delivered := func(out *emitted, ticket string) {
+		t.Helper()
+		k := online(t, m, "kiosk-1")
+		defer k.c.Disconnect(0)
+		if err := k.publish("dev/kiosk-1/service_request", `{"ticket":"`+ticket+`","category":"other"}`); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			e := out.next(t)
+			if e.Device == model.GatewayDevice {
+				t.Fatalf("before the request %s: %s %v", ticket, e.Event.Kind, e.Event.Details)
+			}
+			if e.Kind == model.KindEvent && e.Event.Details["ticket"] == ticket {
+				return
+			}
+		}
+	}
+	lost := func(out *emitted) model.Message {
+		t.Helper()
+		for {
+			if e := out.next(t); e.Device == model.GatewayDevice {
+				return e
+			}
+		}
+	}
+
+	_, out, stop := run(t, st)
+	delivered(out, "T-1") // the first connection: no session yet
+	stop()
+
+	// The gateway away, the broker loses the session (it never saved
+	// it): the next gateway tells it at its first connection.
+	restart(true)
+	_, out = start(t, st)
+	if e := lost(out); e.Event.Kind != model.EventBrokerSessionLost || e.Event.Details["away_since"] != "" {
+		t.Errorf("after a restart of the gateway: %s %v", e.Event.Kind, e.Event.Details)
+	}
+	delivered(out, "T-2")
+
+	// The broker loses it while the gateway runs.
+	restart(true)
+	e := lost(out)
+	want := map[string]string{"link": "station-mqtt", "broker": m.URL(), "client_id": "outpost-pc-0001-station-mqtt",
+		"devices": "kiosk-1,kiosk-2"}
+	got := maps.Clone(e.Event.Details)
+	if !strings.Contains(got["reason"], "what kiosk-1, kiosk-2 published while the gateway was away from the broker went to no one") ||
+		got["away_since"] == "" {
+		t.Errorf("details %v", got)
+	}
+	delete(got, "reason")
+	delete(got, "away_since")
+	if e.Event.Kind != model.EventBrokerSessionLost || e.Event.Severity != model.Critical || !equalMaps(got, want) {
+		t.Errorf("event %s %s %v, want %s critical %v", e.Event.Kind, e.Event.Severity, got, model.EventBrokerSessionLost, want)
+	}
+	delivered(out, "T-3")
+
+	restart(false) // saved at its exit
+	delivered(out, "T-4")
 }

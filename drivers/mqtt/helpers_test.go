@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,6 +123,18 @@ func (e *emitted) nextOf(t *testing.T, device string, kind model.Kind) model.Mes
 	}
 }
 
+// next waits for the next message emitted.
+func (e *emitted) next(t *testing.T) model.Message {
+	t.Helper()
+	select {
+	case m := <-e.ch:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing emitted within 10s")
+		return model.Message{}
+	}
+}
+
 // health waits for a device's health in a state.
 func (e *emitted) health(t *testing.T, device string, state model.HealthState) model.Message {
 	t.Helper()
@@ -150,8 +163,16 @@ func (e *emitted) none(t *testing.T, device string) {
 // start runs the link's driver until the test ends.
 func start(t *testing.T, st *configs.Station) (*Driver, *emitted) {
 	t.Helper()
-	d := build(t, st)
-	out := &emitted{ch: make(chan model.Message, 10000)}
+	d, out, stop := run(t, st)
+	t.Cleanup(stop)
+	return d, out
+}
+
+// run runs the link's driver until stop, which waits for Run to return.
+func run(t *testing.T, st *configs.Station) (d *Driver, out *emitted, stop func()) {
+	t.Helper()
+	d = build(t, st)
+	out = &emitted{ch: make(chan model.Message, 10000)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, out.emit) }()
@@ -164,7 +185,7 @@ func start(t *testing.T, st *configs.Station) (*Driver, *emitted) {
 		cancel()
 		t.Fatal("driver not listening within 5s")
 	}
-	t.Cleanup(func() {
+	return d, out, sync.OnceFunc(func() {
 		cancel()
 		select {
 		case err := <-done:
@@ -175,7 +196,28 @@ func start(t *testing.T, st *configs.Station) (*Driver, *emitted) {
 			t.Error(errors.New("Run did not return within 5s of its context ending"))
 		}
 	})
-	return d, out
+}
+
+// withSilence gives a device of the station a silence of its own.
+func withSilence(t *testing.T, st *configs.Station, device, silence string) *configs.Station {
+	t.Helper()
+	src, err := os.ReadFile(st.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := "{id: " + device + ", template: outpost-kiosk, link: station-mqtt"
+	if !strings.Contains(string(src), line) {
+		t.Fatalf("no %s in %s", line, src)
+	}
+	src = []byte(strings.Replace(string(src), line, line+", silence: "+silence, 1))
+	if err := os.WriteFile(st.File, src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err = configs.Load(st.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // build makes the driver of the station's first link.

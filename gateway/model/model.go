@@ -156,6 +156,12 @@ func (Severity) Values() []string { return []string{string(Info), string(Warning
 // the station does not have.
 const GatewayDevice = "gateway"
 
+// GatewayEvent is an event of the gateway itself.
+func GatewayEvent(kind string, sev Severity, details map[string]string) Message {
+	return Message{Device: GatewayDevice, DeviceKind: GatewayDevice, Kind: KindEvent,
+		Event: &Event{Kind: kind, Severity: sev, Details: details}}
+}
+
 // Event kinds known to the gateway. Templates may name others.
 const (
 	EventPanic               = "panic"
@@ -176,6 +182,11 @@ const (
 	EventPowerFail           = "power_fail"
 	EventCommsFailed         = "comms_failed"
 )
+
+// EventBrokerSessionLost: an external station broker had forgotten the
+// gateway's session when it connected again, and with it the messages its
+// devices sent meanwhile.
+const EventBrokerSessionLost = "station_broker_session_lost"
 
 // Event is an alarm or state change.
 type Event struct {

@@ -350,7 +350,7 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 	if first.Device == model.GatewayDevice && first.Event != nil && first.Event.Kind == model.EventRejected {
 		return // reporting it would make another such event, and so on
 	}
-	f.Report(GatewayEvent(model.EventRejected, model.Warning, map[string]string{
+	f.Report(model.GatewayEvent(model.EventRejected, model.Warning, map[string]string{
 		"uplink":      f.UplinkName,
 		"messages":    strconv.Itoa(len(items)),
 		"readings":    strconv.Itoa(readings),
@@ -370,7 +370,7 @@ func (f *Forwarder) Supervise(ctx context.Context, s Supervisor) {
 	s.Failed = func(err error, restarts int, pause time.Duration) {
 		f.restarts.Add(1)
 		f.Log.Error("forwarder failed; restarting it", "forwarder", f.Name, "err", err, "restarts", restarts, "in", pause)
-		f.Report(GatewayEvent(model.EventForwarderFailed, model.Warning, map[string]string{
+		f.Report(model.GatewayEvent(model.EventForwarderFailed, model.Warning, map[string]string{
 			"forwarder": f.Name,
 			"error":     err.Error(),
 			"restarts":  strconv.Itoa(restarts + 1),

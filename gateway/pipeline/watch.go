@@ -9,12 +9,6 @@ import (
 	"outpost/gateway/queue"
 )
 
-// GatewayEvent is an event of the gateway itself.
-func GatewayEvent(kind string, sev model.Severity, details map[string]string) model.Message {
-	return model.Message{Device: model.GatewayDevice, DeviceKind: model.GatewayDevice, Kind: model.KindEvent,
-		Event: &model.Event{Kind: kind, Severity: sev, Details: details}}
-}
-
 // StatsSource is a queue whose counters can be read.
 type StatsSource interface {
 	Stats() queue.Stats
@@ -40,7 +34,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			blip := !s.WriteFailing && !prev.WriteFailing && s.WriteErrors > prev.WriteErrors
 			if s.WriteFailing && !prev.WriteFailing || blip {
 				failedAt[name], since[name] = prev, time.Now()
-				in.Emit(GatewayEvent(model.EventQueueWriteFailed, model.Critical, map[string]string{
+				in.Emit(model.GatewayEvent(model.EventQueueWriteFailed, model.Critical, map[string]string{
 					"uplink":        name,
 					"error":         s.WriteError,
 					"alarms_held":   strconv.FormatInt(a.Memory, 10),
@@ -51,7 +45,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			}
 			if !s.WriteFailing && prev.WriteFailing || blip {
 				f := failedAt[name]
-				in.Emit(GatewayEvent(model.EventQueueWriteRecovered, model.Info, map[string]string{
+				in.Emit(model.GatewayEvent(model.EventQueueWriteRecovered, model.Info, map[string]string{
 					"uplink":        name,
 					"outage":        time.Since(since[name]).Round(time.Second).String(),
 					"alarms_lost":   strconv.FormatInt(a.Lost-f.Kept().Lost, 10),
@@ -69,7 +63,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 				case s.FullDrops > prev.FullDrops:
 					reason = "the disk is full: the oldest telemetry was dropped to make room (" + s.FullDrop + ")"
 				}
-				in.Emit(GatewayEvent(model.EventQueueDrops, model.Warning, map[string]string{
+				in.Emit(model.GatewayEvent(model.EventQueueDrops, model.Warning, map[string]string{
 					"uplink":                 name,
 					"dropped_readings":       strconv.FormatInt(d, 10),
 					"dropped_records":        strconv.FormatInt(t.Dropped-pt.Dropped, 10),
@@ -82,7 +76,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 				if a.Dropped > pa.Dropped {
 					sev = model.Critical
 				}
-				in.Emit(GatewayEvent(model.EventQueueDamage, sev, map[string]string{
+				in.Emit(model.GatewayEvent(model.EventQueueDamage, sev, map[string]string{
 					"uplink":        name,
 					"lanes_deleted": strconv.FormatInt(s.Deleted-prev.Deleted, 10),
 					"alarms_lost":   strconv.FormatInt(a.Dropped-pa.Dropped, 10),
@@ -90,7 +84,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 				}))
 			}
 			if s.Corrupt > prev.Corrupt || s.TornBytes > prev.TornBytes {
-				in.Emit(GatewayEvent(model.EventQueueDamage, model.Warning, map[string]string{
+				in.Emit(model.GatewayEvent(model.EventQueueDamage, model.Warning, map[string]string{
 					"uplink":        name,
 					"corrupt":       strconv.FormatInt(s.Corrupt-prev.Corrupt, 10),
 					"corrupt_bytes": strconv.FormatInt(s.CorruptBytes-prev.CorruptBytes, 10),

@@ -379,7 +379,7 @@ func openSeq(st *configs.Station, queues map[string]*queue.Reader, log *slog.Log
 	}
 	log.Error("sequence numbers were lost (both copies damaged); raised above the queues", "file", st.SeqFile(),
 		"devices_from_queues", len(floors), "devices_guessed", strings.Join(unknown, ","))
-	ev := pipeline.GatewayEvent(model.EventSeqLost, model.Warning, map[string]string{
+	ev := model.GatewayEvent(model.EventSeqLost, model.Warning, map[string]string{
 		"reason":              "both copies of the sequence numbers were damaged",
 		"devices_from_queues": fmt.Sprint(len(floors)),
 		"devices_guessed":     strings.Join(unknown, ","),
