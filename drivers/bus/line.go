@@ -48,6 +48,7 @@ type Line struct {
 	late     lateness
 	first    time.Time     // the link's first poll
 	slowest  time.Duration // the longest poll interval of its devices
+	exchange time.Duration // the longest exchange of a poll on the wire (see Exchange)
 }
 
 // LateQuiet is the least time without a late poll after which a link that
@@ -72,6 +73,17 @@ func (l *Line) Add(addr int, every time.Duration) {
 	l.known[addr] = true
 }
 
+// Exchange tells the line how long the longest exchange (a request and its
+// answer) of its devices' polls takes on the wire. A poll that falls due
+// just after such an exchange began waits it out, however light the load,
+// and is not late for that: at 9600 baud a UPS's block of registers holds
+// the wire for 60 ms, more than half of a door contact's 100 ms alarm poll.
+func (l *Line) Exchange(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.exchange = max(l.exchange, d)
+}
+
 // Started notes that a poll of dev got the wire `by` after it was due and
 // says whether that is late. It logs, at warning level, when the link
 // starts running late and when it is on time again, with the figures.
@@ -88,7 +100,7 @@ func (l *Line) Started(dev string, by, interval time.Duration) bool {
 	if now.Sub(l.first) < 2*max(interval, l.slowest) {
 		return false
 	}
-	late, began, ended := l.late.observe(now, by, interval, l.quiet)
+	late, began, ended := l.late.observe(now, by, interval/2+l.exchange, l.quiet)
 	switch {
 	case began:
 		busiest, load := l.busiest()
@@ -193,9 +205,11 @@ func (a Addresses) list(addrs []int) string {
 func percent(f float64) string { return fmt.Sprintf("%.0f%%", 100*f) }
 
 // lateness follows whether a link's polls run late. A poll is late when it
-// gets the wire more than half its interval after it was due: it is then
-// nearer its next due time than its own, and the device is effectively read
-// less often than configured. The link runs late from its first late poll
+// gets the wire more than half its interval after it was due (and more than
+// the link's longest exchange, which it may have had to wait out): it is
+// then nearer its next due time than its own, and the device is
+// effectively read less often than configured, or the wire is too busy
+// for its schedule. The link runs late from its first late poll
 // until no poll has been late for a quiet period, so that a link at the
 // edge is reported once, not at every poll.
 type lateness struct {
@@ -205,11 +219,11 @@ type lateness struct {
 	worst       time.Duration // the latest start of the episode
 }
 
-// observe records a poll that got the wire `by` after it was due, at now.
-// It says whether the poll was late, and whether the link began running
-// late with it or ended an episode.
-func (l *lateness) observe(now time.Time, by, interval, quiet time.Duration) (late, began, ended bool) {
-	if by > interval/2 {
+// observe records a poll that got the wire `by` after it was due, at now,
+// when more than `allowed` is late. It says whether the poll was late, and
+// whether the link began running late with it or ended an episode.
+func (l *lateness) observe(now time.Time, by, allowed, quiet time.Duration) (late, began, ended bool) {
+	if by > allowed {
 		if !l.running {
 			*l = lateness{running: true, since: now}
 			began = true

@@ -31,7 +31,7 @@ func TestLateness(t *testing.T) {
 	}
 	var l lateness
 	for i, s := range steps {
-		late, began, ended := l.observe(t0.Add(s.at), s.by, time.Second, quiet)
+		late, began, ended := l.observe(t0.Add(s.at), s.by, time.Second/2, quiet)
 		if late != s.late || began != s.began || ended != s.ended || l.polls != s.polls || l.worst != s.worst {
 			t.Errorf("step %d (at %v, %v late): late=%v began=%v ended=%v, %d late polls, worst %v; want %v %v %v, %d, %v",
 				i, s.at, s.by, late, began, ended, l.polls, l.worst, s.late, s.began, s.ended, s.polls, s.worst)
@@ -109,5 +109,21 @@ func TestFirstRoundOfTheSlowest(t *testing.T) {
 	time.Sleep(60 * time.Millisecond) // past two of the sensor's intervals
 	if !l.Started("pb-2", 8*time.Millisecond, alarm) {
 		t.Error("an alarm poll 8 ms late at a 10 ms interval, after the first round, not counted late")
+	}
+}
+
+// TestExchangeNotLate: a poll that waited out the link's longest exchange
+// is not late for that, while one later still is.
+func TestExchangeNotLate(t *testing.T) {
+	l := NewLine("rs485-1", "", units, slog.New(slog.DiscardHandler))
+	const alarm = 10 * time.Millisecond
+	l.Exchange(6 * time.Millisecond) // a long block of registers
+	l.Started("door-1", 0, alarm)    // the link's first poll
+	time.Sleep(3 * alarm)            // the first round is over
+	if l.Started("door-1", 10*time.Millisecond, alarm) {
+		t.Error("an alarm poll 10 ms late at a 10 ms interval, behind a 6 ms exchange, counted late")
+	}
+	if !l.Started("door-1", 12*time.Millisecond, alarm) {
+		t.Error("an alarm poll 12 ms late at a 10 ms interval, with exchanges of 6 ms, not counted late")
 	}
 }

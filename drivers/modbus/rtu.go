@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/goburrow/modbus"
@@ -163,7 +164,11 @@ func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	}
 	r := &rtuBus{bus: b, port: port, packagers: map[byte]modbus.Packager{}}
 	r.links = newLinks(link.Name(), busHint, devs, r, log)
+	cost := BusCost(b)
 	for _, d := range devs {
+		for _, q := range slices.Concat(d.plan, d.alarmPlan) {
+			r.line.Exchange(cost.Request(q.Table, q.Count))
+		}
 		h := modbus.NewRTUClientHandler("")
 		h.SlaveId = d.unit
 		r.packagers[d.unit] = h
