@@ -2,7 +2,7 @@
 // station: the other side of the wire from the gateway.
 //
 //	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-raised FILE] [-statuses FILE] [-control ADDR]
-//	             [-seed N] [-turnaround 3ms] [-check-line] [-noise 0.05] [-silent ID,...] [-v]
+//	             [-seed N] [-turnaround 3ms] [-check-line] [-noise 0.05] [-echo LINK,...] [-silent ID,...] [-v]
 //
 // For every RS-485 bus of the station it makes a virtual serial port linked at
 // the bus's port path and answers Modbus RTU there for the devices on that
@@ -23,6 +23,9 @@
 //
 // With -noise, that share of the bytes on every serial line is corrupted,
 // in both directions, as electrical noise would.
+//
+// With -echo, the serial links named echo what the gateway sends back to
+// it, as a two-wire RS-485 adapter without echo suppression does.
 //
 // With -control it serves an HTTP API on a loopback address through which
 // the testbench makes devices act (see control.go): press a button, send
@@ -99,6 +102,7 @@ type options struct {
 	turnaround time.Duration
 	checkLine  bool
 	silent     []string // device ids
+	echo       []string // link ids
 	verbose    bool
 }
 
@@ -116,14 +120,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Int64Var(&o.seed, "seed", 1, "seed of the simulated values")
 	fs.DurationVar(&o.turnaround, "turnaround", -1, "device turnaround on every bus (default: each bus's turnaround)")
 	fs.BoolVar(&o.checkLine, "check-line", false, "answer garbage when the master's line settings (baud; data bits and parity where the port keeps them) differ from the bus's")
-	fs.Func("silent", "comma-separated device ids that never answer", func(v string) error {
-		for _, id := range strings.Split(v, ",") {
-			if id = strings.TrimSpace(id); id != "" {
-				o.silent = append(o.silent, id)
-			}
-		}
-		return nil
-	})
+	fs.Func("silent", "comma-separated device ids that never answer", ids(&o.silent))
+	fs.Func("echo", "comma-separated serial link ids whose adapter echoes what the gateway sends", ids(&o.echo))
 	fs.BoolVar(&o.verbose, "v", false, "debug logs")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -136,6 +134,18 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("usage: firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-seed N] [-turnaround D] [-silent ID,...]")
 	}
 	return o, nil
+}
+
+// ids is a flag's parser of comma-separated ids into to.
+func ids(to *[]string) func(string) error {
+	return func(v string) error {
+		for _, id := range strings.Split(v, ",") {
+			if id = strings.TrimSpace(id); id != "" {
+				*to = append(*to, id)
+			}
+		}
+		return nil
+	}
 }
 
 // station is a running simulated station.
@@ -205,6 +215,17 @@ func open(o options, log *slog.Logger) (_ *station, err error) {
 			return nil, fmt.Errorf("-silent: no device %s in %s", id, o.config)
 		}
 		so.Faults.SetSilent(id, true)
+	}
+	so.Echo = map[string]bool{}
+	for _, id := range o.echo {
+		serial := slices.ContainsFunc(st.Links, func(l configs.Link) bool {
+			_, ok := l.Settings.(interface{ Line() *configs.Serial })
+			return l.ID == id && ok
+		})
+		if !serial {
+			return nil, fmt.Errorf("-echo: no serial link %s in %s", id, o.config)
+		}
+		so.Echo[id] = true
 	}
 	for i := range st.Links {
 		l, err := sim.New(st, &st.Links[i], so)

@@ -159,13 +159,20 @@ const twoModules = `  - {id: rs485-2, protocol: dcon, port: "{{port}}", baud: 96
 // and identified; a press of the panic button reaches the driver within
 // the alarm interval and a few commands' wire time; outputs are set by
 // command exactly once each; values and signals they cannot take are
-// refused before anything is sent.
+// refused before anything is sent. All of it also through an adapter that
+// echoes every command (a two-wire RS-485 adapter that hears itself).
 func TestModules(t *testing.T) {
+	for _, echo := range []bool{false, true} {
+		t.Run(map[bool]string{false: "clean line", true: "adapter echoes"}[echo], func(t *testing.T) { modules(t, echo) })
+	}
+}
+
+func modules(t *testing.T, echo bool) {
 	dir := t.TempDir()
 	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, poll: 1s, alarm_poll: 50ms}
   - {id: dio-1, template: adam-4050, link: rs485-2, address: 0x1A, checksum: true, poll: 200ms}
 `)
-	l, sk := startSim(t, st, sim.Options{Turnaround: -1})
+	l, sk := startSim(t, st, sim.Options{Turnaround: -1, Echo: map[string]bool{"rs485-2": echo}})
 	r := runBus(t, st)
 	m := r.next(t, "box-1", model.KindTelemetry, 5*time.Second, good("pressed", false))
 	for _, want := range []string{"pressed", "tamper", "led", "siren"} {

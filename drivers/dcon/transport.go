@@ -27,7 +27,7 @@ func (e *TimeoutError) Error() string {
 }
 
 // maxAnswer is the longest answer read: a DCON answer is a few dozen
-// characters at most.
+// characters at most (the buffer holds an echo of the command before it).
 const maxAnswer = 64
 
 // transport exchanges commands and answers on a serial port. It is not
@@ -38,7 +38,7 @@ type transport struct {
 	char     time.Duration // one character on the line
 	late     int           // bytes of late answers dropped
 	unsynced bool          // a command went unanswered: see sync
-	buf      [maxAnswer]byte
+	buf      [2 * maxAnswer]byte
 }
 
 // sync realigns answers with commands after a command went unanswered:
@@ -65,7 +65,7 @@ func (t *transport) sync(cmd []byte, ok func([]byte) bool) error {
 		if !time.Now().Before(deadline) {
 			return &TimeoutError{After: t.timeout}
 		}
-		frame, err = t.read(deadline, 0, true)
+		frame, err = t.read(deadline, 0, true, nil)
 	}
 }
 
@@ -91,7 +91,7 @@ func (t *transport) exchange(cmd []byte, want int, byByte bool) ([]byte, error) 
 		return nil, &bus.PortError{Err: fmt.Errorf("write: %w", err)}
 	}
 	deadline := time.Now().Add(t.timeout + time.Duration(len(cmd)+max(want, 8))*t.char)
-	frame, err := t.read(deadline, want, byByte)
+	frame, err := t.read(deadline, want, byByte, cmd)
 	if _, ok := err.(*TimeoutError); ok {
 		t.unsynced = true // its answer may still come: see sync
 	}
@@ -103,7 +103,12 @@ func (t *transport) exchange(cmd []byte, want int, byByte bool) ([]byte, error) 
 // came before a gap (cut short: the parser says how). byByte reads a byte
 // at a time, so that what follows the CR (the next frame) stays in the
 // port. It returns a TimeoutError when nothing came.
-func (t *transport) read(deadline time.Time, want int, byByte bool) ([]byte, error) {
+//
+// A frame equal to echo, the command just sent, is the adapter's own
+// transmission heard back (a two-wire RS-485 adapter whose receiver
+// stays on while it sends): it is dropped and the answer read after it.
+// An answer never equals its command (answers begin with !, ? or >).
+func (t *transport) read(deadline time.Time, want int, byByte bool, echo []byte) ([]byte, error) {
 	n := 0
 	var last time.Time
 	for {
@@ -128,11 +133,22 @@ func (t *transport) read(deadline time.Time, want int, byByte bool) ([]byte, err
 		if m == 0 {
 			continue
 		}
-		if i := bytes.IndexByte(t.buf[n:n+m], cr); i >= 0 {
-			return t.buf[: n+i+1 : n+i+1], nil
-		}
+		scan := n
 		n += m
 		last = time.Now()
+		if i := bytes.IndexByte(t.buf[scan:n], cr); i >= 0 {
+			end := scan + i + 1
+			if echo == nil || !bytes.Equal(t.buf[:end], echo) {
+				return t.buf[:end:end], nil
+			}
+			n, echo = copy(t.buf[:], t.buf[end:n]), nil
+			if i := bytes.IndexByte(t.buf[:n], cr); i >= 0 {
+				return t.buf[: i+1 : i+1], nil
+			}
+		}
+		if echo != nil && bytes.HasPrefix(echo, t.buf[:n]) {
+			continue // the echo, so far
+		}
 		if want > 0 && n >= want || n == len(t.buf) {
 			return t.buf[:n:n], nil
 		}

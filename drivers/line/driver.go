@@ -37,6 +37,7 @@
 package line
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -578,6 +579,12 @@ func (p *poller) exchange(timeout time.Duration, r *result) (Decoded, int, error
 		}
 	}
 	got := 0
+	// What came first may be the adapter's echo of the command (a
+	// two-wire RS-485 adapter whose receiver stays on while it sends): it
+	// is held until it is known, and dropped, so that a silent device is
+	// not taken for one that answers.
+	var start [64]byte
+	held, echo := start[:0], true
 	for found == nil {
 		n, expired, err := bus.ReadBy(port, p.buf[:], deadline)
 		if err != nil {
@@ -586,8 +593,24 @@ func (p *poller) exchange(timeout time.Duration, r *result) (Decoded, int, error
 		if expired {
 			break
 		}
-		got += n
-		p.fr.Push(p.buf[:n], take)
+		in := p.buf[:n]
+		if echo {
+			held = append(held, in...)
+			switch {
+			case !bytes.HasPrefix(d.cmd, held[:min(len(held), len(d.cmd))]):
+				echo, in = false, held
+			case len(held) < len(d.cmd):
+				continue
+			default:
+				echo, in = false, held[len(d.cmd):]
+			}
+		}
+		got += len(in)
+		p.fr.Push(in, take)
+	}
+	if echo && len(held) > 0 { // a start of the echo, and no more
+		got += len(held)
+		p.fr.Push(held, take)
 	}
 	if found == nil {
 		p.fr.Cut(take) // a line under way at the deadline was cut short

@@ -86,10 +86,16 @@ type simulated struct {
 	stop   func() error
 }
 
-func startSim(t testing.TB, st *configs.Station) *simulated {
+// The links named in echo have an adapter that echoes what the gateway
+// sends.
+func startSim(t testing.TB, st *configs.Station, echo ...string) *simulated {
 	t.Helper()
 	s := &simulated{sink: &sink{}, faults: sim.NewFaults()}
-	o := sim.Options{Sink: s.sink, Start: time.Now(), Log: slog.New(slog.DiscardHandler), Turnaround: -1, Faults: s.faults, Seed: 3}
+	o := sim.Options{Sink: s.sink, Start: time.Now(), Log: slog.New(slog.DiscardHandler), Turnaround: -1, Faults: s.faults, Seed: 3,
+		Echo: map[string]bool{}}
+	for _, id := range echo {
+		o.Echo[id] = true
+	}
 	l, stop, err := sim.Start(st, &st.Links[0], o)
 	if err != nil {
 		t.Fatal(err)
@@ -410,14 +416,22 @@ func checkServed(t *testing.T, s *simulated, r *running, dev string) {
 // TestPolled: two Vaisala transmitters on one RS-485 line, polled by
 // address. Each answer is decoded to the value the device served; a
 // silent one goes offline with a reason that names the other; an answer
-// cut short is followed by the whole one, which is taken.
+// cut short is followed by the whole one, which is taken. All of it also
+// through an adapter that echoes the poll commands: a silent device's
+// echoed command is not taken for its answer.
 func TestPolled(t *testing.T) {
+	for _, echo := range [][]string{nil, {"rs485"}} {
+		t.Run(map[bool]string{false: "clean line", true: "adapter echoes"}[echo != nil], func(t *testing.T) { polled(t, echo) })
+	}
+}
+
+func polled(t *testing.T, echo []string) {
 	dir := t.TempDir()
 	st := loadStation(t, dir, "  - {id: rs485, protocol: line, port: \"{{port}}\", baud: 19200, timeout: 50ms, retries: 1}\n",
 		`  - {id: th-5, template: vaisala-hmdw110, link: rs485, address: 5, poll: 100ms}
   - {id: th-6, template: vaisala-hmdw110, link: rs485, address: 6, poll: 100ms}
 `, nil)
-	s := startSim(t, st)
+	s := startSim(t, st, echo...)
 	r := runLink(t, st)
 	for _, dev := range []string{"th-5", "th-6"} {
 		m := r.next(t, dev, model.KindTelemetry, 3*time.Second, nil)

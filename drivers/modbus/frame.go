@@ -53,6 +53,7 @@ const (
 	badUnit     = "unit id"
 	badFunction = "function"
 	badLength   = "length"
+	badEcho     = "echo"
 )
 
 // FrameError is a response that could not be a valid answer to the

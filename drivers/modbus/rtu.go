@@ -1,6 +1,7 @@
 package modbus
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,7 +24,13 @@ type rtuTransport struct {
 	silence time.Duration // between frames on the line
 	char    time.Duration // one character on the line
 	last    time.Time     // when the line last carried a byte
-	buf     [256]byte
+	// echoes: the adapter sends the master's requests back to it before
+	// the answers (a two-wire RS-485 adapter whose receiver stays on while
+	// it transmits). Learnt from a read request that came back before its
+	// answer (an answer to a write is a copy of its request), and dropped
+	// from then on.
+	echoes bool
+	buf    [256]byte
 }
 
 var _ modbus.Transporter = (*rtuTransport)(nil)
@@ -51,8 +58,14 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 	deadline := t.last.Add(t.timeout + time.Duration(len(req)+want)*t.char)
 	n := 0
 	var other byte // the unit whose frame came instead, if one did
-	for n < want {
-		m, expired, err := bus.ReadBy(t.port, t.buf[n:want], deadline)
+	// echo: what came so far may be the adapter's echo of req.
+	echo := t.echoes || isRead(req[1])
+	for n < want || echo && n > 0 {
+		end := want
+		if echo {
+			end = max(want, len(req))
+		}
+		m, expired, err := bus.ReadBy(t.port, t.buf[n:end], deadline)
 		if err != nil {
 			return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
 		}
@@ -64,6 +77,22 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 		}
 		n += m
 		t.last = time.Now()
+		if echo {
+			switch {
+			case !bytes.HasPrefix(req, t.buf[:min(n, len(req))]):
+				// The answer: the adapter does not echo (any more: another
+				// one was plugged in).
+				echo, t.echoes = false, false
+			case n < len(req):
+				continue // the echo so far, or an answer like it
+			default:
+				// The echo: the answer follows it.
+				echo, t.echoes = false, true
+				if n = copy(t.buf[:], t.buf[len(req):n]); n == 0 {
+					continue
+				}
+			}
+		}
 		if t.buf[0] != req[0] {
 			got := t.drain(deadline, n)
 			if got < rtuExceptionBytes || got > len(t.buf) || !crcHolds(t.buf[:got]) {

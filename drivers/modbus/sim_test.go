@@ -240,12 +240,21 @@ func TestPressAfterReplug(t *testing.T) {
 
 // TestWrites: commands write a coil (function 05) and a scaled holding
 // register (06), each acting once on the device; values the signal cannot
-// take are refused before anything is sent.
+// take are refused before anything is sent. All of it also through an
+// adapter that echoes every request (a two-wire RS-485 adapter that hears
+// itself), where an answer to 05 or 06, a copy of the request, is no
+// different from the echo: the echo is learnt from the polls and dropped.
 func TestWrites(t *testing.T) {
+	for _, echo := range []bool{false, true} {
+		t.Run(map[bool]string{false: "clean line", true: "adapter echoes"}[echo], func(t *testing.T) { writes(t, echo) })
+	}
+}
+
+func writes(t *testing.T, echo bool) {
 	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200}
 `, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 100ms}
 `)
-	devs, _ := runSim(t, st, sim.Options{Turnaround: -1})
+	devs, _ := runSim(t, st, sim.Options{Turnaround: -1, Echo: map[string]bool{"rs485-1": echo}})
 	d, msgs, _ := runLink(t, st)
 	cmd := d.(drivers.Commander)
 	waitReading(t, msgs, "pb-1", "setpoint", model.Number(20), 5*time.Second)

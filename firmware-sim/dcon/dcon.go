@@ -73,12 +73,9 @@ func newLink(st *configs.Station, link *configs.Link, devs []*configs.Device, o 
 		}
 		l.modules[m.addr] = m
 	}
-	p, err := vport.Open(cfg.Port)
+	p, err := o.OpenPort(link, cfg.Port)
 	if err != nil {
 		return nil, fmt.Errorf("bus %s: %w", link.ID, err)
-	}
-	if o.Noise > 0 {
-		p.SetNoise(vport.NewNoise(o.Noise, o.Seed, link.ID))
 	}
 	l.port = p
 	o.Log.Info("bus up", "bus", link.ID, "protocol", "dcon", "port", cfg.Port, "pty", p.Path(), "baud", cfg.Baud, "modules", len(l.modules), "noise", o.Noise)

@@ -86,12 +86,9 @@ func newLink(st *configs.Station, link *configs.Link, devs []*configs.Device, o 
 		l.polled = polled
 		l.devs = append(l.devs, dev)
 	}
-	p, err := vport.Open(cfg.Port)
+	p, err := o.OpenPort(link, cfg.Port)
 	if err != nil {
 		return nil, fmt.Errorf("link %s: %w", link.ID, err)
-	}
-	if o.Noise > 0 {
-		p.SetNoise(vport.NewNoise(o.Noise, o.Seed, link.ID))
 	}
 	l.port = p
 	o.Log.Info("link up", "link", link.ID, "protocol", cl.Protocol, "port", cfg.Port, "pty", p.Path(), "baud", cfg.Baud, "devices", len(l.devs), "noise", o.Noise)

@@ -63,12 +63,9 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 	if err != nil {
 		return nil, err
 	}
-	p, err := vport.Open(bus.Port)
+	p, err := o.OpenPort(link, bus.Port)
 	if err != nil {
 		return nil, fmt.Errorf("bus %s: %w", link.ID, err)
-	}
-	if o.Noise > 0 {
-		p.SetNoise(vport.NewNoise(o.Noise, o.Seed, link.ID))
 	}
 	turn := bus.Turnaround
 	if o.Turnaround >= 0 {

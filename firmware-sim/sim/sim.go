@@ -16,6 +16,7 @@ import (
 
 	"outpost/configs"
 	"outpost/firmware-sim/signal"
+	"outpost/firmware-sim/vport"
 )
 
 // Link is the simulated other side of one link of a station: the devices
@@ -146,7 +147,24 @@ type Options struct {
 	// Noise is the share of bytes (0 to 1) corrupted on serial lines, in
 	// both directions, as electrical noise would.
 	Noise float64
-	Log   *slog.Logger
+	// Echo names the serial links whose master hears its own requests
+	// back (an RS-485 adapter without echo suppression).
+	Echo map[string]bool
+	Log  *slog.Logger
+}
+
+// OpenPort opens the virtual serial port of a link at path, with the
+// line's noise and the master's echo the options give it.
+func (o Options) OpenPort(link *configs.Link, path string) (*vport.Port, error) {
+	p, err := vport.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	if o.Noise > 0 {
+		p.SetNoise(vport.NewNoise(o.Noise, o.Seed, link.ID))
+	}
+	p.SetEcho(o.Echo[link.ID])
+	return p, nil
 }
 
 // Factory builds the simulator of one link of a station, with the

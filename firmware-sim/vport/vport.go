@@ -25,6 +25,7 @@ type Port struct {
 	slave  *os.File // kept open: with no slave open the master reads EIO
 	link   string
 	noise  *Noise // set before use; nil for a clean line
+	echo   bool   // set before use: the master's adapter hears what it sends
 }
 
 var _ slave.LineSensor = (*Port)(nil)
@@ -127,11 +128,20 @@ func (p *Port) SetNoise(n *Noise) { p.noise = n }
 // Noise is the line's noise, nil for a clean line.
 func (p *Port) Noise() *Noise { return p.noise }
 
+// SetEcho makes the master's adapter echo what the master sends, as a
+// two-wire RS-485 adapter whose receiver stays on while it transmits
+// does: the master reads its own bytes back before any answer. It is
+// called before the port is used.
+func (p *Port) SetEcho(on bool) { p.echo = on }
+
 // Read reads what the master wrote.
 func (p *Port) Read(b []byte) (int, error) {
 	n, err := p.master.Read(b)
 	if n > 0 {
 		p.noise.Corrupt(b[:n])
+		if p.echo {
+			p.master.Write(b[:n]) // the echo is best effort, as on the wire
+		}
 	}
 	return n, err
 }
