@@ -548,9 +548,14 @@ func (p *panel) heard(d *Driver, emit drivers.Emit, now time.Time) {
 }
 
 // degrade marks a frame of the panel that could not be taken (p.mu held):
-// the panel is there, but what it says does not get through.
+// the panel is there, but what it says does not get through. A panel
+// offline (nothing taken for its supervision time) stays offline: its
+// alarms do not get through either, and it would otherwise flap at every
+// frame refused and every supervision time.
 func (p *panel) degrade(d *Driver, emit drivers.Emit, reason string) {
-	p.setState(d, emit, model.Degraded, reason)
+	if p.state != model.Offline {
+		p.setState(d, emit, model.Degraded, reason)
+	}
 }
 
 // setState changes the panel's health (p.mu held) and emits it when the
@@ -591,7 +596,10 @@ func (d *Driver) supervise(ctx context.Context, p *panel, emit drivers.Emit) {
 			next = left
 		} else {
 			why := fmt.Sprintf("no message from panel account %s for %s: periodic tests stopped, or the panel's network is down", p.set.Account, sup)
-			if others := d.strangers.since(p.lastHeard); len(others) > 0 {
+			if p.state == model.Degraded {
+				// Its frames come, and are refused: that is the cause.
+				why = fmt.Sprintf("no message from panel account %s taken for %s; its frames come, but are refused: %s", p.set.Account, sup, p.reason)
+			} else if others := d.strangers.since(p.lastHeard); len(others) > 0 {
 				// A mistyped account, in the panel or in the station file.
 				why = fmt.Sprintf("no message from panel account %s for %s, while frames of account %s, which no device has, come on %s: check the account set in the panel against the station file's",
 					p.set.Account, sup, strings.Join(others, ", "), d.name)

@@ -292,3 +292,45 @@ func TestSupervisionMistypedAccount(t *testing.T) {
 		t.Fatalf("%+v, want offline: %s", h.Health, want)
 	}
 }
+
+// TestSupervisionWrongKey: a panel whose frames come with another key is
+// degraded with the reason, then offline after its supervision time with
+// that reason, and stays offline while such frames come (no flapping,
+// no device_lost at every supervision time); a frame it can take brings
+// it online.
+func TestSupervisionWrongKey(t *testing.T) {
+	const hexKey = "00112233445566778899aabbccddeeff"
+	r := start(t, testLink(t, &cfg.Link{}, &cfg.Device{Account: "AB12", Supervision: 300 * time.Millisecond}), "AB12", hexKey)
+	c := dial(t, "udp", r.d.Addr())
+	send := func(key, seq, want string) {
+		t.Helper()
+		sealed, err := seal(mustHex(t, key), "]"+stamp(time.Now().UTC()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := c.exchange(encode(`"*NULL"` + seq + `L0#AB12[` + strings.ToUpper(hex.EncodeToString(sealed)))); a.Token != want {
+			t.Fatalf("frame %s: answered %+v, want %s", seq, a, want)
+		}
+	}
+	const wrong = "ffeeddccbbaa99887766554433221100"
+	send(wrong, "0001", DUH)
+	h := r.out.nextOf(t, model.KindHealth).Health
+	if h.State != model.Degraded || !strings.Contains(h.Reason, "(wrong key?): check that the panel has the key of key_file") {
+		t.Fatalf("after a frame with another key: %s %q, want degraded, wrong key", h.State, h.Reason)
+	}
+	refused := h.Reason
+	h = r.out.nextOf(t, model.KindHealth).Health
+	if want := "no message from panel account AB12 taken for 300ms; its frames come, but are refused: " + refused; h.State != model.Offline || h.Reason != want {
+		t.Fatalf("after its supervision time: %s %q, want offline %q", h.State, h.Reason, want)
+	}
+	for i, seq := range []string{"0002", "0003", "0004"} {
+		send(wrong, seq, DUH)
+		if i < 2 {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	send(hexKey, "0005", ACK)
+	if h := r.out.nextOf(t, model.KindHealth).Health; h.State != model.Online {
+		t.Errorf("after frames with another key and one with its own: %s %q, want online (and nothing between)", h.State, h.Reason)
+	}
+}
