@@ -65,6 +65,7 @@ type panel struct {
 	mu        sync.Mutex
 	state     model.HealthState // "" until the first frame or silence
 	reason    string
+	refused   bool // offline, and its frames come but are refused
 	counters  map[string]uint64
 	lastHeard time.Time
 }
@@ -551,20 +552,31 @@ func (p *panel) heard(d *Driver, emit drivers.Emit, now time.Time) {
 // the panel is there, but what it says does not get through. A panel
 // offline (nothing taken for its supervision time) stays offline: its
 // alarms do not get through either, and it would otherwise flap at every
-// frame refused and every supervision time.
+// frame refused and every supervision time. Its reason says once that
+// its frames come, refused.
 func (p *panel) degrade(d *Driver, emit drivers.Emit, reason string) {
-	if p.state != model.Offline {
+	switch {
+	case p.state != model.Offline:
 		p.setState(d, emit, model.Degraded, reason)
+	case !p.refused:
+		p.setState(d, emit, model.Offline, p.refusal(reason))
+		p.refused = true
 	}
 }
 
+// refusal is the offline reason of a panel whose frames come, refused
+// for reason.
+func (p *panel) refusal(reason string) string {
+	return fmt.Sprintf("no message from panel account %s taken for %s; its frames come, but are refused: %s", p.set.Account, p.set.Supervision, reason)
+}
+
 // setState changes the panel's health (p.mu held) and emits it when the
-// state changed.
+// state changed, or an offline panel's reason.
 func (p *panel) setState(d *Driver, emit drivers.Emit, state model.HealthState, reason string) {
-	if p.state == state {
+	if p.state == state && (state != model.Offline || p.reason == reason) {
 		return
 	}
-	p.state, p.reason = state, reason
+	p.state, p.reason, p.refused = state, reason, false
 	level := slog.LevelInfo
 	if state != model.Online {
 		level = slog.LevelWarn
@@ -592,14 +604,16 @@ func (d *Driver) supervise(ctx context.Context, p *panel, emit drivers.Emit) {
 		}
 		p.mu.Lock()
 		next := sup
-		if left := sup - d.now().Sub(p.lastHeard); left > 0 {
+		switch left := sup - d.now().Sub(p.lastHeard); {
+		case left > 0:
 			next = left
-		} else {
+		case p.state == model.Degraded:
+			// Its frames come, and are refused: that is the cause.
+			p.setState(d, emit, model.Offline, p.refusal(p.reason))
+			p.refused = true
+		case p.state != model.Offline:
 			why := fmt.Sprintf("no message from panel account %s for %s: periodic tests stopped, or the panel's network is down", p.set.Account, sup)
-			if p.state == model.Degraded {
-				// Its frames come, and are refused: that is the cause.
-				why = fmt.Sprintf("no message from panel account %s taken for %s; its frames come, but are refused: %s", p.set.Account, sup, p.reason)
-			} else if others := d.strangers.since(p.lastHeard); len(others) > 0 {
+			if others := d.strangers.since(p.lastHeard); len(others) > 0 {
 				// A mistyped account, in the panel or in the station file.
 				why = fmt.Sprintf("no message from panel account %s for %s, while frames of account %s, which no device has, come on %s: check the account set in the panel against the station file's",
 					p.set.Account, sup, strings.Join(others, ", "), d.name)

@@ -295,9 +295,10 @@ func TestSupervisionMistypedAccount(t *testing.T) {
 
 // TestSupervisionWrongKey: a panel whose frames come with another key is
 // degraded with the reason, then offline after its supervision time with
-// that reason, and stays offline while such frames come (no flapping,
-// no device_lost at every supervision time); a frame it can take brings
-// it online.
+// that reason, and stays offline while such frames come (no flapping, no
+// device_lost at every supervision time); a frame it can take brings it
+// online. One silent that sends such frames again is offline with their
+// reason.
 func TestSupervisionWrongKey(t *testing.T) {
 	const hexKey = "00112233445566778899aabbccddeeff"
 	r := start(t, testLink(t, &cfg.Link{}, &cfg.Device{Account: "AB12", Supervision: 300 * time.Millisecond}), "AB12", hexKey)
@@ -312,17 +313,22 @@ func TestSupervisionWrongKey(t *testing.T) {
 			t.Fatalf("frame %s: answered %+v, want %s", seq, a, want)
 		}
 	}
+	health := func(state model.HealthState, reason func(string) bool, when string) string {
+		t.Helper()
+		h := r.out.nextOf(t, model.KindHealth).Health
+		if h.State != state || !reason(h.Reason) {
+			t.Fatalf("%s: %s %q, want %s", when, h.State, h.Reason, state)
+		}
+		return h.Reason
+	}
+	any := func(string) bool { return true }
 	const wrong = "ffeeddccbbaa99887766554433221100"
+	const refusal = "no message from panel account AB12 taken for 300ms; its frames come, but are refused: "
+	const suffix = " (wrong key?): check that the panel has the key of key_file"
+
 	send(wrong, "0001", DUH)
-	h := r.out.nextOf(t, model.KindHealth).Health
-	if h.State != model.Degraded || !strings.Contains(h.Reason, "(wrong key?): check that the panel has the key of key_file") {
-		t.Fatalf("after a frame with another key: %s %q, want degraded, wrong key", h.State, h.Reason)
-	}
-	refused := h.Reason
-	h = r.out.nextOf(t, model.KindHealth).Health
-	if want := "no message from panel account AB12 taken for 300ms; its frames come, but are refused: " + refused; h.State != model.Offline || h.Reason != want {
-		t.Fatalf("after its supervision time: %s %q, want offline %q", h.State, h.Reason, want)
-	}
+	refused := health(model.Degraded, func(r string) bool { return strings.HasSuffix(r, suffix) }, "after a frame with another key")
+	health(model.Offline, func(r string) bool { return r == refusal+refused }, "after its supervision time")
 	for i, seq := range []string{"0002", "0003", "0004"} {
 		send(wrong, seq, DUH)
 		if i < 2 {
@@ -330,7 +336,16 @@ func TestSupervisionWrongKey(t *testing.T) {
 		}
 	}
 	send(hexKey, "0005", ACK)
-	if h := r.out.nextOf(t, model.KindHealth).Health; h.State != model.Online {
-		t.Errorf("after frames with another key and one with its own: %s %q, want online (and nothing between)", h.State, h.Reason)
-	}
+	health(model.Online, any, "after frames with another key and one with its own (and nothing between)")
+
+	health(model.Offline, func(r string) bool {
+		return strings.HasSuffix(r, "periodic tests stopped, or the panel's network is down")
+	}, "silent")
+	send(wrong, "0006", DUH)
+	health(model.Offline, func(r string) bool {
+		return strings.HasPrefix(r, refusal+"account AB12: ") && strings.HasSuffix(r, suffix)
+	}, "silent, then a frame with another key")
+	send(wrong, "0007", DUH)
+	send(hexKey, "0008", ACK)
+	health(model.Online, any, "then one with its own (and nothing between)")
 }
