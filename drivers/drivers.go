@@ -81,6 +81,11 @@ type Link struct {
 	// RoundTrip, when set, is told the round trip of each poll's last
 	// answered request, by device (the gateway's latency histogram).
 	RoundTrip func(device string, rtt time.Duration)
+	// Once marks a run for an installer's tool (gateway read, commission)
+	// while the gateway is stopped: the driver leaves the gateway's own
+	// state alone (its session at an external broker, and what waits in
+	// it for the gateway).
+	Once bool
 }
 
 // Observed tells the link's RoundTrip, if it has one, of a device's round

@@ -52,6 +52,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -118,6 +119,7 @@ type Driver struct {
 	stateDir  string   // where sessionFile is
 	alarm     bool     // a device of the link raises alarms
 	sessioned bool     // the gateway has had a session there (sessionFile)
+	once      bool     // drivers.Link.Once: a clean session of its own, not the gateway's
 }
 
 // device is one MQTT device and its health.
@@ -168,7 +170,12 @@ func New(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 	d := &Driver{name: link.Name(), set: set, creds: set.Devices(), devices: map[string]*device{}, log: log, now: time.Now,
 		every:    cmp.Or(link.Station.Health.ReportEvery, time.Minute),
 		clientID: "outpost-" + link.Station.Station.ID + "-" + link.Name(), done: make(chan struct{}),
-		stateDir: link.Station.StateDir}
+		stateDir: link.Station.StateDir, once: link.Once}
+	if d.once {
+		// A session of its own, clean: the gateway's, and what waits in
+		// it for the gateway, stay as they are.
+		d.clientID += fmt.Sprintf("-once-%d", os.Getpid())
+	}
 	for _, dev := range link.Devices {
 		t := link.Template(dev)
 		ds, ok := dev.Settings.(*cfg.Device)

@@ -144,7 +144,9 @@ func (d *Driver) subscribe(ctx context.Context, stop func()) error {
 				d.sess.Store(s)
 				d.log.Info("subscribed to the station broker", "broker", d.set.Broker, "client_id", d.clientID,
 					"devices", len(d.devices), "attempts", attempts+1)
-				d.checkSession(s.present)
+				if !d.once {
+					d.checkSession(s.present)
+				}
 				failed, attempts, d.down = time.Time{}, 0, linkDown{}
 				d.Up()
 				continue
@@ -246,7 +248,7 @@ func (d *Driver) connect(ctx context.Context) (*session, error) {
 	o := paho.NewClientOptions().AddBroker(d.set.Broker).SetClientID(d.clientID).
 		SetUsername(d.set.Username).SetPassword(d.set.Password()).
 		SetProtocolVersion(4).
-		SetCleanSession(false). // the broker keeps the devices' messages while the gateway is away
+		SetCleanSession(d.once). // the broker keeps the devices' messages while the gateway is away
 		SetStore(paho.NewMemoryStore()).
 		SetOrderMatters(true).    // one handler at a time, in the broker's order: it only hands over to lanes
 		SetAutoAckDisabled(true). // the lane acknowledges once the message is durable

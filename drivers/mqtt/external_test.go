@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -439,4 +440,56 @@ func TestExternalSessionLost(t *testing.T) {
 
 	restart(false) // saved at its exit
 	delivered(out, "T-4")
+}
+
+// A run for an installer's tool (gateway read, commission: Link.Once)
+// takes a clean session of its own: what waits at the broker for the
+// gateway, while it is stopped, still reaches it.
+func TestExternalOnceLeavesSession(t *testing.T) {
+	m := mosquitto(t, hub.MosquittoOptions{})
+	st := externalStation(t, m.URL(), "pw-"+gatewayUser)
+	_, _, stop := run(t, st) // the gateway's session, subscribed
+	stop()
+	k := online(t, m, "kiosk-1")
+	if err := k.publish("dev/kiosk-1/service_request", `{"ticket":"T-1","category":"other"}`); err != nil {
+		t.Fatal(err)
+	}
+
+	link := drivers.Links(st)[0]
+	link.Once = true
+	drv, err := New(link, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := drv.(*Driver)
+	tool := &emitted{ch: make(chan model.Message, 1000)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, tool.emit) }()
+	<-d.Ready()
+	// A request made while the tool runs reaches it, and waits for the
+	// gateway too; the tool has taken what came before it, if anything.
+	if err := k.publish("dev/kiosk-1/service_request", `{"ticket":"T-2","category":"other"}`); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	for len(seen) == 0 || seen[len(seen)-1] != "T-2" {
+		if e := tool.nextOf(t, "kiosk-1", model.KindEvent); e.Event.Details["ticket"] != "" {
+			seen = append(seen, e.Event.Details["ticket"])
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(seen, []string{"T-2"}) {
+		t.Errorf("the tool took requests %v, want only T-2, made while it ran", seen)
+	}
+
+	_, out := start(t, st)
+	for _, want := range []string{"T-1", "T-2"} {
+		if e := out.nextOf(t, "kiosk-1", model.KindEvent); e.Event.Details["ticket"] != want {
+			t.Errorf("the gateway got request %s, want %s", e.Event.Details["ticket"], want)
+		}
+	}
 }

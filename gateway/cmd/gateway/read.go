@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -96,7 +97,12 @@ func deviceIDs(st *configs.Station) []string {
 // its first poll's telemetry, or ctx ends. It returns those messages and each
 // device's last health report, by device; an error only when the driver
 // could not run at all.
+//
+// It forwards nothing, so it keeps no event: a device that pushes one (a
+// kiosk's emergency call, an alarm panel's frame) is not acknowledged,
+// and sends it again to the gateway once it runs.
 func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (map[string]model.Message, map[string]model.Health, error) {
+	link.Once = true
 	d, err := drivers.New(link, log)
 	if err != nil {
 		return nil, nil, err
@@ -123,6 +129,9 @@ func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (ma
 		return ok && h.State != model.Online || !slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Quality == model.Bad })
 	}
 	err = d.Run(ctx, func(m model.Message) error {
+		if m.Kind == model.KindEvent {
+			return errNotForwarded
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
@@ -165,6 +174,10 @@ func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (ma
 	defer mu.Unlock()
 	return got, health, err
 }
+
+// errNotForwarded refuses an event to the driver of an installer's tool:
+// the device keeps it, and sends it again.
+var errNotForwarded = errors.New("not forwarded to the hub by this tool: the device sends it again to the gateway")
 
 func printReading(w io.Writer, m *model.Message) {
 	fmt.Fprintf(w, "%s (%s) at %s\n", m.Device, m.DeviceKind, m.Time.Local().Format("2006-01-02 15:04:05.000"))

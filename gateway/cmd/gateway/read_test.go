@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/drivers"
+	_ "outpost/firmware-sim/dc09"   // an alarm panel calling the receiver
 	_ "outpost/firmware-sim/line"   // an ASCII-line device on a pty
 	_ "outpost/firmware-sim/modbus" // the simulated devices, on a real TCP port
 	"outpost/firmware-sim/signal"
@@ -190,5 +193,95 @@ devices:
 		if !strings.Contains(out.String(), strings.Fields(row)[0]) || len(strings.Fields(row)) > 1 && !containsFields(out.String(), row) {
 			t.Errorf("no row %q in:\n%s", row, out.String())
 		}
+	}
+}
+
+// TestReadKeepsNoAlarm: an alarm panel's event that comes while gateway
+// read or commission runs is not acknowledged (they forward nothing to
+// the hub): the panel sends it again, and the gateway gets it once it
+// runs.
+func TestReadKeepsNoAlarm(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "station.yaml")
+	src := fmt.Sprintf(`version: 2
+station: {id: sp-1, type: safety_post}
+state_dir: %s
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+links:
+  - {id: alarm-rx, protocol: sia-dc09, listen: "%s"}
+devices:
+  - {id: panel-1, template: generic-alarm-panel, link: alarm-rx, account: "1234", supervision: 30s, sim: {tests: 0s}}
+`, t.TempDir(), freeAddr(t))
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, stop, err := sim.Start(st, &st.Links[0], sim.Options{Seed: 1, Start: time.Now(), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("simulator: %v", err)
+		}
+	})
+	panel := l.Devices()[0]
+	link := drivers.Links(st)[0]
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := firstReadings(ctx, link, slog.New(slog.DiscardHandler))
+		done <- err
+	}()
+	if err := panel.(sim.Actor).Act(ctx, "alarm", map[string]string{"code": "120", "zone": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := panel.Stats().EventsServed; n != 0 {
+		t.Fatalf("while the tool ran, %d alarms of the panel were acknowledged, want none", n)
+	}
+
+	d, err := drivers.New(link, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan model.Message, 10)
+	gctx, gcancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() {
+		ran <- d.Run(gctx, func(m model.Message) error {
+			if m.Kind == model.KindEvent {
+				events <- m
+			}
+			return nil
+		})
+	}()
+	defer func() {
+		gcancel()
+		if err := <-ran; err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case e := <-events:
+		if e.Event.Kind != "panic" || e.Event.Details["code"] != "120" {
+			t.Errorf("the gateway got %s %v, want the panic of code 120", e.Event.Kind, e.Event.Details)
+		}
+		// The ACK is written after the emit: the panel counts it soon.
+		for deadline := time.Now().Add(5 * time.Second); panel.Stats().EventsServed != 1 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := panel.Stats().EventsServed; n != 1 {
+			t.Errorf("the panel counts %d alarms acknowledged, want 1", n)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the panel's alarm did not reach the gateway within 15 s of the tool's end")
 	}
 }
