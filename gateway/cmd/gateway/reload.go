@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -239,9 +240,15 @@ func pidFile(stateDir string) string { return filepath.Join(stateDir, "gateway.p
 // gateway that runs with it, or ran last.
 func readPid(stateDir string) (int, error) {
 	b, err := os.ReadFile(pidFile(stateDir))
-	pid, perr := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || perr != nil || pid <= 0 {
-		return 0, fmt.Errorf("%s: %v", pidFile(stateDir), errors.Join(err, perr))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return 0, fmt.Errorf("no %s: it has not been started with this station file", pidFile(stateDir))
+	case err != nil:
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("%s holds no process id (%q)", pidFile(stateDir), strings.TrimSpace(string(b)))
 	}
 	return pid, nil
 }

@@ -40,6 +40,29 @@ func TestReloadRefusesAStalePidFile(t *testing.T) {
 	}
 }
 
+// TestReloadNoGateway: gateway reload of a station whose gateway never
+// ran, or whose pid file is damaged, says so in words.
+func TestReloadNoGateway(t *testing.T) {
+	path, state := stationWithState(t)
+	for _, c := range []struct {
+		pid  *string // the pid file's content; nil: none
+		want string
+	}{
+		{nil, "gateway reload: no gateway runs with state_dir " + state + " (no " + pidFile(state) + ": it has not been started with this station file)\n"},
+		{new("4x2\n"), "gateway reload: no gateway runs with state_dir " + state + " (" + pidFile(state) + " holds no process id (\"4x2\"))\n"},
+	} {
+		if c.pid != nil {
+			if err := os.WriteFile(pidFile(state), []byte(*c.pid), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var out, errb bytes.Buffer
+		if code := cli([]string{"reload", "-config", path}, &out, &errb); code != 1 || errb.String() != c.want {
+			t.Errorf("exit %d, stderr\n%q\nwant\n%q", code, errb.String(), c.want)
+		}
+	}
+}
+
 // stationWithState writes a one-device station file with a state
 // directory of its own, and returns their paths.
 func stationWithState(t *testing.T) (path, state string) {
