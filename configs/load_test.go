@@ -424,3 +424,24 @@ func TestTemplateLikeBuiltin(t *testing.T) {
 		}
 	}
 }
+
+// TestBaudWarnings: a baud rate no serial device offers is valid, with a
+// warning that names the rate likely meant.
+func TestBaudWarnings(t *testing.T) {
+	for _, c := range []struct {
+		baud int
+		want string
+	}{
+		{9600, ""},
+		{115200, ""},
+		{9601, "baud 9601 is not a rate serial devices offer; did you mean 9600?"},
+		{96000, "baud 96000 is not a rate serial devices offer; did you mean 9600?"},
+		{1920, "baud 1920 is not a rate serial devices offer; did you mean 19200?"},
+		{100000, "baud 100000 is not a rate serial devices offer; did you mean 115200?"},
+	} {
+		s := &configs.Serial{Baud: c.baud}
+		if got := strings.Join(s.Warnings(), "; "); got != c.want {
+			t.Errorf("baud %d: %q, want %q", c.baud, got, c.want)
+		}
+	}
+}

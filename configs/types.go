@@ -13,6 +13,7 @@
 package configs
 
 import (
+	"cmp"
 	"fmt"
 	"net/url"
 	"path/filepath"
@@ -330,7 +331,8 @@ type Serial struct {
 	// Port is the serial port; prefer its stable /dev/serial/by-id path.
 	// Two links never share a port, under any of its names.
 	Port string `yaml:"port" required:"true" example:"/dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0"`
-	// Baud is the line speed, 300 to 4000000.
+	// Baud is the line speed, 300 to 4000000 (gateway validate warns of
+	// a rate serial devices do not offer).
 	Baud int `yaml:"baud" required:"true" example:"9600"`
 	// Parity of every character.
 	Parity Parity `yaml:"parity" default:"none" example:"even"`
@@ -364,6 +366,28 @@ func (s *Serial) Check(p Problems) {
 		p.Errorf("stop_bits", "%d (expected 1 or 2)", s.StopBits)
 	}
 }
+
+// standardBauds are the line speeds serial devices offer.
+var standardBauds = []int{300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 76800, 115200, 230400, 460800, 921600}
+
+// Warnings says what in valid line settings is likely a mistake: a baud
+// rate no device offers (a typo of 9600, say) makes every answer garbage.
+func (s *Serial) Warnings() []string {
+	if slices.Contains(standardBauds, s.Baud) {
+		return nil
+	}
+	// A digit too many or too few, or the nearest rate.
+	near := slices.MinFunc(standardBauds, func(a, b int) int { return cmp.Compare(abs(a-s.Baud), abs(b-s.Baud)) })
+	switch {
+	case s.Baud%10 == 0 && slices.Contains(standardBauds, s.Baud/10):
+		near = s.Baud / 10
+	case slices.Contains(standardBauds, s.Baud*10):
+		near = s.Baud * 10
+	}
+	return []string{fmt.Sprintf("baud %d is not a rate serial devices offer; did you mean %d?", s.Baud, near)}
+}
+
+func abs(n int) int { return max(n, -n) }
 
 // CharTime is the time one character takes on the line: a start bit, the
 // data bits, a parity bit unless parity is none, and the stop bits.
