@@ -201,34 +201,7 @@ devices:
 // the hub): the panel sends it again, and the gateway gets it once it
 // runs.
 func TestReadKeepsNoAlarm(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "station.yaml")
-	src := fmt.Sprintf(`version: 2
-station: {id: sp-1, type: safety_post}
-state_dir: %s
-hub:
-  mqtt: {url: "tcp://127.0.0.1:1883"}
-links:
-  - {id: alarm-rx, protocol: sia-dc09, listen: "%s"}
-devices:
-  - {id: panel-1, template: generic-alarm-panel, link: alarm-rx, account: "1234", supervision: 30s, sim: {tests: 0s}}
-`, t.TempDir(), freeAddr(t))
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	st, err := configs.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, stop, err := sim.Start(st, &st.Links[0], sim.Options{Seed: 1, Start: time.Now(), Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("simulator: %v", err)
-		}
-	})
-	panel := l.Devices()[0]
+	st, panel := startPanel(t, "0s")
 	link := drivers.Links(st)[0]
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -283,5 +256,51 @@ devices:
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("the panel's alarm did not reach the gateway within 15 s of the tool's end")
+	}
+}
+
+// startPanel writes a station of one DC-09 alarm panel, whose periodic
+// tests come every tests (0s: none), and runs the simulated panel until
+// the test ends.
+func startPanel(t *testing.T, tests string) (*configs.Station, sim.Device) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "station.yaml")
+	src := fmt.Sprintf(`version: 2
+station: {id: sp-1, type: safety_post}
+state_dir: %s
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+links:
+  - {id: alarm-rx, protocol: sia-dc09, listen: "%s"}
+devices:
+  - {id: panel-1, template: generic-alarm-panel, link: alarm-rx, account: "1234", supervision: 30s, sim: {tests: %s}}
+`, t.TempDir(), freeAddr(t), tests)
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, stop, err := sim.Start(st, &st.Links[0], sim.Options{Seed: 1, Start: time.Now(), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("simulator: %v", err)
+		}
+	})
+	return st, l.Devices()[0]
+}
+
+// TestReadPanel: an alarm panel sends events, no readings; gateway read
+// says that it answers, as commission does, and exits 0.
+func TestReadPanel(t *testing.T) {
+	st, _ := startPanel(t, "1s")
+	var out, errb bytes.Buffer
+	code := cli([]string{"read", "-config", st.File, "-timeout", "3s", "panel-1"}, &out, &errb)
+	if want := "panel-1 on alarm-rx (sia-dc09): OK: it answers (no readings to show)\n"; code != 0 || out.String() != want {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 0 and %q", code, out.String(), errb.String(), want)
 	}
 }
