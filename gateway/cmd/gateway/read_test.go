@@ -48,8 +48,7 @@ func (s *served) of(dev string) []sim.Reading {
 // a unit that does not answer gives exit 1 and the reason.
 func TestRead(t *testing.T) {
 	addr := freeAddr(t)
-	path := filepath.Join(t.TempDir(), "station.yaml")
-	src := fmt.Sprintf(`version: 2
+	st := writeStation(t, fmt.Sprintf(`version: 2
 station: {id: rd-1, type: police_room}
 state_dir: %s
 hub:
@@ -60,14 +59,8 @@ devices:
   - {id: th-1, template: xy-md02, link: lan, unit_id: 1, poll: 1s}
   - {id: meter-1, template: sdm120, link: lan, unit_id: 2, poll: 1s}
   - {id: gone-9, template: xy-md02, link: lan, unit_id: 9, poll: 1s}
-`, t.TempDir(), addr)
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	st, err := configs.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+`, t.TempDir(), addr))
+	path := st.File
 	sk := &served{rs: map[string][]sim.Reading{}}
 	simulate(t, st, sk, "gone-9")
 
@@ -132,6 +125,21 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// writeStation writes a station file of src into a directory of its own
+// and loads it.
+func writeStation(t *testing.T, src string) *configs.Station {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "station.yaml")
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // simulate serves the station's first link with the simulator until the
 // test ends, the devices named silent never answering.
 func simulate(t *testing.T, st *configs.Station, sink sim.Sink, silent ...string) {
@@ -165,8 +173,7 @@ func containsFields(text, row string) bool {
 // every signal, from whichever line carries it.
 func TestReadLineDevice(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, "station.yaml")
-	src := fmt.Sprintf(`version: 2
+	st := writeStation(t, fmt.Sprintf(`version: 2
 station: {id: rd-2, type: police_cube}
 state_dir: %s
 hub:
@@ -175,14 +182,8 @@ links:
   - {id: gps-line, protocol: line, port: %s, baud: 9600}
 devices:
   - {id: gps-1, template: nmea-gps, link: gps-line}
-`, filepath.Join(dir, "state"), filepath.Join(dir, "gps"))
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	st, err := configs.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+`, filepath.Join(dir, "state"), filepath.Join(dir, "gps")))
+	path := st.File
 	simulate(t, st, &served{rs: map[string][]sim.Reading{}})
 	var out, errb bytes.Buffer
 	if code := cli([]string{"read", "-config", path, "-timeout", "5s", "gps-1"}, &out, &errb); code != 0 {
@@ -264,8 +265,7 @@ func TestReadKeepsNoAlarm(t *testing.T) {
 // the test ends.
 func startPanel(t *testing.T, tests string) (*configs.Station, sim.Device) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "station.yaml")
-	src := fmt.Sprintf(`version: 2
+	st := writeStation(t, fmt.Sprintf(`version: 2
 station: {id: sp-1, type: safety_post}
 state_dir: %s
 hub:
@@ -274,14 +274,7 @@ links:
   - {id: alarm-rx, protocol: sia-dc09, listen: "%s"}
 devices:
   - {id: panel-1, template: generic-alarm-panel, link: alarm-rx, account: "1234", supervision: 30s, sim: {tests: %s}}
-`, t.TempDir(), freeAddr(t), tests)
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	st, err := configs.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+`, t.TempDir(), freeAddr(t), tests))
 	l, stop, err := sim.Start(st, &st.Links[0], sim.Options{Seed: 1, Start: time.Now(), Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
