@@ -662,6 +662,7 @@ func connectCause(err error, broker, key string, overTLS, took bool) string {
 	var he x509.HostnameError
 	var ce x509.CertificateInvalidError
 	var ne *net.OpError
+	var dns *net.DNSError
 	msg := err.Error()
 	switch {
 	case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword):
@@ -697,6 +698,10 @@ func connectCause(err error, broker, key string, overTLS, took bool) string {
 			"; or a clustered broker that cannot take sessions yet, electing a leader)"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Sprintf("nothing listens at %s (%s): the broker is down, or the address or port is wrong", broker, key)
+	case errors.As(err, &dns) && dns.IsNotFound:
+		return fmt.Sprintf("the host name %s (%s) is not known to the station's DNS: check its spelling, or give its address", dns.Name, key)
+	case errors.As(err, &dns):
+		return fmt.Sprintf("the host name %s (%s) could not be looked up (%v): the station's DNS server does not answer", dns.Name, key, dns.Err)
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Sprintf("the broker at %s does not answer (network down, firewall, or wrong address in %s)", broker, key)
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -136,5 +137,31 @@ func TestTLSFileErrors(t *testing.T) {
 	err := u.Connect(context.Background())
 	if err == nil || err.Error() != "mqtt uplink: tls ca: open /nonexistent/ca.pem: no such file or directory" {
 		t.Errorf("Connect with a missing CA file: %v", err)
+	}
+}
+
+// TestConnectCauseNames: a broker whose host name does not resolve is
+// told apart from one that refuses connections, in words that name the
+// station file's key.
+func TestConnectCauseNames(t *testing.T) {
+	const broker, key = "tcp://hub.example.invalid:1883", "hub.mqtt.url"
+	dial := func(err error) error {
+		return fmt.Errorf("network Error : %w", &net.OpError{Op: "dial", Net: "tcp", Err: err})
+	}
+	for _, c := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"name unknown", dial(&net.DNSError{Name: "hub.example.invalid", Err: "no such host", IsNotFound: true}),
+			"the host name hub.example.invalid (hub.mqtt.url) is not known to the station's DNS: check its spelling, or give its address"},
+		{"DNS server away", dial(&net.DNSError{Name: "hub.example.invalid", Err: "i/o timeout", IsTimeout: true}),
+			"the host name hub.example.invalid (hub.mqtt.url) could not be looked up (i/o timeout): the station's DNS server does not answer"},
+		{"refused", dial(syscall.ECONNREFUSED),
+			"nothing listens at tcp://hub.example.invalid:1883 (hub.mqtt.url): the broker is down, or the address or port is wrong"},
+	} {
+		if got := connectCause(c.err, broker, key, false, false); got != c.want {
+			t.Errorf("%s:\n got %q\nwant %q", c.name, got, c.want)
+		}
 	}
 }
