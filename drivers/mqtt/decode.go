@@ -29,6 +29,12 @@ const (
 	AuthFailed   = "auth_failed"   // a wrong password
 )
 
+// CleanSession counts a device's connections with a clean session (or,
+// in MQTT 5, a clean start or no session kept): its MQTT client then drops
+// a message the broker had not acknowledged when the connection broke.
+// The device is degraded with the reason, as for a message refused.
+const CleanSession = "clean_session"
+
 // Refusal is why a message was refused: a Reason (the counter) and the
 // detail in words.
 type Refusal struct {

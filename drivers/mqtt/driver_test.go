@@ -396,3 +396,22 @@ func TestDeviceNotIn(t *testing.T) {
 		t.Errorf("offline reasons:\n%v\nwant\n%v", got, want)
 	}
 }
+
+// TestCleanSession: a kiosk that connects with a clean session, against
+// docs/kiosks.md, is degraded with the reason and counted: its client
+// would drop an emergency call in flight when its connection breaks.
+func TestCleanSession(t *testing.T) {
+	d, out := start(t, station(t, ""))
+	o := paho.NewClientOptions().AddBroker("tcp://" + d.Addr()).SetClientID("kiosk-1").SetUsername("kiosk-1").SetPassword("pw-kiosk-1").
+		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer c.Disconnect(0)
+	h := out.health(t, "kiosk-1", model.Degraded).Health
+	const want = "clean_session: kiosk-1 connects with a clean session: its MQTT client drops what the broker has not acknowledged when the connection breaks (an emergency call, say); set clean session off, as docs/kiosks.md asks"
+	if h.Reason != want || h.Counters[CleanSession] != 1 {
+		t.Errorf("health %q %v, want %q and %s 1", h.Reason, h.Counters, want, CleanSession)
+	}
+}

@@ -96,6 +96,9 @@ func (h *hook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
 	defer dev.mu.Unlock()
 	dev.client = cl
 	h.d.heard(dev)
+	if p := cl.Properties; p.Clean || p.ProtocolVersion >= 5 && p.Props.SessionExpiryInterval == 0 {
+		h.d.wrong(dev, refuse(CleanSession, "%s connects with a clean session: its MQTT client drops what the broker has not acknowledged when the connection breaks (an emergency call, say); set clean session off, as docs/kiosks.md asks", dev.id))
+	}
 	dev.reconnected()
 }
 
