@@ -464,9 +464,16 @@ func TestExternalOnceLeavesSession(t *testing.T) {
 	d := drv.(*Driver)
 	tool := &emitted{ch: make(chan model.Message, 1000)}
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, tool.emit) }()
-	<-d.Ready()
+	select {
+	case <-d.Ready():
+	case err := <-done:
+		t.Fatalf("the tool's driver stopped: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tool's driver not subscribed within 10s")
+	}
 	// A request made while the tool runs reaches it, and waits for the
 	// gateway too; the tool has taken what came before it, if anything.
 	if err := k.publish("dev/kiosk-1/service_request", `{"ticket":"T-2","category":"other"}`); err != nil {
