@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -274,11 +275,20 @@ func (c *NATSCluster) get(ctx context.Context, i int, path string, v any) error 
 	return nil
 }
 
+// readyClients numbers the readiness probes' MQTT client ids.
+var readyClients atomic.Int64
+
 // mqttConnect connects a paho client (clean session) to node i's MQTT
-// listener and disconnects.
+// listener and disconnects. Each try has a client id of its own and
+// waits up to 10 s: NATS may take seconds to create its MQTT streams or
+// to save a session on a loaded machine, and a try that gave up sooner
+// and came again with the same id would have NATS replace the first
+// connection, count the id as flapping and close every further try with
+// it for a second, over and over.
 func (c *NATSCluster) mqttConnect(ctx context.Context, i int) error {
-	o := paho.NewClientOptions().AddBroker(c.MQTTURL(i)).SetClientID("outpost-hub-ready-" + c.nodes[i].name).
-		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(2 * time.Second).
+	id := fmt.Sprintf("outpost-hub-ready-%s-%d", c.nodes[i].name, readyClients.Add(1))
+	o := paho.NewClientOptions().AddBroker(c.MQTTURL(i)).SetClientID(id).
+		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second).
 		SetProtocolVersion(4) // not 3 after a refusal: NATS speaks 3.1.1 only
 	cl := paho.NewClient(o)
 	tok := cl.Connect()

@@ -130,7 +130,7 @@ func (p *proc) waitReady(ctx context.Context, ready func(context.Context) error)
 			return fmt.Errorf("hub: %s exited before it was ready (%v): %s", p.name, exit, p.tail())
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("hub: %s not ready: %w (last: %v)", p.name, ctx.Err(), last)
+			return fmt.Errorf("hub: %s not ready: %w (last: %v); its log ends: %s", p.name, ctx.Err(), last, p.tail())
 		case <-t.C:
 		}
 	}
