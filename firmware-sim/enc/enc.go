@@ -100,7 +100,69 @@ func Encode(r *modbus.Register, v signal.Value) (words []uint16, want signal.Val
 // and offset as the template writes them), as the nearest float64. Past 15
 // significant digits, which a float64 cannot tell apart, the contract has
 // the master compute raw*scale + offset in float64 arithmetic instead.
+//
+// Most values are done in int64 arithmetic; numberRat, which number must
+// equal, is the reference for the rest.
 func number(raw string, scale, offset float64) signal.Value {
+	ss, os := strconv.FormatFloat(scale, 'g', -1, 64), strconv.FormatFloat(offset, 'g', -1, 64)
+	r, rp, ok1 := decimal(raw)
+	s, sp, ok2 := decimal(ss)
+	o, op, ok3 := decimal(os)
+	if !ok1 || !ok2 || !ok3 {
+		return numberRat(raw, scale, offset)
+	}
+	// exact × 10^places = r×s×10^(places-rp-sp) + o×10^(places-op): each
+	// term is checked to fit before it is computed.
+	places := max(rp+sp, op)
+	if places > 18 || math.Abs(float64(r))*math.Abs(float64(s))*pow10[places-rp-sp] >= 1e17 ||
+		math.Abs(float64(o))*pow10[places-op] >= 1e17 {
+		return numberRat(raw, scale, offset)
+	}
+	digits := r*s*int64(pow10[places-rp-sp]) + o*int64(pow10[places-op])
+	if places > 15 || digits >= 1e15 || digits <= -1e15 {
+		f, _ := strconv.ParseFloat(raw, 64)
+		return signal.Num(float64(f*scale) + offset)
+	}
+	// Both exact in a float64 (below 2^53, and 10^15): the quotient is
+	// the nearest float64 to exact, as big.Rat's Float64 gives it.
+	return signal.Num(float64(digits) / pow10[places])
+}
+
+// pow10[i] is 10^i, exact in a float64 up to 10^22.
+var pow10 = func() (p [23]float64) {
+	p[0] = 1
+	for i := 1; i < len(p); i++ {
+		p[i] = p[i-1] * 10
+	}
+	return p
+}()
+
+// decimal reads the decimal text s (as strconv writes a number, maybe with
+// an exponent) as m / 10^places, with places >= 0, when m fits in 17
+// digits.
+func decimal(s string) (m int64, places int, ok bool) {
+	mant, exp, _ := strings.Cut(s, "e")
+	e, err := strconv.Atoi(exp)
+	if exp == "" {
+		e, err = 0, nil
+	}
+	whole, frac, _ := strings.Cut(mant, ".")
+	if err != nil || len(whole)+len(frac) > 18 {
+		return 0, 0, false
+	}
+	m, err = strconv.ParseInt(whole+frac, 10, 64)
+	places = len(frac) - e
+	for ; places < 0 && err == nil; places++ {
+		if m >= 1e16 || m <= -1e16 {
+			return 0, 0, false
+		}
+		m *= 10
+	}
+	return m, places, err == nil && places < len(pow10)
+}
+
+// numberRat is number in big.Rat arithmetic.
+func numberRat(raw string, scale, offset float64) signal.Value {
 	rs, ss, os := raw, strconv.FormatFloat(scale, 'g', -1, 64), strconv.FormatFloat(offset, 'g', -1, 64)
 	f, _ := strconv.ParseFloat(rs, 64)
 	r, ok1 := new(big.Rat).SetString(rs)
