@@ -34,36 +34,65 @@ func prefill(st *configs.Station, n int, log *slog.Logger) (int, model.Message, 
 	defer q.Close()
 	counted := newTally(st)
 	start := time.Now().Add(-time.Hour)
-	var buf []byte
-	total := 0
-	var polled []*configs.Device // the devices with readings
+	type polledDevice struct {
+		d       *configs.Device
+		t       *configs.Template
+		signals []configs.Signal
+	}
+	var polled []polledDevice // the devices with readings
 	for i := range st.Devices {
-		if len(st.Templates[st.Devices[i].Template].Body.Signals()) > 0 {
-			polled = append(polled, &st.Devices[i])
+		t := st.Templates[st.Devices[i].Template]
+		if sigs := t.Body.Signals(); len(sigs) > 0 {
+			polled = append(polled, polledDevice{&st.Devices[i], t, sigs})
 		}
 	}
 	if len(polled) == 0 {
 		return 0, m, fmt.Errorf("backlog: station %s has no device with readings", st.Station.ID)
 	}
+	// Appended a thousand records at a time, each a slice of one buffer.
+	var buf []byte
+	var recs []queue.Record
+	var ends []int
+	flush := func() error {
+		from := 0
+		for i, end := range ends {
+			recs[i].Data, from = buf[from:end], end
+		}
+		err := q.Append(queue.LaneTelemetry, recs...)
+		buf, recs, ends = buf[:0], recs[:0], ends[:0]
+		if err != nil {
+			return fmt.Errorf("prefilling the queue: %w", err)
+		}
+		return nil
+	}
+	total := 0
 	for i := 0; total < n; i++ {
-		d := polled[i%len(polled)]
-		t := st.Templates[d.Template]
-		s, err := counters.Next(d.ID)
+		p := polled[i%len(polled)]
+		s, err := counters.Next(p.d.ID)
 		if err != nil {
 			return 0, m, err
 		}
 		m = model.Message{
-			Station: st.Station.ID, StationType: st.Station.Type, Device: d.ID, DeviceKind: t.Kind,
+			Station: st.Station.ID, StationType: st.Station.Type, Device: p.d.ID, DeviceKind: p.t.Kind,
 			Seq: s, Time: start.Add(time.Duration(i) * time.Millisecond).UTC(), Kind: model.KindTelemetry,
 		}
-		for j, sg := range t.Body.Signals() {
+		for j, sg := range p.signals {
 			m.Readings = append(m.Readings, model.Reading{Signal: sg.Name, Unit: sg.Unit, Quality: model.Good, Value: backlogValue(sg.Type, i+j)})
 		}
-		buf = model.AppendBinary(buf[:0], &m)
-		if err := q.Append(queue.LaneTelemetry, queue.Record{Data: buf, Readings: m.Values()}); err != nil {
-			return total, m, fmt.Errorf("prefilling the queue: %w", err)
-		}
+		buf = model.AppendBinary(buf, &m)
+		ends = append(ends, len(buf))
+		recs = append(recs, queue.Record{Readings: m.Values()})
 		total += counted.values(&m)
+		if len(ends) == 1000 {
+			if err := flush(); err != nil {
+				return 0, m, err
+			}
+		}
+	}
+	if len(ends) > 0 {
+		if err := flush(); err != nil {
+			return 0, m, err
+		}
 	}
 	return total, m, nil
 }
