@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"bytes"
 	"fmt"
 	"reflect"
 	"regexp"
@@ -185,8 +186,19 @@ func (d *decoder) parse(data []byte, v any) {
 		} else {
 			msg = strings.TrimPrefix(msg, "yaml: ")
 		}
+		col := 1
+		// yaml.v3 says "found character that cannot start any token", or
+		// "found a tab character that violates indentation" on the line
+		// before the tab's.
+		for l := line; l <= line+1; l++ {
+			if indent, ok := tabIndent(data, l); ok {
+				line, col = l, indent+1
+				msg += " (YAML indents with spaces only)"
+				break
+			}
+		}
 		d.fatal = true
-		d.errorf(pos{line, 1}, "invalid YAML: %s", msg)
+		d.errorf(pos{line, col}, "invalid YAML: %s", msg)
 		return
 	}
 	if len(root.Content) == 0 {
@@ -195,6 +207,28 @@ func (d *decoder) parse(data []byte, v any) {
 		return
 	}
 	d.value(root.Content[0], reflect.ValueOf(v).Elem(), "")
+}
+
+// tabIndent says whether line n (from 1) of data has a tab among its
+// leading blanks, and where.
+func tabIndent(data []byte, n int) (int, bool) {
+	for i := 1; i < n; i++ {
+		nl := bytes.IndexByte(data, '\n')
+		if nl < 0 {
+			return 0, false
+		}
+		data = data[nl+1:]
+	}
+	for i, c := range data {
+		switch c {
+		case ' ':
+			continue
+		case '\t':
+			return i, true
+		}
+		break
+	}
+	return 0, false
 }
 
 var (
