@@ -15,7 +15,7 @@ func TestTracker(t *testing.T) {
 	half := Result{Requests: 2, Failed: 1, Reason: "exception 2 (illegal data address) reading input register 5 (0x0005): b", Counters: []string{"exceptions"}}
 	bad := Result{Requests: 2, Failed: 2, Reason: "exception 4 (server device failure) reading input register 5 (0x0005): b", Counters: []string{"exceptions", "exceptions"}}
 	silent := Result{Requests: 1, Failed: 1, Silent: true, Reason: "no answer from any unit on bus: check wiring, port, baud rate and parity", Counters: []string{"timeouts"}}
-	down := Result{Requests: 1, Failed: 1, LinkDown: true, Reason: "open /dev/x: gone reading input register 5 (0x0005)", Counters: []string{"link_down"}}
+	down := Result{Requests: 1, Failed: 1, LinkDown: true, Reason: "open /dev/x: gone", Counters: []string{"link_down"}}
 	gone := Result{Requests: 1, Failed: 1, LinkDown: true, Reason: "open /dev/x: no such file or directory: the adapter is unplugged, or the port is named wrong (gateway ports lists those there are)", Counters: []string{"link_down"}}
 	alone := Result{Requests: 1, Failed: 1, Silent: true, Reason: "no answer from unit 2 while unit 1 answers: wrong unit id, or device off", Counters: []string{"timeouts"}}
 	late := Result{Requests: 2, Late: true}

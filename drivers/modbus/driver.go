@@ -322,6 +322,9 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		}
 		if res.Reason == "" {
 			res.Reason = fmt.Sprintf("%s reading %s", reason, describe(r))
+			if res.LinkDown {
+				res.Reason = reason // the port, not the request
+			}
 			if counter == "exceptions" {
 				res.Reason += ": " + d.signals(r)
 			}
