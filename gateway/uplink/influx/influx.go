@@ -10,7 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
+	"strconv"
 	"time"
 
 	influxdb2 "github.com/influxdata/influxdb-client-go/v2"
@@ -128,9 +130,19 @@ func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Reject
 	if he == nil || !permanent(he.StatusCode) {
 		return fmt.Errorf("influx uplink: write %d points to %s (bucket %s): %w", hi-lo, configs.Redact(u.cfg.URL), u.cfg.Bucket, err)
 	}
-	if hi-lo == 1 {
-		line := bytes.TrimSuffix(body, []byte("\n"))
-		*rejected = append(*rejected, uplink.Rejection{Index: lo, Reason: fmt.Sprintf("InfluxDB %d: %s", he.StatusCode, he.Error()), Payload: slices.Clone(line)})
+	msg := he.Message // InfluxDB's own words, without the status that Error adds
+	if msg == "" {
+		msg = he.Error()
+	}
+	reason, all := refusedAll(msg, bytes.Count(body, []byte("\n")))
+	if hi-lo == 1 || all {
+		// Every point of the request is refused (a backlog older than
+		// the retention policy, say): each is named at once, where
+		// halving would take a request per point and as many again.
+		for i := lo; i < hi; i++ {
+			line := bytes.TrimSuffix(b.lines(i, i+1), []byte("\n"))
+			*rejected = append(*rejected, uplink.Rejection{Index: i, Reason: fmt.Sprintf("InfluxDB %d: %s", he.StatusCode, reason), Payload: slices.Clone(line)})
+		}
 		return nil
 	}
 	mid := (lo + hi) / 2
@@ -138,6 +150,21 @@ func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Reject
 		return err
 	}
 	return b.write(ctx, mid, hi, rejected)
+}
+
+// droppedOf matches the end of InfluxDB's partial write error, which
+// counts the points it refused.
+var droppedOf = regexp.MustCompile(` dropped=([0-9]+)$`)
+
+// refusedAll says whether InfluxDB's error msg, for a request of points
+// points, refuses every one of them, and gives msg without the count.
+func refusedAll(msg string, points int) (string, bool) {
+	m := droppedOf.FindStringSubmatchIndex(msg)
+	if m == nil {
+		return msg, false
+	}
+	n, err := strconv.Atoi(msg[m[2]:m[3]])
+	return msg[:m[0]], err == nil && n == points
 }
 
 // permanent says whether InfluxDB refuses a request for what it holds, so

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -352,4 +353,80 @@ func TestSendRejected(t *testing.T) {
 	if err := uplink.SendAll(ctx, u.NewBatch(), []model.Message{msg(11, model.Number(11))}); err != nil {
 		t.Fatalf("the next batch: %v", err)
 	}
+}
+
+// TestSendBeyondRetention: a backlog older than the hub's retention policy
+// (a station cut off for longer than InfluxDB keeps data) is refused by
+// InfluxDB point by point. The points it keeps are written, the old ones
+// are named with InfluxDB's reason, and that takes a few requests, not
+// two per point.
+func TestSendBeyondRetention(t *testing.T) {
+	in := startInflux(t)
+	u := newUplink(t, in, 0)
+	ctx := context.Background()
+	if _, err := in.Query(ctx, `ALTER RETENTION POLICY "autogen" ON "`+in.Database()+`" DURATION 1h SHARD DURATION 1h DEFAULT`); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var batch []model.Message
+	for i := range 2000 {
+		at := now.Add(time.Duration(i-2000) * time.Millisecond)
+		if i < 1300 {
+			at = at.Add(-3 * time.Hour) // beyond the retention policy
+		}
+		batch = append(batch, model.Message{Station: "pr-0001", StationType: model.PoliceRoom, Device: "m-1", DeviceKind: "power_meter",
+			Seq: uint64(i + 1), Time: at, Kind: model.KindTelemetry,
+			Readings: []model.Reading{{Signal: "voltage", Value: model.Number(230), Quality: model.Good}}})
+	}
+	before := writeRequests(t, in)
+	err := uplink.SendAll(ctx, u.NewBatch(), batch)
+	requests := writeRequests(t, in) - before
+	var rej *uplink.Rejected
+	if !errors.As(err, &rej) {
+		t.Fatalf("Send = %v, want *uplink.Rejected", err)
+	}
+	if len(rej.Items) != 1300 || rej.Items[0].Index != 0 || rej.Items[1299].Index != 1299 {
+		t.Fatalf("%d rejected, want the 1,300 old points", len(rej.Items))
+	}
+	if want := "InfluxDB 400: partial write: points beyond retention policy"; rej.Items[0].Reason != want {
+		t.Errorf("reason %q, want %q", rej.Items[0].Reason, want)
+	}
+	if want := AppendLine(nil, &batch[5]); string(rej.Items[5].Payload) != string(want) {
+		t.Errorf("payload %q, want %q", rej.Items[5].Payload, want)
+	}
+	if n, err := in.Count(ctx, "power_meter"); err != nil || n != 700 {
+		t.Fatalf("points in InfluxDB = %d, %v; want the 700 recent ones", n, err)
+	}
+	t.Logf("%d write requests", requests)
+	if requests > 40 {
+		t.Errorf("%d write requests for a batch of 2,000 points, 1,300 of them refused; want a few", requests)
+	}
+}
+
+// writeRequests is how many write requests InfluxDB has served (its
+// /debug/vars).
+func writeRequests(t *testing.T, in *hub.Influx) int64 {
+	t.Helper()
+	resp, err := http.Get(in.URL() + "/debug/vars")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var vars map[string]json.RawMessage // each a statistic, or cmdline, memstats
+	if err := json.NewDecoder(resp.Body).Decode(&vars); err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range vars {
+		var v struct {
+			Name   string `json:"name"`
+			Values struct {
+				WriteReq int64 `json:"writeReq"`
+			} `json:"values"`
+		}
+		if json.Unmarshal(raw, &v) == nil && v.Name == "httpd" {
+			return v.Values.WriteReq
+		}
+	}
+	t.Fatal("no httpd statistics in InfluxDB's /debug/vars")
+	return 0
 }
