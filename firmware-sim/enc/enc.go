@@ -138,7 +138,7 @@ var pow10 = func() (p [23]float64) {
 }()
 
 // decimal reads the decimal text s (as strconv writes a number, maybe with
-// an exponent) as m / 10^places, with places >= 0, when m fits in 17
+// an exponent) as m / 10^places, with places >= 0, when m has at most 18
 // digits.
 func decimal(s string) (m int64, places int, ok bool) {
 	mant, exp, _ := strings.Cut(s, "e")
