@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -275,18 +276,50 @@ func cmdStatus(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gateway status:", err)
 		return 1
 	}
-	return printStatus(stdout, s, time.Now())
+	now, pid := time.Now(), 0
+	if now.Sub(s.Time) > staleAfter {
+		if p, err := readPid(st.StateDir); err == nil && gatewayAlive(p) {
+			pid = p
+		}
+	}
+	return printStatus(stdout, s, now, pid)
+}
+
+// gatewayAlive says whether process pid lives and, where /proc tells, is
+// a gateway's run (a pid file outlives its gateway, and the pid may be
+// another process's by now).
+func gatewayAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return !errors.Is(err, fs.ErrNotExist) || !dirExists("/proc/self")
+	}
+	return slices.Contains(strings.Split(string(cmdline), "\x00"), "run")
+}
+
+func dirExists(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
 }
 
 // printStatus prints a status for a person, and returns 0 when the
 // gateway runs, reaches every hub store and hears every device, 1
-// otherwise.
-func printStatus(w io.Writer, s status.Snapshot, now time.Time) int {
+// otherwise. pid is the gateway's process when it lives though its status
+// is stale, else 0.
+func printStatus(w io.Writer, s status.Snapshot, now time.Time, pid int) int {
 	code := 0
 	age := now.Sub(s.Time).Round(time.Second)
 	fmt.Fprintf(w, "station %s (%s), running since %s\n", s.Station, s.Type, s.Started.Local().Format(time.DateTime))
-	if age > staleAfter {
-		fmt.Fprintf(w, "NOT RUNNING: the gateway last wrote its status %s ago (%s)\n", age, s.Time.Local().Format(time.DateTime))
+	switch {
+	case age <= staleAfter:
+	case pid != 0:
+		fmt.Fprintf(w, "NOT ANSWERING: the gateway (pid %d) runs, but last wrote its status %s ago (%s): it is stopped or stuck, or its disk hangs; its log says more (sudo systemctl restart outpost restarts it). What follows is as of then.\n",
+			pid, age, s.Time.Local().Format(time.DateTime))
+		code = 1
+	default:
+		fmt.Fprintf(w, "NOT RUNNING: the gateway last wrote its status %s ago (%s). What follows is as of then.\n", age, s.Time.Local().Format(time.DateTime))
 		code = 1
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -73,7 +73,7 @@ func TestStatusStale(t *testing.T) {
 	s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now.Add(-time.Minute), Started: now.Add(-time.Hour),
 		Uplinks: []status.Uplink{{Name: "mqtt", Connected: true, Since: now.Add(-time.Hour)}}}
 	var out bytes.Buffer
-	if code := printStatus(&out, s, now); code != 1 || !strings.Contains(out.String(), "NOT RUNNING: the gateway last wrote its status 1m0s ago") {
+	if code := printStatus(&out, s, now, 0); code != 1 || !strings.Contains(out.String(), "NOT RUNNING: the gateway last wrote its status 1m0s ago") {
 		t.Errorf("exit %d:\n%s", code, out.String())
 	}
 }
@@ -87,7 +87,7 @@ func TestStatusForwarderRestarted(t *testing.T) {
 			Forwarders: []status.Forwarder{{Lane: "alarm", Delivered: 3}, {Lane: "telemetry", Delivered: 900, Restarts: 2}}}}}
 	var out bytes.Buffer
 	want := "influx: the telemetry lane's forwarder failed and was restarted 2 times (the log says why)"
-	if code := printStatus(&out, s, now); code != 0 || !strings.Contains(out.String(), want) || strings.Contains(out.String(), "alarm lane") {
+	if code := printStatus(&out, s, now, 0); code != 0 || !strings.Contains(out.String(), want) || strings.Contains(out.String(), "alarm lane") {
 		t.Errorf("exit %d:\n%s\nwant exit 0 and only %q", code, out.String(), want)
 	}
 }
@@ -112,7 +112,7 @@ func TestStatusBroker(t *testing.T) {
 			c.up.Since = now.Add(-time.Minute)
 			s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-time.Hour), Uplinks: []status.Uplink{c.up}}
 			var out bytes.Buffer
-			printStatus(&out, s, now)
+			printStatus(&out, s, now, 0)
 			if !strings.Contains(out.String(), c.want) {
 				t.Errorf("status lacks %q:\n%s", c.want, out.String())
 			}
@@ -129,7 +129,7 @@ func TestStatusDevices(t *testing.T) {
 		{ID: "door-front", State: model.Offline, Since: now, Reason: "no answer"},
 	}}
 	var out bytes.Buffer
-	printStatus(&out, s, now)
+	printStatus(&out, s, now, 0)
 	got := map[string][]string{}
 	for _, line := range strings.Split(out.String(), "\n") {
 		if f := strings.Fields(line); len(f) > 0 {
@@ -162,12 +162,12 @@ func TestStatusDeviceOffline(t *testing.T) {
 			{ID: "ups-1", State: model.Degraded, Since: now.Add(-time.Minute), Reason: "exception 2 (illegal data address) reading holding register 1 (0x0001): model"},
 		}}
 	var out bytes.Buffer
-	if code := printStatus(&out, s, now); code != 1 || !strings.HasSuffix(out.String(), "\n1 of 3 devices offline: th-hall\n") {
+	if code := printStatus(&out, s, now, 0); code != 1 || !strings.HasSuffix(out.String(), "\n1 of 3 devices offline: th-hall\n") {
 		t.Errorf("exit %d:\n%s\nwant exit 1 and th-hall named offline", code, out.String())
 	}
 	s.Devices[0].State = model.Online
 	out.Reset()
-	if code := printStatus(&out, s, now); code != 0 || strings.Contains(out.String(), "offline") {
+	if code := printStatus(&out, s, now, 0); code != 0 || strings.Contains(out.String(), "offline") {
 		t.Errorf("with only ups-1 degraded: exit %d:\n%s\nwant exit 0", code, out.String())
 	}
 }
@@ -295,5 +295,49 @@ func TestSecondGateway(t *testing.T) {
 		os.Getpid(), st.StateDir, st.QueueDir())
 	if err == nil || err.Error() != want {
 		t.Errorf("second gateway: %v\nwant %s", err, want)
+	}
+}
+
+// TestStatusNotAnswering: a stale status file with the gateway's process
+// alive (stopped, stuck) says so, with its pid; once that process is gone,
+// or when the pid file names a process that is not a gateway's run, it
+// says the gateway does not run.
+func TestStatusNotAnswering(t *testing.T) {
+	if os.Getenv("OUTPOST_TEST_RUN_SLEEPS") == "1" {
+		select {} // a stand-in for a stuck gateway, killed by the test
+	}
+	path, state := stationWithState(t)
+	written := time.Now().Add(-time.Minute).Truncate(time.Second)
+	if err := status.Write(status.File(state), status.Snapshot{Station: "pr-0001", Type: "police_room", Time: written, Started: written.Add(-time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	// The stand-in's arguments end with "run", as a gateway's do.
+	stuck := exec.Command(os.Args[0], "-test.run=^TestStatusNotAnswering$", "run")
+	stuck.Env = append(os.Environ(), "OUTPOST_TEST_RUN_SLEEPS=1")
+	if err := stuck.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stuck.Process.Kill(); stuck.Wait() })
+	at := written.Local().Format(time.DateTime)
+	notRunning := "NOT RUNNING: the gateway last wrote its status "
+	for _, c := range []struct {
+		name string
+		pid  func() int
+		want string
+	}{
+		{"stuck", func() int { return stuck.Process.Pid }, fmt.Sprintf("NOT ANSWERING: the gateway (pid %d) runs, but last wrote its status ", stuck.Process.Pid)},
+		{"another process", os.Getpid, notRunning},
+		{"gone", func() int { stuck.Process.Kill(); stuck.Wait(); return stuck.Process.Pid }, notRunning},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if err := os.WriteFile(pidFile(state), []byte(fmt.Sprintln(c.pid())), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var out, errb bytes.Buffer
+			code := cli([]string{"status", "-config", path}, &out, &errb)
+			if code != 1 || !strings.Contains(out.String(), c.want) || !strings.Contains(out.String(), "("+at+")") {
+				t.Errorf("exit %d, stdout:\n%s\nwant exit 1 and %q ... (%s)", code, out.String(), c.want, at)
+			}
+		})
 	}
 }
