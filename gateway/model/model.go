@@ -179,6 +179,7 @@ const (
 	EventQueueWriteRecovered = "queue_write_recovered" // it takes them again
 	EventRejected            = "messages_rejected"     // the hub refused messages for good; set aside
 	EventSeqLost             = "seq_lost"              // both copies of the sequence numbers were damaged
+	EventStateDirUnusable    = "state_dir_unusable"    // the gateway could not write its state_dir at start and keeps its state in memory
 	EventPowerFail           = "power_fail"
 	EventCommsFailed         = "comms_failed"
 )

@@ -352,7 +352,7 @@ func (in *Ingest) queue(d *devIngest, m model.Message) error {
 	}
 	m.Seq = n
 	d.buf = model.AppendBinary(d.buf[:0], &m)
-	lane := laneOf(m.Kind)
+	lane := LaneOf(m.Kind)
 	rec := queue.Record{Data: d.buf, Readings: m.Values()}
 	var errs error
 	for _, out := range in.outs {
@@ -367,9 +367,9 @@ func (in *Ingest) queue(d *devIngest, m model.Message) error {
 	return errs
 }
 
-// laneOf is the queue lane of a kind of message: events and command
+// LaneOf is the queue lane of a kind of message: events and command
 // results are alarms, ahead of health changes, ahead of telemetry.
-func laneOf(k model.Kind) queue.Lane {
+func LaneOf(k model.Kind) queue.Lane {
 	switch k {
 	case model.KindTelemetry:
 		return queue.LaneTelemetry

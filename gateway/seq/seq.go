@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -119,6 +120,14 @@ func (c *Counters) Raise(floors map[string]uint64) error {
 	}
 	c.lost = false
 	return nil
+}
+
+// Leases returns each device's highest number leased: no number above it
+// has been handed out.
+func (c *Counters) Leases() map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.leased)
 }
 
 // Next returns the device's next sequence number, starting at 1.

@@ -30,6 +30,9 @@ type Snapshot struct {
 	// Reload is how the last reload of the station file went, once
 	// there was one.
 	Reload *Reload `json:"reload,omitempty"`
+	// StateDirError, when set, is why the gateway could not write its
+	// state_dir at start: it keeps its state in memory, in Disk.Dir.
+	StateDirError string `json:"state_dir_error,omitempty"`
 }
 
 // Reload is the outcome of reloading the station file.

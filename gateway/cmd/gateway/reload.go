@@ -108,10 +108,15 @@ func targetsOf(runs map[string]*linkRun) map[string]desk.Target {
 }
 
 // reloadStation reads the station file again and applies it, or logs why
-// not; it returns the station now running.
-func reloadStation(cur *configs.Station, links *linkSet, ingest *pipeline.Ingest, board *status.Board, commands *desk.Desk, log *slog.Logger) (*configs.Station, status.Reload) {
+// not; it returns the station now running. stateDir is the state_dir the
+// gateway started with: a file that still names it keeps the gateway on
+// the directory it runs on (its fallback, when it has one).
+func reloadStation(cur *configs.Station, stateDir string, links *linkSet, ingest *pipeline.Ingest, board *status.Board, commands *desk.Desk, log *slog.Logger) (*configs.Station, status.Reload) {
 	log.Info("reloading the station file", "file", cur.File)
 	st, err := configs.Load(cur.File)
+	if err == nil && st.StateDir == stateDir {
+		st.StateDir = cur.StateDir
+	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			log.Error("station file", "error", line)
@@ -254,25 +259,27 @@ func readPid(stateDir string) (int, error) {
 }
 
 // runningGateway is the process id of the gateway that runs with this
-// state directory, or why none does.
-func runningGateway(stateDir string) (int, error) {
-	pid, err := readPid(stateDir)
+// station's state, and the directory it keeps it in (state_dir, or a
+// fallback), or why none runs.
+func runningGateway(st *configs.Station) (int, string, error) {
+	dir, s, serr := liveDir(st)
+	pid, err := readPid(dir)
 	if err != nil {
-		return 0, fmt.Errorf("no gateway runs with state_dir %s (%w)", stateDir, err)
+		return 0, dir, fmt.Errorf("no gateway runs with state_dir %s (%w)", st.StateDir, err)
 	}
 	// A gateway that died left its pid file; its status file then stops
 	// being written, and the pid may be another process's by now.
-	if s, err := status.Read(status.File(stateDir)); err != nil || time.Since(s.Time) > staleAfter {
-		return 0, fmt.Errorf("no gateway runs with state_dir %s (its status file is missing or older than %s)", stateDir, staleAfter)
+	if serr != nil || time.Since(s.Time) > staleAfter {
+		return 0, dir, fmt.Errorf("no gateway runs with state_dir %s (its status file is missing or older than %s)", st.StateDir, staleAfter)
 	}
-	return pid, nil
+	return pid, dir, nil
 }
 
 // notWhileRunning says why a command that talks to the station's devices
 // must not run beside its gateway, when one runs: two masters on one bus
 // answer each other's frames.
 func notWhileRunning(st *configs.Station) error {
-	pid, err := runningGateway(st.StateDir)
+	pid, _, err := runningGateway(st)
 	if err != nil {
 		return nil
 	}
@@ -296,7 +303,7 @@ func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "gateway reload: not reloaded: fix the station file first; the gateway runs on as it was")
 		return 1
 	}
-	pid, err := runningGateway(st.StateDir)
+	pid, dir, err := runningGateway(st)
 	if err != nil {
 		fmt.Fprintln(stderr, "gateway reload:", err)
 		return 1
@@ -304,12 +311,12 @@ func cmdReload(c *command, args []string, stdout, stderr io.Writer) int {
 	p, _ := os.FindProcess(pid)
 	asked := time.Now()
 	if err := p.Signal(syscall.SIGHUP); err != nil {
-		fmt.Fprintf(stderr, "gateway reload: cannot signal the gateway (pid %d from %s): %v\n", pid, pidFile(st.StateDir), err)
+		fmt.Fprintf(stderr, "gateway reload: cannot signal the gateway (pid %d from %s): %v\n", pid, pidFile(dir), err)
 		return 1
 	}
 	// The gateway writes the outcome into its status file at once.
 	for deadline := asked.Add(*wait); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		s, err := status.Read(status.File(st.StateDir))
+		s, err := status.Read(status.File(dir))
 		if err != nil || s.Reload == nil || s.Reload.At.Before(asked) {
 			continue
 		}

@@ -17,7 +17,6 @@ import (
 	"outpost/configs"
 	"outpost/drivers"
 	desk "outpost/gateway/command"
-	"outpost/gateway/durable"
 	"outpost/gateway/model"
 	"outpost/gateway/pipeline"
 	"outpost/gateway/queue"
@@ -75,13 +74,12 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		token = t
 	}
 	started := time.Now().UTC()
-	if err := durable.MkdirAll(st.StateDir); err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
 	links := &linkSet{ctx: ctx, wg: &sync.WaitGroup{}, rtt: roundTrips, log: log, run: map[string]*linkRun{}}
 	// One queue: every message is written once, and each uplink reads it
-	// at its own pace.
-	q, err := pipeline.OpenQueue(st, log)
+	// at its own pace. A state_dir that cannot be written gives way to a
+	// fallback in memory (see fallback.go).
+	stateDir := st.StateDir
+	st, q, unusable, err := openState(st, log)
 	if errors.Is(err, queue.ErrInUse) {
 		// Two gateways started on one station file (the service, and
 		// an installer's gateway run): name the other one.
@@ -104,12 +102,19 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	if err != nil {
 		return err
 	}
+	if unusable == nil {
+		if _, err := takeBack(st, q, counters, log); err != nil {
+			return err
+		}
+	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
 	ingest.KeepAlarmStates(filepath.Join(st.StateDir, "alarm-states.json"))
 	board := status.NewBoard(st, started)
 	ingest.Seen = board.Saw
-	if lostSeq != nil {
-		ingest.Emit(*lostSeq)
+	for _, ev := range []*model.Message{lostSeq, unusable} {
+		if ev != nil {
+			ingest.Emit(*ev)
+		}
 	}
 
 	store, damaged, err := desk.OpenStore(st.CommandsFile(), st.Hub.Commands.MaxTTL+desk.Skew, time.Now())
@@ -226,7 +231,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	}
 	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
 	fwd.Go(func() { spareProcs(fctx, queues, log) })
-	g := &snapshots{st: st, started: started, queues: queues, states: states, dead: dead, fwds: fwds, board: board, unchanged: ingest.Unchanged, writeNow: make(chan struct{}, 1)}
+	g := &snapshots{st: st, started: started, unusable: unusable, queues: queues, states: states, dead: dead, fwds: fwds, board: board, unchanged: ingest.Unchanged, writeNow: make(chan struct{}, 1)}
 	if st.Status.Listen != "off" {
 		// The station works without its status server: a port taken is
 		// logged, not fatal.
@@ -295,7 +300,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		case <-ctx.Done():
 		case <-hup:
 			var r status.Reload
-			cur, r = reloadStation(cur, links, ingest, board, commands, log)
+			cur, r = reloadStation(cur, stateDir, links, ingest, board, commands, log)
 			g.reloaded(r)
 		}
 	}

@@ -50,13 +50,14 @@ type linkState struct {
 // snapshots builds the gateway's status, as the status file, the status
 // server and the hub's health snapshot show it.
 type snapshots struct {
-	st      *configs.Station
-	started time.Time
-	queues  map[string]*queue.Reader
-	states  map[string]uplinkState
-	dead    *pipeline.DeadLetters
-	fwds    map[string][]*pipeline.Forwarder // by uplink
-	board   *status.Board
+	st       *configs.Station
+	started  time.Time
+	unusable *model.Message // the state_dir_unusable event, when the state is in a fallback
+	queues   map[string]*queue.Reader
+	states   map[string]uplinkState
+	dead     *pipeline.DeadLetters
+	fwds     map[string][]*pipeline.Forwarder // by uplink
+	board    *status.Board
 	// unchanged is how many of a device's readings report by exception
 	// left out.
 	unchanged func(device string) uint64
@@ -85,6 +86,9 @@ func (g *snapshots) snapshot() status.Snapshot {
 		Disk: status.DiskOf(st.StateDir), Devices: g.board.Devices(), Listen: g.listen}
 	for i, d := range s.Devices {
 		s.Devices[i].Unchanged = g.unchanged(d.ID)
+	}
+	if g.unusable != nil {
+		s.StateDirError = g.unusable.Event.Details["error"]
 	}
 	g.mu.Lock()
 	s.Reload = g.reload
@@ -267,7 +271,7 @@ func cmdStatus(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
-	s, err := status.Read(status.File(st.StateDir))
+	dir, s, err := liveDir(st)
 	if errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintf(stdout, "station %s: the gateway has not run with this station file (no %s)\n", st.Station.ID, status.File(st.StateDir))
 		return 1
@@ -278,11 +282,24 @@ func cmdStatus(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	now, pid := time.Now(), 0
 	if now.Sub(s.Time) > staleAfter {
-		if p, err := readPid(st.StateDir); err == nil && gatewayAlive(p) {
+		if p, err := readPid(dir); err == nil && gatewayAlive(p) {
 			pid = p
 		}
 	}
 	return printStatus(stdout, s, now, pid)
+}
+
+// liveDir is the directory of the station's freshest status file: its
+// state_dir, or a fallback (see fallbackDirs) with a newer one.
+func liveDir(st *configs.Station) (string, status.Snapshot, error) {
+	dir := st.StateDir
+	s, err := status.Read(status.File(dir))
+	for _, fb := range fallbackDirs(st.Station.ID) {
+		if fs, ferr := status.Read(status.File(fb)); ferr == nil && (err != nil || fs.Time.After(s.Time)) {
+			dir, s, err = fb, fs, nil
+		}
+	}
+	return dir, s, err
 }
 
 // gatewayAlive says whether process pid lives and, where /proc tells, is
@@ -320,6 +337,11 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time, pid int) int {
 		code = 1
 	default:
 		fmt.Fprintf(w, "NOT RUNNING: the gateway last wrote its status %s ago (%s). What follows is as of then.\n", age, s.Time.Local().Format(time.DateTime))
+		code = 1
+	}
+	if s.StateDirError != "" {
+		fmt.Fprintf(w, "STATE IN MEMORY: the gateway could not write its state_dir at start (%s); it keeps its state in %s, and a power cut loses what is queued there: mend the disk, then restart the gateway, which takes the state back.\n",
+			s.StateDirError, s.Disk.Dir)
 		code = 1
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

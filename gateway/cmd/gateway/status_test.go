@@ -220,7 +220,7 @@ func TestStateDirDeleted(t *testing.T) {
 	if err != nil || len(was) == 0 || now["meter-1"] != was["meter-1"] || now[model.GatewayDevice] == 0 {
 		t.Errorf("sequence-number leases written again: %s (%v), want meter-1's of %s, and the gateway's", after, err, before)
 	}
-	if pid, err := runningGateway(st.StateDir); err != nil || pid != os.Getpid() {
+	if pid, _, err := runningGateway(st); err != nil || pid != os.Getpid() {
 		t.Errorf("gateway reload finds pid %d (%v), want this process, %d", pid, err, os.Getpid())
 	}
 }
@@ -281,7 +281,7 @@ func TestSecondGateway(t *testing.T) {
 	stop, done := runGateway(t, st)
 	defer func() { stop(); <-done }()
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := runningGateway(st.StateDir); err == nil {
+		if _, _, err := runningGateway(st); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {

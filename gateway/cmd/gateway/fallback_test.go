@@ -1,0 +1,178 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"outpost/gateway/model"
+)
+
+// TestStateDirUnusable: a gateway whose state_dir cannot be written at
+// start (an SD card remounted read-only) runs all the same, with its state
+// in memory: it raises state_dir_unusable, gateway status says where the
+// state is, and its sequence numbers go on from the disk's. Started again
+// once the disk is mended, it takes back what the fallback still held (here
+// queued while the hub's broker hung) and goes on above its numbers.
+func TestStateDirUnusable(t *testing.T) {
+	m := startBroker(t)
+	runtime := t.TempDir()
+	t.Setenv("RUNTIME_DIRECTORY", runtime)
+	path := stationFile(t, m.URL())
+	st := station(t, m.URL())
+	st.File = path
+	hubMsgs := subscribeAll(t, m.URL(), st.Station.ID)
+
+	// A first run on a disk that works.
+	stop, done := runGateway(t, st)
+	first := hubMsgs.await(t, "meter-1's first health", func(m model.Message) bool { return m.Device == "meter-1" && m.Kind == model.KindHealth })
+	stop()
+	<-done
+
+	mend, how := breakStateDir(t, st.StateDir)
+	t.Logf("state_dir made unusable: %s", how)
+	m.Freeze() // what the gateway now queues stays in its fallback
+	stop, done = runGateway(t, st)
+	fallback := filepath.Join(runtime, st.Station.ID)
+	var out, errb bytes.Buffer
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out.Reset()
+		if code := cli([]string{"status", "-config", path}, &out, &errb); code == 1 && strings.Contains(out.String(), "STATE IN MEMORY") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway status says, after 10 s:\n%s%s", out.String(), errb.String())
+		}
+	}
+	if want := "; it keeps its state in " + fallback + ", and a power cut loses what is queued there"; !strings.Contains(out.String(), want) {
+		t.Errorf("gateway status:\n%s\nwant %q", out.String(), want)
+	}
+	stop()
+	<-done
+	mend()
+	m.Thaw()
+
+	// Started on the mended disk: the fallback's queue reaches the hub.
+	stop, done = runGateway(t, st)
+	defer func() { stop(); <-done }()
+	ev := hubMsgs.await(t, "state_dir_unusable", func(m model.Message) bool {
+		return m.Kind == model.KindEvent && m.Event.Kind == model.EventStateDirUnusable
+	})
+	if ev.Event.Severity != model.Critical || ev.Event.Details["state_dir"] != st.StateDir || ev.Event.Details["instead"] != fallback || ev.Event.Details["error"] == "" {
+		t.Errorf("event %+v", ev.Event)
+	}
+	second := hubMsgs.await(t, "meter-1's health from the fallback", func(m model.Message) bool {
+		return m.Device == "meter-1" && m.Kind == model.KindHealth && m.Seq != first.Seq
+	})
+	third := hubMsgs.await(t, "meter-1's health of the third run", func(m model.Message) bool {
+		return m.Device == "meter-1" && m.Kind == model.KindHealth && m.Seq != first.Seq && m.Seq != second.Seq
+	})
+	if !(first.Seq < second.Seq && second.Seq < third.Seq) {
+		t.Errorf("meter-1's numbers %d, %d (on the fallback), %d: want them rising", first.Seq, second.Seq, third.Seq)
+	}
+	if _, err := os.Stat(fallback); !os.IsNotExist(err) {
+		t.Errorf("the fallback %s is still there (%v)", fallback, err)
+	}
+}
+
+// breakStateDir makes dir unusable: mounted read-only when this test may
+// mount (root), else with its queue's directory turned into a file. mend
+// undoes it.
+func breakStateDir(t *testing.T, dir string) (mend func(), how string) {
+	t.Helper()
+	if os.Geteuid() == 0 && exec.Command("mount", "--bind", dir, dir).Run() == nil {
+		if out, err := exec.Command("mount", "-o", "remount,bind,ro", dir).CombinedOutput(); err == nil {
+			var once sync.Once
+			mend := func() {
+				once.Do(func() {
+					if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+						t.Errorf("umount %s: %v %s", dir, err, out)
+					}
+				})
+			}
+			t.Cleanup(mend) // also when the test fails before it mends
+			return mend, "mounted read-only"
+		} else {
+			t.Logf("remount read-only: %v %s", err, out)
+		}
+		exec.Command("umount", dir).Run()
+	}
+	q := filepath.Join(dir, "queue")
+	if err := os.RemoveAll(q); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(q, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := os.Remove(q); err != nil {
+			t.Fatal(err)
+		}
+	}, "its queue directory a file"
+}
+
+// hubLog is what a subscriber to a station's topics received.
+type hubLog struct {
+	mu   sync.Mutex
+	msgs []model.Message
+	more chan struct{}
+}
+
+// subscribeAll subscribes to every topic of the station at the broker.
+func subscribeAll(t *testing.T, broker, station string) *hubLog {
+	t.Helper()
+	h := &hubLog{more: make(chan struct{}, 1)}
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(broker).SetClientID("hub-" + station).SetCleanSession(true).SetAutoReconnect(true))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("hub subscriber: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	tok := c.Subscribe("outpost/v1/"+station+"/#", 1, func(_ paho.Client, p paho.Message) {
+		msg, err := model.ParseJSON(p.Payload())
+		if err != nil {
+			return // the status and the snapshot
+		}
+		h.mu.Lock()
+		h.msgs = append(h.msgs, msg)
+		h.mu.Unlock()
+		select {
+		case h.more <- struct{}{}:
+		default:
+		}
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("hub subscriber: %v", tok.Error())
+	}
+	return h
+}
+
+// await returns the first message received that match says is the one,
+// within 20 s.
+func (h *hubLog) await(t *testing.T, what string, match func(model.Message) bool) model.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		h.mu.Lock()
+		for _, m := range h.msgs {
+			if match(m) {
+				h.mu.Unlock()
+				return m
+			}
+		}
+		h.mu.Unlock()
+		select {
+		case <-h.more:
+		case <-ctx.Done():
+			t.Fatalf("no %s at the hub in 20 s", what)
+		}
+	}
+}
