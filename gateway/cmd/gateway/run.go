@@ -271,7 +271,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		writePid()
 	}
 	fwd.Go(func() {
-		writeStatus(fctx, status.File(st.StateDir), g.snapshot, g.writeNow, board.Changed, stateDeleted, log)
+		writeStatus(fctx, status.File(st.StateDir), fallbackDirs(st.Station.ID), g.snapshot, g.writeNow, board.Changed, stateDeleted, log)
 	})
 	fwd.Go(func() {
 		publishSnapshots(fctx, mq, mqtt.SnapshotTopic(mqtt.Prefix(st.Hub.MQTT.TopicPrefix), st.Station.ID), g.snapshot, board.Changed, log.With("part", "snapshot"))

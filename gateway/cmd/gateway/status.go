@@ -139,10 +139,14 @@ func (g *snapshots) notReady() []string {
 // changed), until ctx ends, and once more then: `gateway status` run just
 // after a device went offline or came back says so. When its directory
 // was deleted since the last write (gone, or another directory by now: the
-// queue may have made it again) it makes it again and calls deleted.
-func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, now <-chan struct{}, changed func() <-chan struct{}, deleted func(), log *slog.Logger) {
+// queue may have made it again) it makes it again and calls deleted. While
+// path cannot be written (a disk remounted read-only), the status goes to
+// the first of spare that takes it (see fallbackDirs), where gateway status
+// finds it.
+func writeStatus(ctx context.Context, path string, spare []string, snap func() status.Snapshot, now <-chan struct{}, changed func() <-chan struct{}, deleted func(), log *slog.Logger) {
 	dir := filepath.Dir(path)
 	var was os.FileInfo // the directory at the last write
+	spared := ""        // the spare status file written last
 	write := func() {
 		fi, err := os.Stat(dir) // metadata: served from memory, also by a disk that hangs
 		if errors.Is(err, fs.ErrNotExist) {
@@ -158,8 +162,19 @@ func writeStatus(ctx context.Context, path string, snap func() status.Snapshot, 
 			// Bounded: a disk that hangs must not hold the last write at the end.
 			err = durable.Bounded(func() error { return status.Write(path, snap()) }, nil)
 		}
+		if err == nil && spared != "" {
+			os.Remove(spared)
+			spared = ""
+		}
 		if err != nil {
 			log.Debug("status file not written", "err", err)
+			for _, d := range spare {
+				p := status.File(d)
+				if d != dir && durable.Bounded(func() error { return errors.Join(durable.MkdirAll(d), status.Write(p, snap())) }, nil) == nil {
+					spared = p
+					break
+				}
+			}
 		}
 	}
 	t := time.NewTicker(statusEvery)

@@ -242,7 +242,7 @@ func TestStatusFileFollowsDevices(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		writeStatus(ctx, path, snap, nil, func() <-chan struct{} { mu.Lock(); defer mu.Unlock(); return changed }, func() {}, slog.New(slog.DiscardHandler))
+		writeStatus(ctx, path, nil, snap, nil, func() <-chan struct{} { mu.Lock(); defer mu.Unlock(); return changed }, func() {}, slog.New(slog.DiscardHandler))
 	}()
 	defer func() { cancel(); <-done }()
 	read := func() model.HealthState {
@@ -340,4 +340,44 @@ func TestStatusNotAnswering(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStatusFileSpare: while the status file cannot be written (here a
+// directory stands in its way; on a station, a disk remounted read-only),
+// the status goes to a spare directory, where gateway status finds it;
+// once the status file can be written again, the spare one goes.
+func TestStatusFileSpare(t *testing.T) {
+	dir, spare := t.TempDir(), filepath.Join(t.TempDir(), "spare")
+	path := status.File(dir)
+	if err := os.Mkdir(path, 0o700); err != nil { // in the way of the file
+		t.Fatal(err)
+	}
+	snap := func() status.Snapshot { return status.Snapshot{Station: "sp-1", Time: time.Now()} }
+	now := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		writeStatus(ctx, path, []string{spare}, snap, now, func() <-chan struct{} { return nil }, func() {}, slog.New(slog.DiscardHandler))
+	}()
+	defer func() { cancel(); <-done }()
+	waitFile := func(p string, there bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			s, err := status.Read(p)
+			if (err == nil && s.Station == "sp-1") == there {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v after 5 s, want there %v", p, err, there)
+			}
+		}
+	}
+	waitFile(status.File(spare), true)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	now <- struct{}{}
+	waitFile(path, true)
+	waitFile(status.File(spare), false)
 }
