@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -65,6 +66,12 @@ func (p *proc) start(ctx context.Context, log io.Writer, ready string, args ...s
 		path = filepath.Join(binDir(), p.name)
 	}
 	cmd := exec.Command(path, args...)
+	if i := slices.Index(args, "-config"); p.name == "gateway" && i >= 0 && i+1 < len(args) {
+		// The gateway's fallback state directory (systemd's runtime
+		// directory on a station) beside its station file, not in the
+		// machine's /run/outpost.
+		cmd.Env = append(os.Environ(), "RUNTIME_DIRECTORY="+filepath.Join(filepath.Dir(args[i+1]), "run"))
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
