@@ -576,8 +576,19 @@ func openAck(dir, reader string) (*os.File, error) {
 // lockDir opens dir/lock and locks it (see lock): two processes never run
 // the same queue.
 func lockDir(dir string) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		// A queue that cannot be written (its disk remounted read-only)
+		// may still be another gateway's: that says more than the disk's
+		// error, and must stop a second gateway all the same.
+		if ro, rerr := os.Open(path); rerr == nil {
+			lerr := lock(ro, dir)
+			ro.Close()
+			if errors.Is(lerr, ErrInUse) {
+				return nil, lerr
+			}
+		}
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	if err := lock(f, dir); err != nil {

@@ -68,6 +68,9 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 		small := fb // a queue in memory: a smaller cap
 		small.Queue.MaxBytes = min(st.Queue.MaxBytes, fallbackMaxBytes)
 		q, err := pipeline.OpenQueue(&small, log)
+		if errors.Is(err, queue.ErrInUse) {
+			return &fb, nil, nil, err // another gateway of the station runs there
+		}
 		if err != nil {
 			tried = append(tried, fmt.Sprintf("%s: %v", dir, err))
 			continue

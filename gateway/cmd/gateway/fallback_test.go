@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -174,5 +176,37 @@ func (h *hubLog) await(t *testing.T, what string, match func(model.Message) bool
 		case <-ctx.Done():
 			t.Fatalf("no %s at the hub in 20 s", what)
 		}
+	}
+}
+
+// TestStateDirReadOnlyUnderGateway: a second gateway of the station
+// started while the first runs on a state_dir that has gone read-only (an
+// installer's gateway run beside the service) stops at once, naming the
+// first, rather than run beside it on a fallback: two masters on a bus
+// scramble each other's frames. It needs to mount the state_dir
+// read-only.
+func TestStateDirReadOnlyUnderGateway(t *testing.T) {
+	m := startBroker(t)
+	t.Setenv("RUNTIME_DIRECTORY", t.TempDir())
+	st := station(t, m.URL())
+	stop, done := runGateway(t, st)
+	defer func() { stop(); <-done }()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, _, err := runningGateway(st); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first gateway wrote no pid file and status file in 15 s")
+		}
+	}
+	if _, how := breakStateDir(t, st.StateDir); how != "mounted read-only" {
+		t.Skipf("this test needs to mount the state_dir read-only; it could only make %s", how)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := run(ctx, st, slog.New(slog.DiscardHandler), nil)
+	want := fmt.Sprintf("another gateway (pid %d) runs with state_dir %s: stop it first", os.Getpid(), st.StateDir)
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("second gateway: %v, want %q...", err, want)
 	}
 }
