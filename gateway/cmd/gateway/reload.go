@@ -258,12 +258,23 @@ func readPid(stateDir string) (int, error) {
 	return pid, nil
 }
 
+// pidIn is the process id in the pid file of dir, the directory of the
+// station's freshest status, or else of its state_dir (where a gateway
+// that could write it at start wrote it, before the disk went read-only).
+func pidIn(st *configs.Station, dir string) (int, error) {
+	pid, err := readPid(dir)
+	if err != nil && dir != st.StateDir {
+		pid, err = readPid(st.StateDir)
+	}
+	return pid, err
+}
+
 // runningGateway is the process id of the gateway that runs with this
 // station's state, and the directory it keeps it in (state_dir, or a
 // fallback), or why none runs.
 func runningGateway(st *configs.Station) (int, string, error) {
 	dir, s, serr := liveDir(st)
-	pid, err := readPid(dir)
+	pid, err := pidIn(st, dir)
 	if err != nil {
 		return 0, dir, fmt.Errorf("no gateway runs with state_dir %s (%w)", st.StateDir, err)
 	}

@@ -297,7 +297,7 @@ func cmdStatus(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	now, pid := time.Now(), 0
 	if now.Sub(s.Time) > staleAfter {
-		if p, err := readPid(dir); err == nil && gatewayAlive(p) {
+		if p, err := pidIn(st, dir); err == nil && gatewayAlive(p) {
 			pid = p
 		}
 	}
@@ -326,14 +326,9 @@ func gatewayAlive(pid int) bool {
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
-		return !errors.Is(err, fs.ErrNotExist) || !dirExists("/proc/self")
+		return !errors.Is(err, fs.ErrNotExist) || !exists("/proc/self")
 	}
 	return slices.Contains(strings.Split(string(cmdline), "\x00"), "run")
-}
-
-func dirExists(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && fi.IsDir()
 }
 
 // printStatus prints a status for a person, and returns 0 when the
