@@ -291,6 +291,10 @@ func cmdStatus(c *command, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "station %s: the gateway has not run with this station file (no %s)\n", st.Station.ID, status.File(st.StateDir))
 		return 1
 	}
+	if errors.Is(err, fs.ErrPermission) {
+		fmt.Fprintf(stderr, "gateway status: %v: the state directory is the gateway's user's alone; run it with sudo\n", err)
+		return 1
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "gateway status:", err)
 		return 1
