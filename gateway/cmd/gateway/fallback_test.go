@@ -210,3 +210,23 @@ func TestStateDirReadOnlyUnderGateway(t *testing.T) {
 		t.Fatalf("second gateway: %v, want %q...", err, want)
 	}
 }
+
+// TestTakeBackDamaged: a fallback left by an earlier run that cannot be
+// taken back (here its queue is not a directory) does not keep the
+// gateway from starting on its state_dir.
+func TestTakeBackDamaged(t *testing.T) {
+	m := startBroker(t)
+	runtime := t.TempDir()
+	t.Setenv("RUNTIME_DIRECTORY", runtime)
+	st := station(t, m.URL())
+	left := filepath.Join(runtime, st.Station.ID)
+	if err := os.MkdirAll(left, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(left, "queue"), []byte("not a queue"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stop, done := runGateway(t, st)
+	defer func() { stop(); <-done }()
+	waitOnline(t, m.URL(), st.Station.ID)
+}

@@ -103,8 +103,10 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		return err
 	}
 	if unusable == nil {
+		// What cannot be taken back stays where it is, said in the log:
+		// it must not keep the station from starting.
 		if _, err := takeBack(st, q, counters, log); err != nil {
-			return err
+			log.Error("state kept in memory by an earlier run not taken back; its sequence numbers may come again", "err", err)
 		}
 	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
