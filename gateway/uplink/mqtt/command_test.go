@@ -2,6 +2,11 @@ package mqtt
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +15,7 @@ import (
 	"outpost/configs"
 	"outpost/gateway/model"
 	"outpost/gateway/uplink"
+	"outpost/testbench/hub"
 )
 
 type command struct{ device, payload string }
@@ -132,5 +138,70 @@ func TestAlarmConnectionTakesCommands(t *testing.T) {
 			}
 		}
 	default:
+	}
+}
+
+// TestCheckACL: an installer's check publishes to the station's own
+// commands topic and reads it back, so that a broker whose ACL drops what
+// the station publishes, or its commands, fails it (an MQTT 3.1.1 broker
+// acknowledges both and delivers nothing). The gateway's alarm connection,
+// whose session kept the check's message while it was away, ignores it.
+func TestCheckACL(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "passwd")
+	if out, err := exec.Command("mosquitto_passwd", "-b", "-c", pw, "outpost", "secret").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	own := "outpost/v1/" + station.ID
+	acl := fmt.Sprintf("the broker %%s takes the station's connection, but what it published to %s/_check/command did not reach its subscription to its commands in 3s: its ACL must let the station's user publish to %s/# and subscribe to %s/+/command", own, own, own)
+	for _, c := range []struct {
+		name, acl string
+		ok        bool
+	}{
+		{"as the hub contract says", "topic write " + own + "/#\ntopic read " + own + "/+/command\n", true},
+		{"publish only", "topic write " + own + "/#\n", false},
+		{"commands only", "topic read " + own + "/+/command\n", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sub := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-"))
+			if err := os.MkdirAll(sub, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			aclFile := filepath.Join(sub, "acl")
+			if err := os.WriteFile(aclFile, []byte("user outpost\n"+c.acl), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			b, err := hub.StartMosquittoWith(ctx, filepath.Join(sub, "broker"), quiet(), hub.MosquittoOptions{
+				Config: "allow_anonymous false\npassword_file " + pw + "\nacl_file " + aclFile + "\n"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(b.Stop)
+			url := "tcp://outpost:secret@" + b.Addr()
+			got := make(chan command, 10)
+			a := alarms(t, url, got) // its session takes the commands
+			if err := a.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			err = Check(ctx, configs.MQTT{URL: url}, station)
+			if c.ok {
+				if err != nil {
+					t.Fatalf("Check: %v", err)
+				}
+			} else {
+				if want := fmt.Sprintf(acl, "tcp://outpost:xxxxx@"+b.Addr()); err == nil || !strings.HasPrefix(err.Error(), want) {
+					t.Fatalf("Check: %v\nwant %s...", err, want)
+				}
+				return
+			}
+			a = alarms(t, url, got)
+			defer a.Close(ctx)
+			publish(t, desk(t, url), CommandTopic(DefaultPrefix, station.ID, "siren-1"), `{"id":"c-9"}`, false)
+			if c := nextCommand(t, got); c != (command{"siren-1", `{"id":"c-9"}`}) {
+				t.Errorf("command %+v, want c-9 alone (the check's is not a command)", c)
+			}
+		})
 	}
 }

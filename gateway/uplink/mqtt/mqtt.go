@@ -18,6 +18,7 @@ package mqtt
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -580,6 +581,7 @@ func (u *Uplink) onCommand(_ paho.Client, m paho.Message) {
 		u.log.Warn("mqtt uplink: message on an unexpected topic ignored", "topic", m.Topic())
 	case m.Retained():
 		u.log.Warn("mqtt uplink: retained command ignored: the duty desk must publish commands without retain", "topic", m.Topic())
+	case device == CheckDevice: // gateway commission's, kept for this session while the gateway was stopped
 	default:
 		u.commands(device, m.Payload())
 	}
@@ -911,9 +913,12 @@ func (u *Uplink) Close(ctx context.Context) error {
 
 // Check connects to each of the hub's brokers once, as the gateway would
 // (URL, TLS, credentials), with a client id of its own and no session,
-// will or status, and disconnects: an installer's test that the hub takes
-// the station. The error says why not, in the words of the uplink's
-// status; with several brokers, for each one that does not take it.
+// will or status, publishes a message to the commands topic of
+// CheckDevice and reads it back, and disconnects: an installer's test that
+// the hub takes the station, what it publishes and its commands (an MQTT
+// 3.1.1 broker drops what its ACL forbids without a word). The error says
+// why not, in the words of the uplink's status; with several brokers, for
+// each one that does not take it.
 func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) error {
 	u := New(cfg, station, slog.New(slog.DiscardHandler))
 	tlsCfg, err := u.tlsConfig()
@@ -957,6 +962,43 @@ func (u *Uplink) check(ctx context.Context, broker int, tlsCfg *tls.Config) erro
 	if err := tok.Error(); err != nil {
 		return errors.New(connectCause(err, u.names[broker], u.cfg.BrokersKey(), tlsCfg != nil, false))
 	}
-	c.Disconnect(0)
-	return nil
+	defer c.Disconnect(0)
+	return u.echo(ctx, c, broker)
+}
+
+// echoWait is how long Check waits for its message to come back.
+const echoWait = 3 * time.Second
+
+// echo publishes to the commands topic of CheckDevice and waits for it to
+// come back on the station's subscription to its commands.
+func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int) error {
+	topic := CommandTopic(u.prefix, u.station.ID, CheckDevice)
+	acl := fmt.Sprintf("its ACL must let the station's user publish to %s/%s/# and subscribe to %s", u.prefix, u.station.ID, CommandTopic(u.prefix, u.station.ID, "+"))
+	payload := fmt.Appendf(nil, `{"v":1,"check":%q}`, time.Now().UTC().Format(time.RFC3339Nano))
+	back := make(chan struct{}, 1)
+	sub := c.Subscribe(topic, 1, func(_ paho.Client, m paho.Message) {
+		if bytes.Equal(m.Payload(), payload) {
+			select {
+			case back <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if !sub.WaitTimeout(echoWait) || sub.Error() != nil {
+		return fmt.Errorf("the broker %s did not confirm the station's subscription to its commands (%v)", u.names[broker], sub.Error())
+	}
+	if st, ok := sub.(*paho.SubscribeToken); ok && st.Result()[topic] == 0x80 {
+		return fmt.Errorf("the broker %s refuses the station's subscription to its commands: %s", u.names[broker], acl)
+	}
+	if pub := c.Publish(topic, 1, false, payload); !pub.WaitTimeout(echoWait) || pub.Error() != nil {
+		return fmt.Errorf("the broker %s did not acknowledge a message the station published to %s (%v)", u.names[broker], topic, pub.Error())
+	}
+	select {
+	case <-back:
+		return nil
+	case <-ctx.Done():
+	case <-time.After(echoWait):
+	}
+	return fmt.Errorf("the broker %s takes the station's connection, but what it published to %s did not reach its subscription to its commands in %s: %s (an MQTT 3.1.1 broker drops what its ACL forbids without a word)",
+		u.names[broker], topic, echoWait, acl)
 }
