@@ -15,6 +15,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"outpost/firmware-sim/sim"
 	"outpost/gateway/model"
 )
 
@@ -229,4 +230,29 @@ func TestTakeBackDamaged(t *testing.T) {
 	stop, done := runGateway(t, st)
 	defer func() { stop(); <-done }()
 	waitOnline(t, m.URL(), st.Station.ID)
+}
+
+// TestStateDirUnusablePanel: on a fallback, the drivers keep their own
+// state there too: a DC-09 receiver remembers the frames it acknowledged
+// in the fallback, not in the state_dir that refuses it.
+func TestStateDirUnusablePanel(t *testing.T) {
+	runtime := t.TempDir()
+	t.Setenv("RUNTIME_DIRECTORY", runtime)
+	st, panel := startPanel(t, "1s")
+	if _, how := breakStateDir(t, st.StateDir); how != "mounted read-only" {
+		// The stand-in leaves the state_dir itself writable, where the
+		// receiver would write all the same.
+		t.Skipf("this test needs to mount the state_dir read-only; it could only make %s", how)
+	}
+	stop, done := runGateway(t, st)
+	defer func() { stop(); <-done }()
+	memory := filepath.Join(runtime, st.Station.ID, "dc09", "alarm-rx.json")
+	for deadline := time.Now().Add(15 * time.Second); !exists(memory); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s 15 s into alarms", memory)
+		}
+		if err := panel.(sim.Actor).Act(context.Background(), "alarm", map[string]string{"code": "120", "zone": "1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

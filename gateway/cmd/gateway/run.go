@@ -93,6 +93,13 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		return err
 	}
 	defer q.Close()
+	if unusable != nil {
+		// The drivers keep their own state (a DC-09 receiver's memory, a
+		// station broker's session) in the fallback too.
+		if built, err = build(drivers.Links(st), roundTrips, log); err != nil {
+			return err
+		}
+	}
 	queues := map[string]*queue.Reader{}
 	for _, name := range st.Uplinks() {
 		queues[name] = q.Reader(name)
