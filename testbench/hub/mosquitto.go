@@ -16,6 +16,15 @@ import (
 // MosquittoPath is where the Debian package installs the broker.
 const MosquittoPath = "/usr/sbin/mosquitto"
 
+// PasswordFile writes a Mosquitto password file at path that knows user
+// with password, as mosquitto_passwd -b -c does (it runs it).
+func PasswordFile(path, user, password string) error {
+	if out, err := exec.Command("mosquitto_passwd", "-b", "-c", path, user, password).CombinedOutput(); err != nil {
+		return fmt.Errorf("hub: mosquitto_passwd: %w: %s", err, out)
+	}
+	return nil
+}
+
 // Mosquitto is a running Mosquitto broker on a loopback port.
 type Mosquitto struct {
 	port    int

@@ -26,8 +26,8 @@ import (
 func TestStatusShowsRefusal(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "passwd")
-	if out, err := exec.Command("mosquitto_passwd", "-b", "-c", pw, "outpost", "right").CombinedOutput(); err != nil {
-		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	if err := hub.PasswordFile(pw, "outpost", "right"); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -149,8 +148,8 @@ func TestAlarmConnectionTakesCommands(t *testing.T) {
 func TestCheckACL(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "passwd")
-	if out, err := exec.Command("mosquitto_passwd", "-b", "-c", pw, "outpost", "secret").CombinedOutput(); err != nil {
-		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	if err := hub.PasswordFile(pw, "outpost", "secret"); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -406,8 +405,8 @@ func BenchmarkSend(b *testing.B) {
 func TestRefusedCredentials(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "passwd")
-	if out, err := exec.Command("mosquitto_passwd", "-b", "-c", pw, "outpost", "right-secret").CombinedOutput(); err != nil {
-		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	if err := hub.PasswordFile(pw, "outpost", "right-secret"); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
