@@ -17,6 +17,7 @@ import (
 
 	"outpost/firmware-sim/sim"
 	"outpost/gateway/model"
+	"outpost/gateway/queue"
 )
 
 // TestStateDirUnusable: a gateway whose state_dir cannot be written at
@@ -254,5 +255,25 @@ func TestStateDirUnusablePanel(t *testing.T) {
 		if err := panel.(sim.Actor).Act(context.Background(), "alarm", map[string]string{"code": "120", "zone": "1"}); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestFallbackInUse: a gateway started on a good state_dir while another
+// gateway of the station still runs on its fallback (started when the disk
+// was read-only) stops, as it would beside one on state_dir.
+func TestFallbackInUse(t *testing.T) {
+	runtime := t.TempDir()
+	t.Setenv("RUNTIME_DIRECTORY", runtime)
+	st := station(t, "tcp://"+freeAddr(t)) // no broker: the start stops before it
+	other, err := queue.Open(filepath.Join(runtime, st.Station.ID, "queue"), queue.Options{Readers: st.Uplinks()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = run(ctx, st, slog.New(slog.DiscardHandler), nil)
+	if want := "another gateway runs with the state of station sd-1 in memory: stop it first"; err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("run: %v, want %q...", err, want)
 	}
 }

@@ -112,7 +112,14 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	if unusable == nil {
 		// What cannot be taken back stays where it is, said in the log:
 		// it must not keep the station from starting.
-		if _, err := takeBack(st, q, counters, log); err != nil {
+		_, err := takeBack(st, q, counters, log)
+		if errors.Is(err, queue.ErrInUse) {
+			// A gateway of the station runs on its fallback (started
+			// while state_dir could not be written): stop, as for one on
+			// state_dir.
+			return fmt.Errorf("another gateway runs with the state of station %s in memory: stop it first (sudo systemctl stop outpost) (%w)", st.Station.ID, err)
+		}
+		if err != nil {
 			log.Error("state kept in memory by an earlier run not taken back; its sequence numbers may come again", "err", err)
 		}
 	}
