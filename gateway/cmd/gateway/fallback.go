@@ -28,6 +28,15 @@ import (
 // fallbackMaxBytes caps the queue kept in memory.
 const fallbackMaxBytes = 32 << 20
 
+// seqJump is how far above state_dir's leases a new fallback's sequence
+// numbers start. The disk is mended most often with a reboot, which loses
+// the fallback: the gateway then goes on from the disk's leases, below
+// every number the fallback used, and never reaches them (2^40 messages
+// of one device), so that no number comes twice. A consumer that drops
+// duplicates by id (the hub contract) loses nothing; it sees the numbers
+// jump up at the fallback and come down after such a reboot.
+const seqJump = 1 << 40
+
 // fallbackDirs are where the gateway of station id keeps its state when
 // state_dir cannot be written, in the order it tries them: systemd's
 // runtime directory (the packaged service's /run/outpost), /run/outpost,
@@ -59,9 +68,16 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 	}
 	var tried []string
 	for _, dir := range fallbackDirs(st.Station.ID) {
+		fresh := !exists(filepath.Join(dir, "seq.json"))
 		if err := carry(st.StateDir, dir); err != nil {
 			tried = append(tried, err.Error())
 			continue
+		}
+		if fresh {
+			if err := jumpSeq(st, dir, log); err != nil {
+				tried = append(tried, fmt.Sprintf("%s: %v", dir, err))
+				continue
+			}
 		}
 		fb := *st
 		fb.StateDir = dir
@@ -85,6 +101,24 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 		return &fb, q, &ev, nil
 	}
 	return nil, nil, nil, fmt.Errorf("state directory: %w; and no directory to keep the state in instead (%s)", cause, strings.Join(tried, "; "))
+}
+
+// jumpSeq raises the sequence numbers of a new fallback in dir seqJump
+// above those it carried from state_dir (none, when state_dir could not
+// be read), for every device of the station and the gateway.
+func jumpSeq(st *configs.Station, dir string, log *slog.Logger) error {
+	c, err := seq.Open(filepath.Join(dir, "seq.json"), log)
+	if err != nil {
+		return err
+	}
+	floors := c.Leases()
+	for _, d := range append(deviceIDs(st), model.GatewayDevice) {
+		floors[d] += 0 // known, at 0 when the file lacks it
+	}
+	for d := range floors {
+		floors[d] += seqJump
+	}
+	return c.Raise(floors)
 }
 
 // carry makes dir and copies into it the carried files of from that it

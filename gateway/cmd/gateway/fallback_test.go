@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -79,11 +80,48 @@ func TestStateDirUnusable(t *testing.T) {
 	third := hubMsgs.await(t, "meter-1's health of the third run", func(m model.Message) bool {
 		return m.Device == "meter-1" && m.Kind == model.KindHealth && m.Seq != first.Seq && m.Seq != second.Seq
 	})
-	if !(first.Seq < second.Seq && second.Seq < third.Seq) {
-		t.Errorf("meter-1's numbers %d, %d (on the fallback), %d: want them rising", first.Seq, second.Seq, third.Seq)
+	if !(first.Seq+seqJump < second.Seq && second.Seq < third.Seq) {
+		t.Errorf("meter-1's numbers %d, %d (on the fallback), %d: want them rising, the fallback's %d above", first.Seq, second.Seq, third.Seq, seqJump)
 	}
 	if _, err := os.Stat(fallback); !os.IsNotExist(err) {
 		t.Errorf("the fallback %s is still there (%v)", fallback, err)
+	}
+}
+
+// TestStateDirUnusableReboot: the disk is mended with a reboot, which
+// loses the fallback. The gateway goes on from the disk's numbers, below
+// those the fallback used, and no number comes twice (the hub would drop
+// the second as a duplicate).
+func TestStateDirUnusableReboot(t *testing.T) {
+	m := startBroker(t)
+	runtime := t.TempDir()
+	t.Setenv("RUNTIME_DIRECTORY", runtime)
+	st := station(t, m.URL())
+	hubMsgs := subscribeAll(t, m.URL(), st.Station.ID)
+	health := func(not ...uint64) func(model.Message) bool {
+		return func(m model.Message) bool {
+			return m.Device == "meter-1" && m.Kind == model.KindHealth && !slices.Contains(not, m.Seq)
+		}
+	}
+	stop, done := runGateway(t, st)
+	first := hubMsgs.await(t, "meter-1's first health", health())
+	stop()
+	<-done
+	mend, how := breakStateDir(t, st.StateDir)
+	t.Logf("state_dir made unusable: %s", how)
+	stop, done = runGateway(t, st)
+	second := hubMsgs.await(t, "meter-1's health from the fallback", health(first.Seq))
+	stop()
+	<-done
+	mend()
+	if err := os.RemoveAll(filepath.Join(runtime, st.Station.ID)); err != nil { // the reboot
+		t.Fatal(err)
+	}
+	stop, done = runGateway(t, st)
+	defer func() { stop(); <-done }()
+	third := hubMsgs.await(t, "meter-1's health after the reboot", health(first.Seq, second.Seq))
+	if !(first.Seq < third.Seq && third.Seq < second.Seq) || second.Seq < first.Seq+seqJump {
+		t.Errorf("meter-1's numbers %d, %d (on the fallback), %d (after the reboot): want the fallback's %d above, and the third between", first.Seq, second.Seq, third.Seq, seqJump)
 	}
 }
 
