@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"outpost/configs"
 	"outpost/gateway/durable"
@@ -29,12 +30,16 @@ import (
 const fallbackMaxBytes = 32 << 20
 
 // seqJump is how far above state_dir's leases a new fallback's sequence
-// numbers start. The disk is mended most often with a reboot, which loses
-// the fallback: the gateway then goes on from the disk's leases, below
-// every number the fallback used, and never reaches them (2^40 messages
-// of one device), so that no number comes twice. A consumer that drops
-// duplicates by id (the hub contract) loses nothing; it sees the numbers
-// jump up at the fallback and come down after such a reboot.
+// numbers start, at the least. The disk is mended most often with a
+// reboot, which loses the fallback: the gateway then goes on from the
+// disk's leases, below every number the fallback used, and never reaches
+// them (2^40 messages of one device), so that no number comes twice. A
+// consumer that drops duplicates by id (the hub contract) loses nothing;
+// it sees the numbers jump up at the fallback and come down after such a
+// reboot. A fallback also starts the microseconds since 1970 higher: a
+// flaky disk that fails again after such a reboot starts its next
+// fallback above the last one's numbers, unless a device sent more than a
+// message a microsecond (or the clock went back).
 const seqJump = 1 << 40
 
 // fallbackDirs are where the gateway of station id keeps its state when
@@ -74,7 +79,7 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 			continue
 		}
 		if fresh {
-			if err := jumpSeq(st, dir, log); err != nil {
+			if err := jumpSeq(st, dir, time.Now(), log); err != nil {
 				tried = append(tried, fmt.Sprintf("%s: %v", dir, err))
 				continue
 			}
@@ -103,10 +108,11 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 	return nil, nil, nil, fmt.Errorf("state directory: %w; and no directory to keep the state in instead (%s)", cause, strings.Join(tried, "; "))
 }
 
-// jumpSeq raises the sequence numbers of a new fallback in dir seqJump
-// above those it carried from state_dir (none, when state_dir could not
-// be read), for every device of the station and the gateway.
-func jumpSeq(st *configs.Station, dir string, log *slog.Logger) error {
+// jumpSeq raises the sequence numbers of a new fallback in dir, made at
+// now, seqJump and now's microseconds since 1970 above those it carried
+// from state_dir (none, when state_dir could not be read), for every
+// device of the station and the gateway.
+func jumpSeq(st *configs.Station, dir string, now time.Time, log *slog.Logger) error {
 	c, err := seq.Open(filepath.Join(dir, "seq.json"), log)
 	if err != nil {
 		return err
@@ -116,7 +122,7 @@ func jumpSeq(st *configs.Station, dir string, log *slog.Logger) error {
 		floors[d] += 0 // known, at 0 when the file lacks it
 	}
 	for d := range floors {
-		floors[d] += seqJump
+		floors[d] += seqJump + uint64(max(now.UnixMicro(), 0))
 	}
 	return c.Raise(floors)
 }

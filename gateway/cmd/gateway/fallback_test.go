@@ -19,6 +19,7 @@ import (
 	"outpost/firmware-sim/sim"
 	"outpost/gateway/model"
 	"outpost/gateway/queue"
+	"outpost/gateway/seq"
 )
 
 // TestStateDirUnusable: a gateway whose state_dir cannot be written at
@@ -313,5 +314,67 @@ func TestFallbackInUse(t *testing.T) {
 	err = run(ctx, st, slog.New(slog.DiscardHandler), nil)
 	if want := "another gateway runs with the state of station sd-1 in memory: stop it first"; err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Fatalf("run: %v, want %q...", err, want)
+	}
+}
+
+// TestSeqJumpTwoEpisodes: a flaky disk fails, the gateway runs on a
+// fallback for a while, a reboot loses it, and the disk fails again soon
+// after. The second fallback's numbers start above every number the first
+// one used, though the disk's leases moved on by little meanwhile.
+func TestSeqJumpTwoEpisodes(t *testing.T) {
+	st := station(t, "tcp://127.0.0.1:1") // no broker: only its devices
+	quiet := slog.New(slog.DiscardHandler)
+	disk, err := seq.Open(st.SeqFile(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := disk.Next("meter-1"); err != nil { // leases a block
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
+	first := t.TempDir()
+	if err := carry(st.StateDir, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := jumpSeq(st, first, t0, quiet); err != nil {
+		t.Fatal(err)
+	}
+	ep1, err := seq.Open(filepath.Join(first, "seq.json"), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for range 50000 { // 50,000 messages of meter-1 in the first episode, 10 hours at 1.4 a second
+		if last, err = ep1.Next("meter-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The reboot loses the first fallback; the disk's leases move on by a
+	// block before it fails again, ten hours later.
+	for range 5000 {
+		if _, err := disk.Next("meter-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	second := t.TempDir()
+	if err := carry(st.StateDir, second); err != nil {
+		t.Fatal(err)
+	}
+	if err := jumpSeq(st, second, t0.Add(10*time.Hour), quiet); err != nil {
+		t.Fatal(err)
+	}
+	ep2, err := seq.Open(filepath.Join(second, "seq.json"), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := ep2.Next("meter-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next <= last {
+		t.Errorf("the second fallback's first number %d is not above the first's last, %d", next, last)
+	}
+	if gw, err := ep2.Next(model.GatewayDevice); err != nil || gw < seqJump {
+		t.Errorf("the gateway's first number on the fallback %d (%v), want %d or more", gw, err, uint64(seqJump))
 	}
 }
