@@ -88,6 +88,10 @@ func (st *Station) Path(file string) string {
 // CommandsFile is where the gateway remembers the commands it took.
 func (st *Station) CommandsFile() string { return filepath.Join(st.StateDir, "commands.jsonl") }
 
+// AlarmStatesFile is where the gateway remembers the signals it last
+// published active.
+func (st *Station) AlarmStatesFile() string { return filepath.Join(st.StateDir, "alarm-states.json") }
+
 // QueueDir is where the gateway keeps its durable queue, written once and
 // read by every uplink.
 func (st *Station) QueueDir() string { return filepath.Join(st.StateDir, "queue") }

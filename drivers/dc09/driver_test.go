@@ -305,8 +305,11 @@ func TestSupervisionWrongKey(t *testing.T) {
 	c := dial(t, "udp", r.d.Addr())
 	send := func(key, seq, want string) {
 		t.Helper()
-		sealed, err := seal(mustHex(t, key), "]"+stamp(time.Now().UTC()))
-		if key != hexKey {
+		var sealed []byte
+		var err error
+		if key == hexKey {
+			sealed, err = seal(mustHex(t, key), "]"+stamp(time.Now().UTC()))
+		} else {
 			// Sealed with another key, it decrypts to noise, which on rare
 			// draws of seal's random pad reads as a message without its
 			// time (answered NAK): a fixed pad and text fix the noise.

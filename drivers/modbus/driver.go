@@ -321,9 +321,9 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 			answered = true
 		}
 		if res.Reason == "" {
-			res.Reason = fmt.Sprintf("%s reading %s", reason, describe(r))
-			if res.LinkDown {
-				res.Reason = reason // the port, not the request
+			res.Reason = reason
+			if !res.LinkDown { // when it is, the port is at fault, not the request
+				res.Reason += " reading " + describe(r)
 			}
 			if counter == "exceptions" {
 				res.Reason += ": " + d.signals(r)

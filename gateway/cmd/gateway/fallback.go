@@ -57,7 +57,9 @@ func fallbackDirs(id string) []string {
 // carried are the state files a fallback starts from, read from state_dir
 // (which a read-only disk still lets read): the sequence numbers, so that
 // none repeats, the alarms raised, the commands taken.
-var carried = []string{"seq.json", seq.CopyPath("seq.json"), "alarm-states.json", "commands.jsonl"}
+func carried(st *configs.Station) []string {
+	return []string{st.SeqFile(), seq.CopyPath(st.SeqFile()), st.AlarmStatesFile(), st.CommandsFile()}
+}
 
 // openState opens the station's queue in its state_dir or, when that
 // cannot be written, in a fallback: then st is a copy whose StateDir is
@@ -73,19 +75,17 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 	}
 	var tried []string
 	for _, dir := range fallbackDirs(st.Station.ID) {
-		fresh := !exists(filepath.Join(dir, "seq.json"))
-		if err := carry(st.StateDir, dir); err != nil {
-			tried = append(tried, err.Error())
-			continue
-		}
-		if fresh {
-			if err := jumpSeq(st, dir, time.Now(), log); err != nil {
-				tried = append(tried, fmt.Sprintf("%s: %v", dir, err))
-				continue
-			}
-		}
 		fb := *st
 		fb.StateDir = dir
+		fresh := !exists(fb.SeqFile())
+		err := carry(st, &fb)
+		if err == nil && fresh {
+			err = jumpSeq(&fb, time.Now(), log)
+		}
+		if err != nil {
+			tried = append(tried, fmt.Sprintf("%s: %v", dir, err))
+			continue
+		}
 		small := fb // a queue in memory: a smaller cap
 		small.Queue.MaxBytes = min(st.Queue.MaxBytes, fallbackMaxBytes)
 		q, err := pipeline.OpenQueue(&small, log)
@@ -108,18 +108,20 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 	return nil, nil, nil, fmt.Errorf("state directory: %w; and no directory to keep the state in instead (%s)", cause, strings.Join(tried, "; "))
 }
 
-// jumpSeq raises the sequence numbers of a new fallback in dir, made at
-// now, seqJump and now's microseconds since 1970 above those it carried
-// from state_dir (none, when state_dir could not be read), for every
-// device of the station and the gateway.
-func jumpSeq(st *configs.Station, dir string, now time.Time, log *slog.Logger) error {
-	c, err := seq.Open(filepath.Join(dir, "seq.json"), log)
+// jumpSeq raises the sequence numbers of fb, a new fallback made at now,
+// seqJump and now's microseconds since 1970 above those it carried from
+// state_dir (none, when state_dir could not be read), for every device of
+// the station and the gateway.
+func jumpSeq(fb *configs.Station, now time.Time, log *slog.Logger) error {
+	c, err := seq.Open(fb.SeqFile(), log)
 	if err != nil {
 		return err
 	}
 	floors := c.Leases()
-	for _, d := range append(deviceIDs(st), model.GatewayDevice) {
-		floors[d] += 0 // known, at 0 when the file lacks it
+	for _, d := range append(deviceIDs(fb), model.GatewayDevice) {
+		if _, ok := floors[d]; !ok {
+			floors[d] = 0
+		}
 	}
 	for d := range floors {
 		floors[d] += seqJump + uint64(max(now.UnixMicro(), 0))
@@ -127,22 +129,24 @@ func jumpSeq(st *configs.Station, dir string, now time.Time, log *slog.Logger) e
 	return c.Raise(floors)
 }
 
-// carry makes dir and copies into it the carried files of from that it
-// lacks: a fallback made by an earlier run keeps its own, newer ones.
-func carry(from, dir string) error {
-	if err := durable.MkdirAll(dir); err != nil {
+// carry makes fb's state directory and copies into it the carried files
+// of st that it lacks: a fallback made by an earlier run keeps its own,
+// newer ones.
+func carry(st, fb *configs.Station) error {
+	if err := durable.MkdirAll(fb.StateDir); err != nil {
 		return err
 	}
-	for _, name := range carried {
-		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+	to := carried(fb)
+	for i, from := range carried(st) {
+		if exists(to[i]) {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(from, name))
+		b, err := os.ReadFile(from)
 		if err != nil {
 			continue // none, or unreadable: the fallback starts without it
 		}
-		if err := durable.WriteFile(filepath.Join(dir, name), b); err != nil {
-			return fmt.Errorf("%s: %w", dir, err)
+		if err := durable.WriteFile(to[i], b); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -153,70 +157,75 @@ func carry(from, dir string) error {
 // counters (so that none repeats), and what its queue holds for any
 // uplink is queued again, once, ahead of what comes now (an uplink that
 // had it gets it twice; the hub knows it by its number). The fallback is
-// then removed. It returns how many messages came back.
-func takeBack(st *configs.Station, q *queue.Queue, counters *seq.Counters, log *slog.Logger) (int, error) {
-	n := 0
+// then removed.
+func takeBack(st *configs.Station, q *queue.Queue, counters *seq.Counters, log *slog.Logger) error {
 	for _, dir := range fallbackDirs(st.Station.ID) {
 		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
-		got, err := takeBackFrom(dir, st, q, counters, log)
-		if err != nil {
-			return n, fmt.Errorf("the state kept in %s while state_dir could not be written: %w", dir, err)
+		fb := *st
+		fb.StateDir = dir
+		if err := takeBackFrom(&fb, q, counters, log); err != nil {
+			return fmt.Errorf("the state kept in %s while state_dir could not be written: %w", dir, err)
 		}
-		n += got
 	}
-	return n, nil
+	return nil
 }
 
-func takeBackFrom(dir string, st *configs.Station, q *queue.Queue, counters *seq.Counters, log *slog.Logger) (int, error) {
-	if _, err := os.Stat(filepath.Join(dir, "seq.json")); err == nil {
-		fb, err := seq.Open(filepath.Join(dir, "seq.json"), log)
+func takeBackFrom(fb *configs.Station, q *queue.Queue, counters *seq.Counters, log *slog.Logger) error {
+	if exists(fb.SeqFile()) {
+		c, err := seq.Open(fb.SeqFile(), log)
 		if err != nil {
-			return 0, err
+			return err
 		}
-		if err := counters.Raise(fb.Leases()); err != nil {
-			return 0, err
+		if err := counters.Raise(c.Leases()); err != nil {
+			return err
 		}
 	}
 	n := 0
-	if qdir := filepath.Join(dir, "queue"); exists(qdir) {
-		old, err := queue.Open(qdir, queue.Options{MaxBytes: fallbackMaxBytes, Readers: st.Uplinks()}, log.With("queue", "fallback"))
+	if exists(fb.QueueDir()) {
+		var err error
+		if n, err = requeue(fb, q, log); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(fb.StateDir); err != nil {
+		return err
+	}
+	log.Warn("took back the state kept in memory while state_dir could not be written", "from", fb.StateDir, "messages", n)
+	return nil
+}
+
+// requeue appends to q, once each, the messages fb's queue holds for any
+// uplink, and returns how many.
+func requeue(fb *configs.Station, q *queue.Queue, log *slog.Logger) (n int, err error) {
+	old, err := queue.Open(fb.QueueDir(), queue.Options{MaxBytes: fallbackMaxBytes, Readers: fb.Uplinks()}, log.With("queue", "fallback"))
+	if err != nil {
+		return 0, err
+	}
+	defer func() { err = errors.Join(err, old.Close()) }()
+	seen := map[string]bool{}
+	var recs [queue.NumLanes][]queue.Record
+	for _, u := range fb.Uplinks() {
+		err := old.Reader(u).Scan(func(data []byte) {
+			m, err := model.DecodeBinary(data)
+			if err != nil || seen[m.ID()] {
+				return
+			}
+			seen[m.ID()] = true
+			l := pipeline.LaneOf(m.Kind)
+			recs[l] = append(recs[l], queue.Record{Data: append([]byte(nil), data...), Readings: m.Values()})
+		})
 		if err != nil {
 			return 0, err
 		}
-		seen := map[string]bool{}
-		var recs [queue.NumLanes][]queue.Record
-		for _, u := range st.Uplinks() {
-			err := old.Reader(u).Scan(func(data []byte) {
-				m, err := model.DecodeBinary(data)
-				if err != nil || seen[m.ID()] {
-					return
-				}
-				seen[m.ID()] = true
-				l := pipeline.LaneOf(m.Kind)
-				recs[l] = append(recs[l], queue.Record{Data: append([]byte(nil), data...), Readings: m.Values()})
-			})
-			if err != nil {
-				old.Close()
-				return 0, err
-			}
-		}
-		for l := range recs {
-			if err := q.Append(queue.Lane(l), recs[l]...); err != nil {
-				old.Close()
-				return 0, err
-			}
-			n += len(recs[l])
-		}
-		if err := old.Close(); err != nil {
-			return 0, err
-		}
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return n, err
+	for l := range recs {
+		if err := q.Append(queue.Lane(l), recs[l]...); err != nil {
+			return n, err
+		}
+		n += len(recs[l])
 	}
-	log.Warn("took back the state kept in memory while state_dir could not be written", "from", dir, "messages", n)
 	return n, nil
 }
 

@@ -16,10 +16,12 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"outpost/configs"
 	"outpost/firmware-sim/sim"
 	"outpost/gateway/model"
 	"outpost/gateway/queue"
 	"outpost/gateway/seq"
+	"outpost/testbench/hub"
 )
 
 // TestStateDirUnusable: a gateway whose state_dir cannot be written at
@@ -29,41 +31,26 @@ import (
 // once the disk is mended, it takes back what the fallback still held (here
 // queued while the hub's broker hung) and goes on above its numbers.
 func TestStateDirUnusable(t *testing.T) {
-	m := startBroker(t)
-	runtime := t.TempDir()
-	t.Setenv("RUNTIME_DIRECTORY", runtime)
-	path := stationFile(t, m.URL())
-	st := station(t, m.URL())
-	st.File = path
-	hubMsgs := subscribeAll(t, m.URL(), st.Station.ID)
-
-	// A first run on a disk that works.
-	stop, done := runGateway(t, st)
-	first := hubMsgs.await(t, "meter-1's first health", func(m model.Message) bool { return m.Device == "meter-1" && m.Kind == model.KindHealth })
-	stop()
-	<-done
-
-	mend, how := breakStateDir(t, st.StateDir)
-	t.Logf("state_dir made unusable: %s", how)
+	b := runThenBreak(t)
+	st, m, hubMsgs := b.st, b.m, b.hub
 	m.Freeze() // what the gateway now queues stays in its fallback
-	stop, done = runGateway(t, st)
-	fallback := filepath.Join(runtime, st.Station.ID)
+	stop, done := runGateway(t, st)
 	var out, errb bytes.Buffer
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		out.Reset()
-		if code := cli([]string{"status", "-config", path}, &out, &errb); code == 1 && strings.Contains(out.String(), "STATE IN MEMORY") {
+		if code := cli([]string{"status", "-config", st.File}, &out, &errb); code == 1 && strings.Contains(out.String(), "STATE IN MEMORY") {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("gateway status says, after 10 s:\n%s%s", out.String(), errb.String())
 		}
 	}
-	if want := "; it keeps its state in " + fallback + ", and a power cut loses what is queued there"; !strings.Contains(out.String(), want) {
+	if want := "; it keeps its state in " + b.fallback + ", and a power cut loses what is queued there"; !strings.Contains(out.String(), want) {
 		t.Errorf("gateway status:\n%s\nwant %q", out.String(), want)
 	}
 	stop()
 	<-done
-	mend()
+	b.mend()
 	m.Thaw()
 
 	// Started on the mended disk: the fallback's queue reaches the hub.
@@ -72,20 +59,17 @@ func TestStateDirUnusable(t *testing.T) {
 	ev := hubMsgs.await(t, "state_dir_unusable", func(m model.Message) bool {
 		return m.Kind == model.KindEvent && m.Event.Kind == model.EventStateDirUnusable
 	})
-	if ev.Event.Severity != model.Critical || ev.Event.Details["state_dir"] != st.StateDir || ev.Event.Details["instead"] != fallback || ev.Event.Details["error"] == "" {
+	if ev.Event.Severity != model.Critical || ev.Event.Details["state_dir"] != st.StateDir || ev.Event.Details["instead"] != b.fallback || ev.Event.Details["error"] == "" {
 		t.Errorf("event %+v", ev.Event)
 	}
-	second := hubMsgs.await(t, "meter-1's health from the fallback", func(m model.Message) bool {
-		return m.Device == "meter-1" && m.Kind == model.KindHealth && m.Seq != first.Seq
-	})
-	third := hubMsgs.await(t, "meter-1's health of the third run", func(m model.Message) bool {
-		return m.Device == "meter-1" && m.Kind == model.KindHealth && m.Seq != first.Seq && m.Seq != second.Seq
-	})
+	first := b.first
+	second := hubMsgs.await(t, "meter-1's health from the fallback", meterHealth(first.Seq))
+	third := hubMsgs.await(t, "meter-1's health of the third run", meterHealth(first.Seq, second.Seq))
 	if !(first.Seq+seqJump < second.Seq && second.Seq < third.Seq) {
 		t.Errorf("meter-1's numbers %d, %d (on the fallback), %d: want them rising, the fallback's %d above", first.Seq, second.Seq, third.Seq, seqJump)
 	}
-	if _, err := os.Stat(fallback); !os.IsNotExist(err) {
-		t.Errorf("the fallback %s is still there (%v)", fallback, err)
+	if _, err := os.Stat(b.fallback); !os.IsNotExist(err) {
+		t.Errorf("the fallback %s is still there (%v)", b.fallback, err)
 	}
 }
 
@@ -94,35 +78,60 @@ func TestStateDirUnusable(t *testing.T) {
 // those the fallback used, and no number comes twice (the hub would drop
 // the second as a duplicate).
 func TestStateDirUnusableReboot(t *testing.T) {
-	m := startBroker(t)
-	runtime := t.TempDir()
-	t.Setenv("RUNTIME_DIRECTORY", runtime)
-	st := station(t, m.URL())
-	hubMsgs := subscribeAll(t, m.URL(), st.Station.ID)
-	health := func(not ...uint64) func(model.Message) bool {
-		return func(m model.Message) bool {
-			return m.Device == "meter-1" && m.Kind == model.KindHealth && !slices.Contains(not, m.Seq)
-		}
-	}
+	b := runThenBreak(t)
+	st, hubMsgs, first := b.st, b.hub, b.first
 	stop, done := runGateway(t, st)
-	first := hubMsgs.await(t, "meter-1's first health", health())
+	second := hubMsgs.await(t, "meter-1's health from the fallback", meterHealth(first.Seq))
 	stop()
 	<-done
-	mend, how := breakStateDir(t, st.StateDir)
-	t.Logf("state_dir made unusable: %s", how)
-	stop, done = runGateway(t, st)
-	second := hubMsgs.await(t, "meter-1's health from the fallback", health(first.Seq))
-	stop()
-	<-done
-	mend()
-	if err := os.RemoveAll(filepath.Join(runtime, st.Station.ID)); err != nil { // the reboot
+	b.mend()
+	if err := os.RemoveAll(b.fallback); err != nil { // the reboot
 		t.Fatal(err)
 	}
 	stop, done = runGateway(t, st)
 	defer func() { stop(); <-done }()
-	third := hubMsgs.await(t, "meter-1's health after the reboot", health(first.Seq, second.Seq))
+	third := hubMsgs.await(t, "meter-1's health after the reboot", meterHealth(first.Seq, second.Seq))
 	if !(first.Seq < third.Seq && third.Seq < second.Seq) || second.Seq < first.Seq+seqJump {
 		t.Errorf("meter-1's numbers %d, %d (on the fallback), %d (after the reboot): want the fallback's %d above, and the third between", first.Seq, second.Seq, third.Seq, seqJump)
+	}
+}
+
+// brokenDisk is a station whose gateway ran once on a good disk, and
+// whose state_dir is then made unusable.
+type brokenDisk struct {
+	m        *hub.Mosquitto
+	st       *configs.Station
+	hub      *hubLog // the hub's subscriber to the station's topics
+	first    model.Message
+	fallback string // where the gateway will keep its state
+	mend     func()
+}
+
+// runThenBreak runs a first gateway (fallbacks under a runtime directory
+// of the test's) until the hub has meter-1's health, stops it, and makes
+// its state_dir unusable (see breakStateDir).
+func runThenBreak(t *testing.T) brokenDisk {
+	t.Helper()
+	m := startBroker(t)
+	runtime := t.TempDir()
+	t.Setenv("RUNTIME_DIRECTORY", runtime)
+	st := station(t, m.URL())
+	b := brokenDisk{m: m, st: st, hub: subscribeAll(t, m.URL(), st.Station.ID), fallback: filepath.Join(runtime, st.Station.ID)}
+	stop, done := runGateway(t, st)
+	b.first = b.hub.await(t, "meter-1's first health", meterHealth())
+	stop()
+	<-done
+	var how string
+	b.mend, how = breakStateDir(t, st.StateDir)
+	t.Logf("state_dir made unusable: %s", how)
+	return b
+}
+
+// meterHealth matches a health message of meter-1 whose number is none of
+// those given.
+func meterHealth(not ...uint64) func(model.Message) bool {
+	return func(m model.Message) bool {
+		return m.Device == "meter-1" && m.Kind == model.KindHealth && !slices.Contains(not, m.Seq)
 	}
 }
 
@@ -232,14 +241,7 @@ func TestStateDirReadOnlyUnderGateway(t *testing.T) {
 	st := station(t, m.URL())
 	stop, done := runGateway(t, st)
 	defer func() { stop(); <-done }()
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, _, err := runningGateway(st); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first gateway wrote no pid file and status file in 15 s")
-		}
-	}
+	awaitRunning(t, st)
 	if _, how := breakStateDir(t, st.StateDir); how != "mounted read-only" {
 		t.Skipf("this test needs to mount the state_dir read-only; it could only make %s", how)
 	}
@@ -332,17 +334,24 @@ func TestSeqJumpTwoEpisodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Date(2026, 12, 2, 6, 0, 0, 0, time.UTC)
-	first := t.TempDir()
-	if err := carry(st.StateDir, first); err != nil {
-		t.Fatal(err)
+	// A new fallback made at a time, with the numbers it starts from.
+	fallback := func(at time.Time) *seq.Counters {
+		t.Helper()
+		fb := *st
+		fb.StateDir = t.TempDir()
+		if err := carry(st, &fb); err != nil {
+			t.Fatal(err)
+		}
+		if err := jumpSeq(&fb, at, quiet); err != nil {
+			t.Fatal(err)
+		}
+		c, err := seq.Open(fb.SeqFile(), quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	if err := jumpSeq(st, first, t0, quiet); err != nil {
-		t.Fatal(err)
-	}
-	ep1, err := seq.Open(filepath.Join(first, "seq.json"), quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ep1 := fallback(t0)
 	var last uint64
 	for range 50000 { // 50,000 messages of meter-1 in the first episode, 10 hours at 1.4 a second
 		if last, err = ep1.Next("meter-1"); err != nil {
@@ -356,17 +365,7 @@ func TestSeqJumpTwoEpisodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	second := t.TempDir()
-	if err := carry(st.StateDir, second); err != nil {
-		t.Fatal(err)
-	}
-	if err := jumpSeq(st, second, t0.Add(10*time.Hour), quiet); err != nil {
-		t.Fatal(err)
-	}
-	ep2, err := seq.Open(filepath.Join(second, "seq.json"), quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ep2 := fallback(t0.Add(10 * time.Hour))
 	next, err := ep2.Next("meter-1")
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -51,12 +50,7 @@ const linger = time.Second
 // the station file (see reload.go).
 func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan os.Signal) error {
 	log = log.With("station", st.Station.ID)
-	// Build everything that can fail without I/O first.
-	roundTrips := status.NewRoundTripHistogram()
-	built, err := build(drivers.Links(st), roundTrips, log)
-	if err != nil {
-		return err
-	}
+	// Read the files that can be wrong first.
 	var key []byte
 	if f := st.Hub.Commands.KeyFile; f != "" {
 		k, err := configs.ReadKey(f)
@@ -74,7 +68,6 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		token = t
 	}
 	started := time.Now().UTC()
-	links := &linkSet{ctx: ctx, wg: &sync.WaitGroup{}, rtt: roundTrips, log: log, run: map[string]*linkRun{}}
 	// One queue: every message is written once, and each uplink reads it
 	// at its own pace. A state_dir that cannot be written gives way to a
 	// fallback in memory (see fallback.go).
@@ -93,13 +86,15 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		return err
 	}
 	defer q.Close()
-	if unusable != nil {
-		// The drivers keep their own state (a DC-09 receiver's memory, a
-		// station broker's session) in the fallback too.
-		if built, err = build(drivers.Links(st), roundTrips, log); err != nil {
-			return err
-		}
+	// Built once the state directory is known: the drivers keep their own
+	// state in it (a DC-09 receiver's memory, a station broker's session),
+	// in the fallback too.
+	roundTrips := status.NewRoundTripHistogram()
+	built, err := build(drivers.Links(st), roundTrips, log)
+	if err != nil {
+		return err
 	}
+	links := &linkSet{ctx: ctx, wg: &sync.WaitGroup{}, rtt: roundTrips, log: log, run: map[string]*linkRun{}}
 	queues := map[string]*queue.Reader{}
 	for _, name := range st.Uplinks() {
 		queues[name] = q.Reader(name)
@@ -112,7 +107,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	if unusable == nil {
 		// What cannot be taken back stays where it is, said in the log:
 		// it must not keep the station from starting.
-		_, err := takeBack(st, q, counters, log)
+		err := takeBack(st, q, counters, log)
 		if errors.Is(err, queue.ErrInUse) {
 			// A gateway of the station runs on its fallback (started
 			// while state_dir could not be written): stop, as for one on
@@ -124,7 +119,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 		}
 	}
 	ingest := pipeline.NewIngest(st, counters, outs, log)
-	ingest.KeepAlarmStates(filepath.Join(st.StateDir, "alarm-states.json"))
+	ingest.KeepAlarmStates(st.AlarmStatesFile())
 	board := status.NewBoard(st, started)
 	ingest.Seen = board.Saw
 	for _, ev := range []*model.Message{lostSeq, unusable} {

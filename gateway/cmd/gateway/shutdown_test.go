@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,18 +20,7 @@ import (
 // where nothing listens, with its hub at broker.
 func station(t *testing.T, broker string) *configs.Station {
 	t.Helper()
-	st, err := configs.Load(stationFile(t, broker))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
-// stationFile writes that station file and returns its path.
-func stationFile(t *testing.T, broker string) string {
-	t.Helper()
-	dead := freeAddr(t)
-	src := fmt.Sprintf(`
+	return writeStation(t, fmt.Sprintf(`
 version: 2
 station: {id: sd-1, type: safety_post}
 state_dir: %s
@@ -43,13 +30,11 @@ links:
   - {id: lan, protocol: modbus-tcp, address: "%s", timeout: 200ms}
 devices:
   - {id: meter-1, template: sdm120, link: lan, unit_id: 1, poll: 100ms}
-`, t.TempDir(), broker, dead)
-	path := filepath.Join(t.TempDir(), "station.yaml")
-	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+`, t.TempDir(), broker, freeAddr(t)))
 }
+
+// stationFile writes that station file and returns its path.
+func stationFile(t *testing.T, broker string) string { return station(t, broker).File }
 
 func startBroker(t *testing.T) *hub.Mosquitto {
 	t.Helper()

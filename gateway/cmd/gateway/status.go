@@ -314,8 +314,8 @@ func liveDir(st *configs.Station) (string, status.Snapshot, error) {
 	dir := st.StateDir
 	s, err := status.Read(status.File(dir))
 	for _, fb := range fallbackDirs(st.Station.ID) {
-		if fs, ferr := status.Read(status.File(fb)); ferr == nil && (err != nil || fs.Time.After(s.Time)) {
-			dir, s, err = fb, fs, nil
+		if other, ferr := status.Read(status.File(fb)); ferr == nil && (err != nil || other.Time.After(s.Time)) {
+			dir, s, err = fb, other, nil
 		}
 	}
 	return dir, s, err

@@ -178,10 +178,7 @@ func TestStatusDeviceOffline(t *testing.T) {
 // commands file and the pid file (gateway reload finds the gateway).
 func TestStateDirDeleted(t *testing.T) {
 	m := startBroker(t)
-	st, err := configs.Load(stationFile(t, m.URL()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := station(t, m.URL())
 	stop, done := runGateway(t, st)
 	defer func() { stop(); <-done }()
 	files := []string{st.SeqFile(), st.CommandsFile(), pidFile(st.StateDir), status.File(st.StateDir)}
@@ -280,14 +277,7 @@ func TestSecondGateway(t *testing.T) {
 	st := station(t, m.URL())
 	stop, done := runGateway(t, st)
 	defer func() { stop(); <-done }()
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, _, err := runningGateway(st); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first gateway wrote no pid file and status file in 15 s")
-		}
-	}
+	awaitRunning(t, st)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := run(ctx, st, slog.New(slog.DiscardHandler), nil)
@@ -295,6 +285,20 @@ func TestSecondGateway(t *testing.T) {
 		os.Getpid(), st.StateDir, st.QueueDir())
 	if err == nil || err.Error() != want {
 		t.Errorf("second gateway: %v\nwant %s", err, want)
+	}
+}
+
+// awaitRunning waits until gateway reload would find the station's
+// gateway: its pid file and a fresh status file written.
+func awaitRunning(t *testing.T, st *configs.Station) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, _, err := runningGateway(st); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first gateway wrote no pid file and status file in 15 s")
+		}
 	}
 }
 

@@ -530,10 +530,7 @@ func (u *Uplink) onConnect(c paho.Client, broker string) {
 	topic := CommandTopic(u.prefix, u.station.ID, "+")
 	tok := c.Subscribe(topic, 1, nil)
 	ok := tok.WaitTimeout(statusTimeout)
-	var refused bool
-	if st, isSub := tok.(*paho.SubscribeToken); ok && isSub {
-		refused = st.Result()[topic] == 0x80
-	}
+	refused := ok && subRefused(tok, topic)
 	if !ok || tok.Error() != nil || refused {
 		u.log.Error("mqtt uplink: cannot subscribe to the duty desk's commands; reconnecting", "topic", topic, "err", tok.Error(), "refused", refused)
 		l.conn.Close()
@@ -966,6 +963,13 @@ func (u *Uplink) check(ctx context.Context, broker int, tlsCfg *tls.Config) erro
 	return u.echo(ctx, c, broker)
 }
 
+// subRefused says whether the broker's SUBACK refused the subscription to
+// topic (0x80); tok is done.
+func subRefused(tok paho.Token, topic string) bool {
+	st, ok := tok.(*paho.SubscribeToken)
+	return ok && st.Result()[topic] == 0x80
+}
+
 // echoWait is how long Check waits for its message to come back.
 const echoWait = 3 * time.Second
 
@@ -987,7 +991,7 @@ func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int) error {
 	if !sub.WaitTimeout(echoWait) || sub.Error() != nil {
 		return fmt.Errorf("the broker %s did not confirm the station's subscription to its commands (%v)", u.names[broker], sub.Error())
 	}
-	if st, ok := sub.(*paho.SubscribeToken); ok && st.Result()[topic] == 0x80 {
+	if subRefused(sub, topic) {
 		return fmt.Errorf("the broker %s refuses the station's subscription to its commands: %s", u.names[broker], acl)
 	}
 	if pub := c.Publish(topic, 1, false, payload); !pub.WaitTimeout(echoWait) || pub.Error() != nil {
