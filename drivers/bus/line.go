@@ -162,7 +162,7 @@ func (l *Line) busiest() (string, float64) {
 func (l *Line) Silence(addr int) string {
 	l.mu.Lock()
 	var answering []int
-	unknown := false
+	others, unasked := 0, false
 	for a := range l.known {
 		if a == addr {
 			continue
@@ -171,15 +171,18 @@ func (l *Line) Silence(addr int) string {
 		if ok {
 			answering = append(answering, a)
 		}
-		unknown = unknown || !polled
+		others++
+		unasked = unasked || !polled
 	}
 	l.mu.Unlock()
-	return SilenceReason(l.name, l.hint, l.addrs, addr, answering, unknown)
+	return SilenceReason(l.name, l.hint, l.addrs, addr, answering, others == 0 || unasked)
 }
 
 // SilenceReason: when other addresses on the link answer, the link works
-// and this address is not there; when none does, the link itself is
-// suspect, unless some have not been asked yet.
+// and this address is not there; when every other one is silent too, the
+// link itself is suspect. When nothing tells the two apart (unknown: the
+// address is the only one on the link, or some others have not been
+// asked yet), it says what to check of both.
 func SilenceReason(link, hint string, a Addresses, addr int, answering []int, unknown bool) string {
 	switch {
 	case len(answering) == 1:
@@ -187,7 +190,7 @@ func SilenceReason(link, hint string, a Addresses, addr int, answering []int, un
 	case len(answering) > 1:
 		return fmt.Sprintf("no answer from %s %s while %s answer: %s", a.One, a.name(addr), a.list(answering), a.Fix)
 	case unknown:
-		return fmt.Sprintf("no answer from %s %s", a.One, a.name(addr))
+		return fmt.Sprintf("no answer from %s %s on %s: %s; or %s", a.One, a.name(addr), link, a.Fix, hint)
 	}
 	return fmt.Sprintf("no answer from any %s on %s: %s", a.One, link, hint)
 }

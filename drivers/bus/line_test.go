@@ -51,12 +51,44 @@ func TestSilenceReason(t *testing.T) {
 		{"rs485-1", "check wiring, port, baud rate and parity", 9, []int{1}, true, "no answer from unit 9 while unit 1 answers: wrong unit id, or device off"},
 		{"rs485-1", "check wiring, port, baud rate and parity", 9, []int{4, 1, 3}, false, "no answer from unit 9 while units 1, 3 and 4 answer: wrong unit id, or device off"},
 		{"rs485-1", "check wiring, port, baud rate and parity", 9, nil, false, "no answer from any unit on rs485-1: check wiring, port, baud rate and parity"},
-		{"rs485-1", "check wiring, port, baud rate and parity", 9, nil, true, "no answer from unit 9"}, // some other units not asked yet
+		// Alone on the link, or some other units not asked yet:
+		{"rs485-1", "check wiring, port, baud rate and parity", 9, nil, true, "no answer from unit 9 on rs485-1: wrong unit id, or device off; or check wiring, port, baud rate and parity"},
 		{"meter-lan", "check the address, and the serial side if it is a Modbus gateway", 2, nil, false, "no answer from any unit on meter-lan: check the address, and the serial side if it is a Modbus gateway"},
 	}
 	for _, c := range cases {
 		if got := SilenceReason(c.link, c.hint, units, c.unit, c.answering, c.unknown); got != c.want {
 			t.Errorf("unit %d, answering %v, unknown %v:\n got %q\nwant %q", c.unit, c.answering, c.unknown, got, c.want)
+		}
+	}
+}
+
+// TestLineSilence: what the line knows of the other units decides which
+// reason a silent unit gets. A unit alone on its link (or read alone, as
+// gateway read does) may have a wrong unit id as much as a bad link.
+func TestLineSilence(t *testing.T) {
+	const hint = "check wiring, port, baud rate and parity"
+	cases := []struct {
+		name  string
+		known []int
+		heard map[int]bool // the others' last polls
+		want  string
+	}{
+		{"alone", []int{7}, nil, "no answer from unit 7 on rs485-1: wrong unit id, or device off; or check wiring, port, baud rate and parity"},
+		{"others not asked yet", []int{7, 2, 3}, map[int]bool{2: false}, "no answer from unit 7 on rs485-1: wrong unit id, or device off; or check wiring, port, baud rate and parity"},
+		{"others silent", []int{7, 2, 3}, map[int]bool{2: false, 3: false}, "no answer from any unit on rs485-1: check wiring, port, baud rate and parity"},
+		{"another answers", []int{7, 2, 3}, map[int]bool{2: true}, "no answer from unit 7 while unit 2 answers: wrong unit id, or device off"},
+	}
+	for _, c := range cases {
+		l := NewLine("rs485-1", hint, units, slog.New(slog.DiscardHandler))
+		for _, a := range c.known {
+			l.Add(a, time.Second)
+		}
+		for a, ok := range c.heard {
+			l.Heard(a, ok)
+		}
+		l.Heard(7, false)
+		if got := l.Silence(7); got != c.want {
+			t.Errorf("%s:\n got %q\nwant %q", c.name, got, c.want)
 		}
 	}
 }

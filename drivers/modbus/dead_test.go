@@ -238,8 +238,8 @@ func TestAnsweringDeviceKeepsRate(t *testing.T) {
 }
 
 // TestSilentUnitReasons: the reason of a silent unit says whether other
-// units on the link answer (then its unit id or power is wrong) or none
-// does (then the link is).
+// units on the link answer (then its unit id or power is wrong), none
+// does (then the link is), or it is alone on the link (then either).
 func TestSilentUnitReasons(t *testing.T) {
 	const others = "no answer from unit 9 while units 1 and 3 answer: wrong unit id, or device off"
 	cases := []struct {
@@ -255,6 +255,8 @@ func TestSilentUnitReasons(t *testing.T) {
 		{"endpoint, a Modbus gateway says the unit does not respond", true, map[byte]string{1: "", 3: "", 9: "gateway"}, others},
 		{"endpoint, nothing answers", true, map[byte]string{1: "silent", 9: "silent"},
 			"no answer from any unit on lan: check the address, and the serial side if it is a Modbus gateway"},
+		{"bus, alone", false, map[byte]string{9: "silent"},
+			"no answer from unit 9 on rs485-1: wrong unit id, or device off; or check wiring, port, baud rate and parity"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -285,7 +287,7 @@ func TestSilentUnitReasons(t *testing.T) {
 			r := runDriver(t, link)
 			// Offline, and once the others were asked, with the reason
 			// that says whether the link works (at first, on a loaded
-			// machine, "no answer from unit 9" alone).
+			// machine, the reason of a unit alone).
 			deadline := time.Now().Add(3 * time.Second)
 			for got := ""; got != c.want; {
 				if time.Now().After(deadline) {

@@ -141,8 +141,8 @@ func TestInteropRTU(t *testing.T) {
 }
 
 // TestIsolation: a device whose unit id nobody answers goes offline, saying
-// that nothing on its bus answers, and does not slow a healthy device on
-// another bus.
+// that its unit id, alone on its bus, may be wrong or its bus bad, and does
+// not slow a healthy device on another bus.
 func TestIsolation(t *testing.T) {
 	deadSlave, deadOurs := socatPair(t)
 	okSlave, okOurs := socatPair(t)
@@ -170,7 +170,7 @@ func TestIsolation(t *testing.T) {
 	if r := m.Readings[0]; r.Quality != model.Bad || !r.Value.IsZero() || r.Signal != "temperature" {
 		t.Errorf("ghost reading %+v, want bad with no value", r)
 	}
-	wantReason := "no answer from any unit on bus-a: check wiring, port, baud rate and parity"
+	wantReason := "no answer from unit 9 on bus-a: wrong unit id, or device off; or check wiring, port, baud rate and parity"
 	h := dead.next(t, "ghost", model.KindHealth, 2*time.Second).Health
 	if h.State != model.Degraded || h.Reason != wantReason {
 		t.Errorf("ghost first health %s %q, want degraded %q", h.State, h.Reason, wantReason)
