@@ -38,10 +38,11 @@
 //     damaged characters whose damage cancels in the sum (a bit set in
 //     one, the same bit cleared in another) pass it: with 7% of the bytes
 //     damaged that published a tamper that never was in 2 of 8 runs of
-//     serial-noise at that noise. Two answers alike would stop it, but on
-//     such a line a second whole answer is hard to get within a short
-//     press: asking it lost a 1 s press in 1 of 5 runs at 5%, where one
-//     answer never did.
+//     serial-noise at that noise, and in 1 of 14 at its 5%. Two answers
+//     alike would stop it, but on such a line a second whole answer is
+//     hard to get within a short press: asking it lost 1 to 5 of box-1's
+//     eight 1 s presses in each of 5 runs at 7%, where one answer lost
+//     none in 3.
 //   - Late answers. An answer to $AA6 does not say which module sent it.
 //     After a command that got no answer, or an answer cut short, the
 //     next exchange on the bus first asks its module's name and drops
