@@ -22,7 +22,10 @@ type StatsSource interface {
 func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[string]Q, every time.Duration) {
 	last := map[string]queue.Stats{}
 	failedAt := map[string]queue.Stats{} // when the disk started refusing writes
-	since := map[string]time.Time{}
+	// When the first write was refused, of the failure reported: on a full
+	// disk the queue's own episodes may end and begin again between two
+	// checks, as it makes room and fills it.
+	began := map[string]time.Time{}
 	check := func() {
 		for name, q := range queues {
 			s, prev := q.Stats(), last[name]
@@ -33,7 +36,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			// checks is reported as failed and recovered, all the same.
 			blip := !s.WriteFailing && !prev.WriteFailing && s.WriteErrors > prev.WriteErrors
 			if s.WriteFailing && !prev.WriteFailing || blip {
-				failedAt[name], since[name] = prev, time.Now()
+				failedAt[name], began[name] = prev, s.WriteFailedAt
 				in.Emit(model.GatewayEvent(model.EventQueueWriteFailed, model.Critical, map[string]string{
 					"uplink":        name,
 					"error":         s.WriteError,
@@ -47,7 +50,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 				f := failedAt[name]
 				in.Emit(model.GatewayEvent(model.EventQueueWriteRecovered, model.Info, map[string]string{
 					"uplink":        name,
-					"outage":        time.Since(since[name]).Round(time.Second).String(),
+					"outage":        outage(s.WriteRecoveredAt.Sub(began[name])),
 					"alarms_lost":   strconv.FormatInt(a.Lost-f.Kept().Lost, 10),
 					"readings_lost": strconv.FormatInt(t.DroppedReadings-f.Lanes[queue.LaneTelemetry].DroppedReadings, 10),
 					"reason":        "the disk takes the queue's writes again",
@@ -104,4 +107,16 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 		case <-t.C:
 		}
 	}
+}
+
+// outage writes how long the disk refused writes, to the second, or to
+// the millisecond or microsecond when shorter (a full disk the queue made
+// room on at once): "0s" would read as no outage at all.
+func outage(d time.Duration) string {
+	for _, unit := range []time.Duration{time.Second, time.Millisecond, time.Microsecond} {
+		if d >= unit {
+			return d.Round(unit).String()
+		}
+	}
+	return d.String()
 }

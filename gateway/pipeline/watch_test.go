@@ -43,6 +43,7 @@ func TestWatchQueuesDiskRefuses(t *testing.T) {
 			t.Fatalf("chattr -R %s: %v: %s", flag, err, out)
 		}
 	}
+	began := time.Now()
 	chattr("+i")
 	const lost = 5 // readings emitted while the disk refuses them
 	for i := range lost {
@@ -67,6 +68,11 @@ func TestWatchQueuesDiskRefuses(t *testing.T) {
 		if m.Event.Kind == model.EventQueueWriteRecovered {
 			if d["readings_lost"] != "5" || d["alarms_lost"] != "0" {
 				t.Errorf("queue_write_recovered details: %v, want 5 readings and 0 alarms lost", d)
+			}
+			// From the first write refused to the first taken again:
+			// more than nothing, and within the test's span.
+			if o, err := time.ParseDuration(d["outage"]); err != nil || o <= 0 || o > time.Since(began) {
+				t.Errorf("queue_write_recovered outage %q, want the time the disk refused writes (at most %v)", d["outage"], time.Since(began))
 			}
 			break
 		}
@@ -194,5 +200,22 @@ func TestWatchQueuesBetweenChecks(t *testing.T) {
 	}
 	if e := rec.msgs[5].Event; e.Severity != model.Critical || e.Details["alarms_lost"] != "2" || e.Details["lanes_deleted"] != "2" {
 		t.Errorf("queue_damage: %s, %s alarms lost, %s lanes deleted; want critical, 2, 2", e.Severity, e.Details["alarms_lost"], e.Details["lanes_deleted"])
+	}
+}
+
+func TestOutageText(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{2400 * time.Millisecond, "2s"},
+		{90 * time.Second, "1m30s"},
+		{350*time.Millisecond + 400*time.Microsecond, "350ms"},
+		{1234 * time.Microsecond, "1ms"},
+		{650*time.Microsecond + 300*time.Nanosecond, "650µs"}, // a full disk the queue made room on at once
+	} {
+		if got := outage(c.d); got != c.want {
+			t.Errorf("outage(%v) = %q, want %q", c.d, got, c.want)
+		}
 	}
 }

@@ -354,6 +354,10 @@ type Stats struct {
 	WriteErrors  int64
 	WriteError   string
 	WriteFailing bool
+	// WriteFailedAt is when the last such episode began (the first write
+	// refused after writes worked), WriteRecoveredAt when it ended (zero
+	// while it lasts).
+	WriteFailedAt, WriteRecoveredAt time.Time
 	// FullDrops counts the times a full disk made the queue drop its
 	// oldest telemetry to write what came (the write then succeeded).
 	FullDrops int64
@@ -1193,6 +1197,7 @@ func (q *Queue) writeFailed(err error) {
 	q.st.WriteError = err.Error()
 	if !q.st.WriteFailing {
 		q.st.WriteFailing = true
+		q.st.WriteFailedAt, q.st.WriteRecoveredAt = time.Now(), time.Time{}
 		q.log.Error("queue: the disk refuses writes or does not answer; holding alarms in memory, dropping telemetry", "err", err)
 	}
 }
@@ -1219,7 +1224,8 @@ func (q *Queue) writeWorks() {
 	}
 	if q.st.WriteFailing {
 		q.st.WriteFailing = false
-		q.log.Info("queue: the disk takes writes again")
+		q.st.WriteRecoveredAt = time.Now()
+		q.log.Info("queue: the disk takes writes again", "after", q.st.WriteRecoveredAt.Sub(q.st.WriteFailedAt))
 	}
 }
 
