@@ -54,6 +54,13 @@ func fallbackDirs(id string) []string {
 	return append(dirs, filepath.Join("/run/outpost", id), filepath.Join(os.TempDir(), "outpost-"+id))
 }
 
+// inDir is a copy of st that keeps its state in dir.
+func inDir(st *configs.Station, dir string) *configs.Station {
+	fb := *st
+	fb.StateDir = dir
+	return &fb
+}
+
 // carried are the state files a fallback starts from, read from state_dir
 // (which a read-only disk still lets read): the sequence numbers, so that
 // none repeats, the alarms raised, the commands taken.
@@ -75,22 +82,21 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 	}
 	var tried []string
 	for _, dir := range fallbackDirs(st.Station.ID) {
-		fb := *st
-		fb.StateDir = dir
+		fb := inDir(st, dir)
 		fresh := !exists(fb.SeqFile())
-		err := carry(st, &fb)
+		err := carry(st, fb)
 		if err == nil && fresh {
-			err = jumpSeq(&fb, time.Now(), log)
+			err = jumpSeq(fb, time.Now(), log)
 		}
 		if err != nil {
 			tried = append(tried, fmt.Sprintf("%s: %v", dir, err))
 			continue
 		}
-		small := fb // a queue in memory: a smaller cap
+		small := *fb // a queue in memory: a smaller cap
 		small.Queue.MaxBytes = min(st.Queue.MaxBytes, fallbackMaxBytes)
 		q, err := pipeline.OpenQueue(&small, log)
 		if errors.Is(err, queue.ErrInUse) {
-			return &fb, nil, nil, err // another gateway of the station runs there
+			return fb, nil, nil, err // another gateway of the station runs there
 		}
 		if err != nil {
 			tried = append(tried, fmt.Sprintf("%s: %v", dir, err))
@@ -103,7 +109,7 @@ func openState(st *configs.Station, log *slog.Logger) (_ *configs.Station, _ *qu
 			"error":     cause.Error(),
 			"instead":   dir,
 		})
-		return &fb, q, &ev, nil
+		return fb, q, &ev, nil
 	}
 	return nil, nil, nil, fmt.Errorf("state directory: %w; and no directory to keep the state in instead (%s)", cause, strings.Join(tried, "; "))
 }
@@ -163,9 +169,7 @@ func takeBack(st *configs.Station, q *queue.Queue, counters *seq.Counters, log *
 		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
-		fb := *st
-		fb.StateDir = dir
-		if err := takeBackFrom(&fb, q, counters, log); err != nil {
+		if err := takeBackFrom(inDir(st, dir), q, counters, log); err != nil {
 			return fmt.Errorf("the state kept in %s while state_dir could not be written: %w", dir, err)
 		}
 	}

@@ -337,12 +337,11 @@ func TestSeqJumpTwoEpisodes(t *testing.T) {
 	// A new fallback made at a time, with the numbers it starts from.
 	fallback := func(at time.Time) *seq.Counters {
 		t.Helper()
-		fb := *st
-		fb.StateDir = t.TempDir()
-		if err := carry(st, &fb); err != nil {
+		fb := inDir(st, t.TempDir())
+		if err := carry(st, fb); err != nil {
 			t.Fatal(err)
 		}
-		if err := jumpSeq(&fb, at, quiet); err != nil {
+		if err := jumpSeq(fb, at, quiet); err != nil {
 			t.Fatal(err)
 		}
 		c, err := seq.Open(fb.SeqFile(), quiet)

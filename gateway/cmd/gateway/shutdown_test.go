@@ -33,9 +33,6 @@ devices:
 `, t.TempDir(), broker, freeAddr(t)))
 }
 
-// stationFile writes that station file and returns its path.
-func stationFile(t *testing.T, broker string) string { return station(t, broker).File }
-
 func startBroker(t *testing.T) *hub.Mosquitto {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

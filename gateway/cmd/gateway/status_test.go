@@ -37,7 +37,7 @@ func TestStatusShowsRefusal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Stop()
-	path := stationFile(t, "tcp://outpost:wrong@"+m.Addr())
+	path := station(t, "tcp://outpost:wrong@"+m.Addr()).File
 	st, err := configs.Load(path)
 	if err != nil {
 		t.Fatal(err)

@@ -35,16 +35,16 @@ func Topic(prefix string, m *model.Message) string {
 
 // CommandTopic is where the hub sends a device's commands:
 // {prefix}/{station}/{device}/command; "+" as device subscribes to all.
+func CommandTopic(prefix, station, device string) string {
+	return prefix + "/" + station + "/" + device + "/command"
+}
+
 // CheckDevice is the device of the commands topic that gateway
 // commission publishes to and reads back (see Check), to learn whether the
 // broker lets the station publish and take its commands. No device has
 // this id (ids begin with a letter or a digit); the gateway ignores what
 // comes on its topic.
 const CheckDevice = "_check"
-
-func CommandTopic(prefix, station, device string) string {
-	return prefix + "/" + station + "/" + device + "/command"
-}
 
 // PacketSize is the size of the MQTT PUBLISH packet (QoS 1) that carries
 // m: fixed header, topic, packet id and the JSON payload.
