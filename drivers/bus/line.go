@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"outpost/gateway/model"
 )
 
 // Addresses says how a protocol names the addresses of devices on a link,
@@ -44,6 +46,7 @@ type Line struct {
 	mu       sync.Mutex         // guards what follows
 	known    map[int]bool       // the link's addresses
 	answered map[int]bool       // address -> whether its last poll was answered
+	resting  map[int]Wake       // address -> the wake of its poll, while it is offline (see Rest)
 	share    map[string]float64 // device -> wire time of its last poll over its interval
 	late     lateness
 	first    time.Time     // the link's first poll
@@ -60,7 +63,7 @@ const LateQuiet = 10 * time.Second
 // when no device on it answers.
 func NewLine(name, hint string, addrs Addresses, log *slog.Logger) *Line {
 	return &Line{name: name, hint: hint, addrs: addrs, quiet: LateQuiet, log: log,
-		known: map[int]bool{}, answered: map[int]bool{}, share: map[string]float64{}}
+		known: map[int]bool{}, answered: map[int]bool{}, resting: map[int]Wake{}, share: map[string]float64{}}
 }
 
 // Add makes a device's address known to the line, with its poll interval.
@@ -121,11 +124,40 @@ func (l *Line) Held(dev string, held, interval time.Duration) {
 	l.share[dev] = float64(held) / float64(interval)
 }
 
-// Heard notes whether an address answered anything at its last poll.
+// Heard notes whether an address answered anything at its last poll. The
+// first answer on a link where no address answered (a cable plugged back,
+// the adapter or the devices' power back) polls every device resting on it
+// at once (see Rest): they come back with the link, not each at the end of
+// its backoff, up to MaxBackoff later.
 func (l *Line) Heard(addr int, answered bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	back := answered && len(l.answered) > 0 && !l.answering()
 	l.answered[addr] = answered
+	if !back {
+		return
+	}
+	for a, w := range l.resting {
+		if a != addr {
+			w.Poll()
+		}
+	}
+}
+
+// Rest notes, after a device's poll, whether it rests: it is offline (t
+// says), so probed at a backed-off interval, while no other address on the
+// link answers either, so the link may be at fault and not the device.
+// wake is the Wake of its poll. A device offline while others answer is
+// not woken when the link answers again (see Heard): it is the one at
+// fault, and its backoff stands.
+func (l *Line) Rest(addr int, t *Tracker, wake Wake) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if t.State() == model.Offline && !l.answering() {
+		l.resting[addr] = wake
+	} else {
+		delete(l.resting, addr)
+	}
 }
 
 // Answering says whether any address of the link answered at its last
@@ -134,6 +166,11 @@ func (l *Line) Heard(addr int, answered bool) {
 func (l *Line) Answering() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.answering()
+}
+
+// answering is Answering; the caller holds l.mu.
+func (l *Line) answering() bool {
 	for _, ok := range l.answered {
 		if ok {
 			return true

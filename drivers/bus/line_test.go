@@ -159,3 +159,60 @@ func TestExchangeNotLate(t *testing.T) {
 		t.Error("an alarm poll 12 ms late at a 10 ms interval, with exchanges of 6 ms, not counted late")
 	}
 }
+
+// TestLinkBackWakesResting: the first answer on a link where no address
+// answered polls at once the devices resting on it (offline while the
+// others were silent too); not one offline while others answered, nor
+// any when the link was not silent.
+func TestLinkBackWakesResting(t *testing.T) {
+	var offline, online Tracker
+	for range OfflineAfter {
+		offline.Observe(Result{Requests: 1, Failed: 1, Silent: true})
+	}
+	online.Observe(Result{Requests: 1})
+	woken := func(w Wake) bool {
+		select {
+		case <-w:
+			return true
+		default:
+			return false
+		}
+	}
+
+	l := NewLine("rs485-1", "check wiring", units, slog.New(slog.DiscardHandler))
+	w2, w3, w4 := NewWake(), NewWake(), NewWake()
+	for _, a := range []int{1, 2, 3, 4} {
+		l.Add(a, time.Second)
+	}
+	l.Heard(1, true)
+	l.Heard(4, false)
+	l.Rest(4, &offline, w4) // offline while unit 1 answers: unit 4 is at fault
+	l.Heard(1, false)
+	l.Heard(1, true)
+	if woken(w4) {
+		t.Fatal("unit 4, offline while unit 1 answered, was woken when the link answered again")
+	}
+	l.Heard(1, false)
+	l.Heard(2, false)
+	l.Rest(2, &offline, w2)
+	l.Heard(3, false)
+	l.Rest(3, &online, w3)  // its last poll missed, it is not offline
+	l.Rest(4, &offline, w4) // the link silent now
+	l.Heard(1, true)
+	if !woken(w2) || !woken(w4) {
+		t.Error("the link answered again: units 2 and 4, offline while it was silent, were not woken")
+	}
+	if woken(w3) {
+		t.Error("unit 3, not offline, was woken")
+	}
+	l.Heard(1, true)
+	if woken(w2) || woken(w4) {
+		t.Error("woken again by an answer on a link that was not silent")
+	}
+	l.Rest(2, &online, w2) // back
+	l.Heard(1, false)
+	l.Heard(1, true)
+	if woken(w2) {
+		t.Error("unit 2, online again, was woken")
+	}
+}

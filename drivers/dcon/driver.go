@@ -366,7 +366,7 @@ type poller struct {
 	m    *module
 	emit drivers.Emit
 	log  *slog.Logger
-	wake bus.Wake // of the poll, by an alarm poll that hears the module back
+	wake bus.Wake // of the poll, by an alarm poll that hears the module back, or its link answering again
 }
 
 // identify asks the module its name, unless it was known since it last
@@ -639,6 +639,7 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 		m.known, m.run = false, run{}
 	}
 	interval, _ = m.health.Next(m.every())
+	p.b.line.Rest(m.set.Address, &m.health, p.wake)
 	return interval
 }
 

@@ -177,8 +177,8 @@ func (l *Link) Run(ctx context.Context, emit drivers.Emit) error {
 	}
 	var wg sync.WaitGroup
 	for _, d := range l.devs {
-		p := &poller{l: l, d: d, emit: emit, fr: NewFramer(d.tmpl.Framing)}
-		wg.Go(func() { bus.Every(ctx, nil, p.poll) })
+		p := &poller{l: l, d: d, emit: emit, fr: NewFramer(d.tmpl.Framing), wake: bus.NewWake()}
+		wg.Go(func() { bus.Every(ctx, p.wake, p.poll) })
 	}
 	wg.Wait()
 	return nil
@@ -417,6 +417,7 @@ type poller struct {
 	emit drivers.Emit
 	fr   *Framer // under the wire lock
 	buf  [512]byte
+	wake bus.Wake // of the poll, when its link answers again (see bus.Line.Rest)
 }
 
 // result gathers what a poll's commands met.
@@ -495,6 +496,7 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	d.record(ctx, res, time.Now(), p.emit)
 	d.observed(d.id, res.RTT)
 	interval, _ = d.health.Next(d.set.Poll)
+	l.line.Rest(d.addr, &d.health, p.wake)
 	return interval
 }
 

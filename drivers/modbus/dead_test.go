@@ -195,6 +195,49 @@ func TestOfflineProbes(t *testing.T) {
 	}
 }
 
+// TestLinkBackWakesOffline: when a bus answers again after every unit on
+// it fell silent (a cable put back), the units offline with it are probed
+// at once, not each at the end of its backoff: polled every 100 and 300 ms
+// and silent for 6 s, their probes are seconds apart by then.
+func TestLinkBackWakesOffline(t *testing.T) {
+	b := startBench(t, map[byte]string{1: "silent", 2: "silent"})
+	link := busLink(t, b, 30*time.Millisecond, 1, 100*time.Millisecond, map[byte]string{1: "dev-1", 2: "dev-2"})
+	for _, d := range link.Devices {
+		if d.UnitID == 2 {
+			d.Poll = 300 * time.Millisecond
+		}
+	}
+	r := runDriver(t, link)
+	r.health(t, "dev-1", model.Offline, 3*time.Second)
+	r.health(t, "dev-2", model.Offline, 3*time.Second)
+	silent := time.Now()
+	waitFor(t, 10*time.Second, "probes 1.6 s apart", func() bool {
+		p1, p2 := b.requests(1, silent), b.requests(2, silent)
+		return len(p1) > 1 && len(p2) > 1 && p1[len(p1)-1].at.Sub(p1[len(p1)-2].at) > 1500*time.Millisecond &&
+			p2[len(p2)-1].at.Sub(p2[len(p2)-2].at) > 1500*time.Millisecond
+	})
+
+	b.set(1, "")
+	b.set(2, "")
+	back := map[string]time.Time{}
+	timeout := time.After(10 * time.Second)
+	for len(back) < 2 {
+		select {
+		case m := <-r.msgs:
+			if _, seen := back[m.Device]; !seen && m.Kind == model.KindHealth && m.Health.State == model.Online {
+				back[m.Device] = time.Now()
+			}
+		case <-timeout:
+			t.Fatalf("back online within 10 s: %v, want both", back)
+		}
+	}
+	gap := back["dev-1"].Sub(back["dev-2"]).Abs().Round(time.Millisecond)
+	if gap > 500*time.Millisecond {
+		t.Errorf("back online %v apart: want within 500 ms, the second woken by the first's answer", gap)
+	}
+	t.Logf("back online %v apart", gap)
+}
+
 // TestAnsweringDeviceKeepsRate: a device that answers, but only with
 // exceptions or damaged frames, is degraded, not offline, and is polled at
 // its configured rate: it costs no timeouts, and its readings are wanted

@@ -178,7 +178,7 @@ type poller struct {
 	emit drivers.Emit
 	log  *slog.Logger
 	now  func() time.Time
-	wake bus.Wake // of the poll, by an alarm poll that hears the device back
+	wake bus.Wake // of the poll, by an alarm poll that hears the device back, or its link answering again
 	// readings is read's, reused: a poller runs one poll at a time, and
 	// a poll's message takes copies.
 	readings []stamped
@@ -253,6 +253,7 @@ func (p *poller) poll(ctx context.Context, s bus.Slot) time.Duration {
 		p.emit(model.Message{Device: d.cfg.ID, DeviceKind: d.kind, Kind: model.KindHealth, Time: now.UTC(), Health: &h})
 	}
 	interval, _ = d.health.Next(d.every())
+	p.line.Rest(int(d.unit), &d.health, p.wake)
 	return interval
 }
 
