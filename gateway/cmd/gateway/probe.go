@@ -140,10 +140,14 @@ type presence struct {
 
 func (s presence) summary() string {
 	if len(s.answer) == 0 && len(s.garbled) == 0 {
-		if s.why != "" {
-			return fmt.Sprintf("none of %d units answers (%s)", s.tried, s.why)
+		none := fmt.Sprintf("none of the %d units answers", s.tried)
+		if s.tried == 1 {
+			none = "the unit does not answer"
 		}
-		return fmt.Sprintf("none of %d units answers", s.tried)
+		if s.why != "" {
+			return fmt.Sprintf("%s (%s)", none, s.why)
+		}
+		return none
 	}
 	return fmt.Sprintf("%d of %d units answer, %d with damaged frames", len(s.answer), s.tried, len(s.garbled))
 }

@@ -78,8 +78,14 @@ devices:
 	out.Reset()
 	errb.Reset()
 	if code := cli([]string{"probe", "-port", port, "-baud", "19200", "-units", "6-7"}, &out, &errb); code != 1 ||
-		!strings.Contains(out.String(), "\nnone of 2 units answers (no answer from any unit on bus: check wiring, port, baud rate and parity)\n") {
+		!strings.Contains(out.String(), "\nnone of the 2 units answers (no answer from any unit on bus: check wiring, port, baud rate and parity)\n") {
 		t.Errorf("units with no device: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := cli([]string{"probe", "-port", port, "-baud", "19200", "-units", "7"}, &out, &errb); code != 1 ||
+		!strings.Contains(out.String(), "\nthe unit does not answer (no answer from unit 7 on bus: wrong unit id, or device off; or check wiring, port, baud rate and parity)\n") {
+		t.Errorf("a unit with no device: exit %d\n%s%s", code, out.String(), errb.String())
 	}
 	out.Reset()
 	errb.Reset()
