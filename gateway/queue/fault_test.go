@@ -1,12 +1,15 @@
 package queue
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -95,6 +98,79 @@ func TestDiskRefusesWrites(t *testing.T) {
 	if got, _ := drain(t, q, 1000, true); len(got) != 2 || got[0] != 7 || got[1] != 8 {
 		t.Fatalf("after a restart, handed out %v, want alarms 7 and 8 from disk", got)
 	}
+}
+
+// TestDiskFlaps: a disk that takes a write between two it refuses (a full
+// one takes a small record into a block partly used) is one episode, not
+// one a second: it ends once writes have worked for recoverCalm, at the
+// time they began to, and the log says so once.
+func TestDiskFlaps(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", dir).Run() })
+	var log lockedBuffer
+	q, err := Open(dir, Options{MaxBytes: 1 << 20, SyncEvery: -1}, slog.New(slog.NewTextHandler(&log, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	q.Append(LaneAlarm, rec(1))
+	refuse := func(i int) {
+		immutable(t, dir, true)
+		if err := q.Append(LaneAlarm, rec(i)); !errors.Is(err, ErrHeld) {
+			t.Fatalf("alarm %d while the disk refuses writes: got %v, want ErrHeld", i, err)
+		}
+	}
+	take := func(i int) {
+		immutable(t, dir, false)
+		if err := q.Append(LaneAlarm, rec(i)); err != nil {
+			t.Fatalf("alarm %d once the disk takes writes: %v", i, err)
+		}
+	}
+	refuse(2)
+	began := q.Stats().WriteFailedAt
+	take(3)
+	if st := q.Stats(); !st.WriteFailing {
+		t.Fatal("one write taken ended the episode")
+	}
+	refuse(4)
+	take(5)
+	works := time.Now()
+	deadline := time.Now().Add(5 * time.Second)
+	for q.Stats().WriteFailing && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // the queue retries every second
+	}
+	st := q.Stats()
+	if st.WriteFailing || !st.WriteFailedAt.Equal(began) || st.WriteRecoveredAt.After(works) || st.WriteRecoveredAt.Sub(began) < 0 {
+		t.Fatalf("failing %v, from %v to %v; want one episode from %v, ended when writes began to work again (before %v)",
+			st.WriteFailing, st.WriteFailedAt, st.WriteRecoveredAt, began, works)
+	}
+	if st.WriteErrors != 2 {
+		t.Errorf("%d writes refused, want 2", st.WriteErrors)
+	}
+	text := log.String()
+	if n, m := strings.Count(text, "the disk refuses writes"), strings.Count(text, "the disk takes writes again"); n != 1 || m != 1 {
+		t.Errorf("logged the disk refusing %d times and taking writes again %d, want once each:\n%s", n, m, text)
+	}
+}
+
+// lockedBuffer is a log's output that a test reads while the queue writes
+// to it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // TestDiskFull fills a small tmpfs: the oldest telemetry makes room for

@@ -350,13 +350,14 @@ type Stats struct {
 	Syncs, SyncErrors int64
 	// WriteErrors counts writes the disk refused, WriteError is the last
 	// one's error, and WriteFailing is set from the first until the disk
-	// takes every write again and no alarm is left in memory.
+	// takes every write again, for recoverCalm, and no alarm is left in
+	// memory.
 	WriteErrors  int64
 	WriteError   string
 	WriteFailing bool
 	// WriteFailedAt is when the last such episode began (the first write
-	// refused after writes worked), WriteRecoveredAt when it ended (zero
-	// while it lasts).
+	// refused after writes worked), WriteRecoveredAt when it ended: when
+	// the writes that ended it began to work (zero while it lasts).
 	WriteFailedAt, WriteRecoveredAt time.Time
 	// FullDrops counts the times a full disk made the queue drop its
 	// oldest telemetry to write what came (the write then succeeded).
@@ -520,7 +521,10 @@ type Queue struct {
 	lock   *os.File // holds the directory's lock while open
 	done   chan struct{}
 	retryC chan struct{} // a write failed: see retryLoop
-	wg     sync.WaitGroup
+	// worksSince is when the disk began to take writes again, while
+	// st.WriteFailing (zero until it does): see settle.
+	worksSince time.Time
+	wg         sync.WaitGroup
 }
 
 // Reader is one consumer's view of the queue (an uplink's): it hands out
@@ -1195,6 +1199,7 @@ func (q *Queue) writeFailed(err error) {
 	q.retrySoon()
 	q.st.WriteErrors++
 	q.st.WriteError = err.Error()
+	q.worksSince = time.Time{}
 	if !q.st.WriteFailing {
 		q.st.WriteFailing = true
 		q.st.WriteFailedAt, q.st.WriteRecoveredAt = time.Now(), time.Time{}
@@ -1222,11 +1227,28 @@ func (q *Queue) writeWorks() {
 			return
 		}
 	}
-	if q.st.WriteFailing {
-		q.st.WriteFailing = false
-		q.st.WriteRecoveredAt = time.Now()
-		q.log.Info("queue: the disk takes writes again", "after", q.st.WriteRecoveredAt.Sub(q.st.WriteFailedAt))
+	if q.st.WriteFailing && q.worksSince.IsZero() {
+		q.worksSince = time.Now()
 	}
+	q.settle()
+}
+
+// recoverCalm is how long the disk must take writes, without refusing
+// one, for an episode of refused writes to end. A full disk takes a small
+// record into a block partly used and refuses the next one: without it,
+// the log and the hub would hear of the disk failing and recovering every
+// second.
+const recoverCalm = time.Second
+
+// settle ends an episode of refused writes once writes have worked for
+// recoverCalm. Called with q.mu held.
+func (q *Queue) settle() {
+	if !q.st.WriteFailing || q.worksSince.IsZero() || time.Since(q.worksSince) < recoverCalm {
+		return
+	}
+	q.st.WriteFailing = false
+	q.st.WriteRecoveredAt, q.worksSince = q.worksSince, time.Time{}
+	q.log.Info("queue: the disk takes writes again", "after", q.st.WriteRecoveredAt.Sub(q.st.WriteFailedAt))
 }
 
 // hold keeps alarm records in memory while the disk refuses them, up to
@@ -2054,8 +2076,8 @@ const retryEvery = time.Second
 
 // retryLoop offers the records held in memory, and the ack positions not
 // written, to the disk every retryEvery from a failed write until nothing
-// is held, and until Close closes q.done. A queue whose disk works wakes
-// nobody.
+// is held and the episode of refused writes ended (see settle), and until
+// Close closes q.done. A queue whose disk works wakes nobody.
 func (q *Queue) retryLoop() {
 	defer q.wg.Done()
 	t := time.NewTimer(retryEvery)
@@ -2087,12 +2109,17 @@ func (q *Queue) retrySoon() {
 }
 
 // retryMemory writes the alarms held in memory to disk if it takes them,
-// and says whether anything is still held.
+// and says whether anything is still held or the episode of refused
+// writes goes on.
 func (q *Queue) retryMemory() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.closed || !q.holds() {
+	if q.closed {
 		return false
+	}
+	if !q.holds() {
+		q.settle()
+		return q.st.WriteFailing
 	}
 	flushed := true
 	for _, ln := range q.lanes {
@@ -2106,7 +2133,7 @@ func (q *Queue) retryMemory() bool {
 			}
 		}
 	}
-	return q.holds()
+	return q.holds() || q.st.WriteFailing
 }
 
 // holds says whether a lane holds records in memory or an ack position

@@ -386,7 +386,7 @@ func TestDiskRefusesWritesTwoReaders(t *testing.T) {
 	q.Append(LaneAlarm, rec(7))
 	immutable(t, dir, false)
 	deadline := time.Now().Add(5 * time.Second)
-	for ix.Stats().Lanes[LaneAlarm].Memory != 0 && time.Now().Before(deadline) {
+	for st := ix.Stats(); (st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0) && time.Now().Before(deadline); st = ix.Stats() {
 		time.Sleep(10 * time.Millisecond) // the queue retries every second
 	}
 	if st := ix.Stats(); st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0 {
