@@ -95,6 +95,7 @@ type Forwarder struct {
 	// again only once they are through, so that it does not take the
 	// message at fault along again before that is found.
 	suspects int
+	rejected rejections
 }
 
 // A batch that meets a dropped connection dropsToHalve times in a row is
@@ -114,8 +115,10 @@ const (
 	maxBackoff = time.Second
 )
 
-// Run forwards until ctx ends.
+// Run forwards until ctx ends. The messages set aside that it has not told
+// the hub of yet (see RejectEvery) it tells as it returns.
 func (f *Forwarder) Run(ctx context.Context) error {
+	defer f.flushRejected()
 	// Batches an earlier run took and never acknowledged (it failed) come
 	// again.
 	f.Queue.Rewind(f.Lanes...)
@@ -328,8 +331,8 @@ func (f *Forwarder) poisoned(err error, recs [][]byte, now time.Time) bool {
 }
 
 // setAside moves messages the hub refused for good to the dead letters,
-// and tells the hub with one messages_rejected event. items[i] says why
-// msgs[i] was refused.
+// and tells the hub with a messages_rejected event (see RejectEvery).
+// items[i] says why msgs[i] was refused.
 func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 	path := ""
 	kept, readings := 0, 0
@@ -345,21 +348,94 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 		kept++
 	}
 	first := &msgs[0]
-	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
-		"messages", len(items), "first", first.ID(), "reason", items[0].Reason, "file", path)
 	if first.Device == model.GatewayDevice && first.Event != nil && first.Event.Kind == model.EventRejected {
-		return // reporting it would make another such event, and so on
+		// Telling the hub would make another such event, and so on.
+		f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
+			"messages", len(items), "first", first.ID(), "reason", items[0].Reason, "file", path)
+		return
 	}
+	f.holdRejected(setAside{messages: len(items), readings: readings, kept: kept,
+		device: first.Device, seq: first.Seq, kind: first.Kind, id: first.ID(), reason: items[0].Reason, path: path})
+}
+
+// RejectEvery is the shortest time between two messages_rejected events
+// of a forwarder, and their lines in the log. A refusal for good that
+// lasts (InfluxDB at its series limit, a field's type taken by another
+// station) refuses part of every batch, and the hub would hear of it every
+// second for as long. The first refusal after a quiet RejectEvery is told
+// at once; those that follow, together, RejectEvery after it.
+const RejectEvery = 10 * time.Second
+
+// setAside is what a forwarder set aside and has not told the hub of yet:
+// the counts summed, the rest of the first message set aside.
+type setAside struct {
+	messages, readings, kept int
+	device                   string
+	seq                      uint64
+	kind                     model.Kind
+	id, reason, path         string
+}
+
+// rejections are a forwarder's messages_rejected events held back (see
+// RejectEvery).
+type rejections struct {
+	mu    sync.Mutex
+	held  setAside // messages == 0: nothing held
+	last  time.Time
+	timer *time.Timer // of flushRejected, while something is held
+}
+
+// holdRejected tells the hub of s at once after a quiet RejectEvery, or
+// holds it with what else comes until RejectEvery after the last event.
+func (f *Forwarder) holdRejected(s setAside) {
+	r := &f.rejected
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if h := &r.held; h.messages == 0 {
+		*h = s
+	} else {
+		h.messages, h.readings, h.kept, h.path = h.messages+s.messages, h.readings+s.readings, h.kept+s.kept, s.path
+	}
+	wait := time.Until(r.last.Add(RejectEvery))
+	switch {
+	case wait <= 0:
+		f.tellRejected()
+	case r.timer == nil:
+		r.timer = time.AfterFunc(wait, f.flushRejected)
+	}
+}
+
+// flushRejected tells the hub of what is held, if anything.
+func (f *Forwarder) flushRejected() {
+	r := &f.rejected
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.timer != nil {
+		r.timer.Stop()
+		r.timer = nil
+	}
+	if r.held.messages > 0 {
+		f.tellRejected()
+	}
+}
+
+// tellRejected reports what is held. Called with f.rejected.mu held.
+func (f *Forwarder) tellRejected() {
+	r := &f.rejected
+	s := r.held
+	r.held, r.last = setAside{}, time.Now()
+	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
+		"messages", s.messages, "first", s.id, "reason", s.reason, "file", s.path)
 	f.Report(model.GatewayEvent(model.EventRejected, model.Warning, map[string]string{
 		"uplink":      f.UplinkName,
-		"messages":    strconv.Itoa(len(items)),
-		"readings":    strconv.Itoa(readings),
-		"kept":        strconv.Itoa(kept),
-		"device":      first.Device,
-		"seq":         strconv.FormatUint(first.Seq, 10),
-		"kind":        string(first.Kind),
-		"reason":      items[0].Reason,
-		"dead_letter": path,
+		"messages":    strconv.Itoa(s.messages),
+		"readings":    strconv.Itoa(s.readings),
+		"kept":        strconv.Itoa(s.kept),
+		"device":      s.device,
+		"seq":         strconv.FormatUint(s.seq, 10),
+		"kind":        string(s.kind),
+		"reason":      s.reason,
+		"dead_letter": s.path,
 	}))
 }
 

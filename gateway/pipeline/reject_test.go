@@ -152,6 +152,60 @@ func TestRejectedSetAside(t *testing.T) {
 	}
 }
 
+// TestRejectionsHeldBack: a refusal that lasts is told at once, then at
+// most once each RejectEvery, with the counts summed: of bad messages sent
+// one at a time, the first at once, the next two together RejectEvery
+// later, and the last as the forwarder stops. The readings of the events
+// add up to those set aside, which the hub counts on.
+func TestRejectionsHeldBack(t *testing.T) {
+	q := queued(t, "bad", "a", "bad", "b", "bad")
+	rec := &recorder{}
+	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
+	f := &Forwarder{Name: "influx/telemetry", Queue: q, Uplink: &refuses{}, UplinkName: "influx", Batch: 1,
+		DeadLetters: &DeadLetters{Dir: t.TempDir()}, Report: in.Emit, Log: slog.New(slog.DiscardHandler)}
+	events := func() []string {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		var got []string
+		for _, m := range rec.msgs {
+			d := m.Event.Details
+			got = append(got, fmt.Sprintf("messages=%s readings=%s kept=%s first=%s/%s", d["messages"], d["readings"], d["kept"], d["device"], d["seq"]))
+		}
+		return got
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.Run(ctx) }()
+	start := time.Now()
+	for len(events()) < 2 && time.Since(start) < RejectEvery+5*time.Second {
+		time.Sleep(10 * time.Millisecond)
+	}
+	took := time.Since(start)
+	bad := model.Message{Station: "s", StationType: model.SafetyPost, Device: "bad", DeviceKind: "k", Seq: 6,
+		Kind: model.KindTelemetry, Time: time.Now().UTC(), Readings: []model.Reading{{Signal: "n", Value: model.Number(6), Quality: model.Good}}}
+	if err := q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &bad)}); err != nil {
+		t.Fatal(err)
+	}
+	for q.Stats().Lanes[queue.LaneTelemetry].Records > 0 && time.Since(start) < RejectEvery+10*time.Second {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"messages=1 readings=1 kept=1 first=bad/1",
+		"messages=2 readings=2 kept=2 first=bad/3",
+		"messages=1 readings=1 kept=1 first=bad/6",
+	}
+	if got := events(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("reported\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if took < RejectEvery-time.Second {
+		t.Errorf("the second event came %v after the first set aside, want %v", took, RejectEvery)
+	}
+}
+
 // TestBatchGrowsAfterRejection: a forwarder sending one message at a time
 // (after the broker kept dropping the connection) doubles its batch after
 // a send the hub took but for a message it refused, as after one it took
