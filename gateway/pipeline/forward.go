@@ -348,14 +348,13 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 		kept++
 	}
 	first := &msgs[0]
+	s := setAside{messages: len(items), readings: readings, kept: kept,
+		device: first.Device, seq: first.Seq, kind: first.Kind, id: first.ID(), reason: items[0].Reason, path: path}
 	if first.Device == model.GatewayDevice && first.Event != nil && first.Event.Kind == model.EventRejected {
-		// Telling the hub would make another such event, and so on.
-		f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
-			"messages", len(items), "first", first.ID(), "reason", items[0].Reason, "file", path)
+		f.logSetAside(s) // telling the hub would make another such event, and so on
 		return
 	}
-	f.holdRejected(setAside{messages: len(items), readings: readings, kept: kept,
-		device: first.Device, seq: first.Seq, kind: first.Kind, id: first.ID(), reason: items[0].Reason, path: path})
+	f.holdRejected(s)
 }
 
 // RejectEvery is the shortest time between two messages_rejected events
@@ -424,8 +423,7 @@ func (f *Forwarder) tellRejected() {
 	r := &f.rejected
 	s := r.held
 	r.held, r.last = setAside{}, time.Now()
-	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
-		"messages", s.messages, "first", s.id, "reason", s.reason, "file", s.path)
+	f.logSetAside(s)
 	f.Report(model.GatewayEvent(model.EventRejected, model.Warning, map[string]string{
 		"uplink":      f.UplinkName,
 		"messages":    strconv.Itoa(s.messages),
@@ -437,6 +435,11 @@ func (f *Forwarder) tellRejected() {
 		"reason":      s.reason,
 		"dead_letter": s.path,
 	}))
+}
+
+func (f *Forwarder) logSetAside(s setAside) {
+	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
+		"messages", s.messages, "first", s.id, "reason", s.reason, "file", s.path)
 }
 
 // Supervise runs the forwarder until ctx ends, restarting it whenever it
