@@ -320,12 +320,18 @@ func TestNoiseRTU(t *testing.T) {
 	close(msgs)
 	edges, last, good := 0, false, 0
 	var health []*model.Health
+	// The button's readings, each with when it was read: what a failure
+	// shows.
+	var reads []string
 	const slack = 30 * time.Millisecond // a read's wire time
 	for m := range msgs {
 		if m.Kind == model.KindHealth {
 			health = append(health, m.Health)
 		}
 		for _, r := range m.Readings {
+			if r.Signal == "pressed" {
+				reads = append(reads, fmt.Sprintf("%s %v %s", m.Time.Format("15:04:05.000"), r.Value, r.Quality))
+			}
 			if r.Quality != model.Good {
 				continue
 			}
@@ -355,7 +361,11 @@ func TestNoiseRTU(t *testing.T) {
 		}
 	}
 	if edges != presses {
-		t.Errorf("%d presses published, want %d", edges, presses)
+		var spans []string
+		for _, p := range ps {
+			spans = append(spans, p.from.Format("15:04:05.000")+"-"+p.to.Format("15:04:05.000"))
+		}
+		t.Errorf("%d presses published, want %d; presses %v; the button's readings:\n%s", edges, presses, spans, strings.Join(reads, "\n"))
 	}
 	if n := len(rl.All()); n != 2*presses {
 		t.Errorf("%d alarms raised, want %d", n, 2*presses)
