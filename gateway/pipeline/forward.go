@@ -348,7 +348,7 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 		kept++
 	}
 	first := &msgs[0]
-	s := setAside{messages: len(items), readings: readings, kept: kept,
+	s := aside{messages: len(items), readings: readings, kept: kept,
 		device: first.Device, seq: first.Seq, kind: first.Kind, id: first.ID(), reason: items[0].Reason, path: path}
 	if first.Device == model.GatewayDevice && first.Event != nil && first.Event.Kind == model.EventRejected {
 		f.logSetAside(s) // telling the hub would make another such event, and so on
@@ -365,9 +365,10 @@ func (f *Forwarder) setAside(msgs []model.Message, items []uplink.Rejection) {
 // at once; those that follow, together, RejectEvery after it.
 const RejectEvery = 10 * time.Second
 
-// setAside is what a forwarder set aside and has not told the hub of yet:
-// the counts summed, the rest of the first message set aside.
-type setAside struct {
+// aside is what a forwarder set aside, as the log and a messages_rejected
+// event tell it: the counts (summed over those held back, see
+// rejections), and the rest of the first message.
+type aside struct {
 	messages, readings, kept int
 	device                   string
 	seq                      uint64
@@ -379,14 +380,14 @@ type setAside struct {
 // RejectEvery).
 type rejections struct {
 	mu    sync.Mutex
-	held  setAside // messages == 0: nothing held
+	held  aside // messages == 0: nothing held
 	last  time.Time
 	timer *time.Timer // of flushRejected, while something is held
 }
 
 // holdRejected tells the hub of s at once after a quiet RejectEvery, or
 // holds it with what else comes until RejectEvery after the last event.
-func (f *Forwarder) holdRejected(s setAside) {
+func (f *Forwarder) holdRejected(s aside) {
 	r := &f.rejected
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -422,7 +423,7 @@ func (f *Forwarder) flushRejected() {
 func (f *Forwarder) tellRejected() {
 	r := &f.rejected
 	s := r.held
-	r.held, r.last = setAside{}, time.Now()
+	r.held, r.last = aside{}, time.Now()
 	f.logSetAside(s)
 	f.Report(model.GatewayEvent(model.EventRejected, model.Warning, map[string]string{
 		"uplink":      f.UplinkName,
@@ -437,7 +438,7 @@ func (f *Forwarder) tellRejected() {
 	}))
 }
 
-func (f *Forwarder) logSetAside(s setAside) {
+func (f *Forwarder) logSetAside(s aside) {
 	f.Log.Warn("the hub refused messages for good; set aside as dead letters", "forwarder", f.Name,
 		"messages", s.messages, "first", s.id, "reason", s.reason, "file", s.path)
 }
