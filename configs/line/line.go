@@ -39,7 +39,9 @@ type Link struct {
 	configs.Serial `yaml:",inline"`
 	// Timeout is how long a polled device has to answer its poll
 	// command, 1ms to 1m, beyond the time the command and a line of the
-	// template's max_length take on the wire.
+	// template's max_length take on the wire. A good line within one more
+	// timeout still answers it, counted late (late_answers): the link
+	// waits for it before it carries another device's command.
 	Timeout time.Duration `yaml:"timeout" default:"500ms" example:"1s"`
 	// Retries are extra tries of a poll command that got no good line,
 	// 0 to 10. A device that talks on its own cannot be asked again: it

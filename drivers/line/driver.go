@@ -539,8 +539,12 @@ func (p *poller) request(ctx context.Context, a bus.Attempt, r *result) (Decoded
 // exchange sends the poll command once and reads lines until a good one,
 // or the timeout (beyond the command's and a whole line's wire time).
 // Whatever waited before the command is dropped first: a late answer, or
-// noise. It returns how many bytes came, and a bus.LinkDownError when the
-// port is unusable. Bad lines are counted in r.
+// noise. A good line within one more timeout is still the answer, late
+// (counted late_answers): the line waits for it rather than carry the next
+// command, whose answer it would be taken for, to another device's (most
+// such answers do not say who sent them). It returns how many bytes came,
+// and a bus.LinkDownError when the port is unusable. Bad lines are counted
+// in r.
 func (p *poller) exchange(timeout time.Duration, r *result) (Decoded, int, error) {
 	l, d := p.l, p.d
 	port, opened, err := l.port.Port()
@@ -586,11 +590,15 @@ func (p *poller) exchange(timeout time.Duration, r *result) (Decoded, int, error
 	// is held until it is known, and dropped, so that a silent device is
 	// not taken for one that answers.
 	var start [64]byte
-	held, echo := start[:0], true
+	held, echo, late := start[:0], true, false
 	for found == nil {
 		n, expired, err := bus.ReadBy(port, p.buf[:], deadline)
 		if err != nil {
 			return Decoded{}, got, l.port.Fail(fmt.Errorf("read: %w", err))
+		}
+		if expired && !late {
+			late, deadline = true, deadline.Add(timeout)
+			continue
 		}
 		if expired {
 			break
@@ -620,6 +628,9 @@ func (p *poller) exchange(timeout time.Duration, r *result) (Decoded, int, error
 			return Decoded{}, 0, errNoAnswer
 		}
 		return Decoded{}, got, fmt.Errorf("no good line")
+	}
+	if late {
+		r.counters = append(r.counters, "late_answers")
 	}
 	return *found, got, nil
 }

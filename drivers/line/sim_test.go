@@ -88,13 +88,13 @@ type simulated struct {
 
 // The links named in echo have an adapter that echoes what the gateway
 // sends.
-func startSim(t testing.TB, st *configs.Station, echo ...string) *simulated {
+func startSim(t testing.TB, st *configs.Station, opts ...func(*sim.Options)) *simulated {
 	t.Helper()
 	s := &simulated{sink: &sink{}, faults: sim.NewFaults()}
 	o := sim.Options{Sink: s.sink, Start: time.Now(), Log: slog.New(slog.DiscardHandler), Turnaround: -1, Faults: s.faults, Seed: 3,
 		Echo: map[string]bool{}}
-	for _, id := range echo {
-		o.Echo[id] = true
+	for _, opt := range opts {
+		opt(&o)
 	}
 	l, stop, err := sim.Start(st, &st.Links[0], o)
 	if err != nil {
@@ -420,18 +420,18 @@ func checkServed(t *testing.T, s *simulated, r *running, dev string) {
 // through an adapter that echoes the poll commands: a silent device's
 // echoed command is not taken for its answer.
 func TestPolled(t *testing.T) {
-	for _, echo := range [][]string{nil, {"rs485"}} {
-		t.Run(map[bool]string{false: "clean line", true: "adapter echoes"}[echo != nil], func(t *testing.T) { polled(t, echo) })
+	for _, echo := range []bool{false, true} {
+		t.Run(map[bool]string{false: "clean line", true: "adapter echoes"}[echo], func(t *testing.T) { polled(t, echo) })
 	}
 }
 
-func polled(t *testing.T, echo []string) {
+func polled(t *testing.T, echo bool) {
 	dir := t.TempDir()
 	st := loadStation(t, dir, "  - {id: rs485, protocol: line, port: \"{{port}}\", baud: 19200, timeout: 50ms, retries: 1}\n",
 		`  - {id: th-5, template: vaisala-hmdw110, link: rs485, address: 5, poll: 100ms}
   - {id: th-6, template: vaisala-hmdw110, link: rs485, address: 6, poll: 100ms}
 `, nil)
-	s := startSim(t, st, echo...)
+	s := startSim(t, st, func(o *sim.Options) { o.Echo["rs485"] = echo })
 	r := runLink(t, st)
 	for _, dev := range []string{"th-5", "th-6"} {
 		m := r.next(t, dev, model.KindTelemetry, 3*time.Second, nil)
@@ -465,6 +465,39 @@ func polled(t *testing.T, echo []string) {
 	c := r.counters("th-5")
 	if c[ReasonTruncated] != 1 || c[ReasonUnmatched] != 1 {
 		t.Errorf("th-5 counters %v, want a line cut short and the garbage counted", c)
+	}
+}
+
+// TestLateAnswer: a Vaisala transmitter that answers after the link's
+// timeout, beside another on its line. Its answers, which do not say who
+// sent them, are taken as its own, late, and never as its neighbour's:
+// each device publishes exactly the values it served.
+func TestLateAnswer(t *testing.T) {
+	dir := t.TempDir()
+	// At 19200 baud a command waits 50 ms and a whole line's time on the
+	// wire (70 ms) for its answer; th-5's comes 100 ms after the command
+	// ends, and takes some 36 ms on the wire.
+	st := loadStation(t, dir, "  - {id: rs485, protocol: line, port: \"{{port}}\", baud: 19200, timeout: 50ms, retries: 1}\n",
+		`  - {id: th-5, template: vaisala-hmdw110, link: rs485, address: 5, poll: 200ms}
+  - {id: th-6, template: vaisala-hmdw110, link: rs485, address: 6, poll: 200ms}
+`, nil)
+	s := startSim(t, st)
+	s.faults.SetSlow("th-5", 100*time.Millisecond)
+	r := runLink(t, st)
+	for range 10 {
+		r.next(t, "th-5", model.KindTelemetry, 3*time.Second, nil)
+	}
+	if c := r.counters("th-5"); c["late_answers"] != c["requests"] || c["timeouts"] != 0 {
+		t.Errorf("th-5 counters %v, want every answer counted late, and no timeout", c)
+	}
+	s.faults.SetSilent("th-5", true)
+	s.faults.SetSilent("th-6", true)
+	time.Sleep(400 * time.Millisecond)
+	r.stop()
+	checkServed(t, s, r, "th-5")
+	checkServed(t, s, r, "th-6")
+	if c := r.counters("th-6"); c["late_answers"] != 0 {
+		t.Errorf("th-6 counters %v, want no late answer", c)
 	}
 }
 
