@@ -228,6 +228,12 @@ func (d *decoder) validateStation(st *Station) {
 		if w := st.Hub.Influx.BatchWait; w < 0 || w > 10*time.Second {
 			d.errAt("hub.influx.batch_wait", "hub.influx.batch_wait: %s is out of range (0s to 10s)", w)
 		}
+		switch w := st.Hub.Influx.Timeout; {
+		case w < time.Second || w > 5*time.Minute:
+			d.errAt("hub.influx.timeout", "hub.influx.timeout: %s is out of range (1s to 5m)", w)
+		case w%time.Second != 0:
+			d.errAt("hub.influx.timeout", "hub.influx.timeout: %s is not whole seconds (e.g. 30s)", w)
+		}
 	}
 	if c := st.Hub.Commands; c.KeyFile != "" {
 		if _, err := ReadKey(c.KeyFile); err != nil {

@@ -99,6 +99,7 @@ devices:
 		{"mqtt.topic_prefix", st.Hub.MQTT.TopicPrefix, "outpost/v1"},
 		{"influx.batch_size", st.Hub.Influx.BatchSize, 5000},
 		{"influx.batch_wait", st.Hub.Influx.BatchWait, time.Second},
+		{"influx.timeout", st.Hub.Influx.Timeout, 10 * time.Second},
 		{"queue.max_bytes", st.Queue.MaxBytes, int64(256 << 20)},
 		{"queue.sync", st.Queue.Sync, 100 * time.Millisecond},
 		{"bus.parity", b.Parity, configs.ParityNone},

@@ -255,6 +255,12 @@ type Influx struct {
 	// waits; 0s writes at once. MQTT, events and health do not wait for
 	// it.
 	BatchWait time.Duration `yaml:"batch_wait" default:"1s" example:"2s"`
+	// Timeout is how long one write may take, in whole seconds, 1s to
+	// 5m. A write that takes longer fails (the uplink is down, and the
+	// write is sent again), and halves the writes after it, down to a
+	// hundred points: a slow link to the hub (a weak cellular one)
+	// drains a backlog that way.
+	Timeout time.Duration `yaml:"timeout" default:"10s" example:"30s"`
 }
 
 // Queue is the durable store-and-forward queue.

@@ -14,10 +14,11 @@ func (sc *Scenario) partitions() bool {
 }
 
 // pathsToHub puts a path that the scenario can cut (hub.Path) between the
-// station and each hub server, and returns the addresses the station is
-// given instead. The hub's own subscribers (the collector, the alarm
-// watcher) reach the servers directly: they stand for the city brain, on
-// the hub's side of the partition.
+// station and each hub server, the one to InfluxDB at the scenario's
+// influx_rate, and returns the addresses the station is given instead.
+// The hub's own subscribers (the collector, the alarm watcher) reach the
+// servers directly: they stand for the city brain, on the hub's side of
+// the partition.
 func (r *runner) pathsToHub(ctx context.Context, addrs hubAddrs) (hubAddrs, error) {
 	for _, u := range []*string{&addrs.MQTT, &addrs.Influx} {
 		parsed, err := url.Parse(*u)
@@ -27,6 +28,9 @@ func (r *runner) pathsToHub(ctx context.Context, addrs hubAddrs) (hubAddrs, erro
 		p, err := hub.NewPath(ctx, parsed.Host)
 		if err != nil {
 			return addrs, err
+		}
+		if u == &addrs.Influx {
+			p.SetRate(r.sc.InfluxRate)
 		}
 		r.paths = append(r.paths, p)
 		parsed.Host = p.Addr()

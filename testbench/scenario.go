@@ -78,6 +78,9 @@ type Scenario struct {
 	// Backlog is how many readings an outage left queued before the
 	// gateway starts; the report then gives the drain rate.
 	Backlog int `yaml:"backlog"`
+	// InfluxRate, when set, is how many bytes a second the station's
+	// path to the hub's InfluxDB carries, each way: a slow link.
+	InfluxRate int64 `yaml:"influx_rate"`
 	// Alarms are raised through the simulator during the load.
 	Alarms *AlarmPlan `yaml:"alarms"`
 	// Desk sends the duty desk's commands during the load.
@@ -399,7 +402,7 @@ func (r *runner) startHub(ctx context.Context) error {
 		return err
 	}
 	addrs := hubAddrs{MQTT: r.mqtt.URL(), Influx: r.influx.URL(), DB: r.influx.Database()}
-	if r.sc.partitions() {
+	if r.sc.partitions() || r.sc.InfluxRate > 0 {
 		if addrs, err = r.pathsToHub(ctx, addrs); err != nil {
 			return err
 		}

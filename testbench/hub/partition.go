@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Path is the network between a station and one hub server: a TCP relay on
@@ -15,9 +17,11 @@ import (
 // between fails and no host says so (no reset, no refusal: the station
 // learns of it only by its own timeouts). Heal lets everything pass again,
 // what was held first, as TCP would once its retransmissions get through.
+// SetRate makes it a slow link instead (a weak cellular one).
 type Path struct {
 	ln       net.Listener
 	upstream string
+	rate     atomic.Int64 // bytes a second each way; 0 for no limit
 
 	mu   sync.Mutex
 	open chan struct{} // closed while the path is whole
@@ -64,6 +68,10 @@ func (p *Path) Heal() {
 		close(p.open)
 	}
 }
+
+// SetRate makes the path carry at most bytesPerSecond each way, on every
+// connection, from now on; 0 lifts the limit.
+func (p *Path) SetRate(bytesPerSecond int64) { p.rate.Store(max(bytesPerSecond, 0)) }
 
 // whole waits until the path is whole; false if ctx ends first.
 func (p *Path) whole(ctx context.Context) bool {
@@ -126,12 +134,25 @@ func (p *Path) relay(ctx context.Context, station net.Conn) {
 	both.Wait()
 }
 
-// pump copies src to dst, holding what it read while the path is cut.
+// pump copies src to dst, holding what it read while the path is cut, and
+// pacing it to the path's rate.
 func (p *Path) pump(ctx context.Context, dst io.Writer, src io.Reader) {
 	buf := make([]byte, 32<<10)
+	var free time.Time // when the pace lets the next byte through
 	for {
-		n, err := src.Read(buf)
+		chunk := buf
+		rate := p.rate.Load()
+		if rate > 0 {
+			chunk = buf[:min(len(buf), max(int(rate/50), 64))] // 20 ms of the line at most
+		}
+		n, err := src.Read(chunk)
 		if n > 0 {
+			if rate > 0 {
+				free = later(free, time.Now()).Add(time.Duration(n) * time.Second / time.Duration(rate))
+				if !sleepUntil(ctx, free) {
+					return
+				}
+			}
 			if !p.whole(ctx) {
 				return
 			}
@@ -142,5 +163,24 @@ func (p *Path) pump(ctx context.Context, dst io.Writer, src io.Reader) {
 		if err != nil {
 			return // closed, at either end
 		}
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// sleepUntil waits until t; false if ctx ends first.
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }

@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	influxdb2 "github.com/influxdata/influxdb-client-go/v2"
@@ -28,6 +30,16 @@ import (
 // none.
 const DefaultBatchSize = 5000
 
+// DefaultTimeout is how long a write may take when the config sets none.
+// A write of a whole batch takes milliseconds; a server that has not
+// answered in 10 s hangs, and the outage (dated from the write's start) is
+// reported then rather than after 30.
+const DefaultTimeout = 10 * time.Second
+
+// minWrite is the fewest points a write is cut down to when writes take
+// longer than the timeout (some 20 kB).
+const minWrite = 100
+
 // Uplink writes messages to InfluxDB (2.x write API; InfluxDB 1.8 accepts
 // it with bucket "db" or "db/rp" and token "user:pass" or empty).
 type Uplink struct {
@@ -36,23 +48,28 @@ type Uplink struct {
 	client influxdb2.Client
 	writer api.WriteAPIBlocking
 	batch  int
+	// size is how many points a write carries now: batch, or fewer
+	// after writes took longer than the timeout.
+	size atomic.Int64
 }
 
 // New returns an uplink for the server of cfg. It does no I/O.
 func New(cfg configs.Influx, log *slog.Logger) *Uplink {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
 	opts := influxdb2.DefaultOptions().
 		SetPrecision(time.Nanosecond).
 		SetLogLevel(0). // errors are returned, not logged
-		// A write of a whole batch takes milliseconds; a server that
-		// has not answered in 10 s hangs, and the outage (dated from the
-		// write's start) is reported then rather than after 30.
-		SetHTTPRequestTimeout(10) // seconds
+		SetHTTPRequestTimeout(uint((cfg.Timeout + time.Second - 1) / time.Second))
 	client := influxdb2.NewClientWithOptions(cfg.URL, cfg.Token, opts)
 	batch := cfg.BatchSize
 	if batch <= 0 {
 		batch = DefaultBatchSize
 	}
-	return &Uplink{cfg: cfg, log: log, client: client, writer: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
+	u := &Uplink{cfg: cfg, log: log, client: client, writer: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
+	u.size.Store(int64(batch))
+	return u
 }
 
 // NewBatch returns an empty batch of points. The forwarders of both lanes
@@ -90,6 +107,12 @@ func (b *batch) lines(lo, hi int) []byte {
 // measurement, tags and time, so writing it again overwrites it with the
 // same fields.
 //
+// A request without an answer within the timeout fails the batch, as the
+// server may hang; but on a slow link to the hub a backlog's full requests
+// would never make it in time, where smaller ones do. So the requests that
+// follow carry half as many points, down to minWrite, until one is done in
+// a quarter of the timeout: then they double again, up to BatchSize.
+//
 // A request InfluxDB refuses for good (400 bad request, such as a field
 // type conflict after a template changed; 413 too large; 422 unprocessable)
 // is not an outage: it is split in halves until the points at fault are
@@ -98,10 +121,19 @@ func (b *batch) lines(lo, hi int) []byte {
 // 401, 404, 429, 5xx) fails the batch, to be sent again.
 func (b *batch) Send(ctx context.Context) error {
 	var rejected []uplink.Rejection
-	for start := 0; start < b.Len(); start += b.u.batch {
-		if err := b.write(ctx, start, min(start+b.u.batch, b.Len()), &rejected); err != nil {
+	u := b.u
+	for start := 0; start < b.Len(); {
+		n := min(int(u.size.Load()), b.Len()-start)
+		began := time.Now()
+		if err := b.write(ctx, start, start+n, &rejected); err != nil {
+			var slow *slowError
+			if errors.As(err, &slow) {
+				u.slower(n)
+			}
 			return err
 		}
+		u.faster(n, time.Since(began))
+		start += n
 	}
 	if len(rejected) > 0 {
 		return &uplink.Rejected{Items: rejected}
@@ -119,6 +151,10 @@ func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Reject
 	err := u.writer.WriteRecord(ctx, string(body))
 	if err == nil {
 		return nil
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+		return &slowError{points: hi - lo, url: configs.Redact(u.cfg.URL), timeout: u.cfg.Timeout}
 	}
 	var he *http.Error
 	if errors.As(err, &he) {
@@ -150,6 +186,41 @@ func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Reject
 		return err
 	}
 	return b.write(ctx, mid, hi, rejected)
+}
+
+// slowError is a write that got no answer within the timeout.
+type slowError struct {
+	points  int
+	url     string
+	timeout time.Duration
+}
+
+func (e *slowError) Error() string {
+	return fmt.Sprintf("influx uplink: InfluxDB at %s did not take a write of %d points within %s (hub.influx.timeout): it hangs or is overloaded, or the link to it is too slow or drops packets",
+		e.url, e.points, e.timeout)
+}
+
+// slower halves the writes after one of n points got no answer in time.
+func (u *Uplink) slower(n int) {
+	size := int64(max(n/2, min(minWrite, u.batch)))
+	if size < u.size.Load() {
+		u.size.Store(size)
+		u.log.Warn("InfluxDB did not take a write in time: smaller writes", "points", n, "timeout", u.cfg.Timeout, "now", size)
+	}
+}
+
+// faster doubles the writes after one of n points, as many as writes
+// carry now, that took a quarter of the timeout at most.
+func (u *Uplink) faster(n int, took time.Duration) {
+	size := u.size.Load()
+	if int64(n) < size || size >= int64(u.batch) || took > u.cfg.Timeout/4 {
+		return
+	}
+	size = min(2*size, int64(u.batch))
+	u.size.Store(size)
+	if size == int64(u.batch) {
+		u.log.Info("InfluxDB takes full writes again", "points", size)
+	}
 }
 
 // droppedOf matches the end of InfluxDB's partial write error, which

@@ -218,6 +218,64 @@ func TestSendServerDown(t *testing.T) {
 	}
 }
 
+// TestSendSlowLink: on a link to the hub too slow for a full write within
+// the timeout (a weak cellular one), each write that got no answer in time
+// fails, and halves the writes that follow, until they make it and every
+// point arrives; on a link too slow even for a hundred points, the writes
+// stay at a hundred and fail with an error that says what to look at.
+func TestSendSlowLink(t *testing.T) {
+	in := startInflux(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	path, err := hub.NewPath(ctx, strings.TrimPrefix(in.URL(), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer path.Close()
+	u := New(configs.Influx{URL: "http://" + path.Addr(), Bucket: in.Database(), BatchSize: 2000, Timeout: time.Second}, quiet())
+	defer u.Close()
+	// send sends msgs again until InfluxDB takes them, as the forwarder
+	// does, and returns the points of each write that got no answer in
+	// time, and the last error.
+	send := func(msgs []model.Message, tries int) (failed []int, err error) {
+		b := u.NewBatch()
+		for i := range msgs {
+			b.Add(&msgs[i])
+		}
+		for range tries {
+			if err = b.Send(ctx); err == nil {
+				return failed, nil
+			}
+			var slow *slowError
+			if !errors.As(err, &slow) {
+				t.Fatalf("Send: %v, want a write without an answer in time", err)
+			}
+			failed = append(failed, slow.points)
+		}
+		return failed, err
+	}
+	path.SetRate(100 << 10) // 2,000 points (458 KB) take some 4.5 s, 250 some 0.6 s
+	failed, err := send(benchMessages(2000), 6)
+	if err != nil {
+		t.Fatalf("Send over 100 KiB/s, again and again: %v", err)
+	}
+	if n, err := in.Count(ctx, "power_meter"); err != nil || n != 2000 {
+		t.Fatalf("InfluxDB holds %d points (%v), want 2000", n, err)
+	}
+	size := u.size.Load()
+	if len(failed) == 0 || failed[0] != 2000 || size >= 2000 || size < minWrite {
+		t.Errorf("writes that failed %v, writes of %d points now; want a first of 2000 that failed, and fewer now", failed, size)
+	}
+	t.Logf("writes of %v points got no answer in time; then writes of %d went through", failed, size)
+
+	path.SetRate(2 << 10) // a hundred points take some 12 s
+	failed, err = send(benchMessages(300), 4)
+	want := fmt.Sprintf("influx uplink: InfluxDB at http://%s did not take a write of 100 points within 1s (hub.influx.timeout): it hangs or is overloaded, or the link to it is too slow or drops packets", path.Addr())
+	if err == nil || err.Error() != want || u.size.Load() != minWrite {
+		t.Errorf("Send over 2 KiB/s: writes of %v points failed, writes of %d now, then %v\nwant writes of 100, and %s", failed, u.size.Load(), err, want)
+	}
+}
+
 func benchMessages(n int) []model.Message {
 	msgs := make([]model.Message, n)
 	for i := range msgs {
