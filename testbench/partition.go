@@ -14,8 +14,8 @@ func (sc *Scenario) partitions() bool {
 }
 
 // pathsToHub puts a path that the scenario can cut (hub.Path) between the
-// station and each hub server, the one to InfluxDB at the scenario's
-// influx_rate, and returns the addresses the station is given instead.
+// station and each hub server, at the scenario's hub_rate, and returns the
+// addresses the station is given instead.
 // The hub's own subscribers (the collector, the alarm watcher) reach the
 // servers directly: they stand for the city brain, on the hub's side of
 // the partition.
@@ -29,9 +29,7 @@ func (r *runner) pathsToHub(ctx context.Context, addrs hubAddrs) (hubAddrs, erro
 		if err != nil {
 			return addrs, err
 		}
-		if u == &addrs.Influx {
-			p.SetRate(r.sc.InfluxRate)
-		}
+		p.SetRate(r.sc.HubRate)
 		r.paths = append(r.paths, p)
 		parsed.Host = p.Addr()
 		*u = parsed.String()

@@ -78,9 +78,10 @@ type Scenario struct {
 	// Backlog is how many readings an outage left queued before the
 	// gateway starts; the report then gives the drain rate.
 	Backlog int `yaml:"backlog"`
-	// InfluxRate, when set, is how many bytes a second the station's
-	// path to the hub's InfluxDB carries, each way: a slow link.
-	InfluxRate int64 `yaml:"influx_rate"`
+	// HubRate, when set, is how many bytes a second each of the
+	// station's paths to the hub (to its broker, to its InfluxDB)
+	// carries, each way: a slow link.
+	HubRate int64 `yaml:"hub_rate"`
 	// Alarms are raised through the simulator during the load.
 	Alarms *AlarmPlan `yaml:"alarms"`
 	// Desk sends the duty desk's commands during the load.
@@ -112,6 +113,11 @@ type Expect struct {
 	// served arrives once; "at-least": a restarted gateway raises the
 	// state it finds again; "any": events may be among destroyed data.
 	Events string `yaml:"events"`
+	// Drained: the gateway's queues must also be empty by the end of the
+	// drain. The hub can hold every reading while the gateway still
+	// queues them: InfluxDB writes a request whose answer the gateway
+	// gave up waiting for, and the gateway sends it again, and again.
+	Drained bool `yaml:"drained"`
 	// MaxRSSMB bounds the gateway's peak resident memory, when set.
 	MaxRSSMB float64 `yaml:"max_rss_mb"`
 	// MaxSteadyCPUPercent bounds the gateway's steady CPU use, in percent
@@ -402,7 +408,7 @@ func (r *runner) startHub(ctx context.Context) error {
 		return err
 	}
 	addrs := hubAddrs{MQTT: r.mqtt.URL(), Influx: r.influx.URL(), DB: r.influx.Database()}
-	if r.sc.partitions() || r.sc.InfluxRate > 0 {
+	if r.sc.partitions() || r.sc.HubRate > 0 {
 		if addrs, err = r.pathsToHub(ctx, addrs); err != nil {
 			return err
 		}
@@ -1029,6 +1035,9 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 			// being empty says all else is there.
 			done = r.queuesEmpty()
 		}
+		if r.sc.Expect.Drained {
+			done = done && r.queuesEmpty()
+		}
 		if done || time.Now().After(deadline) {
 			break
 		}
@@ -1051,6 +1060,9 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 	}
 	if sent == 0 {
 		r.fail("the simulator served no readings")
+	}
+	if r.sc.Expect.Drained && !r.queuesEmpty() {
+		r.fail("the gateway's queues still hold messages for the hub after %s of drain (its status: %s)", r.sc.Drain, status.File(r.st.StateDir))
 	}
 	for _, s := range []struct {
 		uplink     string

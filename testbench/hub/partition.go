@@ -22,6 +22,7 @@ type Path struct {
 	ln       net.Listener
 	upstream string
 	rate     atomic.Int64 // bytes a second each way; 0 for no limit
+	up, down pace         // the connections going each way share the rate
 
 	mu   sync.Mutex
 	open chan struct{} // closed while the path is whole
@@ -69,8 +70,8 @@ func (p *Path) Heal() {
 	}
 }
 
-// SetRate makes the path carry at most bytesPerSecond each way, on every
-// connection, from now on; 0 lifts the limit.
+// SetRate makes the path carry at most bytesPerSecond each way, all its
+// connections together, from now on; 0 lifts the limit.
 func (p *Path) SetRate(bytesPerSecond int64) { p.rate.Store(max(bytesPerSecond, 0)) }
 
 // whole waits until the path is whole; false if ctx ends first.
@@ -129,16 +130,15 @@ func (p *Path) relay(ctx context.Context, station net.Conn) {
 		server.Close()
 	}()
 	var both sync.WaitGroup
-	both.Go(func() { p.pump(ctx, server, station); cancel() })
-	both.Go(func() { p.pump(ctx, station, server); cancel() })
+	both.Go(func() { p.pump(ctx, server, station, &p.up); cancel() })
+	both.Go(func() { p.pump(ctx, station, server, &p.down); cancel() })
 	both.Wait()
 }
 
 // pump copies src to dst, holding what it read while the path is cut, and
-// pacing it to the path's rate.
-func (p *Path) pump(ctx context.Context, dst io.Writer, src io.Reader) {
+// pacing it to the path's rate with the other connections going that way.
+func (p *Path) pump(ctx context.Context, dst io.Writer, src io.Reader, way *pace) {
 	buf := make([]byte, 32<<10)
-	var free time.Time // when the pace lets the next byte through
 	for {
 		chunk := buf
 		rate := p.rate.Load()
@@ -147,11 +147,8 @@ func (p *Path) pump(ctx context.Context, dst io.Writer, src io.Reader) {
 		}
 		n, err := src.Read(chunk)
 		if n > 0 {
-			if rate > 0 {
-				free = later(free, time.Now()).Add(time.Duration(n) * time.Second / time.Duration(rate))
-				if !sleepUntil(ctx, free) {
-					return
-				}
+			if rate > 0 && !sleepUntil(ctx, way.take(n, rate)) {
+				return
 			}
 			if !p.whole(ctx) {
 				return
@@ -164,6 +161,22 @@ func (p *Path) pump(ctx context.Context, dst io.Writer, src io.Reader) {
 			return // closed, at either end
 		}
 	}
+}
+
+// pace is one way of a path at its rate: when the line is free for the
+// next byte.
+type pace struct {
+	mu   sync.Mutex
+	free time.Time
+}
+
+// take sends n bytes down the line at rate bytes a second, after those
+// sent before, and says when they are through.
+func (w *pace) take(n int, rate int64) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.free = later(w.free, time.Now()).Add(time.Duration(n) * time.Second / time.Duration(rate))
+	return w.free
 }
 
 func later(a, b time.Time) time.Time {

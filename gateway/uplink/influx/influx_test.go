@@ -224,6 +224,7 @@ func TestSendServerDown(t *testing.T) {
 // point arrives; on a link too slow even for a hundred points, the writes
 // stay at a hundred and fail with an error that says what to look at.
 func TestSendSlowLink(t *testing.T) {
+	t.Parallel() // it waits on the link most of the time
 	in := startInflux(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -232,7 +233,7 @@ func TestSendSlowLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer path.Close()
-	u := New(configs.Influx{URL: "http://" + path.Addr(), Bucket: in.Database(), BatchSize: 2000, Timeout: time.Second}, quiet())
+	u := New(configs.Influx{URL: "http://" + path.Addr(), Bucket: in.Database(), BatchSize: 1000, Timeout: time.Second}, quiet())
 	defer u.Close()
 	// send sends msgs again until InfluxDB takes them, as the forwarder
 	// does, and returns the points of each write that got no answer in
@@ -254,17 +255,17 @@ func TestSendSlowLink(t *testing.T) {
 		}
 		return failed, err
 	}
-	path.SetRate(100 << 10) // 2,000 points (458 KB) take some 4.5 s, 250 some 0.6 s
-	failed, err := send(benchMessages(2000), 6)
+	path.SetRate(100 << 10) // 1,000 points (229 KB) take some 2.2 s, 250 some 0.6 s
+	failed, err := send(benchMessages(1000), 5)
 	if err != nil {
 		t.Fatalf("Send over 100 KiB/s, again and again: %v", err)
 	}
-	if n, err := in.Count(ctx, "power_meter"); err != nil || n != 2000 {
-		t.Fatalf("InfluxDB holds %d points (%v), want 2000", n, err)
+	if n, err := in.Count(ctx, "power_meter"); err != nil || n != 1000 {
+		t.Fatalf("InfluxDB holds %d points (%v), want 1000", n, err)
 	}
 	size := u.size.Load()
-	if len(failed) == 0 || failed[0] != 2000 || size >= 2000 || size < minWrite {
-		t.Errorf("writes that failed %v, writes of %d points now; want a first of 2000 that failed, and fewer now", failed, size)
+	if len(failed) == 0 || failed[0] != 1000 || size >= 1000 || size < minWrite {
+		t.Errorf("writes that failed %v, writes of %d points now; want a first of 1000 that failed, and fewer now", failed, size)
 	}
 	t.Logf("writes of %v points got no answer in time; then writes of %d went through", failed, size)
 
