@@ -15,10 +15,10 @@ func (sc *Scenario) partitions() bool {
 
 // pathsToHub puts a path that the scenario can cut (hub.Path) between the
 // station and each hub server, at the scenario's hub_rate, and returns the
-// addresses the station is given instead.
-// The hub's own subscribers (the collector, the alarm watcher) reach the
-// servers directly: they stand for the city brain, on the hub's side of
-// the partition.
+// addresses the station is given instead. The hub's own subscribers (the
+// collector, the alarm watcher) reach the servers directly: they stand
+// for the city brain, on the hub's side of the partition (or the slow
+// link).
 func (r *runner) pathsToHub(ctx context.Context, addrs hubAddrs) (hubAddrs, error) {
 	for _, u := range []*string{&addrs.MQTT, &addrs.Influx} {
 		parsed, err := url.Parse(*u)

@@ -409,8 +409,26 @@ func checkServed(t *testing.T, s *simulated, r *running, dev string) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("%s: the driver published %d lines, the device served %d\n--- published:\n%s\n--- served:\n%s",
 			dev, len(got), len(want), strings.Join(got, "\n"), strings.Join(want, "\n"))
+		return
 	}
 	t.Logf("%s: %d lines served and published alike", dev, len(got))
+}
+
+// settle silences polled devices and waits until a poll of each found it
+// silent, so that no answer they served is still on its way; then it
+// stops the driver and checks that each published exactly what it served.
+func settle(t *testing.T, s *simulated, r *running, devs ...string) {
+	t.Helper()
+	for _, dev := range devs {
+		s.faults.SetSilent(dev, true)
+	}
+	for _, dev := range devs {
+		r.next(t, dev, model.KindTelemetry, 5*time.Second, func(m model.Message) bool { return strings.Contains(values(m), "(bad)") })
+	}
+	r.stop()
+	for _, dev := range devs {
+		checkServed(t, s, r, dev)
+	}
 }
 
 // TestPolled: two Vaisala transmitters on one RS-485 line, polled by
@@ -456,12 +474,7 @@ func polled(t *testing.T, echo bool) {
 	s.faults.SetSilent("th-6", false)
 	r.next(t, "th-6", model.KindHealth, 5*time.Second, state(model.Online))
 
-	s.faults.SetSilent("th-5", true)
-	s.faults.SetSilent("th-6", true)
-	time.Sleep(200 * time.Millisecond)
-	r.stop()
-	checkServed(t, s, r, "th-5")
-	checkServed(t, s, r, "th-6")
+	settle(t, s, r, "th-5", "th-6")
 	c := r.counters("th-5")
 	if c[ReasonTruncated] != 1 || c[ReasonUnmatched] != 1 {
 		t.Errorf("th-5 counters %v, want a line cut short and the garbage counted", c)
@@ -490,12 +503,7 @@ func TestLateAnswer(t *testing.T) {
 	if c := r.counters("th-5"); c["late_answers"] != c["requests"] || c["timeouts"] != 0 {
 		t.Errorf("th-5 counters %v, want every answer counted late, and no timeout", c)
 	}
-	s.faults.SetSilent("th-5", true)
-	s.faults.SetSilent("th-6", true)
-	time.Sleep(400 * time.Millisecond)
-	r.stop()
-	checkServed(t, s, r, "th-5")
-	checkServed(t, s, r, "th-6")
+	settle(t, s, r, "th-5", "th-6")
 	if c := r.counters("th-6"); c["late_answers"] != 0 {
 		t.Errorf("th-6 counters %v, want no late answer", c)
 	}
