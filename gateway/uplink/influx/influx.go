@@ -61,7 +61,8 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 	opts := influxdb2.DefaultOptions().
 		SetPrecision(time.Nanosecond).
 		SetLogLevel(0). // errors are returned, not logged
-		SetHTTPRequestTimeout(uint((cfg.Timeout + time.Second - 1) / time.Second))
+		SetHTTPRequestTimeout(uint((cfg.Timeout + time.Second - 1) / time.Second)).
+		SetUseGZip(cfg.Gzip)
 	client := influxdb2.NewClientWithOptions(cfg.URL, cfg.Token, opts)
 	batch := cfg.BatchSize
 	if batch <= 0 {

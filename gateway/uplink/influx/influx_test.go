@@ -1,6 +1,8 @@
 package influx
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
@@ -269,6 +271,29 @@ func TestSendSlowLink(t *testing.T) {
 	}
 	t.Logf("writes of %v points got no answer in time; then writes of %d went through", failed, size)
 
+	// Compressed, 1,000 points go at once.
+	gz := New(configs.Influx{URL: "http://" + path.Addr(), Bucket: in.Database(), BatchSize: 1000, Timeout: time.Second, Gzip: true}, quiet())
+	defer gz.Close()
+	more := benchMessages(1000)
+	for i := range more {
+		more[i].Time = more[i].Time.Add(time.Hour) // points of their own
+	}
+	b := gz.NewBatch().(*batch)
+	for i := range more {
+		b.Add(&more[i])
+	}
+	var zipped bytes.Buffer
+	zw := gzip.NewWriter(&zipped)
+	zw.Write(b.buf)
+	zw.Close()
+	t.Logf("1,000 points: %d bytes, %d compressed", len(b.buf), zipped.Len())
+	if err := b.Send(ctx); err != nil {
+		t.Fatalf("Send of 1,000 points compressed over 100 KiB/s: %v", err)
+	}
+	if n, err := in.Count(ctx, "power_meter"); err != nil || n != 2000 {
+		t.Fatalf("InfluxDB holds %d points (%v), want 2000", n, err)
+	}
+
 	path.SetRate(2 << 10) // a hundred points take some 12 s
 	failed, err = send(benchMessages(300), 4)
 	want := fmt.Sprintf("influx uplink: InfluxDB at http://%s did not take a write of 100 points within 1s (hub.influx.timeout): it hangs or is overloaded, or the link to it is too slow or drops packets", path.Addr())
@@ -340,6 +365,24 @@ func BenchmarkSend(b *testing.B) {
 	}
 	b.ReportMetric(float64(n*len(msgs))/b.Elapsed().Seconds(), "points/s")
 	b.ReportMetric(float64(n*len(msgs)*8)/b.Elapsed().Seconds(), "fields/s")
+}
+
+// BenchmarkGzip is what hub.influx.gzip costs the gateway at a write of
+// 500 points of 8 fields: the client compresses each request with
+// compress/gzip at its default level, with a writer of its own.
+func BenchmarkGzip(b *testing.B) {
+	msgs := benchMessages(500)
+	var lines []byte
+	for i := range msgs {
+		lines = append(AppendLine(lines, &msgs[i]), '\n')
+	}
+	b.SetBytes(int64(len(lines)))
+	b.ReportAllocs()
+	for b.Loop() {
+		zw := gzip.NewWriter(io.Discard)
+		zw.Write(lines)
+		zw.Close()
+	}
 }
 
 // The line-protocol examples of docs/hub-contract.md are what AppendLine
