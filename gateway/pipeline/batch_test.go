@@ -12,6 +12,14 @@ import (
 	"outpost/gateway/queue"
 )
 
+// limited is an uplink that carries at most n messages a send for now.
+type limited struct {
+	*flaky
+	n int
+}
+
+func (l limited) SendLimit() int { return l.n }
+
 // TestForwarderFillsBatches: with a batch size and a linger (InfluxDB's
 // batch_size and batch_wait), a backlog goes out in full batches, though
 // the queue hands out at most queue.MaxBatchBytes at a time, and a steady
@@ -32,10 +40,14 @@ func TestForwarderFillsBatches(t *testing.T) {
 	}
 	// run forwards until want messages were sent and returns the batch
 	// sizes and the longest time a message waited in the queue.
-	run := func(t *testing.T, q *queue.Queue, linger time.Duration, want int, feed func()) (sizes []int, longest time.Duration) {
+	run := func(t *testing.T, q *queue.Queue, linger time.Duration, want int, feed func(), limit int) (sizes []int, longest time.Duration) {
 		up := &flaky{sent: make(chan struct{}, 1000)}
+		var uplink Uplink = up
+		if limit > 0 {
+			uplink = limited{up, limit}
+		}
 		ctx, cancel := context.WithCancel(context.Background())
-		f := &Forwarder{Name: "test", Queue: q, Uplink: up, Batch: 5000, Linger: linger, Log: slog.New(slog.DiscardHandler),
+		f := &Forwarder{Name: "test", Queue: q, Uplink: uplink, Batch: 5000, Linger: linger, Log: slog.New(slog.DiscardHandler),
 			Waited: func(d time.Duration) { longest = max(longest, d) }}
 		done := make(chan error)
 		go func() { done <- f.Run(ctx) }()
@@ -83,9 +95,18 @@ func TestForwarderFillsBatches(t *testing.T) {
 	t.Run("backlog", func(t *testing.T) {
 		q := open(t)
 		appendN(q, 1, 12000)
-		sizes, _ := run(t, q, 200*time.Millisecond, 12000, nil)
+		sizes, _ := run(t, q, 200*time.Millisecond, 12000, nil, 0)
 		if got := fmt.Sprint(sizes); got != "[5000 5000 2000]" {
 			t.Errorf("a backlog of 12000 went in batches of %s, want [5000 5000 2000]", got)
+		}
+	})
+	t.Run("an uplink that carries fewer", func(t *testing.T) {
+		// InfluxDB's writes cut down to 1,500 points on a slow link.
+		q := open(t)
+		appendN(q, 1, 4000)
+		sizes, _ := run(t, q, 200*time.Millisecond, 4000, nil, 1500)
+		if got := fmt.Sprint(sizes); got != "[1500 1500 1000]" {
+			t.Errorf("a backlog of 4000 went in batches of %s, want [1500 1500 1000]", got)
 		}
 	})
 	t.Run("steady flow", func(t *testing.T) {
@@ -97,7 +118,7 @@ func TestForwarderFillsBatches(t *testing.T) {
 				appendN(q, i, 1)
 				time.Sleep(2 * time.Millisecond)
 			}
-		})
+		}, 0)
 		// The first message leaves at once, then one send per linger:
 		// about four for a second or so of flow (a busy machine makes
 		// the flow last longer, and so more sends).

@@ -21,6 +21,14 @@ type Uplink interface {
 	NewBatch() uplink.Batch
 }
 
+// Limiter is an uplink that can carry fewer messages in one send than a
+// forwarder's batch, for now (InfluxDB's writes, cut down on a slow link):
+// a batch is then no larger, so that each send that gets through is
+// acknowledged, and a failure after it does not send it again.
+type Limiter interface {
+	SendLimit() int
+}
+
 // Learner learns that the hub will not take a message of m's size, and
 // returns the largest size it takes from now on.
 type Learner interface {
@@ -223,22 +231,27 @@ var noWait = func() context.Context {
 // at once.
 const lingerSlack = 10
 
-// take appends to batches the next records to send, up to the limit: it
+// take appends to batches the next records to send, up to the limit (and
+// the uplink's, when it is a Limiter): it
 // waits for one, takes what else there is, and, when that is not a full
 // batch and the Linger since the last send has more than its slack to
 // run, waits it out and takes what came meanwhile. The queue hands out
 // at most queue.MaxBatchBytes at a time, so a batch may be several of its
 // batches, acknowledged in order.
 func (f *Forwarder) take(ctx context.Context, batches []queue.Batch, last time.Time) ([]queue.Batch, error) {
-	b, err := f.Queue.Next(ctx, f.limit, f.Lanes...)
+	limit := f.limit
+	if l, ok := f.Uplink.(Limiter); ok {
+		limit = max(min(limit, l.SendLimit()), 1)
+	}
+	b, err := f.Queue.Next(ctx, limit, f.Lanes...)
 	if err != nil {
 		return batches, err
 	}
 	batches = append(batches, b)
 	n := len(b.Entries)
 	more := func() {
-		for n < f.limit {
-			b, err := f.Queue.Next(noWait, f.limit-n, f.Lanes...)
+		for n < limit {
+			b, err := f.Queue.Next(noWait, limit-n, f.Lanes...)
 			if err != nil {
 				return
 			}
@@ -247,7 +260,7 @@ func (f *Forwarder) take(ctx context.Context, batches []queue.Batch, last time.T
 		}
 	}
 	more()
-	if wait := time.Until(last.Add(f.Linger)); f.Linger > 0 && n < f.limit && wait > f.Linger/lingerSlack {
+	if wait := time.Until(last.Add(f.Linger)); f.Linger > 0 && n < limit && wait > f.Linger/lingerSlack {
 		select {
 		case <-ctx.Done():
 			return batches, ctx.Err()

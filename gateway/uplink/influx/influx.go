@@ -189,6 +189,12 @@ func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Reject
 	return b.write(ctx, mid, hi, rejected)
 }
 
+// SendLimit is how many points a write carries now: BatchSize, or fewer
+// after writes got no answer in time (see Send). A forwarder takes no
+// larger batches (pipeline.Limiter), so that each write that gets through
+// is acknowledged on its own.
+func (u *Uplink) SendLimit() int { return int(u.size.Load()) }
+
 // slowError is a write that got no answer within the timeout.
 type slowError struct {
 	points  int

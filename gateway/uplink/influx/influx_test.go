@@ -20,9 +20,13 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/pipeline"
 	"outpost/gateway/uplink"
 	"outpost/testbench/hub"
 )
+
+// A forwarder takes batches no larger than the writes the uplink makes now.
+var _ pipeline.Limiter = (*Uplink)(nil)
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
