@@ -232,12 +232,11 @@ var noWait = func() context.Context {
 const lingerSlack = 10
 
 // take appends to batches the next records to send, up to the limit (and
-// the uplink's, when it is a Limiter): it
-// waits for one, takes what else there is, and, when that is not a full
-// batch and the Linger since the last send has more than its slack to
-// run, waits it out and takes what came meanwhile. The queue hands out
-// at most queue.MaxBatchBytes at a time, so a batch may be several of its
-// batches, acknowledged in order.
+// the uplink's, when it is a Limiter): it waits for one, takes what else
+// there is, and, when that is not a full batch and the Linger since the
+// last send has more than its slack to run, waits it out and takes what
+// came meanwhile. The queue hands out at most queue.MaxBatchBytes at a
+// time, so a batch may be several of its batches, acknowledged in order.
 func (f *Forwarder) take(ctx context.Context, batches []queue.Batch, last time.Time) ([]queue.Batch, error) {
 	limit := f.limit
 	if l, ok := f.Uplink.(Limiter); ok {
