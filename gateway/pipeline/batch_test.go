@@ -92,23 +92,23 @@ func TestForwarderFillsBatches(t *testing.T) {
 		return q
 	}
 
-	t.Run("backlog", func(t *testing.T) {
-		q := open(t)
-		appendN(q, 1, 12000)
-		sizes, _ := run(t, q, 200*time.Millisecond, 12000, nil, 0)
-		if got := fmt.Sprint(sizes); got != "[5000 5000 2000]" {
-			t.Errorf("a backlog of 12000 went in batches of %s, want [5000 5000 2000]", got)
-		}
-	})
-	t.Run("an uplink that carries fewer", func(t *testing.T) {
-		// InfluxDB's writes cut down to 1,500 points on a slow link.
-		q := open(t)
-		appendN(q, 1, 4000)
-		sizes, _ := run(t, q, 200*time.Millisecond, 4000, nil, 1500)
-		if got := fmt.Sprint(sizes); got != "[1500 1500 1000]" {
-			t.Errorf("a backlog of 4000 went in batches of %s, want [1500 1500 1000]", got)
-		}
-	})
+	for _, c := range []struct {
+		name           string
+		backlog, limit int // limit: the uplink's, 0 for none
+		want           string
+	}{
+		{"backlog", 12000, 0, "[5000 5000 2000]"},
+		{"backlog, an uplink that carries fewer", 4000, 1500, "[1500 1500 1000]"}, // InfluxDB's writes cut down on a slow link
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			q := open(t)
+			appendN(q, 1, c.backlog)
+			sizes, _ := run(t, q, 200*time.Millisecond, c.backlog, nil, c.limit)
+			if got := fmt.Sprint(sizes); got != c.want {
+				t.Errorf("a backlog of %d went in batches of %s, want %s", c.backlog, got, c.want)
+			}
+		})
+	}
 	t.Run("steady flow", func(t *testing.T) {
 		q := open(t)
 		const linger = 300 * time.Millisecond
