@@ -183,7 +183,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			f.Outage.down(err, sent)
+			f.Outage.down(f.Name, err, sent)
 			f.Log.Debug("hub did not accept a batch; will retry", "forwarder", f.Name, "messages", out.Len(), "retry_in", backoff, "err", err)
 			select {
 			case <-ctx.Done():
@@ -205,7 +205,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		last = time.Now()
 		f.delivered.Add(uint64(accepted))
 		f.lastSent.Store(last.UnixNano())
-		f.Outage.up(f.Queue) // the backlog still counts this batch
+		f.Outage.up(f.Name, f.Queue) // the backlog still counts this batch
 		for _, b := range batches {
 			if f.Waited != nil {
 				for _, e := range b.Entries {
@@ -474,15 +474,19 @@ func (f *Forwarder) Supervise(ctx context.Context, s Supervisor) {
 
 // Outage follows one uplink's outages, as its forwarders see them, so that
 // the log says once when the hub stopped accepting, with the reason, and
-// once when it accepts again, with how long it took and what waited.
+// once when it accepts again, with how long it took and what waited. The
+// outage lasts until every forwarder whose send failed has delivered: an
+// InfluxDB that takes the alarm lane's small writes is not back while the
+// telemetry lane's fail (a slow link).
 type Outage struct {
 	Uplink string
 	Log    *slog.Logger
 
 	mu      sync.Mutex
-	since   time.Time // zero while the uplink works
-	err     string    // of the first failure of the outage
-	upSince time.Time // the first delivery after the last outage (or ever)
+	since   time.Time       // zero while the uplink works
+	err     string          // of the first failure of the outage
+	failing map[string]bool // the forwarders whose last send failed
+	upSince time.Time       // the first delivery after the last outage (or ever)
 }
 
 // Down says whether the uplink is down, since when and why; when it is
@@ -497,14 +501,19 @@ func (o *Outage) Down() (down bool, since time.Time, reason string) {
 	return true, o.since, o.err
 }
 
-// down records a failed send that began at sent: a hub that hangs fails
-// a send only at its timeout, and the outage began when the send did.
-func (o *Outage) down(err error, sent time.Time) {
+// down records a failed send of forwarder that began at sent: a hub that
+// hangs fails a send only at its timeout, and the outage began when the
+// send did.
+func (o *Outage) down(forwarder string, err error, sent time.Time) {
 	if o == nil {
 		return
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.failing == nil {
+		o.failing = map[string]bool{}
+	}
+	o.failing[forwarder] = true
 	if !o.since.IsZero() {
 		return
 	}
@@ -512,16 +521,21 @@ func (o *Outage) down(err error, sent time.Time) {
 	o.Log.Warn("hub uplink down; queueing until it is back", "uplink", o.Uplink, "err", err)
 }
 
-func (o *Outage) up(q Source) {
+// up records a delivery of forwarder.
+func (o *Outage) up(forwarder string, q Source) {
 	if o == nil {
 		return
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	delete(o.failing, forwarder)
 	if o.since.IsZero() {
 		if o.upSince.IsZero() {
 			o.upSince = time.Now()
 		}
+		return
+	}
+	if len(o.failing) > 0 {
 		return
 	}
 	o.upSince = time.Now()

@@ -207,9 +207,33 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 func TestOutageSinceTheFailedSend(t *testing.T) {
 	o := &Outage{Uplink: "influx", Log: slog.New(slog.DiscardHandler)}
 	began := time.Now().Add(-30 * time.Second)
-	o.down(errors.New("context deadline exceeded"), began)
-	o.down(errors.New("later failure"), time.Now())
+	o.down("influx/telemetry", errors.New("context deadline exceeded"), began)
+	o.down("influx/telemetry", errors.New("later failure"), time.Now())
 	if down, since, why := o.Down(); !down || !since.Equal(began) || why != "context deadline exceeded" {
 		t.Errorf("down=%v since %v %q, want down since %v (the first failed send's start) for its reason", down, since, why, began)
+	}
+}
+
+// TestOutageUntilEveryLaneDelivers: an uplink whose alarm lane delivers
+// while its telemetry lane's sends fail (InfluxDB over a slow link takes
+// small writes, not large ones) is still down; it is back once the
+// telemetry lane delivers too.
+func TestOutageUntilEveryLaneDelivers(t *testing.T) {
+	q, err := queue.Open(t.TempDir(), queue.Options{SyncEvery: -1}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	o := &Outage{Uplink: "influx", Log: slog.New(slog.DiscardHandler)}
+	began := time.Now()
+	o.down("influx/telemetry", errors.New("no answer in time"), began)
+	o.down("influx/alarm", errors.New("no answer in time"), time.Now())
+	o.up("influx/alarm", q)
+	if down, since, _ := o.Down(); !down || !since.Equal(began) {
+		t.Errorf("with the alarm lane delivering and telemetry not: down=%v since %v, want down since %v", down, since, began)
+	}
+	o.up("influx/telemetry", q)
+	if down, _, _ := o.Down(); down {
+		t.Error("with both lanes delivering: still down")
 	}
 }
