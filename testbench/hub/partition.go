@@ -175,15 +175,11 @@ type pace struct {
 func (w *pace) take(n int, rate int64) time.Time {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.free = later(w.free, time.Now()).Add(time.Duration(n) * time.Second / time.Duration(rate))
-	return w.free
-}
-
-func later(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
+	if now := time.Now(); w.free.Before(now) {
+		w.free = now // the line was idle
 	}
-	return a
+	w.free = w.free.Add(time.Duration(n) * time.Second / time.Duration(rate))
+	return w.free
 }
 
 // sleepUntil waits until t; false if ctx ends first.
