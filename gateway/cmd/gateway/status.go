@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -305,7 +306,30 @@ func cmdStatus(c *command, args []string, stdout, stderr io.Writer) int {
 			pid = p
 		}
 	}
-	return printStatus(stdout, s, now, pid)
+	return printStatus(stdout, s, now, pid, deadLettersWaiting(filepath.Join(dir, "deadletter")))
+}
+
+// deadFile is a dead-letter file that holds messages: the hub refused
+// them for good, and they wait for an operator to mend the cause and send
+// them again (docs/operations.md, "When the hub refuses a message").
+type deadFile struct {
+	path     string
+	messages int
+}
+
+// deadLettersWaiting lists the dead-letter files in dir that hold
+// messages. A file the operator moved away to send again, or deleted, no
+// longer counts.
+func deadLettersWaiting(dir string) []deadFile {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.jsonl"))
+	var waiting []deadFile
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if n := bytes.Count(b, []byte("\n")); err == nil && n > 0 {
+			waiting = append(waiting, deadFile{f, n})
+		}
+	}
+	return waiting
 }
 
 // liveDir is the directory of the station's freshest status file: its
@@ -336,10 +360,11 @@ func gatewayAlive(pid int) bool {
 }
 
 // printStatus prints a status for a person, and returns 0 when the
-// gateway runs, reaches every hub store and hears every device, 1
-// otherwise. pid is the gateway's process when it lives though its status
-// is stale, else 0.
-func printStatus(w io.Writer, s status.Snapshot, now time.Time, pid int) int {
+// gateway runs, reaches every hub store and hears every device, and no
+// message the hub refused waits in dead (the station's dead-letter files),
+// 1 otherwise. pid is the gateway's process when it lives though its
+// status is stale, else 0.
+func printStatus(w io.Writer, s status.Snapshot, now time.Time, pid int, dead []deadFile) int {
 	code := 0
 	age := now.Sub(s.Time).Round(time.Second)
 	fmt.Fprintf(w, "station %s (%s), running since %s\n", s.Station, s.Type, s.Started.Local().Format(time.DateTime))
@@ -397,6 +422,12 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time, pid int) int {
 			code = 1
 			notes = append(notes, fmt.Sprintf("%s: %d alarms or health changes were lost since start, with queue files deleted or refused (the log says which)", u.Name, q.LostAlarms))
 		}
+	}
+	for _, d := range dead {
+		code = 1
+		uplink, _, _ := strings.Cut(filepath.Base(d.path), ".")
+		notes = append(notes, fmt.Sprintf("%s: %d messages the hub refused for good wait in %s: mend the cause, send them again, then delete the file (docs/operations.md, \"When the hub refuses a message\")",
+			uplink, d.messages, d.path))
 	}
 	tw.Flush()
 	slices.Sort(notes)

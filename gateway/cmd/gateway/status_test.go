@@ -17,6 +17,7 @@ import (
 
 	"outpost/configs"
 	"outpost/gateway/model"
+	"outpost/gateway/pipeline"
 	"outpost/gateway/status"
 	"outpost/testbench/hub"
 )
@@ -73,7 +74,7 @@ func TestStatusStale(t *testing.T) {
 	s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now.Add(-time.Minute), Started: now.Add(-time.Hour),
 		Uplinks: []status.Uplink{{Name: "mqtt", Connected: true, Since: now.Add(-time.Hour)}}}
 	var out bytes.Buffer
-	if code := printStatus(&out, s, now, 0); code != 1 || !strings.Contains(out.String(), "NOT RUNNING: the gateway last wrote its status 1m0s ago") {
+	if code := printStatus(&out, s, now, 0, nil); code != 1 || !strings.Contains(out.String(), "NOT RUNNING: the gateway last wrote its status 1m0s ago") {
 		t.Errorf("exit %d:\n%s", code, out.String())
 	}
 }
@@ -87,7 +88,7 @@ func TestStatusForwarderRestarted(t *testing.T) {
 			Forwarders: []status.Forwarder{{Lane: "alarm", Delivered: 3}, {Lane: "telemetry", Delivered: 900, Restarts: 2}}}}}
 	var out bytes.Buffer
 	want := "influx: the telemetry lane's forwarder failed and was restarted 2 times (the log says why)"
-	if code := printStatus(&out, s, now, 0); code != 0 || !strings.Contains(out.String(), want) || strings.Contains(out.String(), "alarm lane") {
+	if code := printStatus(&out, s, now, 0, nil); code != 0 || !strings.Contains(out.String(), want) || strings.Contains(out.String(), "alarm lane") {
 		t.Errorf("exit %d:\n%s\nwant exit 0 and only %q", code, out.String(), want)
 	}
 }
@@ -112,7 +113,7 @@ func TestStatusBroker(t *testing.T) {
 			c.up.Since = now.Add(-time.Minute)
 			s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-time.Hour), Uplinks: []status.Uplink{c.up}}
 			var out bytes.Buffer
-			printStatus(&out, s, now, 0)
+			printStatus(&out, s, now, 0, nil)
 			if !strings.Contains(out.String(), c.want) {
 				t.Errorf("status lacks %q:\n%s", c.want, out.String())
 			}
@@ -129,7 +130,7 @@ func TestStatusDevices(t *testing.T) {
 		{ID: "door-front", State: model.Offline, Since: now, Reason: "no answer"},
 	}}
 	var out bytes.Buffer
-	printStatus(&out, s, now, 0)
+	printStatus(&out, s, now, 0, nil)
 	got := map[string][]string{}
 	for _, line := range strings.Split(out.String(), "\n") {
 		if f := strings.Fields(line); len(f) > 0 {
@@ -162,12 +163,12 @@ func TestStatusDeviceOffline(t *testing.T) {
 			{ID: "ups-1", State: model.Degraded, Since: now.Add(-time.Minute), Reason: "exception 2 (illegal data address) reading holding register 1 (0x0001): model"},
 		}}
 	var out bytes.Buffer
-	if code := printStatus(&out, s, now, 0); code != 1 || !strings.HasSuffix(out.String(), "\n1 of 3 devices offline: th-hall\n") {
+	if code := printStatus(&out, s, now, 0, nil); code != 1 || !strings.HasSuffix(out.String(), "\n1 of 3 devices offline: th-hall\n") {
 		t.Errorf("exit %d:\n%s\nwant exit 1 and th-hall named offline", code, out.String())
 	}
 	s.Devices[0].State = model.Online
 	out.Reset()
-	if code := printStatus(&out, s, now, 0); code != 0 || strings.Contains(out.String(), "offline") {
+	if code := printStatus(&out, s, now, 0, nil); code != 0 || strings.Contains(out.String(), "offline") {
 		t.Errorf("with only ups-1 degraded: exit %d:\n%s\nwant exit 0", code, out.String())
 	}
 }
@@ -204,8 +205,16 @@ func TestStateDirDeleted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.RemoveAll(st.StateDir); err != nil {
-		t.Fatal(err)
+	// As an operator's rm -rf would, this may meet a file the gateway
+	// writes meanwhile ("directory not empty"): then again.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := os.RemoveAll(st.StateDir)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
 	}
 	waitFiles("after the state directory was deleted")
 	// The gateway's own queue_damage event leases numbers of its own.
@@ -384,4 +393,38 @@ func TestStatusFileSpare(t *testing.T) {
 	now <- struct{}{}
 	waitFile(path, true)
 	waitFile(status.File(spare), false)
+}
+
+// TestStatusDeadLetters: messages the hub refused for good, waiting in the
+// station's dead-letter files, make `gateway status` exit 1 and say where
+// they are; once the operator has moved the file away to send them again,
+// it exits 0.
+func TestStatusDeadLetters(t *testing.T) {
+	path, state := stationWithState(t)
+	now := time.Now()
+	if err := status.Write(status.File(state), status.Snapshot{Station: "rl-1", Type: "police_room", Time: now, Started: now.Add(-time.Hour),
+		Uplinks: []status.Uplink{{Name: "influx", Connected: true, Since: now.Add(-time.Hour), DeadLetters: 2}}}); err != nil {
+		t.Fatal(err)
+	}
+	dead := &pipeline.DeadLetters{Dir: filepath.Join(state, "deadletter")}
+	defer dead.Close()
+	for seq := range uint64(2) {
+		m := &model.Message{Station: "rl-1", Device: "th-hall", Kind: model.KindTelemetry, Seq: seq + 1, Time: now}
+		if _, err := dead.Put("influx", m, "InfluxDB 400: partial write: field type conflict", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(state, "deadletter", "influx.jsonl")
+	var out, errb bytes.Buffer
+	want := fmt.Sprintf("\ninflux: 2 messages the hub refused for good wait in %s: mend the cause, send them again, then delete the file (docs/operations.md, \"When the hub refuses a message\")\n", file)
+	if code := cli([]string{"status", "-config", path}, &out, &errb); code != 1 || !strings.Contains(out.String(), want) {
+		t.Errorf("exit %d, stdout:\n%s\nwant exit 1 and%s", code, out.String(), want)
+	}
+	if err := os.Rename(file, filepath.Join(t.TempDir(), "influx.jsonl")); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if code := cli([]string{"status", "-config", path}, &out, &errb); code != 0 || strings.Contains(out.String(), "refused for good") {
+		t.Errorf("with the file moved away: exit %d, stdout:\n%s\nwant exit 0", code, out.String())
+	}
 }
