@@ -386,10 +386,22 @@ func TestOldStateTwice(t *testing.T) {
 	l, _ := startSim(t, st, sim.Options{Turnaround: -1})
 	r := runBus(t, st)
 	r.next(t, "dio-1", model.KindTelemetry, 5*time.Second, good("di0", false))
-	dio := l.Devices()[0].(sim.Actor)
+	dio := l.Devices()[0].(interface {
+		sim.Actor
+		Stats() sim.Stats
+	})
 	for range 5 {
 		if err := dio.Act(context.Background(), "set", map[string]string{"signal": "di0", "value": "true"}); err != nil {
 			t.Fatal(err)
+		}
+		// An answer the module gave before the set may still be on its
+		// way, and join the damaged ones as a third read alike. The module
+		// answers one command at a time: the second it answers from now
+		// on was asked after the set, and after the driver took that one.
+		for p0, deadline := dio.Stats().Polls, time.Now().Add(5*time.Second); dio.Stats().Polls < p0+2; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the driver asked the module nothing for 5 s")
+			}
 		}
 		on := time.Now()
 		if err := dio.Act(context.Background(), "garble", map[string]string{"signal": "di0", "answers": "2"}); err != nil {

@@ -445,7 +445,10 @@ func TestPolled(t *testing.T) {
 
 func polled(t *testing.T, echo bool) {
 	dir := t.TempDir()
-	st := loadStation(t, dir, "  - {id: rs485, protocol: line, port: \"{{port}}\", baud: 19200, timeout: 50ms, retries: 1}\n",
+	// An answer takes some 36 ms at 19200 baud; the timeout leaves a loaded
+	// machine's stalls room, or an answer later than twice it is taken
+	// for the other device's (docs/line-devices.md).
+	st := loadStation(t, dir, "  - {id: rs485, protocol: line, port: \"{{port}}\", baud: 19200, timeout: 150ms, retries: 1}\n",
 		`  - {id: th-5, template: vaisala-hmdw110, link: rs485, address: 5, poll: 100ms}
   - {id: th-6, template: vaisala-hmdw110, link: rs485, address: 6, poll: 100ms}
 `, nil)
@@ -466,7 +469,7 @@ func polled(t *testing.T, echo bool) {
 	s.act(t, "th-5", "garbage", map[string]string{"bytes": "40"})
 
 	s.faults.SetSilent("th-6", true)
-	h := r.next(t, "th-6", model.KindHealth, 3*time.Second, state(model.Offline)).Health
+	h := r.next(t, "th-6", model.KindHealth, 5*time.Second, state(model.Offline)).Health
 	const want = "no answer from address 6 while address 5 answers: wrong address or baud rate, device not in poll mode, or device off"
 	if h.Reason != want {
 		t.Errorf("reason %q, want %q", h.Reason, want)
@@ -487,15 +490,17 @@ func polled(t *testing.T, echo bool) {
 // each device publishes exactly the values it served.
 func TestLateAnswer(t *testing.T) {
 	dir := t.TempDir()
-	// At 19200 baud a command waits 50 ms and a whole line's time on the
-	// wire (70 ms) for its answer; th-5's comes 100 ms after the command
-	// ends, and takes some 36 ms on the wire.
-	st := loadStation(t, dir, "  - {id: rs485, protocol: line, port: \"{{port}}\", baud: 19200, timeout: 50ms, retries: 1}\n",
+	// At 19200 baud a command waits 150 ms and a whole line's time on the
+	// wire (70 ms) for its answer; th-5's comes 250 ms after the command
+	// ends, and takes some 36 ms on the wire: 66 ms past the deadline, and
+	// 84 ms before the wait for a late answer ends (room for a loaded
+	// machine's stalls either way).
+	st := loadStation(t, dir, "  - {id: rs485, protocol: line, port: \"{{port}}\", baud: 19200, timeout: 150ms, retries: 1}\n",
 		`  - {id: th-5, template: vaisala-hmdw110, link: rs485, address: 5, poll: 200ms}
   - {id: th-6, template: vaisala-hmdw110, link: rs485, address: 6, poll: 200ms}
 `, nil)
 	s := startSim(t, st)
-	s.faults.SetSlow("th-5", 100*time.Millisecond)
+	s.faults.SetSlow("th-5", 250*time.Millisecond)
 	r := runLink(t, st)
 	for range 10 {
 		r.next(t, "th-5", model.KindTelemetry, 3*time.Second, nil)
