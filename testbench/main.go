@@ -84,7 +84,7 @@ func cmdRun(ctx context.Context, args []string, log *slog.Logger) int {
 	}
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	reportPath := fs.String("report", "", "write the JSON report to this file (to DIR/SCENARIO.json with 'all')")
-	parallel := fs.Int("parallel", 3, "with 'all', how many scenarios that are not solo run at once")
+	parallel := fs.Int("parallel", 4, "with 'all', how many scenarios that are not solo run at once")
 	fs.Parse(args[1:])
 	names := []string{name}
 	if name == "all" {
