@@ -310,11 +310,14 @@ func TestNoiseRTU(t *testing.T) {
 	var ps []span
 	for range presses {
 		from := time.Now()
-		if err := devs["pb-1"].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "700ms"}); err != nil {
+		// A second's press: on a loaded machine, a stall of the test's
+		// process (the simulator's too) left a press of 700 ms two
+		// polls, both damaged.
+		if err := devs["pb-1"].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "1s"}); err != nil {
 			t.Fatal(err)
 		}
-		ps = append(ps, span{from, from.Add(700 * time.Millisecond)})
-		time.Sleep(1500 * time.Millisecond)
+		ps = append(ps, span{from, from.Add(time.Second)})
+		time.Sleep(1800 * time.Millisecond)
 	}
 	stop()
 	close(msgs)
