@@ -252,7 +252,9 @@ func TestAnsweringDeviceKeepsRate(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.mode, func(t *testing.T) {
-			const poll = 40 * time.Millisecond
+			// A poll of two damaged answers takes some 100 ms: each one's
+			// drain, and the quiet the next request waits for after it.
+			const poll = 150 * time.Millisecond
 			b := startBench(t, map[byte]string{1: c.mode})
 			r := runDriver(t, busLink(t, b, 30*time.Millisecond, 1, poll, map[byte]string{1: "meter"}))
 			start := time.Now()

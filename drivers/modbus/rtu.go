@@ -24,6 +24,8 @@ type rtuTransport struct {
 	silence time.Duration // between frames on the line
 	char    time.Duration // one character on the line
 	last    time.Time     // when the line last carried a byte
+	// unsettled: a bad frame was drained, and more of it may still come.
+	unsettled bool
 	// echoes: the adapter sends the master's requests back to it before
 	// the answers (a two-wire RS-485 adapter whose receiver stays on while
 	// it transmits). Learnt from a read request that came back before its
@@ -41,6 +43,9 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 	want, err := rtuResponseLength(req)
 	if err != nil {
 		return nil, err
+	}
+	if t.unsettled {
+		t.settle()
 	}
 	if d := time.Until(t.last.Add(t.silence)); d > 0 {
 		time.Sleep(d)
@@ -131,6 +136,31 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 // rtuExceptionBytes is the length of an exception frame.
 const rtuExceptionBytes = 5
 
+// settleGap is how long the line must be quiet after a bad frame before
+// the next request. A frame is sent without pauses, but a USB serial
+// adapter hands it on in pieces: FTDI's chips every 16 ms by default
+// (their latency timer). The rest of a damaged frame that came after its
+// drain and after the next request's flush was taken for the start of the
+// next device's answer, and dropped that answer as damaged too.
+const settleGap = 20 * time.Millisecond
+
+// settle reads and drops what comes until the line has been quiet for
+// settleGap, for at most ten of them (a line that babbles on is the next
+// answer's problem).
+func (t *rtuTransport) settle() {
+	t.unsettled = false
+	var scratch [256]byte
+	for range 10 {
+		if err := t.port.SetReadTimeout(settleGap); err != nil {
+			return
+		}
+		if m, err := t.port.Read(scratch[:]); err != nil || m == 0 {
+			return
+		}
+		t.last = time.Now()
+	}
+}
+
 // resync drains the line until it has been silent for a frame gap (or the
 // deadline passes) and reports the bad frame with the bytes it dropped.
 func (t *rtuTransport) resync(deadline time.Time, got int, kind, detail string) error {
@@ -139,8 +169,10 @@ func (t *rtuTransport) resync(deadline time.Time, got int, kind, detail string) 
 
 // drain reads the line until it has been silent for a frame gap (or the
 // deadline passes), keeping in buf what fits after the got bytes there,
-// and returns how many bytes the frame had in all.
+// and returns how many bytes the frame had in all. The next request waits
+// for the line to be quiet first (settle).
 func (t *rtuTransport) drain(deadline time.Time, got int) int {
+	t.unsettled = true
 	gap := max(t.silence, 2*time.Millisecond)
 	var scratch [256]byte
 	for time.Now().Before(deadline) {

@@ -179,6 +179,14 @@ func TestRTUTransport(t *testing.T) {
 			bad := rtuFrame(req[0]+1, req[1], ans[2:len(ans)-2]...)
 			bad[3] ^= 0xFF
 			return bad
+		case "unit, in two pieces":
+			// As a USB adapter hands a frame on: the rest comes after a
+			// pause longer than the line's frame gap.
+			bad := rtuFrame(req[0]+1, req[1], ans[2:len(ans)-2]...)
+			bad[3] ^= 0xFF
+			write(bad[:4])
+			time.Sleep(10 * time.Millisecond)
+			return bad[4:]
 		case "trailing":
 			return append(ans, 0xFF, 0x00, 0x12)
 		case "silent":
@@ -232,6 +240,8 @@ func TestRTUTransport(t *testing.T) {
 		{"exception", "exceptions", "exception 2 (illegal data address)"},
 		{"crc", "crc_errors", "bad frame (crc: got 132d, want ec2d), 9 bytes dropped"},
 		{"unit", "frame_errors", "bad frame (unit id: got 8, want 7), 9 bytes dropped"},
+		// Its rest comes after the drain: the next request waits for it.
+		{"unit, in two pieces", "frame_errors", "bad frame (unit id: got 8, want 7), 4 bytes dropped"},
 		// Another unit's whole frame is not this device's answer, nor a
 		// damaged one: the device did not answer.
 		{"other unit", "timeouts", "timeout after 50ms (a frame from unit 8 came instead: a late answer to an earlier request)"},
