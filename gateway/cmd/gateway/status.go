@@ -306,7 +306,7 @@ func cmdStatus(c *command, args []string, stdout, stderr io.Writer) int {
 			pid = p
 		}
 	}
-	return printStatus(stdout, s, now, pid, deadLettersWaiting(filepath.Join(dir, "deadletter")))
+	return printStatus(stdout, s, now, pid, deadLettersWaiting(inDir(st, dir).DeadLetterDir()))
 }
 
 // deadFile is a dead-letter file that holds messages: the hub refused

@@ -406,7 +406,11 @@ func TestStatusDeadLetters(t *testing.T) {
 		Uplinks: []status.Uplink{{Name: "influx", Connected: true, Since: now.Add(-time.Hour), DeadLetters: 2}}}); err != nil {
 		t.Fatal(err)
 	}
-	dead := &pipeline.DeadLetters{Dir: filepath.Join(state, "deadletter")}
+	st, err := configs.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := &pipeline.DeadLetters{Dir: st.DeadLetterDir()}
 	defer dead.Close()
 	for seq := range uint64(2) {
 		m := &model.Message{Station: "rl-1", Device: "th-hall", Kind: model.KindTelemetry, Seq: seq + 1, Time: now}
@@ -414,7 +418,7 @@ func TestStatusDeadLetters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	file := filepath.Join(state, "deadletter", "influx.jsonl")
+	file := filepath.Join(st.DeadLetterDir(), "influx.jsonl")
 	var out, errb bytes.Buffer
 	want := fmt.Sprintf("\ninflux: 2 messages the hub refused for good wait in %s: mend the cause, send them again, then delete the file (docs/operations.md, \"When the hub refuses a message\")\n", file)
 	if code := cli([]string{"status", "-config", path}, &out, &errb); code != 1 || !strings.Contains(out.String(), want) {
