@@ -28,7 +28,7 @@ test-deps:
 # Every test, with the race detector, then the testbench scenarios. The
 # packages' tests wait on real servers, serial lines and devices' timing
 # more than they use the CPU: three packages run at once, the slowest
-# first (on 2 cores, 160-170 s where two at a time in path order took 275).
+# first (on 2 cores, 160-190 s where two at a time in path order took 275).
 SLOW_TESTS := ./testbench ./drivers/modbus ./gateway/cmd/gateway ./gateway/queue ./gateway/uplink/mqtt ./drivers/dcon
 test: test-deps build
 	$(GO) vet ./...
