@@ -20,6 +20,8 @@ func TestBrokenExpectationFails(t *testing.T) {
 	defer cancel()
 	report := filepath.Join(t.TempDir(), "broken.json")
 	run := exec.CommandContext(ctx, filepath.Join(binDir(), "testbench"), "run", "testdata/scenarios/broken-expectation.yaml", "-report", report)
+	// A failed run keeps its files: here, in the test's own directory.
+	run.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
 	out, err := run.CombinedOutput()
 	if code := run.ProcessState.ExitCode(); code != 1 {
 		t.Errorf("testbench run exited %d (%v), want 1; its output:\n%s", code, err, out)
