@@ -386,10 +386,8 @@ func TestOldStateTwice(t *testing.T) {
 	l, _ := startSim(t, st, sim.Options{Turnaround: -1})
 	r := runBus(t, st)
 	r.next(t, "dio-1", model.KindTelemetry, 5*time.Second, good("di0", false))
-	dio := l.Devices()[0].(interface {
-		sim.Actor
-		Stats() sim.Stats
-	})
+	mod := l.Devices()[0]
+	dio := mod.(sim.Actor)
 	for range 5 {
 		if err := dio.Act(context.Background(), "set", map[string]string{"signal": "di0", "value": "true"}); err != nil {
 			t.Fatal(err)
@@ -398,7 +396,7 @@ func TestOldStateTwice(t *testing.T) {
 		// way, and join the damaged ones as a third read alike. The module
 		// answers one command at a time: the second it answers from now
 		// on was asked after the set, and after the driver took that one.
-		for p0, deadline := dio.Stats().Polls, time.Now().Add(5*time.Second); dio.Stats().Polls < p0+2; time.Sleep(time.Millisecond) {
+		for p0, deadline := mod.Stats().Polls, time.Now().Add(5*time.Second); mod.Stats().Polls < p0+2; time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatal("the driver asked the module nothing for 5 s")
 			}
