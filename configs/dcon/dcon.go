@@ -21,7 +21,7 @@ import (
 func init() {
 	configs.RegisterFamily("dcon", configs.Family{Template: func() configs.Body { return &Template{} }})
 	configs.Register("dcon", configs.Protocol{Family: "dcon",
-		Link: func() any { return &Link{} }, Device: func() any { return &Device{} }, Check: checkAddresses})
+		Link: func() any { return &Link{} }, Device: func() any { return &Device{} }, Check: checkModules})
 }
 
 // Link is a dcon link: a serial line (RS-485) of DCON modules.
@@ -76,14 +76,20 @@ func (d *Device) Check(p configs.Problems) {
 	}
 }
 
-// checkAddresses holds a link's module addresses to 0..255, each used once.
-func checkAddresses(p configs.Problems, st *configs.Station, link *configs.Link) {
+// checkModules holds a link's module addresses to 0..255, each used once,
+// and a module whose latch is read to its checksum.
+func checkModules(p configs.Problems, st *configs.Station, link *configs.Link) {
 	used := map[int]string{}
 	for i := range st.Devices {
 		dev, path := &st.Devices[i], fmt.Sprintf("devices[%d]", i)
 		d, ok := dev.Settings.(*Device)
 		if dev.Link != link.ID || !ok {
 			continue
+		}
+		if t, ok := st.Templates[dev.Template]; ok && !d.Checksum {
+			if body, ok := t.Body.(*Template); ok && body.Latch {
+				p.Errorf(path+".checksum", "template %s reads the module's latched inputs, which needs the checksum on (checksum: true here and on the module): without it a damaged latch answer raises an alarm that never was", t.Name)
+			}
 		}
 		if d.Address < 0 || d.Address > 0xFF {
 			p.Errorf(path+".address", "%d is out of range (0 to 255, 0x00 to 0xFF)", d.Address)
@@ -118,6 +124,15 @@ type Template struct {
 	// Outputs map output channels to signals; commands from the hub may
 	// set them.
 	Outputs []Output `yaml:"outputs"`
+	// Latch says the module keeps a latch of its inputs: $AAL1 answers
+	// which inputs were high at some moment since $AAC last cleared it,
+	// $AAL0 which were low, in the layout of $AA6 (ICP DAS, I-7000 DIO
+	// Manual, sections 2.11 and 2.13; the ADAM-4050 has no latch). The
+	// driver then reads the latch at every alarm poll, so that a press
+	// shorter than the time between two reads still reaches the hub. It
+	// needs the module's checksum on: a damaged latch answer would raise
+	// an alarm that never was.
+	Latch bool `yaml:"latch" example:"true"`
 }
 
 // Input maps one digital input channel to a bool signal.

@@ -20,6 +20,13 @@ import (
 //	$AA6     read digital I/O   !(6 hex digits of data)   e.g. $016 -> !112200
 //	$AAM     read module name   !AA(name)                 e.g. $01M -> !014050
 //	#AA1cdd  set output c       >                         e.g. #011101 -> >
+//	$AALS    read latched DI    !(6 hex digits, as $AA6)  e.g. $01L1 -> !000100
+//	$AAC     clear the latch    !AA                       e.g. $01C -> !01
+//
+// The last two are ICP DAS's (I-7000 DIO Manual, sections 2.13 and 2.11),
+// for a template whose module latches its inputs: $AAL1 says which inputs
+// were high at some moment since the latch was cleared, $AAL0 which were
+// low.
 //
 // With the checksum on, both directions end in two hex digits before the
 // CR: the sum of every character before them, modulo 256 (Advantech's
@@ -49,8 +56,15 @@ func Command(text string, withChecksum bool) []byte {
 }
 
 // Commands of the driver, for a module at addr.
-func readIO(addr int) string   { return fmt.Sprintf("$%02X6", addr) }
-func readName(addr int) string { return fmt.Sprintf("$%02XM", addr) }
+func readIO(addr int) string     { return fmt.Sprintf("$%02X6", addr) }
+func readName(addr int) string   { return fmt.Sprintf("$%02XM", addr) }
+func clearLatch(addr int) string { return fmt.Sprintf("$%02XC", addr) }
+func readLatch(addr int, high bool) string {
+	if high {
+		return fmt.Sprintf("$%02XL1", addr)
+	}
+	return fmt.Sprintf("$%02XL0", addr)
+}
 func setOutput(addr, ch int, on bool) string {
 	dd := "00"
 	if on {
@@ -99,9 +113,10 @@ var IgnoredError = errors.New("module ignored the output command: its host watch
 type Kind uint8
 
 const (
-	KindReadIO Kind = iota // $AA6
+	KindReadIO Kind = iota // $AA6, $AALS
 	KindName               // $AAM
 	KindWrite              // #AA1cdd, #AA00dd
+	KindClear              // $AAC
 )
 
 // Answer is what a valid answer said.
@@ -173,6 +188,17 @@ func Parse(frame []byte, k Kind, addr int, withChecksum bool) (Answer, error) {
 			return Answer{}, &FrameError{Kind: badName, Detail: fmt.Sprintf("%q", name)}
 		}
 		return Answer{Name: name}, nil
+	case KindClear:
+		if body[0] != '!' {
+			return Answer{}, &FrameError{Kind: badDelimiter, Detail: fmt.Sprintf("%q, want !", body[0])}
+		}
+		if err := wantAddress(body[1:], addr); err != nil {
+			return Answer{}, err
+		}
+		if len(body) != 3 {
+			return Answer{}, &FrameError{Kind: badLength, Detail: fmt.Sprintf("%q, want !%02X", body, addr)}
+		}
+		return Answer{}, nil
 	case KindWrite:
 		switch body {
 		case ">":
@@ -245,6 +271,8 @@ func answerLen(k Kind, withChecksum bool) int {
 		n = 8 // !dddddd CR
 	case KindWrite:
 		n = 2 // > CR
+	case KindClear:
+		n = 4 // !AA CR
 	default:
 		return 0
 	}

@@ -28,6 +28,11 @@ func TestChecksum(t *testing.T) {
 	if got := setOutput(1, 0xB, false); got != "#011B00" {
 		t.Errorf("setOutput = %q", got)
 	}
+	for got, want := range map[string]string{readLatch(1, true): "$01L1", readLatch(0x1A, false): "$1AL0", clearLatch(1): "$01C"} {
+		if got != want {
+			t.Errorf("latch command %q, want %q", got, want)
+		}
+	}
 }
 
 // withSum appends the checksum and CR to an answer's text.
@@ -50,6 +55,12 @@ func TestParse(t *testing.T) {
 		{"read io with checksum", withSum("!112200"), KindReadIO, true, Answer{Data: [3]byte{0x11, 0x22, 0}}, nil},
 		{"name", "!014050\r", KindName, false, Answer{Name: "4050"}, nil},
 		{"name with checksum", withSum("!017060D"), KindName, true, Answer{Name: "7060D"}, nil},
+		// I-7000 DIO manual, $AALS and $AAC: $01L1 answers !012300, $01C !01.
+		{"read latch", "!012300\r", KindReadIO, false, Answer{Data: [3]byte{0x01, 0x23, 0}}, nil},
+		{"latch cleared", withSum("!01"), KindClear, true, Answer{}, nil},
+		{"latch of another address cleared", withSum("!02"), KindClear, true, Answer{}, &FrameError{Kind: badAddress}},
+		{"latch cleared, long", withSum("!0100"), KindClear, true, Answer{}, &FrameError{Kind: badLength}},
+		{"latch clear refused", withSum("?01"), KindClear, true, Answer{}, refused},
 		{"write done", ">\r", KindWrite, false, Answer{}, nil},
 		{"write done with checksum", withSum(">"), KindWrite, true, Answer{}, nil},
 		{"write ignored", "!\r", KindWrite, false, Answer{}, IgnoredError},

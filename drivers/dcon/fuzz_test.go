@@ -10,14 +10,14 @@ import (
 // came from (so no damaged frame passes as another valid one), and every
 // failure is one of the errors the driver counts.
 func FuzzResponse(f *testing.F) {
-	for _, s := range []string{"!112200\r", "!BEDE00\r", "!014050\r", ">\r", "!\r", "?01\r", withSum("!112200"), withSum("!014050"), withSum(">"), "!11G200\r", ""} {
-		for k := KindReadIO; k <= KindWrite; k++ {
+	for _, s := range []string{"!112200\r", "!BEDE00\r", "!014050\r", ">\r", "!\r", "?01\r", withSum("!112200"), withSum("!014050"), withSum(">"), withSum("!01"), "!11G200\r", ""} {
+		for k := KindReadIO; k <= KindClear; k++ {
 			f.Add([]byte(s), uint8(k), uint8(1), false)
 			f.Add([]byte(s), uint8(k), uint8(1), true)
 		}
 	}
 	f.Fuzz(func(t *testing.T, frame []byte, kind, addr uint8, sum bool) {
-		k := Kind(kind % 3)
+		k := Kind(kind % 4)
 		a, err := Parse(frame, k, int(addr), sum)
 		var fe *FrameError
 		var re *RefusedError
@@ -36,6 +36,8 @@ func FuzzResponse(f *testing.F) {
 			text = "!" + hexString([]byte{addr}) + a.Name
 		case KindWrite:
 			text = ">"
+		case KindClear:
+			text = "!" + hexString([]byte{addr})
 		}
 		if got := string(Command(text, sum)); got != string(frame) {
 			t.Fatalf("Parse(%q) = %+v, which is the frame %q", frame, a, got)

@@ -339,6 +339,138 @@ func TestPressAfterReplug(t *testing.T) {
 	r.next(t, "box-1", model.KindTelemetry, time.Second, pressed)
 }
 
+// TestLatchedPress: on a module that latches its inputs, a press made
+// while no read could see it (the module's answers lost, right after a
+// press the reads saw; or the gateway not running) reaches the hub,
+// pressed and then released, and is counted as seen by the latch alone.
+func TestLatchedPress(t *testing.T) {
+	dir := t.TempDir()
+	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box-latched, link: rs485-2, address: 0x01, checksum: true, poll: 2s, alarm_poll: 200ms}
+`)
+	st.Health.ReportEvery = 100 * time.Millisecond
+	faults := sim.NewFaults()
+	l, sk := startSim(t, st, sim.Options{Turnaround: -1, Faults: faults})
+	box := l.Devices()[0]
+	press := func() {
+		t.Helper()
+		if err := box.(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "20ms", "wait": "true"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := runBus(t, st)
+	r.next(t, "box-1", model.KindTelemetry, 5*time.Second, good("pressed", false))
+	// A press that reads see, and one right after its release, while the
+	// module's answers are lost: the latch held the first at its clear,
+	// but the read before the clear had seen it released.
+	if err := box.(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "600ms"}); err != nil {
+		t.Fatal(err)
+	}
+	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", true))
+	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", false))
+	// An alarm poll after the release (four commands: the latch high and
+	// low, the I/O, the clear), should the poll have published it.
+	for n := box.Stats().Polls + 4; box.Stats().Polls < n; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	faults.SetSilent("box-1", true)
+	press()
+	faults.SetSilent("box-1", false)
+	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", true))
+	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", false))
+	// The health goes with the next poll's.
+	h := r.next(t, "box-1", model.KindHealth, 5*time.Second, func(m stamped) bool { return m.Health.Counters["latched_presses"] > 0 }).Health
+	if n := h.Counters["latched_presses"]; n != 1 {
+		t.Errorf("latched_presses %d, want 1", n)
+	}
+
+	// The gateway stops; a press; the gateway starts again.
+	r.stop()
+	press()
+	r = runBus(t, st)
+	r.next(t, "box-1", model.KindTelemetry, 5*time.Second, good("pressed", true))
+	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", false))
+	got := sk.All()
+	var states []string
+	for _, a := range got {
+		states = append(states, a.State)
+	}
+	if want := "active cleared active cleared active cleared"; strings.Join(states, " ") != want {
+		t.Errorf("raised %v, want %s", states, want)
+	}
+	wantEdges(t, box, 6)
+}
+
+// wantEdges checks that the module served want edges of its alarm inputs
+// (sim.Stats.EventsServed). It counts an answer once it is sent, which
+// may be after the driver read it.
+func wantEdges(t *testing.T, d sim.Device, want int64) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Second); d.Stats().EventsServed < want && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := d.Stats().EventsServed; n != want {
+		t.Errorf("%s served %d edges of its alarm inputs, want %d", d.ID(), n, want)
+	}
+}
+
+// TestLatchedPressOnce: a press that reads saw is published once, though
+// the latch holds it too, and the normal poll, which runs on its own,
+// may publish its release between the latch's read and the alarm poll's
+// end.
+func TestLatchedPressOnce(t *testing.T) {
+	dir := t.TempDir()
+	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box-latched, link: rs485-2, address: 0x01, checksum: true, poll: 40ms, alarm_poll: 40ms}
+`)
+	l, sk := startSim(t, st, sim.Options{Turnaround: -1})
+	r := runBus(t, st)
+	r.next(t, "box-1", model.KindTelemetry, 5*time.Second, good("pressed", false))
+	edges, was, messages := 0, false, 0
+	// watch reads the box's telemetry, counting presses published, until
+	// done says so.
+	watch := func(done func(on bool) bool) {
+		t.Helper()
+		timeout := time.After(3 * time.Second)
+		for {
+			select {
+			case m := <-r.msgs:
+				rd, ok := value(m, "pressed")
+				if m.Kind != model.KindTelemetry || !ok || rd.Quality != model.Good {
+					continue
+				}
+				on := rd.Value.Equal(model.Bool(true))
+				if on && !was {
+					edges++
+				}
+				was = on
+				messages++
+				if done(on) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("%d presses published, the last pressed=%v", edges, was)
+			}
+		}
+	}
+	const presses = 10
+	for i := range presses {
+		if err := l.Devices()[0].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "150ms", "wait": "true"}); err != nil {
+			t.Fatal(err)
+		}
+		watch(func(on bool) bool { return !on && edges >= i+1 })
+	}
+	// A press published again comes within an alarm poll of its release:
+	// ten polls more (each publishes) are a margin.
+	last := messages
+	watch(func(bool) bool { return messages >= last+10 })
+	if edges != presses {
+		t.Errorf("%d presses published, want %d", edges, presses)
+	}
+	if n := len(sk.All()); n != 2*presses {
+		t.Errorf("%d alarms raised, want %d", n, 2*presses)
+	}
+	wantEdges(t, l.Devices()[0], 2*presses)
+}
+
 // TestSameDamageTwice: a line that damages the same bit of two answers in
 // a row (at 5% noise, every few hundred damaged answers) makes two reads
 // agree on a value the module never held; it must not be published, not a

@@ -1,8 +1,10 @@
 // Package dcon simulates the DCON links of a station: ASCII I/O modules
 // (ADAM-4000, I-7000 and clones) on a virtual serial port linked at the
-// link's port path, answering $AA6, $AAM, $AA2, #AA00dd and #AA1cdd, with
-// their checksum on or off as the station file says, ?AA to a command
-// they do not know, and nothing to a damaged command or one for another
+// link's port path, answering $AA6, $AAM, $AA2, #AA00dd and #AA1cdd (and
+// $AAL0, $AAL1 and $AAC when the template's inputs latch: the latch holds
+// every level an input had since $AAC, which leaves it the levels of the
+// moment), with their checksum on or off as the station file says, ?AA to
+// a command they do not know, and nothing to a damaged command or one for another
 // address. Answers are paced to the line's baud rate. Inputs change when
 // the testbench acts on a module (press, hold, release, tamper, set); every
 // alarm that raises is logged with the moment the input changed. It

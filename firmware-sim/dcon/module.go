@@ -31,6 +31,8 @@ type Module struct {
 
 	mu     sync.Mutex
 	out    uint16           // the outputs' state
+	latch  [2]uint16        // inputs low ([0]) and high ([1]) since $AAC, of a module that latches
+	shown  map[string]bool  // inputs an answer showed active since $AAC (see serveLatch)
 	garble garble           // damage to the next answers to $AA6
 	writes map[string]int64 // signal -> writes carried out
 	last   map[string]bool  // input -> value last served, for edges
@@ -58,7 +60,7 @@ func NewModule(d *configs.Device, t *configs.Template, baud int, s sim.Sink) (*M
 		return nil, fmt.Errorf("device %s: not a DCON module", d.ID)
 	}
 	m := &Module{id: d.ID, addr: set.Address, checksum: set.Checksum, tmpl: body, baudCode: baudCodes[baud], sink: s,
-		writes: map[string]int64{}, last: map[string]bool{}}
+		writes: map[string]int64{}, last: map[string]bool{}, shown: map[string]bool{}}
 	if m.baudCode == "" {
 		m.baudCode = "06"
 	}
@@ -69,7 +71,50 @@ func NewModule(d *configs.Device, t *configs.Template, baud int, s sim.Sink) (*M
 		ins = append(ins, device.Input{Signal: in.Signal, Event: in.Event})
 	}
 	m.inputs = device.NewInputs(d.ID, "dcon", ins, s, nil)
+	if body.Latch {
+		m.clearLatch()
+		m.inputs.Watch(m.latchInput)
+	}
 	return m, nil
+}
+
+// levels are the module's inputs as they are now, a bit per channel.
+func (m *Module) levels() uint16 {
+	var in uint16
+	for _, i := range m.tmpl.Inputs {
+		if on, _ := m.inputs.Forced(i.Signal); on != i.Invert { // an input no one touched is off
+			in |= 1 << i.Channel
+		}
+	}
+	return in
+}
+
+// latchInput latches the level an action gave an input.
+func (m *Module) latchInput(sig string, on bool) {
+	for _, i := range m.tmpl.Inputs {
+		if i.Signal != sig {
+			continue
+		}
+		m.mu.Lock()
+		if on != i.Invert {
+			m.latch[1] |= 1 << i.Channel
+		} else {
+			m.latch[0] |= 1 << i.Channel
+		}
+		m.mu.Unlock()
+	}
+}
+
+// clearLatch is $AAC: the latch then holds only the levels of now.
+func (m *Module) clearLatch() {
+	in := m.levels()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.latch = [2]uint16{^in, in}
+	m.shown = map[string]bool{}
+	for sig, on := range m.last {
+		m.shown[sig] = on
+	}
 }
 
 // ID is the module's device id.
@@ -174,6 +219,12 @@ func (m *Module) reply(delim byte, rest, aa string) (string, func()) {
 	case delim == '$' && rest == "6":
 		data, served := m.read()
 		return "!" + data, func() { m.serve(served) }
+	case delim == '$' && (rest == "L0" || rest == "L1") && m.tmpl.Latch:
+		data, served := m.readLatch(rest == "L1")
+		return "!" + data, func() { m.serveLatch(served) }
+	case delim == '$' && rest == "C" && m.tmpl.Latch:
+		m.clearLatch()
+		return "!" + strings.ToUpper(aa), nil
 	case delim == '$' && strings.EqualFold(rest, "M"):
 		return "!" + strings.ToUpper(aa) + m.tmpl.Module, nil
 	case delim == '$' && rest == "2":
@@ -215,14 +266,10 @@ func (m *Module) write(mask, v uint16) {
 
 // read is the data of $AA6's answer now, and the readings it carries.
 func (m *Module) read() (string, []sim.Reading) {
-	var in uint16
+	in := m.levels()
 	var rs []sim.Reading
 	for _, i := range m.tmpl.Inputs {
-		on, _ := m.inputs.Forced(i.Signal) // an input no one touched is off
-		if on != i.Invert {
-			in |= 1 << i.Channel
-		}
-		rs = append(rs, sim.Reading{Signal: i.Signal, Value: signal.B(on)})
+		rs = append(rs, sim.Reading{Signal: i.Signal, Value: signal.B(in>>i.Channel&1 == 1 != i.Invert)})
 	}
 	m.mu.Lock()
 	out := m.out
@@ -237,6 +284,31 @@ func (m *Module) read() (string, []sim.Reading) {
 	if g.n > 0 {
 		in, out = in^g.in, out^g.out // after the readings: they are what the module holds
 	}
+	return m.data(in, out), rs
+}
+
+// readLatch is the data of $AAL1's answer (high) or $AAL0's now, and the
+// readings of the inputs it shows at their active level: a master that
+// reads it sees those presses. Its output bytes say what the outputs are.
+func (m *Module) readLatch(high bool) (string, []sim.Reading) {
+	m.mu.Lock()
+	in, out := m.latch[0], m.out
+	if high {
+		in = m.latch[1]
+	}
+	m.mu.Unlock()
+	var rs []sim.Reading
+	for _, i := range m.tmpl.Inputs {
+		if in>>i.Channel&1 == 1 && high != i.Invert {
+			rs = append(rs, sim.Reading{Signal: i.Signal, Value: signal.B(true)})
+		}
+	}
+	return m.data(in, out), rs
+}
+
+// data is the six hex digits of an answer carrying in and out in the
+// module's layout.
+func (m *Module) data(in, out uint16) string {
 	var data [3]byte
 	for i, b := range m.inByte {
 		if b >= 0 {
@@ -248,13 +320,29 @@ func (m *Module) read() (string, []sim.Reading) {
 			data[b] = byte(out >> (8 * i))
 		}
 	}
-	return fmt.Sprintf("%02X%02X%02X", data[0], data[1], data[2]), rs
+	return fmt.Sprintf("%02X%02X%02X", data[0], data[1], data[2])
+}
+
+// serveLatch records the inputs a latch answer showed active: a press
+// for a master reading every answer, unless an answer showed it active
+// since the latch was last cleared (or at the clear: the latch may hold
+// its level from then).
+func (m *Module) serveLatch(rs []sim.Reading) {
+	m.mu.Lock()
+	rs = slices.DeleteFunc(rs, func(r sim.Reading) bool { return m.shown[r.Signal] })
+	m.mu.Unlock()
+	m.serve(rs)
 }
 
 // serve records readings sent in full: served counts, the edges of inputs
 // with an event rule a master reading every answer saw, and the sink.
 func (m *Module) serve(rs []sim.Reading) {
 	m.mu.Lock()
+	for _, r := range rs {
+		if r.Value.Truth() {
+			m.shown[r.Signal] = true
+		}
+	}
 	for _, i := range m.tmpl.Inputs {
 		if i.Event == nil {
 			continue

@@ -34,6 +34,7 @@ type Inputs struct {
 	forced  map[string]bool
 	release map[string]*time.Timer // pending ends of presses
 	closed  bool
+	watch   func(signal string, v bool)
 }
 
 // Input is a bool signal of a template, with its event rule if it has one.
@@ -71,6 +72,14 @@ func NewInputs(device, source string, inputs []Input, s sim.Sink, now func() tim
 		in.button = in.names[0]
 	}
 	return in
+}
+
+// Watch has f called with every value an action gives a signal, at once
+// and in order (a module's latch, say). f must not call the inputs.
+func (in *Inputs) Watch(f func(signal string, v bool)) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.watch = f
 }
 
 // Forced is the value an action gave a signal, if one did.
@@ -193,6 +202,9 @@ func (in *Inputs) set(sig string, v bool) {
 	defer in.mu.Unlock()
 	was, known := in.forced[sig]
 	in.forced[sig] = v
+	if in.watch != nil {
+		in.watch(sig, v)
+	}
 	at := in.now()
 	rule := in.rules[sig]
 	if rule == nil || in.sink == nil || (known && was == v) {
