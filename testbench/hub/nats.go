@@ -53,7 +53,10 @@ func natsReplicas(nodes int) int { return min(nodes, 3) }
 // ports: one cluster, JetStream on, MQTT streams and consumers replicated
 // on every node (up to three), anonymous access. It returns once every
 // node has contact with a JetStream meta leader and is current with it,
-// and takes an MQTT connection.
+// and takes an MQTT connection. A port found free can be taken by another
+// process before its node listens on it (tests run side by side): then
+// the cluster starts again on other ports, its stores under dir/tryN, up
+// to three times.
 func StartNATSCluster(ctx context.Context, dir string, log *slog.Logger, nodes int) (*NATSCluster, error) {
 	if nodes < 1 || nodes > 9 {
 		return nil, fmt.Errorf("hub: a NATS cluster of %d nodes (1 to 9)", nodes)
@@ -61,17 +64,28 @@ func StartNATSCluster(ctx context.Context, dir string, log *slog.Logger, nodes i
 	if _, err := exec.LookPath(NATSPath); err != nil {
 		return nil, fmt.Errorf("hub: nats-server not found at %s (run `make test-deps`): %w", NATSPath, err)
 	}
-	c := &NATSCluster{dir: dir, log: log}
-	for i := range nodes {
-		n := &natsNode{name: fmt.Sprintf("n%d", i+1)}
-		for _, p := range []*int{&n.client, &n.cluster, &n.mqtt, &n.http} {
-			port, err := FreePort()
-			if err != nil {
-				return nil, err
-			}
-			*p = port
+	for try := 1; ; try++ {
+		d := dir
+		if try > 1 {
+			d = filepath.Join(dir, fmt.Sprintf("try%d", try))
 		}
-		c.nodes = append(c.nodes, n)
+		c, err := startNATSCluster(ctx, d, log, nodes)
+		if err == nil || try == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return c, err
+		}
+		log.Info("hub: a port of the NATS cluster was taken; starting it again on other ports", "err", err)
+	}
+}
+
+func startNATSCluster(ctx context.Context, dir string, log *slog.Logger, nodes int) (*NATSCluster, error) {
+	c := &NATSCluster{dir: dir, log: log}
+	ports, err := FreePorts(4 * nodes)
+	if err != nil {
+		return nil, err
+	}
+	for i := range nodes {
+		p := ports[4*i:]
+		c.nodes = append(c.nodes, &natsNode{name: fmt.Sprintf("n%d", i+1), client: p[0], cluster: p[1], mqtt: p[2], http: p[3]})
 	}
 	var routes []string
 	for _, n := range c.nodes {
@@ -241,9 +255,15 @@ func (c *NATSCluster) healthz(ctx context.Context, i int, path string) error {
 // waitReady polls node i until its health check at path passes (at
 // least: a meta leader, and the node current with it) and a paho client
 // connects to its MQTT listener; the first MQTT connection to the
-// cluster also has it create the MQTT streams.
+// cluster also has it create the MQTT streams. It gives up when another
+// node has exited, without which node i cannot be ready.
 func (c *NATSCluster) waitReady(ctx context.Context, i int, path string) error {
 	return c.nodes[i].p.waitReady(ctx, func(ctx context.Context) error {
+		for _, n := range c.nodes {
+			if n.p.exited() {
+				return fmt.Errorf("%w: %s exited: %s", errGiveUp, n.p.name, n.p.tail())
+			}
+		}
 		if err := c.healthz(ctx, i, path); err != nil {
 			return err
 		}

@@ -23,13 +23,30 @@ var ErrNotRunning = errors.New("hub: server not running")
 
 // FreePort asks the kernel for a free loopback TCP port.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := FreePorts(1)
 	if err != nil {
-		return 0, fmt.Errorf("hub: find a free port: %w", err)
+		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
 }
+
+// FreePorts asks the kernel for n free loopback TCP ports, each another:
+// all are held until the last is found.
+func FreePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("hub: find a free port: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// errGiveUp, in the error of a readiness check, ends waitReady at once.
+var errGiveUp = errors.New("gave up")
 
 // proc is one run of a server process. Its waiter goroutine ends when the
 // process exits, and closes done.
@@ -118,6 +135,8 @@ func (p *proc) waitReady(ctx context.Context, ready func(context.Context) error)
 	for delay := time.Millisecond; ; delay = min(delay*2, 50*time.Millisecond) {
 		if last = ready(ctx); last == nil {
 			return nil
+		} else if errors.Is(last, errGiveUp) {
+			return fmt.Errorf("hub: %s not ready: %w", p.name, last)
 		}
 		t := time.NewTimer(delay)
 		select {
@@ -162,6 +181,20 @@ func (p *proc) signal(sig syscall.Signal, grace time.Duration) {
 	}
 	p.reap()
 	p.log.Debug("hub: stopped", "server", p.name, "signal", sig.String())
+}
+
+// exited says whether the current run has ended (false when none started).
+func (p *proc) exited() bool {
+	_, done := p.current()
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
 }
 
 // reap forgets a run that has ended.
