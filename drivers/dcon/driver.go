@@ -107,9 +107,10 @@ type module struct {
 	published []model.Reading
 	pubAt     time.Time // when the published I/O was read
 	// Of a module whose latch is read (see clearLatch): the inputs a read
-	// showed active since the latch was last cleared, and those published
-	// from the latch that it still holds, not cleared.
+	// showed active since the latch was last cleared, when it was, and the
+	// inputs published from the latch that it still holds, not cleared.
 	seen, uncleared uint16
+	cleared         time.Time
 }
 
 // Bus is the driver of one DCON bus.
@@ -119,6 +120,9 @@ type Bus struct {
 	modules []*module
 	byID    map[string]*module
 	log     *slog.Logger
+	// once: an installer's tool runs the bus (drivers.Link.Once); the
+	// modules' latches are read but not cleared, left for the gateway.
+	once bool
 
 	// Under the wire lock:
 	port *bus.Serial
@@ -144,7 +148,7 @@ func build(link drivers.Link, open bus.OpenFunc, log *slog.Logger) (*Bus, error)
 	if err != nil {
 		return nil, fmt.Errorf("bus %s: %w", link.Name(), err)
 	}
-	b := &Bus{cfg: cfg, line: bus.NewLine(link.Name(), busHint, addresses, log), byID: map[string]*module{}, log: log, port: port}
+	b := &Bus{cfg: cfg, line: bus.NewLine(link.Name(), busHint, addresses, log), byID: map[string]*module{}, log: log, once: link.Once, port: port}
 	for _, d := range link.Devices {
 		t := link.Template(d)
 		if t == nil {
@@ -629,7 +633,7 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 			res.Reason += ": " + r.first.Error()
 		}
 	}
-	if s != nil {
+	if s != nil && s.at.After(m.cleared) {
 		m.seen |= m.active(s.State)
 	}
 	if s != nil && res.Failed == 0 {
@@ -771,8 +775,9 @@ func (p *poller) readLatch(ctx context.Context, a bus.Attempt, r *result) (uint1
 // that begins and ends between that read and the clear, one command's
 // time, is missed; and so is one that begins and ends between a release
 // and the next read, when the input was active at the clear before. A
-// press published from the latch while it could not be cleared is not
-// published again.
+// press published from the latch while it could not be cleared (or
+// while an installer's tool runs the bus: what the latch holds is left
+// for the gateway to send) is not published again.
 func (p *poller) clearLatch(ctx context.Context, a bus.Attempt, r *result, latched uint16, s *reading) uint16 {
 	m := p.m
 	m.mu.Lock()
@@ -786,16 +791,17 @@ func (p *poller) clearLatch(ctx context.Context, a bus.Attempt, r *result, latch
 		return 0
 	}
 	var err error
-	if s != nil && ctx.Err() == nil {
+	sent := time.Now() // reads answered later came after the clear: one command at a time
+	if s != nil && !p.b.once && ctx.Err() == nil {
 		_, err = p.b.request(ctx, bus.AlarmPoll, m, clearLatch(m.set.Address), KindClear, a, r)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s == nil || err != nil {
+	if s == nil || p.b.once || err != nil {
 		m.uncleared |= latched
 		return missed
 	}
-	m.seen, m.uncleared = m.active(s.State), 0
+	m.seen, m.uncleared, m.cleared = m.active(s.State), 0, sent
 	return missed
 }
 

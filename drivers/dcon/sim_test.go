@@ -75,11 +75,17 @@ type running struct {
 
 func runBus(t testing.TB, st *configs.Station) *running {
 	t.Helper()
+	return runLink(t, drivers.Links(st)[0])
+}
+
+// runLink is runBus of a link of one's own.
+func runLink(t testing.TB, link drivers.Link) *running {
+	t.Helper()
 	var h slog.Handler = slog.DiscardHandler
 	if testing.Verbose() {
 		h = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
 	}
-	d, err := drivers.New(drivers.Links(st)[0], slog.New(h))
+	d, err := drivers.New(link, slog.New(h))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,8 +347,9 @@ func TestPressAfterReplug(t *testing.T) {
 
 // TestLatchedPress: on a module that latches its inputs, a press made
 // while no read could see it (the module's answers lost, right after a
-// press the reads saw; or the gateway not running) reaches the hub,
-// pressed and then released, and is counted as seen by the latch alone.
+// press the reads saw; or the gateway not running, though an installer's
+// tool read the box meanwhile) reaches the hub, pressed and then
+// released, and is counted as seen by the latch alone.
 func TestLatchedPress(t *testing.T) {
 	dir := t.TempDir()
 	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box-latched, link: rs485-2, address: 0x01, checksum: true, poll: 2s, alarm_poll: 200ms}
@@ -383,9 +390,17 @@ func TestLatchedPress(t *testing.T) {
 		t.Errorf("latched_presses %d, want 1", n)
 	}
 
-	// The gateway stops; a press; the gateway starts again.
+	// The gateway stops; a press; an installer's tool reads the box (it
+	// shows the press, and leaves it in the latch); the gateway starts
+	// again.
 	r.stop()
 	press()
+	link := drivers.Links(st)[0]
+	link.Once = true
+	tool := runLink(t, link)
+	tool.next(t, "box-1", model.KindTelemetry, 5*time.Second, good("pressed", true))
+	tool.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", false))
+	tool.stop()
 	r = runBus(t, st)
 	r.next(t, "box-1", model.KindTelemetry, 5*time.Second, good("pressed", true))
 	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", false))
