@@ -279,9 +279,14 @@ func runningGateway(st *configs.Station) (int, string, error) {
 		return 0, dir, fmt.Errorf("no gateway runs with state_dir %s (%w)", st.StateDir, err)
 	}
 	// A gateway that died left its pid file; its status file then stops
-	// being written, and the pid may be another process's by now.
+	// being written, and the pid may be another process's by now. Until
+	// then, a pid that no process has is a gateway killed (kill -9, a
+	// crash) in the last seconds.
 	if serr != nil || time.Since(s.Time) > staleAfter {
 		return 0, dir, fmt.Errorf("no gateway runs with state_dir %s (its status file is missing or older than %s)", st.StateDir, staleAfter)
+	}
+	if !alive(pid) {
+		return 0, dir, fmt.Errorf("no gateway runs with state_dir %s (its process %d has ended)", st.StateDir, pid)
 	}
 	return pid, dir, nil
 }

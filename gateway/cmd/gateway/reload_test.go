@@ -91,7 +91,8 @@ devices:
 
 // TestNotBesideARunningGateway: read and commission talk to the
 // station's devices, so they refuse while its gateway runs (its pid file
-// and a fresh status file say so), and say what to do.
+// and a fresh status file say so), and say what to do; not once it was
+// killed, though its status file is still fresh.
 func TestNotBesideARunningGateway(t *testing.T) {
 	path, state := stationWithState(t)
 	os.WriteFile(pidFile(state), []byte(fmt.Sprintln(os.Getpid())), 0o644)
@@ -99,10 +100,24 @@ func TestNotBesideARunningGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("the station's gateway runs (pid %d, state_dir %s): stop it first (sudo systemctl stop outpost)", os.Getpid(), state)
-	for _, args := range [][]string{{"read", "-config", path, "th-1"}, {"commission", "-config", path}} {
+	commands := [][]string{{"read", "-config", path, "th-1"}, {"commission", "-config", path}}
+	for _, args := range commands {
 		var out, errb bytes.Buffer
 		if code := cli(args, &out, &errb); code != 1 || !strings.Contains(errb.String(), want) {
 			t.Errorf("%s beside a running gateway: exit %d, stderr %q", args[0], code, errb.String())
+		}
+	}
+	killed := exec.Command("sleep", "60")
+	if err := killed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed.Process.Kill()
+	killed.Wait()
+	os.WriteFile(pidFile(state), []byte(fmt.Sprintln(killed.Process.Pid)), 0o644)
+	for _, args := range commands {
+		var out, errb bytes.Buffer
+		if cli(args, &out, &errb); strings.Contains(errb.String(), "gateway runs") {
+			t.Errorf("%s after the gateway was killed: stderr %q", args[0], errb.String())
 		}
 	}
 }

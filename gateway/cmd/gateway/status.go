@@ -345,11 +345,17 @@ func liveDir(st *configs.Station) (string, status.Snapshot, error) {
 	return dir, s, err
 }
 
+// alive says whether process pid lives.
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
 // gatewayAlive says whether process pid lives and, where /proc tells, is
 // a gateway's run (a pid file outlives its gateway, and the pid may be
 // another process's by now).
 func gatewayAlive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+	if !alive(pid) {
 		return false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
