@@ -111,6 +111,7 @@ type module struct {
 	// inputs published from the latch that it still holds, not cleared.
 	seen, uncleared uint16
 	cleared         time.Time
+	noLatch         string // why the latch is not read: the module refused $AALS
 }
 
 // Bus is the driver of one DCON bus.
@@ -626,6 +627,8 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 		res.Failed, res.Reason = 1, r.first.Error()
 	case !identified && m.wrong != "":
 		res.Failed, res.Reason = 1, m.wrong
+	case m.noLatch != "":
+		res.Failed, res.Reason = 1, m.noLatch
 	case s == nil:
 		res.Failed = 1
 		res.Reason = "no valid answer to $AA6 (read I/O)"
@@ -664,7 +667,7 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	if time.Since(m.heard) >= forgetSilence {
 		// Gone for a while: it may come back as another module, so its
 		// name is asked again when it answers.
-		m.known, m.run = false, run{}
+		m.known, m.run, m.noLatch = false, run{}, ""
 	}
 	interval, _ = m.health.Next(m.every())
 	p.b.line.Rest(m.set.Address, &m.health, p.wake)
@@ -748,15 +751,31 @@ func (p *poller) alarmPoll(ctx context.Context, slot bus.Slot) time.Duration {
 // the I/O, then clears the latch (clearLatch).
 func (p *poller) readLatch(ctx context.Context, a bus.Attempt, r *result) (uint16, time.Time) {
 	m := p.m
+	m.mu.Lock()
+	refused := m.noLatch != ""
+	m.mu.Unlock()
 	var active uint16
 	for _, l := range []struct {
 		high bool
 		mask uint16
 	}{{true, m.latchHigh}, {false, m.latchLow}} {
-		if l.mask == 0 {
+		if l.mask == 0 || refused {
 			continue
 		}
-		ans, err := p.b.request(ctx, bus.AlarmPoll, m, readLatch(m.set.Address, l.high), KindReadIO, a, r)
+		cmd := readLatch(m.set.Address, l.high)
+		ans, err := p.b.request(ctx, bus.AlarmPoll, m, cmd, KindReadIO, a, r)
+		var re *RefusedError
+		if errors.As(err, &re) {
+			// With the checksum on, a damaged command gets no answer: ?AA
+			// is the module's own. Its presses are still read, as a
+			// module's without a latch; it is degraded until it is
+			// asked its name again (see poll).
+			why := fmt.Sprintf("module at address %02X refuses %s (read latched inputs), which template %s needs: use a template without latch: true for a module that has none (a press shorter than alarm_poll can be lost)", m.set.Address, cmd, m.name)
+			m.mu.Lock()
+			m.noLatch = why
+			m.mu.Unlock()
+			p.log.Warn("module has no latch", "reason", why)
+		}
 		if err != nil {
 			return 0, time.Time{} // read again, uncleared, at the next alarm poll
 		}

@@ -428,6 +428,47 @@ func wantEdges(t *testing.T, d sim.Device, want int64) {
 	}
 }
 
+// TestLatchRefused: a module that names itself as the template says but
+// has no latch (it answers $AAL1 with ?AA) is degraded with a reason that
+// says what to change, and its presses are still read.
+func TestLatchRefused(t *testing.T) {
+	dir := t.TempDir()
+	// The simulated module: a 7050 without the latch.
+	tmpl, err := os.ReadFile("../../configs/devices/dcon-panic-box-latched.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl = []byte(strings.NewReplacer("template: dcon-panic-box-latched", "template: no-latch-7050", "latch: true", "latch: false").Replace(string(tmpl)))
+	if err := os.MkdirAll(filepath.Join(dir, "devices"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "devices", "no-latch-7050.yaml"), tmpl, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	simSt := loadStation(t, dir, twoModules, `  - {id: box-1, template: no-latch-7050, link: rs485-2, address: 0x01, checksum: true}
+`)
+	l, _ := startSim(t, simSt, sim.Options{Turnaround: -1})
+	st := loadStation(t, dir, twoModules, `  - {id: box-1, template: dcon-panic-box-latched, link: rs485-2, address: 0x01, checksum: true, poll: 200ms, alarm_poll: 100ms}
+`)
+	st.Health.ReportEvery = 100 * time.Millisecond
+	r := runBus(t, st)
+	const want = "module at address 01 refuses $01L1 (read latched inputs), which template dcon-panic-box-latched needs: use a template without latch: true for a module that has none (a press shorter than alarm_poll can be lost)"
+	h := r.next(t, "box-1", model.KindHealth, 5*time.Second, func(m stamped) bool { return m.Health.State == model.Degraded }).Health
+	if h.Reason != want {
+		t.Errorf("health %s %q, want degraded: %q", h.State, h.Reason, want)
+	}
+	// Asked once: the latch is not read again.
+	r.next(t, "box-1", model.KindHealth, 5*time.Second, func(m stamped) bool { return m.Health.Counters["polls"] > 5 })
+	if h := r.next(t, "box-1", model.KindHealth, 5*time.Second, nil).Health; h.State != model.Degraded || h.Counters["refused"] != 1 {
+		t.Errorf("health %s %v, want degraded, refused once", h.State, h.Counters)
+	}
+	if err := l.Devices()[0].(sim.Actor).Act(context.Background(), "press", map[string]string{"hold": "600ms"}); err != nil {
+		t.Fatal(err)
+	}
+	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", true))
+	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", false))
+}
+
 // TestLatchedPressOnce: a press that reads saw is published once, though
 // the latch holds it too, and the normal poll, which runs on its own,
 // may publish its release between the latch's read and the alarm poll's
