@@ -376,7 +376,10 @@ func TestLatchedPress(t *testing.T) {
 	r.next(t, "box-1", model.KindTelemetry, 3*time.Second, good("pressed", false))
 	// An alarm poll after the release (four commands: the latch high and
 	// low, the I/O, the clear), should the poll have published it.
-	for n := box.Stats().Polls + 4; box.Stats().Polls < n; {
+	for n, deadline := box.Stats().Polls+4, time.Now().Add(3*time.Second); box.Stats().Polls < n; {
+		if time.Now().After(deadline) {
+			t.Fatal("no alarm poll within 3 s of the release")
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	faults.SetSilent("box-1", true)
