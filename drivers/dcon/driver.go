@@ -420,6 +420,11 @@ func (p *poller) identify(ctx context.Context, prio bus.Priority, a bus.Attempt,
 			name = ans.Name
 			continue
 		}
+		if name == m.tmpl.Module && m.latchHigh|m.latchLow != 0 {
+			// Whether it has the latch its template says: the first
+			// poll's health then says so.
+			p.askLatch(ctx, prio, bus.Attempt{Once: true, Timeout: a.Timeout}, r, m.latchHigh != 0)
+		}
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		if name != m.tmpl.Module {
@@ -762,26 +767,33 @@ func (p *poller) readLatch(ctx context.Context, a bus.Attempt, r *result) (uint1
 		if l.mask == 0 || refused {
 			continue
 		}
-		cmd := readLatch(m.set.Address, l.high)
-		ans, err := p.b.request(ctx, bus.AlarmPoll, m, cmd, KindReadIO, a, r)
-		var re *RefusedError
-		if errors.As(err, &re) {
-			// With the checksum on, a damaged command gets no answer: ?AA
-			// is the module's own. Its presses are still read, as a
-			// module's without a latch; it is degraded until it is
-			// asked its name again (see poll).
-			why := fmt.Sprintf("module at address %02X refuses %s (read latched inputs), which template %s needs: use a template without latch: true for a module that has none (a press shorter than alarm_poll can be lost)", m.set.Address, cmd, m.name)
-			m.mu.Lock()
-			m.noLatch = why
-			m.mu.Unlock()
-			p.log.Warn("module has no latch", "reason", why)
-		}
+		ans, err := p.askLatch(ctx, bus.AlarmPoll, a, r, l.high)
 		if err != nil {
 			return 0, time.Time{} // read again, uncleared, at the next alarm poll
 		}
 		active |= ans.State.In & l.mask
 	}
 	return active, time.Now()
+}
+
+// askLatch reads the module's latch of inputs high ($AAL1) or low
+// ($AAL0). A module that refuses it has no latch: with the checksum on,
+// a damaged command gets no answer, so ?AA is the module's own. Its
+// presses are still read, as a module's without a latch; it is degraded,
+// and its latch not asked again, until it is identified anew (see poll).
+func (p *poller) askLatch(ctx context.Context, prio bus.Priority, a bus.Attempt, r *result, high bool) (Answer, error) {
+	m := p.m
+	cmd := readLatch(m.set.Address, high)
+	ans, err := p.b.request(ctx, prio, m, cmd, KindReadIO, a, r)
+	var re *RefusedError
+	if errors.As(err, &re) {
+		why := fmt.Sprintf("module at address %02X refuses %s (read latched inputs), which template %s needs: use a template without latch: true for a module that has none (a press shorter than alarm_poll can be lost)", m.set.Address, cmd, m.name)
+		m.mu.Lock()
+		m.noLatch = why
+		m.mu.Unlock()
+		p.log.Warn("module has no latch", "reason", why)
+	}
+	return ans, err
 }
 
 // clearLatch clears the module's latch after the alarm poll read it
