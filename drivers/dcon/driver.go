@@ -706,7 +706,7 @@ func (p *poller) alarmPoll(ctx context.Context, slot bus.Slot) time.Duration {
 	}
 	latched, latchAt := p.readLatch(ctx, a, &r)
 	s := p.state(ctx, bus.AlarmPoll, a, &r, false)
-	missed := p.clearLatch(ctx, a, &r, latched, s)
+	missed := p.clearLatch(ctx, a, &r, latched, !latchAt.IsZero(), s)
 	if ctx.Err() != nil {
 		return every
 	}
@@ -752,8 +752,9 @@ func (p *poller) alarmPoll(ctx context.Context, slot bus.Slot) time.Duration {
 // readLatch reads the module's latch, when its template says it has one
 // (m.latchHigh, m.latchLow), and returns the alarm inputs (bits of
 // State.In) that were at their active level at some moment since it was
-// last cleared, and when it was read. An alarm poll reads the latch, then
-// the I/O, then clears the latch (clearLatch).
+// last cleared, and when it was read (zero when it could not be). An
+// alarm poll reads the latch, then the I/O, then clears the latch
+// (clearLatch).
 func (p *poller) readLatch(ctx context.Context, a bus.Attempt, r *result) (uint16, time.Time) {
 	m := p.m
 	m.mu.Lock()
@@ -797,9 +798,9 @@ func (p *poller) askLatch(ctx context.Context, prio bus.Priority, a bus.Attempt,
 }
 
 // clearLatch clears the module's latch after the alarm poll read it
-// (latched) and then the I/O (s, nil when that failed), and returns the
-// presses no read saw: inputs latched active that no read showed active
-// since the latch was last cleared. The latch is cleared only when it
+// (latched; read says it could) and then the I/O (s, nil when that
+// failed), and returns the presses no read saw: inputs latched active
+// that no read showed active since the latch was last cleared. The latch is cleared only when it
 // held an input active (or a clear failed before), and only after a read
 // of the I/O, which says what the latch may hold again at once: an input
 // active when it is cleared (a module may latch its level). So a press
@@ -808,15 +809,16 @@ func (p *poller) askLatch(ctx context.Context, prio bus.Priority, a bus.Attempt,
 // and the next read, when the input was active at the clear before. A
 // press published from the latch while it could not be cleared (or
 // while an installer's tool runs the bus: what the latch holds is left
-// for the gateway to send) is not published again.
-func (p *poller) clearLatch(ctx context.Context, a bus.Attempt, r *result, latched uint16, s *reading) uint16 {
+// for the gateway to send) is not published again. A latch that could not
+// be read is not cleared: it may hold a press.
+func (p *poller) clearLatch(ctx context.Context, a bus.Attempt, r *result, latched uint16, read bool, s *reading) uint16 {
 	m := p.m
 	m.mu.Lock()
 	if s != nil {
 		m.seen |= m.active(s.State)
 	}
 	missed := latched &^ m.seen &^ m.uncleared
-	clear := latched|m.uncleared != 0
+	clear := read && latched|m.uncleared != 0
 	m.mu.Unlock()
 	if !clear {
 		return 0
