@@ -50,10 +50,17 @@ func TestSpareProcs(t *testing.T) {
 	if err := q.Append(queue.LaneTelemetry, queue.Record{Data: []byte("backlog"), Readings: backlogReadings + 1}); err != nil {
 		t.Fatal(err)
 	}
-	waitProcs(base * procsPerCPU)
-	if p := gogc(); p != busyGCPercent {
-		t.Errorf("GOGC %d with a backlog, want %d", p, busyGCPercent)
+	// The collector is set just after the Ps.
+	waitGC := func(want int, when string) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Second); gogc() != want; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("GOGC %d %s, want %d", gogc(), when, want)
+			}
+		}
 	}
+	waitProcs(base * procsPerCPU)
+	waitGC(busyGCPercent, "with a backlog")
 	b, err := q.Next(ctx, 10, queue.LaneTelemetry)
 	if err != nil {
 		t.Fatal(err)
@@ -62,12 +69,7 @@ func TestSpareProcs(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitProcs(1) // drained, and at rest: this test uses little CPU
-	// The collector is set just after the Ps.
-	for deadline := time.Now().Add(time.Second); gogc() != quietGCPercent; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("GOGC %d when quiet, want %d", gogc(), quietGCPercent)
-		}
-	}
+	waitGC(quietGCPercent, "when quiet")
 }
 
 // TestBacklogged: a queue left by the last run, an outage or a drain is a
