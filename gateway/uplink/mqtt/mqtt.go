@@ -821,6 +821,11 @@ func (b *batch) Send(ctx context.Context) error {
 			return fmt.Errorf("mqtt uplink: %w (%d of %d acknowledged)", ctx.Err(), i, len(b.pubs))
 		}
 		if err := tok.Error(); err != nil {
+			if !l.alive() {
+				// paho fails the tokens of a connection it lost (after
+				// the link knew): the same loss as above.
+				return lost(l, "acknowledged", i, len(b.pubs))
+			}
 			return fmt.Errorf("mqtt uplink: publish %s (seq %d): %w", b.pubs[i].topic, b.pubs[i].seq, err)
 		}
 	}
@@ -856,23 +861,29 @@ func (u *Uplink) Retain(ctx context.Context, topic string, payload []byte) error
 	tok := c.Publish(topic, 1, true, payload)
 	select {
 	case <-tok.Done():
-		if tok.Error() == nil {
+		err := tok.Error()
+		if err == nil {
 			u.retainDrops.Store(0)
+			return nil
 		}
-		return tok.Error()
+		if l.alive() {
+			return err
+		}
+		// paho fails the tokens of a connection it lost (after the link
+		// knew, but both may be ready at once): the loss, as below.
 	case <-l.lost:
-		if u.retainDrops.Add(1) < dropsToLearn {
-			return fmt.Errorf("mqtt uplink: %s: connection lost before the broker acknowledged it", topic)
-		}
-		// A broker without a packet limit the gateway knows of drops the
-		// connection on the station's snapshot: it would drop it at each
-		// snapshot, and every batch in flight with it.
-		u.retainDrops.Store(0)
-		return fmt.Errorf("mqtt uplink: %s %w: the broker dropped the connection each of the %d times it was published: %d bytes may exceed its packet size limit; from now on messages over %d bytes are not published (set hub.mqtt.max_packet_size to the broker's limit)",
-			topic, ErrOverLimit, dropsToLearn, size, u.Limit.learn(size))
 	case <-ctx.Done():
 		return fmt.Errorf("mqtt uplink: %s: %w", topic, ctx.Err())
 	}
+	if u.retainDrops.Add(1) < dropsToLearn {
+		return fmt.Errorf("mqtt uplink: %s: connection lost before the broker acknowledged it", topic)
+	}
+	// A broker without a packet limit the gateway knows of drops the
+	// connection on the station's snapshot: it would drop it at each
+	// snapshot, and every batch in flight with it.
+	u.retainDrops.Store(0)
+	return fmt.Errorf("mqtt uplink: %s %w: the broker dropped the connection each of the %d times it was published: %d bytes may exceed its packet size limit; from now on messages over %d bytes are not published (set hub.mqtt.max_packet_size to the broker's limit)",
+		topic, ErrOverLimit, dropsToLearn, size, u.Limit.learn(size))
 }
 
 // Close publishes the offline status (retained; on the main connection),
