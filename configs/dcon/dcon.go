@@ -155,6 +155,10 @@ type Input struct {
 	Report *configs.Report `yaml:"report"`
 }
 
+// On says whether the input's signal is true when the module's inputs
+// read in, a bit per channel.
+func (i *Input) On(in uint16) bool { return in>>i.Channel&1 == 1 != i.Invert }
+
 // Output maps one digital output channel (a relay, an open collector) to
 // a writable bool signal; its state is read back from the module.
 type Output struct {

@@ -47,7 +47,7 @@
 //     latch (ICP DAS I-7050) has its latch read at every alarm poll: a
 //     press no read saw (too short, its answers lost, the gateway busy or
 //     stopped) is published from it, pressed then released, and counted
-//     (latched_presses). See readLatch and clearLatch.
+//     (latched_presses). See latched and unlatch.
 //   - Late answers. An answer to $AA6 does not say which module sent it.
 //     After a command that got no answer, or an answer cut short, the
 //     next exchange on the bus first asks its module's name and drops
@@ -90,7 +90,7 @@ type module struct {
 	link   string
 	alarms bool // the template has inputs with an event rule
 	// latchHigh and latchLow are the alarm inputs whose latch is read
-	// (see readLatch): those active high ($AAL1) and those active low
+	// (see latched): those active high ($AAL1) and those active low
 	// ($AAL0); both 0 when the module has no latch.
 	latchHigh, latchLow uint16
 	// observed hears each poll's round trip (see drivers.Link.Observed).
@@ -106,7 +106,7 @@ type module struct {
 	run       run       // reads alike in a row, not yet confirmed (see state)
 	published []model.Reading
 	pubAt     time.Time // when the published I/O was read
-	// Of a module whose latch is read (see clearLatch): the inputs a read
+	// Of a module whose latch is read (see unlatch): the inputs a read
 	// showed active since the latch was last cleared, when it was, and the
 	// inputs published from the latch that it still holds, not cleared.
 	seen, uncleared uint16
@@ -580,7 +580,7 @@ func (m *module) readings(s *reading) []model.Reading {
 	for _, in := range m.tmpl.Inputs {
 		r := model.Reading{Signal: in.Signal, Quality: model.Bad}
 		if s != nil {
-			r.Value, r.Quality = model.Bool(s.In>>in.Channel&1 == 1 != in.Invert), model.Good
+			r.Value, r.Quality = model.Bool(in.On(s.In)), model.Good
 		}
 		out = append(out, r)
 	}
@@ -704,9 +704,9 @@ func (p *poller) alarmPoll(ctx context.Context, slot bus.Slot) time.Duration {
 		m.mu.Unlock()
 		return next
 	}
-	latched, latchAt := p.readLatch(ctx, a, &r)
+	latched, latchAt := p.latched(ctx, a, &r)
 	s := p.state(ctx, bus.AlarmPoll, a, &r, false)
-	missed := p.clearLatch(ctx, a, &r, latched, !latchAt.IsZero(), s)
+	missed := p.unlatch(ctx, a, &r, latched, !latchAt.IsZero(), s)
 	if ctx.Err() != nil {
 		return every
 	}
@@ -749,23 +749,26 @@ func (p *poller) alarmPoll(ctx context.Context, slot bus.Slot) time.Duration {
 	return every
 }
 
-// readLatch reads the module's latch, when its template says it has one
+// latched reads the module's latch, when its template says it has one
 // (m.latchHigh, m.latchLow), and returns the alarm inputs (bits of
 // State.In) that were at their active level at some moment since it was
-// last cleared, and when it was read (zero when it could not be). An
-// alarm poll reads the latch, then the I/O, then clears the latch
-// (clearLatch).
-func (p *poller) readLatch(ctx context.Context, a bus.Attempt, r *result) (uint16, time.Time) {
+// last cleared, and when it was read (zero when it could not be, or the
+// module has none). An alarm poll reads the latch, then the I/O, then
+// clears the latch (unlatch).
+func (p *poller) latched(ctx context.Context, a bus.Attempt, r *result) (uint16, time.Time) {
 	m := p.m
 	m.mu.Lock()
 	refused := m.noLatch != ""
 	m.mu.Unlock()
+	if refused {
+		return 0, time.Time{}
+	}
 	var active uint16
 	for _, l := range []struct {
 		high bool
 		mask uint16
 	}{{true, m.latchHigh}, {false, m.latchLow}} {
-		if l.mask == 0 || refused {
+		if l.mask == 0 {
 			continue
 		}
 		ans, err := p.askLatch(ctx, bus.AlarmPoll, a, r, l.high)
@@ -797,7 +800,7 @@ func (p *poller) askLatch(ctx context.Context, prio bus.Priority, a bus.Attempt,
 	return ans, err
 }
 
-// clearLatch clears the module's latch after the alarm poll read it
+// unlatch clears the module's latch after the alarm poll read it
 // (latched; read says it could) and then the I/O (s, nil when that
 // failed), and returns the presses no read saw: inputs latched active
 // that no read showed active since the latch was last cleared. The latch is cleared only when it
@@ -811,7 +814,7 @@ func (p *poller) askLatch(ctx context.Context, prio bus.Priority, a bus.Attempt,
 // while an installer's tool runs the bus: what the latch holds is left
 // for the gateway to send) is not published again. A latch that could not
 // be read is not cleared: it may hold a press.
-func (p *poller) clearLatch(ctx context.Context, a bus.Attempt, r *result, latched uint16, read bool, s *reading) uint16 {
+func (p *poller) unlatch(ctx context.Context, a bus.Attempt, r *result, latched uint16, read bool, s *reading) uint16 {
 	m := p.m
 	m.mu.Lock()
 	if s != nil {
@@ -823,14 +826,15 @@ func (p *poller) clearLatch(ctx context.Context, a bus.Attempt, r *result, latch
 	if !clear {
 		return 0
 	}
-	var err error
+	cleared := s != nil && !p.b.once
 	sent := time.Now() // reads answered later came after the clear: one command at a time
-	if s != nil && !p.b.once && ctx.Err() == nil {
-		_, err = p.b.request(ctx, bus.AlarmPoll, m, clearLatch(m.set.Address), KindClear, a, r)
+	if cleared {
+		_, err := p.b.request(ctx, bus.AlarmPoll, m, clearLatch(m.set.Address), KindClear, a, r)
+		cleared = err == nil
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s == nil || p.b.once || err != nil {
+	if !cleared {
 		m.uncleared |= latched
 		return missed
 	}
@@ -843,7 +847,7 @@ func (p *poller) clearLatch(ctx context.Context, a bus.Attempt, r *result, latch
 func (m *module) active(s State) uint16 {
 	var in uint16
 	for _, input := range m.tmpl.Inputs {
-		if s.In>>input.Channel&1 == 1 != input.Invert {
+		if input.On(s.In) {
 			in |= 1 << input.Channel
 		}
 	}

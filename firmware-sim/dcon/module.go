@@ -111,10 +111,7 @@ func (m *Module) clearLatch() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.latch = [2]uint16{^in, in}
-	m.shown = map[string]bool{}
-	for sig, on := range m.last {
-		m.shown[sig] = on
-	}
+	m.shown = maps.Clone(m.last)
 }
 
 // ID is the module's device id.
@@ -269,7 +266,7 @@ func (m *Module) read() (string, []sim.Reading) {
 	in := m.levels()
 	var rs []sim.Reading
 	for _, i := range m.tmpl.Inputs {
-		rs = append(rs, sim.Reading{Signal: i.Signal, Value: signal.B(in>>i.Channel&1 == 1 != i.Invert)})
+		rs = append(rs, sim.Reading{Signal: i.Signal, Value: signal.B(i.On(in))})
 	}
 	m.mu.Lock()
 	out := m.out
