@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"math"
 	"runtime"
 	"runtime/debug"
 	"testing"
@@ -95,28 +96,53 @@ func TestBacklogged(t *testing.T) {
 	}
 }
 
-// TestProcsFor: one P at rest, as many as the CPUs when busier, four
-// times as many under a backlog; between rest and busy, the count stays.
+// TestProcsFor: one P while it is enough, as many as the CPUs when it is
+// not, until the gateway fits one again; four times as many under a
+// backlog; a measure not known leaves the count as it is.
 func TestProcsFor(t *testing.T) {
+	nan := math.NaN()
 	for _, c := range []struct {
-		cur     int
-		backlog bool
-		busy    float64
-		want    int
+		name        string
+		cur         int
+		backlog     bool
+		busy, share float64
+		want        int
 	}{
-		{2, false, 0.02, 1},  // at rest
-		{1, false, 0.40, 1},  // one P does
-		{1, false, 0.60, 2},  // one P is not enough
-		{2, false, 0.40, 2},  // not at rest
-		{2, false, 0.10, 1},  // at rest again
-		{1, true, 0.01, 8},   // a backlog
-		{8, true, 1.90, 8},   // draining
-		{8, false, 1.20, 2},  // drained, busy
-		{8, false, 0.05, 1},  // drained, at rest
-		{1, false, 0.499, 1}, // just under busy
+		{"at rest", 2, false, 0.02, nan, 1},
+		{"one P does: busy half its time", 1, false, 0.42, 0.50, 1},
+		{"just under full", 1, false, 0.60, oneFull, 1},
+		{"one P is not enough", 1, false, 0.70, 0.85, 2},
+		{"the start: nothing measured", 2, false, nan, nan, 2},
+		{"the collector did not run", 1, false, 0.70, nan, 1},
+		{"busier than one P does", 2, false, 0.80, 0.55, 2},
+		{"fits one again", 2, false, 0.65, 0.95, 1},
+		{"a backlog", 1, true, 0.01, 0.10, 8},
+		{"draining", 8, true, 1.90, 0.90, 8},
+		{"drained, busy", 8, false, 1.20, 0.60, 2},
+		{"drained, at rest", 8, false, 0.05, 0.02, 1},
 	} {
-		if got := procsFor(2, c.cur, c.backlog, c.busy); got != c.want {
-			t.Errorf("2 CPUs, %d Ps, backlog %v, %.2f cores busy: %d Ps, want %d", c.cur, c.backlog, c.busy, got, c.want)
+		if got := procsFor(2, c.cur, c.backlog, c.busy, c.share); got != c.want {
+			t.Errorf("%s: 2 CPUs, %d Ps, backlog %v, %.2f cores busy, Ps busy %.2f of their time: %d Ps, want %d",
+				c.name, c.cur, c.backlog, c.busy, c.share, got, c.want)
 		}
+	}
+}
+
+// TestPShare: the Ps' busy share comes from the collector's cycles: a
+// busy P between two of them shows, and none between two calls is not
+// known.
+func TestPShare(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var p pShare
+	runtime.GC() // none running while the next two calls come
+	p.share()
+	if got := p.share(); !math.IsNaN(got) {
+		t.Errorf("no collection between two calls: share %v, want NaN", got)
+	}
+	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+	}
+	runtime.GC()
+	if got := p.share(); !(got > 0.5 && got < 1+1e-9) {
+		t.Errorf("one P spinning 200 ms, then a collection: share %v, want over 0.5 and at most 1", got)
 	}
 }
