@@ -30,9 +30,10 @@ type Limiter interface {
 }
 
 // Learner learns that the hub will not take a message of m's size, and
-// returns the largest size it takes from now on.
+// says what follows from it (the largest size it takes from now on), for
+// the reason m is set aside.
 type Learner interface {
-	Learn(m *model.Message) int
+	Learn(m *model.Message) string
 }
 
 // Source is a durable queue as a Forwarder needs it.
@@ -333,8 +334,7 @@ func (f *Forwarder) poisoned(err error, recs [][]byte, now time.Time) bool {
 		items := []uplink.Rejection{{Index: 0, Reason: reason}}
 		msgs := f.refused(recs, items, now)
 		if f.Limit != nil {
-			limit := f.Limit.Learn(&msgs[0])
-			items[0].Reason += fmt.Sprintf("; from now on messages over %d bytes are split (telemetry) or set aside (set hub.mqtt.max_packet_size to the broker's limit)", limit)
+			items[0].Reason += "; " + f.Limit.Learn(&msgs[0])
 		}
 		f.setAside(msgs, items)
 		return true

@@ -21,10 +21,13 @@ type PacketLimit struct {
 
 // A learned limit settles learnMargin below the message that failed (the
 // same device's next message is a little larger or smaller), and never
-// below minLearned: the gateway's own events must still fit.
+// below minLearned: the gateway's own events must still fit. A broker that
+// drops a packet of leastBroker bytes or fewer cannot serve a station
+// (hub.mqtt.max_packet_size accepts no less), whatever the gateway learns.
 const (
 	learnMargin = 8 // an eighth
 	minLearned  = 512
+	leastBroker = 1024
 )
 
 // NewPacketLimit returns a limit of max bytes (0 for none known yet) for
@@ -55,22 +58,28 @@ func (l *PacketLimit) refuses(size int) string {
 }
 
 // Learn lowers the limit below the size of m, a message the broker would
-// not take, and returns the new limit.
-func (l *PacketLimit) Learn(m *model.Message) int {
+// not take, and says what follows, for the reason m is not published.
+func (l *PacketLimit) Learn(m *model.Message) string {
 	return l.learn(PacketSize(l.prefix, m))
 }
 
 // learn lowers the limit below size, the size of a packet the broker
-// would not take, and returns the new limit.
-func (l *PacketLimit) learn(size int) int {
+// would not take, and says what follows.
+func (l *PacketLimit) learn(size int) string {
 	next := max(int64(size-size/learnMargin), minLearned)
 	for {
 		max := l.max.Load()
 		if max > 0 && max <= next {
-			return int(max)
+			next = max
+			break
 		}
 		if l.max.CompareAndSwap(max, next) {
-			return int(next)
+			break
 		}
 	}
+	why := fmt.Sprintf("from now on no message over %d bytes is published: telemetry is split, others are set aside (set hub.mqtt.max_packet_size to the broker's limit)", next)
+	if size <= leastBroker {
+		why += fmt.Sprintf("; but a broker that will not take %d bytes is below the least a station needs, %d bytes (the gateway's own events and snapshot): raise the broker's packet size limit (max_packet_size in Mosquitto), or grant the station's topics in its ACL", size, leastBroker)
+	}
+	return why
 }

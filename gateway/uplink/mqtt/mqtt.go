@@ -882,7 +882,7 @@ func (u *Uplink) Retain(ctx context.Context, topic string, payload []byte) error
 	// connection on the station's snapshot: it would drop it at each
 	// snapshot, and every batch in flight with it.
 	u.retainDrops.Store(0)
-	return fmt.Errorf("mqtt uplink: %s %w: the broker dropped the connection each of the %d times it was published: %d bytes may exceed its packet size limit; from now on messages over %d bytes are not published (set hub.mqtt.max_packet_size to the broker's limit)",
+	return fmt.Errorf("mqtt uplink: %s %w: the broker dropped the connection each of the %d times it was published: %d bytes may exceed its packet size limit; %s",
 		topic, ErrOverLimit, dropsToLearn, size, u.Limit.learn(size))
 }
 

@@ -639,6 +639,7 @@ func TestRetainLearnsLimit(t *testing.T) {
 	u := connect(t, b.URL())
 	topic := "outpost/v1/pr-0001/snapshot"
 	size := packetSize(len(topic), 3000)
+	var last error
 	connected := func() {
 		for !u.Connected() {
 			if ctx.Err() != nil {
@@ -657,9 +658,13 @@ func TestRetainLearnsLimit(t *testing.T) {
 			t.Fatalf("Retain %d = %v: limit learned %v, want it learned at the %dth drop", i, err, learned, dropsToLearn)
 		}
 		t.Logf("Retain %d: %v", i, err)
+		last = err
 	}
 	if n := u.Limit.Max(); n != size-size/8 {
 		t.Errorf("learned limit %d, want %d: an eighth below the %d bytes the broker dropped", n, size-size/8, size)
+	}
+	if want := fmt.Sprintf("may exceed its packet size limit; from now on no message over %d bytes is published", size-size/8); !strings.Contains(last.Error(), want) {
+		t.Errorf("Retain %d = %v, want it to say %q", dropsToLearn, last, want)
 	}
 	if err := u.Retain(ctx, topic, make([]byte, 3000)); !errors.Is(err, ErrOverLimit) {
 		t.Errorf("Retain after the limit was learned = %v, want ErrOverLimit", err)
