@@ -28,10 +28,12 @@ import (
 )
 
 // statusEvery is how often the running gateway writes its status file;
-// a file older than staleAfter means the gateway is not running.
+// a file older than staleAfter means the gateway is not running. A device
+// degraded for badFor without a good value needs attention.
 const (
 	statusEvery = 5 * time.Second
 	staleAfter  = 15 * time.Second
+	badFor      = time.Minute
 )
 
 // uplinkState says whether an uplink reaches the hub, since when, and why
@@ -444,24 +446,33 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time, pid int, dead []
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "device	state	since	last value	unchanged	reason")
-		var offline []string
+		var offline, bad []string
 		for _, d := range s.Devices {
 			seen := "never"
 			if !d.LastSeen.IsZero() {
 				seen = d.LastSeen.Local().Format(time.TimeOnly)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.State, d.Since.Local().Format(time.TimeOnly), seen, d.Unchanged, d.Reason)
-			if d.State == model.Offline {
+			switch {
+			case d.State == model.Offline:
 				offline = append(offline, d.ID)
+			case d.State == model.Degraded && d.LastSeen.Before(d.Since) && s.Time.Sub(d.Since) >= badFor:
+				bad = append(bad, d.ID)
 			}
 		}
 		tw.Flush()
+		// A device the station does not hear needs attention as much as
+		// a hub it does not reach, and so does one that answers with
+		// nothing good (another module at its address, a template that
+		// misreads it). One degraded now and then, with good values
+		// between (a noisy line), does not.
 		if len(offline) > 0 {
-			// A device the station does not hear needs attention as
-			// much as a hub it does not reach. (A degraded one answers:
-			// a noisy line makes one now and then.)
 			code = 1
 			fmt.Fprintf(w, "\n%d of %d devices offline: %s\n", len(offline), len(s.Devices), strings.Join(offline, ", "))
+		}
+		if len(bad) > 0 {
+			code = 1
+			fmt.Fprintf(w, "\n%d of %d devices degraded for %s or more without a good value: %s\n", len(bad), len(s.Devices), badFor, strings.Join(bad, ", "))
 		}
 	}
 	if s.Listen != "" {

@@ -150,26 +150,49 @@ func TestStatusDevices(t *testing.T) {
 	}
 }
 
-// TestStatusDeviceOffline: a device the station does not hear makes
-// `gateway status` exit 1 and says which; a degraded one (it answers)
-// does not.
-func TestStatusDeviceOffline(t *testing.T) {
+// TestStatusDeviceAttention: a device the station does not hear makes
+// `gateway status` exit 1 and says which, and so does one degraded for a
+// minute without a good value since; one degraded with good values since
+// (it answers, a noisy line) does not, nor one degraded for less.
+func TestStatusDeviceAttention(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
-	s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-time.Hour),
-		Uplinks: []status.Uplink{{Name: "mqtt", Connected: true, Since: now.Add(-time.Hour)}},
-		Devices: []status.Device{
-			{ID: "th-hall", State: model.Offline, Since: now.Add(-time.Minute), Reason: "no answer from unit 1 while unit 3 answers: wrong unit id, or device off"},
-			{ID: "door-front", State: model.Online, Since: now.Add(-time.Hour)},
-			{ID: "ups-1", State: model.Degraded, Since: now.Add(-time.Minute), Reason: "exception 2 (illegal data address) reading holding register 1 (0x0001): model"},
-		}}
-	var out bytes.Buffer
-	if code := printStatus(&out, s, now, 0, nil); code != 1 || !strings.HasSuffix(out.String(), "\n1 of 3 devices offline: th-hall\n") {
-		t.Errorf("exit %d:\n%s\nwant exit 1 and th-hall named offline", code, out.String())
-	}
-	s.Devices[0].State = model.Online
-	out.Reset()
-	if code := printStatus(&out, s, now, 0, nil); code != 0 || strings.Contains(out.String(), "offline") {
-		t.Errorf("with only ups-1 degraded: exit %d:\n%s\nwant exit 0", code, out.String())
+	for _, tc := range []struct {
+		name     string
+		state    model.HealthState
+		since    time.Duration // before now
+		lastGood time.Duration // before now; 0 for never
+		want     string        // the last line; "" for exit 0
+	}{
+		{name: "offline", state: model.Offline, since: time.Minute, lastGood: time.Hour, want: "1 of 3 devices offline: ups-1"},
+		{name: "degraded, good values since", state: model.Degraded, since: time.Hour, lastGood: time.Second},
+		{name: "degraded a minute, none since", state: model.Degraded, since: time.Minute, lastGood: time.Hour, want: "1 of 3 devices degraded for 1m0s or more without a good value: ups-1"},
+		{name: "degraded a minute, never a good value", state: model.Degraded, since: time.Minute, want: "1 of 3 devices degraded for 1m0s or more without a good value: ups-1"},
+		{name: "degraded under a minute, none since", state: model.Degraded, since: 59 * time.Second},
+		{name: "online, never a good value", state: model.Online, since: time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ups := status.Device{ID: "ups-1", State: tc.state, Since: now.Add(-tc.since), Reason: "module at address 01 says it is 4050, template dcon-panic-box-latched expects 7050"}
+			if tc.lastGood > 0 {
+				ups.LastSeen = now.Add(-tc.lastGood)
+			}
+			s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-2 * time.Hour),
+				Uplinks: []status.Uplink{{Name: "mqtt", Connected: true, Since: now.Add(-time.Hour)}},
+				Devices: []status.Device{
+					{ID: "th-hall", State: model.Online, Since: now.Add(-time.Hour), LastSeen: now},
+					{ID: "door-front", State: model.Degraded, Since: now.Add(-time.Hour), LastSeen: now, Reason: "exception 2 (illegal data address) reading holding register 1 (0x0001): model"},
+					ups,
+				}}
+			var out bytes.Buffer
+			code := printStatus(&out, s, now, 0, nil)
+			lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+			last := lines[len(lines)-1]
+			switch {
+			case tc.want == "" && code != 0:
+				t.Errorf("exit %d:\n%s\nwant exit 0", code, out.String())
+			case tc.want != "" && (code != 1 || last != tc.want):
+				t.Errorf("exit %d:\n%s\nwant exit 1 and the last line %q", code, out.String(), tc.want)
+			}
+		})
 	}
 }
 
