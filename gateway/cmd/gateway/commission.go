@@ -172,6 +172,10 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 		return false, why
 	case len(odd) > 0:
 		return false, "outside the plausible range (a wrong template, or a failing sensor): " + strings.Join(odd, ", ")
+	case hasH && h.State != model.Online && h.Reason != "":
+		// Good values from a device that is not as its template says (a
+		// module without the latch the template reads).
+		return false, fmt.Sprintf("values read, but %s: %s", h.State, h.Reason)
 	}
 	if len(good) == 0 {
 		return true, answers

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/gateway/model"
 	"outpost/testbench/hub"
 )
 
@@ -146,5 +147,43 @@ devices:
 	t.Logf("the hub, away and wrong: %+v", rec.Hub)
 	if rec.Hub[1].OK || !strings.HasPrefix(rec.Hub[1].Result, `InfluxDB has no bucket or database "nope" (hub.influx.bucket)`) {
 		t.Errorf("with a database InfluxDB lacks, its line: %+v", rec.Hub[1])
+	}
+}
+
+// TestVerdict: what commission says of a device's first reading and
+// health, by table; good values from a device that is not online fail
+// with its reason.
+func TestVerdict(t *testing.T) {
+	good := model.Message{Readings: []model.Reading{{Signal: "pressed", Value: model.Bool(false), Quality: model.Good}}}
+	bad := model.Message{Readings: []model.Reading{{Signal: "pressed", Quality: model.Bad}}}
+	const noLatch = "module at address 01 refuses $01L1 (read latched inputs), which template dcon-panic-box-latched needs"
+	for _, tc := range []struct {
+		name   string
+		m      *model.Message // nil: no reading
+		h      *model.Health  // nil: no health report
+		ok     bool
+		result string
+	}{
+		{name: "good values, online", m: &good, h: &model.Health{State: model.Online}, ok: true, result: "OK: pressed = false"},
+		{name: "good values, no health", m: &good, ok: true, result: "OK: pressed = false"},
+		{name: "good values, degraded", m: &good, h: &model.Health{State: model.Degraded, Reason: noLatch}, result: "values read, but degraded: " + noLatch},
+		{name: "no value", m: &bad, h: &model.Health{State: model.Offline, Reason: "no answer"}, result: "no value for pressed: no answer"},
+		{name: "events only, online", h: &model.Health{State: model.Online}, ok: true, result: "OK: it answers (no readings to show)"},
+		{name: "nothing", result: "nothing from it within 5s: is it powered and wired, and does the station file name it right?"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var m model.Message
+			var h model.Health
+			if tc.m != nil {
+				m = *tc.m
+			}
+			if tc.h != nil {
+				h = *tc.h
+			}
+			ok, result := verdict(m, tc.m != nil, h, tc.h != nil, 5*time.Second)
+			if ok != tc.ok || result != tc.result {
+				t.Errorf("verdict = %v, %q; want %v, %q", ok, result, tc.ok, tc.result)
+			}
+		})
 	}
 }

@@ -66,13 +66,14 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	printReading(stdout, &m)
-	if slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Quality != model.Good }) {
-		if hasHealth && health.Reason != "" {
-			fmt.Fprintf(stdout, "\n%s: %s\n", health.State, health.Reason)
-		}
-		return 1
+	if !slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Quality != model.Good }) &&
+		(!hasHealth || health.State == model.Online) {
+		return 0
 	}
-	return 0
+	if hasHealth && health.Reason != "" {
+		fmt.Fprintf(stdout, "\n%s: %s\n", health.State, health.Reason)
+	}
+	return 1
 }
 
 // deviceLink is the link of the device id, with that device alone on it.
@@ -121,19 +122,21 @@ func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (ma
 			signals[d.ID] = append(signals[d.ID], sg.Name)
 		}
 	}
-	// A device is done with a good first reading, or with a bad one and
-	// the health report that says why.
+	// A device is done with its health report and a good first reading,
+	// or a bad one and the report that says why. Good values do not make
+	// it done alone: its first poll sends its health after them, which
+	// may say that the device is not as its template says (a module
+	// without the latch the template reads).
 	done := func(dev string) bool {
-		if len(signals[dev]) == 0 { // an alarm panel: events only
-			_, ok := health[dev]
-			return ok
-		}
-		m, ok := got[dev]
+		h, ok := health[dev]
 		if !ok {
 			return false
 		}
-		h, ok := health[dev]
-		return ok && h.State != model.Online || !slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Quality == model.Bad })
+		if len(signals[dev]) == 0 { // an alarm panel: events only
+			return true
+		}
+		m, ok := got[dev]
+		return ok && (h.State != model.Online || !slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Quality == model.Bad }))
 	}
 	err = d.Run(ctx, func(m model.Message) error {
 		if m.Kind == model.KindEvent {

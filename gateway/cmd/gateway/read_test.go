@@ -16,6 +16,7 @@ import (
 	"outpost/configs"
 	"outpost/drivers"
 	_ "outpost/firmware-sim/dc09"   // an alarm panel calling the receiver
+	_ "outpost/firmware-sim/dcon"   // DCON I/O modules on a pty
 	_ "outpost/firmware-sim/line"   // an ASCII-line device on a pty
 	_ "outpost/firmware-sim/modbus" // the simulated devices, on a real TCP port
 	"outpost/firmware-sim/signal"
@@ -166,6 +167,58 @@ func containsFields(text, row string) bool {
 		}
 	}
 	return false
+}
+
+// TestReadModuleWithoutLatch: a panic box whose template reads the
+// module's latch (dcon-panic-box-latched, an I-7050) on a 7050 without one.
+// Its values are good, but the box is not as its template says, and a
+// press shorter than its alarm poll can be lost: `gateway read` shows the
+// values, says why with the device's health, and exits 1 (commission
+// takes the same first readings and health).
+func TestReadModuleWithoutLatch(t *testing.T) {
+	dir := t.TempDir()
+	tmpl, err := os.ReadFile("../../../configs/devices/dcon-panic-box-latched.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl = []byte(strings.NewReplacer("template: dcon-panic-box-latched", "template: no-latch-7050", "latch: true", "latch: false").Replace(string(tmpl)))
+	if err := os.Mkdir(filepath.Join(dir, "devices"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "devices", "no-latch-7050.yaml"), tmpl, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// station writes a station file of the box on template beside the
+	// templates, and loads it.
+	station := func(name, template string) *configs.Station {
+		path := filepath.Join(dir, name)
+		src := fmt.Sprintf(`version: 2
+station: {id: sp-1, type: safety_post}
+state_dir: %s
+hub:
+  mqtt: {url: "tcp://127.0.0.1:1883"}
+links:
+  - {id: rs485-1, protocol: dcon, port: %s, baud: 38400, timeout: 100ms}
+devices:
+  - {id: box-1, template: %s, link: rs485-1, address: 0x01, checksum: true}
+`, filepath.Join(dir, "state"), filepath.Join(dir, "box"), template)
+		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st, err := configs.Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	simulate(t, station("sim.yaml", "no-latch-7050"), &served{rs: map[string][]sim.Reading{}})
+	st := station("station.yaml", "dcon-panic-box-latched")
+	var out, errb bytes.Buffer
+	code := cli([]string{"read", "-config", st.File, "-timeout", "5s", "box-1"}, &out, &errb)
+	const why = "degraded: module at address 01 refuses $01L1 (read latched inputs), which template dcon-panic-box-latched needs: use a template without latch: true for a module that has none (a press shorter than alarm_poll can be lost)"
+	if code != 1 || !containsFields(out.String(), "pressed  false  -  good") || !strings.HasSuffix(out.String(), "\n"+why+"\n") {
+		t.Errorf("exit %d\nstdout: %s\nstderr: %s\nwant exit 1, pressed false and good, and last %q", code, out.String(), errb.String(), why)
+	}
 }
 
 // TestReadLineDevice: `gateway read` of an NMEA GPS, whose signals come
