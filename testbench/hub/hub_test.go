@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -184,4 +185,50 @@ func TestNATSClusterKillRestart(t *testing.T) {
 	}
 	c.Stop()
 	c.Stop()
+}
+
+// TestOnFreePorts: a server that found a port taken (as Mosquitto and
+// influxd say it) is started again, up to portTries times in all; any
+// other failure is returned at once.
+func TestOnFreePorts(t *testing.T) {
+	const (
+		mosquittoTaken = "hub: mosquitto exited before it was ready (exit status 1): 1764720000: Error: Address already in use"
+		influxTaken    = "hub: influxd exited before it was ready (exit status 1): run: open server: listen tcp 127.0.0.1:41234: bind: address already in use"
+		other          = "hub: influxd not ready: context deadline exceeded"
+	)
+	for _, tc := range []struct {
+		name  string
+		fails []string // the errors of the tries before one that starts
+		tries int
+		err   string
+	}{
+		{name: "started at once", tries: 1},
+		{name: "mosquitto's port taken once", fails: []string{mosquittoTaken}, tries: 2},
+		{name: "influxd's port taken twice", fails: []string{influxTaken, influxTaken}, tries: 3},
+		{name: "taken each time", fails: []string{influxTaken, influxTaken, influxTaken, influxTaken}, tries: portTries, err: influxTaken},
+		{name: "another failure", fails: []string{other}, tries: 1, err: other},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tries := 0
+			v, err := onFreePorts(testLog(t), "server", func(try int) (int, error) {
+				tries++
+				if try != tries {
+					t.Errorf("try %d called as try %d", tries, try)
+				}
+				if try <= len(tc.fails) {
+					return 0, errors.New(tc.fails[try-1])
+				}
+				return try, nil
+			})
+			if tries != tc.tries {
+				t.Errorf("%d tries, want %d", tries, tc.tries)
+			}
+			switch {
+			case tc.err == "" && (err != nil || v != tc.tries):
+				t.Errorf("= %d, %v; want the server of try %d", v, err, tc.tries)
+			case tc.err != "" && (err == nil || err.Error() != tc.err):
+				t.Errorf("= %d, %v; want the error %q", v, err, tc.err)
+			}
+		})
+	}
 }

@@ -61,14 +61,16 @@ func StartInflux(ctx context.Context, dir string, log *slog.Logger) (*Influx, er
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("hub: %w", err)
 	}
-	port, err := FreePort()
+	return onFreePorts(log, "influxd", func(int) (*Influx, error) { return startInflux(ctx, dir, log, path) })
+}
+
+// startInflux starts the server on ports it finds free.
+func startInflux(ctx context.Context, dir string, log *slog.Logger, path string) (*Influx, error) {
+	ports, err := FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	rpc, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
+	port, rpc := ports[0], ports[1]
 	conf := filepath.Join(dir, "influxdb.conf")
 	text := fmt.Sprintf(`# written by the outpost test hub
 reporting-disabled = true

@@ -71,11 +71,16 @@ type MosquittoOptions struct {
 
 // StartMosquittoWith is StartMosquitto with options.
 func StartMosquittoWith(ctx context.Context, dir string, log *slog.Logger, o MosquittoOptions) (*Mosquitto, error) {
-	files := o.TLS
 	path := MosquittoPath
 	if _, err := exec.LookPath(path); err != nil {
 		return nil, fmt.Errorf("hub: mosquitto not found at %s (run `make test-deps`): %w", path, err)
 	}
+	return onFreePorts(log, "mosquitto", func(int) (*Mosquitto, error) { return startMosquitto(ctx, dir, log, o, path) })
+}
+
+// startMosquitto starts the broker on ports it finds free.
+func startMosquitto(ctx context.Context, dir string, log *slog.Logger, o MosquittoOptions, path string) (*Mosquitto, error) {
+	files := o.TLS
 	port, err := FreePort()
 	if err != nil {
 		return nil, err

@@ -64,17 +64,13 @@ func StartNATSCluster(ctx context.Context, dir string, log *slog.Logger, nodes i
 	if _, err := exec.LookPath(NATSPath); err != nil {
 		return nil, fmt.Errorf("hub: nats-server not found at %s (run `make test-deps`): %w", NATSPath, err)
 	}
-	for try := 1; ; try++ {
+	return onFreePorts(log, "nats cluster", func(try int) (*NATSCluster, error) {
 		d := dir
 		if try > 1 {
 			d = filepath.Join(dir, fmt.Sprintf("try%d", try))
 		}
-		c, err := startNATSCluster(ctx, d, log, nodes)
-		if err == nil || try == 3 || !strings.Contains(err.Error(), "address already in use") {
-			return c, err
-		}
-		log.Info("hub: a port of the NATS cluster was taken; starting it again on other ports", "err", err)
-	}
+		return startNATSCluster(ctx, d, log, nodes)
+	})
 }
 
 func startNATSCluster(ctx context.Context, dir string, log *slog.Logger, nodes int) (*NATSCluster, error) {

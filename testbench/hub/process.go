@@ -45,6 +45,24 @@ func FreePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
+// portTries is how many times a server is started on ports found free:
+// another process can take one before the server listens on it (tests run
+// side by side), and the server then exits at once.
+const portTries = 3
+
+// onFreePorts calls start, which finds its ports free and starts the
+// server named name on them, up to portTries times while the server found
+// a port taken.
+func onFreePorts[T any](log *slog.Logger, name string, start func(try int) (T, error)) (T, error) {
+	for try := 1; ; try++ {
+		v, err := start(try)
+		if err == nil || try == portTries || !strings.Contains(strings.ToLower(err.Error()), "address already in use") {
+			return v, err
+		}
+		log.Info("hub: a port found free was taken; starting again on other ports", "server", name, "err", err)
+	}
+}
+
 // errGiveUp, in the error of a readiness check, ends waitReady at once.
 var errGiveUp = errors.New("gave up")
 
