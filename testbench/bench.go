@@ -68,6 +68,9 @@ type benchPlan struct {
 	// Gateway is the gateway binary; bin/gateway beside the testbench
 	// when empty.
 	Gateway string
+	// BatchSize is the station's hub.influx.batch_size; 0 leaves it out
+	// (the gateway's default).
+	BatchSize int
 }
 
 func (p benchPlan) check() error {
@@ -79,6 +82,9 @@ func (p benchPlan) check() error {
 		errs = append(errs, fmt.Errorf("-endpoints %d: from 1 to the units (%d)", p.Endpoints, p.Units))
 	} else if per := (p.Units + p.Endpoints - 1) / p.Endpoints; per > 247 {
 		errs = append(errs, fmt.Errorf("-units %d on -endpoints %d: %d units on an endpoint, at most 247 (unit ids 1 to 247)", p.Units, p.Endpoints, per))
+	}
+	if p.BatchSize < 0 || p.BatchSize > 50000 {
+		errs = append(errs, fmt.Errorf("-batch-size %d: 1 to 50000, or 0 for the gateway's default", p.BatchSize))
 	}
 	if p.Poll < 10*time.Millisecond {
 		errs = append(errs, fmt.Errorf("-poll %s: at least 10ms (the gateway's least poll interval)", p.Poll))
@@ -104,9 +110,12 @@ type benchReport struct {
 	Fields   int      `json:"fields_per_unit"`
 	// Endpoints are Modbus TCP endpoints (links); the units are spread
 	// over them evenly.
-	Endpoints     int     `json:"endpoints"`
-	PollMS        float64 `json:"poll_ms"`
-	Template      string  `json:"template"`
+	Endpoints int     `json:"endpoints"`
+	PollMS    float64 `json:"poll_ms"`
+	Template  string  `json:"template"`
+	// BatchSize is the station's hub.influx.batch_size, 0 for the
+	// gateway's default.
+	BatchSize     int     `json:"influx_batch_size,omitempty"`
 	ScheduledPerS float64 `json:"scheduled_readings_per_s"`
 	WarmupS       float64 `json:"warmup_s"`
 	// SettleS is how long after the last window both stores took to hold
@@ -166,6 +175,7 @@ func cmdBench(ctx context.Context, args []string, log *slog.Logger) int {
 	fs.IntVar(&p.Windows, "windows", 1, "how many windows, one after the other")
 	fs.DurationVar(&p.Drain, "drain", time.Minute, "longest wait after the last window for both stores to have every reading")
 	fs.StringVar(&p.Gateway, "gateway", "", "the gateway binary to measure (default: bin/gateway beside the testbench)")
+	fs.IntVar(&p.BatchSize, "batch-size", 0, "the station's hub.influx.batch_size, the most points an InfluxDB write carries (default: the gateway's)")
 	reportPath := fs.String("report", "", "write the JSON report to this file")
 	fs.Parse(args)
 	if err := p.check(); err != nil {
@@ -219,8 +229,11 @@ hub:
   influx:
     url: %s
     bucket: %s
-links:
 `, benchStationID, p.Units, filepath.Join(work, "state"), addrs.MQTT, addrs.Influx, addrs.DB)
+	if p.BatchSize > 0 {
+		fmt.Fprintf(&b, "    batch_size: %d\n", p.BatchSize)
+	}
+	b.WriteString("links:\n")
 	for e := range p.Endpoints {
 		port, err := hub.FreePort()
 		if err != nil {
@@ -255,7 +268,7 @@ links:
 // runBench starts the hub, the slave and the gateway in work, and measures.
 func runBench(ctx context.Context, p benchPlan, work string, log *slog.Logger) (rep benchReport, err error) {
 	rep = benchReport{Gateway: p.Gateway, Units: p.Units, Fields: benchFields, Endpoints: p.Endpoints,
-		PollMS: float64(p.Poll) / float64(time.Millisecond), Template: benchTemplateName,
+		PollMS: float64(p.Poll) / float64(time.Millisecond), Template: benchTemplateName, BatchSize: p.BatchSize,
 		ScheduledPerS: p.scheduledPerS(), WarmupS: p.Warmup.Seconds(), Cores: runtime.NumCPU(), LoadAvgBefore: loadAvg()}
 	if rep.Gateway == "" {
 		rep.Gateway = filepath.Join(binDir(), "gateway")

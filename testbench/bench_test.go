@@ -20,8 +20,10 @@ func TestBenchTCP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// 200 points a second: a write of a second's worth would carry 200,
+	// but -batch-size holds each to 100.
 	plan := benchPlan{Units: 10, Endpoints: 2, Poll: 50 * time.Millisecond, Warmup: 2 * time.Second,
-		Window: 4 * time.Second, Windows: 2, Drain: 30 * time.Second}
+		Window: 4 * time.Second, Windows: 2, Drain: 30 * time.Second, BatchSize: 100}
 	rep, err := runBench(ctx, plan, t.TempDir(), log)
 	if err != nil {
 		t.Fatal(err)
@@ -50,6 +52,8 @@ func TestBenchTCP(t *testing.T) {
 				i+1, w.GatewayUSPerReading, w.MosquittoUSPerReading, w.InfluxdUSPerReading, w.GatewayPeakRSSMB)
 		case w.InfluxWrites <= 0 || w.PointsPerWrite <= 0 || float64(w.InfluxPoints) != w.PointsPerWrite*float64(w.InfluxWrites):
 			t.Errorf("window %d: %d InfluxDB writes of %d points, %.1f points each", i+1, w.InfluxWrites, w.InfluxPoints, w.PointsPerWrite)
+		case w.PointsPerWrite > float64(plan.BatchSize):
+			t.Errorf("window %d: %.1f points a write, over the station's batch_size %d", i+1, w.PointsPerWrite, plan.BatchSize)
 		}
 	}
 }
@@ -67,6 +71,9 @@ func TestBenchPlanCheck(t *testing.T) {
 		{"too many units on an endpoint", func(p *benchPlan) { p.Units = 248 }, "248 units on an endpoint, at most 247"},
 		{"poll too fast", func(p *benchPlan) { p.Poll = 5 * time.Millisecond }, "-poll 5ms"},
 		{"no window", func(p *benchPlan) { p.Windows = 0 }, "-windows 0"},
+		{"batch size", func(p *benchPlan) { p.BatchSize = 1000 }, ""},
+		{"batch size too large", func(p *benchPlan) { p.BatchSize = 50001 }, "-batch-size 50001: 1 to 50000"},
+		{"batch size negative", func(p *benchPlan) { p.BatchSize = -1 }, "-batch-size -1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := good
