@@ -130,7 +130,12 @@ func freeAddr(t *testing.T) string {
 // and loads it.
 func writeStation(t *testing.T, src string) *configs.Station {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "station.yaml")
+	return writeStationAt(t, filepath.Join(t.TempDir(), "station.yaml"), src)
+}
+
+// writeStationAt writes a station file of src at path and loads it.
+func writeStationAt(t *testing.T, path, src string) *configs.Station {
+	t.Helper()
 	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -188,11 +193,10 @@ func TestReadModuleWithoutLatch(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "devices", "no-latch-7050.yaml"), tmpl, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// station writes a station file of the box on template beside the
-	// templates, and loads it.
+	// station is a station file of the box on template, beside the
+	// templates.
 	station := func(name, template string) *configs.Station {
-		path := filepath.Join(dir, name)
-		src := fmt.Sprintf(`version: 2
+		return writeStationAt(t, filepath.Join(dir, name), fmt.Sprintf(`version: 2
 station: {id: sp-1, type: safety_post}
 state_dir: %s
 hub:
@@ -201,15 +205,7 @@ links:
   - {id: rs485-1, protocol: dcon, port: %s, baud: 38400, timeout: 100ms}
 devices:
   - {id: box-1, template: %s, link: rs485-1, address: 0x01, checksum: true}
-`, filepath.Join(dir, "state"), filepath.Join(dir, "box"), template)
-		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		st, err := configs.Load(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
+`, filepath.Join(dir, "state"), filepath.Join(dir, "box"), template))
 	}
 	simulate(t, station("sim.yaml", "no-latch-7050"), &served{rs: map[string][]sim.Reading{}})
 	st := station("station.yaml", "dcon-panic-box-latched")
