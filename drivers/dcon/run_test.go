@@ -10,9 +10,11 @@ import (
 
 // TestRun: the reads that confirm a change of a module's I/O are the
 // module's, across the calls of its polls and alarm polls, for runFor at
-// most; the state last confirmed is confirmed again by one call's reads.
+// most; the state last confirmed is confirmed again by one call's reads;
+// with the checksum one read confirms, two when the outputs changed.
 func TestRun(t *testing.T) {
 	released, pressed := State{In: 0x0F}, State{In: 0x0E}
+	ledOn, ledOnPressed := State{In: 0x0F, Out: 0x01}, State{In: 0x0E, Out: 0x01}
 	type step struct {
 		call  int // the call of state the read is made in; calls interleave
 		s     State
@@ -57,6 +59,15 @@ func TestRun(t *testing.T) {
 		}},
 		{"the checksum confirms one read", true, []step{
 			{s: pressed, sure: true}, {call: 1, s: released, sure: true},
+		}},
+		{"with the checksum, outputs not confirmed take two", true, []step{
+			{s: released, sure: true},
+			// One answer shows the LED on (damage that cancels in the
+			// sum); the next shows what the module holds.
+			{call: 1, s: ledOn}, {call: 1, s: released, again: true, sure: true, broke: true},
+			// A command switched it on: two answers alike.
+			{call: 2, s: ledOn}, {call: 2, s: ledOn, sure: true},
+			{call: 3, s: ledOnPressed, sure: true},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
