@@ -44,7 +44,7 @@
 //     to 5 of box-1's eight 1 s presses in each of 5 runs at 7%, where
 //     one answer lost none in 3. So two answers alike are asked only when
 //     the outputs differ from those last confirmed, which no press does
-//     and such damage mostly does (see toConfirm).
+//     and such damage often does (see toConfirm).
 //   - Presses between two reads. A module whose template says its inputs
 //     latch (ICP DAS I-7050) has its latch read at every alarm poll: a
 //     press no read saw (too short, its answers lost, the gateway busy or
