@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -35,10 +36,14 @@ func TestStateDirUnusable(t *testing.T) {
 	st, m, hubMsgs := b.st, b.m, b.hub
 	m.Freeze() // what the gateway now queues stays in its fallback
 	stop, done := runGateway(t, st)
+	// Until meter-1's health is known (offline: no device answers), and so
+	// queued in the fallback: the gateway says STATE IN MEMORY before its
+	// first poll.
+	polled := regexp.MustCompile(`(?m)^meter-1 +(online|offline|degraded) `)
 	var out, errb bytes.Buffer
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		out.Reset()
-		if code := cli([]string{"status", "-config", st.File}, &out, &errb); code == 1 && strings.Contains(out.String(), "STATE IN MEMORY") {
+		if code := cli([]string{"status", "-config", st.File}, &out, &errb); code == 1 && strings.Contains(out.String(), "STATE IN MEMORY") && polled.MatchString(out.String()) {
 			break
 		}
 		if time.Now().After(deadline) {
