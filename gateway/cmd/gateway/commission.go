@@ -172,10 +172,14 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 		return false, why
 	case len(odd) > 0:
 		return false, "outside the plausible range (a wrong template, or a failing sensor): " + strings.Join(odd, ", ")
-	case hasH && h.State != model.Online && h.Reason != "":
+	case hasH && h.State != model.Online:
 		// Good values from a device that is not as its template says (a
 		// module without the latch the template reads).
-		return false, fmt.Sprintf("values read, but %s: %s", h.State, h.Reason)
+		why := "values read, but " + string(h.State)
+		if h.Reason != "" {
+			why += ": " + h.Reason
+		}
+		return false, why
 	}
 	if len(good) == 0 {
 		return true, answers

@@ -167,6 +167,7 @@ func TestVerdict(t *testing.T) {
 		{name: "good values, online", m: &good, h: &model.Health{State: model.Online}, ok: true, result: "OK: pressed = false"},
 		{name: "good values, no health", m: &good, ok: true, result: "OK: pressed = false"},
 		{name: "good values, degraded", m: &good, h: &model.Health{State: model.Degraded, Reason: noLatch}, result: "values read, but degraded: " + noLatch},
+		{name: "good values, degraded without a reason", m: &good, h: &model.Health{State: model.Degraded}, result: "values read, but degraded"},
 		{name: "no value", m: &bad, h: &model.Health{State: model.Offline, Reason: "no answer"}, result: "no value for pressed: no answer"},
 		{name: "events only, online", h: &model.Health{State: model.Online}, ok: true, result: "OK: it answers (no readings to show)"},
 		{name: "nothing", result: "nothing from it within 5s: is it powered and wired, and does the station file name it right?"},

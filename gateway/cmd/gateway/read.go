@@ -66,8 +66,7 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	printReading(stdout, &m)
-	if !slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Quality != model.Good }) &&
-		(!hasHealth || health.State == model.Online) {
+	if fine, _ := verdict(m, true, health, hasHealth, *timeout); fine {
 		return 0
 	}
 	if hasHealth && health.Reason != "" {
