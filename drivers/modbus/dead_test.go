@@ -247,7 +247,7 @@ func TestAnsweringDeviceKeepsRate(t *testing.T) {
 	cases := []struct {
 		mode, reason string
 	}{
-		{"exception", "exception 2 (illegal data address) reading input registers 0-1 (0x0000-0x0001): temperature, humidity"},
+		{"exception", "exception 2 (illegal data address) reading input registers 0-1 (0x0000-0x0001): temperature, humidity; unit 1 has no register template th reads: is th its model? gateway probe names the templates it reads as"},
 		{"crc", "bad frame (crc: got 78ab, want 87ab), 9 bytes dropped reading input registers 0-1 (0x0000-0x0001)"},
 	}
 	for _, c := range cases {

@@ -272,6 +272,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 	var res bus.Result
 	var held time.Duration
 	answered, silent, garbled := false, true, false
+	refused := 0 // requests refused for a register or function the device lacks
 	for i, r := range d.plan {
 		a := bus.Attempt{}
 		if i == 0 {
@@ -312,6 +313,9 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 			continue
 		}
 		res.Failed++
+		if noSuchRegister(err) {
+			refused++
+		}
 		counter, reason := errClass(err)
 		res.LinkDown = res.LinkDown || counter == "link_down"
 		res.Counters = append(res.Counters, counter)
@@ -336,6 +340,11 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		}
 	}
 	res.Silent = res.Requests > 0 && silent
+	if res.Requests > 0 && refused == res.Requests {
+		// A device that has none of what its template reads is most
+		// likely another model.
+		res.Reason += fmt.Sprintf("; unit %d has no register template %s reads: is %s its model? gateway probe names the templates it reads as", d.unit, d.cfg.Template, d.cfg.Template)
+	}
 	p.line.Heard(int(d.unit), answered)
 	if garbled && !answered && !p.line.Answering() {
 		// Asked only then: an RTU bus formats its hint.

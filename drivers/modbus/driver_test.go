@@ -76,32 +76,53 @@ func TestEndpointDown(t *testing.T) {
 	}
 }
 
-// TestDeviceException: a device answering one request with an exception is
-// degraded; that request's signals are bad, the others good.
+// TestDeviceException: a device answering a request with an exception is
+// degraded, and that request's signals are bad, the others good. A device
+// that has none of what its template reads (exceptions 1 and 2 to every
+// request) is asked whether it is the template's model; one failing every
+// request otherwise is not.
 func TestDeviceException(t *testing.T) {
-	addr := tcpPeer(t, func(n int, req []byte) (time.Duration, []byte) {
-		if req[7] == fcReadInput {
-			return 0, []byte{req[0], req[1], 0, 0, 0, 3, req[6], 0x84, 2}
-		}
-		return 0, tcpAnswer(req)
-	})
-	tmpl := &tTemplate{Name: "m", Kind: "power_meter", Registers: []mb.Register{
-		{Signal: "a", Table: mb.Holding, Address: 4, Type: mb.TypeUint16, Scale: 1},
-		{Signal: "b", Table: mb.Input, Address: 0, Type: mb.TypeUint16, Scale: 1},
-	}}
-	r := runDriver(t, tLink{Station: station(tmpl),
-		Endpoint: &tEndpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 200 * time.Millisecond},
-		Devices:  []*tDevice{{ID: "meter", Template: "m", UnitID: 1, Poll: 50 * time.Millisecond}}})
-	m := r.next(t, "meter", model.KindTelemetry, 2*time.Second)
-	if a := m.Readings[0]; a.Quality != model.Good || !a.Value.Equal(model.Number(float64(regValue(4)))) {
-		t.Errorf("a = %+v, want good %d", a, regValue(4))
-	}
-	if b := m.Readings[1]; b.Quality != model.Bad || !b.Value.IsZero() {
-		t.Errorf("b = %+v, want bad", b)
-	}
-	h := r.next(t, "meter", model.KindHealth, 2*time.Second).Health
-	const want = "exception 2 (illegal data address) reading input register 0 (0x0000): b"
-	if h.State != model.Degraded || h.Reason != want || h.Counters["exceptions"] != 1 {
-		t.Errorf("health %s %q %v, want degraded: %q with 1 exception", h.State, h.Reason, h.Counters, want)
+	const wrongModel = "; unit 1 has no register template m reads: is m its model? gateway probe names the templates it reads as"
+	for _, tc := range []struct {
+		name   string
+		code   byte // the exception
+		all    bool // to every request, else to input registers only
+		reason string
+	}{
+		{"one request, no such register", 2, false, "exception 2 (illegal data address) reading input register 0 (0x0000): b"},
+		{"every request, no such register", 2, true, "exception 2 (illegal data address) reading input register 0 (0x0000): b" + wrongModel},
+		{"every request, no such function", 1, true, "exception 1 (illegal function) reading input register 0 (0x0000): b" + wrongModel},
+		{"every request, device failure", 4, true, "exception 4 (server device failure) reading input register 0 (0x0000): b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := tcpPeer(t, func(n int, req []byte) (time.Duration, []byte) {
+				if tc.all || req[7] == fcReadInput {
+					return 0, []byte{req[0], req[1], 0, 0, 0, 3, req[6], req[7] | 0x80, tc.code}
+				}
+				return 0, tcpAnswer(req)
+			})
+			tmpl := &tTemplate{Name: "m", Kind: "power_meter", Registers: []mb.Register{
+				{Signal: "a", Table: mb.Holding, Address: 4, Type: mb.TypeUint16, Scale: 1},
+				{Signal: "b", Table: mb.Input, Address: 0, Type: mb.TypeUint16, Scale: 1},
+			}}
+			r := runDriver(t, tLink{Station: station(tmpl),
+				Endpoint: &tEndpoint{ID: "lan", Protocol: "modbus-tcp", Address: addr, Timeout: 200 * time.Millisecond},
+				Devices:  []*tDevice{{ID: "meter", Template: "m", UnitID: 1, Poll: 50 * time.Millisecond}}})
+			m := r.next(t, "meter", model.KindTelemetry, 2*time.Second)
+			wantA := model.Good
+			if tc.all {
+				wantA = model.Bad
+			}
+			if a := m.Readings[0]; a.Quality != wantA || a.Quality == model.Good && !a.Value.Equal(model.Number(float64(regValue(4)))) {
+				t.Errorf("a = %+v, want %s %d", a, wantA, regValue(4))
+			}
+			if b := m.Readings[1]; b.Quality != model.Bad || !b.Value.IsZero() {
+				t.Errorf("b = %+v, want bad", b)
+			}
+			h := r.next(t, "meter", model.KindHealth, 2*time.Second).Health
+			if h.State != model.Degraded || h.Reason != tc.reason || h.Counters["exceptions"] == 0 {
+				t.Errorf("health %s %v\n got %q\nwant degraded: %q", h.State, h.Counters, h.Reason, tc.reason)
+			}
+		})
 	}
 }

@@ -159,6 +159,16 @@ func noAnswer(err error) bool {
 	return false
 }
 
+// noSuchRegister says whether a device refused a read as asking for what
+// it does not have: a register address (exception 2) or a function, such as
+// reading input registers from a device that holds only holding registers
+// (exception 1).
+func noSuchRegister(err error) bool {
+	var me *modbus.ModbusError
+	return errors.As(err, &me) && (me.ExceptionCode == modbus.ExceptionCodeIllegalDataAddress ||
+		me.ExceptionCode == modbus.ExceptionCodeIllegalFunction)
+}
+
 // errClass sorts a request error into a counter name and a short reason.
 func errClass(err error) (counter, reason string) {
 	var me *modbus.ModbusError
