@@ -196,20 +196,6 @@ func TestStatusDeviceAttention(t *testing.T) {
 	}
 }
 
-// TestStatusDiskRefuses: a queue whose disk refuses writes makes `gateway
-// status` exit 1 and say what memory holds, which a restart would lose.
-func TestStatusDiskRefuses(t *testing.T) {
-	now := time.Date(2026, 12, 3, 7, 0, 0, 0, time.UTC)
-	s := status.Snapshot{Station: "pr-0001", Type: "police_room", Time: now, Started: now.Add(-time.Hour),
-		Uplinks: []status.Uplink{{Name: "mqtt", Connected: true, Since: now.Add(-time.Hour),
-			Queue: status.Queue{DiskError: "write seg: no space left on device", InMemory: 2, TelemetryInMemory: 40}}}}
-	var out bytes.Buffer
-	const want = "mqtt: the disk refuses the queue's writes (write seg: no space left on device); 2 alarms and 40 telemetry records held in memory, which a restart before the disk takes them loses; 0 alarms lost\n"
-	if code := printStatus(&out, s, now, 0, nil); code != 1 || !strings.Contains(out.String(), want) {
-		t.Errorf("exit %d:\n%s\nwant exit 1 and %q", code, out.String(), want)
-	}
-}
-
 // TestStateDirDeleted: the state directory deleted under a running gateway
 // is made again with what a restart and the operator's commands need: the
 // sequence-number leases (a restart must not number from 1 again), the
