@@ -198,8 +198,8 @@ func (l Lane) String() string {
 }
 
 // Kept says whether the lane's records are never dropped: they stay under
-// the size cap at the cost of telemetry, and are lost only when the disk
-// refuses them and the memory bound is reached too.
+// the size cap at the cost of telemetry, and while the disk refuses them
+// are held in memory until lost (telemetry until dropped).
 func (l Lane) Kept() bool { return l != LaneTelemetry }
 
 // Defaults of Options.
@@ -212,7 +212,8 @@ const (
 	// one record, whatever its size).
 	MaxBatchBytes = 1 << 20
 	// DefaultMemoryBytes of each lane's records are held in memory while
-	// the disk refuses them: tens of thousands of events.
+	// the disk refuses them: tens of thousands of events, and a station's
+	// telemetry for minutes.
 	DefaultMemoryBytes = 8 << 20
 )
 
@@ -290,10 +291,9 @@ type LaneStats struct {
 
 	Appended, AppendedReadings int64 // since Open
 	Acked, AckedReadings       int64 // since Open
-	// Dropped since Open: telemetry, to stay under MaxBytes, to make room
-	// on a full disk, or refused by the disk past the memory bound; and
-	// records of any lane in a segment that could not be read (deleted
-	// under the queue, say).
+	// Dropped since Open: telemetry, to stay under MaxBytes, or because
+	// the disk refused it and the memory bound was reached; and records of any lane in a segment that
+	// could not be read (deleted under the queue, say).
 	Dropped, DroppedReadings int64
 	// Memory is how many of the queued records are held in memory
 	// because the disk refused them.
