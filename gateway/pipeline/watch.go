@@ -43,7 +43,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 					"alarms_held":   strconv.FormatInt(a.Memory, 10),
 					"alarms_lost":   strconv.FormatInt(a.Lost, 10),
 					"readings_lost": strconv.FormatInt(t.DroppedReadings-pt.DroppedReadings, 10),
-					"reason":        "the disk refuses the queue's writes or does not answer: what it refuses is held in memory and still sent, alarms first; telemetry past the memory's bound is dropped and counted",
+					"reason":        "the disk refuses the queue's writes or does not answer: alarms are held in memory and still sent, new telemetry is dropped",
 				}))
 			}
 			if !s.WriteFailing && prev.WriteFailing || blip {

@@ -40,10 +40,10 @@ func immutable(t *testing.T, dir string, on bool) {
 	}
 }
 
-// TestDiskRefusesWrites: while the disk refuses every write, alarms and
-// telemetry are held in memory and handed out after those on disk (a hub
-// that is up gets them all), and when the disk takes writes again the
-// alarms go to disk by themselves, in order, and survive a restart.
+// TestDiskRefusesWrites: while the disk refuses every write, alarms are
+// held in memory and handed out after those on disk, telemetry is dropped
+// and counted, and when the disk takes writes again the alarms go to disk
+// by themselves, in order, and survive a restart.
 func TestDiskRefusesWrites(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
@@ -74,13 +74,12 @@ func TestDiskRefusesWrites(t *testing.T) {
 	if a.Memory != 3 || a.Records != 6 || a.Lost != 0 {
 		t.Errorf("alarm lane: %d in memory, %d queued, %d lost; want 3, 6, 0", a.Memory, a.Records, a.Lost)
 	}
-	if tl.Memory != 2 || tl.Dropped != 0 {
-		t.Errorf("telemetry: %d in memory, %d dropped; want 2, 0", tl.Memory, tl.Dropped)
+	if tl.Dropped != 2 || tl.DroppedReadings != int64(rec(100).Readings+rec(101).Readings) {
+		t.Errorf("telemetry: %d dropped (%d readings), want 2", tl.Dropped, tl.DroppedReadings)
 	}
-	// The forwarder gets every alarm, in order, and the telemetry, the
-	// disk refusing or not.
-	if got, tel := drain(t, q, 1000, true); len(got) != 6 || got[0] != 1 || got[5] != 6 || !slices.Equal(tel, []int{100, 101}) {
-		t.Fatalf("handed out alarms %v and telemetry %v, want alarms 1 to 6 and telemetry 100, 101", got, tel)
+	// The forwarder gets every alarm, in order, the disk refusing or not.
+	if got, _ := drain(t, q, 1000, true); len(got) != 6 || got[0] != 1 || got[5] != 6 {
+		t.Fatalf("handed out %v, want alarms 1 to 6", got)
 	}
 	for i := 7; i <= 8; i++ {
 		q.Append(LaneAlarm, rec(i))
@@ -99,45 +98,6 @@ func TestDiskRefusesWrites(t *testing.T) {
 	if got, _ := drain(t, q, 1000, true); len(got) != 2 || got[0] != 7 || got[1] != 8 {
 		t.Fatalf("after a restart, handed out %v, want alarms 7 and 8 from disk", got)
 	}
-}
-
-// TestDiskRefusesTelemetryBeyondMemory: telemetry the disk refuses past
-// the memory bound is dropped and counted, with its readings, for every
-// reader; what memory holds is handed out in order, and the alarms keep
-// a bound of their own.
-func TestDiskRefusesTelemetryBeyondMemory(t *testing.T) {
-	needRoot(t)
-	dir := t.TempDir()
-	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", dir).Run() })
-	opt := twoReaders
-	opt.MaxBytes, opt.SyncEvery, opt.MemoryBytes = 1<<20, -1, 3*int64(len(rec(0).Data))
-	q, err := Open(dir, opt, testLog(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	immutable(t, dir, true)
-	for i := 10; i < 15; i++ {
-		if err := q.Append(LaneTelemetry, rec(i)); err != nil {
-			t.Fatalf("telemetry %d while the disk refuses writes: %v", i, err)
-		}
-	}
-	if err := q.Append(LaneAlarm, rec(1)); !errors.Is(err, ErrHeld) {
-		t.Fatalf("an alarm after the telemetry filled its memory: got %v, want ErrHeld", err)
-	}
-	lost := int64(rec(13).Readings + rec(14).Readings)
-	for _, r := range []*Reader{q.Reader("mqtt"), q.Reader("influx")} {
-		st := r.Stats()
-		if tl := st.Lanes[LaneTelemetry]; tl.Memory != 3 || tl.Dropped != 2 || tl.DroppedReadings != lost {
-			t.Errorf("%s telemetry: %d in memory, %d dropped (%d readings); want 3, 2 (%d)", r.name, tl.Memory, tl.Dropped, tl.DroppedReadings, lost)
-		}
-		if a := st.Lanes[LaneAlarm]; a.Memory != 1 || a.Lost != 0 {
-			t.Errorf("%s alarms: %d in memory, %d lost; want 1, 0", r.name, a.Memory, a.Lost)
-		}
-	}
-	alarms, tel := drain(t, q.Reader("mqtt"), 1000, true)
-	checkSeq(t, "alarms", alarms, 1, 2)
-	checkSeq(t, "telemetry", tel, 10, 13)
 }
 
 // TestDiskFlaps: a disk that takes a write between two it refuses (a full
@@ -422,13 +382,12 @@ func TestDiskHangs(t *testing.T) {
 	if !st.WriteFailing || !strings.Contains(st.WriteError, "the disk does not answer") {
 		t.Errorf("stats say failing %v, last error %q; want failing, the disk does not answer", st.WriteFailing, st.WriteError)
 	}
-	if a, tl := st.Lanes[LaneAlarm], st.Lanes[LaneTelemetry]; a.Memory != 3 || tl.Memory != 1 || tl.Dropped != 0 {
-		t.Errorf("in memory %d alarms and %d telemetry, %d telemetry dropped; want 3, 1 and 0", a.Memory, tl.Memory, tl.Dropped)
+	if a, tl := st.Lanes[LaneAlarm], st.Lanes[LaneTelemetry]; a.Memory != 3 || tl.Dropped != 1 {
+		t.Errorf("%d alarms in memory, %d telemetry dropped; want 3 and 1", a.Memory, tl.Dropped)
 	}
-	// The uplink whose hub is up gets every alarm, and the telemetry, while
-	// the disk hangs.
-	if got, tel := drain(t, q.Reader("mqtt"), 1000, true); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6}) || !slices.Equal(tel, []int{100}) {
-		t.Fatalf("handed out alarms %v and telemetry %v while the disk hangs, want alarms 1 to 6 and telemetry 100", got, tel)
+	// The uplink whose hub is up gets every alarm while the disk hangs.
+	if got, _ := drain(t, q.Reader("mqtt"), 1000, true); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6}) {
+		t.Fatalf("handed out %v while the disk hangs, want alarms 1 to 6", got)
 	}
 	freeze(false)
 	deadline := time.Now().Add(5 * time.Second)

@@ -150,7 +150,7 @@
 // reader, one read window per lane and reader (64 KiB, more only for a
 // record larger than that), the batches handed out and not yet
 // acknowledged (at most MaxBatchBytes of data each) and up to two spare
-// batch buffers per lane and reader. Records held in memory while the disk
+// batch buffers per lane and reader. Alarms held in memory while the disk
 // refuses them are held once, until every reader acknowledged them.
 package queue
 
@@ -198,8 +198,8 @@ func (l Lane) String() string {
 }
 
 // Kept says whether the lane's records are never dropped: they stay under
-// the size cap at the cost of telemetry, and while the disk refuses them
-// are held in memory until lost (telemetry until dropped).
+// the size cap at the cost of telemetry, and are held in memory while the
+// disk refuses them.
 func (l Lane) Kept() bool { return l != LaneTelemetry }
 
 // Defaults of Options.
@@ -211,9 +211,8 @@ const (
 	// MaxBatchBytes bounds the data of one batch (a batch holds at least
 	// one record, whatever its size).
 	MaxBatchBytes = 1 << 20
-	// DefaultMemoryBytes of each lane's records are held in memory while
-	// the disk refuses them: tens of thousands of events, and a station's
-	// telemetry for minutes.
+	// DefaultMemoryBytes of alarms are held in memory while the disk
+	// refuses them: tens of thousands of events.
 	DefaultMemoryBytes = 8 << 20
 )
 
@@ -235,8 +234,8 @@ type Options struct {
 	// DefaultSegmentBytes. It is lowered to MaxBytes/8 (at least 4 KiB) so
 	// that dropping a segment never drops more than an eighth of the cap.
 	SegmentBytes int64
-	// MemoryBytes bounds each lane's records held in memory while the
-	// disk refuses them; 0 means DefaultMemoryBytes.
+	// MemoryBytes bounds the alarms held in memory while the disk refuses
+	// them; 0 means DefaultMemoryBytes.
 	MemoryBytes int64
 	// Readers name the consumers of the queue (the gateway's uplinks),
 	// each with its own read and acknowledged positions, cap and
@@ -291,12 +290,12 @@ type LaneStats struct {
 
 	Appended, AppendedReadings int64 // since Open
 	Acked, AckedReadings       int64 // since Open
-	// Dropped since Open: telemetry, to stay under MaxBytes, or because
-	// the disk refused it and the memory bound was reached; and records of any lane in a segment that
+	// Dropped since Open: telemetry, to stay under MaxBytes or because
+	// the disk refused it; and records of any lane in a segment that
 	// could not be read (deleted under the queue, say).
 	Dropped, DroppedReadings int64
 	// Memory is how many of the queued records are held in memory
-	// because the disk refused them.
+	// because the disk refused them (kept lanes only).
 	Memory int64
 	// Lost since Open: records of a kept lane the disk refused when
 	// memory was full too.
@@ -416,7 +415,7 @@ type inflight struct {
 	mem  int // records from memory, after those from segments
 }
 
-// memRecord is a record the disk refused, held in memory.
+// memRecord is an alarm the disk refused, held in memory.
 type memRecord struct {
 	data     []byte
 	readings int
@@ -1002,13 +1001,11 @@ func (q *Queue) removeDone(ln *lane) {
 // older telemetry segment is dropped is dropped itself, counted, and
 // Append returns nil. When the disk refuses a write: if it is full, the
 // oldest telemetry is dropped to make room and the write tried again;
-// records the disk still refuses are held in memory (up to
-// Options.MemoryBytes a lane), served by Next after those on disk, and
-// written to disk as soon as it takes them again: a hub that is up still
-// gets them. Beyond that bound alarms are lost and telemetry is dropped,
-// each counted. Stats say so (WriteErrors, WriteFailing, Lanes[].Memory),
-// and Append returns ErrHeld (or ErrLost) for alarms it could not make
-// durable; telemetry is not promised durable, and its Append returns nil.
+// alarms the disk still refuses are held in memory (up to
+// Options.MemoryBytes), served by Next after those on disk, and written to
+// disk as soon as it takes them again; telemetry it refuses is dropped and
+// counted. Stats say so (WriteErrors, WriteFailing, Lanes[].Memory), and
+// Append returns ErrHeld (or ErrLost) for alarms it could not make durable.
 //
 // Alarms never wait for the group commit: an Append to LaneAlarm returns
 // after an fsync that covers it unless SyncEvery is negative. A failed
@@ -1063,14 +1060,23 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	now := time.Now().UnixNano()
 	ln.st.Appended += int64(len(recs))
 	ln.st.AppendedReadings += readings
-	// Records held in memory go to disk first: a record never overtakes an
+	// Alarms held in memory go to disk first: an alarm never overtakes an
 	// older one of its lane.
 	var notDurable error
 	if !q.flushMemory(ln) {
 		notDurable = q.hold(ln, recs, now)
 	} else if n, err := q.writeFreeing(ln, recs, now); err != nil {
 		q.writeFailed(err)
-		notDurable = q.hold(ln, recs[n:], now)
+		if l.Kept() {
+			notDurable = q.hold(ln, recs[n:], now)
+		} else {
+			for _, r := range recs[n:] {
+				for _, c := range ln.cur {
+					c.st.Dropped++
+					c.st.DroppedReadings += int64(r.Readings)
+				}
+			}
+		}
 	} else {
 		q.writeWorks()
 	}
@@ -1197,7 +1203,7 @@ func (q *Queue) writeFailed(err error) {
 	if !q.st.WriteFailing {
 		q.st.WriteFailing = true
 		q.st.WriteFailedAt, q.st.WriteRecoveredAt = time.Now(), time.Time{}
-		q.log.Error("queue: the disk refuses writes or does not answer; holding what it refuses in memory", "err", err)
+		q.log.Error("queue: the disk refuses writes or does not answer; holding alarms in memory, dropping telemetry", "err", err)
 	}
 }
 
@@ -1245,24 +1251,14 @@ func (q *Queue) settle() {
 	q.log.Info("queue: the disk takes writes again", "after", q.st.WriteRecoveredAt.Sub(q.st.WriteFailedAt))
 }
 
-// hold keeps records in memory while the disk refuses them, up to
-// MemoryBytes a lane; beyond that alarms are lost and counted, and
-// telemetry is dropped and counted. Called with q.mu held.
-// For alarms it returns ErrLost if it lost any, or else ErrHeld; for
-// telemetry, nil.
+// hold keeps alarm records in memory while the disk refuses them, up to
+// MemoryBytes; beyond that they are lost and counted. Called with q.mu
+// held.
+// It returns ErrLost if it lost any, or else ErrHeld.
 func (q *Queue) hold(ln *lane, recs []Record, now int64) error {
 	err := ErrHeld
 	for _, r := range recs {
 		if ln.memBytes+int64(len(r.Data)) > q.opt.MemoryBytes {
-			if !ln.l.Kept() {
-				// Counted as telemetry dropped at the cap is: the hub
-				// is told.
-				for _, c := range ln.cur {
-					c.st.Dropped++
-					c.st.DroppedReadings += int64(r.Readings)
-				}
-				continue
-			}
 			ln.st.Lost++
 			ln.st.LostReadings += int64(r.Readings)
 			q.log.Error("queue: disk failing and memory full: alarm lost", "lane", ln.l)
@@ -1271,9 +1267,6 @@ func (q *Queue) hold(ln *lane, recs []Record, now int64) error {
 		}
 		ln.mem = append(ln.mem, memRecord{data: slices.Clone(r.Data), readings: r.Readings, enq: now})
 		ln.memBytes += int64(len(r.Data))
-	}
-	if !ln.l.Kept() {
-		return nil // telemetry is not promised durable
 	}
 	return err
 }
@@ -2077,7 +2070,7 @@ func (q *Queue) syncLoop(ln *lane) {
 	}
 }
 
-// retryEvery is how often records held in memory are offered to the disk
+// retryEvery is how often alarms held in memory are offered to the disk
 // again when no append comes.
 const retryEvery = time.Second
 
@@ -2115,7 +2108,7 @@ func (q *Queue) retrySoon() {
 	}
 }
 
-// retryMemory writes the records held in memory to disk if it takes them,
+// retryMemory writes the alarms held in memory to disk if it takes them,
 // and says whether anything is still held or the episode of refused
 // writes goes on.
 func (q *Queue) retryMemory() bool {

@@ -371,13 +371,12 @@ func TestDiskRefusesWritesTwoReaders(t *testing.T) {
 		t.Fatalf("telemetry while the disk refuses writes: %v", err)
 	}
 	for _, r := range []*Reader{mq, ix} {
-		if tl := r.Stats().Lanes[LaneTelemetry]; tl.Memory != 2 || tl.Dropped != 0 {
-			t.Fatalf("%s: %d telemetry records in memory, %d dropped; want 2, 0", r.name, tl.Memory, tl.Dropped)
+		if tl := r.Stats().Lanes[LaneTelemetry]; tl.Dropped != 2 {
+			t.Fatalf("%s: %d telemetry records dropped, want 2", r.name, tl.Dropped)
 		}
 	}
-	alarms, tel := drain(t, mq, 1000, true)
+	alarms, _ := drain(t, mq, 1000, true)
 	checkSeq(t, "mqtt alarms", alarms, 1, 7)
-	checkSeq(t, "mqtt telemetry", tel, 100, 102)
 	if a := mq.Stats().Lanes[LaneAlarm]; a.Memory != 0 || a.Records != 0 {
 		t.Fatalf("mqtt alarm lane after its acks: %d in memory, %d queued; want 0, 0", a.Memory, a.Records)
 	}
