@@ -236,10 +236,16 @@ func (b *Bus) ask(m *module, text string, k Kind, timeout time.Duration) (Answer
 	var frame []byte
 	late := b.tr.late
 	if b.tr.unsynced {
-		err = b.tr.sync(Command(readName(m.set.Address), m.set.Checksum), func(f []byte) bool {
+		var damaged []byte
+		name := Command(fmt.Sprintf("!%02X%s", m.set.Address, m.tmpl.Module), m.set.Checksum)
+		damaged, err = b.tr.sync(Command(readName(m.set.Address), m.set.Checksum), func(f []byte) bool {
 			_, err := Parse(f, KindName, m.set.Address, m.set.Checksum)
 			return err == nil
-		})
+		}, name)
+		if damaged != nil {
+			_, derr := Parse(damaged, KindName, m.set.Address, m.set.Checksum)
+			b.count(m, []string{classify(derr)})
+		}
 	}
 	if err == nil {
 		frame, err = b.tr.exchange(Command(text, m.set.Checksum), answerLen(k, m.set.Checksum), false)
@@ -250,7 +256,7 @@ func (b *Bus) ask(m *module, text string, k Kind, timeout time.Duration) (Answer
 		if errors.As(err, &te) {
 			te.Late = b.tr.late - late
 		} else if err == nil {
-			b.lateAnswers(m)
+			b.count(m, []string{"late_answers"})
 		}
 	}
 	var pe *bus.PortError
@@ -275,14 +281,6 @@ func (b *Bus) ask(m *module, text string, k Kind, timeout time.Duration) (Answer
 		b.tr.unsynced = true
 	}
 	return ans, err
-}
-
-// lateAnswers counts answers that came after their timeout and were
-// dropped when the answers were realigned.
-func (b *Bus) lateAnswers(m *module) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.health.Count("late_answers")
 }
 
 // request runs one command under the wire lock at priority prio, with the

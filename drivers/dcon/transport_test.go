@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +23,111 @@ import (
 // taken for the next module's: box-2's read must give box-2's inputs, not
 // box-1's pressed button. The responder on the pty plays the bus.
 func TestOutOfStep(t *testing.T) {
+	answers := map[string]string{
+		"$01M": "!014050", "$02M": "!024050",
+		"$016": "!000300", // LED and siren off; tamper closed, button pressed
+		"$026": "!000200", // button not pressed
+	}
+	var late []byte
+	b, heard := onBus(t, 9600, func(i int, cmd string) []byte {
+		out := append(late, Command(answers[cmd], true)...)
+		late = nil
+		if i == 0 {
+			// A sync's name answer comes where the I/O was asked; the
+			// I/O answer comes late, after the next command.
+			out, late = Command(answers["$01M"], true), out
+		}
+		return out
+	})
+
+	_, err := b.ask(b.byID["box-1"], readIO(1), KindReadIO, 100*time.Millisecond)
+	var fe *FrameError
+	if !errors.As(err, &fe) || fe.Kind != badZeros {
+		t.Fatalf("box-1 given its name for I/O: %v, want a frame error (data byte 2 not 00)", err)
+	}
+	ans, err := b.ask(b.byID["box-2"], readIO(2), KindReadIO, 100*time.Millisecond)
+	if err != nil || ans.Data != [3]byte{0x00, 0x02, 0x00} {
+		t.Fatalf("box-2: % x, %v; want its own 00 02 00 (not box-1's late 00 03 00)", ans.Data, err)
+	}
+	if got, want := heard(), []string{"$016", "$02M", "$026"}; !slices.Equal(got, want) {
+		t.Errorf("commands %q, want %q: box-2's name asked, to realign", got, want)
+	}
+}
+
+// TestSyncDamagedName: a sync whose name answer comes with one character
+// damaged realigns the bus at once: the command after it is sent without
+// waiting out the timeout, and the damaged answer is counted. Two damaged
+// characters are not the name answer: the sync waits on for it (a late
+// answer, or noise), and fails at its timeout.
+func TestSyncDamagedName(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		damage  func(name []byte) // damages box-1's name answer with its checksum
+		want    error
+		counter string // box-1's health counter of the damaged answer
+	}{
+		{"one character", func(a []byte) { a[4] ^= 0x04 }, nil, "checksum_errors"},
+		{"its CR", func(a []byte) { a[len(a)-1] ^= 0x01 }, nil, "bad_frames"},
+		{"two characters", func(a []byte) { a[4] ^= 0x04; a[5] ^= 0x02 }, &TimeoutError{}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, heard := onBus(t, 38400, func(i int, cmd string) []byte {
+				switch cmd {
+				case "$016":
+					if i == 0 {
+						return nil // unanswered: the bus is out of step
+					}
+					return Command("!000300", true)
+				case "$01M":
+					a := Command("!014050", true)
+					tc.damage(a)
+					return a
+				}
+				return nil
+			})
+			const timeout = 200 * time.Millisecond
+			m := b.byID["box-1"]
+			if _, err := b.ask(m, readIO(1), KindReadIO, timeout); !errors.As(err, new(*TimeoutError)) {
+				t.Fatalf("first $016: %v, want a timeout", err)
+			}
+			start := time.Now()
+			ans, err := b.ask(m, readIO(1), KindReadIO, timeout)
+			took := time.Since(start)
+			switch {
+			case tc.want == nil && (err != nil || ans.Data != [3]byte{0x00, 0x03, 0x00}):
+				t.Fatalf("$016 after the sync: % x, %v; want 00 03 00", ans.Data, err)
+			case tc.want == nil && took >= timeout:
+				t.Errorf("$016 after the sync took %v, want less than the %v timeout: the sync waited past its answer", took, timeout)
+			case tc.want != nil && !errors.As(err, new(*TimeoutError)):
+				t.Fatalf("$016 after the sync: %v, want the sync's timeout", err)
+			case tc.want != nil && !strings.Contains(err.Error(), "(10 bytes of a late answer dropped)"):
+				t.Errorf("$016 after the sync: %v, want the damaged name answer dropped as a late answer", err)
+			}
+			want := []string{"$016", "$01M", "$016"}
+			if tc.want != nil {
+				want = want[:2]
+			}
+			if got := heard(); !slices.Equal(got, want) {
+				t.Errorf("commands %q, want %q", got, want)
+			}
+			if tc.counter == "" {
+				return // the request counts its timeout (request, result.fail)
+			}
+			m.mu.Lock()
+			h, _ := m.health.Observe(bus.Result{Requests: 1})
+			m.mu.Unlock()
+			if h.Counters[tc.counter] != 1 {
+				t.Errorf("counters %v, want %s: 1", h.Counters, tc.counter)
+			}
+		})
+	}
+}
+
+// onBus builds a bus of box-1 and box-2 (both with checksum) on a pty whose
+// far end answers each command (without its checksum; i counts them from
+// 0) with what answer returns, at once. heard gives the commands so far.
+func onBus(t *testing.T, baud int, answer func(i int, cmd string) []byte) (b *Bus, heard func() []string) {
+	t.Helper()
 	st := loadStation(t, t.TempDir(), twoModules, `  - {id: box-1, template: dcon-panic-box, link: rs485-2, address: 0x01, checksum: true}
   - {id: box-2, template: dcon-panic-box, link: rs485-2, address: 0x02, checksum: true}
 `)
@@ -29,17 +135,11 @@ func TestOutOfStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	answers := map[string]string{
-		"$01M": "!014050", "$02M": "!024050",
-		"$016": "!000300", // LED and siren off; tamper closed, button pressed
-		"$026": "!000200", // button not pressed
-	}
 	var mu sync.Mutex
-	var heard []string
+	var cmds []string
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		var late []byte
 		buf := make([]byte, 64)
 		var acc []byte
 		for {
@@ -56,51 +156,33 @@ func TestOutOfStep(t *testing.T) {
 				cmd := string(acc[:i-2]) // without its checksum
 				acc = acc[i+1:]
 				mu.Lock()
-				heard = append(heard, cmd)
-				first := len(heard) == 1
+				cmds = append(cmds, cmd)
+				n := len(cmds) - 1
 				mu.Unlock()
-				out := append(late, Command(answers[cmd], true)...)
-				late = nil
-				if first {
-					// A sync's name answer comes where the I/O was asked;
-					// the I/O answer comes late, after the next command.
-					out, late = Command(answers["$01M"], true), out
+				if out := answer(n, cmd); len(out) > 0 {
+					master.Write(out)
 				}
-				master.Write(out)
 			}
 		}
 	}()
-	// Once every fd of the pty's device side is closed, the master's Read
-	// fails and the responder ends.
-	var b *Bus
-	defer func() {
-		if b != nil {
-			b.port.Close()
-		}
-		tty.Close()
-		<-done
-		master.Close()
-	}()
 	open := func(string, *serial.Mode) (bus.Port, error) {
-		return serial.Open(tty.Name(), &serial.Mode{BaudRate: 9600})
+		return serial.Open(tty.Name(), &serial.Mode{BaudRate: baud})
 	}
 	b, err = build(drivers.Links(st)[0], open, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	_, err = b.ask(b.byID["box-1"], readIO(1), KindReadIO, 100*time.Millisecond)
-	var fe *FrameError
-	if !errors.As(err, &fe) || fe.Kind != badZeros {
-		t.Fatalf("box-1 given its name for I/O: %v, want a frame error (data byte 2 not 00)", err)
-	}
-	ans, err := b.ask(b.byID["box-2"], readIO(2), KindReadIO, 100*time.Millisecond)
-	if err != nil || ans.Data != [3]byte{0x00, 0x02, 0x00} {
-		t.Fatalf("box-2: % x, %v; want its own 00 02 00 (not box-1's late 00 03 00)", ans.Data, err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if got, want := heard, []string{"$016", "$02M", "$026"}; !slices.Equal(got, want) {
-		t.Errorf("commands %q, want %q: box-2's name asked, to realign", got, want)
+	// Once every fd of the pty's device side is closed, the master's Read
+	// fails and the responder ends.
+	t.Cleanup(func() {
+		b.port.Close()
+		tty.Close()
+		<-done
+		master.Close()
+	})
+	return b, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(cmds)
 	}
 }
