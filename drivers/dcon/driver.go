@@ -53,9 +53,9 @@
 //   - Late answers. An answer to $AA6 does not say which module sent it.
 //     After a command that got no answer, or an answer cut short, the
 //     next exchange on the bus first asks its module's name and drops
-//     every frame before that name's answer (transport.sync): a late
-//     answer is never taken for another module's. They are counted
-//     (late_answers).
+//     every frame before that name's answer, whole or with one character
+//     damaged (transport.sync): a late answer is never taken for another
+//     module's. They are counted (late_answers).
 package dcon
 
 import (
