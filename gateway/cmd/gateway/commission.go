@@ -146,7 +146,7 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 	if !hasM {
 		switch {
 		case hasH && h.State == model.Online:
-			return true, answers
+			return true, answers + unclean(h)
 		case hasH && h.Reason != "":
 			return false, h.Reason
 		}
@@ -182,7 +182,7 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 		return false, why
 	}
 	if len(good) == 0 {
-		return true, answers
+		return true, answers + unclean(h)
 	}
 	// The values, so that an installer sees one that is plausible but
 	// wrong (2.3 °C in a warm room: a wrong scale).
@@ -190,8 +190,34 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 	if more := len(good) - showMax; more > 0 {
 		ok += fmt.Sprintf(", and %d more (gateway read shows them all)", more)
 	}
-	return true, ok
+	return true, ok + unclean(h)
 }
+
+// unclean says, after a device's verdict, what its requests met on the way
+// to its values: "" when every one was answered well. A device that
+// answered only after timeouts or damaged frames passes, since it does
+// answer, but a line that loses or damages frames in the few requests of a
+// commissioning will delay an alarm some day: the installer should mend it
+// before leaving, and sees so here.
+func unclean(h model.Health) string {
+	var met []string
+	for _, c := range lineFaults {
+		if n := h.Counters[c]; n > 0 {
+			met = append(met, fmt.Sprintf("%s %d", c, n))
+		}
+	}
+	if len(met) == 0 {
+		return ""
+	}
+	return "; but it met " + strings.Join(met, ", ") + ": frames lost or damaged on the way; check the wiring (termination, grounding) or the network"
+}
+
+// lineFaults are the health counters, of any driver, of frames lost or
+// damaged between the gateway and a device (docs/hub-contract.md): not
+// those of its activity (polls, a panel's frames and tests), its schedule,
+// or an answer that came late (late_answers: a timeout to raise).
+var lineFaults = []string{"timeouts", "crc_errors", "checksum_errors", "frame_errors", "length_errors",
+	"bad_frames", "truncated_lines", "unconfirmed_reads", "io_errors"}
 
 // showMax is how many values a device's line shows.
 const showMax = 6

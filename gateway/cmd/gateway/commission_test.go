@@ -157,6 +157,8 @@ func TestVerdict(t *testing.T) {
 	good := model.Message{Readings: []model.Reading{{Signal: "pressed", Value: model.Bool(false), Quality: model.Good}}}
 	bad := model.Message{Readings: []model.Reading{{Signal: "pressed", Quality: model.Bad}}}
 	const noLatch = "module at address 01 refuses $01L1 (read latched inputs), which template dcon-panic-box-latched needs"
+	clean := map[string]uint64{"polls": 1, "requests": 1, model.RTTCounter: 1800}
+	noisy := map[string]uint64{"polls": 1, "requests": 5, model.RTTCounter: 1800, "timeouts": 2, "checksum_errors": 1}
 	for _, tc := range []struct {
 		name   string
 		m      *model.Message // nil: no reading
@@ -165,6 +167,13 @@ func TestVerdict(t *testing.T) {
 		result string
 	}{
 		{name: "good values, online", m: &good, h: &model.Health{State: model.Online}, ok: true, result: "OK: pressed = false"},
+		{name: "good values, every request answered well", m: &good, h: &model.Health{State: model.Online, Counters: clean}, ok: true, result: "OK: pressed = false"},
+		{name: "good values after lost and damaged frames", m: &good, h: &model.Health{State: model.Online, Counters: noisy}, ok: true,
+			result: "OK: pressed = false; but it met timeouts 2, checksum_errors 1: frames lost or damaged on the way; check the wiring (termination, grounding) or the network"},
+		{name: "events only, a panel's frames and tests", h: &model.Health{State: model.Online, Counters: map[string]uint64{"frames": 3, "acks": 3, "tests": 1, "events": 2}}, ok: true,
+			result: "OK: it answers (no readings to show)"},
+		{name: "events only, after a lost frame", h: &model.Health{State: model.Online, Counters: map[string]uint64{"polls": 1, "requests": 2, "timeouts": 1}}, ok: true,
+			result: "OK: it answers (no readings to show); but it met timeouts 1: frames lost or damaged on the way; check the wiring (termination, grounding) or the network"},
 		{name: "good values, no health", m: &good, ok: true, result: "OK: pressed = false"},
 		{name: "good values, degraded", m: &good, h: &model.Health{State: model.Degraded, Reason: noLatch}, result: "values read, but degraded: " + noLatch},
 		{name: "good values, degraded without a reason", m: &good, h: &model.Health{State: model.Degraded}, result: "values read, but degraded"},

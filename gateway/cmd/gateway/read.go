@@ -67,6 +67,9 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	printReading(stdout, &m)
 	if fine, _ := verdict(m, true, health, hasHealth, *timeout); fine {
+		if u := unclean(health); u != "" {
+			fmt.Fprintf(stdout, "\nanswered%s\n", u)
+		}
 		return 0
 	}
 	if hasHealth && health.Reason != "" {
