@@ -146,9 +146,9 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 	if !hasM {
 		switch {
 		case hasH && h.State == model.Online:
-			return true, answers + unclean(h)
+			return true, but(answers, h)
 		case hasH && h.Reason != "":
-			return false, h.Reason
+			return false, also(h.Reason, h)
 		}
 		return false, fmt.Sprintf("nothing from it within %s: is it powered and wired, and does the station file name it right?", timeout)
 	}
@@ -169,7 +169,7 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 		if hasH && h.Reason != "" {
 			why += ": " + h.Reason
 		}
-		return false, why
+		return false, also(why, h)
 	case len(odd) > 0:
 		return false, "outside the plausible range (a wrong template, or a failing sensor): " + strings.Join(odd, ", ")
 	case hasH && h.State != model.Online:
@@ -179,10 +179,10 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 		if h.Reason != "" {
 			why += ": " + h.Reason
 		}
-		return false, why
+		return false, also(why, h)
 	}
 	if len(good) == 0 {
-		return true, answers + unclean(h)
+		return true, but(answers, h)
 	}
 	// The values, so that an installer sees one that is plausible but
 	// wrong (2.3 °C in a warm room: a wrong scale).
@@ -190,26 +190,48 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 	if more := len(good) - showMax; more > 0 {
 		ok += fmt.Sprintf(", and %d more (gateway read shows them all)", more)
 	}
-	return true, ok + unclean(h)
+	return true, but(ok, h)
 }
 
 // unclean says, after a device's verdict, what its requests met on the way
-// to its values: "" when every one was answered well. A device that
-// answered only after timeouts or damaged frames passes, since it does
-// answer, but a line that loses or damages frames in the few requests of a
-// commissioning will delay an alarm some day: the installer should mend it
-// before leaving, and sees so here.
-func unclean(h model.Health) string {
+// to its values ("it met timeouts 2, checksum_errors 1: ..."), "" when
+// every one was answered well, and whether that was more than timeouts.
+// A device that answered only after timeouts or damaged frames passes,
+// since it does answer, but a line that loses or damages frames in the few
+// requests of a commissioning will delay an alarm some day: the installer
+// should mend it before leaving, and sees so. One that fails says it too
+// when frames came damaged, since its reason names only the first failure
+// (a timeout, on a noisy line, like that of a wrong address); a silent
+// one's reason says what to check already.
+func unclean(h model.Health) (said string, damaged bool) {
 	var met []string
 	for _, c := range lineFaults {
 		if n := h.Counters[c]; n > 0 {
 			met = append(met, fmt.Sprintf("%s %d", c, n))
+			damaged = damaged || c != "timeouts"
 		}
 	}
 	if len(met) == 0 {
-		return ""
+		return "", false
 	}
-	return "; but it met " + strings.Join(met, ", ") + ": frames lost or damaged on the way; check the wiring (termination, grounding) or the network"
+	return "it met " + strings.Join(met, ", ") + ": frames lost or damaged on the way; check the wiring (termination, grounding) or the network", damaged
+}
+
+// but adds to a passing verdict what the device's requests met, if any.
+func but(ok string, h model.Health) string {
+	if u, _ := unclean(h); u != "" {
+		return ok + "; but " + u
+	}
+	return ok
+}
+
+// also adds to a failing verdict the damaged frames the device's requests
+// met, if any.
+func also(why string, h model.Health) string {
+	if u, damaged := unclean(h); damaged {
+		return why + "; " + u
+	}
+	return why
 }
 
 // lineFaults are the health counters, of any driver, of frames lost or

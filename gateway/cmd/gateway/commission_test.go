@@ -178,6 +178,10 @@ func TestVerdict(t *testing.T) {
 		{name: "good values, degraded", m: &good, h: &model.Health{State: model.Degraded, Reason: noLatch}, result: "values read, but degraded: " + noLatch},
 		{name: "good values, degraded without a reason", m: &good, h: &model.Health{State: model.Degraded}, result: "values read, but degraded"},
 		{name: "no value", m: &bad, h: &model.Health{State: model.Offline, Reason: "no answer"}, result: "no value for pressed: no answer"},
+		{name: "no value, silent", m: &bad, h: &model.Health{State: model.Offline, Reason: "no answer", Counters: map[string]uint64{"requests": 4, "timeouts": 4}},
+			result: "no value for pressed: no answer"},
+		{name: "no value, damaged frames", m: &bad, h: &model.Health{State: model.Degraded, Reason: "timeout after 30ms", Counters: noisy},
+			result: "no value for pressed: timeout after 30ms; it met timeouts 2, checksum_errors 1: frames lost or damaged on the way; check the wiring (termination, grounding) or the network"},
 		{name: "events only, online", h: &model.Health{State: model.Online}, ok: true, result: "OK: it answers (no readings to show)"},
 		{name: "nothing", result: "nothing from it within 5s: is it powered and wired, and does the station file name it right?"},
 	} {

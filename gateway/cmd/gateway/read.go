@@ -67,13 +67,13 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	printReading(stdout, &m)
 	if fine, _ := verdict(m, true, health, hasHealth, *timeout); fine {
-		if u := unclean(health); u != "" {
-			fmt.Fprintf(stdout, "\nanswered%s\n", u)
+		if u, _ := unclean(health); u != "" {
+			fmt.Fprintf(stdout, "\nanswered, but %s\n", u)
 		}
 		return 0
 	}
 	if hasHealth && health.Reason != "" {
-		fmt.Fprintf(stdout, "\n%s: %s\n", health.State, health.Reason)
+		fmt.Fprintf(stdout, "\n%s: %s\n", health.State, also(health.Reason, health))
 	}
 	return 1
 }

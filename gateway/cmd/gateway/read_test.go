@@ -147,9 +147,9 @@ devices:
 		if code != 0 || !strings.Contains(got, "but it met") {
 			continue
 		}
-		if !regexp.MustCompile(`\ntemperature +\d+\.\d +°C +good\n`).MatchString(got) ||
-			!regexp.MustCompile(`\n\nanswered; but it met timeouts [1-3]`+regexp.QuoteMeta(caveat)+`$`).MatchString(got) {
-			t.Fatalf("a read that met lost answers:\n%s\nwant the values, then %q", got, "answered; but it met timeouts N"+caveat)
+		if !regexp.MustCompile(`\ntemperature +-?\d+(\.\d+)? +°C +good\n`).MatchString(got) ||
+			!regexp.MustCompile(`\n\nanswered, but it met timeouts [1-3]`+regexp.QuoteMeta(caveat)+`$`).MatchString(got) {
+			t.Fatalf("a read that met lost answers:\n%s\nwant the values, then %q", got, "answered, but it met timeouts N"+caveat)
 		}
 		return
 	}
