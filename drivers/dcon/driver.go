@@ -326,7 +326,10 @@ type result struct {
 	silent   int           // commands that got nothing
 	linkDown bool
 	counters []string
-	first    error
+	// why is the failure that says most of the poll's: the port's, else
+	// the first damaged answer, else the first timeout. On a noisy line a
+	// poll meets both, and a timeout alone reads as a wrong address.
+	why error
 }
 
 // fail counts a failed command.
@@ -348,9 +351,21 @@ func (r *result) fail(err error) {
 	default:
 		r.answered = true // a damaged answer is an answer: the module is there
 	}
-	if r.first == nil {
-		r.first = err
+	if r.why == nil || says(counter) > says(classify(r.why)) {
+		r.why = err
 	}
+}
+
+// says ranks failures by what they tell of a module that gave no valid
+// answer (see result.why).
+func says(counter string) int {
+	switch counter {
+	case "link_down":
+		return 2
+	case "timeouts":
+		return 0
+	}
+	return 1
 }
 
 // classify names the health counter of a failed command.
@@ -648,7 +663,7 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	case res.Silent:
 		res.Failed, res.Reason = 1, p.b.line.Silence(m.set.Address)
 	case r.linkDown:
-		res.Failed, res.Reason = 1, r.first.Error()
+		res.Failed, res.Reason = 1, r.why.Error()
 	case !identified && m.wrong != "":
 		res.Failed, res.Reason = 1, m.wrong
 	case m.noLatch != "":
@@ -656,8 +671,11 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	case s == nil:
 		res.Failed = 1
 		res.Reason = "no valid answer to $AA6 (read I/O)"
-		if r.first != nil {
-			res.Reason += ": " + r.first.Error()
+		if !identified {
+			res.Reason = "no valid answer to $AAM (read name)"
+		}
+		if r.why != nil {
+			res.Reason += ": " + r.why.Error()
 		}
 	}
 	if s != nil && s.at.After(m.cleared) {

@@ -1,11 +1,13 @@
 package dcon
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	dc "outpost/configs/dcon"
+	"outpost/drivers/bus"
 )
 
 // TestRun: the reads that confirm a change of a module's I/O are the
@@ -90,6 +92,36 @@ func TestRun(t *testing.T) {
 				if got != want {
 					t.Fatalf("read %d (call %d, %04X): %s, want %s", i+1, st.call, st.s.In, got, want)
 				}
+			}
+		})
+	}
+}
+
+// TestResultWhy: the failure a poll that got no valid answer is reported
+// with is the one that says most: the port's, else the first damaged
+// answer (the module is there, the line damages), else the first timeout.
+func TestResultWhy(t *testing.T) {
+	timeout := &TimeoutError{After: 30 * time.Millisecond}
+	checksum := &FrameError{Kind: badChecksum, Detail: "got 3A, want 3B"}
+	length := &FrameError{Kind: badLength, Detail: `"!0F" `}
+	port := &bus.LinkDownError{Err: errors.New("open /dev/ttyUSB0: no such file or directory")}
+	for _, tc := range []struct {
+		name  string
+		fails []error
+		want  error
+	}{
+		{"timeouts", []error{timeout, timeout}, timeout},
+		{"a damaged answer after a timeout", []error{timeout, checksum, timeout}, checksum},
+		{"the first damaged answer", []error{length, checksum}, length},
+		{"the port", []error{checksum, port, timeout}, port},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r result
+			for _, err := range tc.fails {
+				r.fail(err)
+			}
+			if r.why != tc.want {
+				t.Errorf("why = %v, want %v", r.why, tc.want)
 			}
 		})
 	}

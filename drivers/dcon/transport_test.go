@@ -2,6 +2,7 @@ package dcon
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"outpost/drivers"
 	"outpost/drivers/bus"
+	"outpost/gateway/model"
 )
 
 // TestOutOfStep: an answer that is not the command's (here box-1's name,
@@ -184,5 +186,39 @@ func onBus(t *testing.T, baud int, answer func(i int, cmd string) []byte) (b *Bu
 		mu.Lock()
 		defer mu.Unlock()
 		return slices.Clone(cmds)
+	}
+}
+
+// TestNameUnanswered: a module whose name answers all come damaged is
+// degraded with the reason that its name was not read, and the damage,
+// not a reason about its I/O, which was never asked.
+func TestNameUnanswered(t *testing.T) {
+	answers := map[string]string{"$01M": "!0140%0", "$016": "!000300", "$02M": "!024050", "$026": "!000200"}
+	b, _ := onBus(t, 38400, func(_ int, cmd string) []byte { return Command(answers[cmd], true) })
+	ctx, cancel := context.WithCancel(context.Background())
+	msgs := make(chan model.Message, 100)
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, func(m model.Message) error { msgs <- m; return nil }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	const want = `no valid answer to $AAM (read name): bad answer (name: "40%0")`
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-msgs:
+			if m.Device != "box-1" || m.Kind != model.KindHealth {
+				continue
+			}
+			if m.Health.State != model.Degraded || m.Health.Reason != want {
+				t.Fatalf("box-1's health %s, %q; want degraded, %q", m.Health.State, m.Health.Reason, want)
+			}
+			return
+		case <-timeout:
+			t.Fatal("no health of box-1 in 5 s")
+		}
 	}
 }

@@ -70,8 +70,8 @@ func (b *Bus) Set(ctx context.Context, device, signal string, v model.Value) err
 		s := p.state(ctx, bus.Command, bus.Attempt{}, &r, true)
 		b.count(m, r.counters)
 		if s == nil {
-			if r.first != nil {
-				return false, r.first
+			if r.why != nil {
+				return false, r.why
 			}
 			return false, errors.New("read-back not confirmed")
 		}
