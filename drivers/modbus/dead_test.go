@@ -19,7 +19,7 @@ import (
 type rtuBench struct {
 	*responder
 	mu    sync.Mutex
-	modes map[byte]string // unit -> "" (answers), "silent", "exception", "crc" or "coils only"
+	modes map[byte]string // unit -> "" (answers), "silent", "exception", "crc", "crc, then silent" or "coils only"
 	reqs  []benchRequest
 }
 
@@ -40,16 +40,29 @@ func startBench(t *testing.T, modes map[byte]string) *rtuBench {
 			return nil
 		case mode == "exception":
 			return rtuFrame(req[0], req[1]|0x80, 2)
-		case mode == "crc":
+		case mode == "crc", mode == "crc, then silent" && b.asked(req[0])%2 == 1:
 			ans := readAnswer(req)
 			ans[len(ans)-1] ^= 0xFF
 			return ans
+		case mode == "crc, then silent":
+			return nil
 		case mode == "coils only" && req[1] != fcReadCoils:
 			return nil
 		}
 		return readAnswer(req)
 	})
 	return b
+}
+
+// asked is how many requests a unit got so far; b.mu is held.
+func (b *rtuBench) asked(unit byte) int {
+	n := 0
+	for _, q := range b.reqs {
+		if q.unit == unit {
+			n++
+		}
+	}
+	return n
 }
 
 func (b *rtuBench) set(unit byte, mode string) {
@@ -249,6 +262,9 @@ func TestAnsweringDeviceKeepsRate(t *testing.T) {
 	}{
 		{"exception", "exception 2 (illegal data address) reading input registers 0-1 (0x0000-0x0001): temperature, humidity; unit 1 has no register template th reads: is th its model? gateway probe names the templates it reads as"},
 		{"crc", "bad frame (crc: got 78ab, want 87ab), 9 bytes dropped reading input registers 0-1 (0x0000-0x0001)"},
+		// Each request's first try damaged, its retry unanswered: the
+		// device is there all the same, and the damage is the reason.
+		{"crc, then silent", "bad frame (crc: got 78ab, want 87ab), 9 bytes dropped reading input registers 0-1 (0x0000-0x0001)"},
 	}
 	for _, c := range cases {
 		t.Run(c.mode, func(t *testing.T) {
@@ -259,7 +275,7 @@ func TestAnsweringDeviceKeepsRate(t *testing.T) {
 			r := runDriver(t, busLink(t, b, 30*time.Millisecond, 1, poll, map[byte]string{1: "meter"}))
 			start := time.Now()
 			h := r.health(t, "meter", model.Degraded, 2*time.Second)
-			if c.mode == "crc" {
+			if strings.HasPrefix(c.mode, "crc") {
 				c.reason += "; no unit on rs485-1 answers with a whole frame: " + damagedHint(b.path())
 			}
 			if h.Reason != c.reason {

@@ -285,9 +285,13 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		if i == 0 {
 			res.Late = p.line.Started(d.cfg.ID, got.Sub(due), interval)
 		}
+		var damaged error // the first answer of a try that came damaged
 		data, err := p.cl.read(ctx, d.unit, r, a, func(err error) {
 			counter, _ := errClass(err)
 			res.Retried = append(res.Retried, counter)
+			if damaged == nil && !noAnswer(err) {
+				damaged = err
+			}
 		})
 		at := time.Now()
 		held += at.Sub(got)
@@ -316,10 +320,19 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		if noSuchRegister(err) {
 			refused++
 		}
-		counter, reason := errClass(err)
+		counter, _ := errClass(err)
 		res.LinkDown = res.LinkDown || counter == "link_down"
 		res.Counters = append(res.Counters, counter)
-		quiet := noAnswer(err)
+		why := err
+		if noAnswer(err) && damaged != nil {
+			// A try got a damaged answer, the last none: the device is
+			// there, and the line damages or loses its frames. A timeout
+			// as the reason would read as a wrong unit id, and the device
+			// is not silent.
+			why = damaged
+		}
+		counter, reason := errClass(why)
+		quiet := noAnswer(why)
 		silent = silent && quiet
 		garbled = garbled || counter == "frame_errors" || counter == "crc_errors"
 		if counter == "exceptions" && !quiet {
