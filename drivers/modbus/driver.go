@@ -289,7 +289,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		data, err := p.cl.read(ctx, d.unit, r, a, func(err error) {
 			counter, _ := errClass(err)
 			res.Retried = append(res.Retried, counter)
-			if damaged == nil && !noAnswer(err) {
+			if damaged == nil && (counter == "crc_errors" || counter == "frame_errors") {
 				damaged = err
 			}
 		})
