@@ -40,7 +40,7 @@ func startBench(t *testing.T, modes map[byte]string) *rtuBench {
 			return nil
 		case mode == "exception":
 			return rtuFrame(req[0], req[1]|0x80, 2)
-		case mode == "crc", mode == "crc, then silent" && b.asked(req[0])%2 == 1:
+		case mode == "crc", mode == "crc, then silent" && len(b.requestsLocked(req[0], time.Time{}))%2 == 1:
 			ans := readAnswer(req)
 			ans[len(ans)-1] ^= 0xFF
 			return ans
@@ -54,17 +54,6 @@ func startBench(t *testing.T, modes map[byte]string) *rtuBench {
 	return b
 }
 
-// asked is how many requests a unit got so far; b.mu is held.
-func (b *rtuBench) asked(unit byte) int {
-	n := 0
-	for _, q := range b.reqs {
-		if q.unit == unit {
-			n++
-		}
-	}
-	return n
-}
-
 func (b *rtuBench) set(unit byte, mode string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -75,6 +64,11 @@ func (b *rtuBench) set(unit byte, mode string) {
 func (b *rtuBench) requests(unit byte, since time.Time) []benchRequest {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.requestsLocked(unit, since)
+}
+
+// requestsLocked is requests, with b.mu held.
+func (b *rtuBench) requestsLocked(unit byte, since time.Time) []benchRequest {
 	var out []benchRequest
 	for _, q := range b.reqs {
 		if q.unit == unit && !q.at.Before(since) {
