@@ -236,15 +236,14 @@ func (b *Bus) ask(m *module, text string, k Kind, timeout time.Duration) (Answer
 	var frame []byte
 	late := b.tr.late
 	if b.tr.unsynced {
-		var damaged []byte
+		var damage error
 		name := Command(fmt.Sprintf("!%02X%s", m.set.Address, m.tmpl.Module), m.set.Checksum)
-		damaged, err = b.tr.sync(Command(readName(m.set.Address), m.set.Checksum), func(f []byte) bool {
+		damage, err = b.tr.sync(Command(readName(m.set.Address), m.set.Checksum), func(f []byte) error {
 			_, err := Parse(f, KindName, m.set.Address, m.set.Checksum)
-			return err == nil
+			return err
 		}, name)
-		if damaged != nil {
-			_, derr := Parse(damaged, KindName, m.set.Address, m.set.Checksum)
-			b.count(m, []string{classify(derr)})
+		if damage != nil {
+			b.count(m, []string{classify(damage)})
 		}
 	}
 	if err == nil {

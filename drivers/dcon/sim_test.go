@@ -89,11 +89,17 @@ func runLink(t testing.TB, link drivers.Link) *running {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &running{b: d.(*Bus), msgs: make(chan stamped, 100000)}
+	return runBuilt(t, d.(*Bus))
+}
+
+// runBuilt runs a bus built already (on a responder's pty) until the test ends.
+func runBuilt(t testing.TB, b *Bus) *running {
+	t.Helper()
+	r := &running{b: b, msgs: make(chan stamped, 100000)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- d.Run(ctx, func(m model.Message) error { r.msgs <- stamped{m, time.Now()}; return nil })
+		done <- b.Run(ctx, func(m model.Message) error { r.msgs <- stamped{m, time.Now()}; return nil })
 	}()
 	var once sync.Once
 	r.stop = func() {

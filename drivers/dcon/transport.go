@@ -42,7 +42,7 @@ type transport struct {
 }
 
 // sync realigns answers with commands after a command went unanswered:
-// it sends cmd (a module's $AAM) and drops every frame until one that ok
+// it sends cmd (a module's $AAM) and drops every frame until one that parse
 // accepts (that module's name answer), or the timeout passes. An answer to
 // $AA6 does not say which module sent it, so one that came after its
 // timeout would otherwise be taken for the answer to a later command, to
@@ -52,30 +52,28 @@ type transport struct {
 // late answer came before it.
 //
 // want is the name answer the module's template expects. A frame that is
-// want with one character damaged is taken for it, and returned: it came
-// after every late answer, as the whole one would have. Another module's
-// name answer (a sync's that timed out) can be one character off too, and
-// so can a late $AA6 answer without checksum; but after either no late
-// $AA6 answer is still to come, only name answers, which fail to parse as
-// I/O and set the bus out of step again (see Bus.ask). On a line that
+// want with one character damaged is taken for it, and parse's error of it
+// returned as damage: it came after every late answer, as the whole one
+// would have. Another module's name answer (a sync's that timed out) can
+// be one character off too, and so can a late $AA6 answer without
+// checksum; but after either no late $AA6 answer is still to come, only
+// name answers, which fail to parse as I/O and set the bus out of step
+// again (see Bus.ask). On a line that
 // damages one byte in twenty, four name answers in ten are damaged, and a
 // sync that waited on past them cost its command a timeout each time:
 // failed syncs held the DCON line of serial-noise half of the time, and a
 // panic box went a second without a whole answer.
-func (t *transport) sync(cmd []byte, ok func([]byte) bool, want []byte) (damaged []byte, err error) {
+func (t *transport) sync(cmd []byte, parse func([]byte) error, want []byte) (damage, err error) {
 	frame, err := t.exchange(cmd, 0, true) // a byte at a time: the name answer may follow a late one at once
 	deadline := time.Now().Add(t.timeout)
 	for {
 		if err != nil {
 			return nil, err
 		}
-		switch {
-		case ok(frame):
+		perr := parse(frame)
+		if perr == nil || oneOff(frame, want) {
 			t.unsynced = false
-			return nil, nil
-		case oneOff(frame, want):
-			t.unsynced = false
-			return frame, nil
+			return perr, nil
 		}
 		t.late += len(frame)
 		if !time.Now().Before(deadline) {

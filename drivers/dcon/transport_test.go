@@ -2,7 +2,6 @@ package dcon
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"log/slog"
 	"slices"
@@ -195,30 +194,9 @@ func onBus(t *testing.T, baud int, answer func(i int, cmd string) []byte) (b *Bu
 func TestNameUnanswered(t *testing.T) {
 	answers := map[string]string{"$01M": "!0140%0", "$016": "!000300", "$02M": "!024050", "$026": "!000200"}
 	b, _ := onBus(t, 38400, func(_ int, cmd string) []byte { return Command(answers[cmd], true) })
-	ctx, cancel := context.WithCancel(context.Background())
-	msgs := make(chan model.Message, 100)
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx, func(m model.Message) error { msgs <- m; return nil }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	h := runBuilt(t, b).next(t, "box-1", model.KindHealth, 5*time.Second, nil).Health
 	const want = `no valid answer to $AAM (read name): bad answer (name: "40%0")`
-	timeout := time.After(5 * time.Second)
-	for {
-		select {
-		case m := <-msgs:
-			if m.Device != "box-1" || m.Kind != model.KindHealth {
-				continue
-			}
-			if m.Health.State != model.Degraded || m.Health.Reason != want {
-				t.Fatalf("box-1's health %s, %q; want degraded, %q", m.Health.State, m.Health.Reason, want)
-			}
-			return
-		case <-timeout:
-			t.Fatal("no health of box-1 in 5 s")
-		}
+	if h.State != model.Degraded || h.Reason != want {
+		t.Fatalf("box-1's health %s, %q; want degraded, %q", h.State, h.Reason, want)
 	}
 }

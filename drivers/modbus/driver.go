@@ -320,7 +320,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		if noSuchRegister(err) {
 			refused++
 		}
-		counter, _ := errClass(err)
+		counter, reason := errClass(err)
 		res.LinkDown = res.LinkDown || counter == "link_down"
 		res.Counters = append(res.Counters, counter)
 		why := err
@@ -330,8 +330,8 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 			// as the reason would read as a wrong unit id, and the device
 			// is not silent.
 			why = damaged
+			counter, reason = errClass(why)
 		}
-		counter, reason := errClass(why)
 		quiet := noAnswer(why)
 		silent = silent && quiet
 		garbled = garbled || counter == "frame_errors" || counter == "crc_errors"
