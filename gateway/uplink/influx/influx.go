@@ -5,15 +5,14 @@
 package influx
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"regexp"
-	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -78,28 +77,44 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 func (u *Uplink) NewBatch() uplink.Batch { return &batch{u: u} }
 
 // batch holds its messages as line protocol, each line with its newline.
+// A request's body is a part of body, which is never written over: net/http
+// may still read it after the request failed (a timeout), so the next
+// batch writes a body of its own rather than the client copying each
+// request's (a fourth of the gateway's memory at 100,000 readings/s).
 type batch struct {
 	u    *Uplink
-	buf  []byte
-	ends []int // ends[i] is the end of message i's line in buf
+	line []byte // one message's line, reused
+	body strings.Builder
+	ends []int // ends[i] is the end of message i's line in body
+	last int   // the length of the last batch's body
 }
 
 func (b *batch) Add(m *model.Message) {
-	b.buf = append(AppendLine(b.buf, m), '\n')
-	b.ends = append(b.ends, len(b.buf))
+	if b.body.Cap() == 0 && b.last > 0 {
+		b.body.Grow(b.last) // as large as the last batch: no array outgrown
+	}
+	b.line = append(AppendLine(b.line[:0], m), '\n')
+	b.body.Write(b.line)
+	b.ends = append(b.ends, b.body.Len())
 }
 
 func (b *batch) Len() int { return len(b.ends) }
 
-func (b *batch) Reset() { b.buf, b.ends = uplink.Emptied(b.buf), uplink.Emptied(b.ends) }
+func (b *batch) Reset() {
+	if n := b.body.Len(); n > 0 {
+		b.last = n
+		b.body = strings.Builder{}
+	}
+	b.ends = uplink.Emptied(b.ends)
+}
 
 // lines is messages lo to hi-1 as one request's body.
-func (b *batch) lines(lo, hi int) []byte {
+func (b *batch) lines(lo, hi int) string {
 	start := 0
 	if lo > 0 {
 		start = b.ends[lo-1]
 	}
-	return b.buf[start:b.ends[hi-1]]
+	return b.body.String()[start:b.ends[hi-1]]
 }
 
 // Send writes the points, BatchSize per request, in order. It returns nil
@@ -147,9 +162,7 @@ func (b *batch) Send(ctx context.Context) error {
 func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Rejection) error {
 	u := b.u
 	body := b.lines(lo, hi)
-	// A copy: net/http may still read a request's body after the request
-	// failed (a timeout), and the batch's array is the next batch's.
-	err := u.writer.WriteRecord(ctx, string(body))
+	err := u.writer.WriteRecord(ctx, body)
 	if err == nil {
 		return nil
 	}
@@ -171,14 +184,14 @@ func (b *batch) write(ctx context.Context, lo, hi int, rejected *[]uplink.Reject
 	if msg == "" {
 		msg = he.Error()
 	}
-	reason, all := refusedAll(msg, bytes.Count(body, []byte("\n")))
+	reason, all := refusedAll(msg, strings.Count(body, "\n"))
 	if hi-lo == 1 || all {
 		// Every point of the request is refused (a backlog older than
 		// the retention policy, say): each is named at once, where
 		// halving would take a request per point and as many again.
 		for i := lo; i < hi; i++ {
-			line := bytes.TrimSuffix(b.lines(i, i+1), []byte("\n"))
-			*rejected = append(*rejected, uplink.Rejection{Index: i, Reason: fmt.Sprintf("InfluxDB %d: %s", he.StatusCode, reason), Payload: slices.Clone(line)})
+			line := strings.TrimSuffix(b.lines(i, i+1), "\n")
+			*rejected = append(*rejected, uplink.Rejection{Index: i, Reason: fmt.Sprintf("InfluxDB %d: %s", he.StatusCode, reason), Payload: []byte(line)})
 		}
 		return nil
 	}

@@ -288,9 +288,9 @@ func TestSendSlowLink(t *testing.T) {
 	}
 	var zipped bytes.Buffer
 	zw := gzip.NewWriter(&zipped)
-	zw.Write(b.buf)
+	io.WriteString(zw, b.body.String())
 	zw.Close()
-	t.Logf("1,000 points: %d bytes, %d compressed", len(b.buf), zipped.Len())
+	t.Logf("1,000 points: %d bytes, %d compressed", b.body.Len(), zipped.Len())
 	if err := b.Send(ctx); err != nil {
 		t.Fatalf("Send of 1,000 points compressed over 100 KiB/s: %v", err)
 	}
