@@ -870,6 +870,10 @@ func checkSources(st *Station, decs map[string]*decoder, builtin []*Template) {
 			if sg.Source == "" || len(rs) == 0 || slices.ContainsFunc(rs, func(r read) bool { return r.conversion == sg.Conversion }) {
 				continue
 			}
+			if t.Unlike == nil {
+				t.Unlike = map[string]Unlike{}
+			}
+			t.Unlike[sg.Name] = Unlike{rs[0].template, rs[0].conversion}
 			decs[t.Name].warnAt(sg.Path, "%s: template %s reads %s from %s as %s, where the built-in template %s, made from that device's datasheet, reads it as %s: use template %s if the device is of that model; if not, check the type, byte order and scale against the device's datasheet",
 				sg.Path, t.Name, sg.Name, sg.Source, sg.Conversion, rs[0].template, rs[0].conversion, rs[0].template)
 		}

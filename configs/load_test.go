@@ -3,6 +3,7 @@ package configs_test
 import (
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -351,22 +352,26 @@ func TestTemplateLikeBuiltin(t *testing.T) {
 	for _, tc := range []struct {
 		name, template, register string
 		want                     []string
+		unlike                   map[string]configs.Unlike // the template's, for the tools
 	}{
 		{"a copy with a wrong scale", "th-wrong",
 			`{signal: temperature, table: input, address: 1, type: int16, scale: 0.01, unit: "°C"}`,
-			[]string{`DIR/devices/th-wrong.yaml:5:5: registers[0]: template th-wrong reads temperature from input register 1 as int16 × 0.01, where the built-in template xy-md02, made from that device's datasheet, reads it as int16 × 0.1: use template xy-md02 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`}},
+			[]string{`DIR/devices/th-wrong.yaml:5:5: registers[0]: template th-wrong reads temperature from input register 1 as int16 × 0.01, where the built-in template xy-md02, made from that device's datasheet, reads it as int16 × 0.1: use template xy-md02 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`},
+			map[string]configs.Unlike{"temperature": {Template: "xy-md02", Conversion: "int16 × 0.1"}}},
 		{"an override of the built-in's name, unsigned", "xy-md02",
 			`{signal: temperature, table: input, address: 1, type: uint16, scale: 0.1, unit: "°C"}`,
-			[]string{`DIR/devices/xy-md02.yaml:5:5: registers[0]: template xy-md02 reads temperature from input register 1 as uint16 × 0.1, where the built-in template xy-md02, made from that device's datasheet, reads it as int16 × 0.1: use template xy-md02 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`}},
+			[]string{`DIR/devices/xy-md02.yaml:5:5: registers[0]: template xy-md02 reads temperature from input register 1 as uint16 × 0.1, where the built-in template xy-md02, made from that device's datasheet, reads it as int16 × 0.1: use template xy-md02 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`},
+			map[string]configs.Unlike{"temperature": {Template: "xy-md02", Conversion: "int16 × 0.1"}}},
 		{"a float in swapped words", "my-meter",
 			`{signal: voltage, table: input, address: 0, type: float32, order: CDAB, unit: "V"}`,
-			[]string{`DIR/devices/my-meter.yaml:5:5: registers[0]: template my-meter reads voltage from input register 0 as float32 CDAB, where the built-in template sdm120, made from that device's datasheet, reads it as float32: use template sdm120 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`}},
+			[]string{`DIR/devices/my-meter.yaml:5:5: registers[0]: template my-meter reads voltage from input register 0 as float32 CDAB, where the built-in template sdm120, made from that device's datasheet, reads it as float32: use template sdm120 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet`},
+			map[string]configs.Unlike{"voltage": {Template: "sdm120", Conversion: "float32"}}},
 		{"a copy that agrees", "th-copy",
-			`{signal: temperature, table: input, address: 1, type: int16, scale: 0.1, unit: "°C"}`, nil},
+			`{signal: temperature, table: input, address: 1, type: int16, scale: 0.1, unit: "°C"}`, nil, nil},
 		{"another unit from the same register", "th-fahrenheit",
-			`{signal: temperature, table: input, address: 1, type: int16, scale: 0.18, offset: 32, unit: "°F"}`, nil},
+			`{signal: temperature, table: input, address: 1, type: int16, scale: 0.18, offset: 32, unit: "°F"}`, nil, nil},
 		{"another signal from the same register", "level",
-			`{signal: level, table: input, address: 1, type: uint16, unit: "cm"}`, nil},
+			`{signal: level, table: input, address: 1, type: uint16, unit: "cm"}`, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := stationFile(t, "")
@@ -384,6 +389,9 @@ func TestTemplateLikeBuiltin(t *testing.T) {
 			}
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+			if u := st.Templates[tc.template].Unlike; !maps.Equal(u, tc.unlike) {
+				t.Errorf("template %s: Unlike %v, want %v", tc.template, u, tc.unlike)
 			}
 		})
 	}

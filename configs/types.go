@@ -449,6 +449,19 @@ type Template struct {
 	Rest Rest `yaml:",rest"`
 
 	File string `yaml:"-"`
+	// Unlike, by signal, is how a built-in template, made from a device's
+	// datasheet, reads a signal that this one reads from the same place
+	// in another way (a wrong scale gives values that look right): the
+	// loader warns of it, and the installer's tools say it beside the
+	// value.
+	Unlike map[string]Unlike `yaml:"-"`
+}
+
+// Unlike is a built-in template's reading of a signal (see
+// Template.Unlike).
+type Unlike struct {
+	Template   string // the built-in template
+	Conversion string // its conversion ("int16 × 0.1")
 }
 
 // Body is a protocol family's part of a template.

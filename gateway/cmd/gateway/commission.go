@@ -106,7 +106,7 @@ func commission(ctx context.Context, st *configs.Station, timeout time.Duration)
 				} else {
 					m, hasM := got[d.ID]
 					h, hasH := health[d.ID]
-					c.OK, c.Result = verdict(m, hasM, h, hasH, timeout)
+					c.OK, c.Result = verdict(l.Template(d), m, hasM, h, hasH, timeout)
 					c.Readings = m.Readings
 				}
 				results[i] = append(results[i], c)
@@ -141,7 +141,7 @@ func commission(ctx context.Context, st *configs.Station, timeout time.Duration)
 
 // verdict says, in an installer's words, what a device's first reading
 // and health say of it.
-func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time.Duration) (bool, string) {
+func verdict(t *configs.Template, m model.Message, hasM bool, h model.Health, hasH bool, timeout time.Duration) (bool, string) {
 	const answers = "OK: it answers (no readings to show)"
 	if !hasM {
 		switch {
@@ -190,7 +190,37 @@ func verdict(m model.Message, hasM bool, h model.Health, hasH bool, timeout time
 	if more := len(good) - showMax; more > 0 {
 		ok += fmt.Sprintf(", and %d more (gateway read shows them all)", more)
 	}
+	if u := unlike(t, m); u != "" {
+		ok += "; " + u
+	}
 	return true, but(ok, h)
+}
+
+// unlike says which of a device's good values its template reads otherwise
+// than a built-in template made from a datasheet reads the same register
+// (configs.Template.Unlike), "" when none: a copied register map with a
+// wrong scale gives values that look right (2.61 °C for 26.1), so the
+// installer is told beside them, not only in a warning below the table.
+func unlike(t *configs.Template, m model.Message) string {
+	if t == nil || len(t.Unlike) == 0 {
+		return ""
+	}
+	var diffs []string
+	for _, r := range m.Readings {
+		u, ok := t.Unlike[r.Signal]
+		if !ok || r.Quality != model.Good {
+			continue
+		}
+		for _, sg := range t.Body.Signals() {
+			if sg.Name == r.Signal {
+				diffs = append(diffs, fmt.Sprintf("%s as %s where the built-in template %s, from that model's datasheet, reads %s", r.Signal, sg.Conversion, u.Template, u.Conversion))
+			}
+		}
+	}
+	if len(diffs) == 0 {
+		return ""
+	}
+	return "check against the device's display: template " + t.Name + " reads " + strings.Join(diffs, "; ")
 }
 
 // unclean says, after a device's verdict, what its requests met on the way

@@ -30,6 +30,15 @@ registers:
   - {signal: temperature, table: input, address: 1, type: uint16, scale: 0.1, unit: "°C", range: {min: -40, max: 60}, sim: {wave: constant, value: 150}}
 `
 
+// coldSensor reads an XY-MD02's temperature with a tenth of its scale: in
+// a room at 25 °C, 2.5 °C, which is in range.
+const coldSensor = `template: cold-sensor
+protocol: modbus
+kind: temp_humidity
+registers:
+  - {signal: temperature, table: input, address: 1, type: int16, scale: 0.01, unit: "°C", range: {min: -40, max: 60}, sim: {wave: constant, value: 2.5}}
+`
+
 // TestCommission runs `gateway commission` against a simulated Modbus TCP
 // endpoint (a sensor that answers, one whose value is implausible, a unit
 // that never answers) and a real Mosquitto and InfluxDB, then with the
@@ -47,8 +56,10 @@ func TestCommission(t *testing.T) {
 	addr := freeAddr(t)
 	dir := t.TempDir()
 	os.Mkdir(filepath.Join(dir, "devices"), 0o755)
-	if err := os.WriteFile(filepath.Join(dir, "devices", "hot-sensor.yaml"), []byte(hotSensor), 0o600); err != nil {
-		t.Fatal(err)
+	for name, src := range map[string]string{"hot-sensor": hotSensor, "cold-sensor": coldSensor} {
+		if err := os.WriteFile(filepath.Join(dir, "devices", name+".yaml"), []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	state := filepath.Join(dir, "state")
 	station := func(mqttURL, bucket string) string {
@@ -64,6 +75,7 @@ devices:
   - {id: th-1, template: xy-md02, link: lan, unit_id: 1, poll: 1s}
   - {id: hot-1, template: hot-sensor, link: lan, unit_id: 2, poll: 1s}
   - {id: gone-9, template: xy-md02, link: lan, unit_id: 9, poll: 1s}
+  - {id: cold-1, template: cold-sensor, link: lan, unit_id: 3, poll: 1s}
 `, state, mqttURL, ix.URL(), bucket, addr)
 		path := filepath.Join(dir, "station.yaml")
 		if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
@@ -90,9 +102,10 @@ devices:
 		"hot-1          lan        outside the plausible range (a wrong template, or a",
 		"temperature = 150 °C",
 		"gone-9         lan        no value for temperature, humidity: no answer from",
+		"cold-1         lan        OK: temperature = 2.5 °C; check against the device's",
 		"hub MQTT                  OK: the broker takes the station's connection",
 		"hub InfluxDB              OK: InfluxDB takes the station's writes to " + ix.Database(),
-		"2 of 5 checks failed: fix them and run gateway commission again.",
+		"2 of 6 checks failed: fix them and run gateway commission again.",
 	} {
 		if !strings.Contains(table, want) {
 			t.Errorf("the table lacks %q:\n%s", want, table)
@@ -111,7 +124,7 @@ devices:
 	if err := json.Unmarshal(data, &rec); err != nil {
 		t.Fatal(err)
 	}
-	if rec.OK || rec.Station != "cm-1" || len(rec.Devices) != 3 || len(rec.Hub) != 2 || !rec.Devices[0].OK || rec.Devices[1].OK {
+	if rec.OK || rec.Station != "cm-1" || len(rec.Devices) != 4 || len(rec.Hub) != 2 || !rec.Devices[0].OK || rec.Devices[1].OK {
 		t.Errorf("the record kept: %+v", rec)
 	}
 	// th-1's line shows the values read: the simulated XY-MD02's (16-29
@@ -124,8 +137,18 @@ devices:
 	} else if hum, _ := strconv.ParseFloat(th[2], 64); hum < 44 || hum > 76 {
 		t.Errorf("th-1's humidity %s %%RH, want the simulator's 45-75", th[2])
 	}
+	// cold-1's values are plausible, and its line says that its template
+	// reads them unlike the datasheet's: gateway read says so too.
+	const misread = "check against the device's display: template cold-sensor reads temperature as int16 × 0.01 where the built-in template xy-md02, from that model's datasheet, reads int16 × 0.1"
+	if want := "OK: temperature = 2.5 °C; " + misread; rec.Devices[3].Result != want || !rec.Devices[3].OK {
+		t.Errorf("cold-1's result %q (ok %v)\nwant %q, passing", rec.Devices[3].Result, rec.Devices[3].OK, want)
+	}
+	out.Reset()
+	if code := cli([]string{"read", "-config", path, "-timeout", "5s", "cold-1"}, &out, &errb); code != 0 || !strings.HasSuffix(out.String(), "\n\n"+misread+"\n") {
+		t.Errorf("gateway read cold-1: exit %d, printed:\n%s\nwant exit 0 and last:\n%s", code, out.String(), misread)
+	}
 	wantWarning := filepath.Join(dir, "devices", "hot-sensor.yaml") + ":5:5: registers[0]: template hot-sensor reads temperature from input register 1 as uint16 × 0.1, where the built-in template xy-md02, made from that device's datasheet, reads it as int16 × 0.1: use template xy-md02 if the device is of that model; if not, check the type, byte order and scale against the device's datasheet"
-	if len(rec.Warnings) != 2 || rec.Warnings[0] != wantWarning || !strings.HasPrefix(rec.Warnings[1], "state_dir ") {
+	if len(rec.Warnings) != 3 || rec.Warnings[1] != wantWarning || !strings.HasPrefix(rec.Warnings[2], "state_dir ") {
 		t.Errorf("the record's warnings: %q\nwant %q and the state directory's", rec.Warnings, wantWarning)
 	}
 
@@ -194,7 +217,7 @@ func TestVerdict(t *testing.T) {
 			if tc.h != nil {
 				h = *tc.h
 			}
-			ok, result := verdict(m, tc.m != nil, h, tc.h != nil, 5*time.Second)
+			ok, result := verdict(nil, m, tc.m != nil, h, tc.h != nil, 5*time.Second)
 			if ok != tc.ok || result != tc.result {
 				t.Errorf("verdict = %v, %q; want %v, %q", ok, result, tc.ok, tc.result)
 			}

@@ -57,7 +57,7 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		// An alarm panel sends events, no readings: that it answers is
 		// what there is to see, as commission says.
-		fine, why := verdict(m, false, health, hasHealth, *timeout)
+		fine, why := verdict(nil, m, false, health, hasHealth, *timeout)
 		if fine {
 			fmt.Fprintf(stdout, "%s on %s (%s): %s\n", id, link.Name(), link.Protocol(), why)
 			return 0
@@ -66,7 +66,10 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	printReading(stdout, &m)
-	if fine, _ := verdict(m, true, health, hasHealth, *timeout); fine {
+	if fine, _ := verdict(nil, m, true, health, hasHealth, *timeout); fine {
+		if u := unlike(link.Template(link.Devices[0]), m); u != "" {
+			fmt.Fprintf(stdout, "\n%s\n", u)
+		}
 		if u, _ := unclean(health); u != "" {
 			fmt.Fprintf(stdout, "\nanswered, but %s\n", u)
 		}
