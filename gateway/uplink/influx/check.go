@@ -38,8 +38,10 @@ func Check(ctx context.Context, cfg configs.Influx) error {
 	switch {
 	case what != "":
 		return fmt.Errorf("%s: %s", what, strings.TrimSpace(string(body)))
-	case resp.StatusCode < 300, resp.StatusCode == http.StatusBadRequest:
+	case resp.StatusCode == http.StatusNoContent, resp.StatusCode == http.StatusBadRequest:
 		return nil // taken, or an empty write refused as such: it got past the credentials and the bucket
+	case resp.StatusCode/100 == 2:
+		return notInflux(configs.Redact(cfg.URL), resp.Status)
 	}
 	return fmt.Errorf("InfluxDB answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	nethttp "net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -45,6 +46,7 @@ type Uplink struct {
 	cfg    configs.Influx
 	log    *slog.Logger
 	client influxdb2.Client
+	http   *nethttp.Client // the client's, which it does not close
 	writer api.WriteAPIBlocking
 	batch  int
 	// size is how many points a write carries now: batch, or fewer
@@ -57,17 +59,19 @@ func New(cfg configs.Influx, log *slog.Logger) *Uplink {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
+	// The client's own HTTP client, behind writesTaken.
+	hc := influxdb2.DefaultOptions().SetHTTPRequestTimeout(uint((cfg.Timeout + time.Second - 1) / time.Second)).HTTPClient()
 	opts := influxdb2.DefaultOptions().
 		SetPrecision(time.Nanosecond).
 		SetLogLevel(0). // errors are returned, not logged
-		SetHTTPRequestTimeout(uint((cfg.Timeout + time.Second - 1) / time.Second)).
 		SetUseGZip(cfg.Gzip)
+	opts.HTTPOptions().SetHTTPDoer(writesTaken{hc, configs.Redact(cfg.URL)})
 	client := influxdb2.NewClientWithOptions(cfg.URL, cfg.Token, opts)
 	batch := cfg.BatchSize
 	if batch <= 0 {
 		batch = DefaultBatchSize
 	}
-	u := &Uplink{cfg: cfg, log: log, client: client, writer: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
+	u := &Uplink{cfg: cfg, log: log, client: client, http: hc, writer: client.WriteAPIBlocking(cfg.Org, cfg.Bucket), batch: batch}
 	u.size.Store(int64(batch))
 	return u
 }
@@ -269,4 +273,33 @@ func permanent(status int) bool {
 }
 
 // Close releases the client's connections.
-func (u *Uplink) Close() { u.client.Close() }
+func (u *Uplink) Close() {
+	u.client.Close()
+	u.http.CloseIdleConnections()
+}
+
+// writesTaken sends the client's requests, and takes a write answered with
+// a success other than 204 No Content for a failure. InfluxDB (1.8, 2.x,
+// and the servers that take its write API) answers a write it took with
+// 204; a 200 comes from something else at the URL (a web application's
+// page, a proxy's portal) that stored nothing, and taking it for a write
+// done would drop the points from the queue for good.
+type writesTaken struct {
+	c   *nethttp.Client
+	url string // redacted
+}
+
+func (d writesTaken) Do(req *nethttp.Request) (*nethttp.Response, error) {
+	resp, err := d.c.Do(req)
+	if err != nil || resp.StatusCode == nethttp.StatusNoContent || resp.StatusCode/100 != 2 || req.Method != nethttp.MethodPost {
+		return resp, err
+	}
+	resp.Body.Close()
+	return nil, notInflux(d.url, resp.Status)
+}
+
+// notInflux is the error of a write to url answered with status, a
+// success other than InfluxDB's.
+func notInflux(url, status string) error {
+	return fmt.Errorf("the server at %s (hub.influx.url) answered a write with %s, where InfluxDB answers 204 No Content: it is not InfluxDB's write API, or something in front of InfluxDB answers for it; nothing was written", url, status)
+}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -535,4 +536,28 @@ func writeRequests(t *testing.T, in *hub.Influx) int64 {
 	}
 	t.Fatal("no httpd statistics in InfluxDB's /debug/vars")
 	return 0
+}
+
+// TestNotInflux: a URL where something else than InfluxDB answers writes
+// with 200 OK (a web application's page) stores nothing: a write there
+// fails, so that its points stay queued, and the installer's check fails,
+// each saying what is at the URL.
+func TestNotInflux(t *testing.T) {
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, "<html><body>Welcome</body></html>")
+	}))
+	defer page.Close()
+	cfg := configs.Influx{URL: page.URL, Bucket: "outpost"}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	said := "the server at " + page.URL + " (hub.influx.url) answered a write with 200 OK, where InfluxDB answers 204 No Content: it is not InfluxDB's write API, or something in front of InfluxDB answers for it; nothing was written"
+	u := New(cfg, quiet())
+	defer u.Close()
+	if err := uplink.SendAll(ctx, u.NewBatch(), []model.Message{telemetry()}); err == nil || !strings.HasSuffix(err.Error(), said) {
+		t.Errorf("Send = %v\nwant an error ending %q", err, said)
+	}
+	if err := Check(ctx, cfg); err == nil || err.Error() != said {
+		t.Errorf("Check = %v\nwant %q", err, said)
+	}
 }
