@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -42,9 +43,18 @@ type Line struct {
 	// different devices interleave one by one, and a poller sees when its
 	// request got the wire.
 	Lock Turns
+	// ForTool marks the run of an installer's tool (drivers.Link.Once),
+	// set before the pollers start: Silence then waits for every address's
+	// first poll, so that the tool tells a wrong address from a link at
+	// fault for the first device it asks too. The gateway itself does not
+	// wait: its hub hears of the silence at once, and the reason is sent
+	// again when the device goes offline.
+	ForTool bool
+	asked   chan struct{} // closed once every address was polled
 
 	mu       sync.Mutex         // guards what follows
 	known    map[int]bool       // the link's addresses
+	unasked  int                // of them, those not polled yet
 	answered map[int]bool       // address -> whether its last poll was answered
 	resting  map[int]Wake       // address -> the wake of its poll, while it is offline (see Rest)
 	share    map[string]float64 // device -> wire time of its last poll over its interval
@@ -62,7 +72,7 @@ const LateQuiet = 10 * time.Second
 // NewLine makes the line of a link named name; hint says what to check
 // when no device on it answers.
 func NewLine(name, hint string, addrs Addresses, log *slog.Logger) *Line {
-	return &Line{name: name, hint: hint, addrs: addrs, quiet: LateQuiet, log: log,
+	return &Line{name: name, hint: hint, addrs: addrs, quiet: LateQuiet, log: log, asked: make(chan struct{}),
 		known: map[int]bool{}, answered: map[int]bool{}, resting: map[int]Wake{}, share: map[string]float64{}}
 }
 
@@ -73,6 +83,9 @@ func (l *Line) Add(addr int, every time.Duration) {
 	defer l.mu.Unlock()
 	l.quiet = max(l.quiet, 2*every)
 	l.slowest = max(l.slowest, every)
+	if !l.known[addr] {
+		l.unasked++
+	}
 	l.known[addr] = true
 }
 
@@ -133,6 +146,11 @@ func (l *Line) Heard(addr int, answered bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	back := answered && len(l.answered) > 0 && !l.answering()
+	if _, polled := l.answered[addr]; !polled && l.known[addr] {
+		if l.unasked--; l.unasked == 0 {
+			close(l.asked)
+		}
+	}
 	l.answered[addr] = answered
 	if !back {
 		return
@@ -195,8 +213,15 @@ func (l *Line) busiest() (string, float64) {
 }
 
 // Silence is the health reason of an address that answered nothing, in
-// words an installer can act on.
-func (l *Line) Silence(addr int) string {
+// words an installer can act on. For a tool (see ForTool) it waits, until
+// ctx ends, for every other address to have been polled.
+func (l *Line) Silence(ctx context.Context, addr int) string {
+	if l.ForTool {
+		select {
+		case <-l.asked:
+		case <-ctx.Done():
+		}
+	}
 	l.mu.Lock()
 	var answering []int
 	others, unasked := 0, false

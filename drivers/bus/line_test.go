@@ -1,8 +1,10 @@
 package bus
 
 import (
+	"context"
 	"log/slog"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -87,10 +89,49 @@ func TestLineSilence(t *testing.T) {
 			l.Heard(a, ok)
 		}
 		l.Heard(7, false)
-		if got := l.Silence(7); got != c.want {
+		if got := l.Silence(context.Background(), 7); got != c.want {
 			t.Errorf("%s:\n got %q\nwant %q", c.name, got, c.want)
 		}
 	}
+}
+
+// TestLineSilenceForTool: in an installer's tool's run, the first unit
+// polled that is silent gets its reason once the others were polled, not
+// the reason of a unit whose neighbours are unknown; a tool out of time
+// gets that one.
+func TestLineSilenceForTool(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := NewLine("rs485-1", "check wiring, port, baud rate and parity", units, slog.New(slog.DiscardHandler))
+		l.ForTool = true
+		for _, a := range []int{7, 2, 3} {
+			l.Add(a, time.Second)
+		}
+		l.Heard(7, false)
+		said := make(chan string)
+		go func() { said <- l.Silence(context.Background(), 7) }()
+		synctest.Wait()
+		select {
+		case got := <-said:
+			t.Fatalf("Silence said %q before units 2 and 3 were polled", got)
+		default:
+		}
+		l.Heard(2, true)
+		l.Heard(3, false)
+		if got, want := <-said, "no answer from unit 7 while unit 2 answers: wrong unit id, or device off"; got != want {
+			t.Errorf("Silence once the others were polled:\n got %q\nwant %q", got, want)
+		}
+
+		late := NewLine("rs485-1", "check wiring, port, baud rate and parity", units, slog.New(slog.DiscardHandler))
+		late.ForTool = true
+		late.Add(7, time.Second)
+		late.Add(2, time.Second)
+		late.Heard(7, false)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if got, want := late.Silence(ctx, 7), "no answer from unit 7 on rs485-1: wrong unit id, or device off; or check wiring, port, baud rate and parity"; got != want {
+			t.Errorf("Silence out of time:\n got %q\nwant %q", got, want)
+		}
+	})
 }
 
 func TestSilenceReasonHex(t *testing.T) {

@@ -152,6 +152,7 @@ func build(link drivers.Link, open bus.OpenFunc, log *slog.Logger) (*Bus, error)
 		return nil, fmt.Errorf("bus %s: %w", link.Name(), err)
 	}
 	b := &Bus{cfg: cfg, line: bus.NewLine(link.Name(), busHint, addresses, log), byID: map[string]*module{}, log: log, once: link.Once, port: port}
+	b.line.ForTool = link.Once
 	for _, d := range link.Devices {
 		t := link.Template(d)
 		if t == nil {
@@ -656,11 +657,15 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	// A link that is down (the port gone) heard nothing, but says why
 	// itself: the modules are not silent.
 	res.Silent = r.requests > 0 && !r.answered && !r.linkDown
+	var silence string
+	if res.Silent {
+		silence = p.b.line.Silence(ctx, m.set.Address) // a tool's waits for the other modules
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
 	case res.Silent:
-		res.Failed, res.Reason = 1, p.b.line.Silence(m.set.Address)
+		res.Failed, res.Reason = 1, silence
 	case r.linkDown:
 		res.Failed, res.Reason = 1, r.why.Error()
 	case !identified && m.wrong != "":

@@ -118,6 +118,7 @@ func build(link drivers.Link, open bus.OpenFunc, log *slog.Logger) (*Link, error
 	}
 	l := &Link{name: link.Name(), cfg: cfg, port: port, line: bus.NewLine(link.Name(), linkHint, addresses, log),
 		char: cfg.CharTime(), log: log}
+	l.line.ForTool = link.Once
 	for i, d := range link.Devices {
 		t := link.Template(d)
 		if t == nil {
@@ -469,7 +470,7 @@ func (p *poller) poll(ctx context.Context, slot bus.Slot) time.Duration {
 	case r.linkDown:
 		res.Failed, res.Reason = 1, r.first.Error()
 	case res.Silent:
-		res.Failed, res.Reason = 1, l.line.Silence(d.addr)
+		res.Failed, res.Reason = 1, l.line.Silence(ctx, d.addr)
 	case !ok:
 		res.Failed = 1
 		res.Reason = fmt.Sprintf("no good line in answer to %s", show(d.cmd))

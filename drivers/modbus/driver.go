@@ -146,8 +146,9 @@ type links struct {
 	log     *slog.Logger
 }
 
-func newLinks(name, hint string, devs []*device, cl client, log *slog.Logger) links {
-	l := links{line: bus.NewLine(name, hint, units, log), devices: devs, byID: map[string]*device{}, cl: cl, log: log}
+func newLinks(link drivers.Link, hint string, devs []*device, cl client, log *slog.Logger) links {
+	l := links{line: bus.NewLine(link.Name(), hint, units, log), devices: devs, byID: map[string]*device{}, cl: cl, log: log}
+	l.line.ForTool = link.Once
 	for _, d := range devs {
 		l.line.Add(int(d.unit), d.every())
 		l.byID[d.cfg.ID] = d
@@ -366,7 +367,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		}
 	}
 	if res.Silent {
-		res.Reason = p.line.Silence(int(d.unit))
+		res.Reason = p.line.Silence(ctx, int(d.unit))
 	}
 	return readings, res
 }

@@ -224,7 +224,7 @@ func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		return nil, err
 	}
 	r := &rtuBus{bus: b, port: port, packagers: map[byte]modbus.Packager{}}
-	r.links = newLinks(link.Name(), busHint, devs, r, log)
+	r.links = newLinks(link, busHint, devs, r, log)
 	cost := BusCost(b)
 	for _, d := range devs {
 		for _, q := range slices.Concat(d.plan, d.alarmPlan) {

@@ -282,7 +282,7 @@ func newTCP(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		tr:       &tcpTransport{addr: ep.Address, timeout: timeout, log: log},
 		packager: modbus.NewTCPClientHandler(ep.Address),
 	}
-	l.links = newLinks(link.Name(), endpointHint, devs, l, log)
+	l.links = newLinks(link, endpointHint, devs, l, log)
 	return l, nil
 }
 
