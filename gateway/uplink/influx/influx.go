@@ -84,7 +84,7 @@ func (u *Uplink) NewBatch() uplink.Batch { return &batch{u: u} }
 // A request's body is a part of body, which is never written over: net/http
 // may still read it after the request failed (a timeout), so the next
 // batch writes a body of its own rather than the client copying each
-// request's (a fourth of the gateway's memory at 100,000 readings/s).
+// request's (2.25 MB a write of 5,000 points of 15 fields).
 type batch struct {
 	u    *Uplink
 	line []byte // one message's line, reused
