@@ -200,8 +200,11 @@ func (t *Tracker) Observe(r Result) (model.Health, bool) {
 	// An offline device's new reason is news too: a port that failed
 	// (read: EOF) and is then missing (the adapter unplugged); the port
 	// back and the device still silent; a silent unit whose neighbours
-	// fell silent too (the bus, not the unit, is then the suspect).
-	changed := state != t.state || state == model.Offline && r.Reason != t.reason
+	// fell silent too (the bus, not the unit, is then the suspect). So is
+	// a silent one's, degraded: at its first poll its neighbours may not
+	// have been asked yet, and at its next the reason says which it is;
+	// one that answered badly and now answers nothing.
+	changed := state != t.state || (state == model.Offline || r.Silent) && r.Reason != t.reason
 	t.state, t.reason = state, r.Reason
 	return model.Health{State: state, Reason: r.Reason, Counters: maps.Clone(t.counters)}, changed
 }

@@ -36,7 +36,8 @@ func TestTracker(t *testing.T) {
 		{"silent three times", silent, model.Offline, true, silent.Reason},
 		{"still silent", silent, model.Offline, false, silent.Reason},
 		{"answers, badly", half, model.Degraded, true, half.Reason},
-		{"silent again, the count restarts", silent, model.Degraded, false, silent.Reason},
+		{"silent again, the count restarts: a new reason", silent, model.Degraded, true, silent.Reason},
+		{"its neighbours answer now: a new reason", alone, model.Degraded, true, alone.Reason},
 		{"answers", ok, model.Online, true, ""},
 		{"every request answered with an exception", bad, model.Degraded, true, bad.Reason},
 		{"and again", bad, model.Degraded, false, bad.Reason},
@@ -57,8 +58,8 @@ func TestTracker(t *testing.T) {
 			t.Fatalf("step %d (%s): %s changed=%v %q, want %s changed=%v %q", i, s.name, h.State, changed, h.Reason, s.state, s.changed, s.reason)
 		}
 	}
-	// The 22 polls above and an empty one.
-	want := map[string]uint64{"polls": 23, "requests": 32, "failures": 16, "exceptions": 8, "timeouts": 8, "link_down": 3,
+	// The 23 polls above and an empty one.
+	want := map[string]uint64{"polls": 24, "requests": 33, "failures": 17, "exceptions": 8, "timeouts": 9, "link_down": 3,
 		"decode_errors": 1, "late_polls": 1}
 	if h, _ := tr.Observe(Result{}); fmt.Sprint(h.Counters) != fmt.Sprint(want) {
 		t.Errorf("counters %v, want %v", h.Counters, want)

@@ -47,8 +47,9 @@ type Line struct {
 	// set before the pollers start: Silence then waits for every address's
 	// first poll, so that the tool tells a wrong address from a link at
 	// fault for the first device it asks too. The gateway itself does not
-	// wait: its hub hears of the silence at once, and the reason is sent
-	// again when the device goes offline.
+	// wait: its hub hears of the silence at once, and of the reason that
+	// names the address or the link at the device's next poll (see
+	// Tracker.Observe).
 	ForTool bool
 	asked   chan struct{} // closed once every address was polled
 
