@@ -271,9 +271,6 @@ func dial(t *testing.T, broker, id, password string, will bool, tc *tls.Config) 
 	if will {
 		o.SetWill("dev/"+id+"/state", "offline", 1, true)
 	}
-	o.SetOnConnectHandler(func(c paho.Client) {
-		c.Subscribe("dev/"+id+"/cmd", 1, func(_ paho.Client, m paho.Message) { k.cmd <- m })
-	})
 	k.c = paho.NewClient(o)
 	tok := k.c.Connect()
 	if !tok.WaitTimeout(10 * time.Second) {
@@ -283,6 +280,14 @@ func dial(t *testing.T, broker, id, password string, will bool, tc *tls.Config) 
 		return nil, err
 	}
 	t.Cleanup(func() { k.c.Disconnect(0) })
+	// Subscribed before the caller publishes the kiosk's birth, as
+	// docs/kiosks.md asks: a command sent when the gateway sees it online
+	// would otherwise reach an external broker before the subscription,
+	// and wait for the gateway's next send, 30 s on.
+	sub := k.c.Subscribe("dev/"+id+"/cmd", 1, func(_ paho.Client, m paho.Message) { k.cmd <- m })
+	if !sub.WaitTimeout(10*time.Second) || sub.Error() != nil {
+		return nil, fmt.Errorf("subscribe to dev/%s/cmd: %v", id, sub.Error())
+	}
 	return k, nil
 }
 

@@ -355,9 +355,14 @@ func (d *device) onConnect(c paho.Client) {
 	d.pass(listed)
 	d.n.connects.Add(1)
 	d.log.Info("mqtt connected", "broker", d.broker)
-	// "online" first: the device's other messages wait for it.
-	c.Publish(d.topic(cfg.StateTopic), 1, true, "online")
+	// Subscribed before "online", as docs/kiosks.md asks (a command the
+	// gateway sends on seeing it online finds the subscription), and
+	// "online" before the device's other messages, which wait for it.
 	sub := c.Subscribe(d.topic(cfg.CmdTopic), 1, nil)
+	if sub.WaitTimeout(connectTimeout) && sub.Error() != nil {
+		d.log.Warn("mqtt subscribe failed", "topic", d.topic(cfg.CmdTopic), "err", sub.Error())
+	}
+	c.Publish(d.topic(cfg.StateTopic), 1, true, "online")
 	d.mu.Lock()
 	if born != nil && d.born == born {
 		close(d.born)
@@ -369,9 +374,6 @@ func (d *device) onConnect(c paho.Client) {
 	select {
 	case d.connected <- struct{}{}:
 	default:
-	}
-	if sub.WaitTimeout(connectTimeout) && sub.Error() != nil {
-		d.log.Warn("mqtt subscribe failed", "topic", d.topic(cfg.CmdTopic), "err", sub.Error())
 	}
 }
 
