@@ -65,6 +65,11 @@ type Line struct {
 	exchange time.Duration // the longest exchange of a poll on the wire (see Exchange)
 }
 
+// toolMargin is how long before a tool's deadline Silence stops waiting
+// for the other addresses: the rest of the poll and its report take far
+// less.
+const toolMargin = time.Second
+
 // LateQuiet is the least time without a late poll after which a link that
 // ran late counts as on time again; it is at least two intervals of the
 // link's slowest device, which must have had its chance to be on time.
@@ -214,10 +219,18 @@ func (l *Line) busiest() (string, float64) {
 }
 
 // Silence is the health reason of an address that answered nothing, in
-// words an installer can act on. For a tool (see ForTool) it waits, until
-// ctx ends, for every other address to have been polled.
+// words an installer can act on. For a tool (see ForTool) it waits for
+// every other address to have been polled, up to toolMargin before ctx's
+// deadline: a bus whose every device is silent can take longer to ask
+// than the tool has, and the reason then says what is known, in time to be
+// reported.
 func (l *Line) Silence(ctx context.Context, addr int) string {
 	if l.ForTool {
+		if d, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, d.Add(-toolMargin))
+			defer cancel()
+		}
 		select {
 		case <-l.asked:
 		case <-ctx.Done():

@@ -98,7 +98,7 @@ func TestLineSilence(t *testing.T) {
 // TestLineSilenceForTool: in an installer's tool's run, the first unit
 // polled that is silent gets its reason once the others were polled, not
 // the reason of a unit whose neighbours are unknown; a tool out of time
-// gets that one.
+// gets that one, a second before its deadline, in time to report it.
 func TestLineSilenceForTool(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		l := NewLine("rs485-1", "check wiring, port, baud rate and parity", units, slog.New(slog.DiscardHandler))
@@ -126,10 +126,14 @@ func TestLineSilenceForTool(t *testing.T) {
 		late.Add(7, time.Second)
 		late.Add(2, time.Second)
 		late.Heard(7, false)
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		start := time.Now()
 		if got, want := late.Silence(ctx, 7), "no answer from unit 7 on rs485-1: wrong unit id, or device off; or check wiring, port, baud rate and parity"; got != want {
 			t.Errorf("Silence out of time:\n got %q\nwant %q", got, want)
+		}
+		if waited := time.Since(start); waited != 4*time.Second || ctx.Err() != nil {
+			t.Errorf("Silence waited %v (the tool's context: %v), want 4s, a second before the tool's deadline", waited, ctx.Err())
 		}
 	})
 }
