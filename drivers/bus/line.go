@@ -55,7 +55,6 @@ type Line struct {
 
 	mu       sync.Mutex         // guards what follows
 	known    map[int]bool       // the link's addresses
-	unasked  int                // of them, those not polled yet
 	answered map[int]bool       // address -> whether its last poll was answered
 	resting  map[int]Wake       // address -> the wake of its poll, while it is offline (see Rest)
 	share    map[string]float64 // device -> wire time of its last poll over its interval
@@ -89,9 +88,6 @@ func (l *Line) Add(addr int, every time.Duration) {
 	defer l.mu.Unlock()
 	l.quiet = max(l.quiet, 2*every)
 	l.slowest = max(l.slowest, every)
-	if !l.known[addr] {
-		l.unasked++
-	}
 	l.known[addr] = true
 }
 
@@ -143,7 +139,8 @@ func (l *Line) Held(dev string, held, interval time.Duration) {
 	l.share[dev] = float64(held) / float64(interval)
 }
 
-// Heard notes whether an address answered anything at its last poll. The
+// Heard notes whether an address of the line (see Add) answered anything
+// at its last poll. The
 // first answer on a link where no address answered (a cable plugged back,
 // the adapter or the devices' power back) polls every device resting on it
 // at once (see Rest): they come back with the link, not each at the end of
@@ -152,12 +149,11 @@ func (l *Line) Heard(addr int, answered bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	back := answered && len(l.answered) > 0 && !l.answering()
-	if _, polled := l.answered[addr]; !polled && l.known[addr] {
-		if l.unasked--; l.unasked == 0 {
-			close(l.asked)
-		}
-	}
+	_, polled := l.answered[addr]
 	l.answered[addr] = answered
+	if !polled && len(l.answered) == len(l.known) {
+		close(l.asked) // the last of the link's addresses was polled
+	}
 	if !back {
 		return
 	}

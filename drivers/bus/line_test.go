@@ -100,12 +100,16 @@ func TestLineSilence(t *testing.T) {
 // the reason of a unit whose neighbours are unknown; a tool out of time
 // gets that one, a second before its deadline, in time to report it.
 func TestLineSilenceForTool(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	toolLine := func(addrs ...int) *Line {
 		l := NewLine("rs485-1", "check wiring, port, baud rate and parity", units, slog.New(slog.DiscardHandler))
 		l.ForTool = true
-		for _, a := range []int{7, 2, 3} {
+		for _, a := range addrs {
 			l.Add(a, time.Second)
 		}
+		return l
+	}
+	synctest.Test(t, func(t *testing.T) {
+		l := toolLine(7, 2, 3)
 		l.Heard(7, false)
 		said := make(chan string)
 		go func() { said <- l.Silence(context.Background(), 7) }()
@@ -121,10 +125,7 @@ func TestLineSilenceForTool(t *testing.T) {
 			t.Errorf("Silence once the others were polled:\n got %q\nwant %q", got, want)
 		}
 
-		late := NewLine("rs485-1", "check wiring, port, baud rate and parity", units, slog.New(slog.DiscardHandler))
-		late.ForTool = true
-		late.Add(7, time.Second)
-		late.Add(2, time.Second)
+		late := toolLine(7, 2)
 		late.Heard(7, false)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -206,15 +207,10 @@ func unlike(t *configs.Template, m model.Message) string {
 		return ""
 	}
 	var diffs []string
-	for _, r := range m.Readings {
-		u, ok := t.Unlike[r.Signal]
-		if !ok || r.Quality != model.Good {
-			continue
-		}
-		for _, sg := range t.Body.Signals() {
-			if sg.Name == r.Signal {
-				diffs = append(diffs, fmt.Sprintf("%s as %s where the built-in template %s, from that model's datasheet, reads %s", r.Signal, sg.Conversion, u.Template, u.Conversion))
-			}
+	for _, sg := range t.Body.Signals() {
+		u, ok := t.Unlike[sg.Name]
+		if ok && slices.ContainsFunc(m.Readings, func(r model.Reading) bool { return r.Signal == sg.Name && r.Quality == model.Good }) {
+			diffs = append(diffs, fmt.Sprintf("%s as %s where the built-in template %s, from that model's datasheet, reads %s", sg.Name, sg.Conversion, u.Template, u.Conversion))
 		}
 	}
 	if len(diffs) == 0 {
