@@ -40,14 +40,14 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	id := fs.Arg(0)
-	link, ok := deviceLink(st, id)
+	link, dev, ok := deviceLink(st, id)
 	if !ok {
 		fmt.Fprintf(stderr, "gateway read: %s has no device %q (devices: %v)\n", *config, id, deviceIDs(st))
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	got, healths, err := firstReadings(ctx, link, slog.New(slog.DiscardHandler))
+	got, healths, err := firstReadings(ctx, link, slog.New(slog.DiscardHandler), id)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway read: device %s on %s (%s): %v\n", id, link.Name(), link.Protocol(), err)
 		return 1
@@ -67,7 +67,7 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	printReading(stdout, &m)
 	if fine, _ := verdict(nil, m, true, health, hasHealth, *timeout); fine {
-		if u := unlike(link.Template(link.Devices[0]), m); u != "" {
+		if u := unlike(link.Template(dev), m); u != "" {
 			fmt.Fprintf(stdout, "\n%s\n", u)
 		}
 		if u, _ := unclean(health); u != "" {
@@ -81,17 +81,19 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 	return 1
 }
 
-// deviceLink is the link of the device id, with that device alone on it.
-func deviceLink(st *configs.Station, id string) (drivers.Link, bool) {
+// deviceLink is the link of the device id, and the device. The tool runs
+// the whole link, as the gateway would: a device that does not answer is
+// told from a link at fault by whether its neighbours answer (a wrong unit
+// id, or the wiring), and the tool ends as soon as the device is read.
+func deviceLink(st *configs.Station, id string) (drivers.Link, *configs.Device, bool) {
 	for _, l := range drivers.Links(st) {
 		for _, d := range l.Devices {
 			if d.ID == id {
-				l.Devices = []*configs.Device{d}
-				return l, true
+				return l, d, true
 			}
 		}
 	}
-	return drivers.Link{}, false
+	return drivers.Link{}, nil, false
 }
 
 func deviceIDs(st *configs.Station) []string {
@@ -102,15 +104,15 @@ func deviceIDs(st *configs.Station) []string {
 	return ids
 }
 
-// firstReadings runs the link's driver until each of its devices sent
-// its first poll's telemetry, or ctx ends. It returns those messages and each
+// firstReadings runs the link's driver until each of the devices of ids
+// (all the link's when none) sent its first poll's telemetry, or ctx ends. It returns those messages and each
 // device's last health report, by device; an error only when the driver
 // could not run at all.
 //
 // It forwards nothing, so it keeps no event: a device that pushes one (a
 // kiosk's emergency call, an alarm panel's frame) is not acknowledged,
 // and sends it again to the gateway once it runs.
-func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (map[string]model.Message, map[string]model.Health, error) {
+func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger, ids ...string) (map[string]model.Message, map[string]model.Health, error) {
 	link.Once = true
 	d, err := drivers.New(link, log)
 	if err != nil {
@@ -122,9 +124,13 @@ func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (ma
 	got, health := map[string]model.Message{}, map[string]model.Health{}
 	partial := map[string]model.Message{} // readings of the devices not all read yet
 	signals := map[string][]string{}      // in the template's order
+	all := len(ids) == 0
 	for _, d := range link.Devices {
 		for _, sg := range link.Template(d).Body.Signals() {
 			signals[d.ID] = append(signals[d.ID], sg.Name)
+		}
+		if all {
+			ids = append(ids, d.ID)
 		}
 	}
 	// A device is done with its health report and a good first reading,
@@ -177,7 +183,7 @@ func firstReadings(ctx context.Context, link drivers.Link, log *slog.Logger) (ma
 		case m.Kind == model.KindHealth && m.Health != nil:
 			health[m.Device] = *m.Health
 		}
-		if !slices.ContainsFunc(link.Devices, func(d *configs.Device) bool { return !done(d.ID) }) {
+		if !slices.ContainsFunc(ids, func(id string) bool { return !done(id) }) {
 			cancel()
 		}
 		return nil

@@ -47,7 +47,8 @@ func (s *served) of(dev string) []sim.Reading {
 
 // TestRead: `gateway read` polls one device of a Modbus TCP endpoint
 // served by the simulator and prints what it served, decoded, with units;
-// a unit that does not answer gives exit 1 and the reason.
+// a unit that does not answer gives exit 1 and the reason, which its
+// neighbours on the endpoint, polled too, make a wrong unit id.
 func TestRead(t *testing.T) {
 	addr := freeAddr(t)
 	st := writeStation(t, fmt.Sprintf(`version: 2
@@ -107,7 +108,7 @@ devices:
 		t.Errorf("read of a silent unit: exit %d, want 1\nstdout: %s\nstderr: %s", code, out.String(), errb.String())
 	}
 	if all := out.String() + errb.String(); !strings.Contains(all, "temperature  -      °C    bad\n") ||
-		!strings.Contains(all, "no answer from unit 9 on lan: wrong unit id, or device off; or check the address, and the serial side if it is a Modbus gateway") {
+		!strings.Contains(all, "no answer from unit 9 while units 1 and 2 answer: wrong unit id, or device off\n") {
 		t.Errorf("read of a silent unit does not show bad readings and the reason:\n%s", all)
 	}
 
