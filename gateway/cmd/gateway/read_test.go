@@ -39,6 +39,14 @@ func (s *served) Served(dev string, rs []sim.Reading) {
 
 func (s *served) Raised(sim.Raised) {}
 
+// forget forgets what was served to dev: a read of its neighbour polls it
+// too.
+func (s *served) forget(dev string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.rs, dev)
+}
+
 func (s *served) of(dev string) []sim.Reading {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -69,6 +77,7 @@ devices:
 
 	for _, dev := range []string{"th-1", "meter-1"} {
 		var out, errb bytes.Buffer
+		sk.forget(dev)
 		if code := cli([]string{"read", "-config", path, dev}, &out, &errb); code != 0 {
 			t.Fatalf("read %s: exit %d\nstdout: %s\nstderr: %s", dev, code, out.String(), errb.String())
 		}
