@@ -38,12 +38,13 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 			if s.WriteFailing && !prev.WriteFailing || blip {
 				failedAt[name], began[name] = prev, s.WriteFailedAt
 				in.Emit(model.GatewayEvent(model.EventQueueWriteFailed, model.Critical, map[string]string{
-					"uplink":        name,
-					"error":         s.WriteError,
-					"alarms_held":   strconv.FormatInt(a.Memory, 10),
-					"alarms_lost":   strconv.FormatInt(a.Lost, 10),
-					"readings_lost": strconv.FormatInt(t.DroppedReadings-pt.DroppedReadings, 10),
-					"reason":        "the disk refuses the queue's writes or does not answer: alarms are held in memory and still sent, new telemetry is dropped",
+					"uplink":         name,
+					"error":          s.WriteError,
+					"alarms_held":    strconv.FormatInt(a.Memory, 10),
+					"telemetry_held": strconv.FormatInt(t.Memory, 10),
+					"alarms_lost":    strconv.FormatInt(a.Lost, 10),
+					"readings_lost":  strconv.FormatInt(t.DroppedReadings-pt.DroppedReadings, 10),
+					"reason":         "the disk refuses the queue's writes or does not answer: what it refuses is held in memory and still sent; telemetry beyond the memory reserve is dropped",
 				}))
 			}
 			if !s.WriteFailing && prev.WriteFailing || blip {
@@ -62,7 +63,7 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 				case s.Unreadable > prev.Unreadable:
 					reason = "queue files were deleted or could not be read: the telemetry in them was lost"
 				case s.WriteErrors > prev.WriteErrors:
-					reason = "the disk is full or refuses writes: telemetry was dropped (" + s.WriteError + ")"
+					reason = "the disk refuses writes and the memory reserve is full: telemetry was dropped (" + s.WriteError + ")"
 				case s.FullDrops > prev.FullDrops:
 					reason = "the disk is full: the oldest telemetry was dropped to make room (" + s.FullDrop + ")"
 				}

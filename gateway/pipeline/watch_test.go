@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,9 +18,10 @@ import (
 // TestWatchQueuesDiskRefuses: the state directory refuses writes (chattr
 // +i, as a failing disk or a read-only remount does). The hub must be told
 // with a queue_write_failed event naming the error (held in memory, as
-// alarms are, until it can be sent), and with queue_write_recovered, which
-// counts the telemetry lost meanwhile, when the disk takes writes again;
-// the drops themselves are reported as they happen.
+// what the disk refuses is, until it can be sent), and with
+// queue_write_recovered when the disk takes writes again; the telemetry of
+// the outage is held in memory too, and every reading reaches the queue's
+// reader, in order, with no drop to report.
 func TestWatchQueuesDiskRefuses(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to make files immutable")
@@ -43,47 +43,60 @@ func TestWatchQueuesDiskRefuses(t *testing.T) {
 			t.Fatalf("chattr -R %s: %v: %s", flag, err, out)
 		}
 	}
+	emit := func(v float64) {
+		if err := in.Emit(telemetry("th-hall", model.Reading{Signal: "temperature", Value: model.Number(v), Quality: model.Good})); err != nil {
+			t.Errorf("telemetry %v: %v", v, err)
+		}
+	}
 	began := time.Now()
 	chattr("+i")
-	const lost = 5 // readings emitted while the disk refuses them
-	for i := range lost {
-		in.Emit(telemetry("th-hall", model.Reading{Signal: "temperature", Value: model.Number(float64(i)), Quality: model.Good}))
+	for i := range 5 { // emitted while the disk refuses them
+		emit(float64(i))
 	}
 	failed := nextEvent(t, q, model.EventQueueWriteFailed)
-	if d := failed.Event.Details; d["uplink"] != "mqtt" || !strings.Contains(d["error"], "operation not permitted") || d["alarms_lost"] != "0" {
+	if d := failed.Event.Details; d["uplink"] != "mqtt" || !strings.Contains(d["error"], "operation not permitted") || d["alarms_lost"] != "0" || d["readings_lost"] != "0" {
 		t.Errorf("queue_write_failed details: %v", d)
 	}
 	if failed.Event.Severity != model.Critical || failed.Device != model.GatewayDevice {
 		t.Errorf("queue_write_failed from %s, severity %s; want the gateway's, critical", failed.Device, failed.Event.Severity)
 	}
 	chattr("-i")
-	in.Emit(telemetry("th-hall", model.Reading{Signal: "temperature", Value: model.Number(9), Quality: model.Good}))
-	// The drops, reported at each check as they happen (one event for
-	// all five, or several when the checks fell between the emits), then
-	// the recovery.
-	dropped := 0
-	for {
-		m := nextEvent(t, q, model.EventQueueDrops, model.EventQueueWriteRecovered)
-		d := m.Event.Details
-		if m.Event.Kind == model.EventQueueWriteRecovered {
-			if d["readings_lost"] != "5" || d["alarms_lost"] != "0" {
-				t.Errorf("queue_write_recovered details: %v, want 5 readings and 0 alarms lost", d)
-			}
-			// From the first write refused to the first taken again:
-			// more than nothing, and within the test's span.
-			if o, err := time.ParseDuration(d["outage"]); err != nil || o <= 0 || o > time.Since(began) {
-				t.Errorf("queue_write_recovered outage %q, want the time the disk refused writes (at most %v)", d["outage"], time.Since(began))
-			}
-			break
-		}
-		n, err := strconv.Atoi(d["dropped_readings"])
-		if err != nil || !strings.Contains(d["reason"], "operation not permitted") {
-			t.Errorf("queue_drops details: %v, want a count of readings and the disk's error", d)
-		}
-		dropped += n
+	emit(9)
+	// The recovery, and no queue_drops before it.
+	recovered := nextEvent(t, q, model.EventQueueWriteRecovered)
+	d := recovered.Event.Details
+	if d["readings_lost"] != "0" || d["alarms_lost"] != "0" {
+		t.Errorf("queue_write_recovered details: %v, want 0 readings and 0 alarms lost", d)
 	}
-	if dropped != lost {
-		t.Errorf("queue_drops events counted %d readings dropped, want %d", dropped, lost)
+	// From the first write refused to the first taken again: more than
+	// nothing, and within the test's span.
+	if o, err := time.ParseDuration(d["outage"]); err != nil || o <= 0 || o > time.Since(began) {
+		t.Errorf("queue_write_recovered outage %q, want the time the disk refused writes (at most %v)", d["outage"], time.Since(began))
+	}
+	var got []string
+	for len(got) < 6 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		b, err := q.Next(ctx, 100, queue.LaneTelemetry)
+		cancel()
+		if err != nil {
+			t.Fatalf("readings %v, then: %v", got, err)
+		}
+		for _, e := range b.Entries {
+			m, err := model.DecodeBinary(e.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, m.Readings[0].Value.String())
+		}
+		if err := q.Ack(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"0", "1", "2", "3", "4", "9"}; !slices.Equal(got, want) {
+		t.Errorf("the queue's reader got readings %v, want %v", got, want)
+	}
+	if tl := q.Stats().Lanes[queue.LaneTelemetry]; tl.Dropped != 0 || tl.Memory != 0 {
+		t.Errorf("telemetry lane: %d dropped, %d still in memory; want none", tl.Dropped, tl.Memory)
 	}
 }
 
@@ -162,9 +175,9 @@ func TestWatchQueuesBetweenChecks(t *testing.T) {
 		s.Lanes[queue.LaneTelemetry].DroppedReadings = 3
 	})
 	want := []string{
-		model.EventQueueWriteFailed + ": the disk refuses the queue's writes or does not answer: alarms are held in memory and still sent, new telemetry is dropped",
+		model.EventQueueWriteFailed + ": the disk refuses the queue's writes or does not answer: what it refuses is held in memory and still sent; telemetry beyond the memory reserve is dropped",
 		model.EventQueueWriteRecovered + ": the disk takes the queue's writes again",
-		model.EventQueueDrops + ": the disk is full or refuses writes: telemetry was dropped (write seg: no space left on device)",
+		model.EventQueueDrops + ": the disk refuses writes and the memory reserve is full: telemetry was dropped (write seg: no space left on device)",
 	}
 	if got := events(3); !slices.Equal(got, want) {
 		t.Errorf("events %q\nwant %q", got, want)

@@ -40,10 +40,10 @@ func immutable(t *testing.T, dir string, on bool) {
 	}
 }
 
-// TestDiskRefusesWrites: while the disk refuses every write, alarms are
-// held in memory and handed out after those on disk, telemetry is dropped
-// and counted, and when the disk takes writes again the alarms go to disk
-// by themselves, in order, and survive a restart.
+// TestDiskRefusesWrites: while the disk refuses every write, what it
+// refuses is held in memory and handed out after what is on disk, and
+// when the disk takes writes again it goes to disk by itself, in order,
+// and survives a restart.
 func TestDiskRefusesWrites(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
@@ -74,29 +74,66 @@ func TestDiskRefusesWrites(t *testing.T) {
 	if a.Memory != 3 || a.Records != 6 || a.Lost != 0 {
 		t.Errorf("alarm lane: %d in memory, %d queued, %d lost; want 3, 6, 0", a.Memory, a.Records, a.Lost)
 	}
-	if tl.Dropped != 2 || tl.DroppedReadings != int64(rec(100).Readings+rec(101).Readings) {
-		t.Errorf("telemetry: %d dropped (%d readings), want 2", tl.Dropped, tl.DroppedReadings)
+	if tl.Memory != 2 || tl.Records != 2 || tl.Readings != int64(rec(100).Readings+rec(101).Readings) || tl.Dropped != 0 {
+		t.Errorf("telemetry: %d in memory, %d queued (%d readings), %d dropped; want 2, 2 (%d), 0", tl.Memory, tl.Records, tl.Readings, tl.Dropped, rec(100).Readings+rec(101).Readings)
 	}
-	// The forwarder gets every alarm, in order, the disk refusing or not.
-	if got, _ := drain(t, q, 1000, true); len(got) != 6 || got[0] != 1 || got[5] != 6 {
-		t.Fatalf("handed out %v, want alarms 1 to 6", got)
+	// The forwarder gets every record, in order, the disk refusing or not.
+	if got, tel := drain(t, q, 1000, true); len(got) != 6 || got[0] != 1 || got[5] != 6 || !slices.Equal(tel, []int{100, 101}) {
+		t.Fatalf("handed out alarms %v and telemetry %v, want alarms 1 to 6 and telemetry 100 and 101", got, tel)
 	}
 	for i := 7; i <= 8; i++ {
 		q.Append(LaneAlarm, rec(i))
 	}
+	q.Append(LaneTelemetry, rec(102))
 	immutable(t, dir, false)
 	deadline := time.Now().Add(5 * time.Second)
 	for q.Stats().WriteFailing && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // the queue retries every second
 	}
 	st = q.Stats()
-	if st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0 {
-		t.Fatalf("after the disk recovered: failing %v, %d alarms in memory", st.WriteFailing, st.Lanes[LaneAlarm].Memory)
+	if st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0 || st.Lanes[LaneTelemetry].Memory != 0 {
+		t.Fatalf("after the disk recovered: failing %v, %d alarms and %d telemetry records in memory", st.WriteFailing, st.Lanes[LaneAlarm].Memory, st.Lanes[LaneTelemetry].Memory)
 	}
 	q.Close()
 	q = open(t, dir, testOpts)
-	if got, _ := drain(t, q, 1000, true); len(got) != 2 || got[0] != 7 || got[1] != 8 {
-		t.Fatalf("after a restart, handed out %v, want alarms 7 and 8 from disk", got)
+	if got, tel := drain(t, q, 1000, true); !slices.Equal(got, []int{7, 8}) || !slices.Equal(tel, []int{102}) {
+		t.Fatalf("after a restart, handed out alarms %v and telemetry %v, want alarms 7 and 8 and telemetry 102 from disk", got, tel)
+	}
+}
+
+// TestDiskRefusesWritesMemoryFull: the memory reserve holds MemoryBytes a
+// lane of what the disk refuses; past it, an alarm is lost (ErrLost, and
+// counted) and telemetry is dropped (counted as the size cap's drops are,
+// for the hub's accounting), and what it holds is still delivered.
+func TestDiskRefusesWritesMemoryFull(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", dir).Run() })
+	q, err := Open(dir, Options{MaxBytes: 1 << 20, SyncEvery: -1, MemoryBytes: 250}, testLog(t)) // two records of 100 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	immutable(t, dir, true)
+	for i, want := range []error{ErrHeld, ErrHeld, ErrLost} {
+		if err := q.Append(LaneAlarm, rec(1+i)); !errors.Is(err, want) {
+			t.Fatalf("alarm %d while the disk refuses writes: got %v, want %v", 1+i, err, want)
+		}
+	}
+	for i := 100; i < 103; i++ {
+		if err := q.Append(LaneTelemetry, rec(i)); err != nil {
+			t.Fatalf("telemetry %d while the disk refuses writes: %v", i, err)
+		}
+	}
+	st := q.Stats()
+	if a := st.Lanes[LaneAlarm]; a.Memory != 2 || a.Lost != 1 || a.LostReadings != int64(rec(3).Readings) {
+		t.Errorf("alarms: %d in memory, %d lost (%d readings); want 2, 1 (%d)", a.Memory, a.Lost, a.LostReadings, rec(3).Readings)
+	}
+	if tl := st.Lanes[LaneTelemetry]; tl.Memory != 2 || tl.Dropped != 1 || tl.DroppedReadings != int64(rec(102).Readings) || tl.Lost != 0 {
+		t.Errorf("telemetry: %d in memory, %d dropped (%d readings), %d lost; want 2, 1 (%d), 0", tl.Memory, tl.Dropped, tl.DroppedReadings, tl.Lost, rec(102).Readings)
+	}
+	if got, tel := drain(t, q, 1000, true); !slices.Equal(got, []int{1, 2}) || !slices.Equal(tel, []int{100, 101}) {
+		t.Fatalf("handed out alarms %v and telemetry %v, want alarms 1 and 2 and telemetry 100 and 101", got, tel)
 	}
 }
 
@@ -346,8 +383,7 @@ func freezable(t *testing.T) (dir string, freeze func(on bool)) {
 
 // TestDiskHangs freezes the queue's file system: the first Append after
 // it waits durable.StallAfter for its write, then every Append returns at
-// once; alarms are held in memory and handed out, telemetry is dropped
-// and counted. Once the disk thaws, the write that hung is taken back
+// once; what the disk does not take is held in memory and handed out. Once the disk thaws, the write that hung is taken back
 // (its alarm is in memory) and the alarms go to disk by themselves: after
 // a restart, the reader that had not read them gets each exactly once.
 func TestDiskHangs(t *testing.T) {
@@ -382,28 +418,28 @@ func TestDiskHangs(t *testing.T) {
 	if !st.WriteFailing || !strings.Contains(st.WriteError, "the disk does not answer") {
 		t.Errorf("stats say failing %v, last error %q; want failing, the disk does not answer", st.WriteFailing, st.WriteError)
 	}
-	if a, tl := st.Lanes[LaneAlarm], st.Lanes[LaneTelemetry]; a.Memory != 3 || tl.Dropped != 1 {
-		t.Errorf("%d alarms in memory, %d telemetry dropped; want 3 and 1", a.Memory, tl.Dropped)
+	if a, tl := st.Lanes[LaneAlarm], st.Lanes[LaneTelemetry]; a.Memory != 3 || tl.Memory != 1 || tl.Dropped != 0 {
+		t.Errorf("%d alarms and %d telemetry records in memory, %d telemetry dropped; want 3, 1 and 0", a.Memory, tl.Memory, tl.Dropped)
 	}
-	// The uplink whose hub is up gets every alarm while the disk hangs.
-	if got, _ := drain(t, q.Reader("mqtt"), 1000, true); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6}) {
-		t.Fatalf("handed out %v while the disk hangs, want alarms 1 to 6", got)
+	// The uplink whose hub is up gets everything while the disk hangs.
+	if got, tel := drain(t, q.Reader("mqtt"), 1000, true); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6}) || !slices.Equal(tel, []int{100}) {
+		t.Fatalf("handed out alarms %v and telemetry %v while the disk hangs, want alarms 1 to 6 and telemetry 100", got, tel)
 	}
 	freeze(false)
 	deadline := time.Now().Add(5 * time.Second)
 	for q.Stats().WriteFailing && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // the queue retries every second
 	}
-	if st := q.Stats(); st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0 {
-		t.Fatalf("after the disk thawed: failing %v, %d alarms in memory", st.WriteFailing, st.Lanes[LaneAlarm].Memory)
+	if st := q.Stats(); st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0 || st.Lanes[LaneTelemetry].Memory != 0 {
+		t.Fatalf("after the disk thawed: failing %v, %d alarms and %d telemetry records in memory", st.WriteFailing, st.Lanes[LaneAlarm].Memory, st.Lanes[LaneTelemetry].Memory)
 	}
 	q.Close()
 	q = open(t, filepath.Join(dir, "q"), opt)
-	if got, _ := drain(t, q.Reader("influx"), 1000, true); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6}) {
-		t.Errorf("after a restart, the other reader got %v, want alarms 1 to 6 once each", got)
+	if got, tel := drain(t, q.Reader("influx"), 1000, true); !slices.Equal(got, []int{1, 2, 3, 4, 5, 6}) || !slices.Equal(tel, []int{100}) {
+		t.Errorf("after a restart, the other reader got alarms %v and telemetry %v, want alarms 1 to 6 and telemetry 100, once each", got, tel)
 	}
-	if got, _ := drain(t, q.Reader("mqtt"), 1000, true); len(got) != 0 {
-		t.Errorf("after a restart, the reader that took every alarm got %v again", got)
+	if got, tel := drain(t, q.Reader("mqtt"), 1000, true); len(got)+len(tel) != 0 {
+		t.Errorf("after a restart, the reader that took everything got %v %v again", got, tel)
 	}
 }
 

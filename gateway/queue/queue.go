@@ -150,8 +150,9 @@
 // reader, one read window per lane and reader (64 KiB, more only for a
 // record larger than that), the batches handed out and not yet
 // acknowledged (at most MaxBatchBytes of data each) and up to two spare
-// batch buffers per lane and reader. Alarms held in memory while the disk
-// refuses them are held once, until every reader acknowledged them.
+// batch buffers per lane and reader. Records held in memory while the disk
+// refuses them (up to MemoryBytes a lane) are held once, until every reader
+// acknowledged them or the disk took them.
 package queue
 
 import (
@@ -198,8 +199,8 @@ func (l Lane) String() string {
 }
 
 // Kept says whether the lane's records are never dropped: they stay under
-// the size cap at the cost of telemetry, and are held in memory while the
-// disk refuses them.
+// the size cap at the cost of telemetry. (One the disk refuses while the
+// memory reserve is full is lost, and counted as such.)
 func (l Lane) Kept() bool { return l != LaneTelemetry }
 
 // Defaults of Options.
@@ -211,8 +212,9 @@ const (
 	// MaxBatchBytes bounds the data of one batch (a batch holds at least
 	// one record, whatever its size).
 	MaxBatchBytes = 1 << 20
-	// DefaultMemoryBytes of alarms are held in memory while the disk
-	// refuses them: tens of thousands of events.
+	// DefaultMemoryBytes a lane are held in memory while the disk
+	// refuses them: tens of thousands of events, minutes of a station's
+	// telemetry.
 	DefaultMemoryBytes = 8 << 20
 )
 
@@ -234,8 +236,8 @@ type Options struct {
 	// DefaultSegmentBytes. It is lowered to MaxBytes/8 (at least 4 KiB) so
 	// that dropping a segment never drops more than an eighth of the cap.
 	SegmentBytes int64
-	// MemoryBytes bounds the alarms held in memory while the disk refuses
-	// them; 0 means DefaultMemoryBytes.
+	// MemoryBytes bounds the records of each lane held in memory while
+	// the disk refuses them; 0 means DefaultMemoryBytes.
 	MemoryBytes int64
 	// Readers name the consumers of the queue (the gateway's uplinks),
 	// each with its own read and acknowledged positions, cap and
@@ -295,7 +297,7 @@ type LaneStats struct {
 	// could not be read (deleted under the queue, say).
 	Dropped, DroppedReadings int64
 	// Memory is how many of the queued records are held in memory
-	// because the disk refused them (kept lanes only).
+	// because the disk refused them.
 	Memory int64
 	// Lost since Open: records of a kept lane the disk refused when
 	// memory was full too.
@@ -350,7 +352,7 @@ type Stats struct {
 	Syncs, SyncErrors int64
 	// WriteErrors counts writes the disk refused, WriteError is the last
 	// one's error, and WriteFailing is set from the first until the disk
-	// takes every write again, for recoverCalm, and no alarm is left in
+	// takes every write again, for recoverCalm, and no record is left in
 	// memory.
 	WriteErrors  int64
 	WriteError   string
@@ -415,7 +417,7 @@ type inflight struct {
 	mem  int // records from memory, after those from segments
 }
 
-// memRecord is an alarm the disk refused, held in memory.
+// memRecord is a record the disk refused, held in memory.
 type memRecord struct {
 	data     []byte
 	readings int
@@ -1001,11 +1003,13 @@ func (q *Queue) removeDone(ln *lane) {
 // older telemetry segment is dropped is dropped itself, counted, and
 // Append returns nil. When the disk refuses a write: if it is full, the
 // oldest telemetry is dropped to make room and the write tried again;
-// alarms the disk still refuses are held in memory (up to
-// Options.MemoryBytes), served by Next after those on disk, and written to
-// disk as soon as it takes them again; telemetry it refuses is dropped and
-// counted. Stats say so (WriteErrors, WriteFailing, Lanes[].Memory), and
-// Append returns ErrHeld (or ErrLost) for alarms it could not make durable.
+// records the disk still refuses are held in memory (up to
+// Options.MemoryBytes a lane; beyond it alarms are lost and telemetry is
+// dropped, counted), served by Next after those on disk, and written to
+// disk as soon as it takes them again, even those a reader has in flight.
+// Stats say so (WriteErrors, WriteFailing, Lanes[].Memory), and Append
+// returns ErrHeld (or ErrLost) for alarms it could not make durable; for
+// telemetry, nil.
 //
 // Alarms never wait for the group commit: an Append to LaneAlarm returns
 // after an fsync that covers it unless SyncEvery is negative. A failed
@@ -1060,23 +1064,14 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	now := time.Now().UnixNano()
 	ln.st.Appended += int64(len(recs))
 	ln.st.AppendedReadings += readings
-	// Alarms held in memory go to disk first: an alarm never overtakes an
-	// older one of its lane.
+	// Records held in memory go to disk first: a record never overtakes
+	// an older one of its lane.
 	var notDurable error
 	if !q.flushMemory(ln) {
 		notDurable = q.hold(ln, recs, now)
 	} else if n, err := q.writeFreeing(ln, recs, now); err != nil {
 		q.writeFailed(err)
-		if l.Kept() {
-			notDurable = q.hold(ln, recs[n:], now)
-		} else {
-			for _, r := range recs[n:] {
-				for _, c := range ln.cur {
-					c.st.Dropped++
-					c.st.DroppedReadings += int64(r.Readings)
-				}
-			}
-		}
+		notDurable = q.hold(ln, recs[n:], now)
 	} else {
 		q.writeWorks()
 	}
@@ -1092,6 +1087,9 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	}
 	if notDurable != nil || !q.syncsAtOnce(ln) {
 		q.mu.Unlock()
+		if !l.Kept() {
+			return nil // telemetry is not durable at once anyway: Stats say what the disk refused
+		}
 		return notDurable
 	}
 	if !q.waitSynced(ln, gen) {
@@ -1203,7 +1201,7 @@ func (q *Queue) writeFailed(err error) {
 	if !q.st.WriteFailing {
 		q.st.WriteFailing = true
 		q.st.WriteFailedAt, q.st.WriteRecoveredAt = time.Now(), time.Time{}
-		q.log.Error("queue: the disk refuses writes or does not answer; holding alarms in memory, dropping telemetry", "err", err)
+		q.log.Error("queue: the disk refuses writes or does not answer; holding what it refuses in memory", "err", err)
 	}
 }
 
@@ -1251,14 +1249,21 @@ func (q *Queue) settle() {
 	q.log.Info("queue: the disk takes writes again", "after", q.st.WriteRecoveredAt.Sub(q.st.WriteFailedAt))
 }
 
-// hold keeps alarm records in memory while the disk refuses them, up to
-// MemoryBytes; beyond that they are lost and counted. Called with q.mu
-// held.
+// hold keeps records in memory while the disk refuses them, up to
+// MemoryBytes a lane; beyond that alarms and health changes are lost and
+// telemetry is dropped, counted. Called with q.mu held.
 // It returns ErrLost if it lost any, or else ErrHeld.
 func (q *Queue) hold(ln *lane, recs []Record, now int64) error {
 	err := ErrHeld
 	for _, r := range recs {
 		if ln.memBytes+int64(len(r.Data)) > q.opt.MemoryBytes {
+			if !ln.l.Kept() {
+				for _, c := range ln.cur {
+					c.st.Dropped++
+					c.st.DroppedReadings += int64(r.Readings)
+				}
+				continue
+			}
 			ln.st.Lost++
 			ln.st.LostReadings += int64(r.Readings)
 			q.log.Error("queue: disk failing and memory full: alarm lost", "lane", ln.l)
@@ -1271,19 +1276,14 @@ func (q *Queue) hold(ln *lane, recs []Record, now int64) error {
 	return err
 }
 
-// flushMemory writes the records held in memory to disk, in order, unless
-// a reader has some of them handed out (they stay until acknowledged). A
+// flushMemory writes the records held in memory to disk, in order. A
 // reader that acknowledged some already finds its acknowledged position
-// after them on disk. It reports whether none is left in memory. Called
-// with q.mu held.
+// after them on disk; one that has some handed out has them acknowledged
+// on disk when it acknowledges their batch (see onDisk). It reports
+// whether none is left in memory. Called with q.mu held.
 func (q *Queue) flushMemory(ln *lane) bool {
 	if len(ln.mem) == 0 {
 		return true
-	}
-	for _, c := range ln.cur {
-		if c.memOut > c.memAcked {
-			return false
-		}
 	}
 	for len(ln.mem) > 0 {
 		m := ln.mem[0]
@@ -1294,6 +1294,9 @@ func (q *Queue) flushMemory(ln *lane) bool {
 		a := ln.active()
 		for _, c := range ln.cur {
 			if c.memAcked == 0 {
+				if c.memOut > 0 {
+					c.onDisk(a, m.readings)
+				}
 				continue
 			}
 			// Acknowledged in memory: acknowledged on disk. The reader
@@ -1314,6 +1317,26 @@ func (q *Queue) flushMemory(ln *lane) bool {
 	ln.mem = nil
 	q.writeWorks()
 	return true
+}
+
+// onDisk is flushMemory's for a reader that has the oldest record in
+// memory handed out, not acknowledged, now that it was written at the end
+// of segment a: its batch acknowledges it there. The reader had read every
+// record on disk before it (memory holds the newest), so it reads on after
+// it. Called with q.mu held.
+func (c *cursor) onDisk(a *segment, readings int) {
+	i := slices.IndexFunc(c.out, func(o inflight) bool { return o.mem > 0 })
+	o := &c.out[i]
+	o.mem--
+	if n := len(o.segs); n > 0 && o.segs[n-1].seg == a.id {
+		o.segs[n-1].recs++
+		o.segs[n-1].readings += int64(readings)
+	} else {
+		o.segs = append(o.segs, segCount{a.id, 1, int64(readings)})
+	}
+	o.end = pos{a.id, a.end}
+	c.memOut--
+	c.read = o.end
 }
 
 // remake starts a new segment in the lane's directory, made again if it
@@ -1434,8 +1457,8 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 // writeActive writes ln.wbuf to the active segment s, bounded (see
 // durable.Bounded): a write that hangs is left to finish on its own, and
 // then taken back, so that the segment ends where the queue knows it does;
-// the records are held in memory or dropped meanwhile, as for a write the
-// disk refused. Called with q.mu held.
+// the records are held in memory meanwhile, as for a write the disk
+// refused. Called with q.mu held.
 func (q *Queue) writeActive(ln *lane, s *segment) (int, error) {
 	f, buf, size := ln.w, ln.wbuf, s.size
 	var m int
@@ -2070,7 +2093,7 @@ func (q *Queue) syncLoop(ln *lane) {
 	}
 }
 
-// retryEvery is how often alarms held in memory are offered to the disk
+// retryEvery is how often records held in memory are offered to the disk
 // again when no append comes.
 const retryEvery = time.Second
 
@@ -2108,7 +2131,7 @@ func (q *Queue) retrySoon() {
 	}
 }
 
-// retryMemory writes the alarms held in memory to disk if it takes them,
+// retryMemory writes the records held in memory to disk if it takes them,
 // and says whether anything is still held or the episode of refused
 // writes goes on.
 func (q *Queue) retryMemory() bool {

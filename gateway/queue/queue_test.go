@@ -160,6 +160,13 @@ func checkInvariants(t testing.TB, q *Queue) {
 			}
 		}
 		for i, c := range ln.cur {
+			inMem := 0
+			for _, o := range c.out {
+				inMem += o.mem
+			}
+			if inMem != c.memOut-c.memAcked || c.memOut > len(ln.mem) {
+				t.Fatalf("%s, reader %q: %d records of memory in its batches out, %d handed out and %d acknowledged of the %d in memory", ln.l, c.reader, inMem, c.memOut, c.memAcked, len(ln.mem))
+			}
 			if live[i] != c.st.Records || liveR[i] != c.st.Readings || live[i] < 0 || liveR[i] < 0 {
 				t.Fatalf("%s, reader %q: segments hold %d records with %d readings, stats say %d with %d", ln.l, c.reader, live[i], liveR[i], c.st.Records, c.st.Readings)
 			}

@@ -344,10 +344,10 @@ func TestReaderNames(t *testing.T) {
 	}
 }
 
-// TestDiskRefusesWritesTwoReaders: alarms the disk refused are held once in
-// memory; a reader that acknowledged them there does not get them again
-// when they go to disk, the other gets each once, and neither after a
-// restart.
+// TestDiskRefusesWritesTwoReaders: what the disk refused is held once in
+// memory; a reader that acknowledged it there does not get it again when
+// it goes to disk, one that has it in flight acknowledges it on disk, the
+// other gets each record once, and neither after a restart.
 func TestDiskRefusesWritesTwoReaders(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
@@ -371,10 +371,18 @@ func TestDiskRefusesWritesTwoReaders(t *testing.T) {
 		t.Fatalf("telemetry while the disk refuses writes: %v", err)
 	}
 	for _, r := range []*Reader{mq, ix} {
-		if tl := r.Stats().Lanes[LaneTelemetry]; tl.Dropped != 2 {
-			t.Fatalf("%s: %d telemetry records dropped, want 2", r.name, tl.Dropped)
+		if tl := r.Stats().Lanes[LaneTelemetry]; tl.Memory != 2 || tl.Dropped != 0 {
+			t.Fatalf("%s: %d telemetry records in memory, %d dropped; want 2, 0", r.name, tl.Memory, tl.Dropped)
 		}
 	}
+	// Telemetry flows without a pause: when the disk takes writes again,
+	// each reader has some of what memory holds in flight. mqtt took both
+	// records; influx acknowledged the first and took the second.
+	mqTel, got := take(t, mq, LaneTelemetry, 100, false)
+	checkSeq(t, "mqtt telemetry from memory", got, 100, 102)
+	checkSeq(t, "influx telemetry from memory", takeN(t, ix, LaneTelemetry, 1, 1), 100, 101)
+	_, got = take(t, ix, LaneTelemetry, 100, false)
+	checkSeq(t, "influx telemetry from memory, in flight", got, 101, 102)
 	alarms, _ := drain(t, mq, 1000, true)
 	checkSeq(t, "mqtt alarms", alarms, 1, 7)
 	if a := mq.Stats().Lanes[LaneAlarm]; a.Memory != 0 || a.Records != 0 {
@@ -385,6 +393,23 @@ func TestDiskRefusesWritesTwoReaders(t *testing.T) {
 	}
 	q.Append(LaneAlarm, rec(7))
 	immutable(t, dir, false)
+	// The next telemetry takes the disk, after what memory held: at once,
+	// though both readers have some of it in flight.
+	if err := q.Append(LaneTelemetry, rec(102)); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*Reader{mq, ix} {
+		if tl := r.Stats().Lanes[LaneTelemetry]; tl.Memory != 0 {
+			t.Fatalf("%s: %d telemetry records still in memory once the disk takes writes", r.name, tl.Memory)
+		}
+	}
+	checkInvariants(t, q)
+	// mqtt's batch from memory is acknowledged on disk; influx's hub failed
+	// meanwhile, and its batch comes again, from disk.
+	if err := mq.Ack(mqTel); err != nil {
+		t.Fatalf("mqtt: ack of the batch taken from memory: %v", err)
+	}
+	ix.Rewind(LaneTelemetry)
 	deadline := time.Now().Add(5 * time.Second)
 	for st := ix.Stats(); (st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0) && time.Now().Before(deadline); st = ix.Stats() {
 		time.Sleep(10 * time.Millisecond) // the queue retries every second
@@ -392,10 +417,12 @@ func TestDiskRefusesWritesTwoReaders(t *testing.T) {
 	if st := ix.Stats(); st.WriteFailing || st.Lanes[LaneAlarm].Memory != 0 {
 		t.Fatalf("after the disk recovered: failing %v, %d alarms in memory", st.WriteFailing, st.Lanes[LaneAlarm].Memory)
 	}
-	alarms, _ = drain(t, mq, 1000, true)
+	alarms, got = drain(t, mq, 1000, true)
 	checkSeq(t, "mqtt alarms after the disk recovered", alarms, 7, 8)
-	alarms, _ = drain(t, ix, 2, true)
+	checkSeq(t, "mqtt telemetry after the disk recovered", got, 102, 103)
+	alarms, got = drain(t, ix, 2, true)
 	checkSeq(t, "influx alarms", alarms, 1, 8)
+	checkSeq(t, "influx telemetry after the disk recovered", got, 101, 103)
 	q.Close()
 	q = open(t, dir, opt)
 	for _, name := range opt.Readers {

@@ -34,8 +34,10 @@ var (
 		"Bytes of the uplink's queue on disk.", []string{"uplink"}, nil)
 	descQueueMemory = prometheus.NewDesc("outpost_queue_alarms_in_memory",
 		"Alarms held in memory because the disk refuses them.", []string{"uplink"}, nil)
+	descQueueTelemetryMemory = prometheus.NewDesc("outpost_queue_telemetry_in_memory",
+		"Telemetry records held in memory because the disk refuses them.", []string{"uplink"}, nil)
 	descDropped = prometheus.NewDesc("outpost_queue_dropped_readings_total",
-		"Readings the uplink's queue dropped since start, at its cap or refused by the disk.", []string{"uplink"}, nil)
+		"Readings the uplink's queue dropped since start, at its cap, or refused by the disk with the memory reserve full.", []string{"uplink"}, nil)
 	descLostAlarms = prometheus.NewDesc("outpost_queue_lost_alarms_total",
 		"Alarms lost since start: refused by the disk with the memory reserve full, or in queue files deleted before they were sent.", []string{"uplink"}, nil)
 	descDeadLetters = prometheus.NewDesc("outpost_dead_letters_total",
@@ -82,7 +84,7 @@ type collector struct{ snap func() Snapshot }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descDeviceState, descDeviceSince, descDeviceLastSeen, descDeviceCounter, descDeviceUnchanged, descDeviceRTT, descUplinkUp,
-		descQueueRecords, descQueueReadings, descQueueBytes, descQueueAge, descQueueMemory, descDropped, descLostAlarms, descDeadLetters,
+		descQueueRecords, descQueueReadings, descQueueBytes, descQueueAge, descQueueMemory, descQueueTelemetryMemory, descDropped, descLostAlarms, descDeadLetters,
 		descDelivered, descSendFailures, descRestarts, descLastDelivery, descDiskFree} {
 		ch <- d
 	}
@@ -122,6 +124,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descQueueBytes, float64(q.Bytes), u.Name)
 		gauge(descQueueAge, q.OldestAgeS, u.Name)
 		gauge(descQueueMemory, float64(q.InMemory), u.Name)
+		gauge(descQueueTelemetryMemory, float64(q.TelemetryInMemory), u.Name)
 		counter(descDropped, float64(q.DroppedReadings), u.Name)
 		counter(descLostAlarms, float64(q.LostAlarms), u.Name)
 		counter(descDeadLetters, float64(u.DeadLetters), u.Name)

@@ -89,10 +89,12 @@ type Queue struct {
 	Telemetry int64 `json:"telemetry"`
 	Readings  int64 `json:"readings"`
 	Bytes     int64 `json:"bytes"`
-	// InMemory alarms wait in memory because the disk refuses them.
-	InMemory int64 `json:"in_memory"`
-	// DroppedReadings since start: at the queue's cap or refused by the
-	// disk. LostAlarms: refused by the disk with memory full, or in queue
+	// InMemory alarms and health changes, and TelemetryInMemory
+	// telemetry records, wait in memory because the disk refuses them.
+	InMemory          int64 `json:"in_memory"`
+	TelemetryInMemory int64 `json:"telemetry_in_memory"`
+	// DroppedReadings since start: at the queue's cap, or refused by the
+	// disk with the memory reserve full. LostAlarms: refused by the disk with memory full, or in queue
 	// files deleted before they were sent.
 	DroppedReadings int64  `json:"dropped_readings"`
 	LostAlarms      int64  `json:"lost_alarms"`

@@ -110,7 +110,7 @@ func (g *snapshots) snapshot() status.Snapshot {
 			Name: name, Connected: ls.connected, Cause: ls.cause, Since: ls.since.UTC(), DeadLetters: g.dead.Kept(name),
 			Broker: ls.broker, AlarmBroker: ls.alarmBroker,
 			Queue: status.Queue{Alarms: a.Records, Telemetry: t.Records, Readings: a.Readings + t.Readings,
-				Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost + a.Dropped,
+				Bytes: a.Bytes + t.Bytes, InMemory: a.Memory, TelemetryInMemory: t.Memory, DroppedReadings: t.DroppedReadings, LostAlarms: a.Lost + a.Dropped,
 				DiskError: diskError(qs), OldestAgeS: age},
 			Forwarders: []status.Forwarder{},
 		}
@@ -424,8 +424,8 @@ func printStatus(w io.Writer, s status.Snapshot, now time.Time, pid int, dead []
 		switch {
 		case q.DiskError != "":
 			code = 1
-			notes = append(notes, fmt.Sprintf("%s: the disk refuses the queue's writes (%s); %d alarms held in memory, %d lost",
-				u.Name, q.DiskError, q.InMemory, q.LostAlarms))
+			notes = append(notes, fmt.Sprintf("%s: the disk refuses the queue's writes (%s); %d alarms and %d telemetry records held in memory, %d alarms lost",
+				u.Name, q.DiskError, q.InMemory, q.TelemetryInMemory, q.LostAlarms))
 		case q.LostAlarms > 0:
 			code = 1
 			notes = append(notes, fmt.Sprintf("%s: %d alarms or health changes were lost since start, with queue files deleted or refused (the log says which)", u.Name, q.LostAlarms))
