@@ -137,6 +137,66 @@ func TestDiskRefusesWritesMemoryFull(t *testing.T) {
 	}
 }
 
+// TestDiskRefusesWritesMany: a thousand records held in memory go to disk
+// across many segments at once when it takes writes again, with their
+// enqueue times, while one reader has acknowledged some of them and has
+// batches of others in flight and the other has read none: each reader
+// then gets the rest once, from disk, and nothing after a restart.
+func TestDiskRefusesWritesMany(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", dir).Run() })
+	opt := Options{MaxBytes: 1 << 20, SyncEvery: -1, SegmentBytes: 4 << 10, Readers: []string{"mqtt", "influx"}}
+	q, err := Open(dir, opt, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { q.Close() }()
+	mq, ix := q.Reader("mqtt"), q.Reader("influx")
+	immutable(t, dir, true)
+	appendRange(t, q, LaneTelemetry, 0, 1000)
+	held := time.Now()
+	checkSeq(t, "mqtt, acknowledged from memory", takeN(t, mq, LaneTelemetry, 300, 100), 0, 300)
+	var out []Batch
+	for i := range 3 {
+		b, got := take(t, mq, LaneTelemetry, 100, false)
+		checkSeq(t, "mqtt, in flight from memory", got, 300+100*i, 400+100*i)
+		out = append(out, b)
+	}
+	immutable(t, dir, false)
+	if err := q.Append(LaneTelemetry, rec(1000)); err != nil {
+		t.Fatal(err)
+	}
+	if tl := q.Stats().Lanes[LaneTelemetry]; tl.Memory != 0 {
+		t.Fatalf("%d records still in memory once the disk takes writes", tl.Memory)
+	}
+	if n := len(segFiles(t, dir, LaneTelemetry)); n < 20 {
+		t.Fatalf("the records held went to %d segments; the test wants them across many", n)
+	}
+	checkInvariants(t, q)
+	for _, b := range out {
+		if err := mq.Ack(b); err != nil {
+			t.Fatalf("mqtt: ack of a batch taken from memory: %v", err)
+		}
+	}
+	_, got := drain(t, mq, 100, true)
+	checkSeq(t, "mqtt after the disk recovered", got, 600, 1001)
+	b, _ := take(t, ix, LaneTelemetry, 1, false)
+	if e := b.Entries[0].Enqueued; e.After(held) {
+		t.Errorf("record 0 reads as enqueued at %v, after it was held in memory (%v): its time is that of its append", e, held)
+	}
+	ix.Rewind()
+	_, got = drain(t, ix, 100, true)
+	checkSeq(t, "influx after the disk recovered", got, 0, 1001)
+	q.Close()
+	q = open(t, dir, opt)
+	for _, name := range opt.Readers {
+		if alarms, tel := drain(t, q.Reader(name), 1000, true); len(alarms)+len(tel) > 0 {
+			t.Fatalf("%s after a restart: %v %v, want nothing", name, short(alarms), short(tel))
+		}
+	}
+}
+
 // TestDiskFlaps: a disk that takes a write between two it refuses (a full
 // one takes a small record into a block partly used) is one episode, not
 // one a second: it ends once writes have worked for recoverCalm, at the

@@ -253,7 +253,8 @@ func DefaultOptions() Options {
 // Record is what Append stores.
 type Record struct {
 	Data     []byte
-	Readings int // how many readings Data carries, for the drop counts
+	Readings int   // how many readings Data carries, for the drop counts
+	enq      int64 // when it was appended, if before it is written (held in memory)
 }
 
 // Entry is a record handed out in a Batch.
@@ -1069,7 +1070,7 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 	var notDurable error
 	if !q.flushMemory(ln) {
 		notDurable = q.hold(ln, recs, now)
-	} else if n, err := q.writeFreeing(ln, recs, now); err != nil {
+	} else if n, err := q.writeFreeing(ln, recs, now, nil); err != nil {
 		q.writeFailed(err)
 		notDurable = q.hold(ln, recs[n:], now)
 	} else {
@@ -1177,11 +1178,12 @@ var errReserve = fmt.Errorf("queue: the volume is down to the room kept for the 
 
 // writeFreeing writes recs, and when the disk is full drops the oldest
 // telemetry to make room and tries again. It returns how many of recs were
-// written. Called with q.mu held.
-func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64) (int, error) {
+// written (and, when ends is not nil, appends where each of them ends).
+// Called with q.mu held.
+func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64, ends *[]pos) (int, error) {
 	done := 0
 	for {
-		n, err := q.write(ln, recs[done:], now)
+		n, err := q.write(ln, recs[done:], now, ends)
 		done += n
 		if err == nil || !errors.Is(err, syscall.ENOSPC) || !q.freeTelemetry() {
 			return done, err
@@ -1285,58 +1287,82 @@ func (q *Queue) flushMemory(ln *lane) bool {
 	if len(ln.mem) == 0 {
 		return true
 	}
-	for len(ln.mem) > 0 {
-		m := ln.mem[0]
-		if _, err := q.writeFreeing(ln, []Record{{Data: m.data, Readings: m.readings}}, m.enq); err != nil {
+	// The first record alone: while the disk refuses writes, each append
+	// tries it, and framing a chunk each time would cost the station.
+	for size := 1; len(ln.mem) > 0; size = flushChunk {
+		chunk := ln.mem[:min(len(ln.mem), size)]
+		recs := make([]Record, len(chunk))
+		for i, m := range chunk {
+			recs[i] = Record{Data: m.data, Readings: m.readings, enq: m.enq}
+		}
+		ends := make([]pos, 0, len(chunk))
+		n, err := q.writeFreeing(ln, recs, 0, &ends)
+		acked := make([]bool, len(ln.cur))
+		for k, m := range chunk[:n] {
+			s := ln.seg(ends[k].seg) // nil if a full disk dropped it at once
+			for _, c := range ln.cur {
+				if c.memAcked == 0 {
+					if c.memOut > 0 {
+						c.onDisk(ends[k], m.readings)
+					}
+					continue
+				}
+				// Acknowledged in memory: acknowledged on disk. The
+				// reader read every record on disk before those in
+				// memory.
+				c.memAcked--
+				c.memOut--
+				c.ack, c.read = ends[k], ends[k]
+				acked[c.i] = true
+				if s != nil {
+					s.live[c.i]--
+					s.liveR[c.i] -= int64(m.readings)
+					c.st.Records--
+					c.st.Readings -= int64(m.readings)
+				}
+			}
+			ln.memBytes -= int64(len(m.data))
+		}
+		for _, c := range ln.cur {
+			if acked[c.i] {
+				q.writeAck(ln, c)
+			}
+		}
+		clear(ln.mem[:n])
+		ln.mem = ln.mem[n:]
+		if err != nil {
 			q.writeFailed(err)
 			return false
 		}
-		a := ln.active()
-		for _, c := range ln.cur {
-			if c.memAcked == 0 {
-				if c.memOut > 0 {
-					c.onDisk(a, m.readings)
-				}
-				continue
-			}
-			// Acknowledged in memory: acknowledged on disk. The reader
-			// read every record on disk before those in memory.
-			c.memAcked--
-			c.memOut--
-			c.ack = pos{a.id, a.end}
-			c.read = c.ack
-			a.live[c.i]--
-			a.liveR[c.i] -= int64(m.readings)
-			c.st.Records--
-			c.st.Readings -= int64(m.readings)
-			q.writeAck(ln, c)
-		}
-		ln.mem = ln.mem[1:]
-		ln.memBytes -= int64(len(m.data))
 	}
 	ln.mem = nil
 	q.writeWorks()
 	return true
 }
 
+// flushChunk is how many records held in memory flushMemory hands write at
+// once, which writes them a MiB at a time: a station's minutes of telemetry
+// go back to disk in tens of milliseconds, not a system call each.
+const flushChunk = 4096
+
 // onDisk is flushMemory's for a reader that has the oldest record in
-// memory handed out, not acknowledged, now that it was written at the end
-// of segment a: its batch acknowledges it there. The reader had read every
-// record on disk before it (memory holds the newest), so it reads on after
-// it. Called with q.mu held.
-func (c *cursor) onDisk(a *segment, readings int) {
+// memory handed out, not acknowledged, now that it was written to disk,
+// ending at end: its batch acknowledges it there. The reader had read
+// every record on disk before it (memory holds the newest), so it reads on
+// after it. Called with q.mu held.
+func (c *cursor) onDisk(end pos, readings int) {
 	i := slices.IndexFunc(c.out, func(o inflight) bool { return o.mem > 0 })
 	o := &c.out[i]
 	o.mem--
-	if n := len(o.segs); n > 0 && o.segs[n-1].seg == a.id {
+	if n := len(o.segs); n > 0 && o.segs[n-1].seg == end.seg {
 		o.segs[n-1].recs++
 		o.segs[n-1].readings += int64(readings)
 	} else {
-		o.segs = append(o.segs, segCount{a.id, 1, int64(readings)})
+		o.segs = append(o.segs, segCount{end.seg, 1, int64(readings)})
 	}
-	o.end = pos{a.id, a.end}
+	o.end = end
 	c.memOut--
-	c.read = o.end
+	c.read = end
 }
 
 // remake starts a new segment in the lane's directory, made again if it
@@ -1380,8 +1406,10 @@ func (q *Queue) remake(ln *lane) error {
 }
 
 // write frames recs into the active segment, starting new segments at
-// SegmentBytes, and returns how many it wrote whole. Called with q.mu held.
-func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err error) {
+// SegmentBytes, and returns how many it wrote whole (and, when ends is not
+// nil, appends where each of them ends). A record is stamped with now
+// unless it carries the time of its first append. Called with q.mu held.
+func (q *Queue) write(ln *lane, recs []Record, now int64, ends *[]pos) (written int, err error) {
 	if ln.stale {
 		if err := q.remake(ln); err != nil {
 			return 0, err
@@ -1414,6 +1442,13 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 			return fmt.Errorf("queue: append to %s: %w", ln.l, err)
 		}
 		ln.gen++
+		if ends != nil {
+			off := s.size
+			for _, r := range recs[written : written+int(n)] {
+				off += headerSize + int64(len(r.Data))
+				*ends = append(*ends, pos{s.id, off})
+			}
+		}
 		s.size += int64(m)
 		s.end = s.size
 		q.bytes += int64(m)
@@ -1447,7 +1482,7 @@ func (q *Queue) write(ln *lane, recs []Record, now int64) (written int, err erro
 				return written, err
 			}
 		}
-		ln.wbuf = appendRecord(ln.wbuf, r.Data, r.Readings, now)
+		ln.wbuf = appendRecord(ln.wbuf, r.Data, r.Readings, cmp.Or(r.enq, now))
 		n++
 		nr += int64(r.Readings)
 	}
