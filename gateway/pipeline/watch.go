@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"strconv"
+	"strings"
 	"time"
 
 	"outpost/gateway/model"
@@ -58,14 +59,19 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 				}))
 			}
 			if d := t.DroppedReadings - pt.DroppedReadings; d > 0 {
-				reason := "queue size cap reached: the oldest telemetry was dropped"
-				switch {
-				case s.Unreadable > prev.Unreadable:
-					reason = "queue files were deleted or could not be read: the telemetry in them was lost"
-				case s.WriteErrors > prev.WriteErrors:
-					reason = "the disk refuses writes and the memory reserve is full: telemetry was dropped (" + s.WriteError + ")"
-				case s.FullDrops > prev.FullDrops:
-					reason = "the disk is full: the oldest telemetry was dropped to make room (" + s.FullDrop + ")"
+				var why []string
+				if s.Unreadable > prev.Unreadable {
+					why = append(why, "queue files were deleted or could not be read: the telemetry in them was lost")
+				}
+				if s.FullDrops > prev.FullDrops {
+					why = append(why, "the disk is full: the oldest telemetry was dropped to make room ("+s.FullDrop+")")
+				}
+				if s.MemoryDrops > prev.MemoryDrops {
+					why = append(why, "the disk refuses writes and the memory reserve is full: telemetry was dropped ("+s.WriteError+")")
+				}
+				reason := strings.Join(why, "; ")
+				if reason == "" {
+					reason = "queue size cap reached: the oldest telemetry was dropped"
 				}
 				in.Emit(model.GatewayEvent(model.EventQueueDrops, model.Warning, map[string]string{
 					"uplink":                 name,

@@ -171,7 +171,7 @@ func TestWatchQueuesBetweenChecks(t *testing.T) {
 	// Refused twice and writing again before the next check, with three
 	// readings dropped.
 	q.set(func(s *queue.Stats) {
-		s.WriteErrors, s.WriteError = 2, "write seg: no space left on device"
+		s.WriteErrors, s.WriteError, s.MemoryDrops = 2, "write seg: no space left on device", 1
 		s.Lanes[queue.LaneTelemetry].DroppedReadings = 3
 	})
 	want := []string{

@@ -313,6 +313,58 @@ func TestDiskFull(t *testing.T) {
 	t.Logf("%d telemetry records on a 512 KiB volume: %d kept, %d dropped", appendedT, tl.Records, tl.Dropped)
 }
 
+// TestDiskFullHubUp: the disk fills (another program's file) while the
+// hub takes everything, so the queue holds no backlog to drop, only its
+// newest records: telemetry then waits in memory, none is dropped, every
+// record is handed out once and in order, and once the disk has room it
+// goes there.
+func TestDiskFullHubUp(t *testing.T) {
+	needRoot(t)
+	dir := filepath.Join(t.TempDir(), "vol")
+	os.Mkdir(dir, 0o700)
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	qdir := filepath.Join(dir, "q")
+	q := open(t, qdir, Options{MaxBytes: 64 << 20, SyncEvery: -1, SegmentBytes: 32 << 10})
+	defer func() { q.Close() }()
+	appendRange(t, q, LaneTelemetry, 0, 10)
+	_, tel := drain(t, q, 5, true)
+	checkSeq(t, "before the disk filled", tel, 0, 10)
+	appendRange(t, q, LaneTelemetry, 10, 15)
+	b := next(t, q, 2) // in flight as the disk fills
+	fill, err := os.Create(filepath.Join(dir, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := fill.Write(make([]byte, 4096)); err != nil {
+			break
+		}
+	}
+	appendRange(t, q, LaneTelemetry, 15, 40)
+	st := q.Stats()
+	if tl := st.Lanes[LaneTelemetry]; tl.Dropped != 0 || tl.Memory == 0 || tl.Records != 30 {
+		t.Fatalf("full disk with the hub up: %d dropped, %d in memory, %d queued (full drops %d); want 0 dropped, some in memory, 30 queued", tl.Dropped, tl.Memory, tl.Records, st.FullDrops)
+	}
+	if err := q.Ack(b); err != nil {
+		t.Fatal(err)
+	}
+	_, tel = drain(t, q, 7, true)
+	checkSeq(t, "while the disk is full", tel, 12, 40)
+	fill.Close()
+	os.Remove(fill.Name())
+	appendRange(t, q, LaneTelemetry, 40, 41)
+	if tl := q.Stats().Lanes[LaneTelemetry]; tl.Memory != 0 {
+		t.Fatalf("%d records in memory once the disk has room", tl.Memory)
+	}
+	q.Close()
+	q = open(t, qdir, Options{MaxBytes: 64 << 20, SyncEvery: -1, SegmentBytes: 32 << 10})
+	_, tel = drain(t, q, 100, true)
+	checkSeq(t, "after a restart", tel, 40, 41)
+}
+
 // TestStateFilesKeepRoom: a queue filling its volume leaves room for the
 // state directory's other files, in inodes (a tmpfs of 200, 4 KiB
 // segments: the inodes run out first) and in bytes (512 KiB): they are

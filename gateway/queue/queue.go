@@ -364,7 +364,9 @@ type Stats struct {
 	WriteFailedAt, WriteRecoveredAt time.Time
 	// FullDrops counts the times a full disk made the queue drop its
 	// oldest telemetry to write what came (the write then succeeded).
-	FullDrops int64
+	// MemoryDrops counts the telemetry records the disk refused while the
+	// memory reserve was full, which were dropped.
+	FullDrops, MemoryDrops int64
 	// FullDrop is the disk's error that made the last of them.
 	FullDrop string
 	// Deleted counts the lanes found deleted under the queue (its
@@ -1185,7 +1187,7 @@ func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64, ends *[]pos) (i
 	for {
 		n, err := q.write(ln, recs[done:], now, ends)
 		done += n
-		if err == nil || !errors.Is(err, syscall.ENOSPC) || !q.freeTelemetry() {
+		if err == nil || !errors.Is(err, syscall.ENOSPC) || !q.freeTelemetry(ln.l) {
 			return done, err
 		}
 		q.st.FullDrops++
@@ -1264,6 +1266,7 @@ func (q *Queue) hold(ln *lane, recs []Record, now int64) error {
 					c.st.Dropped++
 					c.st.DroppedReadings += int64(r.Readings)
 				}
+				q.st.MemoryDrops++
 				continue
 			}
 			ln.st.Lost++
@@ -1556,13 +1559,17 @@ func (q *Queue) dropOldest(i int) bool {
 	return true
 }
 
-// freeTelemetry drops the oldest telemetry segment for every reader,
-// starting a new active one if it is the only one, to free the disk; it
-// reports whether there was any to drop. Called with q.mu held.
-func (q *Queue) freeTelemetry() bool {
+// freeTelemetry drops the oldest telemetry segment for every reader, to
+// free the disk for a write to lane l; it reports whether there was any to
+// drop. The active segment, the newest telemetry, goes only for an alarm
+// or a health change (a new one is started): telemetry the disk refuses
+// then waits in memory instead (see hold), so that a full disk loses none
+// while the hub takes it, and only a backlog makes room for it. Called
+// with q.mu held.
+func (q *Queue) freeTelemetry(l Lane) bool {
 	t := q.lanes[LaneTelemetry]
 	if len(t.segs) == 1 {
-		if t.active().size == 0 {
+		if !l.Kept() || t.active().size == 0 {
 			return false
 		}
 		if err := q.newSegment(t); err != nil {
