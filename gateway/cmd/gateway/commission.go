@@ -117,7 +117,7 @@ func commission(ctx context.Context, st *configs.Station, timeout time.Duration)
 	var hub []check
 	wg.Go(func() {
 		m := check{Name: "hub MQTT", OK: true, Result: "OK: the broker takes the station's connection"}
-		if err := mqtt.Check(ctx, st.Hub.MQTT, st.Station); err != nil {
+		if err := mqtt.Check(ctx, st.Hub.MQTT, st.Station, deviceIDs(st)...); err != nil {
 			m.OK, m.Result = false, err.Error()
 		}
 		hub = append(hub, m)

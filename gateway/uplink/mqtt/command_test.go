@@ -141,10 +141,12 @@ func TestAlarmConnectionTakesCommands(t *testing.T) {
 }
 
 // TestCheckACL: an installer's check publishes to the station's own
-// commands topic and reads it back, so that a broker whose ACL drops what
-// the station publishes, or its commands, fails it (an MQTT 3.1.1 broker
-// acknowledges both and delivers nothing). The gateway's alarm connection,
-// whose session kept the check's message while it was away, ignores it.
+// commands topic and to each device's, and reads them back, so that a
+// broker whose ACL drops what the station publishes, or for one device, or
+// its commands, fails it (an MQTT 3.1.1 broker acknowledges both and
+// delivers nothing). The gateway's alarm connection, whose session kept
+// the check's messages while it was away, ignores them, on a device's
+// commands topic too.
 func TestCheckACL(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "passwd")
@@ -155,13 +157,15 @@ func TestCheckACL(t *testing.T) {
 	defer cancel()
 	own := "outpost/v1/" + station.ID
 	acl := fmt.Sprintf("the broker %%s takes the station's connection, but what it published to %s/_check/command did not reach its subscription to its commands in 3s: its ACL must let the station's user publish to %s/# and subscribe to %s/+/command", own, own, own)
+	perDevice := fmt.Sprintf("the broker %%s drops what the station publishes for ups-1: a probe to %s/ups-1/command did not come back in 3s, where one to %s/_check/command did; its ACL must let the station's user publish to %s/# (an ACL that lists devices must list these)", own, own, own)
 	for _, c := range []struct {
 		name, acl string
-		ok        bool
+		want      string // the error's beginning, "" for none
 	}{
-		{"as the hub contract says", "topic write " + own + "/#\ntopic read " + own + "/+/command\n", true},
-		{"publish only", "topic write " + own + "/#\n", false},
-		{"commands only", "topic read " + own + "/+/command\n", false},
+		{"as the hub contract says", "topic write " + own + "/#\ntopic read " + own + "/+/command\n", ""},
+		{"publish only", "topic write " + own + "/#\n", acl},
+		{"commands only", "topic read " + own + "/+/command\n", acl},
+		{"devices listed, one missing", "topic write " + own + "/_check/#\ntopic write " + own + "/siren-1/#\ntopic read " + own + "/+/command\n", perDevice},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			sub := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-"))
@@ -184,14 +188,14 @@ func TestCheckACL(t *testing.T) {
 			if err := a.Close(ctx); err != nil {
 				t.Fatal(err)
 			}
-			err = Check(ctx, configs.MQTT{URL: url}, station)
-			if c.ok {
+			err = Check(ctx, configs.MQTT{URL: url}, station, "siren-1", "ups-1")
+			if c.want == "" {
 				if err != nil {
 					t.Fatalf("Check: %v", err)
 				}
 			} else {
-				if want := fmt.Sprintf(acl, "tcp://outpost:xxxxx@"+b.Addr()); err == nil || !strings.HasPrefix(err.Error(), want) {
-					t.Fatalf("Check: %v\nwant %s...", err, want)
+				if want := fmt.Sprintf(c.want, "tcp://outpost:xxxxx@"+b.Addr()); err == nil || err.Error() != want && !strings.HasPrefix(err.Error(), want+" (") {
+					t.Fatalf("Check: %v\nwant %s", err, want)
 				}
 				return
 			}
@@ -199,7 +203,7 @@ func TestCheckACL(t *testing.T) {
 			defer a.Close(ctx)
 			publish(t, desk(t, url), CommandTopic(DefaultPrefix, station.ID, "siren-1"), `{"id":"c-9"}`, false)
 			if c := nextCommand(t, got); c != (command{"siren-1", `{"id":"c-9"}`}) {
-				t.Errorf("command %+v, want c-9 alone (the check's is not a command)", c)
+				t.Errorf("command %+v, want c-9 alone (the check's probes are not commands)", c)
 			}
 		})
 	}

@@ -578,7 +578,7 @@ func (u *Uplink) onCommand(_ paho.Client, m paho.Message) {
 		u.log.Warn("mqtt uplink: message on an unexpected topic ignored", "topic", m.Topic())
 	case m.Retained():
 		u.log.Warn("mqtt uplink: retained command ignored: the duty desk must publish commands without retain", "topic", m.Topic())
-	case device == CheckDevice: // gateway commission's, kept for this session while the gateway was stopped
+	case device == CheckDevice || IsCheck(m.Payload()): // gateway commission's probe, kept for this session while the gateway was stopped
 	default:
 		u.commands(device, m.Payload())
 	}
@@ -921,13 +921,15 @@ func (u *Uplink) Close(ctx context.Context) error {
 
 // Check connects to each of the hub's brokers once, as the gateway would
 // (URL, TLS, credentials), with a client id of its own and no session,
-// will or status, publishes a message to the commands topic of
-// CheckDevice and reads it back, and disconnects: an installer's test that
-// the hub takes the station, what it publishes and its commands (an MQTT
-// 3.1.1 broker drops what its ACL forbids without a word). The error says
+// will or status, subscribes to the station's commands as the gateway
+// does, publishes a probe (CheckPayload) to the commands topic of
+// CheckDevice and of each of devices and reads them back, and disconnects:
+// an installer's test that the hub takes the station, what it publishes
+// for each device, and its commands (an MQTT 3.1.1 broker drops what its
+// ACL forbids without a word, and an ACL may list devices). The error says
 // why not, in the words of the uplink's status; with several brokers, for
 // each one that does not take it.
-func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) error {
+func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID, devices ...string) error {
 	u := New(cfg, station, slog.New(slog.DiscardHandler))
 	tlsCfg, err := u.tlsConfig()
 	if err != nil {
@@ -938,7 +940,7 @@ func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) err
 	defer u.cancelDial()
 	var errs []error
 	for i := range u.brokers {
-		err := u.check(ctx, i, tlsCfg)
+		err := u.check(ctx, i, tlsCfg, devices)
 		switch {
 		case err == nil:
 		case len(u.brokers) == 1:
@@ -951,7 +953,7 @@ func Check(ctx context.Context, cfg configs.MQTT, station configs.StationID) err
 }
 
 // check connects to the broker of that index once, and disconnects.
-func (u *Uplink) check(ctx context.Context, broker int, tlsCfg *tls.Config) error {
+func (u *Uplink) check(ctx context.Context, broker int, tlsCfg *tls.Config, devices []string) error {
 	id := u.cfg.ClientID
 	if id == "" {
 		id = "outpost-" + u.station.ID
@@ -971,7 +973,7 @@ func (u *Uplink) check(ctx context.Context, broker int, tlsCfg *tls.Config) erro
 		return errors.New(connectCause(err, u.names[broker], u.cfg.BrokersKey(), tlsCfg != nil, false))
 	}
 	defer c.Disconnect(0)
-	return u.echo(ctx, c, broker)
+	return u.echo(ctx, c, broker, devices)
 }
 
 // subRefused says whether the broker's SUBACK refused the subscription to
@@ -984,36 +986,83 @@ func subRefused(tok paho.Token, topic string) bool {
 // echoWait is how long Check waits for its message to come back.
 const echoWait = 3 * time.Second
 
-// echo publishes to the commands topic of CheckDevice and waits for it to
-// come back on the station's subscription to its commands.
-func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int) error {
-	topic := CommandTopic(u.prefix, u.station.ID, CheckDevice)
-	acl := fmt.Sprintf("its ACL must let the station's user publish to %s/%s/# and subscribe to %s", u.prefix, u.station.ID, CommandTopic(u.prefix, u.station.ID, "+"))
-	payload := fmt.Appendf(nil, `{"v":1,"check":%q}`, time.Now().UTC().Format(time.RFC3339Nano))
-	back := make(chan struct{}, 1)
-	sub := c.Subscribe(topic, 1, func(_ paho.Client, m paho.Message) {
-		if bytes.Equal(m.Payload(), payload) {
-			select {
-			case back <- struct{}{}:
-			default:
-			}
+// echo publishes a probe to the commands topic of CheckDevice, then of
+// each device, and waits for them to come back on the station's
+// subscription to its commands.
+func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int, devices []string) error {
+	own := u.prefix + "/" + u.station.ID
+	all := CommandTopic(u.prefix, u.station.ID, "+")
+	acl := fmt.Sprintf("its ACL must let the station's user publish to %s/# and subscribe to %s", own, all)
+	payload := CheckPayload(time.Now())
+	var mu sync.Mutex
+	back := map[string]bool{} // by device
+	arrived := make(chan struct{}, 1)
+	sub := c.Subscribe(all, 1, func(_ paho.Client, m paho.Message) {
+		if !bytes.Equal(m.Payload(), payload) {
+			return // a command of the hub's, for the gateway
+		}
+		dev, _ := strings.CutSuffix(strings.TrimPrefix(m.Topic(), own+"/"), "/command")
+		mu.Lock()
+		back[dev] = true
+		mu.Unlock()
+		select {
+		case arrived <- struct{}{}:
+		default:
 		}
 	})
 	if !sub.WaitTimeout(echoWait) || sub.Error() != nil {
 		return fmt.Errorf("the broker %s did not confirm the station's subscription to its commands (%v)", u.names[broker], sub.Error())
 	}
-	if subRefused(sub, topic) {
+	if subRefused(sub, all) {
 		return fmt.Errorf("the broker %s refuses the station's subscription to its commands: %s", u.names[broker], acl)
 	}
-	if pub := c.Publish(topic, 1, false, payload); !pub.WaitTimeout(echoWait) || pub.Error() != nil {
-		return fmt.Errorf("the broker %s did not acknowledge a message the station published to %s (%v)", u.names[broker], topic, pub.Error())
+	// The station's own probe first: without it, nothing about the
+	// devices can be told (a broker may close a connection that publishes
+	// where its ACL forbids).
+	missing := func(devs []string) []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.DeleteFunc(slices.Clone(devs), func(dev string) bool { return back[dev] })
 	}
-	select {
-	case <-back:
-		return nil
-	case <-ctx.Done():
-	case <-time.After(echoWait):
+	for _, devs := range [][]string{{CheckDevice}, devices} {
+		var untried []string // a broker may close the connection at a probe its ACL forbids
+		for i, dev := range devs {
+			topic := CommandTopic(u.prefix, u.station.ID, dev)
+			if pub := c.Publish(topic, 1, false, payload); !pub.WaitTimeout(echoWait) || pub.Error() != nil {
+				if dev == CheckDevice {
+					return fmt.Errorf("the broker %s did not acknowledge a message the station published to %s (%v): %s", u.names[broker], topic, pub.Error(), acl)
+				}
+				devs, untried = devs[:i+1], devs[i+1:]
+				break
+			}
+		}
+		deadline := time.NewTimer(echoWait)
+	wait:
+		for len(missing(devs)) > 0 {
+			select {
+			case <-arrived:
+			case <-ctx.Done():
+				break wait
+			case <-deadline.C:
+				break wait
+			}
+		}
+		deadline.Stop()
+		switch gone := missing(devs); {
+		case len(gone) == 0 && len(untried) > 0:
+			return fmt.Errorf("the broker %s closed the station's connection during the check: %s not tried", u.names[broker], strings.Join(untried, ", "))
+		case len(gone) == 0:
+		case gone[0] == CheckDevice:
+			return fmt.Errorf("the broker %s takes the station's connection, but what it published to %s did not reach its subscription to its commands in %s: %s (an MQTT 3.1.1 broker drops what its ACL forbids without a word)",
+				u.names[broker], CommandTopic(u.prefix, u.station.ID, CheckDevice), echoWait, acl)
+		default:
+			err := fmt.Errorf("the broker %s drops what the station publishes for %s: a probe to %s did not come back in %s, where one to %s did; its ACL must let the station's user publish to %s/# (an ACL that lists devices must list these)",
+				u.names[broker], strings.Join(gone, ", "), CommandTopic(u.prefix, u.station.ID, gone[0]), echoWait, CommandTopic(u.prefix, u.station.ID, CheckDevice), own)
+			if len(untried) > 0 {
+				err = fmt.Errorf("%w; it then closed the connection: %s not tried", err, strings.Join(untried, ", "))
+			}
+			return err
+		}
 	}
-	return fmt.Errorf("the broker %s takes the station's connection, but what it published to %s did not reach its subscription to its commands in %s: %s (an MQTT 3.1.1 broker drops what its ACL forbids without a word)",
-		u.names[broker], topic, echoWait, acl)
+	return nil
 }
