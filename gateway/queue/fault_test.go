@@ -270,17 +270,25 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
+// smallVolume mounts a tmpfs with these options for the test, and returns
+// its directory.
+func smallVolume(t *testing.T, options string) string {
+	t.Helper()
+	needRoot(t)
+	dir := filepath.Join(t.TempDir(), "vol")
+	os.Mkdir(dir, 0o700)
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, options); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
 // TestDiskFull fills a small tmpfs: the oldest telemetry makes room for
 // new records, alarms are never dropped, and every telemetry record is
 // either queued or counted dropped.
 func TestDiskFull(t *testing.T) {
-	needRoot(t)
-	dir := filepath.Join(t.TempDir(), "vol")
-	os.Mkdir(dir, 0o700)
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=512k"); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := smallVolume(t, "size=512k")
 	// The cap is far above the volume: only the disk limits the queue.
 	q := open(t, filepath.Join(dir, "q"), Options{MaxBytes: 64 << 20, SyncEvery: -1, SegmentBytes: 32 << 10})
 	appendedT := 0
@@ -319,13 +327,7 @@ func TestDiskFull(t *testing.T) {
 // record is handed out once and in order, and once the disk has room it
 // goes there.
 func TestDiskFullHubUp(t *testing.T) {
-	needRoot(t)
-	dir := filepath.Join(t.TempDir(), "vol")
-	os.Mkdir(dir, 0o700)
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := smallVolume(t, "size=256k")
 	qdir := filepath.Join(dir, "q")
 	q := open(t, qdir, Options{MaxBytes: 64 << 20, SyncEvery: -1, SegmentBytes: 32 << 10})
 	defer func() { q.Close() }()
@@ -377,12 +379,7 @@ func TestStateFilesKeepRoom(t *testing.T) {
 		{"bytes", "size=512k"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "vol")
-			os.Mkdir(dir, 0o700)
-			if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, tc.mount); err != nil {
-				t.Skipf("cannot mount a tmpfs here: %v", err)
-			}
-			t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+			dir := smallVolume(t, tc.mount)
 			q := open(t, filepath.Join(dir, "q"), Options{MaxBytes: 64 << 20, SyncEvery: -1, SegmentBytes: 4 << 10})
 			const n = 20000 // 2.4 MB: 600 segments
 			for i := range n {
