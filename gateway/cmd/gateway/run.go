@@ -27,9 +27,11 @@ import (
 
 // Shutdown bounds: after SIGTERM the gateway ends within stopLimit +
 // statusTimeout (7 s) and a last fsync. The drivers finish the request on
-// the wire, the forwarders abandon the batches in flight (they are sent
-// again at the next start), and then the hub gets statusTimeout to take
-// the offline status; the queues are closed last. A part still running at
+// the wire; while the disk refuses the queue's writes, the hub gets until
+// a second before stopLimit to take what the queues hold in memory (see
+// deliverHeld); the forwarders abandon the batches in flight (they are
+// sent again at the next start), and then the hub gets statusTimeout to
+// take the offline status; the queues are closed last. A part still running at
 // stopLimit (a serial read with a long timeout, a hub that stopped
 // answering) is left behind: the process ends anyway.
 const (
@@ -324,12 +326,43 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 	if !waitFor(drv, time.Until(deadline)) {
 		log.Warn("links did not stop in time; leaving them", "after", stopLimit)
 	}
+	deliverHeld(queues, time.Until(deadline)-time.Second, log)
 	stopForwarders()
 	if !waitFor(&fwd, time.Until(deadline)) {
 		log.Warn("forwarders did not stop in time; leaving them", "after", stopLimit)
 	}
 	log.Info("gateway stopped", "took", time.Since(start).Round(time.Millisecond), "queued", queued(queues))
 	return nil
+}
+
+// deliverHeld waits up to d, while the forwarders run, until the hub took
+// what the queues hold in memory because the disk refuses it: the process
+// would lose it. It says whether the hub did.
+func deliverHeld(queues map[string]*queue.Reader, d time.Duration, log *slog.Logger) bool {
+	held := func() (n int64) {
+		for _, q := range queues {
+			for _, ls := range q.Stats().Lanes {
+				n += ls.Memory
+			}
+		}
+		return n
+	}
+	n := held()
+	if n == 0 {
+		return true
+	}
+	log.Warn("the disk refuses the queue's writes: waiting for the hub to take what memory holds before stopping", "records", n, "for_at_most", d.Round(time.Millisecond))
+	deadline := time.Now().Add(d)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for ; n > 0; n = held() {
+		if !time.Now().Before(deadline) {
+			log.Error("stopping with records the disk refused and the hub did not take: they are lost", "records", n)
+			return false
+		}
+		<-t.C
+	}
+	return true
 }
 
 // waitFor waits for wg up to d, and says whether it ended.

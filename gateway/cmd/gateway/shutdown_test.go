@@ -6,6 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	"outpost/configs"
+	"outpost/firmware-sim/sim"
+	"outpost/gateway/model"
 	"outpost/testbench/hub"
 )
 
@@ -120,4 +127,122 @@ func TestStartCancelledDuringConnect(t *testing.T) {
 	case <-time.After(stopLimit + statusTimeout + time.Second):
 		t.Fatal("the gateway did not stop")
 	}
+}
+
+// TestStopDeliversWhatMemoryHolds: the state disk refuses writes (chattr
+// +i) while the gateway runs, the hub's broker stops answering for a
+// second, and as it answers again the gateway is told to stop. The
+// telemetry its queue holds in memory reaches the hub before the process
+// ends, where it was lost with the process: the gateway says it waited,
+// and not that it lost any, and the hub has every message of the device,
+// its sequence unbroken.
+func TestStopDeliversWhatMemoryHolds(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make the state directory immutable")
+	}
+	m := startBroker(t)
+	st := writeStation(t, fmt.Sprintf(`
+version: 2
+station: {id: sd-2, type: safety_post}
+state_dir: %s
+hub:
+  mqtt: {url: "%s"}
+links:
+  - {id: lan, protocol: modbus-tcp, address: "%s", timeout: 300ms}
+devices:
+  - {id: meter-1, template: sdm120, link: lan, unit_id: 1, poll: 100ms}
+`, t.TempDir(), m.URL(), freeAddr(t)))
+	simulate(t, st, &served{rs: map[string][]sim.Reading{}})
+	t.Cleanup(func() {
+		exec.Command("chattr", "-R", "-i", st.StateDir).Run()
+		for _, d := range fallbackDirs(st.Station.ID) { // where the status went meanwhile
+			os.RemoveAll(d)
+		}
+	})
+
+	var mu sync.Mutex
+	var seqs []uint64
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(m.URL()).SetClientID("watch-telemetry").SetCleanSession(true))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("watcher: %v", tok.Error())
+	}
+	defer c.Disconnect(0)
+	if tok := c.Subscribe("outpost/v1/sd-2/meter-1/+", 1, func(_ paho.Client, msg paho.Message) {
+		m, err := model.ParseJSON(msg.Payload())
+		if err != nil {
+			t.Errorf("message %s: %v", msg.Payload(), err)
+			return
+		}
+		mu.Lock()
+		seqs = append(seqs, m.Seq)
+		mu.Unlock()
+	}); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	received := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seqs)
+	}
+	waitReceived := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); received() < n; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the hub has %d messages of meter-1, want %d", received(), n)
+			}
+		}
+	}
+
+	var logs lockedBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, st, slog.New(slog.NewTextHandler(&logs, nil)), nil) }()
+	waitReceived(3)
+	if out, err := exec.Command("chattr", "-R", "+i", st.StateDir).CombinedOutput(); err != nil {
+		t.Fatalf("chattr: %v: %s", err, out)
+	}
+	waitReceived(received() + 5) // telemetry from memory
+	m.Freeze()
+	time.Sleep(time.Second) // the forwarder waits for the hub, memory holds ten polls
+	m.Thaw()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(stopLimit + statusTimeout + time.Second):
+		t.Fatal("the gateway did not stop")
+	}
+	log := logs.String()
+	if !strings.Contains(log, "waiting for the hub to take what memory holds before stopping") || strings.Contains(log, "lost") {
+		t.Errorf("the gateway's log, stopping with telemetry in memory, wants that it waited and lost nothing:\n%s", log)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// Health and telemetry go on connections of their own: sorted.
+	got := slices.Compact(slices.Sorted(slices.Values(seqs)))
+	for i := 1; i < len(got); i++ {
+		if got[i] != got[i-1]+1 {
+			t.Fatalf("meter-1's sequence numbers at the hub: %v, broken at %d", got, got[i-1]+1)
+		}
+	}
+}
+
+// lockedBuffer is a buffer a logger writes to from several goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
