@@ -323,7 +323,8 @@ func TestDiskFull(t *testing.T) {
 
 // TestDiskFullHubUp: the disk fills (another program's file) while the
 // hub takes everything, so the queue holds no backlog to drop, only its
-// newest records: telemetry then waits in memory, none is dropped, every
+// newest records: telemetry then waits in memory, and so does an alarm
+// rather than drop telemetry not yet delivered; none is dropped, every
 // record is handed out once and in order, and once the disk has room it
 // goes there.
 func TestDiskFullHubUp(t *testing.T) {
@@ -350,11 +351,18 @@ func TestDiskFullHubUp(t *testing.T) {
 	if tl := st.Lanes[LaneTelemetry]; tl.Dropped != 0 || tl.Memory == 0 || tl.Records != 30 {
 		t.Fatalf("full disk with the hub up: %d dropped, %d in memory, %d queued (full drops %d); want 0 dropped, some in memory, 30 queued", tl.Dropped, tl.Memory, tl.Records, st.FullDrops)
 	}
+	if err := q.Append(LaneAlarm, rec(1)); !errors.Is(err, ErrHeld) {
+		t.Fatalf("alarm on the full disk: %v, want it held in memory (ErrHeld)", err)
+	}
+	if tl := q.Stats().Lanes[LaneTelemetry]; tl.Dropped != 0 {
+		t.Fatalf("the alarm made room by dropping %d telemetry records not yet delivered", tl.Dropped)
+	}
 	if err := q.Ack(b); err != nil {
 		t.Fatal(err)
 	}
-	_, tel = drain(t, q, 7, true)
-	checkSeq(t, "while the disk is full", tel, 12, 40)
+	alarms, tel := drain(t, q, 7, true)
+	checkSeq(t, "alarms while the disk is full", alarms, 1, 2)
+	checkSeq(t, "telemetry while the disk is full", tel, 12, 40)
 	fill.Close()
 	os.Remove(fill.Name())
 	appendRange(t, q, LaneTelemetry, 40, 41)

@@ -1562,14 +1562,16 @@ func (q *Queue) dropOldest(i int) bool {
 // freeTelemetry drops the oldest telemetry segment for every reader, to
 // free the disk for a write to lane l; it reports whether there was any to
 // drop. The active segment, the newest telemetry, goes only for an alarm
-// or a health change (a new one is started): telemetry the disk refuses
-// then waits in memory instead (see hold), so that a full disk loses none
-// while the hub takes it, and only a backlog makes room for it. Called
-// with q.mu held.
+// or a health change, and only once every reader took all of it (a new
+// one is started): what the disk refuses then waits in memory instead (see
+// hold), so that a full disk loses nothing while the hub takes it, and
+// only a backlog makes room. (Dropping undelivered telemetry for an alarm
+// would lose some at each event the gateway raises about the full disk.)
+// Called with q.mu held.
 func (q *Queue) freeTelemetry(l Lane) bool {
 	t := q.lanes[LaneTelemetry]
 	if len(t.segs) == 1 {
-		if !l.Kept() || t.active().size == 0 {
+		if a := t.active(); !l.Kept() || a.size == 0 || !t.deliveredAll(a) {
 			return false
 		}
 		if err := q.newSegment(t); err != nil {
