@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,7 +11,8 @@ import (
 )
 
 // The gateway's state volume (state_volume): a tmpfs of its own, so that
-// the disk fills, or, for a scenario that freezes the disk (freeze-disk),
+// the disk fills (by the queue, or by another program: fill-disk), or, for
+// a scenario that freezes the disk (freeze-disk),
 // an ext4 file system on a loop device, which fsfreeze can make hang:
 // frozen, every write to it and every fsync waits in the kernel until it
 // thaws, as on a failing SD card. Both need root.
@@ -57,6 +59,30 @@ func (r *runner) freezeDisk(on bool) error {
 	}
 	r.frozen = on
 	return nil
+}
+
+// fillDisk fills the state volume with a file of its own, as another
+// program would (a log gone wild), until the volume refuses more, or
+// removes that file.
+func (r *runner) fillDisk(on bool) error {
+	path := filepath.Join(r.unmount, "fill")
+	if !on {
+		return os.Remove(path)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("fill-disk: %w", err)
+	}
+	defer f.Close()
+	block := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(block); err != nil {
+			if errors.Is(err, syscall.ENOSPC) {
+				return nil
+			}
+			return fmt.Errorf("fill-disk: %w", err)
+		}
+	}
 }
 
 // unmountState unmounts and detaches the state volume (shutdown thaws it

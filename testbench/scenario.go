@@ -693,6 +693,9 @@ func (sc *Scenario) killsBroker() bool { return sc.plays("kill-broker", "stop-br
 //	               SIGSTOP and SIGCONT: the server hangs, connections open
 //	freeze-disk, thaw-disk
 //	               fsfreeze the gateway's state volume: its writes hang
+//	fill-disk, free-disk
+//	               fill the gateway's state volume with a file of another
+//	               program's, and remove it
 //	partition      cut the network between the station and the hub (both
 //	               servers) for Down: nothing passes, nothing is refused
 //	partition-start, partition-heal
@@ -739,6 +742,10 @@ func (r *runner) inject(ctx context.Context, f Fault) error {
 		return r.freezeDisk(true)
 	case "thaw-disk":
 		return r.freezeDisk(false)
+	case "fill-disk":
+		return r.fillDisk(true)
+	case "free-disk":
+		return r.fillDisk(false)
 	case "freeze-influx":
 		r.influx.Freeze()
 	case "thaw-influx":

@@ -45,7 +45,7 @@ func TestScenarioProblems(t *testing.T) {
 		want       []string // each in the errors; one that starts with ! not in them
 	}{
 		{"fault typo and misplaced down", head + "faults:\n  - {action: kill-brokr, at: 2s}\n  - {action: stop-influx, at: 3s, down: 1s}\n",
-			[]string{`faults[0].action: "kill-brokr" is not a fault action; one of delete-state, device, freeze-broker,`,
+			[]string{`faults[0].action: "kill-brokr" is not a fault action; one of delete-state, device, fill-disk, free-disk, freeze-broker,`,
 				`faults[1].down: stop-influx does not last: down is for kill-broker, kill-influx, partition`}},
 		{"fault without its length, late", head + "faults:\n  - {action: partition, at: 25s}\n",
 			[]string{`faults[0].down: partition needs how long it lasts (down: 2s)`, `faults[0].at: 25s is outside the load (0 to 20s)`}},
@@ -60,6 +60,8 @@ func TestScenarioProblems(t *testing.T) {
 		{"disk frozen without a volume of its own", head + "faults:\n  - {action: freeze-disk, at: 2s}\nexpect:\n  events_after:\n    - {after_fault: 0, device: gateway, kind: queue_write_failed}\n",
 			// The gateway's own events are expected as a device's are.
 			[]string{`state_volume: freeze-disk needs a state volume of its own to freeze (state_volume: 64m)`, `expect.events_after[0].within: needs how soon`, `!no device "gateway"`}},
+		{"disk filled without a volume of its own", head + "faults:\n  - {action: fill-disk, at: 2s}\n",
+			[]string{`state_volume: fill-disk needs a state volume of its own to fill (state_volume: 1m)`}},
 		{"unknown key", head + "fault: []\n", []string{"field fault not found in type main.Scenario"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

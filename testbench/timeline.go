@@ -133,6 +133,8 @@ func faultWindows(marks []faultMark, end float64) []faultWindow {
 			w.Label, closer = what+" down", "start-"+what
 		case verb == "freeze":
 			w.Label, closer = what+" frozen", "thaw-"+what
+		case verb == "fill":
+			w.Label, closer = what+" full", "free-"+what
 		}
 		if closer != "" {
 			w.ToS = end

@@ -18,7 +18,7 @@ var faultActions = map[string]bool{
 	"kill-broker": true, "stop-broker": false, "start-broker": false,
 	"kill-influx": true, "stop-influx": false, "start-influx": false,
 	"freeze-broker": false, "thaw-broker": false, "freeze-influx": false, "thaw-influx": false,
-	"freeze-disk": false, "thaw-disk": false, "delete-state": false,
+	"freeze-disk": false, "thaw-disk": false, "fill-disk": false, "free-disk": false, "delete-state": false,
 	"partition": true, "partition-start": false, "partition-heal": false,
 	"kill-gateway": false, "power-cut": false, "stop-gateway": false, "start-gateway": false,
 	"device": false,
@@ -69,6 +69,9 @@ func (sc *Scenario) validate(devices []string) error {
 	}
 	if sc.freezesDisk() && sc.StateVolume == "" {
 		bad("state_volume", "freeze-disk needs a state volume of its own to freeze (state_volume: 64m)")
+	}
+	if sc.plays("fill-disk", "free-disk") && sc.StateVolume == "" {
+		bad("state_volume", "fill-disk needs a state volume of its own to fill (state_volume: 1m)")
 	}
 	for i, id := range sc.Silent {
 		device(fmt.Sprintf("silent[%d]", i), id)
