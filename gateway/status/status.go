@@ -94,8 +94,8 @@ type Queue struct {
 	InMemory          int64 `json:"in_memory"`
 	TelemetryInMemory int64 `json:"telemetry_in_memory"`
 	// DroppedReadings since start: at the queue's cap, or refused by the
-	// disk with the memory reserve full. LostAlarms: refused by the disk with memory full, or in queue
-	// files deleted before they were sent.
+	// disk with the memory reserve full. LostAlarms: refused by the disk
+	// with memory full, or in queue files deleted before they were sent.
 	DroppedReadings int64  `json:"dropped_readings"`
 	LostAlarms      int64  `json:"lost_alarms"`
 	DiskError       string `json:"disk_error,omitempty"`

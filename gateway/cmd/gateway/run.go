@@ -31,9 +31,9 @@ import (
 // a second before stopLimit to take what the queues hold in memory (see
 // deliverHeld); the forwarders abandon the batches in flight (they are
 // sent again at the next start), and then the hub gets statusTimeout to
-// take the offline status; the queues are closed last. A part still running at
-// stopLimit (a serial read with a long timeout, a hub that stopped
-// answering) is left behind: the process ends anyway.
+// take the offline status; the queues are closed last. A part still
+// running at stopLimit (a serial read with a long timeout, a hub that
+// stopped answering) is left behind: the process ends anyway.
 const (
 	statusTimeout = 2 * time.Second
 	stopLimit     = 5 * time.Second

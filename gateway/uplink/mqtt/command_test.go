@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -165,7 +166,7 @@ func TestCheckACL(t *testing.T) {
 		{"as the hub contract says", "topic write " + own + "/#\ntopic read " + own + "/+/command\n", ""},
 		{"publish only", "topic write " + own + "/#\n", acl},
 		{"commands only", "topic read " + own + "/+/command\n", acl},
-		{"devices listed, one missing", "topic write " + own + "/_check/#\ntopic write " + own + "/siren-1/#\ntopic read " + own + "/+/command\n", perDevice},
+		{"devices listed, one missing", "topic write " + own + "/_check/#\ntopic write " + own + "/siren-1/#\ntopic write " + own + "/door-1/#\ntopic read " + own + "/+/command\n", perDevice},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			sub := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-"))
@@ -188,15 +189,19 @@ func TestCheckACL(t *testing.T) {
 			if err := a.Close(ctx); err != nil {
 				t.Fatal(err)
 			}
-			err = Check(ctx, configs.MQTT{URL: url}, station, "siren-1", "ups-1")
+			err = Check(ctx, configs.MQTT{URL: url}, station, "siren-1", "ups-1", "door-1")
 			if c.want == "" {
 				if err != nil {
 					t.Fatalf("Check: %v", err)
 				}
 			} else {
-				if want := fmt.Sprintf(c.want, "tcp://outpost:xxxxx@"+b.Addr()); err == nil || err.Error() != want && !strings.HasPrefix(err.Error(), want+" (") {
+				// A broker may close the connection at the probe its ACL
+				// forbids: what follows is named as not tried.
+				want := fmt.Sprintf(c.want, "tcp://outpost:xxxxx@"+b.Addr())
+				if err == nil || !slices.Contains([]string{want, want + "; it then closed the connection: door-1 not tried"}, err.Error()) && !strings.HasPrefix(err.Error(), want+" (") {
 					t.Fatalf("Check: %v\nwant %s", err, want)
 				}
+				t.Logf("Check: %v", err)
 				return
 			}
 			a = alarms(t, url, got)

@@ -1025,14 +1025,17 @@ func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int, devices []
 		return slices.DeleteFunc(slices.Clone(devs), func(dev string) bool { return back[dev] })
 	}
 	for _, devs := range [][]string{{CheckDevice}, devices} {
-		var untried []string // a broker may close the connection at a probe its ACL forbids
+		var untried []string                  // a broker may close the connection at a probe its ACL forbids
+		pubs := make([]paho.Token, len(devs)) // all at once: a hub far away answers them in one round trip
 		for i, dev := range devs {
-			topic := CommandTopic(u.prefix, u.station.ID, dev)
-			if pub := c.Publish(topic, 1, false, payload); !pub.WaitTimeout(echoWait) || pub.Error() != nil {
+			pubs[i] = c.Publish(CommandTopic(u.prefix, u.station.ID, dev), 1, false, payload)
+		}
+		for i, dev := range devs {
+			if pub := pubs[i]; !pub.WaitTimeout(echoWait) || pub.Error() != nil {
 				if dev == CheckDevice {
-					return fmt.Errorf("the broker %s did not acknowledge a message the station published to %s (%v): %s", u.names[broker], topic, pub.Error(), acl)
+					return fmt.Errorf("the broker %s did not acknowledge a message the station published to %s (%v): %s", u.names[broker], CommandTopic(u.prefix, u.station.ID, dev), pub.Error(), acl)
 				}
-				devs, untried = devs[:i+1], devs[i+1:]
+				devs, untried = devs[:i], devs[i:] // Mosquitto acknowledges the probe it forbids, then closes
 				break
 			}
 		}
