@@ -195,8 +195,10 @@ func TestCheckACL(t *testing.T) {
 					t.Fatalf("Check: %v", err)
 				}
 			} else {
-				// A broker may close the connection at the probe its ACL
-				// forbids: what follows is named as not tried.
+				// Mosquitto 2.0 with max_queued_messages 0 (the test
+				// hub's) acknowledges a publish its ACL denies, then
+				// closes the connection; with its default (1000) it
+				// does not: what follows is named as not tried.
 				want := fmt.Sprintf(c.want, "tcp://outpost:xxxxx@"+b.Addr())
 				if err == nil || !slices.Contains([]string{want, want + "; it then closed the connection: door-1 not tried"}, err.Error()) && !strings.HasPrefix(err.Error(), want+" (") {
 					t.Fatalf("Check: %v\nwant %s", err, want)

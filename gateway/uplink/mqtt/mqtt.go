@@ -1035,7 +1035,7 @@ func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int, devices []
 				if dev == CheckDevice {
 					return fmt.Errorf("the broker %s did not acknowledge a message the station published to %s (%v): %s", u.names[broker], CommandTopic(u.prefix, u.station.ID, dev), pub.Error(), acl)
 				}
-				devs, untried = devs[:i], devs[i:] // Mosquitto acknowledges the probe it forbids, then closes
+				devs, untried = devs[:i], devs[i:] // Mosquitto may acknowledge the probe it denies, then close
 				break
 			}
 		}
