@@ -130,12 +130,12 @@ func TestStartCancelledDuringConnect(t *testing.T) {
 }
 
 // TestStopDeliversWhatMemoryHolds: the state disk refuses writes (chattr
-// +i) while the gateway runs, the hub's broker stops answering for a
-// second, and as it answers again the gateway is told to stop. The
-// telemetry its queue holds in memory reaches the hub before the process
-// ends, where it was lost with the process: the gateway says it waited,
-// and not that it lost any, and the hub has every message of the device,
-// its sequence unbroken.
+// +i) while the gateway runs, the hub's broker stops answering, and the
+// gateway is told to stop; the broker answers again once the stop waits
+// for it. The telemetry the queue holds in memory reaches the hub before
+// the process ends, where it was lost with the process: the gateway says
+// it waited, and not that it lost any, and the hub has every message of
+// the device, its sequence unbroken.
 func TestStopDeliversWhatMemoryHolds(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to make the state directory immutable")
@@ -203,9 +203,16 @@ devices:
 	}
 	waitReceived(received() + 5) // telemetry from memory
 	m.Freeze()
-	time.Sleep(time.Second) // the forwarder waits for the hub, memory holds ten polls
-	m.Thaw()
+	time.Sleep(time.Second) // memory holds ten polls the frozen hub cannot take
 	cancel()
+	// Once the stop waits for the hub, the hub answers again.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "waiting for the hub to take what memory holds"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			m.Thaw()
+			t.Fatalf("the stop did not wait for the hub to take what memory holds:\n%s", logs.String())
+		}
+	}
+	m.Thaw()
 	select {
 	case err := <-done:
 		if err != nil {
