@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 
 	"outpost/gateway/model"
 	"outpost/gateway/queue"
+	"outpost/testbench/testlog"
 )
 
 // TestSupervisorBackoff: a part that fails is restarted after a pause that
@@ -145,9 +145,8 @@ func TestOutageLoggedOnce(t *testing.T) {
 	m := model.Message{Station: "s", Device: "d", Seq: 1, Kind: model.KindTelemetry, Time: time.Now().UTC(),
 		Readings: []model.Reading{{Signal: "x", Value: model.Number(1), Quality: model.Good}}}
 	q.Append(queue.LaneTelemetry, queue.Record{Data: model.AppendBinary(nil, &m), Readings: 1})
-	var buf bytes.Buffer
-	var mu sync.Mutex
-	log := slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var buf testlog.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	up := &flaky{fails: 5, sent: make(chan struct{}, 1)}
 	outage := &Outage{Uplink: "mqtt", Log: log}
 	f := &Forwarder{Name: "mqtt/telemetry", Queue: q, Uplink: up, Batch: 10, Outage: outage, Log: log}
@@ -174,9 +173,7 @@ func TestOutageLoggedOnce(t *testing.T) {
 	if down, since, _ := outage.Down(); down || since.Sub(start) < 5*minBackoff || time.Since(since) < 0 {
 		t.Errorf("after the recovery: down=%v since %v (started %v), want up since the delivery", down, since, start)
 	}
-	mu.Lock()
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	mu.Unlock()
 	if len(lines) != 2 {
 		t.Fatalf("5 refused batches and a recovery logged %d lines, want 2:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
@@ -189,17 +186,6 @@ func TestOutageLoggedOnce(t *testing.T) {
 	if !strings.Contains(lines[1], "backlog_messages=1 backlog_readings=1") {
 		t.Errorf("recovery line lacks the backlog: %s", lines[1])
 	}
-}
-
-type lockedWriter struct {
-	w  *bytes.Buffer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // TestOutageSinceTheFailedSend: a hub that hangs fails a send only at its

@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"errors"
 	"log/slog"
 	"os"
@@ -9,12 +8,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"outpost/gateway/durable"
+	"outpost/testbench/testlog"
 )
 
 // These tests break a real file system: chattr +i makes the queue's files
@@ -205,7 +204,7 @@ func TestDiskFlaps(t *testing.T) {
 	needRoot(t)
 	dir := t.TempDir()
 	t.Cleanup(func() { exec.Command("chattr", "-R", "-i", dir).Run() })
-	var log lockedBuffer
+	var log testlog.Buffer
 	q, err := Open(dir, Options{MaxBytes: 1 << 20, SyncEvery: -1}, slog.New(slog.NewTextHandler(&log, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -249,25 +248,6 @@ func TestDiskFlaps(t *testing.T) {
 	if n, m := strings.Count(text, "the disk refuses writes"), strings.Count(text, "the disk takes writes again"); n != 1 || m != 1 {
 		t.Errorf("logged the disk refusing %d times and taking writes again %d, want once each:\n%s", n, m, text)
 	}
-}
-
-// lockedBuffer is a log's output that a test reads while the queue writes
-// to it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // smallVolume mounts a tmpfs with these options for the test, and returns

@@ -21,6 +21,7 @@ import (
 	"outpost/firmware-sim/sim"
 	"outpost/gateway/model"
 	"outpost/testbench/hub"
+	"outpost/testbench/testlog"
 )
 
 // station is a station file whose one device sits on a Modbus TCP endpoint
@@ -79,10 +80,28 @@ func waitOnline(t *testing.T, broker, station string) {
 
 // runGateway runs the gateway until cancel and returns when run returned.
 func runGateway(t *testing.T, st *configs.Station) (cancel func(), done <-chan error) {
+	return runLogged(t, st, io.Discard)
+}
+
+// runLogged is runGateway with the gateway's log written to w.
+func runLogged(t *testing.T, st *configs.Station, w io.Writer) (cancel func(), done <-chan error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan error, 1)
-	go func() { ch <- run(ctx, st, slog.New(slog.NewTextHandler(io.Discard, nil)), nil) }()
+	go func() { ch <- run(ctx, st, slog.New(slog.NewTextHandler(w, nil)), nil) }()
 	return cancel, ch
+}
+
+// waitStopped waits for run to return, within its documented bound.
+func waitStopped(t *testing.T, done <-chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run: %v", err)
+		}
+	case <-time.After(stopLimit + statusTimeout + time.Second):
+		t.Fatal("the gateway did not stop")
+	}
 }
 
 // TestShutdownWhenHubHangs: the hub's broker stops answering (SIGSTOP: the
@@ -119,14 +138,7 @@ func TestStartCancelledDuringConnect(t *testing.T) {
 	cancel, done := runGateway(t, st)
 	time.Sleep(300 * time.Millisecond) // a moment into the connect; the test is about what is left after
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(stopLimit + statusTimeout + time.Second):
-		t.Fatal("the gateway did not stop")
-	}
+	waitStopped(t, done)
 }
 
 // TestStopDeliversWhatMemoryHolds: the state disk refuses writes (chattr
@@ -141,18 +153,8 @@ func TestStopDeliversWhatMemoryHolds(t *testing.T) {
 		t.Skip("needs root to make the state directory immutable")
 	}
 	m := startBroker(t)
-	st := writeStation(t, fmt.Sprintf(`
-version: 2
-station: {id: sd-2, type: safety_post}
-state_dir: %s
-hub:
-  mqtt: {url: "%s"}
-links:
-  - {id: lan, protocol: modbus-tcp, address: "%s", timeout: 300ms}
-devices:
-  - {id: meter-1, template: sdm120, link: lan, unit_id: 1, poll: 100ms}
-`, t.TempDir(), m.URL(), freeAddr(t)))
-	simulate(t, st, &served{rs: map[string][]sim.Reading{}})
+	st := station(t, m.URL())
+	simulate(t, st, &served{rs: map[string][]sim.Reading{}}) // meter-1, at the endpoint station leaves free
 	t.Cleanup(func() {
 		exec.Command("chattr", "-R", "-i", st.StateDir).Run()
 		for _, d := range fallbackDirs(st.Station.ID) { // where the status went meanwhile
@@ -167,7 +169,7 @@ devices:
 		t.Fatalf("watcher: %v", tok.Error())
 	}
 	defer c.Disconnect(0)
-	if tok := c.Subscribe("outpost/v1/sd-2/meter-1/+", 1, func(_ paho.Client, msg paho.Message) {
+	if tok := c.Subscribe("outpost/v1/"+st.Station.ID+"/meter-1/+", 1, func(_ paho.Client, msg paho.Message) {
 		m, err := model.ParseJSON(msg.Payload())
 		if err != nil {
 			t.Errorf("message %s: %v", msg.Payload(), err)
@@ -193,10 +195,8 @@ devices:
 		}
 	}
 
-	var logs lockedBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, st, slog.New(slog.NewTextHandler(&logs, nil)), nil) }()
+	var logs testlog.Buffer
+	cancel, done := runLogged(t, st, &logs)
 	waitReceived(3)
 	if out, err := exec.Command("chattr", "-R", "+i", st.StateDir).CombinedOutput(); err != nil {
 		t.Fatalf("chattr: %v: %s", err, out)
@@ -213,14 +213,7 @@ devices:
 		}
 	}
 	m.Thaw()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-	case <-time.After(stopLimit + statusTimeout + time.Second):
-		t.Fatal("the gateway did not stop")
-	}
+	waitStopped(t, done)
 	log := logs.String()
 	if !strings.Contains(log, "waiting for the hub to take what memory holds before stopping") || strings.Contains(log, "lost") {
 		t.Errorf("the gateway's log, stopping with telemetry in memory, wants that it waited and lost nothing:\n%s", log)
@@ -234,22 +227,4 @@ devices:
 			t.Fatalf("meter-1's sequence numbers at the hub: %v, broken at %d", got, got[i-1]+1)
 		}
 	}
-}
-
-// lockedBuffer is a buffer a logger writes to from several goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -17,6 +17,7 @@ import (
 	"outpost/gateway/model"
 	"outpost/gateway/uplink"
 	"outpost/testbench/hub"
+	"outpost/testbench/testlog"
 )
 
 // waitUntil polls cond until it holds, or fails the test after within.
@@ -55,7 +56,7 @@ func moves(t *testing.T, logs string) []map[string]any {
 func TestBrokerListOrder(t *testing.T) {
 	a, b := startBroker(t), startBroker(t)
 	a.Kill()
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	u := New(configs.MQTT{URLs: []string{a.URL(), b.URL()}}, station, slog.New(slog.NewJSONHandler(&logs, nil)))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -155,7 +156,7 @@ func TestFailoverInNATSCluster(t *testing.T) {
 		})
 	}
 
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	cfg := configs.MQTT{URLs: urls}
 	commands := make(chan string, 10)

@@ -568,20 +568,26 @@ func (u *Uplink) upPart(part int) {
 // onCommand hands a command to the gateway. A retained command is not
 // taken: it would come again at every subscription.
 func (u *Uplink) onCommand(_ paho.Client, m paho.Message) {
-	head := u.prefix + "/" + u.station.ID + "/"
-	device, ok := strings.CutPrefix(m.Topic(), head)
-	if ok {
-		device, ok = strings.CutSuffix(device, "/command")
-	}
+	device, ok := u.commandDevice(m.Topic())
 	switch {
 	case !ok || device == "" || strings.Contains(device, "/"):
 		u.log.Warn("mqtt uplink: message on an unexpected topic ignored", "topic", m.Topic())
 	case m.Retained():
 		u.log.Warn("mqtt uplink: retained command ignored: the duty desk must publish commands without retain", "topic", m.Topic())
-	case device == CheckDevice || IsCheck(m.Payload()): // gateway commission's probe, kept for this session while the gateway was stopped
+	case device == CheckDevice || isCheck(m.Payload()): // gateway commission's probe, kept for this session while the gateway was stopped
 	default:
 		u.commands(device, m.Payload())
 	}
+}
+
+// commandDevice is the device of a station's commands topic (see
+// CommandTopic).
+func (u *Uplink) commandDevice(topic string) (string, bool) {
+	device, ok := strings.CutPrefix(topic, u.prefix+"/"+u.station.ID+"/")
+	if ok {
+		device, ok = strings.CutSuffix(device, "/command")
+	}
+	return device, ok
 }
 
 // Connection is the uplink's connection as an operator needs to see it.
@@ -922,7 +928,7 @@ func (u *Uplink) Close(ctx context.Context) error {
 // Check connects to each of the hub's brokers once, as the gateway would
 // (URL, TLS, credentials), with a client id of its own and no session,
 // will or status, subscribes to the station's commands as the gateway
-// does, publishes a probe (CheckPayload) to the commands topic of
+// does, publishes a probe (checkPayload) to the commands topic of
 // CheckDevice and of each of devices and reads them back, and disconnects:
 // an installer's test that the hub takes the station, what it publishes
 // for each device, and its commands (an MQTT 3.1.1 broker drops what its
@@ -991,9 +997,10 @@ const echoWait = 3 * time.Second
 // subscription to its commands.
 func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int, devices []string) error {
 	own := u.prefix + "/" + u.station.ID
-	all := CommandTopic(u.prefix, u.station.ID, "+")
+	topic := func(dev string) string { return CommandTopic(u.prefix, u.station.ID, dev) }
+	all := topic("+")
 	acl := fmt.Sprintf("its ACL must let the station's user publish to %s/# and subscribe to %s", own, all)
-	payload := CheckPayload(time.Now())
+	payload := checkPayload(time.Now())
 	var mu sync.Mutex
 	back := map[string]bool{} // by device
 	arrived := make(chan struct{}, 1)
@@ -1001,7 +1008,7 @@ func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int, devices []
 		if !bytes.Equal(m.Payload(), payload) {
 			return // a command of the hub's, for the gateway
 		}
-		dev, _ := strings.CutSuffix(strings.TrimPrefix(m.Topic(), own+"/"), "/command")
+		dev, _ := u.commandDevice(m.Topic())
 		mu.Lock()
 		back[dev] = true
 		mu.Unlock()
@@ -1028,12 +1035,12 @@ func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int, devices []
 		var untried []string                  // a broker may close the connection at a probe its ACL forbids
 		pubs := make([]paho.Token, len(devs)) // all at once: a hub far away answers them in one round trip
 		for i, dev := range devs {
-			pubs[i] = c.Publish(CommandTopic(u.prefix, u.station.ID, dev), 1, false, payload)
+			pubs[i] = c.Publish(topic(dev), 1, false, payload)
 		}
 		for i, dev := range devs {
 			if pub := pubs[i]; !pub.WaitTimeout(echoWait) || pub.Error() != nil {
 				if dev == CheckDevice {
-					return fmt.Errorf("the broker %s did not acknowledge a message the station published to %s (%v): %s", u.names[broker], CommandTopic(u.prefix, u.station.ID, dev), pub.Error(), acl)
+					return fmt.Errorf("the broker %s did not acknowledge a message the station published to %s (%v): %s", u.names[broker], topic(dev), pub.Error(), acl)
 				}
 				devs, untried = devs[:i], devs[i:] // Mosquitto may acknowledge the probe it denies, then close
 				break
@@ -1057,10 +1064,10 @@ func (u *Uplink) echo(ctx context.Context, c paho.Client, broker int, devices []
 		case len(gone) == 0:
 		case gone[0] == CheckDevice:
 			return fmt.Errorf("the broker %s takes the station's connection, but what it published to %s did not reach its subscription to its commands in %s: %s (an MQTT 3.1.1 broker drops what its ACL forbids without a word)",
-				u.names[broker], CommandTopic(u.prefix, u.station.ID, CheckDevice), echoWait, acl)
+				u.names[broker], topic(CheckDevice), echoWait, acl)
 		default:
 			err := fmt.Errorf("the broker %s drops what the station publishes for %s: a probe to %s did not come back in %s, where one to %s did; its ACL must let the station's user publish to %s/# (an ACL that lists devices must list these)",
-				u.names[broker], strings.Join(gone, ", "), CommandTopic(u.prefix, u.station.ID, gone[0]), echoWait, CommandTopic(u.prefix, u.station.ID, CheckDevice), own)
+				u.names[broker], strings.Join(gone, ", "), topic(gone[0]), echoWait, topic(CheckDevice), own)
 			if len(untried) > 0 {
 				err = fmt.Errorf("%w; it then closed the connection: %s not tried", err, strings.Join(untried, ", "))
 			}

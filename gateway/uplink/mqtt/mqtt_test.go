@@ -9,7 +9,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"outpost/gateway/model"
 	"outpost/gateway/uplink"
 	"outpost/testbench/hub"
+	"outpost/testbench/testlog"
 )
 
 var station = configs.StationID{ID: "pr-0001", Type: model.PoliceRoom}
@@ -416,7 +416,7 @@ func TestRefusedCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Stop)
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	url := "tcp://outpost:wrong-secret@" + b.Addr()
 	u := New(configs.MQTT{URL: url}, station, log)
@@ -451,30 +451,13 @@ func TestRefusedCredentials(t *testing.T) {
 	ok.Close(context.Background())
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestSecondGatewaySameClientID: two gateways with one station id (an old
 // box left running beside its replacement) take the broker's connection
 // from each other; each says what is wrong, with the client id, instead of
 // a bare "connection lost".
 func TestSecondGatewaySameClientID(t *testing.T) {
 	m := startBroker(t)
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	a := New(configs.MQTT{URL: m.URL()}, station, log)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -504,7 +487,7 @@ func TestSecondGatewaySameClientID(t *testing.T) {
 // the gateway while it is away: that is no second gateway.
 func TestBrokerRestartsAreNotADuplicate(t *testing.T) {
 	m := startBroker(t)
-	var logs lockedBuffer
+	var logs testlog.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	u := New(configs.MQTT{URL: m.URL()}, station, log)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

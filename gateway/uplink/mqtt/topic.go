@@ -47,19 +47,19 @@ func CommandTopic(prefix, station, device string) string {
 // comes on its topic.
 const CheckDevice = "_check"
 
-// checkPrefix begins CheckPayload, which no command does (a command has an
+// checkPrefix begins checkPayload, which no command does (a command has an
 // id).
 const checkPrefix = `{"v":1,"check":`
 
-// CheckPayload is the probe gateway commission publishes to the commands
+// checkPayload is the probe gateway commission publishes to the commands
 // topics of CheckDevice and of each device (see Check).
-func CheckPayload(t time.Time) []byte {
+func checkPayload(t time.Time) []byte {
 	return fmt.Appendf(nil, checkPrefix+"%q}", t.UTC().Format(time.RFC3339Nano))
 }
 
-// IsCheck says whether a message on a commands topic is gateway
+// isCheck says whether a message on a commands topic is gateway
 // commission's probe, which the gateway ignores.
-func IsCheck(payload []byte) bool { return bytes.HasPrefix(payload, []byte(checkPrefix)) }
+func isCheck(payload []byte) bool { return bytes.HasPrefix(payload, []byte(checkPrefix)) }
 
 // PacketSize is the size of the MQTT PUBLISH packet (QoS 1) that carries
 // m: fixed header, topic, packet id and the JSON payload.
