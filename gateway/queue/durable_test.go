@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,35 +77,82 @@ func TestStateIsPrivate(t *testing.T) {
 	}
 }
 
-// The first telemetry append after a quiet window is fsynced at once (a
-// station at rest syncs each poll as it comes); the next ones wait for the
-// window's end; an alarm's Append returns after its own fsync, however
-// long the window.
-func TestAlarmsDoNotWaitForGroupCommit(t *testing.T) {
-	q, err := Open(t.TempDir(), Options{MaxBytes: 1 << 20, SyncEvery: time.Hour}, testLog(t))
-	if err != nil {
-		t.Fatal(err)
+// A group commit fsyncs what some reader has not acknowledged, SyncEvery
+// after the first write it covers and not before; what every reader
+// acknowledged by then needs none (a station at rest, whose hub takes each
+// poll within milliseconds, fsyncs none of its readings). An alarm's
+// Append returns after its own fsync, however long the window.
+func TestGroupCommit(t *testing.T) {
+	const window = 200 * time.Millisecond // long enough for both readers to take a record on a loaded machine
+	var mu sync.Mutex
+	var segSyncs int // fsyncs of a telemetry segment
+	stop := durable.Observe(func(op, p string) {
+		if op == "fsync" && strings.HasSuffix(p, ".seg") && filepath.Base(filepath.Dir(p)) == LaneTelemetry.String() {
+			mu.Lock()
+			segSyncs++
+			mu.Unlock()
+		}
+	})
+	defer stop()
+	syncs := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return segSyncs
 	}
-	defer q.Close()
+	q := open(t, t.TempDir(), Options{MaxBytes: 1 << 20, SyncEvery: window, Readers: []string{"mqtt", "influx"}})
+	mq, ix := q.Reader("mqtt"), q.Reader("influx")
+	deliver := func(r *Reader) {
+		t.Helper()
+		b, err := r.Next(context.Background(), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Ack(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Both readers take the record at once: no fsync, in three windows.
 	if err := q.Append(LaneTelemetry, rec(1)); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); q.Stats().Syncs != 1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the first telemetry append of a quiet queue: %d fsyncs after 5 s, want 1 (at once, not an hour later)", q.Stats().Syncs)
+	deliver(mq)
+	deliver(ix)
+	for end := time.Now().Add(3 * window); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if n := syncs(); n != 0 {
+			t.Fatalf("a record every reader acknowledged within the window: %d fsyncs of its segment, want 0", n)
 		}
 	}
+
+	// One reader takes the next, the other does not: fsynced once the
+	// window ends.
+	wrote := time.Now()
 	if err := q.Append(LaneTelemetry, rec(2)); err != nil {
 		t.Fatal(err)
 	}
-	if n := q.Stats().Syncs; n != 1 {
-		t.Fatalf("a telemetry append inside the window: %d fsyncs, want 1 (the window's first only)", n)
+	deliver(mq)
+	for deadline := wrote.Add(5 * time.Second); syncs() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a record one reader has not acknowledged: not fsynced in 5 s")
+		}
 	}
-	if err := q.Append(LaneAlarm, rec(3)); err != nil {
+	if took := time.Since(wrote); took < window {
+		t.Errorf("a record one reader has not acknowledged was fsynced %s after its write, want the window's end (%s)", took, window)
+	}
+	if n := syncs(); n != 1 {
+		t.Errorf("%d fsyncs of its segment, want 1", n)
+	}
+
+	// An alarm does not wait for the window.
+	q2 := open(t, t.TempDir(), Options{MaxBytes: 1 << 20, SyncEvery: time.Hour})
+	if err := q2.Append(LaneTelemetry, rec(3)); err != nil {
 		t.Fatal(err)
 	}
-	if n := q.Stats().Syncs; n != 2 {
-		t.Fatalf("alarm append returned after %d fsyncs, want 2 (its own)", n)
+	if err := q2.Append(LaneAlarm, rec(4)); err != nil {
+		t.Fatal(err)
+	}
+	if n := q2.Stats().Syncs; n != 1 {
+		t.Fatalf("alarm append returned after %d fsyncs, want 1 (its own, not telemetry's an hour later)", n)
 	}
 }
 

@@ -88,16 +88,18 @@
 //     the next one (group commit). Nothing that Append returned for is lost,
 //     neither on a process kill nor on power loss.
 //   - SyncEvery == d > 0 (DefaultSyncEvery is 100 ms): a background goroutine
-//     fsyncs the written segments at most every d: at once after an append
-//     that follows a quiet d (a station at rest syncs its poll's reading as
-//     it comes, with no timer of its own to wake the gateway again),
-//     otherwise d after the previous fsync, covering every append since.
+//     fsyncs the written segments d after the first append since its last
+//     fsync, covering every append since (the group commit), unless every
+//     reader acknowledged all of them by then: what the hub has needs no
+//     fsync, so a station at rest, whose hub takes each poll within
+//     milliseconds, fsyncs none of its readings (an fsync a second was most
+//     of an idle gateway's disk writes and a sixth of its CPU).
 //     A process kill (kill -9, a panic, the OOM killer) loses nothing that
 //     Append returned for: the records are in the kernel's page cache after
 //     write(2) and reach the disk without the process. A power loss or
 //     kernel crash can lose the appends of the last d (plus the duration of
-//     the fsync in progress); what it leaves half-written is a torn tail that
-//     the next Open cuts off. Alarms are the exception: their Append
+//     the fsync in progress), and those the hub took; what it leaves
+//     half-written is a torn tail that the next Open cuts off. Alarms are the exception: their Append
 //     waits for its fsync as with SyncEvery 0, so an alarm whose Append
 //     returned survives a power loss too.
 //   - SyncEvery < 0: the queue never fsyncs; the kernel writes the pages
@@ -1896,6 +1898,9 @@ func (r *Reader) Ack(b Batch) error {
 		}
 	}
 	q.removeDone(ln)
+	if ln.gen != ln.synced && ln.deliveredWritten() {
+		kick(ln) // its syncer waits for this, or for the window's end
+	}
 	// The ack file is fsynced with the lane's next write, at most every
 	// ackSyncEvery: an ack lost to a power cut costs duplicates, not data,
 	// and syncing it on its own would wake the syncer for every batch the
@@ -2105,10 +2110,13 @@ func kick(ln *lane) {
 }
 
 // syncLoop fsyncs the lane's written segments and ack file once kicked (a
-// write): at once when the lane syncs at once or its last fsync began
-// SyncEvery ago or more, or else SyncEvery after that one began, covering
-// everything written meanwhile (the group commit). An idle queue wakes
-// nobody. It ends when Close closes q.done.
+// write): at once when the lane syncs at once, or else SyncEvery after the
+// first write since its last fsync, covering everything written meanwhile
+// (the group commit), or as soon as every reader acknowledged all of it:
+// what the hub has needs no fsync (see delivered), so that a station at
+// rest, whose hub takes each poll within milliseconds, does not fsync its
+// readings at all. An idle queue wakes nobody. It ends when Close closes
+// q.done.
 func (q *Queue) syncLoop(ln *lane) {
 	defer q.wg.Done()
 	var window *time.Timer
@@ -2117,24 +2125,44 @@ func (q *Queue) syncLoop(ln *lane) {
 		window.Stop()
 		defer window.Stop()
 	}
-	var began time.Time // the last fsync
 	for {
 		select {
 		case <-q.done:
 			return
 		case <-ln.kick:
 		}
-		if wait := time.Until(began.Add(q.opt.SyncEvery)); window != nil && wait > 0 {
-			window.Reset(wait)
-			select {
-			case <-q.done:
-				return
-			case <-window.C:
+		if window != nil {
+			window.Reset(q.opt.SyncEvery)
+		wait:
+			for !q.delivered(ln) {
+				select {
+				case <-q.done:
+					return
+				case <-window.C:
+					break wait
+				case <-ln.kick: // a write, or an Ack that may have delivered all
+				}
 			}
+			window.Stop()
 		}
-		began = time.Now()
 		q.syncOnce(ln)
 	}
+}
+
+// delivered says whether every reader acknowledged all the lane wrote, so
+// that its group commit has nothing to make durable: a power cut can lose
+// only what the hub already has (the next Open starts a new segment, and
+// an acknowledged position past what survived delivers nothing of it).
+func (q *Queue) delivered(ln *lane) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return ln.deliveredWritten()
+}
+
+// deliveredWritten is delivered, called with q.mu held.
+func (ln *lane) deliveredWritten() bool {
+	a := ln.active()
+	return !slices.ContainsFunc(ln.cur, func(c *cursor) bool { return !c.done(a) })
 }
 
 // retryEvery is how often records held in memory are offered to the disk
@@ -2222,6 +2250,16 @@ func (q *Queue) syncOnce(ln *lane) {
 	var w *os.File // the active segment, when written since
 	if gen != ln.synced {
 		w = ln.w
+	}
+	if ln.deliveredWritten() {
+		// What every reader acknowledged needs no fsync: the rotated
+		// segments are closed without one, the active one only checked
+		// for a name.
+		for _, f := range files {
+			f.Close()
+		}
+		files, closeN = nil, 0
+	} else if w != nil {
 		files = append(files, w)
 	}
 	now := time.Now()
@@ -2237,7 +2275,7 @@ func (q *Queue) syncOnce(ln *lane) {
 		ln.syncing = now
 	}
 	q.mu.Unlock()
-	if len(files) == 0 && !dir {
+	if len(files) == 0 && !dir && w == nil {
 		return
 	}
 
@@ -2267,7 +2305,9 @@ func (q *Queue) syncOnce(ln *lane) {
 		// goes to that segment.
 		ln.stale = true
 	}
-	q.st.Syncs++
+	if len(files) > 0 || dir {
+		q.st.Syncs++
+	}
 	if err != nil {
 		q.st.SyncErrors++
 		q.log.Error("queue: fsync failed", "lane", ln.l, "err", err)
