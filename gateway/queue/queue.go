@@ -93,15 +93,15 @@
 //     reader acknowledged all of them by then: what the hub has needs no
 //     fsync, so a station at rest, whose hub takes each poll within
 //     milliseconds, fsyncs none of its readings (an fsync a second was most
-//     of an idle gateway's disk writes and a sixth of its CPU).
+//     of an idle gateway's disk writes).
 //     A process kill (kill -9, a panic, the OOM killer) loses nothing that
 //     Append returned for: the records are in the kernel's page cache after
 //     write(2) and reach the disk without the process. A power loss or
 //     kernel crash can lose the appends of the last d (plus the duration of
 //     the fsync in progress), and those the hub took; what it leaves
-//     half-written is a torn tail that the next Open cuts off. Alarms are the exception: their Append
-//     waits for its fsync as with SyncEvery 0, so an alarm whose Append
-//     returned survives a power loss too.
+//     half-written is a torn tail that the next Open cuts off. Alarms are
+//     the exception: their Append waits for its fsync as with SyncEvery 0,
+//     so an alarm whose Append returned survives a power loss too.
 //   - SyncEvery < 0: the queue never fsyncs; the kernel writes the pages
 //     back when it likes (usually within 30 s). A process kill loses
 //     nothing; a power loss can lose whatever was not written back. Meant
@@ -459,6 +459,8 @@ type lane struct {
 	syncing     time.Time // when its fsync under way began; zero when none
 	pending     []*os.File
 	kick        chan struct{}
+	acked       chan struct{} // an Ack left every reader with all that was written
+	wrote       pos           // the end of the last record this process wrote
 
 	wbuf []byte
 	st   LaneStats // Appended, Lost: the counters the readers share
@@ -685,7 +687,7 @@ func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 func segName(id uint64) string { return fmt.Sprintf("%016x.seg", id) }
 
 func (q *Queue) openLane(l Lane) (*lane, error) {
-	ln := &lane{l: l, dir: filepath.Join(q.dir, l.String()), kick: make(chan struct{}, 1)}
+	ln := &lane{l: l, dir: filepath.Join(q.dir, l.String()), kick: make(chan struct{}, 1), acked: make(chan struct{}, 1)}
 	if err := durable.MkdirAll(ln.dir); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
@@ -1456,6 +1458,7 @@ func (q *Queue) write(ln *lane, recs []Record, now int64, ends *[]pos) (written 
 		}
 		s.size += int64(m)
 		s.end = s.size
+		ln.wrote = pos{s.id, s.end}
 		q.bytes += int64(m)
 		q.room -= int64(m)
 		for _, c := range ln.cur {
@@ -1899,7 +1902,7 @@ func (r *Reader) Ack(b Batch) error {
 	}
 	q.removeDone(ln)
 	if ln.gen != ln.synced && ln.deliveredWritten() {
-		kick(ln) // its syncer waits for this, or for the window's end
+		poke(ln.acked) // its syncer waits for this, or for the window's end
 	}
 	// The ack file is fsynced with the lane's next write, at most every
 	// ackSyncEvery: an ack lost to a power cut costs duplicates, not data,
@@ -2102,9 +2105,12 @@ func (q *Queue) syncsAtOnce(ln *lane) bool {
 }
 
 // kick asks the lane's syncer for an fsync now.
-func kick(ln *lane) {
+func kick(ln *lane) { poke(ln.kick) }
+
+// poke sends on c, a channel of one, unless a send is pending.
+func poke(c chan struct{}) {
 	select {
-	case ln.kick <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
 }
@@ -2140,7 +2146,7 @@ func (q *Queue) syncLoop(ln *lane) {
 					return
 				case <-window.C:
 					break wait
-				case <-ln.kick: // a write, or an Ack that may have delivered all
+				case <-ln.acked:
 				}
 			}
 			window.Stop()
@@ -2161,8 +2167,7 @@ func (q *Queue) delivered(ln *lane) bool {
 
 // deliveredWritten is delivered, called with q.mu held.
 func (ln *lane) deliveredWritten() bool {
-	a := ln.active()
-	return !slices.ContainsFunc(ln.cur, func(c *cursor) bool { return !c.done(a) })
+	return !slices.ContainsFunc(ln.cur, func(c *cursor) bool { return c.ack.less(ln.wrote) })
 }
 
 // retryEvery is how often records held in memory are offered to the disk
@@ -2196,12 +2201,7 @@ func (q *Queue) retryLoop() {
 }
 
 // retrySoon has retryLoop offer what is held to the disk again.
-func (q *Queue) retrySoon() {
-	select {
-	case q.retryC <- struct{}{}:
-	default:
-	}
-}
+func (q *Queue) retrySoon() { poke(q.retryC) }
 
 // retryMemory writes the records held in memory to disk if it takes them,
 // and says whether anything is still held or the episode of refused
