@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -160,6 +162,44 @@ func TestGroupCommit(t *testing.T) {
 	if n := q2.Stats().Syncs; n != 1 {
 		t.Fatalf("alarm append returned after %d fsyncs, want 1 (its own, not telemetry's an hour later)", n)
 	}
+}
+
+// What TestGroupCommit leaves without an fsync is what every reader took:
+// a power cut may lose it from the segment and keep the ack files' positions
+// past it. The next Open hands out nothing of it, deletes the segment
+// without a word of damage (nothing in it was owed), and delivers what
+// comes after.
+func TestPowerCutLosesOnlyDelivered(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir, testOpts)
+	appendRange(t, q, LaneTelemetry, 0, 6)
+	if _, tel := drain(t, q, 10, true); len(tel) != 6 {
+		t.Fatalf("delivered %d records, want 6", len(tel))
+	}
+	q.Close()
+	seg := filepath.Join(dir, LaneTelemetry.String(), segName(1))
+	// The kernel had written back two records and a half, then garbage.
+	if err := os.Truncate(seg, 2*124+50); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(garbage(30, 1))
+	f.Close()
+
+	q = open(t, dir, testOpts)
+	st := q.Stats()
+	if tl := st.Lanes[LaneTelemetry]; tl.Records != 0 || st.TornBytes != 0 || st.Corrupt != 0 {
+		t.Fatalf("after the cut: %d records queued, %d torn bytes, %d corrupt regions; want none", tl.Records, st.TornBytes, st.Corrupt)
+	}
+	if _, err := os.Stat(seg); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the delivered segment after the cut: %v, want it deleted", err)
+	}
+	appendRange(t, q, LaneTelemetry, 6, 9)
+	_, tel := drain(t, q, 10, true)
+	checkSeq(t, "telemetry after the power cut", tel, 6, 9)
 }
 
 // TestAlarmFsyncNeverWaitsForTelemetry: while a group commit of
