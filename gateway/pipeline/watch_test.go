@@ -36,7 +36,7 @@ func TestWatchQueuesDiskRefuses(t *testing.T) {
 	in := NewIngest(policeRoom(t), counter{}, []Appender{q}, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go WatchQueues(ctx, in, map[string]*queue.Queue{"mqtt": q}, 10*time.Millisecond)
+	go WatchQueues(ctx, in, map[string]*queue.Queue{"mqtt": q}, q.Changed(), 10*time.Millisecond, time.Hour)
 
 	chattr := func(flag string) {
 		if out, err := exec.Command("chattr", "-R", flag, dir).CombinedOutput(); err != nil {
@@ -151,7 +151,7 @@ func TestWatchQueuesBetweenChecks(t *testing.T) {
 	in := NewIngest(policeRoom(t), counter{}, []Appender{rec}, slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go WatchQueues(ctx, in, map[string]*statsSeq{"influx": q}, 5*time.Millisecond)
+	go WatchQueues(ctx, in, map[string]*statsSeq{"influx": q}, nil, 5*time.Millisecond, 5*time.Millisecond)
 	events := func(n int) []string {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)

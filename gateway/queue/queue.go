@@ -530,6 +530,8 @@ type Queue struct {
 	lock   *os.File // holds the directory's lock while open
 	done   chan struct{}
 	retryC chan struct{} // a write failed: see retryLoop
+	// changed is sent on when a count of trouble changes: see Changed.
+	changed chan struct{}
 	// worksSince is when the disk began to take writes again, while
 	// st.WriteFailing (zero until it does): see settle.
 	worksSince time.Time
@@ -652,7 +654,7 @@ func Open(dir string, opt Options, log *slog.Logger) (*Queue, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	q := &Queue{opt: opt, log: log, dir: dir, done: make(chan struct{}), retryC: make(chan struct{}, 1)}
+	q := &Queue{opt: opt, log: log, dir: dir, done: make(chan struct{}), retryC: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
 	q.syncedC = sync.NewCond(&q.mu)
 	for i, n := range opt.Readers {
 		q.readers = append(q.readers, &Reader{q: q, i: i, name: n})
@@ -1057,6 +1059,7 @@ func (q *Queue) Append(l Lane, recs ...Record) error {
 			c.st.Dropped += int64(len(recs))
 			c.st.DroppedReadings += readings
 		}
+		q.counted()
 		first := !q.alarmsFull
 		q.alarmsFull = true
 		q.mu.Unlock()
@@ -1195,6 +1198,7 @@ func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64, ends *[]pos) (i
 			return done, err
 		}
 		q.st.FullDrops++
+		q.counted()
 		q.st.FullDrop = err.Error()
 		q.log.Warn("queue: disk full, dropped the oldest telemetry to make room", "lane", ln.l, "err", err)
 	}
@@ -1203,6 +1207,7 @@ func (q *Queue) writeFreeing(ln *lane, recs []Record, now int64, ends *[]pos) (i
 // writeFailed notes a write the disk refused. Called with q.mu held.
 func (q *Queue) writeFailed(err error) {
 	q.retrySoon()
+	q.counted()
 	q.st.WriteErrors++
 	q.st.WriteError = err.Error()
 	q.worksSince = time.Time{}
@@ -1254,6 +1259,7 @@ func (q *Queue) settle() {
 	}
 	q.st.WriteFailing = false
 	q.st.WriteRecoveredAt, q.worksSince = q.worksSince, time.Time{}
+	q.counted()
 	q.log.Info("queue: the disk takes writes again", "after", q.st.WriteRecoveredAt.Sub(q.st.WriteFailedAt))
 }
 
@@ -1271,10 +1277,12 @@ func (q *Queue) hold(ln *lane, recs []Record, now int64) error {
 					c.st.DroppedReadings += int64(r.Readings)
 				}
 				q.st.MemoryDrops++
+				q.counted()
 				continue
 			}
 			ln.st.Lost++
 			ln.st.LostReadings += int64(r.Readings)
+			q.counted()
 			q.log.Error("queue: disk failing and memory full: alarm lost", "lane", ln.l)
 			err = ErrLost
 			continue
@@ -1407,6 +1415,7 @@ func (q *Queue) remake(ln *lane) error {
 	ln.stale = false
 	if deleted {
 		q.st.Deleted++
+		q.counted()
 		q.log.Error("queue: its files were deleted while the gateway ran; made them again: what was not yet sent from them is lost", "lane", ln.l, "dir", ln.dir)
 	}
 	return nil
@@ -1604,6 +1613,7 @@ func (q *Queue) dropFor(ln *lane, c *cursor, k int) {
 		q.log.Warn("queue: dropped the oldest telemetry", "reader", c.reader, "records", s.live[c.i], "readings", s.liveR[c.i], "bytes", s.size)
 	}
 	c.dropUnsent(s)
+	q.counted()
 	// The batches handed out from it are acknowledged with it.
 	c.st.Records -= s.live[c.i]
 	c.st.Readings -= s.liveR[c.i]
@@ -1768,6 +1778,7 @@ func (q *Queue) take(ln *lane, c *cursor, r *Reader, max int) Batch {
 				q.log.Error("queue: cannot read segment, skipping it", "lane", ln.l, "reader", c.reader, "segment", s.id, "err", err)
 				c.dropUnsent(s)
 				q.st.Unreadable++
+				q.counted()
 				c.read = pos{s.id, s.end}
 				continue
 			}
@@ -1781,6 +1792,7 @@ func (q *Queue) take(ln *lane, c *cursor, r *Reader, max int) Batch {
 			if s.fresh && c.i == 0 { // counted once, not per reader
 				q.st.Corrupt++
 				q.st.CorruptBytes += next - c.read.off
+				q.counted()
 				q.log.Error("queue: skipped corrupt records", "lane", ln.l, "segment", s.id, "offset", c.read.off, "bytes", next-c.read.off)
 			}
 			c.read.off = next
@@ -1959,6 +1971,7 @@ func (r *Reader) Rewind(lanes ...Lane) {
 				if sc.seg < c.ack.seg { // dropped for this reader meanwhile
 					c.st.Dropped += sc.recs
 					c.st.DroppedReadings += sc.readings
+					q.counted()
 				}
 			}
 			c.recycle(o.buf)
@@ -2202,6 +2215,18 @@ func (q *Queue) retryLoop() {
 
 // retrySoon has retryLoop offer what is held to the disk again.
 func (q *Queue) retrySoon() { poke(q.retryC) }
+
+// Changed is sent on when a count of trouble changes, for one watcher (see
+// pipeline.WatchQueues) to read Stats then rather than every second: the
+// disk refusing writes and taking them again (WriteErrors, WriteFailing),
+// records dropped or lost (Dropped, DroppedReadings, FullDrops,
+// MemoryDrops, Lost), damage (Corrupt, Unreadable, Deleted). Damage found
+// by Open is in the first Stats. The channel holds one signal.
+func (q *Queue) Changed() <-chan struct{} { return q.changed }
+
+// counted signals Changed. Called with q.mu held, where a count of trouble
+// changes.
+func (q *Queue) counted() { poke(q.changed) }
 
 // retryMemory writes the records held in memory to disk if it takes them,
 // and says whether anything is still held or the episode of refused

@@ -242,7 +242,7 @@ func run(ctx context.Context, st *configs.Station, log *slog.Logger, hup <-chan 
 			fwd.Go(func() { f.Supervise(fctx, pipeline.DefaultSupervisor) })
 		}
 	}
-	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, time.Second) })
+	fwd.Go(func() { pipeline.WatchQueues(fctx, ingest, queues, q.Changed(), time.Second, 10*time.Second) })
 	fwd.Go(func() { spareProcs(fctx, queues, log) })
 	g := &snapshots{st: st, started: started, unusable: unusable, queues: queues, states: states, dead: dead, fwds: fwds, board: board, unchanged: ingest.Unchanged, writeNow: make(chan struct{}, 1)}
 	if st.Status.Listen != "off" {
