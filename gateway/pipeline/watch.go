@@ -20,9 +20,9 @@ type StatsSource interface {
 // skipped on disk, until ctx ends. Each event carries the increase since
 // the last one and the total, so the hub can account for every reading
 // recorded at the station. It checks when changed says a count changed
-// (see queue.Queue.Changed), at most once every interval (a storm of drops
-// is one event a second), and every recheck regardless: a station at rest
-// is not woken every second for nothing, which was a tenth of its CPU.
+// (see queue.Queue.Changed), with every between two checks at least (a
+// storm of drops is one event a second), and every recheck regardless, so
+// that a station at rest is not woken every second for nothing.
 func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[string]Q, changed <-chan struct{}, every, recheck time.Duration) {
 	last := map[string]queue.Stats{}
 	failedAt := map[string]queue.Stats{} // when the disk started refusing writes
@@ -111,13 +111,13 @@ func WatchQueues[Q StatsSource](ctx context.Context, in *Ingest, queues map[stri
 	defer t.Stop()
 	for {
 		check()
-		last := time.Now()
+		checked := time.Now()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-changed:
-			if wait := time.Until(last.Add(every)); wait > 0 {
+			if wait := time.Until(checked.Add(every)); wait > 0 {
 				select {
 				case <-ctx.Done():
 					return
