@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -103,19 +102,6 @@ func TestGroupCommit(t *testing.T) {
 	}
 	q := open(t, t.TempDir(), Options{MaxBytes: 1 << 20, SyncEvery: window, SegmentBytes: 64 << 10, Readers: []string{"mqtt", "influx"}})
 	mq, ix := q.Reader("mqtt"), q.Reader("influx")
-	deliver := func(r *Reader, n int) {
-		t.Helper()
-		for n > 0 {
-			b, err := r.Next(context.Background(), n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := r.Ack(b); err != nil {
-				t.Fatal(err)
-			}
-			n -= len(b.Entries)
-		}
-	}
 
 	// Both readers take the records at once: no fsync, in three windows
 	// (the last Ack retires their segment, delivered, for a new one).
@@ -124,8 +110,8 @@ func TestGroupCommit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deliver(mq, 100)
-	deliver(ix, 100)
+	takeN(t, mq, LaneTelemetry, 100, 100)
+	takeN(t, ix, LaneTelemetry, 100, 100)
 	for end := time.Now().Add(3 * window); time.Now().Before(end); time.Sleep(time.Millisecond) {
 		if n := syncs(); n != 0 {
 			t.Fatalf("records every reader acknowledged within the window: %d fsyncs of their segments, want 0", n)
@@ -138,7 +124,7 @@ func TestGroupCommit(t *testing.T) {
 	if err := q.Append(LaneTelemetry, rec(100)); err != nil {
 		t.Fatal(err)
 	}
-	deliver(mq, 1)
+	takeN(t, mq, LaneTelemetry, 1, 1)
 	for deadline := wrote.Add(5 * time.Second); syncs() == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("a record one reader has not acknowledged: not fsynced in 5 s")
