@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"golang.org/x/sys/unix"
 
 	"outpost/configs"
 	"outpost/firmware-sim/sim"
@@ -145,22 +145,21 @@ func meterHealth(not ...uint64) func(model.Message) bool {
 // undoes it.
 func breakStateDir(t *testing.T, dir string) (mend func(), how string) {
 	t.Helper()
-	if os.Geteuid() == 0 && exec.Command("mount", "--bind", dir, dir).Run() == nil {
-		if out, err := exec.Command("mount", "-o", "remount,bind,ro", dir).CombinedOutput(); err == nil {
+	if os.Geteuid() == 0 {
+		if err := mountReadOnly(dir); err == nil {
 			var once sync.Once
 			mend := func() {
 				once.Do(func() {
-					if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-						t.Errorf("umount %s: %v %s", dir, err, out)
+					if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+						t.Errorf("umount %s: %v", dir, err)
 					}
 				})
 			}
 			t.Cleanup(mend) // also when the test fails before it mends
 			return mend, "mounted read-only"
 		} else {
-			t.Logf("remount read-only: %v %s", err, out)
+			t.Logf("mount %s read-only: %v", dir, err)
 		}
-		exec.Command("umount", dir).Run()
 	}
 	q := filepath.Join(dir, "queue")
 	if err := os.RemoveAll(q); err != nil {
@@ -174,6 +173,25 @@ func breakStateDir(t *testing.T, dir string) (mend func(), how string) {
 			t.Fatal(err)
 		}
 	}, "its queue directory a file"
+}
+
+// mountReadOnly mounts dir read-only on itself in one step: the mount is
+// made read-only before it is attached, so a gateway running on dir cannot
+// open a file for writing on it in between, which made the two steps of
+// mount(8) (a bind, then a remount read-only) fail as busy.
+func mountReadOnly(dir string) error {
+	fd, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open_tree: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
+		return fmt.Errorf("mount_setattr: %w", err)
+	}
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount: %w", err)
+	}
+	return nil
 }
 
 // hubLog is what a subscriber to a station's topics received.
