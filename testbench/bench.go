@@ -152,8 +152,8 @@ type benchWindow struct {
 	GatewayPeakRSSMB      float64 `json:"gateway_peak_rss_mb"`
 	MosquittoUSPerReading float64 `json:"mosquitto_cpu_us_per_reading"`
 	InfluxdUSPerReading   float64 `json:"influxd_cpu_us_per_reading"`
-	// InfluxDB's own counters (/debug/vars, httpd): write requests and
-	// the points they carried.
+	// InfluxDB's own counters (/debug/vars, httpd): write requests
+	// answered and the points they carried.
 	InfluxWrites   int64   `json:"influx_write_requests"`
 	InfluxPoints   int64   `json:"influx_points_written"`
 	PointsPerWrite float64 `json:"influx_points_per_request"`
@@ -391,8 +391,11 @@ func sampleBench(ctx context.Context, mark time.Time, pids []func() int, in *hub
 }
 
 // influxWrites reads InfluxDB 1.8's write counters from /debug/vars: its
-// HTTP service's write requests (writeReq) and the points written from
-// them (pointsWrittenOK).
+// HTTP service's write requests answered (writeReq, less writeReqActive)
+// and the points written from them (pointsWrittenOK). A request is counted
+// in writeReq as it comes and its points when written: a window that
+// counted requests as they came would take the points of one in flight at
+// its start without the request.
 func influxWrites(ctx context.Context, base string) (requests, points int64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -419,16 +422,17 @@ func parseHTTPDVars(vars map[string]json.RawMessage) (requests, points int64, er
 			Name   string `json:"name"`
 			Values struct {
 				WriteReq        *int64 `json:"writeReq"`
+				WriteReqActive  *int64 `json:"writeReqActive"`
 				PointsWrittenOK *int64 `json:"pointsWrittenOK"`
 			} `json:"values"`
 		}
 		if json.Unmarshal(raw, &v) != nil || v.Name != "httpd" {
 			continue
 		}
-		if v.Values.WriteReq == nil || v.Values.PointsWrittenOK == nil {
-			return 0, 0, errors.New("influxdb /debug/vars: httpd has no writeReq or pointsWrittenOK")
+		if v.Values.WriteReq == nil || v.Values.WriteReqActive == nil || v.Values.PointsWrittenOK == nil {
+			return 0, 0, errors.New("influxdb /debug/vars: httpd has no writeReq, writeReqActive or pointsWrittenOK")
 		}
-		return *v.Values.WriteReq, *v.Values.PointsWrittenOK, nil
+		return *v.Values.WriteReq - *v.Values.WriteReqActive, *v.Values.PointsWrittenOK, nil
 	}
 	return 0, 0, errors.New("influxdb /debug/vars: no httpd statistics")
 }

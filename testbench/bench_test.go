@@ -88,11 +88,11 @@ func TestBenchPlanCheck(t *testing.T) {
 
 // TestParseHTTPDVars reads the write counters from InfluxDB 1.8's
 // /debug/vars as it prints them (cut down to the parts read and one
-// other).
+// other), one write in flight.
 func TestParseHTTPDVars(t *testing.T) {
 	const vars = `{
 "cmdline": ["influxd", "run", "-config", "/tmp/influxdb.conf"],
-"httpd:127.0.0.1:8086": {"name":"httpd","tags":{"bind":"127.0.0.1:8086"},"values":{"authFail":0,"pointsWrittenDropped":0,"pointsWrittenFail":0,"pointsWrittenOK":52631,"queryReq":3,"req":62,"writeReq":50,"writeReqBytes":7390112}},
+"httpd:127.0.0.1:8086": {"name":"httpd","tags":{"bind":"127.0.0.1:8086"},"values":{"authFail":0,"pointsWrittenDropped":0,"pointsWrittenFail":0,"pointsWrittenOK":52631,"queryReq":3,"req":62,"writeReq":51,"writeReqActive":1,"writeReqBytes":7390112}},
 "write": {"name":"write","tags":{},"values":{"pointReq":52631,"writeOk":50}}
 }`
 	var m map[string]json.RawMessage
