@@ -234,11 +234,12 @@ hub:
 		fmt.Fprintf(&b, "    batch_size: %d\n", p.BatchSize)
 	}
 	b.WriteString("links:\n")
-	for e := range p.Endpoints {
-		port, err := hub.FreePort()
-		if err != nil {
-			return "", nil, err
-		}
+	// Found together, so that no two endpoints are given the same port.
+	ports, err := hub.FreePorts(p.Endpoints)
+	if err != nil {
+		return "", nil, err
+	}
+	for e, port := range ports {
 		// A long timeout: an answer the gateway gave up on was counted
 		// served by the slave, and would be missing at the hub.
 		fmt.Fprintf(&b, "  - {id: lan-%d, protocol: modbus-tcp, address: 127.0.0.1:%d, timeout: 5s}\n", e+1, port)

@@ -85,20 +85,31 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 		doc["queue"] = spec.Queue
 	}
 	links, _ := doc["links"].([]any)
+	type addressed struct {
+		link map[string]any
+		key  string
+	}
+	var free []addressed // the links' addresses given a free port
+	for _, l := range links {
+		for _, key := range []string{"address", "listen"} {
+			if _, ok := l.(map[string]any)[key]; ok {
+				free = append(free, addressed{l.(map[string]any), key})
+			}
+		}
+	}
+	// Found together, so that no two links are given the same port.
+	ports, err := hub.FreePorts(len(free))
+	if err != nil {
+		return "", nil, err
+	}
+	for i, a := range free {
+		a.link[a.key] = fmt.Sprintf("127.0.0.1:%d", ports[i])
+	}
 	polled := map[string]bool{} // links whose devices are polled
 	for _, l := range links {
 		link := l.(map[string]any)
 		if _, ok := link["port"]; ok {
 			link["port"] = filepath.Join(work, "tty", fmt.Sprint(link["id"]))
-		}
-		for _, key := range []string{"address", "listen"} {
-			if _, ok := link[key]; ok {
-				port, err := hub.FreePort()
-				if err != nil {
-					return "", nil, err
-				}
-				link[key] = fmt.Sprintf("127.0.0.1:%d", port)
-			}
 		}
 		if p := fmt.Sprint(link["protocol"]); strings.HasPrefix(p, "modbus-") {
 			polled[fmt.Sprint(link["id"])] = true
