@@ -146,7 +146,8 @@ func meterHealth(not ...uint64) func(model.Message) bool {
 func breakStateDir(t *testing.T, dir string) (mend func(), how string) {
 	t.Helper()
 	if os.Geteuid() == 0 {
-		if err := mountReadOnly(dir); err == nil {
+		err := mountReadOnly(dir)
+		if err == nil {
 			var once sync.Once
 			mend := func() {
 				once.Do(func() {
@@ -157,9 +158,8 @@ func breakStateDir(t *testing.T, dir string) (mend func(), how string) {
 			}
 			t.Cleanup(mend) // also when the test fails before it mends
 			return mend, "mounted read-only"
-		} else {
-			t.Logf("mount %s read-only: %v", dir, err)
 		}
+		t.Logf("mount %s read-only: %v", dir, err)
 	}
 	q := filepath.Join(dir, "queue")
 	if err := os.RemoveAll(q); err != nil {
