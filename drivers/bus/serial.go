@@ -88,6 +88,9 @@ type polledPort struct {
 
 // Read returns what came by the read timeout: (0, nil) when nothing did.
 func (p *polledPort) Read(b []byte) (int, error) {
+	if p.timeout == 0 {
+		return p.readNow(b)
+	}
 	var deadline time.Time
 	if p.timeout >= 0 {
 		deadline = time.Now().Add(p.timeout)
@@ -100,6 +103,33 @@ func (p *polledPort) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	return n, err
+}
+
+// readNow reads what has arrived, without waiting. A read deadline that
+// has passed would not do: Go's poller refuses the read before it looks.
+func (p *polledPort) readNow(b []byte) (n int, err error) {
+	if err := p.f.SetReadDeadline(time.Time{}); err != nil {
+		return 0, err
+	}
+	rc, err := p.f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	if rerr := rc.Read(func(fd uintptr) bool {
+		n, err = syscall.Read(int(fd), b)
+		return true // never wait
+	}); rerr != nil {
+		return 0, rerr
+	}
+	switch {
+	case errors.Is(err, syscall.EAGAIN):
+		return 0, nil
+	case err != nil:
+		return 0, &os.PathError{Op: "read", Path: p.f.Name(), Err: err}
+	case n == 0 && len(b) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 func (p *polledPort) Write(b []byte) (int, error) { return p.f.Write(b) }

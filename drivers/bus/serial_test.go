@@ -18,15 +18,28 @@ import (
 
 // TestReadBy: an answer that came in time is read even when the reader
 // looks only after its limit (a loaded machine schedules it late); only an
-// empty port past the limit is expired.
+// empty port past the limit is expired. Through the port the gateway opens
+// (OpenSerial) and through go.bug.st/serial's own.
 func TestReadBy(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		open OpenFunc
+	}{
+		{"OpenSerial", OpenSerial},
+		{"go.bug.st/serial", func(path string, mode *serial.Mode) (Port, error) { return serial.Open(path, mode) }},
+	} {
+		t.Run(c.name, func(t *testing.T) { testReadBy(t, c.open) })
+	}
+}
+
+func testReadBy(t *testing.T, open OpenFunc) {
 	m, tty, err := pty.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
 	defer tty.Close()
-	p, err := serial.Open(tty.Name(), &serial.Mode{BaudRate: 115200})
+	p, err := open(tty.Name(), &serial.Mode{BaudRate: 115200})
 	if err != nil {
 		t.Fatal(err)
 	}
