@@ -64,7 +64,7 @@ bench: test-deps build
 # Every fuzz target for FUZZTIME each (the seed corpora also run in `make test`).
 FUZZTIME ?= 20s
 FUZZ := ./configs:FuzzParse ./drivers/modbus:FuzzDecode ./drivers/modbus:FuzzRTUResponse \
-	./drivers/modbus:FuzzTCPResponse ./drivers/modbus:FuzzCheckRTU ./gateway/model:FuzzParseJSON \
+	./drivers/modbus:FuzzTCPResponse ./drivers/modbus:FuzzCheckRTU ./drivers/modbus:FuzzReadRequestIn ./gateway/model:FuzzParseJSON \
 	./gateway/model:FuzzDecodeBinary ./gateway/queue:FuzzOpen ./firmware-sim/slave:FuzzParseRequest \
 	./firmware-sim/enc:FuzzDecode ./drivers/dc09:FuzzFrame ./drivers/dc09:FuzzContactID \
 	./drivers/dcon:FuzzResponse ./gateway/command:FuzzDecode ./drivers/mqtt:FuzzDecode ./drivers/line:FuzzLine

@@ -143,3 +143,7 @@ func remove(s []chan struct{}, ch chan struct{}) []chan struct{} {
 	}
 	return s
 }
+
+// TwoMasters is what an installer is told of another master heard on a
+// bus (counted other_master).
+const TwoMasters = "two masters on one bus talk over each other; stop the other (an old controller, a display, a laptop with a Modbus tool) or give it a bus of its own"

@@ -71,8 +71,9 @@ type Result struct {
 	Skipped  int
 	Reason   string
 	Counters []string // one counter name per failure
-	// Retried are failures that a retry rode over: counted, but the poll
-	// succeeded.
+	// Retried are failures that a retry rode over, and what a request met
+	// on the way without failing (another master heard): counted, but
+	// the poll succeeded.
 	Retried []string
 	// RTT is the round trip of the poll's last answered request, from
 	// the request sent to its answer (0 when none was answered).

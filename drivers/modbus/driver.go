@@ -100,7 +100,8 @@ func buildDevices(link drivers.Link, cost Cost) ([]*device, error) {
 // lock.
 type client interface {
 	// read runs a planned read; note, when set, hears every failed try
-	// but the last, whose error read returns.
+	// but the last, whose error read returns, and what a try met on the
+	// way that did not fail it (*OtherMasterError).
 	read(ctx context.Context, unit byte, r Request, a bus.Attempt, note func(error)) ([]byte, error)
 	// do runs one exchange of a write (or its read-back) with a goburrow
 	// client, once: see write.go for why a write is not simply retried.

@@ -62,10 +62,11 @@ type FrameError struct {
 	Kind    string // crc, unit id, function, length, protocol id, transaction id
 	Detail  string
 	Dropped int
+	Master  *Heard // on RTU, another master's request heard lately, if one was
 }
 
 func (e *FrameError) Error() string {
-	return fmt.Sprintf("bad frame (%s: %s), %d bytes dropped", e.Kind, e.Detail, e.Dropped)
+	return fmt.Sprintf("bad frame (%s: %s), %d bytes dropped", e.Kind, e.Detail, e.Dropped) + e.Master.suffix()
 }
 
 // TimeoutError is a request that got no complete answer in time.
@@ -73,16 +74,94 @@ type TimeoutError struct {
 	After time.Duration
 	Got   int  // bytes received
 	Other byte // on RTU, the unit whose whole frame came instead, if not 0
+	// Master, on RTU, is another master's request heard on the bus lately
+	// (see Heard), if one was.
+	Master *Heard
 }
 
 func (e *TimeoutError) Error() string {
+	var s string
 	switch {
 	case e.Got > 0:
-		return fmt.Sprintf("timeout after %v (%d bytes of a response)", e.After, e.Got)
+		s = fmt.Sprintf("timeout after %v (%d bytes of a response)", e.After, e.Got)
+	case e.Other != 0 && e.Master != nil && e.Master.Unit == e.Other:
+		s = fmt.Sprintf("timeout after %v (a request of another master came instead)", e.After)
 	case e.Other != 0:
-		return fmt.Sprintf("timeout after %v (a frame from unit %d came instead: a late answer to an earlier request)", e.After, e.Other)
+		s = fmt.Sprintf("timeout after %v (a frame from unit %d came instead: a late answer to an earlier request)", e.After, e.Other)
+	default:
+		s = fmt.Sprintf("timeout after %v", e.After)
 	}
-	return fmt.Sprintf("timeout after %v", e.After)
+	return s + e.Master.suffix()
+}
+
+// Heard is a read request that another master sent on an RTU bus, heard
+// between the gateway's own requests or instead of an answer. Two masters
+// on one bus talk over each other: frames are damaged or lost on both
+// sides, and no wiring fix helps.
+type Heard struct {
+	Unit, Function byte
+	Start, Count   uint16
+}
+
+// OtherMasterError is another master's request heard on an RTU bus while
+// the gateway's request went on: not the request's failure, but counted
+// (other_master) with the device's health, so that the hub sees it too.
+type OtherMasterError struct{ Heard Heard }
+
+func (e *OtherMasterError) Error() string {
+	return "another master polls this bus (" + e.Heard.String() + "): " + bus.TwoMasters
+}
+
+func (h Heard) String() string {
+	return fmt.Sprintf("unit %d asked for %d %s from %d (0x%04X)", h.Unit, h.Count, tableName(h.Function), h.Start, h.Start)
+}
+
+// suffix is what a failed request's error adds when h was heard lately:
+// nothing for nil.
+func (h *Heard) suffix() string {
+	if h == nil {
+		return ""
+	}
+	return "; " + (&OtherMasterError{Heard: *h}).Error()
+}
+
+// tableName names what a read function reads.
+func tableName(fc byte) string {
+	switch fc {
+	case fcReadCoils:
+		return "coils"
+	case fcReadDiscrete:
+		return "discrete inputs"
+	case fcReadHolding:
+		return "holding registers"
+	}
+	return "input registers"
+}
+
+// readRequestIn finds the last read request of another master in what an
+// RTU bus carried: 8 bytes of a unit 1-247, a read function (1-4), a start
+// and a count the function allows (1-2000 bits, 1-125 registers), and a
+// CRC that holds. An answer to a read of registers is never 8 bytes long
+// (5 and an even byte count); one to a read of 17-24 bits is, but its byte
+// count (3) stands where a request has the start's high byte, so such
+// frames are not taken. Pure, for fuzzing.
+func readRequestIn(b []byte) (Heard, bool) {
+	for i := len(b) - 8; i >= 0; i-- {
+		f := b[i : i+8]
+		unit, fc := f[0], f[1]
+		start, count := uint16(f[2])<<8|uint16(f[3]), uint16(f[4])<<8|uint16(f[5])
+		most := uint16(125)
+		if fc == fcReadCoils || fc == fcReadDiscrete {
+			most = 2000
+			if f[2] == 3 {
+				continue // perhaps an answer of 3 bytes of bits
+			}
+		}
+		if unit >= 1 && unit <= 247 && isRead(fc) && count >= 1 && count <= most && crcHolds(f) {
+			return Heard{Unit: unit, Function: fc, Start: start, Count: count}, true
+		}
+	}
+	return Heard{}, false
 }
 
 // Timeout marks it as a timeout for net.Error-style checks.
@@ -175,9 +254,12 @@ func errClass(err error) (counter, reason string) {
 	var fe *FrameError
 	var te *TimeoutError
 	var ld *bus.LinkDownError
+	var om *OtherMasterError
 	switch {
 	case errors.As(err, &ld):
 		return "link_down", err.Error()
+	case errors.As(err, &om):
+		return "other_master", err.Error()
 	case errors.As(err, &me):
 		reason = fmt.Sprintf("exception %d (%s)", me.ExceptionCode, exceptionName(me.ExceptionCode))
 		if noAnswer(err) {

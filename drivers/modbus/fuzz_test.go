@@ -1,6 +1,7 @@
 package modbus
 
 import (
+	"bytes"
 	"encoding/binary"
 	"log/slog"
 	"net"
@@ -15,22 +16,26 @@ import (
 // memPort is an in-memory serial port for fuzzing the RTU transport: it
 // hands out its bytes in chunks, then reads time out.
 type memPort struct {
-	data  []byte
-	chunk int
+	data    []byte
+	chunk   int
+	written bool // a request was written: the answer may be read
 }
 
 func (p *memPort) Read(b []byte) (int, error) {
-	if len(p.data) == 0 {
-		return 0, nil
+	if len(p.data) == 0 || !p.written {
+		return 0, nil // the answer comes after the request
 	}
 	n := copy(b[:min(len(b), p.chunk)], p.data)
 	p.data = p.data[n:]
 	return n, nil
 }
-func (p *memPort) Write(b []byte) (int, error)        { return len(b), nil }
+func (p *memPort) Write(b []byte) (int, error) {
+	p.written = true
+	return len(b), nil
+}
 func (p *memPort) Close() error                       { return nil }
 func (p *memPort) SetReadTimeout(time.Duration) error { return nil }
-func (p *memPort) ResetInputBuffer() error            { return nil } // the answer comes after the write
+func (p *memPort) ResetInputBuffer() error            { return nil }
 
 func FuzzRTUResponse(f *testing.F) {
 	ok := readAnswer([]byte{1, 3, 0, 0, 0, 2})
@@ -117,5 +122,25 @@ func FuzzCheckRTU(f *testing.F) {
 			}
 		}
 		rtuResponseLength(req)
+	})
+}
+
+func FuzzReadRequestIn(f *testing.F) {
+	f.Add(rtuFrame(9, 3, 0, 100, 0, 2))
+	f.Add(append([]byte{0xFF, 0x00}, rtuFrame(5, 1, 0, 0, 0, 16)...))
+	f.Add(readAnswer([]byte{1, 1, 0, 0, 0, 20}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, ok := readRequestIn(b)
+		if !ok {
+			return
+		}
+		// The frame it names is in b, whole, with its CRC.
+		want := rtuFrame(h.Unit, h.Function, byte(h.Start>>8), byte(h.Start), byte(h.Count>>8), byte(h.Count))
+		if !bytes.Contains(b, want) {
+			t.Fatalf("found %+v, whose frame % x is not in % x", h, want, b)
+		}
+		if h.Unit < 1 || h.Unit > 247 || !isRead(h.Function) || h.Count < 1 || h.Count > 2000 {
+			t.Fatalf("found %+v", h)
+		}
 	})
 }

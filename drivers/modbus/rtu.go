@@ -32,14 +32,41 @@ type rtuTransport struct {
 	// answer (an answer to a write is a copy of its request), and dropped
 	// from then on.
 	echoes bool
-	buf    [256]byte
+	// heard is the last request of another master heard on the bus, at
+	// heardAt; news, that the bus has not been told of it yet.
+	heard   *Heard
+	heardAt time.Time
+	news    bool
+	sent    []byte // the last request, whose late echo is not another master's
+	buf     [256]byte
 }
+
+// heardFor is how long a request of another master heard on the bus is
+// named in the errors of the gateway's own requests.
+const heardFor = time.Minute
 
 var _ modbus.Transporter = (*rtuTransport)(nil)
 
 // Send writes one request after the inter-frame silence and reads its
-// response by expected length, stopping early on an exception frame.
+// response by expected length, stopping early on an exception frame. A
+// request that fails while another master was heard on the bus lately
+// says so in its error.
 func (t *rtuTransport) Send(req []byte) ([]byte, error) {
+	resp, err := t.send(req)
+	if t.heard != nil && time.Since(t.heardAt) < heardFor {
+		var te *TimeoutError
+		var fe *FrameError
+		switch {
+		case errors.As(err, &te):
+			te.Master = t.heard
+		case errors.As(err, &fe):
+			fe.Master = t.heard
+		}
+	}
+	return resp, err
+}
+
+func (t *rtuTransport) send(req []byte) ([]byte, error) {
 	want, err := rtuResponseLength(req)
 	if err != nil {
 		return nil, err
@@ -50,13 +77,18 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 	if d := time.Until(t.last.Add(t.silence)); d > 0 {
 		time.Sleep(d)
 	}
-	// Whatever arrived since the last frame is stale: a late answer or noise.
+	// Whatever arrived since the last frame is stale: a late answer, noise,
+	// or another master's traffic, which is listened for first.
+	if err := t.listen(); err != nil {
+		return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
+	}
 	if err := t.port.ResetInputBuffer(); err != nil {
 		return nil, &bus.PortError{Err: fmt.Errorf("flush input: %w", err)}
 	}
 	if _, err := t.port.Write(req); err != nil {
 		return nil, &bus.PortError{Err: fmt.Errorf("write: %w", err)}
 	}
+	t.sent = append(t.sent[:0], req...)
 	t.last = time.Now()
 	// The device has Timeout to answer once both frames had time to cross
 	// the line; at 9600 baud 125 registers take 0.27 s on the wire.
@@ -104,7 +136,9 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 				return nil, &FrameError{Kind: badUnit, Detail: fmt.Sprintf("got %d, want %d", t.buf[0], req[0]), Dropped: got}
 			}
 			// Another unit's whole frame (a late answer to an earlier
-			// request): not this device's answer, which may still come.
+			// request, or another master's request): not this device's
+			// answer, which may still come.
+			t.hear(t.buf[:got])
 			other, n = t.buf[0], 0
 			continue
 		}
@@ -131,6 +165,30 @@ func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 		return nil, t.resync(deadline, n, fe.Kind, fe.Detail)
 	}
 	return append([]byte(nil), t.buf[:n]...), nil
+}
+
+// listen reads what the line carried since the last frame, without
+// waiting, and looks in it for another master's request (see hear).
+func (t *rtuTransport) listen() error {
+	if err := t.port.SetReadTimeout(0); err != nil {
+		return err
+	}
+	n, err := t.port.Read(t.buf[:])
+	if err != nil || n == 0 {
+		return err
+	}
+	t.hear(t.buf[:n])
+	return nil
+}
+
+// hear notes the last read request of another master in b, if b has one
+// that is not the gateway's own last request (an adapter's late echo).
+func (t *rtuTransport) hear(b []byte) {
+	h, ok := readRequestIn(b)
+	if own, _ := readRequestIn(t.sent); !ok || h == own {
+		return
+	}
+	t.heard, t.heardAt, t.news = &h, time.Now(), true
 }
 
 // rtuExceptionBytes is the length of an exception frame.
@@ -203,7 +261,12 @@ type rtuBus struct {
 	port      *bus.Serial
 	tr        *rtuTransport
 	packagers map[byte]modbus.Packager
+	told      time.Time // when the log last said another master was heard
 }
+
+// tellAgain is how often the log says again that another master polls the
+// bus, while it does.
+const tellAgain = 10 * time.Minute
 
 var (
 	_ drivers.Driver    = (*rtuBus)(nil)
@@ -270,20 +333,28 @@ func (b *rtuBus) closePort() {
 }
 
 // exchange runs f on a client of the unit, once; a failure of the port
-// closes it and becomes a bus.LinkDownError. The caller holds the wire
-// lock.
-func (b *rtuBus) exchange(unit byte, timeout time.Duration, f func(modbus.Client) error) error {
+// closes it and becomes a bus.LinkDownError. heard is another master's
+// request heard on the bus meanwhile, if one was: logged, at most every
+// tellAgain. The caller holds the wire lock.
+func (b *rtuBus) exchange(unit byte, timeout time.Duration, f func(modbus.Client) error) (heard *Heard, err error) {
 	if err := b.ensurePort(); err != nil {
-		return err
+		return nil, err
 	}
 	b.tr.timeout = timeout
-	err := f(modbus.NewClient2(b.packagers[unit], b.tr))
+	err = f(modbus.NewClient2(b.packagers[unit], b.tr))
+	if t := b.tr; t.news {
+		t.news, heard = false, t.heard
+		if b.told.IsZero() || time.Since(b.told) >= tellAgain {
+			b.told = time.Now()
+			b.log.Warn("another master polls this bus: "+bus.TwoMasters, "heard", heard.String())
+		}
+	}
 	var pe *bus.PortError
 	if errors.As(err, &pe) {
 		b.tr = nil
-		return b.port.Fail(pe.Err)
+		return heard, b.port.Fail(pe.Err)
 	}
-	return err
+	return heard, err
 }
 
 // read executes one request for a unit, with the bus's retries unless the
@@ -299,10 +370,14 @@ func (b *rtuBus) read(ctx context.Context, unit byte, r Request, a bus.Attempt, 
 			note(err)
 		}
 		var data []byte
-		err = b.exchange(unit, timeout, func(c modbus.Client) (err error) {
+		var heard *Heard
+		heard, err = b.exchange(unit, timeout, func(c modbus.Client) (err error) {
 			data, err = readRequest(c, r)
 			return err
 		})
+		if heard != nil && note != nil {
+			note(&OtherMasterError{Heard: *heard})
+		}
 		if err == nil {
 			return data, nil
 		}
@@ -319,7 +394,8 @@ func (b *rtuBus) do(ctx context.Context, unit byte, f func(modbus.Client) error)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return b.exchange(unit, b.timeout(), f)
+	_, err := b.exchange(unit, b.timeout(), f)
+	return err
 }
 
 // retries are the bus's extra tries of a failed request.

@@ -3,6 +3,7 @@ package modbus
 import (
 	"errors"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -155,16 +156,31 @@ func rtuClient(unit byte, tr modbus.Transporter) modbus.Client {
 	return modbus.NewClient2(h, tr)
 }
 
+// mode is what a test's responder does now, switched by the test.
+type mode struct {
+	mu  sync.Mutex
+	now string
+}
+
+func (m *mode) set(s string) {
+	m.mu.Lock()
+	m.now = s
+	m.mu.Unlock()
+}
+
+func (m *mode) get() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.now
+}
+
 func TestRTUTransport(t *testing.T) {
-	var mu sync.Mutex
-	mode := "ok"
+	m := mode{now: "ok"}
+	set := m.set
 	lateDone := make(chan struct{})
 	resp := startResponder(t, func(req []byte, write func([]byte)) []byte {
-		mu.Lock()
-		m := mode
-		mu.Unlock()
 		ans := readAnswer(req)
-		switch m {
+		switch m.get() {
 		case "exception":
 			return rtuFrame(req[0], req[1]|0x80, 2)
 		case "crc":
@@ -205,11 +221,6 @@ func TestRTUTransport(t *testing.T) {
 	})
 	tr := openTransport(t, resp.path(), 50*time.Millisecond, 0)
 	c := rtuClient(7, tr)
-	set := func(m string) {
-		mu.Lock()
-		mode = m
-		mu.Unlock()
-	}
 	wantRegs := func(start, n int) string {
 		var b []byte
 		for i := 0; i < n; i++ {
@@ -309,5 +320,102 @@ func BenchmarkRTUReads(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "reads/s")
 		})
+	}
+}
+
+func TestReadRequestIn(t *testing.T) {
+	req := rtuFrame(9, fcReadHolding, 0, 100, 0, 2)
+	for _, c := range []struct {
+		name string
+		line []byte
+		want *Heard // nil: none
+	}{
+		{"a request", req, &Heard{Unit: 9, Function: fcReadHolding, Start: 100, Count: 2}},
+		{"a request and its answer", append(slices.Clone(req), readAnswer(req)...), &Heard{Unit: 9, Function: fcReadHolding, Start: 100, Count: 2}},
+		{"after noise", append([]byte{0x00, 0xFF, 0x13}, rtuFrame(5, fcReadCoils, 0, 0, 0, 16)...), &Heard{Unit: 5, Function: fcReadCoils, Start: 0, Count: 16}},
+		{"the last of two", append(slices.Clone(req), rtuFrame(4, fcReadInput, 0, 1, 0, 1)...), &Heard{Unit: 4, Function: fcReadInput, Start: 1, Count: 1}},
+		{"an answer alone", readAnswer(req), nil},
+		{"an answer of 3 bytes of bits (8 bytes long)", readAnswer(rtuFrame(9, fcReadCoils, 0, 0, 0, 20)[:6]), nil},
+		{"a damaged request", append(slices.Clone(req[:7]), req[7]^0x01), nil},
+		{"a write", rtuFrame(9, fcWriteRegister, 0, 100, 0, 2), nil},
+		{"unit 0 (broadcast)", rtuFrame(0, fcReadHolding, 0, 100, 0, 2), nil},
+		{"126 registers", rtuFrame(9, fcReadHolding, 0, 100, 0, 126), nil},
+		{"too short", req[:7], nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h, ok := readRequestIn(c.line)
+			switch {
+			case c.want == nil && ok:
+				t.Fatalf("found %+v in % x, want none", h, c.line)
+			case c.want != nil && (!ok || h != *c.want):
+				t.Fatalf("found %+v (%v) in % x, want %+v", h, ok, c.line, *c.want)
+			}
+		})
+	}
+}
+
+// TestRTUTransportOtherMaster: another master's requests on the bus, heard
+// between the gateway's own or instead of an answer, are named in the
+// errors of the gateway's requests that fail, with what to do.
+func TestRTUTransportOtherMaster(t *testing.T) {
+	m := mode{now: "ok"}
+	set := m.set
+	other := rtuFrame(9, fcReadHolding, 0, 100, 0, 2)
+	resp := startResponder(t, func(req []byte, write func([]byte)) []byte {
+		switch m.get() {
+		case "then another master":
+			// After the answer, as a bus carries them: the other master's
+			// request and its device's answer.
+			write(readAnswer(req))
+			time.Sleep(5 * time.Millisecond)
+			return append(slices.Clone(other), readAnswer(other)...)
+		case "another master instead":
+			return rtuFrame(8, fcReadInput, 0, 0, 0, 4)
+		case "silent":
+			return nil
+		}
+		return readAnswer(req)
+	})
+	tr := openTransport(t, resp.path(), 50*time.Millisecond, 0)
+	c := rtuClient(7, tr)
+	read := func() error {
+		_, err := c.ReadHoldingRegisters(10, 2)
+		return err
+	}
+	const advice = ": two masters on one bus talk over each other; stop the other (an old controller, a display, a laptop with a Modbus tool) or give it a bus of its own"
+
+	if err := read(); err != nil {
+		t.Fatal(err)
+	}
+	set("silent")
+	if err := read(); err == nil || err.Error() != "timeout after 50ms" {
+		t.Fatalf("no other master yet: %v, want a plain timeout", err)
+	}
+	set("then another master")
+	if err := read(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Second, "the other master's traffic in the input queue", func() bool { return resp.pending(t) == 17 })
+	set("silent")
+	want := "timeout after 50ms; another master polls this bus (unit 9 asked for 2 holding registers from 100 (0x0064))" + advice
+	if err := read(); err == nil || err.Error() != want {
+		t.Fatalf("after another master was heard: %v, want %q", err, want)
+	}
+	if !tr.news {
+		t.Error("the bus was not told of the other master")
+	}
+
+	set("another master instead")
+	want = "timeout after 50ms (a request of another master came instead); another master polls this bus (unit 8 asked for 4 input registers from 0 (0x0000))" + advice
+	err := read()
+	if err == nil || err.Error() != want {
+		t.Fatalf("another master instead of the answer: %v, want %q", err, want)
+	}
+	if counter, reason := errClass(err); counter != "timeouts" || reason != want {
+		t.Fatalf("errClass: %s, %q; want timeouts, the error", counter, reason)
+	}
+	set("ok")
+	if err := read(); err != nil {
+		t.Fatalf("then the device answers: %v", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"outpost/configs"
 	"outpost/drivers"
+	"outpost/drivers/bus"
 	"outpost/gateway/durable"
 	"outpost/gateway/model"
 	"outpost/gateway/uplink/influx"
@@ -236,6 +237,12 @@ func unclean(h model.Health) (said string, damaged bool) {
 			met = append(met, fmt.Sprintf("%s %d", c, n))
 			damaged = damaged || c != "timeouts"
 		}
+	}
+	if n := h.Counters["other_master"]; n > 0 {
+		// The frames were damaged and lost by the other master's, which
+		// no wiring fix mends.
+		met = append(met, fmt.Sprintf("other_master %d", n))
+		return "it met " + strings.Join(met, ", ") + ": another master polls this bus; " + bus.TwoMasters, true
 	}
 	if len(met) == 0 {
 		return "", false
