@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -230,5 +231,31 @@ func TestOnFreePorts(t *testing.T) {
 				t.Errorf("= %d, %v; want the error %q", v, err, tc.err)
 			}
 		})
+	}
+}
+
+// TestFreePorts: the ports found are distinct, free once handed over, and
+// below the kernel's ephemeral range, where no outgoing connection takes
+// one while its server is down for a restart.
+func TestFreePorts(t *testing.T) {
+	lo, first := listenRange()
+	if first == 0 {
+		t.Skip("no room below the ephemeral ports on this machine (ip_local_port_range): FreePorts lets the kernel pick, and a server restarted on its port may find it taken")
+	}
+	ports, err := FreePorts(50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p] || p < lo || p >= first {
+			t.Fatalf("ports %v: %d twice, or outside %d-%d", ports, p, lo, first-1)
+		}
+		seen[p] = true
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(p)))
+		if err != nil {
+			t.Fatalf("port %d handed over but not free: %v", p, err)
+		}
+		l.Close()
 	}
 }

@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,7 +23,7 @@ import (
 // ErrNotRunning is returned by operations that need the server running.
 var ErrNotRunning = errors.New("hub: server not running")
 
-// FreePort asks the kernel for a free loopback TCP port.
+// FreePort finds a free loopback TCP port (see FreePorts).
 func FreePort() (int, error) {
 	ports, err := FreePorts(1)
 	if err != nil {
@@ -30,19 +32,51 @@ func FreePort() (int, error) {
 	return ports[0], nil
 }
 
-// FreePorts asks the kernel for n free loopback TCP ports, each another:
-// all are held until the last is found.
+// FreePorts finds n free loopback TCP ports, each another: all are held
+// until the last is found. They are taken below the kernel's range of
+// ephemeral ports (net.ipv4.ip_local_port_range), from which every
+// outgoing connection gets its own port: a server restarted on its port
+// (a broker or a node of a cluster, killed and started again) found it
+// taken by some test's connection meanwhile, when the kernel had handed
+// it out. Where the range leaves no room below it, the kernel picks.
 func FreePorts(n int) ([]int, error) {
+	lo, hi := listenRange()
 	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		addr := "127.0.0.1:0"
+		if hi > lo && tries < 100*n {
+			addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo)))
+		}
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, fmt.Errorf("hub: find a free port: %w", err)
+			if addr == "127.0.0.1:0" {
+				return nil, fmt.Errorf("hub: find a free port: %w", err)
+			}
+			continue // taken
 		}
 		defer l.Close()
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// listenRange is where FreePorts looks: from 10000 up to the first
+// ephemeral port; empty when the kernel's range is not known or starts
+// lower.
+func listenRange() (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0
+	}
+	first, err := strconv.Atoi(f[0])
+	if err != nil || first <= 11000 {
+		return 0, 0
+	}
+	return 10000, first
 }
 
 // portTries is how many times a server is started on ports found free:
