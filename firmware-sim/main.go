@@ -2,7 +2,8 @@
 // station: the other side of the wire from the gateway.
 //
 //	firmware-sim -config STATION.yaml [-stats FILE] [-served FILE] [-raised FILE] [-statuses FILE] [-control ADDR]
-//	             [-seed N] [-turnaround 3ms] [-check-line] [-noise 0.05] [-echo LINK,...] [-silent ID,...] [-v]
+//	             [-seed N] [-turnaround 3ms] [-check-line] [-noise 0.05] [-echo LINK,...] [-silent ID,...]
+//	             [-other-master 300ms] [-v]
 //
 // For every RS-485 bus of the station it makes a virtual serial port linked at
 // the bus's port path and answers Modbus RTU there for the devices on that
@@ -26,6 +27,10 @@
 //
 // With -echo, the serial links named echo what the gateway sends back to
 // it, as a two-wire RS-485 adapter without echo suppression does.
+//
+// With -other-master, every Modbus RTU bus has another master on it (an old
+// controller left polling): at that interval it reads a holding register
+// of the bus's lowest unit, which answers, and the gateway hears both.
 //
 // With -control it serves an HTTP API on a loopback address through which
 // the testbench makes devices act (see control.go): press a button, send
@@ -100,6 +105,7 @@ type options struct {
 	noise      float64
 	seed       int64
 	turnaround time.Duration
+	other      time.Duration // another master's interval on RTU buses
 	checkLine  bool
 	silent     []string // device ids
 	echo       []string // link ids
@@ -119,6 +125,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.noise, "noise", 0, "share of bytes (0 to 1) corrupted on serial lines, both directions")
 	fs.Int64Var(&o.seed, "seed", 1, "seed of the simulated values")
 	fs.DurationVar(&o.turnaround, "turnaround", -1, "device turnaround on every bus (default: each bus's turnaround)")
+	fs.DurationVar(&o.other, "other-master", 0, "put another master on every Modbus RTU bus, polling its lowest unit at this interval")
 	fs.BoolVar(&o.checkLine, "check-line", false, "answer garbage when the master's line settings (baud; data bits and parity where the port keeps them) differ from the bus's")
 	fs.Func("silent", "comma-separated device ids that never answer", ids(&o.silent))
 	fs.Func("echo", "comma-separated serial link ids whose adapter echoes what the gateway sends", ids(&o.echo))
@@ -193,7 +200,7 @@ func open(o options, log *slog.Logger) (_ *station, err error) {
 	}()
 	s.faults = sim.NewFaults()
 	so := sim.Options{Seed: o.seed, Start: time.Now(), Deaf: &s.deaf, Faults: s.faults,
-		Turnaround: o.turnaround, CheckLine: o.checkLine, Noise: o.noise, Log: log}
+		Turnaround: o.turnaround, CheckLine: o.checkLine, Noise: o.noise, OtherMaster: o.other, Log: log}
 	sink := &servedLog{log: log}
 	for _, f := range []struct {
 		path string

@@ -3,6 +3,7 @@ package modbus
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/goburrow/modbus"
@@ -113,7 +114,11 @@ func (e *OtherMasterError) Error() string {
 }
 
 func (h Heard) String() string {
-	return fmt.Sprintf("unit %d asked for %d %s from %d (0x%04X)", h.Unit, h.Count, tableName(h.Function), h.Start, h.Start)
+	what := tableName(h.Function)
+	if h.Count == 1 {
+		what = strings.TrimSuffix(what, "s")
+	}
+	return fmt.Sprintf("unit %d asked for %d %s from %d (0x%04X)", h.Unit, h.Count, what, h.Start, h.Start)
 }
 
 // suffix is what a failed request's error adds when h was heard lately:

@@ -14,6 +14,7 @@ import (
 
 	"outpost/configs"
 	"outpost/drivers"
+	"outpost/drivers/bus"
 	_ "outpost/firmware-sim/modbus" // the simulated devices, on real ptys
 	"outpost/firmware-sim/sim"
 	"outpost/gateway/model"
@@ -447,4 +448,56 @@ func TestWrongLineSettings(t *testing.T) {
 		}
 	}
 	t.Logf("health reasons: %v", told)
+}
+
+// TestOtherMasterRTU: another master on the bus (the simulator's, reading
+// a register of unit 1 every 200 ms, as an old controller left polling
+// would) is heard: the log names it, with the link, once; the device
+// counts it in its health; its readings stay good.
+func TestOtherMasterRTU(t *testing.T) {
+	// The health section rides in after the link: its counters go out
+	// every 5 s, not every minute.
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 100ms, retries: 2}
+health: {report_every: 5s}
+`, `  - {id: m-1, template: small-meter, link: rs485-1, unit_id: 1, poll: 100ms}
+`)
+	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: 200 * time.Millisecond})
+	l := &logs{}
+	d, err := drivers.New(drivers.Links(st)[0], slog.New(&capture{logs: l}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(chan model.Message, 10000)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, func(m model.Message) error { msgs <- m; return nil }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	good := 0
+	for deadline := time.After(20 * time.Second); ; {
+		var m model.Message
+		select {
+		case m = <-msgs:
+		case <-deadline:
+			t.Fatalf("no health of m-1 counting other_master in 20 s (%d good readings)", good)
+		}
+		if m.Kind == model.KindTelemetry && m.Readings[0].Quality == model.Good && m.Readings[0].Value == model.Number(1000) {
+			good++
+		}
+		if m.Kind == model.KindHealth && m.Health.Counters["other_master"] > 0 {
+			break
+		}
+	}
+	if good == 0 {
+		t.Error("no good reading of m-1")
+	}
+	const warning = "another master polls this bus: " + bus.TwoMasters
+	recs := l.find(warning)
+	if len(recs) != 1 || recs[0].attrs["link"] != "rs485-1" || recs[0].attrs["heard"] != "unit 1 asked for 1 holding register from 0 (0x0000)" {
+		t.Fatalf("log records %v, want one with link rs485-1 and heard=unit 1 asked for 1 holding register from 0 (0x0000)", recs)
+	}
 }

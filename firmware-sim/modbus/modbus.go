@@ -76,13 +76,14 @@ func newRTU(st *configs.Station, link *configs.Link, devs []*configs.Device, o s
 		port = plainPort{p}
 	}
 	l := &rtuLink{port: p, devs: all, srv: &slave.RTU{
-		Port:       port,
-		Line:       slave.LineOf(*bus),
-		Turnaround: turn,
-		Units:      units,
-		Faults:     faults,
-		Log:        o.Log.With("bus", link.ID),
-		Deaf:       o.Deaf,
+		Port:        port,
+		Line:        slave.LineOf(*bus),
+		Turnaround:  turn,
+		Units:       units,
+		Faults:      faults,
+		Log:         o.Log.With("bus", link.ID),
+		Deaf:        o.Deaf,
+		OtherMaster: o.OtherMaster,
 	}}
 	o.Log.Info("bus up", "bus", link.ID, "port", bus.Port, "pty", p.Path(), "baud", bus.Baud, "devices", len(units), "noise", o.Noise)
 	return l, nil

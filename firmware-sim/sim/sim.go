@@ -147,6 +147,9 @@ type Options struct {
 	// Noise is the share of bytes (0 to 1) corrupted on serial lines, in
 	// both directions, as electrical noise would.
 	Noise float64
+	// OtherMaster, when set, puts another master on every Modbus RTU bus,
+	// polling at this interval (see slave.RTU.OtherMaster).
+	OtherMaster time.Duration
 	// Echo names the serial links whose master hears its own requests
 	// back (an RS-485 adapter without echo suppression).
 	Echo map[string]bool

@@ -44,8 +44,14 @@ type RTU struct {
 	Deaf *atomic.Bool
 	// Faults say what each unit does wrong now.
 	Faults Faults
+	// OtherMaster, when set, puts another master on the line (an old
+	// controller left polling): every OtherMaster, when the line is quiet,
+	// it reads one holding register of the line's lowest unit, and that
+	// unit answers. Both frames reach the gateway, as a bus carries every
+	// frame to every node.
+	OtherMaster time.Duration
 
-	frames, crcErrors, dropped, mismatched atomic.Int64
+	frames, crcErrors, dropped, mismatched, others atomic.Int64
 }
 
 // BusStats counts what a line saw.
@@ -56,6 +62,8 @@ type BusStats struct {
 	// Mismatched counts requests answered with garbage because the master's
 	// line settings differ from the devices'.
 	Mismatched int64 `json:"line_mismatch"`
+	// OtherMaster counts the other master's requests (see RTU.OtherMaster).
+	OtherMaster int64 `json:"other_master_requests,omitempty"`
 }
 
 // Stats returns the line's counters.
@@ -65,6 +73,7 @@ func (s *RTU) Stats() BusStats {
 		CRCErrors:    s.crcErrors.Load(),
 		DroppedBytes: s.dropped.Load(),
 		Mismatched:   s.mismatched.Load(),
+		OtherMaster:  s.others.Load(),
 	}
 }
 
@@ -88,7 +97,15 @@ func (s *RTU) Serve(ctx context.Context) error {
 		silent   bool      // no byte came for a silence; buf is all there is
 		inBad    bool      // resynchronising
 	)
+	other := time.Now().Add(s.OtherMaster) // the other master's next request
 	for {
+		if s.OtherMaster > 0 && len(buf) == 0 && !time.Now().Before(other) && !time.Now().Before(busFree) {
+			end, err := s.otherMaster(ctx)
+			if err != nil {
+				return err
+			}
+			busFree, other = end, end.Add(s.OtherMaster)
+		}
 		for len(buf) > 0 {
 			n, st := ParseRequest(buf)
 			if st == Incomplete && silent {
@@ -130,6 +147,9 @@ func (s *RTU) Serve(ctx context.Context) error {
 		if len(buf) > 0 {
 			wait = min(wait, time.Until(lastByte.Add(silence)))
 		}
+		if s.OtherMaster > 0 {
+			wait = max(min(wait, time.Until(other)), time.Millisecond)
+		}
 		if err := s.Port.SetReadDeadline(time.Now().Add(wait)); err != nil {
 			return fmt.Errorf("rtu: set deadline: %w", err)
 		}
@@ -162,6 +182,30 @@ func (s *RTU) Serve(ctx context.Context) error {
 			buf = buf[:copy(buf, buf[drop:])]
 		}
 	}
+}
+
+// otherMaster puts the other master's request on the line, and its unit's
+// answer, and returns when the line is quiet again.
+func (s *RTU) otherMaster(ctx context.Context) (time.Time, error) {
+	unit := byte(0)
+	for id := range s.Units {
+		if unit == 0 || id < unit {
+			unit = id
+		}
+	}
+	if unit == 0 {
+		return time.Now(), nil
+	}
+	s.others.Add(1)
+	req := AppendCRC([]byte{unit, 3, 0, 0, 0, 1}) // one holding register from 0
+	start := time.Now()
+	if err := WritePaced(ctx, s.Port, req, start, s.Line.Char()); err != nil {
+		if ctx.Err() != nil {
+			return start, nil
+		}
+		return start, fmt.Errorf("rtu: the other master's request: %w", err)
+	}
+	return s.answer(ctx, req, start.Add(s.Line.Wire(len(req))))
 }
 
 // answer handles one good frame whose last byte left the master at reqEnd,
