@@ -101,6 +101,7 @@ func commission(ctx context.Context, st *configs.Station, timeout time.Duration)
 	for i, l := range drivers.Links(st) {
 		wg.Go(func() {
 			got, health, err := firstReadings(ctx, l, log)
+			heard := heardOnLink(health)
 			for _, d := range l.Devices {
 				c := check{Name: d.ID, Link: l.Name(), Protocol: l.Protocol()}
 				if err != nil {
@@ -108,7 +109,7 @@ func commission(ctx context.Context, st *configs.Station, timeout time.Duration)
 				} else {
 					m, hasM := got[d.ID]
 					h, hasH := health[d.ID]
-					c.OK, c.Result = verdict(l.Template(d), m, hasM, h, hasH, timeout)
+					c.OK, c.Result = verdict(l.Template(d), m, hasM, h, hasH, heard, timeout)
 					c.Readings = m.Readings
 				}
 				results[i] = append(results[i], c)
@@ -142,15 +143,16 @@ func commission(ctx context.Context, st *configs.Station, timeout time.Duration)
 }
 
 // verdict says, in an installer's words, what a device's first reading
-// and health say of it.
-func verdict(t *configs.Template, m model.Message, hasM bool, h model.Health, hasH bool, timeout time.Duration) (bool, string) {
+// and health say of it; heard is the other master's requests its link's
+// devices heard (see heardOnLink).
+func verdict(t *configs.Template, m model.Message, hasM bool, h model.Health, hasH bool, heard uint64, timeout time.Duration) (bool, string) {
 	const answers = "OK: it answers (no readings to show)"
 	if !hasM {
 		switch {
 		case hasH && h.State == model.Online:
-			return true, but(answers, h)
+			return true, but(answers, h, heard)
 		case hasH && h.Reason != "":
-			return false, also(h.Reason, h)
+			return false, also(h.Reason, h, heard)
 		}
 		return false, fmt.Sprintf("nothing from it within %s: is it powered and wired, and does the station file name it right?", timeout)
 	}
@@ -171,7 +173,7 @@ func verdict(t *configs.Template, m model.Message, hasM bool, h model.Health, ha
 		if hasH && h.Reason != "" {
 			why += ": " + h.Reason
 		}
-		return false, also(why, h)
+		return false, also(why, h, heard)
 	case len(odd) > 0:
 		return false, "outside the plausible range (a wrong template, or a failing sensor): " + strings.Join(odd, ", ")
 	case hasH && h.State != model.Online:
@@ -181,10 +183,10 @@ func verdict(t *configs.Template, m model.Message, hasM bool, h model.Health, ha
 		if h.Reason != "" {
 			why += ": " + h.Reason
 		}
-		return false, also(why, h)
+		return false, also(why, h, heard)
 	}
 	if len(good) == 0 {
-		return true, but(answers, h)
+		return true, but(answers, h, heard)
 	}
 	// The values, so that an installer sees one that is plausible but
 	// wrong (2.3 °C in a warm room: a wrong scale).
@@ -195,7 +197,7 @@ func verdict(t *configs.Template, m model.Message, hasM bool, h model.Health, ha
 	if u := unlike(t, m); u != "" {
 		ok += "; " + u
 	}
-	return true, but(ok, h)
+	return true, but(ok, h, heard)
 }
 
 // unlike says which of a device's good values its template reads otherwise
@@ -229,8 +231,9 @@ func unlike(t *configs.Template, m model.Message) string {
 // should mend it before leaving, and sees so. One that fails says it too
 // when frames came damaged, since its reason names only the first failure
 // (a timeout, on a noisy line, like that of a wrong address); a silent
-// one's reason says what to check already.
-func unclean(h model.Health) (said string, damaged bool) {
+// one's reason says what to check already. Where the devices of its link
+// heard another master (heard), that is named instead of the wiring.
+func unclean(h model.Health, heard uint64) (said string, damaged bool) {
 	var met []string
 	for _, c := range lineFaults {
 		if n := h.Counters[c]; n > 0 {
@@ -239,20 +242,32 @@ func unclean(h model.Health) (said string, damaged bool) {
 		}
 	}
 	if n := h.Counters["other_master"]; n > 0 {
-		// The frames were damaged and lost by the other master's, which
-		// no wiring fix mends.
 		met = append(met, fmt.Sprintf("other_master %d", n))
-		return "it met " + strings.Join(met, ", ") + ": another master polls this bus; " + bus.TwoMasters, true
 	}
-	if len(met) == 0 {
+	switch {
+	case len(met) == 0:
 		return "", false
+	case heard > 0:
+		// The other master's frames, heard by this device's requests or
+		// its neighbours', damaged and lost these: no wiring fix mends it.
+		return "it met " + strings.Join(met, ", ") + ": another master polls this bus; " + bus.TwoMasters, true
 	}
 	return "it met " + strings.Join(met, ", ") + ": frames lost or damaged on the way; check the wiring (termination, grounding) or the network", damaged
 }
 
+// heardOnLink is how many requests of another master the devices of a
+// link heard, by their health.
+func heardOnLink(health map[string]model.Health) uint64 {
+	var n uint64
+	for _, h := range health {
+		n += h.Counters["other_master"]
+	}
+	return n
+}
+
 // but adds to a passing verdict what the device's requests met, if any.
-func but(ok string, h model.Health) string {
-	if u, _ := unclean(h); u != "" {
+func but(ok string, h model.Health, heard uint64) string {
+	if u, _ := unclean(h, heard); u != "" {
 		return ok + "; but " + u
 	}
 	return ok
@@ -260,8 +275,8 @@ func but(ok string, h model.Health) string {
 
 // also adds to a failing verdict the damaged frames the device's requests
 // met, if any.
-func also(why string, h model.Health) string {
-	if u, damaged := unclean(h); damaged {
+func also(why string, h model.Health, heard uint64) string {
+	if u, damaged := unclean(h, heard); damaged {
 		return why + "; " + u
 	}
 	return why

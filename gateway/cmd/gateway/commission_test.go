@@ -191,6 +191,7 @@ func TestVerdict(t *testing.T) {
 		name   string
 		m      *model.Message // nil: no reading
 		h      *model.Health  // nil: no health report
+		heard  uint64         // the other master's requests its link heard
 		ok     bool
 		result string
 	}{
@@ -210,10 +211,13 @@ func TestVerdict(t *testing.T) {
 			result: "no value for pressed: no answer"},
 		{name: "no value, damaged frames", m: &bad, h: &model.Health{State: model.Degraded, Reason: "timeout after 30ms", Counters: noisy},
 			result: "no value for pressed: timeout after 30ms; it met timeouts 2, checksum_errors 1: frames lost or damaged on the way; check the wiring (termination, grounding) or the network"},
-		{name: "good values, another master heard", m: &good, h: &model.Health{State: model.Online, Counters: map[string]uint64{"polls": 2, "requests": 2, "other_master": 1}}, ok: true,
+		{name: "good values, another master heard", m: &good, h: &model.Health{State: model.Online, Counters: map[string]uint64{"polls": 2, "requests": 2, "other_master": 1}}, heard: 1, ok: true,
 			result: "OK: pressed = false; but it met other_master 1: another master polls this bus; two masters on one bus talk over each other; stop the other (an old controller, a display, a laptop with a Modbus tool) or give it a bus of its own"},
-		{name: "no value, another master instead", m: &bad, h: &model.Health{State: model.Degraded, Reason: "timeout after 30ms", Counters: map[string]uint64{"polls": 1, "requests": 2, "timeouts": 2, "other_master": 1}},
+		{name: "no value, another master instead", m: &bad, h: &model.Health{State: model.Degraded, Reason: "timeout after 30ms", Counters: map[string]uint64{"polls": 1, "requests": 2, "timeouts": 2, "other_master": 1}}, heard: 1,
 			result: "no value for pressed: timeout after 30ms; it met timeouts 2, other_master 1: another master polls this bus; two masters on one bus talk over each other; stop the other (an old controller, a display, a laptop with a Modbus tool) or give it a bus of its own"},
+		{name: "good values after damaged frames, another master heard by a neighbour", m: &good, h: &model.Health{State: model.Online, Counters: noisy}, heard: 3, ok: true,
+			result: "OK: pressed = false; but it met timeouts 2, checksum_errors 1: another master polls this bus; two masters on one bus talk over each other; stop the other (an old controller, a display, a laptop with a Modbus tool) or give it a bus of its own"},
+		{name: "good values, clean, another master heard by a neighbour", m: &good, h: &model.Health{State: model.Online, Counters: clean}, heard: 3, ok: true, result: "OK: pressed = false"},
 		{name: "events only, online", h: &model.Health{State: model.Online}, ok: true, result: "OK: it answers (no readings to show)"},
 		{name: "nothing", result: "nothing from it within 5s: is it powered and wired, and does the station file name it right?"},
 	} {
@@ -226,7 +230,7 @@ func TestVerdict(t *testing.T) {
 			if tc.h != nil {
 				h = *tc.h
 			}
-			ok, result := verdict(nil, m, tc.m != nil, h, tc.h != nil, 5*time.Second)
+			ok, result := verdict(nil, m, tc.m != nil, h, tc.h != nil, tc.heard, 5*time.Second)
 			if ok != tc.ok || result != tc.result {
 				t.Errorf("verdict = %v, %q; want %v, %q", ok, result, tc.ok, tc.result)
 			}

@@ -54,10 +54,11 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 	}
 	m, ok := got[id]
 	health, hasHealth := healths[id]
+	heard := heardOnLink(healths)
 	if !ok {
 		// An alarm panel sends events, no readings: that it answers is
 		// what there is to see, as commission says.
-		fine, why := verdict(nil, m, false, health, hasHealth, *timeout)
+		fine, why := verdict(nil, m, false, health, hasHealth, heard, *timeout)
 		if fine {
 			fmt.Fprintf(stdout, "%s on %s (%s): %s\n", id, link.Name(), link.Protocol(), why)
 			return 0
@@ -66,17 +67,17 @@ func cmdRead(c *command, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	printReading(stdout, &m)
-	if fine, _ := verdict(nil, m, true, health, hasHealth, *timeout); fine {
+	if fine, _ := verdict(nil, m, true, health, hasHealth, heard, *timeout); fine {
 		if u := unlike(link.Template(dev), m); u != "" {
 			fmt.Fprintf(stdout, "\n%s\n", u)
 		}
-		if u, _ := unclean(health); u != "" {
+		if u, _ := unclean(health, heard); u != "" {
 			fmt.Fprintf(stdout, "\nanswered, but %s\n", u)
 		}
 		return 0
 	}
 	if hasHealth && health.Reason != "" {
-		fmt.Fprintf(stdout, "\n%s: %s\n", health.State, also(health.Reason, health))
+		fmt.Fprintf(stdout, "\n%s: %s\n", health.State, also(health.Reason, health, heard))
 	}
 	return 1
 }
