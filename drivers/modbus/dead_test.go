@@ -8,6 +8,7 @@ import (
 	"time"
 
 	mb "outpost/configs/modbus"
+	"outpost/drivers/bus"
 	"outpost/gateway/model"
 )
 
@@ -30,7 +31,7 @@ type benchRequest struct {
 
 func startBench(t *testing.T, modes map[byte]string) *rtuBench {
 	b := &rtuBench{modes: modes}
-	b.responder = startResponder(t, func(req []byte, _ func([]byte)) []byte {
+	b.responder = startResponder(t, func(req []byte, write func([]byte)) []byte {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		b.reqs = append(b.reqs, benchRequest{unit: req[0], fc: req[1], at: time.Now()})
@@ -46,6 +47,12 @@ func startBench(t *testing.T, modes map[byte]string) *rtuBench {
 			return ans
 		case mode == "crc, then silent":
 			return nil
+		case mode == "another master, then crc":
+			write(rtuFrame(9, fcReadHolding, 0, 100, 0, 2))
+			time.Sleep(10 * time.Millisecond) // a frame gap
+			ans := readAnswer(req)
+			ans[len(ans)-1] ^= 0xFF
+			return ans
 		case mode == "coils only" && req[1] != fcReadCoils:
 			return nil
 		}
@@ -259,6 +266,9 @@ func TestAnsweringDeviceKeepsRate(t *testing.T) {
 		// Each request's first try damaged, its retry unanswered: the
 		// device is there all the same, and the damage is the reason.
 		{"crc, then silent", "bad frame (crc: got 78ab, want 87ab), 9 bytes dropped reading input registers 0-1 (0x0000-0x0001)"},
+		// Another master heard on the bus: named last, in place of the
+		// line's settings and noise.
+		{"another master, then crc", "bad frame (crc: got 78ab, want 87ab), 9 bytes dropped reading input registers 0-1 (0x0000-0x0001); another master polls this bus (unit 9 asked for 2 holding registers from 100 (0x0064)): " + bus.TwoMasters},
 	}
 	for _, c := range cases {
 		t.Run(c.mode, func(t *testing.T) {

@@ -274,7 +274,8 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 	var res bus.Result
 	var held time.Duration
 	answered, silent, garbled := false, true, false
-	refused := 0 // requests refused for a register or function the device lacks
+	refused := 0     // requests refused for a register or function the device lacks
+	var heard *Heard // another master a failed request's error names
 	for i, r := range d.plan {
 		a := bus.Attempt{}
 		if i == 0 {
@@ -349,6 +350,9 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 				res.Reason += ": " + d.signals(r)
 			}
 		}
+		if heard == nil {
+			heard = masterOf(why)
+		}
 		p.log.Debug("request failed", "err", fmt.Errorf("device %s on %s: reading %s: %w", d.cfg.ID, d.link, r, err))
 		if quiet || res.LinkDown {
 			break
@@ -361,7 +365,7 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 		res.Reason += fmt.Sprintf("; unit %d has no register template %s reads: is %s its model? gateway probe names the templates it reads as", d.unit, d.cfg.Template, d.cfg.Template)
 	}
 	p.line.Heard(int(d.unit), answered)
-	if garbled && !answered && !p.line.Answering() {
+	if garbled && !answered && !p.line.Answering() && heard == nil {
 		// Asked only then: an RTU bus formats its hint.
 		if hint := p.cl.damaged(); hint != "" {
 			res.Reason += fmt.Sprintf("; no unit on %s answers with a whole frame: %s", d.link, hint)
@@ -370,6 +374,9 @@ func (p *poller) read(ctx context.Context, due time.Time, interval time.Duration
 	if res.Silent {
 		res.Reason = p.line.Silence(ctx, int(d.unit))
 	}
+	// Last, as what to do first: another master heard on the bus lately
+	// explains the failures better than the line's settings or wiring.
+	res.Reason += heard.suffix()
 	return readings, res
 }
 

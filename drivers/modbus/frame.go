@@ -66,8 +66,11 @@ type FrameError struct {
 	Master  *Heard // on RTU, another master's request heard lately, if one was
 }
 
-func (e *FrameError) Error() string {
-	return fmt.Sprintf("bad frame (%s: %s), %d bytes dropped", e.Kind, e.Detail, e.Dropped) + e.Master.suffix()
+func (e *FrameError) Error() string { return e.text() + e.Master.suffix() }
+
+// text is the error without the other master.
+func (e *FrameError) text() string {
+	return fmt.Sprintf("bad frame (%s: %s), %d bytes dropped", e.Kind, e.Detail, e.Dropped)
 }
 
 // TimeoutError is a request that got no complete answer in time.
@@ -80,19 +83,32 @@ type TimeoutError struct {
 	Master *Heard
 }
 
-func (e *TimeoutError) Error() string {
-	var s string
+func (e *TimeoutError) Error() string { return e.text() + e.Master.suffix() }
+
+// text is the error without the other master.
+func (e *TimeoutError) text() string {
 	switch {
 	case e.Got > 0:
-		s = fmt.Sprintf("timeout after %v (%d bytes of a response)", e.After, e.Got)
+		return fmt.Sprintf("timeout after %v (%d bytes of a response)", e.After, e.Got)
 	case e.Other != 0 && e.Master != nil && e.Master.Unit == e.Other:
-		s = fmt.Sprintf("timeout after %v (a request of another master came instead)", e.After)
+		return fmt.Sprintf("timeout after %v (a request of another master came instead)", e.After)
 	case e.Other != 0:
-		s = fmt.Sprintf("timeout after %v (a frame from unit %d came instead: a late answer to an earlier request)", e.After, e.Other)
-	default:
-		s = fmt.Sprintf("timeout after %v", e.After)
+		return fmt.Sprintf("timeout after %v (a frame from unit %d came instead: a late answer to an earlier request)", e.After, e.Other)
 	}
-	return s + e.Master.suffix()
+	return fmt.Sprintf("timeout after %v", e.After)
+}
+
+// masterOf is the other master a failed request's error names, or nil.
+func masterOf(err error) *Heard {
+	var te *TimeoutError
+	var fe *FrameError
+	switch {
+	case errors.As(err, &te):
+		return te.Master
+	case errors.As(err, &fe):
+		return fe.Master
+	}
+	return nil
 }
 
 // Heard is a read request that another master sent on an RTU bus, heard
@@ -253,7 +269,9 @@ func noSuchRegister(err error) bool {
 		me.ExceptionCode == modbus.ExceptionCodeIllegalFunction)
 }
 
-// errClass sorts a request error into a counter name and a short reason.
+// errClass sorts a request error into a counter name and a short reason
+// (without the other master a timeout or a bad frame may name: see
+// masterOf).
 func errClass(err error) (counter, reason string) {
 	var me *modbus.ModbusError
 	var fe *FrameError
@@ -272,12 +290,12 @@ func errClass(err error) (counter, reason string) {
 		}
 		return "exceptions", reason
 	case errors.As(err, &te):
-		return "timeouts", te.Error()
+		return "timeouts", te.text()
 	case errors.As(err, &fe):
 		if fe.Kind == badCRC {
-			return "crc_errors", fe.Error()
+			return "crc_errors", fe.text()
 		}
-		return "frame_errors", fe.Error()
+		return "frame_errors", fe.text()
 	}
 	return "io_errors", err.Error()
 }

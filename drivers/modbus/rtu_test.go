@@ -411,8 +411,12 @@ func TestRTUTransportOtherMaster(t *testing.T) {
 	if err == nil || err.Error() != want {
 		t.Fatalf("another master instead of the answer: %v, want %q", err, want)
 	}
-	if counter, reason := errClass(err); counter != "timeouts" || reason != want {
-		t.Fatalf("errClass: %s, %q; want timeouts, the error", counter, reason)
+	// The poller puts the other master after what the request read.
+	if counter, reason := errClass(err); counter != "timeouts" || reason != "timeout after 50ms (a request of another master came instead)" {
+		t.Fatalf("errClass: %s, %q; want timeouts, the timeout without the other master", counter, reason)
+	}
+	if h := masterOf(err); h == nil || *h != (Heard{Unit: 8, Function: fcReadInput, Start: 0, Count: 4}) {
+		t.Fatalf("masterOf: %v, want unit 8's read of 4 input registers from 0", h)
 	}
 	set("ok")
 	if err := read(); err != nil {
