@@ -274,8 +274,12 @@ func but(ok string, h model.Health, heard uint64) string {
 }
 
 // also adds to a failing verdict the damaged frames the device's requests
-// met, if any.
+// met, if any, unless the verdict names another master already (a health
+// reason does, after a request's failure).
 func also(why string, h model.Health, heard uint64) string {
+	if heard > 0 && strings.Contains(why, bus.TwoMasters) {
+		return why
+	}
 	if u, damaged := unclean(h, heard); damaged {
 		return why + "; " + u
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"outpost/configs"
+	"outpost/drivers/bus"
 	"outpost/gateway/model"
 	"outpost/testbench/hub"
 )
@@ -215,6 +216,8 @@ func TestVerdict(t *testing.T) {
 			result: "OK: pressed = false; but it met other_master 1: another master polls this bus; two masters on one bus talk over each other; stop the other (an old controller, a display, a laptop with a Modbus tool) or give it a bus of its own"},
 		{name: "no value, another master instead", m: &bad, h: &model.Health{State: model.Degraded, Reason: "timeout after 30ms", Counters: map[string]uint64{"polls": 1, "requests": 2, "timeouts": 2, "other_master": 1}}, heard: 1,
 			result: "no value for pressed: timeout after 30ms; it met timeouts 2, other_master 1: another master polls this bus; two masters on one bus talk over each other; stop the other (an old controller, a display, a laptop with a Modbus tool) or give it a bus of its own"},
+		{name: "no value, the reason names another master", m: &bad, heard: 1, h: &model.Health{State: model.Degraded, Reason: "timeout after 30ms reading input registers 0-1 (0x0000-0x0001); another master polls this bus (unit 5 asked for 1 holding register from 0 (0x0000)): " + bus.TwoMasters, Counters: map[string]uint64{"polls": 1, "requests": 2, "frame_errors": 1, "timeouts": 1, "other_master": 1}},
+			result: "no value for pressed: timeout after 30ms reading input registers 0-1 (0x0000-0x0001); another master polls this bus (unit 5 asked for 1 holding register from 0 (0x0000)): " + bus.TwoMasters},
 		{name: "good values after damaged frames, another master heard by a neighbour", m: &good, h: &model.Health{State: model.Online, Counters: noisy}, heard: 3, ok: true,
 			result: "OK: pressed = false; but it met timeouts 2, checksum_errors 1: another master polls this bus; two masters on one bus talk over each other; stop the other (an old controller, a display, a laptop with a Modbus tool) or give it a bus of its own"},
 		{name: "good values, clean, another master heard by a neighbour", m: &good, h: &model.Health{State: model.Online, Counters: clean}, heard: 3, ok: true, result: "OK: pressed = false"},
