@@ -60,7 +60,13 @@ func OpenSerial(path string, mode *serial.Mode) (Port, error) {
 		f.Close()
 		return nil, openHint(err)
 	}
-	return &polledPort{f: f, sp: sp, timeout: -1}, nil
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		sp.Close()
+		return nil, err
+	}
+	return &polledPort{f: f, rc: rc, sp: sp, timeout: -1}, nil
 }
 
 // openHint adds to why a serial port did not open what an installer
@@ -82,6 +88,7 @@ func openHint(err error) error {
 // leaves the line's settings to go.bug.st/serial.
 type polledPort struct {
 	f       *os.File
+	rc      syscall.RawConn // f's descriptor, for a read that does not wait
 	sp      serial.Port
 	timeout time.Duration // < 0: none
 }
@@ -111,11 +118,7 @@ func (p *polledPort) readNow(b []byte) (n int, err error) {
 	if err := p.f.SetReadDeadline(time.Time{}); err != nil {
 		return 0, err
 	}
-	rc, err := p.f.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	if rerr := rc.Read(func(fd uintptr) bool {
+	if rerr := p.rc.Read(func(fd uintptr) bool {
 		n, err = syscall.Read(int(fd), b)
 		return true // never wait
 	}); rerr != nil {

@@ -3,11 +3,11 @@ package modbus
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/goburrow/modbus"
 
+	mb "outpost/configs/modbus"
 	"outpost/drivers/bus"
 	"outpost/drivers/crc16"
 )
@@ -130,9 +130,9 @@ func (e *OtherMasterError) Error() string {
 }
 
 func (h Heard) String() string {
-	what := tableName(h.Function)
-	if h.Count == 1 {
-		what = strings.TrimSuffix(what, "s")
+	what := tableName[readTable[h.Function]]
+	if h.Count != 1 {
+		what += "s"
 	}
 	return fmt.Sprintf("unit %d asked for %d %s from %d (0x%04X)", h.Unit, h.Count, what, h.Start, h.Start)
 }
@@ -146,18 +146,8 @@ func (h *Heard) suffix() string {
 	return "; " + (&OtherMasterError{Heard: *h}).Error()
 }
 
-// tableName names what a read function reads.
-func tableName(fc byte) string {
-	switch fc {
-	case fcReadCoils:
-		return "coils"
-	case fcReadDiscrete:
-		return "discrete inputs"
-	case fcReadHolding:
-		return "holding registers"
-	}
-	return "input registers"
-}
+// readTable is the table each read function reads.
+var readTable = map[byte]mb.Table{fcReadCoils: mb.Coil, fcReadDiscrete: mb.Discrete, fcReadHolding: mb.Holding, fcReadInput: mb.Input}
 
 // readRequestIn finds the last read request of another master in what an
 // RTU bus carried: 8 bytes of a unit 1-247, a read function (1-4), a start

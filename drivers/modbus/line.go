@@ -18,11 +18,15 @@ func damagedHint(port string) string {
 	return fmt.Sprintf("the link's baud rate, parity or stop bits differ from the devices' (gateway probe -port %s -scan finds theirs), or the line is noisy (termination, shield)", port)
 }
 
+// tableName names one item of a table, as installers say it ("input
+// register"); an s makes it plural.
+var tableName = map[mb.Table]string{mb.Coil: "coil", mb.Discrete: "discrete input",
+	mb.Input: "input register", mb.Holding: "holding register"}
+
 // describe names a request's table and addresses as a template writes
 // them, in decimal and hex: "input registers 0-1 (0x0000-0x0001)".
 func describe(r Request) string {
-	name := map[mb.Table]string{mb.Coil: "coil", mb.Discrete: "discrete input",
-		mb.Input: "input register", mb.Holding: "holding register"}[r.Table]
+	name := tableName[r.Table]
 	if name == "" {
 		name = string(r.Table)
 	}
