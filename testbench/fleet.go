@@ -514,7 +514,7 @@ func sampleFleet(ctx context.Context, h fleetHub, members []*fleetMember, first 
 	for i, m := range members {
 		for range 3 { // a busy InfluxDB may time out a count
 			t := time.Now()
-			if n, err := m.r.influxReadings(ctx, false); err == nil {
+			if n, _, err := m.r.influxReadings(ctx, false); err == nil {
 				s.influx[i], s.influxAt[i] = n, t.Add(time.Since(t)/2)
 				break
 			}

@@ -186,8 +186,8 @@ type Report struct {
 		LostInflux int `json:"lost_influx"`
 		Duplicates int `json:"duplicates"`
 		Historical int `json:"historical"`
-		// ByDevice is sent and at_hub_mqtt per device.
-		ByDevice map[string][2]int `json:"by_device"`
+		// ByDevice is sent, at_hub_mqtt and in_influx per device.
+		ByDevice map[string][3]int `json:"by_device"`
 	} `json:"readings"`
 	Events struct {
 		Served    int            `json:"served"`
@@ -1031,7 +1031,7 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 		lostInCut[uplink] = n
 	}
 	var c counts
-	inInflux := 0
+	var influx influxCount
 	for {
 		c = r.col.counts()
 		for dev := range c.ByDevice {
@@ -1039,9 +1039,8 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 				c.Readings -= c.ByDevice[dev]
 			}
 		}
-		if n, err := r.influxReadings(ctx, false); err == nil {
-			inInflux = n
-		}
+		influx.update(r.influxReadings(ctx, false))
+		inInflux := influx.total
 		done := c.Readings >= sent-expectMissing(c, "mqtt") && inInflux >= sent-expectMissing(c, "influx")
 		if r.sc.Expect.Lost == "damaged" || r.sc.Expect.Lost == "within-reported" {
 			// What a damaged line ate never comes, and what the testbench
@@ -1059,13 +1058,18 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 			return err
 		}
 	}
+	if influx.err != nil {
+		// The last count failed: what it says is older than the drain's end.
+		r.fail("influx: readings not counted at the end (the count of %s ago says %d): %v", time.Since(influx.at).Round(time.Second), influx.total, influx.err)
+	}
+	inInflux := influx.total
 	rd := &r.report.Readings
 	rd.AtHubMQTT, rd.InInflux, rd.Duplicates, rd.Historical = c.Readings, inInflux, c.Duplicates, c.Historical
 	rd.LostMQTT, rd.LostInflux = max(sent-c.Readings, 0), max(sent-inInflux, 0)
 	rd.Lost = rd.LostMQTT + rd.LostInflux
-	rd.ByDevice = map[string][2]int{}
+	rd.ByDevice = map[string][3]int{}
 	for id, n := range r.sentBy {
-		rd.ByDevice[id] = [2]int{n, c.ByDevice[id]}
+		rd.ByDevice[id] = [3]int{n, c.ByDevice[id], influx.byDevice[id]}
 	}
 	r.report.Health = c.Health
 	r.report.Queue.DroppedReported, r.report.Queue.DamageReported = c.Drops, c.Damage
@@ -1078,7 +1082,7 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 	if r.sc.Expect.Drained && !r.queuesDrained() {
 		r.fail("the gateway's queues still hold messages for the hub from before the load's end after %s of drain (its status: %s)", r.sc.Drain, status.File(r.st.StateDir))
 	}
-	for _, s := range []struct {
+	for i, s := range []struct {
 		uplink     string
 		lost, have int
 	}{{"mqtt", rd.LostMQTT, c.Readings}, {"influx", rd.LostInflux, inInflux}} {
@@ -1087,11 +1091,11 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 		case "damaged":
 		case "within-reported":
 			if s.lost > want {
-				r.fail("%s: %d of %d readings sent are missing, more than the %d reported dropped", s.uplink, s.lost, sent, want)
+				r.fail("%s: %d of %d readings sent are missing, more than the %d reported dropped%s", s.uplink, s.lost, sent, want, r.missingWhere(rd.ByDevice, i+1, c, s.uplink))
 			}
 		default:
 			if s.lost != want {
-				r.fail("%s: %d of %d readings sent are missing, expected %d (%s)", s.uplink, s.lost, sent, want, r.sc.Expect.Lost)
+				r.fail("%s: %d of %d readings sent are missing, expected %d (%s)%s", s.uplink, s.lost, sent, want, r.sc.Expect.Lost, r.missingWhere(rd.ByDevice, i+1, c, s.uplink))
 			}
 		}
 		if s.have > sent {
@@ -1175,7 +1179,7 @@ func (r *runner) watchDrain(ctx context.Context) {
 			lastThere = err == nil && len(series) > 0
 		}
 		if d.SecondsInflux == 0 && lastThere {
-			if n, err := r.influxReadings(ctx, true); err == nil && n >= d.Backlog {
+			if n, _, err := r.influxReadings(ctx, true); err == nil && n >= d.Backlog {
 				d.SecondsInflux, d.RateInflux = took, float64(d.Backlog)/took
 			} else {
 				lastThere = false // not all of it yet: look again
@@ -1213,11 +1217,11 @@ func (r *runner) checkEvents(c counts) error {
 	return nil
 }
 
-// influxReadings counts the readings of the station in InfluxDB: the values
-// of signal fields, not seq, historical or quality fields. With historical,
-// only those of points marked historical.
-func (r *runner) influxReadings(ctx context.Context, historical bool) (int, error) {
-	total := 0
+// influxReadings counts the readings of the station in InfluxDB, in all
+// and by device: the values of signal fields, not seq, historical or
+// quality fields. With historical, only those of points marked historical.
+func (r *runner) influxReadings(ctx context.Context, historical bool) (int, map[string]int, error) {
+	total, byDevice := 0, map[string]int{}
 	kinds := map[string]bool{}
 	for _, t := range r.st.Templates {
 		kinds[t.Kind] = true
@@ -1230,13 +1234,52 @@ func (r *runner) influxReadings(ctx context.Context, historical bool) (int, erro
 		where += " AND historical = true"
 	}
 	for kind := range kinds {
-		series, err := r.influx.Query(ctx, fmt.Sprintf(`SELECT count(*) FROM %q WHERE %s`, kind, where))
+		series, err := r.influx.Query(ctx, fmt.Sprintf(`SELECT count(*) FROM %q WHERE %s GROUP BY device`, kind, where))
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
-		total += r.col.tally.counted(kind, series)
+		for _, s := range series {
+			n := r.col.tally.counted(kind, []hub.Series{s})
+			total += n
+			byDevice[s.Tags["device"]] += n
+		}
 	}
-	return total, nil
+	return total, byDevice, nil
+}
+
+// influxCount is the last count of the station's readings in InfluxDB
+// (runner.influxReadings) and how the last try to count went: a count
+// that failed leaves the one before, which is older.
+type influxCount struct {
+	total    int
+	byDevice map[string]int
+	at       time.Time // of the last count made
+	err      error     // of the last try; nil when it counted
+}
+
+func (c *influxCount) update(total int, byDevice map[string]int, err error) {
+	c.err = err
+	if err == nil {
+		c.total, c.byDevice, c.at = total, byDevice, time.Now()
+	}
+}
+
+// missingWhere says, for a failure of readings missing at a store (column
+// col of by_device: 1 MQTT, 2 InfluxDB), which devices' readings are
+// missing there and what the gateway told the hub it dropped or found
+// damaged on the way to that store.
+func (r *runner) missingWhere(byDevice map[string][3]int, col int, c counts, uplink string) string {
+	var short []string
+	for _, id := range slices.Sorted(maps.Keys(byDevice)) {
+		if n := byDevice[id]; n[col] < n[0] && !r.misbehaves(id) {
+			short = append(short, fmt.Sprintf("%s %d of %d", id, n[col], n[0]))
+		}
+	}
+	out := ""
+	if len(short) > 0 {
+		out = "; there: " + strings.Join(short, ", ")
+	}
+	return out + fmt.Sprintf("; the gateway reported %d readings dropped or refused on the way there and %d damaged regions of its queue", c.Drops[uplink], c.Damage[uplink])
 }
 
 // misbehaves says whether a device misbehaves on purpose: the scenario

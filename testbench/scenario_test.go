@@ -1,6 +1,8 @@
 package main
 
 import (
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,5 +110,33 @@ func TestStationFileRelative(t *testing.T) {
 	}
 	if _, err := loadScenario(write("b.yaml", "scenario: b\nstation: police-room.yaml\nstation_file: s.yaml\nduration: 1s\n")); err == nil {
 		t.Error("a scenario with both station and station_file loaded")
+	}
+}
+
+// TestMissingWhere: a failure for readings missing at a store names the
+// devices whose readings are missing there (not those the scenario lets
+// misbehave) and what the gateway reported of that store's uplink.
+func TestMissingWhere(t *testing.T) {
+	sc := &Scenario{Name: "t"}
+	sc.Expect.Refused = map[string]map[string][2]uint64{"kiosk-2": {"bad_json": {1, 5}}}
+	r := newRunner(sc, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	byDevice := map[string][3]int{
+		"meter-main": {100, 100, 90},
+		"th-hall":    {20, 19, 20},
+		"kiosk-1":    {55, 55, 55},
+		"kiosk-2":    {10, 4, 4},
+	}
+	c := counts{Drops: map[string]int{"influx": 3}, Damage: map[string]int{"mqtt": 1}}
+	for _, tc := range []struct {
+		col    int
+		uplink string
+		want   string
+	}{
+		{2, "influx", "; there: meter-main 90 of 100; the gateway reported 3 readings dropped or refused on the way there and 0 damaged regions of its queue"},
+		{1, "mqtt", "; there: th-hall 19 of 20; the gateway reported 0 readings dropped or refused on the way there and 1 damaged regions of its queue"},
+	} {
+		if got := r.missingWhere(byDevice, tc.col, c, tc.uplink); got != tc.want {
+			t.Errorf("%s:\n got %q\nwant %q", tc.uplink, got, tc.want)
+		}
 	}
 }
