@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -270,6 +271,53 @@ func logWriter(log *slog.Logger, path string) (io.WriteCloser, error) {
 	}
 	log.Debug("process output", "file", path)
 	return f, nil
+}
+
+// warnings returns the warnings and errors in the processes' log at path,
+// one line for each message (its last, and how many there were), at most
+// n, in the order they first came: what a failed run's output shows of
+// why, without the hundreds of one kind a dead device makes.
+func warnings(path string, n int) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var order []string
+	last, count := map[string]string{}, map[string]int{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if !strings.Contains(l, "level=WARN") && !strings.Contains(l, "level=ERROR") {
+			continue
+		}
+		msg := logMsg(l)
+		if count[msg] == 0 {
+			order = append(order, msg)
+		}
+		last[msg] = l
+		count[msg]++
+	}
+	var out []string
+	for _, msg := range order[:min(len(order), n)] {
+		out = append(out, fmt.Sprintf("%d× %s", count[msg], last[msg]))
+	}
+	return out
+}
+
+// logMsg is the msg of a line slog's text handler wrote: quoted when it
+// has spaces.
+func logMsg(line string) string {
+	_, v, ok := strings.Cut(line, " msg=")
+	if !ok {
+		return line
+	}
+	if q, err := strconv.QuotedPrefix(v); err == nil {
+		return q
+	}
+	v, _, _ = strings.Cut(v, " ")
+	return v
 }
 
 // signal sends sig to the running process.

@@ -340,6 +340,9 @@ func runScenario(ctx context.Context, sc *Scenario, log *slog.Logger) (rep Repor
 			os.RemoveAll(r.work)
 		} else {
 			log.Info("run files kept", "dir", r.work)
+			for _, l := range warnings(filepath.Join(r.work, "processes.log"), 20) {
+				log.Info("the run's processes warned", "line", l)
+			}
 		}
 	}()
 	out, err := logWriter(log, filepath.Join(r.work, "processes.log"))

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -138,5 +139,32 @@ func TestMissingWhere(t *testing.T) {
 		if got := r.missingWhere(byDevice, tc.col, c, tc.uplink); got != tc.want {
 			t.Errorf("%s:\n got %q\nwant %q", tc.uplink, got, tc.want)
 		}
+	}
+}
+
+// TestWarnings: a failed run shows each warning or error of its processes
+// once, the last of its kind and how many there were, in the order the
+// kinds first came.
+func TestWarnings(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "processes.log")
+	log := `time=1 level=INFO msg="gateway starts"
+time=2 level=WARN msg="device offline" device=th-hall
+firmware-sim ready
+time=3 level=ERROR msg=crashed err=x
+time=4 level=WARN msg="device offline" device=ups-1
+time=5 level=WARN msg="the hub refused messages for good; set aside as dead letters" forwarder=influx-telemetry
+`
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`2× time=4 level=WARN msg="device offline" device=ups-1`,
+		`1× time=3 level=ERROR msg=crashed err=x`,
+	}
+	if got := warnings(path, 2); !slices.Equal(got, want) {
+		t.Errorf("warnings, at most 2:\n got %q\nwant %q", got, want)
+	}
+	if got := warnings(path, 20); len(got) != 3 || !strings.Contains(got[2], "dead letters") {
+		t.Errorf("warnings, at most 20: %q, want 3 with the dead letters last", got)
 	}
 }
