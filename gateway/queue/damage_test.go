@@ -318,3 +318,49 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// A record damaged on disk while the queue runs is counted once, whichever
+// reader meets it: by both, or by the second alone, after the first read
+// it whole.
+func TestCorruptionWhileRunningTwoReaders(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		firstAfter bool // the first reader takes the records before the damage
+	}{
+		{"both meet it", false},
+		{"the second alone", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			q := open(t, dir, twoReaders)
+			appendRange(t, q, LaneTelemetry, 0, 6)
+			mqtt, influx := q.Reader("mqtt"), q.Reader("influx")
+			var first []int
+			if tc.firstAfter {
+				first = takeN(t, mqtt, LaneTelemetry, 6, 10)
+			}
+			f, err := os.OpenFile(filepath.Join(dir, "telemetry", segName(1)), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt([]byte("XX"), 3*124+50); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			if !tc.firstAfter {
+				_, first = drain(t, mqtt, 10, true)
+			}
+			_, second := drain(t, influx, 10, true)
+			wantFirst := []int{0, 1, 2, 4, 5}
+			if tc.firstAfter {
+				wantFirst = []int{0, 1, 2, 3, 4, 5}
+			}
+			if !equalInts(first, wantFirst) || !equalInts(second, []int{0, 1, 2, 4, 5}) {
+				t.Fatalf("mqtt took %v, influx %v; want %v and [0 1 2 4 5]", first, second, wantFirst)
+			}
+			if st := q.Stats(); st.Corrupt != 1 || st.CorruptBytes != 124 {
+				t.Fatalf("corrupt %d regions of %d bytes, want 1 of 124", st.Corrupt, st.CorruptBytes)
+			}
+		})
+	}
+}

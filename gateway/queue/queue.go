@@ -411,6 +411,9 @@ type segment struct {
 	// nor dropped by it, and their readings.
 	live, liveR []int64
 	fresh       bool // written by this process
+	// skipped are the offsets of the corrupt regions a reader skipped in
+	// it, so that each is counted once, whichever reader meets it first.
+	skipped []int64
 }
 
 // inflight is a batch handed out and not yet acknowledged.
@@ -1789,11 +1792,12 @@ func (q *Queue) take(ln *lane, c *cursor, r *Reader, max int) Batch {
 		h, data, ok := c.rd.record(c.read.off)
 		if !ok {
 			next := c.rd.resync(c.read.off)
-			if s.fresh && c.i == 0 { // counted once, not per reader
+			if s.fresh && !slices.Contains(s.skipped, c.read.off) {
+				s.skipped = append(s.skipped, c.read.off)
 				q.st.Corrupt++
 				q.st.CorruptBytes += next - c.read.off
 				q.counted()
-				q.log.Error("queue: skipped corrupt records", "lane", ln.l, "segment", s.id, "offset", c.read.off, "bytes", next-c.read.off)
+				q.log.Error("queue: skipped corrupt records", "lane", ln.l, "reader", c.reader, "segment", s.id, "offset", c.read.off, "bytes", next-c.read.off)
 			}
 			c.read.off = next
 			continue
