@@ -1062,8 +1062,12 @@ func (r *runner) collectUntilDrained(ctx context.Context) error {
 		}
 	}
 	if influx.err != nil {
-		// The last count failed: what it says is older than the drain's end.
-		r.fail("influx: readings not counted at the end (the count of %s ago says %d): %v", time.Since(influx.at).Round(time.Second), influx.total, influx.err)
+		// The last count failed: the one before is older than the drain's end.
+		before := "no count worked"
+		if !influx.at.IsZero() {
+			before = fmt.Sprintf("the last that worked, %s before, said %d", time.Since(influx.at).Round(time.Second), influx.total)
+		}
+		r.fail("influx: the readings there could not be counted at the end (%s): %v", before, influx.err)
 	}
 	inInflux := influx.total
 	rd := &r.report.Readings
