@@ -899,8 +899,11 @@ func (m *module) active(s State) uint16 {
 // latch saw active and the published values do not show active: a press
 // shorter than the time between two reads, or one made while the gateway
 // was not running. It is stamped with the latch's read (at), the earliest
-// moment the gateway knew of it, or the last message's time when that is
-// later; the alarm poll's read of the I/O then publishes the release.
+// moment the gateway knew of it, or just after the last message when that
+// is as late (a poll published between the latch's read and now): not
+// with its time, as the hub's InfluxDB keeps one point of a device at a
+// time, and the press would overwrite that message's values there. The
+// alarm poll's read of the I/O then publishes the release.
 // Each is counted (latched_presses): many say the alarm polls are too far
 // apart for the presses the station sees. The caller holds m.mu.
 func (p *poller) latchedPress(in uint16, at time.Time) {
@@ -923,8 +926,8 @@ func (p *poller) latchedPress(in uint16, at time.Time) {
 	if n == 0 {
 		return
 	}
-	if at.Before(m.pubAt) {
-		at = m.pubAt
+	if !at.After(m.pubAt) {
+		at = m.pubAt.Add(time.Nanosecond)
 	}
 	m.health.Add("latched_presses", n)
 	m.published, m.pubAt = readings, at

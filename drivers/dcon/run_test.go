@@ -3,11 +3,14 @@ package dcon
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
 	dc "outpost/configs/dcon"
+	"outpost/drivers"
 	"outpost/drivers/bus"
+	"outpost/gateway/model"
 )
 
 // TestRun: the reads that confirm a change of a module's I/O are the
@@ -122,6 +125,53 @@ func TestResultWhy(t *testing.T) {
 			}
 			if r.why != tc.want {
 				t.Errorf("why = %v, want %v", r.why, tc.want)
+			}
+		})
+	}
+}
+
+// TestLatchedPressTime: a press only the latch saw is stamped with the
+// latch's read, or just after the last message when a poll published
+// after the latch was read: never with that message's time, as InfluxDB
+// keeps one point of a device at a time, and the press would overwrite
+// the poll's values there.
+func TestLatchedPressTime(t *testing.T) {
+	st := loadStation(t, t.TempDir(), twoModules, `  - {id: box-1, template: dcon-panic-box-latched, link: rs485-2, address: 0x01, checksum: true}
+`)
+	latchRead := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name      string
+		published time.Time // the last message's time
+		want      time.Time
+	}{
+		{"the latch read after the last message", latchRead.Add(-time.Second), latchRead},
+		{"a poll published after the latch's read", latchRead.Add(3 * time.Millisecond), latchRead.Add(3*time.Millisecond + time.Nanosecond)},
+		{"a poll's read at the same time", latchRead, latchRead.Add(time.Nanosecond)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := build(drivers.Links(st)[0], nil, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := b.byID["box-1"]
+			var sent []model.Message
+			p := &poller{b: b, m: m, log: slog.New(slog.DiscardHandler), emit: func(msg model.Message) error {
+				sent = append(sent, msg)
+				return nil
+			}}
+			// Released, no tamper (its input is active low).
+			m.published, m.pubAt = m.readings(&reading{State: State{In: 0b10}, at: tc.published}), tc.published
+			m.mu.Lock()
+			p.latchedPress(0b01, latchRead)
+			m.mu.Unlock()
+			if len(sent) != 1 {
+				t.Fatalf("%d messages, want the press", len(sent))
+			}
+			if got := sent[0].Time; !got.Equal(tc.want) {
+				t.Errorf("the press is stamped %s, want %s (the last message %s)", got.Format(time.RFC3339Nano), tc.want.Format(time.RFC3339Nano), tc.published.Format(time.RFC3339Nano))
+			}
+			if r := sent[0].Readings[0]; r.Signal != "pressed" || !r.Value.Equal(model.Bool(true)) {
+				t.Errorf("first reading %+v, want pressed true", r)
 			}
 		})
 	}
