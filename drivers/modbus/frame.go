@@ -23,6 +23,7 @@ const (
 	fcWriteCoils      = 0x0F
 	fcWriteRegisters  = 0x10
 	rtuWriteAnswerLen = 8 // unit, function, address, value or quantity, CRC
+	rtuReadRequestLen = 8 // unit, function, start, count, CRC
 )
 
 // isRead says whether a function code is a read, whose answer carries a
@@ -157,8 +158,8 @@ var readTable = map[byte]mb.Table{fcReadCoils: mb.Coil, fcReadDiscrete: mb.Discr
 // count (3) stands where a request has the start's high byte, so such
 // frames are not taken. Pure, for fuzzing.
 func readRequestIn(b []byte) (Heard, bool) {
-	for i := len(b) - 8; i >= 0; i-- {
-		f := b[i : i+8]
+	for i := len(b) - rtuReadRequestLen; i >= 0; i-- {
+		f := b[i : i+rtuReadRequestLen]
 		unit, fc := f[0], f[1]
 		start, count := uint16(f[2])<<8|uint16(f[3]), uint16(f[4])<<8|uint16(f[5])
 		most := uint16(125)

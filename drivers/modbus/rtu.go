@@ -181,6 +181,31 @@ func (t *rtuTransport) listen() error {
 	return nil
 }
 
+// listenFor reads what the line carries for up to d, and looks in it for
+// another master's request (see hear); it stops at the first one heard.
+func (t *rtuTransport) listenFor(d time.Duration) error {
+	var seen []byte // what came since the last whole request could start
+	for end := time.Now().Add(d); !t.news; {
+		left := time.Until(end)
+		if left <= 0 {
+			return nil
+		}
+		if err := t.port.SetReadTimeout(left); err != nil {
+			return err
+		}
+		n, err := t.port.Read(t.buf[:])
+		if err != nil || n == 0 {
+			return err
+		}
+		t.last = time.Now()
+		seen = append(seen, t.buf[:n]...)
+		t.hear(seen)
+		// A request that started in what came keeps its first 7 bytes.
+		seen = append(seen[:0], seen[max(len(seen)-(rtuReadRequestLen-1), 0):]...)
+	}
+	return nil
+}
+
 // hear notes the last read request of another master in b, if b has one
 // that is not the gateway's own last request (an adapter's late echo).
 func (t *rtuTransport) hear(b []byte) {
@@ -262,7 +287,19 @@ type rtuBus struct {
 	tr        *rtuTransport
 	packagers map[byte]modbus.Packager
 	told      time.Time // when the log last said another master was heard
+	// listen is how long the bus is listened to when its port opens,
+	// before the first request: toolListen for an installer's tool, 0
+	// for the gateway.
+	listen time.Duration
 }
+
+// toolListen is how long an installer's tool (gateway read, commission)
+// listens to an RTU bus when it opens its port: another master polling it
+// is heard for certain, not only when its traffic falls between the
+// port's opening and one of the tool's few requests. The gateway, which
+// polls on, hears it before its requests (rtuTransport.listen), and does
+// not hold its first polls (an alarm input's) for it.
+const toolListen = time.Second
 
 // tellAgain is how often the log says again that another master polls the
 // bus, while it does.
@@ -287,6 +324,9 @@ func newRTU(link drivers.Link, log *slog.Logger) (drivers.Driver, error) {
 		return nil, err
 	}
 	r := &rtuBus{bus: b, port: port, packagers: map[byte]modbus.Packager{}}
+	if link.Once {
+		r.listen = toolListen
+	}
 	r.links = newLinks(link, busHint, devs, r, log)
 	cost := BusCost(b)
 	for _, d := range devs {
@@ -323,6 +363,10 @@ func (b *rtuBus) ensurePort() error {
 	}
 	if opened || b.tr == nil {
 		b.tr = &rtuTransport{port: p, timeout: b.timeout(), silence: Silence(b.bus), char: b.bus.CharTime()}
+		if err := b.tr.listenFor(b.listen); err != nil {
+			b.tr = nil
+			return b.port.Fail(err)
+		}
 	}
 	return nil
 }

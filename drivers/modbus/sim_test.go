@@ -450,6 +450,50 @@ func TestWrongLineSettings(t *testing.T) {
 	t.Logf("health reasons: %v", told)
 }
 
+// TestOtherMasterHeardByTools: an installer's tool (gateway read,
+// commission) listens to an RTU bus as it opens the port, so that the
+// first poll of a device names another master polling the bus every
+// 300 ms, where a request made at once hears it only by chance.
+func TestOtherMasterHeardByTools(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 100ms, retries: 2}
+`, `  - {id: m-1, template: small-meter, link: rs485-1, unit_id: 1, poll: 10s}
+`)
+	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: 300 * time.Millisecond})
+	link := drivers.Links(st)[0]
+	link.Once = true
+	d, err := drivers.New(link, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(chan model.Message, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, func(m model.Message) error { msgs <- m; return nil }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	var got []string
+	for deadline := time.After(5 * time.Second); ; {
+		var m model.Message
+		select {
+		case m = <-msgs:
+		case <-deadline:
+			t.Fatalf("no health of m-1 after its first poll in 5 s (saw %v)", got)
+		}
+		got = append(got, string(m.Kind))
+		if m.Kind != model.KindHealth {
+			continue
+		}
+		if n := m.Health.Counters["other_master"]; n != 1 {
+			t.Fatalf("the first poll's health counts other_master %d, want 1 (counters %v)", n, m.Health.Counters)
+		}
+		return
+	}
+}
+
 // TestOtherMasterRTU: another master on the bus (the simulator's, reading
 // a register of unit 1 every 200 ms, as an old controller left polling
 // would) is heard: the log names it, with the link, once; the device
