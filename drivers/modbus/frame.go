@@ -99,15 +99,24 @@ func (e *TimeoutError) text() string {
 	return fmt.Sprintf("timeout after %v", e.After)
 }
 
-// masterOf is the other master a failed request's error names, or nil.
-func masterOf(err error) *Heard {
+// master is the Master field of the timeout or bad frame err is, or nil
+// for another error.
+func master(err error) **Heard {
 	var te *TimeoutError
 	var fe *FrameError
 	switch {
 	case errors.As(err, &te):
-		return te.Master
+		return &te.Master
 	case errors.As(err, &fe):
-		return fe.Master
+		return &fe.Master
+	}
+	return nil
+}
+
+// masterOf is the other master a failed request's error names, or nil.
+func masterOf(err error) *Heard {
+	if m := master(err); m != nil {
+		return *m
 	}
 	return nil
 }

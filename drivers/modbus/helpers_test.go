@@ -142,7 +142,12 @@ type running struct {
 // until the test ends (or stop is called). Its log is kept in r.logs (and
 // printed with -v).
 func runDriver(t testing.TB, tl tLink) *running {
-	link := tl.link()
+	t.Helper()
+	return runLinkDriver(t, tl.link())
+}
+
+// runLinkDriver is runDriver of a link as drivers.Links makes it.
+func runLinkDriver(t testing.TB, link drivers.Link) *running {
 	t.Helper()
 	var print slog.Handler
 	if testing.Verbose() {

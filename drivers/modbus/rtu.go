@@ -53,15 +53,8 @@ var _ modbus.Transporter = (*rtuTransport)(nil)
 // says so in its error.
 func (t *rtuTransport) Send(req []byte) ([]byte, error) {
 	resp, err := t.send(req)
-	if t.heard != nil && time.Since(t.heardAt) < heardFor {
-		var te *TimeoutError
-		var fe *FrameError
-		switch {
-		case errors.As(err, &te):
-			te.Master = t.heard
-		case errors.As(err, &fe):
-			fe.Master = t.heard
-		}
+	if m := master(err); m != nil && t.heard != nil && time.Since(t.heardAt) < heardFor {
+		*m = t.heard
 	}
 	return resp, err
 }
@@ -79,7 +72,7 @@ func (t *rtuTransport) send(req []byte) ([]byte, error) {
 	}
 	// Whatever arrived since the last frame is stale: a late answer, noise,
 	// or another master's traffic, which is listened for first.
-	if err := t.listen(); err != nil {
+	if err := t.listen(0); err != nil {
 		return nil, &bus.PortError{Err: fmt.Errorf("read: %w", err)}
 	}
 	if err := t.port.ResetInputBuffer(); err != nil {
@@ -167,30 +160,13 @@ func (t *rtuTransport) send(req []byte) ([]byte, error) {
 	return append([]byte(nil), t.buf[:n]...), nil
 }
 
-// listen reads what the line carried since the last frame, without
-// waiting, and looks in it for another master's request (see hear).
-func (t *rtuTransport) listen() error {
-	if err := t.port.SetReadTimeout(0); err != nil {
-		return err
-	}
-	n, err := t.port.Read(t.buf[:])
-	if err != nil || n == 0 {
-		return err
-	}
-	t.hear(t.buf[:n])
-	return nil
-}
-
-// listenFor reads what the line carries for up to d, and looks in it for
-// another master's request (see hear); it stops at the first one heard.
-func (t *rtuTransport) listenFor(d time.Duration) error {
+// listen reads what the line carried since the last frame, and what it
+// carries for d more (0: without waiting), and looks in it for another
+// master's request (see hear); it stops at the first one heard.
+func (t *rtuTransport) listen(d time.Duration) error {
 	var seen []byte // what came since the last whole request could start
 	for end := time.Now().Add(d); !t.news; {
-		left := time.Until(end)
-		if left <= 0 {
-			return nil
-		}
-		if err := t.port.SetReadTimeout(left); err != nil {
+		if err := t.port.SetReadTimeout(max(time.Until(end), 0)); err != nil {
 			return err
 		}
 		n, err := t.port.Read(t.buf[:])
@@ -297,8 +273,8 @@ type rtuBus struct {
 // listens to an RTU bus when it opens its port: another master polling it
 // is heard for certain, not only when its traffic falls between the
 // port's opening and one of the tool's few requests. The gateway, which
-// polls on, hears it before its requests (rtuTransport.listen), and does
-// not hold its first polls (an alarm input's) for it.
+// polls on, hears it before each request (rtuTransport.listen without
+// waiting), and does not hold its first polls (an alarm input's) for it.
 const toolListen = time.Second
 
 // tellAgain is how often the log says again that another master polls the
@@ -363,7 +339,7 @@ func (b *rtuBus) ensurePort() error {
 	}
 	if opened || b.tr == nil {
 		b.tr = &rtuTransport{port: p, timeout: b.timeout(), silence: Silence(b.bus), char: b.bus.CharTime()}
-		if err := b.tr.listenFor(b.listen); err != nil {
+		if err := b.tr.listen(b.listen); err != nil {
 			b.tr = nil
 			return b.port.Fail(err)
 		}

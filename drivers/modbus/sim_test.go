@@ -461,36 +461,9 @@ func TestOtherMasterHeardByTools(t *testing.T) {
 	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: 300 * time.Millisecond})
 	link := drivers.Links(st)[0]
 	link.Once = true
-	d, err := drivers.New(link, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs := make(chan model.Message, 100)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, func(m model.Message) error { msgs <- m; return nil }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	var got []string
-	for deadline := time.After(5 * time.Second); ; {
-		var m model.Message
-		select {
-		case m = <-msgs:
-		case <-deadline:
-			t.Fatalf("no health of m-1 after its first poll in 5 s (saw %v)", got)
-		}
-		got = append(got, string(m.Kind))
-		if m.Kind != model.KindHealth {
-			continue
-		}
-		if n := m.Health.Counters["other_master"]; n != 1 {
-			t.Fatalf("the first poll's health counts other_master %d, want 1 (counters %v)", n, m.Health.Counters)
-		}
-		return
+	h := runLinkDriver(t, link).next(t, "m-1", model.KindHealth, 5*time.Second).Health
+	if n := h.Counters["other_master"]; n != 1 {
+		t.Fatalf("the first poll's health counts other_master %d, want 1 (counters %v)", n, h.Counters)
 	}
 }
 
@@ -506,26 +479,12 @@ health: {report_every: 5s}
 `, `  - {id: m-1, template: small-meter, link: rs485-1, unit_id: 1, poll: 100ms}
 `)
 	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: 200 * time.Millisecond})
-	l := &logs{}
-	d, err := drivers.New(drivers.Links(st)[0], slog.New(&capture{logs: l}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs := make(chan model.Message, 10000)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, func(m model.Message) error { msgs <- m; return nil }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	r := runLinkDriver(t, drivers.Links(st)[0])
 	good := 0
 	for deadline := time.After(20 * time.Second); ; {
 		var m model.Message
 		select {
-		case m = <-msgs:
+		case m = <-r.msgs:
 		case <-deadline:
 			t.Fatalf("no health of m-1 counting other_master in 20 s (%d good readings)", good)
 		}
@@ -540,7 +499,7 @@ health: {report_every: 5s}
 		t.Error("no good reading of m-1")
 	}
 	const warning = "another master polls this bus: " + bus.TwoMasters
-	recs := l.find(warning)
+	recs := r.logs.find(warning)
 	if len(recs) != 1 || recs[0].attrs["link"] != "rs485-1" || recs[0].attrs["heard"] != "unit 1 asked for 1 holding register from 0 (0x0000)" {
 		t.Fatalf("log records %v, want one with link rs485-1 and heard=unit 1 asked for 1 holding register from 0 (0x0000)", recs)
 	}

@@ -197,20 +197,27 @@ func equalInts(a, b []int) bool {
 	return true
 }
 
+// damageFourth damages the fourth record (of 124 bytes each) of the first
+// telemetry segment under dir, on disk.
+func damageFourth(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(dir, "telemetry", segName(1)), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte("XX"), 3*124+50); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A record damaged on disk while the queue runs is skipped by Next and
 // counted.
 func TestCorruptionWhileRunning(t *testing.T) {
 	dir := t.TempDir()
 	q := open(t, dir, testOpts)
 	appendRange(t, q, LaneTelemetry, 0, 6)
-	f, err := os.OpenFile(filepath.Join(dir, "telemetry", segName(1)), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("XX"), 3*124+50); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	damageFourth(t, dir)
 	_, tel := drain(t, q, 10, true)
 	if want := []int{0, 1, 2, 4, 5}; !equalInts(tel, want) {
 		t.Fatalf("telemetry %v, want %v", tel, want)
@@ -339,14 +346,7 @@ func TestCorruptionWhileRunningTwoReaders(t *testing.T) {
 			if tc.firstAfter {
 				first = takeN(t, mqtt, LaneTelemetry, 6, 10)
 			}
-			f, err := os.OpenFile(filepath.Join(dir, "telemetry", segName(1)), os.O_WRONLY, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := f.WriteAt([]byte("XX"), 3*124+50); err != nil {
-				t.Fatal(err)
-			}
-			f.Close()
+			damageFourth(t, dir)
 			if !tc.firstAfter {
 				_, first = drain(t, mqtt, 10, true)
 			}
