@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -246,16 +247,7 @@ func TestDeviceTemplatesDecode(t *testing.T) {
 					t.Errorf("signal %s: no expected value", reg.Signal)
 					continue
 				}
-				table := c.regs[tableKeys[reg.Table]]
-				words := make([]uint16, reg.Words())
-				for j := range words {
-					v, ok := table[reg.Address+j]
-					if !ok {
-						t.Fatalf("signal %s: %s register %#x not in the case", reg.Signal, reg.Table, reg.Address+j)
-					}
-					words[j] = uint16(v)
-				}
-				got, err := Decode(reg, words)
+				got, err := Decode(reg, c.words(t, reg))
 				if err != nil {
 					t.Errorf("signal %s: %v", reg.Signal, err)
 					continue
@@ -268,6 +260,63 @@ func TestDeviceTemplatesDecode(t *testing.T) {
 						t.Errorf("signal %s = %v, outside its range %v..%v", reg.Signal, got, reg.Range.Min, reg.Range.Max)
 					}
 				}
+			}
+		})
+	}
+}
+
+// words is reg's registers as the case's device serves them.
+func (c deviceCase) words(t *testing.T, reg *mb.Register) []uint16 {
+	t.Helper()
+	table := c.regs[tableKeys[reg.Table]]
+	words := make([]uint16, reg.Words())
+	for j := range words {
+		v, ok := table[reg.Address+j]
+		if !ok {
+			t.Fatalf("signal %s: %s register %#x not in the case", reg.Signal, reg.Table, reg.Address+j)
+		}
+		words[j] = uint16(v)
+	}
+	return words
+}
+
+// TestWordsSwappedNotGood: a meter's template copied with its float32
+// words swapped (order CDAB, the classic mistake of a template written for
+// another meter) reads the datasheet's registers of each built-in meter as
+// values its ranges refuse, so that they reach the hub uncertain, not as
+// plausible good values. Signals without a range (energy) or whose swapped
+// value happens to fall inside it stay good; each meter's list of those
+// marked is exact.
+func TestWordsSwappedNotGood(t *testing.T) {
+	uncertain := map[string][]string{
+		"ddsu666": {"voltage", "current", "active_power", "power_factor", "frequency"},
+		"sdm120":  {"voltage", "power_factor", "frequency"},
+		"sdm630":  {"voltage_l1", "voltage_l2", "voltage_l3", "power_factor"},
+		"dtsu666": {"voltage_l1", "voltage_l2", "voltage_l3", "frequency"},
+	}
+	for _, c := range deviceCases {
+		want, ok := uncertain[c.template]
+		if !ok {
+			continue
+		}
+		t.Run(c.template, func(t *testing.T) {
+			var got []string
+			for _, reg := range builtinTemplate(t, c.template).Registers {
+				if reg.Type != mb.TypeFloat32 {
+					continue
+				}
+				words := c.words(t, &reg)
+				reg.Order = mb.CDAB
+				v, err := Decode(&reg, words)
+				if err != nil {
+					t.Fatalf("signal %s: %v", reg.Signal, err)
+				}
+				if Quality(&reg, v) == model.Uncertain {
+					got = append(got, reg.Signal)
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("words swapped, uncertain: %v, want %v", got, want)
 			}
 		})
 	}
