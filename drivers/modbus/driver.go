@@ -412,7 +412,11 @@ func (p *poller) alarmPoll(ctx context.Context, s bus.Slot) time.Duration {
 		if i == 0 && p.line.Started(d.cfg.ID, time.Since(s.Due), every) {
 			counters = append(counters, "late_alarm_polls")
 		}
-		data, err := p.cl.read(ctx, d.unit, r, a, nil)
+		// A try's only: what it met on the way (another master heard).
+		data, err := p.cl.read(ctx, d.unit, r, a, func(err error) {
+			counter, _ := errClass(err)
+			counters = append(counters, counter)
+		})
 		at := time.Now()
 		p.line.Lock.Unlock()
 		if ctx.Err() != nil {

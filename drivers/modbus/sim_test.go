@@ -467,6 +467,34 @@ func TestOtherMasterHeardByTools(t *testing.T) {
 	}
 }
 
+// TestOtherMasterHeardByAlarmPolls: on a bus whose traffic is nearly all
+// a panic button's alarm polls (one every 50 ms, a full poll every 5 s),
+// another master's requests heard during them are counted in the
+// device's health too. They were dropped: the health counted 1 or 2
+// where it now counts some 80 in its second report.
+func TestOtherMasterHeardByAlarmPolls(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 100ms, retries: 2}
+health: {report_every: 5s}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 5s, alarm_poll: 50ms}
+`)
+	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: 100 * time.Millisecond})
+	r := runLinkDriver(t, drivers.Links(st)[0])
+	// By the second report the other master asked some 100 times; most
+	// fall between two alarm polls and are heard by the next one.
+	const least = 20
+	for deadline := time.After(20 * time.Second); ; {
+		var m model.Message
+		select {
+		case m = <-r.msgs:
+		case <-deadline:
+			t.Fatalf("no health of pb-1 counting other_master %d or more in 20 s", least)
+		}
+		if m.Kind == model.KindHealth && m.Health.Counters["other_master"] >= least {
+			return
+		}
+	}
+}
+
 // TestOtherMasterRTU: another master on the bus (the simulator's, reading
 // a register of unit 1 every 200 ms, as an old controller left polling
 // would) is heard: the log names it, with the link, once; the device
