@@ -371,15 +371,8 @@ func (r *runner) servedFile() string { return filepath.Join(r.work, "served.json
 // must show.
 func (r *runner) checkValues() error {
 	good, counters := r.col.goodValuesAndCounters()
-	for _, dev := range slices.Sorted(maps.Keys(r.sc.Expect.Refused)) {
-		for _, name := range slices.Sorted(maps.Keys(r.sc.Expect.Refused[dev])) {
-			bounds, n := r.sc.Expect.Refused[dev][name], counters[dev][name]
-			r.report.Refused = append(r.report.Refused, fmt.Sprintf("%s %s: %d", dev, name, n))
-			if n < bounds[0] || n > bounds[1] {
-				r.fail("%s: %d %s at the hub, want %d to %d", dev, n, name, bounds[0], bounds[1])
-			}
-		}
-	}
+	r.report.Refused = r.checkCounters(r.sc.Expect.Refused, counters)
+	r.report.Counted = r.checkCounters(r.sc.Expect.Counted, counters)
 	for _, dev := range r.sc.Expect.BadFramesCounted {
 		c := counters[dev]
 		n := c["crc_errors"] + c["checksum_errors"] + c["frame_errors"] + c["bad_frames"]
@@ -431,4 +424,21 @@ func (r *runner) checkValues() error {
 	}
 	r.report.WrongGoodValues = wrong
 	return nil
+}
+
+// checkCounters holds the devices' health counters at the hub to their
+// bounds [least, most] (expect.refused, expect.counted) and returns them,
+// one line each.
+func (r *runner) checkCounters(bounds map[string]map[string][2]uint64, counters map[string]map[string]uint64) []string {
+	var lines []string
+	for _, dev := range slices.Sorted(maps.Keys(bounds)) {
+		for _, name := range slices.Sorted(maps.Keys(bounds[dev])) {
+			b, n := bounds[dev][name], counters[dev][name]
+			lines = append(lines, fmt.Sprintf("%s %s: %d", dev, name, n))
+			if n < b[0] || n > b[1] {
+				r.fail("%s: %d %s at the hub, want %d to %d", dev, n, name, b[0], b[1])
+			}
+		}
+	}
+	return lines
 }

@@ -56,8 +56,9 @@ type Scenario struct {
 	// holds the readings lost to what the gateway reports needs that (what
 	// an alarm poll reads is published only when it changed).
 	AlarmPoll *time.Duration `yaml:"alarm_poll"`
-	Links     map[string]any `yaml:"links"` // settings given to every Modbus link, e.g. timeout
-	MQTT      map[string]any `yaml:"mqtt"`  // settings given to the station's hub.mqtt, e.g. max_packet_size
+	Links     map[string]any `yaml:"links"`  // settings given to every Modbus link, e.g. timeout
+	MQTT      map[string]any `yaml:"mqtt"`   // settings given to the station's hub.mqtt, e.g. max_packet_size
+	Health    map[string]any `yaml:"health"` // replaces the station's health section, e.g. report_every
 	Faults    []Fault        `yaml:"faults"`
 	Seed      uint64         `yaml:"seed"`
 	// Silent devices never answer (firmware-sim -silent): the gateway
@@ -90,8 +91,11 @@ type Scenario struct {
 	Loop *LoopPlan `yaml:"loop"`
 	// Noise is the share of bytes corrupted on the serial lines, both
 	// directions (firmware-sim -noise).
-	Noise  float64 `yaml:"noise"`
-	Expect Expect  `yaml:"expect"`
+	Noise float64 `yaml:"noise"`
+	// OtherMaster puts another master on every Modbus RTU bus, reading a
+	// register of its lowest unit this often (firmware-sim -other-master).
+	OtherMaster time.Duration `yaml:"other_master"`
+	Expect      Expect        `yaml:"expect"`
 }
 
 // Expect says what the scenario must show.
@@ -147,6 +151,10 @@ type Expect struct {
 	// misbehaves on purpose: its readings are left out of the readings
 	// held to Lost (see runner.misbehaves).
 	Refused map[string]map[string][2]uint64 `yaml:"refused"`
+	// Counted bounds, per device, counters in its last health at the
+	// hub (other_master, ...): [least, most] each. Unlike Refused, the
+	// device's readings are held to Lost.
+	Counted map[string]map[string][2]uint64 `yaml:"counted"`
 	// ServedValues: every good value at the hub is one the simulator
 	// served for that device and signal (none damaged on the way).
 	ServedValues bool `yaml:"served_values"`
@@ -210,8 +218,10 @@ type Report struct {
 	// served; BadFrames the damaged frames devices counted.
 	WrongGoodValues int      `json:"wrong_good_values"`
 	BadFrames       []string `json:"bad_frames,omitempty"`
-	// Refused are the counters of refused messages the scenario bounds.
+	// Refused and Counted are the counters the scenario bounds (see
+	// Expect).
 	Refused []string     `json:"refused,omitempty"`
+	Counted []string     `json:"counted,omitempty"`
 	Drain   *drainReport `json:"drain,omitempty"`
 	Polls   *pollReport  `json:"polls,omitempty"`
 	Health  int          `json:"health_messages"`
@@ -431,7 +441,8 @@ func (r *runner) startHub(ctx context.Context) error {
 // injecting its faults, then stops the simulator.
 func (r *runner) load(ctx context.Context) error {
 	args := []string{"-config", r.station, "-stats", r.statsFile(), "-seed", fmt.Sprint(r.sc.Seed),
-		"-control", "127.0.0.1:0", "-raised", r.raisedFile(), "-noise", fmt.Sprint(r.sc.Noise)}
+		"-control", "127.0.0.1:0", "-raised", r.raisedFile(), "-noise", fmt.Sprint(r.sc.Noise),
+		"-other-master", r.sc.OtherMaster.String()}
 	if len(r.sc.Silent) > 0 {
 		args = append(args, "-silent", strings.Join(r.sc.Silent, ","))
 	}
@@ -1327,7 +1338,7 @@ func (r *runner) shutdown() {
 // stationSpec is the scenario's station file and what the scenario changes
 // in it.
 func (sc *Scenario) stationSpec() (stationSpec, error) {
-	spec := stationSpec{Queue: sc.Queue, Poll: sc.Poll, AlarmPoll: sc.AlarmPoll, Links: sc.Links, MQTT: sc.MQTT}
+	spec := stationSpec{Queue: sc.Queue, Poll: sc.Poll, AlarmPoll: sc.AlarmPoll, Links: sc.Links, MQTT: sc.MQTT, Health: sc.Health}
 	var err error
 	if sc.StationFile != "" {
 		if spec.Src, err = os.ReadFile(sc.StationFile); err != nil {

@@ -35,6 +35,7 @@ type stationSpec struct {
 	ID        string         // replaces station.id, when set (a fleet's stations each have their own)
 	Templates string         // a devices/ folder to copy beside it, or ""
 	Queue     map[string]any // replaces the queue section, when set
+	Health    map[string]any // replaces the health section, when set
 	Poll      time.Duration  // replaces every device's poll interval, when set
 	AlarmPoll *time.Duration // replaces every Modbus device's alarm_poll, when set
 	Links     map[string]any // settings given to every Modbus link (timeout, retries), when set
@@ -83,6 +84,9 @@ func prepareStation(spec stationSpec, work string, addrs hubAddrs) (string, *con
 	doc["status"] = map[string]any{"listen": "127.0.0.1:0"}
 	if spec.Queue != nil {
 		doc["queue"] = spec.Queue
+	}
+	if spec.Health != nil {
+		doc["health"] = spec.Health
 	}
 	links, _ := doc["links"].([]any)
 	type addressed struct {

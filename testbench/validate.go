@@ -99,6 +99,9 @@ func (sc *Scenario) validate(devices []string) error {
 	for _, id := range slices.Sorted(maps.Keys(sc.Expect.Refused)) {
 		device("expect.refused."+id, id)
 	}
+	for _, id := range slices.Sorted(maps.Keys(sc.Expect.Counted)) {
+		device("expect.counted."+id, id)
+	}
 	for i, id := range sc.Expect.BadFramesCounted {
 		device(fmt.Sprintf("expect.bad_frames_counted[%d]", i), id)
 	}
