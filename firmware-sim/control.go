@@ -24,6 +24,13 @@ import (
 //	POST /devices/{id}/silence         the device answers nothing, as if switched off
 //	POST /devices/{id}/answer          it answers again
 //	POST /devices/{id}/flaky?share=0.3 it loses or damages that share of its answers (Modbus)
+//	POST /deaf                         every device answers nothing, like one whose cable was pulled
+//	POST /hear                         they answer again
+//
+// The testbench makes the devices deaf around a gateway crash, so that
+// nothing it counts as served is left unread. Each request is done when
+// it is answered, so that deaf and hear keep their order (signals, used
+// before, did not: a deaf right after a hear was handled first).
 //
 // An action that fails answers 400 (a bad request: the text says what was
 // expected) or 404 (no such device), with the error as the body.
@@ -90,8 +97,15 @@ func (s *station) serveControl(ctx context.Context, wg *sync.WaitGroup) (string,
 		}
 		return acts
 	}
+	for path, deaf := range map[string]bool{"/deaf": true, "/hear": false} {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+			s.deaf.Store(deaf)
+			s.log.Info("devices", "deaf", deaf)
+			fmt.Fprintln(w, "ok")
+		})
+	}
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "firmware-sim control API:\n  GET  /devices                   every device and the actions it takes\n  POST /devices/{id}/{action}?k=v make a device act (e.g. /devices/th-1/silence)")
+		fmt.Fprintln(w, "firmware-sim control API:\n  GET  /devices                   every device and the actions it takes\n  POST /devices/{id}/{action}?k=v make a device act (e.g. /devices/th-1/silence)\n  POST /deaf, POST /hear          every device answers nothing, or again")
 	})
 	mux.HandleFunc("GET /devices", func(w http.ResponseWriter, r *http.Request) {
 		for _, id := range slices.Sorted(maps.Keys(all)) {

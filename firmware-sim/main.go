@@ -161,7 +161,7 @@ type station struct {
 	log   *slog.Logger
 	links map[string]sim.Link
 	files []*os.File  // the served and raised logs
-	deaf  atomic.Bool // see deafOnSignal
+	deaf  atomic.Bool // every device answers nothing (control.go: POST /deaf)
 	// what the devices do wrong (-silent, and the control API)
 	faults *sim.Faults
 }
@@ -258,11 +258,6 @@ func (s *station) serve(ctx context.Context, stdout io.Writer) error {
 		errOnce.Do(func() { runErr = err })
 		cancel()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.deafOnSignal(ctx)
-	}()
 	for id, l := range s.links {
 		wg.Add(1)
 		go func() {
@@ -319,25 +314,6 @@ func (s *station) close() {
 	}
 	for _, f := range s.files {
 		f.Close()
-	}
-}
-
-// deafOnSignal makes every device deaf on SIGUSR1 and hearing again on
-// SIGUSR2, until ctx ends. A deaf device answers nothing, like one whose
-// cable was pulled; the testbench uses it to quiet the line around a
-// gateway crash, so that nothing it counts as served is left unread.
-func (s *station) deafOnSignal(ctx context.Context) {
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case sig := <-sigs:
-			s.deaf.Store(sig == syscall.SIGUSR1)
-			s.log.Info("devices", "deaf", sig == syscall.SIGUSR1)
-		}
 	}
 }
 

@@ -441,7 +441,7 @@ func TestBinary(t *testing.T) {
 // TestSilent: devices named by -silent never answer, on a bus or behind an
 // endpoint, while their neighbours do; they are in the stats, having
 // served nothing. The control API silences a device and lets it answer
-// again.
+// again, and makes every device deaf and hear again.
 func TestSilent(t *testing.T) {
 	requireTool(t, "/usr/bin/mbpoll")
 	o, err := parseFlags([]string{"-config", "x.yaml", "-silent", "all-rtu, strict-tcp"}, io.Discard)
@@ -460,7 +460,7 @@ func TestSilent(t *testing.T) {
 		late       time.Duration // answers no sooner than this
 	}
 	cases := []struct {
-		control []string // device/action posted to the control API first
+		control []string // paths posted to the control API first
 		poll
 	}{
 		{nil, poll{"silent on a bus", "1", rtu, false, 0}},
@@ -468,15 +468,18 @@ func TestSilent(t *testing.T) {
 		{nil, poll{"silent behind an endpoint", "2", tcp, false, 0}},
 		{nil, poll{"its neighbour behind the endpoint", "1", tcp, true, 0}},
 		// The control API silences devices, and lets them answer again.
-		{[]string{"all-rtu/answer"}, poll{"answering again on the bus", "1", rtu, true, 0}},
+		{[]string{"devices/all-rtu/answer"}, poll{"answering again on the bus", "1", rtu, true, 0}},
+		// The whole station falls deaf, and hears again.
+		{[]string{"deaf"}, poll{"deaf on the bus", "1", rtu, false, 0}},
+		{[]string{"hear"}, poll{"hearing again on the bus", "1", rtu, true, 0}},
 		// A slow device answers late (here within the master's timeout).
-		{[]string{"all-rtu/slow?delay=200ms"}, poll{"slow on the bus", "1", rtu, true, 200 * time.Millisecond}},
-		{[]string{"all-rtu/slow?delay=0s", "all-rtu/silence"}, poll{"silenced again on the bus", "1", rtu, false, 0}},
-		{[]string{"all-tcp/silence"}, poll{"silenced behind the endpoint", "1", tcp, false, 0}},
+		{[]string{"devices/all-rtu/slow?delay=200ms"}, poll{"slow on the bus", "1", rtu, true, 200 * time.Millisecond}},
+		{[]string{"devices/all-rtu/slow?delay=0s", "devices/all-rtu/silence"}, poll{"silenced again on the bus", "1", rtu, false, 0}},
+		{[]string{"devices/all-tcp/silence"}, poll{"silenced behind the endpoint", "1", tcp, false, 0}},
 	}
 	for _, c := range cases {
 		for _, p := range c.control {
-			resp, err := http.Post("http://"+r.control+"/devices/"+p, "", nil)
+			resp, err := http.Post("http://"+r.control+"/"+p, "", nil)
 			if err != nil || resp.StatusCode != 200 {
 				t.Fatalf("POST %s: %v %v", p, resp, err)
 			}
@@ -500,8 +503,8 @@ func TestSilent(t *testing.T) {
 	if d, ok := st.Devices["strict-tcp"]; !ok || d.Polls != 0 || d.ReadingsServed != 0 {
 		t.Errorf("strict-tcp stats %+v (listed %v), want listed with nothing served", d, ok)
 	}
-	if d := st.Devices["all-rtu"]; d.Polls != 2 {
-		t.Errorf("all-rtu stats %+v, want the two polls it answered while not silent", d)
+	if d := st.Devices["all-rtu"]; d.Polls != 3 {
+		t.Errorf("all-rtu stats %+v, want the three polls it answered while neither silent nor deaf", d)
 	}
 	if st.Time.IsZero() {
 		t.Error("stats carry no time")

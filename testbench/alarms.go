@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -116,9 +117,6 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // act makes a simulated device act through the control API.
 func (r *runner) act(ctx context.Context, a DeviceAct, n int) error {
-	if r.control == "" {
-		return fmt.Errorf("the simulator has no control API")
-	}
 	// Not while the devices are deaf for a gateway's kill: a device that
 	// hears nothing takes no action either. It acts once they hear again.
 	r.hearing.RLock()
@@ -127,19 +125,42 @@ func (r *runner) act(ctx context.Context, a DeviceAct, n int) error {
 	for k, v := range a.Args {
 		q.Set(k, strings.ReplaceAll(v, "{n}", fmt.Sprint(n)))
 	}
-	u := fmt.Sprintf("http://%s/devices/%s/%s?%s", r.control, url.PathEscape(a.Device), url.PathEscape(a.Do), q.Encode())
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	if err := postControl(ctx, r.control, fmt.Sprintf("devices/%s/%s?%s", url.PathEscape(a.Device), url.PathEscape(a.Do), q.Encode())); err != nil {
+		return fmt.Errorf("%s %s: %w", a.Device, a.Do, err)
+	}
+	return nil
+}
+
+// deafen makes every device of the simulator whose control API is at
+// control deaf (true) or hear again: done when the simulator answers, so
+// that the two keep their order.
+func deafen(ctx context.Context, control string, deaf bool) error {
+	path := map[bool]string{true: "deaf", false: "hear"}[deaf]
+	if err := postControl(ctx, control, path); err != nil {
+		return fmt.Errorf("the simulator's devices %s: %w", path, err)
+	}
+	return nil
+}
+
+// postControl makes a request of the simulator's control API at control
+// (path after its address), and returns its error text when it does not
+// answer 200.
+func postControl(ctx context.Context, control, path string) error {
+	if control == "" {
+		return fmt.Errorf("the simulator has no control API")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+control+"/"+path, nil)
 	if err != nil {
 		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", a.Device, a.Do, err)
+		return err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: %s", a.Device, a.Do, strings.TrimSpace(string(body)))
+		return errors.New(strings.TrimSpace(string(body)))
 	}
 	return nil
 }

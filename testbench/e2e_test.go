@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -130,7 +129,7 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 	sim, gw := &proc{name: "firmware-sim"}, &proc{name: "gateway"}
 	defer sim.kill()
 	defer gw.kill()
-	if err := sim.start(ctx, out, "firmware-sim ready", "-config", station, "-served", served, "-seed", "7"); err != nil {
+	if err := sim.start(ctx, out, "firmware-sim ready", "-config", station, "-served", served, "-seed", "7", "-control", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
 	if err := gw.start(ctx, out, "", "run", "-config", station); err != nil {
@@ -142,7 +141,7 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 	// before it stops would go with its virtual port, unread, and count
 	// as lost.
 	waitServed(t, ctx, served, 20*(3*29+3))
-	if err := sim.signal(syscall.SIGUSR1); err != nil {
+	if err := deafen(ctx, sim.printed("firmware-sim control "), true); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second) // the serial links' timeout is 500 ms

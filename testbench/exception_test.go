@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -143,7 +142,7 @@ func runReportByException(t *testing.T, ctx context.Context, dir, station string
 	sim, gw := &proc{name: "firmware-sim"}, &proc{name: "gateway"}
 	defer sim.kill()
 	defer gw.kill()
-	if err := sim.start(ctx, out, "firmware-sim ready", "-config", station, "-served", served, "-seed", "7"); err != nil {
+	if err := sim.start(ctx, out, "firmware-sim ready", "-config", station, "-served", served, "-seed", "7", "-control", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
 	if err := gw.start(ctx, out, "", "run", "-config", station); err != nil {
@@ -165,7 +164,7 @@ func runReportByException(t *testing.T, ctx context.Context, dir, station string
 		}
 	}
 	deaf := time.Now()
-	if err := sim.signal(syscall.SIGUSR1); err != nil {
+	if err := deafen(ctx, sim.printed("firmware-sim control "), true); err != nil {
 		t.Fatal(err)
 	}
 	// Every reading a device served is at the hub when the hub has the

@@ -16,7 +16,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -541,7 +540,7 @@ func (r *runner) load(ctx context.Context) error {
 	// as served (seen at the end of a fleet run on a starved machine: 2
 	// readings of 2,968). One request's time lets it arrive.
 	r.deafAt = time.Now()
-	if err := r.sim.signal(syscall.SIGUSR1); err != nil {
+	if err := deafen(ctx, r.control, true); err != nil {
 		return err
 	}
 	if err := sleepCtx(ctx, r.requestSpan()); err != nil {
@@ -810,12 +809,12 @@ func (r *runner) killGateway(ctx context.Context, powerCut, restart bool) error 
 			return err
 		}
 	}
-	if err := r.sim.signal(syscall.SIGUSR1); err != nil { // deaf
+	if err := deafen(ctx, r.control, true); err != nil {
 		return err
 	}
 	since := time.Now()
 	err := r.killDeaf(ctx, powerCut, restart)
-	if herr := r.sim.signal(syscall.SIGUSR2); err == nil {
+	if herr := deafen(ctx, r.control, false); err == nil {
 		err = herr
 	}
 	if err != nil || !alarms || !restart {
@@ -892,10 +891,8 @@ func (r *runner) requestSpan() time.Duration {
 // deafSlack is how long, beyond the requests' own time, the gateway gets
 // to read the answers served before the devices fell deaf. With 300 ms,
 // three scenarios in two make test runs lost 2 to 8 readings so served,
-// at moments the gateway's polls ran a second late (the machine stalled);
-// with 1 s, gateway-crash lost one in a make test run whose warnings show
-// polls 721 ms late and a stall of 903 ms.
-const deafSlack = 2 * time.Second
+// at moments the gateway's polls ran a second late (the machine stalled).
+const deafSlack = time.Second
 
 // requestTime is how long one request of a polled link may take, all its
 // tries; 0 for a link that is not polled.

@@ -40,7 +40,7 @@ type RTU struct {
 	Units map[byte]Unit
 	Log   *slog.Logger
 	// Deaf, when set and true, makes every device on the line ignore
-	// requests, as if unplugged (see firmware-sim's SIGUSR1).
+	// requests, as if unplugged (see firmware-sim's control API, POST /deaf).
 	Deaf *atomic.Bool
 	// Faults say what each unit does wrong now.
 	Faults Faults
