@@ -135,7 +135,10 @@ func (r *runner) act(ctx context.Context, a DeviceAct, n int) error {
 // control deaf (true) or hear again: done when the simulator answers, so
 // that the two keep their order.
 func deafen(ctx context.Context, control string, deaf bool) error {
-	path := map[bool]string{true: "deaf", false: "hear"}[deaf]
+	path := "hear"
+	if deaf {
+		path = "deaf"
+	}
 	if err := postControl(ctx, control, path); err != nil {
 		return fmt.Errorf("the simulator's devices %s: %w", path, err)
 	}

@@ -141,7 +141,7 @@ func TestEveryValueArrivesExactly(t *testing.T) {
 	// before it stops would go with its virtual port, unread, and count
 	// as lost.
 	waitServed(t, ctx, served, 20*(3*29+3))
-	if err := deafen(ctx, sim.printed("firmware-sim control "), true); err != nil {
+	if err := deafen(ctx, sim.control(), true); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second) // the serial links' timeout is 500 ms

@@ -164,7 +164,7 @@ func runReportByException(t *testing.T, ctx context.Context, dir, station string
 		}
 	}
 	deaf := time.Now()
-	if err := deafen(ctx, sim.printed("firmware-sim control "), true); err != nil {
+	if err := deafen(ctx, sim.control(), true); err != nil {
 		t.Fatal(err)
 	}
 	// Every reading a device served is at the hub when the hub has the

@@ -88,7 +88,7 @@ func (p *policeRoom) start(t *testing.T) {
 	if err := p.sim.start(p.ctx, p.out(t), "firmware-sim ready", "-config", p.station, "-control", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	p.control = p.sim.printed("firmware-sim control ")
+	p.control = p.sim.control()
 	if err := p.gw.start(p.ctx, p.out(t), "", "run", "-config", p.station); err != nil {
 		t.Fatal(err)
 	}

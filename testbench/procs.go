@@ -59,6 +59,10 @@ func (p *proc) printed(prefix string) string {
 	return ""
 }
 
+// control is the address of a simulator's control API (firmware-sim
+// -control), once it printed it; "" before or without one.
+func (p *proc) control() string { return p.printed("firmware-sim control ") }
+
 // start runs bin/name args, copying its output to log, and returns once the
 // process printed ready (when ready is not empty).
 func (p *proc) start(ctx context.Context, log io.Writer, ready string, args ...string) error {

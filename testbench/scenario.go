@@ -455,7 +455,7 @@ func (r *runner) load(ctx context.Context) error {
 	if err := r.sim.start(ctx, r.out, "firmware-sim ready", args...); err != nil {
 		return err
 	}
-	r.control = r.sim.printed("firmware-sim control ")
+	r.control = r.sim.control()
 	if r.sc.Backlog > 0 {
 		n, last, err := prefill(r.st, r.sc.Backlog, r.log)
 		if err != nil {

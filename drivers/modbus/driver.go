@@ -412,7 +412,8 @@ func (p *poller) alarmPoll(ctx context.Context, s bus.Slot) time.Duration {
 		if i == 0 && p.line.Started(d.cfg.ID, time.Since(s.Due), every) {
 			counters = append(counters, "late_alarm_polls")
 		}
-		// A try's only: what it met on the way (another master heard).
+		// Tried once, so note hears only what the try met on the way
+		// without failing (another master's request).
 		data, err := p.cl.read(ctx, d.unit, r, a, func(err error) {
 			counter, _ := errClass(err)
 			counters = append(counters, counter)
