@@ -103,9 +103,11 @@ type client interface {
 	// but the last, whose error read returns, and what a try met on the
 	// way that did not fail it (*OtherMasterError).
 	read(ctx context.Context, unit byte, r Request, a bus.Attempt, note func(error)) ([]byte, error)
-	// do runs one exchange of a write (or its read-back) with a goburrow
-	// client, once: see write.go for why a write is not simply retried.
-	do(ctx context.Context, unit byte, f func(modbus.Client) error) error
+	// do runs one exchange of a write with a goburrow client, once: see
+	// write.go for why a write is not simply retried. note, when set,
+	// hears what the exchange met on the way that did not fail it
+	// (*OtherMasterError).
+	do(ctx context.Context, unit byte, f func(modbus.Client) error, note func(error)) error
 	// retries are the link's extra tries of a failed request.
 	retries() int
 	// timeout is how long a request waits for its answer.

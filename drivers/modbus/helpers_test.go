@@ -132,6 +132,7 @@ func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 
 // running is a driver running in the background.
 type running struct {
+	driver  drivers.Driver
 	msgs    chan model.Message
 	pending []model.Message // read by next but not yet wanted
 	logs    *logs
@@ -159,7 +160,7 @@ func runLinkDriver(t testing.TB, link drivers.Link) *running {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{msgs: make(chan model.Message, 1024), logs: l}
+	r := &running{driver: d, msgs: make(chan model.Message, 1024), logs: l}
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, func(m model.Message) error { r.msgs <- m; return nil }) }()
 	stopped := false

@@ -410,11 +410,14 @@ func (b *rtuBus) read(ctx context.Context, unit byte, r Request, a bus.Attempt, 
 }
 
 // do runs one exchange of a write. The caller holds the wire lock.
-func (b *rtuBus) do(ctx context.Context, unit byte, f func(modbus.Client) error) error {
+func (b *rtuBus) do(ctx context.Context, unit byte, f func(modbus.Client) error, note func(error)) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	_, err := b.exchange(unit, b.timeout(), f)
+	heard, err := b.exchange(unit, b.timeout(), f)
+	if heard != nil && note != nil {
+		note(&OtherMasterError{Heard: *heard})
+	}
 	return err
 }
 

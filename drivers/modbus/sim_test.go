@@ -492,6 +492,39 @@ health: {report_every: 5s}
 	t.Fatalf("pb-1's third health report counts other_master %d, want %d or more (counters %v)", counters["other_master"], least, counters)
 }
 
+// TestOtherMasterHeardByWrites: another master heard during a command's
+// write counts in the device's health too. The device is polled every 10
+// s and has no alarm poll, so nearly all the bus's traffic between its
+// first two health reports is the writes.
+func TestOtherMasterHeardByWrites(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 100ms, retries: 2}
+health: {report_every: 5s}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 10s, alarm_poll: 0s}
+`)
+	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: 50 * time.Millisecond})
+	r := runLinkDriver(t, drivers.Links(st)[0])
+	cmd := r.driver.(drivers.Commander)
+	r.next(t, "pb-1", model.KindHealth, 5*time.Second) // at its first poll
+	// A write every 100 ms for 3 s. The simulator's other master asks
+	// every 50 ms when the bus is quiet, so each write's exchange hears
+	// it (counted once an exchange).
+	writes := 0
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); writes++ {
+		if err := cmd.Set(context.Background(), "pb-1", "siren", model.Bool(writes%2 == 0)); err != nil {
+			t.Fatalf("write %d: %v", writes, err)
+		}
+		<-tick.C
+	}
+	const least = 15
+	counters := r.next(t, "pb-1", model.KindHealth, 15*time.Second).Health.Counters
+	t.Logf("other_master %d after %d writes", counters["other_master"], writes)
+	if counters["other_master"] < least {
+		t.Fatalf("pb-1's health after %d writes counts other_master %d, want %d or more (counters %v)", writes, counters["other_master"], least, counters)
+	}
+}
+
 // TestOtherMasterRTU: another master on the bus (the simulator's, reading
 // a register of unit 1 every 200 ms, as an old controller left polling
 // would) is heard: the log names it, with the link, once; the device

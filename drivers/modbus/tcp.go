@@ -334,8 +334,9 @@ func (l *tcpLink) read(ctx context.Context, unit byte, r Request, a bus.Attempt,
 	return nil, err
 }
 
-// do runs one exchange of a write. The caller holds the wire lock.
-func (l *tcpLink) do(ctx context.Context, unit byte, f func(modbus.Client) error) error {
+// do runs one exchange of a write. The caller holds the wire lock. A
+// connection carries no other master's frames: there is nothing to note.
+func (l *tcpLink) do(ctx context.Context, unit byte, f func(modbus.Client) error, _ func(error)) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

@@ -215,12 +215,25 @@ func (l *links) Set(ctx context.Context, device, signal string, v model.Value) e
 	fail := func(err error) error {
 		return fmt.Errorf("device %s on %s: writing %s (%s): %w", device, l.line.Name(), signal, describe(w.request()), err)
 	}
+	// What an exchange met on the way (another master heard) counts in
+	// the device's health, as a poll's does; its failures are the
+	// command's result.
+	var met []string
+	heard := func(err error) {
+		counter, _ := errClass(err)
+		met = append(met, counter)
+	}
+	defer func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.health.Count(met...)
+	}()
 	uncertain := false
 	var last error
 	for try := 0; try <= l.cl.retries(); try++ {
 		if uncertain {
 			data, err := l.exchange(ctx, func() ([]byte, error) {
-				return l.cl.read(ctx, d.unit, w.request(), bus.Attempt{Once: true}, nil)
+				return l.cl.read(ctx, d.unit, w.request(), bus.Attempt{Once: true}, heard)
 			})
 			switch {
 			case ctx.Err() != nil:
@@ -234,7 +247,7 @@ func (l *links) Set(ctx context.Context, device, signal string, v model.Value) e
 			uncertain = false // it certainly did not happen
 		}
 		_, err := l.exchange(ctx, func() ([]byte, error) {
-			return nil, l.cl.do(ctx, d.unit, w.send)
+			return nil, l.cl.do(ctx, d.unit, w.send, heard)
 		})
 		var ld *bus.LinkDownError
 		switch {
@@ -253,7 +266,7 @@ func (l *links) Set(ctx context.Context, device, signal string, v model.Value) e
 	if uncertain {
 		// The tries are spent; one last look at what the device holds.
 		data, err := l.exchange(ctx, func() ([]byte, error) {
-			return l.cl.read(ctx, d.unit, w.request(), bus.Attempt{Once: true}, nil)
+			return l.cl.read(ctx, d.unit, w.request(), bus.Attempt{Once: true}, heard)
 		})
 		if err == nil && w.holds(data) {
 			return nil
