@@ -81,10 +81,15 @@ func StartMosquittoWith(ctx context.Context, dir string, log *slog.Logger, o Mos
 // startMosquitto starts the broker on ports it finds free.
 func startMosquitto(ctx context.Context, dir string, log *slog.Logger, o MosquittoOptions, path string) (*Mosquitto, error) {
 	files := o.TLS
-	port, err := FreePort()
+	n := 1
+	if files != nil {
+		n = 2 // the TLS listener's too, found together: never the same
+	}
+	ports, err := FreePorts(n)
 	if err != nil {
 		return nil, err
 	}
+	port := ports[0]
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("hub: %w", err)
 	}
@@ -112,9 +117,7 @@ log_type notice
 `, port, dir, map[bool]int{false: 1, true: 0}[o.NoAutosave])
 	tlsPort := 0
 	if files != nil {
-		if tlsPort, err = FreePort(); err != nil {
-			return nil, err
-		}
+		tlsPort = ports[1]
 		text += fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
 			tlsPort, files.CA, files.Cert, files.Key)
 	}
