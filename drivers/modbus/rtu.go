@@ -353,28 +353,31 @@ func (b *rtuBus) closePort() {
 }
 
 // exchange runs f on a client of the unit, once; a failure of the port
-// closes it and becomes a bus.LinkDownError. heard is another master's
-// request heard on the bus meanwhile, if one was: logged, at most every
-// tellAgain. The caller holds the wire lock.
-func (b *rtuBus) exchange(unit byte, timeout time.Duration, f func(modbus.Client) error) (heard *Heard, err error) {
+// closes it and becomes a bus.LinkDownError. Another master's request
+// heard on the bus meanwhile, if one was, is logged, at most every
+// tellAgain, and given to note when set. The caller holds the wire lock.
+func (b *rtuBus) exchange(unit byte, timeout time.Duration, f func(modbus.Client) error, note func(error)) error {
 	if err := b.ensurePort(); err != nil {
-		return nil, err
+		return err
 	}
 	b.tr.timeout = timeout
-	err = f(modbus.NewClient2(b.packagers[unit], b.tr))
+	err := f(modbus.NewClient2(b.packagers[unit], b.tr))
 	if t := b.tr; t.news {
-		t.news, heard = false, t.heard
+		t.news = false
 		if b.told.IsZero() || time.Since(b.told) >= tellAgain {
 			b.told = time.Now()
-			b.log.Warn("another master polls this bus: "+bus.TwoMasters, "heard", heard.String())
+			b.log.Warn("another master polls this bus: "+bus.TwoMasters, "heard", t.heard.String())
+		}
+		if note != nil {
+			note(&OtherMasterError{Heard: *t.heard})
 		}
 	}
 	var pe *bus.PortError
 	if errors.As(err, &pe) {
 		b.tr = nil
-		return heard, b.port.Fail(pe.Err)
+		return b.port.Fail(pe.Err)
 	}
-	return heard, err
+	return err
 }
 
 // read executes one request for a unit, with the bus's retries unless the
@@ -390,14 +393,10 @@ func (b *rtuBus) read(ctx context.Context, unit byte, r Request, a bus.Attempt, 
 			note(err)
 		}
 		var data []byte
-		var heard *Heard
-		heard, err = b.exchange(unit, timeout, func(c modbus.Client) (err error) {
+		err = b.exchange(unit, timeout, func(c modbus.Client) (err error) {
 			data, err = readRequest(c, r)
 			return err
-		})
-		if heard != nil && note != nil {
-			note(&OtherMasterError{Heard: *heard})
-		}
+		}, note)
 		if err == nil {
 			return data, nil
 		}
@@ -414,11 +413,7 @@ func (b *rtuBus) do(ctx context.Context, unit byte, f func(modbus.Client) error,
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	heard, err := b.exchange(unit, b.timeout(), f)
-	if heard != nil && note != nil {
-		note(&OtherMasterError{Heard: *heard})
-	}
-	return err
+	return b.exchange(unit, b.timeout(), f, note)
 }
 
 // retries are the bus's extra tries of a failed request.
