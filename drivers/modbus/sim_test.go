@@ -473,12 +473,7 @@ func TestOtherMasterHeardByTools(t *testing.T) {
 // device's health too. They were dropped: the health counted 1 or 2
 // where it now counts some 80 in its second report.
 func TestOtherMasterHeardByAlarmPolls(t *testing.T) {
-	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 100ms, retries: 2}
-health: {report_every: 5s}
-`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 5s, alarm_poll: 50ms}
-`)
-	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: 100 * time.Millisecond})
-	r := runLinkDriver(t, drivers.Links(st)[0])
+	r := runPanicButtonBesideOtherMaster(t, "poll: 5s, alarm_poll: 50ms", 100*time.Millisecond)
 	// By the second report the other master asked some 100 times; most
 	// fall between two alarm polls and are heard by the next one.
 	const least = 20
@@ -497,12 +492,7 @@ health: {report_every: 5s}
 // s and has no alarm poll, so nearly all the bus's traffic between its
 // first two health reports is the writes.
 func TestOtherMasterHeardByWrites(t *testing.T) {
-	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 100ms, retries: 2}
-health: {report_every: 5s}
-`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 10s, alarm_poll: 0s}
-`)
-	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: 50 * time.Millisecond})
-	r := runLinkDriver(t, drivers.Links(st)[0])
+	r := runPanicButtonBesideOtherMaster(t, "poll: 10s, alarm_poll: 0s", 50*time.Millisecond)
 	cmd := r.driver.(drivers.Commander)
 	r.next(t, "pb-1", model.KindHealth, 5*time.Second) // at its first poll
 	// A write every 100 ms for 3 s. The simulator's other master asks
@@ -523,6 +513,18 @@ health: {report_every: 5s}
 	if counters["other_master"] < least {
 		t.Fatalf("pb-1's health after %d writes counts other_master %d, want %d or more (counters %v)", writes, counters["other_master"], least, counters)
 	}
+}
+
+// runPanicButtonBesideOtherMaster runs the driver of pb-1, a panic button
+// polled as polls says, alone on an RTU bus with a health report every 5
+// s, and the simulator's other master asking every so often.
+func runPanicButtonBesideOtherMaster(t *testing.T, polls string, every time.Duration) *running {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 100ms, retries: 2}
+health: {report_every: 5s}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, `+polls+`}
+`)
+	runSim(t, st, sim.Options{Turnaround: -1, OtherMaster: every})
+	return runLinkDriver(t, drivers.Links(st)[0])
 }
 
 // TestOtherMasterRTU: another master on the bus (the simulator's, reading
