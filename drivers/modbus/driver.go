@@ -416,10 +416,7 @@ func (p *poller) alarmPoll(ctx context.Context, s bus.Slot) time.Duration {
 		}
 		// Tried once, so note hears only what the try met on the way
 		// without failing (another master's request).
-		data, err := p.cl.read(ctx, d.unit, r, a, func(err error) {
-			counter, _ := errClass(err)
-			counters = append(counters, counter)
-		})
+		data, err := p.cl.read(ctx, d.unit, r, a, counting(&counters))
 		at := time.Now()
 		p.line.Lock.Unlock()
 		if ctx.Err() != nil {

@@ -269,6 +269,15 @@ func noSuchRegister(err error) bool {
 		me.ExceptionCode == modbus.ExceptionCodeIllegalFunction)
 }
 
+// counting is a note that appends the counter of each error it hears to
+// counters: what a try met on the way, for the device's health.
+func counting(counters *[]string) func(error) {
+	return func(err error) {
+		counter, _ := errClass(err)
+		*counters = append(*counters, counter)
+	}
+}
+
 // errClass sorts a request error into a counter name and a short reason
 // (without the other master a timeout or a bad frame may name: see
 // masterOf).

@@ -219,10 +219,7 @@ func (l *links) Set(ctx context.Context, device, signal string, v model.Value) e
 	// the device's health, as a poll's does; its failures are the
 	// command's result.
 	var met []string
-	heard := func(err error) {
-		counter, _ := errClass(err)
-		met = append(met, counter)
-	}
+	heard := counting(&met)
 	defer func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
