@@ -292,6 +292,28 @@ func writes(t *testing.T, echo bool) {
 	}
 }
 
+// TestWriteToSilentDevice: a command for a device that answers nothing
+// (a wrong unit id, as an installer's typo gives) fails with the outcome
+// unknown and says, as the device's health does, whether the device or
+// the link is at fault: the duty desk that sent it reads why.
+func TestWriteToSilentDevice(t *testing.T) {
+	st := simStation(t, `  - {id: rs485-1, protocol: modbus-rtu, port: "{{port}}", baud: 19200, timeout: 50ms, retries: 1}
+`, `  - {id: pb-1, template: panic-io, link: rs485-1, unit_id: 9, poll: 200ms}
+  - {id: m-1, template: small-meter, link: rs485-1, unit_id: 1, poll: 200ms}
+`)
+	runSim(t, st, sim.Options{Turnaround: -1, Faults: sim.NewFaults("pb-1")})
+	r := runLinkDriver(t, drivers.Links(st)[0])
+	const why = "no answer from unit 9 while unit 1 answers: wrong unit id, or device off"
+	if h := r.health(t, "pb-1", model.Offline, 5*time.Second); h.Reason != why {
+		t.Fatalf("pb-1's health reason %q, want %q", h.Reason, why)
+	}
+	err := r.driver.(drivers.Commander).Set(context.Background(), "pb-1", "siren", model.Bool(true))
+	want := "device pb-1 on rs485-1: writing siren (coil 0 (0x0000)): outcome unknown: neither the write nor a read-back was answered (last: timeout after 50ms); " + why
+	if err == nil || err.Error() != want {
+		t.Errorf("Set siren: %v, want %q", err, want)
+	}
+}
+
 // TestNoiseRTU: with 5% of the bytes damaged both ways, the CRC keeps
 // every damaged answer out: every good value is the device's, no press is
 // lost, and the damage is counted.

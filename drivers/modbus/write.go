@@ -225,7 +225,7 @@ func (l *links) Set(ctx context.Context, device, signal string, v model.Value) e
 		defer d.mu.Unlock()
 		d.health.Count(met...)
 	}()
-	uncertain := false
+	uncertain, silent := false, true // silent: no exchange got an answer
 	var last error
 	for try := 0; try <= l.cl.retries(); try++ {
 		if uncertain {
@@ -236,7 +236,7 @@ func (l *links) Set(ctx context.Context, device, signal string, v model.Value) e
 			case ctx.Err() != nil:
 				return fail(ctx.Err())
 			case err != nil:
-				last = err
+				last, silent = err, silent && noAnswer(err)
 				continue // still not known: try to learn it again
 			case w.holds(data):
 				return nil // the write happened; its answer was lost
@@ -258,7 +258,7 @@ func (l *links) Set(ctx context.Context, device, signal string, v model.Value) e
 		case errors.As(err, &ld):
 			return fail(err) // nothing was sent
 		}
-		uncertain, last = true, err
+		uncertain, last, silent = true, err, silent && noAnswer(err)
 	}
 	if uncertain {
 		// The tries are spent; one last look at what the device holds.
@@ -271,8 +271,14 @@ func (l *links) Set(ctx context.Context, device, signal string, v model.Value) e
 		if err == nil {
 			return fail(fmt.Errorf("not carried out: the device still holds another value (last: %v)", last))
 		}
+		silent = silent && noAnswer(err)
 	}
-	return fail(fmt.Errorf("%w (last: %v)", errUnknown, last))
+	err = fmt.Errorf("%w (last: %v)", errUnknown, last)
+	if silent {
+		// What a poll's health says of it: the device or the link at fault.
+		err = fmt.Errorf("%w; %s", err, l.line.Silence(ctx, int(d.unit)))
+	}
+	return fail(err)
 }
 
 // exchange runs f with the wire at command priority.
